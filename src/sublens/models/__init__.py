@@ -1,0 +1,126 @@
+"""Model specs and loading: everything downstream gets a LoadedModel and never cares where
+it came from (embedded package, hub id, local folder or GGUF file)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from sublens.arch import Adapter, adapter_for
+from sublens.errors import ModelSpecError
+from sublens.models.cache import convert_gguf, gguf_entry, is_complete
+from sublens.models.device import dtype_name, pick_device, pick_dtype
+from sublens.models.embedded import EMBEDDED, EmbeddedModel
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel (causal LM)
+    tokenizer: PreTrainedTokenizerBase
+    adapter: Adapter
+    spec: str
+    source: str  # "embedded", "folder", "gguf" or "hub"
+    path: str  # where the weights were read from
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "path": self.path,
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "chat_template": self.has_chat_template,
+            **self.adapter.describe(),
+        }
+
+
+def ensure_embedded(name: str) -> Path:
+    """Converted safetensors folder of an embedded model (converting it once if needed)."""
+    entry = EMBEDDED[name]
+    dest = gguf_entry(Path(), name)
+    if is_complete(dest):
+        return dest
+    return convert_gguf(entry.locate(), dest, entry.architecture)
+
+
+def resolve(spec: str) -> tuple[str, str]:
+    """(source, path or hub id) for a spec, or a ModelSpecError saying what would work."""
+    if spec in EMBEDDED:
+        return "embedded", str(ensure_embedded(spec))
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", str(convert_gguf(path, gguf_entry(path)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(
+                f"The folder {spec!r} has no config.json, so it is not a model checkpoint. "
+                "Give a folder written by save_pretrained (or by a sublens run), a .gguf file, "
+                f"a hub id, or an embedded model ({', '.join(EMBEDDED)})."
+            )
+        return "folder", str(path)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    if looks_like_path or path.exists():
+        raise ModelSpecError(
+            f"The model path {spec!r} does not exist (or is not a .gguf file or a checkpoint folder). "
+            f"Check the path, or use an embedded model: {', '.join(EMBEDDED)}."
+        )
+    if "/" in spec and _HUB_ID.match(spec):
+        return "hub", spec
+    raise ModelSpecError(
+        f"Unknown model spec {spec!r}. A spec is an embedded model ({', '.join(EMBEDDED)}; "
+        "`sublens models` lists them), a hub id such as meta-llama/Llama-3.2-1B-Instruct, "
+        "a local checkpoint folder, or a .gguf file."
+    )
+
+
+def load_model(
+    spec: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a model spec onto a device (auto: cuda, mps, cpu) in a dtype (auto: fp32 on CPU)."""
+    source, where = resolve(spec)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        if source != "hub":
+            raise ModelSpecError(f"Could not load the model at {where!r}: {exc}") from exc
+        raise ModelSpecError(
+            f"Could not load {spec!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). The hub may be unreachable from "
+            "this machine, the id misspelt, or the model gated (log in with `hf auth login` and "
+            "accept its licence). Offline, use a local folder, a .gguf file or an embedded model "
+            f"({', '.join(EMBEDDED)})."
+        ) from exc
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding is always masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model, tokenizer, adapter_for(model), spec, source, where, dev, dt)
+
+
+__all__ = [
+    "EMBEDDED",
+    "EmbeddedModel",
+    "LoadedModel",
+    "ensure_embedded",
+    "load_model",
+    "resolve",
+]
