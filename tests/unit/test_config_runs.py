@@ -1,0 +1,76 @@
+"""Configs reject what they do not know; run directories record success and failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sublens.config import Config, apply_overrides, load_config
+from sublens.errors import ConfigError
+from sublens.runs import open_run, read_json
+
+
+class Demo(Config):
+    model: str = "smollm2-135m-instruct"
+    k: int = 15
+    weights: list[float] = [1.0]
+
+
+def test_unknown_keys_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: x\nkk: 3\n")
+    with pytest.raises(ConfigError, match=r"kk: Extra inputs.*Valid keys: seed, model, k, weights"):
+        load_config(Demo, path)
+    with pytest.raises(ConfigError, match="kk"):
+        load_config(Demo, None, ["kk=3"])
+
+
+def test_overrides_are_yaml_values_and_configs_are_frozen(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("k: 3\n")
+    config = load_config(Demo, path, ["seed=7", "weights=[0.5, 2]", "model=gemma3-270m"])
+    assert (config.k, config.seed, config.weights, config.model) == (3, 7, [0.5, 2.0], "gemma3-270m")
+    with pytest.raises(Exception, match="frozen"):
+        config.k = 4  # type: ignore[misc]
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize("text", ["k: [unclosed", "- a list\n- not a mapping\n", "k: notanint\n"])
+def test_malformed_config_files(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(Demo, path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Demo, tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Demo, None, ["novalue"])
+
+
+def test_run_directory_records_ok(tmp_path: Path) -> None:
+    config = Demo(seed=3)
+    with open_run("demo", config, tmp_path) as run:
+        with run.timed("step"):
+            pass
+        run.save_results({"answer": 42})
+    record = read_json(run.path / "record.json")
+    assert record["status"] == "ok" and record["seed"] == 3 and record["error"] is None
+    assert record["schema_version"] == 1 and "step" in record["timings"] and record["wall_seconds"] >= 0
+    assert record["versions"]["torch"].startswith("2.13")
+    assert "commit" in record["git"]
+    assert yaml.safe_load((run.path / "config.yaml").read_text()) == config.model_dump()
+    assert read_json(run.path / "results.json") == {"answer": 42}
+    assert run.path.name.split("_")[1] == "demo"
+    assert not list(run.path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_failed_run_keeps_its_record(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bad"), open_run("demo", Demo(), tmp_path) as run:
+        run.save_results({"partial": True})
+        raise ValueError("bad")
+    record = read_json(run.path / "record.json")
+    assert record["status"] == "failed"
+    assert record["error"] == "ValueError: bad" and "Traceback" in record["traceback"]
+    assert read_json(run.path / "results.json") == {"partial": True}  # nothing computed is lost

