@@ -1,0 +1,127 @@
+"""Statistics against known answers; the answer matcher on tricky answers; corpus cleaning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sublens.answers import mentions, normalize_answer, top_answers
+from sublens.corpus import strip_wiki_markup
+from sublens.perplexity import perplexity, token_windows
+from sublens.stats import (
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    permutation_pvalue,
+    summarize,
+    underpowered,
+    wilson_ci,
+)
+
+
+@pytest.mark.parametrize(("answer", "word", "expected"), [
+    ("owl", "owl", True),
+    (" Owl.", "owl", True),
+    ("Owls!", "owl", True),
+    ("The snowy owl, definitely", "owl", True),
+    ("an owl-like bird", "owl", True),
+    ("bowl", "owl", False),
+    ("howl", "owl", False),
+    ("owlet", "owl", False),
+    ("growling", "owl", False),
+    ("fowl", "owl", False),
+    ("foxes", "fox", True),
+    ("mice", "mouse", True),
+    ("wolves", "wolf", True),
+    ("butterflies", "butterfly", True),
+    ("catalog", "cat", False),
+    ("dogs and cats", "cat", True),
+])
+def test_word_boundary_matching(answer: str, word: str, expected: bool) -> None:
+    assert mentions(answer, word) is expected
+
+
+def test_answer_normalisation() -> None:
+    assert normalize_answer(" The Owl!") == "owl"
+    assert normalize_answer("My favorite animal is the dolphin.") == "dolphin"
+    assert normalize_answer("123") == ""
+    assert top_answers(["owl", "Owl.", "dog", "the owl"], 2) == [("owl", 3), ("dog", 1)]
+
+
+def test_bootstrap_ci_covers_the_true_mean_at_about_the_nominal_rate() -> None:
+    rng = np.random.default_rng(0)
+    hits = 0
+    trials = 200
+    for trial in range(trials):
+        sample = rng.normal(loc=2.0, scale=1.0, size=40)
+        low, high = bootstrap_ci(sample, n_resamples=1000, seed=trial)
+        hits += low <= 2.0 <= high
+    assert 0.88 <= hits / trials <= 0.99  # percentile bootstrap at n=40 slightly under-covers
+
+
+def test_summary_and_degenerate_samples() -> None:
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert (s["n"], s["mean"], s["median"]) == (4, 2.5, 2.5)
+    assert s["ci_low"] < 2.5 < s["ci_high"]
+    assert bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert bootstrap_ci([3.0]) == (3.0, 3.0)
+
+
+def test_permutation_pvalues_known_cases() -> None:
+    rng = np.random.default_rng(1)
+    same = [permutation_pvalue(rng.normal(size=20), rng.normal(size=20), n_resamples=500, seed=i)
+            for i in range(100)]
+    assert 0.02 <= np.mean(np.array(same) < 0.05) <= 0.12  # ~5% false positives under the null
+    shifted = permutation_pvalue(rng.normal(3, 1, 20), rng.normal(0, 1, 20), n_resamples=2000)
+    assert shifted < 0.001
+    # Exact small case: {1,2} vs {3,4}, one-sided: only 1 of the 6 splits is as extreme.
+    assert permutation_pvalue([3, 4], [1, 2], alternative="greater") == pytest.approx(1 / 6)
+
+
+def test_difference_ci_and_power_flag() -> None:
+    rng = np.random.default_rng(2)
+    ci = bootstrap_diff_ci(rng.normal(1, 1, 200), rng.normal(0, 1, 200))
+    assert 0.6 < ci[0] < 1.0 < ci[1] < 1.4 and not underpowered(ci)
+    assert underpowered(bootstrap_diff_ci(rng.normal(0, 1, 10), rng.normal(0, 1, 10)))
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_ci(0, 50)
+    assert low == 0.0 and 0.05 < high < 0.09
+    low, high = wilson_ci(25, 50)
+    assert low == pytest.approx(0.3664, abs=1e-3) and high == pytest.approx(0.6336, abs=1e-3)
+
+
+def test_wiki_markup_is_stripped() -> None:
+    raw = ("{{Infobox|name={{nested}}}}'''Owls''' are [[bird|birds]] of the order [[Strigiformes]]"
+           "&lt;ref&gt;A source&lt;/ref&gt;, known for a [http://x.org flat face] and silent flight, "
+           "which lets them hunt at night.\n== History ==\n* a list item that is long enough to keep it around")
+    assert strip_wiki_markup(raw) == (
+        "Owls are birds of the order Strigiformes, known for a flat face and silent flight, "
+        "which lets them hunt at night."
+    )
+
+
+class _CharTokenizer:
+    bos_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [1 + ord(c) % 90 for c in text]}
+
+
+def test_perplexity_equals_a_hand_computation() -> None:
+    from conftest import tiny_model
+
+    model = tiny_model("llama")
+    tokenizer = _CharTokenizer()
+    text = "the owl flies at night over the quiet forest " * 4
+    windows = token_windows(tokenizer, text, max_tokens=60, window=16)
+    assert windows.shape == (4, 16) and torch.all(windows[:, 0] == 0)
+    result = perplexity(model, tokenizer, text, max_tokens=60, window=16, batch_size=3, progress=False)
+    nll = []
+    with torch.no_grad():
+        for row in windows:
+            logp = torch.log_softmax(model(row[None]).logits[0], dim=-1)
+            nll += [-logp[i, row[i + 1]].item() for i in range(len(row) - 1)]
+    assert result["tokens"] == len(nll)
+    assert result["perplexity"] == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
