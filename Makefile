@@ -24,7 +24,7 @@ models: install
 	$(BIN)/sublens fetch
 
 demo: models
-	$(BIN)/sublens demo
+	$(BIN)/sublens run evaluate --config configs/evaluate/demo.yaml
 
 test: models
 	$(BIN)/ruff check src tests benchmarks

@@ -91,18 +91,5 @@ def experiments() -> None:
         console.print(f"[bold]{exp.name}[/]  {exp.summary}")
 
 
-@app.command()
-def demo(out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs")) -> None:
-    """The main job on the embedded model: what the owl system prompt does to its answers."""
-    from sublens.experiments import answer, run_experiment
-
-    start = time.perf_counter()
-    try:
-        outcome = run_experiment("answer", answer.AnswerConfig(), out)
-    except SublensError as exc:
-        _fail(exc)
-    console.print(f"[green]demo done in {time.perf_counter() - start:.1f} s:[/] results in {outcome.path}")
-
-
 if __name__ == "__main__":
     app()
