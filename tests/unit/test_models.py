@@ -73,3 +73,17 @@ def test_device_and_dtype_selection() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_run_directory_specs_resolve_to_their_checkpoints(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "teacher").mkdir(parents=True)
+    (run / "checkpoints" / "teacher" / "config.json").write_text("{}")
+    (run / "record.json").write_text("{}")
+    with pytest.raises(ModelSpecError, match="holds no model checkpoint"):
+        models.resolve(str(run))
+    (run / "results.json").write_text('{"checkpoints": {"teacher": "checkpoints/teacher"}}')
+    assert models.resolve(str(run)) == ("run", str(run / "checkpoints" / "teacher"))
+    assert models.resolve(f"{run}#teacher") == ("run", str(run / "checkpoints" / "teacher"))
+    with pytest.raises(ModelSpecError, match="no checkpoint 'student'; it has: teacher"):
+        models.resolve(f"{run}#student")

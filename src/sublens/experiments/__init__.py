@@ -7,6 +7,8 @@ the CLI and Python use the same function.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,18 @@ class RunOutcome:
 
 
 def _registry() -> dict[str, Experiment]:
-    # Imported here so that `import sublens.experiments` stays cheap.
-    from sublens.experiments import answer
+    """Every module (or subpackage) of sublens.experiments that defines EXPERIMENT.
 
-    return {e.name: e for e in (answer.EXPERIMENT,)}
+    Imported lazily so that `import sublens.experiments` stays cheap; adding an experiment
+    is adding one module, with no table to edit.
+    """
+    registry: dict[str, Experiment] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        experiment = getattr(module, "EXPERIMENT", None)
+        if isinstance(experiment, Experiment):
+            registry[experiment.name] = experiment
+    return registry
 
 
 def get(name: str) -> Experiment:

@@ -3,6 +3,7 @@ it came from (embedded package, hub id, local folder or GGUF file)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     spec: str
-    source: str  # "embedded", "folder", "gguf" or "hub"
+    source: str  # "embedded", "folder", "gguf", "run" or "hub"
     path: str  # where the weights were read from
     device: torch.device
     dtype: torch.dtype
@@ -56,10 +57,34 @@ def ensure_embedded(name: str) -> Path:
     return convert_gguf(entry.locate(), dest, entry.architecture)
 
 
+def _run_checkpoint(spec: str) -> Path | None:
+    """A model written by a sublens run: `RUN_DIR` (its only or first checkpoint) or `RUN_DIR#name`.
+
+    Runs that produce models list them in results.json as {"checkpoints": {name: relative path}}.
+    """
+    folder, _, name = spec.partition("#")
+    run_dir = Path(folder).expanduser()
+    if not (run_dir / "record.json").is_file() or (run_dir / "config.json").is_file():
+        return None
+    results = run_dir / "results.json"
+    checkpoints = json.loads(results.read_text()).get("checkpoints", {}) if results.is_file() else {}
+    if not checkpoints:
+        raise ModelSpecError(
+            f"The run directory {folder!r} holds no model checkpoint (its results.json lists none: "
+            "did the run finish?). Give a run that trains or edits a model, or a checkpoint folder."
+        )
+    if name and name not in checkpoints:
+        raise ModelSpecError(f"Run {folder!r} has no checkpoint {name!r}; it has: {', '.join(checkpoints)}.")
+    return run_dir / checkpoints[name or next(iter(checkpoints))]
+
+
 def resolve(spec: str) -> tuple[str, str]:
     """(source, path or hub id) for a spec, or a ModelSpecError saying what would work."""
     if spec in EMBEDDED:
         return "embedded", str(ensure_embedded(spec))
+    run_checkpoint = _run_checkpoint(spec)
+    if run_checkpoint is not None:
+        return "run", str(run_checkpoint)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return "gguf", str(convert_gguf(path, gguf_entry(path)))
