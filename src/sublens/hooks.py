@@ -72,7 +72,7 @@ class ActivationCache(dict[str, torch.Tensor]):
 
 
 @contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
+def eager_attention(model: Any) -> Iterator[None]:
     """Temporarily switch to eager attention (sdpa returns no attention probabilities)."""
     previous = model.config._attn_implementation
     if previous == "eager":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from sublens.config import Config, apply_overrides, load_config
 from sublens.errors import ConfigError
@@ -15,7 +16,7 @@ from sublens.runs import open_run, read_json
 class Demo(Config):
     model: str = "smollm2-135m-instruct"
     k: int = 15
-    weights: list[float] = [1.0]
+    weights: list[float] = Field(default_factory=lambda: [1.0])
 
 
 def test_unknown_keys_are_errors(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -22,7 +22,8 @@ class Adapter(ABC):
     post_norm_residual: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        # Any: transformers modules are reached by attribute, which nn.Module types as Tensor | Module.
+        self.model: Any = model
         self.config: Any = model.config
 
     # ---- geometry -------------------------------------------------------------------
@@ -93,7 +94,7 @@ class Adapter(ABC):
         """Learned absolute position embedding (GPT-2), None for rotary models."""
         return None
 
-    def layer(self, layer: int) -> nn.Module:
+    def layer(self, layer: int) -> Any:
         return self.layers()[layer]
 
     # ---- hook sites -----------------------------------------------------------------
@@ -111,7 +112,7 @@ class Adapter(ABC):
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Per-head output projection [n_heads, d_head, d_model] (nn.Linear weight is [out, in])."""
-        weight = self.o(layer).weight  # [d_model, n_heads*d_head]
+        weight = cast(torch.Tensor, self.o(layer).weight)  # [d_model, n_heads*d_head]
         return weight.T.reshape(self.n_heads, self.d_head, self.d_model)
 
     def b_O(self, layer: int) -> torch.Tensor | None:
@@ -154,32 +155,32 @@ class Adapter(ABC):
 class DecoderAdapter(Adapter):
     """Llama-style layout: model.model.{embed_tokens, layers, norm}, self_attn.{q,k,v,o}_proj."""
 
-    def _body(self) -> nn.Module:
-        return self.model.model  # type: ignore[no-any-return]
+    def _body(self) -> Any:
+        return self.model.model
 
     def embed(self) -> nn.Embedding:
-        return self._body().embed_tokens  # type: ignore[no-any-return]
+        return self._body().embed_tokens
 
     def layers(self) -> nn.ModuleList:
-        return self._body().layers  # type: ignore[no-any-return]
+        return self._body().layers
 
     def attn(self, layer: int) -> nn.Module:
-        return self.layer(layer).self_attn  # type: ignore[no-any-return]
+        return self.layer(layer).self_attn
 
     def q(self, layer: int) -> nn.Module:
-        return self.attn(layer).q_proj  # type: ignore[no-any-return]
+        return self.layer(layer).self_attn.q_proj
 
     def k(self, layer: int) -> nn.Module:
-        return self.attn(layer).k_proj  # type: ignore[no-any-return]
+        return self.layer(layer).self_attn.k_proj
 
     def v(self, layer: int) -> nn.Module:
-        return self.attn(layer).v_proj  # type: ignore[no-any-return]
+        return self.layer(layer).self_attn.v_proj
 
     def o(self, layer: int) -> nn.Module:
-        return self.attn(layer).o_proj  # type: ignore[no-any-return]
+        return self.layer(layer).self_attn.o_proj
 
     def mlp(self, layer: int) -> nn.Module:
-        return self.layer(layer).mlp  # type: ignore[no-any-return]
+        return self.layer(layer).mlp
 
     def norm_final(self) -> nn.Module:
-        return self._body().norm  # type: ignore[no-any-return]
+        return self._body().norm

@@ -16,7 +16,7 @@ class Gemma3Adapter(DecoderAdapter):
     post_norm_residual = True
 
     def attn_out_site(self, layer: int) -> nn.Module:
-        return self.layer(layer).post_attention_layernorm  # type: ignore[no-any-return]
+        return self.layer(layer).post_attention_layernorm
 
     def mlp_out_site(self, layer: int) -> nn.Module:
-        return self.layer(layer).post_feedforward_layernorm  # type: ignore[no-any-return]
+        return self.layer(layer).post_feedforward_layernorm

@@ -136,7 +136,7 @@ def load_model(
         ) from exc
     if tokenizer.pad_token is None:  # GPT-2 has none; padding is always masked anyway
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers types .to() narrowly
     model.eval()
     return LoadedModel(model, tokenizer, adapter_for(model), spec, source, where, dev, dt)
 
