@@ -7,9 +7,9 @@ import os
 # Tests never reach a model hub (none is reachable here); set before transformers loads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import pytest
+import torch
+from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
