@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install models demo test lint clean
+.PHONY: install models tex demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,20 @@ models: install
 demo: models
 	$(BIN)/sublens run evaluate --config configs/evaluate/demo.yaml
 
-test: models
+# TeX for the paper bundle, from Debian where we can (root + apt-get); without it sublens
+# still writes the bundle and says how to install TeX.
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk poppler-utils
+tex:
+	@if command -v latexmk >/dev/null && command -v pdflatex >/dev/null && command -v pdffonts >/dev/null; then \
+		echo "TeX: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEX_PACKAGES) >/dev/null) \
+			|| echo "TeX: could not install; PDF compilation tests will be skipped"; \
+	else \
+		echo "TeX: not installed (apt-get install $(TEX_PACKAGES)); PDF compilation tests will be skipped"; \
+	fi
+
+test: models tex
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest tests

@@ -1,0 +1,99 @@
+"""LaTeX building blocks: escaping, consistent number formatting, booktabs tables."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Sequence
+
+_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+
+
+def escape(text: object) -> str:
+    """Text safe for pdflatex with T1 fonts.
+
+    LaTeX specials are escaped; Latin-1 letters pass through (T1 has them); any other
+    character, e.g. an Arabic-Indic digit, is written as its code point (U+0663), which
+    every font can show, so a table of number tokens in any script compiles.
+    """
+    out = []
+    for char in str(text):
+        if char in _SPECIAL:
+            out.append(_SPECIAL[char])
+        elif ord(char) < 128 or (ord(char) < 256 and unicodedata.category(char)[0] == "L"):
+            out.append(char)
+        elif char.isspace():
+            out.append(" ")
+        else:
+            out.append(rf"\texttt{{U+{ord(char):04X}}}")
+    return "".join(out)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """One number, formatted the same way everywhere: fixed point, or a power of ten when tiny."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "--"
+    if math.isinf(value):
+        return r"$\infty$" if value > 0 else r"$-\infty$"
+    if value != 0 and abs(value) < 10 ** (-digits):
+        mantissa, exponent = f"{value:.{max(digits - 1, 1)}e}".split("e")
+        return rf"${mantissa}\times10^{{{int(exponent)}}}$"
+    return f"{value:.{digits}f}"
+
+
+def fmt_ci(value: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
+    """'1.83 [1.52, 2.10]'."""
+    return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def fmt_p(p: float | None) -> str:
+    """p-values: three decimals, or '<0.001'."""
+    if p is None or math.isnan(p):
+        return "--"
+    return r"$<$0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def booktabs_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    caption: str,
+    label: str,
+    align: str | None = None,
+    wide: bool = False,
+    escape_cells: bool = False,
+) -> str:
+    """A complete table float with booktabs rules. Cells are LaTeX unless escape_cells."""
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError("every row must have as many cells as the header")
+    cell = escape if escape_cells else str
+    env = "table*" if wide else "table"
+    spec = align or "l" + "r" * (len(header) - 1)
+    lines = [
+        rf"\begin{{{env}}}[t]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(rf"\textbf{{{escape(h)}}}" for h in header) + r" \\",
+        r"\midrule",
+        *(" & ".join(cell(c) for c in row) + r" \\" for row in rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{caption}}}",
+        rf"\label{{{label}}}",
+        rf"\end{{{env}}}",
+    ]
+    return "\n".join(lines) + "\n"

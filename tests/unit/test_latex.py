@@ -1,0 +1,75 @@
+"""LaTeX output: escaping, number formats, and tables that compile inside our ACL style."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sublens.figures import new_figure, save_figure
+from sublens.report.compile import compile_pdf, install_style, tex_available
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
+
+needs_tex = pytest.mark.skipif(not tex_available(), reason="TeX not installed (make test installs it)")
+
+
+def test_escaping_of_specials_and_non_ascii_digits() -> None:
+    assert escape("L3_H2 & 50% #1 $x$") == r"L3\_H2 \& 50\% \#1 \$x\$"
+    assert escape("٣٤") == r"\texttt{U+0663}\texttt{U+0664}"
+    assert escape("café ~{x}") == r"café \textasciitilde{}\{x\}"
+
+
+def test_number_formats() -> None:
+    assert fmt(1.8349) == "1.83"
+    assert fmt(0.00123) == r"$1.2\times10^{-3}$"
+    assert fmt(float("nan")) == "--" and fmt(None) == "--"
+    assert fmt_ci(1.8, 1.52, 2.1) == "1.80 [1.52, 2.10]"
+    assert fmt_p(0.0001) == r"$<$0.001" and fmt_p(0.0456) == "0.046"
+
+
+def _document(body: str, mode: str) -> str:
+    return "\n".join([
+        r"\documentclass[11pt]{article}",
+        rf"\usepackage[{mode}]{{sublens-acl}}",
+        r"\title{A Test of the Style}",
+        r"\author{Ada Lovelace}",
+        r"\begin{document}",
+        r"\maketitle",
+        r"\begin{abstract}A short abstract.\end{abstract}",
+        r"\section{Results}",
+        "Text " * 200,
+        body,
+        r"\end{document}",
+    ])
+
+
+@needs_tex
+@pytest.mark.parametrize("mode", ["review", "final"])
+def test_tables_compile_inside_the_style(tmp_path: Path, mode: str) -> None:
+    rows = [[escape("Increased_top"), fmt_ci(1.8, 1.5, 2.1), fmt_p(0.0004)],
+            [escape("٣ & 87%"), fmt_ci(0.0012, 0.0009, 0.0015, 4), fmt_p(0.2)]]
+    table = booktabs_table(["category", "bias ratio", "p"], rows, "Bias \\& tokens.", "tab:test")
+    tex = tmp_path / "main.tex"
+    assert install_style(tmp_path) == "sublens-acl"
+    tex.write_text(_document(table, mode), encoding="utf-8")
+    pdf = compile_pdf(tex)
+    assert pdf is not None and pdf.stat().st_size > 1000
+    fonts = subprocess.run(["pdffonts", str(pdf)], capture_output=True, text=True, check=True).stdout
+    assert "Type 3" not in fonts
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert ("Anonymous ACL submission" in text) == (mode == "review")
+    assert "U+0663" in text and "1.80 [1.50, 2.10]" in text
+
+
+def test_figures_are_vector_pdfs_without_type3_fonts(tmp_path: Path) -> None:
+    fig, ax = new_figure()
+    ax.plot(np.arange(5), np.arange(5) ** 2, label="owl")  # type: ignore[attr-defined]
+    ax.set_xlabel("layer")  # type: ignore[attr-defined]
+    ax.legend()  # type: ignore[attr-defined]
+    pdf, png = save_figure(fig, tmp_path / "curve")
+    raw = pdf.read_bytes()
+    assert raw.startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
+    assert b"/Type3" not in raw and re.search(rb"/Subtype\s*/(TrueType|CIDFontType2|Type0)", raw)
