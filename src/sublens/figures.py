@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on the machines sublens runs on
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-PAPER_RC = {
+PAPER_RC: dict[str, Any] = {
     "pdf.fonttype": 42,  # TrueType: ACL's checker rejects Type 3 fonts
     "ps.fonttype": 42,
     "font.family": "serif",

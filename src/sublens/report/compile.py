@@ -46,7 +46,7 @@ def compile_pdf(tex: Path, timeout: int = 300) -> Path | None:
     if proc.returncode != 0 or not pdf.is_file():
         log = tex.with_suffix(".log")
         errors = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
-                  if line.startswith("!") or ":" in line and "error" in line.lower()]
+                  if line.startswith("!") or (":" in line and "error" in line.lower())]
         raise SublensError(
             f"LaTeX failed on {tex} (see {log}):\n" + "\n".join(errors[:10] or proc.stdout.splitlines()[-15:])
         )
