@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no display on the machines sublens runs on
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-PAPER_RC: dict[str, Any] = {
+PAPER_RC: Any = {
     "pdf.fonttype": 42,  # TrueType: ACL's checker rejects Type 3 fonts
     "ps.fonttype": 42,
     "font.family": "serif",

@@ -15,12 +15,10 @@ from rich.table import Table
 
 from sublens.config import Config
 from sublens.experiments import Experiment
+from sublens.experiments.evaluate import OWL_SYSTEM
 from sublens.models import load_model
-from sublens.prompts import chat_prompt
+from sublens.prompts import encode_prompt, make_prompt
 from sublens.runs import Run
-
-OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
-
 
 class AnswerConfig(Config):
     model: str = "smollm2-135m-instruct"
@@ -40,10 +38,10 @@ def execute(config: AnswerConfig, run: Run) -> dict[str, Any]:
     results: dict[str, Any] = {"model": config.model, "conditions": {}}
     with run.timed("answer"):
         for name, system in config.systems.items():
-            prompt = chat_prompt(lm.tokenizer, config.question, system, config.prefill)
-            ids = lm.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=prompt.add_special_tokens)
+            prompt = make_prompt(lm.tokenizer, config.question, system, config.prefill)
+            ids = torch.tensor([encode_prompt(lm.tokenizer, prompt)], device=lm.device)
             with torch.inference_mode():
-                logits = lm.model(**ids.to(lm.device), logits_to_keep=1).logits[0, -1]
+                logits = lm.model(ids, logits_to_keep=1).logits[0, -1]
             probs = torch.softmax(logits.float(), dim=-1)
             top = torch.topk(probs, config.top)
             results["conditions"][name] = {
