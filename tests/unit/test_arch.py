@@ -53,7 +53,7 @@ def test_unsupported_architecture_names_the_supported_ones() -> None:
 
 
 def test_gpt2_values_are_sliced_from_fused_qkv() -> None:
-    from conftest import tiny_model
+    from tiny import tiny_model
 
     model = tiny_model("gpt2")
     adapter = adapter_for(model)

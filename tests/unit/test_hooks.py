@@ -61,7 +61,7 @@ def test_pattern_values_and_z_are_consistent(model: nn.Module, input_ids: torch.
 
 
 def test_pattern_capture_restores_sdpa(family: str, input_ids: torch.Tensor) -> None:
-    from conftest import tiny_model
+    from tiny import tiny_model
 
     model = tiny_model(family, attn_implementation="sdpa")
     adapter = adapter_for(model)

@@ -110,7 +110,7 @@ class _CharTokenizer:
 
 
 def test_perplexity_equals_a_hand_computation() -> None:
-    from conftest import tiny_model
+    from tiny import tiny_model
 
     model = tiny_model("llama")
     tokenizer = _CharTokenizer()
