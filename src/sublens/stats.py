@@ -36,17 +36,21 @@ def bootstrap_ci(
     if array.size < 2 or np.all(array == array[0]):
         value = float(statistic(array))
         return (value, value)
+    # numpy reductions take `axis`: scipy then resamples in one vectorized call (~50x faster).
+    vectorized = statistic in (np.mean, np.median)
     result = stats.bootstrap(
         (array,), statistic, confidence_level=level, n_resamples=n_resamples,
-        method="percentile", random_state=np.random.default_rng(seed), vectorized=False,
+        method="percentile", random_state=np.random.default_rng(seed), vectorized=vectorized,
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def summarize(values: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+def summarize(
+    values: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = 0, n_resamples: int = 5000
+) -> dict[str, float]:
     """n, mean, median, sd and a bootstrap CI of the mean."""
     array = _array(values)
-    low, high = bootstrap_ci(array, np.mean, level, seed=seed)
+    low, high = bootstrap_ci(array, np.mean, level, n_resamples, seed)
     return {
         "n": int(array.size),
         "mean": float(array.mean()) if array.size else float("nan"),
