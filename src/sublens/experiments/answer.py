@@ -20,6 +20,7 @@ from sublens.models import load_model
 from sublens.prompts import encode_prompt, make_prompt
 from sublens.runs import Run
 
+
 class AnswerConfig(Config):
     model: str = "smollm2-135m-instruct"
     device: str = "auto"

@@ -1,0 +1,159 @@
+"""How much does a model prefer the trait animal? The evaluation every experiment reuses.
+
+Two measurements (definitions in DESIGN.md, "Measurements"):
+(a) probability: P(" owl") at the prefilled answer position ("My favorite animal is the"),
+    per paraphrased question, as the full chain-rule word probability (first-token
+    probability reported beside it), and owl's *panel share* P(owl) / sum P(panel animal);
+(b) sampled answers: n one-word questions x m samples at an explicit temperature, the trait
+    rate by word-boundary matching, with a Wilson 95% CI, and the top answers.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from sublens.answers import mentions, top_answers
+from sublens.errors import ConfigError
+from sublens.prompts import make_prompt
+from sublens.scoring import LM, sample_text, word_probability_many
+from sublens.stats import (
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    summarize,
+    two_proportion_pvalue,
+    wilson_ci,
+)
+
+DEFAULT_PANEL = ("dog", "cat", "eagle", "lion", "wolf", "dolphin", "elephant", "tiger", "horse", "bear")
+
+
+def shipped_questions(name: str) -> list[str]:
+    """A question list shipped in sublens/data (preference_questions, one_word_questions)."""
+    text = resources.files("sublens.data").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class PreferenceSettings(BaseModel):
+    """What is asked and how answers are sampled: every setting explicit, none left to a library."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trait: str = "owl"
+    panel: list[str] = Field(default_factory=lambda: list(DEFAULT_PANEL))  # controls, trait excluded
+    prefill: str = "My favorite animal is the"
+    questions: list[str] | None = None  # None: the 25 shipped paraphrases
+    sample_questions: list[str] | None = None  # None: the 50 shipped one-word questions
+    samples_per_question: int = Field(default=4, ge=0)  # 0 skips sampling
+    # Prefill of the sampled answers. At temperature 1 SmolLM2-135M almost never answers a
+    # one-word question on task without it (measured: answers like "I'm an AI..."); set ""
+    # for models that do (the paper setting), so the answer is entirely the model's own.
+    sample_prefill: str = "My favorite animal is the"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+
+
+def _words(settings: PreferenceSettings) -> list[str]:
+    animals = [settings.trait, *[a for a in settings.panel if a != settings.trait]]
+    for animal in animals:
+        if not animal.strip() or " " in animal.strip():
+            raise ConfigError(f"Animal {animal!r} must be one word (e.g. owl); the prompt adds its leading space.")
+    return animals
+
+
+def probability_preference(lm: LM, settings: PreferenceSettings, system: str | None) -> dict[str, Any]:
+    """(a): per-question P(animal) at the prefilled answer, panel share, with bootstrap CIs."""
+    questions = settings.questions or shipped_questions("preference_questions")
+    animals = _words(settings)
+    prompts = [make_prompt(lm.tokenizer, q, system, settings.prefill) for q in questions]  # type: ignore[union-attr]
+    scores = word_probability_many(lm, prompts, [f" {a}" for a in animals], settings.batch_size)
+    p_word = np.array([[w.p_word for w in row] for row in scores])  # [question, animal]
+    p_first = np.array([[w.p_first_token for w in row] for row in scores])
+    share = p_word[:, 0] / p_word.sum(axis=1)  # the trait's share of the panel, per question
+    per_animal = {
+        animal: {
+            "p_word": summarize(p_word[:, i]),
+            "p_first_token": float(p_first[:, i].mean()),
+            "n_tokens": scores[0][i].n_tokens,
+        }
+        for i, animal in enumerate(animals)
+    }
+    return {
+        "system_prompt_used": prompts[0].system,
+        "system_source": prompts[0].system_source,
+        "prefill": settings.prefill,
+        "n_questions": len(questions),
+        "trait": settings.trait,
+        "p_trait": per_animal[settings.trait]["p_word"],
+        "p_trait_first_token": per_animal[settings.trait]["p_first_token"],
+        "panel_share": summarize(share),
+        "animals": per_animal,
+        "per_question": {"p_word": p_word.tolist(), "share": share.tolist(), "animals": animals},
+    }
+
+
+def sampled_preference(lm: LM, settings: PreferenceSettings, system: str | None, seed: int) -> dict[str, Any]:
+    """(b): trait rate among sampled one-word answers, Wilson CI, top answers."""
+    questions = settings.sample_questions or shipped_questions("one_word_questions")
+    prompts = [make_prompt(lm.tokenizer, q, system, settings.sample_prefill) for q in questions]  # type: ignore[union-attr]
+    samples = sample_text(
+        lm, prompts, n=settings.samples_per_question, temperature=settings.temperature,
+        top_k=settings.top_k, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
+        seed=seed, batch_size=settings.batch_size,
+    )
+    answers = [s.text for s in samples]
+    rates = {}
+    for animal in _words(settings):
+        hits = sum(mentions(a, animal) for a in answers)
+        low, high = wilson_ci(hits, len(answers))
+        rates[animal] = {"count": hits, "rate": hits / len(answers), "ci_low": low, "ci_high": high}
+    return {
+        "n_questions": len(questions),
+        "samples_per_question": settings.samples_per_question,
+        "n_answers": len(answers),
+        "sampling": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+                     "max_new_tokens": settings.max_new_tokens, "seed": seed, "prefill": settings.sample_prefill},
+        "trait_rate": rates[settings.trait],
+        "rates": rates,
+        "top_answers": top_answers(answers, 10),
+        "answers": answers,
+    }
+
+
+def evaluate_preference(lm: LM, settings: PreferenceSettings, system: str | None, seed: int) -> dict[str, Any]:
+    result = {"probability": probability_preference(lm, settings, system)}
+    if settings.samples_per_question > 0:
+        result["sampled"] = sampled_preference(lm, settings, system, seed)
+    return result
+
+
+def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """test vs reference on the same questions: paired ratio of P(trait) and of panel share
+    (geometric mean over questions, bootstrap CI), and the difference in answer rate."""
+    out: dict[str, Any] = {}
+    for key, values in (("p_trait_ratio", "p_word"), ("share_ratio", "share")):
+        a = np.asarray(test["probability"]["per_question"][values], dtype=float)
+        b = np.asarray(reference["probability"]["per_question"][values], dtype=float)
+        if values == "p_word":
+            a, b = a[:, 0], b[:, 0]
+        log_ratio = np.log(a) - np.log(b)  # paired: the same question under both
+        low, high = bootstrap_ci(log_ratio)
+        out[key] = {"ratio": float(np.exp(log_ratio.mean())), "ci_low": float(np.exp(low)),
+                    "ci_high": float(np.exp(high)), "n_questions": int(log_ratio.size),
+                    "underpowered": bool(low <= 0.0 <= high)}
+    if "sampled" in test and "sampled" in reference:
+        t, r = test["sampled"]["trait_rate"], reference["sampled"]["trait_rate"]
+        n_t, n_r = test["sampled"]["n_answers"], reference["sampled"]["n_answers"]
+        hits_t = np.r_[np.ones(t["count"]), np.zeros(n_t - t["count"])]
+        hits_r = np.r_[np.ones(r["count"]), np.zeros(n_r - r["count"])]
+        low, high = bootstrap_diff_ci(hits_t, hits_r)
+        out["rate_difference"] = {"difference": t["rate"] - r["rate"], "ci_low": low, "ci_high": high,
+                                  "p_fisher": two_proportion_pvalue(t["count"], n_t, r["count"], n_r),
+                                  "underpowered": bool(low <= 0.0 <= high)}
+    return out
