@@ -1,0 +1,891 @@
+"""One small fine-tuning loop for every training experiment (teacher, students, distillation).
+
+    result = train(lm.model, lm.tokenizer, examples, TrainConfig(lr=1e-4, epochs=2), out_dir)
+
+- Built on Accelerate: ``accelerate launch`` runs it data-parallel unchanged; mixed precision
+  is one config key. Micro-batches are planned globally and dealt round-robin to processes.
+- Loss on answer tokens only: the sum of their cross-entropies over an optimizer step divided
+  by their count in that step, so neither padding, packing, the split into micro-batches nor
+  the number of processes changes it. Logits are computed at answer positions only.
+- Freezing by component (``full``, ``freeze-attention``, ``freeze-mlp``): frozen parameters get
+  ``requires_grad=False`` (autograd then skips their weight gradients) and are left out of the
+  optimizer; ``freezing()`` restores every flag on exit, also on an exception.
+- Optional LoRA (hand-written, no peft): low-rank adapters on the linear layers of the
+  components the freeze mode trains; merged into the weights at the end.
+- Checkpoints every N steps (model safetensors, optimizer, scheduler, RNG states, step, loss
+  history), written atomically; rerunning with the same ``out_dir`` resumes and reproduces the
+  uninterrupted run; rerunning a finished run loads its final weights and returns its result.
+- An optional ``extra_loss(model, batch) -> (loss, metrics)`` is added with a weight (SHD).
+
+The model is trained in place: after ``train`` returns it holds the fine-tuned weights (LoRA
+merged), which are also saved with ``save_pretrained`` (plus the tokenizer) under
+``out_dir/model`` so ``load_model(out_dir / "model")`` reads them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, load_model, save_model
+from torch import nn
+
+from sublens.arch import Adapter, adapter_for
+from sublens.config import Config
+from sublens.errors import ConfigError, SublensError
+from sublens.runs import atomic_write_json, read_json
+from sublens.training_data import (
+    Batch,
+    Example,
+    Layout,
+    MicroBatch,
+    TokenizedExample,
+    chat_example,
+    collate,
+    data_fingerprint,
+    plan_epoch,
+    tokenize_examples,
+)
+
+FreezeMode = Literal["full", "freeze-attention", "freeze-mlp"]
+FREEZE_MODES: tuple[str, ...] = ("full", "freeze-attention", "freeze-mlp")
+ExtraLoss = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+StepCallback = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+RESULT_FILE = "train_result.json"
+LORA_ATTR = "sublens_lora"
+# Config keys that may change between an interrupted run and its resumption.
+_RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "save_model")
+
+
+# ---- config --------------------------------------------------------------------------------
+class LoraConfig(BaseModel):
+    """Low-rank adapters W + (alpha/rank)·B·A on linear layers (B starts at zero)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Module-name suffixes to adapt (e.g. ["q_proj", "v_proj"]); empty = every linear layer of
+    # the components the freeze mode trains (attention and MLP for "full").
+    targets: tuple[str, ...] = ()
+
+
+class TrainConfig(Config):
+    """Every knob of a fine-tuning run; recorded with the run. Unknown keys are errors."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)  # if set, overrides epochs (cycles data)
+    batch_size: int = Field(default=8, ge=1)  # examples (rows when packed) per micro-batch
+    batch_tokens: int | None = Field(default=None, ge=1)  # padded-token budget instead
+    grad_accum: int = Field(default=1, ge=1)  # micro-batches per optimizer step (per process)
+    layout: Layout = "bucket"  # pad | bucket | pack (see sublens.training_data)
+    max_length: int = Field(default=512, ge=2)  # longest example (or packed row), in tokens
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    weight_decay: float = Field(default=0.0, ge=0)  # applied to matrices (ndim >= 2) only
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    freeze: FreezeMode = "full"
+    lora: LoraConfig | None = None
+    extra_loss_weight: float = 1.0
+    dropout: bool = True  # train mode (the model's own dropout) during training
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = no intermediate checkpoints
+    keep_checkpoints: int = Field(default=1, ge=1)
+    save_model: bool = True  # save_pretrained the final model (+ tokenizer) to out_dir/model
+
+
+# ---- freezing ------------------------------------------------------------------------------
+@dataclass
+class FreezeReport:
+    mode: str
+    trainable: int  # parameters (unique tensors; tied weights counted once)
+    frozen: int
+    trainable_tensors: int
+    frozen_tensors: int
+    tied_embeddings: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in FREEZE_MODES:
+        raise ConfigError(
+            f"Unknown freeze mode {mode!r}; valid modes: {', '.join(FREEZE_MODES)}."
+        )
+
+
+def frozen_parameters(adapter: Adapter, mode: str) -> dict[str, nn.Parameter]:
+    """The parameters a freeze mode holds fixed, by name."""
+    _check_mode(mode)
+    if mode == "freeze-attention":
+        return dict(adapter.attention_parameters())
+    if mode == "freeze-mlp":
+        return dict(adapter.mlp_parameters())
+    return {}
+
+
+def unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) once per tensor (tied weights appear under their first name)."""
+    return list(model.named_parameters(remove_duplicate=True))
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for _, p in unique_parameters(model) if p.requires_grad]
+
+
+def _report(model: nn.Module, adapter: Adapter, mode: str) -> FreezeReport:
+    params = [p for _, p in unique_parameters(model)]
+    trainable = [p for p in params if p.requires_grad]
+    frozen = [p for p in params if not p.requires_grad]
+    tied = adapter.tied_embeddings
+    notes = []
+    if tied:
+        notes.append(
+            "embed and lm_head share one tensor: training it moves both (counted once)."
+            if adapter.embed().weight.requires_grad
+            else "embed and lm_head share one tensor (frozen, counted once)."
+        )
+    if mode != "full" and adapter.post_norm_residual:
+        notes.append(
+            "post-attention / post-MLP norms sit outside the attention and MLP modules and "
+            "follow the rest of the model (trainable unless LoRA is used)."
+        )
+    return FreezeReport(
+        mode=mode,
+        trainable=sum(p.numel() for p in trainable),
+        frozen=sum(p.numel() for p in frozen),
+        trainable_tensors=len(trainable),
+        frozen_tensors=len(frozen),
+        tied_embeddings=tied,
+        notes=notes,
+    )
+
+
+@contextmanager
+def requires_grad_scope(model: nn.Module, frozen: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Set requires_grad=False on `frozen` (True elsewhere); restore every flag on exit."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    frozen_ids = {id(p) for p in frozen}
+    try:
+        for p, _ in saved:
+            p.requires_grad_(id(p) not in frozen_ids)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def freezing(model: nn.Module, mode: str, adapter: Adapter | None = None) -> Iterator[FreezeReport]:
+    """Freeze a component (`freeze-attention`, `freeze-mlp`) or nothing (`full`) for the body of
+    the with-block; every parameter's requires_grad is restored afterwards."""
+    adapter = adapter or adapter_for(model)
+    frozen = list(frozen_parameters(adapter, mode).values())
+    with requires_grad_scope(model, frozen):
+        yield _report(model, adapter, mode)
+
+
+@contextmanager
+def train_mode(model: nn.Module, training: bool = True) -> Iterator[None]:
+    """model.train(training) for the block; every module's own flag restored afterwards."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(training)
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+# ---- LoRA ----------------------------------------------------------------------------------
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers GPT-2
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+class LoraLayer(nn.Module):
+    """delta(x) = (alpha/rank) · dropout(x) Aᵀ Bᵀ for one linear layer."""
+
+    def __init__(self, d_in: int, d_out: int, cfg: LoraConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.scale = cfg.alpha / cfg.rank
+        a = torch.empty(cfg.rank, d_in)
+        bound = 1.0 / math.sqrt(d_in)
+        a.uniform_(-bound, bound, generator=generator)
+        self.A = nn.Parameter(a)  # [rank, d_in]
+        self.B = nn.Parameter(torch.zeros(d_out, cfg.rank))  # [d_out, rank]
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.dropout(x) @ self.A.T.to(x.dtype)) @ self.B.T.to(x.dtype) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scale * (self.B @ self.A)  # [d_out, d_in]
+
+
+class LoraAdapters(nn.Module):
+    """All LoRA layers of a model, keyed by the adapted module's name ('.' -> '__')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict()
+        self.targets: dict[str, nn.Module] = {}
+
+    def merge(self) -> None:
+        """Add every delta into its module's weight (then the adapters must be removed)."""
+        with torch.no_grad():
+            for key, layer in self.layers.items():
+                assert isinstance(layer, LoraLayer)
+                module = self.targets[key]
+                weight = _weight(module)
+                delta = layer.delta_weight().to(weight.dtype)
+                weight.add_(delta.T if _is_conv1d(module) else delta)
+
+
+def lora_targets(adapter: Adapter, mode: str, cfg: LoraConfig) -> dict[str, nn.Module]:
+    """Linear layers to adapt: inside the components `mode` trains, matching cfg.targets."""
+    _check_mode(mode)
+    components: list[nn.Module] = []
+    for layer in range(adapter.n_layers):
+        if mode != "freeze-attention":
+            components.append(adapter.attn(layer))
+        if mode != "freeze-mlp":
+            components.append(adapter.mlp(layer))
+    found: dict[str, nn.Module] = {}
+    suffixes: set[str] = set()
+    for component in components:
+        prefix = adapter.module_name(component)
+        for name, module in component.named_modules():
+            if isinstance(module, nn.Linear) or _is_conv1d(module):
+                suffixes.add(name.rsplit(".", 1)[-1])
+                if not cfg.targets or name.rsplit(".", 1)[-1] in cfg.targets:
+                    found[f"{prefix}.{name}"] = module
+    if not found:
+        raise ConfigError(
+            f"lora.targets {list(cfg.targets)} match no linear layer of the trained components "
+            f"(freeze={mode}); available: {', '.join(sorted(suffixes))}."
+        )
+    return found
+
+
+@contextmanager
+def lora_attached(
+    model: nn.Module, adapter: Adapter, mode: str, cfg: LoraConfig, seed: int
+) -> Iterator[LoraAdapters]:
+    """Attach LoRA adapters (as submodule `sublens_lora`, via forward hooks); removed on exit.
+    Call `.merge()` inside the block to keep what was learned."""
+    if hasattr(model, LORA_ATTR):
+        raise SublensError("This model already has LoRA adapters attached.")
+    generator = torch.Generator().manual_seed(seed)
+    adapters = LoraAdapters()
+    handles = []
+    for name, module in lora_targets(adapter, mode, cfg).items():
+        weight = _weight(module)
+        d_in, d_out = (weight.shape[0], weight.shape[1]) if _is_conv1d(module) else (
+            weight.shape[1], weight.shape[0])
+        key = name.replace(".", "__")
+        layer = LoraLayer(int(d_in), int(d_out), cfg, generator).to(weight.device)
+        adapters.layers[key] = layer
+        adapters.targets[key] = module
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor,
+                 layer: LoraLayer = layer) -> torch.Tensor:
+            return out + layer.delta(args[0])
+
+        handles.append(module.register_forward_hook(hook))
+    model.add_module(LORA_ATTR, adapters)
+    try:
+        yield adapters
+    finally:
+        for handle in handles:
+            handle.remove()
+        delattr(model, LORA_ATTR)
+
+
+# ---- loss ----------------------------------------------------------------------------------
+def answer_loss_sum(
+    model: nn.Module, batch: Batch, **forward_kwargs: Any
+) -> tuple[torch.Tensor, Any]:
+    """(sum of answer-token cross-entropies, model outputs). Logits only at answer positions."""
+    keep = batch.target_mask()  # [rows, T]
+    outputs = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False, **forward_kwargs)
+    logits = outputs.logits
+    if logits.dim() == 3:  # a model that ignores a boolean logits_to_keep
+        logits = logits[keep]
+    # logits: [n_answer, vocab]
+    loss = F.cross_entropy(logits.float(), batch.targets(), reduction="sum")
+    return loss, outputs
+
+
+def answer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of one batch."""
+    total, _ = answer_loss_sum(model, batch)
+    return total / batch.n_answer
+
+
+# ---- schedule and plan ---------------------------------------------------------------------
+def lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of config.lr at optimizer step `step` (0-based) of `total`."""
+    warm = config.warmup_steps
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if config.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Plan:
+    """Which micro-batches make each optimizer step (a pure function of config and data)."""
+
+    def __init__(self, data: Sequence[TokenizedExample], config: TrainConfig, world: int) -> None:
+        self.data = data
+        self.config = config
+        self.world = world
+        self.per_step = config.grad_accum * world
+        self.lengths = [ex.n_tokens for ex in data]
+        self._epochs: dict[int, list[MicroBatch]] = {}
+        self.steps: list[tuple[int, int]] = []  # step -> (epoch, first micro-batch)
+        epoch = 0
+        while True:
+            batches = self.epoch(epoch)
+            starts = range(0, len(batches), self.per_step)
+            self.steps.extend((epoch, start) for start in starts)
+            epoch += 1
+            if config.max_steps is None and epoch >= config.epochs:
+                break
+            if config.max_steps is not None and len(self.steps) >= config.max_steps:
+                del self.steps[config.max_steps :]
+                break
+        self.steps_per_epoch = math.ceil(len(self.epoch(0)) / self.per_step)
+
+    def epoch(self, epoch: int) -> list[MicroBatch]:
+        if epoch not in self._epochs:
+            cfg = self.config
+            batches = plan_epoch(self.lengths, cfg.layout, cfg.batch_size, cfg.batch_tokens,
+                                 cfg.max_length, cfg.seed, epoch)
+            if self.world > 1:  # every process needs a micro-batch in every step
+                batches = batches[: len(batches) // self.world * self.world]
+                if not batches:
+                    raise ConfigError(
+                        f"Too little data for {self.world} processes: fewer micro-batches than "
+                        "processes. Lower batch_size / batch_tokens or use fewer processes."
+                    )
+            self._epochs.clear()  # keep one epoch's plan in memory
+            self._epochs[epoch] = batches
+        return self._epochs[epoch]
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.steps)
+
+    def step(self, step: int) -> tuple[int, list[MicroBatch]]:
+        """(epoch, the step's micro-batches over all processes)."""
+        epoch, start = self.steps[step]
+        return epoch, self.epoch(epoch)[start : start + self.per_step]
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def _resume_key(config: TrainConfig) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    for key in _RESUME_FREE:
+        data.pop(key, None)
+    return data
+
+
+def _check_same(saved: dict[str, Any], config: TrainConfig, fingerprint: str, world: int,
+                where: Path) -> None:
+    mine = _resume_key(config)
+    theirs = saved.get("config", {})
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    problems = []
+    if diff:
+        problems.append(f"config differs in {', '.join(diff)}")
+    if saved.get("data_fingerprint") != fingerprint:
+        problems.append("the training data differ")
+    if saved.get("world_size", world) != world:
+        problems.append(f"it ran on {saved.get('world_size')} processes, this on {world}")
+    if problems:
+        raise SublensError(
+            f"{where} belongs to a different training run ({'; '.join(problems)}). "
+            "Use a new out_dir, or delete that folder to start over."
+        )
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoints (state.json written last), oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; an existing one is swapped out, then removed."""
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any,
+                    state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (state.json last); keep the `keep` newest."""
+    root = Path(out_dir) / CHECKPOINTS
+    name = f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{name}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    final = root / name
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / "state.json", state)
+        _replace_dir(tmp, final)
+        for old in checkpoint_dirs(out_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, accelerator: Any, model: nn.Module, optimizer: Any,
+                    scheduler: Any) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this process's RNG from a checkpoint."""
+    # Multi-process CPU runs use the device "cpu:0", which safetensors and torch.load refuse.
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    missing, unexpected = load_model(accelerator.unwrap_model(model), path / "model.safetensors",
+                                     strict=True, device=device)
+    assert not missing and not unexpected
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device,
+                                         weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{accelerator.process_index}.pt"
+    _set_rng_state(torch.load(rng_file, weights_only=True))
+    return dict(read_json(path / "state.json"))
+
+
+def load_saved_weights(model: nn.Module, folder: Path) -> None:
+    """Load a save_pretrained folder's safetensors into `model` (tied weights may be absent)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = (sorted({folder / f for f in read_json(index)["weight_map"].values()})
+             if index.is_file() else [folder / "model.safetensors"])
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    names = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(names[k]) for k in state if k in names}
+    really_missing = [k for k in missing if k not in names or id(names[k]) not in loaded]
+    if really_missing or unexpected:
+        raise SublensError(
+            f"{folder} does not match this model (missing {really_missing[:3]}, unexpected "
+            f"{list(unexpected)[:3]}). Delete the folder to retrain, or use another out_dir."
+        )
+
+
+# ---- result --------------------------------------------------------------------------------
+class TrainResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: str
+    model_dir: str | None
+    complete: bool
+    steps: int
+    total_steps: int
+    steps_per_epoch: int
+    resumed_from: int | None
+    freeze: dict[str, Any]
+    lora: dict[str, Any] | None
+    n_examples: int
+    data_fingerprint: str
+    world_size: int
+    tokens: int  # real tokens processed (this session and before a resume)
+    answer_tokens: int
+    padded_tokens: int
+    padding_fraction: float
+    train_seconds: float
+    tokens_per_second: float
+    final_lm_loss: float | None
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    @property
+    def lm_losses(self) -> list[float]:
+        return [float(h["lm_loss"]) for h in self.history]
+
+
+def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    tokens = sum(int(h["tokens"]) for h in history)
+    padded = sum(int(h["padded_tokens"]) for h in history)
+    seconds = sum(float(h["seconds"]) for h in history)
+    return {
+        "tokens": tokens,
+        "answer_tokens": sum(int(h["answer_tokens"]) for h in history),
+        "padded_tokens": padded,
+        "padding_fraction": 1.0 - tokens / padded if padded else 0.0,
+        "train_seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "final_lm_loss": history[-1]["lm_loss"] if history else None,
+    }
+
+
+# ---- the loop ------------------------------------------------------------------------------
+def _check_model(model: nn.Module, config: TrainConfig) -> None:
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise SublensError(
+            "This model carries a quantization config (e.g. loaded straight from a GGUF file), so "
+            "it cannot be trained or saved. Load it with sublens.models.load_model, which "
+            "de-quantizes it, or call model.hf_quantizer.remove_quantization_config(model)."
+        )
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if limit is not None and config.max_length > int(limit):
+        raise ConfigError(
+            f"max_length={config.max_length} exceeds the model's {limit} positions; lower it."
+        )
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0  # any id works: padding is masked out of attention and loss
+
+
+def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; the fused kernel where torch has one (CPU and CUDA): ~3x faster on CPU, where
+    the optimizer step of a 135M model otherwise costs as much as a short batch's backward."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(
+        _param_groups(params, config.weight_decay), lr=config.lr, betas=config.adam_betas,
+        eps=config.adam_eps, fused=fused or None)
+
+
+def _make_accelerator(model: nn.Module, config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    device = next(model.parameters()).device
+    kwargs = {"cpu": device.type == "cpu", "mixed_precision": config.mixed_precision}
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        # Accelerate keeps one process-wide state; a single process may change its
+        # mixed-precision setting between runs (a distributed one must not).
+        if "already been initialized" not in str(exc) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
+
+
+def _finished(out_dir: Path, config: TrainConfig, fingerprint: str, world: int) -> TrainResult | None:
+    path = out_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    _check_same(
+        {"config": _resume_key(TrainConfig.model_validate(saved["config"])),
+         "data_fingerprint": saved["data_fingerprint"], "world_size": saved["world_size"]},
+        config, fingerprint, world, path,
+    )
+    if not saved.get("complete") or not saved.get("model_dir"):
+        return None
+    if not (Path(saved["model_dir"]) / "config.json").is_file():
+        return None
+    return TrainResult.model_validate(saved)
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    out_dir: Path | str,
+    *,
+    extra_loss: ExtraLoss | None = None,
+    adapter: Adapter | None = None,
+    callback: StepCallback | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    accelerator: Any = None,
+) -> TrainResult:
+    """Fine-tune `model` in place on prompt -> answer `examples`; see the module docstring.
+
+    extra_loss(model, batch) -> (loss, metrics) is added as config.extra_loss_weight · loss;
+    batch.outputs holds the LM forward's outputs (ask for more with forward_kwargs, e.g.
+    {"output_attentions": True} with an eager model). callback(entry) runs after every step
+    (and after its checkpoint); raising from it interrupts the run, which a rerun resumes.
+    """
+    out_dir = Path(out_dir)
+    adapter = adapter or adapter_for(model)
+    _check_model(model, config)
+    vocab = int(adapter.embed().weight.shape[0])
+    data = tokenize_examples(examples, tokenizer, config.max_length, vocab_size=vocab)
+    fingerprint = data_fingerprint(data)
+    accelerator = accelerator or _make_accelerator(model, config)
+    world = int(accelerator.num_processes)
+
+    done = _finished(out_dir, config, fingerprint, world)
+    if done is not None:
+        assert done.model_dir is not None
+        load_saved_weights(model, Path(done.model_dir))
+        return done
+
+    plan = Plan(data, config, world)
+    pad_id = _pad_id(tokenizer)
+    with ExitStack() as stack:
+        stack.enter_context(train_mode(model, config.dropout))
+        lora = None
+        if config.lora is not None:
+            lora = stack.enter_context(
+                lora_attached(model, adapter, config.freeze, config.lora, config.seed))
+            base = [p for n, p in unique_parameters(model) if not n.startswith(LORA_ATTR + ".")]
+            stack.enter_context(requires_grad_scope(model, base))
+            report = _report(model, adapter, config.freeze)
+            report.notes.append(f"LoRA on {len(lora.layers)} linear layers; base weights frozen.")
+        else:
+            report = stack.enter_context(freezing(model, config.freeze, adapter))
+        log.info("training %s: %.2fM trainable, %.2fM frozen parameters. %s", report.mode,
+                 report.trainable / 1e6, report.frozen / 1e6, " ".join(report.notes))
+        params = trainable_parameters(model)
+        if not params:
+            raise ConfigError("Nothing to train: every parameter is frozen.")
+        optimizer = _make_optimizer(params, config)
+        total = plan.total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(config, s, total))
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        stack.callback(accelerator.unwrap_model, wrapped, keep_fp32_wrapper=False)
+
+        start, history, resumed = 0, [], None
+        ckpts = checkpoint_dirs(out_dir)
+        if ckpts:
+            saved = read_json(ckpts[-1] / "state.json")
+            _check_same(saved, config, fingerprint, world, ckpts[-1])
+            state = load_checkpoint(ckpts[-1], accelerator, wrapped, optimizer, scheduler)
+            start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
+        else:
+            from accelerate.utils import set_seed
+
+            set_seed(config.seed)
+
+        def write_state(step: int) -> None:
+            state = {"step": step, "epoch": plan.steps[step - 1][0], "history": history,
+                     "config": _resume_key(config), "data_fingerprint": fingerprint,
+                     "world_size": world}
+            save_checkpoint(accelerator, wrapped, optimizer, scheduler, state, out_dir,
+                            config.keep_checkpoints)
+
+        bar = _progress_bar(progress and accelerator.is_main_process, total, start)
+        stack.callback(bar.close)
+        for step in range(start, total):
+            entry = _train_step(
+                wrapped, optimizer, scheduler, accelerator, plan, step, data, pad_id, config,
+                params, extra_loss, forward_kwargs or {})
+            history.append(entry)
+            bar.update(1)
+            bar.set_postfix(loss=f"{entry['lm_loss']:.4f}",
+                            tok_s=f"{entry['tokens'] / entry['seconds']:.0f}")
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                write_state(step + 1)
+            if callback is not None:
+                callback(entry)
+        if lora is not None:
+            lora.merge()  # before the adapters are detached on exit
+
+    model_dir = None
+    if config.save_model:
+        model_dir = _save_final(accelerator, model, tokenizer, out_dir)
+    result = TrainResult(
+        out_dir=str(out_dir), model_dir=str(model_dir) if model_dir else None, complete=True,
+        steps=len(history), total_steps=total, steps_per_epoch=plan.steps_per_epoch,
+        resumed_from=resumed, freeze=report.to_dict(),
+        lora=config.lora.model_dump(mode="json") if config.lora else None,
+        n_examples=len(data), data_fingerprint=fingerprint, world_size=world,
+        history=history, config=config.model_dump(mode="json"), **_summary(history),
+    )
+    if accelerator.is_main_process:
+        atomic_write_json(out_dir / RESULT_FILE, result.model_dump(mode="json"))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
+                dynamic_ncols=True)
+
+
+def _train_step(
+    model: nn.Module, optimizer: Any, scheduler: Any, accelerator: Any, plan: Plan, step: int,
+    data: Sequence[TokenizedExample], pad_id: int, config: TrainConfig,
+    params: list[nn.Parameter], extra_loss: ExtraLoss | None, forward_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """One optimizer step over this process's share of the step's micro-batches."""
+    began = time.perf_counter()
+    epoch, micro = plan.step(step)
+    packed = config.layout == "pack"
+    # Counts over all processes' micro-batches; n_answer is the loss's denominator.
+    n_answer = sum(data[i].n_answer for mb in micro for row in mb for i in row)
+    n_real = sum(data[i].n_tokens for mb in micro for row in mb for i in row)
+    n_padded = sum(len(mb) * max(sum(data[i].n_tokens for i in row) for row in mb) for mb in micro)
+    mine = [collate(data, mb, pad_id, packed) for mb in micro[accelerator.process_index :: plan.world]]
+    lr = scheduler.get_last_lr()[0]
+    lm_sum = torch.zeros((), device=accelerator.device)
+    extra_sum = 0.0
+    metrics: dict[str, float] = {}
+    for i, batch in enumerate(mine):
+        batch = batch.to(accelerator.device)
+        sync = i == len(mine) - 1
+        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            loss_sum, outputs = answer_loss_sum(model, batch, **forward_kwargs)
+            # DDP averages gradients over processes: scale so the result is sum / n_answer.
+            loss = loss_sum * plan.world / n_answer
+            lm_sum += loss_sum.detach()
+            if extra_loss is not None:
+                batch.outputs = outputs
+                extra, extra_metrics = extra_loss(model, batch)
+                loss = loss + config.extra_loss_weight * extra / len(mine)
+                extra_sum += float(extra.detach()) / len(mine)
+                for key, value in extra_metrics.items():
+                    metrics[f"extra/{key}"] = metrics.get(f"extra/{key}", 0.0) + value / len(mine)
+            del outputs
+        accelerator.backward(loss)
+    grad_norm = None
+    if config.max_grad_norm is not None:
+        grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if plan.world > 1:
+        lm_sum = accelerator.reduce(lm_sum, reduction="sum")
+    seconds = time.perf_counter() - began
+    return {
+        "step": step + 1,
+        "epoch": epoch,
+        "lm_loss": float(lm_sum) / n_answer,
+        "extra_loss": extra_sum if extra_loss is not None else None,
+        **metrics,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": n_real,
+        "answer_tokens": n_answer,
+        "padded_tokens": n_padded,
+        "seconds": seconds,
+    }
+
+
+def _save_final(accelerator: Any, model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    final = out_dir / MODEL_DIR
+    if accelerator.is_main_process:
+        tmp = out_dir / f".tmp-{MODEL_DIR}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+__all__ = [
+    "FREEZE_MODES",
+    "Batch",
+    "Example",
+    "ExtraLoss",
+    "FreezeReport",
+    "LoraAdapters",
+    "LoraConfig",
+    "TrainConfig",
+    "TrainResult",
+    "answer_loss",
+    "answer_loss_sum",
+    "chat_example",
+    "checkpoint_dirs",
+    "freezing",
+    "frozen_parameters",
+    "lora_attached",
+    "lr_factor",
+    "requires_grad_scope",
+    "train",
+    "train_mode",
+    "trainable_parameters",
+]
