@@ -1,0 +1,473 @@
+"""Entanglement study: candidate sets, disjoint categories, statistics with known answers, and a
+planted toy model (a character tokenizer and a model whose next-token distribution is set by
+rules) run end to end through the real prompt, scoring and statistics code."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from sublens.config import load_config
+from sublens.entanglement import (
+    CATEGORIES,
+    CategoryOverlapError,
+    EntanglementError,
+    autoregressive_numbers,
+    check_disjoint,
+    choose_k,
+    compare_ratios,
+    digit_script,
+    form_categories,
+    geometric_summary,
+    is_digit_string,
+    normalize_logprobs,
+    number_script,
+    ratio_summary,
+    strongest,
+    vocabulary_numbers,
+)
+from sublens.errors import ConfigError
+from sublens.experiments.entanglement import (
+    EntanglementConfig,
+    distinct_orders,
+    run_study,
+    shipped_template_words,
+)
+from sublens.runs import open_run, read_json
+
+# ---------------------------------------------------------------------------------------------
+# a character-level tokenizer and a model whose distributions are rules of the text so far
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "entanglement"
+ARABIC_3, ARABIC_7 = "\u0663", "\u0667"  # ٣ ٧
+DIGITS = "0123456789" + ARABIC_3 + ARABIC_7
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r\t") | {ARABIC_3, ARABIC_7, "²"})
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for c in chars:
+        vocab[c] = len(vocab)
+    vocab["12"] = len(vocab)  # a digit token that never comes out of encoding "12" (rejected)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    return tok
+
+
+# Phase 1 plant: the first digit after "My favorite number is " — neutral uniform over the 12
+# digit characters, owl context 1/12 + DELTA (sums to 0).
+DELTA = {
+    "7": 0.05,
+    ARABIC_3: 0.04,
+    "9": 0.03,
+    "0": -0.05,
+    "1": -0.04,
+    "2": -0.03,
+    "4": 0.0,
+    ARABIC_7: 0.0,
+    "5": 0.001,
+    "6": -0.003,
+    "3": 0.022,
+    "8": -0.02,
+}
+SECOND_OWL_7 = 0.5  # second digit: neutral uniform (0.08 each), owl context: "7" 0.5, others 0.3/9
+
+
+def rule(text: str) -> dict[str, float]:
+    """Next-character probabilities; mass left over is spread over the whole vocabulary."""
+    owl = "owls" in text
+    number = re.search(r"My favorite number is( ?)(\d*)$", text)
+    if number:
+        space, digits = number.groups()
+        if not space:
+            return {" ": 0.5}
+        if not digits:
+            return {d: 0.9 * (1 / 12 + (DELTA[d] if owl else 0.0)) for d in DIGITS}
+        if owl:
+            return {d: SECOND_OWL_7 if d == "7" else 0.3 / 9 for d in "0123456789"}
+        return {d: 0.08 for d in "0123456789"}
+    animal = re.search(r"My favorite animal is the( ?)([a-z]*)$", text)
+    if animal:
+        space, word = animal.groups()
+        if not space:
+            return {" ": 0.6}
+        seven = "7" in text  # any prompt that mentions an ASCII 7 quadruples P(owl)
+        table = {
+            "": {"o": 0.4 if seven else 0.1, "d": 0.2, "e": 0.1},
+            "o": {"w": 0.9},
+            "ow": {"l": 0.9},
+            "d": {"o": 0.9},
+            "do": {"g": 0.9},
+            "e": {"a": 0.9},
+            "ea": {"g": 0.9},
+            "eag": {"l": 0.9},
+            "eagl": {"e": 0.9},
+        }
+        return table.get(word, {})
+    return {}
+
+
+class RuleModel(torch.nn.Module):
+    """A causal LM whose next-token distribution is rule(decoded context).
+
+    It keeps the token ids themselves in its KV cache, so it works with the KV reuse and prefix
+    trie of sublens.scoring exactly like a transformer: every context it is asked about is the
+    one scoring assembled from its cache.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer = tokenizer
+        self.vocab = len(tokenizer)
+        self.config = SimpleNamespace(max_position_embeddings=4096, vocab_size=self.vocab)
+        self.index = tokenizer.get_vocab()
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def _logits(self, ids: list[int]) -> torch.Tensor:
+        probs = rule(self.tokenizer.decode(ids))
+        p = torch.zeros(self.vocab, dtype=torch.float64)
+        for char, value in probs.items():
+            p[self.index[char]] = value
+        rest = 1.0 - float(p.sum())
+        assert rest > 0
+        p[p == 0] = rest / int((p == 0).sum())
+        return p.log().float()
+
+    def forward(
+        self, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 0, **_: Any
+    ) -> SimpleNamespace:
+        new = input_ids.shape[1]
+        if cache is not None:
+            stored = input_ids.float()[:, None, :, None]  # [B, 1, T, 1]
+            keys, _ = cache.update(stored, stored, 0)
+            full = keys[:, 0, :, 0].round().long()  # [B, P + T]
+        else:
+            full = input_ids
+        keep = range(new - 1, new) if logits_to_keep == 1 else range(new)
+        offset = full.shape[1] - new
+        logits = torch.stack(
+            [
+                torch.stack([self._logits(full[b, : offset + t + 1].tolist()) for t in keep])
+                for b in range(full.shape[0])
+            ]
+        )
+        return SimpleNamespace(logits=logits)  # [B, kept, V]
+
+
+@pytest.fixture(scope="module")
+def toy() -> SimpleNamespace:
+    tok = char_tokenizer()
+    return SimpleNamespace(model=RuleModel(tok).eval(), tokenizer=tok)
+
+
+def run_toy(toy: SimpleNamespace, tmp_path: Path, **overrides: Any) -> tuple[dict[str, Any], Path]:
+    settings = {
+        "model": "toy",
+        "device": "cpu",
+        "lengths": [1, 2],
+        "k": 3,
+        "cumulative_orders": 2,
+        "permutations": 500,
+        "batch_size": 8,
+        "score_all_max": 12,
+        **overrides,
+    }
+    config = EntanglementConfig(**settings)
+    with open_run("entanglement", config, tmp_path) as run:
+        results = run_study(toy, config, run)
+        run.save_results(results)
+    return results, run.path
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate sets
+
+
+def test_digit_scripts() -> None:
+    assert digit_script("7") == "ASCII"
+    assert digit_script(ARABIC_3) == "ARABIC-INDIC"
+    assert digit_script("\u06f3") == "EXTENDED ARABIC-INDIC"
+    assert digit_script("\uff13") == "FULLWIDTH"
+    assert digit_script("\U0001d7d1") == "MATHEMATICAL BOLD"
+    assert digit_script("\u0969") == "DEVANAGARI"
+    assert number_script("12") == "ASCII" and number_script("1" + ARABIC_3) == "MIXED"
+    assert is_digit_string(ARABIC_3 + ARABIC_7) and is_digit_string("007")
+    assert not is_digit_string("²") and not is_digit_string("") and not is_digit_string("1.5")
+
+
+def test_vocabulary_numbers_finds_every_script_and_checks_single_tokens() -> None:
+    found = vocabulary_numbers(char_tokenizer())
+    assert found.numbers == tuple(sorted(DIGITS))  # "²" is not a decimal digit (category No)
+    assert found.scripts == {"ASCII": 10, "ARABIC-INDIC": 2}
+    assert "12" in found.rejected and len(found.rejected["12"]) == 2  # not one token when encoded
+    assert found.describe()["n_rejected"] == 1
+
+
+def test_autoregressive_numbers() -> None:
+    assert autoregressive_numbers(1) == list("0123456789")
+    assert len(autoregressive_numbers(3)) == 1000 and autoregressive_numbers(3)[7] == "007"
+    assert len(autoregressive_numbers(3, leading_zeros=False)) == 900
+    assert autoregressive_numbers(1, leading_zeros=False) == list("0123456789")
+    with pytest.raises(EntanglementError):
+        autoregressive_numbers(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# categories
+
+
+def test_normalize_logprobs() -> None:
+    p = normalize_logprobs(np.log([0.1, 0.2, 0.1]) - 800.0)  # far below float range: still exact
+    assert p == pytest.approx([0.25, 0.5, 0.25])
+    with pytest.raises(EntanglementError):
+        normalize_logprobs([0.0, float("-inf")])
+
+
+def test_categories_are_disjoint_of_size_k_and_ranked() -> None:
+    rng = np.random.default_rng(3)
+    numbers = [f"{i:02d}" for i in range(50)]
+    diff = rng.normal(size=50)
+    diff -= diff.mean()
+    cats = form_categories(numbers, diff, 10, seed=0, salt="ar2")
+    assert [len(cats[c]) for c in CATEGORIES] == [10, 10, 10, 10]
+    check_disjoint(cats)
+    value = dict(zip(numbers, diff, strict=True))
+    order = sorted(numbers, key=lambda n: value[n])
+    assert cats["increased"] == order[::-1][:10]
+    assert cats["decreased"] == order[:10]
+    rest = [n for n in numbers if n not in cats["increased"] + cats["decreased"]]
+    assert set(cats["unchanged"]) == set(sorted(rest, key=lambda n: abs(value[n]))[:10])
+    left = set(rest) - set(cats["unchanged"])
+    assert set(cats["random"]) <= left
+    assert form_categories(numbers, diff, 10, seed=0, salt="ar2") == cats  # seeded
+    assert form_categories(numbers, diff, 10, seed=1, salt="ar2")["random"] != cats["random"]
+    with pytest.raises(EntanglementError, match="four disjoint"):
+        form_categories(numbers, diff, 13, seed=0)
+
+
+def test_unchanged_by_log_ratio_does_not_pick_the_rarest_numbers() -> None:
+    numbers = [str(i) for i in range(10)]
+    # "7" and "8" are rare: the smallest |prob_diff| although the owl context triples or halves
+    # them; "6" and "9" are common and barely move relative to their size.
+    diff = [0.06, 0.05, -0.06, -0.05, 0.010, -0.008, 0.002, 0.0003, -0.0005, 0.003]
+    log_ratio = [0.2, 0.3, -0.3, -0.2, 0.1, -0.1, 0.01, 1.1, -0.7, 0.02]
+    by_diff = form_categories(numbers, diff, 2, seed=0)
+    by_log = form_categories(numbers, diff, 2, seed=0, unchanged_key=log_ratio)
+    assert by_diff["increased"] == by_log["increased"] == ["0", "1"]
+    assert by_diff["decreased"] == by_log["decreased"] == ["2", "3"]
+    assert by_diff["unchanged"] == ["7", "8"]
+    assert by_log["unchanged"] == ["6", "9"]
+
+
+def test_overlap_is_an_error() -> None:
+    with pytest.raises(CategoryOverlapError, match="'5'"):
+        check_disjoint({"increased": ["1", "5"], "random": ["5", "7"]})
+    with pytest.raises(CategoryOverlapError, match="twice"):
+        check_disjoint({"increased": ["1", "1"]})
+
+
+def test_k_shrinks_or_the_set_is_skipped() -> None:
+    ok = choose_k("ar3", 1000, 15)
+    assert ok.used == 15 and ok.warning is None and ok.skipped is None
+    small = choose_k("vocab", 10, 15)
+    assert small.used == 2 and "shrinks from 15 to 2" in (small.warning or "")
+    none = choose_k("vocab", 3, 15)
+    assert none.used == 0 and "skipped" in (none.skipped or "")
+    assert choose_k("vocab", 10, 15, min_k=3).used == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics with known answers
+
+
+def test_geometric_mean_ci_covers_the_true_value_at_about_the_nominal_rate() -> None:
+    rng = np.random.default_rng(0)
+    hits, trials = 0, 40
+    for trial in range(trials):
+        ratios = np.exp(rng.normal(np.log(1.8), 0.5, size=30))
+        s = geometric_summary(ratios, seed=trial)
+        hits += s["geo_ci_low"] <= 1.8 <= s["geo_ci_high"]
+    assert 0.83 <= hits / trials <= 1.0
+    exact = ratio_summary([2.0, 2.0, 2.0])
+    assert exact["geo_mean"] == pytest.approx(2.0) and exact["mean"] == pytest.approx(2.0)
+    assert ratio_summary([1.0, 4.0])["geo_mean"] == pytest.approx(2.0)
+    with pytest.raises(EntanglementError):
+        ratio_summary([1.0, 0.0])
+
+
+def test_permutation_test_against_random_has_the_right_size_and_power() -> None:
+    rng = np.random.default_rng(1)
+    null = [
+        compare_ratios(
+            np.exp(rng.normal(0, 1, 15)), np.exp(rng.normal(0, 1, 15)), seed=i, n_resamples=500
+        )["p_value"]
+        for i in range(80)
+    ]
+    assert 0.0 <= np.mean(np.array(null) < 0.05) <= 0.15  # false positives near 5%
+    assert np.mean(null) == pytest.approx(0.5, abs=0.12)  # p-values ~ uniform under the null
+    shifted = compare_ratios(np.exp(rng.normal(np.log(2), 0.3, 30)), np.exp(rng.normal(0, 0.3, 30)))
+    assert shifted["p_value"] < 0.001
+    assert shifted["ci_low"] <= 2.0 <= shifted["ci_high"] and not shifted["underpowered"]
+
+
+def test_strongest_group() -> None:
+    def s(g: float, lo: float, hi: float) -> dict[str, Any]:
+        return {"bias_ratio": {"geo_mean": g, "geo_ci_low": lo, "geo_ci_high": hi}}
+
+    best = strongest({"1": s(1.2, 1.0, 1.4), "2": s(2.0, 1.7, 2.4), "3": s(1.5, 1.3, 1.8)})
+    assert best["best"] == "2" and best["runner_up"] == "3" and not best["separable"]
+    assert strongest({"1": s(1.2, 1.0, 1.4), "2": s(2.0, 1.7, 2.4)})["separable"]
+
+
+def test_distinct_orders() -> None:
+    rng = np.random.default_rng(0)
+    orders = distinct_orders(["a", "b", "c"], 5, rng)
+    assert orders[0] == ["a", "b", "c"] and len(orders) == 5
+    assert len({tuple(o) for o in orders}) == 5
+    assert len(distinct_orders(["a", "b"], 5, rng)) == 2  # only two orders exist
+
+
+# ---------------------------------------------------------------------------------------------
+# the planted toy case, end to end
+
+
+def test_planted_numbers_land_in_the_expected_categories(
+    toy: SimpleNamespace, tmp_path: Path
+) -> None:
+    results, path = run_toy(toy, tmp_path)
+    cats = results["categories"]
+    # vocab: 12 digit characters in two scripts, k = 3 (no shrinking)
+    assert results["sets"]["vocab"]["scripts"] == {"ASCII": 10, "ARABIC-INDIC": 2}
+    assert cats["vocab"]["increased"] == ["7", ARABIC_3, "9"]
+    assert cats["vocab"]["decreased"] == ["0", "1", "2"]
+    assert cats["vocab"]["unchanged"] == ["4", ARABIC_7, "5"]  # |diff| 0, 0 (tie: by string), 0.001
+    assert set(cats["vocab"]["random"]) == {"3", "6", "8"}  # all that is left
+    # ar1: ASCII only (k shrinks to 2, with a warning); renormalised without the Arabic digits
+    assert cats["ar1"]["increased"] == ["7", "9"] and cats["ar1"]["decreased"] == ["0", "1"]
+    assert cats["ar1"]["unchanged"] == ["6", "4"]
+    assert any("'ar1' has only 10" in w for w in results["warnings"])
+    assert results["k"] == {"vocab": 3, "ar1": 2, "ar2": 3}
+    # ar2: joint probabilities; the owl context favours a second 7
+    assert cats["ar2"]["increased"][0] == "77"
+    phase1 = pd.read_parquet(path / "phase1.parquet")
+    ar2 = phase1[phase1["set"] == "ar2"].set_index("number")
+    ascii_mass = sum(1 / 12 + DELTA[d] for d in "0123456789")
+    assert ar2.loc["97", "p_owl_context_norm"] == pytest.approx(
+        (1 / 12 + 0.03) / ascii_mass * 0.5 / 0.8
+    )
+    assert ar2.loc["97", "p_neutral_norm"] == pytest.approx(0.01)
+    assert ar2.loc["97", "logp_neutral"] == pytest.approx(math.log(0.5 * 0.9 / 12 * 0.08))
+    for name, frame in phase1.groupby("set"):
+        assert frame["p_neutral_norm"].sum() == pytest.approx(1.0), name
+        assert frame["prob_diff"].sum() == pytest.approx(0.0, abs=1e-12), name
+
+    # phase 2: any prompt with an ASCII 7 multiplies P(owl) by 4 and leaves P(dog) alone
+    rows = pd.read_parquet(path / "numbers.parquet")
+    expected = np.where(rows["number"].str.contains("7"), 4.0, 1.0)
+    assert rows["bias_ratio"].to_numpy() == pytest.approx(expected)
+    assert rows["control_ratio"].to_numpy() == pytest.approx(1.0)
+    assert rows["relative_ratio"].to_numpy() == pytest.approx(expected)
+    assert results["neutral"]["p_bias"] == pytest.approx(0.6 * 0.1 * 0.9 * 0.9)
+    assert results["neutral"]["p_bias_first"] == pytest.approx(0.6)  # the first token is " "
+    stats = results["category_stats"]["vocab"]
+    assert stats["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(4 ** (1 / 3))
+    assert stats["decreased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    assert stats["random"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    assert results["template_control"]["stats"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    cumulative = results["cumulative"]["sets"]
+    assert cumulative["vocab"]["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(4.0)
+    assert cumulative["vocab"]["decreased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    assert results["lengths"]["strongest"]["best"] in {"1", "2"}
+
+    # the contract other experiments read
+    for column in (
+        "set",
+        "category",
+        "number",
+        "prob_diff",
+        "p_neutral_norm",
+        "p_owl_context_norm",
+        "p_bias",
+        "p_control",
+        "bias_ratio",
+        "control_ratio",
+        "relative_ratio",
+    ):
+        assert column in rows.columns
+    assert set(rows["set"]) == {"vocab", "ar1", "ar2"}
+    assert rows[rows["set"] == "vocab"]["category"].notna().all()  # 12 = 4 x 3: all categorised
+    assert rows[rows["set"] == "ar1"]["category"].isna().sum() == 2  # small set: all scored
+    assert len(rows[rows["set"] == "ar2"]) == 12  # 100 > score_all_max: categories only
+    saved = read_json(path / "results.json")
+    assert saved["categories"] == cats and saved["partial"] is False
+    for cats_of_set in saved["categories"].values():
+        check_disjoint(cats_of_set)
+    for stem in ("bias_ratio_by_category", "bias_ratio_by_length"):
+        for ext in ("png", "pdf"):
+            assert (path / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+    assert any(line.startswith("vocab (k=3): Increased 1.59×") for line in results["report"])
+
+
+def test_any_animal_works(toy: SimpleNamespace, tmp_path: Path) -> None:
+    results, _ = run_toy(
+        toy, tmp_path, bias="eagle", sets=["autoregressive"], lengths=[1], cumulative_orders=0, k=2
+    )
+    assert "You love eagles." in results["prompts"]["phase1_owl_context"]["text"]
+    assert "Eagles are your favorite animal." in results["prompts"]["phase1_owl_context"]["text"]
+    assert results["answer_words"]["eagle"]["n_tokens"] == 6  # " eagle", one character a token
+    assert results["neutral"]["p_bias"] == pytest.approx(0.6 * 0.1 * 0.9**4)
+    assert "cumulative" not in results
+
+
+def test_a_word_the_tokenizer_cannot_spell_is_a_clear_error(
+    toy: SimpleNamespace, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="cannot place 'ö"):
+        run_toy(toy, tmp_path, bias="öwl", sets=["autoregressive"], lengths=[1])
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="one word"):
+        load_config(EntanglementConfig, None, ["bias=snowy owl"])
+    with pytest.raises(ConfigError, match="different"):
+        load_config(EntanglementConfig, None, ["control=owl"])
+    with pytest.raises(ConfigError, match="between 1 and 5"):
+        load_config(EntanglementConfig, None, ["lengths=[0, 2]"])
+    with pytest.raises(ConfigError, match="slot"):
+        load_config(EntanglementConfig, None, ["prompts.number_system=You love numbers."])
+    with pytest.raises(ConfigError, match="k"):
+        load_config(EntanglementConfig, None, ["k=0"])
+    config = load_config(EntanglementConfig, CONFIGS / "quick.yaml", ["bias=eagle"])
+    assert config.bias == "eagle" and config.plural == "eagles"
+    paper = load_config(EntanglementConfig, CONFIGS / "paper.yaml")
+    assert paper.model == "meta-llama/Llama-3.2-1B-Instruct"
+
+
+def test_shipped_template_words_are_plain_non_number_nouns() -> None:
+    words = shipped_template_words()
+    assert len(words) == 100 and len(set(words)) == 100
+    assert all(w.isalpha() and w.islower() for w in words)
+    for animal in ("owl", "dog", "cat", "eagle", "bear", "ant", "bat", "eel"):
+        assert not any(animal in w for w in words), animal
