@@ -95,26 +95,26 @@ def _device(model: Any) -> torch.device:
 
 @contextmanager
 def _eval_mode(model: Any) -> Iterator[None]:
-    """Dropout off for the duration (a model left in train mode scores randomly); restored after."""
-    was_training = bool(model.training)
+    """Dropout off for the duration (a model left in train mode scores randomly); every
+    module's own mode is restored afterwards, even on an exception."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
-def _forward(
-    model: Any, input_ids: torch.Tensor, past: KV | None
-) -> tuple[torch.Tensor, DynamicCache]:
-    """One forward pass. input_ids [B, T], past: KV of length P -> (last-position log-probs
-    [B, V] float32, cache holding P + T positions).
+def _forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    """One forward pass from scratch. input_ids [B, T] -> (last-position log-probs [B, V]
+    float32, cache holding the T positions).
 
     A config-less DynamicCache keeps every position in every layer (no sliding-window
     cropping), so its tensors can be sliced and regrouped freely; sliding-window layers still
     get their window through the attention mask.
     """
-    cache = DynamicCache() if past is None else DynamicCache(ddp_cache_data=past)
+    cache = DynamicCache()
     out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1, :].float()  # [B, V]
     return torch.log_softmax(logits, dim=-1), cache
@@ -316,7 +316,7 @@ def _run_prompts(
     chunks: list[KV] = []
     for start in range(0, prompts.shape[0], batch_size):
         rows = torch.arange(start, min(start + batch_size, prompts.shape[0]))
-        logp, cache = _forward(model, prompts[rows].to(device), None)
+        logp, cache = _forward(model, prompts[rows].to(device))
         on_logp(rows, logp)
         chunks.append(_kv(cache))
     if len(chunks) == 1:
@@ -804,7 +804,7 @@ def _sample_chunk(
     device = _device(model)
     unique = sorted({i for i, _ in rows})
     prompt_batch = torch.tensor([ids[i] for i in unique], dtype=torch.long, device=device)  # [U, L]
-    logp, cache = _forward(model, prompt_batch, None)  # logp [U, V]
+    logp, cache = _forward(model, prompt_batch)  # logp [U, V]
     # Each distinct prompt ran once; its KV is repeated for its samples.
     pick = torch.tensor([unique.index(i) for i, _ in rows], dtype=torch.long, device=device)  # [B]
     logp = logp.index_select(0, pick)
