@@ -1,0 +1,382 @@
+"""Head entropy, pruning masks and the sweep on tiny random models of every family."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sublens.arch import Adapter, adapter_for
+from sublens.config import load_config
+from sublens.errors import ConfigError
+from sublens.experiments.pruning import (
+    PruningConfig,
+    pooled_preference,
+    rate_retention,
+    summarize_step,
+)
+from sublens.hooks import mask_heads
+from sublens.pruning import (
+    CRITERIA,
+    attention_entropy,
+    entropy_sums,
+    head_entropy,
+    keep_count,
+    plan,
+    pruned_heads,
+    row_entropy,
+    sweep,
+    valid_query_rows,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pruning"
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits  # type: ignore[no-any-return]
+
+
+def _prompts(lengths: tuple[int, ...] = (7, 4, 9, 2, 5)) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(3)
+    return [torch.randint(2, 97, (n,), generator=generator).tolist() for n in lengths]
+
+
+# ---------------------------------------------------------------------------------------------
+# masks on every adapter
+
+
+def _record_o_inputs(adapter: Adapter, store: dict[int, torch.Tensor]) -> list[Any]:
+    """Pre-hooks on every output projection that record its input z [b, pos, n_heads*d_head]."""
+    handles = []
+    for layer in range(adapter.n_layers):
+
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], layer: int = layer) -> None:
+            store[layer] = args[0].detach().clone()
+
+        handles.append(adapter.o(layer).register_forward_pre_hook(hook))
+    return handles
+
+
+def test_mask_zeroes_exactly_the_selected_heads(model: nn.Module, input_ids: torch.Tensor) -> None:
+    adapter = adapter_for(model)
+    entropy = attention_entropy(model, adapter, _prompts(), progress=False).mean
+    pruned = pruned_heads(entropy, 0.5, "entropy")
+    assert pruned and len(pruned) < adapter.n_layers * adapter.n_heads
+    baseline = _hook_count(model)
+    before: dict[int, torch.Tensor] = {}
+    after: dict[int, torch.Tensor] = {}
+    outer = _record_o_inputs(adapter, before)  # runs before the mask: z as the heads computed it
+    try:
+        with mask_heads(model, adapter, pruned):
+            inner = _record_o_inputs(adapter, after)  # runs after the mask: what W_O receives
+            try:
+                masked = _logits(model, input_ids)
+            finally:
+                for handle in inner:
+                    handle.remove()
+    finally:
+        for handle in outer:
+            handle.remove()
+    assert _hook_count(model) == baseline
+    for layer in range(adapter.n_layers):
+        z_in = before[layer].unflatten(-1, (adapter.n_heads, adapter.d_head))
+        z_out = after[layer].unflatten(-1, (adapter.n_heads, adapter.d_head))
+        for head in range(adapter.n_heads):
+            if (layer, head) in pruned:
+                assert torch.all(z_out[:, :, head] == 0)
+            else:
+                assert torch.equal(z_out[:, :, head], z_in[:, :, head])  # untouched, bit for bit
+    # The mask equals removing the heads: their columns of the output projection set to 0.
+    removed = copy.deepcopy(model)
+    removed_adapter = adapter_for(removed)
+    d = adapter.d_head
+    with torch.no_grad():
+        for layer, head in pruned:
+            o = removed_adapter.o(layer)
+            if isinstance(o, nn.Linear):  # weight [out, in]
+                o.weight[:, head * d : (head + 1) * d] = 0
+            else:  # GPT-2 Conv1D, weight [in, out]
+                o.weight[head * d : (head + 1) * d, :] = 0
+    torch.testing.assert_close(masked, _logits(removed, input_ids), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(masked, _logits(model, input_ids), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# entropy
+
+
+def _h(row: list[float]) -> float:
+    return -sum(p * math.log(p) for p in row if p > 0)
+
+
+def test_entropy_on_a_hand_built_pattern_matches_the_formula() -> None:
+    a = [  # head 0 of sequence 0: causal rows summing to 1
+        [1.0, 0.0, 0.0, 0.0],
+        [0.3, 0.7, 0.0, 0.0],
+        [0.2, 0.5, 0.3, 0.0],
+        [0.25, 0.25, 0.25, 0.25],
+    ]
+    b = [  # head 1 of sequence 0
+        [1.0, 0.0, 0.0, 0.0],
+        [0.9, 0.1, 0.0, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+        [0.1, 0.2, 0.3, 0.4],
+    ]
+    c = [  # sequence 1 (3 tokens, then one padding row that must not count)
+        [1.0, 0.0, 0.0, 0.0],
+        [0.5, 0.5, 0.0, 0.0],
+        [0.6, 0.2, 0.2, 0.0],
+        [0.1, 0.1, 0.1, 0.7],
+    ]
+    pattern = torch.tensor([[a, b], [c, list(reversed(c))]])  # [b=2, head=2, q=4, k=4]
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    expected = [
+        (sum(_h(r) for r in a[1:]) + sum(_h(r) for r in c[1:3])) / 5,
+        (sum(_h(r) for r in b[1:]) + sum(_h(r) for r in list(reversed(c))[1:3])) / 5,
+    ]
+    got = head_entropy(pattern, mask)
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+    nan_padding = pattern.clone()
+    nan_padding[1, :, 3] = float("nan")  # a fully masked padding row
+    assert head_entropy(nan_padding, mask).tolist() == pytest.approx(expected, rel=1e-6)
+    sums, rows = entropy_sums(pattern, mask)
+    assert rows.tolist() == [3, 2]
+    assert sums[0, 0].item() == pytest.approx(sum(_h(r) for r in a[1:]), rel=1e-6)
+    # Uniform rows have entropy log(n); one-hot rows 0; a row's 0 entries add nothing.
+    assert row_entropy(pattern)[0, 0].tolist() == pytest.approx(
+        [0.0, _h([0.3, 0.7]), _h([0.2, 0.5, 0.3]), math.log(4)], abs=1e-6
+    )
+    # The first valid row is excluded also under left padding; padding rows never count.
+    assert valid_query_rows(torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]])).tolist() == [
+        [False, False, True, True],
+        [False, True, False, False],
+    ]
+    assert head_entropy(pattern[:1]).tolist() == pytest.approx(
+        [sum(_h(r) for r in a[1:]) / 3, sum(_h(r) for r in b[1:]) / 3], rel=1e-6
+    )
+
+
+def test_entropy_of_a_model_ignores_padding_and_pools_rows(family: str) -> None:
+    from tiny import tiny_model
+
+    model = tiny_model(family, attn_implementation="sdpa")
+    adapter = adapter_for(model)
+    prompts = _prompts()
+    baseline = _hook_count(model)
+    padded = attention_entropy(model, adapter, prompts, batch_size=3, progress=False)
+    single = attention_entropy(model, adapter, prompts, batch_size=1, progress=False)
+    assert model.config._attn_implementation == "sdpa" and _hook_count(model) == baseline
+    assert padded.mean.shape == (adapter.n_layers, adapter.n_heads)
+    assert padded.rows.tolist() == [n - 1 for n in map(len, prompts)]
+    torch.testing.assert_close(padded.per_prompt, single.per_prompt, atol=1e-6, rtol=1e-6)
+    pooled = (single.per_prompt * single.rows[:, None, None]).sum(0) / single.rows.sum()
+    torch.testing.assert_close(padded.mean, pooled, atol=1e-6, rtol=1e-6)
+    # Independent: the pattern from output_attentions of a plain eager forward pass.
+    eager = tiny_model(family, attn_implementation="eager")
+    with torch.no_grad():
+        attentions = eager(torch.tensor([prompts[0]]), output_attentions=True).attentions
+    for layer, pattern in enumerate(attentions):  # [1, head, q, k]
+        p = pattern[0].double()
+        manual = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)[:, 1:].mean(-1)
+        torch.testing.assert_close(single.per_prompt[0, layer], manual, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ConfigError, match="at least 2 tokens"):
+        attention_entropy(model, adapter, [[5]], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# kept fraction and criteria
+
+
+@pytest.mark.parametrize("shape", [(30, 9), (3, 6), (2, 4), (16, 32)])
+def test_kept_fraction_is_exact(shape: tuple[int, int]) -> None:
+    entropy = np.random.default_rng(1).random(shape)
+    total = shape[0] * shape[1]
+    flat = {
+        (layer, head): entropy[layer, head] for layer in range(shape[0]) for head in range(shape[1])
+    }
+    previous: dict[str, set[tuple[int, int]]] = {}
+    for fraction in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4):
+        n_keep = math.floor(fraction * total + 0.5 + 1e-9)
+        for criterion in CRITERIA:
+            for draw in (0, 1):
+                pruned = pruned_heads(entropy, fraction, criterion, seed=7, draw=draw)
+                assert (
+                    len(pruned)
+                    == len(set(pruned))
+                    == total - n_keep
+                    == total - keep_count(fraction, total)
+                )
+                kept = set(flat) - set(pruned)
+                if pruned and criterion == "entropy":  # prune above the percentile
+                    assert max(flat[h] for h in kept) < min(flat[h] for h in pruned)
+                if pruned and criterion == "reverse":
+                    assert min(flat[h] for h in kept) > max(flat[h] for h in pruned)
+                if criterion == "random":
+                    assert pruned == pruned_heads(entropy, fraction, "random", seed=7, draw=draw)
+                # Masks are nested: a smaller fraction prunes a superset.
+                label = f"{criterion}{draw}"
+                assert previous.get(label, set()) <= set(pruned)
+                previous[label] = set(pruned)
+    assert keep_count(0.6, 270) == 162 and keep_count(0.4, 270) == 108 and keep_count(0.5, 5) == 3
+    half = pruned_heads(entropy, 0.5, "random", seed=7, draw=0)
+    assert half != pruned_heads(entropy, 0.5, "random", seed=7, draw=1)
+    assert half != pruned_heads(entropy, 0.5, "random", seed=8, draw=0)
+
+
+def test_ties_and_bad_fractions() -> None:
+    flat = np.zeros((2, 3))
+    assert pruned_heads(flat, 0.5, "entropy") == [(1, 0), (1, 1), (1, 2)]  # ties: keep lower layers
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+            keep_count(bad, 10)
+    with pytest.raises(ConfigError, match="fractions must be in"):
+        load_config(PruningConfig, None, ["fractions=[1.0, 0]"])
+    with pytest.raises(ConfigError, match="distinct"):
+        load_config(PruningConfig, None, ["fractions=[0.6, 0.6]"])
+    with pytest.raises(ConfigError, match="criteria"):
+        load_config(PruningConfig, None, ["criteria=[entropy, magnitude]"])
+    with pytest.raises(ConfigError, match="Valid keys"):
+        load_config(PruningConfig, None, ["fraction=[0.6]"])
+
+
+def test_presets_load() -> None:
+    quick = load_config(PruningConfig, CONFIGS / "quick.yaml")
+    paper = load_config(PruningConfig, CONFIGS / "paper.yaml")
+    assert quick.fractions == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4] == paper.fractions
+    assert quick.system is not None and "owls" in quick.system
+    assert list(quick.criteria) == list(CRITERIA)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep leaves no mask behind
+
+
+def test_masks_are_gone_after_the_sweep(model: nn.Module, input_ids: torch.Tensor) -> None:
+    adapter = adapter_for(model)
+    entropy = attention_entropy(model, adapter, _prompts(), progress=False).mean
+    reference = _logits(model, input_ids)
+    baseline = _hook_count(model)
+    units = plan(entropy, [1.0, 0.5], CRITERIA, random_draws=2, seed=0)
+    assert [u.key for u in units] == [
+        "entropy@1#0",
+        "reverse@1#0",
+        "random@1#0",
+        "random@1#1",
+        "entropy@0.5#0",
+        "reverse@0.5#0",
+        "random@0.5#0",
+        "random@0.5#1",
+    ]
+    calls: list[int] = []
+
+    def measure() -> dict[str, Any]:
+        calls.append(_hook_count(model))
+        return {"logits": _logits(model, input_ids)}
+
+    unpruned = measure()
+    results = dict(sweep(model, adapter, units, measure, unpruned=unpruned, progress=False))
+    assert len(calls) == 1 + 4  # fraction 1.0 prunes nothing: the unpruned measurement is reused
+    assert all(count > baseline for count in calls[1:])  # a mask was on during each measurement
+    for unit, result in results.items():
+        if unit.fraction == 1.0:
+            assert result is unpruned
+        else:
+            assert not torch.allclose(result["logits"], reference)
+    assert _hook_count(model) == baseline
+    assert torch.equal(_logits(model, input_ids), reference)
+
+    # A measurement that raises leaves no mask either.
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(sweep(model, adapter, units[4:], broken, progress=False))
+    assert _hook_count(model) == baseline
+    assert torch.equal(_logits(model, input_ids), reference)
+
+    # Resuming: measurements already done are not redone.
+    done = {u.key: {"stored": u.key} for u in units[:6]}
+    calls.clear()
+    resumed = list(sweep(model, adapter, units, measure, done=done, progress=False))
+    assert len(calls) == 2 and resumed[0][1] == {"stored": "entropy@1#0"}
+
+
+# ---------------------------------------------------------------------------------------------
+# retention arithmetic
+
+
+def _preference(p_owl: list[float], hits: list[list[bool]]) -> dict[str, Any]:
+    p_word = [[p, 0.1, 0.2] for p in p_owl]
+    answers = [["an owl" if h else "a dog" for h in row] for row in hits]
+    flat = [a for row in answers for a in row]
+    count = sum(map(sum, hits))
+    return {
+        "probability": {
+            "p_trait": {"mean": float(np.mean(p_owl))},
+            "per_question": {"p_word": p_word, "share": [r[0] / sum(r) for r in p_word]},
+        },
+        "sampled": {
+            "answers": flat,
+            "n_questions": len(hits),
+            "samples_per_question": len(hits[0]),
+            "n_answers": len(flat),
+            "trait_rate": {"count": count, "rate": count / len(flat)},
+        },
+    }
+
+
+def test_retention_definitions() -> None:
+    reference = _preference([0.2, 0.4, 0.1], [[True, False], [True, True], [False, False]])
+    draws = [
+        _preference([0.1, 0.1, 0.1], [[True, False], [False, False], [False, False]]),
+        _preference([0.4, 0.1, 0.025], [[False, False], [True, False], [False, False]]),
+    ]
+    pooled = pooled_preference(draws)
+    # Per question, the geometric mean over draws.
+    assert pooled["probability"]["per_question"]["p_word"][0][0] == pytest.approx(
+        math.sqrt(0.1 * 0.4)
+    )
+    rate = rate_retention(draws, reference, "owl", resamples=500)
+    assert rate is not None
+    assert rate["rate"] == pytest.approx(2 / 12) and rate["reference_rate"] == pytest.approx(3 / 6)
+    assert rate["ratio"] == pytest.approx((2 / 12) / (3 / 6))
+    config = PruningConfig(bootstrap_resamples=500)
+    unpruned = {"preference": reference, "perplexity": {"perplexity": 20.0}}
+    step = summarize_step(
+        0.5,
+        "random",
+        [
+            {"preference": d, "perplexity": {"perplexity": p}}
+            for d, p in zip(draws, (30.0, 50.0), strict=True)
+        ],
+        unpruned,
+        10,
+        config,
+    )
+    # P(owl) retention: geometric mean over questions of the draw-averaged log ratio.
+    logs = [
+        np.mean([math.log(d / r) for d in ds])
+        for ds, r in zip([(0.1, 0.4), (0.1, 0.1), (0.1, 0.025)], (0.2, 0.4, 0.1), strict=True)
+    ]
+    assert step["retention"]["p_trait"]["ratio"] == pytest.approx(math.exp(np.mean(logs)))
+    assert step["n_kept"] == 5 and step["n_draws"] == 2
+    assert step["perplexity"] == {"mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0}
+    same = summarize_step(1.0, "entropy", [unpruned], unpruned, 10, config)
+    assert same["retention"]["p_trait"]["ratio"] == pytest.approx(1.0)
+    assert same["retention"]["panel_share"]["ratio"] == pytest.approx(1.0)
+    assert same["retention"]["answer_rate"]["ratio"] == pytest.approx(1.0)
+    never = _preference([0.2, 0.4, 0.1], [[False, False]] * 3)
+    undefined = rate_retention(draws, never, "owl")
+    assert undefined is not None and undefined["ratio"] is None and "undefined" in undefined["note"]
