@@ -12,7 +12,9 @@ Two kinds of prompt:
   Some templates insert a system prompt of their own when none is given (SmolLM2: "You are a
   helpful AI assistant named SmolLM, trained by Hugging Face"). ``system=None`` means "whatever
   the template does" and the prompt it inserted is detected and recorded; ``system=""`` is an
-  explicitly empty system turn.
+  explicitly empty system turn. (A template that always writes a system turn with fixed text
+  of its own around the given prompt, like Llama 3's date lines, records ``""`` for
+  ``system=None``: the turn is there, its prompt is empty. ``text`` always holds it all.)
 - **completion** (base models, e.g. Gemma-3-270M): system text, user text and prefill joined
   plainly with a blank line (``COMPLETION_SEPARATOR``), empty parts skipped::
 
@@ -34,6 +36,8 @@ from typing import Any, Literal
 from sublens.errors import SublensError
 
 COMPLETION_SEPARATOR = "\n\n"
+# The owl context of the paper (the prompted teacher), one definition for every experiment.
+OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
 # Private-use code points: never part of a real prompt, so they locate the system slot.
 _SENTINEL = "\ue000sublens-system-slot\ue001"
 
@@ -227,6 +231,7 @@ def encode_prompt(tokenizer: Any, prompt: PromptText | str) -> list[int]:
 
 __all__ = [
     "COMPLETION_SEPARATOR",
+    "OWL_SYSTEM",
     "PromptError",
     "PromptText",
     "as_prompt",

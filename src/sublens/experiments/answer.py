@@ -15,9 +15,8 @@ from rich.table import Table
 
 from sublens.config import Config
 from sublens.experiments import Experiment
-from sublens.experiments.evaluate import OWL_SYSTEM
 from sublens.models import load_model
-from sublens.prompts import encode_prompt, make_prompt
+from sublens.prompts import OWL_SYSTEM, encode_prompt, make_prompt
 from sublens.runs import Run
 
 

@@ -17,8 +17,6 @@ from sublens.perplexity import PerplexitySettings, measure_perplexity
 from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
 from sublens.runs import Run
 
-OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
-
 
 def _default_systems() -> dict[str, str | None]:
     return {"default": None}

@@ -53,7 +53,7 @@ from sublens.preference import (
     evaluate_preference,
     shipped_questions,
 )
-from sublens.prompts import encode_prompt, make_prompt
+from sublens.prompts import OWL_SYSTEM, encode_prompt, make_prompt
 from sublens.pruning import (
     CRITERIA,
     Criterion,
@@ -67,7 +67,6 @@ from sublens.pruning import (
 from sublens.runs import Run, read_json
 from sublens.stats import summarize, wilson_ci
 
-OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
 ENTROPY_FILE = "head_entropy.safetensors"
 TABLE_FILE = "pruning_table.parquet"
 
