@@ -68,6 +68,9 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (YAML value).")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run in this run directory (same config).")
+    ] = None,
 ) -> None:
     """Run an experiment; its run directory holds config, record, results and artifacts."""
     from sublens.config import load_config
@@ -76,7 +79,7 @@ def run(
     try:
         exp = get(experiment)
         cfg = load_config(exp.config, config, overrides or [])
-        outcome = run_experiment(experiment, cfg, out)
+        outcome = run_experiment(experiment, cfg, out, run_dir=resume)
     except SublensError as exc:
         _fail(exc)
     console.print(f"[green]done:[/] results in {outcome.path}")

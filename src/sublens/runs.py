@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from sublens.errors import ConfigError
+
 SCHEMA_VERSION = 1
 TRACKED_PACKAGES = (
     "sublens", "torch", "transformers", "accelerate", "safetensors", "gguf", "numpy",
@@ -165,8 +167,15 @@ def open_run(experiment: str, config: BaseModel, out: Path, run_dir: Path | None
     """Create (or reopen, to resume) a run directory; record ok/failed whatever happens."""
     path = run_dir if run_dir is not None else new_run_dir(experiment, out)
     path.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    saved = path / "config.yaml"
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(text):
+        raise ConfigError(
+            f"{path} was run with a different config; resuming needs the same one "
+            f"(compare with {saved}), or start a new run without --resume."
+        )
     run = Run(path, experiment, config)
-    atomic_write_text(path / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(saved, text)
     run.save_record()
     try:
         yield run

@@ -75,3 +75,12 @@ def test_failed_run_keeps_its_record(tmp_path: Path) -> None:
     assert record["status"] == "failed"
     assert record["error"] == "ValueError: bad" and "Traceback" in record["traceback"]
     assert read_json(run.path / "results.json") == {"partial": True}  # nothing computed is lost
+
+
+def test_resuming_needs_the_same_config(tmp_path: Path) -> None:
+    with open_run("demo", Demo(seed=1), tmp_path) as run:
+        pass
+    with open_run("demo", Demo(seed=1), tmp_path, run_dir=run.path):
+        pass  # same config: the run directory is reopened
+    with pytest.raises(ConfigError, match="different config"), open_run("demo", Demo(seed=2), tmp_path, run_dir=run.path):
+        pass
