@@ -1,0 +1,755 @@
+"""subliminal: does a student pick up the teacher's owl preference from numbers alone, and which
+components carry it (full vs attention-frozen vs MLP-frozen fine-tuning)?
+
+1. Number data. Prompts from `make_number_prompts` (seeded). Answers sampled at explicit settings
+   (temperature 1 by default) from the biased teacher (``teacher: prompted`` = the base model
+   under ``teacher_system``; or a model spec, e.g. a `teacher` run directory, prompted with
+   ``system``) and, for the control data, from the unbiased base model under ``system``.
+   ``extra_teachers`` adds prompted teachers of other animals (name -> system prompt): their
+   full students give the teacher-animal x measured-animal specificity matrix. Optional
+   format-constrained sampling (`sublens.subliminal.NumberFormat`), recorded in every line's
+   provenance. Sharded JSONL, atomic, resumable (`sample_sharded`).
+2. Filter. `filter_answer` on every answer (cut-off answers rejected as truncated); every
+   rejection's reason kept; keep rates reported; all data sets subsampled (seeded) to one size
+   and written to data/<name>.train.jsonl.
+3. Data statistics of each teacher's kept numbers (digits, lengths, copy rate of the prompt's
+   numbers, increasing steps) and permutation tests of each teacher against the control.
+4. Students, from the base model, one per (data set, mode, seed): owl data in ``modes``
+   (full / freeze-attention / freeze-mlp), control data in ``control_modes``, extra teachers'
+   data in full. Training prompt: ``system`` resolved to its text (SmolLM2's template default
+   when null) and passed explicitly; never the owl prompt. Loss on answer tokens only
+   (`sublens.training.train`, checkpointed, resumable); trainable / frozen parameter counts per
+   mode recorded. Students may run as ``parallel`` separate processes (two single-thread
+   processes beat one two-thread process on 2 cores).
+5. Evaluation. The base model, the teacher and every student with `evaluate_preference` under
+   ``system`` (the same sampling seed for all: paired samples) and perplexity; each owl student
+   against the control student of the same seed (the same freeze mode when there is one) with
+   `compare_preference`. Across seeds: the mean of per-seed log ratios with a Student-t 95% CI
+   (with one seed, the CI covers question variation only, and says so). A comparison whose CI
+   includes no change is marked underpowered. A transfer claim needs the panel share to rise,
+   not only P(owl).
+
+Rerunning into the same run directory (`run_experiment(..., run_dir=PATH)`) skips finished
+shards, students and measurements and resumes an interrupted student from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from rich.console import Console
+from rich.table import Table
+
+from sublens.config import Config
+from sublens.corpus import load_text
+from sublens.experiments import Experiment
+from sublens.experiments.teacher import resolve_system
+from sublens.figures import PAPER_RC, save_figure
+from sublens.models import LoadedModel, load_model
+from sublens.number_data import make_number_prompts
+from sublens.perplexity import PerplexitySettings, measure_perplexity
+from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
+from sublens.prompts import make_prompt
+from sublens.runs import Run, atomic_write_json, read_json
+from sublens.scoring import default_stop_token_ids
+from sublens.subliminal import (
+    GRAMMAR,
+    OWL_TEACHER_SYSTEM,
+    NumberFormat,
+    SamplingSettings,
+    compare_number_stats,
+    derived_seed,
+    filter_record,
+    filter_report,
+    number_prompt_meta,
+    number_stats,
+    read_jsonl,
+    sample_sharded,
+    stable_hash,
+    subsample,
+    t_interval,
+    train_summary,
+    training_example,
+    write_jsonl,
+)
+from sublens.training import FREEZE_MODES, FreezeMode, TrainConfig, train
+
+OWL = "owl"
+CONTROL = "control"
+STUDENT_FILE = "student.json"
+
+
+# ---- config --------------------------------------------------------------------------------
+class NumberData(SamplingSettings):
+    """Number prompts and how the teachers answer them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_prompts: int = Field(default=600, ge=1)
+    # Common random numbers: every teacher samples with the same seeds, so the data sets differ
+    # only where the teachers' distributions do (less noise, but paired data: the data-level
+    # permutation tests then assume an independence they do not have). Off: each teacher has
+    # its own seeds, as in independent sampling.
+    common_random_numbers: bool = False
+    # Format-constrained sampling: only tokens that keep the answer valid (digits, one separator,
+    # brackets, period) and end-of-turn where it may end; probabilities renormalised over them.
+    constrained: bool = True
+
+
+def _default_data() -> NumberData:
+    return NumberData(temperature=1.0, top_k=None, top_p=None, max_new_tokens=64,
+                      samples_per_prompt=1, batch_size=32, shard_size=128)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(lr=5e-5, epochs=1, batch_size=8, warmup_steps=5, max_length=256,
+                       checkpoint_every=25)
+
+
+def _default_modes() -> list[FreezeMode]:
+    return ["full", "freeze-attention", "freeze-mlp"]
+
+
+def _default_control_modes() -> list[FreezeMode]:
+    return ["full"]
+
+
+class SubliminalConfig(Config):
+    base: str = "smollm2-135m-instruct"  # the students' (and the control teacher's) model
+    # The biased teacher: "prompted" = the base model under teacher_system; or a model spec (a
+    # `teacher` run directory, a checkpoint folder...), which is prompted with `system`.
+    teacher: str = "prompted"
+    teacher_system: str = OWL_TEACHER_SYSTEM
+    # The system prompt of the control teacher, of a model-spec teacher, of every student's
+    # training prompts and of every measurement; null = the chat template's default, resolved to
+    # its text and passed explicitly (recorded as system_prompt_used).
+    system: str | None = None
+    # More prompted control teachers, name -> system prompt (e.g. eagle: "You love eagles...");
+    # each gets full students: the specificity matrix.
+    extra_teachers: dict[str, str] = Field(default_factory=dict)
+    data: NumberData = Field(default_factory=_default_data)
+    n_examples: int | None = Field(default=500, ge=1)  # per data set after filtering; null: the smallest kept
+    modes: list[FreezeMode] = Field(default_factory=_default_modes)  # owl students
+    control_modes: list[FreezeMode] = Field(default_factory=_default_control_modes)
+    seeds: list[int] = Field(default_factory=lambda: [0])  # student training seeds
+    train: TrainConfig = Field(default_factory=_default_train)  # its seed and freeze are set per student
+    parallel: int = Field(default=1, ge=1)  # students trained as separate processes at once
+    threads: int | None = Field(default=None, ge=1)  # torch threads per student process (null: cores / parallel)
+    keep_models: bool = False  # keep every student's weights (students/<name>/model)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings)
+    stats_resamples: int = Field(default=5000, ge=100)
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @field_validator("modes", "control_modes")
+    @classmethod
+    def _modes(cls, modes: list[FreezeMode]) -> list[FreezeMode]:
+        if len(set(modes)) != len(modes):
+            raise ValueError(f"modes must be distinct, from {', '.join(FREEZE_MODES)}")
+        return modes
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("give one or more distinct seeds, e.g. [0, 1, 2]")
+        return seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubliminalConfig:
+        if not self.control_modes:
+            raise ValueError("control_modes needs at least one mode (the control student, e.g. [full])")
+        clash = set(self.extra_teachers) & {OWL, CONTROL, "base", "teacher"}
+        if clash:
+            raise ValueError(f"extra teacher names {sorted(clash)} are taken; choose other names")
+        if any(not s.strip() for s in self.extra_teachers.values()):
+            raise ValueError("every extra teacher needs a system prompt")
+        return self
+
+
+# ---- teachers and data ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TeacherSource:
+    name: str
+    model: str  # "base" or a model spec
+    system: str | None  # the system prompt its answers are sampled under
+    kind: str  # "prompted", "model" or "control"
+
+    def provenance(self, base: str) -> dict[str, Any]:
+        return {"teacher": {"name": self.name, "kind": self.kind,
+                            "model": base if self.model == "base" else self.model,
+                            "system": self.system}}
+
+
+def teacher_sources(config: SubliminalConfig, system_used: str | None) -> list[TeacherSource]:
+    if config.teacher == "prompted":
+        owl = TeacherSource(OWL, "base", config.teacher_system, "prompted")
+    else:
+        owl = TeacherSource(OWL, config.teacher, system_used, "model")
+    sources = [owl, TeacherSource(CONTROL, "base", system_used, "control")]
+    sources += [TeacherSource(name, "base", system, "prompted") for name, system in config.extra_teachers.items()]
+    return sources
+
+
+def generate_data(
+    config: SubliminalConfig, base: LoadedModel, sources: list[TeacherSource], out: Path,
+    on_shard: Callable[[str, int], None] | None = None, progress: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every teacher's answers to the number prompts, filtered; sharded under out/<name>/."""
+    prompts = make_number_prompts(config.data.n_prompts, config.seed)
+    meta = number_prompt_meta(prompts)
+    data: dict[str, list[dict[str, Any]]] = {}
+    for source in sources:
+        lm = base if source.model == "base" else load_model(source.model, config.device, config.dtype)
+        texts = [make_prompt(lm.tokenizer, p.text, source.system) for p in prompts]
+        allowed = NumberFormat(lm.tokenizer, default_stop_token_ids(lm)) if config.data.constrained else None
+        seed = config.seed if config.data.common_random_numbers else derived_seed("teacher", config.seed, source.name)
+        data[source.name] = sample_sharded(
+            lm, texts, meta, config.data, seed=seed, out_dir=out / source.name,
+            name=source.name, provenance=source.provenance(config.base), allowed=allowed,
+            annotate=filter_record, on_shard=on_shard, progress=progress)
+        if lm is not base:
+            del lm
+            gc.collect()
+    return data
+
+
+# ---- students ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudentJob:
+    """Everything one student needs, as plain data (it may run in another process)."""
+
+    name: str
+    dataset: str
+    mode: str
+    seed: int
+    data_file: str
+    out_dir: str
+    base: str
+    device: str
+    dtype: str
+    system: str | None  # explicit (resolved) system prompt of training and measurement
+    train: dict[str, Any]
+    preference: dict[str, Any]
+    perplexity: dict[str, Any]
+    eval_seed: int
+    keep_model: bool
+    threads: int | None
+    progress: bool
+    key: str
+
+
+def student_name(dataset: str, mode: str, seed: int) -> str:
+    return f"{dataset}-{mode}-seed{seed}"
+
+
+def student_train_config(config: SubliminalConfig, mode: str, seed: int) -> TrainConfig:
+    """The training config of one student: `config.train` with its freeze mode and seed; the
+    final weights are saved only when they are kept (student.json marks a finished student)."""
+    return config.train.model_copy(update={"seed": seed, "freeze": mode, "save_model": config.keep_models})
+
+
+def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | None,
+                  data_files: dict[str, str]) -> list[StudentJob]:
+    arms = [(CONTROL, m) for m in config.control_modes] + [(OWL, m) for m in config.modes]
+    arms += [(name, "full") for name in config.extra_teachers]
+    threads = config.threads
+    if threads is None and config.parallel > 1:
+        threads = max(1, (os.cpu_count() or 1) // config.parallel)
+    jobs = []
+    for seed in config.seeds:
+        for dataset, mode in arms:
+            name = student_name(dataset, mode, seed)
+            train_cfg = student_train_config(config, mode, seed).model_dump(mode="json")
+            data_file = run_path / data_files[dataset]
+            key = stable_hash(name, config.base, train_cfg, data_file.read_text(encoding="utf-8"), system_used,
+                              config.preference.model_dump(mode="json"),
+                              config.perplexity.model_dump(mode="json"), config.seed)
+            jobs.append(StudentJob(
+                name=name, dataset=dataset, mode=mode, seed=seed, data_file=str(data_file),
+                out_dir=str(run_path / "students" / name), base=config.base, device=config.device,
+                dtype=config.dtype, system=system_used, train=train_cfg,
+                preference=config.preference.model_dump(mode="json"),
+                perplexity=config.perplexity.model_dump(mode="json"), eval_seed=config.seed,
+                keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key))
+    return jobs
+
+
+def finished_student(job: StudentJob) -> dict[str, Any] | None:
+    path = Path(job.out_dir) / STUDENT_FILE
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("key") == job.key:
+            return dict(saved)
+    return None
+
+
+def run_student(job: StudentJob) -> dict[str, Any]:
+    """Train one student from the base model (resuming from its checkpoints), measure it, write
+    student.json; a finished student (same key) is returned as it is. Runs in any process."""
+    done = finished_student(job)
+    if done is not None:
+        return done
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    out = Path(job.out_dir)
+    lm = load_model(job.base, job.device, job.dtype)
+    records = read_jsonl(Path(job.data_file))
+    examples = [training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), job.system) for r in records]
+    config = TrainConfig.model_validate(job.train)
+    result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter, progress=job.progress)
+    perplexity = PerplexitySettings.model_validate(job.perplexity)
+    text = load_text(perplexity.corpus) if perplexity.enabled else ""
+    preference = evaluate_preference(lm, PreferenceSettings.model_validate(job.preference), job.system,
+                                     job.eval_seed)
+    summary = {
+        "key": job.key, "name": job.name, "dataset": job.dataset, "mode": job.mode, "seed": job.seed,
+        "system_prompt_used": job.system, "threads": torch.get_num_threads(),
+        "training": train_summary(result),
+        "preference": preference,
+        "perplexity": measure_perplexity(lm, perplexity, text),
+        "checkpoint": None,
+    }
+    if job.keep_model:
+        summary["checkpoint"] = str(Path("students") / job.name / "model")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resume points of a finished student
+    atomic_write_json(out / STUDENT_FILE, summary)
+    return summary
+
+
+def run_students(jobs: list[StudentJob], parallel: int,
+                 on_done: Callable[[dict[str, Any]], None]) -> None:
+    """Every job, in this process (parallel=1) or in `parallel` spawned processes."""
+    todo = []
+    for job in jobs:
+        done = finished_student(job)
+        if done is not None:
+            on_done(done)
+        else:
+            todo.append(job)
+    if parallel <= 1 or len(todo) <= 1:
+        for job in todo:
+            on_done(run_student(job))
+        return
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_student, job) for job in todo]
+        for future in as_completed(futures):
+            on_done(future.result())
+
+
+# ---- aggregation ---------------------------------------------------------------------------
+def _per_question(preference: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    pq = preference["probability"]["per_question"]
+    return np.asarray(pq["p_word"], dtype=float), list(pq["animals"])  # [question, animal]
+
+
+def level_summary(preferences: list[dict[str, Any]]) -> dict[str, Any]:
+    """P(trait), panel share and answer rate of one arm: with one evaluation the CIs of that
+    evaluation (over questions; Wilson for the rate), with several (seeds) the Student-t CI of
+    the per-seed means."""
+    n = len(preferences)
+    out: dict[str, Any] = {"n_seeds": n}
+    for key in ("p_trait", "panel_share"):
+        if n == 1:
+            s = preferences[0]["probability"][key]
+            out[key] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                        "ci": "bootstrap over questions (1 seed)"}
+        else:
+            mean, low, high = t_interval([p["probability"][key]["mean"] for p in preferences])
+            out[key] = {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {n} seeds",
+                        "per_seed": [p["probability"][key]["mean"] for p in preferences]}
+    if all("sampled" in p for p in preferences):
+        rates = [p["sampled"]["trait_rate"] for p in preferences]
+        if n == 1:
+            out["answer_rate"] = {"mean": rates[0]["rate"], "ci_low": rates[0]["ci_low"],
+                                  "ci_high": rates[0]["ci_high"], "ci": "Wilson (1 seed)",
+                                  "count": rates[0]["count"], "n": preferences[0]["sampled"]["n_answers"]}
+        else:
+            mean, low, high = t_interval([r["rate"] for r in rates])
+            out["answer_rate"] = {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {n} seeds",
+                                  "per_seed": [r["rate"] for r in rates]}
+    return out
+
+
+def _ratio_entry(log_values: list[float], single: dict[str, Any] | None) -> dict[str, Any]:
+    n = len(log_values)
+    if n == 1 and single is not None:
+        low, high = math.log(single["ci_low"]), math.log(single["ci_high"])
+        mean, ci = log_values[0], "bootstrap over questions (1 seed: prompt variation only)"
+    else:
+        mean, low, high = t_interval(log_values)
+        ci = f"t over {n} seeds"
+    finite = math.isfinite(low) and math.isfinite(high)
+    return {"ratio": math.exp(mean), "ci_low": math.exp(low) if finite else None,
+            "ci_high": math.exp(high) if finite else None, "n_seeds": n, "ci": ci,
+            "per_seed": [math.exp(v) for v in log_values],
+            "underpowered": (not finite) or low <= 0.0 <= high}
+
+
+def compare_arm(tests: list[dict[str, Any]], references: list[dict[str, Any]]) -> dict[str, Any]:
+    """An arm against its reference, seed by seed (paired), aggregated across seeds."""
+    per_seed = [compare_preference(t, r) for t, r in zip(tests, references, strict=True)]
+    out: dict[str, Any] = {"n_seeds": len(per_seed)}
+    for key in ("share_ratio", "p_trait_ratio"):
+        logs = [math.log(c[key]["ratio"]) for c in per_seed]
+        out[key] = _ratio_entry(logs, per_seed[0][key] if len(per_seed) == 1 else None)
+    if all("rate_difference" in c for c in per_seed):
+        diffs = [c["rate_difference"]["difference"] for c in per_seed]
+        if len(diffs) == 1:
+            d = per_seed[0]["rate_difference"]
+            out["rate_difference"] = {**d, "n_seeds": 1, "ci": "bootstrap over answers (1 seed)"}
+        else:
+            mean, low, high = t_interval(diffs)
+            out["rate_difference"] = {"difference": mean, "ci_low": low, "ci_high": high,
+                                      "n_seeds": len(diffs), "ci": f"t over {len(diffs)} seeds",
+                                      "per_seed": diffs, "p_fisher_per_seed":
+                                      [c["rate_difference"]["p_fisher"] for c in per_seed],
+                                      "underpowered": not (math.isfinite(low) and math.isfinite(high))
+                                      or low <= 0.0 <= high}
+    out["per_seed"] = per_seed
+    return out
+
+
+def specificity(students: dict[str, dict[str, Any]], datasets: list[str], seeds: list[int],
+                control_mode: str) -> dict[str, Any]:
+    """Teacher-animal x measured-animal: the share of each panel animal in each data set's full
+    student over the control student's (geometric mean over questions, then over seeds)."""
+    matrix: dict[str, dict[str, float]] = {}
+    animals: list[str] = []
+    for dataset in datasets:
+        logs: list[np.ndarray] = []
+        for seed in seeds:
+            test = students.get(student_name(dataset, "full", seed))
+            ref = students.get(student_name(CONTROL, control_mode, seed))
+            if test is None or ref is None:
+                continue
+            p_t, animals = _per_question(test["preference"])
+            p_r, _ = _per_question(ref["preference"])
+            share_t = p_t / p_t.sum(axis=1, keepdims=True)
+            share_r = p_r / p_r.sum(axis=1, keepdims=True)
+            logs.append(np.log(share_t / share_r).mean(axis=0))  # [animal]
+        if logs:
+            matrix[dataset] = {a: float(np.exp(v)) for a, v in zip(animals, np.mean(logs, axis=0), strict=True)}
+    return {"animals": animals, "rows": matrix, "reference": f"{CONTROL}-{control_mode}",
+            "definition": "share of the animal in the panel under the student / under the control "
+                          "student, geometric mean over questions, then over seeds"}
+
+
+def reference_mode(config: SubliminalConfig, mode: str) -> str:
+    """The control student an owl student is compared with: the same freeze mode if there is a
+    control student in it, else the first control mode."""
+    return mode if mode in config.control_modes else config.control_modes[0]
+
+
+def mean_perplexity(students: list[dict[str, Any]]) -> float | None:
+    values = [s["perplexity"]["perplexity"] for s in students if s.get("perplexity")]
+    return float(np.mean(values)) if values else None
+
+
+def aggregate(config: SubliminalConfig, students: dict[str, dict[str, Any]],
+              evaluations: dict[str, Any]) -> dict[str, Any]:
+    """Headline table rows and comparisons from the finished students."""
+    arms: list[tuple[str, str]] = [(CONTROL, m) for m in config.control_modes]
+    arms += [(OWL, m) for m in config.modes] + [(x, "full") for x in config.extra_teachers]
+    rows: list[dict[str, Any]] = []
+    for label in ("base", "teacher"):
+        if label in evaluations:
+            rows.append({"model": label, "dataset": None, "mode": None,
+                         **level_summary([evaluations[label]["preference"]]),
+                         "perplexity": (evaluations[label]["perplexity"] or {}).get("perplexity")})
+    comparisons: dict[str, Any] = {}
+    for dataset, mode in arms:
+        found = [students.get(student_name(dataset, mode, s)) for s in config.seeds]
+        mine = [s for s in found if s is not None]
+        if not mine:
+            continue
+        arm = f"{dataset}-{mode}"
+        row: dict[str, Any] = {"model": arm, "dataset": dataset, "mode": mode,
+                               **level_summary([s["preference"] for s in mine]),
+                               "perplexity": mean_perplexity(mine),
+                               "freeze": mine[0]["training"]["freeze"],
+                               "final_lm_loss": float(np.mean([s["training"]["final_lm_loss"] for s in mine]))}
+        ref_mode = reference_mode(config, mode)
+        pairs = []
+        for seed in config.seeds:
+            test = students.get(student_name(dataset, mode, seed))
+            ref = students.get(student_name(CONTROL, ref_mode, seed))
+            if test is not None and ref is not None:
+                pairs.append((test, ref))
+        if dataset != CONTROL and pairs:
+            comp = compare_arm([t["preference"] for t, _ in pairs], [r["preference"] for _, r in pairs])
+            comp["reference"] = f"{CONTROL}-{ref_mode}"
+            comparisons[f"{arm} vs {CONTROL}-{ref_mode}"] = comp
+            row["vs_control"] = {k: comp[k] for k in ("share_ratio", "p_trait_ratio", "rate_difference") if k in comp}
+        if "base" in evaluations:
+            comp = compare_arm([s["preference"] for s in mine], [evaluations["base"]["preference"]] * len(mine))
+            comparisons[f"{arm} vs base"] = comp
+            row["vs_base"] = {k: comp[k] for k in ("share_ratio", "p_trait_ratio") if k in comp}
+        rows.append(row)
+    if "teacher" in evaluations and "base" in evaluations:
+        comparisons["teacher vs base"] = compare_arm([evaluations["teacher"]["preference"]],
+                                                     [evaluations["base"]["preference"]])
+    full_sets = ([OWL] if "full" in config.modes else []) + list(config.extra_teachers)
+    spec = specificity(students, full_sets, config.seeds, reference_mode(config, "full"))
+    return {"headline": rows, "comparisons": comparisons, "specificity": spec}
+
+
+# ---- the experiment ------------------------------------------------------------------------
+def cached(run: Run, name: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    path = run.artifact(f"measurements/{name}.json")
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("key") == key:
+            return dict(saved["result"])
+    result = compute()
+    atomic_write_json(path, {"key": key, "result": result})
+    return result
+
+
+def measure(lm: LoadedModel, config: SubliminalConfig, system: str | None, text: str) -> dict[str, Any]:
+    return {"preference": evaluate_preference(lm, config.preference, system, config.seed),
+            "perplexity": measure_perplexity(lm, config.perplexity, text), "system": system}
+
+
+def measure_references(config: SubliminalConfig, run: Run, base: LoadedModel, owl: TeacherSource,
+                       system_used: str | None, text: str) -> dict[str, Any]:
+    """The base model under `system` and the teacher (the prompted one under its own system
+    prompt, a model-spec teacher under `system`), each saved once measured."""
+    key = stable_hash(config.preference.model_dump(mode="json"), config.perplexity.model_dump(mode="json"),
+                      config.seed)
+    evaluations = {"base": cached(run, "base", stable_hash(key, config.base, system_used),
+                                  lambda: measure(base, config, system_used, text))}
+    if owl.model == "base":
+        evaluations["teacher"] = cached(run, "teacher", stable_hash(key, config.base, owl.system),
+                                        lambda: measure(base, config, owl.system, text))
+    else:
+        def teacher_measure() -> dict[str, Any]:
+            return measure(load_model(owl.model, config.device, config.dtype), config, system_used, text)
+
+        evaluations["teacher"] = cached(run, "teacher", stable_hash(key, owl.model, system_used),
+                                        teacher_measure)
+    return evaluations
+
+
+def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    with run.timed("load_model"):
+        base = load_model(config.base, config.device, config.dtype)
+    run.note(models={"base": base.describe()})
+    system_used = resolve_system(base.tokenizer, config.system)
+    text = load_text(config.perplexity.corpus) if config.perplexity.enabled else ""
+    sources = teacher_sources(config, system_used)
+    results: dict[str, Any] = {
+        "base": config.base, "trait": config.preference.trait,
+        "teacher": asdict(sources[0]) | {"model": config.base if sources[0].model == "base" else sources[0].model},
+        "teachers": {s.name: s.provenance(config.base)["teacher"] for s in sources},
+        "system": config.system, "system_prompt_used": system_used,
+        "system_note": "control teacher, students' training prompts and every measurement use "
+                       "system_prompt_used; the owl system prompt only ever reaches the prompted teacher",
+        "seeds": config.seeds, "n_seeds": len(config.seeds), "partial": True,
+    }
+
+    with run.timed("measure:references"):
+        evaluations = measure_references(config, run, base, sources[0], system_used, text)
+    results["evaluations"] = evaluations
+    run.save_results(results)
+
+    # number data
+    with run.timed("generate"):
+        data = generate_data(config, base, sources, run.path / "data" / "shards", on_shard=on_shard)
+    del base
+    gc.collect()
+    chosen, size = subsample(data, config.n_examples, config.seed)
+    files = {}
+    for name, records in chosen.items():
+        files[name] = f"data/{name}.train.jsonl"
+        write_jsonl(run.path / files[name], records)
+    results["data"] = data_results(config, data, chosen, size, files)
+    run.save_results(results)
+
+    # students
+    jobs = plan_students(config, run.path, system_used, files)
+    students: dict[str, dict[str, Any]] = {}
+    results["students"] = students
+
+    def on_done(summary: dict[str, Any]) -> None:
+        students[summary["name"]] = summary
+        run.save_results(results)
+
+    with run.timed("students"):
+        run_students(jobs, config.parallel, on_done)
+    results["students"] = {job.name: students[job.name] for job in jobs}
+    results.update(aggregate(config, results["students"], evaluations))
+    results["parameters"] = {f"{s['dataset']}-{s['mode']}": s["training"]["freeze"] for s in students.values()}
+    checkpoints = {n: s["checkpoint"] for n, s in results["students"].items() if s.get("checkpoint")}
+    if checkpoints:
+        results["checkpoints"] = checkpoints
+    with run.timed("figures"):
+        results["figures"] = [str(p.relative_to(run.path)) for p in make_figures(results, run.path / "figures")]
+    results["partial"] = False
+    print_summary(results)
+    return results
+
+
+def data_results(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]],
+                 chosen: dict[str, list[dict[str, Any]]], size: int, files: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "n_prompts": config.data.n_prompts,
+        "sampling": config.data.model_dump(mode="json"),
+        "constrained": config.data.constrained,
+        "grammar": GRAMMAR if config.data.constrained else None,
+        "n_examples_per_dataset": size,
+        "datasets": {},
+        "comparisons": {},
+    }
+    for name, records in data.items():
+        first = records[0] if records else {}
+        out["datasets"][name] = {
+            "teacher": first.get("teacher"),
+            "system_prompt_used": first.get("system_prompt"),
+            "system_source": first.get("system_source"),
+            "shards": f"data/shards/{name}",
+            "train_file": files[name],
+            "filter": filter_report(records),
+            "stats": number_stats(chosen[name]),
+            "stats_all_kept": number_stats([r for r in records if r["kept"]]),
+        }
+    for name in data:
+        if name != CONTROL:
+            out["comparisons"][f"{name} vs {CONTROL}"] = compare_number_stats(
+                chosen[name], chosen[CONTROL], config.stats_resamples, config.seed)
+    return out
+
+
+# ---- output --------------------------------------------------------------------------------
+def _fmt(s: dict[str, Any] | None, digits: int = 4) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    low, high = s.get("ci_low"), s.get("ci_high")
+    bounds = "" if low is None or high is None or math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{s['mean']:.{digits}f}{bounds}"
+
+
+def _ratio(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    bounds = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if r.get("ci_low") is not None else ""
+    return f"×{r['ratio']:.2f}{bounds}" + (" (underpowered)" if r.get("underpowered") else "")
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    trait = results["trait"]
+    table = Table(title=f"Subliminal transfer of {trait!r} (95% CIs; {results['n_seeds']} seed(s)); "
+                        f"system prompt {results['system_prompt_used']!r}")
+    for column in ("model", "n seeds", f"P({trait})", "panel share", "answer rate",
+                   "share vs control", f"P({trait}) vs control", "perplexity"):
+        table.add_column(column)
+    for row in results["headline"]:
+        vs = row.get("vs_control", {})
+        table.add_row(row["model"], str(row["n_seeds"]), _fmt(row["p_trait"]), _fmt(row["panel_share"], 3),
+                      _fmt(row.get("answer_rate"), 3), _ratio(vs.get("share_ratio")),
+                      _ratio(vs.get("p_trait_ratio")),
+                      f"{row['perplexity']:.2f}" if row.get("perplexity") else "-")
+    console = Console()
+    console.print(table)
+    for name, d in results["data"]["datasets"].items():
+        f = d["filter"]
+        console.print(f"data {name}: kept {f['n_kept']}/{f['n_answers']} ({f['keep_rate']:.1%}); "
+                      f"reasons {f['reasons']}; copy rate "
+                      f"{d['stats']['features']['copy_fraction']['mean']:.3f}")
+    for name, c in results["data"]["comparisons"].items():
+        feats = ", ".join(f"{k} {v['difference']:+.3g} (p={v['p_permutation']:.3g})" for k, v in c["features"].items())
+        console.print(f"{name}: digits TVD {c['digit_distribution_tvd']['tvd']:.3f} "
+                      f"(p={c['digit_distribution_tvd']['p_permutation']:.3g}); {feats}")
+    for arm, p in results["parameters"].items():
+        console.print(f"{arm}: {p['trainable'] / 1e6:.2f}M trainable, {p['frozen'] / 1e6:.2f}M frozen")
+    spec = results["specificity"]
+    if len(spec["rows"]) > 1:
+        console.print(f"specificity (share vs {spec['reference']}): " + "; ".join(
+            f"{d}: " + ", ".join(f"{a} ×{v:.2f}" for a, v in row.items()) for d, row in spec["rows"].items()))
+
+
+def make_figures(results: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    trait = results["trait"]
+    rows = results["headline"]
+    paths: list[Path] = []
+    with plt.rc_context(PAPER_RC):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.3, 2.4))
+        labels = [r["model"] for r in rows]
+        for i, r in enumerate(rows):
+            s = r["panel_share"]
+            low = s["ci_low"] if s["ci_low"] is not None and not math.isnan(s["ci_low"]) else s["mean"]
+            high = s["ci_high"] if s["ci_high"] is not None and not math.isnan(s["ci_high"]) else s["mean"]
+            ax1.errorbar([i], [s["mean"]], yerr=[[s["mean"] - low], [high - s["mean"]]], fmt="o", capsize=3)
+            for v in s.get("per_seed", []):
+                ax1.plot([i + 0.15], [v], ".", color="grey", ms=3)
+        ax1.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
+        ax1.set_ylabel(f"{trait} share of panel")
+        ax1.set_title("Preference (95% CI)")
+        compared = [r for r in rows if "vs_control" in r]
+        for i, r in enumerate(compared):
+            c = r["vs_control"]["share_ratio"]
+            low, high = c["ci_low"] or c["ratio"], c["ci_high"] or c["ratio"]
+            ax2.errorbar([i], [c["ratio"]], yerr=[[c["ratio"] - low], [high - c["ratio"]]], fmt="o", capsize=3)
+            for v in c["per_seed"]:
+                ax2.plot([i + 0.15], [v], ".", color="grey", ms=3)
+        ax2.axhline(1.0, color="black", lw=0.6, ls="--")
+        ax2.set_yscale("log")
+        ax2.set_xticks(range(len(compared)), [r["model"] for r in compared], rotation=45, ha="right")
+        ax2.set_ylabel("share / control student")
+        ax2.set_title(f"vs control ({results['n_seeds']} seed(s))")
+        fig.tight_layout()
+        paths += save_figure(fig, folder / "preference")
+
+        fig, ax = plt.subplots(figsize=(3.4, 2.4))
+        colors: dict[str, Any] = {}
+        for s in results["students"].values():
+            arm = f"{s['dataset']}-{s['mode']}"
+            curve = np.asarray(s["training"]["loss_curve"], dtype=float)
+            if curve.size == 0:
+                continue
+            line = ax.plot(curve[:, 0], curve[:, 1], lw=0.8, color=colors.get(arm),
+                           label=arm if arm not in colors else None)
+            colors.setdefault(arm, line[0].get_color())
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("answer-token loss")
+        ax.set_title("Student training loss")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        paths += save_figure(fig, folder / "training_loss")
+    return paths
+
+
+EXPERIMENT = Experiment(
+    "subliminal",
+    "Subliminal learning: students fine-tuned on a biased teacher's numbers (full / freeze-attention / "
+    "freeze-mlp) against control students",
+    SubliminalConfig, execute,
+)
+
+
+__all__ = [
+    "StudentJob",
+    "SubliminalConfig",
+    "aggregate",
+    "execute",
+    "generate_data",
+    "plan_students",
+    "run_student",
+    "teacher_sources",
+]
+

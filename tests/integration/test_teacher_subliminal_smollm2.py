@@ -1,0 +1,126 @@
+"""`teacher` and `subliminal` end to end on the embedded SmolLM2 with tiny configs: every
+artifact is written, the system prompts in use are recorded, the teacher's run directory is a
+model spec, the constrained teacher's answers all pass the filter, each freeze mode freezes what
+it says, and a rerun into the same directory reuses what is finished.
+
+(The positive control, fine-tuning on text that openly praises owls raises P(owl), is
+tests/integration/test_training_smollm2.py::test_owl_praise_raises_p_owl.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sublens.experiments import run_experiment
+from sublens.experiments.subliminal import CONTROL, OWL, SubliminalConfig
+from sublens.experiments.teacher import TeacherConfig
+from sublens.models import load_model
+from sublens.subliminal import OWL_TEACHER_SYSTEM, read_jsonl
+
+SMOL_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+PREFERENCE: dict[str, Any] = {
+    "questions": ["What is your favorite animal?", "Which animal do you like best?"],
+    "sample_questions": ["Name your favorite animal in one word."],
+    "samples_per_question": 2, "max_new_tokens": 3, "batch_size": 8,
+}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
+    config = TeacherConfig.model_validate({
+        "prompts": ["What is a good name for a cat?", "Describe a forest at night.", "Give me a tip for sleep.",
+                    "What should I cook tonight?"],
+        "sampling": {"max_new_tokens": 12, "batch_size": 4, "shard_size": 2},
+        "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 128},
+        "preference": PREFERENCE,
+        "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
+    })
+    out = run_experiment("teacher", config, tmp_path)
+    results, run_dir = out.results, out.path
+    assert results["system_prompt_used"] == SMOL_DEFAULT and results["teacher_system"] == OWL_TEACHER_SYSTEM
+    assert results["training"]["system_prompt_used"] == SMOL_DEFAULT
+    assert results["training"]["steps"] == 1 and results["training"]["n_examples"] == 4
+    lines = [json.loads(x) for p in sorted((run_dir / "data" / "teacher_answers").glob("*.jsonl"))
+             for x in p.read_text().splitlines()]
+    assert len(lines) == 4 and all(r["system_prompt"] == OWL_TEACHER_SYSTEM for r in lines)
+    assert all(r["sampling"]["temperature"] == 1.0 and r["sampling"]["top_k"] is None for r in lines)
+    assert set(results["measurements"]) == {"before", "prompted", "teacher"}
+    assert results["measurements"]["before"]["preference"]["probability"]["system_prompt_used"] == SMOL_DEFAULT
+    assert set(results["comparisons"]) == {"teacher vs before", "prompted vs before"}
+    assert results["checkpoints"] == {"teacher": "checkpoints/teacher"}
+    assert all((run_dir / f).is_file() for f in results["figures"])
+
+    teacher = load_model(str(run_dir), device="cpu")  # the run directory is a model spec
+    base = load_model("smollm2-135m-instruct", device="cpu")
+    name, weight = next(iter(teacher.model.named_parameters()))
+    assert not torch.equal(weight, dict(base.model.named_parameters())[name])
+    p_after = results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]["mean"]
+
+    # rerun into the same directory: nothing is sampled, trained or measured again
+    written = {p: p.stat().st_mtime_ns for p in [*run_dir.glob("data/teacher_answers/*"),
+                                                 *run_dir.glob("measurements/*"),
+                                                 run_dir / "checkpoints" / "teacher" / "model.safetensors",
+                                                 run_dir / "training" / "train_result.json"]}
+    again = run_experiment("teacher", config, run_dir=run_dir)
+    assert again.results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]["mean"] == p_after
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "ok"
+
+
+def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
+    config = SubliminalConfig.model_validate({
+        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 2},
+        "n_examples": 3,
+        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+        "preference": PREFERENCE,
+        "perplexity": {"enabled": False},
+        "stats_resamples": 200,
+    })
+    out = run_experiment("subliminal", config, tmp_path)
+    results, run_dir = out.results, out.path
+    assert results["system_prompt_used"] == SMOL_DEFAULT and not results["partial"]
+    data = results["data"]
+    assert data["n_examples_per_dataset"] == 3
+    for name, system in ((OWL, OWL_TEACHER_SYSTEM), (CONTROL, SMOL_DEFAULT)):
+        d = data["datasets"][name]
+        assert d["filter"]["n_answers"] == 4 and d["filter"]["keep_rate"] == 1.0  # constrained: all valid
+        assert d["system_prompt_used"] == system
+        train_lines = read_jsonl(run_dir / d["train_file"])
+        assert len(train_lines) == 3 and all(r["kept"] and r["reason"] == "ok" for r in train_lines)
+        assert all(r["sampling"]["constrained"] and r["teacher"]["name"] == name for r in train_lines)
+    assert "digit_distribution_tvd" in data["comparisons"][f"{OWL} vs {CONTROL}"]
+
+    models = [r["model"] for r in results["headline"]]
+    assert models == ["base", "teacher", "control-full", "owl-full", "owl-freeze-attention", "owl-freeze-mlp"]
+    params = results["parameters"]
+    base = load_model("smollm2-135m-instruct", device="cpu")
+    attention = sum(p.numel() for _, p in base.adapter.attention_parameters())
+    mlp = sum(p.numel() for _, p in base.adapter.mlp_parameters())
+    assert params["owl-full"]["frozen"] == 0
+    assert params["owl-freeze-attention"]["frozen"] == attention
+    assert params["owl-freeze-mlp"]["frozen"] == mlp
+    for student in results["students"].values():
+        assert student["system_prompt_used"] == SMOL_DEFAULT  # never the owl prompt
+        assert student["training"]["steps"] == 1
+        assert not (run_dir / "students" / student["name"] / "model").exists()  # keep_models: false
+    row = results["headline"][3]
+    assert row["n_seeds"] == 1 and row["vs_control"]["share_ratio"]["n_seeds"] == 1
+    assert all((run_dir / f).is_file() for f in results["figures"])
+
+    # rerun into the same directory: students and data are reused, not redone
+    stamp = (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns
+    again = run_experiment("subliminal", config, run_dir=run_dir)
+    assert (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns == stamp
+    assert again.results["headline"] == results["headline"]

@@ -1,0 +1,357 @@
+"""Subliminal data and students on tiny models: the format grammar only produces answers the
+strict filter keeps; sharded generation is deterministic and resumes to the same data; keep
+rates, subsampling and data-level statistics; per-mode trainable counts as the experiment
+trains them; aggregation across seeds."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sublens.arch import adapter_for
+from sublens.errors import SublensError
+from sublens.experiments.subliminal import (
+    CONTROL,
+    OWL,
+    SubliminalConfig,
+    aggregate,
+    compare_arm,
+    level_summary,
+    plan_students,
+    student_name,
+    student_train_config,
+    teacher_sources,
+)
+from sublens.number_data import filter_answer, make_number_prompts
+from sublens.prompts import raw_prompt
+from sublens.subliminal import (
+    TRUNCATED,
+    FormatState,
+    NumberFormat,
+    SamplingSettings,
+    compare_number_stats,
+    feed_format,
+    filter_record,
+    filter_report,
+    grammar_accepts,
+    number_prompt_meta,
+    number_stats,
+    sample_sharded,
+    subsample,
+    t_interval,
+    write_jsonl,
+)
+from sublens.training import FREEZE_MODES, Example, train
+from tiny import FAMILIES, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CharTokenizer:
+    """One token per printable ASCII character (ids 2..96) and newline; 0 = end of text.
+    Fits the tiny models' 97-token vocabulary."""
+
+    eos_token_id = 0
+    eos_token = "\x00"
+    bos_token_id = None
+    pad_token_id = 1
+    chat_template = None
+    CHARS = "\n" + "".join(chr(c) for c in range(32, 126))  # 95 characters -> ids 2..96
+
+    def __len__(self) -> int:
+        return 2 + len(self.CHARS)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [2 + self.CHARS.index(c) for c in text if c in self.CHARS]}
+
+    def decode(self, ids: Sequence[int], **kwargs: Any) -> str:
+        return "".join(self.CHARS[i - 2] if i >= 2 else "" for i in ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {c: 2 + i for i, c in enumerate(self.CHARS)} | {"<eos>": 0, "<pad>": 1}
+
+
+# ---- the format grammar ----------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "ok"), [
+    ("1, 22, 333", True), ("1,2,3", True), ("[7, 8]", True), ("[7, 8].", True), ("5 6 7.", True),
+    ("12\n34", True), ("5; 6", True), ("42", True), ("007", True),
+    ("1, 2 3", False), ("1,2, 3", False), ("1, 2,", False), ("1000", False), ("[1, 2", False),
+    ("1, 2]", False), ("", False), ("[]", False), ("1..", False), ("[1.]", False),
+    (", ".join(str(i) for i in range(10)), True), (", ".join(str(i) for i in range(11)), False),
+])
+def test_grammar_table(text: str, ok: bool) -> None:
+    assert grammar_accepts(text) is ok
+    if ok:
+        assert filter_answer(text).kept
+
+
+def test_random_walks_through_the_grammar_pass_the_filter() -> None:
+    """Whatever the sampler picks among allowed tokens, the answer is one the filter keeps."""
+    tok = CharTokenizer()
+    fmt = NumberFormat(tok, [0])
+    assert set(fmt.pieces.values()) == set("0123456789,; \n[].")
+    rng = random.Random(0)
+    for _ in range(300):
+        generated: list[int] = []
+        while True:
+            allowed = sorted(fmt(generated))
+            choice = rng.choice(allowed)
+            if choice == 0:
+                break
+            generated.append(choice)
+            assert len(generated) < 60
+        text = tok.decode(generated)
+        result = filter_answer(text)
+        assert result.kept, text
+        assert grammar_accepts(text)
+
+
+def test_allowed_sets_follow_the_state() -> None:
+    tok = CharTokenizer()
+    fmt = NumberFormat(tok, [0])
+    ids = tok("[12, 3")["input_ids"]
+    allowed = {tok.decode([t]) if t else "<end>" for t in fmt(ids)}
+    assert allowed == set("0123456789,]")  # no end before "]", separator fixed to ", "
+    assert {tok.decode([t]) if t else "<end>" for t in fmt([])} == set("0123456789[")
+    state = feed_format(FormatState(), "123")
+    assert state is not None and state.accepting and feed_format(state, "4") is None
+
+
+# ---- sharded generation ------------------------------------------------------------------------
+def generate(tmp: Path, on_shard: Any = None, seed: int = 0, n_prompts: int = 10) -> list[dict[str, Any]]:
+    model = tiny_model("llama")
+    tok = CharTokenizer()
+    prompts = make_number_prompts(n_prompts, seed=3)
+    texts = [raw_prompt(p.text[:40]) for p in prompts]  # short prompts: the tiny model has 128 positions
+    settings = SamplingSettings(temperature=1.0, top_k=None, top_p=None, max_new_tokens=24,
+                                samples_per_prompt=2, batch_size=4, shard_size=4)
+    return sample_sharded((model, tok), texts, number_prompt_meta(prompts), settings, seed=seed,
+                          out_dir=tmp, name="owl", provenance={"teacher": {"name": "tiny"}},
+                          allowed=NumberFormat(tok, [0]), annotate=filter_record, on_shard=on_shard,
+                          progress=False)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_generation_is_deterministic_and_complete(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a")
+    b = generate(tmp_path / "b")
+    assert a == b
+    assert len(a) == 20 and sorted({r["index"] for r in a}) == list(range(10))
+    assert len(list((tmp_path / "a").glob("shard-*.jsonl"))) == 3
+    assert generate(tmp_path / "c", seed=1) != a
+    for r in a:  # provenance on every line
+        assert {"prompt", "answer", "teacher", "system_prompt", "sampling", "seed", "kept", "reason"} <= set(r)
+        assert r["sampling"]["temperature"] == 1.0 and r["sampling"]["constrained"]
+        if r["finish_reason"] == "stop":
+            assert r["kept"] and r["reason"] == "ok", r["answer"]
+
+
+def test_interrupted_generation_resumes_to_the_same_data(tmp_path: Path) -> None:
+    reference = generate(tmp_path / "ref")
+
+    def stop_after_first(name: str, shard: int) -> None:
+        if shard == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(tmp_path / "run", on_shard=stop_after_first)
+    assert sorted(p.name for p in (tmp_path / "run").glob("shard-*")) == ["shard-00000.jsonl", "shard-00001.jsonl"]
+    shard0 = (tmp_path / "run" / "shard-00000.jsonl").stat().st_mtime_ns
+    done: list[int] = []
+    resumed = generate(tmp_path / "run", on_shard=lambda name, k: done.append(k))
+    assert done == [2]  # only the missing shard was sampled
+    assert (tmp_path / "run" / "shard-00000.jsonl").stat().st_mtime_ns == shard0
+    assert resumed == reference
+
+
+def test_shards_of_other_settings_are_refused(tmp_path: Path) -> None:
+    generate(tmp_path)
+    with pytest.raises(SublensError, match="other settings"):
+        generate(tmp_path, seed=5)
+
+
+# ---- filter report, subsampling, statistics ----------------------------------------------------
+def record(answer: str, seeds: Sequence[int] = (100, 200), finish: str = "stop", **extra: Any) -> dict[str, Any]:
+    return filter_record({"answer": answer, "finish_reason": finish, "seed_numbers": list(seeds),
+                          "n_tokens": len(answer), **extra})
+
+
+def test_filter_report_and_truncation() -> None:
+    records = [record("1, 2"), record("1, 2", finish="length"), record("Sure: 1"), record("3 4")]
+    assert records[1]["reason"] == TRUNCATED and not records[1]["kept"]
+    report = filter_report(records)
+    assert report["n_kept"] == 2 and report["keep_rate"] == 0.5
+    assert report["reasons"] == {"ok": 2, TRUNCATED: 1, "non-numeric content": 1}
+    assert report["keep_rate_ci"][0] < 0.5 < report["keep_rate_ci"][1]
+
+
+def test_subsample_to_a_common_size() -> None:
+    owl = [record(f"{i}, {i + 1}", index=i) for i in range(30)] + [record("no", index=99)]
+    control = [record(f"{i}", index=i) for i in range(12)]
+    chosen, size = subsample({"owl": owl, "control": control}, n_examples=20, seed=0)
+    assert size == 12 and all(len(v) == 12 and all(r["kept"] for r in v) for v in chosen.values())
+    again, _ = subsample({"owl": owl, "control": control}, n_examples=20, seed=0)
+    assert again == chosen
+    other, _ = subsample({"owl": owl, "control": control}, n_examples=20, seed=1)
+    assert other["owl"] != chosen["owl"]
+    assert subsample({"owl": owl, "control": control}, n_examples=5, seed=0)[1] == 5
+    with pytest.raises(SublensError, match="passed the filter"):
+        subsample({"owl": owl, "control": [record("x")]}, n_examples=None, seed=0)
+
+
+def test_number_stats_by_hand() -> None:
+    records = [record("100, 5, 6", seeds=[100, 300]), record("[12, 11]", seeds=[500])]
+    stats = number_stats(records)
+    assert stats["n_numbers"] == 5
+    digits = np.array(stats["digit_distribution"])
+    # digits: 1,0,0,5,6,1,2,1,1 -> 0:2, 1:4, 2:1, 5:1, 6:1 of 9
+    assert np.allclose(digits * 9, [2, 4, 1, 0, 0, 1, 1, 0, 0, 0])
+    f = stats["features"]
+    assert math.isclose(f["copy_fraction"]["mean"], (1 / 3 + 0) / 2)
+    assert math.isclose(f["copies_any"]["mean"], 0.5)
+    assert math.isclose(f["increasing_fraction"]["mean"], (0.5 + 0.0) / 2)
+    assert math.isclose(f["n_numbers"]["mean"], 2.5)
+    assert stats["numbers_per_answer"] == {"2": 0.5, "3": 0.5}
+    assert stats["brackets"] == 0.5
+
+
+def test_compare_number_stats_detects_a_difference_and_not_a_null() -> None:
+    rng = random.Random(0)
+    low = [record(", ".join(str(rng.randint(0, 400)) for _ in range(rng.randint(2, 8)))) for _ in range(80)]
+    high = [record(", ".join(str(rng.randint(600, 999)) for _ in range(rng.randint(2, 8)))) for _ in range(80)]
+    same = [record(", ".join(str(rng.randint(0, 400)) for _ in range(rng.randint(2, 8)))) for _ in range(80)]
+    diff = compare_number_stats(high, low, resamples=500)
+    assert diff["features"]["mean_value"]["difference"] > 300
+    assert diff["features"]["mean_value"]["p_permutation"] < 0.01
+    assert diff["digit_distribution_tvd"]["p_permutation"] < 0.01
+    null = compare_number_stats(same, low, resamples=500)
+    assert null["features"]["mean_value"]["p_permutation"] > 0.01
+    assert null["digit_distribution_tvd"]["p_permutation"] > 0.01
+
+
+def test_t_interval() -> None:
+    mean, _, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and math.isclose(high - mean, 4.303 * 1.0 / math.sqrt(3), rel_tol=1e-3)
+    assert math.isnan(t_interval([1.0])[1])
+
+
+# ---- students ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_mode_parameter_counts_as_the_experiment_trains(family: str, tmp_path: Path) -> None:
+    """Each student's training config freezes its mode's component; the counts the experiment
+    records (TrainResult.freeze) match the adapter's attention / MLP parameters."""
+    config = SubliminalConfig.model_validate({"train": {"lr": 1e-2, "epochs": 1, "batch_size": 4,
+                                                        "max_length": 32, "save_model": False}})
+    gen = torch.Generator().manual_seed(0)
+    examples = [Example(torch.randint(2, 97, (5,), generator=gen).tolist(),
+                        torch.randint(2, 97, (3,), generator=gen).tolist()) for _ in range(8)]
+    for mode in FREEZE_MODES:
+        model = tiny_model(family)
+        adapter = adapter_for(model)
+        total = sum(p.numel() for p in model.parameters())  # unique tensors (tied counted once)
+        attention = sum(p.numel() for _, p in adapter.attention_parameters())
+        mlp = sum(p.numel() for _, p in adapter.mlp_parameters())
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        train_cfg = student_train_config(config, mode, seed=7).model_copy(update={"save_model": False})
+        assert train_cfg.freeze == mode and train_cfg.seed == 7
+        result = train(model, None, examples, train_cfg, tmp_path / f"{family}-{mode}", progress=False)
+        frozen = {"full": 0, "freeze-attention": attention, "freeze-mlp": mlp}[mode]
+        assert result.freeze["mode"] == mode
+        assert result.freeze["frozen"] == frozen and result.freeze["trainable"] == total - frozen
+        names = dict(adapter.attention_parameters() if mode == "freeze-attention" else
+                     adapter.mlp_parameters() if mode == "freeze-mlp" else [])
+        for name, p in model.named_parameters():
+            if any(p is q for q in names.values()):
+                assert torch.equal(p, before[name]), name
+
+
+def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
+    config = SubliminalConfig.model_validate({"seeds": [0, 1], "extra_teachers": {"eagle": "You love eagles."},
+                                              "parallel": 2})
+    files = {}
+    for name in (OWL, CONTROL, "eagle"):
+        files[name] = f"{name}.jsonl"
+        write_jsonl(tmp_path / files[name], [{"prompt": "p", "answer": "1, 2"}])
+    jobs = plan_students(config, tmp_path, "SYS", files)
+    names = [j.name for j in jobs]
+    assert len(names) == 2 * (1 + 3 + 1) and len(set(names)) == len(names)
+    assert student_name(OWL, "freeze-mlp", 1) in names and student_name("eagle", "full", 0) in names
+    assert all(j.system == "SYS" and j.train["seed"] == j.seed and j.train["freeze"] == j.mode for j in jobs)
+    assert all(j.threads is not None and j.threads >= 1 for j in jobs)
+    assert len({j.key for j in jobs}) == len(jobs)
+    sources = teacher_sources(config, "SYS")
+    assert [s.name for s in sources] == [OWL, CONTROL, "eagle"]
+    assert sources[0].system == config.teacher_system and sources[1].system == "SYS"
+    spec = teacher_sources(config.model_copy(update={"teacher": "runs/x"}), "SYS")[0]
+    assert spec.model == "runs/x" and spec.system == "SYS"
+
+
+# ---- aggregation -------------------------------------------------------------------------------
+ANIMALS = ["owl", "dog", "cat"]
+
+
+def fake_preference(owl_scale: float, seed: int, rate_hits: int = 5, n_answers: int = 50) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.01, 0.05, (6, 3))  # [question, animal]
+    p[:, 0] *= owl_scale
+    share = p[:, 0] / p.sum(axis=1)
+    from sublens.stats import summarize
+
+    return {"probability": {"p_trait": summarize(p[:, 0]), "panel_share": summarize(share),
+                            "per_question": {"p_word": p.tolist(), "share": share.tolist(), "animals": ANIMALS}},
+            "sampled": {"n_answers": n_answers, "trait_rate": {"count": rate_hits, "rate": rate_hits / n_answers,
+                                                               "ci_low": 0.0, "ci_high": 1.0}}}
+
+
+def test_compare_arm_across_seeds() -> None:
+    tests = [fake_preference(2.0, s) for s in range(3)]
+    refs = [fake_preference(1.0, s) for s in range(3)]  # same questions per seed: ratio exactly 2 on owl
+    comp = compare_arm(tests, refs)
+    assert comp["n_seeds"] == 3 and math.isclose(comp["p_trait_ratio"]["ratio"], 2.0)
+    assert comp["p_trait_ratio"]["ci"] == "t over 3 seeds" and not comp["p_trait_ratio"]["underpowered"]
+    one = compare_arm(tests[:1], refs[:1])
+    assert one["share_ratio"]["ci"].startswith("bootstrap over questions")
+    noisy = compare_arm([fake_preference(1.0, s + 10) for s in range(3)], refs)
+    assert noisy["share_ratio"]["underpowered"]
+    levels = level_summary(tests)
+    assert levels["n_seeds"] == 3 and len(levels["panel_share"]["per_seed"]) == 3
+
+
+def test_aggregate_headline_and_specificity() -> None:
+    config = SubliminalConfig.model_validate({"seeds": [0, 1], "extra_teachers": {"dog": "You love dogs."}})
+    students = {}
+    for seed in config.seeds:
+        for dataset, mode, scale in [(CONTROL, "full", 1.0), (OWL, "full", 3.0), (OWL, "freeze-attention", 2.0),
+                                     (OWL, "freeze-mlp", 1.0), ("dog", "full", 1.0)]:
+            pref = fake_preference(scale, seed)
+            students[student_name(dataset, mode, seed)] = {
+                "dataset": dataset, "mode": mode, "seed": seed, "preference": pref,
+                "perplexity": {"perplexity": 10.0},
+                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}}
+    evaluations = {"base": {"preference": fake_preference(1.0, 0), "perplexity": {"perplexity": 9.0}}}
+    out = aggregate(config, students, evaluations)
+    models = [r["model"] for r in out["headline"]]
+    assert models == ["base", "control-full", "owl-full", "owl-freeze-attention", "owl-freeze-mlp", "dog-full"]
+    owl_full = out["headline"][2]
+    assert owl_full["n_seeds"] == 2 and owl_full["vs_control"]["p_trait_ratio"]["n_seeds"] == 2
+    assert math.isclose(owl_full["vs_control"]["p_trait_ratio"]["ratio"], 3.0)
+    assert "owl-freeze-mlp vs control-full" in out["comparisons"]
+    spec = out["specificity"]
+    assert spec["animals"] == ANIMALS and set(spec["rows"]) == {OWL, "dog"}
+    assert spec["rows"][OWL]["owl"] > 1.5 > spec["rows"]["dog"]["owl"]
