@@ -414,7 +414,7 @@ def _run_forest(
 def score_many(
     model: Any,
     requests: Sequence[tuple[TokenIds, Sequence[Sequence[int]]]],
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> list[ContinuationScores]:
     """Score several prompts, each with its own continuations: [(prompt_ids, continuations)].
 
@@ -484,7 +484,7 @@ def score_continuations(
     model: Any,
     prompt_ids: TokenIds,
     continuations: Sequence[Sequence[int]],
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> ContinuationScores:
     """Log-probabilities of each continuation (token ids) after one prompt (token ids).
 
@@ -557,14 +557,14 @@ def tokenize_continuations(
 
 
 def score_strings(
-    lm: LM, prompt: PromptText | str, strings: Sequence[str], batch_size: int = 64
+    lm: LM, prompt: PromptText | str, strings: Sequence[str], batch_size: int = 128
 ) -> StringScores:
     """log P(string | prompt) for each string (chain rule over its in-context tokens)."""
     return score_strings_many(lm, [prompt], strings, batch_size)[0]
 
 
 def score_strings_many(
-    lm: LM, prompts: Sequence[PromptText | str], strings: Sequence[str], batch_size: int = 64
+    lm: LM, prompts: Sequence[PromptText | str], strings: Sequence[str], batch_size: int = 128
 ) -> list[StringScores]:
     """The same candidate strings scored after each of several prompts (batched)."""
     model, tokenizer = _unpack(lm)
@@ -617,7 +617,7 @@ def _word_probs(scores: StringScores) -> list[WordProbability]:
 
 
 def word_probability(
-    lm: LM, prompt: PromptText | str, words: Sequence[str], batch_size: int = 64
+    lm: LM, prompt: PromptText | str, words: Sequence[str], batch_size: int = 128
 ) -> list[WordProbability]:
     """For each word: full chain-rule P(word | prompt) and first-token probability."""
     if not words:
@@ -626,7 +626,7 @@ def word_probability(
 
 
 def word_probability_many(
-    lm: LM, prompts: Sequence[PromptText | str], words: Sequence[str], batch_size: int = 64
+    lm: LM, prompts: Sequence[PromptText | str], words: Sequence[str], batch_size: int = 128
 ) -> list[list[WordProbability]]:
     """word_probability for the same words after each of several prompts (batched)."""
     if not words:
