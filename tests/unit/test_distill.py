@@ -36,6 +36,7 @@ from sublens.experiments.distill import (
     format_answer,
     generated_records,
     load_records,
+    newest_teacher_run,
     read_records,
     subliminal_control,
 )
@@ -411,3 +412,14 @@ def test_presets_and_config_checks() -> None:
         load_config(DistillConfig, overrides=["train.seed=3"])
     with pytest.raises(ConfigError, match="arms"):
         load_config(DistillConfig, overrides=["arms=[lm_only, lm_only]"])
+
+
+def test_default_biased_teacher_is_the_newest_finished_teacher_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No finished `teacher` run"):
+        newest_teacher_run(tmp_path)
+    for stamp, status in (("20260101-000000", "ok"), ("20260102-000000", "ok"), ("20260103-000000", "failed")):
+        run = tmp_path / f"{stamp}_teacher_abc"
+        run.mkdir()
+        (run / "record.json").write_text(json.dumps({"status": status}))
+        (run / "results.json").write_text(json.dumps({"checkpoints": {"teacher": "checkpoints/teacher"}}))
+    assert newest_teacher_run(tmp_path) == str(tmp_path / "20260102-000000_teacher_abc")
