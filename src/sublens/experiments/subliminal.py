@@ -664,6 +664,9 @@ def print_summary(results: dict[str, Any]) -> None:
                       f"{row['perplexity']:.2f}" if row.get("perplexity") else "-")
     console = Console()
     console.print(table)
+    if results["n_seeds"] == 1:
+        console.print("One training seed: the CIs cover question (prompt) variation only, not the "
+                      "variation between training runs; no transfer claim rests on them (DESIGN.md, Power).")
     for name, d in results["data"]["datasets"].items():
         f = d["filter"]
         console.print(f"data {name}: kept {f['n_kept']}/{f['n_answers']} ({f['keep_rate']:.1%}); "
@@ -683,6 +686,7 @@ def print_summary(results: dict[str, Any]) -> None:
 
 def make_figures(results: dict[str, Any], folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     trait = results["trait"]
     rows = results["headline"]
@@ -709,6 +713,8 @@ def make_figures(results: dict[str, Any], folder: Path) -> list[Path]:
                 ax2.plot([i + 0.15], [v], ".", color="grey", ms=3)
         ax2.axhline(1.0, color="black", lw=0.6, ls="--")
         ax2.set_yscale("log")
+        ax2.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax2.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
         ax2.set_xticks(range(len(compared)), [r["model"] for r in compared], rotation=45, ha="right")
         ax2.set_ylabel("share / control student")
         ax2.set_title(f"vs control ({results['n_seeds']} seed(s))")

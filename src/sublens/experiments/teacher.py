@@ -182,10 +182,12 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
     with run.timed("measure:before"):
         measurements["before"] = cached_measure(
             run, "before", measure_key, lambda: measure(lm, config, config.system, text))
-    if config.measure_prompted:
+    if config.measure_prompted:  # perplexity has no system prompt: the base model's, reused
         with run.timed("measure:prompted"):
             measurements["prompted"] = cached_measure(
-                run, "prompted", measure_key, lambda: measure(lm, config, config.teacher_system, text))
+                run, "prompted", measure_key,
+                lambda: {"preference": evaluate_preference(lm, config.preference, config.teacher_system, config.seed),
+                         "perplexity": measurements["before"]["perplexity"]})
     run.save_results(results)
 
     # 1. the teacher's answers, with the trait in the system prompt
@@ -213,6 +215,7 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
         else:
             result = train(lm.model, lm.tokenizer, examples, train_cfg, train_dir, adapter=lm.adapter)
             save_checkpoint(lm, checkpoint)
+            shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)  # resume points, no longer needed
     results["training"] = {**train_summary(result), "system_prompt_used": system_used}
     results["checkpoints"] = {"teacher": CHECKPOINT}
     run.save_results(results)
