@@ -77,3 +77,22 @@ def load_config(cls: type[C], path: Path | None = None, overrides: list[str] | N
         fields = ", ".join(cls.model_fields)
         where = f" in {path}" if path else ""
         raise ConfigError(f"Invalid {cls.__name__}{where}: {problems}. Valid keys: {fields}.") from exc
+
+
+def configs_roots() -> list[Path]:
+    """Where preset files are looked up: ./configs, then the source checkout's configs."""
+    here = Path(__file__).resolve()
+    return [Path("configs"), here.parents[2] / "configs"]
+
+
+def preset_path(relative: str) -> Path:
+    given = Path(relative)
+    if given.is_file():
+        return given
+    for root in configs_roots():
+        if (root / relative).is_file():
+            return root / relative
+    raise ConfigError(
+        f"Preset file {relative!r} not found in {', '.join(str(r) for r in configs_roots())}; "
+        "run from the sublens checkout or give a path."
+    )

@@ -25,6 +25,9 @@ class Experiment:
     summary: str
     config: type[Config]
     execute: Callable[[Any, Run], dict[str, Any]]
+    # An earlier run directory under `out` to continue instead of starting afresh (paper: the
+    # newest run with the same config, whose finished stages are reused).
+    reuse: Callable[[Any, Path], Path | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,15 @@ def all_experiments() -> list[Experiment]:
     return list(_registry().values())
 
 
-def run_experiment(name: str, config: Config, out: Path = Path("runs"), run_dir: Path | None = None) -> RunOutcome:
+def run_experiment(
+    name: str, config: Config, out: Path = Path("runs"), run_dir: Path | None = None, fresh: bool = False
+) -> RunOutcome:
+    """Run (or, with run_dir, resume) an experiment; fresh=True never continues an earlier run."""
     experiment = get(name)
     if not isinstance(config, experiment.config):
         raise ConfigError(f"{name} needs a {experiment.config.__name__}, got {type(config).__name__}.")
+    if run_dir is None and experiment.reuse is not None and not fresh:
+        run_dir = experiment.reuse(config, out)
     with open_run(name, config, out, run_dir) as run:
         results = experiment.execute(config, run)
         run.save_results(results)
