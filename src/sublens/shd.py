@@ -38,7 +38,7 @@ def merge_schedule(k: int, m: int) -> list[int]:
     if m > k:
         raise SublensError(
             f"The student has more heads ({m}) than the teacher ({k}): SHD can only squeeze heads. "
-            "Use a teacher with at least as many heads, or set shd_fallback=repeat (student head j "
+            "Use a teacher with at least as many heads, or pass --set shd.fallback=repeat (student head j "
             "is matched to teacher head j mod k, unsqueezed)."
         )
     phases = []

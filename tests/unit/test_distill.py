@@ -291,7 +291,7 @@ def test_gradients_reach_query_and_key_weights_only_through_the_shd_term() -> No
 def test_more_student_heads_is_an_error_or_the_repeat_fallback() -> None:
     examples = id_examples([6])
     teacher, student = tiny_model("gemma3", seed=1), tiny_model("llama", seed=2)  # 4 heads -> 6
-    with pytest.raises(SublensError, match="more heads .* shd_fallback=repeat"):
+    with pytest.raises(SublensError, match="more heads .* shd.fallback=repeat"):
         ShdTeacher(teacher, adapter_for(teacher), adapter_for(student))
     shd = ShdTeacher(teacher, adapter_for(teacher), adapter_for(student), fallback="repeat")
     targets = shd.targets(examples)

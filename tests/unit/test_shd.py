@@ -66,7 +66,7 @@ def test_merging_keeps_rows_stochastic_and_causal() -> None:
 
 def test_more_student_heads_is_an_error_or_the_documented_fallback() -> None:
     A, X = _maps(1, 3, 4), torch.randn(1, 3, 4, 2, dtype=torch.float64)
-    with pytest.raises(SublensError, match="more heads .* shd_fallback=repeat"):
+    with pytest.raises(SublensError, match="more heads .* shd.fallback=repeat"):
         squeeze_heads(A, X, 4)
     out = squeeze_heads(A, X, 4, fallback="repeat")
     torch.testing.assert_close(out.maps[:, 3], A[:, 0])
