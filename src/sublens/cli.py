@@ -71,15 +71,25 @@ def run(
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run in this run directory (same config).")
     ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A shipped preset: configs/<experiment>/<preset>.yaml (e.g. quick, paper).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="paper: start a new run instead of continuing the newest one with this config.")
+    ] = False,
 ) -> None:
     """Run an experiment; its run directory holds config, record, results and artifacts."""
-    from sublens.config import load_config
+    from sublens.config import load_config, preset_path
     from sublens.experiments import get, run_experiment
 
     try:
+        if preset is not None and config is not None:
+            raise SublensError("Give --config or --preset, not both.")
         exp = get(experiment)
+        if preset is not None:
+            config = preset_path(f"{experiment}/{preset}.yaml")
         cfg = load_config(exp.config, config, overrides or [])
-        outcome = run_experiment(experiment, cfg, out, run_dir=resume)
+        outcome = run_experiment(experiment, cfg, out, run_dir=resume, fresh=fresh)
     except SublensError as exc:
         _fail(exc)
     console.print(f"[green]done:[/] results in {outcome.path}")
@@ -92,6 +102,40 @@ def experiments() -> None:
 
     for exp in all_experiments():
         console.print(f"[bold]{exp.name}[/]  {exp.summary}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A paper run, one experiment's run, or a folder of runs.")],
+    out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN_DIR/paper).")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="review | final | preprint (default: the paper config's style, else review).")
+    ] = None,
+    acl_sty: Annotated[
+        Path | None, typer.Option("--acl-sty", help="Your copy of the official acl.sty (default: sublens-acl.sty).")
+    ] = None,
+    no_compile: Annotated[bool, typer.Option("--no-compile", help="Write the bundle without running LaTeX.")] = False,
+) -> None:
+    """Rebuild the paper bundle (main.tex, tables, figures, PDF) from finished runs, in seconds."""
+    from sublens.report.bundle import build_bundle, load_runs, style_settings
+
+    try:
+        stages, meta = load_runs(run_dir)
+        style, sty = style_settings(meta, mode, str(acl_sty) if acl_sty else None)
+        bundle = build_bundle(
+            stages, out or run_dir / "paper", mode=style, acl_sty=sty, compile=not no_compile, meta=meta
+        )
+    except SublensError as exc:
+        _fail(exc)
+    for line in bundle.headline:
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(f"[green]main.tex:[/] {bundle.main_tex}", soft_wrap=True)
+    if bundle.pdf is not None:
+        console.print(f"[green]PDF:[/] {bundle.pdf}", soft_wrap=True)
+    if bundle.message:
+        console.print(bundle.message, highlight=False, markup=False, soft_wrap=True)
+    if not bundle.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixture_runs import needs_tex
 from sublens.figures import new_figure, save_figure
-from sublens.report.compile import compile_pdf, install_style, tex_available
+from sublens.report.compile import compile_pdf, install_style
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
-
-needs_tex = pytest.mark.skipif(not tex_available(), reason="TeX not installed (make test installs it)")
 
 
 def test_escaping_of_specials_and_non_ascii_digits() -> None:

@@ -41,7 +41,9 @@ def compile_pdf(tex: Path, timeout: int = 300) -> Path | None:
     if not tex_available():
         return None
     cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
-    proc = subprocess.run(cmd, cwd=tex.parent, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(  # errors="replace": pdflatex prints 8-bit font bytes (e.g. an overfull "Martín")
+        cmd, cwd=tex.parent, capture_output=True, text=True, errors="replace", timeout=timeout
+    )
     pdf = tex.with_suffix(".pdf")
     if proc.returncode != 0 or not pdf.is_file():
         log = tex.with_suffix(".log")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -97,3 +98,23 @@ def booktabs_table(
         rf"\end{{{env}}}",
     ]
     return "\n".join(lines) + "\n"
+
+
+_HYPHEN_MINUS = re.compile(r"(?<![\w{$^])-(?=\d)")
+
+
+def minus_signs(text: str) -> str:
+    """Text numbers' hyphens as math minus signs: no line break inside '[-1.78, -1.69]'."""
+    return _HYPHEN_MINUS.sub("$-$", text)
+
+
+def p_is(p: float | None) -> str:
+    """'$p$ = 0.086' or '$p$ $<$0.001' (fmt_p's own form for tiny p)."""
+    text = fmt_p(p)
+    return f"$p$ {text}" if text.startswith("$<$") else f"$p$ = {text}"
+
+
+def tt(text: object) -> str:
+    """Typewriter text that may break after - and / (long model names in a column)."""
+    breakable = escape(text).replace("-", r"-\allowbreak{}").replace("/", r"/\allowbreak{}")
+    return rf"\texttt{{{breakable}}}"
