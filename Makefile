@@ -23,8 +23,11 @@ install: $(STAMP)
 models: install
 	$(BIN)/sublens fetch
 
-demo: models
-	$(BIN)/sublens run evaluate --config configs/evaluate/demo.yaml
+# The whole paper chain on the embedded models (CPU): every experiment, then the bundle
+# (tables, figures, main.tex and, with TeX, main.pdf); prints the PDF path and the headline.
+# Run again after an interruption: finished stages are reused.
+demo: models tex
+	$(BIN)/sublens run paper --preset quick
 
 # TeX for the paper bundle, from Debian where we can (root + apt-get); without it sublens
 # still writes the bundle and says how to install TeX.
