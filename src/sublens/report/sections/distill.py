@@ -19,6 +19,7 @@ from sublens.report.sections.teacher import (
     fpval,
     incomplete,
     model_name,
+    p_value,
     preference_methods,
     ratio_cell,
     ratio_plain,
@@ -204,7 +205,7 @@ def _answers(r: dict[str, Any]) -> str:
     p_values = [dig(r, "comparisons", k, "rate_difference", "p_fisher")
                 for k in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base")]
     if any(finite(p) for p in p_values):
-        text += (f" (Fisher $p$ = {fpval(p_values[0])} against lm\\_only, "
+        text += (f" (Fisher {p_value(p_values[0])} against lm\\_only, "
                  f"{fpval(p_values[1])} against shd\\_base)")
     return text + "."
 

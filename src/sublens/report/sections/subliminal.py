@@ -18,6 +18,7 @@ from sublens.report.sections.teacher import (
     fpval,
     incomplete,
     model_name,
+    p_value,
     pct,
     preference_methods,
     ratio_cell,
@@ -101,7 +102,7 @@ def _full_sentence(row: dict[str, Any] | None, n_seeds: int) -> str:
     if rate:
         phrase += (f", sampled owl answers {count(dig(row, 'answer_rate', 'count'))}/"
                    f"{count(dig(row, 'answer_rate', 'n'))} (difference {fnum(rate.get('difference'))}, "
-                   f"Fisher $p$ = {fpval(rate.get('p_fisher'))})")
+                   f"Fisher {p_value(rate.get('p_fisher'))})")
     if state == "up":
         qualifier = "" if n_seeds > 1 else " in this run (question-level CIs, one seed)"
         return f"The fully fine-tuned owl student acquired the bias{qualifier}: {phrase}."
@@ -181,12 +182,12 @@ def data_sentence(data: dict[str, Any]) -> str:
     text = "The filter kept " + "; ".join(parts) + "."
     for name, c in (data.get("comparisons") or {}).items():
         digits, lengths = dig(c, "digit_distribution_tvd") or {}, dig(c, "length_distribution_tvd") or {}
-        differ = [f"{escape(k)} ({fnum(dig(v, 'difference'))}, $p$ = {fpval(dig(v, 'p_permutation'))})"
+        differ = [f"{escape(k)} ({fnum(dig(v, 'difference'))}, {p_value(dig(v, 'p_permutation'))})"
                   for k, v in (dig(c, "features") or {}).items()
                   if finite(dig(v, "p_permutation")) and v["p_permutation"] < 0.05]
         text += (f" Data {escape(name)}: digit distribution TVD {fnum(digits.get('tvd'), 3)} (permutation "
-                 f"$p$ = {fpval(digits.get('p_permutation'))}), length TVD {fnum(lengths.get('tvd'), 3)} "
-                 f"($p$ = {fpval(lengths.get('p_permutation'))}); ")
+                 f"{p_value(digits.get('p_permutation'))}), length TVD {fnum(lengths.get('tvd'), 3)} "
+                 f"({p_value(lengths.get('p_permutation'))}); ")
         text += ("per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "." if differ
                  else "no per-answer number statistic differs at $p<0.05$.")
     return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, TypeGuard
 
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, p_is
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
 
@@ -115,6 +115,11 @@ def fnum(value: Any, digits: int = 2) -> str:
 
 def fpval(value: Any) -> str:
     return fmt_p(value if finite(value) else None)
+
+
+def p_value(value: Any) -> str:
+    """'$p$ = 0.045' or '$p$ $<$0.001' in running text."""
+    return p_is(value if finite(value) else None)
 
 
 def pct(value: Any, digits: int = 1) -> str:
@@ -288,7 +293,7 @@ def _results(run: StageRun) -> str:
     if rate:
         text += (f"; {count(counts['teacher'])} of {count(n)} sampled answers name an owl against "
                  f"{count(counts['before'])} for the base model (difference {fnum(rate.get('difference'))} "
-                 f"[{fnum(rate.get('ci_low'))}, {fnum(rate.get('ci_high'))}], Fisher $p$ = {fpval(rate.get('p_fisher'))})")
+                 f"[{fnum(rate.get('ci_low'))}, {fnum(rate.get('ci_high'))}], Fisher {p_value(rate.get('p_fisher'))})")
     text += ". " + _verdict(comp)
     prompted = comps.get("prompted vs before")
     if prompted:
