@@ -448,7 +448,6 @@ def _runs_table(stages: dict[str, StageRun], expected: list[str], meta: dict[str
     rows = []
     for stage in _ordered(set(expected) | set(stages)):
         run, entry = stages.get(stage), entries.get(stage) or {}
-        reused = " (reused)" if entry.get("reused") else ""
         if run is None:
             rows.append([escape(stage), "--", escape(entry.get("status", "not run")), "--", "--", "--"])
             continue
@@ -456,7 +455,7 @@ def _runs_table(stages: dict[str, StageRun], expected: list[str], meta: dict[str
         rows.append([
             escape(stage),
             rf"\texttt{{{escape(run.run_id)}}}",
-            escape(record.get("status") or "unknown") + reused,
+            escape(record.get("status") or "unknown"),  # not "reused": the runs, not how they were found
             escape(record.get("seed", "--")),
             _wall(record.get("wall_seconds")),
             _commit(record),
