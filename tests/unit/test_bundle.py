@@ -124,7 +124,7 @@ def test_a_paper_run_gives_its_stages_preset_and_style(tmp_path: Path) -> None:
     result = build_bundle(stages, paper / "paper", compile=False, meta=meta)
     main = result.main_tex.read_text()
     assert r"paper run \texttt{20260101-000000\_paper\_abc123}, preset \texttt{quick}" in main
-    assert "ok (reused)" in main
+    assert "ok (reused)" not in main  # how a stage was found is not part of the paper
     # distill: recorded as failed by the paper run, no run directory
     assert r"(status \texttt{failed})" in main and "distill: did not finish (no run)" in result.headline
 
