@@ -355,3 +355,15 @@ def test_report_does_not_import_torch(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert (tmp_path / "p" / "main.tex").is_file()
+
+
+def test_spec_labels_keep_machine_paths_out_of_the_text() -> None:
+    from sublens.report.stages import spec_label
+
+    assert spec_label("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert spec_label("meta-llama/Llama-3.2-1B-Instruct") == "meta-llama/Llama-3.2-1B-Instruct"
+    assert spec_label("/tmp/x/20261125-182234_paper_938f62/stages/teacher/") == (
+        "20261125-182234_paper_938f62/stages/teacher")
+    assert spec_label("runs/20261125-161300_teacher_4f87f6") == "runs/20261125-161300_teacher_4f87f6"
+    assert spec_label("/home/me/ckpt/owl-full") == "owl-full"
+    assert spec_label(None) == "?"

@@ -49,3 +49,19 @@ def load_stage(path: Path, stage: str | None = None) -> StageRun:
     results = read_json(results_file) if results_file.is_file() else {}
     config = yaml.safe_load(config_file.read_text()) or {}
     return StageRun(stage or record.get("experiment", path.name), path, config, record, results)
+
+
+def spec_label(spec: object) -> str:
+    """A model spec or data path as the paper names it (plain text, not escaped).
+
+    Hub ids and embedded names stay as they are; a local path is cut to its folder name, or to
+    `<paper run>/stages/<stage>` for a stage of a paper run, so no machine's paths leak into the text.
+    """
+    text = str(spec if spec is not None else "?").rstrip("/")
+    local = text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if not local:
+        return text
+    parts = Path(text).parts
+    if len(parts) >= 3 and parts[-2] == "stages":
+        return "/".join(parts[-3:])
+    return parts[-1] if parts else text

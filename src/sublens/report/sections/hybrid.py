@@ -29,7 +29,7 @@ from typing import Any
 
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun
+from sublens.report.stages import StageRun, spec_label
 
 LITTLE = 0.25  # at most a quarter of the bias (log scale): "little"
 HALF = 0.5
@@ -357,8 +357,7 @@ def results_text(run: StageRun, all_cells: list[Cell], incomplete: bool) -> tupl
 # ---- methods --------------------------------------------------------------------------------
 def _model_name(spec: object) -> str:
     """A model spec for the paper: the folder name of a local path, else the spec itself."""
-    text = str(spec or "?")
-    return escape(text.rstrip("/").rsplit("/", 1)[-1] if text.startswith(("/", ".", "~")) else text)
+    return escape(spec_label(spec))
 
 
 def methods(run: StageRun) -> str:

@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, p_is
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun
+from sublens.report.stages import StageRun, spec_label
 
 TITLE = "A biased teacher by context distillation"
 PREFERENCE_TABLE = "teacher_preference"
@@ -105,7 +105,7 @@ def tight(table: str) -> str:
 
 def model_name(text: Any) -> str:
     """A model spec or path in running text: escaped, breakable after slashes."""
-    return escape(text).replace("/", "/\\allowbreak{}")
+    return escape(spec_label(text)).replace("/", "/\\allowbreak{}")
 
 
 def fnum(value: Any, digits: int = 2) -> str:
