@@ -130,7 +130,8 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(folder.relative_to(run.path)), "reused": False}
         results["stages"][stage] = entry
         speed = spent / estimated if estimated else 1.0
-        head = f"[bold]stage {index}/{len(order)}: {stage}[/] ({_eta(config, order[index - 1:], speed)})"
+        to_do = [s for s in order[index - 1:] if stage_status(stage_dirs[s]) != "ok"]  # reused ones cost nothing
+        head = f"[bold]stage {index}/{len(order)}: {stage}[/] ({_eta(config, to_do, speed)})"
         if stage_status(folder) == "ok":
             entry.update(status="ok", reused=True, wall_seconds=read_json(folder / "record.json")["wall_seconds"])
             console.print(f"{head}: reused, finished earlier in {folder}")
