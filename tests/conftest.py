@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 # Tests never reach a model hub (none is reachable here); set before transformers loads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,3 +28,13 @@ def model(family: str) -> torch.nn.Module:
 def input_ids() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randint(0, VOCAB, (2, 7))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny models run fastest and most reproducibly on one, and on
+    a busy 2-core machine two threads wait on each other (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,12 +47,7 @@ from tiny import VOCAB, tiny_model
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "distill"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def id_examples(lengths: list[int], seed: int = 0) -> list[AlignedExample]:

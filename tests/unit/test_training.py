@@ -3,7 +3,6 @@ padding/packing invariance, checkpoint resume, determinism, LoRA, extra loss, ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,7 @@ from sublens.training import (
 from sublens.training_data import collate, plan_epoch, tokenize_examples
 from tiny import FAMILIES, VOCAB, tiny_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest (and most reproducibly) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_examples(n: int = 24, seed: int = 0) -> list[Example]:
