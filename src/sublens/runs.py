@@ -188,3 +188,18 @@ def open_run(experiment: str, config: BaseModel, out: Path, run_dir: Path | None
         run._finish("failed", exc)
         raise
     run._finish("ok")
+
+
+def newest_finished_run(runs_root: str | Path, experiment: str) -> Path | None:
+    """The newest run of `experiment` under runs_root whose record says ok and whose results list
+    a checkpoint (a model spec), or None. Run directory names start with a timestamp."""
+    for run_dir in sorted(Path(runs_root).glob(f"*_{experiment}_*"), reverse=True):
+        try:
+            ok = read_json(run_dir / "record.json").get("status") == "ok"
+            checkpoints = read_json(run_dir / "results.json").get("checkpoints")
+        except (OSError, ValueError):
+            continue
+        if ok and checkpoints:
+            return run_dir
+    return None
+

@@ -84,3 +84,25 @@ def test_resuming_needs_the_same_config(tmp_path: Path) -> None:
         pass  # same config: the run directory is reopened
     with pytest.raises(ConfigError, match="different config"), open_run("demo", Demo(seed=2), tmp_path, run_dir=run.path):
         pass
+
+
+def test_newest_finished_run_skips_failed_and_checkpointless_runs(tmp_path: Path) -> None:
+    from sublens.experiments.hybrid import default_biased
+    from sublens.runs import atomic_write_json, newest_finished_run
+
+    def make(name: str, status: str, checkpoints: dict[str, str] | None) -> Path:
+        folder = tmp_path / name
+        atomic_write_json(folder / "record.json", {"status": status})
+        atomic_write_json(folder / "results.json", {"checkpoints": checkpoints} if checkpoints else {})
+        return folder
+
+    ok = make("20260101-000000_teacher_aaa", "ok", {"teacher": "checkpoints/teacher"})
+    make("20260102-000000_teacher_bbb", "failed", {"teacher": "checkpoints/teacher"})
+    make("20260103-000000_teacher_ccc", "ok", None)
+    make("20260104-000000_subliminal_ddd", "ok", {"s": "checkpoints/s"})
+    (tmp_path / "20260105-000000_teacher_eee").mkdir()  # interrupted before any record
+    assert newest_finished_run(tmp_path, "teacher") == ok
+    assert default_biased(tmp_path) == str(ok)
+    assert newest_finished_run(tmp_path / "nothing", "teacher") is None
+    with pytest.raises(ConfigError, match="sublens run teacher"):
+        default_biased(tmp_path / "nothing")

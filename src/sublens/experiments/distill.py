@@ -65,7 +65,7 @@ from sublens.models import LoadedModel, load_model
 from sublens.number_data import make_number_prompts
 from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
 from sublens.prompts import chat_prompt
-from sublens.runs import Run, read_json
+from sublens.runs import Run, newest_finished_run, read_json
 from sublens.training import TrainConfig, TrainResult, train
 
 Arm = Literal["shd_biased", "lm_only", "shd_base"]
@@ -276,14 +276,9 @@ def load_records(settings: DataSettings, seed: int) -> tuple[list[TextRecord], l
 # ---- models --------------------------------------------------------------------------------
 def newest_teacher_run(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
-    for run_dir in sorted(Path(runs_root).glob("*_teacher_*"), reverse=True):
-        try:
-            ok = read_json(run_dir / "record.json").get("status") == "ok"
-            checkpoints = read_json(run_dir / "results.json").get("checkpoints")
-        except (OSError, ValueError):
-            continue
-        if ok and checkpoints:
-            return str(run_dir)
+    found = newest_finished_run(runs_root, "teacher")
+    if found is not None:
+        return str(found)
     raise ConfigError(
         f"No finished `teacher` run with a checkpoint under {str(runs_root)!r}, so there is no default "
         "biased teacher. Run `sublens run teacher` first, or give one: --set teacher.model=SPEC (e.g. "

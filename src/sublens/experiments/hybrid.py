@@ -72,7 +72,7 @@ from sublens.preference import (
     shipped_questions,
 )
 from sublens.prompts import encode_prompt, make_prompt
-from sublens.runs import Run, read_json
+from sublens.runs import Run, newest_finished_run
 from sublens.stats import wilson_ci
 
 TABLE_FILE = "hybrids.parquet"
@@ -166,14 +166,9 @@ class HybridConfig(Config):
 def default_biased(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
     root = Path(runs_root)
-    for run_dir in sorted(root.glob("*_teacher_*"), reverse=True):  # names start with a timestamp
-        try:
-            ok = read_json(run_dir / "record.json").get("status") == "ok"
-            checkpoints = read_json(run_dir / "results.json").get("checkpoints")
-        except (OSError, ValueError):
-            continue
-        if ok and checkpoints:
-            return str(run_dir)
+    found = newest_finished_run(root, "teacher")
+    if found is not None:
+        return str(found)
     raise ConfigError(
         f"No finished `teacher` run with a checkpoint under {str(root)!r}, so there is no default biased "
         "model. Run `sublens run teacher` first, or give one: --set biased=SPEC (any model spec of the "
