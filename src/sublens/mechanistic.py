@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 
 from sublens.arch import Adapter
 from sublens.errors import SublensError
-from sublens.hooks import capture, per_head_output
+from sublens.hooks import capture, hook_names, per_head_output
 from sublens.runs import read_json
 from sublens.stats import permutation_pvalue, summarize
 
@@ -434,6 +434,33 @@ def logit_direction(
     b_U = getattr(head, "bias", None)
     shift = float(b_U[bias_token] - b_U[control_token]) if isinstance(b_U, torch.Tensor) else 0.0
     return direction, shift
+
+
+def dla_hook_names(n_layers: int) -> list[str]:
+    """The activations `attribution_from_cache` reads (capture them with sublens.hooks.capture)."""
+    return [
+        "blocks.0.hook_resid_pre",
+        f"blocks.{n_layers - 1}.hook_resid_post",
+        *hook_names(["attn.hook_z", "hook_mlp_out"], range(n_layers)),
+    ]
+
+
+def attribution_from_cache(
+    adapter: Adapter, cache: dict[str, torch.Tensor], bias_token: int, control_token: int,
+    position: int | None = -1,
+) -> Attribution:
+    """`direct_logit_attribution` from captured activations (`dla_hook_names`) at `position` of
+    every prompt; position None: the cache already holds that one position per prompt."""
+    def at(name: str) -> torch.Tensor:
+        return cache[name] if position is None else cache[name][:, position]
+
+    L = adapter.n_layers
+    z = torch.stack([at(f"blocks.{layer}.attn.hook_z") for layer in range(L)], dim=1)
+    mlp = torch.stack([at(f"blocks.{layer}.hook_mlp_out") for layer in range(L)], dim=1)
+    return direct_logit_attribution(
+        adapter, at("blocks.0.hook_resid_pre"), z, mlp, at(f"blocks.{L - 1}.hook_resid_post"),
+        bias_token, control_token,
+    )
 
 
 @torch.no_grad()

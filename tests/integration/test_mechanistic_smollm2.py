@@ -21,7 +21,7 @@ from sublens.experiments.mechanistic import (
     _statement,
 )
 from sublens.hooks import capture, eager_attention, hook_names
-from sublens.mechanistic import direct_logit_attribution
+from sublens.mechanistic import attribution_from_cache, dla_hook_names
 from sublens.models import LoadedModel
 from sublens.runs import read_json
 
@@ -71,24 +71,10 @@ def test_residuals_and_attribution_match_a_plain_forward_pass(smollm2: LoadedMod
 
     owl, dog = smollm2.tokenizer(" owl").input_ids[0], smollm2.tokenizer(" dog").input_ids[0]
     chat = _chat_ids(smollm2, "87")
-    names = [
-        "blocks.0.hook_resid_pre",
-        f"blocks.{L - 1}.hook_resid_post",
-        *hook_names(["attn.hook_z", "hook_mlp_out"], range(L)),
-    ]
+    names = dla_hook_names(L)
     with capture(smollm2.model, adapter, names) as cache, torch.no_grad():
         smollm2.model(torch.tensor([chat]))
-    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][:, -1] for layer in range(L)], dim=1)
-    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(L)], dim=1)
-    dla = direct_logit_attribution(
-        adapter,
-        cache["blocks.0.hook_resid_pre"][:, -1],
-        z,
-        mlp,
-        cache[f"blocks.{L - 1}.hook_resid_post"][:, -1],
-        owl,
-        dog,
-    )
+    dla = attribution_from_cache(adapter, cache, owl, dog)
     plain_logits = _plain(smollm2, chat).logits[0, -1]
     expected = float(plain_logits[owl] - plain_logits[dog])
     assert float(dla.total()[0]) == pytest.approx(expected, abs=1e-3)

@@ -21,11 +21,13 @@ from sublens.mechanistic import (
     MechanisticError,
     attention_terms,
     attention_to,
+    attribution_from_cache,
     category_association,
     category_order,
     component_cosines,
     consistency_summary,
     direct_logit_attribution,
+    dla_hook_names,
     final_position_pass,
     freeze_norm,
     grouped_batches,
@@ -59,12 +61,7 @@ def _run(
 
 
 def _dla_names(adapter: Adapter) -> list[str]:
-    L = adapter.n_layers
-    return [
-        "blocks.0.hook_resid_pre",
-        f"blocks.{L - 1}.hook_resid_post",
-        *hook_names(["attn.hook_z", "hook_mlp_out"], range(L)),
-    ]
+    return dla_hook_names(adapter.n_layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,17 +120,7 @@ def test_dla_adds_up_to_the_logit_difference(model: nn.Module, input_ids: torch.
     adapter = adapter_for(model)
     L = adapter.n_layers
     cache, logits = _run(model, adapter, input_ids, _dla_names(adapter))
-    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][:, -1] for layer in range(L)], dim=1)
-    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(L)], dim=1)
-    dla = direct_logit_attribution(
-        adapter,
-        cache["blocks.0.hook_resid_pre"][:, -1],
-        z,
-        mlp,
-        cache[f"blocks.{L - 1}.hook_resid_post"][:, -1],
-        BIAS,
-        CONTROL,
-    )
+    dla = attribution_from_cache(adapter, cache, BIAS, CONTROL)
     expected = (logits[:, -1, BIAS] - logits[:, -1, CONTROL]).double()
     assert dla.heads.shape == (input_ids.shape[0], L, adapter.n_heads)
     torch.testing.assert_close(dla.logit_diff, expected, atol=1e-5, rtol=1e-5)
@@ -525,19 +512,8 @@ def test_dla_in_bfloat16_adds_up_within_rounding(model: nn.Module) -> None:
     """On a GPU the default dtype is bfloat16: the norm freezing still applies (looser check)."""
     model = model.to(torch.bfloat16)
     adapter = adapter_for(model)
-    L = adapter.n_layers
     ids = _ids(model, (2, 6), 6)
     cache, logits = _run(model, adapter, ids, _dla_names(adapter))
-    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][:, -1] for layer in range(L)], dim=1)
-    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(L)], dim=1)
-    dla = direct_logit_attribution(
-        adapter,
-        cache["blocks.0.hook_resid_pre"][:, -1],
-        z,
-        mlp,
-        cache[f"blocks.{L - 1}.hook_resid_post"][:, -1],
-        BIAS,
-        CONTROL,
-    )
+    dla = attribution_from_cache(adapter, cache, BIAS, CONTROL)
     expected = (logits[:, -1, BIAS] - logits[:, -1, CONTROL]).double()
     torch.testing.assert_close(dla.total(), expected, atol=0.05, rtol=0.05)

@@ -44,10 +44,11 @@ from sublens.mechanistic import (
     MechanisticError,
     NumberItem,
     attention_to,
+    attribution_from_cache,
     category_order,
     component_cosines,
     consistency_summary,
-    direct_logit_attribution,
+    dla_hook_names,
     final_position_pass,
     read_entanglement_numbers,
     similarity_profiles,
@@ -388,12 +389,7 @@ def _attribution_stage(
     ]
     neutral = make_prompt(lm.tokenizer, settings.user, settings.neutral_system, settings.prefill)
     all_prompts = [neutral, *prompts]
-    names = [
-        "blocks.0.hook_resid_pre",
-        f"blocks.{L - 1}.hook_resid_post",
-        *hook_names(["attn.hook_z"], range(L)),
-        *hook_names(["hook_mlp_out"], range(L)),
-    ]
+    names = dla_hook_names(L)
     n = len(all_prompts)
     fields = {
         key: torch.zeros(n, *shape, dtype=torch.float64)
@@ -413,17 +409,7 @@ def _attribution_stage(
     bias_token, control_token = words["bias"]["first_token"], words["control"]["first_token"]
 
     def on_batch(batch: list[int], acts: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
-        z = torch.stack([acts[f"blocks.{layer}.attn.hook_z"] for layer in range(L)], dim=1)
-        mlp = torch.stack([acts[f"blocks.{layer}.hook_mlp_out"] for layer in range(L)], dim=1)
-        dla = direct_logit_attribution(
-            adapter,
-            acts["blocks.0.hook_resid_pre"],
-            z,
-            mlp,
-            acts[f"blocks.{L - 1}.hook_resid_post"],
-            bias_token,
-            control_token,
-        )
+        dla = attribution_from_cache(adapter, acts, bias_token, control_token, position=None)
         for key in (
             "embed",
             "heads",
