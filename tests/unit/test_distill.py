@@ -402,8 +402,9 @@ def test_presets_and_config_checks() -> None:
         assert config.arms == ["shd_biased", "lm_only", "shd_base"]
     with pytest.raises(ConfigError, match="shd.beta"):
         load_config(DistillConfig, overrides=["train.extra_loss_weight=3"])
-    with pytest.raises(ConfigError, match="top-level seed"):
+    with pytest.raises(ConfigError, match="top-level seed.*--set seed=N --set train.seed=N"):
         load_config(DistillConfig, overrides=["train.seed=3"])
+    assert load_config(DistillConfig, overrides=["seed=3", "train.seed=3"]).train.seed == 3  # a saved config, reseeded
     with pytest.raises(ConfigError, match="arms"):
         load_config(DistillConfig, overrides=["arms=[lm_only, lm_only]"])
 

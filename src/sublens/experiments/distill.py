@@ -152,7 +152,11 @@ class DistillConfig(Config):
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be a non-empty list without repeats, from {', '.join(ARMS)}")
         if "seed" in self.train.model_fields_set and self.train.seed != self.seed:
-            raise ValueError("set the top-level seed, not train.seed (the students share it)")
+            raise ValueError(
+                f"train.seed ({self.train.seed}) differs from seed ({self.seed}): the students share the "
+                "top-level seed; set only that one (a run's saved config.yaml lists train.seed too: "
+                "override both, --set seed=N --set train.seed=N)"
+            )
         if "extra_loss_weight" in self.train.model_fields_set and self.train.extra_loss_weight != self.shd.beta:
             raise ValueError("set shd.beta, not train.extra_loss_weight (it is the SHD weight)")
         if self.base_teacher.model is None:
