@@ -157,3 +157,19 @@ def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[
                                   "p_fisher": two_proportion_pvalue(t["count"], n_t, r["count"], n_r),
                                   "underpowered": bool(low <= 0.0 <= high)}
     return out
+
+
+def comparison_line(label: str, comparison: dict[str, Any], trait: str) -> str:
+    """One line of `compare_preference` output for a terminal summary; names every CI that
+    includes no change (the share is the measure a transfer claim rests on)."""
+    r, s = comparison["p_trait_ratio"], comparison["share_ratio"]
+    line = (f"{label}: P({trait}) ×{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}], "
+            f"share ×{s['ratio']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+    d = comparison.get("rate_difference")
+    if d:
+        line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"
+    flat = [name for name, c in (("P", r), ("share", s)) if c["underpowered"]]
+    if flat:
+        line += f" — underpowered ({' and '.join(flat)} CI includes no change)"
+    return line
+

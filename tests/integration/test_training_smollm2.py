@@ -129,11 +129,19 @@ def test_two_processes_equal_one_with_grad_accum(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root / 'tests'}",
            "OMP_NUM_THREADS": "1"}
 
+    def free_port() -> int:  # a fixed port can still be held (TIME_WAIT) by the previous launch
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
     def run(*args: str, procs: int) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", "29517", str(script), *args] if procs > 1 else [
+               "--master_port", str(free_port()), str(script), *args] if procs > 1 else [
                sys.executable, str(script), *args]
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=240)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}"
 
     run(str(tmp_path / "one"), "2", "0", procs=1)
     run(str(tmp_path / "two"), "1", "5", procs=2)  # interrupted after step 5 (checkpoint at 3)

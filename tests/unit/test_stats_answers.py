@@ -125,3 +125,18 @@ def test_perplexity_equals_a_hand_computation() -> None:
             nll += [-logp[i, row[i + 1]].item() for i in range(len(row) - 1)]
     assert result["tokens"] == len(nll)
     assert result["perplexity"] == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
+
+
+def test_comparison_line_names_every_flat_ci() -> None:
+    from sublens.preference import comparison_line
+
+    def ratio(value: float, low: float, high: float) -> dict[str, float | bool]:
+        return {"ratio": value, "ci_low": low, "ci_high": high, "underpowered": low <= 1.0 <= high}
+
+    comp = {"p_trait_ratio": ratio(1.19, 1.14, 1.24), "share_ratio": ratio(0.99, 0.94, 1.05),
+            "rate_difference": {"difference": 0.0, "p_fisher": 1.0}}
+    assert comparison_line("owl-full", comp, "owl") == (
+        "owl-full: P(owl) ×1.19 [1.14, 1.24], share ×0.99 [0.94, 1.05], answer rate +0.000 "
+        "(Fisher p=1) — underpowered (share CI includes no change)")
+    comp = {"p_trait_ratio": ratio(103.0, 84.1, 125.0), "share_ratio": ratio(13.8, 11.4, 16.9)}
+    assert comparison_line("teacher", comp, "owl").endswith("share ×13.80 [11.40, 16.90]")

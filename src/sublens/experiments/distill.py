@@ -63,7 +63,12 @@ from sublens.figures import save_figure
 from sublens.hooks import capture, hook_names
 from sublens.models import LoadedModel, load_model
 from sublens.number_data import make_number_prompts
-from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
+from sublens.preference import (
+    PreferenceSettings,
+    compare_preference,
+    comparison_line,
+    evaluate_preference,
+)
 from sublens.prompts import chat_prompt
 from sublens.runs import Run, newest_finished_run, read_json
 from sublens.training import TrainConfig, TrainResult, train
@@ -710,16 +715,7 @@ def print_summary(results: dict[str, Any]) -> None:
     for key in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base"):
         if key not in head:
             continue
-        comp = head[key]
-        r, s = comp["p_trait_ratio"], comp["share_ratio"]
-        line = (f"{key}: P({trait}) ×{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}], "
-                f"share ×{s['ratio']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
-        if comp["rate_difference"]:
-            d = comp["rate_difference"]
-            line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"
-        if s["underpowered"]:
-            line += " — underpowered (share CI includes no change)"
-        console.print(line)
+        console.print(comparison_line(key, head[key], trait))
 
 
 EXPERIMENT = Experiment(

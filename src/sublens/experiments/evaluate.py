@@ -14,7 +14,12 @@ from sublens.corpus import load_text
 from sublens.experiments import Experiment
 from sublens.models import load_model
 from sublens.perplexity import PerplexitySettings, measure_perplexity
-from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
+from sublens.preference import (
+    PreferenceSettings,
+    compare_preference,
+    comparison_line,
+    evaluate_preference,
+)
 from sublens.runs import Run
 
 
@@ -93,16 +98,7 @@ def print_summary(results: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     for label, comp in results["comparisons"].items():
-        r = comp["p_trait_ratio"]
-        s = comp["share_ratio"]
-        line = (f"{label} vs {results['reference']}: P({trait}) ×{r['ratio']:.2f} [{r['ci_low']:.2f}, "
-                f"{r['ci_high']:.2f}], share ×{s['ratio']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
-        if "rate_difference" in comp:
-            d = comp["rate_difference"]
-            line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"
-        if r["underpowered"]:
-            line += " — underpowered (CI includes no change)"
-        console.print(line)
+        console.print(comparison_line(f"{label} vs {results['reference']}", comp, trait))
 
 
 EXPERIMENT = Experiment(

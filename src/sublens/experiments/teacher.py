@@ -40,7 +40,12 @@ from sublens.experiments import Experiment
 from sublens.figures import new_figure, save_figure
 from sublens.models import LoadedModel, load_model
 from sublens.perplexity import PerplexitySettings, measure_perplexity
-from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
+from sublens.preference import (
+    PreferenceSettings,
+    compare_preference,
+    comparison_line,
+    evaluate_preference,
+)
 from sublens.prompts import make_prompt, template_default_system
 from sublens.runs import Run, atomic_write_json, read_json
 from sublens.subliminal import (
@@ -280,15 +285,7 @@ def print_summary(results: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     for label, comp in results["comparisons"].items():
-        r, s = comp["p_trait_ratio"], comp["share_ratio"]
-        line = (f"{label}: P({trait}) ×{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}], "
-                f"share ×{s['ratio']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
-        if "rate_difference" in comp:
-            d = comp["rate_difference"]
-            line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"
-        if s["underpowered"]:
-            line += " — underpowered (share CI includes no change)"
-        console.print(line)
+        console.print(comparison_line(label, comp, trait))
     data = results["data"]
     console.print(f"teacher answers: {data['n_answers']}, mentioning {trait}: "
                   f"{data['trait_mention_rate']:.1%}; trained on {results['training']['n_examples']} "
