@@ -45,7 +45,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from sublens.errors import SublensError
-from sublens.stats import bootstrap_ci, bootstrap_diff_ci, permutation_pvalue, summarize
+from sublens.stats import bootstrap_diff_ci, log_ratio_interval, permutation_pvalue, summarize
 
 CATEGORIES = ("increased", "decreased", "unchanged", "random")
 SPACE_MARKERS = (" ", "\u2581", "\u0120")  # plain space, SentencePiece "▁", byte-level "Ġ"
@@ -287,15 +287,16 @@ def _positive(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
 
 
 def geometric_summary(ratios: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Geometric mean of positive ratios with a percentile-bootstrap CI (the CI of the mean log
-    ratio, exponentiated): geo_mean, geo_ci_low, geo_ci_high."""
+    """Geometric mean of positive ratios with a Student-t CI of the mean log ratio, exponentiated
+    (geo_mean, geo_ci_low, geo_ci_high): close to nominal coverage at the 4-15 numbers of a
+    category, where a percentile bootstrap covers 68-91%; nan bounds with one number or no spread."""
     r = _positive(ratios, "geometric_summary")
     if r.size == 0:
         return {"geo_mean": float("nan"), "geo_ci_low": float("nan"), "geo_ci_high": float("nan")}
     logs = np.log(r)
-    low, high = bootstrap_ci(logs, np.mean, seed=seed)
+    mean, low, high = log_ratio_interval(logs)
     return {
-        "geo_mean": float(np.exp(logs.mean())),
+        "geo_mean": float(np.exp(mean)),
         "geo_ci_low": float(np.exp(low)),
         "geo_ci_high": float(np.exp(high)),
     }

@@ -116,11 +116,13 @@ def filter_answer(answer: str) -> FilterResult:
             break
     if not text:
         return FilterResult(False, "empty")
-    if re.search(r"[^\d,;\s]", text):
+    # ASCII only: str.isdigit and \d also accept Arabic-Indic and other scripts' digits
+    # ("٣٤٥, ١٢"), which int() reads but which are not the plain numbers the data promise.
+    if re.search(r"[^0-9,;\s]", text, flags=re.ASCII):
         return FilterResult(False, "non-numeric content")
     for separator in SEPARATORS:
         parts = text.split(separator)
-        if all(p.isdigit() for p in parts):
+        if all(p.isascii() and p.isdigit() for p in parts):
             break
     else:
         return FilterResult(False, "inconsistent separator")

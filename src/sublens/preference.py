@@ -10,6 +10,7 @@ Two measurements (definitions in DESIGN.md, "Measurements"):
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from typing import Any
 
@@ -21,8 +22,8 @@ from sublens.errors import ConfigError
 from sublens.prompts import make_prompt
 from sublens.scoring import LM, sample_text, word_probability_many
 from sublens.stats import (
-    bootstrap_ci,
     bootstrap_diff_ci,
+    log_ratio_interval,
     summarize,
     two_proportion_pvalue,
     wilson_ci,
@@ -135,7 +136,8 @@ def evaluate_preference(lm: LM, settings: PreferenceSettings, system: str | None
 
 def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """test vs reference on the same questions: paired ratio of P(trait) and of panel share
-    (geometric mean over questions, bootstrap CI), and the difference in answer rate."""
+    (geometric mean over questions, Student-t CI of the mean log ratio: this one model's
+    question-level variation, not a seed-level interval), and the difference in answer rate."""
     out: dict[str, Any] = {}
     for key, values in (("p_trait_ratio", "p_word"), ("share_ratio", "share")):
         a = np.asarray(test["probability"]["per_question"][values], dtype=float)
@@ -143,10 +145,13 @@ def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[
         if values == "p_word":
             a, b = a[:, 0], b[:, 0]
         log_ratio = np.log(a) - np.log(b)  # paired: the same question under both
-        low, high = bootstrap_ci(log_ratio)
-        out[key] = {"ratio": float(np.exp(log_ratio.mean())), "ci_low": float(np.exp(low)),
-                    "ci_high": float(np.exp(high)), "n_questions": int(log_ratio.size),
-                    "underpowered": bool(low <= 0.0 <= high)}
+        mean, low, high = log_ratio_interval(log_ratio)
+        has_ci = math.isfinite(low) and math.isfinite(high)
+        out[key] = {"ratio": float(np.exp(mean)), "ci_low": float(np.exp(low)) if has_ci else None,
+                    "ci_high": float(np.exp(high)) if has_ci else None, "n_questions": int(log_ratio.size),
+                    "log_ratios": [float(v) for v in log_ratio],
+                    "ci": f"Student t over {log_ratio.size} questions (log scale)",
+                    "underpowered": bool(not has_ci or low <= 0.0 <= high)}
     if "sampled" in test and "sampled" in reference:
         t, r = test["sampled"]["trait_rate"], reference["sampled"]["trait_rate"]
         n_t, n_r = test["sampled"]["n_answers"], reference["sampled"]["n_answers"]
@@ -159,12 +164,17 @@ def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[
     return out
 
 
+def _ratio_text(ratio: dict[str, Any]) -> str:
+    low, high = ratio.get("ci_low"), ratio.get("ci_high")
+    bounds = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else " (no CI: too few)"
+    return f"×{ratio['ratio']:.2f}{bounds}"
+
+
 def comparison_line(label: str, comparison: dict[str, Any], trait: str) -> str:
     """One line of `compare_preference` output for a terminal summary; names every CI that
     includes no change (the share is the measure a transfer claim rests on)."""
     r, s = comparison["p_trait_ratio"], comparison["share_ratio"]
-    line = (f"{label}: P({trait}) ×{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}], "
-            f"share ×{s['ratio']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+    line = f"{label}: P({trait}) {_ratio_text(r)}, share {_ratio_text(s)}"
     d = comparison.get("rate_difference")
     if d:
         line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"

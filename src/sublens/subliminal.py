@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats as scipy_stats
 from tqdm.auto import tqdm
 
 from sublens.errors import SublensError
@@ -46,7 +45,7 @@ from sublens.number_data import MAX_NUMBERS, SEPARATORS, NumberPrompt, filter_an
 from sublens.prompts import PromptText, encode_prompt, make_prompt
 from sublens.runs import atomic_write_text
 from sublens.scoring import LM, default_stop_token_ids, sample_text
-from sublens.stats import permutation_pvalue, summarize
+from sublens.stats import permutation_pvalue, summarize, t_interval
 from sublens.training import TrainResult, chat_example
 from sublens.training_data import Example
 
@@ -502,19 +501,6 @@ def train_summary(result: TrainResult) -> dict[str, Any]:
 
 
 # ---- aggregation across seeds ----------------------------------------------------------------
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t CI of the mean across independent runs (seeds);
-    (mean, nan, nan) with fewer than two values."""
-    array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if array.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(array.mean())
-    if array.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
-    return mean, mean - half, mean + half
-
-
 __all__ = [
     "GRAMMAR",
     "OWL_TEACHER_SYSTEM",

@@ -754,6 +754,7 @@ def train(
 
         bar = _progress_bar(progress and accelerator.is_main_process, total, start)
         stack.callback(bar.close)
+        stack.enter_context(_process_group_torn_down_on_interrupt(world, wrapped))
         for step in range(start, total):
             entry = _train_step(
                 wrapped, optimizer, scheduler, accelerator, plan, step, data, pad_id, config,
@@ -784,6 +785,41 @@ def train(
         atomic_write_json(out_dir / RESULT_FILE, result.model_dump(mode="json"))
     accelerator.wait_for_everyone()
     return result
+
+
+@contextmanager
+def _process_group_torn_down_on_interrupt(world: int, wrapped: nn.Module) -> Iterator[None]:
+    """Leave data-parallel training cleanly when a step or callback raises (Ctrl-C included).
+
+    Left alone, a rank exits with its gloo process group alive: at interpreter exit the group's
+    worker threads can still be joinable when their owners are destroyed ("terminate called
+    without an active exception", SIGABRT), and destroying the DDP reducer while a worker
+    still finishes a collective deadlocks (the worker needs the GIL the destructor holds). So,
+    in order: wait for every rank and every queued collective (a barrier, GIL released), drop
+    the DDP reducer, destroy the group. The run is over for every rank anyway; the last
+    checkpoint is what a rerun resumes from."""
+    try:
+        yield
+    except BaseException:
+        if world > 1:
+            _tear_down_process_group(wrapped)
+        raise
+
+
+def _tear_down_process_group(wrapped: nn.Module) -> None:
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+
+    if dist.is_available() and dist.is_initialized():
+        log.warning("training interrupted: waiting for the other ranks, then leaving the process group")
+        try:
+            dist.barrier()  # gloo's barrier also waits for every collective queued before it
+        except Exception as exc:  # a peer that already died: nothing left to wait for
+            log.warning("barrier failed while leaving data-parallel training: %s", exc)
+        if hasattr(wrapped, "reducer"):
+            del wrapped.reducer  # its last reference: freed now, while the workers are idle
+        dist.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int) -> Any:

@@ -36,6 +36,9 @@ def test_prompts_are_seeded_and_varied() -> None:
     ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", False, "more than 10 numbers", ()),
     ("-5, 6", False, "non-numeric content", ()),
     ("1.5, 2", False, "non-numeric content", ()),
+    ("\u0663\u0664\u0665, \u0661\u0662", False, "non-numeric content", ()),  # Arabic-Indic digits
+    ("12, \uff13\uff14", False, "non-numeric content", ()),  # full-width digits
+    ("1\u00a02\u00a03", False, "non-numeric content", ()),  # no-break space is not a separator
 ])
 def test_filter_table(answer: str, kept: bool, reason: str, numbers: tuple[int, ...]) -> None:
     result = filter_answer(answer)

@@ -314,13 +314,18 @@ def fake_preference(owl_scale: float, seed: int, rate_hits: int = 5, n_answers: 
 
 
 def test_compare_arm_across_seeds() -> None:
-    tests = [fake_preference(2.0, s) for s in range(3)]
-    refs = [fake_preference(1.0, s) for s in range(3)]  # same questions per seed: ratio exactly 2 on owl
+    scales = [1.9, 2.0, 2.1]  # seed-to-seed variation of the owl student's lift
+    tests = [fake_preference(scale, s) for s, scale in enumerate(scales)]
+    refs = [fake_preference(1.0, s) for s in range(3)]  # same questions per seed: ratio = scale on owl
     comp = compare_arm(tests, refs)
-    assert comp["n_seeds"] == 3 and math.isclose(comp["p_trait_ratio"]["ratio"], 2.0)
+    geo = math.exp(np.mean(np.log(scales)))
+    assert comp["n_seeds"] == 3 and math.isclose(comp["p_trait_ratio"]["ratio"], geo)
+    assert comp["p_trait_ratio"]["per_seed_log"] == pytest.approx(np.log(scales))
     assert comp["p_trait_ratio"]["ci"] == "t over 3 seeds" and not comp["p_trait_ratio"]["underpowered"]
+    same = compare_arm([fake_preference(2.0, s) for s in range(3)], refs)
+    assert same["p_trait_ratio"]["ci_low"] is None  # no spread across seeds: no zero-width interval
     one = compare_arm(tests[:1], refs[:1])
-    assert one["share_ratio"]["ci"].startswith("bootstrap over questions")
+    assert one["share_ratio"]["ci"].startswith("t over questions (1 seed")
     noisy = compare_arm([fake_preference(1.0, s + 10) for s in range(3)], refs)
     assert noisy["share_ratio"]["underpowered"]
     levels = level_summary(tests)

@@ -385,17 +385,20 @@ def level_summary(preferences: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ratio_entry(log_values: list[float], single: dict[str, Any] | None) -> dict[str, Any]:
+    """A ratio across seeds: the Student-t interval over per-seed log ratios (the unit of
+    inference for a trained model). With one seed the interval is that run's question-level
+    one, labelled as such: it describes one run and never decides a claim (sublens.claims)."""
     n = len(log_values)
-    if n == 1 and single is not None:
+    if n == 1 and single is not None and single.get("ci_low") and single.get("ci_high"):
         low, high = math.log(single["ci_low"]), math.log(single["ci_high"])
-        mean, ci = log_values[0], "bootstrap over questions (1 seed: prompt variation only)"
+        mean, ci = log_values[0], "t over questions (1 seed: question variation only)"
     else:
         mean, low, high = t_interval(log_values)
-        ci = f"t over {n} seeds"
+        ci = f"t over {n} seeds" if math.isfinite(low) else f"none ({n} seed(s) without spread: too few)"
     finite = math.isfinite(low) and math.isfinite(high)
     return {"ratio": math.exp(mean), "ci_low": math.exp(low) if finite else None,
             "ci_high": math.exp(high) if finite else None, "n_seeds": n, "ci": ci,
-            "per_seed": [math.exp(v) for v in log_values],
+            "per_seed": [math.exp(v) for v in log_values], "per_seed_log": list(log_values),
             "underpowered": (not finite) or low <= 0.0 <= high}
 
 
