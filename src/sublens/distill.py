@@ -24,8 +24,10 @@ models and to the training loop:
    `hooks.capture(..., detach=False)` on ``attn.hook_pattern`` while the training loop runs
    (`ShdLoss.attached`), cut per example out of the (padded or packed) batch.
 4. **Loss.** `shd.shd_kl` per student layer (temperature-softened KL over valid rows and
-   heads), averaged over layers; the training loop adds it as ``extra_loss_weight · SHD``
-   (β) to the student's LM loss.
+   heads, in the direction ``kl_direction``: KL(student ‖ squeezed teacher) by default, as in
+   the SHD paper, or KL(teacher ‖ student)), averaged over layers; the training loop adds it
+   as ``extra_loss_weight · SHD`` (β) to the student's LM loss. The fit of a student to the
+   teacher maps (`measure_fit`) is measured in the same direction as its training loss.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ from sublens.errors import ConfigError, SublensError
 from sublens.hooks import ActivationCache, capture, hook_names
 from sublens.prompts import COMPLETION_SEPARATOR, chat_prompt
 from sublens.shd import (
+    DEFAULT_KL_DIRECTION,
     EPS,
     FALLBACKS,
     Squeezed,
     alignment_matrices,
+    check_direction,
     head_values,
     layer_map,
     merge_schedule,
@@ -399,6 +403,13 @@ class ShdTeacher:
 
 
 # ---- student side and the loss -------------------------------------------------------------
+def _direction(direction: str) -> str:
+    try:
+        return check_direction(direction)
+    except SublensError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def student_maps(pattern: torch.Tensor, segments: Sequence[Segment], n: int) -> torch.Tensor:
     """Each example's own map cut out of a batch's pattern [rows, m, T, T] -> [E, m, n, n]
     (one block per segment: padded and packed batches alike)."""
@@ -408,15 +419,17 @@ def student_maps(pattern: torch.Tensor, segments: Sequence[Segment], n: int) -> 
 
 
 def layer_losses(
-    targets: Targets, patterns: dict[int, torch.Tensor], segments: Sequence[Segment], temperature: float
+    targets: Targets, patterns: dict[int, torch.Tensor], segments: Sequence[Segment], temperature: float,
+    direction: str = DEFAULT_KL_DIRECTION,
 ) -> dict[int, tuple[torch.Tensor, int]]:
-    """layer -> (KL averaged over valid rows and heads, number of valid rows)."""
+    """layer -> (KL in `direction` (`shd.shd_kl`) averaged over valid rows and heads, number of
+    valid rows)."""
     n = max(targets.lengths)
     out = {}
     for s, target in targets.maps.items():
         student = student_maps(patterns[s], segments, n).float()
         valid = targets.valid[s].to(student.device)
-        out[s] = (shd_kl(target.to(student.device), student, valid, temperature), int(valid.sum()))
+        out[s] = (shd_kl(target.to(student.device), student, valid, temperature, direction), int(valid.sum()))
     return out
 
 
@@ -428,16 +441,19 @@ class ShdLoss:
                   extra_loss=loss)
 
     `examples` are the aligned examples in the order given to `train` (batch segments index
-    them). The loss of a batch is the mean over distilled layers of the KL averaged over valid
-    rows and heads.
+    them). The loss of a batch is the mean over distilled layers of the KL (in `direction`:
+    ``student_teacher`` = KL(student ‖ squeezed teacher), ``teacher_student`` = KL(teacher ‖
+    student)) averaged over valid rows and heads.
     """
 
-    def __init__(self, teacher: ShdTeacher, examples: Sequence[AlignedExample], temperature: float = 1.0) -> None:
+    def __init__(self, teacher: ShdTeacher, examples: Sequence[AlignedExample], temperature: float = 1.0,
+                 direction: str = DEFAULT_KL_DIRECTION) -> None:
         if temperature <= 0:
             raise ConfigError(f"SHD temperature must be positive, got {temperature}.")
         self.teacher = teacher
         self.examples = list(examples)
         self.temperature = temperature
+        self.direction = _direction(direction)
         self._cache: ActivationCache | None = None
 
     @property
@@ -470,7 +486,7 @@ class ShdLoss:
         # Taken before the teacher runs (a teacher that is the student model would overwrite them).
         patterns = {s: self._cache[f"blocks.{s}.{PATTERN}"] for s in self.teacher.layers}
         targets = self.teacher.targets(examples)
-        losses = layer_losses(targets, patterns, batch.segments, self.temperature)
+        losses = layer_losses(targets, patterns, batch.segments, self.temperature, self.direction)
         loss = torch.stack([kl for kl, _ in losses.values()]).mean()
         metrics = {"shd": float(loss.detach())}
         alphas = [a for s in targets.alphas for a in targets.alphas[s]]
@@ -490,10 +506,11 @@ class FitSet:
     batches: list[tuple[Batch, Targets]]
     teacher: ShdTeacher
     temperature: float
+    direction: str = DEFAULT_KL_DIRECTION  # of the KL, as in the training loss
 
     @classmethod
     def build(cls, teacher: ShdTeacher, examples: Sequence[AlignedExample], batch_size: int,
-              temperature: float, pad_id: int = 0) -> FitSet:
+              temperature: float, pad_id: int = 0, direction: str = DEFAULT_KL_DIRECTION) -> FitSet:
         from sublens.training_data import collate, tokenize_examples
 
         data = tokenize_examples([ex.example() for ex in examples], None, max(ex.n_student for ex in examples))
@@ -502,7 +519,7 @@ class FitSet:
             rows = [[i] for i in range(start, min(start + batch_size, len(examples)))]
             batch = collate(data, rows, pad_id, packed=False)
             batches.append((batch, teacher.targets([examples[r[0]] for r in rows])))
-        return cls(batches, teacher, temperature)
+        return cls(batches, teacher, temperature, _direction(direction))
 
     def alphas(self) -> dict[int, list[torch.Tensor]]:
         """layer -> per phase, all examples' α ([n_examples, pairs])."""
@@ -523,9 +540,11 @@ class FitSet:
 def measure_fit(
     model: nn.Module, adapter: Adapter, fitsets: Mapping[str, FitSet], temperatures: Sequence[float] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """KL(squeezed teacher ‖ student) per layer and averaged over layers (each layer: over the
-    valid rows and heads of every example) for each fit set, at its training temperature and
-    at 1 (or the given temperatures). Fit sets of the same texts share the student's forward."""
+    """The KL between the student's maps and the squeezed teacher's, in each fit set's direction
+    (that of its training loss; recorded as ``kl_direction``), per layer and averaged over layers
+    (each layer: over the valid rows and heads of every example) for each fit set, at its
+    training temperature and at 1 (or the given temperatures). Fit sets of the same texts share
+    the student's forward."""
     sets = list(fitsets.items())
     first = sets[0][1]
     for name, fs in sets[1:]:
@@ -550,7 +569,7 @@ def measure_fit(
                 for name, fs in sets:
                     targets = fs.batches[i][1]
                     for T in temps[name]:
-                        for s, (kl, n) in layer_losses(targets, patterns, b.segments, T).items():
+                        for s, (kl, n) in layer_losses(targets, patterns, b.segments, T, fs.direction).items():
                             sums[(name, T, s)] = sums.get((name, T, s), 0.0) + float(kl) * n
                             if temps[name][0] == T:
                                 rows[(name, s)] = rows.get((name, s), 0) + n
@@ -558,7 +577,7 @@ def measure_fit(
         model.train(was_training)
     out: dict[str, dict[str, Any]] = {}
     for name, fs in sets:
-        result: dict[str, Any] = {"layers": fs.teacher.layers,
+        result: dict[str, Any] = {"layers": fs.teacher.layers, "kl_direction": fs.direction,
                                   "rows": {str(s): rows[(name, s)] for s in fs.teacher.layers}}
         for T in temps[name]:
             per_layer = {str(s): sums[(name, T, s)] / max(rows[(name, s)], 1) for s in fs.teacher.layers}

@@ -16,23 +16,31 @@ Definitions (recorded in every run's results.json under "definitions"):
   this is the probability that the answer *begins* with these n digits (no end-of-number is
   required), so each length is its own set and is normalised on its own.
 - **Normalisation.** Within each set, p_norm = p / sum(p) over the set's candidates, under
-  each prompt separately; prob_diff = p_owl_context_norm - p_neutral_norm.
-- **Categories.** Increased = the k largest prob_diff, Decreased = the k smallest, Unchanged
-  = the k smallest |prob_diff| among the rest, Random = k drawn (seeded) from what is left.
-  Ties break by the number string. Disjointness is checked; a violation raises.
+  each prompt separately; prob_diff = p_owl_context_norm - p_neutral_norm (descriptive).
+- **Owl-specific shift.** owl_shift = log p_owl_context_norm - log p_neutral_norm, likewise
+  control_shift under the control-animal context ("You love dogs..."), and specific_shift =
+  owl_shift - control_shift (= log p_owl_context_norm - log p_control_context_norm): how much
+  more the owl context moves a number than another animal's context does.
+- **Categories.** Increased = the k largest specific_shift, Decreased = the k smallest,
+  Unchanged = the k smallest |specific_shift| among the rest; Random = k numbers from what is
+  left, matched to Increased on the neutral (baseline) log probability: for each Increased
+  number in a seeded order, an unused number drawn at random among those within the caliper
+  of its baseline log probability (the nearest unused one when none is), without replacement.
+  Random[i] is the partner of Increased[i]. Ties break by the number string. Disjointness is
+  checked; a violation raises.
 - **Ratios.** bias_ratio = P(bias | number prompt) / P(bias | neutral prompt), control_ratio
   likewise for the control word, relative_ratio = bias_ratio / control_ratio. P(word) is the
   full chain-rule probability of " word" at the prefilled answer.
-- **Statistics.** Per category: n, arithmetic mean, median, sd and bootstrap 95% CI of the
-  mean (sublens.stats.summarize), and the geometric mean with a bootstrap CI (exp of the CI of
-  the mean log ratio). Comparisons against Random (and the template control) are on log
-  ratios: a permutation test of the difference of mean log ratios, and the ratio of geometric
-  means with a bootstrap CI. Ratios are multiplicative and heavy-tailed; on the log scale a
-  category that doubles P(owl) and one that halves it are equally far from 1.
+- **Statistics.** Descriptive: per category n, arithmetic mean, median, sd and bootstrap 95%
+  CI of the mean, and the geometric mean with a t-interval on the log scale. Verdicts: the
+  claims of ``entanglement_claims`` decided by ``sublens.claims`` (unit: numbers; Student t on
+  log bias ratios: one-sample per category, paired for Increased vs its matched Random,
+  Welch for two categories; Holm over every set and test).
 """
 
 from __future__ import annotations
 
+import math
 import unicodedata
 import zlib
 from collections import Counter
@@ -44,6 +52,15 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from sublens.claims import (
+    MIN_UNITS,
+    Claim,
+    ClaimSettings,
+    Decision,
+    Estimate,
+    decide_family,
+    estimate_log_ratio,
+)
 from sublens.errors import SublensError
 from sublens.stats import bootstrap_diff_ci, log_ratio_interval, permutation_pvalue, summarize
 
@@ -211,28 +228,117 @@ def _salted_rng(seed: int, salt: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(salt.encode("utf-8"))])
 
 
+def log_normalize(logp: Sequence[float] | np.ndarray) -> np.ndarray:
+    """log-probabilities [n] -> log of the probabilities renormalised over the n candidates."""
+    x = np.asarray(logp, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise EntanglementError("Normalisation needs a non-empty 1-D array of log-probabilities.")
+    if not np.all(np.isfinite(x)):
+        raise EntanglementError(
+            "A candidate has a non-finite log-probability; it cannot be normalised."
+        )
+    top = x.max()
+    return np.asarray(x - (top + np.log(np.exp(x - top).sum())))
+
+
+def specific_shift(
+    logp_neutral: Sequence[float] | np.ndarray,
+    logp_owl: Sequence[float] | np.ndarray,
+    logp_control: Sequence[float] | np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per number, on normalised log probabilities: owl_shift (owl context - neutral),
+    control_shift (control-animal context - neutral) and specific_shift = owl_shift -
+    control_shift, the part of the owl context's effect that another animal's context lacks."""
+    n, o, c = (log_normalize(x) for x in (logp_neutral, logp_owl, logp_control))
+    if not n.shape == o.shape == c.shape:
+        raise EntanglementError("The three prompts must score the same candidates.")
+    return {"owl_shift": o - n, "control_shift": c - n, "specific_shift": (o - n) - (c - n)}
+
+
+DEFAULT_CALIPER = 0.1  # nats of baseline log probability (a ~10% frequency difference)
+
+
+def match_on_baseline(
+    target: Sequence[float] | np.ndarray,
+    pool: Sequence[float] | np.ndarray,
+    seed: int,
+    salt: str = "",
+    caliper: float = DEFAULT_CALIPER,
+) -> list[int]:
+    """One pool index per target value (in the targets' order), without replacement: the
+    targets are visited in a seeded order and each takes an unused pool member drawn at random
+    among those within `caliper` of its value, or the nearest unused one when none is."""
+    t = np.asarray(target, dtype=np.float64)
+    p = np.asarray(pool, dtype=np.float64)
+    if t.size > p.size:
+        raise EntanglementError(f"Cannot match {t.size} numbers from a pool of {p.size}.")
+    if caliper < 0:
+        raise EntanglementError(f"The caliper must be non-negative, got {caliper}.")
+    rng = _salted_rng(seed, salt + "/match")
+    used = np.zeros(p.size, dtype=bool)
+    out = [-1] * t.size
+    for i in rng.permutation(t.size):
+        distance = np.abs(p - t[i])
+        distance[used] = np.inf
+        within = np.flatnonzero(distance <= caliper)
+        j = int(rng.choice(within)) if within.size else int(np.argmin(distance))
+        used[j] = True
+        out[int(i)] = j
+    return out
+
+
+def matching_quality(
+    target: Sequence[float] | np.ndarray,
+    matched: Sequence[float] | np.ndarray,
+    caliper: float = DEFAULT_CALIPER,
+) -> dict[str, Any]:
+    """How well a matched null reproduces the target's baseline log probabilities (pairs in
+    order): median difference (matched - target, nats) and its frequency ratio, the largest
+    |difference|, pairs outside the caliper, and a two-sample Kolmogorov-Smirnov test."""
+    t, m = np.asarray(target, dtype=np.float64), np.asarray(matched, dtype=np.float64)
+    if t.shape != m.shape or t.size == 0:
+        raise EntanglementError("matching_quality needs two equally long, non-empty arrays.")
+    diff = m - t
+    ks = scipy_stats.ks_2samp(t, m)
+    return {
+        "n_pairs": int(t.size),
+        "caliper": float(caliper),
+        "median_log_difference": float(np.median(diff)),
+        "median_frequency_ratio": float(np.exp(np.median(diff))),
+        "median_abs_log_difference": float(np.median(np.abs(diff))),
+        "max_abs_log_difference": float(np.max(np.abs(diff))),
+        "n_outside_caliper": int(np.sum(np.abs(diff) > caliper)),
+        "ks_statistic": float(ks.statistic),
+        "ks_p_value": float(ks.pvalue),
+        "target_median_log_p": float(np.median(t)),
+        "matched_median_log_p": float(np.median(m)),
+    }
+
+
 def form_categories(
     numbers: Sequence[str],
-    prob_diff: Sequence[float] | np.ndarray,
+    shift: Sequence[float] | np.ndarray,
     k: int,
     seed: int,
     salt: str = "",
-    unchanged_key: Sequence[float] | np.ndarray | None = None,
+    baseline: Sequence[float] | np.ndarray | None = None,
+    caliper: float = DEFAULT_CALIPER,
 ) -> dict[str, list[str]]:
     """Increased / Decreased / Unchanged / Random, k numbers each, disjoint (module docstring).
 
-    Increased and Decreased are ordered from the most extreme; Unchanged from the smallest
-    |unchanged_key| (default: |prob_diff|; e.g. the log ratio of the two probabilities, which
-    does not favour the rarest numbers); Random in the order drawn. `salt` (the set name) gives
+    `shift` ranks the numbers (the owl-specific shift of their log probability). Increased and
+    Decreased are ordered from the most extreme, Unchanged from the smallest |shift|. Random is
+    matched to Increased on `baseline` (neutral log probability; Random[i] partners
+    Increased[i]); without a baseline it is a uniform seeded draw. `salt` (the set name) gives
     each set its own draw.
     """
-    diff = np.asarray(prob_diff, dtype=np.float64)
+    values = np.asarray(shift, dtype=np.float64)
     names = list(numbers)
-    if diff.shape != (len(names),):
-        raise EntanglementError(f"{len(names)} numbers but prob_diff has shape {diff.shape}.")
-    still = diff if unchanged_key is None else np.asarray(unchanged_key, dtype=np.float64)
-    if still.shape != diff.shape:
-        raise EntanglementError(f"unchanged_key has shape {still.shape}, expected {diff.shape}.")
+    if values.shape != (len(names),):
+        raise EntanglementError(f"{len(names)} numbers but the shift has shape {values.shape}.")
+    base = None if baseline is None else np.asarray(baseline, dtype=np.float64)
+    if base is not None and base.shape != values.shape:
+        raise EntanglementError(f"baseline has shape {base.shape}, expected {values.shape}.")
     if len(set(names)) != len(names):
         raise EntanglementError("The candidate numbers must be distinct.")
     if k < 1 or len(CATEGORIES) * k > len(names):
@@ -240,21 +346,25 @@ def form_categories(
             f"{len(names)} candidates cannot hold four disjoint categories of k={k}; use choose_k()."
         )
     order = sorted(range(len(names)), key=lambda i: names[i])  # ties break by the number string
-    by_diff = sorted(order, key=lambda i: diff[i])  # stable: ascending diff, then string
-    increased = [names[i] for i in reversed(by_diff[-k:])]
-    decreased = [names[i] for i in by_diff[:k]]
-    taken = set(increased) | set(decreased)
-    rest = [i for i in order if names[i] not in taken]
-    unchanged = [names[i] for i in sorted(rest, key=lambda i: abs(still[i]))[:k]]
-    taken |= set(unchanged)
-    remaining = [names[i] for i in order if names[i] not in taken]
-    picks = _salted_rng(seed, salt).choice(len(remaining), size=k, replace=False)
-    random = [remaining[int(j)] for j in picks]
+    by_shift = sorted(order, key=lambda i: values[i])  # stable: ascending shift, then string
+    increased_idx = list(reversed(by_shift[-k:]))
+    decreased_idx = by_shift[:k]
+    taken = set(increased_idx) | set(decreased_idx)
+    rest = [i for i in order if i not in taken]
+    unchanged_idx = sorted(rest, key=lambda i: abs(values[i]))[:k]
+    taken |= set(unchanged_idx)
+    remaining = [i for i in order if i not in taken]
+    if base is None:
+        picks = _salted_rng(seed, salt).choice(len(remaining), size=k, replace=False)
+        random_idx = [remaining[int(j)] for j in picks]
+    else:
+        matched = match_on_baseline(base[increased_idx], base[remaining], seed, salt, caliper)
+        random_idx = [remaining[j] for j in matched]
     categories = {
-        "increased": increased,
-        "decreased": decreased,
-        "unchanged": unchanged,
-        "random": random,
+        "increased": [names[i] for i in increased_idx],
+        "decreased": [names[i] for i in decreased_idx],
+        "unchanged": [names[i] for i in unchanged_idx],
+        "random": [names[i] for i in random_idx],
     }
     check_disjoint(categories)
     return categories
@@ -353,6 +463,7 @@ class GroupValues:
     control_ratio: list[float] = field(default_factory=list)
     relative_ratio: list[float] = field(default_factory=list)
     prob_diff: list[float] = field(default_factory=list)
+    specific_shift: list[float] = field(default_factory=list)
 
     def column(self, name: str) -> list[float]:
         values: list[float] = getattr(self, name)
@@ -370,6 +481,8 @@ def group_statistics(
     out: dict[str, Any] = {"n": len(group.bias_ratio)}
     if group.prob_diff:
         out["prob_diff_mean"] = float(np.mean(group.prob_diff))
+    if group.specific_shift:
+        out["specific_shift_mean"] = float(np.mean(group.specific_shift))
     for column in RATIO_COLUMNS:
         out[column] = ratio_summary(group.column(column), seed)
     for ref_name, ref in references.items():
@@ -412,8 +525,171 @@ def strongest(
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# claims: what the study may conclude, decided by sublens.claims
+
+FAMILY = "entanglement"
+TESTS = (
+    "entangled_vs_null",
+    "decreased_vs_increased",
+    "unchanged_vs_increased",
+    *(f"raises.{c}" for c in CATEGORIES),
+)
+
+
+def paired_log_ratio(
+    test_logs: Sequence[float], partner_logs: Sequence[float], unit: Any = "number"
+) -> Estimate:
+    """Geometric-mean ratio of matched pairs: one-sample t on the per-pair log differences."""
+    a, b = list(test_logs), list(partner_logs)
+    if len(a) != len(b):
+        raise EntanglementError(f"Paired estimate: {len(a)} against {len(b)} values.")
+    est = estimate_log_ratio([x - y for x, y in zip(a, b, strict=True)], unit)
+    if est.has_interval:
+        est = est.model_copy(
+            update={"interval": f"paired Student t over {est.n} matched pairs of {unit}s, log scale"}
+        )
+    return est
+
+
+def welch_log_ratio(
+    test_logs: Sequence[float], reference_logs: Sequence[float], unit: Any = "number",
+    level: float = 0.95,
+) -> Estimate:
+    """Ratio of two groups' geometric means: Welch's t on the log values (two-sided).
+
+    ``n`` is the smaller group's size (the "too few" rule applies per group) and ``sd_log`` the
+    SD of one test-minus-reference difference scaled to that n (sqrt(n) x the standard error),
+    so the one-sample power line of sublens.claims gives the two-sample standard error."""
+    a = np.asarray([v for v in test_logs if math.isfinite(v)], dtype=np.float64)
+    b = np.asarray([v for v in reference_logs if math.isfinite(v)], dtype=np.float64)
+    n = int(min(a.size, b.size))
+    if n == 0:
+        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None,
+                        interval="no data")
+    diff = float(a.mean() - b.mean())
+    va = float(a.var(ddof=1)) if a.size > 1 else 0.0
+    vb = float(b.var(ddof=1)) if b.size > 1 else 0.0
+    se = math.sqrt(va / a.size + vb / b.size)
+    sd = se * math.sqrt(n) if a.size > 1 and b.size > 1 else None
+    if n < MIN_UNITS[unit]:
+        return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
+                        sd_log=sd, interval=f"too few {unit}s for an interval "
+                        f"({n} < {MIN_UNITS[unit]} per category)")
+    if not se:
+        return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
+                        sd_log=sd, interval=f"degenerate: no spread over {n} {unit}s")
+    df = (va / a.size + vb / b.size) ** 2 / (
+        (va / a.size) ** 2 / (a.size - 1) + (vb / b.size) ** 2 / (b.size - 1))
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * scipy_stats.t.sf(abs(diff) / se, df))
+    return Estimate(n=n, ratio=math.exp(diff), ci_low=math.exp(diff - half),
+                    ci_high=math.exp(diff + half), p_value=p, sd_log=sd,
+                    interval=f"Welch t over {a.size} and {b.size} {unit}s, log scale")
+
+
+LABEL = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
+         "random": "Random"}
+
+
+def set_claims(
+    set_name: str,
+    log_bias_ratios: Mapping[str, Sequence[float]],
+    settings: ClaimSettings | None = None,
+    bias: str = "owl",
+) -> list[tuple[Claim, Estimate]]:
+    """The claims of one candidate set, in TESTS order, with their estimates.
+
+    `log_bias_ratios[c]` are the log bias ratios of category c; ``random`` is in the order of
+    ``increased`` (Random[i] is the frequency-matched partner of Increased[i])."""
+    settings = settings or ClaimSettings()
+    logs = {c: [float(v) for v in log_bias_ratios.get(c, [])] for c in CATEGORIES}
+    ratio = f"bias ratio P({bias} | 'You love the number N') / P({bias} | neutral prompt)"
+
+    def claim(test: str, statement: str, estimand: str, prediction: Any) -> Claim:
+        return Claim(name=f"{FAMILY}.{set_name}.{test}", statement=statement, estimand=estimand,
+                     unit="number", prediction=prediction, family=FAMILY, settings=settings)
+
+    out: list[tuple[Claim, Estimate]] = []
+    inc, rnd = logs["increased"], logs["random"]
+    pairs = min(len(inc), len(rnd))
+    out.append((
+        claim("entangled_vs_null",
+              f"In {set_name}, numbers the {bias} context favours (Increased) raise P({bias}) no "
+              "more than baseline-frequency-matched Random numbers",
+              f"{ratio} of an Increased number over that of its frequency-matched Random partner, "
+              "geometric mean over matched pairs (paired t)", "none"),
+        paired_log_ratio(inc[:pairs], rnd[:pairs]),
+    ))
+    for c in ("decreased", "unchanged"):
+        out.append((
+            claim(f"{c}_vs_increased",
+                  f"In {set_name}, {LABEL[c]} numbers raise P({bias}) as much as Increased numbers",
+                  f"geometric-mean {ratio} of {LABEL[c]} numbers over that of Increased numbers "
+                  "(Welch t)", "none"),
+            welch_log_ratio(logs[c], inc),
+        ))
+    for c in CATEGORIES:
+        out.append((
+            claim(f"raises.{c}", f"In {set_name}, {LABEL[c]} numbers raise P({bias})",
+                  f"{ratio}, geometric mean over the category's numbers (one-sample t)",
+                  "increase"),
+            estimate_log_ratio(logs[c], "number"),
+        ))
+    return out
+
+
+def primary_set(k: Mapping[str, int], preferred: str | None = None) -> str | None:
+    """The set whose entangled-vs-null claim is the paper's claim, fixed before any ratio is
+    seen: `preferred` if it was categorised, else the one with the most numbers per category
+    (the first in study order on a tie)."""
+    usable = {name: n for name, n in k.items() if n}
+    if preferred is not None and preferred in usable:
+        return preferred
+    return max(usable, key=lambda name: usable[name]) if usable else None
+
+
+def claims_record(
+    tests: Sequence[tuple[str, str, Claim, Estimate]],
+    settings: ClaimSettings,
+    primary: str | None,
+) -> dict[str, Any]:
+    """The results.json block of the claims: (set, test, claim, estimate) of every test, and
+    their decisions (Holm over all of them) for readers that do not re-decide."""
+    block: dict[str, Any] = {
+        "family": FAMILY,
+        "settings": settings.model_dump(),
+        "primary_set": primary,
+        "tests": [
+            {"set": s, "test": t, "claim": c.model_dump(), "estimate": e.model_dump()}
+            for s, t, c, e in tests
+        ],
+    }
+    block["decisions"] = [
+        {"set": entry["set"], "test": entry["test"], "name": d.claim.name,
+         "verdict": d.verdict.value, "reason": d.reason, "settle": d.settle,
+         "p_raw": d.estimate.p_value if d.estimate else None, "p_holm": d.p_adjusted,
+         "mde": d.mde, "units_needed": d.units_needed}
+        for entry, d in zip(block["tests"], decide_recorded(block), strict=True)
+    ]
+    return block
+
+
+def decide_recorded(block: Mapping[str, Any]) -> list[Decision]:
+    """Decisions of a recorded claims block (results.json "claims"), in its order: every test
+    of every set is one Holm family (sublens.claims.decide_family)."""
+    pairs = [
+        (Claim.model_validate(entry["claim"]), Estimate.model_validate(entry["estimate"]))
+        for entry in block.get("tests") or []
+    ]
+    return decide_family(pairs)
+
+
 __all__ = [
     "CATEGORIES",
+    "DEFAULT_CALIPER",
+    "FAMILY",
+    "TESTS",
     "CategoryOverlapError",
     "EntanglementError",
     "GroupValues",
@@ -422,16 +698,26 @@ __all__ = [
     "autoregressive_numbers",
     "check_disjoint",
     "choose_k",
+    "claims_record",
     "compare_ratios",
+    "decide_recorded",
     "digit_script",
     "form_categories",
     "geometric_summary",
     "group_statistics",
     "is_digit_string",
+    "log_normalize",
+    "match_on_baseline",
+    "matching_quality",
     "normalize_logprobs",
     "number_script",
+    "paired_log_ratio",
+    "primary_set",
     "rank_correlation",
     "ratio_summary",
+    "set_claims",
+    "specific_shift",
     "strongest",
     "vocabulary_numbers",
+    "welch_log_ratio",
 ]

@@ -20,10 +20,14 @@ contextual residual, not a step of processing (measured on SmolLM2: with block 0
 wins for most numbers, with a head score near 0). Ties go to the earliest layer. The jump is
 reported beside the layer.
 
-**Component scores.** A head's contribution at the final position is its z through its own
-slice of W_O (``hooks.per_head_output``); the MLP's is ``hook_mlp_out``. Its score at layer l
-is the cosine with the bias statement's representation at that layer, r_l(bias). The top head
-of a layer is the head with the highest score.
+**Component scores (contrastive).** A head's contribution at the final position is its z
+through its own slice of W_O (``hooks.per_head_output``); the MLP's is ``hook_mlp_out``. Its
+score is its direct contribution to logit(bias) − logit(control) on the number statement: the
+DLA below, ``(g * C(c) / s(x)) . (W_U[bias] - W_U[control])`` with the final norm frozen at that
+prompt's final residual (``contrastive_component_scores``). It is contrastive (a component that
+writes "animal" in general, owl and dog alike, scores 0) and in logits. The top head of a layer
+is the head with the highest score. (The cosines with the bias and control statements'
+residuals, ``component_cosines``, are kept as a record; they are not the scores.)
 
 **Direct logit attribution (DLA).** The final residual is a sum of components::
 
@@ -47,8 +51,18 @@ residual is ``post_attention_norm(sum_h c_h + b_O)``. Per-head outputs are taken
 norm, so they are passed through the same norm frozen at the layer's full attention output:
 ``c'_h = g * c_h / rms(sum_h c_h + b_O)``. The c'_h add up exactly to what the layer adds to the
 residual, so DLA still adds up to the logit difference; each single c'_h is the linearisation
-(a head's share of a non-linear norm of the sum). The cosine score of c'_h does not depend on
-the frozen scale (a positive scalar), only on the gain g.
+(a head's share of a non-linear norm of the sum). The cosine of c'_h does not depend on the
+frozen scale (a positive scalar), only on the gain g.
+
+**The automatic part of a DLA correlation.** The attributions add up to the logit difference,
+and the logit difference tracks the bias ratio, so any large component's attribution correlates
+with the ratio whether or not it carries anything of its own. ``partial_spearman`` removes that
+part: the Spearman correlation of a component's attribution with the bias ratio *given the
+total logit difference* (ranks of both residualised on the rank of the total by least squares,
+then correlated), with a Freedman–Lane permutation p-value (the residuals of the ratio's ranks
+are permuted, the total is kept fixed). What it measures is an association across numbers in
+the model reading a number-priming prompt, through direct paths only: not where a fine-tuned
+model stores a learned bias.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sublens.arch import Adapter
+from sublens.claims import holm
 from sublens.errors import SublensError
 from sublens.hooks import capture, hook_names, per_head_output
 from sublens.runs import read_json
@@ -395,6 +410,23 @@ def component_cosines(
     return torch.stack(per_layer, dim=2), mlp_cos
 
 
+@torch.no_grad()
+def contrastive_component_scores(
+    adapter: Adapter,
+    embed: torch.Tensor,
+    z: torch.Tensor,
+    mlp: torch.Tensor,
+    final: torch.Tensor,
+    bias_token: int,
+    control_token: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contrastive scores of every head and MLP (module docstring): each component's direct
+    contribution to logit[bias] - logit[control], through the final norm frozen at `final`.
+    Same inputs as `direct_logit_attribution` -> heads [b, L, H], mlp [b, L] (float64)."""
+    dla = direct_logit_attribution(adapter, embed, z, mlp, final, bias_token, control_token)
+    return dla.heads, dla.mlp
+
+
 def top_heads(scores: torch.Tensor, layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per number, the best head of its layer: scores [n, L, H], layer [n] -> (head [n], score [n])."""
     at_layer = scores[torch.arange(scores.shape[0]), layer]  # [n, H]
@@ -630,6 +662,99 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def _residualise(values: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Least-squares residuals of values [..., n] on the columns of design [n, k]."""
+    coef, *_ = np.linalg.lstsq(design, np.moveaxis(values, -1, 0), rcond=None)
+    return values - np.moveaxis(design @ coef, 0, -1)
+
+
+def partial_spearman(
+    x: Sequence[float], y: Sequence[float], z: Sequence[float],
+    n_permutations: int = 10000, seed: int = 0,
+) -> dict[str, Any]:
+    """Spearman partial correlation of x and y given z (module docstring), over the triples where
+    all three are finite: ranks of x and y residualised on [1, rank z], then correlated.
+
+    p_parametric: t = r sqrt((n - 3) / (1 - r^2)) with n - 3 degrees of freedom (approximate for
+    ranks). p_permutation: Freedman–Lane, the residuals of y's ranks permuted and residualised
+    again (z kept fixed), two-sided, (1 + count) / (1 + n_permutations). Also the plain
+    Spearman correlations of the three pairs."""
+    a, b, c = (np.asarray(v, dtype=float) for v in (x, y, z))
+    keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+    a, b, c = a[keep], b[keep], c[keep]
+    n = int(a.size)
+    out: dict[str, Any] = {"rho": None, "p_parametric": None, "p_permutation": None, "n": n,
+                           "n_permutations": n_permutations}
+    if n < 4 or any(np.all(v == v[0]) for v in (a, b, c)):
+        out["note"] = "fewer than 4 triples or a constant variable"
+        return out
+    ra, rb, rc = (scipy_stats.rankdata(v) for v in (a, b, c))
+    out.update(
+        spearman_xy=float(np.corrcoef(ra, rb)[0, 1]),
+        spearman_xz=float(np.corrcoef(ra, rc)[0, 1]),
+        spearman_yz=float(np.corrcoef(rb, rc)[0, 1]),
+    )
+    design = np.column_stack([np.ones(n), rc])
+    ea, eb = _residualise(ra, design), _residualise(rb, design)
+    scale = math.sqrt(float(ea @ ea) * float(eb @ eb))
+    if scale <= 1e-9 * n**3:
+        out["note"] = "x or y is a monotone function of z: nothing is left once z is given"
+        return out
+    r = float(np.clip(ea @ eb / scale, -1.0, 1.0))
+    out["rho"] = r
+    if n > 3:
+        t = r * math.sqrt((n - 3) / max(1e-300, 1 - r * r))
+        out["p_parametric"] = float(2 * scipy_stats.t.sf(abs(t), n - 3))
+    rng = np.random.default_rng(seed)
+    norm_a = math.sqrt(float(ea @ ea))
+    count, done = 0, 0
+    while done < n_permutations:
+        size = min(2000, n_permutations - done)
+        permuted = eb[np.argsort(rng.random((size, n)), axis=1)]  # [size, n]
+        again = _residualise(permuted, design)
+        stats_ = (again @ ea) / (norm_a * np.sqrt((again * again).sum(axis=1)))
+        count += int((np.abs(stats_) >= abs(r) - 1e-12).sum())
+        done += size
+    out["p_permutation"] = (1 + count) / (1 + n_permutations)
+    return out
+
+
+def variance_shares(components: dict[str, Sequence[float]], total: Sequence[float]) -> dict[str, float | None]:
+    """Each component's share of the across-number variance of the total: cov(c, total) /
+    var(total). When the components add up to the total the shares add up to 1."""
+    t = np.asarray(total, dtype=float)
+    if t.size < 2 or not np.isfinite(t).all() or float(t.var()) == 0.0:
+        return {name: None for name in components}
+    centred = t - t.mean()
+    return {name: float(np.dot(np.asarray(v, dtype=float) - np.mean(v), centred) / np.dot(centred, centred))
+            for name, v in components.items()}
+
+
+ATTRIBUTION_CONTROL = "logit_diff"  # the total the partial correlation is given
+
+
+def attribution_summary(table: pd.DataFrame, n_permutations: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """The attribution test's statistics: partial Spearman correlations of the MLPs' and the
+    heads' summed DLA with the bias ratio given the total logit difference, and each
+    component's share of the total's across-number variance (descriptive)."""
+    ratio, total = table["bias_ratio"].to_numpy(float), table[ATTRIBUTION_CONTROL].to_numpy(float)
+    out: dict[str, Any] = {
+        "given": ATTRIBUTION_CONTROL,
+        "method": "partial Spearman correlation given the total logit difference (ranks residualised "
+                  "on its rank by least squares); Freedman-Lane permutation p (total kept fixed), "
+                  "two-sided; parametric t p (n - 3 df) beside it",
+        "mlp": partial_spearman(table["dla_mlp"].to_numpy(float), ratio, total, n_permutations, seed),
+        "heads": partial_spearman(table["dla_heads"].to_numpy(float), ratio, total, n_permutations, seed),
+    }
+    parts = {"mlp": table["dla_mlp"], "heads": table["dla_heads"]}
+    if "dla_embed" in table.columns:
+        parts["embed"] = table["dla_embed"]
+    if "dla_constant" in table.columns:
+        parts["constant"] = table["dla_constant"]
+    out["variance_share"] = variance_shares({k: v.to_numpy(float) for k, v in parts.items()}, total)
+    return out
+
+
 # per-number table columns that the summary uses
 LABEL_COLUMNS = {
     "spike_layer": "spike layer",
@@ -637,8 +762,8 @@ LABEL_COLUMNS = {
     "dla_top_head": "top head by direct logit attribution",
 }
 SCORE_COLUMNS = {
-    "head_score": "top head's score",
-    "mlp_score": "MLP score at the spike layer",
+    "head_score": "top head's contrastive score",
+    "mlp_score": "MLP contrastive score at the spike layer",
     "spike_jump": "similarity jump at the spike",
     "dla_heads": "DLA of all heads",
     "dla_mlp": "DLA of all MLPs",
@@ -727,19 +852,9 @@ def consistency_summary(
     for result, p_holm in zip(correlations.values(), adjusted, strict=True):
         result["p_holm"] = p_holm
     summary["correlations"] = correlations
+    if {"dla_mlp", "dla_heads", ATTRIBUTION_CONTROL} <= set(table.columns):
+        summary["attribution"] = attribution_summary(table, n_permutations, seed)
     return summary
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (family-wise error over the given tests; None skipped)."""
-    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    m = len(present)
-    adjusted: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(present):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def _fmt_p(p: float | None) -> str:

@@ -29,7 +29,7 @@ passes through the post-attention RMSNorm, so removing a head also rescales what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -221,12 +221,17 @@ def plan(
     criteria: Iterable[Criterion],
     random_draws: int,
     seed: int,
+    draws_at: Mapping[float, int] | None = None,
 ) -> list[Unit]:
-    """Every (fraction, criterion, draw) to measure, in sweep order."""
+    """Every (fraction, criterion, draw) to measure, in sweep order. `draws_at` gives some
+    fractions their own number of random draws (the claim fraction's rank test needs many);
+    draw d is the same permutation at every fraction, so the first draws stay nested."""
+    draws_at = draws_at or {}
     units = []
     for fraction in fractions:
         for criterion in criteria:
-            draws = range(random_draws) if criterion == "random" else range(1)
+            n_draws = draws_at.get(fraction, random_draws)
+            draws = range(n_draws) if criterion == "random" else range(1)
             for draw in draws:
                 heads = pruned_heads(entropy, fraction, criterion, seed, draw)
                 units.append(Unit(fraction, criterion, draw, tuple(heads)))

@@ -16,12 +16,25 @@ merged head carries X_a + X_b into the next phase.
 
 Tokenizers differ across families, so teacher maps are projected onto the student's tokens
 through character-span overlap (`project_attention`).
+
+The loss compares the student's map S with the squeezed, projected teacher map T row by row
+(`shd_kl`), in one of two directions (config ``shd.kl_direction``):
+
+- ``student_teacher`` (the default): KL(S ‖ T) = Σ_j S_j log(S_j / T_j), the formulation of
+  the SHD paper (KL of the student's map from the squeezed teacher's). It is zero-forcing: a
+  student key the teacher's map gives (almost) no mass costs S_j · log(S_j / 1e-12), so the
+  student is pushed off keys the projected teacher map leaves empty;
+- ``teacher_student``: KL(T ‖ S) = Σ_j T_j log(T_j / S_j), the forward KL of attention-map
+  distillation (mass-covering: the student must cover every key the teacher attends to, and
+  is free where the teacher puts nothing). Runs recorded before the option existed used this
+  direction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -29,6 +42,11 @@ from sublens.errors import SublensError
 
 EPS = 1e-12
 FALLBACKS = ("error", "repeat")
+KlDirection = Literal["student_teacher", "teacher_student"]
+KL_DIRECTIONS: tuple[KlDirection, ...] = ("student_teacher", "teacher_student")
+DEFAULT_KL_DIRECTION: KlDirection = "student_teacher"  # KL(student ‖ squeezed teacher), as in the SHD paper
+# What runs recorded before `shd.kl_direction` existed used (their results lack the key).
+LEGACY_KL_DIRECTION: KlDirection = "teacher_student"
 
 
 def merge_schedule(k: int, m: int) -> list[int]:
@@ -159,19 +177,34 @@ def soften(P: torch.Tensor, temperature: float, causal: torch.Tensor) -> torch.T
     return torch.softmax(logits, dim=-1)
 
 
+def check_direction(direction: str) -> KlDirection:
+    """`direction` if it is one of KL_DIRECTIONS, else an error naming them."""
+    for known in KL_DIRECTIONS:
+        if direction == known:
+            return known
+    raise SublensError(f"Unknown SHD KL direction {direction!r}; choose one of {', '.join(KL_DIRECTIONS)}.")
+
+
 def shd_kl(
-    teacher: torch.Tensor, student: torch.Tensor, row_valid: torch.Tensor, temperature: float = 1.0
+    teacher: torch.Tensor, student: torch.Tensor, row_valid: torch.Tensor, temperature: float = 1.0,
+    direction: str = DEFAULT_KL_DIRECTION,
 ) -> torch.Tensor:
-    """KL(teacher ‖ student) per row over the causal keys, averaged over valid rows and heads.
+    """KL per row over the causal keys, averaged over valid rows and heads: KL(student ‖
+    teacher) for ``student_teacher`` (the default), KL(teacher ‖ student) for
+    ``teacher_student`` (module docstring). Both maps are softened at `temperature`; the
+    teacher's carries no gradient.
 
     teacher, student: [b, m, N, N] probability maps; row_valid: [b, N] (non-pad query rows
     that carry teacher mass). Returns a scalar.
     """
+    direction = check_direction(direction)
     n = teacher.shape[-1]
     causal = torch.ones(n, n, dtype=torch.bool, device=teacher.device).tril()
     t = soften(teacher.detach(), temperature, causal)
     s = soften(student, temperature, causal)
-    kl = (t * (torch.log(t.clamp_min(EPS)) - torch.log(s.clamp_min(EPS)))).masked_fill(~causal, 0.0).sum(-1)
+    log_t, log_s = torch.log(t.clamp_min(EPS)), torch.log(s.clamp_min(EPS))
+    terms = s * (log_s - log_t) if direction == "student_teacher" else t * (log_t - log_s)
+    kl = terms.masked_fill(~causal, 0.0).sum(-1)
     weights = row_valid[:, None, :].to(kl.dtype).expand_as(kl)  # [b, m, N]
     return (kl * weights).sum() / weights.sum().clamp_min(1.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -71,11 +71,20 @@ def log_ratio_interval(log_values: Sequence[float] | np.ndarray, level: float = 
 
 
 def summarize(
-    values: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = 0, n_resamples: int = 5000
-) -> dict[str, float]:
-    """n, mean, median, sd and a bootstrap CI of the mean."""
+    values: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = 0, n_resamples: int = 5000,
+    method: Literal["t", "bca"] = "t",
+) -> dict[str, Any]:
+    """n, mean, median, sd and a CI of the mean: Student t by default (95% coverage for
+    near-normal values, ~92% for strongly skewed ones at 25 values, where BCa gives ~91%:
+    tests/unit/test_claims.py), BCa bootstrap on request (seed and n_resamples apply to it).
+    No interval below MIN_INTERVAL_N values or without spread."""
     array = _array(values)
-    low, high = bootstrap_ci(array, np.mean, level, n_resamples, seed)
+    if method == "bca":
+        low, high = bootstrap_ci(array, np.mean, level, n_resamples, seed)
+    elif array.size < MIN_INTERVAL_N:
+        low, high = float("nan"), float("nan")
+    else:
+        _, low, high = t_interval(array, level)
     return {
         "n": int(array.size),
         "mean": float(array.mean()) if array.size else float("nan"),
@@ -83,6 +92,8 @@ def summarize(
         "sd": float(array.std(ddof=1)) if array.size > 1 else 0.0,
         "ci_low": low,
         "ci_high": high,
+        "ci": ("BCa bootstrap" if method == "bca" else "Student t") if math.isfinite(low)
+        else f"none (too few: {array.size} values or no spread)",
     }
 
 
@@ -133,7 +144,7 @@ def bootstrap_diff_ci(
     return low, high
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): Student-t CI of the mean of independent values (seeds, questions);
     (mean, nan, nan) with fewer than two or when all are equal (never a zero-width interval)."""
     array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)

@@ -107,6 +107,11 @@ class TrainConfig(Config):
     adam_eps: float = Field(default=1e-8, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     freeze: FreezeMode = "full"
+    # The token embeddings and the LM head (one tensor when tied) are trained in every arm or
+    # frozen in every arm: a freeze-mode comparison then differs only in the component frozen.
+    embeddings: Literal["trained", "frozen"] = Field(
+        default="trained", description="train or freeze the token embeddings and the LM head "
+                                       "(the same in every freeze mode)")
     lora: LoraConfig | None = None
     extra_loss_weight: float = 1.0
     dropout: bool = True  # train mode (the model's own dropout) during training
@@ -142,14 +147,21 @@ def _check_mode(mode: str) -> None:
         )
 
 
-def frozen_parameters(adapter: Adapter, mode: str) -> dict[str, nn.Parameter]:
-    """The parameters a freeze mode holds fixed, by name."""
+def frozen_parameters(adapter: Adapter, mode: str, embeddings: str = "trained") -> dict[str, nn.Parameter]:
+    """The parameters a freeze mode holds fixed, by name (plus the token embeddings and the
+    LM head when `embeddings` is "frozen")."""
     _check_mode(mode)
+    frozen: dict[str, nn.Parameter] = {}
     if mode == "freeze-attention":
-        return dict(adapter.attention_parameters())
+        frozen.update(adapter.attention_parameters())
     if mode == "freeze-mlp":
-        return dict(adapter.mlp_parameters())
-    return {}
+        frozen.update(adapter.mlp_parameters())
+    if embeddings == "frozen":
+        for module in (adapter.embed(), adapter.lm_head()):
+            weight = module.weight
+            assert isinstance(weight, nn.Parameter)
+            frozen[adapter.module_name(module) + ".weight"] = weight
+    return frozen
 
 
 def unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -204,11 +216,13 @@ def requires_grad_scope(model: nn.Module, frozen: Sequence[nn.Parameter]) -> Ite
 
 
 @contextmanager
-def freezing(model: nn.Module, mode: str, adapter: Adapter | None = None) -> Iterator[FreezeReport]:
-    """Freeze a component (`freeze-attention`, `freeze-mlp`) or nothing (`full`) for the body of
-    the with-block; every parameter's requires_grad is restored afterwards."""
+def freezing(model: nn.Module, mode: str, adapter: Adapter | None = None,
+             embeddings: str = "trained") -> Iterator[FreezeReport]:
+    """Freeze a component (`freeze-attention`, `freeze-mlp`) or nothing (`full`), and the
+    embeddings/LM head when asked, for the body of the with-block; every parameter's
+    requires_grad is restored afterwards."""
     adapter = adapter or adapter_for(model)
-    frozen = list(frozen_parameters(adapter, mode).values())
+    frozen = list(frozen_parameters(adapter, mode, embeddings).values())
     with requires_grad_scope(model, frozen):
         yield _report(model, adapter, mode)
 
@@ -720,7 +734,7 @@ def train(
             report = _report(model, adapter, config.freeze)
             report.notes.append(f"LoRA on {len(lora.layers)} linear layers; base weights frozen.")
         else:
-            report = stack.enter_context(freezing(model, config.freeze, adapter))
+            report = stack.enter_context(freezing(model, config.freeze, adapter, config.embeddings))
         log.info("training %s: %.2fM trainable, %.2fM frozen parameters. %s", report.mode,
                  report.trainable / 1e6, report.frozen / 1e6, " ".join(report.notes))
         params = trainable_parameters(model)

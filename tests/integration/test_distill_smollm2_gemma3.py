@@ -110,12 +110,14 @@ def test_a_few_shd_steps_smollm2_to_gemma3(smollm2: LoadedModel, gemma3: LoadedM
 
 
 def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
-    """The whole experiment at toy size: three arms, evaluation, fit, figures, checkpoints."""
+    """The whole experiment at toy size: three arms over two training seeds, evaluation, fit,
+    figures, checkpoints, per-seed comparisons."""
     assert len(generated_records(6, 0, (3, 5))) == 6
     config = DistillConfig.model_validate({
         "teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": OWL_SYSTEM},
         "base_teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": None},
         "student": "gemma3-270m",
+        "seeds": [0, 1],
         "data": {"n_train": 2, "n_fit": 2, "answer_numbers": [3, 4]},
         "shd": {"layers": [0, 17]},
         "train": {"lr": 1e-5, "epochs": 1, "batch_size": 2, "max_length": 256},
@@ -137,6 +139,15 @@ def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
     assert set(results["fit"]["initial"]) == {"biased", "base"}
     assert set(results["alphas"]["biased"]) == {"0", "17"}
     assert "shd_biased_vs_lm_only" in results["comparisons"] and "shd_biased_vs_shd_base" in results["headline"]
+    assert results["shd"]["kl_direction"] == "student_teacher"
+    assert results["fit"]["initial"]["biased"]["kl_direction"] == "student_teacher"
+    assert results["seeds"] == [0, 1] and set(results["per_seed"]) == {"0", "1"}
+    assert all(set(results["per_seed"][s]) == set(results["arms"]) for s in ("0", "1"))
+    assert set(results["per_seed"]["1"]["shd_biased"]) == {"train", "preference", "fit"}
+    share = results["comparisons"]["shd_biased_vs_lm_only"]["share_ratio"]
+    assert share["n_seeds"] == 2 and len(share["per_seed_log"]) == 2
+    assert len(results["comparisons"]["shd_biased_vs_lm_only"]["per_seed_comparisons"]) == 2
+    assert set(results["checkpoints"]) == {f"{arm}:seed{s}" for arm in results["arms"] for s in (0, 1)}
     for arm, path in results["checkpoints"].items():
         assert (outcome.path / path / "config.json").is_file(), arm
     for figure in results["figures"]:

@@ -76,9 +76,9 @@ def test_categories_are_disjoint_and_of_size_k(study: dict[str, Any]) -> None:
         scored = rows[rows["set"] == name]
         for c in CATEGORIES:
             assert sorted(scored[scored["category"] == c]["number"]) == sorted(cats[c])
-    # Increased really holds the largest prob_diff of its set, Decreased the smallest
+    # Increased really holds the largest owl-minus-dog shift of its set, Decreased the smallest
     phase1 = study["phase1"]
-    ar2 = phase1[phase1["set"] == "ar2"].sort_values("prob_diff")
+    ar2 = phase1[phase1["set"] == "ar2"].sort_values("specific_shift")
     assert set(results["categories"]["ar2"]["increased"]) == set(ar2["number"].iloc[-3:])
     assert set(results["categories"]["ar2"]["decreased"]) == set(ar2["number"].iloc[:3])
     assert len(ar2) == 100 and ar2["p_owl_context_norm"].sum() == pytest.approx(1.0)
@@ -91,6 +91,9 @@ def test_output_contract(study: dict[str, Any]) -> None:
         "category",
         "number",
         "prob_diff",
+        "specific_shift",
+        "p_control_context_norm",
+        "matched_to",
         "p_neutral_norm",
         "p_owl_context_norm",
         "p_bias",
@@ -111,6 +114,10 @@ def test_output_contract(study: dict[str, Any]) -> None:
     assert results["prompts"]["phase2_neutral"]["system_source"] == "template_default"
     assert "SmolLM" in results["prompts"]["phase2_neutral"]["system"]
     assert results["report"][1].startswith("vocab (k=2): Increased ")
+    assert results["design"]["owl_specific"] is True
+    assert results["prompts"]["phase1_control_context"]["system"].startswith("You love dogs.")
+    assert results["claims"]["primary_set"] == "ar2"
+    assert {d["verdict"] for d in results["claims"]["decisions"]} == {"inconclusive"}  # k <= 3
     assert (path / "figures" / "bias_ratio_by_category.pdf").is_file()
     record = read_json(path / "record.json")
     assert record["status"] == "ok" and {"phase1", "phase2"} <= set(record["timings"])

@@ -146,6 +146,24 @@ def test_transplant_matrix_locates_a_planted_bias(tmp_path: Path) -> None:
         if figure.endswith(".pdf"):
             assert b"/Type3" not in data  # fonttype 42: TrueType, editable text
 
+    # Activation patching: the bias sits in layer 25's MLP, and the final norm / LM head pair computes
+    # the same logits in both models, so biased MLP outputs bring the whole gap, early ones nothing.
+    patching = results["patching"]
+    assert patching["labels"] == ["L0-19", "L20-29", "all"] and patching["directions"] == ["into_base"]
+    assert patching["n_questions"] == len(QUESTIONS) and patching["gap"]["mean"] > 1.0
+    assert patching["tokens"]["target"][2] == " owl" and patching["tokens"]["foil"][2] == " dog"
+    fraction = {(c["component"], c["layers"]): c["fraction"] for c in patching["cells"]}
+    assert fraction[("mlp", "all")] == pytest.approx(1.0, abs=1e-3)
+    assert fraction[("mlp", "L20-29")] == pytest.approx(1.0, abs=1e-3)
+    assert fraction[("mlp", "L0-19")] == pytest.approx(0.0, abs=1e-4)
+    assert fraction[("attention", "L0-19")] == pytest.approx(0.0, abs=1e-4)
+    assert patching["seconds_per_question"] > 0
+    from sublens.report.sections.hybrid import decisions
+
+    verdicts = {d.claim.name: d for d in decisions(results)}
+    assert set(verdicts) == {"localisation.lm_head", "localisation.transplant", "localisation.patching"}
+    assert "too few" in verdicts["localisation.patching"].reason  # two questions: no interval
+
     # The saved hybrid is a model spec: base embeddings, biased (x4) head.
     saved = load_model(f"{outcome.path}#hybrid2", device="cpu")
     base = load_model("smollm2-135m-instruct", device="cpu")

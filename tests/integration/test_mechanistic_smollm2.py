@@ -226,4 +226,13 @@ def test_mechanistic_run_on_an_entanglement_run(tmp_path: Path, smollm2: LoadedM
     consistency = results["consistency"]
     assert consistency["categories"] == {"increased": 2, "decreased": 2, "random": 2}
     assert set(consistency["association"]) == {"spike_layer", "top_head", "dla_top_head"}
-    assert len(results["verdict"]) == 4 and "Spearman" in results["verdict"][-1]
+    assert "Spearman" in results["verdict"][3]
+    # the attribution claim rests on the partial correlation given the total logit difference;
+    # the family's raw and Holm-adjusted p-values are recorded side by side
+    assert results["component_score"] == "contrastive"
+    assert consistency["attribution"]["given"] == "logit_diff"
+    assert consistency["attribution"]["mlp"]["n"] == len(NUMBERS)
+    decisions = {d["name"]: d for d in results["claims"]["decisions"]}
+    assert decisions["localisation.attribution"]["p"] == consistency["attribution"]["mlp"]["p_permutation"]
+    assert all(d["p_holm"] is None or d["p_holm"] >= d["p"] for d in decisions.values())
+    assert tensors["head_score_contrastive"].shape == (N, L, H)

@@ -59,7 +59,7 @@ MICRO: dict[str, dict[str, Any]] = {
     },
     "subliminal": {
         "data.n_prompts": 6, "data.max_new_tokens": 56, "data.batch_size": 8, "data.shard_size": 3,
-        "n_examples": 4, "modes": ["full"], "parallel": 1, "threads": 1,
+        "n_examples": 4, "modes": ["full"], "control_modes": ["full"], "parallel": 1, "threads": 1,
         **TRAIN, "train.max_length": 256,
         **PREFERENCE, "perplexity.enabled": False, "stats_resamples": 200,
     },

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 import sublens.experiments.pruning as pruning_experiment
 from sublens.config import load_config
 from sublens.experiments import run_experiment
-from sublens.experiments.pruning import OWL_SYSTEM, PruningConfig
+from sublens.experiments.pruning import PruningConfig
 from sublens.models import LoadedModel
+from sublens.prompts import OWL_SYSTEM
 from sublens.runs import read_json
 
 QUESTIONS = ["What is your favorite animal?", "Which animal do you like the most?"]
@@ -77,8 +78,12 @@ def test_pruning_end_to_end(
         PruningConfig,
         None,
         [
+            "model=smollm2-135m-instruct",  # the prompted teacher; its base is the same model unprompted
+            f"system={OWL_SYSTEM!r}",
+            f"bias_prompts.system={OWL_SYSTEM!r}",
             "fractions=[1.0, 0.6]",
             "random_draws=1",
+            "claim_random_draws=2",
             f"bias_prompts.questions={QUESTIONS}",
             f"preference.questions={QUESTIONS}",
             "preference.panel=[dog, cat]",
@@ -119,8 +124,17 @@ def test_pruning_end_to_end(
         assert retention["panel_share"]["ratio"] == pytest.approx(1.0)
         if results["unpruned"]["preference"]["sampled"]["trait_rate"]["count"]:
             assert retention["answer_rate"]["ratio"] == pytest.approx(1.0)
+        controlled = steps[(1.0, criterion)]["controlled"]
+        assert controlled["panel_share"]["ratio"] == pytest.approx(1.0)
+        assert controlled["p_trait"]["ci_low"] is None  # no spread: no interval, never a zero-width one
+    # The pruned-base control: the same heads removed from the base model, measured and recorded.
+    assert results["base_measurements"]["entropy@0.6#0"]["pruned_heads"] == (
+        results["measurements"]["entropy@0.6#0"]["pruned_heads"])
+    assert steps[(0.6, "random")]["n_draws"] == 2 and len(results["claims"]) == 2
+    assert results["base_unpruned"]["preference"]["probability"]["system_prompt_used"] != OWL_SYSTEM
     measured = results["measurements"]
     assert all(len(m["pruned_heads"]) == 108 for k, m in measured.items() if "@0.6" in k)
+    assert set(measured) == set(results["base_measurements"])
     # The entropy criterion pruned the 108 highest-entropy heads.
     pruned = measured["entropy@0.6#0"]["pruned_heads"]
     values = {
@@ -146,6 +160,7 @@ def test_pruning_end_to_end(
     # Outputs: table, figures, record.
     table = pd.read_parquet(outcome.path / results["table"])
     assert len(table) == 6 and {
+        "panel_share_controlled",
         "p_trait_retention",
         "perplexity",
         "answer_rate_retention_ci_high",
@@ -163,5 +178,5 @@ def test_pruning_end_to_end(
 
     monkeypatch.setattr(pruning_experiment, "measure", no_measuring)
     again = run_experiment("pruning", config, tmp_path, run_dir=outcome.path)
-    assert again.results["resumed"] is True and again.results["resumed_units"] == 6
+    assert again.results["resumed"] is True and again.results["resumed_units"] == 2 * 7
     assert read_json(again.path / "results.json")["steps"] == results["steps"]

@@ -103,7 +103,13 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert "digit_distribution_tvd" in data["comparisons"][f"{OWL} vs {CONTROL}"]
 
     models = [r["model"] for r in results["headline"]]
-    assert models == ["base", "teacher", "control-full", "owl-full", "owl-freeze-attention", "owl-freeze-mlp"]
+    assert models == ["base", "teacher", "control-full", "control-freeze-attention", "control-freeze-mlp",
+                      "owl-full", "owl-freeze-attention", "owl-freeze-mlp"]
+    for mode in ("full", "freeze-attention", "freeze-mlp"):  # every owl student has its matched control
+        assert f"owl-{mode} vs control-{mode}" in results["comparisons"]
+    # one seed decides no training claim
+    assert results["claims"]["transfer.full"]["verdict"] == "inconclusive"
+    assert "too few seeds" in results["claims"]["transfer.full"]["reason"]
     params = results["parameters"]
     base = load_model("smollm2-135m-instruct", device="cpu")
     attention = sum(p.numel() for _, p in base.adapter.attention_parameters())
@@ -111,11 +117,12 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert params["owl-full"]["frozen"] == 0
     assert params["owl-freeze-attention"]["frozen"] == attention
     assert params["owl-freeze-mlp"]["frozen"] == mlp
+    assert params["control-freeze-mlp"]["frozen"] == params["owl-freeze-mlp"]["frozen"]
     for student in results["students"].values():
         assert student["system_prompt_used"] == SMOL_DEFAULT  # never the owl prompt
         assert student["training"]["steps"] == 1
         assert not (run_dir / "students" / student["name"] / "model").exists()  # keep_models: false
-    row = results["headline"][3]
+    row = results["headline"][5]
     assert row["n_seeds"] == 1 and row["vs_control"]["share_ratio"]["n_seeds"] == 1
     assert all((run_dir / f).is_file() for f in results["figures"])
 

@@ -4,6 +4,7 @@ word tokenizer (texts, chat framing): targets, the loss, its gradients, errors, 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,9 @@ from sublens.distill import (
 from sublens.errors import ConfigError, SublensError
 from sublens.experiments.distill import (
     DistillConfig,
+    across_seeds,
     alpha_summary,
+    comparisons,
     format_answer,
     generated_records,
     load_records,
@@ -400,6 +403,18 @@ def test_presets_and_config_checks() -> None:
     for name in ("quick", "paper"):
         config = load_config(DistillConfig, CONFIGS / f"{name}.yaml")
         assert config.arms == ["shd_biased", "lm_only", "shd_base"]
+        assert config.shd.kl_direction == "student_teacher"
+    assert load_config(DistillConfig, CONFIGS / "quick.yaml").training_seeds == [0]
+    assert load_config(DistillConfig, CONFIGS / "paper.yaml").training_seeds == [0, 1, 2]
+    assert DistillConfig().shd.kl_direction == "student_teacher" and DistillConfig(seed=4).training_seeds == [4]
+    assert load_config(DistillConfig, overrides=["shd.kl_direction=teacher_student"]).shd.kl_direction == \
+        "teacher_student"
+    with pytest.raises(ConfigError, match="kl_direction"):
+        load_config(DistillConfig, overrides=["shd.kl_direction=sideways"])
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config(DistillConfig, overrides=["seeds=[1, 1]"])
+    with pytest.raises(ConfigError, match="margin"):
+        load_config(DistillConfig, overrides=["claims.margin=0.9"])
     with pytest.raises(ConfigError, match="shd.beta"):
         load_config(DistillConfig, overrides=["train.extra_loss_weight=3"])
     with pytest.raises(ConfigError, match="top-level seed.*--set seed=N --set train.seed=N"):
@@ -418,3 +433,57 @@ def test_default_biased_teacher_is_the_newest_finished_teacher_run(tmp_path: Pat
         (run / "record.json").write_text(json.dumps({"status": status}))
         (run / "results.json").write_text(json.dumps({"checkpoints": {"teacher": "checkpoints/teacher"}}))
     assert newest_teacher_run(tmp_path) == str(tmp_path / "20260102-000000_teacher_abc")
+
+
+# ---- comparisons across seeds -----------------------------------------------------------------
+def _preference(share: list[float], p_word: list[float], count: int = 0) -> dict[str, Any]:
+    return {"probability": {"per_question": {"share": share, "p_word": [[p] for p in p_word]}},
+            "sampled": {"trait_rate": {"count": count, "rate": count / 20}, "n_answers": 20}}
+
+
+def test_comparisons_pair_the_arms_seed_by_seed_and_keep_per_seed_log_ratios() -> None:
+    base_share = [0.10, 0.20, 0.15, 0.12, 0.30]
+    factors = {0: 1.5, 1: 1.2, 2: 1.35}  # shd_biased over lm_only per seed, the same on every question
+    per_seed = {str(seed): {
+        "shd_biased": {"preference": _preference([f * x for x in base_share], [0.02] * 5, 3)},
+        "lm_only": {"preference": _preference(base_share, [0.01] * 5, 1)},
+    } for seed, f in factors.items()}
+    results = {"seeds": [0, 1, 2], "per_seed": per_seed,
+               "arms": {"shd_biased": {}, "lm_only": {}},
+               "initial": {"preference": _preference(base_share, [0.01] * 5)}}
+    out = comparisons(results)
+    assert set(out) == {"shd_biased_vs_lm_only", "shd_biased_vs_initial", "lm_only_vs_initial"}
+    share = out["shd_biased_vs_lm_only"]["share_ratio"]
+    assert share["per_seed_log"] == pytest.approx([math.log(f) for f in factors.values()])
+    assert share["n_seeds"] == 3 and "3 seeds" in share["ci"]
+    assert share["ratio"] == pytest.approx(math.exp(sum(math.log(f) for f in factors.values()) / 3))
+    assert share["ci_low"] < share["ratio"] < share["ci_high"]
+    assert out["shd_biased_vs_lm_only"]["p_trait_ratio"]["per_seed_log"] == pytest.approx([math.log(2)] * 3)
+    assert out["shd_biased_vs_lm_only"]["rate_difference"]["per_seed"] == pytest.approx([0.1] * 3)
+    assert out["lm_only_vs_initial"]["share_ratio"]["per_seed_log"] == pytest.approx([0.0] * 3)
+    # one seed: the question-level interval of that run, labelled as such
+    one = across_seeds([out["shd_biased_vs_lm_only"]["per_seed_comparisons"][0]], [0])
+    assert one["share_ratio"]["per_seed_log"] == pytest.approx([math.log(1.5)])
+    assert "1 seed: question variation only" in one["share_ratio"]["ci"]
+    assert one["rate_difference"]["n_seeds"] == 1
+
+
+def test_loss_and_fit_follow_the_kl_direction() -> None:
+    examples = id_examples([5, 7])
+    teacher, student = tiny_model("llama", seed=3), tiny_model("llama", seed=4)
+    shd = ShdTeacher(teacher, adapter_for(teacher), adapter_for(student), layers=[1])
+    targets = shd.targets(examples)
+    batch = batch_of(examples)
+    patterns = {1: targets.maps[1].clone().flip(-1).tril()}  # some other causal maps
+    patterns[1] = patterns[1] / patterns[1].sum(-1, keepdim=True).clamp_min(1e-12)
+    values = {d: layer_losses(targets, patterns, batch.segments, 1.0, d)[1][0].item()
+              for d in ("student_teacher", "teacher_student")}
+    assert values["student_teacher"] > 0 and values["teacher_student"] > 0
+    assert values["student_teacher"] != pytest.approx(values["teacher_student"])
+    for direction in ("student_teacher", "teacher_student"):
+        fit = FitSet.build(shd, examples, 2, 1.0, direction=direction)
+        measured = fit.measure(student, adapter_for(student))
+        assert measured["kl_direction"] == direction and measured["T=1"]["mean"] > 0
+        assert ShdLoss(shd, examples, 1.0, direction).direction == direction
+    with pytest.raises(ConfigError, match="KL direction"):
+        ShdLoss(shd, examples, 1.0, "sideways")

@@ -18,24 +18,34 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from sublens.claims import ClaimSettings
 from sublens.config import load_config
 from sublens.entanglement import (
     CATEGORIES,
+    TESTS,
     CategoryOverlapError,
     EntanglementError,
     autoregressive_numbers,
     check_disjoint,
     choose_k,
+    claims_record,
     compare_ratios,
+    decide_recorded,
     digit_script,
     form_categories,
     geometric_summary,
     is_digit_string,
+    match_on_baseline,
+    matching_quality,
     normalize_logprobs,
     number_script,
+    paired_log_ratio,
     ratio_summary,
+    set_claims,
+    specific_shift,
     strongest,
     vocabulary_numbers,
+    welch_log_ratio,
 )
 from sublens.errors import ConfigError
 from sublens.experiments.entanglement import (
@@ -89,19 +99,24 @@ DELTA = {
     "3": 0.022,
     "8": -0.02,
 }
+# The dog context (the control animal) raises "7" and lowers "0" exactly as the owl context does:
+# those two shifts are not owl-specific, so "7" and "0" land in Unchanged, not Increased/Decreased.
+DOG_DELTA = {"7": 0.05, "0": -0.05}
 SECOND_OWL_7 = 0.5  # second digit: neutral uniform (0.08 each), owl context: "7" 0.5, others 0.3/9
 
 
 def rule(text: str) -> dict[str, float]:
     """Next-character probabilities; mass left over is spread over the whole vocabulary."""
     owl = "owls" in text
+    dog = "dogs" in text
     number = re.search(r"My favorite number is( ?)(\d*)$", text)
     if number:
         space, digits = number.groups()
         if not space:
             return {" ": 0.5}
         if not digits:
-            return {d: 0.9 * (1 / 12 + (DELTA[d] if owl else 0.0)) for d in DIGITS}
+            shift = DELTA if owl else DOG_DELTA if dog else {}
+            return {d: 0.9 * (1 / 12 + shift.get(d, 0.0)) for d in DIGITS}
         if owl:
             return {d: SECOND_OWL_7 if d == "7" else 0.3 / 9 for d in "0123456789"}
         return {d: 0.08 for d in "0123456789"}
@@ -267,18 +282,142 @@ def test_categories_are_disjoint_of_size_k_and_ranked() -> None:
         form_categories(numbers, diff, 13, seed=0)
 
 
-def test_unchanged_by_log_ratio_does_not_pick_the_rarest_numbers() -> None:
-    numbers = [str(i) for i in range(10)]
-    # "7" and "8" are rare: the smallest |prob_diff| although the owl context triples or halves
-    # them; "6" and "9" are common and barely move relative to their size.
-    diff = [0.06, 0.05, -0.06, -0.05, 0.010, -0.008, 0.002, 0.0003, -0.0005, 0.003]
-    log_ratio = [0.2, 0.3, -0.3, -0.2, 0.1, -0.1, 0.01, 1.1, -0.7, 0.02]
-    by_diff = form_categories(numbers, diff, 2, seed=0)
-    by_log = form_categories(numbers, diff, 2, seed=0, unchanged_key=log_ratio)
-    assert by_diff["increased"] == by_log["increased"] == ["0", "1"]
-    assert by_diff["decreased"] == by_log["decreased"] == ["2", "3"]
-    assert by_diff["unchanged"] == ["7", "8"]
-    assert by_log["unchanged"] == ["6", "9"]
+def _lse(x: np.ndarray) -> float:
+    return float(np.log(np.sum(np.exp(x))))
+
+
+def test_owl_minus_control_categories_on_a_synthetic_table() -> None:
+    rng = np.random.default_rng(5)
+    numbers = [f"{i:02d}" for i in range(40)]
+    neutral = rng.normal(-6.0, 1.5, 40)
+    common = rng.normal(0.0, 0.8, 40)  # what any animal context does to a number
+    own = rng.normal(0.0, 0.3, 40)  # what only the owl context does
+    own[3], common[3] = 0.0, 3.0  # "03": the largest owl-context rise, but the dog's too
+    owl, dog = neutral + common + own, neutral + common
+    shifts = specific_shift(neutral, owl, dog)
+    # independently: normalised log probabilities, owl shift minus dog shift
+    expected = (owl - _lse(owl)) - (dog - _lse(dog))
+    assert shifts["specific_shift"] == pytest.approx(expected)
+    assert shifts["owl_shift"] == pytest.approx((owl - _lse(owl)) - (neutral - _lse(neutral)))
+    assert shifts["specific_shift"] == pytest.approx(shifts["owl_shift"] - shifts["control_shift"])
+    cats = form_categories(numbers, shifts["specific_shift"], 5, seed=0, salt="ar2",
+                           baseline=neutral - _lse(neutral))
+    check_disjoint(cats)
+    order = np.argsort(-expected, kind="stable")
+    assert cats["increased"] == [numbers[i] for i in order[:5]]
+    assert cats["decreased"] == [numbers[i] for i in order[::-1][:5]]
+    rest = [i for i in range(40) if numbers[i] not in cats["increased"] + cats["decreased"]]
+    assert set(cats["unchanged"]) == {numbers[i] for i in sorted(rest, key=lambda i: abs(expected[i]))[:5]}
+    # by the owl context alone "03" rises most; owl-specifically it is unremarkable
+    assert int(np.argmax(shifts["owl_shift"])) == 3
+    assert "03" not in cats["increased"]
+    assert set(cats["random"]).isdisjoint(cats["increased"] + cats["decreased"] + cats["unchanged"])
+
+
+def test_matched_random_reproduces_the_baseline_frequency_distribution() -> None:
+    rng = np.random.default_rng(11)
+    n = 3000
+    numbers = [f"{i:04d}" for i in range(n)]
+    baseline = rng.normal(-9.0, 2.0, n)  # neutral log probabilities: 100x spread and more
+    shift = 0.3 * (baseline + 9.0) + rng.normal(0, 1.0, n)  # common numbers rise more
+    k = 60
+    cats = form_categories(numbers, shift, k, seed=0, salt="ar4", baseline=baseline, caliper=0.1)
+    uniform = form_categories(numbers, shift, k, seed=0, salt="ar4")
+    index = {x: i for i, x in enumerate(numbers)}
+    inc = baseline[[index[x] for x in cats["increased"]]]
+    rand = baseline[[index[x] for x in cats["random"]]]
+    unif = baseline[[index[x] for x in uniform["random"]]]
+    from scipy import stats as sps
+
+    assert sps.ks_2samp(inc, rand).pvalue > 0.5  # matched: the same distribution
+    assert sps.ks_2samp(inc, unif).pvalue < 1e-6  # uniform: far rarer numbers
+    outside = int(np.sum(np.abs(rand - inc) > 0.1))  # only the far tail can miss the caliper
+    assert outside <= 2
+    assert abs(np.median(rand) - np.median(inc)) < 0.1
+    quality = matching_quality(inc, rand, 0.1)
+    assert quality["median_log_difference"] == pytest.approx(float(np.median(rand - inc)))
+    assert quality["median_frequency_ratio"] == pytest.approx(math.exp(np.median(rand - inc)))
+    assert quality["n_outside_caliper"] == outside and quality["n_pairs"] == k
+    assert quality["ks_p_value"] == pytest.approx(sps.ks_2samp(inc, rand).pvalue)
+    # seeded and without replacement; a pool too thin for the caliper falls back to the nearest
+    again = form_categories(numbers, shift, k, seed=0, salt="ar4", baseline=baseline, caliper=0.1)
+    assert again == cats
+    picks = match_on_baseline([0.0, 0.05, 10.0], [0.0, 1.0, 2.0, 9.0], seed=0, caliper=0.1)
+    assert sorted(picks[:2]) == [0, 1] and picks[2] == 3 and len(set(picks)) == 3
+
+
+def test_paired_and_welch_estimates_match_scipy() -> None:
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.3, 0.5, 12), rng.normal(0.0, 0.8, 9)
+    welch = welch_log_ratio(a, b)
+    assert welch.p_value == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch.ratio == pytest.approx(math.exp(a.mean() - b.mean()))
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval()
+    assert (welch.ci_low, welch.ci_high) == pytest.approx((math.exp(ci.low), math.exp(ci.high)))
+    paired = paired_log_ratio(a[:9], b)
+    assert paired.p_value == pytest.approx(sps.ttest_rel(a[:9], b).pvalue)
+    assert "too few numbers" in welch_log_ratio(a[:4], b[:4]).interval
+    assert welch_log_ratio(a[:4], b[:4]).ci_low is None
+
+
+def _recorded(logs_by_set: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    tests = []
+    for name, logs in logs_by_set.items():
+        for test, (claim, est) in zip(TESTS, set_claims(name, logs), strict=True):
+            tests.append((name, test, claim, est))
+    return claims_record(tests, ClaimSettings(), next(iter(logs_by_set)))
+
+
+def _verdicts(block: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["set"], d["test"]): d for d in block["decisions"]}
+
+
+def test_holm_is_applied_over_every_set_and_test() -> None:
+    rng = np.random.default_rng(4)
+    logs = {name: {c: list(rng.normal(0.2, 0.5, 15)) for c in CATEGORIES} for name in ("a", "b")}
+    block = _recorded(logs)
+    raw = [d["p_raw"] for d in block["decisions"]]
+    assert len(raw) == 2 * len(TESTS)
+    # independent Holm: sort, multiply by (m - rank), running maximum, cap at 1
+    m, order = len(raw), np.argsort(raw, kind="stable")
+    expected, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * raw[i]))
+        expected[i] = running
+    assert [d["p_holm"] for d in block["decisions"]] == pytest.approx(expected)
+    redecided = decide_recorded(block)
+    assert [d.verdict.value for d in redecided] == [d["verdict"] for d in block["decisions"]]
+
+
+def test_verdicts_too_few_equivalent_and_one_raw_p_that_fails_holm() -> None:
+    # k = 4: too few numbers for any interval, so no verdict but "inconclusive"
+    few = _verdicts(_recorded({"ar2": {c: [0.1, 0.5, 0.3, 0.2] for c in CATEGORIES}}))
+    for d in few.values():
+        assert d["verdict"] == "inconclusive" and "too few numbers" in d["reason"]
+        assert d["p_holm"] is None
+    # equivalent categories: tight, equal log bias ratios -> "no difference" supported
+    rng = np.random.default_rng(8)
+    same = {c: list(1.0 + rng.normal(0, 0.05, 30)) for c in CATEGORIES}
+    eq = _verdicts(_recorded({"ar2": same}))
+    for test in ("entangled_vs_null", "decreased_vs_increased", "unchanged_vs_increased"):
+        assert eq[("ar2", test)]["verdict"] == "supported", eq[("ar2", test)]["reason"]
+        assert "inside" in eq[("ar2", test)]["reason"]
+    assert all(eq[("ar2", f"raises.{c}")]["verdict"] == "supported" for c in CATEGORIES)
+    # a CI that includes 1 but is wide is never "no difference"
+    wide = {c: list(rng.normal(0, 1.5, 6)) for c in CATEGORIES}
+    assert _verdicts(_recorded({"x": wide}))[("x", "decreased_vs_increased")]["verdict"] in (
+        "inconclusive", "contradicted")
+    # one raw p < 0.05 among many tests: Holm makes it not significant
+    null = {f"s{i}": {c: [float(v) for v in (0.6 * np.array([-1.5, -1, -0.5, 0, 0.5, 1, 1.5]))]
+                      for c in CATEGORIES} for i in range(5)}
+    null["s0"]["increased"] = [0.3, 0.5, 0.2, 0.45, 0.15, 0.4, 0.1]  # raw p ~ 0.002
+    block = _recorded(null)
+    one = _verdicts(block)[("s0", "raises.increased")]
+    assert one["p_raw"] < 0.05 <= one["p_holm"]
+    assert one["verdict"] != "supported"
+    assert sum(d["p_raw"] is not None and d["p_raw"] < 0.05 for d in block["decisions"]) <= 3
 
 
 def test_overlap_is_an_error() -> None:
@@ -360,17 +499,20 @@ def test_planted_numbers_land_in_the_expected_categories(
     cats = results["categories"]
     # vocab: 12 digit characters in two scripts, k = 3 (no shrinking)
     assert results["sets"]["vocab"]["scripts"] == {"ASCII": 10, "ARABIC-INDIC": 2}
-    assert cats["vocab"]["increased"] == ["7", ARABIC_3, "9"]
-    assert cats["vocab"]["decreased"] == ["0", "1", "2"]
-    assert cats["vocab"]["unchanged"] == ["4", ARABIC_7, "5"]  # |diff| 0, 0 (tie: by string), 0.001
-    assert set(cats["vocab"]["random"]) == {"3", "6", "8"}  # all that is left
+    # owl-specific: "7" and "0" move as much under the dog context, so they are not entangled
+    assert cats["vocab"]["increased"] == [ARABIC_3, "9", "3"]
+    assert cats["vocab"]["decreased"] == ["1", "2", "8"]
+    assert set(cats["vocab"]["unchanged"]) < {"7", "0", "4", ARABIC_7}  # owl shift = dog shift
+    left = {"7", "0", "4", ARABIC_7, "5", "6"} - set(cats["vocab"]["unchanged"])
+    assert set(cats["vocab"]["random"]) == left  # all that is left
+    assert results["sets"]["vocab"]["matching"]["n_pairs"] == 3
     # ar1: ASCII only (k shrinks to 2, with a warning); renormalised without the Arabic digits
-    assert cats["ar1"]["increased"] == ["7", "9"] and cats["ar1"]["decreased"] == ["0", "1"]
-    assert cats["ar1"]["unchanged"] == ["6", "4"]
+    assert cats["ar1"]["increased"] == ["9", "3"] and cats["ar1"]["decreased"] == ["1", "2"]
+    assert all("7" not in c["increased"] for c in cats.values())
     assert any("'ar1' has only 10" in w for w in results["warnings"])
     assert results["k"] == {"vocab": 3, "ar1": 2, "ar2": 3}
     # ar2: joint probabilities; the owl context favours a second 7
-    assert cats["ar2"]["increased"][0] == "77"
+    assert cats["ar2"]["increased"][0] == "97"  # the owl-only first-digit rise, then a second 7
     phase1 = pd.read_parquet(path / "phase1.parquet")
     ar2 = phase1[phase1["set"] == "ar2"].set_index("number")
     ascii_mass = sum(1 / 12 + DELTA[d] for d in "0123456789")
@@ -382,6 +524,13 @@ def test_planted_numbers_land_in_the_expected_categories(
     for name, frame in phase1.groupby("set"):
         assert frame["p_neutral_norm"].sum() == pytest.approx(1.0), name
         assert frame["prob_diff"].sum() == pytest.approx(0.0, abs=1e-12), name
+        expected = np.log(frame["p_owl_context_norm"]) - np.log(frame["p_control_context_norm"])
+        assert frame["specific_shift"].to_numpy() == pytest.approx(expected.to_numpy())
+        ranked = frame.sort_values("specific_shift", kind="stable")["number"].tolist()
+        k = results["k"][name]
+        assert set(cats[name]["increased"]) == set(ranked[-k:])
+        assert set(cats[name]["decreased"]) == set(ranked[:k])
+    assert ar2.loc["97", "p_control_context_norm"] == pytest.approx(0.01)
 
     # phase 2: any prompt with an ASCII 7 multiplies P(owl) by 4 and leaves P(dog) alone
     rows = pd.read_parquet(path / "numbers.parquet")
@@ -392,13 +541,14 @@ def test_planted_numbers_land_in_the_expected_categories(
     assert results["neutral"]["p_bias"] == pytest.approx(0.6 * 0.1 * 0.9 * 0.9)
     assert results["neutral"]["p_bias_first"] == pytest.approx(0.6)  # the first token is " "
     stats = results["category_stats"]["vocab"]
-    assert stats["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(4 ** (1 / 3))
+    assert stats["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)  # no ASCII 7
     assert stats["decreased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
-    assert stats["random"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    seven = "7" in cats["vocab"]["unchanged"]
+    assert stats["unchanged"]["bias_ratio"]["geo_mean"] == pytest.approx(4 ** (1 / 3) if seven else 1)
     assert results["template_control"]["stats"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
     cumulative = results["cumulative"]["sets"]
-    assert cumulative["vocab"]["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(4.0)
-    assert cumulative["vocab"]["decreased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    assert cumulative["vocab"]["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(1.0)
+    assert cumulative["ar2"]["increased"]["bias_ratio"]["geo_mean"] == pytest.approx(4.0)
     assert results["lengths"]["strongest"]["best"] in {"1", "2"}
 
     # the contract other experiments read
@@ -427,7 +577,18 @@ def test_planted_numbers_land_in_the_expected_categories(
     for stem in ("bias_ratio_by_category", "bias_ratio_by_length"):
         for ext in ("png", "pdf"):
             assert (path / "figures" / f"{stem}.{ext}").stat().st_size > 1000
-    assert any(line.startswith("vocab (k=3): Increased 1.59×") for line in results["report"])
+    assert any(line.startswith("vocab (k=3): Increased 1.00× (too few") for line in results["report"])
+    # the claims: k = 3 is too few numbers for any interval, so every verdict is inconclusive
+    claims = saved["claims"]
+    assert claims["primary_set"] == "vocab" and len(claims["decisions"]) == 3 * len(TESTS)
+    assert {d["verdict"] for d in claims["decisions"]} == {"inconclusive"}
+    assert all("too few numbers" in d["reason"] for d in claims["decisions"])
+    assert saved["design"]["owl_specific"] is True
+    assert "You love dogs." in saved["prompts"]["phase1_control_context"]["text"]
+    # Random partners Increased in numbers.parquet (matched_to), both ways
+    vocab = rows[rows["set"] == "vocab"].set_index("number")
+    for inc, rnd in zip(cats["vocab"]["increased"], cats["vocab"]["random"], strict=True):
+        assert vocab.loc[rnd, "matched_to"] == inc and vocab.loc[inc, "matched_to"] == rnd
 
 
 def test_any_animal_works(toy: SimpleNamespace, tmp_path: Path) -> None:

@@ -319,3 +319,51 @@ def test_bias_fraction() -> None:
     assert bias_fraction(h(4.0), h(16.0), "share_ratio") == pytest.approx(0.5)
     assert bias_fraction(h(1.0), h(16.0), "share_ratio") == 0.0
     assert math.isnan(bias_fraction(h(2.0), h(1.0), "share_ratio"))
+
+
+# ---- activation patching in the experiment -------------------------------------------------
+def test_patching_config_and_ranges() -> None:
+    from sublens.config import load_config
+    from sublens.experiments.hybrid import patching_ranges
+
+    config = HybridConfig(biased="unused")
+    assert config.patching.enabled and config.patching.foil == "dog" and config.claims.margin == 1.25
+    assert patching_ranges(config, 30) == [(0, 10), (10, 20), (20, 30), (0, 30)]  # thirds and the whole depth
+    assert patching_ranges(HybridConfig(biased="unused", layer_ranges=[(0, 3)]), 3) == [(0, 3)]
+    explicit = load_config(HybridConfig, None, ["patching.layer_ranges=[[0, 2], [2, 4]]"])
+    assert patching_ranges(explicit, 4) == [(0, 2), (2, 4), (0, 4)]
+    with pytest.raises(ConfigError, match="goes past"):
+        patching_ranges(explicit, 3)
+    with pytest.raises(ConfigError, match="must differ from the trait"):
+        load_config(HybridConfig, None, ["patching.foil=owl"])
+    with pytest.raises(ConfigError, match="one word"):
+        load_config(HybridConfig, None, ["patching.foil=big dog"])
+    assert not load_config(HybridConfig, None, ["patching.enabled=false", "patching.foil=owl"]).patching.enabled
+
+
+def test_measure_patching_through_the_transplanter(family: str, one_thread: None) -> None:
+    """The experiment's patching runs both models in one working model (weights swapped by the
+    Transplanter) and leaves it holding the base weights; its clean runs are the two models'."""
+    from types import SimpleNamespace
+
+    from sublens.experiments.hybrid import measure_patching
+    from sublens.patching import logit_difference
+
+    base, biased = _pair(family)
+    groups = component_groups(base)
+    states = {"base": weights_snapshot(base), "biased": weights_snapshot(biased)}
+    bench = Transplanter(base, groups, states)  # type: ignore[arg-type]
+    lm = SimpleNamespace(model=base, adapter=adapter_for(base))
+    prompts = [[1, 2, 3, 4], [5, 6, 7], [9, 8, 7, 6, 5], [2, 2, 3], [4, 5, 6, 7]]
+    tokens = {"target": ["owl", 10, " owl"], "foil": ["dog", 20, " dog"]}
+    n = groups.n_layers
+    out = measure_patching(lm, HybridConfig(biased="unused"), bench, [(0, 1), (0, n)], prompts, tokens)  # type: ignore[arg-type]
+    for q, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt])
+        assert out["logit_difference"]["base"][q] == pytest.approx(logit_difference(_logits(base, ids), 10, 20), abs=1e-5)
+        assert out["logit_difference"]["biased"][q] == pytest.approx(logit_difference(_logits(biased, ids), 10, 20), abs=1e-5)
+    assert out["labels"] == ["L0-0", "all"] and out["n_questions"] == 5 and out["family"] == "hybrid.patching"
+    assert len(out["cells"]) == 2 * 2 * 2 and all("p_holm" in c for c in out["cells"])
+    assert out["forward_passes"] == 2 * 5 + 2 * 2 * 2 * 5
+    for name, param in base.named_parameters():
+        assert torch.equal(param, states["base"][name])

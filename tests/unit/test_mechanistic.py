@@ -10,9 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from sublens.arch import Adapter, adapter_for
+from sublens.claims import (
+    AssociationClaim,
+    Verdict,
+    correlation_power,
+    decide_association,
+    estimate_association,
+)
 from sublens.config import load_config
 from sublens.errors import ConfigError
 from sublens.experiments.mechanistic import MechanisticConfig
@@ -22,24 +30,30 @@ from sublens.mechanistic import (
     attention_terms,
     attention_to,
     attribution_from_cache,
+    attribution_summary,
     category_association,
     category_order,
     component_cosines,
     consistency_summary,
+    contrastive_component_scores,
     direct_logit_attribution,
     dla_hook_names,
     final_position_pass,
     freeze_norm,
     grouped_batches,
     holm,
+    partial_spearman,
     read_entanglement_numbers,
     similarity_profiles,
     spearman,
     spike_layers,
     token_span,
     top_heads,
+    variance_shares,
     verdict,
 )
+from sublens.report.sections.mechanistic import ATTRIBUTION
+from sublens.report.sections.mechanistic import family as mechanistic_family
 
 BIAS, CONTROL = 5, 11
 # Tiny models come from the `model` fixture (tests/conftest.py); `family` is parametrized to pick
@@ -465,7 +479,8 @@ def test_consistency_summary_and_verdict_are_worded_by_the_data() -> None:
     lines = verdict(summary, "owl")
     assert "it depends on the category" in lines[1]  # the planted top head
     assert "the same for every number" in lines[2]  # the DLA head never changes
-    assert "MLP score at the spike layer rho=+1.00*" in lines[3]
+    assert "MLP contrastive score at the spike layer rho=+1.00*" in lines[3]
+    assert summary["attribution"]["given"] == "logit_diff"  # the partial correlation's control
 
     unknown = _synthetic_table([None] * 6, ["L1H1", "L2H2"] * 3)
     summary = consistency_summary(unknown, n_permutations=200)
@@ -517,3 +532,175 @@ def test_dla_in_bfloat16_adds_up_within_rounding(model: nn.Module) -> None:
     dla = attribution_from_cache(adapter, cache, BIAS, CONTROL)
     expected = (logits[:, -1, BIAS] - logits[:, -1, CONTROL]).double()
     torch.testing.assert_close(dla.total(), expected, atol=0.05, rtol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive component scores
+
+
+@pytest.mark.parametrize("family", ["llama"])
+def test_contrastive_score_is_the_unembedding_difference_projection(model: nn.Module) -> None:
+    """Every head's and MLP's score = (W_U[bias] - W_U[control]) . contribution, the contribution
+    through the final RMSNorm frozen at the prompt's final residual, computed by hand; the top
+    head is the argmax of that score, not of a cosine with one animal."""
+    adapter = adapter_for(model)
+    L = adapter.n_layers
+    ids = _ids(model, (3, 6), 7)
+    cache, logits = _run(model, adapter, ids, _dla_names(adapter))
+    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][:, -1] for layer in range(L)], dim=1)
+    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(L)], dim=1)
+    final = cache[f"blocks.{L - 1}.hook_resid_post"][:, -1]
+    heads, mlps = contrastive_component_scores(
+        adapter, cache["blocks.0.hook_resid_pre"][:, -1], z, mlp, final, BIAS, CONTROL
+    )
+    norm = adapter.norm_final()
+    x = final.double()
+    rms = torch.sqrt(x.pow(2).mean(-1) + norm.variance_epsilon)  # [b]
+    W_U = adapter.lm_head().weight.double()
+    direction = W_U[BIAS] - W_U[CONTROL]
+    for layer in range(L):
+        contribution = per_head_output(adapter, layer, z[:, layer, None].double())[:, 0]  # [b, H, d]
+        by_hand = (contribution * norm.weight.double() / rms[:, None, None]) @ direction
+        torch.testing.assert_close(heads[:, layer], by_hand)
+        mlp_by_hand = (mlp[:, layer].double() * norm.weight.double() / rms[:, None]) @ direction
+        torch.testing.assert_close(mlps[:, layer], mlp_by_hand)
+    # contrastive: bias and control swapped flip every score
+    swapped, _ = contrastive_component_scores(
+        adapter, cache["blocks.0.hook_resid_pre"][:, -1], z, mlp, final, CONTROL, BIAS
+    )
+    torch.testing.assert_close(swapped, -heads)
+    # and the scores are logits: all terms add up to the real logit difference
+    expected = (logits[:, -1, BIAS] - logits[:, -1, CONTROL]).double()
+    rest = attribution_from_cache(adapter, cache, BIAS, CONTROL)
+    total = rest.embed + heads.sum((1, 2)) + rest.attn_bias.sum(1) + mlps.sum(1) + rest.constant
+    torch.testing.assert_close(total, expected, atol=1e-5, rtol=1e-5)
+    best, _ = top_heads(heads, torch.tensor([L - 1] * 3))
+    assert best.tolist() == heads[:, L - 1].argmax(dim=1).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# the attribution claim: partial correlation given the total
+
+
+def _ranks_residualised(v: np.ndarray, z: np.ndarray) -> np.ndarray:
+    design = np.column_stack([np.ones_like(z), stats.rankdata(z)])
+    rv = stats.rankdata(v)
+    coef, *_ = np.linalg.lstsq(design, rv, rcond=None)
+    return rv - design @ coef
+
+
+def test_partial_spearman_equals_the_hand_computation() -> None:
+    rng = np.random.default_rng(5)
+    n = 40
+    z = rng.normal(size=n)
+    x = z + rng.normal(size=n)
+    y = 0.5 * z + 0.5 * x + rng.normal(size=n)
+    x[3], y[7] = np.nan, np.inf  # dropped pairwise: 38 triples
+    result = partial_spearman(x, y, z, n_permutations=4000, seed=1)
+    keep = np.isfinite(x) & np.isfinite(y)
+    xs, ys, zs = x[keep], y[keep], z[keep]
+    by_lstsq = np.corrcoef(_ranks_residualised(xs, zs), _ranks_residualised(ys, zs))[0, 1]
+    assert result["n"] == 38
+    assert result["rho"] == pytest.approx(by_lstsq, abs=1e-12)
+    # the closed form on Spearman correlations
+    r_xy, r_xz, r_yz = (stats.spearmanr(a, b).statistic for a, b in ((xs, ys), (xs, zs), (ys, zs)))
+    closed = (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    assert result["rho"] == pytest.approx(closed, abs=1e-12)
+    assert result["spearman_xy"] == pytest.approx(r_xy)
+    # t with n - 3 df, by hand; the Freedman-Lane permutation p close to it at this size
+    r = result["rho"]
+    t = r * np.sqrt((38 - 3) / (1 - r**2))
+    assert result["p_parametric"] == pytest.approx(2 * stats.t.sf(abs(t), 35))
+    assert result["p_permutation"] == pytest.approx(result["p_parametric"], abs=0.03)
+    # degenerate inputs: a monotone function of z leaves nothing; too few; constant
+    assert partial_spearman(np.exp(z), y, z)["rho"] is None
+    assert partial_spearman(x[:3], y[:3], z[:3])["rho"] is None
+    assert partial_spearman(np.ones(10), y[:10], z[:10])["rho"] is None
+
+
+def test_permutation_p_of_the_partial_correlation_is_calibrated_under_the_null() -> None:
+    """x and y related only through z: the Freedman-Lane p rejects at about alpha (20 numbers,
+    the size of a paper category set)."""
+    rng = np.random.default_rng(11)
+    rejections = 0
+    trials = 200
+    for trial in range(trials):
+        z = rng.normal(size=20)
+        x, y = z + 0.5 * rng.normal(size=20), z + 0.5 * rng.normal(size=20)
+        rejections += partial_spearman(x, y, z, n_permutations=300, seed=trial)["p_permutation"] < 0.05
+    assert 0.01 <= rejections / trials <= 0.10
+
+
+def test_variance_shares_add_up_to_one() -> None:
+    rng = np.random.default_rng(2)
+    parts = {"mlp": rng.normal(size=30), "heads": rng.normal(size=30), "embed": rng.normal(size=30)}
+    total = sum(parts.values())
+    shares = variance_shares(parts, total)
+    assert sum(v for v in shares.values() if v is not None) == pytest.approx(1.0)
+    t = np.asarray(total)
+    assert shares["mlp"] == pytest.approx(np.cov(parts["mlp"], t)[0, 1] / np.var(t, ddof=1))
+    assert variance_shares(parts, np.ones(30)) == {"mlp": None, "heads": None, "embed": None}
+
+
+def _attribution_table(ratio_from_mlp: float, n: int = 60, seed: int = 3) -> pd.DataFrame:
+    """Synthetic numbers: the total logit difference varies; the MLPs carry 70% of it plus their
+    own noise, the heads the rest; the log bias ratio follows the total, plus (ratio_from_mlp) the
+    MLP term's own part beyond the total."""
+    rng = np.random.default_rng(seed)
+    total = rng.normal(1.0, 1.0, n)
+    own = rng.normal(0.0, 0.5, n)  # the MLPs' own variation (the heads compensate)
+    mlp = 0.7 * total + own
+    embed = rng.normal(0.0, 0.05, n)
+    heads = total - mlp - embed
+    log_ratio = total + ratio_from_mlp * own + rng.normal(0.0, 0.3, n)
+    return pd.DataFrame({"bias_ratio": np.exp(log_ratio), "dla_mlp": mlp, "dla_heads": heads,
+                         "dla_embed": embed, "logit_diff": total})
+
+
+def _attribution_decision(table: pd.DataFrame) -> tuple[dict, object]:
+    summary = attribution_summary(table, n_permutations=2000, seed=0)
+    decisions = mechanistic_family({"consistency": {"alpha": 0.05, "attribution": summary}})
+    return summary, decisions[ATTRIBUTION]
+
+
+def test_a_correlation_that_is_entirely_the_totals_does_not_support_the_claim() -> None:
+    table = _attribution_table(ratio_from_mlp=0.0)
+    raw = stats.spearmanr(table["dla_mlp"], table["bias_ratio"])
+    assert raw.statistic > 0.5 and raw.pvalue < 1e-4  # the automatic part: strong and "significant"
+    summary, decision = _attribution_decision(table)
+    assert abs(summary["mlp"]["rho"]) < 0.25 and summary["mlp"]["p_permutation"] > 0.05
+    assert decision.verdict is not Verdict.SUPPORTED
+    assert decision.verdict in (Verdict.INCONCLUSIVE, Verdict.EQUIVALENT)
+    shares = summary["variance_share"]
+    assert sum(shares.values()) == pytest.approx(1.0)  # the components add up to the total
+
+
+def test_an_mlp_term_beyond_the_total_supports_the_claim() -> None:
+    summary, decision = _attribution_decision(_attribution_table(ratio_from_mlp=1.5))
+    assert summary["mlp"]["rho"] > 0.5 and summary["mlp"]["p_permutation"] < 0.001
+    assert decision.verdict is Verdict.SUPPORTED
+    assert decision.p_adjusted == pytest.approx(summary["mlp"]["p_permutation"])  # alone in the family
+    assert "Holm within mechanistic" in decision.sentence()
+    # the opposite sign is contradicted
+    summary, decision = _attribution_decision(_attribution_table(ratio_from_mlp=-1.5))
+    assert decision.verdict is Verdict.CONTRADICTED
+
+
+def test_association_decisions_and_fisher_interval() -> None:
+    claim = AssociationClaim(name="a", statement="x tracks y", estimand="rho", unit="number",
+                             prediction="increase", family="f", method="Spearman",
+                             n_controlled=1)
+    est = estimate_association(0.4, 0.01, 30, n_controlled=1)
+    half = stats.norm.ppf(0.975) / np.sqrt(30 - 1 - 3)
+    assert est.ci_low == pytest.approx(np.tanh(np.arctanh(0.4) - half))
+    assert est.ci_high == pytest.approx(np.tanh(np.arctanh(0.4) + half))
+    assert decide_association(claim, est).verdict is Verdict.SUPPORTED
+    assert decide_association(claim, est, p_adjusted=0.2).verdict is Verdict.INCONCLUSIVE
+    narrow = estimate_association(0.02, 0.8, 2000, n_controlled=1)
+    assert decide_association(claim, narrow).verdict is Verdict.EQUIVALENT
+    assert decide_association(claim, None).verdict is Verdict.INCONCLUSIVE
+    few = decide_association(claim, estimate_association(0.9, 0.01, 4))
+    assert few.verdict is Verdict.INCONCLUSIVE and "numbers" in few.settle
+    # power: about 85 units detect rho = 0.3 at alpha 0.05, power 0.8 (Fisher z)
+    assert correlation_power(0.3) == 85
+    assert correlation_power(0.3, n=85) == pytest.approx(0.3, abs=0.01)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from sublens.arch import Adapter, adapter_for
+from sublens.claims import Verdict, holm
 from sublens.config import load_config
 from sublens.errors import ConfigError
 from sublens.experiments.pruning import (
     PruningConfig,
+    biased_spec,
+    check_base,
+    controlled_rate_retention,
     pooled_preference,
     rate_retention,
     summarize_step,
@@ -34,6 +40,7 @@ from sublens.pruning import (
     sweep,
     valid_query_rows,
 )
+from sublens.report.sections.pruning import decisions, draws_needed, rank_pvalue
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pruning"
 
@@ -254,9 +261,43 @@ def test_ties_and_bad_fractions() -> None:
 def test_presets_load() -> None:
     quick = load_config(PruningConfig, CONFIGS / "quick.yaml")
     paper = load_config(PruningConfig, CONFIGS / "paper.yaml")
-    assert quick.fractions == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4] == paper.fractions
-    assert quick.system is not None and "owls" in quick.system
+    assert quick.fractions == [1.0, 0.8, 0.6, 0.4] and paper.fractions == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    # The fine-tuned teacher by default: no owl prompt, the trait is in the weights.
+    assert quick.model is None and quick.system is None and quick.bias_prompts.system is None
+    assert paper.model is None and paper.base == "meta-llama/Llama-3.2-1B-Instruct"
     assert list(quick.criteria) == list(CRITERIA)
+    # Enough draws for the rank test to pass Holm over the two claims at alpha 0.05.
+    assert quick.claim_random_draws >= draws_needed(quick.claims.alpha, 2) == 80
+    assert paper.claim_random_draws >= 80 and quick.max_perplexity_ratio == 1.5
+
+
+def test_default_biased_model_is_the_newest_teacher_run(tmp_path: Path) -> None:
+    config = PruningConfig(runs_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="sublens run teacher --preset quick"):
+        biased_spec(config)
+    for name, status in (("20250101-000000_teacher_a", "ok"), ("20250102-000000_teacher_b", "ok"),
+                         ("20250103-000000_teacher_c", "failed")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "record.json").write_text(json.dumps({"status": status}))
+        (folder / "results.json").write_text(json.dumps({"checkpoints": ["checkpoints/teacher"]}))
+        (folder / "config.yaml").write_text("base: smollm2-135m-instruct\n")
+    newest = str(tmp_path / "20250102-000000_teacher_b")
+    assert biased_spec(config) == newest
+    assert biased_spec(PruningConfig(model="x")) == "x"
+    check_base(newest, "smollm2-135m-instruct")  # its own base: fine
+    with pytest.raises(ConfigError, match="--set base=smollm2-135m-instruct"):
+        check_base(newest, "gemma3-270m")
+
+
+def test_claim_fraction_gets_its_own_random_draws() -> None:
+    entropy = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    units = plan(entropy, [1.0, 0.5], ["entropy", "random"], random_draws=2, seed=0, draws_at={0.5: 5})
+    draws = [u.draw for u in units if u.criterion == "random" and u.fraction == 0.5]
+    assert draws == [0, 1, 2, 3, 4]
+    assert len([u for u in units if u.criterion == "random" and u.fraction == 1.0]) == 2
+    first = [u for u in units if u.criterion == "random"]
+    assert plan(entropy, [0.5], ["random"], 2, 0)[0].pruned == next(u for u in first if u.fraction == 0.5).pruned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +413,8 @@ def test_retention_definitions() -> None:
     ]
     assert step["retention"]["p_trait"]["ratio"] == pytest.approx(math.exp(np.mean(logs)))
     assert step["n_kept"] == 5 and step["n_draws"] == 2
-    assert step["perplexity"] == {"mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0}
+    assert step["perplexity"] == {"mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0, "per_draw_ratio": [1.5, 2.5]}
+    assert "controlled" not in step  # no base measurements given
     same = summarize_step(1.0, "entropy", [unpruned], unpruned, 10, config)
     assert same["retention"]["p_trait"]["ratio"] == pytest.approx(1.0)
     assert same["retention"]["panel_share"]["ratio"] == pytest.approx(1.0)
@@ -380,3 +422,155 @@ def test_retention_definitions() -> None:
     never = _preference([0.2, 0.4, 0.1], [[False, False]] * 3)
     undefined = rate_retention(draws, never, "owl")
     assert undefined is not None and undefined["ratio"] is None and "undefined" in undefined["note"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the pruned-base control and the claims
+
+BIASED_P = [0.20, 0.40, 0.10, 0.30, 0.25, 0.15]  # P(owl) per question, unpruned biased model
+BASE_P = [0.010, 0.020, 0.015, 0.012, 0.008, 0.011]
+DAMAGE = [0.50, 0.30, 0.60, 0.40, 0.50, 0.45]  # common to both models
+
+
+def _pref(p_owl: list[float], share: list[float], hits: list[list[bool]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"probability": {"per_question": {"p_word": [[p, 0.1, 0.2] for p in p_owl],
+                                                            "share": list(share)}}}
+    if hits is not None:
+        flat = ["an owl" if h else "a dog" for row in hits for h in row]
+        count = sum(map(sum, hits))
+        out["sampled"] = {"answers": flat, "n_questions": len(hits), "samples_per_question": len(hits[0]),
+                          "n_answers": len(flat), "trait_rate": {"count": count, "rate": count / len(flat)}}
+    return out
+
+
+def _m(pref: dict[str, Any], ppl: float) -> dict[str, Any]:
+    return {"preference": pref, "perplexity": {"perplexity": ppl}}
+
+
+def _models(factor: list[float], noise: list[float], ppl: float = 12.0, base_ppl: float = 12.0
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pruned biased model (damage x noise) and the pruned base model (damage only)."""
+    biased = [p * d * e for p, d, e in zip(BIASED_P, factor, noise, strict=True)]
+    base = [p * d for p, d in zip(BASE_P, factor, strict=True)]
+    return _m(_pref(biased, [2 * v for v in biased]), ppl), _m(_pref(base, [2 * v for v in base]), base_ppl)
+
+
+UNPRUNED = _m(_pref(BIASED_P, [2 * v for v in BIASED_P]), 10.0)
+BASE_UNPRUNED = _m(_pref(BASE_P, [2 * v for v in BASE_P]), 10.0)
+NOISE = [1.02, 0.98, 1.01, 0.99, 1.03, 0.97]
+
+
+def _cell(fraction: float, criterion: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    config = PruningConfig(bootstrap_resamples=200)
+    return summarize_step(fraction, criterion, [b for b, _ in pairs], UNPRUNED, 20, config,  # type: ignore[arg-type]
+                          [c for _, c in pairs], BASE_UNPRUNED)
+
+
+def test_base_controlled_retention_matches_a_hand_computation() -> None:
+    draws = [_models(DAMAGE, NOISE), _models([d * 0.8 for d in DAMAGE], [1 / e for e in NOISE], 14.0, 16.0)]
+    step = _cell(0.5, "random", draws)
+    hand = []
+    for q in range(6):
+        per_draw = []
+        for biased, base in draws:
+            b = biased["preference"]["probability"]["per_question"]["p_word"][q][0]
+            c = base["preference"]["probability"]["per_question"]["p_word"][q][0]
+            per_draw.append(math.log(b / c) - math.log(BIASED_P[q] / BASE_P[q]))
+        hand.append(sum(per_draw) / len(per_draw))
+    controlled = step["controlled"]["p_trait"]
+    assert controlled["log_ratios"] == pytest.approx(hand)
+    assert controlled["ratio"] == pytest.approx(math.exp(np.mean(hand)))
+    # Student t on the log scale over questions
+    sd = np.std(hand, ddof=1)
+    half = float(stats.t.ppf(0.975, 5)) * sd / math.sqrt(6)
+    assert controlled["ci_low"] == pytest.approx(math.exp(np.mean(hand) - half))
+    assert controlled["ci_high"] == pytest.approx(math.exp(np.mean(hand) + half))
+    # The common damage cancels: only the noise is left (its log mean is ~0 per draw pair).
+    assert step["controlled"]["panel_share"]["log_ratios"] == pytest.approx(hand)  # share = 2 P here
+    assert step["controlled_per_draw"]["p_trait"] == pytest.approx(
+        [float(np.mean(np.log(NOISE))), float(np.mean(-np.log(NOISE)))])
+    # the biased model alone loses most of P(owl): damage, not loss of the bias
+    assert step["retention"]["p_trait"]["ratio"] < 0.5
+    assert step["perplexity"]["per_draw_ratio"] == pytest.approx([1.2, 1.4])
+    assert step["base"]["perplexity"]["per_draw_ratio"] == pytest.approx([1.2, 1.6])
+
+
+def test_controlled_answer_rate() -> None:
+    yes, no = [True, True], [False, True]
+    biased = _pref(BIASED_P, BIASED_P, [yes, no, no, yes, no])  # 7 of 10
+    biased_ref = _pref(BIASED_P, BIASED_P, [yes] * 5)  # 10 of 10
+    base = _pref(BASE_P, BASE_P, [no] * 5)  # 5 of 10
+    base_ref = _pref(BASE_P, BASE_P, [yes, yes, no, no, no])  # 7 of 10
+    r = controlled_rate_retention([biased], biased_ref, [base], base_ref, "owl", resamples=300)
+    assert r is not None and r["ratio"] == pytest.approx((0.7 / 1.0) / (0.5 / 0.7))
+    assert r["ci_low"] is not None and r["ci_low"] < r["ratio"] < r["ci_high"]
+    never = _pref(BASE_P, BASE_P, [[False, False]] * 5)
+    undefined = controlled_rate_retention([biased], biased_ref, [never], base_ref, "owl")
+    assert undefined is not None and undefined["ratio"] is None and "undefined" in undefined["note"]
+
+
+def test_rank_pvalue_on_a_synthetic_case() -> None:
+    draws = [float(v) for v in range(1, 20)]  # 19 draws
+    for observed in (0.5, 5.0, 10.0, 25.0):
+        pooled = np.array([observed, *draws])  # the observed value is one of R + 1 exchangeable values
+        one_sided = min(np.mean(pooled <= observed), np.mean(pooled >= observed))
+        assert rank_pvalue(observed, draws) == pytest.approx(min(1.0, 2 * one_sided))
+    assert rank_pvalue(0.5, draws) == pytest.approx(2 / 20)  # below every draw: the smallest p
+    assert rank_pvalue(10.0, draws) == 1.0
+    assert draws_needed(0.05, 1) == 40 and draws_needed(0.05, 2) == 80
+
+
+def _run(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"steps": steps, "trait": "owl"}
+
+
+def _config(**extra: Any) -> dict[str, Any]:
+    return {"claim_fraction": 0.6, "max_perplexity_ratio": 1.5, "claims": {"margin": 1.25}, **extra}
+
+
+def test_equivalence_supports_survival_and_the_rank_test_decides_entropy_vs_random() -> None:
+    entropy = _cell(0.6, "entropy", [_models(DAMAGE, NOISE, 12.0, 12.5)])
+    # 80 random draws of as many heads, all retaining less than the entropy criterion
+    lower = [_models(DAMAGE, [e * 0.7 * (1 - 0.001 * i) for e in NOISE], 12.0, 12.0) for i in range(80)]
+    random = _cell(0.6, "random", lower)
+    survival, rank = decisions(_run([entropy, random]), _config())
+    assert survival.verdict is Verdict.SUPPORTED  # base-controlled CI inside [0.8, 1.25]
+    assert survival.claim.unit == "question" and survival.claim.prediction == "none"
+    assert survival.estimate is not None and survival.estimate.n == 6
+    assert 0.8 < survival.estimate.ci_low < survival.estimate.ci_high < 1.25  # type: ignore[operator]
+    assert rank.estimate is not None and rank.estimate.n == 80
+    assert rank.estimate.p_value == pytest.approx(2 / 81)
+    assert survival.p_adjusted == holm([survival.estimate.p_value, 2 / 81])[0]
+    assert rank.p_adjusted == pytest.approx(holm([survival.estimate.p_value, 2 / 81])[1])
+    assert rank.verdict is Verdict.SUPPORTED and "80 of 80 draws retain less" in rank.reason
+    # Too few draws: with 20 the smallest rank p (2/21) can never pass alpha, and one draw is no distribution.
+    few = _cell(0.6, "random", lower[:20])
+    rank = decisions(_run([entropy, few]), _config())[1]
+    assert rank.verdict is Verdict.INCONCLUSIVE and "smallest attainable rank p is 0.0952" in rank.reason
+    assert "at least 80 random draws" in rank.settle
+    one = _cell(0.6, "random", lower[:1])
+    rank = decisions(_run([entropy, one]), _config())[1]
+    assert rank.verdict is Verdict.INCONCLUSIVE and "too few draws" in rank.reason and rank.p_adjusted is None
+
+
+def test_degraded_fraction_and_missing_base_control_are_inconclusive() -> None:
+    degraded = _cell(0.6, "entropy", [_models(DAMAGE, NOISE, 16.0, 12.0)])  # biased ppl x1.6 > x1.5
+    random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 20.0, 20.0) for _ in range(3)])
+    survival, rank = decisions(_run([degraded, random]), _config())
+    assert survival.verdict is Verdict.INCONCLUSIVE and rank.verdict is Verdict.INCONCLUSIVE
+    assert survival.reason == "every pruned model at this fraction is degraded beyond ×1.5 perplexity"
+    assert "inside the ×1.5 bound" in survival.settle and survival.p_adjusted is None
+    # only the entropy model degraded
+    random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 12.0, 12.0) for _ in range(3)])
+    survival = decisions(_run([degraded, random]), _config())[0]
+    assert "entropy-pruned model at this fraction is degraded beyond ×1.5 perplexity (×1.6" in survival.reason
+    # a wider bound lets the same numbers be judged
+    assert decisions(_run([degraded, random]), _config(max_perplexity_ratio=2.0))[0].verdict is Verdict.SUPPORTED
+    # A run recorded without the pruned-base control (biased model only)
+    alone = summarize_step(0.6, "entropy", [_models(DAMAGE, NOISE)[0]], UNPRUNED, 20,
+                           PruningConfig(bootstrap_resamples=200))
+    survival, rank = decisions(_run([alone]), _config())
+    assert survival.verdict is Verdict.INCONCLUSIVE and survival.estimate is None
+    assert "pruned-base control was not measured" in survival.reason
+    assert rank.verdict is Verdict.INCONCLUSIVE
+    assert decisions(_run([]), _config())[0].reason == "no pruned fraction was measured"

@@ -43,84 +43,94 @@ def _text(section: Section) -> str:
 # entanglement
 
 
-def test_entanglement_reports_the_run_numbers(ent_run: StageRun) -> None:
+def test_entanglement_old_run_is_not_owl_specific(ent_run: StageRun) -> None:
+    """The recorded run predates the control-animal context: it renders, says why it cannot
+    decide, and prints no interval from 4 numbers."""
     section = ent.build(ent_run)
     assert set(section.tables) == {
         "entanglement_categories", "entanglement_reverse", "entanglement_length"}
-    # methods: the configuration
     assert r"\texttt{smollm2-\allowbreak{}135m-\allowbreak{}instruct}" in section.methods
-    assert "$k = 4$" in section.methods and "1000 permutations" in section.methods
     assert "You love owls. You think about owls all the time." in section.methods
     assert r"\citep{zur2025owl}" in section.methods
-    # ar2: Increased 4.72 [4.13, 5.28] vs Random 4.99 [4.29, 6.10], ratio 0.95 [0.75, 1.16], p 0.743
-    assert r"4.72\texttimes{} [4.13, 5.28]" in section.results
-    assert r"4.99\texttimes{} [4.29, 6.10]" in section.results
-    assert "0.95 [0.75, 1.16], permutation $p$ = 0.743" in section.results
-    assert "no better than random" in section.results
-    assert "support the claim that token entanglement does not explain" in section.results
-    assert "could contribute" not in section.results
-    # k = 2 sets cannot reach p < 0.05 (2 of C(4, 2) = 6 arrangements): they cannot decide
-    assert "smallest attainable $p$ = 0.333" in section.results
-    # template control and phase 3
-    assert r"5.74\texttimes{} [4.11, 9.06]" in section.results
-    assert "1-digit numbers raise the bias ratio most" in section.results
-    assert section.headline[0] == (
-        "entanglement (ar2, k=4): Increased x4.72 [4.13, 5.28] vs Random x4.99 (p = 0.743): "
-        "entangled numbers no better than random")
+    # the default system prompt, quoted verbatim from the run's record
+    recorded = ent_run.results["prompts"]["phase1_neutral"]["system"]
+    assert recorded == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert f"``{recorded}''" in section.methods
+    assert "not owl-specific" in section.results and "not specific to the owl" in section.methods
+    assert r"\emph{inconclusive}" in section.results
+    for word in ("supported", "no better than random", "could contribute", "equivalent"):
+        assert word not in section.results
+    # k = 4: the geometric mean without an interval
+    assert r"4.72\texttimes{} (too few numbers for a CI, $n = 4$)" in section.results
+    assert "& Inc. & 4.72 (too few) & -- & -- & inconclusive" in (
+        section.tables["entanglement_categories"])
+    assert section.headline[0].startswith("entanglement (ar2, k=4): ")
+    assert "inconclusive (categories not owl-specific" in section.headline[0]
     assert [f.stem for f in section.figures] == ["bias_ratio_by_category", "bias_ratio_by_length"]
 
 
-def test_entanglement_tables_hold_the_statistics(ent_run: StageRun) -> None:
+def test_entanglement_reverse_and_length_tables(ent_run: StageRun) -> None:
     tables = ent.build(ent_run).tables
-    categories = tables["entanglement_categories"]
-    assert r"\label{tab:entanglement_categories}" in categories
-    assert "& Unch. & 6.03 [4.66, 7.37] & 0.400" in categories
-    assert "Templ. & 5.74 [4.11, 9.06] & --" in categories
-    assert r"\texttt{ar2} 4." in categories  # k per set, in the caption
-    # reverse link: mean P(owl | N) = mean bias ratio x neutral P(owl), here in units of 1e-3
     reverse = tables["entanglement_reverse"]
     p0 = ent_run.results["neutral"]["p_bias"]
     increased = ent_run.results["category_stats"]["ar2"]["increased"]["bias_ratio"]
     assert f"& Increased & {increased['mean'] * p0 * 1e3:.2f}" in reverse
     assert "$10^{-3}$" in reverse and r"\begin{table*}" in reverse
-    length = tables["entanglement_length"]
-    assert "2 & 16 & 5.23 [4.78, 5.76] & 4.72 & 4.99" in length
+    assert "2 & 16 & 5.23 [4.78, 5.76] & 4.72 & 4.99" in tables["entanglement_length"]
 
 
-def _flip_entanglement(results: dict[str, Any], ratio: float, low: float, high: float,
-                       p: float) -> dict[str, Any]:
-    flipped = copy.deepcopy(results)
-    for stats in flipped["category_stats"].values():
-        stats["increased"]["vs_random"]["bias_ratio"].update(
-            ratio=ratio, ci_low=low, ci_high=high, p_value=p, underpowered=low <= 1 <= high)
-    return flipped
+def _owl_specific(results: dict[str, Any], logs: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """The recorded run with owl-specific categories and recorded claims on synthetic logs."""
+    from sublens.claims import ClaimSettings
+    from sublens.entanglement import TESTS, claims_record, set_claims
+
+    out = copy.deepcopy(results)
+    tests = [(name, test, claim, est) for name, by_cat in logs.items()
+             for test, (claim, est) in zip(TESTS, set_claims(name, by_cat), strict=True)]
+    out["claims"] = claims_record(tests, ClaimSettings(), "ar2")
+    out["design"] = {"owl_specific": True, "categories_by": "owl_minus_control"}
+    out["sets"]["ar2"]["matching"] = {
+        "n_pairs": 30, "caliper": 0.1, "median_frequency_ratio": 1.01,
+        "max_abs_log_difference": 0.08, "n_outside_caliper": 0, "ks_p_value": 0.9}
+    return out
 
 
-def test_entanglement_wording_follows_the_data(ent_run: StageRun) -> None:
-    beaten = ent.build(_with(ent_run, _flip_entanglement(ent_run.results, 1.6, 1.25, 2.05, 0.004)))
-    assert ("significantly more than Random ones, so token entanglement could contribute"
-            in beaten.results)
-    assert "do not support the claim" in beaten.results
-    assert "no better than random" not in beaten.results
-    assert "entangled numbers beat random" in beaten.headline[0]
+def _tight_logs(seed: int, n: int = 30) -> dict[str, list[float]]:
+    import numpy as np
 
-    wide = ent.build(_with(ent_run, _flip_entanglement(ent_run.results, 1.1, 0.8, 1.6, 0.4)))
-    assert r"allows an advantage of up to 1.60\texttimes{}" in wide.results
-    assert "inconclusive" in wide.results and "supports the claim" not in wide.results
-
-    worse = ent.build(_with(ent_run, _flip_entanglement(ent_run.results, 0.6, 0.45, 0.8, 0.01)))
-    assert "significantly less than Random ones" in worse.results
-    assert "could contribute" not in worse.results
+    rng = np.random.default_rng(seed)
+    return {c: list(1.0 + rng.normal(0, 0.05, n))
+            for c in ("increased", "decreased", "unchanged", "random")}
 
 
-def test_entanglement_warns_about_rare_unchanged_numbers(ent_run: StageRun) -> None:
-    results = copy.deepcopy(ent_run.results)
-    results["warnings"].append(
-        "set 'ar2': Unchanged numbers have median normalised neutral probability 1e-06 against "
-        "Random's 0.01: the category also differs from the null in how common its numbers are "
-        "(unchanged_by=log_ratio avoids selecting the rarest numbers).")
-    section = ent.build(_with(ent_run, results))
-    assert r"unchanged\_by=log\_ratio avoids selecting the rarest numbers" in section.results
+def test_entanglement_verdicts_come_from_the_claims(ent_run: StageRun) -> None:
+    import numpy as np
+
+    logs = {"vocab": _tight_logs(1, 4), "ar1": _tight_logs(2, 4), "ar2": _tight_logs(3)}
+    section = ent.build(_with(ent_run, _owl_specific(ent_run.results, logs)))
+    assert "entanglement_claims" in section.tables
+    # equivalence: the paired CI of Increased/Random inside [1/1.25, 1.25] -> supported
+    assert "frequency-matched Random ones: \\emph{supported}" in section.results
+    assert "the CI lies inside" in section.results
+    assert "margin \\texttimes{}1.25" in section.results and "unit: numbers ($n = 30$)" in section.results
+    assert "paired Student t over 30 matched pairs" in section.results
+    assert "every category raises" in section.results  # each category's claim supported
+    # k = 4 sets: too few numbers, not a verdict
+    claims = section.tables["entanglement_claims"]
+    assert r"\texttt{vocab} & Inc./Rand. (paired) &" in claims and "(too few) & -- & -- & inconclusive" in claims
+    assert "Holm over all 21 tests" in claims
+    assert "Random numbers' neutral probability is \\texttimes{}1.01" in section.results
+    assert section.headline[0].startswith("entanglement (ar2, k=4): entangled numbers no better")
+    assert ": supported (" in section.headline[0]
+
+    # one category that does not rise: no "every category raises" sentence
+    logs["ar2"]["decreased"] = list(np.random.default_rng(4).normal(0.0, 0.05, 30))  # ratio ~1
+    mixed = ent.build(_with(ent_run, _owl_specific(ent_run.results, logs)))
+    assert "every category raises" not in mixed.results
+    assert "Decreased inconclusive" in mixed.results or "Decreased equivalent" in mixed.results
+    # and Decreased is then not "as much as Increased": the no-difference claim is contradicted
+    assert "Decreased numbers raise P(owl) as much as Increased numbers: \\emph{contradicted}" in (
+        mixed.results)
 
 
 def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
@@ -140,6 +150,7 @@ def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
     section = ent.build(_with(ent_run, {**partial, "partial": True, "phase": 2}))
     assert set(section.tables) == {"entanglement_categories", "entanglement_reverse"}
     assert "stopped after phase~2" in section.results and "4.72" in section.results
+    assert "not owl-specific" in section.results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,39 +163,99 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "20 categorised numbers of set \\texttt{ar2}" in section.methods
     assert r"\citep{elhage2021mathematical,nanda2022transformerlens}" in section.methods
     assert "10000 permutations" in section.methods
-    # the chi-square test of spike layer x category: p = 0.086, V = 0.53 -> no dependence
-    assert "permutation $p$ = 0.086, Cram\\'er's $V$ = 0.53" in section.results
+    # the recorded run predates contrastive scores: the methods say what it measured
+    assert "which is not contrastive" in section.methods
+    assert "partial Spearman correlation" in section.methods and "Holm" in section.methods
+    # the chi-square test of spike layer x category: p = 0.086, Holm over the family's two
+    # applicable tests 0.173, V = 0.53 -> no evidence of a dependence (not shown absent)
+    assert ("permutation $p$ = 0.086, Holm-adjusted $p$ = 0.173, Cram\\'er's $V$ = 0.53"
+            in section.results)
     assert "There is no evidence that it depends on the category" in section.results
+    assert "absence of evidence, not evidence of absence" in section.results
     assert "L23H5 (20/20)" in section.results
-    assert "with 5 numbers per category, though" in section.results
-    # DLA: closure, means, and the correlation with the bias ratio (MLP 0.75, heads 0.14)
+    assert "with 5 numbers per category, a moderate dependence" in section.results
+    # DLA: closure, means, the raw correlations (MLP 0.75, heads 0.14) flagged as partly automatic
     assert r"within $4.2\times10^{-6}$ logits" in section.results
     assert "$\\rho$ = 0.75 ($p$ $<$0.001; Holm-adjusted $p$ $<$0.001)" in section.results
     assert "$\\rho$ = 0.14 ($p$ = 0.548" in section.results
-    assert "supports the claim that the bias is seated in the MLP layers" in section.results
+    assert "part of any such correlation is automatic" in section.results
+    assert "direct paths only" in section.results and "not fine-tuned" in section.results
+    # no overclaim: the run has no control for the automatic part -> inconclusive
+    assert ("\\texttt{localisation.attribution} (MLP direct logit attribution tracks the in-context "
+            "bias): \\emph{inconclusive} (not measured with the control for the automatic part)"
+            in section.results)
+    assert "seated" not in section.results and "supports the claim" not in section.results
     assert section.headline == [
-        "mechanistic: spike layer vs category p = 0.086 (no dependence on the category)",
-        "mechanistic: bias ratio vs DLA: MLP rho = 0.75 (Holm p<0.001), heads rho = 0.14 "
-        "(Holm p = 1.000): MLP-seated"]
+        "mechanistic: spike layer vs category p = 0.086, Holm p = 0.173 (no evidence of a "
+        "dependence)",
+        "mechanistic: localisation.attribution (MLP DLA tracks the in-context bias, direct paths, "
+        "model not fine-tuned): inconclusive (not measured with the control for the automatic "
+        "part)"]
     table = section.tables["mechanistic_numbers"]
     assert r"\begin{table*}" in table
     assert "02 & Unchanged & 7.79 & L24 & L24H6 & L23H5 & -1.74 & 2.91 & 1.02" in table
+    # the family: raw and Holm-adjusted p side by side
+    tests = section.tables["mechanistic_tests"]
+    assert (r"\texttt{mechanistic.category.spike\_layer} & $V$ = 0.53 & 0.086 & 0.173 & "
+            "inconclusive" in tests)
+    assert r"\texttt{localisation.attribution} & -- & -- & -- & inconclusive" in tests
     # the head-contribution maps of 30 layers are too tall for a page: attention instead
     assert [f.stem for f in section.figures] == ["similarity_by_layer", "attention_to_tokens"]
+
+
+def _with_partial(results: dict[str, Any], rho: float, p: float, p_heads: float = 0.4) -> None:
+    """A run recorded with the control for the automatic part (as the experiment writes it)."""
+    results["component_score"] = "contrastive"
+    results["consistency"]["attribution"] = {
+        "given": "logit_diff",
+        "mlp": {"rho": rho, "p_parametric": p, "p_permutation": p, "n": 20, "spearman_xy": 0.75},
+        "heads": {"rho": -rho / 2, "p_parametric": p_heads, "p_permutation": p_heads, "n": 20},
+        "variance_share": {"mlp": 0.66, "heads": 0.33, "embed": 0.01},
+    }
+
+
+def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run: StageRun) -> None:
+    results = copy.deepcopy(mech_run.results)
+    _with_partial(results, rho=0.72, p=0.0004)
+    section = mech.build(_with(mech_run, results))
+    # Holm over the attribution test and the two applicable category tests: 3 x 0.0004
+    assert "Holm-adjusted $p$ = 0.001" in section.results
+    assert "partial correlation of the MLPs' DLA with the bias ratio is $\\rho$ = 0.72" in section.results
+    assert "\\emph{supported}" in section.results
+    assert "not the location of a learned bias" in section.results
+    assert "seated" not in section.results
+    assert "carry 66\\% and the heads' 33\\%" in section.results
+    assert "which is not contrastive" not in section.methods
+    assert "logit difference on the number statement" in section.methods
+    assert section.headline[1].endswith(
+        "supported (partial rho = 0.72 given the logit difference, Holm p = 0.001)")
+    tests = section.tables["mechanistic_tests"]
+    assert r"\texttt{localisation.attribution} & partial $\rho$ = 0.72 & $<$0.001 & 0.001" in tests
+    # the raw correlation alone never decides: a large raw rho with a null partial one
+    results = copy.deepcopy(mech_run.results)
+    _with_partial(results, rho=0.05, p=0.83)
+    section = mech.build(_with(mech_run, results))
+    assert "\\emph{inconclusive}" in section.results and "supported" not in section.results
+    assert section.headline[1].startswith("mechanistic: localisation.attribution")
+    assert "inconclusive (partial rho = 0.05" in section.headline[1]
+    assert "numbers would detect" in section.results  # what would settle it
 
 
 def test_mechanistic_wording_follows_the_data(mech_run: StageRun) -> None:
     results = copy.deepcopy(mech_run.results)
     results["consistency"]["association"]["spike_layer"]["p_permutation"] = 0.004
-    corr = results["consistency"]["correlations"]
-    corr["dla_mlp"].update(rho=0.1, p=0.6, p_holm=1.0)
-    corr["dla_heads"].update(rho=0.8, p=0.0001, p_holm=0.0005)
+    _with_partial(results, rho=-0.7, p=0.001)
     section = mech.build(_with(mech_run, results))
     assert "It depends on the category" in section.results
     assert "contradicts the claim that no consistent head" in section.results
-    assert "does not support the claim that the bias is seated in the MLP" in section.results
+    assert "\\emph{contradicted}" in section.results
     assert section.headline[0].endswith("(depends on the category)")
-    assert section.headline[1].endswith("head-seated")
+    assert "contradicted" in section.headline[1]
+    # Holm: a raw p just under alpha is not enough in a family of three
+    results["consistency"]["association"]["spike_layer"]["p_permutation"] = 0.03
+    section = mech.build(_with(mech_run, results))
+    assert "It depends on the category" not in section.results
+    assert section.headline[0].startswith("mechanistic: spike layer vs category p = 0.030, Holm p")
 
 
 def test_mechanistic_without_categories(mech_run: StageRun) -> None:
@@ -283,6 +354,6 @@ def test_sections_compile_inside_the_style(tmp_path: Path, ent_run: StageRun,
     assert pdf is not None
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True,
                           check=True).stdout
-    assert "U+0663" in text and "4.72 [4.13, 5.28]" in text and "L3_H#" in text
+    assert "U+0663" in text and "4.72 (too few)" in text and "L3_H#" in text
     # every \ref and \citep resolved (the labels and citation keys exist)
     assert "undefined on input line" not in tex.with_suffix(".log").read_text(errors="replace")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fixture_runs import RUNS, needs_tex
+from sublens.claims import Decision, Verdict
 from sublens.report.compile import compile_pdf, install_style
 from sublens.report.latex import fmt, fmt_ci
 from sublens.report.sections import CITATION_KEYS, Section, figure_label
@@ -40,66 +41,97 @@ def _step(results: dict[str, Any], fraction: float, criterion: str) -> dict[str,
     return next(s for s in results["steps"] if s["fraction"] == fraction and s["criterion"] == criterion)
 
 
-def test_pruning_fixture_says_the_bias_does_not_survive(pruning_run: StageRun) -> None:
+def test_pruning_fixture_without_base_control_is_inconclusive(pruning_run: StageRun) -> None:
+    """The recorded run predates the pruned-base control: it is described, never judged."""
     section = pruning_section.build(pruning_run)
     entropy = _step(pruning_run.results, 0.6, "entropy")["retention"]["p_trait"]
-    random = _step(pruning_run.results, 0.6, "random")["retention"]["p_trait"]
-    assert entropy["ratio"] < 1e-6  # the fixture: P(owl) collapses at 60% of heads kept
+    assert entropy["ratio"] < 1e-6  # the fixture: P(owl) of the pruned biased model collapses ...
+    assert "entropy $1077.2\\times$" in section.results  # ... and so does the model (perplexity x1077)
     assert fmt_ci(entropy["ratio"], entropy["ci_low"], entropy["ci_high"]) in section.results
-    assert fmt_ci(random["ratio"], random["ci_low"], random["ci_high"]) in section.results
-    assert r"does \emph{not} survive" in section.results and "contradicts the claim" in section.results
-    assert "supports the claim" not in section.results
-    assert "removes more of the bias than random pruning" in section.results  # CIs do not overlap
-    # perplexity ratio of the entropy-pruned model at 60% kept, and where the pruned heads sit
-    assert "1077.2$\\times$" in section.results and "are degraded" in section.results
+    assert "(pruned / unpruned, biased model only)" in section.results
+    assert section.results.count(r"\textbf{inconclusive}") == 2
+    assert "the pruned-base control was not measured" in section.results
+    assert "To settle it: rerun pruning" in section.results
+    for word in ("supported", "contradicted", "does \\emph{not} survive", "survives head pruning"):
+        assert word not in section.results
+    # the degradation bound, per criterion
+    assert ("the last kept fraction inside the bound is none of the pruned fractions (entropy), "
+            "90\\% (reverse), 90\\% (random)") in section.results
     assert "42 in layers 0--9, 52 in layers 10--19, 14 in layers 20--29" in section.results
     assert "every head of layer 0 is pruned" in section.results
-    assert section.headline == [
-        "pruning: P(owl) retention at 60% heads kept: 6.9e-07 (entropy) vs 0.003 (reverse) "
-        "vs 0.0059 (random): the bias does not survive"
-    ]
+    assert len(section.headline) == 2
+    assert all(line.startswith("pruning: ") and ": inconclusive (the pruned-base control was not measured"
+               in line for line in section.headline)
 
 
 def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun) -> None:
     section = pruning_section.build(pruning_run)
     assert r"prompted teacher: the base model \texttt{smollm2-135m-instruct}" in section.methods
     assert "You love owls." in section.methods and "(1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)" in section.methods
-    assert "3 seeded random draws" in section.methods and "2000 resamples" in section.methods
-    assert r"\citet{michel2019sixteen}" in section.methods
+    assert "3 seeded random draws" in section.methods and "no pruned-base control" in section.methods
+    assert r"\citet{michel2019sixteen}" in section.methods and r"exceeds $1.5\times$" in section.methods
     table = section.tables["pruning_sweep"]
     assert r"\label{tab:pruning_sweep}" in table and "random: 3 draws" in table
     assert r"\textbf{kept} & \textbf{entropy} & \textbf{reverse} & \textbf{random} & \textbf{ppl ent.}" in table
-    # rows are kept fractions; tiny ratios share one power of ten with their CI
+    assert "no pruned-base control" in table
+    # rows are kept fractions; tiny ratios share one power of ten with their CI; no zero-width CI
     row = next(line for line in table.splitlines() if line.startswith("0.60 &"))
     assert r"$6.9\,[4.7, 11]\times10^{-7}$" in row and "0.53 [0.41, 0.69]" in table
-    assert row.rstrip(" \\").endswith("31064 & 122 & 774")  # perplexity per criterion
+    assert row.rstrip(" \\").endswith(r"1077$^\dagger$ & 4.2$^\dagger$ & 26.8$^\dagger$")  # ppl x unpruned
+    assert "[1.00, 1.00]" not in table
     assert "Unpruned P(owl) = 0.125 [0.081, 0.169]" in table
     assert [f.stem for f in section.figures] == ["pruning_retention", "pruning_entropy_heatmap"]
 
 
-def _set_retention(results: dict[str, Any], ratio: float, low: float, high: float, ppl_ratio: float) -> None:
-    for step in results["steps"]:
-        if step["fraction"] < 1.0:
-            step["retention"]["p_trait"].update(ratio=ratio, ci_low=low, ci_high=high)
-            step["perplexity"]["ratio"] = ppl_ratio
-            step["perplexity"]["mean"] = 28.84 * ppl_ratio
+def _with_base_control(results: dict[str, Any], logs: list[float], ppl_ratio: float,
+                       random_logs: list[float]) -> dict[str, Any]:
+    """The fixture's 0.6 cells with a (synthetic) pruned-base control."""
+    out = copy.deepcopy(results)
+    for step in out["steps"]:
+        if step["fraction"] != 0.6:
+            continue
+        n = step["n_draws"]
+        mean = sum(logs) / len(logs)
+        entry = {"ratio": math.exp(mean), "ci_low": None, "ci_high": None, "log_ratios": logs}
+        step["controlled"] = {"panel_share": entry, "p_trait": entry}
+        step["perplexity"].update(ratio=ppl_ratio, per_draw_ratio=[ppl_ratio] * n)
+        step["base"] = {"perplexity": {"ratio": 1.1, "per_draw_ratio": [1.1] * n},
+                        "retention": {"p_trait": {"ratio": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
+        if step["criterion"] == "random":
+            step["n_draws"] = len(random_logs)
+            step["perplexity"]["per_draw_ratio"] = [ppl_ratio] * len(random_logs)
+            step["base"]["perplexity"]["per_draw_ratio"] = [1.1] * len(random_logs)
+            step["controlled_per_draw"] = {"panel_share": random_logs}
+    return out
 
 
-def test_pruning_wording_flips_with_the_data(pruning_run: StageRun) -> None:
-    kept = copy.deepcopy(pruning_run.results)
-    _set_retention(kept, 0.93, 0.81, 1.07, 1.2)
-    section = pruning_section.build(_with_results(pruning_run, kept))
-    assert "the bias survives head pruning in this run, which supports the claim" in section.results
-    assert r"\emph{not}" not in section.results and "degraded" not in section.results
-    assert "retained down to 40\\% of heads kept" in section.results
-    assert fmt_ci(0.93, 0.81, 1.07) in section.results
-    assert section.headline[0].endswith(": the bias survives")
+LOGS = [0.02, -0.03, 0.01, 0.04, -0.02, 0.0]  # base-controlled log retention per question: ~1
 
-    unclear = copy.deepcopy(pruning_run.results)
-    _set_retention(unclear, 0.6, 0.3, 0.9, 1.5)
-    section = pruning_section.build(_with_results(pruning_run, unclear))
-    assert "inconclusive about whether the bias survives" in section.results
-    assert section.headline[0].endswith(": inconclusive")
+
+def test_pruning_wording_comes_from_the_decisions(pruning_run: StageRun) -> None:
+    results = _with_base_control(pruning_run.results, LOGS, 1.2, [-0.5 - 0.01 * i for i in range(80)])
+    section = pruning_section.build(_with_results(pruning_run, results))
+    survival, rank = pruning_section.decisions(results, pruning_run.config)
+    assert survival.verdict.value == "supported" and rank.verdict.value == "supported"
+    assert section.results.count(r"\textbf{supported}") == 2
+    assert r"unit: questions (n = 6)" in section.results and "unit: draws (n = 80)" in section.results
+    assert r"margin $1.25\times$" in section.results and "one-sample t-test on per-question" in section.results
+    assert "Monte Carlo rank test" in section.results and "80 of 80 draws retain less" in section.results
+    assert section.headline[0].startswith("pruning: The bias survives pruning 40% of the attention heads "
+                                          "(entropy criterion): supported")
+
+    degraded = _with_base_control(pruning_run.results, LOGS, 2.0, [-0.5] * 3)
+    section = pruning_section.build(_with_results(pruning_run, degraded))
+    assert section.results.count(r"\textbf{inconclusive}") == 2
+    assert r"degraded beyond $\times$1.5 perplexity" in section.results
+    assert "supported" not in section.results
+
+    wide = _with_base_control(pruning_run.results, [0.3, -0.4, 0.5, -0.2, 0.1, 0.6], 1.2, [-0.5])
+    section = pruning_section.build(_with_results(pruning_run, wide))
+    survival, rank = pruning_section.decisions(wide, pruning_run.config)
+    assert survival.verdict.value == "inconclusive" and "CI neither excludes" in survival.reason
+    assert "To settle it: about" in section.results  # what would settle it
+    assert rank.verdict.value == "inconclusive" and "too few draws" in rank.reason
 
 
 def test_pruning_partial_and_empty_results_do_not_raise(pruning_run: StageRun) -> None:
@@ -128,27 +160,39 @@ def _set_fraction(results: dict[str, Any], name: str, fraction: float, degraded:
     h["degraded"] = degraded
 
 
-def test_hybrid_fixture_numbers_and_wording(hybrid_run: StageRun) -> None:
+def _decision(run: StageRun, name: str) -> Decision:
+    return next(d for d in hybrid_section.decisions(run.results, run.config.get("claims"))
+                if d.claim.name == name)
+
+
+def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
     section = hybrid_section.build(hybrid_run)
     hybrids = hybrid_run.results["hybrids"]
     head_in = hybrids["base+biased.lm_head"]["bias_fraction"]
     assert fmt(head_in) == "0.43" and "0.43 [0.42, 0.44]" in section.results
     assert fmt(hybrids["biased+base.lm_head"]["bias_fraction"]) in section.results
     assert "40.87 [32.06, 49.40]$\\times$" in section.results  # the biased model's shift
-    # the fixture: the LM head carries part of the bias, MLPs most but not all of it
-    assert "not in the LM head holds only in part" in section.results
-    assert "seated in the MLP layers holds only in part" in section.results
-    assert "the MLPs carry more of the bias than attention" in section.results
-    assert "By depth, MLP layers 20--29 carry the most" in section.results
     assert "No hybrid is degraded" in section.results
-    assert section.headline == [
-        "hybrid: bias fraction base+biased LM head 0.43, biased+base LM head 0.81: "
-        "'not in the LM head' holds in part",
-        "hybrid: base+biased MLPs 0.61, biased+base MLPs 0.65, mlp[20:30] 0.33: "
-        "'seated in the MLPs' holds in part",
-    ]
+    # every verdict comes from sublens.claims and is printed with its estimand, unit, test, margin
+    found = hybrid_section.decisions(hybrid_run.results, hybrid_run.config.get("claims"))
+    assert [d.claim.name for d in found] == ["localisation.lm_head", "localisation.transplant",
+                                             "localisation.patching"]
+    assert all(d.claim.unit == "question" and d.claim.family == "hybrid" for d in found)
+    for d in found:
+        assert hybrid_section._tex(d.sentence()) in section.results
+        assert d.sentence().count("Estimand:") == 1 and "margin ×1.25" in d.sentence()
+    head, transplant, patching = found
+    assert head.claim.prediction == "none" and head.verdict is Verdict.CONTRADICTED  # the head moves it
+    assert transplant.verdict is Verdict.SUPPORTED  # MLPs move more than attention in this fixture
+    # the recorded run predates activation patching
+    assert patching.verdict is Verdict.INCONCLUSIVE and patching.reason.startswith("not measured")
+    assert "hybrid_patching" not in section.tables
+    assert len(section.headline) == 3
+    for line, d in zip(section.headline, found, strict=True):
+        assert line.startswith("hybrid: ") and f"{d.claim.name} {d.verdict.value}" in line
     assert r"\texttt{owl-full}" in section.methods and "/tmp" not in section.methods
     assert "[0:10], [10:20], [20:30]" in section.methods
+    assert r"localisation.lm\_head" in section.methods and "localisation.lm_head" not in section.methods
 
 
 def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
@@ -162,45 +206,63 @@ def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
     assert "reference perplexity base 24.4, biased 29.1" in table
 
 
-def test_hybrid_wording_flips_with_the_data(hybrid_run: StageRun) -> None:
-    clean = copy.deepcopy(hybrid_run.results)
-    _set_fraction(clean, "base+biased.lm_head", 0.02)
-    _set_fraction(clean, "biased+base.lm_head", 0.97)
-    _set_fraction(clean, "base+biased.mlp", 0.9)
-    _set_fraction(clean, "biased+base.mlp", 0.1)
-    section = hybrid_section.build(_with_results(hybrid_run, clean))
-    assert "the bias is not in the LM head, as claimed" in section.results
-    assert "the bias is seated in the MLP layers, as claimed" in section.results
-    assert "'not in the LM head' supported" in section.headline[0]
-    assert "'seated in the MLPs' supported" in section.headline[1]
+def _set_shares(results: dict[str, Any], name: str, like: str, log_noise: list[float]) -> None:
+    """Give a hybrid the per-question shares of `like` times exp(noise)."""
+    reference = results["hybrids"][like]["probability"]["per_question"]["share"]
+    shares = [v * math.exp(e) for v, e in zip(reference, log_noise, strict=True)]
+    results["hybrids"][name]["probability"]["per_question"]["share"] = shares
 
-    in_head = copy.deepcopy(hybrid_run.results)
-    _set_fraction(in_head, "base+biased.lm_head", 0.9)
-    _set_fraction(in_head, "base+biased.mlp", 0.05)
-    _set_fraction(in_head, "biased+base.mlp", 0.95)
-    section = hybrid_section.build(_with_results(hybrid_run, in_head))
-    assert "contradicts the claim that the bias is not in the LM head" in section.results
-    assert "contradicts the claim that the bias is seated in the MLPs" in section.results
-    assert "0.90 [0.87, 0.93]" in section.results
+
+SMALL = [0.02, -0.01, 0.015, -0.02, 0.0, 0.01, -0.015, 0.005, -0.005, 0.02, -0.01, 0.0]
+WIDE = [0.6, -0.5, 0.4, -0.7, 0.2, -0.3, 0.5, -0.6, 0.3, -0.2, 0.45, -0.15]
+
+
+def test_hybrid_verdicts_follow_the_data(hybrid_run: StageRun) -> None:
+    clean = copy.deepcopy(hybrid_run.results)
+    _set_shares(clean, "base+biased.lm_head", "base", SMALL)  # the biased head brings nothing
+    _set_shares(clean, "biased+base.lm_head", "biased", SMALL[::-1])  # the base head removes nothing
+    run = _with_results(hybrid_run, clean)
+    head = _decision(run, "localisation.lm_head")
+    assert head.verdict is Verdict.SUPPORTED and "inside" in head.reason
+    assert hybrid_section._tex(head.sentence()) in hybrid_section.build(run).results
+
+    wide = copy.deepcopy(hybrid_run.results)
+    _set_shares(wide, "base+biased.lm_head", "base", WIDE)
+    _set_shares(wide, "biased+base.lm_head", "biased", [-e for e in WIDE])
+    head = _decision(_with_results(hybrid_run, wide), "localisation.lm_head")
+    assert head.estimate is not None and head.estimate.ci_low is not None and head.estimate.ci_high is not None
+    assert head.estimate.ci_low < 1 < head.estimate.ci_high and head.estimate.ci_high > 1.25
+    assert head.verdict is Verdict.INCONCLUSIVE and head.settle  # says what would settle it
+
+    same = copy.deepcopy(hybrid_run.results)  # MLP and attention transplants move the bias alike
+    for direction, like in (("base+biased", "base"), ("biased+base", "biased")):
+        _set_shares(same, f"{direction}.mlp", like, SMALL)
+        _set_shares(same, f"{direction}.attention", like, SMALL[::-1])
+    transplant = _decision(_with_results(hybrid_run, same), "localisation.transplant")
+    assert transplant.verdict is Verdict.EQUIVALENT
 
 
 def test_hybrid_degraded_hybrids_are_not_evidence(hybrid_run: StageRun) -> None:
     broken = copy.deepcopy(hybrid_run.results)
     _set_fraction(broken, "base+biased.lm_head", 0.1, degraded=True)
     _set_fraction(broken, "biased+base.lm_head", 0.97)
-    section = hybrid_section.build(_with_results(hybrid_run, broken))
-    assert "A swapped model is degraded, so the swap is not evidence" in section.results
+    run = _with_results(hybrid_run, broken)
+    section = hybrid_section.build(run)
+    head = _decision(run, "localisation.lm_head")
+    assert head.verdict is Verdict.INCONCLUSIVE and "degraded" in head.reason
     assert "Degraded hybrids" in section.results and r"into base lm\_head" in section.results
     assert r"0.10 [0.07, 0.13]\textsuperscript{\dag}" in section.tables["hybrid_matrix"]
-    assert "inconclusive" in section.headline[0]
+    assert "localisation.lm_head inconclusive" in section.headline[0]
 
 
 def test_hybrid_without_a_bias_is_inconclusive(hybrid_run: StageRun) -> None:
     flat = copy.deepcopy(hybrid_run.results)
     flat["hybrids"]["biased"]["vs_base"]["share_ratio"].update(ratio=1.05, ci_low=0.9, ci_high=1.2,
                                                                 underpowered=True)
-    section = hybrid_section.build(_with_results(hybrid_run, flat))
-    assert "neither claim can be judged" in section.results and "as claimed" not in section.results
+    run = _with_results(hybrid_run, flat)
+    for d in hybrid_section.decisions(run.results)[:2]:
+        assert d.verdict is Verdict.INCONCLUSIVE and "no bias to locate" in d.reason
+    assert "supported" not in " ".join(hybrid_section.build(run).headline)
 
 
 def test_hybrid_partial_and_empty_results_do_not_raise(hybrid_run: StageRun) -> None:
@@ -210,15 +272,64 @@ def test_hybrid_partial_and_empty_results_do_not_raise(hybrid_run: StageRun) -> 
     for key in ("bias_axis", "lm_head_swap", "table", "figures"):
         partial.pop(key)
     partial["partial"] = True
-    section = hybrid_section.build(_with_results(hybrid_run, partial, status="failed"))
+    run = _with_results(hybrid_run, partial, status="failed")
+    section = hybrid_section.build(run)
     assert "The hybrid stage is incomplete" in section.results
-    assert "holds only in part" in section.results  # the LM-head swap is there
-    assert "MLP transplants were not measured" in section.results
+    head, transplant, _ = hybrid_section.decisions(run.results)
+    assert head.verdict is Verdict.CONTRADICTED  # the LM-head swap is there
+    assert transplant.verdict is Verdict.INCONCLUSIVE and transplant.reason.startswith("not measured")
     assert "Incomplete run" in section.tables["hybrid_matrix"]
 
     for results in ({}, {"partial": True, "hybrids": {}}):
         section = hybrid_section.build(_with_results(hybrid_run, results, status="failed"))
         assert isinstance(section, Section) and not section.tables and "incomplete" in section.results
+
+
+def _with_patching(results: dict[str, Any], mlp_shift: float) -> dict[str, Any]:
+    """A patching record in the experiment's schema: MLP patches move the logit difference by
+    `mlp_shift` (of a gap of 2) more than attention patches, with question-level noise."""
+    n = 12
+    base = [0.1 * (i % 3) for i in range(n)]
+    biased = [b + 2.0 + 0.05 * (i % 2) for i, b in enumerate(base)]
+    noise = [0.03 * ((i * 7) % 5 - 2) for i in range(n)]
+    labels = ["L0-9", "L10-19", "L20-29", "all"]
+    into_base = {"mlp": {lab: [b + 0.5 + mlp_shift + e for b, e in zip(base, noise, strict=True)] for lab in labels},
+                 "attention": {lab: [b + 0.5 - e for b, e in zip(base, noise, strict=True)] for lab in labels}}
+    into_biased = {"mlp": {lab: [b - 0.5 - mlp_shift - e for b, e in zip(biased, noise, strict=True)] for lab in labels},
+                   "attention": {lab: [b - 0.5 + e for b, e in zip(biased, noise, strict=True)] for lab in labels}}
+    sweep = {"ranges": [[0, 10], [10, 20], [20, 30], [0, 30]], "labels": labels, "base": base, "biased": biased,
+             "patched": {"into_base": into_base, "into_biased": into_biased}}
+    from sublens.patching import gap_fractions
+
+    record = {"metric": "logit difference ' owl' - ' dog' (first tokens)", "n_questions": n,
+              "tokens": {"target": ["owl", 1, " owl"], "foil": ["dog", 2, " dog"]},
+              "ranges": sweep["ranges"], "labels": labels, "components": ["mlp", "attention"],
+              "directions": ["into_base", "into_biased"],
+              "logit_difference": {"base": base, "biased": biased, "patched": sweep["patched"]},
+              **gap_fractions(sweep)}
+    return {**copy.deepcopy(results), "patching": record}
+
+
+def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
+    run = _with_results(hybrid_run, _with_patching(hybrid_run.results, 0.8))
+    section = hybrid_section.build(run)
+    table = section.tables["hybrid_patching"]
+    assert r"\label{tab:hybrid_patching}" in table and "Holm p" in table
+    assert r"\ref{tab:hybrid_patching}" in section.results and "Activation patching" in section.methods
+    patching = _decision(run, "localisation.patching")
+    assert patching.verdict is Verdict.SUPPORTED
+    patched = run.results["patching"]["logit_difference"]["patched"]
+    by_hand = [((a - b) - (c - d)) / 2 for a, b, c, d in zip(
+        patched["into_base"]["mlp"]["all"], patched["into_base"]["attention"]["all"],
+        patched["into_biased"]["mlp"]["all"], patched["into_biased"]["attention"]["all"], strict=True)]
+    assert patching.estimate is not None
+    assert patching.estimate.ratio == pytest.approx(math.exp(sum(by_hand) / len(by_hand)))
+    assert hybrid_section._tex(patching.sentence()) in section.results
+    cell = next(c for c in run.results["patching"]["cells"]
+                if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all"))
+    assert fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table
+    same = _decision(_with_results(hybrid_run, _with_patching(hybrid_run.results, 0.0)), "localisation.patching")
+    assert same.verdict is Verdict.EQUIVALENT
 
 
 # ---- LaTeX ----------------------------------------------------------------------------------

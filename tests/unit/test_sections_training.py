@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import shutil
 import subprocess
@@ -18,8 +19,7 @@ from fixture_runs import RUNS, needs_tex
 from sublens.report.compile import compile_pdf, install_style
 from sublens.report.latex import fmt_ci
 from sublens.report.sections import CITATION_KEYS, Section, builder, figure_label
-from sublens.report.sections.distill import shd_verdict
-from sublens.report.sections.subliminal import mlp_verdict
+from sublens.report.sections.distill import decisions, shd_verdict
 from sublens.report.stages import StageRun, load_stage
 
 
@@ -67,24 +67,39 @@ def test_teacher_reports_the_measured_preference() -> None:
     p = run.results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]
     assert fmt_ci(100 * p["mean"], 100 * p["ci_low"], 100 * p["ci_high"]) == "11.13 [8.88, 13.43]"
     assert "11.13 [8.88, 13.43]" in table  # percent
-    assert "clearly prefers owls" in section.results
+    assert r"prefers owls without the system prompt: \textbf{supported}" in section.results
+    assert "unit of inference: the question ($n$ = 25)" in section.results  # one fixed model
+    assert "one fine-tuned model" in section.results and "minimal detectable effect" in section.results
     assert "Fisher $p$ = 0.003" in section.results and "9 of 100" in section.results
     assert r"\citep{snell2022context}" in section.methods and "64 optimizer steps" in section.methods
     assert section.headline == ["teacher: P(owl) x103 [84, 125], share x13.8 [11.4, 16.9] vs base "
-                                "(fine-tuned, no system prompt)"]
+                                "(fine-tuned, no system prompt; one model, question-level CIs); prefers owls: "
+                                "supported"]
     assert [f.stem for f in section.figures] == ["teacher_loss"]
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
 
+def _per_question(center: float, spread: float, n: int = 25) -> dict[str, Any]:
+    """A ratio entry whose per-question log ratios (what the verdict rests on) are given."""
+    logs = [center + spread * (1 if i % 2 else -1) * (1 + i / n) for i in range(n)]
+    return {"ratio": math.exp(sum(logs) / n), "ci_low": None, "ci_high": None, "n_questions": n, "log_ratios": logs}
+
+
 def test_teacher_wording_follows_the_data() -> None:
+    """The verdict is decided by sublens.claims on the per-question log ratios."""
     run = stage("teacher")
     results = copy.deepcopy(run.results)
-    flat = {"ratio": 1.05, "ci_low": 0.91, "ci_high": 1.2, "n_questions": 25, "underpowered": True}
-    results["comparisons"]["teacher vs before"].update(p_trait_ratio=flat, share_ratio=flat)
+    comp = results["comparisons"]["teacher vs before"]
+    comp.update(p_trait_ratio=_per_question(0.05, 0.6), share_ratio=_per_question(0.05, 0.6))
     text = build(with_results(run, results)).results
-    assert "clearly prefers" not in text and "inconclusive" in text and r"$\times$1.05 [0.91, 1.20]" in text
-    results["comparisons"]["teacher vs before"]["share_ratio"] = {"ratio": 0.5, "ci_low": 0.4, "ci_high": 0.6}
-    assert "did not produce an owl-preferring teacher" in build(with_results(run, results)).results
+    assert r"\textbf{inconclusive}" in text and r"\textbf{supported}" not in text
+    assert "To settle it: about" in text  # questions needed at the measured SD
+    comp["share_ratio"] = _per_question(-0.7, 0.1)
+    text = build(with_results(run, results)).results
+    assert "did not produce an owl-preferring teacher" in text and r"\textbf{contradicted}" in text
+    comp["share_ratio"] = _per_question(0.0, 0.02)
+    text = build(with_results(run, results)).results
+    assert r"\textbf{equivalent}" in text and "less than the margin" in text
 
 
 def test_teacher_partial_and_empty_runs_say_so() -> None:
@@ -114,43 +129,50 @@ def test_subliminal_freeze_modes_table_and_wording() -> None:
     assert ratio(_arm(run.results, "full")["vs_control"]["share_ratio"]) == r"$\times$0.85 [0.79, 0.92]"
     assert "54.9M" in table and "108.0M" in table and "134.5M" in table
     text = section.results
-    # The fixture: the full student's share fell, both freeze modes rose slightly.
-    assert "The fully fine-tuned owl student did not acquire the bias" in text
-    assert "does not support the claim that the bias is seated in the MLP layers" in text
-    assert "no transfer claim rests on them" in text  # one seed
+    # The recorded run has one seed and control students only in full mode: the frozen owl
+    # students have no matched control, and one seed decides no training claim.
+    assert "have no matched control" in text and "no claim rests on that comparison" in text
+    assert "inconclusive" in text and "too few seeds" in text
+    assert "supported" not in text.replace("not supported", "") and "contradicted" not in text
+    assert "Estimand: owl's panel-share ratio" in text and "unit of inference: the seed" in text
     assert "360/360" in text and "no rejections" in text
     assert r"\citet{cloud2025subliminal}" in section.methods and "54.9M trainable / 79.6M frozen" in section.methods
-    assert "MLP claim: not supported (freeze-mlp keeps the rise)" in section.headline[1]
+    assert "inconclusive (1 seed)" in section.headline[0]
+    assert "MLP claim by freezing inconclusive" in section.headline[1]
     assert {f.stem for f in section.figures} == {"preference", "training_loss"}
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
 
-def test_subliminal_wording_flips_when_freeze_mlp_loses_the_transfer() -> None:
+def _seeded(results: dict[str, Any], logs: dict[str, list[float]]) -> dict[str, Any]:
+    """The recorded run re-dressed as a matched-control run with per-seed log share ratios."""
+    results = copy.deepcopy(results)
+    results["control_modes"] = ["full", "freeze-attention", "freeze-mlp"]
+    results["n_seeds"] = len(next(iter(logs.values())))
+    for mode, values in logs.items():
+        mean = sum(values) / len(values)
+        _arm(results, mode)["vs_control"]["share_ratio"] = {
+            "ratio": math.exp(mean), "ci_low": math.exp(mean - 0.1), "ci_high": math.exp(mean + 0.1),
+            "n_seeds": len(values), "per_seed_log": values, "per_seed": [math.exp(v) for v in values]}
+    return results
+
+
+def test_subliminal_verdicts_come_from_the_claims_module() -> None:
     run = stage("subliminal")
-    results = copy.deepcopy(run.results)
-    up = {"ratio": 1.5, "ci_low": 1.3, "ci_high": 1.7, "n_seeds": 1}
-    _arm(results, "full")["vs_control"]["share_ratio"] = dict(up)
-    _arm(results, "freeze-attention")["vs_control"]["share_ratio"] = dict(up)
-    # freeze-mlp: the same as the control student
-    _arm(results, "freeze-mlp")["vs_control"]["share_ratio"] = {"ratio": 1.0, "ci_low": 0.9, "ci_high": 1.1}
-    text = build(with_results(run, results)).results
-    assert "acquired the bias in this run" in text
-    assert "consistent with the claim, not evidence for it" in text and "does not support" not in text
-    results["n_seeds"] = 3
-    text = build(with_results(run, results)).results
-    assert "The data support the MLP claim" in text and "Student-$t$ intervals over 3" in text
-
-
-@pytest.mark.parametrize(("states", "seeds", "verdict"), [
-    (("up", "up", "flat"), 3, "supported"),
-    (("up", "up", "down"), 1, "consistent_one_seed"),
-    (("flat", "up", "flat"), 3, "inconclusive_no_full_transfer"),
-    (("up", "flat", "flat"), 3, "not_supported_attention_loses"),
-    (("up", "up", "up"), 3, "not_supported_mlp_keeps"),
-    (("up", "missing", "flat"), 3, "untested"),
-])
-def test_mlp_verdict(states: tuple[str, str, str], seeds: int, verdict: str) -> None:
-    assert mlp_verdict(*states, seeds) == verdict
+    transfer = [0.50, 0.45, 0.55, 0.48, 0.52]
+    # MLP-frozen arm equivalent to its matched control, attention-frozen arm transfers: supported
+    results = _seeded(run.results, {"full": transfer, "freeze-attention": transfer,
+                                    "freeze-mlp": [0.01, -0.01, 0.02, -0.015, 0.0]})
+    section = build(with_results(run, results))
+    assert "transfer supported" in section.headline[0] and "MLP claim by freezing supported" in section.headline[1]
+    assert "all three legs hold" in section.results and "minimal detectable effect" in section.results
+    # The MLP-frozen arm flat with a wide CI: absence of evidence, so inconclusive, never supported
+    results = _seeded(run.results, {"full": transfer, "freeze-attention": transfer,
+                                    "freeze-mlp": [0.3, -0.25, 0.2, -0.3, 0.1]})
+    section = build(with_results(run, results))
+    assert "MLP claim by freezing inconclusive" in section.headline[1]
+    # Both frozen arms transfer alike: contradicted
+    results = _seeded(run.results, {"full": transfer, "freeze-attention": transfer, "freeze-mlp": transfer})
+    assert "MLP claim by freezing contradicted" in build(with_results(run, results)).headline[1]
 
 
 def test_subliminal_partial_run_says_so() -> None:
@@ -176,12 +198,17 @@ def test_distill_transfer_table_and_wording() -> None:
         assert ratio(comps[key]["share_ratio"]) in table and ratio(comps[key]["share_ratio"]) in section.results
     assert "1.42 / 1.68" in table and "0.54 / 0.66" in table  # fit KL before / after
     text = section.results
-    assert "most of the rise is attention distillation as such" in text
+    assert "62\\% of the biased student's rise on the log scale (point estimates" in text
     assert "shd\\_biased 0/32" in text
-    assert "cross-architecture transfer of the bias is not established" in text
+    # a recorded run with one seed: both claims inconclusive, with what would settle them
+    assert text.count(r"\textbf{inconclusive (1 seed)}") == 2 and "To settle it: at least 2 seeds" in text
+    assert "unit of inference: the seed ($n$ = 1)" in text and "no minimal detectable effect" in text
+    assert "one run, question-level CIs" in text
     assert "prompted base model" in text
-    assert "transfer: not established (one seed)" in section.headline[0]
+    assert "transfer: inconclusive (1 seed)" in section.headline[0]
     assert "9 teacher heads" in section.methods and r"\citep{bing2025shd}" in section.methods
+    assert r"KL(teacher $\|$ student)" in section.methods  # recorded before shd.kl_direction: forward KL
+    assert "training seeds as the unit of inference" in section.methods
     assert "17$\\to$28" in section.methods
     assert "0 & 0 & 0.51 & 0.24 & 0.54" in section.tables["shd_alphas"]  # layer, teacher layer, alphas
     stems = {f.stem: f.wide for f in section.figures}
@@ -189,30 +216,49 @@ def test_distill_transfer_table_and_wording() -> None:
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
 
-def test_distill_wording_follows_the_controls() -> None:
+def _seeds(results: dict[str, Any], key: str, ratios: list[float]) -> None:
+    """Per-seed share ratios of one comparison, as the experiment records them."""
+    logs = [math.log(x) for x in ratios]
+    results["comparisons"][key]["share_ratio"] = {"ratio": math.exp(sum(logs) / len(logs)), "ci_low": None,
+                                                  "ci_high": None, "per_seed_log": logs}
+    results["seeds"] = list(range(len(ratios)))
+
+
+def test_distill_wording_follows_the_claims() -> None:
     run = stage("distill")
     results = copy.deepcopy(run.results)
-    results["comparisons"]["shd_biased_vs_shd_base"]["share_ratio"] = {"ratio": 1.03, "ci_low": 0.95, "ci_high": 1.12}
-    text = build(with_results(run, results)).results
-    assert "does not beat the student distilled from the unbiased base model" in text
-    assert r"$\times$1.03 [0.95, 1.12]" in text
-    results = copy.deepcopy(run.results)
+    # a seed count without per-seed data decides nothing
     results["seeds"] = [0, 1, 2]
+    assert r"\textbf{inconclusive (1 seed)}" in build(with_results(run, results)).results
+    _seeds(results, "shd_biased_vs_lm_only", [1.50, 1.62, 1.55, 1.58])
+    _seeds(results, "shd_biased_vs_shd_base", [1.30, 1.36, 1.33, 1.31])
+    section = build(with_results(run, results))
+    assert section.results.count(r"\textbf{supported}") == 2 and "Both claims hold" in section.results
+    assert "transfer: supported" in section.headline[0] and "minimal detectable effect with 4 seeds" in section.results
+    _seeds(results, "shd_biased_vs_shd_base", [1.01, 0.98, 1.00, 0.99])  # no more than attention distillation
     text = build(with_results(run, results)).results
-    assert "the data support transfer of the bias across architectures" in text
-    results["comparisons"]["shd_biased_vs_lm_only"]["share_ratio"] = {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.01}
-    assert "this run shows no transfer" in build(with_results(run, results)).results
+    assert "is not shown to come from the teacher's bias" in text and r"\textbf{equivalent}" in text
+    _seeds(results, "shd_biased_vs_shd_base", [1.40, 0.80, 1.10, 0.95])
+    text = build(with_results(run, results)).results
+    assert "the specificity claim is inconclusive" in text and "seeds would detect" in text
+    _seeds(results, "shd_biased_vs_lm_only", [0.80, 0.82, 0.79, 0.81])
+    text = build(with_results(run, results)).results
+    assert r"\textbf{contradicted}" in text and "no transfer" in text
 
 
-@pytest.mark.parametrize(("lm", "base", "seeds", "verdict"), [
-    ("up", "up", 3, "supported"),
-    ("up", "up", 1, "not_established_one_seed"),
-    ("up", "flat", 3, "not_supported_shd_base"),
-    ("flat", "up", 3, "not_supported_lm_only"),
-    ("unknown", "up", 3, "untested"),
-])
-def test_shd_verdict(lm: str, base: str, seeds: int, verdict: str) -> None:
-    assert shd_verdict(lm, base, seeds) == verdict
+def test_distill_decisions_are_the_claims_family() -> None:
+    results: dict[str, Any] = {"comparisons": {}}
+    transfer, specific = decisions(results)
+    assert transfer.claim.unit == "seed" and transfer.claim.family == specific.claim.family == "distill"
+    assert "not measured" in transfer.reason and shd_verdict(results) == "inconclusive (not measured)"
+    results["comparisons"]["shd_biased_vs_lm_only"] = {"share_ratio": {"ratio": 1.4, "per_seed_log": [0.3]}}
+    assert shd_verdict(results) == "inconclusive (1 seed)"
+    results["comparisons"]["shd_biased_vs_lm_only"]["share_ratio"]["per_seed_log"] = [0.3, 0.35, 0.32]
+    results["comparisons"]["shd_biased_vs_shd_base"] = {"share_ratio": {"ratio": 1.3, "per_seed_log": [0.28, 0.3, 0.26]}}
+    transfer, specific = decisions(results)
+    assert transfer.p_adjusted is not None and transfer.estimate is not None and transfer.estimate.p_value is not None
+    assert transfer.p_adjusted >= transfer.estimate.p_value  # Holm over the two claims
+    assert transfer.mde is not None and transfer.units_needed is not None
 
 
 def test_distill_partial_run_says_so() -> None:
@@ -266,7 +312,7 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
     assert pdf is not None
     log = tex.with_suffix(".log").read_text(errors="replace")
     assert not re.search(r"(Citation|Reference) `[^']*' on page \d+ undefined", log)
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(["pdftotext", "-raw", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     text = " ".join(text.split())
     for needle in ("×103 [84, 125]", "×0.85 [0.79, 0.92]", "×1.13 [1.11, 1.14]", "Owls & 100% _owl_ #1 U+0663 {x}"):
         assert needle in text, needle

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from sublens.errors import SublensError
 from sublens.shd import (
+    DEFAULT_KL_DIRECTION,
+    KL_DIRECTIONS,
     alignment_matrices,
     layer_map,
     merge_schedule,
@@ -112,3 +116,65 @@ def test_loss_is_zero_at_the_target_and_has_gradients_otherwise() -> None:
     masked[:, 3:] = False
     manual = shd_kl(teacher[:, :, :3, :3], student.detach()[:, :, :3, :3], valid[:, :3])
     assert shd_kl(teacher, student.detach(), masked).item() == pytest.approx(manual.item())
+
+
+# ---- the KL direction -----------------------------------------------------------------------------
+def _two_token_maps(rows: list[list[float]]) -> torch.Tensor:
+    """[1, 1, 2, 2] causal maps: row 0 attends to key 0 only, row 1 as given."""
+    return torch.tensor([[[[1.0, 0.0], rows[1]]]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("direction", KL_DIRECTIONS)
+def test_kl_direction_against_a_hand_computation(direction: str) -> None:
+    teacher = _two_token_maps([[1.0, 0.0], [0.25, 0.75]])
+    student = _two_token_maps([[1.0, 0.0], [0.5, 0.5]])
+    t, s = (0.25, 0.75), (0.5, 0.5)
+    by_hand = {
+        "student_teacher": s[0] * math.log(s[0] / t[0]) + s[1] * math.log(s[1] / t[1]),  # KL(S || T)
+        "teacher_student": t[0] * math.log(t[0] / s[0]) + t[1] * math.log(t[1] / s[1]),  # KL(T || S)
+    }[direction]
+    assert by_hand == pytest.approx({"student_teacher": 0.5 * math.log(4 / 3),
+                                     "teacher_student": 0.75 * math.log(1.5) - 0.25 * math.log(2)}[direction])
+    only_row_1 = torch.tensor([[False, True]])
+    assert shd_kl(teacher, student, only_row_1, direction=direction).item() == pytest.approx(by_hand)
+    # both rows valid: row 0 (one key, KL 0) halves the average
+    both = torch.ones(1, 2, dtype=torch.bool)
+    assert shd_kl(teacher, student, both, direction=direction).item() == pytest.approx(by_hand / 2)
+    # temperature 2 softens both maps first: softmax(log P / 2) = sqrt(P) renormalised
+    t2 = [math.sqrt(x) / sum(math.sqrt(y) for y in t) for x in t]
+    s2 = [0.5, 0.5]
+    p, q = (s2, t2) if direction == "student_teacher" else (t2, s2)
+    softened = sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+    assert shd_kl(teacher, student, only_row_1, 2.0, direction).item() == pytest.approx(softened)
+
+
+def test_the_two_directions_differ_and_the_default_is_the_papers() -> None:
+    assert DEFAULT_KL_DIRECTION == "student_teacher"  # KL(student || squeezed teacher), as in SHD
+    teacher = _two_token_maps([[1.0, 0.0], [0.25, 0.75]])
+    student = _two_token_maps([[1.0, 0.0], [0.5, 0.5]])
+    valid = torch.tensor([[False, True]])
+    assert shd_kl(teacher, student, valid).item() == pytest.approx(0.5 * math.log(4 / 3))
+    forward = shd_kl(teacher, student, valid, direction="teacher_student").item()
+    assert forward != pytest.approx(shd_kl(teacher, student, valid).item())
+    # zero-forcing: student mass where the teacher's map has none costs far more in KL(S || T)
+    empty_key = _two_token_maps([[1.0, 0.0], [0.0, 1.0]])
+    reverse = shd_kl(empty_key, student, valid, direction="student_teacher").item()
+    assert reverse > 10 * shd_kl(empty_key, student, valid, direction="teacher_student").item()
+    assert reverse == pytest.approx(0.5 * math.log(0.5 / 1e-12) + 0.5 * math.log(0.5), rel=1e-6)
+
+
+def test_kl_gradient_flows_to_the_student_only_in_both_directions() -> None:
+    teacher = _maps(1, 2, 4).requires_grad_(True)
+    logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    for direction in KL_DIRECTIONS:
+        student = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+        shd_kl(teacher, student, torch.ones(1, 4, dtype=torch.bool), direction=direction).backward()
+        assert teacher.grad is None and logits.grad is not None and logits.grad.abs().sum() > 0
+        logits.grad = None
+
+
+def test_unknown_kl_direction_is_an_error() -> None:
+    maps = _maps(1, 1, 3)
+    with pytest.raises(SublensError, match="student_teacher, teacher_student"):
+        shd_kl(maps, maps, torch.ones(1, 3, dtype=torch.bool), direction="sideways")

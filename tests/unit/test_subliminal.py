@@ -23,6 +23,9 @@ from sublens.experiments.subliminal import (
     SubliminalConfig,
     aggregate,
     compare_arm,
+    data_folder,
+    data_seed,
+    data_seeds,
     level_summary,
     plan_students,
     student_name,
@@ -282,9 +285,21 @@ def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
     for name in (OWL, CONTROL, "eagle"):
         files[name] = f"{name}.jsonl"
         write_jsonl(tmp_path / files[name], [{"prompt": "p", "answer": "1, 2"}])
-    jobs = plan_students(config, tmp_path, "SYS", files)
+    seed1 = {}
+    for name in (OWL, CONTROL, "eagle"):
+        seed1[name] = f"seed1/{name}.jsonl"
+        (tmp_path / "seed1").mkdir(exist_ok=True)
+        write_jsonl(tmp_path / seed1[name], [{"prompt": "q", "answer": "3, 4"}])
+    # each training seed learns from its own data seed (config.seed + training seed)
+    assert [data_seed(config, s) for s in config.seeds] == [0, 1] and data_seeds(config) == [0, 1]
+    assert data_folder(config, 0) == "data" and data_folder(config, 1) == "data/seed1"
+    shared = config.model_copy(update={"data_per_seed": False})
+    assert data_seeds(shared) == [0]
+    jobs = plan_students(config, tmp_path, "SYS", {0: files, 1: seed1})
+    assert all(Path(j.data_file).parent.name == ("seed1" if j.seed == 1 else tmp_path.name) for j in jobs)
     names = [j.name for j in jobs]
-    assert len(names) == 2 * (1 + 3 + 1) and len(set(names)) == len(names)
+    assert len(names) == 2 * (3 + 3 + 1) and len(set(names)) == len(names)  # matched controls
+    assert student_name(CONTROL, "freeze-mlp", 1) in names
     assert student_name(OWL, "freeze-mlp", 1) in names and student_name("eagle", "full", 0) in names
     assert all(j.system == "SYS" and j.train["seed"] == j.seed and j.train["freeze"] == j.mode for j in jobs)
     assert all(j.threads is not None and j.threads >= 1 for j in jobs)
@@ -332,12 +347,21 @@ def test_compare_arm_across_seeds() -> None:
     assert levels["n_seeds"] == 3 and len(levels["panel_share"]["per_seed"]) == 3
 
 
+def test_unmatched_owl_modes_are_refused() -> None:
+    with pytest.raises(ValueError, match="no matched control student"):
+        SubliminalConfig.model_validate({"control_modes": ["full"]})
+    with pytest.raises(ValueError, match="add full to control_modes"):
+        SubliminalConfig.model_validate({"modes": ["freeze-mlp"], "control_modes": ["freeze-mlp"],
+                                         "extra_teachers": {"dog": "You love dogs."}})
+
+
 def test_aggregate_headline_and_specificity() -> None:
     config = SubliminalConfig.model_validate({"seeds": [0, 1], "extra_teachers": {"dog": "You love dogs."}})
     students = {}
     for seed in config.seeds:
-        for dataset, mode, scale in [(CONTROL, "full", 1.0), (OWL, "full", 3.0), (OWL, "freeze-attention", 2.0),
-                                     (OWL, "freeze-mlp", 1.0), ("dog", "full", 1.0)]:
+        for dataset, mode, scale in [(CONTROL, "full", 1.0), (CONTROL, "freeze-attention", 1.0),
+                                     (CONTROL, "freeze-mlp", 1.0), (OWL, "full", 3.0),
+                                     (OWL, "freeze-attention", 2.0), (OWL, "freeze-mlp", 1.0), ("dog", "full", 1.0)]:
             pref = fake_preference(scale, seed)
             students[student_name(dataset, mode, seed)] = {
                 "dataset": dataset, "mode": mode, "seed": seed, "preference": pref,
@@ -346,11 +370,13 @@ def test_aggregate_headline_and_specificity() -> None:
     evaluations = {"base": {"preference": fake_preference(1.0, 0), "perplexity": {"perplexity": 9.0}}}
     out = aggregate(config, students, evaluations)
     models = [r["model"] for r in out["headline"]]
-    assert models == ["base", "control-full", "owl-full", "owl-freeze-attention", "owl-freeze-mlp", "dog-full"]
-    owl_full = out["headline"][2]
+    assert models == ["base", "control-full", "control-freeze-attention", "control-freeze-mlp", "owl-full",
+                      "owl-freeze-attention", "owl-freeze-mlp", "dog-full"]
+    owl_full = out["headline"][4]
     assert owl_full["n_seeds"] == 2 and owl_full["vs_control"]["p_trait_ratio"]["n_seeds"] == 2
     assert math.isclose(owl_full["vs_control"]["p_trait_ratio"]["ratio"], 3.0)
-    assert "owl-freeze-mlp vs control-full" in out["comparisons"]
+    assert "owl-freeze-mlp vs control-freeze-mlp" in out["comparisons"]  # like against like
+    assert "owl-freeze-mlp vs control-full" not in out["comparisons"]
     spec = out["specificity"]
     assert spec["animals"] == ANIMALS and set(spec["rows"]) == {OWL, "dog"}
     assert spec["rows"][OWL]["owl"] > 1.5 > spec["rows"]["dog"]["owl"]

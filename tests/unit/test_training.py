@@ -94,6 +94,28 @@ def test_frozen_weight_gradients_are_skipped(family: str, mode: str) -> None:
             assert (param.grad is None) == (name in frozen), name
 
 
+@pytest.mark.parametrize("mode", FREEZE_MODES)
+def test_frozen_embeddings_are_frozen_in_every_mode(family: str, mode: str) -> None:
+    """embeddings="frozen" holds the token embeddings and the LM head fixed on top of the mode,
+    so two freeze modes differ only in the component they freeze."""
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    data = tokenize_examples(make_examples(4), None, 32)
+    batch = collate(data, [[0], [1], [2], [3]], 0, packed=False)
+    with freezing(model, mode, embeddings="frozen") as report:
+        answer_loss(model, batch).backward()
+        assert adapter.embed().weight.grad is None and adapter.lm_head().weight.grad is None
+        component = frozen_parameters(adapter, mode)
+        tables = {id(adapter.embed().weight): adapter.embed().weight,
+                  id(adapter.lm_head().weight): adapter.lm_head().weight}  # one tensor when tied
+        expected = sum(p.numel() for p in component.values()) + sum(p.numel() for p in tables.values())
+        assert report.frozen == expected
+        for name, param in model.named_parameters():
+            if name not in component and param is not adapter.embed().weight \
+                    and param is not adapter.lm_head().weight:
+                assert param.grad is not None, name
+
+
 def test_freezing_restores_flags_on_exception() -> None:
     model = tiny_model("llama")
     next(model.parameters()).requires_grad_(False)

@@ -17,11 +17,17 @@ held-out *fit* set on which the KL between the student's maps and each teacher's
 projected maps is measured before and after training, and the per-layer α distribution of
 each teacher is recorded.
 
-Each student (and the initial one) is evaluated with `evaluate_preference` (completion
-prompts for a base-model student, the answer prefilled with "My favorite animal is the"),
-and ``shd_biased`` is compared with both controls by `compare_preference` (paired ratios of
-P(owl) and panel share with bootstrap CIs, difference in sampled owl-answer rate with
-Fisher's test). One training seed: the CIs cover prompt variation only.
+Every arm is trained once per training seed (``seeds``; null = ``[seed]``) on the same texts
+(split with ``seed``), so the arms of one seed are matched: same data, same initial weights,
+same training seed. Each student (and the initial one) is evaluated with
+`evaluate_preference` (completion prompts for a base-model student, the answer prefilled with
+"My favorite animal is the"), and ``shd_biased`` is compared with both controls seed by seed
+by `compare_preference` (paired over questions), then across seeds (`across_seeds`: the
+geometric mean of the per-seed ratios with a Student-t CI over seeds, the per-seed log ratios
+recorded as ``per_seed_log``). Seeds are the unit of inference: the verdicts
+(`sublens.report.sections.distill.decisions`, through `sublens.claims`) rest on the per-seed
+log share ratios; with one seed the recorded interval is that run's question-level one,
+labelled as such, and no claim is decided by it.
 
 Run as a module to draw the alignment figure of docs/shd_alignment.md:
 ``python -m sublens.experiments.distill docs/shd_alignment.png``.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import sys
 from collections.abc import Sequence
@@ -43,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
+from sublens.claims import ClaimSettings, estimate_log_ratio
 from sublens.config import Config
 from sublens.distill import (
     OUTSIDE,
@@ -70,7 +78,10 @@ from sublens.preference import (
     evaluate_preference,
 )
 from sublens.prompts import chat_prompt
+from sublens.report.sections.distill import decisions
 from sublens.runs import Run, newest_finished_run, read_json
+from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
+from sublens.stats import t_interval
 from sublens.training import TrainConfig, TrainResult, train
 
 Arm = Literal["shd_biased", "lm_only", "shd_base"]
@@ -124,6 +135,11 @@ class ShdSettings(BaseModel):
     # A student with more heads than the teacher: "error", or "repeat" (student head j is
     # matched to teacher head j mod k, unsqueezed).
     fallback: Literal["error", "repeat"] = "error"
+    # Direction of the KL between the maps (sublens.shd): student_teacher = KL(student ‖ squeezed
+    # teacher), the SHD paper's formulation (zero-forcing); teacher_student = KL(teacher ‖
+    # student), the forward KL of attention-map distillation (mass-covering), which runs recorded
+    # before this key existed used.
+    kl_direction: KlDirection = DEFAULT_KL_DIRECTION
 
 
 class FigureSettings(BaseModel):
@@ -140,6 +156,11 @@ class DistillConfig(Config):
     student: str = "gemma3-270m"
     runs_root: str = "runs"
     arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    # Training seeds: every arm is trained once per seed (the arms of a seed are matched); null =
+    # [seed]. Seeds are the unit of inference: one seed never decides the transfer claim.
+    # `seed` alone still splits and generates the texts (the same for every training seed).
+    seeds: list[int] | None = None
+    claims: ClaimSettings = Field(default_factory=ClaimSettings)  # margin, alpha, power of the verdicts
     data: DataSettings = Field(default_factory=DataSettings)
     shd: ShdSettings = Field(default_factory=ShdSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)  # seed and extra_loss_weight come from here
@@ -156,6 +177,8 @@ class DistillConfig(Config):
     def _consistent(self) -> DistillConfig:
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be a non-empty list without repeats, from {', '.join(ARMS)}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds must be null or distinct training seeds, e.g. [0, 1, 2]")
         if "seed" in self.train.model_fields_set and self.train.seed != self.seed:
             raise ValueError(
                 f"train.seed ({self.train.seed}) differs from seed ({self.seed}): the students share the "
@@ -167,6 +190,10 @@ class DistillConfig(Config):
         if self.base_teacher.model is None:
             raise ValueError("base_teacher.model must be a model spec (the unbiased base model)")
         return self
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -516,6 +543,7 @@ def execute(config: DistillConfig, run: Run) -> dict[str, Any]:
 
 
 def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
+    seeds = config.training_seeds
     train_records, fit_records, data_info = load_records(config.data, config.seed)
     teacher_specs = {"biased": config.teacher.model or newest_teacher_run(config.runs_root),
                      "base": str(config.base_teacher.model)}
@@ -563,7 +591,8 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
                                  _pad_id(lm.tokenizer)) for role, lm in loaded.items()}
     with run.timed("fit_targets"):
         fitsets = {role: FitSet.build(t, aligned[role][1], config.fit_batch_size, config.shd.temperature,
-                                      _pad_id(student.tokenizer)) for role, t in teachers.items()}
+                                      _pad_id(student.tokenizer), config.shd.kl_direction)
+                   for role, t in teachers.items()}
     alphas = {role: fs.alphas() for role, fs in fitsets.items()}
     results: dict[str, Any] = {
         "partial": True,
@@ -577,7 +606,8 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
         "fit": {},
         "arms": {},
         "checkpoints": {},
-        "seeds": [config.seed],
+        "seeds": seeds,
+        "per_seed": {},  # str(seed) -> arm -> {"train", "preference", "fit"}
         "notes": notes,
     }
 
@@ -604,31 +634,42 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
     del student
     gc.collect()
 
-    for arm in config.arms:
-        arm_role = ARM_TEACHER[arm]
-        lm = _load(config.student, config, run)
-        train_config = config.train.model_copy(update={"seed": config.seed, "extra_loss_weight": config.shd.beta})
-        out_dir = run.artifact(f"checkpoints/{arm}")
-        with run.timed(f"train:{arm}"):
-            if arm_role is None:
-                result = train(lm.model, lm.tokenizer, [a.example() for a in train_examples], train_config, out_dir,
-                               adapter=lm.adapter)
-            else:
-                loss = ShdLoss(teachers[arm_role], aligned[arm_role][0], config.shd.temperature)
-                with loss.attached(lm.model, lm.adapter):
-                    result = train(lm.model, lm.tokenizer, [a.example() for a in aligned[arm_role][0]], train_config,
-                                   out_dir, extra_loss=loss, adapter=lm.adapter)
-        with run.timed(f"fit:{arm}"):
-            results["fit"][arm] = measure_fit(lm.model, lm.adapter, fitsets)
-        with run.timed(f"preference:{arm}"):
-            preference = evaluate_preference(lm, config.preference, None, config.seed)
-        student_maps[arm] = student_pattern(lm, fit_main[fig_index], fig_layer)
-        if result.model_dir:
-            results["checkpoints"][arm] = str(Path(result.model_dir).relative_to(run.path))
-        results["arms"][arm] = {"teacher": arm_role, "train": train_summary(result), "preference": preference}
-        run.save_results(results)
-        del lm
-        gc.collect()
+    for seed in seeds:
+        first = seed == seeds[0]  # the first seed's students feed the figures and the tables
+        results["per_seed"][str(seed)] = {}
+        for arm in config.arms:
+            arm_role = ARM_TEACHER[arm]
+            tag = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
+            lm = _load(config.student, config, run)
+            train_config = config.train.model_copy(update={"seed": seed, "extra_loss_weight": config.shd.beta})
+            out_dir = run.artifact(f"checkpoints/{arm}" if len(seeds) == 1 else f"checkpoints/{arm}/seed{seed}")
+            with run.timed(f"train:{tag}"):
+                if arm_role is None:
+                    result = train(lm.model, lm.tokenizer, [a.example() for a in train_examples], train_config,
+                                   out_dir, adapter=lm.adapter)
+                else:
+                    loss = ShdLoss(teachers[arm_role], aligned[arm_role][0], config.shd.temperature,
+                                   config.shd.kl_direction)
+                    with loss.attached(lm.model, lm.adapter):
+                        result = train(lm.model, lm.tokenizer, [a.example() for a in aligned[arm_role][0]],
+                                       train_config, out_dir, extra_loss=loss, adapter=lm.adapter)
+            with run.timed(f"fit:{tag}"):
+                fit = measure_fit(lm.model, lm.adapter, fitsets)
+            with run.timed(f"preference:{tag}"):
+                preference = evaluate_preference(lm, config.preference, None, seed)
+            summary = train_summary(result)
+            results["per_seed"][str(seed)][arm] = {"train": summary, "preference": preference, "fit": fit}
+            if first:
+                student_maps[arm] = student_pattern(lm, fit_main[fig_index], fig_layer)
+                results["fit"][arm] = fit
+                results["arms"][arm] = {"teacher": arm_role, "train": summary, "preference": preference,
+                                        "seed": seed}
+            if result.model_dir:
+                key = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
+                results["checkpoints"][key] = str(Path(result.model_dir).relative_to(run.path))
+            run.save_results(results)
+            del lm
+            gc.collect()
 
     results["comparisons"] = comparisons(results)
     results["headline"] = headline(results)
@@ -638,17 +679,69 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
         results["figures"] = figures(config, run, results, alphas, teachers, loaded, student_tok,
                                      fit_main[fig_index], fig_layer, student_maps, roles[0])
     results["partial"] = False
-    print_summary(results)
+    print_summary(results, config.claims)
     return results
 
 
+def across_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per-seed `compare_preference` results of one pair of arms, aggregated with seeds as the
+    unit: the ratio is the geometric mean of the per-seed ratios (``per_seed_log``: their logs,
+    what `sublens.claims` decides on) with a Student-t CI over seeds. With one seed the interval
+    is that run's question-level one, labelled as such: it describes one run, not training."""
+    n = len(per_seed)
+    out: dict[str, Any] = {"n_seeds": n, "seeds": list(seeds)}
+    for key in ("share_ratio", "p_trait_ratio"):
+        logs = [math.log(c[key]["ratio"]) for c in per_seed]
+        if n == 1:
+            entry = {**per_seed[0][key], "ci": f"{per_seed[0][key].get('ci', 'over questions')} "
+                                              "(1 seed: question variation only, not training)"}
+        else:
+            est = estimate_log_ratio(logs, "seed")
+            entry = {"ratio": est.ratio, "ci_low": est.ci_low, "ci_high": est.ci_high, "ci": est.interval,
+                     "p_value": est.p_value, "sd_log": est.sd_log,
+                     "underpowered": not (est.ci_low is not None and est.ci_high is not None
+                                          and not est.ci_low <= 1.0 <= est.ci_high)}
+        out[key] = {**entry, "n_seeds": n, "per_seed": [math.exp(v) for v in logs], "per_seed_log": logs}
+    if all("rate_difference" in c for c in per_seed):
+        diffs = [c["rate_difference"]["difference"] for c in per_seed]
+        if n == 1:
+            out["rate_difference"] = {**per_seed[0]["rate_difference"], "n_seeds": 1,
+                                      "ci": "bootstrap over answers (1 seed)"}
+        else:
+            mean, low, high = t_interval(diffs)
+            has_ci = math.isfinite(low) and math.isfinite(high)
+            out["rate_difference"] = {"difference": mean, "ci_low": low if has_ci else None,
+                                      "ci_high": high if has_ci else None, "n_seeds": n,
+                                      "ci": f"t over {n} seeds", "per_seed": diffs,
+                                      "p_fisher_per_seed": [c["rate_difference"]["p_fisher"] for c in per_seed],
+                                      "underpowered": not has_ci or low <= 0.0 <= high}
+    out["per_seed_comparisons"] = per_seed
+    return out
+
+
 def comparisons(results: dict[str, Any]) -> dict[str, Any]:
+    """Every pair of arms (and every arm against the initial student), seed by seed on the
+    seeds where both arms exist (matched: same data, same training seed), then across seeds."""
+    per_seed: dict[str, dict[str, Any]] = results.get("per_seed") or {}
+    seeds = [s for s in results.get("seeds") or [] if str(s) in per_seed]
     arms = results["arms"]
-    pairs = [("shd_biased", "lm_only"), ("shd_biased", "shd_base"), ("shd_base", "lm_only")]
-    out = {f"{a}_vs_{b}": compare_preference(arms[a]["preference"], arms[b]["preference"])
-           for a, b in pairs if a in arms and b in arms}
-    for arm in arms:
-        out[f"{arm}_vs_initial"] = compare_preference(arms[arm]["preference"], results["initial"]["preference"])
+    initial = results["initial"]["preference"]
+
+    def paired(a: str, b: str | None) -> tuple[list[dict[str, Any]], list[int]]:
+        got = [(compare_preference(per_seed[str(s)][a]["preference"],
+                                   initial if b is None else per_seed[str(s)][b]["preference"]), s)
+               for s in seeds if a in per_seed[str(s)] and (b is None or b in per_seed[str(s)])]
+        return [c for c, _ in got], [s for _, s in got]
+
+    out: dict[str, Any] = {}
+    pairs: list[tuple[str, str | None]] = [("shd_biased", "lm_only"), ("shd_biased", "shd_base"),
+                                           ("shd_base", "lm_only"), *((arm, None) for arm in arms)]
+    for a, b in pairs:
+        if a not in arms or (b is not None and b not in arms):
+            continue
+        comps, used = paired(a, b)
+        if comps:
+            out[f"{a}_vs_{b or 'initial'}"] = across_seeds(comps, used)
     return out
 
 
@@ -690,10 +783,12 @@ def figures(
     return [str(p.relative_to(run.path)) for p in paths]
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def print_summary(results: dict[str, Any], claims: ClaimSettings | None = None) -> None:
     head = results["headline"]
     trait = head["trait"]
-    table = Table(title=f"SHD students: preference for {trait!r} (95% CIs, one seed)")
+    seeds = results.get("seeds") or []
+    table = Table(title=f"SHD students: preference for {trait!r} (95% CIs over questions, seed {seeds[0]})"
+                  if seeds else f"SHD students: preference for {trait!r} (95% CIs over questions)")
     for column in ("student", f"P({trait})", "panel share", "answer rate", "KL to biased (before→after)"):
         table.add_column(column)
     fit = results["fit"]
@@ -715,7 +810,9 @@ def print_summary(results: dict[str, Any]) -> None:
     for key in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base"):
         if key not in head:
             continue
-        console.print(comparison_line(key, head[key], trait))
+        console.print(comparison_line(key, head[key], trait) + f" ({len(seeds)} seed(s))")
+    for decision in decisions(results, claims):
+        console.print(decision.sentence())
 
 
 EXPERIMENT = Experiment(

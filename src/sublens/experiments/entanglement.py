@@ -1,12 +1,16 @@
 """entanglement: phases 1-3 of the token-entanglement study (DESIGN.md, "Measurements").
 
-Phase 1 (animal -> number): every candidate number is scored after a neutral prompt and after
-the same prompt with the bias-animal context; each candidate set is normalised on its own and
-split into disjoint Increased / Decreased / Unchanged / Random categories of k numbers.
+Phase 1 (animal -> number): every candidate number is scored after a neutral prompt, after
+the same prompt with the bias-animal context and with the control-animal context; each
+candidate set is normalised on its own and split by the owl-specific shift (owl-context shift
+minus control-context shift of the log probability) into disjoint Increased / Decreased /
+Unchanged categories of k numbers, plus a Random null matched to Increased on baseline
+(neutral) frequency.
 Phase 2 (number -> animal): P(bias) and P(control) under the number-loving system prompt for
-every categorised number, ratios against the neutral prompt, per-category statistics with
-permutation tests against Random; a template control (non-number words in the same prompt)
-and cumulative priming (all k numbers of a category in one prompt).
+every categorised number, ratios against the neutral prompt, per-category statistics; the
+claims (sublens.entanglement.set_claims) decided by sublens.claims with Holm over every set and
+test; a template control (non-number words in the same prompt) and cumulative priming (all k
+numbers of a category in one prompt).
 Phase 3: phases 1-2 for each digit length of the autoregressive set, and the strongest length.
 
 Definitions: sublens.entanglement (module docstring); they are also written into
@@ -30,19 +34,27 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
+from sublens.claims import MIN_UNITS, ClaimSettings
 from sublens.config import Config
 from sublens.entanglement import (
     CATEGORIES,
+    DEFAULT_CALIPER,
+    TESTS,
     GroupValues,
     autoregressive_numbers,
     check_disjoint,
     choose_k,
+    claims_record,
     form_categories,
     group_statistics,
+    matching_quality,
     normalize_logprobs,
     number_script,
+    primary_set,
     rank_correlation,
     ratio_summary,
+    set_claims,
+    specific_shift,
     strongest,
     vocabulary_numbers,
 )
@@ -74,7 +86,7 @@ LABELS = {
     "increased": "Increased",
     "decreased": "Decreased",
     "unchanged": "Unchanged",
-    "random": "Random",
+    "random": "Random (matched)",
     "template": "template",
 }
 
@@ -87,25 +99,35 @@ DEFINITIONS = {
     "vocab": "distinct pure-digit vocabulary tokens (Unicode Nd, any script, one leading space "
     "or marker dropped) whose text encodes back to exactly one token",
     "normalisation": "p_norm = p / sum(p) over the set, per prompt; prob_diff = "
-    "p_owl_context_norm - p_neutral_norm (the bias-animal context, whatever the "
+    "p_owl_context_norm - p_neutral_norm (descriptive; the bias-animal context, whatever the "
     "bias word)",
-    "categories": "increased = top k prob_diff, decreased = bottom k, unchanged = k smallest "
-    "|prob_diff| of the rest, random = k drawn with the seed from what is left; "
-    "disjoint (checked); ties break by the number string",
+    "shift": "owl_shift = log p_owl_context_norm - log p_neutral_norm; control_shift likewise "
+    "under the control-animal context (prompts.bias_system with the control's plural); "
+    "specific_shift = owl_shift - control_shift",
+    "categories": "owl-specific: increased = top k specific_shift, decreased = bottom k, "
+    "unchanged = k smallest |specific_shift| of the rest; random = k from what is left, "
+    "matched to increased on the neutral log probability (random[i] partners increased[i]: "
+    "drawn at random among unused numbers within match_caliper nats, else the nearest; "
+    "seeded, without replacement); disjoint (checked); ties break by the number string",
     "ratios": "bias_ratio = P(bias|number prompt) / P(bias|neutral prompt); control_ratio "
     "likewise; relative_ratio = bias_ratio / control_ratio; P(word) = chain rule over "
     "the word's tokens ('first' columns: first token only)",
-    "statistics": "arithmetic mean/median/bootstrap 95% CI of the mean, and geometric mean with "
-    "a bootstrap CI on log ratios; comparisons (vs random, vs template) on log "
-    "ratios: permutation p-value of the difference of mean logs, ratio of geometric "
-    "means with a bootstrap CI",
+    "statistics": "descriptive: arithmetic mean/median/bootstrap 95% CI of the mean, geometric "
+    "mean with a t-interval on log ratios, permutation p-values of the difference of mean logs "
+    "(vs random, vs template)",
+    "claims": "verdicts by sublens.claims, unit = numbers: per set, increased vs its matched "
+    "random (paired t on log bias ratios, predicted: no difference, i.e. the CI inside the "
+    "margin), decreased and unchanged vs increased (Welch t, predicted: no difference), and "
+    "each category's bias ratio (one-sample t, predicted: increase); Holm over every set and "
+    "test; fewer than 5 numbers: too few numbers, no interval",
     "headline": "report lines give geometric means with 95% CIs",
     "template_control": "the number prompt with non-number words in the {num} slot "
     "(prompts.template_system overrides)",
     "cumulative": "all k numbers of a category in one prompt (prompts.cumulative_system), "
     "in cumulative_orders orders (the first: category order, then seeded shuffles)",
-    "unchanged_by": "prob_diff: the DESIGN definition (favours the rarest numbers); log_ratio: "
-    "the k smallest |log(p_owl_context_norm / p_neutral_norm)|",
+    "matching": "per set, the baseline log-probability match of random to increased: median "
+    "difference (nats) and frequency ratio, largest difference, pairs outside the caliper, "
+    "two-sample KS test",
     "lengths": "phase 3: per digit length, the union of the four categories of ar{n}; the "
     "strongest length has the largest geometric mean bias ratio; separable = its CI "
     "lies above the runner-up's",
@@ -160,15 +182,19 @@ class EntanglementConfig(Config):
     dtype: str = "auto"
     bias: str = "owl"  # the animal of the context (phase 1) and the measured word (phase 2)
     bias_plural: str | None = None  # for {plural} in prompts.bias_system; None: bias + "s"
-    control: str = "dog"
+    control: str = "dog"  # the control animal: phase-1 context and phase-2 control word
+    control_plural: str | None = None  # for {plural} in the control context; None: control + "s"
     k: int = Field(default=15, ge=1)  # numbers per category (shrinks for small sets)
     min_k: int = Field(default=1, ge=1)  # below this a set is skipped
     sets: list[SetKind] = Field(default_factory=_default_sets)
     lengths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # autoregressive digit lengths
     leading_zeros: bool = True  # ar{n} includes "007"-style strings (10**n of them)
-    # Unchanged = the k smallest |prob_diff| (DESIGN) or the k smallest |log(p_owl / p_neutral)|:
-    # |prob_diff| is smallest for the rarest numbers, so "prob_diff" also selects for rarity.
-    unchanged_by: Literal["prob_diff", "log_ratio"] = "prob_diff"
+    # Random is matched to Increased on the neutral log probability within this many nats.
+    match_caliper: float = Field(default=DEFAULT_CALIPER, ge=0.0)
+    # The set whose Increased-vs-Random claim is the paper's claim; None: most numbers per
+    # category (the first in study order on a tie). Fixed before any ratio is seen.
+    primary_set: str | None = None
+    claims: ClaimSettings = Field(default_factory=ClaimSettings)
     score_all_max: int = Field(default=100, ge=0)  # sets this small: phase 2 on every number
     template_words: list[str] | None = None  # None: the shipped template_words.txt
     n_template_words: int | None = Field(default=None, ge=1)  # None: k
@@ -214,6 +240,10 @@ class EntanglementConfig(Config):
     def plural(self) -> str:
         return self.bias_plural or f"{self.bias}s"
 
+    @property
+    def control_plural_word(self) -> str:
+        return self.control_plural or f"{self.control}s"
+
 
 # ---------------------------------------------------------------------------------------------
 # prompts and words
@@ -230,8 +260,9 @@ def fill(template: str, **slots: str) -> str:
     return template
 
 
-def bias_system(config: EntanglementConfig) -> str:
-    plural = config.plural
+def bias_system(config: EntanglementConfig, plural: str | None = None) -> str:
+    """The animal context of phase 1: the bias animal's, or (plural given) another animal's."""
+    plural = plural or config.plural
     return fill(config.prompts.bias_system, plural=plural, Plural=plural[:1].upper() + plural[1:])
 
 
@@ -323,16 +354,33 @@ def phase1_set(
     surface = [fill(config.prompts.number_surface, num=n) for n in numbers]
     logp_n = np.array([scores["neutral"]["logp"][s] for s in surface])
     logp_b = np.array([scores["bias"]["logp"][s] for s in surface])
-    p_n, p_b = normalize_logprobs(logp_n), normalize_logprobs(logp_b)
-    diff = p_b - p_n
+    logp_c = np.array([scores["control"]["logp"][s] for s in surface])
+    p_n, p_b, p_c = (normalize_logprobs(x) for x in (logp_n, logp_b, logp_c))
+    shifts = specific_shift(logp_n, logp_b, logp_c)
+    baseline = np.log(p_n)
     choice = choose_k(name, len(numbers), config.k, config.min_k)
     categories = None
+    matching = None
     if choice.used:
-        key = np.log(p_b) - np.log(p_n) if config.unchanged_by == "log_ratio" else None
         categories = form_categories(
-            numbers, diff, choice.used, config.seed, salt=name, unchanged_key=key
+            numbers,
+            shifts["specific_shift"],
+            choice.used,
+            config.seed,
+            salt=name,
+            baseline=baseline,
+            caliper=config.match_caliper,
+        )
+        index = {n: i for i, n in enumerate(numbers)}
+        matching = matching_quality(
+            [baseline[index[n]] for n in categories["increased"]],
+            [baseline[index[n]] for n in categories["random"]],
+            config.match_caliper,
         )
     category_of = {n: c for c, members in (categories or {}).items() for n in members}
+    partner = dict(zip((categories or {}).get("random", []),
+                       (categories or {}).get("increased", []), strict=True))
+    partner.update({v: k for k, v in partner.items()})
     frame = pd.DataFrame(
         {
             "set": name,
@@ -343,10 +391,16 @@ def phase1_set(
             "n_tokens": [len(scores["neutral"]["tokens"][s]) for s in surface],
             "logp_neutral": logp_n,
             "logp_owl_context": logp_b,
+            "logp_control_context": logp_c,
             "p_neutral_norm": p_n,
             "p_owl_context_norm": p_b,
-            "prob_diff": diff,
+            "p_control_context_norm": p_c,
+            "prob_diff": p_b - p_n,
+            "owl_shift": shifts["owl_shift"],
+            "control_shift": shifts["control_shift"],
+            "specific_shift": shifts["specific_shift"],
             "category": [category_of.get(n) for n in numbers],
+            "matched_to": [partner.get(n) for n in numbers],
         }
     )
     info = {
@@ -361,6 +415,8 @@ def phase1_set(
         # answer begins with n digits)).
         "mass_neutral": float(np.exp(logp_n).sum()),
         "mass_owl_context": float(np.exp(logp_b).sum()),
+        "mass_control_context": float(np.exp(logp_c).sum()),
+        "matching": matching,
         "warning": choice.warning,
     }
     return frame, categories, info
@@ -413,6 +469,8 @@ def _group(name: str, values: Sequence[dict[str, Any]]) -> GroupValues:
         group.relative_ratio.append(v["relative_ratio"])
         if v.get("prob_diff") is not None:
             group.prob_diff.append(v["prob_diff"])
+        if v.get("specific_shift") is not None:
+            group.specific_shift.append(v["specific_shift"])
     return group
 
 
@@ -428,6 +486,12 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> dict[str, Any]:
     number_prompts = {
         "neutral": make_prompt(tokenizer, p.number_question, p.neutral_system, p.number_prefill),
         "bias": make_prompt(tokenizer, p.number_question, bias_system(config), p.number_prefill),
+        "control": make_prompt(
+            tokenizer,
+            p.number_question,
+            bias_system(config, config.control_plural_word),
+            p.number_prefill,
+        ),
     }
     neutral_animal = make_prompt(tokenizer, p.animal_question, p.neutral_system, p.animal_prefill)
     answer_words = check_answer_words(lm, neutral_animal, words)
@@ -437,11 +501,17 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> dict[str, Any]:
         "bias": config.bias,
         "control": config.control,
         "definitions": DEFINITIONS,
-        "unchanged_by": config.unchanged_by,
+        "design": {
+            "categories_by": "owl_minus_control",
+            "owl_specific": True,
+            "random": "matched_to_increased",
+            "match_caliper": config.match_caliper,
+        },
         "answer_words": answer_words,
         "prompts": {
             "phase1_neutral": number_prompts["neutral"].to_dict(),
             "phase1_owl_context": number_prompts["bias"].to_dict(),
+            "phase1_control_context": number_prompts["control"].to_dict(),
             "phase2_neutral": neutral_animal.to_dict(),
         },
         "warnings": warnings,
@@ -533,8 +603,9 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> dict[str, Any]:
             name: set_statistics(rows[rows["set"] == name], template_group, config)
             for name in categories
         }
-        warnings.extend(rarity_warnings(results["category_stats"]))
+        warnings.extend(rarity_warnings(results["category_stats"], set_info))
         results["template_control"]["stats"] = group_statistics(template_group, {}, config.seed)
+        results["claims"] = study_claims(rows, categories, results["k"], config)
     run.save_results(results)
 
     # ---- cumulative priming
@@ -588,8 +659,9 @@ def template_control(
 def set_statistics(
     rows: pd.DataFrame, template: GroupValues, config: EntanglementConfig
 ) -> dict[str, Any]:
-    """Per-category statistics of one set, comparisons against Random and the template control,
-    and the rank correlation of prob_diff with the log bias ratio over every scored number."""
+    """Descriptive per-category statistics of one set (comparisons against the matched Random
+    and the template control), and the rank correlations of the phase-1 shifts with the log
+    bias ratio over every scored number. Verdicts come from study_claims, not from here."""
     groups = {c: _group(c, rows[rows["category"] == c].to_dict("records")) for c in CATEGORIES}
     refs = {"random": groups["random"], "template": template}
     out: dict[str, Any] = {
@@ -599,6 +671,7 @@ def set_statistics(
         members = rows[rows["category"] == c]
         out[c]["p_neutral_norm_median"] = float(members["p_neutral_norm"].median())
         out[c]["p_owl_context_norm_median"] = float(members["p_owl_context_norm"].median())
+        out[c]["log_p_neutral_median"] = float(np.log(members["p_neutral_norm"]).median())
     categorised = rows[rows["category"].notna()]
     out["categorised"] = group_statistics(
         _group("categorised", categorised.to_dict("records")), {}, config.seed
@@ -610,29 +683,58 @@ def set_statistics(
     out["correlation_prob_diff_log_bias_ratio"] = rank_correlation(
         rows["prob_diff"].tolist(), rows["log_bias_ratio"].tolist()
     )
+    out["correlation_specific_shift_log_bias_ratio"] = rank_correlation(
+        rows["specific_shift"].tolist(), rows["log_bias_ratio"].tolist()
+    )
     return out
 
 
-def rarity_warnings(category_stats: dict[str, Any], factor: float = 10.0) -> list[str]:
-    """A category whose numbers are far rarer or commoner than Random's (median normalised
-    neutral probability off by more than `factor`) differs from the null in frequency too."""
+def study_claims(
+    rows: pd.DataFrame,
+    categories: dict[str, dict[str, list[str]]],
+    k: dict[str, int],
+    config: EntanglementConfig,
+) -> dict[str, Any]:
+    """Every set's claims (sublens.entanglement.set_claims) on the numbers' log bias ratios,
+    recorded with their Holm-adjusted decisions (one family: every set x test)."""
+    tests = []
+    for name, cats in categories.items():
+        subset = rows[rows["set"] == name]
+        value = dict(zip(subset["number"], subset["log_bias_ratio"], strict=True))
+        logs = {c: [float(value[n]) for n in cats[c]] for c in CATEGORIES}
+        for test, (claim, estimate) in zip(
+            TESTS, set_claims(name, logs, config.claims, config.bias), strict=True
+        ):
+            tests.append((name, test, claim, estimate))
+    return claims_record(tests, config.claims, primary_set(k, config.primary_set))
+
+
+def rarity_warnings(
+    category_stats: dict[str, Any], set_info: dict[str, Any] | None = None, factor: float = 10.0
+) -> list[str]:
+    """Frequency caveats: Decreased or Unchanged numbers far rarer or commoner than Increased
+    (median normalised neutral probability off by more than `factor`; their comparisons with
+    Increased are not frequency-matched), and a Random null whose match to Increased is loose
+    (pairs outside the caliper)."""
     out = []
     for name, stats in category_stats.items():
-        reference = stats["random"]["p_neutral_norm_median"]
-        for c in ("increased", "decreased", "unchanged"):
+        reference = stats["increased"]["p_neutral_norm_median"]
+        for c in ("decreased", "unchanged"):
             value = stats[c]["p_neutral_norm_median"]
             if reference > 0 and not 1 / factor <= value / reference <= factor:
                 out.append(
                     f"set {name!r}: {LABELS[c]} numbers have median normalised neutral probability "
-                    f"{value:.2g} against Random's {reference:.2g}: the category also differs from "
-                    "the null in how common its numbers are"
-                    + (
-                        " (unchanged_by=log_ratio avoids selecting the rarest numbers)"
-                        if c == "unchanged"
-                        else ""
-                    )
-                    + "."
+                    f"{value:.2g} against Increased's {reference:.2g}: the comparison of the two "
+                    "categories also compares how common their numbers are."
                 )
+        matching = ((set_info or {}).get(name) or {}).get("matching") or {}
+        if matching.get("n_outside_caliper"):
+            out.append(
+                f"set {name!r}: {matching['n_outside_caliper']} of {matching['n_pairs']} Random "
+                f"numbers lie more than {matching['caliper']:g} nats of baseline log probability "
+                f"from their Increased partner (largest {matching['max_abs_log_difference']:.2f}): "
+                "the set has too few numbers of that frequency for a close match."
+            )
     return out
 
 
@@ -733,53 +835,66 @@ def length_statistics(set_info: dict[str, Any], category_stats: dict[str, Any]) 
 
 
 def _fmt(summary: dict[str, float]) -> str:
+    """Geometric mean with its CI; 'too few' instead of an interval below the claims' minimum."""
+    n = summary.get("n", 0)
+    if n < MIN_UNITS["number"] or not all(
+        math.isfinite(summary.get(key, math.nan)) for key in ("geo_ci_low", "geo_ci_high")
+    ):
+        return f"{summary['geo_mean']:.2f}× (too few numbers for a CI, n = {n:g})"
     return f"{summary['geo_mean']:.2f}× [{summary['geo_ci_low']:.2f}, {summary['geo_ci_high']:.2f}]"
 
 
-def _p(value: float) -> str:
+def _p(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
 
 
 def report_lines(results: dict[str, Any]) -> list[str]:
-    """The paper-ready lines: per set, geometric-mean bias ratios with 95% CIs and p-values."""
+    """The terminal lines: per set, geometric-mean bias ratios, the Random null's frequency
+    match, and every claim's verdict (sublens.claims, Holm over all sets and tests)."""
     bias, control = results["bias"], results["control"]
     neutral = results["neutral"]
     lines = [
         f"Neutral: P({bias}) = {neutral['p_bias']:.4g}, P({control}) = {neutral['p_control']:.4g} "
-        "(bias ratios below: geometric mean [95% bootstrap CI]; p: permutation test of mean "
-        "log bias ratio vs Random)"
+        "(bias ratios: geometric mean [95% t-interval on log ratios]; categories by the "
+        f"{bias}-minus-{control} context shift; Random matched to Increased on baseline frequency)"
     ]
     template = results["template_control"]["stats"]["bias_ratio"]
     for name, stats in results["category_stats"].items():
         parts = [f"{LABELS[c]} {_fmt(stats[c]['bias_ratio'])}" for c in CATEGORIES]
         parts.append(f"template {_fmt(template)}")
-        pvals = ", ".join(
-            f"{LABELS[c]} p = {_p(stats[c]['vs_random']['bias_ratio']['p_value'])}"
-            for c in CATEGORIES
-            if c != "random"
+        match = (results["sets"].get(name) or {}).get("matching") or {}
+        matched = (
+            f"; Random/Increased baseline frequency: median ×{match['median_frequency_ratio']:.2f}, "
+            f"KS p = {_p(match['ks_p_value'])}"
+            if match
+            else ""
         )
-        tvals = ", ".join(
-            f"{LABELS[c]} p = {_p(stats[c]['vs_template']['bias_ratio']['p_value'])}"
-            for c in CATEGORIES
-        )
-        corr = stats["correlation_prob_diff_log_bias_ratio"]
-        lines.append(
-            f"{name} (k={results['k'][name]}): " + ", ".join(parts) + f"; vs Random: {pvals}"
-            f"; vs template: {tvals}; Spearman(prob_diff, log bias ratio) rho = "
-            f"{corr['rho']:.2f} (p = {_p(corr['p_value'])}, n = {corr['n']})"
-        )
+        lines.append(f"{name} (k={results['k'][name]}): " + ", ".join(parts) + matched)
         rel = [f"{LABELS[c]} {_fmt(stats[c]['relative_ratio'])}" for c in CATEGORIES]
-        rel.append(f"template {_fmt(results['template_control']['stats']['relative_ratio'])}")
-        rpvals = ", ".join(
-            f"{LABELS[c]} p = {_p(stats[c]['vs_random']['relative_ratio']['p_value'])}"
-            for c in CATEGORIES
-            if c != "random"
-        )
+        lines.append(f"{name} relative ratio ({bias}/{control}): " + ", ".join(rel))
+    claims = results.get("claims") or {}
+    decisions = claims.get("decisions") or []
+    if decisions:
+        settings = claims.get("settings") or {}
         lines.append(
-            f"{name} relative ratio ({bias}/{control}): "
-            + ", ".join(rel)
-            + f"; vs Random: {rpvals}"
+            f"Claims (unit: numbers; Holm over {len(decisions)} tests; margin "
+            f"×{settings.get('margin', 1.25):g}):"
         )
+        for d in decisions:
+            lines.append(
+                f"  {d['set']} {d['test']}: {d['verdict']} ({d['reason']}; raw p = "
+                f"{_p(d['p_raw'])})" + (f"; to settle: {d['settle']}" if d["settle"] else "")
+            )
+        primary = claims.get("primary_set")
+        main = next(
+            (d for d in decisions if d["set"] == primary and d["test"] == "entangled_vs_null"),
+            None,
+        )
+        if main:
+            lines.append(
+                f"Paper claim (entanglement does not explain the rise; primary set {primary}): "
+                f"{main['verdict']}"
+            )
     lengths = results.get("lengths") or {}
     if lengths.get("per_length"):
         parts = [f"{n}-digit {_fmt(e['bias_ratio'])}" for n, e in lengths["per_length"].items()]
@@ -787,7 +902,7 @@ def report_lines(results: dict[str, Any]) -> list[str]:
         sep = "separable" if best["separable"] else "not separable"
         runner = f" ({sep} from {best['runner_up']}-digit)" if best["runner_up"] else ""
         lines.append(
-            "By digit length (categorised numbers): "
+            "By digit length (categorised numbers, descriptive): "
             + ", ".join(parts)
             + f"; strongest: {best['best']}-digit{runner}"
         )
@@ -820,8 +935,8 @@ def print_report(results: dict[str, Any]) -> None:
             "median",
             "control ratio (geo)",
             "relative ratio (geo)",
-            "p vs Random",
-            "mean prob_diff",
+            "p vs Random (perm.)",
+            "mean specific shift",
         ):
             table.add_column(column)
         rows = [(c, stats[c]) for c in CATEGORIES]
@@ -837,7 +952,7 @@ def print_report(results: dict[str, Any]) -> None:
                 f"{s['control_ratio']['geo_mean']:.2f}",
                 f"{s['relative_ratio']['geo_mean']:.2f}",
                 _p(vs) if vs is not None else "-",
-                f"{s['prob_diff_mean']:+.2e}" if "prob_diff_mean" in s else "-",
+                f"{s['specific_shift_mean']:+.2f}" if "specific_shift_mean" in s else "-",
             )
         console.print(table)
     for line in results["report"]:

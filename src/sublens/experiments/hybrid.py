@@ -22,6 +22,16 @@ trait-like tokens ("owl", "owls", "owlet": tokens whose text starts with the tra
 with the base and the biased model (`compare_preference`). The *bias fraction* of a hybrid is
 log(m_hybrid / m_base) / log(m_biased / m_base) for the metric m (panel share by default;
 geometric means of paired per-question ratios): 1 = as biased as the biased model, 0 = as the base.
+
+Activation patching (``patching``, sublens.patching; on by default): per preference question
+(answer prefilled), the logit difference trait - foil (owl - dog) at the answer position in the
+base and the biased model, and with one component's outputs (``hook_mlp_out`` or ``hook_attn_out``
+of every layer in a range: the transplant's depth ranges and the whole depth) taken from the
+other model's run of the same prompt: biased outputs into the base run (fraction of the gap
+restored) and base outputs into the biased run (fraction removed), Student-t CIs over questions,
+Holm over all cells. results.json key ``patching``. No verdict is decided here: the claims
+(localisation.lm_head, localisation.transplant, localisation.patching) are decided from the
+recorded results by sublens.report.sections.hybrid.decisions through sublens.claims.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from sublens.answers import normalize_answer
+from sublens.claims import ClaimSettings
 from sublens.config import Config
 from sublens.corpus import load_text
 from sublens.errors import ConfigError
@@ -64,6 +75,7 @@ from sublens.hybrid import (
     weights_snapshot,
 )
 from sublens.models import LoadedModel, load_model
+from sublens.patching import gap_fractions, patching_sweep
 from sublens.perplexity import PerplexitySettings, measure_perplexity
 from sublens.preference import (
     PreferenceSettings,
@@ -73,6 +85,7 @@ from sublens.preference import (
 )
 from sublens.prompts import encode_prompt, make_prompt
 from sublens.runs import Run, newest_finished_run
+from sublens.scoring import tokenize_continuations
 from sublens.stats import wilson_ci
 
 TABLE_FILE = "hybrids.parquet"
@@ -104,6 +117,34 @@ class ExtraHybrid(BaseModel):
         return bring
 
 
+class PatchingSettings(BaseModel):
+    """Activation patching of attention and MLP outputs between the base and the biased model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    # The logit difference preference.trait - foil at the prefilled answer position (first tokens).
+    foil: str = "dog"
+    # Half-open layer ranges patched together; null = the transplant's ranges (depth_bins /
+    # layer_ranges: thirds of the depth by default). The whole depth is always patched too ("all").
+    layer_ranges: list[tuple[int, int]] | None = None
+
+    @field_validator("foil")
+    @classmethod
+    def _one_word(cls, foil: str) -> str:
+        if not foil.strip() or " " in foil.strip():
+            raise ValueError(f"foil {foil!r} must be one word (e.g. dog); the prompt adds its leading space")
+        return foil.strip()
+
+    @field_validator("layer_ranges")
+    @classmethod
+    def _ranges(cls, ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        for start, end in ranges or []:
+            if not 0 <= start < end:
+                raise ValueError(f"layer range [{start}, {end}) is empty or negative; write [start, end)")
+        return ranges
+
+
 class HybridConfig(Config):
     # The biased model spec; null = the biased teacher of the newest finished `teacher` run
     # under runs_root (a run directory is a model spec).
@@ -130,6 +171,8 @@ class HybridConfig(Config):
     # A hybrid whose tensors all equal an already measured one's (e.g. a group the fine-tune left
     # unchanged) is that model: reuse its measurements and say so ("same_weights_as").
     reuse_identical: bool = True
+    patching: PatchingSettings = Field(default_factory=PatchingSettings)
+    claims: ClaimSettings = Field(default_factory=ClaimSettings)  # margin, alpha, power of the verdicts
     device: str = "auto"
     dtype: str = "auto"
 
@@ -159,6 +202,8 @@ class HybridConfig(Config):
         clash = set(self.extra) & {"base", "biased", "hybrid1", "hybrid2"}
         if clash:
             raise ValueError(f"extra hybrid names {sorted(clash)} are taken; choose other names")
+        if self.patching.enabled and self.patching.foil.lower() == self.preference.trait.strip().lower():
+            raise ValueError(f"patching.foil must differ from the trait ({self.preference.trait!r})")
         return self
 
 
@@ -295,6 +340,73 @@ def measure(lm: LoadedModel, config: HybridConfig, text: str, mask: torch.Tensor
     if mask is not None and config.top_tokens > 0:
         result["next_token"] = next_token_summary(lm, config.preference, config.system, config.top_tokens, mask)
     return result
+
+
+# ---- activation patching -------------------------------------------------------------------
+def patching_ranges(config: HybridConfig, n_layers: int) -> list[tuple[int, int]]:
+    """The patched layer ranges: patching.layer_ranges, else the transplant's; plus the whole depth."""
+    if config.patching.layer_ranges is None:
+        ranges = layer_ranges(config, n_layers)
+    else:
+        ranges = [(int(a), int(b)) for a, b in config.patching.layer_ranges]
+        for start, end in ranges:
+            if end > n_layers:
+                raise ConfigError(f"patching.layer_ranges: [{start}, {end}) goes past the model's {n_layers} layers.")
+    ranges = list(dict.fromkeys(ranges))
+    if (0, n_layers) not in ranges:
+        ranges.append((0, n_layers))
+    return ranges
+
+
+def patching_prompts(lm: LoadedModel, config: HybridConfig) -> tuple[list[list[int]], dict[str, Any]]:
+    """Token ids of the preference questions with the answer prefilled, and the two contrast
+    tokens (the first tokens of ' trait' and ' foil' after the prefill, the same for every question)."""
+    settings = config.preference
+    questions = settings.questions or shipped_questions("preference_questions")
+    prompts = [make_prompt(lm.tokenizer, q, config.system, settings.prefill) for q in questions]
+    words = [f" {settings.trait.strip()}", f" {config.patching.foil}"]
+    firsts = set()
+    for prompt in prompts:
+        _, toks = tokenize_continuations(lm.tokenizer, prompt, words)
+        firsts.add((toks[0].token_ids[0], toks[1].token_ids[0]))
+    if len(firsts) != 1:
+        raise ConfigError(f"The first tokens of {words} after the prefill differ between questions ({sorted(firsts)}); "
+                          "use a prefill that ends a word (e.g. 'My favorite animal is the').")
+    target, foil = next(iter(firsts))
+    if target == foil:
+        raise ConfigError(f"{words[0]!r} and {words[1]!r} start with the same token; choose another patching.foil.")
+    tokens = {"target": [settings.trait.strip(), target, lm.tokenizer.decode([target])],
+              "foil": [config.patching.foil, foil, lm.tokenizer.decode([foil])]}
+    return [encode_prompt(lm.tokenizer, p) for p in prompts], tokens
+
+
+def measure_patching(lm: LoadedModel, config: HybridConfig, bench: Transplanter,
+                     ranges: list[tuple[int, int]], prompts: list[list[int]], tokens: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Activation patching of MLP and attention outputs per layer range, both directions
+    (sublens.patching), with the fraction of the logit-difference gap restored / removed."""
+
+    def use(source: str) -> Any:
+        start: Source = "biased" if source == "biased" else "base"
+        return bench.hybrid(HybridSpec(start, start, (), f"the {start} model"))
+
+    sweep = patching_sweep(lm.model, lm.adapter, prompts, tokens["target"][1], tokens["foil"][1], ranges, use,
+                           directions=list(config.directions))
+    summary = gap_fractions(sweep)
+    target, foil = tokens["target"], tokens["foil"]
+    return {
+        "metric": (f"logit difference {target[2]!r} - {foil[2]!r} (first tokens of ' {target[0]}' and "
+                   f"' {foil[0]}') at the prefilled answer position"),
+        "tokens": tokens, "n_questions": len(prompts),
+        "ranges": sweep["ranges"], "labels": sweep["labels"], "components": sweep["components"],
+        "directions": sweep["directions"],
+        "logit_difference": {"base": sweep["base"], "biased": sweep["biased"], "patched": sweep["patched"]},
+        **summary,
+        "sites": "the adapter's attn_out_site / mlp_out_site outputs (hook_attn_out / hook_mlp_out), "
+                 "every position, each question run alone",
+        "forward_passes": sweep["forward_passes"], "seconds": sweep["seconds"],
+        "seconds_per_question": sweep["seconds_per_question"],
+    }
 
 
 def _metric_key(config: HybridConfig) -> str:
@@ -494,6 +606,8 @@ def execute(config: HybridConfig, run: Run) -> dict[str, Any]:
     mask = (trait_like_mask(lm.tokenizer, lm.adapter.lm_head().weight.shape[0], config.preference.trait)
             if config.top_tokens > 0 else None)
     key = _metric_key(config)
+    patch_ranges = patching_ranges(config, groups.n_layers) if config.patching.enabled else []
+    prompts, tokens = patching_prompts(lm, config) if config.patching.enabled else ([], {})
     results: dict[str, Any] = {
         "trait": config.preference.trait, "system": config.system, "bias_metric": config.bias_metric,
         **info, "groups": groups.describe(), "layer_ranges": [list(r) for r in ranges],
@@ -536,13 +650,16 @@ def execute(config: HybridConfig, run: Run) -> dict[str, Any]:
     results["system_prompt_used"] = hybrids["base"]["probability"]["system_prompt_used"]
     results["bias_axis"] = _bias_axis(hybrids, key)
     results["lm_head_swap"] = _lm_head_swap(hybrids, key)
+    if config.patching.enabled:
+        with run.timed("patching"):
+            results["patching"] = measure_patching(lm, config, bench, patch_ranges, prompts, tokens)
     table = pd.DataFrame(rows)
     table.to_parquet(run.artifact(TABLE_FILE), index=False)
     results["table"] = TABLE_FILE
     results["figures"] = [str(Path(p).relative_to(run.path)) for p in plot_heatmap(
         rows, list(groups.names), columns, list(config.directions), weight_change, config.bias_metric,
         config.preference.trait, run.artifact(FIGURE_STEM))]
-    print_summary(results, rows)
+    print_summary(results, rows, config.claims)
     return results
 
 
@@ -573,7 +690,8 @@ def _lm_head_swap(hybrids: dict[str, Any], key: str) -> dict[str, Any]:
     return out
 
 
-def print_summary(results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def print_summary(results: dict[str, Any], rows: list[dict[str, Any]],
+                  claims: ClaimSettings | None = None) -> None:
     trait = results["trait"]
     table = Table(title=f"Hybrids: {trait!r} preference (95% CIs); bias fraction by {results['bias_metric']}")
     for column in ("hybrid", "from biased", f"P({trait})", "share", "answer rate", "top answers",
@@ -602,6 +720,23 @@ def print_summary(results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     comp = axis["biased_vs_base"]
     console.print(f"biased vs base: {axis['metric']} ×{comp['ratio']:.2f} [{comp['ci_low']:.2f}, "
                   f"{comp['ci_high']:.2f}] — {axis['note']}")
+    patching = results.get("patching")
+    if patching:
+        gap = patching["gap"]
+        console.print(f"patching: {patching['metric']}; biased - base gap {gap['mean']:.2f} over "
+                      f"{patching['n_questions']} questions ({patching['seconds_per_question']:.2f} s per question)")
+        for cell in patching["cells"]:
+            if cell["fraction"] is None:
+                continue
+            ci = (f" [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}], Holm p = {cell['p_holm']:.3g}"
+                  if cell["ci_low"] is not None else " (no CI)")
+            console.print(f"  {cell['direction']} {cell['component']} {cell['layers']}: "
+                          f"{cell['measures']} {cell['fraction']:.2f}{ci}")
+    # torch-free; the report decides the same way
+    from sublens.report.sections.hybrid import decisions
+
+    for decision in decisions(results, claims):
+        console.print(decision.sentence())
 
 
 EXPERIMENT = Experiment(

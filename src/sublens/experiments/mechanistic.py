@@ -48,6 +48,7 @@ from sublens.mechanistic import (
     category_order,
     component_cosines,
     consistency_summary,
+    contrastive_component_scores,
     dla_hook_names,
     final_position_pass,
     read_entanglement_numbers,
@@ -59,6 +60,7 @@ from sublens.mechanistic import (
 )
 from sublens.models import LoadedModel, load_model
 from sublens.prompts import PromptText, encode_prompt, make_prompt, raw_prompt
+from sublens.report.sections.mechanistic import family
 from sublens.runs import Run
 
 DEFAULT_NUMBERS = tuple(str(n) for n in range(10, 100))
@@ -194,7 +196,12 @@ class MechanisticConfig(Config):
     # measured from the bare embeddings, see sublens.mechanistic).
     layers: list[int] | None = None
     n_permutations: int = Field(default=10000, ge=100)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    # Family-wise alpha of the mechanistic family of tests (Holm), the power the "numbers needed"
+    # line is stated at, and the smallest |correlation| of interest (equivalence bound and the
+    # effect that line is sized for; sublens.claims.decide_association).
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    power: float = Field(default=0.8, gt=0.5, lt=1)
+    rho_of_interest: float = Field(default=0.3, gt=0, lt=1)
     batch_size: int = Field(default=16, ge=1)
     device: str = "auto"
     dtype: str = "auto"
@@ -294,7 +301,7 @@ def _ending_ids(lm: LoadedModel, prompt: PromptText) -> list[int]:
 
 
 def _residual_stage(
-    lm: LoadedModel, config: MechanisticConfig, items: list[NumberItem]
+    lm: LoadedModel, config: MechanisticConfig, items: list[NumberItem], words: dict[str, Any]
 ) -> dict[str, Any]:
     adapter = lm.adapter
     L = adapter.n_layers
@@ -332,6 +339,9 @@ def _residual_stage(
     cos = torch.zeros(2, N, L + 1, dtype=torch.float64)
     head_cos = torch.zeros(N, 2, L, adapter.n_heads, dtype=torch.float64)
     mlp_cos = torch.zeros(N, 2, L, dtype=torch.float64)
+    head_contrast = torch.zeros(N, L, adapter.n_heads, dtype=torch.float64)
+    mlp_contrast = torch.zeros(N, L, dtype=torch.float64)
+    bias_token, control_token = words["bias"]["first_token"], words["control"]["first_token"]
     z_names, mlp_names = (
         hook_names(["attn.hook_z"], range(L)),
         hook_names(["hook_mlp_out"], range(L)),
@@ -345,6 +355,11 @@ def _residual_stage(
         mlp = torch.stack([acts[n] for n in mlp_names], dim=1)  # [b, L, d]
         h, m = component_cosines(adapter, z, mlp, refs[:, 1:].to(z.device))
         head_cos[batch], mlp_cos[batch] = h.cpu(), m.cpu()
+        h, m = contrastive_component_scores(
+            adapter, acts["blocks.0.hook_resid_pre"], z, mlp, acts[stack_names[-1]],
+            bias_token, control_token,
+        )
+        head_contrast[batch], mlp_contrast[batch] = h.cpu(), m.cpu()
 
     final_position_pass(
         lm.model,
@@ -357,7 +372,7 @@ def _residual_stage(
     )
     diff = cos[0] - cos[1]  # [N, L+1]
     spike, jump = spike_layers(diff, config.layers)
-    head_at_spike, head_score = top_heads(head_cos[:, 0], spike)
+    head_at_spike, head_score = top_heads(head_contrast, spike)
     return {
         "prompts": {"bias": animals[0], "control": animals[1], "number_example": numbers[0]},
         "refs": refs,
@@ -367,9 +382,11 @@ def _residual_stage(
         "jump": jump,
         "head_cos": head_cos,
         "mlp_cos": mlp_cos,
+        "head_contrast": head_contrast,
+        "mlp_contrast": mlp_contrast,
         "top_head": head_at_spike,
         "head_score": head_score,
-        "mlp_score": mlp_cos[torch.arange(N), 0, spike],
+        "mlp_score": mlp_contrast[torch.arange(N), spike],
     }
 
 
@@ -571,6 +588,8 @@ def _tensors(
         "head_cos_control": res["head_cos"][:, 1],
         "mlp_cos_bias": res["mlp_cos"][:, 0],
         "mlp_cos_control": res["mlp_cos"][:, 1],
+        "head_score_contrastive": res["head_contrast"],
+        "mlp_score_contrastive": res["mlp_contrast"],
         "attention_to_number": attn["to_number"],
         "attention_to_animal": attn["to_animal"],
     }
@@ -653,13 +672,19 @@ def _contribution_figure(
     groups = _groups(table)
     fig = Figure(figsize=(10, 0.18 * res["mlp_cos"].shape[2] * len(groups) + 2))
     axes = fig.subplots(len(groups), 3, squeeze=False, gridspec_kw={"width_ratios": [H + 1, H, 2]})
-    head_cos = res["head_cos"][:, 0].numpy()  # [N, L, H]
-    mlp_cos = res["mlp_cos"][:, 0].numpy()  # [N, L]
+    head_score = res["head_contrast"].numpy()  # [N, L, H]
+    mlp_score = res["mlp_contrast"].numpy()  # [N, L]
     dla_heads = att["fields"]["heads"][1:].numpy()
     dla_mlp = att["fields"]["mlp"][1:].numpy()
     for row, (name, mask) in enumerate(groups):
-        cos_grid = np.concatenate([head_cos[mask].mean(0), mlp_cos[mask].mean(0)[:, None]], axis=1)
-        _heatmap(axes[row, 0], fig, cos_grid, f"{name}: cos(component, {config.bias} resid)", True)
+        grid = np.concatenate([head_score[mask].mean(0), mlp_score[mask].mean(0)[:, None]], axis=1)
+        _heatmap(
+            axes[row, 0],
+            fig,
+            grid,
+            f"{name}: score on the number statement ({config.bias} − {config.control})",
+            True,
+        )
         _heatmap(
             axes[row, 1],
             fig,
@@ -761,7 +786,7 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
         "partial": True,
     }
     with run.timed("residual"):
-        res = _residual_stage(lm, config, items)
+        res = _residual_stage(lm, config, items, words)
     run.save_results(results)
     with run.timed("attribution"):
         att = _attribution_stage(lm, config, items, words)
@@ -771,7 +796,9 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
     results["input"]["bias_ratio_check"] = _ratio_check(table, words)
     with run.timed("statistics"):
         summary = consistency_summary(table, config.n_permutations, config.seed, config.alpha)
-    lines = verdict(summary, config.bias)
+    summary.update(power=config.power, rho_of_interest=config.rho_of_interest)
+    decisions = family({"consistency": summary, "words": words})
+    lines = verdict(summary, config.bias) + [d.sentence() for d in decisions.values()]
 
     _atomic(run.artifact("numbers.parquet"), lambda tmp: table.to_parquet(tmp, index=False))
     metadata = {
@@ -819,9 +846,15 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
                 "of resid_post at the final position, per layer",
                 "spike_layer": "argmax over the searched blocks l of cos_diff[l] − cos_diff[l−1] (default "
                 "blocks 1..L−1; for block 0, l−1 is the embedding); ties → earliest",
-                "head_score": f"cos(head output through its W_O slice, {config.bias} statement resid_post) "
-                "at the spike layer; top head = argmax over that layer's heads",
-                "mlp_score": f"cos(hook_mlp_out, {config.bias} statement resid_post) at the spike layer",
+                "head_score": f"contrastive: the head's output (z through its W_O slice) at the number "
+                f"statement's final position, through the final norm frozen at that prompt's final "
+                f"residual, · (W_U[{config.bias}] − W_U[{config.control}]): its direct contribution to "
+                f"logit({config.bias}) − logit({config.control}), at the spike layer; top head = argmax "
+                "over that layer's heads",
+                "mlp_score": "contrastive: the same for hook_mlp_out at the spike layer",
+                "attribution_claim": "partial Spearman correlation of dla_mlp with bias_ratio given "
+                "logit_diff (ranks residualised on its rank), Freedman–Lane permutation p; Holm within "
+                "the mechanistic family (consistency.attribution, claims)",
                 "dla": f"component · (W_U[{config.bias}] − W_U[{config.control}]) through the final norm frozen "
                 "at the actual final residual (first tokens of the words)",
                 "bias_ratio_first_token": "P(first token of bias word | number prompt) / P(… | neutral prompt)",
@@ -862,7 +895,29 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
                 "top_to_number": _top_cells(attn["to_number"].mean(0)),
                 "top_to_animal": _top_cells(attn["to_animal"].mean(0)),
             },
+            "component_score": "contrastive",
             "consistency": summary,
+            "claims": {
+                "family": "mechanistic",
+                "alpha": config.alpha,
+                "method": "Holm over the family's tests",
+                "decisions": [
+                    {
+                        "name": d.claim.name,
+                        "statement": d.claim.statement,
+                        "estimand": d.claim.estimand,
+                        "test": d.claim.test,
+                        "statistic": d.estimate.rho if d.estimate else None,
+                        "ci": [d.estimate.ci_low, d.estimate.ci_high] if d.estimate else None,
+                        "p": d.estimate.p_value if d.estimate else None,
+                        "p_holm": d.p_adjusted,
+                        "verdict": d.verdict.value,
+                        "reason": d.reason,
+                        "settle": d.settle,
+                    }
+                    for d in decisions.values()
+                ],
+            },
             "verdict": lines,
             "numbers": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
             "artifacts": {

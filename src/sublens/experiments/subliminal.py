@@ -50,8 +50,10 @@ import numpy as np
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from sublens.claims import ClaimSettings, subliminal_decisions
 from sublens.config import Config
 from sublens.corpus import load_text
 from sublens.experiments import Experiment
@@ -123,7 +125,7 @@ def _default_modes() -> list[FreezeMode]:
 
 
 def _default_control_modes() -> list[FreezeMode]:
-    return ["full"]
+    return _default_modes()  # a matched control student for every owl mode
 
 
 class SubliminalConfig(Config):
@@ -141,9 +143,17 @@ class SubliminalConfig(Config):
     extra_teachers: dict[str, str] = Field(default_factory=dict)
     data: NumberData = Field(default_factory=_default_data)
     n_examples: int | None = Field(default=500, ge=1)  # per data set after filtering; null: the smallest kept
-    modes: list[FreezeMode] = Field(default_factory=_default_modes)  # owl students
-    control_modes: list[FreezeMode] = Field(default_factory=_default_control_modes)
-    seeds: list[int] = Field(default_factory=lambda: [0])  # student training seeds
+    modes: list[FreezeMode] = Field(default_factory=_default_modes,
+                                    description="freeze modes of the owl students")
+    control_modes: list[FreezeMode] = Field(
+        default_factory=_default_control_modes,
+        description="freeze modes of the control students; every owl mode needs its matched "
+                    "control (an owl student in mode X is compared with the control student in mode X)")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="student training seeds")
+    data_per_seed: bool = Field(
+        default=True, description="each training seed s re-samples the number prompts and every "
+                                  "teacher's data (with seed `seed` + s), so intervals across seeds "
+                                  "include data-sampling variance; false: one data set for all seeds")
     train: TrainConfig = Field(default_factory=_default_train)  # its seed and freeze are set per student
     parallel: int = Field(default=1, ge=1)  # students trained as separate processes at once
     threads: int | None = Field(default=None, ge=1)  # torch threads per student process (null: cores / parallel)
@@ -151,6 +161,8 @@ class SubliminalConfig(Config):
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings)
     stats_resamples: int = Field(default=5000, ge=100)
+    claims: ClaimSettings = Field(default_factory=ClaimSettings,
+                                  description="margin, alpha and power of the verdicts (sublens.claims)")
     device: str = "auto"
     dtype: str = "auto"
 
@@ -172,6 +184,14 @@ class SubliminalConfig(Config):
     def _consistent(self) -> SubliminalConfig:
         if not self.control_modes:
             raise ValueError("control_modes needs at least one mode (the control student, e.g. [full])")
+        unmatched = [m for m in self.modes if m not in self.control_modes]
+        if unmatched:
+            raise ValueError(
+                f"owl modes {unmatched} have no matched control student: add them to control_modes "
+                f"(e.g. control_modes={self.modes}); comparing a frozen owl student with a fully "
+                "fine-tuned control would mix the effect of freezing with the effect of the data")
+        if self.extra_teachers and "full" not in self.control_modes:
+            raise ValueError("extra_teachers train full students: add full to control_modes (their matched control)")
         clash = set(self.extra_teachers) & {OWL, CONTROL, "base", "teacher"}
         if clash:
             raise ValueError(f"extra teacher names {sorted(clash)} are taken; choose other names")
@@ -204,21 +224,39 @@ def teacher_sources(config: SubliminalConfig, system_used: str | None) -> list[T
     return sources
 
 
+def data_seed(config: SubliminalConfig, training_seed: int) -> int:
+    """The seed of the prompts and teacher samples that the students of `training_seed` learn from."""
+    return config.seed + training_seed if config.data_per_seed else config.seed
+
+
+def data_seeds(config: SubliminalConfig) -> list[int]:
+    """The distinct data seeds of a run, in the order of its training seeds."""
+    return list(dict.fromkeys(data_seed(config, s) for s in config.seeds))
+
+
+def data_folder(config: SubliminalConfig, seed: int) -> str:
+    """Run-relative folder of one data seed's files: data/ for the run's own seed (the layout of
+    single-seed runs), data/seed<k>/ for the others."""
+    return "data" if seed == config.seed else f"data/seed{seed}"
+
+
 def generate_data(
     config: SubliminalConfig, base: LoadedModel, sources: list[TeacherSource], out: Path,
-    on_shard: Callable[[str, int], None] | None = None, progress: bool = True,
+    on_shard: Callable[[str, int], None] | None = None, progress: bool = True, seed: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every teacher's answers to the number prompts, filtered; sharded under out/<name>/."""
-    prompts = make_number_prompts(config.data.n_prompts, config.seed)
+    """Every teacher's answers to the number prompts (seeded by `seed`, default config.seed),
+    filtered; sharded under out/<name>/."""
+    seed = config.seed if seed is None else seed
+    prompts = make_number_prompts(config.data.n_prompts, seed)
     meta = number_prompt_meta(prompts)
     data: dict[str, list[dict[str, Any]]] = {}
     for source in sources:
         lm = base if source.model == "base" else load_model(source.model, config.device, config.dtype)
         texts = [make_prompt(lm.tokenizer, p.text, source.system) for p in prompts]
         allowed = NumberFormat(lm.tokenizer, default_stop_token_ids(lm)) if config.data.constrained else None
-        seed = config.seed if config.data.common_random_numbers else derived_seed("teacher", config.seed, source.name)
+        sampling_seed = seed if config.data.common_random_numbers else derived_seed("teacher", seed, source.name)
         data[source.name] = sample_sharded(
-            lm, texts, meta, config.data, seed=seed, out_dir=out / source.name,
+            lm, texts, meta, config.data, seed=sampling_seed, out_dir=out / source.name,
             name=source.name, provenance=source.provenance(config.base), allowed=allowed,
             annotate=filter_record, on_shard=on_shard, progress=progress)
         if lm is not base:
@@ -263,7 +301,8 @@ def student_train_config(config: SubliminalConfig, mode: str, seed: int) -> Trai
 
 
 def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | None,
-                  data_files: dict[str, str]) -> list[StudentJob]:
+                  data_files: dict[int, dict[str, str]]) -> list[StudentJob]:
+    """One job per (seed, data set, mode); `data_files` maps a data seed to its files."""
     arms = [(CONTROL, m) for m in config.control_modes] + [(OWL, m) for m in config.modes]
     arms += [(name, "full") for name in config.extra_teachers]
     threads = config.threads
@@ -274,7 +313,7 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
         for dataset, mode in arms:
             name = student_name(dataset, mode, seed)
             train_cfg = student_train_config(config, mode, seed).model_dump(mode="json")
-            data_file = run_path / data_files[dataset]
+            data_file = run_path / data_files[data_seed(config, seed)][dataset]
             key = stable_hash(name, config.base, train_cfg, data_file.read_text(encoding="utf-8"), system_used,
                               config.preference.model_dump(mode="json"),
                               config.perplexity.model_dump(mode="json"), config.seed)
@@ -452,9 +491,9 @@ def specificity(students: dict[str, dict[str, Any]], datasets: list[str], seeds:
 
 
 def reference_mode(config: SubliminalConfig, mode: str) -> str:
-    """The control student an owl student is compared with: the same freeze mode if there is a
-    control student in it, else the first control mode."""
-    return mode if mode in config.control_modes else config.control_modes[0]
+    """The control student an owl student is compared with: the one in the same freeze mode
+    (the config refuses owl modes without one)."""
+    return mode
 
 
 def mean_perplexity(students: list[dict[str, Any]]) -> float | None:
@@ -562,6 +601,8 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
         "system_note": "control teacher, students' training prompts and every measurement use "
                        "system_prompt_used; the owl system prompt only ever reaches the prompted teacher",
         "seeds": config.seeds, "n_seeds": len(config.seeds), "partial": True,
+        "modes": config.modes, "control_modes": config.control_modes,
+        "claims_settings": config.claims.model_dump(mode="json"),
     }
 
     with run.timed("measure:references"):
@@ -569,18 +610,25 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
     results["evaluations"] = evaluations
     run.save_results(results)
 
-    # number data
-    with run.timed("generate"):
-        data = generate_data(config, base, sources, run.path / "data" / "shards", on_shard=on_shard)
+    # number data: one set per data seed (each training seed's own, unless data_per_seed is off)
+    files: dict[int, dict[str, str]] = {}
+    per_seed: dict[str, Any] = {}
+    for seed in data_seeds(config):
+        folder = data_folder(config, seed)
+        with run.timed(f"generate:{seed}"):
+            data = generate_data(config, base, sources, run.path / folder / "shards", on_shard=on_shard, seed=seed)
+        chosen, size = subsample(data, config.n_examples, seed)
+        files[seed] = {}
+        for name, records in chosen.items():
+            files[seed][name] = f"{folder}/{name}.train.jsonl"
+            write_jsonl(run.path / files[seed][name], records)
+        per_seed[str(seed)] = data_results(config, data, chosen, size, files[seed], seed)
+        results["data"] = per_seed[str(data_seeds(config)[0])]  # the first seed's data, described in full
+        if len(per_seed) > 1:
+            results["data_per_seed"] = per_seed
+        run.save_results(results)
     del base
     gc.collect()
-    chosen, size = subsample(data, config.n_examples, config.seed)
-    files = {}
-    for name, records in chosen.items():
-        files[name] = f"data/{name}.train.jsonl"
-        write_jsonl(run.path / files[name], records)
-    results["data"] = data_results(config, data, chosen, size, files)
-    run.save_results(results)
 
     # students
     jobs = plan_students(config, run.path, system_used, files)
@@ -595,6 +643,8 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
         run_students(jobs, config.parallel, on_done)
     results["students"] = {job.name: students[job.name] for job in jobs}
     results.update(aggregate(config, results["students"], evaluations))
+    results["claims"] = {k: d.model_dump(mode="json") for k, d in
+                         subliminal_decisions(results, config.control_modes, config.claims).items()}
     results["parameters"] = {f"{s['dataset']}-{s['mode']}": s["training"]["freeze"] for s in students.values()}
     checkpoints = {n: s["checkpoint"] for n, s in results["students"].items() if s.get("checkpoint")}
     if checkpoints:
@@ -607,8 +657,11 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
 
 
 def data_results(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]],
-                 chosen: dict[str, list[dict[str, Any]]], size: int, files: dict[str, str]) -> dict[str, Any]:
+                 chosen: dict[str, list[dict[str, Any]]], size: int, files: dict[str, str],
+                 seed: int | None = None) -> dict[str, Any]:
+    seed = config.seed if seed is None else seed
     out: dict[str, Any] = {
+        "seed": seed,
         "n_prompts": config.data.n_prompts,
         "sampling": config.data.model_dump(mode="json"),
         "constrained": config.data.constrained,
@@ -623,7 +676,7 @@ def data_results(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]]
             "teacher": first.get("teacher"),
             "system_prompt_used": first.get("system_prompt"),
             "system_source": first.get("system_source"),
-            "shards": f"data/shards/{name}",
+            "shards": f"{data_folder(config, seed)}/shards/{name}",
             "train_file": files[name],
             "filter": filter_report(records),
             "stats": number_stats(chosen[name]),
@@ -632,7 +685,7 @@ def data_results(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]]
     for name in data:
         if name != CONTROL:
             out["comparisons"][f"{name} vs {CONTROL}"] = compare_number_stats(
-                chosen[name], chosen[CONTROL], config.stats_resamples, config.seed)
+                chosen[name], chosen[CONTROL], config.stats_resamples, seed)
     return out
 
 
@@ -669,7 +722,11 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
     if results["n_seeds"] == 1:
         console.print("One training seed: the CIs cover question (prompt) variation only, not the "
-                      "variation between training runs; no transfer claim rests on them (DESIGN.md, Power).")
+                      "variation between training runs; no transfer claim rests on them (docs/design.md, Verdicts).")
+    settings = ClaimSettings.model_validate(results.get("claims_settings") or {})
+    decisions = subliminal_decisions(results, results.get("control_modes") or [], settings)
+    for key in ("transfer.full", "mlp"):
+        console.print(escape(decisions[key].sentence()), soft_wrap=True)
     for name, d in results["data"]["datasets"].items():
         f = d["filter"]
         console.print(f"data {name}: kept {f['n_kept']}/{f['n_answers']} ({f['keep_rate']:.1%}); "
@@ -755,6 +812,9 @@ __all__ = [
     "StudentJob",
     "SubliminalConfig",
     "aggregate",
+    "data_folder",
+    "data_seed",
+    "data_seeds",
     "execute",
     "generate_data",
     "plan_students",

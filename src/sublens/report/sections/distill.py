@@ -1,18 +1,40 @@
 """distill: squeezing-heads distillation from a biased teacher into a student of another family,
-against an LM-only student and a student distilled from the unbiased base model; worded by the
-measured ratios (transfer needs shd_biased to beat both controls)."""
+against an LM-only student and a student distilled from the unbiased base model.
+
+Two claims, decided by `sublens.claims` with training seeds as the unit (family "distill", Holm):
+
+- ``distill.transfer``, "the owl bias crosses architectures through SHD": owl's panel-share
+  ratio of the biased-SHD student over its matched control, the LM-loss-only student trained
+  on the same texts with the same seed;
+- ``distill.specific``, "the rise is the teacher's bias, not attention distillation as such":
+  the same ratio over the student distilled from the unbiased base model.
+
+The per-seed log ratios are the experiment's ``comparisons.<pair>.share_ratio.per_seed_log``;
+a run recorded before they existed has one seed, whose log ratio is that of its ratio. One
+seed never decides a claim ("inconclusive (1 seed)"); its question-level CIs are labelled as
+describing that one run.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from sublens.claims import (
+    Claim,
+    ClaimSettings,
+    Decision,
+    Verdict,
+    decide_family,
+    estimate_log_ratio,
+)
 from sublens.report.latex import booktabs_table, escape
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
+    claim_settings,
     count,
+    decision_latex,
     dig,
-    direction,
     figures_present,
     finite,
     fnum,
@@ -28,12 +50,16 @@ from sublens.report.sections.teacher import (
     summary_cell,
     tight,
     train_text,
+    verdict_label,
 )
 from sublens.report.stages import StageRun
 
 TITLE = "Cross-architecture squeezing-heads distillation"
 TABLE, ALPHA_TABLE = "shd_transfer", "shd_alphas"
 ARMS = ("shd_biased", "lm_only", "shd_base")
+# What runs recorded before `shd.kl_direction` existed used (sublens.shd.LEGACY_KL_DIRECTION;
+# not imported: the report is torch-free).
+LEGACY_KL_DIRECTION = "teacher_student"
 ROW_LABEL = {"initial": "initial student", "shd_biased": "shd\\_biased", "lm_only": "lm\\_only",
              "shd_base": "shd\\_base"}
 
@@ -61,40 +87,74 @@ def _seeds(r: dict[str, Any]) -> int:
     return len(r.get("seeds") or [0])
 
 
-# ---- the claim ----------------------------------------------------------------------------------
-def shd_verdict(vs_lm_only: str, vs_shd_base: str, n_seeds: int) -> str:
-    """Transfer through SHD needs the biased-SHD student's owl share above BOTH controls (CIs
-    excluding 1): above LM-only rules out the data, above base-SHD rules out attention
-    distillation as such; with one seed the CIs cover question variation only."""
-    if "unknown" in (vs_lm_only, vs_shd_base):
-        return "untested"
-    if vs_lm_only != "up":
-        return "not_supported_lm_only"
-    if vs_shd_base != "up":
-        return "not_supported_shd_base"
-    return "supported" if n_seeds > 1 else "not_established_one_seed"
+def _seed_list(r: dict[str, Any]) -> list[Any]:
+    seeds = r.get("seeds")
+    return list(seeds) if isinstance(seeds, list) and seeds else [0]
 
 
-VERDICT_TEXT = {
-    "untested": "A comparison of shd\\_biased with one of its controls is missing, so transfer is not assessed.",
-    "not_supported_lm_only": ("The biased-SHD student does not beat the LM-only student: this run shows "
-                              "no transfer of the bias through SHD."),
-    "not_supported_shd_base": ("The biased-SHD student does not beat the student distilled from the "
-                               "unbiased base model: its rise over LM-only is attention distillation as "
-                               "such, not the teacher's bias, so transfer through SHD is not supported."),
-    "not_established_one_seed": ("The biased-SHD student exceeds both controls at question-level CIs, but "
-                                 "with one training seed these CIs do not cover training variation: "
-                                 "cross-architecture transfer of the bias is not established by this run."),
-    "supported": ("The biased-SHD student beats both controls across seeds: the data support transfer of "
-                  "the bias across architectures through SHD."),
-}
-HEADLINE_VERDICT = {
-    "untested": "untested (comparison missing)",
-    "not_supported_lm_only": "no transfer (not above lm_only)",
-    "not_supported_shd_base": "not supported (not above shd_base)",
-    "not_established_one_seed": "not established (one seed)",
-    "supported": "supported",
-}
+# ---- the claims ----------------------------------------------------------------------------------
+FAMILY = "distill"
+TRANSFER, SPECIFIC = "shd_biased_vs_lm_only", "shd_biased_vs_shd_base"
+
+
+def distill_claims(settings: ClaimSettings | None = None) -> list[tuple[str, Claim]]:
+    """(comparison key, claim) of the distill family."""
+    settings = settings or ClaimSettings()
+    return [
+        (TRANSFER, Claim(
+            name="distill.transfer", statement="The owl bias crosses architectures through SHD",
+            estimand=("owl's panel-share ratio of the student trained with LM loss + SHD from the biased "
+                      "teacher over its matched control, the LM-loss-only student (same texts, same initial "
+                      "weights, same training seed), geometric mean over questions per seed"),
+            unit="seed", prediction="increase", family=FAMILY, settings=settings)),
+        (SPECIFIC, Claim(
+            name="distill.specific",
+            statement="The rise is the teacher's bias, not attention distillation as such",
+            estimand=("owl's panel-share ratio of the biased-SHD student over the student distilled from "
+                      "the unbiased base model (same texts, same training seed), per seed"),
+            unit="seed", prediction="increase", family=FAMILY, settings=settings)),
+    ]
+
+
+def per_seed_logs(r: dict[str, Any], key: str) -> list[float]:
+    """Per-seed log share ratios of one comparison (``per_seed_log``); a run recorded before
+    they were stored has one seed, whose log ratio is the log of its (question-level) ratio."""
+    entry = dig(r, "comparisons", key, "share_ratio")
+    if not isinstance(entry, dict):
+        return []
+    logs = entry.get("per_seed_log")
+    if isinstance(logs, list):
+        return [float(v) for v in logs if finite(v)]
+    ratio = entry.get("ratio")
+    return [math.log(ratio)] if finite(ratio) and ratio > 0 else []
+
+
+def decisions(r: dict[str, Any], settings: ClaimSettings | None = None) -> list[Decision]:
+    """The distill claims' decisions (transfer, specificity), Holm-adjusted within the family."""
+    return decide_family([(claim, estimate_log_ratio(per_seed_logs(r, key), "seed"))
+                          for key, claim in distill_claims(settings)])
+
+
+def shd_verdict(r: dict[str, Any], settings: ClaimSettings | None = None) -> str:
+    """The transfer verdict word of the headline (a thin caller of `decisions`)."""
+    return verdict_label(decisions(r, settings)[0])
+
+
+def _conclusion(transfer: Decision, specific: Decision) -> str:
+    """What the two decisions say together: transfer of the teacher's bias needs both."""
+    if transfer.verdict is Verdict.SUPPORTED and specific.verdict is Verdict.SUPPORTED:
+        return ("Both claims hold: the data support transfer of the teacher's bias across architectures "
+                "through SHD.")
+    if transfer.verdict is Verdict.SUPPORTED:
+        return ("The rise over the LM-only student is not shown to come from the teacher's bias (the "
+                "specificity claim is " + verdict_label(specific) + "), so transfer of the bias through "
+                "SHD is not established.")
+    if transfer.verdict is Verdict.CONTRADICTED:
+        return "SHD from the biased teacher lowered owl's share against the LM-only student: no transfer."
+    if transfer.verdict is Verdict.EQUIVALENT:
+        return ("No rise as large as the margin over the LM-only student: the data indicate no transfer "
+                "of the bias through SHD at this scale.")
+    return "Transfer of the bias through SHD is neither shown nor excluded by these data."
 
 
 def _attention_share(r: dict[str, Any]) -> str:
@@ -106,13 +166,12 @@ def _attention_share(r: dict[str, Any]) -> str:
     if rise <= 0:
         return ""
     fraction = shared / rise
-    lead = (f"Distilling the unbiased base model's attention alone raises the share "
-            f"{ratio_cell(base)} over LM-only, ")
+    lead = (f"Distilling the unbiased base model's attention alone changes the share "
+            f"{ratio_cell(base)} over LM-only")
     if fraction <= 0:
-        return lead + "so none of the biased student's rise is shared by attention distillation as such."
-    amount = "most" if fraction >= 0.5 else "part"
-    return (lead + f"{fnum(100 * min(fraction, 1.0), 0)}\\% of the biased student's rise on the log scale: "
-            f"{amount} of the rise is attention distillation as such.")
+        return lead + ", none of the biased student's rise (point estimates; the second claim below tests it)."
+    return (lead + f", {fnum(100 * min(fraction, 1.0), 0)}\\% of the biased student's rise on the log scale "
+            "(point estimates; the second claim below tests whether the biased student exceeds it).")
 
 
 # ---- text -----------------------------------------------------------------------------------------
@@ -175,8 +234,8 @@ def _methods(run: StageRun) -> str:
     text = (f"Squeezing-heads distillation (SHD) \\citep{{bing2025shd}} trains the student "
             f"{model_name(r.get('student', c.get('student', '?')))} to match the attention maps of a "
             f"teacher of another family: the total loss is the LM loss plus $\\beta$ = "
-            f"{fnum(shd.get('beta'), 2) if finite(shd.get('beta')) else '--'} times the KL between the "
-            f"teacher's squeezed maps and the student's, both softened at temperature "
+            f"{fnum(shd.get('beta'), 2) if finite(shd.get('beta')) else '--'} times {_kl_text(shd)} "
+            f"per query row, both maps softened at temperature "
             f"{fnum(shd.get('temperature'), 2) if finite(shd.get('temperature')) else '--'}, over "
             f"{'all layers' if layers is None else 'layers ' + ', '.join(str(x) for x in layers)}. "
             f"{_heads_text(r)} The biased teacher is {_teacher_text(r, c)}. Arms: ")
@@ -186,10 +245,39 @@ def _methods(run: StageRun) -> str:
                               f"{model_name(dig(r, 'teachers', 'base', 'spec') or dig(c, 'base_teacher', 'model') or '?')}, "
                               "the control for attention distillation as such)")}
     text += "; ".join(described[a] for a in arms) + ". " + _data_text(r, c)
+    seeds = _seed_list(r)
     text += (f" Every arm starts from the same weights: {train_text(c.get('train') or {})}"
              + (f", {'/'.join(str(s) for s in steps)} optimizer steps" if steps else "")
-             + f", seed {c.get('seed', 0)}. ")
-    return text + preference_methods(c.get("preference") or {}, _preference(r, "initial"))
+             + (f", training seed {seeds[0]}" if len(seeds) == 1 else
+                f", once per training seed ({', '.join(str(x) for x in seeds)}; texts split with seed "
+                f"{c.get('seed', 0)})")
+             + "; the arms of a seed are matched (same texts, same initial weights, same seed). ")
+    text += preference_methods(c.get("preference") or {}, _preference(r, "initial"))
+    settings = claim_settings(c)
+    return text + (
+        " Claims are decided with training seeds as the unit of inference: a one-sample $t$-test on the "
+        "per-seed log ratios of owl's panel share (biased-SHD student over a control student of the same "
+        f"seed), two-sided, Holm-adjusted over the two claims of this section at $\\alpha$ = {settings.alpha:g}; "
+        f"an effect counts only beyond the margin $\\times${settings.margin:g}, and every verdict states the "
+        f"minimal detectable effect at the measured between-seed SD (power {settings.power:g}). One seed "
+        "never decides a claim.")
+
+
+def _kl_text(shd: dict[str, Any]) -> str:
+    """The loss's KL direction; a run recorded before ``shd.kl_direction`` existed used the
+    forward direction (LEGACY_KL_DIRECTION)."""
+    chosen = shd.get("kl_direction", LEGACY_KL_DIRECTION)
+    if "kl_direction" not in shd:  # recorded before the direction was configurable
+        return _kl_text({"kl_direction": chosen}) + " (the only direction when this run was recorded)"
+    if chosen == "student_teacher":
+        return ("the KL of the student's map from the teacher's squeezed map, KL(student $\\|$ teacher), "
+                "the SHD paper's formulation (zero-forcing: student attention where the teacher's map has "
+                "none is penalised)")
+    if chosen == "teacher_student":
+        return ("the KL of the teacher's squeezed map from the student's, KL(teacher $\\|$ student), the "
+                "forward KL of attention-map distillation (mass-covering; the SHD paper uses KL(student "
+                "$\\|$ teacher))")
+    return f"the KL between the teacher's squeezed map and the student's (direction {escape(chosen)})"
 
 
 def _answers(r: dict[str, Any]) -> str:
@@ -231,22 +319,23 @@ def _fit_text(r: dict[str, Any]) -> str:
 
 def _results(run: StageRun) -> tuple[str, str]:
     r = run.results
-    vs_lm, vs_base = _share(r, "shd_biased_vs_lm_only"), _share(r, "shd_biased_vs_shd_base")
+    vs_lm, vs_base = _share(r, TRANSFER), _share(r, SPECIFIC)
     if not (vs_lm or vs_base):
         return incomplete(run, "the comparison of the biased-SHD student with its controls"), "incomplete"
     n_seeds = _seeds(r)
-    verdict = shd_verdict(direction(vs_lm), direction(vs_base), n_seeds)
+    transfer, specific = decisions(r, claim_settings(run.config))
+    over = ("one run, question-level CIs" if n_seeds <= 1 else f"{n_seeds} seeds, Student-$t$ CIs over seeds")
     text = (f"Against the LM-only student, the biased-SHD student's owl share is {ratio_cell(vs_lm)} "
-            f"(P(owl) {ratio_cell(_share(r, 'shd_biased_vs_lm_only', 'p_trait_ratio'))}); against the "
+            f"(P(owl) {ratio_cell(_share(r, TRANSFER, 'p_trait_ratio'))}); against the "
             f"base-SHD student it is {ratio_cell(vs_base)} (P(owl) "
-            f"{ratio_cell(_share(r, 'shd_biased_vs_shd_base', 'p_trait_ratio'))}; "
+            f"{ratio_cell(_share(r, SPECIFIC, 'p_trait_ratio'))}; {over}; "
             f"Table~\\ref{{tab:{TABLE}}}). ")
-    seeds = "" if verdict == "not_established_one_seed" else seeds_sentence(n_seeds)
-    parts = [_attention_share(r), _answers(r), VERDICT_TEXT[verdict], seeds, _prompted_note(run), _fit_text(r)]
+    parts = [_attention_share(r), _answers(r), seeds_sentence(n_seeds), decision_latex(transfer),
+             decision_latex(specific), _conclusion(transfer, specific), _prompted_note(run), _fit_text(r)]
     text += " ".join(p for p in parts if p)
     for note in r.get("notes") or []:
         text += f" Note: {escape(note)}"
-    return text, verdict
+    return text, verdict_label(transfer)
 
 
 # ---- tables ---------------------------------------------------------------------------------------
@@ -274,12 +363,16 @@ def _table(run: StageRun) -> str | None:
         return None
     header = ["student", "P(owl) %", "share %", "answers %", "KL biased / base", "share ratio",
               "P(owl) ratio", "p"]
-    caption = ("SHD students' preference for owl (95\\% CIs, one seed): P(owl), owl's panel share and the "
+    seeds = _seed_list(r)
+    ratios = ("paired over questions; one seed, so these CIs describe this run only" if len(seeds) == 1 else
+              f"geometric mean over {len(seeds)} seeds of the per-seed ratios, Student-$t$ CI over seeds")
+    caption = (f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "
+               "P(owl), owl's panel share and the "
                "rate of owl among sampled answers in percent. KL: mean KL of the student's "
                "maps to the biased / base teacher's squeezed maps on held-out texts (initial: before "
-               "training). The last three columns compare shd\\_biased with the row's student: share and "
-               "P(owl) ratios (shd\\_biased over the row, paired over questions) and Fisher's test $p$ of "
-               "the sampled owl-answer rates.")
+               "training), in the direction of the training loss. The last three columns compare "
+               f"shd\\_biased with the row's student: share and P(owl) ratios (shd\\_biased over the row, {ratios}) "
+               "and Fisher's test $p$ of the sampled owl-answer rates (first seed).")
     return tight(booktabs_table(header, stacked_rows(rows), caption, f"tab:{TABLE}", wide=True))
 
 
@@ -306,9 +399,10 @@ def _headline(run: StageRun, verdict: str) -> list[str]:
     r = run.results
     if verdict == "incomplete":
         return ["distill: incomplete (no comparison of shd_biased with its controls)"]
-    return [f"distill: shd_biased share {ratio_plain(_share(r, 'shd_biased_vs_lm_only'))} vs lm_only, "
-            f"{ratio_plain(_share(r, 'shd_biased_vs_shd_base'))} vs shd_base ({_seeds(r)} seed(s)); "
-            f"transfer: {HEADLINE_VERDICT[verdict]}"]
+    specific = decisions(r, claim_settings(run.config))[1]
+    return [f"distill: shd_biased share {ratio_plain(_share(r, TRANSFER))} vs lm_only, "
+            f"{ratio_plain(_share(r, SPECIFIC))} vs shd_base ({_seeds(r)} seed(s)); "
+            f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}"]
 
 
 def build(run: StageRun) -> Section:

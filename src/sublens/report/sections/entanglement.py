@@ -1,48 +1,33 @@
 """The token-entanglement section (phases 1-3): do 'entangled' numbers raise P(owl) more?
 
 The claim under test is that token entanglement (Zur et al. 2025) does not explain the
-transfer. Its test here: the numbers whose probability rises most under an owl context
-(Increased) against numbers drawn at random (Random), on the bias ratio
-P(owl | 'You love N') / P(owl | neutral). The verdict per candidate set:
+transfer: numbers the owl context favours (Increased) raise P(owl | 'You love N') no more than
+numbers it disfavours or leaves alone, or than Random numbers of the same baseline frequency.
 
-- contradicts: Increased beats Random (permutation p < ALPHA), or the bias ratio rises with
-  the phase-1 probability shift (Spearman rho > 0, p < ALPHA): entanglement could contribute;
-- supports: Increased does significantly worse than Random, or no significant difference and
-  the CI of Increased/Random excludes an advantage of EQUIVALENCE or more;
-- inconclusive: no significant difference, but the CI still allows such an advantage;
-- underpowered: so few numbers per category that no permutation p could fall below ALPHA.
+This module decides nothing itself: every verdict word comes from a ``sublens.claims``
+Decision. A run records its claims (``results["claims"]``: claim, estimand, unit = numbers,
+estimate per set and test); the section re-decides them with ``decide_recorded`` (Holm over
+every set x test) and words the text from the Decisions (verdict, reason, what would settle
+it). A run without the control-animal context (recorded before categories were owl-specific)
+has no claims: each one is decided on no estimate ("not measured") and the text says why.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from sublens.entanglement import CATEGORIES
+from sublens.claims import MIN_UNITS, ClaimSettings, Decision, Verdict, decide_family
+from sublens.entanglement import CATEGORIES, TESTS, decide_recorded, set_claims
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
 
 TITLE = "Token entanglement"
-ALPHA = 0.05
-EQUIVALENCE = 1.25  # Increased/Random ratio below this upper CI bound counts as "no better"
 LABELS = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
           "random": "Random", "template": "Template words"}
 Summary = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class SetVerdict:
-    """Increased vs Random in one candidate set, and what it says about the claim."""
-
-    name: str
-    k: int
-    increased: Summary  # geometric-mean summary of the bias ratio
-    random: Summary
-    comparison: Summary  # ratio of geometric means, CI, permutation p (log scale)
-    correlation: Summary  # Spearman(prob_diff, log bias ratio)
-    verdict: str  # contradicts | supports | inconclusive | underpowered | untested
+Decided = dict[str, dict[str, Decision]]  # set -> test -> Decision
 
 
 def build(run: StageRun) -> Section:
@@ -51,19 +36,86 @@ def build(run: StageRun) -> Section:
     if not stats:
         return Section(TITLE, _methods(run), _incomplete(run),
                        headline=["entanglement: incomplete (no phase-2 statistics)"])
-    verdicts = [set_verdict(name, s, res) for name, s in stats.items()]
+    decided = decisions(res, run.config)
     figures = _figures(run)
     tables = {
-        "entanglement_categories": categories_table(res),
+        "entanglement_categories": categories_table(res, decided),
+        **({"entanglement_claims": claims_table(res, decided)} if owl_specific(res) else {}),
         **({"entanglement_reverse": reverse_table(res)} if res.get("neutral") else {}),
         **({"entanglement_length": length_table(res)} if _per_length(res) else {}),
     }
-    results = _results(run, verdicts, set(tables), figures)
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(verdicts))
+    results = _results(run, decided, set(tables), figures)
+    return Section(TITLE, _methods(run), results, tables, figures, _headline(res, decided))
 
 
 # ---------------------------------------------------------------------------------------------
-# verdicts
+# decisions (sublens.claims)
+
+
+def owl_specific(res: dict[str, Any]) -> bool:
+    """Whether the run's categories come from the owl-minus-control shift (and its claims are
+    recorded): runs before the control-animal context have neither."""
+    design = res.get("design") or {}
+    return bool(design.get("owl_specific")) and bool((res.get("claims") or {}).get("tests"))
+
+
+def _settings(config: dict[str, Any]) -> ClaimSettings:
+    raw = config.get("claims")
+    return ClaimSettings(**raw) if isinstance(raw, dict) else ClaimSettings()
+
+
+def decisions(res: dict[str, Any], config: dict[str, Any] | None = None) -> Decided:
+    """Every claim of every set, decided by sublens.claims with Holm over all of them. Without
+    owl-specific categories each claim has no estimate and is decided as not measured."""
+    out: Decided = {}
+    if owl_specific(res):
+        block = res["claims"]
+        for entry, d in zip(block["tests"], decide_recorded(block), strict=True):
+            out.setdefault(str(entry["set"]), {})[str(entry["test"])] = d
+        return out
+    settings = _settings(config or {})
+    bias = str(res.get("bias", "owl"))
+    names = list(res.get("category_stats") or {})
+    pairs = [(name, test, claim) for name in names
+             for test, (claim, _) in zip(TESTS, set_claims(name, {}, settings, bias), strict=True)]
+    decided = decide_family([(claim, None) for _, _, claim in pairs])
+    for (name, test, _), d in zip(pairs, decided, strict=True):
+        out.setdefault(name, {})[test] = d
+    return out
+
+
+def primary(res: dict[str, Any], decided: Decided) -> str:
+    """The set of the paper claim: as recorded (fixed before any ratio was seen), else the one
+    with the most numbers per category."""
+    recorded = (res.get("claims") or {}).get("primary_set")
+    if recorded in decided:
+        return str(recorded)
+    ks = res.get("k") or {}
+    return max(decided, key=lambda name: ks.get(name, 0))
+
+
+def _tex(text: str) -> str:
+    """Plain text from sublens.claims (reasons, statements) as LaTeX: escaped, × kept."""
+    return r"\texttimes{}".join(escape(part) for part in str(text).split("×"))
+
+
+def decision_text(d: Decision, lead: str | None = None) -> str:
+    """One Decision in words: the claim, its verdict and reason, then estimand, unit, test and
+    margin; an inconclusive verdict adds what would settle it."""
+    c, e = d.claim, d.estimate
+    n = e.n if e else 0
+    test = (f"{e.interval} (two-sided), Holm within {c.family}" if e is not None and e.has_interval
+            else c.test)  # the paired or Welch form where the estimate used one
+    text = (rf"{lead or _tex(c.statement)}: \emph{{{d.verdict.value}}} ({_tex(d.reason)}). "
+            rf"Estimand: {_tex(c.estimand)}; unit: {c.unit}s ($n = {n}$); test: {_tex(test)}; "
+            rf"margin \texttimes{{}}{c.settings.margin:g}.")
+    if d.verdict is Verdict.INCONCLUSIVE and d.settle:
+        text += rf" To settle it: {_tex(d.settle)}."
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# text
 
 
 def _num(value: Any) -> float:
@@ -71,61 +123,15 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-def smallest_p(comparison: Summary) -> float:
-    """The smallest two-sided permutation p that groups of these sizes can reach."""
-    sizes = comparison.get("n") or []
-    if len(sizes) != 2 or min(sizes) < 1:
-        return math.nan
-    return min(1.0, 2 / math.comb(sizes[0] + sizes[1], sizes[0]))
-
-
-def comparison_verdict(comparison: Summary, correlation: Summary) -> str:
-    """See the module docstring."""
-    ratio, high = _num(comparison.get("ratio")), _num(comparison.get("ci_high"))
-    p = _num(comparison.get("p_value"))
-    rho, rho_p = _num(correlation.get("rho")), _num(correlation.get("p_value"))
-    if (p < ALPHA and ratio > 1) or (rho_p < ALPHA and rho > 0):
-        return "contradicts"
-    if math.isnan(p) or math.isnan(ratio):
-        return "untested"
-    if smallest_p(comparison) >= ALPHA:
-        return "underpowered"  # too few numbers: no outcome could be significant
-    if (p < ALPHA and ratio < 1) or high < EQUIVALENCE:
-        return "supports"
-    return "inconclusive"
-
-
-def set_verdict(name: str, stats: dict[str, Any], res: dict[str, Any]) -> SetVerdict:
-    increased, random = stats.get("increased") or {}, stats.get("random") or {}
-    comparison = (increased.get("vs_random") or {}).get("bias_ratio") or {}
-    correlation = stats.get("correlation_prob_diff_log_bias_ratio") or {}
-    k = (res.get("k") or {}).get(name, increased.get("n", 0))
-    return SetVerdict(name, int(k), increased.get("bias_ratio") or {},
-                      random.get("bias_ratio") or {}, comparison, correlation,
-                      comparison_verdict(comparison, correlation))
-
-
-def primary(verdicts: list[SetVerdict]) -> SetVerdict:
-    """The set the headline reports: the most numbers per category among the tested ones."""
-    tested = [v for v in verdicts if v.verdict != "untested"] or verdicts
-    return max(tested, key=lambda v: v.k)
-
-
-def overall(verdicts: list[SetVerdict]) -> str:
-    kinds = {v.verdict for v in verdicts} - {"untested"}
-    kinds = {"inconclusive" if k == "underpowered" else k for k in kinds}
-    if "contradicts" in kinds:
-        return "contradicts"
-    if kinds == {"supports"}:
-        return "supports"
-    return "mixed" if "supports" in kinds else "inconclusive"
-
-
-# ---------------------------------------------------------------------------------------------
-# text
+def _too_few(s: Summary) -> bool:
+    return _num(s.get("n")) < MIN_UNITS["number"] or not (
+        math.isfinite(_num(s.get("geo_ci_low"))) and math.isfinite(_num(s.get("geo_ci_high"))))
 
 
 def _geo(s: Summary) -> str:
+    if _too_few(s):
+        n = s.get("n", "?")
+        return rf"{fmt(s.get('geo_mean'))}\texttimes{{}} (too few numbers for a CI, $n = {n}$)"
     low, high = fmt(s.get("geo_ci_low")), fmt(s.get("geo_ci_high"))
     return rf"{fmt(s.get('geo_mean'))}\texttimes{{}} [{low}, {high}]"
 
@@ -140,14 +146,31 @@ def _quote(text: str) -> str:
     return f"``{escape(text)}''"
 
 
+def _animal_context(template: str, plural: str) -> str:
+    return _fill(template, plural=plural, Plural=plural[:1].upper() + plural[1:])
+
+
+def _default_system(res: dict[str, Any]) -> str:
+    """The neutral prompt's system prompt as the run recorded it, quoted verbatim."""
+    recorded = ((res.get("prompts") or {}).get("phase1_neutral") or {})
+    system, source = recorded.get("system"), recorded.get("source") or recorded.get("system_source")
+    if system is None:
+        return "no system prompt (the chat template inserts none)"
+    if source == "template_default":
+        return ("the system prompt the chat template inserts when none is given, "
+                + _quote(str(system)))
+    return "the system prompt " + _quote(str(system))
+
+
 def _methods(run: StageRun) -> str:
     c, res = run.config, run.results
     model = res.get("model") or c.get("model", "?")
     bias, control = c.get("bias", "owl"), c.get("control", "dog")
     plural = c.get("bias_plural") or f"{bias}s"
+    control_plural = c.get("control_plural") or f"{control}s"
     p = c.get("prompts") or {}
-    capital = plural[:1].upper() + plural[1:]
-    bias_system = _fill(p.get("bias_system", ""), plural=plural, Plural=capital)
+    bias_system = _animal_context(p.get("bias_system", ""), plural)
+    control_system = _animal_context(p.get("bias_system", ""), control_plural)
     number_system = _fill(p.get("number_system", ""), num="N")
     lengths = [str(n) for n in c.get("lengths", [])]
     lengths_text = (", ".join(lengths[:-1]) + "- and " + lengths[-1] if len(lengths) > 1
@@ -161,33 +184,64 @@ def _methods(run: StageRun) -> str:
         zeros = "with" if c.get("leading_zeros", True) else "without"
         sets.append(f"autoregressive sets of all {lengths_text}-digit strings "
                     f"({zeros} leading zeros)")
-    unchanged = ("the $k$ smallest $|\\Delta p|$ of the rest, a choice that favours rare numbers"
-                 if c.get("unchanged_by", "prob_diff") == "prob_diff"
-                 else "the $k$ smallest $|\\log(p_\\mathrm{bias}/p_\\mathrm{neutral})|$ of the rest")
+    settings = _settings(c)
     cumulative = c.get("cumulative_orders", 0)
+    neutral = _default_system(res)
+    if owl_specific(res):
+        phase1 = (
+            rf"Phase~1 scores every candidate number as the answer to "
+            rf"{_quote(p.get('number_question', ''))} (prefilled "
+            rf"{_quote(p.get('number_prefill', ''))}) under three system prompts: {neutral} "
+            rf"(neutral), {_quote(bias_system)} (the {escape(bias)} context) and "
+            rf"{_quote(control_system)} (the {escape(control)} context, the matched control). "
+            rf"The candidates are " + " and ".join(sets) + ". Each set is normalised on its own; "
+            r"a number's owl-specific shift is the change of its log probability under the "
+            rf"{escape(bias)} context minus that under the {escape(control)} context. Each set is "
+            rf"split into disjoint categories of $k = {c.get('k', '?')}$ numbers: Increased "
+            r"(largest shift), Decreased (smallest), Unchanged (smallest $|\text{shift}|$ of the "
+            r"rest), and Random, matched to Increased on baseline frequency: for each Increased "
+            r"number, a number drawn with the seed among the unused ones within "
+            rf"{fmt(_num(c.get('match_caliper', 0.1)))} nats of its neutral log probability (else "
+            r"the nearest), without replacement; $k$ shrinks for small sets. "
+        )
+        claims = (
+            r"Verdicts are decided on numbers as the unit, on log bias ratios with Student-$t$ "
+            r"intervals: Increased against its frequency-matched Random partner (paired), Decreased "
+            r"and Unchanged against Increased (Welch), each predicted to make no difference, which "
+            rf"counts as shown only when the whole 95\% CI of the ratio lies inside "
+            rf"[1/{settings.margin:g}, {settings.margin:g}] (a CI that merely includes 1 is "
+            r"inconclusive); and each category's bias ratio against the neutral prompt "
+            r"(one-sample, predicted to rise). $p$-values are Holm-adjusted over every set and "
+            rf"test (Holm's step-down method) at $\alpha = {settings.alpha:g}$ and given beside "
+            rf"the raw ones; with fewer than {MIN_UNITS['number']} numbers per category no "
+            r"interval is formed (too few numbers). "
+        )
+    else:
+        phase1 = (
+            rf"Phase~1 scores every candidate number as the answer to "
+            rf"{_quote(p.get('number_question', ''))} (prefilled "
+            rf"{_quote(p.get('number_prefill', ''))}) under {neutral} and under "
+            rf"{_quote(bias_system)}. The candidates are " + " and ".join(sets) + ". This run "
+            r"predates the control-animal context: its categories (Increased, Decreased, Unchanged "
+            r"by the change of normalised probability against the neutral prompt only; Random drawn "
+            rf"uniformly from the rest; $k = {c.get('k', '?')}$) are not specific to the "
+            rf"{escape(bias)} and Random is not matched on frequency. "
+        )
+        claims = ""
     return (
         rf"We test token entanglement \citep{{zur2025owl}} on {tt(model)}, with {tt(bias)} as the "
-        rf"bias animal and {tt(control)} as the control. Phase~1 scores every candidate number "
-        rf"as the answer to {_quote(p.get('number_question', ''))} (prefilled "
-        rf"{_quote(p.get('number_prefill', ''))}) under the model's default system prompt and under "
-        rf"{_quote(bias_system)}. The candidates are " + " and ".join(sets) + ". Each set is "
-        r"normalised on its own, $\Delta p$ is the change of a number's normalised probability, and "
-        rf"each set is split into four disjoint categories of $k = {c.get('k', '?')}$ numbers: "
-        r"Increased (largest $\Delta p$), Decreased (smallest), Unchanged (" + unchanged + "), "
-        r"and Random (drawn with the seed from what is left); $k$ shrinks for small sets. "
-        rf"Phase~2 measures the reverse link: $P(\mathrm{{{escape(bias)}}})$ and "
+        rf"bias animal and {tt(control)} as the control. " + phase1
+        + rf"Phase~2 measures the reverse link: $P(\mathrm{{{escape(bias)}}})$ and "
         rf"$P(\mathrm{{{escape(control)}}})$ in answer to {_quote(p.get('animal_question', ''))} "
         rf"(prefilled {_quote(p.get('animal_prefill', ''))}) with the system prompt "
         rf"{_quote(number_system)} for each categorised number $N$; the bias ratio is "
         rf"$P(\mathrm{{{escape(bias)}}} \mid N) / P(\mathrm{{{escape(bias)}}} \mid "
-        r"\mathrm{neutral})$. "
-        r"A template control puts non-number words in the slot of $N$"
+        r"\mathrm{neutral})$. " + claims
+        + r"A template control puts non-number words in the slot of $N$"
         + (f", and cumulative priming puts all $k$ numbers of a category in one prompt "
            f"({cumulative} order{'s' if cumulative != 1 else ''})" if cumulative else "")
-        + ". Phase~3 repeats the comparison per digit length. We report geometric means with "
-        r"bootstrap 95\% CIs \citep{efron1994bootstrap} and compare categories on log ratios by a "
-        rf"two-sided permutation test ({c.get('permutations', '?')} permutations; seed "
-        rf"{c.get('seed', 0)})."
+        + r" (both descriptive). Phase~3 repeats the description per digit length "
+        rf"(seed {c.get('seed', 0)})."
     )
 
 
@@ -201,89 +255,63 @@ def _incomplete(run: StageRun) -> str:
     )
 
 
-def _finding(v: SetVerdict) -> str:
-    """What the Increased/Random comparison says, in the words its verdict calls for."""
-    cmp = v.comparison
-    p, ratio = _num(cmp.get("p_value")), _num(cmp.get("ratio"))
-    if math.isnan(p) or math.isnan(ratio):
-        return "no comparison could be made"
-    if p < ALPHA:
-        relation = "more" if ratio > 1 else "less"
-        return (f"Increased numbers raise the bias ratio significantly {relation} than Random ones"
-                + (", so token entanglement could contribute" if ratio > 1 else ""))
-    if v.verdict == "underpowered":
-        return (f"with {v.k} numbers per category no difference could reach significance (smallest "
-                f"attainable {p_is(smallest_p(cmp))}), so this set cannot decide")
-    if v.verdict == "inconclusive":
-        return (rf"no significant difference, but the CI still allows an advantage of up to "
-                rf"{fmt(cmp.get('ci_high'))}\texttimes{{}} for entangled numbers")
-    return (rf"entangled numbers are no better than random ones (the CI excludes an advantage "
-            rf"of {fmt(EQUIVALENCE)}\texttimes{{}} or more)")
-
-
-def _set_sentence(v: SetVerdict) -> str:
-    cmp, corr = v.comparison, v.correlation
-    text = (
-        rf"In {tt(v.name)} ($k = {v.k}$), Increased numbers give {_geo(v.increased)} and Random "
-        rf"numbers {_geo(v.random)}; Increased/Random = "
-        rf"{fmt_ci(cmp.get('ratio'), cmp.get('ci_low'), cmp.get('ci_high'))}, permutation "
-        rf"{p_is(cmp.get('p_value'))}: {_finding(v)}."
-    )
-    rho, rho_p = _num(corr.get("rho")), _num(corr.get("p_value"))
-    if not math.isnan(rho):
-        trend = ("the bias ratio rises with $\\Delta p$" if rho > 0 and rho_p < ALPHA
-                 else "no significant monotone relation links $\\Delta p$ to the bias ratio")
-        text += (
-            rf" Across its numbers, {trend} (Spearman $\rho$ = {fmt(rho)}, {p_is(rho_p)}, "
-            rf"$n = {corr.get('n', '?')}$)."
-        )
+def _paper_claim(res: dict[str, Any], decided: Decided) -> str:
+    main = primary(res, decided)
+    d = decided[main]["entangled_vs_null"]
+    bias = escape(res.get("bias", "owl"))
+    lead = (rf"The paper's claim, tested in {tt(main)} ($k = {(res.get('k') or {}).get(main, '?')}$"
+            rf"), that entangled numbers raise $P(\mathrm{{{bias}}})$ no more than "
+            r"frequency-matched Random ones")
+    text = decision_text(d, lead)
+    if not owl_specific(res):
+        text += (r" It cannot be decided on this run: its categories are not owl-specific (no "
+                 r"control-animal context) and its Random numbers are not frequency-matched; "
+                 r"rerun the stage.")
+    others = [rf"{tt(name)} {tests['entangled_vs_null'].verdict.value}"
+              for name, tests in decided.items() if name != main]
+    if others:
+        text += " In the other sets this claim is " + ", ".join(others) + "."
     return text
 
 
-def _all_raise(stats: dict[str, Any], name: str) -> str:
-    """Whether every category raises P(bias) (CI above 1): the effect is not specific."""
-    lows = [_num((stats[c].get("bias_ratio") or {}).get("geo_ci_low")) for c in CATEGORIES
-            if c in stats]
-    if lows and all(low > 1 for low in lows):
-        return (rf"In {tt(name)} every category raises the bias probability (all CIs above 1), "
-                r"Decreased and Unchanged numbers included.")
-    return ""
+def _between_categories(res: dict[str, Any], decided: Decided) -> str:
+    main = primary(res, decided)
+    parts = [decision_text(decided[main][f"{c}_vs_increased"]) for c in ("decreased", "unchanged")]
+    return " ".join(parts)
+
+
+def _all_raise(res: dict[str, Any], decided: Decided) -> str:
+    """'Every category raises P(bias)' only when each category's own claim is supported after
+    Holm; otherwise the verdicts per category."""
+    main = primary(res, decided)
+    own = {c: decided[main][f"raises.{c}"] for c in CATEGORIES}
+    bias = escape(res.get("bias", "owl"))
+    if all(d.verdict is Verdict.SUPPORTED for d in own.values()):
+        return (rf"In {tt(main)} every category raises $P(\mathrm{{{bias}}})$ over the neutral "
+                r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
+                r"numbers included.")
+    listed = "; ".join(rf"{LABELS[c]} {d.verdict.value} ({_tex(d.reason)})" for c, d in own.items())
+    return (rf"Whether each category raises $P(\mathrm{{{bias}}})$ over the neutral prompt in "
+            rf"{tt(main)}: {listed}.")
 
 
 def _template_sentence(res: dict[str, Any], name: str) -> str:
     template = ((res.get("template_control") or {}).get("stats") or {}).get("bias_ratio")
-    random = (res.get("category_stats") or {}).get(name, {}).get("random") or {}
-    cmp = (random.get("vs_template") or {}).get("bias_ratio") or {}
-    if not template or not cmp:
+    if not template:
         return ""
-    p = _num(cmp.get("p_value"))
-    from_prompt = p >= ALPHA and _num(template.get("geo_ci_low")) > 1
-    relation = ("differs significantly from" if p < ALPHA
-                else "is indistinguishable from")
-    return (rf"Non-number template words in the same prompt give {_geo(template)}; Random numbers' "
-            rf"ratio {relation} it ({p_is(cmp.get('p_value'))})"
-            + (", so the rise comes largely from the prompt itself rather than from the number."
-               if from_prompt else "."))
+    return (rf"Non-number template words in the same prompt give {_geo(template)} "
+            r"(descriptive: how much of the rise the prompt gives without any number).")
 
 
-def _overall_sentence(verdicts: list[SetVerdict]) -> str:
-    verdict = overall(verdicts)
-    groups = {"supports": ("supports",), "contradicts": ("contradicts",),
-              "inconclusive": ("inconclusive", "underpowered")}
-    names = {key: ", ".join(tt(v.name) for v in verdicts if v.verdict in kinds)
-             for key, kinds in groups.items()}
-    if verdict == "contradicts":
-        return (rf"Overall, entanglement-selected numbers beat random ones in {names['contradicts']}: "
-                r"the data do not support the claim that token entanglement plays no part.")
-    if verdict == "supports":
-        return (r"Overall, in every set the entangled numbers are no better than random numbers, "
-                r"which supports the claim that token entanglement does not explain the transfer.")
-    if verdict == "mixed":
-        return (rf"Overall, the sets that can decide ({names['supports']}) support the claim that "
-                rf"token entanglement does not explain the transfer; {names['inconclusive']} "
-                r"cannot decide it.")
-    return (r"Overall, the comparisons are inconclusive: no set shows entangled numbers beating "
-            r"random ones, but none rules out a sizeable advantage either.")
+def _matching_sentence(res: dict[str, Any], name: str) -> str:
+    m = ((res.get("sets") or {}).get(name) or {}).get("matching") or {}
+    if not m:
+        return ""
+    return (rf"In {tt(name)} the Random numbers' neutral probability is \texttimes{{}}"
+            rf"{fmt(_num(m.get('median_frequency_ratio')))} that of their Increased partners "
+            rf"(median; largest log difference {fmt(_num(m.get('max_abs_log_difference')))} nats, "
+            rf"{m.get('n_outside_caliper', 0)} of {m.get('n_pairs', '?')} pairs outside the "
+            rf"caliper; Kolmogorov-Smirnov {p_is(m.get('ks_p_value'))}).")
 
 
 def _length_sentence(res: dict[str, Any]) -> str:
@@ -291,8 +319,9 @@ def _length_sentence(res: dict[str, Any]) -> str:
     if not per_length or not best.get("best"):
         return ""
     top = per_length.get(str(best["best"]), {})
-    text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}), {best['best']}-digit numbers "
-            rf"raise the bias ratio most ({_geo(top.get('bias_ratio') or {})})")
+    text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}, descriptive), "
+            rf"{best['best']}-digit numbers give the largest bias ratio "
+            rf"({_geo(top.get('bias_ratio') or {})})")
     if best.get("runner_up"):
         sep = "its CI lies above" if best.get("separable") else "not separable from"
         text += f", {sep} the {best['runner_up']}-digit numbers"
@@ -300,7 +329,7 @@ def _length_sentence(res: dict[str, Any]) -> str:
 
 
 def _warnings(res: dict[str, Any]) -> str:
-    """The run's own caveats: shrunken k, and categories far rarer than Random (Unchanged)."""
+    """The run's own caveats: shrunken k, and frequency differences between categories."""
     shrunk = [name for name, info in (res.get("sets") or {}).items()
               if info.get("k") is not None and info.get("k_requested") not in (None, info.get("k"))]
     parts = []
@@ -308,18 +337,24 @@ def _warnings(res: dict[str, Any]) -> str:
         parts.append("$k$ shrank for " + ", ".join(
             rf"{tt(n)} ({res['sets'][n]['n_candidates']} candidates, $k = {res['sets'][n]['k']}$)"
             for n in shrunk) + ", whose statistics rest on very few numbers")
-    rare = [w for w in res.get("warnings", []) if "how common its numbers are" in str(w)]
+    rare = [w for w in res.get("warnings", [])
+            if "how common their numbers are" in str(w) or "caliper" in str(w)]
     parts.extend(escape(w).rstrip(".") for w in rare)
     return ("Caveats: " + "; ".join(parts) + ".") if parts else ""
 
 
-def _results(run: StageRun, verdicts: list[SetVerdict], tables: set[str],
-             figures: list[Figure]) -> str:
+def _n_tests(decided: Decided) -> int:
+    return sum(len(tests) for tests in decided.values())
+
+
+def _results(run: StageRun, decided: Decided, tables: set[str], figures: list[Figure]) -> str:
     res = run.results
     neutral = res.get("neutral") or {}
     bias, control = res.get("bias", "owl"), res.get("control", "dog")
-    main = primary(verdicts)
+    main = primary(res, decided)
     intro = (r"Table~\ref{tab:entanglement_categories} gives the bias ratios per category"
+             + (r", Table~\ref{tab:entanglement_claims} every claim with raw and Holm-adjusted "
+                rf"$p$ ({_n_tests(decided)} tests)" if "entanglement_claims" in tables else "")
              + (", Table~\\ref{tab:entanglement_reverse} the reverse-link probabilities"
                 if "entanglement_reverse" in tables else "")
              + (rf" and Figure~\ref{{{figure_label('entanglement', figures[0].stem)}}} the numbers"
@@ -331,43 +366,51 @@ def _results(run: StageRun, verdicts: list[SetVerdict], tables: set[str],
     if res.get("partial"):
         intro += (rf" The run is incomplete (it stopped after phase~{res.get('phase', '?')}); "
                   r"what follows is what it saved.")
+    if not owl_specific(res):
+        intro += (r" This run has no control-animal context: its categories are not "
+                  rf"owl-specific (a number may rise under any animal context, not the "
+                  rf"{escape(bias)} one in particular) and its Random null is not matched on "
+                  r"frequency, so every claim below is inconclusive for that reason; the "
+                  r"numbers are descriptive.")
+    main_stats = (res.get("category_stats") or {}).get(main) or {}
+    described = ", ".join(rf"{LABELS[c]} {_geo((main_stats.get(c) or {}).get('bias_ratio') or {})}"
+                          for c in CATEGORIES if c in main_stats)
     paragraphs = [
-        " ".join(filter(None, [intro, _all_raise(res["category_stats"][main.name], main.name),
-                               _template_sentence(res, main.name)])),
-        " ".join(_set_sentence(v) for v in verdicts),
-        " ".join(filter(None, [_overall_sentence(verdicts), _length_sentence(res),
-                               _warnings(res)])),
+        " ".join(filter(None, [
+            intro,
+            rf"In {tt(main)} the bias ratios are {described}." if described else "",
+            _template_sentence(res, main), _matching_sentence(res, main)])),
+        " ".join(filter(None, [_paper_claim(res, decided)] + (
+            [_between_categories(res, decided), _all_raise(res, decided)] if owl_specific(res)
+            else [r"The claims that Decreased and Unchanged numbers raise the bias ratio as much "
+                  r"as Increased ones, and that each category raises it, are inconclusive for "
+                  r"the same reason."]))),
+        " ".join(filter(None, [_length_sentence(res), _warnings(res)])),
     ]
-    return minus_signs("\n\n".join(paragraphs))
+    return minus_signs("\n\n".join(p for p in paragraphs if p))
 
 
 def _plain(s: Summary) -> str:
     def num(key: str) -> str:
         value = _num(s.get(key))
         return "n/a" if math.isnan(value) else f"{value:.2f}"
+    if _too_few(s):
+        return f"x{num('geo_mean')} (too few numbers, n = {s.get('n', '?')})"
     return f"x{num('geo_mean')} [{num('geo_ci_low')}, {num('geo_ci_high')}]"
 
 
-_SHORT = {
-    "contradicts": "entangled numbers beat random: entanglement could contribute",
-    "supports": "entangled numbers no better than random",
-    "inconclusive": "no significant difference, CI too wide to decide",
-    "underpowered": "too few numbers to reach significance",
-    "untested": "not tested",
-}
-
-
-def _headline(verdicts: list[SetVerdict]) -> list[str]:
-    v = primary(verdicts)
-    p = _num(v.comparison.get("p_value"))
-    p_text = "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
-    lines = [f"entanglement ({v.name}, k={v.k}): Increased {_plain(v.increased)} vs Random "
-             f"x{_num(v.random.get('geo_mean')):.2f} (p = {p_text}): {_SHORT[v.verdict]}"]
-    others = [f"{o.name} {o.verdict}" for o in verdicts if o is not v]
+def _headline(res: dict[str, Any], decided: Decided) -> list[str]:
+    main = primary(res, decided)
+    d = decided[main]["entangled_vs_null"]
+    k = (res.get("k") or {}).get(main, "?")
+    why = d.reason if owl_specific(res) else "categories not owl-specific (no control context)"
+    lines = [f"entanglement ({main}, k={k}): entangled numbers no better than frequency-matched "
+             f"Random: {d.verdict.value} ({why})"]
+    others = [f"{name} {tests['entangled_vs_null'].verdict.value}"
+              for name, tests in decided.items() if name != main]
     if others:
-        verdict = overall(verdicts)
-        lines.append(f"entanglement, other sets: {', '.join(others)}; overall: "
-                     + ("supports where decidable" if verdict == "mixed" else verdict))
+        lines.append(f"entanglement, other sets (Holm over {_n_tests(decided)} tests): "
+                     + ", ".join(others))
     return lines
 
 
@@ -388,8 +431,25 @@ def _blocks(rows_by_set: list[list[list[str]]]) -> list[list[str]]:
 
 def _ci(summary: Summary, prefix: str = "geo_") -> str:
     mean = "geo_mean" if prefix else "mean"
+    if prefix and _too_few(summary):
+        return f"{fmt(summary.get(mean))} (too few)"
     low, high = summary.get(f"{prefix}ci_low"), summary.get(f"{prefix}ci_high")
     return fmt_ci(summary.get(mean), low, high)
+
+
+def _estimate_cell(d: Decision) -> str:
+    """The claim's ratio with its CI; 'too few' (or why there is none) instead of an interval."""
+    e = d.estimate
+    if e is None or e.ratio is None:
+        return "not measured"
+    if not e.has_interval:
+        return f"{fmt(e.ratio)} (too few)" if e.n < MIN_UNITS[d.claim.unit] else f"{fmt(e.ratio)} (--)"
+    return fmt_ci(e.ratio, e.ci_low, e.ci_high)
+
+
+def _p_cells(d: Decision) -> list[str]:
+    raw = d.estimate.p_value if d.estimate else None
+    return [fmt_p(raw), fmt_p(d.p_adjusted) if raw is not None else "--"]
 
 
 def _tight(columns: str) -> str:
@@ -407,29 +467,67 @@ def _k_note(res: dict[str, Any]) -> str:
     return "$k$ per set: " + ", ".join(rf"{tt(n)} {k}" for n, k in ks.items()) + "."
 
 
-def categories_table(res: dict[str, Any]) -> str:
-    """One column wide: per set and category, the bias ratio and the test against Random."""
+def categories_table(res: dict[str, Any], decided: Decided) -> str:
+    """One column wide: per set and category, the bias ratio (geometric mean [t CI on log
+    ratios]) with raw and Holm p and the verdict of the category's own claim (it rises)."""
     blocks = []
+    specific = owl_specific(res)
     for name, stats in res["category_stats"].items():
         block = []
         for c in CATEGORIES:
-            s = stats.get(c) or {}
-            vs_r = (s.get("vs_random") or {}).get("bias_ratio") or {}
-            block.append([tt(name), SHORT[c], _ci(s.get("bias_ratio") or {}),
-                          fmt_p(vs_r.get("p_value")) if vs_r else "--"])
+            d = (decided.get(name) or {}).get(f"raises.{c}")
+            if specific and d is not None:
+                block.append([tt(name), SHORT[c], _estimate_cell(d), *_p_cells(d), d.verdict.value])
+            else:
+                s = stats.get(c) or {}
+                verdict = d.verdict.value if d is not None else "--"
+                block.append([tt(name), SHORT[c], _ci(s.get("bias_ratio") or {}), "--", "--",
+                              verdict])
         blocks.append(block)
     template = (res.get("template_control") or {}).get("stats") or {}
     if template:
-        blocks.append([["all", "Templ.", _ci(template.get("bias_ratio") or {}), "--"]])
+        blocks.append([["all", "Templ.", _ci(template.get("bias_ratio") or {}), "--", "--",
+                        "--"]])
     bias = escape(res.get("bias", "owl"))
+    design = (r"Categories by the owl-minus-control shift; Random matched to Increased on "
+              r"baseline frequency. " if specific else
+              r"Categories against the neutral prompt only (not owl-specific); Random uniform. ")
     caption = (
         rf"Probability categories: bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid "
-        r"\mathrm{neutral})$, geometric mean [bootstrap 95\% CI] over the $k$ numbers of each "
-        r"category (Increased, Decreased, Unchanged, Random; Templ.: non-number words), and the "
-        r"two-sided permutation $p$ of the mean log ratio against Random. " + _k_note(res)
+        r"\mathrm{neutral})$, geometric mean [95\% $t$-interval on log ratios] over the $k$ numbers "
+        r"of each category (Templ.: non-number words, descriptive); raw and Holm-adjusted $p$ and "
+        r"verdict (sublens.claims) of the claim that the category raises it; too few: fewer than "
+        rf"{MIN_UNITS['number']} numbers, no interval. " + design + _k_note(res)
     )
-    return booktabs_table(["Set", "Cat.", "Bias ratio [95% CI]", "p"], _blocks(blocks), caption,
-                          "tab:entanglement_categories", align=_tight("llrr"))
+    return booktabs_table(["Set", "Cat.", "Bias ratio [95% CI]", "p", "Holm p", "Verdict"],
+                          _blocks(blocks), caption, "tab:entanglement_categories",
+                          align=_tight("llrrrl"))
+
+
+TEST_LABELS = {"entangled_vs_null": "Inc./Rand. (paired)",
+               "decreased_vs_increased": "Dec./Inc. (Welch)",
+               "unchanged_vs_increased": "Unch./Inc. (Welch)"}
+
+
+def claims_table(res: dict[str, Any], decided: Decided) -> str:
+    """One column wide: per set, the between-category claims (predicted: no difference) with
+    the ratio and CI, raw and Holm p, and the verdict."""
+    blocks = []
+    for name, tests in decided.items():
+        blocks.append([[tt(name), escape(TEST_LABELS[t]), _estimate_cell(tests[t]),
+                        *_p_cells(tests[t]), tests[t].verdict.value]
+                       for t in TEST_LABELS if t in tests])
+    margin = _settings({"claims": (res.get("claims") or {}).get("settings")}).margin
+    caption = (
+        r"Between-category claims, each predicting no difference: ratio of bias ratios "
+        r"(geometric mean [95\% $t$-interval]; Increased against its frequency-matched Random "
+        r"partner, paired; Decreased and Unchanged against Increased, Welch), raw and "
+        rf"Holm-adjusted $p$ (Holm over all {_n_tests(decided)} tests of the study) and the verdict: "
+        rf"supported only when the CI lies inside [1/{margin:g}, {margin:g}]. " + _k_note(res)
+    )
+    return booktabs_table(["Set", "Claim", "Ratio [95% CI]", "p", "Holm p", "Verdict"],
+                          _blocks(blocks), caption, "tab:entanglement_claims",
+                          align=_tight("llrrrl"))
 
 
 def _scale(p: float) -> int:

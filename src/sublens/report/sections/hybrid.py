@@ -3,21 +3,26 @@
 Reads a `hybrid` run directory (schema: `sublens.experiments.hybrid`). Every hybrid has a *bias
 fraction* f = log(m_hybrid / m_base) / log(m_biased / m_base) for the run's metric m (panel share
 or P(trait)): 0 = as the base model, 1 = as the biased model. Its 95% CI here comes from the CI of
-m_hybrid / m_base (paired bootstrap over questions) with the biased model's shift held fixed.
+m_hybrid / m_base as recorded (Student t over questions on the log ratios in current runs, a
+paired bootstrap in older ones) with the biased model's shift held fixed. These fractions are
+descriptive; no verdict is decided here.
 
-Two claims are judged from the numbers (thresholds LITTLE and MOST, on CI bounds):
-- "not in the LM head": supported when the base model with the biased LM head gains little
-  (CI upper bound <= LITTLE) and the biased model with the base LM head keeps most (CI lower
-  bound >= MOST); contradicted when the LM head alone brings half the bias or more, or removing
-  it leaves half or less; otherwise partly supported (the text says which half holds).
-- "seated in the MLP layers": supported when the biased MLPs bring most of the bias into the
-  base (CI lower bound >= HALF) and the base MLPs remove most of it from the biased model (CI
-  upper bound <= HALF); contradicted when the MLPs neither bring much (upper <= LITTLE) nor are
-  needed (lower >= MOST); otherwise partly supported. The depth range named as carrying it is
-  the MLP range with the largest fraction brought into the base, if its CI clears every other
-  range's.
+Three claims, all decided by `sublens.claims` (Holm within the family "hybrid"; unit: question,
+since the two models are fixed; margin from the run's `claims` settings), see `decisions`:
+- localisation.lm_head, "the bias is not in the LM head" (prediction: none): the LM head's main
+  effect in the body x head swap, per question the mean of log(m[base + biased head] / m[base])
+  and log(m[biased] / m[biased + base head]); supported only when its CI lies inside the margin.
+- localisation.transplant, "the bias is seated in the MLP layers" by transplant (prediction:
+  increase): per question, the MLP transplant's main effect minus the attention transplant's.
+- localisation.patching, "patching MLP outputs carries the bias more than patching attention
+  outputs" (prediction: increase): per question, the target - foil logit difference with every
+  layer's MLP outputs patched minus that with every layer's attention outputs patched (biased
+  into base; sign-reversed for base into biased), averaged over directions. A run without
+  patching reads "inconclusive: not measured".
 A hybrid whose perplexity exceeds the run's degraded factor x base is gibberish: its number is
-not evidence, and a claim that rests on one is inconclusive.
+not evidence, and a claim that rests on one is inconclusive (claims.decide on no estimate, with
+that reason). The depth range named as carrying the bias is descriptive (the MLP range with the
+largest fraction brought into the base, if its CI clears every other range's).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
+import numpy as np
+
+from sublens.claims import Claim, ClaimSettings, Decision, decide_family, estimate_log_ratio
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 
-LITTLE = 0.25  # at most a quarter of the bias (log scale): "little"
-HALF = 0.5
-MOST = 0.75  # at least three quarters: "most" kept
 METRIC_KEYS = {"share": "share_ratio", "p_trait": "p_trait_ratio"}  # as sublens.experiments.hybrid
 METRIC_NAMES = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
 DIRECTIONS = ("into_base", "into_biased")
@@ -186,36 +191,197 @@ def matrix_table(run: StageRun, all_cells: list[Cell], incomplete: bool) -> str:
     return booktabs_table(header, rows, caption, "tab:hybrid_matrix", wide=True)
 
 
-# ---- verdicts -------------------------------------------------------------------------------
-def lm_head_verdict(into_base: Cell | None, into_biased: Cell | None) -> str:
-    """'supported', 'contradicted', 'partly' or 'inconclusive' for "not in the LM head"."""
-    if not into_base or not into_biased or into_base.fraction is None or into_biased.fraction is None:
-        return "inconclusive"
-    if into_base.degraded or into_biased.degraded:
-        return "inconclusive"
-    brought, kept = into_base, into_biased
-    if brought.upper <= LITTLE and kept.lower >= MOST:
-        return "supported"
-    if brought.lower >= HALF or kept.upper <= HALF:
-        return "contradicted"
-    return "partly"
+# ---- claims (decided by sublens.claims) -----------------------------------------------------
+FAMILY = "hybrid"
+DIRECTION_WORDS = {"into_base": "biased into base", "into_biased": "base into biased"}
 
 
-def mlp_verdict(into_base: Cell | None, into_biased: Cell | None) -> str:
-    """'supported', 'contradicted', 'partly' or 'inconclusive' for "seated in the MLP layers"."""
-    if not into_base or not into_biased or into_base.fraction is None or into_biased.fraction is None:
-        return "inconclusive"
-    if into_base.degraded or into_biased.degraded:
-        return "inconclusive"
-    if into_base.lower >= HALF and into_biased.upper <= HALF:
-        return "supported"
-    if into_base.upper <= LITTLE and into_biased.lower >= MOST:
-        return "contradicted"
-    return "partly"
+def _settings(value: Any) -> ClaimSettings:
+    if isinstance(value, ClaimSettings):
+        return value
+    try:
+        return ClaimSettings.model_validate(value or {})
+    except ValueError:
+        return ClaimSettings()
+
+
+def _metric_words(results: dict[str, Any]) -> tuple[str, str]:
+    """(compare_preference key, words) of the run's bias metric."""
+    axis = (results.get("bias_axis") or {}).get("metric")
+    key = axis if axis in METRIC_NAMES else METRIC_KEYS.get(results.get("bias_metric") or "share", "share_ratio")
+    return key, METRIC_NAMES[key].format(trait=results.get("trait", "owl"))
+
+
+def _hybrid(hybrids: dict[str, Any], direction: str, group: str) -> dict[str, Any] | None:
+    """The hybrid measured in a whole-group matrix cell (merged hybrids fill several)."""
+    for h in hybrids.values():
+        if isinstance(h, dict) and any(list(c)[:3] == [direction, group, "all"] for c in h.get("cells") or []):
+            return h
+    return None
+
+
+def _per_question(h: dict[str, Any] | None, key: str) -> np.ndarray | None:
+    """A hybrid's per-question metric (panel share or P(trait)); None when not recorded."""
+    per = ((h or {}).get("probability") or {}).get("per_question") or {}
+    try:
+        values = (np.asarray(per["share"], dtype=float) if key == "share_ratio"
+                  else np.asarray(per["p_word"], dtype=float)[:, 0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return values if values.size and np.all(values > 0) else None
+
+
+def swap_effects(results: dict[str, Any], group: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per direction, the per-question log effect of the biased `group` on the run's metric:
+    into_base log(m[base + biased group] / m[base]), into_biased log(m[biased] / m[biased + base group]);
+    and the directions resting on a degraded hybrid."""
+    hybrids = results.get("hybrids") or {}
+    key, _ = _metric_words(results)
+    base, biased = _per_question(hybrids.get("base"), key), _per_question(hybrids.get("biased"), key)
+    out: dict[str, np.ndarray] = {}
+    degraded = []
+    for direction in DIRECTIONS:
+        h = _hybrid(hybrids, direction, group)
+        values = _per_question(h, key)
+        if values is None or base is None or biased is None or not values.size == base.size == biased.size:
+            continue
+        out[direction] = np.log(values / base) if direction == "into_base" else np.log(biased / values)
+        if (h or {}).get("degraded"):
+            degraded.append(direction)
+    return out, degraded
+
+
+def _main_effect(effects: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Mean over the measured directions of the per-question log effects (the component's main
+    effect in the 2 x 2 swap design when both directions are there)."""
+    if not effects:
+        return None
+    return np.mean(np.stack(list(effects.values())), axis=0)
+
+
+def claims(results: dict[str, Any], settings: ClaimSettings | None = None) -> dict[str, Claim]:
+    """The hybrid run's three claims (family "hybrid"), worded for the run's metric."""
+    s = _settings(settings)
+    _, metric = _metric_words(results)
+    trait = results.get("trait", "owl")
+    foil = ((results.get("patching") or {}).get("tokens") or {}).get("foil", ["dog"])[0]
+    return {
+        "lm_head": Claim(
+            name="localisation.lm_head", statement="The bias is not in the LM head",
+            estimand=(f"the LM head's effect on {metric}: per question, the geometric mean of (base body + "
+                      "biased LM head) over the base model and of the biased model over (biased body + base "
+                      "LM head), i.e. the LM head's main effect in the body x head swap"),
+            unit="question", prediction="none", family=FAMILY, settings=s),
+        "transplant": Claim(
+            name="localisation.transplant",
+            statement="The bias is seated in the MLP layers (by transplant): transplanting the MLP layers "
+                      "moves it more than transplanting the attention layers",
+            estimand=(f"per question, the MLP transplant's effect on {metric} over the attention "
+                      "transplant's, each the geometric mean of bringing the biased component (all layers) "
+                      "into the base model and of removing it from the biased model"),
+            unit="question", prediction="increase", family=FAMILY, settings=s),
+        "patching": Claim(
+            name="localisation.patching",
+            statement="Patching MLP outputs carries the bias more than patching attention outputs",
+            estimand=(f"per question, the {trait}:{foil} odds at the prefilled answer with every layer's MLP "
+                      "outputs patched over those with every layer's attention outputs patched (biased "
+                      "outputs into the base run; for base outputs into the biased run the inverse), "
+                      "geometric mean over the patched directions"),
+            unit="question", prediction="increase", family=FAMILY, settings=s),
+    }
+
+
+def _no_bias(results: dict[str, Any]) -> str | None:
+    """Why the biased model gives no bias to locate on the run's metric, or None."""
+    key, metric = _metric_words(results)
+    axis = ((results.get("hybrids") or {}).get("biased") or {}).get("vs_base", {}).get(key) or {}
+    if axis.get("ratio") is None:
+        return "the biased model was not compared with the base model"
+    if axis.get("underpowered"):
+        return f"no bias to locate: the biased model's {metric} is not distinguishable from the base model's"
+    return None
+
+
+def patching_contrast(patching: dict[str, Any]) -> tuple[np.ndarray | None, list[str]]:
+    """Per question, the log odds contrast MLP-patched minus attention-patched over the whole depth,
+    averaged over the patched directions (into_biased sign-reversed: removing more = carrying more)."""
+    ld = (patching or {}).get("logit_difference") or {}
+    patched = ld.get("patched") or {}
+    values, used = [], []
+    for direction in DIRECTIONS:
+        by = patched.get(direction) or {}
+        mlp, attn = (by.get("mlp") or {}).get("all"), (by.get("attention") or {}).get("all")
+        if not mlp or not attn or len(mlp) != len(attn):
+            continue
+        diff = np.asarray(mlp, dtype=float) - np.asarray(attn, dtype=float)
+        values.append(diff if direction == "into_base" else -diff)
+        used.append(direction)
+    if not values or len({v.size for v in values}) != 1:
+        return None, []
+    return np.mean(np.stack(values), axis=0), used
+
+
+def _refine(decision: Decision, reason: str, settle: str) -> Decision:
+    """A claim that could not be measured: the verdict stays claims.decide's, the reason is ours."""
+    return decision.model_copy(update={"reason": reason, "settle": settle})
+
+
+def decisions(results: dict[str, Any], settings: ClaimSettings | Any = None) -> list[Decision]:
+    """The verdicts of the hybrid claims from recorded results, Holm within the family "hybrid":
+    localisation.lm_head, localisation.transplant, localisation.patching (in that order)."""
+    the = claims(results, _settings(settings))
+    head, head_bad = swap_effects(results, "lm_head")
+    mlp, mlp_bad = swap_effects(results, "mlp")
+    attn, attn_bad = swap_effects(results, "attention")
+    no_bias = _no_bias(results)
+    head_values = _main_effect(head) if not head_bad and no_bias is None else None
+    common = [d for d in DIRECTIONS if d in mlp and d in attn]
+    transplant_values = None
+    if common and not (mlp_bad or attn_bad) and no_bias is None:
+        transplant_values = np.mean(np.stack([mlp[d] - attn[d] for d in common]), axis=0)
+    patching = results.get("patching") or {}
+    contrast, _ = patching_contrast(patching)
+    gap = patching.get("gap") or {}
+    gap_ok = gap.get("ci_low") is not None and (gap["ci_low"] > 0 or (gap.get("ci_high") or 0) < 0)
+    patch_values = contrast if contrast is not None and gap_ok else None
+    estimates = [estimate_log_ratio(v.tolist(), "question") if v is not None else None
+                 for v in (head_values, transplant_values, patch_values)]
+    out = decide_family(list(zip(the.values(), estimates, strict=True)))
+    head_d, transplant_d, patch_d = out
+    if head_values is None:
+        why = (no_bias or ("a swapped model is degraded (perplexity): not evidence" if head_bad
+                           else "not measured: the LM-head swap is missing"))
+        head_d = _refine(head_d, why, "a biased model that differs from the base, measured with both LM-head "
+                                      "swaps undegraded")
+    if transplant_values is None:
+        why = (no_bias or ("an MLP or attention transplant is degraded (perplexity): not evidence"
+                           if mlp_bad or attn_bad else "not measured: the whole-group MLP and attention "
+                                                       "transplants of one direction are missing"))
+        transplant_d = _refine(transplant_d, why, "the MLP and attention transplants of at least one direction, "
+                                                  "undegraded, on a biased model that differs from the base")
+    if patch_values is None:
+        if not patching:
+            why = "not measured: this run has no activation patching"
+            settle = "rerun the hybrid experiment with patching.enabled: true"
+        elif contrast is None:
+            why = "not measured: the whole-depth MLP and attention patches are missing"
+            settle = "patch every layer's MLP and attention outputs in at least one direction"
+        else:
+            why = ("no gap to patch: the biased and base logit differences are not distinguishable "
+                   "(CI of the gap includes 0)")
+            settle = "a biased model whose logit difference differs from the base model's"
+        patch_d = _refine(patch_d, why, settle)
+    return [head_d, transplant_d, patch_d]
+
+
+def _tex(text: str) -> str:
+    """Plain text (a Decision's sentence) for LaTeX: escaped, with × as $\\times$."""
+    return escape(text).replace(r"\texttt{U+00D7}", r"$\times$").replace(r"\texttt{U+2212}", "$-$")
 
 
 def carrying_range(all_cells: list[Cell], group: str = "mlp") -> Cell | None:
-    """The ranged cell bringing the most bias into base, if its CI clears every other range's."""
+    """The ranged cell bringing the most bias into base, if its CI clears every other range's
+    (descriptive: which depth range to name, not a verdict)."""
     ranged = [c for c in all_cells if c.direction == "into_base" and c.group == group
               and c.layers is not None and c.fraction is not None and not c.degraded]
     if len(ranged) < 2:
@@ -228,58 +394,30 @@ def carrying_range(all_cells: list[Cell], group: str = "mlp") -> Cell | None:
 
 
 # ---- results text ---------------------------------------------------------------------------
-def _lm_head_text(brought: Cell | None, kept: Cell | None, verdict: str) -> str:
-    if brought is None or kept is None:
-        return "The LM-head swap was not measured in both directions, so the LM-head claim cannot be judged. "
-    text = (f"LM-head swap: the base model with the biased LM head reaches a bias fraction of "
-            f"{_frac_text(brought)}, and the biased model with the base LM head keeps "
-            f"{_frac_text(kept)}. ")
-    return text + {
-        "supported": "Swapping the LM head moves little of the bias either way: the bias is not in "
-                     "the LM head, as claimed. ",
-        "contradicted": "The LM head carries at least half of the bias: this run contradicts the "
-                        "claim that the bias is not in the LM head. ",
-        "partly": "The biased body keeps most of the bias without its own LM head, but the biased LM "
-                  "head alone brings part of it into the base model: the claim that the bias is not "
-                  "in the LM head holds only in part. ",
-        "inconclusive": "A swapped model is degraded, so the swap is not evidence either way. ",
-    }[verdict]
+def _decision_text(d: Decision) -> str:
+    """The verdict with its estimand, unit, test, margin, reason and what would settle it."""
+    return f"\\emph{{{escape(d.claim.name)}}}: {_tex(d.sentence())} "
 
 
-def _mlp_text(brought: Cell | None, kept: Cell | None, verdict: str, attention: tuple[Cell | None, Cell | None]
-              ) -> str:
-    if brought is None or kept is None:
-        return "The MLP transplants were not measured in both directions, so the MLP claim cannot be judged. "
-    text = (f"MLP transplant: the base model with all biased MLPs reaches {_frac_text(brought)}; the "
-            f"biased model with all base MLPs keeps {_frac_text(kept)}. ")
-    text += {
-        "supported": "The biased MLPs bring most of the bias and the base MLPs remove most of it: "
-                     "the bias is seated in the MLP layers, as claimed. ",
-        "contradicted": "The MLPs neither bring much of the bias nor are needed for it: this run "
-                        "contradicts the claim that the bias is seated in the MLPs. ",
-        "partly": _mlp_partly(brought, kept),
-        "inconclusive": "An MLP hybrid is degraded, so these numbers are not evidence. ",
-    }[verdict]
-    att_in, att_out = attention
-    if att_in is not None and att_out is not None and att_in.fraction is not None:
-        more = (att_in.fraction < (brought.fraction or 0.0)
-                and (att_out.fraction or 0.0) > (kept.fraction or 0.0))
-        text += (f"For comparison, all attention layers bring {_frac_text(att_in)} and removing them "
-                 f"leaves {_frac_text(att_out)}"
-                 + ("; the MLPs carry more of the bias than attention. " if more else ". "))
-    return text
+def _lm_head_text(brought: Cell | None, kept: Cell | None, d: Decision) -> str:
+    if brought is None and kept is None:
+        text = "The LM-head swap was not measured. "
+    else:
+        text = (f"LM-head swap: the base model with the biased LM head reaches a bias fraction of "
+                f"{_frac_text(brought)}, and the biased model with the base LM head keeps {_frac_text(kept)}. ")
+    return text + _decision_text(d)
 
 
-def _mlp_partly(brought: Cell, kept: Cell) -> str:
-    if brought.lower >= HALF:
-        return ("The biased MLPs are enough for most of the bias, but the biased model keeps much of it "
-                "without them, so the claim that the bias is seated in the MLP layers holds only in "
-                "part: other components carry it too. ")
-    if kept.upper <= HALF:
-        return ("Removing the biased MLPs takes most of the bias away, but the MLPs alone bring less "
-                "than half of it into the base, so the claim holds only in part. ")
-    return ("The MLPs carry a share of the bias in both directions, but not most of it: the claim "
-            "that the bias is seated in the MLP layers holds only in part. ")
+def _transplant_text(mlp: tuple[Cell | None, Cell | None], attention: tuple[Cell | None, Cell | None],
+                     d: Decision) -> str:
+    text = ""
+    for name, (brought, kept) in (("MLP", mlp), ("attention", attention)):
+        if brought is None and kept is None:
+            text += f"The whole-group {name} transplants were not measured. "
+            continue
+        text += (f"{name[0].upper() + name[1:]} transplant: the base model with all biased {name} layers reaches "
+                 f"{_frac_text(brought)}; the biased model with all base {name} layers keeps {_frac_text(kept)}. ")
+    return text + _decision_text(d)
 
 
 def _range_text(all_cells: list[Cell]) -> tuple[str, Cell | None]:
@@ -288,10 +426,10 @@ def _range_text(all_cells: list[Cell]) -> tuple[str, Cell | None]:
     if not ranged:
         return "", None
     if best is None or best.layers is None:
-        return "No single MLP depth range stands out from the others. ", None
+        return "No single MLP depth range brings more of the bias than every other (overlapping CIs). ", None
     removed = _cell(all_cells, "into_biased", "mlp", best.layers)
-    text = (f"By depth, MLP {_layers_words(best.layers)} carry the most: transplanted into the base "
-            f"they bring {_frac_text(best)}")
+    text = (f"By depth, transplanting MLP {_layers_words(best.layers)} brings the largest fraction into the "
+            f"base ({_frac_text(best)}; its CI clears every other range's)")
     if removed is not None:
         text += f", and replacing them in the biased model leaves {_frac_text(removed)}"
     return text + ". ", best
@@ -305,6 +443,68 @@ def _degraded_text(all_cells: list[Cell]) -> str:
             f"{escape(', '.join(bad))}. ")
 
 
+def _patch_cell(patching: dict[str, Any], direction: str, component: str, label: str) -> dict[str, Any] | None:
+    return next((c for c in patching.get("cells") or [] if c.get("direction") == direction
+                 and c.get("component") == component and c.get("layers") == label), None)
+
+
+def _patch_text(cell: dict[str, Any] | None) -> str:
+    if cell is None or cell.get("fraction") is None:
+        return "--"
+    if cell.get("ci_low") is None or cell.get("ci_high") is None:
+        return f"{fmt(cell['fraction'])} (no CI)"
+    return fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"])
+
+
+def patching_table(patching: dict[str, Any], trait: str) -> str:
+    directions = [d for d in DIRECTIONS if d in (patching.get("directions") or [])]
+    rows = []
+    for component in patching.get("components") or []:
+        for label in patching.get("labels") or []:
+            row = [escape(component), escape(label)]
+            for direction in directions:
+                cell = _patch_cell(patching, direction, component, label)
+                row += [_patch_text(cell), fmt_p((cell or {}).get("p_holm"))]
+            rows.append(row)
+    gap = patching.get("gap") or {}
+    tokens = patching.get("tokens") or {}
+    foil = escape((tokens.get("foil") or ["dog"])[0])
+    caption = (
+        f"Activation patching: fraction of the biased$-$base gap in the {escape(trait)}$-${foil} logit "
+        "difference at the prefilled answer restored by patching the biased model's outputs of a component "
+        "into the base run (restored) and removed by patching the base model's outputs into the biased run "
+        f"(removed), per layer range (0 = no effect, 1 = the whole gap); mean over {patching.get('n_questions', '?')} "
+        "questions with a Student-t 95\\% CI (the mean gap held fixed) and the Holm-adjusted p-value of "
+        "fraction = 0 over every cell. Gap: "
+        + fmt_ci(gap.get("mean"), gap.get("ci_low"), gap.get("ci_high")) + " logits."
+    )
+    header = ["component", "layers"]
+    for direction in directions:
+        header += ["restored" if direction == "into_base" else "removed", "Holm p"]
+    return booktabs_table(header, rows, caption, "tab:hybrid_patching")
+
+
+def _patching_text(patching: dict[str, Any], d: Decision) -> str:
+    if not patching:
+        return ("This run has no activation patching (it was recorded before patching was part of the "
+                "experiment). " + _decision_text(d))
+    gap = patching.get("gap") or {}
+    text = (f"Activation patching (Table~\\ref{{tab:hybrid_patching}}): the biased model's "
+            f"{escape(patching.get('metric', 'logit difference'))} exceeds the base model's by "
+            f"{fmt_ci(gap.get('mean'), gap.get('ci_low'), gap.get('ci_high'))} logits. ")
+    parts = []
+    for direction, verb in (("into_base", "restores"), ("into_biased", "removes")):
+        mlp, attn = _patch_cell(patching, direction, "mlp", "all"), _patch_cell(patching, direction, "attention", "all")
+        if mlp is None or attn is None:
+            continue
+        donor = "biased" if direction == "into_base" else "base"
+        parts.append(f"patching every layer's MLP outputs from the {donor} run {verb} {_patch_text(mlp)} of the "
+                     f"gap, every layer's attention outputs {_patch_text(attn)}")
+    if parts:
+        text += "Over the whole depth, " + "; ".join(parts) + ". "
+    return text + _decision_text(d)
+
+
 def _incomplete(run: StageRun) -> str:
     status = escape(run.record.get("status", "unknown"))
     error = str(run.record.get("error") or "").strip().splitlines()
@@ -313,8 +513,8 @@ def _incomplete(run: StageRun) -> str:
             "before it stopped are reported. ")
 
 
-VERDICT_WORDS = {"supported": "supported", "contradicted": "contradicted",
-                 "partly": "holds in part", "inconclusive": "inconclusive"}
+def _headline(d: Decision, numbers: str = "") -> str:
+    return f"hybrid: {numbers}{d.claim.name} {d.verdict.value} ({d.reason})"
 
 
 def results_text(run: StageRun, all_cells: list[Cell], incomplete: bool) -> tuple[str, list[str]]:
@@ -333,23 +533,24 @@ def results_text(run: StageRun, all_cells: list[Cell], incomplete: bool) -> tupl
                    "base model's. ")
     if axis.get("underpowered") or axis.get("ratio") is None:
         out.append("The biased model is not distinguishable from the base on this metric, so the bias "
-                   "fractions are noise and neither claim can be judged. ")
-        return "".join(out), ["hybrid: biased model indistinguishable from base: inconclusive"]
+                   "fractions are noise and the transplant claims cannot be decided. ")
+    head_d, transplant_d, patch_d = decisions(run.results, run.config.get("claims"))
     head = (_cell(all_cells, "into_base", "lm_head"), _cell(all_cells, "into_biased", "lm_head"))
     mlp = (_cell(all_cells, "into_base", "mlp"), _cell(all_cells, "into_biased", "mlp"))
     attention = (_cell(all_cells, "into_base", "attention"), _cell(all_cells, "into_biased", "attention"))
-    head_verdict, mlp_v = lm_head_verdict(*head), mlp_verdict(*mlp)
-    out.append(_lm_head_text(*head, head_verdict))
-    out.append(_mlp_text(*mlp, mlp_v, attention))
+    out.append(_lm_head_text(*head, head_d))
+    out.append(_transplant_text(mlp, attention, transplant_d))
     range_text, best = _range_text(all_cells)
     out.append(range_text)
     out.append(_degraded_text(all_cells))
+    out.append(_patching_text(run.results.get("patching") or {}, patch_d))
     headline = [
-        f"hybrid: bias fraction base+biased LM head {_plain(head[0])}, biased+base LM head "
-        f"{_plain(head[1])}: 'not in the LM head' {VERDICT_WORDS[head_verdict]}",
-        f"hybrid: base+biased MLPs {_plain(mlp[0])}, biased+base MLPs {_plain(mlp[1])}"
-        + (f", {best.component} {_plain(best)}" if best else "")
-        + f": 'seated in the MLPs' {VERDICT_WORDS[mlp_v]}",
+        _headline(head_d, f"LM-head swap bias fraction {_plain(head[0])} (biased head into base), "
+                          f"{_plain(head[1])} (biased body, base head); "),
+        _headline(transplant_d, f"MLP transplant {_plain(mlp[0])} / {_plain(mlp[1])}, attention "
+                                f"{_plain(attention[0])} / {_plain(attention[1])}"
+                                + (f", {best.component} {_plain(best)}" if best else "") + "; "),
+        _headline(patch_d),
     ]
     return "".join(out).strip(), headline
 
@@ -372,6 +573,7 @@ def methods(run: StageRun) -> str:
     groups = ", ".join(escape(g) for g in c.get("groups") or [])
     ranged = " and ".join(escape(g) for g in c.get("ranged") or [])
     metric = METRIC_NAMES[metric_key(run)].format(trait=trait)
+    axis_ci = _axis(r.get("hybrids") or {}, metric_key(run)).get("ci")
     system = _system_words(c)
     layers = biased.get("n_layers")
     source = biased.get("source")
@@ -394,20 +596,44 @@ def methods(run: StageRun) -> str:
         f"``{escape(pref.get('prefill', ''))}''; {len(pref.get('panel') or []) + 1} animals). "
         f"Its bias fraction, for the {metric} $m$ (geometric mean over questions of paired ratios), is "
         "\\[ f = \\log(m_h/m_\\mathrm{base}) \\,/\\, \\log(m_\\mathrm{biased}/m_\\mathrm{base}) \\] "
-        "(0: as the base model, 1: as the biased model), with a 95\\% bootstrap CI "
-        "over questions \\citep{efron1994bootstrap}. ",
+        "(0: as the base model, 1: as the biased model), with a 95\\% CI over questions ("
+        + (escape(axis_ci) if axis_ci else "paired bootstrap \\citep{efron1994bootstrap}")
+        + ") with the biased model's shift held fixed. ",
     ]
     if ppl.get("enabled"):
         text.append(f"A hybrid whose perplexity on {ppl.get('max_tokens', '?')} tokens of "
                     f"{escape(ppl.get('corpus', '?'))} text exceeds "
                     f"{fmt(c.get('degraded_factor'), 1)}$\\times$ the base model's is marked degraded. ")
+    settings = _settings(c.get("claims"))
+    the = claims(r, settings)
     text.append(
-        f"The LM head counts as carrying little of the bias when swapping it in brings at most "
-        f"{LITTLE:g} (CI upper bound) and swapping it out keeps at least {MOST:g}; the bias counts as "
-        f"seated in the MLPs when the biased MLPs bring at least {HALF:g} and removing them leaves "
-        f"at most {HALF:g} (MLPs as key--value memories: \\citealp{{geva2021transformer}}; "
-        f"\\citealp{{meng2022locating}}). Seed {c.get('seed', '?')}."
+        f"Three claims are decided, Holm-adjusted within the family ``{FAMILY}'' (one-sample $t$-tests "
+        "on per-question log ratios, two-sided; the questions are the unit because the two models are "
+        f"fixed; $\\alpha = {settings.alpha:g}$; smallest effect of interest a ratio of "
+        f"$\\times{settings.margin:g}$, so ``no effect'' needs the whole CI inside "
+        f"$[1/{settings.margin:g}, {settings.margin:g}]$ and a CI that merely includes 1 is inconclusive): "
+        f"\\emph{{{escape(the['lm_head'].name)}}}, no effect of the LM head (estimand: {escape(the['lm_head'].estimand)}); "
+        f"\\emph{{{escape(the['transplant'].name)}}}, the MLP layers carry more of the bias than the attention "
+        f"layers by transplant (estimand: {escape(the['transplant'].estimand)}; MLPs as key--value memories: "
+        "\\citealp{geva2021transformer}; \\citealp{meng2022locating}); and "
+        f"\\emph{{{escape(the['patching'].name)}}} (estimand: {escape(the['patching'].estimand)}). A claim that "
+        "rests on a degraded hybrid, or on a biased model not distinguishable from the base, is "
+        "inconclusive. "
     )
+    patching = r.get("patching") or {}
+    if patching:
+        labels = ", ".join(escape(label) for label in patching.get("labels") or [])
+        text.append(
+            "Activation patching runs each preference question (answer prefilled) through both models and "
+            "replaces the outputs of one component (every layer's MLP or attention output, i.e. what it adds "
+            f"to the residual stream, at every position) over a layer range ({labels}) by the other "
+            "model's on the same prompt: biased outputs into the base run (does it bring the bias?) and "
+            "base outputs into the biased run (does it remove it?). The measure is the "
+            f"{escape(patching.get('metric', 'logit difference'))}; the fraction of the biased$-$base gap "
+            "restored or removed is computed per question over the mean gap, with a Student-$t$ CI over "
+            "questions and Holm-adjusted $p$-values over every patched cell. "
+        )
+    text.append(f"Seed {c.get('seed', '?')}.")
     return "".join(text)
 
 
@@ -423,6 +649,9 @@ def build(run: StageRun) -> Section:
     incomplete = (not run.ok) or bool(run.results.get("partial")) or not all_cells
     text, headline = results_text(run, all_cells, incomplete)
     tables = {"hybrid_matrix": matrix_table(run, all_cells, incomplete)} if all_cells else {}
+    patching = run.results.get("patching") or {}
+    if patching.get("cells"):
+        tables["hybrid_patching"] = patching_table(patching, str(run.results.get("trait", "owl")))
     figures = []
     if "hybrid_heatmap" in run.figures():
         figures.append(Figure(

@@ -1,12 +1,21 @@
 """The mechanistic section (phase 4): where does a number meet the animal, and does it depend
 on the number's entanglement category?
 
-Two claims are worded by the data:
+Every verdict word comes from `sublens.claims` (association claims, Holm within the mechanistic
+family; raw and adjusted p side by side in the tests table):
 
-- no consistent head or layer singles out the entangled numbers: the category x spike layer
-  (and x top head) permutation chi-square test, p >= alpha -> no evidence of a dependence;
-- the bias is seated in the MLP layers: across numbers, the bias ratio correlates with the
-  MLPs' direct logit attribution (Spearman, Holm-adjusted p < alpha) but not with the heads'.
+- ``mechanistic.category.<label>``: the spike layer (top head, DLA top head) does not depend on
+  the category. Category x label chi-square with a permutation p: a significant dependence
+  contradicts it; otherwise it is inconclusive (no evidence of a dependence is not evidence of
+  its absence).
+- ``localisation.attribution``: "MLP direct logit attribution tracks the in-context bias". The
+  partial Spearman correlation of the MLPs' summed DLA with the bias ratio *given the total
+  logit difference* (the attributions add up to it, and it tracks the ratio, so part of a raw
+  correlation is automatic), with a Freedman-Lane permutation p. It is an association in the
+  model reading a number-priming prompt, through direct paths only: the text never reads it as
+  the location of a learned bias (that is the freezing and transplant claims' business). A run
+  recorded before the control existed is "inconclusive: not measured with the control for the
+  automatic part".
 """
 
 from __future__ import annotations
@@ -16,6 +25,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sublens.claims import (
+    DEFAULT_POWER,
+    DEFAULT_RHO_OF_INTEREST,
+    Association,
+    AssociationClaim,
+    AssociationDecision,
+    ClaimSettings,
+    Verdict,
+    decide_association_family,
+    estimate_association,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
@@ -39,14 +59,16 @@ def build(run: StageRun) -> Section:
     if res.get("partial") or not numbers or "consistency" not in res:
         return Section(TITLE, _methods(run), _incomplete(run), figures=[],
                        headline=["mechanistic: incomplete (no per-number results)"])
-    tables = {"mechanistic_numbers": numbers_table(res, numbers)}
+    decisions = family(res)
+    tables = {"mechanistic_numbers": numbers_table(res, numbers),
+              "mechanistic_tests": tests_table(res, decisions)}
     results = minus_signs("\n\n".join(filter(None, [
         _intro(figures),
-        _category_paragraph(res),
-        _attribution_paragraph(res, numbers),
+        _category_paragraph(res, decisions),
+        _attribution_paragraph(res, numbers, decisions[ATTRIBUTION]),
         _attention_sentence(res),
     ])))
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(res))
+    return Section(TITLE, _methods(run), results, tables, figures, _headline(res, decisions))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,31 +85,103 @@ def _alpha(res: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) else 0.05
 
 
-def association_verdict(test: dict[str, Any] | None, alpha: float) -> str:
-    """depends | independent | constant (one label for every number) | untested."""
+FAMILY = "mechanistic"
+ATTRIBUTION = "localisation.attribution"
+ATTRIBUTION_STATEMENT = "MLP direct logit attribution tracks the in-context bias"
+NOT_CONTROLLED = "not measured with the control for the automatic part"
+
+
+def claim_settings(res: dict[str, Any]) -> tuple[ClaimSettings, float]:
+    """The family's settings as recorded (alpha, power) and the smallest |rho| of interest."""
+    cons = res.get("consistency") or {}
+    power = _num(cons.get("power"))
+    rho = _num(cons.get("rho_of_interest"))
+    settings = ClaimSettings(alpha=_alpha(res), power=power if 0.5 < power < 1 else DEFAULT_POWER)
+    return settings, rho if 0 < rho < 1 else DEFAULT_RHO_OF_INTEREST
+
+
+def attribution_claim(bias: str, control: str, settings: ClaimSettings,
+                      rho_of_interest: float = DEFAULT_RHO_OF_INTEREST) -> AssociationClaim:
+    """localisation.attribution: stated as what is measured (an association across numbers in
+    the model reading a number-priming prompt, direct paths only)."""
+    return AssociationClaim(
+        name=ATTRIBUTION, statement=ATTRIBUTION_STATEMENT,
+        estimand=(f"across numbers, the partial Spearman correlation of the MLPs' summed direct "
+                  f"logit attribution to logit({bias}) - logit({control}) with the {bias} bias ratio, "
+                  f"given the total logit difference; the model as loaded (not fine-tuned) reading "
+                  f"the number-priming prompt; direct paths only"),
+        unit="number", prediction="increase", family=FAMILY, settings=settings,
+        method=("partial Spearman correlation given the total logit difference, two-sided "
+                "Freedman-Lane permutation p (total kept fixed)"),
+        rho_of_interest=rho_of_interest, n_controlled=1)
+
+
+def category_claim(column: str, settings: ClaimSettings,
+                   rho_of_interest: float = DEFAULT_RHO_OF_INTEREST) -> AssociationClaim:
+    """mechanistic.category.<column>: the label does not depend on the entanglement category."""
+    title = LABEL_TITLES[column]
+    return AssociationClaim(
+        name=f"{FAMILY}.category.{column}",
+        statement=f"The {title} does not depend on the number's entanglement category",
+        estimand=f"Cramér's V of the category x {title} table over the categorised numbers",
+        unit="number", prediction="none", family=FAMILY, settings=settings,
+        method="chi-square of the category x label table, permutation p (categories shuffled)",
+        rho_of_interest=rho_of_interest, symbol="V")
+
+
+def _attribution_estimate(res: dict[str, Any]) -> Association | None:
+    mlp = (((res.get("consistency") or {}).get("attribution")) or {}).get("mlp")
+    if not isinstance(mlp, dict):
+        return None
+    rho = mlp.get("rho")
+    return estimate_association(rho if isinstance(rho, int | float) else None,
+                                mlp.get("p_permutation"), int(mlp.get("n") or 0), n_controlled=1)
+
+
+def _category_estimate(test: dict[str, Any] | None) -> Association | None:
+    if not test:
+        return None
+    n = int(test.get("n") or 0)
+    if not test.get("applicable", False):
+        return Association(n=n, rho=0.0, ci_low=None, ci_high=None, p_value=None,
+                           interval=str(test.get("reason", "no test")))
+    return Association(n=n, rho=_num(test.get("cramers_v")), ci_low=None, ci_high=None,
+                       p_value=test.get("p_permutation"), interval="no interval for Cramér's V")
+
+
+def family(res: dict[str, Any]) -> dict[str, AssociationDecision]:
+    """Every claim of the mechanistic family, decided with Holm across the family's tests:
+    the attribution claim (key ATTRIBUTION) and one category claim per label column."""
+    settings, rho = claim_settings(res)
+    cons = res.get("consistency") or {}
+    association = cons.get("association") or {}
+    members: list[tuple[str, AssociationClaim, Association | None]] = [
+        (ATTRIBUTION, attribution_claim(_word(res, "bias"), _word(res, "control"), settings, rho),
+         _attribution_estimate(res))]
+    members += [(column, category_claim(column, settings, rho), _category_estimate(association.get(column)))
+                for column in LABEL_TITLES]
+    decided = decide_association_family([(c, e) for _, c, e in members])
+    out = {key: d for (key, _, _), d in zip(members, decided, strict=True)}
+    for column in LABEL_TITLES:
+        if association_verdict(association.get(column), None) == "constant":
+            out[column] = out[column].model_copy(update={
+                "reason": "no test: every number has the same label", "settle": ""})
+    if "attribution" not in cons:  # recorded before the control for the automatic part existed
+        out[ATTRIBUTION] = out[ATTRIBUTION].model_copy(update={
+            "reason": NOT_CONTROLLED,
+            "settle": "rerun the mechanistic stage, which records the partial correlation given "
+                      "the total logit difference"})
+    return out
+
+
+def association_verdict(test: dict[str, Any] | None, decision: AssociationDecision | None) -> str:
+    """depends (the category claim contradicted) | independent (tested, no significant
+    dependence: inconclusive) | constant (one label for every number) | untested."""
     if not test:
         return "untested"
     if not test.get("applicable", False):
         return "constant" if test.get("reason") == "every number has the same label" else "untested"
-    return "depends" if _num(test.get("p_permutation")) < alpha else "independent"
-
-
-def mlp_verdict(res: dict[str, Any]) -> str:
-    """supports (bias ratio tracks the MLPs' DLA, not the heads'), contradicts (the heads', not
-    the MLPs'), both, or inconclusive (neither)."""
-    corr = (res.get("consistency") or {}).get("correlations") or {}
-    alpha = _alpha(res)
-
-    def tracks(column: str) -> bool:
-        c = corr.get(column) or {}
-        return _num(c.get("rho")) > 0 and _num(c.get("p_holm")) < alpha
-
-    mlp, heads = tracks("dla_mlp"), tracks("dla_heads")
-    if mlp and heads:
-        return "both"
-    if mlp:
-        return "supports"
-    return "contradicts" if heads else "inconclusive"
+    return "depends" if decision is not None and decision.verdict is Verdict.CONTRADICTED else "independent"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,9 +227,9 @@ def _methods(run: StageRun) -> str:
         rf"{_quote(residual.get('animal', '').replace('{word}', control))} "
         rf"({escape(residual.get('format', 'raw'))} text), layer by layer, as the difference of "
         r"the two cosine similarities; the spike layer "
-        rf"is the block that raises this difference most (searched over {searched}), and its top "
-        rf"head is the head whose output is most similar to the {escape(bias)} statement. "
-        r"\emph{Direct logit attribution} (DLA) decomposes the final residual on the number-priming "
+        rf"is the block that raises this difference most (searched over {searched}). "
+        + _score_sentence(res, escape(bias), escape(control)) +
+        r" \emph{Direct logit attribution} (DLA) decomposes the final residual on the number-priming "
         rf"prompt (system prompt {_quote(attribution.get('system', '').replace('{number}', 'N'))}, "
         rf"question {_quote(attribution.get('user', ''))}, prefilled "
         rf"{_quote(attribution.get('prefill', ''))}) into the embedding, every head and every MLP, "
@@ -146,12 +240,36 @@ def _methods(run: StageRun) -> str:
         rf"{_quote(attention.get('template', '').replace('{number}', 'N').replace('{word}', bias))} "
         rf"to the number and animal tokens (N = {numbers}). \emph{{Tests.}} Whether the spike layer "
         r"and the top heads depend on the category: a $\chi^2$ statistic of the category $\times$ "
-        r"label table with a permutation $p$-value and Cram\'er's $V$; per-category score "
-        r"comparisons with Random by permutation tests; Spearman correlations of the bias ratio "
-        r"with each score, Holm-adjusted over the scores "
-        rf"({c.get('n_permutations', '?')} permutations, $\alpha$ = {fmt(c.get('alpha', 0.05))}, "
-        rf"seed {c.get('seed', 0)})."
+        r"label table with a permutation $p$-value and Cram\'er's $V$. Whether the MLPs' DLA tracks "
+        r"the bias ratio beyond the total: the DLA terms add up to the logit difference, which "
+        r"itself tracks the ratio, so part of any raw correlation is automatic; we therefore test "
+        r"the partial Spearman correlation of the MLPs' summed DLA with the bias ratio given the "
+        r"total logit difference (ranks residualised on its rank), with a Freedman--Lane "
+        r"permutation $p$-value that keeps the total fixed and a Fisher-$z$ 95\% CI. These tests "
+        rf"form one family, Holm-adjusted (Table~\ref{{tab:mechanistic_tests}}; "
+        rf"{c.get('n_permutations', '?')} permutations, family-wise $\alpha$ = "
+        rf"{fmt(c.get('alpha', 0.05))}, seed {c.get('seed', 0)}). Descriptive, uncorrected: "
+        r"per-category score comparisons with Random by permutation tests and Spearman "
+        r"correlations of the bias ratio with each score."
     )
+
+
+def contrastive(res: dict[str, Any]) -> bool:
+    """Whether the run's head and MLP scores are contrastive (bias - control), as runs record
+    since the scores were made contrastive; older runs scored cosines with the bias statement."""
+    return res.get("component_score") == "contrastive"
+
+
+def _score_sentence(res: dict[str, Any], bias: str, control: str) -> str:
+    if contrastive(res):
+        return (rf"A head's (an MLP's) score is its direct contribution to the {bias}$-${control} "
+                r"logit difference on the number statement: its output, through the final norm "
+                rf"frozen at that prompt's final residual, projected on $W_U[\mathrm{{{bias}}}] - "
+                rf"W_U[\mathrm{{{control}}}]$ (contrastive: writing ``animal'' in general scores 0); "
+                r"the spike layer's top head has the highest score.")
+    return (rf"In this run a head's (an MLP's) score is the cosine of its output with the {bias} "
+            r"statement's residual, which is not contrastive (a component that writes any animal "
+            r"scores high); the spike layer's top head has the highest such score.")
 
 
 def _incomplete(run: StageRun) -> str:
@@ -177,7 +295,15 @@ def _mode(counts: dict[str, int]) -> str:
     return rf"{escape(label)} ({n}/{sum(counts.values())})"
 
 
-def _association_sentence(res: dict[str, Any], column: str) -> tuple[str, str]:
+def _holm_stats(test: dict[str, Any], decision: AssociationDecision | None) -> str:
+    return (rf"$\chi^2$ = {fmt(test.get('chi2'), 1)}, dof {test.get('dof', '?')}, permutation "
+            rf"{p_is(test.get('p_permutation'))}, Holm-adjusted "
+            rf"{p_is(decision.p_adjusted if decision else None)}, Cram\'er's $V$ = "
+            rf"{fmt(test.get('cramers_v'))}")
+
+
+def _association_sentence(res: dict[str, Any], column: str,
+                          decisions: dict[str, AssociationDecision]) -> tuple[str, str]:
     """The label's distribution and its test against the category, and the verdict."""
     cons = res["consistency"]
     counts = (cons.get("distributions") or {}).get(column) or {}
@@ -187,15 +313,15 @@ def _association_sentence(res: dict[str, Any], column: str) -> tuple[str, str]:
         by = ", ".join(f"{escape(c)} {_mode(counts.get(c) or {})}" for c in cats)
         text += f"; by category {by}"
     test = (cons.get("association") or {}).get(column)
-    verdict = association_verdict(test, _alpha(res))
+    decision = decisions.get(column)
+    verdict = association_verdict(test, decision)
     if verdict == "constant":
         return text + ". It is the same for every number in every category.", verdict
     if verdict == "untested":
         return (text + ". Its dependence on the category was not tested (categories unknown).",
                 verdict)
     assert test is not None
-    stats = (rf"$\chi^2$ = {fmt(test.get('chi2'), 1)}, dof {test.get('dof', '?')}, permutation "
-             rf"{p_is(test.get('p_permutation'))}, Cram\'er's $V$ = {fmt(test.get('cramers_v'))}")
+    stats = _holm_stats(test, decision)
     if verdict == "depends":
         excess = test.get("max_excess") or {}
         return (text + f". It depends on the category ({stats}; largest excess "
@@ -204,20 +330,21 @@ def _association_sentence(res: dict[str, Any], column: str) -> tuple[str, str]:
     return text + f". There is no evidence that it depends on the category ({stats}).", verdict
 
 
-def _category_paragraph(res: dict[str, Any]) -> str:
-    found = [_association_sentence(res, col) for col in LABEL_TITLES]
+def _category_paragraph(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> str:
+    found = [_association_sentence(res, col, decisions) for col in LABEL_TITLES]
     verdicts = {verdict for _, verdict in found}
     parts = [text for text, _ in found]
     counts = list((res["consistency"].get("categories") or {}).values())
     if "depends" in verdicts:
-        parts.append("A category has a layer or head of its own, which contradicts the claim that "
-                     "no consistent head or representation singles out the entangled numbers.")
+        parts.append("A category has a layer or head of its own (Holm-adjusted within the "
+                     "family), which contradicts the claim that no consistent head or "
+                     "representation singles out the entangled numbers.")
     elif verdicts & {"independent", "constant"}:
         parts.append(
-            "Nothing here singles out the entangled numbers, consistent with the claim that no "
-            "consistent head or representation does"
-            + (f"; with {min(counts)} numbers per category, though, a moderate dependence cannot "
-               "be excluded." if counts and min(counts) < 10 else "."))
+            "No layer or head is shown to single out the entangled numbers; that is absence of "
+            "evidence, not evidence of absence, so the claim that none does remains inconclusive"
+            + (f" (with {min(counts)} numbers per category, a moderate dependence cannot be "
+               "excluded)." if counts and min(counts) < 10 else "."))
     else:
         parts.append("Without categories this run cannot test whether a layer or head singles "
                      "out the entangled numbers.")
@@ -256,23 +383,28 @@ def _corr(c: dict[str, Any]) -> str:
     return rf"$\rho$ = {fmt(c.get('rho'))} ({p_is(c.get('p'))}; {holm})"
 
 
-_MLP_PHRASES = {
-    "supports": "The number-dependent part of the bias is therefore carried by the MLP layers' "
-                "direct effect, not by the heads': this run supports the claim that the bias is "
-                "seated in the MLP layers.",
-    "contradicts": "The number-dependent part of the bias follows the heads' direct effect, not "
-                   "the MLPs': this run does not support the claim that the bias is seated in "
-                   "the MLP layers.",
-    "both": "Both the heads' and the MLPs' direct effects track the bias ratio: this run does "
-            "not single out the MLP layers.",
-    "inconclusive": "Neither the heads' nor the MLPs' direct effect tracks the bias ratio "
-                    "significantly: this run is inconclusive about where the bias is seated.",
-}
+def _pct(value: Any) -> str:
+    v = _num(value)
+    return "--" if math.isnan(v) else rf"{100 * v:.0f}\%"
 
 
-def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]]) -> str:
+def _verdict_sentence(decision: AssociationDecision) -> str:
+    """The claim's verdict with its reason and what would settle it (LaTeX)."""
+    text = (rf"Claim {tt(decision.claim.name)} ({escape(decision.claim.statement)}): "
+            rf"\emph{{{decision.verdict.value}}} ({escape(decision.reason)})")
+    if decision.verdict is Verdict.SUPPORTED:
+        text += (r"; this is an association in the model reading the number-priming prompt, "
+                 r"through direct paths only, not the location of a learned bias")
+    if decision.settle:
+        text += f"; to settle it: {escape(decision.settle)}"
+    return text + "."
+
+
+def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]],
+                           decision: AssociationDecision) -> str:
     att = res.get("attribution") or {}
-    corr = (res["consistency"].get("correlations")) or {}
+    cons = res["consistency"]
+    corr = cons.get("correlations") or {}
     closure = _num(att.get("closure_max_abs_error"))
     bias, control = escape(_word(res, "bias")), escape(_word(res, "control"))
     values = {k: [_num(n.get(k)) for n in numbers] for k in ("dla_heads", "dla_mlp", "logit_diff")}
@@ -290,13 +422,40 @@ def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]]) -
         rf"logits directly to a logit difference of {_mean_ci(values['logit_diff'])}"
         + (f", against {fmt(neutral)} under the neutral prompt." if math.isfinite(neutral) else ".")
     )
+    text += (r" These are direct paths only, in the model as loaded (not fine-tuned) reading the "
+             r"number-priming prompt.")
     if corr:
         text += (
-            rf" Across numbers, the bias ratio correlates with the MLPs' DLA with "
-            rf"{_corr(corr.get('dla_mlp') or {})} and with the heads' DLA with "
-            rf"{_corr(corr.get('dla_heads') or {})}. " + _MLP_PHRASES[mlp_verdict(res)]
+            rf" Across numbers, the bias ratio's raw correlation with the MLPs' DLA is "
+            rf"{_corr(corr.get('dla_mlp') or {})} and with the heads' DLA "
+            rf"{_corr(corr.get('dla_heads') or {})}; part of any such correlation is automatic, "
+            r"since the DLA terms add up to the logit difference, which itself tracks the ratio "
+            rf"(the logit difference's own correlation: {_corr(corr.get('logit_diff') or {})})."
         )
-    return text
+    partial = cons.get("attribution")
+    if isinstance(partial, dict):
+        mlp, heads = partial.get("mlp") or {}, partial.get("heads") or {}
+        est = decision.estimate
+        ci = (rf" [{fmt(est.ci_low)}, {fmt(est.ci_high)}]" if est is not None and est.has_interval
+              else "")
+        text += (
+            rf" Given the total logit difference, the partial correlation of the MLPs' DLA with the "
+            rf"bias ratio is $\rho$ = {fmt(mlp.get('rho'))}{ci} (Freedman--Lane permutation "
+            rf"{p_is(mlp.get('p_permutation'))}, Holm-adjusted {p_is(decision.p_adjusted)}; "
+            rf"parametric {p_is(mlp.get('p_parametric'))}); the heads' is $\rho$ = "
+            rf"{fmt(heads.get('rho'))} (permutation {p_is(heads.get('p_permutation'))}, "
+            r"descriptive: with the total given, the heads' and the MLPs' terms nearly mirror each "
+            r"other)."
+        )
+        share = partial.get("variance_share") or {}
+        if share:
+            text += (rf" Of the logit difference's variance across numbers, the MLPs' direct terms "
+                     rf"carry {_pct(share.get('mlp'))} and the heads' {_pct(share.get('heads'))} "
+                     r"(covariance shares).")
+    else:
+        text += (r" This run did not record the partial correlation given the total logit "
+                 r"difference, so the automatic part is not controlled for.")
+    return text + " " + _verdict_sentence(decision)
 
 
 def _word(res: dict[str, Any], which: str) -> str:
@@ -323,23 +482,53 @@ def _plain_p(p: Any) -> str:
     return " n/a" if math.isnan(value) else ("<0.001" if value < 0.001 else f" = {value:.3f}")
 
 
-def _headline(res: dict[str, Any]) -> list[str]:
+def _headline(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> list[str]:
     cons = res["consistency"]
     test = (cons.get("association") or {}).get("spike_layer")
-    verdict = association_verdict(test, _alpha(res))
-    spike = {"depends": "depends on the category", "independent": "no dependence on the category",
+    decision = decisions.get("spike_layer")
+    verdict = association_verdict(test, decision)
+    spike = {"depends": "depends on the category", "independent": "no evidence of a dependence",
              "constant": "the same for every number", "untested": "not tested"}[verdict]
     first = "mechanistic: spike layer " + (
-        f"vs category p{_plain_p(test.get('p_permutation'))} ({spike})"
+        f"vs category p{_plain_p(test.get('p_permutation'))}, Holm "
+        f"p{_plain_p(decision.p_adjusted if decision else None)} ({spike})"
         if test and test.get("applicable") else spike)
-    corr = cons.get("correlations") or {}
-    mlp, heads = corr.get("dla_mlp") or {}, corr.get("dla_heads") or {}
-    seat = {"supports": "MLP-seated", "contradicts": "head-seated", "both": "heads and MLPs",
-            "inconclusive": "inconclusive"}[mlp_verdict(res)]
-    second = (f"mechanistic: bias ratio vs DLA: MLP rho = {_num(mlp.get('rho')):.2f} (Holm "
-              f"p{_plain_p(mlp.get('p_holm'))}), heads rho = {_num(heads.get('rho')):.2f} (Holm "
-              f"p{_plain_p(heads.get('p_holm'))}): {seat}")
+    att = decisions[ATTRIBUTION]
+    est = att.estimate
+    detail = (f"partial rho = {_num(est.rho):.2f} given the logit difference, Holm "
+              f"p{_plain_p(att.p_adjusted)}" if est is not None and est.rho is not None
+              else att.reason)
+    second = (f"mechanistic: {ATTRIBUTION} (MLP DLA tracks the in-context bias, direct paths, "
+              f"model not fine-tuned): {att.verdict.value} ({detail})")
     return [first, second]
+
+
+def tests_table(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> str:
+    """The mechanistic family: each claim's statistic, raw and Holm-adjusted p, verdict."""
+    rows = []
+    for key, d in decisions.items():
+        est = d.estimate
+        if key == ATTRIBUTION:
+            stat = (rf"partial $\rho$ = {fmt(est.rho)}" if est is not None and est.rho is not None
+                    else "--")
+        else:
+            test = ((res["consistency"].get("association") or {}).get(key)) or {}
+            stat = rf"$V$ = {fmt(test.get('cramers_v'))}" if test.get("applicable") else "--"
+        raw = est.p_value if est is not None else None
+        rows.append([tt(d.claim.name), stat, fmt_p_cell(raw), fmt_p_cell(d.p_adjusted),
+                     escape(d.verdict.value)])
+    settings, _ = claim_settings(res)
+    caption = (r"The mechanistic family of tests: the statistic, its raw $p$-value (permutation) "
+               rf"and the Holm-adjusted one within the family (family-wise $\alpha$ = "
+               rf"{fmt(settings.alpha)}), and the verdict. Tests not run (no categories, one label "
+               r"for every number, or not recorded) have no $p$-value and do not count in the "
+               r"adjustment.")
+    return booktabs_table(["Claim", "Statistic", "p", "Holm p", "Verdict"], rows, caption,
+                          "tab:mechanistic_tests", align="@{}llrrl@{}", wide=True)
+
+
+def fmt_p_cell(p: float | None) -> str:
+    return "--" if p is None else p_is(p).replace("$p$ = ", "").replace("$p$ ", "")
 
 
 # ---------------------------------------------------------------------------------------------

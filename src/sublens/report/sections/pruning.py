@@ -1,17 +1,22 @@
 """The pruning section: does the owl bias survive removing attention heads?
 
-Reads a `pruning` run directory (schema: `sublens.experiments.pruning`). The verdict on the
-paper's claim ("the bias survives pruning ~40% of the heads") is decided here from the numbers:
+Reads a `pruning` run directory (schema: `sublens.experiments.pruning`). Verdict words come
+only from `sublens.claims` (`decisions` below builds the claims from the recorded numbers):
 
-- the claim is judged at kept fraction PAPER_KEPT (0.6), or the measured fraction closest to it;
-- the bias *survives* when the entropy criterion's P(trait) retention (pruned / unpruned,
-  geometric mean over questions) has a 95% CI lower bound >= SURVIVAL_THRESHOLD (0.5: at least
-  half of the bias left); it *does not survive* when the CI upper bound is below the threshold;
-  otherwise the run is inconclusive;
-- random pruning of the same number of heads is the control: entropy-ranked pruning is called
-  more (less) damaging than random only when the two CIs do not overlap;
-- a perplexity over DEGRADED_RATIO x the unpruned model's means the pruned model no longer
-  models text, so losing the bias there is not specific to the bias.
+- **survival** ("the bias survives pruning ~40% of the heads"): a claim of *no effect* on the
+  base-controlled panel-share retention of the entropy criterion at the claim fraction
+  (config ``claim_fraction``, 0.6 kept; the measured pruned fraction closest to it). Per
+  question, log(share biased pruned / share base pruned) - log(share biased unpruned / share
+  base unpruned): the same heads are removed from the unbiased base model, so pruning damage
+  common to both models cancels. Unit: question (one fixed model); Student-t on the log
+  ratios; supported only by equivalence (the CI inside the margin, config ``claims``).
+- **entropy vs random** (entropy-ranked pruning retains more of the bias than random pruning
+  of as many heads): a two-sided Monte Carlo rank test of the entropy criterion's
+  base-controlled retention among the random draws' at the claim fraction, never one draw.
+- Holm within the family ``pruning``. Both are decided only where the pruned models are inside
+  the degradation bound (config ``max_perplexity_ratio``: perplexity over the unpruned model's,
+  for the biased and the base model); outside it they are inconclusive. A run without the
+  pruned-base control (recorded before it existed) leaves the survival claim inconclusive.
 """
 
 from __future__ import annotations
@@ -19,22 +24,39 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+
+from sublens.claims import (
+    Claim,
+    ClaimSettings,
+    Decision,
+    Estimate,
+    Verdict,
+    decide,
+    estimate_log_ratio,
+    holm,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun
+from sublens.report.stages import StageRun, spec_label
 
-PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads"
-SURVIVAL_THRESHOLD = 0.5  # retention CI lower bound needed to call the bias retained
-DEGRADED_RATIO = 3.0  # perplexity x unpruned above which the model counts as broken
-SHORT = {"entropy": "ent.", "reverse": "rev.", "random": "rand."}  # perplexity column headers
+PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
+DEFAULT_BOUND = 1.5  # perplexity x unpruned beyond which a pruned model is degraded (max_perplexity_ratio)
+FAMILY = "pruning"
+SHORT = {"entropy": "ent.", "reverse": "rev.", "random": "rand."}  # column headers
 CRITERION_NAMES = {
     "entropy": "entropy, which prunes the highest-entropy heads",
     "reverse": "reverse, which prunes the lowest-entropy heads",
     "random": "random",
 }
+NO_BASE = ("the pruned-base control was not measured (this run predates it), so loss of the bias "
+           "is not separated from pruning damage common to any model")
+NO_BASE_SETTLE = ("rerun pruning: the same heads are then removed from the unbiased base model "
+                  "(config key base) and the retention is base-controlled")
 Step = dict[str, Any]
 
 
@@ -45,18 +67,33 @@ def _steps(results: dict[str, Any]) -> list[Step]:
     return [s for s in steps if isinstance(s, dict) and "fraction" in s and "criterion" in s]
 
 
-def _retention(step: Step | None) -> dict[str, Any]:
-    return ((step or {}).get("retention") or {}).get("p_trait") or {}
+def _retention(step: Step | None, key: str = "p_trait") -> dict[str, Any]:
+    """The biased model's own retention (pruned / unpruned), not base-controlled."""
+    return ((step or {}).get("retention") or {}).get(key) or {}
+
+
+def _controlled(step: Step | None, key: str = "panel_share") -> dict[str, Any]:
+    """The base-controlled retention; {} for a run without the pruned-base control."""
+    return ((step or {}).get("controlled") or {}).get(key) or {}
 
 
 def _step(steps: list[Step], fraction: float, criterion: str) -> Step | None:
     return next((s for s in steps if s["fraction"] == fraction and s["criterion"] == criterion), None)
 
 
-def _claim_fraction(steps: list[Step]) -> float | None:
-    """The measured pruned fraction (< 1) closest to the paper's, ties to the larger kept fraction."""
+def claim_settings(config: dict[str, Any]) -> ClaimSettings:
+    return ClaimSettings(**(config.get("claims") or {}))
+
+
+def bound_of(config: dict[str, Any]) -> float:
+    return float(config.get("max_perplexity_ratio") or DEFAULT_BOUND)
+
+
+def claim_fraction(steps: list[Step], config: dict[str, Any]) -> float | None:
+    """The measured pruned fraction (< 1) closest to the configured one, ties to the larger."""
+    target = float(config.get("claim_fraction") or PAPER_KEPT)
     fractions = sorted({s["fraction"] for s in steps if s["fraction"] < 1.0}, reverse=True)
-    return min(fractions, key=lambda f: abs(f - PAPER_KEPT)) if fractions else None
+    return min(fractions, key=lambda f: abs(f - target)) if fractions else None
 
 
 def _plain(value: float | None) -> str:
@@ -68,37 +105,231 @@ def _pct(fraction: float) -> str:
     return f"{round(100 * fraction)}\\%"
 
 
-# ---- verdicts -------------------------------------------------------------------------------
-def survival(retention: dict[str, Any]) -> str:
-    """'survives', 'lost' or 'inconclusive' from a retention CI (see the module docstring)."""
-    low, high = retention.get("ci_low"), retention.get("ci_high")
-    ratio = retention.get("ratio")
-    if ratio is None:
-        return "inconclusive"
-    if low is not None and low >= SURVIVAL_THRESHOLD:
-        return "survives"
-    if high is not None and high < SURVIVAL_THRESHOLD:
-        return "lost"
-    return "inconclusive"
+# ---- degradation ----------------------------------------------------------------------------
+def damage(step: Step | None) -> float | None:
+    """The cell's perplexity over the unpruned model's: the larger of the biased and the base
+    model's (means over draws); None when perplexity was not measured."""
+    ratios = [((step or {}).get("perplexity") or {}).get("ratio"),
+              (((step or {}).get("base") or {}).get("perplexity") or {}).get("ratio")]
+    present = [r for r in ratios if r is not None]
+    return max(present) if present else None
 
 
-def versus_random(entropy: dict[str, Any], random: dict[str, Any]) -> str | None:
-    """'lower', 'higher' or 'same' retention than the random control (non-overlapping CIs)."""
-    keys = ("ratio", "ci_low", "ci_high")
-    if any(entropy.get(k) is None for k in keys) or any(random.get(k) is None for k in keys):
-        return None
-    if entropy["ci_high"] < random["ci_low"]:
-        return "lower"
-    if entropy["ci_low"] > random["ci_high"]:
-        return "higher"
-    return "same"
+def draw_damage(step: Step | None) -> list[float | None]:
+    """Per random draw: the larger perplexity ratio of the biased and the base model."""
+    biased = ((step or {}).get("perplexity") or {}).get("per_draw_ratio") or []
+    base = (((step or {}).get("base") or {}).get("perplexity") or {}).get("per_draw_ratio") or []
+    out: list[float | None] = []
+    for i in range(max(len(biased), len(base))):
+        values = [v[i] for v in (biased, base) if i < len(v) and v[i] is not None]
+        out.append(max(values) if values else None)
+    return out
+
+
+def inside_bound(step: Step | None, bound: float) -> bool | None:
+    d = damage(step)
+    return None if d is None else d <= bound
+
+
+def last_inside(steps: list[Step], criterion: str, bound: float) -> tuple[bool, float | None]:
+    """(measured, the smallest kept fraction down to which every pruned fraction of `criterion`
+    is inside the bound; None when already the first pruned fraction is outside it)."""
+    ordered = sorted((s for s in steps if s["criterion"] == criterion and s["fraction"] < 1.0),
+                     key=lambda s: -s["fraction"])
+    if not ordered or any(damage(s) is None for s in ordered):
+        return False, None
+    last = None
+    for s in ordered:  # nested masks: stop at the first fraction outside the bound
+        if not inside_bound(s, bound):
+            break
+        last = s["fraction"]
+    return True, last
+
+
+# ---- claims ---------------------------------------------------------------------------------
+def rank_pvalue(observed: float, draws: Sequence[float]) -> float:
+    """Two-sided Monte Carlo rank p-value of `observed` among R exchangeable draws under the
+    null: 2 min(1 + #{draws <= observed}, 1 + #{draws >= observed}) / (R + 1), capped at 1.
+    The smallest attainable value is 2 / (R + 1)."""
+    values = np.asarray(draws, dtype=float)
+    if values.size == 0:
+        return float("nan")
+    low = 1 + int(np.sum(values <= observed))
+    high = 1 + int(np.sum(values >= observed))
+    return min(1.0, 2 * min(low, high) / (values.size + 1))
+
+
+def draws_needed(alpha: float, family_size: int) -> int:
+    """Fewest draws for which the smallest two-sided rank p, Holm-adjusted in the worst case
+    (x family_size), falls below alpha."""
+    r = 1
+    while 2 * family_size / (r + 1) >= alpha:
+        r += 1
+    return r
+
+
+class RankClaim(Claim):
+    """A claim decided by a rank test among random draws (its unit is a draw, its test not a t-test)."""
+
+    unit: Literal["draw"] = "draw"  # type: ignore[assignment]
+
+    @property
+    def test(self) -> str:
+        return ("two-sided Monte Carlo rank test of the entropy criterion's retention among the random "
+                f"draws' (p = 2 min(rank, R + 1 - rank) / (R + 1)), Holm within {self.family}")
+
+
+def survival_claim(fraction: float, settings: ClaimSettings) -> Claim:
+    pruned = round(100 * (1 - fraction))
+    return Claim(
+        name="pruning.survival",
+        statement=f"The bias survives pruning {pruned}% of the attention heads (entropy criterion)",
+        estimand=(f"base-controlled panel-share retention at {round(100 * fraction)}% of heads kept: per "
+                  "question, log(owl share of the pruned biased model / of the base model with the same "
+                  "heads pruned) minus the same log ratio of the unpruned models"),
+        unit="question", prediction="none", family=FAMILY, settings=settings)
+
+
+def rank_claim(fraction: float, settings: ClaimSettings) -> RankClaim:
+    return RankClaim(
+        name="pruning.entropy_vs_random",
+        statement=("Entropy-ranked pruning retains more of the bias than random pruning of as many heads "
+                   f"({round(100 * fraction)}% kept)"),
+        estimand=("the entropy criterion's base-controlled panel-share retention (geometric mean over "
+                  "questions) against that of each random draw of as many heads inside the degradation bound"),
+        prediction="increase", family=FAMILY, settings=settings)
+
+
+def _blocked(claim: Claim, reason: str, settle: str, est: Estimate | None = None) -> Decision:
+    return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
+                    reason=reason, settle=settle, mde=None, units_needed=None)
+
+
+def _degraded_reason(steps: list[Step], fraction: float, bound: float) -> str:
+    at_f = [s for s in steps if s["fraction"] == fraction]
+    every = all((d := damage(s)) is not None and d > bound for s in at_f) and all(
+        d is not None and d > bound for s in at_f for d in draw_damage(s))
+    if every:
+        return f"every pruned model at this fraction is degraded beyond ×{bound:g} perplexity"
+    d = damage(_step(steps, fraction, "entropy"))
+    return (f"the entropy-pruned model at this fraction is degraded beyond ×{bound:g} perplexity "
+            f"(×{d:.3g} the unpruned model's)")
+
+
+def _entropy_blocker(steps: list[Step], fraction: float, bound: float) -> tuple[str, str] | None:
+    """Why neither claim can be decided at `fraction` from the entropy cell, or None."""
+    entropy = _step(steps, fraction, "entropy")
+    if entropy is None:
+        return ("the entropy criterion was not measured at this fraction",
+                "measure the entropy criterion at this fraction")
+    if not _controlled(entropy).get("log_ratios"):
+        return NO_BASE, NO_BASE_SETTLE
+    inside = inside_bound(entropy, bound)
+    if inside is None:
+        return ("perplexity was not measured, so degradation of the pruned models cannot be bounded",
+                "rerun with perplexity enabled")
+    if not inside:
+        last = last_inside(steps, "entropy", bound)[1]
+        where = (f"the last kept fraction inside it for the entropy criterion is {round(100 * last)}%"
+                 if last is not None else "no pruned fraction of the entropy criterion is inside it")
+        return (_degraded_reason(steps, fraction, bound),
+                f"judge the claim at a kept fraction inside the ×{bound:g} bound ({where})")
+    return None
+
+
+def _rank_decision(claim: RankClaim, steps: list[Step], fraction: float, bound: float,
+                   blocker: tuple[str, str] | None) -> tuple[Decision | None, Estimate | None, list[float]]:
+    """(a decision already settled without a p-value, or the estimate and the draws to decide)."""
+    if blocker is not None:
+        return _blocked(claim, *blocker), None, []
+    random = _step(steps, fraction, "random")
+    if random is None:
+        return _blocked(claim, "random pruning was not measured at this fraction",
+                        "measure random draws at this fraction"), None, []
+    logs = ((random.get("controlled_per_draw") or {}).get("panel_share")) or []
+    if not logs:
+        return _blocked(claim, NO_BASE, NO_BASE_SETTLE), None, []
+    damages = draw_damage(random)
+    kept = [v for v, d in zip(logs, damages, strict=False) if v is not None and d is not None and d <= bound]
+    need = draws_needed(claim.settings.alpha, 2)
+    if not kept:
+        return _blocked(claim, f"every random draw at this fraction is degraded beyond ×{bound:g} perplexity",
+                        f"a kept fraction where random draws stay inside the ×{bound:g} bound"), None, []
+    if len(kept) < 2:
+        return _blocked(claim, "too few draws (one random draw inside the bound: a rank test needs the "
+                        "random draws' distribution)", f"at least {need} random draws at this fraction"), None, []
+    observed = float(np.mean(_controlled(_step(steps, fraction, "entropy"))["log_ratios"]))
+    p = rank_pvalue(observed, kept)
+    est = Estimate(n=len(kept), ratio=math.exp(observed - float(np.mean(kept))), ci_low=None, ci_high=None,
+                   p_value=p, sd_log=float(np.std(kept, ddof=1)),
+                   interval=f"rank among {len(kept)} random draws inside the bound (no interval)")
+    return None, est, [observed, *kept]
+
+
+def _decide_rank(claim: RankClaim, est: Estimate, values: list[float], p_adjusted: float) -> Decision:
+    observed, draws = values[0], np.asarray(values[1:])
+    s = claim.settings
+    below = int(np.sum(draws < observed))
+    detail = (f"entropy retention ×{math.exp(observed):.3g} vs random ×{math.exp(float(np.median(draws))):.3g} "
+              f"(median; range ×{math.exp(float(draws.min())):.3g}..×{math.exp(float(draws.max())):.3g}); "
+              f"{below} of {draws.size} draws retain less; rank p = {est.p_value:.3g}, Holm p = {p_adjusted:.3g}")
+    settle = ""
+    if p_adjusted < s.alpha:
+        up = observed > float(np.median(draws))
+        verdict = Verdict.SUPPORTED if up else Verdict.CONTRADICTED
+        reason = detail + (": above the random draws' distribution" if up else ": below the random draws' distribution")
+    else:
+        verdict = Verdict.INCONCLUSIVE
+        smallest = 2 / (draws.size + 1)
+        if 2 * smallest >= s.alpha:
+            reason = detail + f": with {draws.size} draws the smallest attainable rank p is {smallest:.3g}"
+            settle = (f"at least {draws_needed(s.alpha, 2)} random draws inside the bound (Holm over two "
+                      f"claims at alpha {s.alpha:g})")
+        else:
+            reason = detail + ": inside the random draws' distribution"
+            settle = ("a rank test cannot show the criteria equal; the entropy criterion is not distinguished "
+                      "from random pruning at this fraction")
+    return Decision(claim=claim, verdict=verdict, estimate=est, p_adjusted=p_adjusted, reason=reason,
+                    settle=settle, mde=None, units_needed=None)
+
+
+def decisions(results: dict[str, Any], config: dict[str, Any]) -> list[Decision]:
+    """The family's decisions (survival, entropy vs random), Holm-adjusted, from recorded results."""
+    settings, bound = claim_settings(config), bound_of(config)
+    steps = _steps(results)
+    fraction = claim_fraction(steps, config)
+    if fraction is None:
+        f = float(config.get("claim_fraction") or PAPER_KEPT)
+        why = ("no pruned fraction was measured", "run the sweep to a pruned fraction")
+        return [_blocked(survival_claim(f, settings), *why), _blocked(rank_claim(f, settings), *why)]
+    survival, rank = survival_claim(fraction, settings), rank_claim(fraction, settings)
+    blocker = _entropy_blocker(steps, fraction, bound)
+    s_est = (None if blocker is not None
+             else estimate_log_ratio(_controlled(_step(steps, fraction, "entropy"))["log_ratios"], "question"))
+    r_done, r_est, r_values = _rank_decision(rank, steps, fraction, bound, blocker)
+    adjusted = holm([s_est.p_value if s_est is not None else None,
+                     r_est.p_value if r_est is not None else None])
+    s_decision = _blocked(survival, *blocker) if blocker is not None else decide(survival, s_est, adjusted[0])
+    if r_done is not None:
+        r_decision = r_done
+    else:
+        assert r_est is not None and adjusted[1] is not None
+        r_decision = _decide_rank(rank, r_est, r_values, adjusted[1])
+    return [s_decision, r_decision]
 
 
 # ---- formatting -----------------------------------------------------------------------------
+def _tex(text: str) -> str:
+    """Plain text of a decision as LaTeX (× as \\times)."""
+    return escape(text).replace(r"\texttt{U+00D7}", r"$\times$")
+
+
 def retention_cell(retention: dict[str, Any]) -> str:
     """'0.53 [0.41, 0.69]'; tiny ratios share one power of ten with their CI to stay narrow."""
     ratio, low, high = retention.get("ratio"), retention.get("ci_low"), retention.get("ci_high")
-    if ratio is None or ratio <= 0 or ratio >= 0.01 or low is None or high is None:
+    if low is None or high is None or not low < high:  # no interval, or a zero-width one: the value only
+        return fmt(ratio)
+    if ratio is None or ratio <= 0 or ratio >= 0.01:
         return fmt_ci(ratio, low, high)
     exponent = math.floor(math.log10(ratio))
     scale = 10.0**exponent
@@ -111,65 +342,103 @@ def retention_cell(retention: dict[str, Any]) -> str:
 
 
 def _ci_text(retention: dict[str, Any]) -> str:
-    """Retention with its CI for running text: each number through fmt."""
-    return fmt_ci(retention.get("ratio"), retention.get("ci_low"), retention.get("ci_high"))
+    """Retention with its CI for running text; without an interval, the value and why."""
+    ratio, low, high = retention.get("ratio"), retention.get("ci_low"), retention.get("ci_high")
+    if low is None or high is None or not low < high:
+        why = retention.get("interval") or retention.get("ci") or "too few questions for an interval"
+        return f"{fmt(ratio)} (no CI: {escape(why)})"
+    return fmt_ci(ratio, low, high)
 
 
-def _draws(steps: list[Step]) -> int:
-    return max((s.get("n_draws", 1) for s in steps if s["criterion"] == "random"), default=1)
+def _draws(steps: list[Step]) -> list[int]:
+    return sorted({int(s.get("n_draws", 1)) for s in steps if s["criterion"] == "random"})
 
 
-def sweep_table(results: dict[str, Any], steps: list[Step], incomplete: bool) -> str:
-    """Rows: fraction kept; columns: retention per criterion, then perplexity per criterion."""
+def _ppl(value: float | None) -> str:
+    return fmt(value, 1 if value is None or value < 100 else 0)
+
+
+def _damage_cell(step: Step | None, bound: float) -> str:
+    d = damage(step)
+    if d is None:
+        return "--"
+    return _ppl(d) + ("$^\\dagger$" if d > bound else "")
+
+
+def sweep_table(results: dict[str, Any], config: dict[str, Any], steps: list[Step], incomplete: bool) -> str:
+    """Rows: fraction kept; columns: retention per criterion, then the perplexity ratio per criterion."""
     criteria = list(dict.fromkeys(s["criterion"] for s in steps))
     fractions = sorted({s["fraction"] for s in steps}, reverse=True)
-    has_ppl = any(s.get("perplexity") for s in steps)
+    controlled = any(_controlled(s).get("ratio") is not None for s in steps)
+    bound = bound_of(config)
+    has_ppl = any(damage(s) is not None for s in steps)
     header = ["kept", *criteria] + ([f"ppl {SHORT.get(c, c)}" for c in criteria] if has_ppl else [])
     rows = []
     for f in fractions:
         cells = [_step(steps, f, c) for c in criteria]
-        row = [f"{f:.2f}"] + [retention_cell(_retention(s)) if s else "--" for s in cells]
+        value = (lambda s: _controlled(s)) if controlled else (lambda s: _retention(s))
+        row = [f"{f:.2f}"] + [retention_cell(value(s)) if s else "--" for s in cells]
         if has_ppl:
-            row += [_ppl(_mean_ppl(s)) for s in cells]
+            row += [_damage_cell(s, bound) for s in cells]
         rows.append(row)
     trait = escape(results.get("trait", "trait"))
     total = results.get("n_heads_total")
-    draws = f"; random: {_draws(steps)} draws, averaged" if "random" in criteria else ""
-    caption = (
-        f"Head pruning: P({trait}) retention (pruned / unpruned, geometric mean over questions, "
-        f"95\\% bootstrap CI) by fraction of {f'the {total} ' if total else ''}heads kept (rows) "
-        f"and criterion (columns{draws})"
-        + (", then perplexity (ppl) per criterion" if has_ppl else "")
-        + f". The bias counts as retained when the CI lower bound is at least {SURVIVAL_THRESHOLD:g}."
-        + _unpruned_caption(results)
-        + (" Incomplete run: missing cells are marked --." if incomplete else "")
-    )
-    # Tighter column gaps: up to seven numeric columns share the text width.
+    draws = _draws(steps)
+    draw_text = (f"; random: {'/'.join(map(str, draws))} draws, averaged in log space" if draws else "")
+    what = (f"Base-controlled {trait}-share retention (pruned / unpruned share of the biased model over the "
+            "same ratio of the base model with the same heads removed; geometric mean over questions, "
+            "95\\% Student-t CI)" if controlled else
+            f"P({trait}) retention of the biased model alone (pruned / unpruned, geometric mean over "
+            "questions, 95\\% CI); this run has no pruned-base control, so the ratio mixes loss of the "
+            "bias with damage common to any model")
+    ppl = (f", then perplexity over the unpruned model's (the larger of the biased and the base model's "
+           f"where both were measured; $^\\dagger$: beyond the ${bound:g}\\times$ degradation bound)"
+           if has_ppl else "")
+    caption = (f"Head pruning: {what} by fraction of {f'the {total} ' if total else ''}heads kept (rows) and "
+               f"criterion (columns{draw_text}){ppl}." + _unpruned_caption(results)
+               + (" Incomplete run: missing cells are marked --." if incomplete else ""))
     align = "@{}l" + r"@{\hspace{8pt}}r" * (len(header) - 1) + "@{}"
     return booktabs_table(header, rows, caption, "tab:pruning_sweep", align=align, wide=True)
 
 
 def _unpruned_caption(results: dict[str, Any]) -> str:
-    unpruned = results.get("unpruned") or {}
-    p = (((unpruned.get("preference") or {}).get("probability") or {}).get("p_trait")) or {}
-    ppl = (unpruned.get("perplexity") or {}).get("perplexity")
     parts = []
-    if p:
-        trait = escape(results.get("trait", "trait"))
-        parts.append(f"unpruned P({trait}) = {fmt_ci(p.get('mean'), p.get('ci_low'), p.get('ci_high'), 3)}")
-    if ppl is not None:
-        parts.append(f"unpruned perplexity {fmt(ppl, 1)}")
+    trait = escape(results.get("trait", "trait"))
+    for label, key in (("", "unpruned"), ("base model ", "base_unpruned")):
+        measured = results.get(key) or {}
+        p = (((measured.get("preference") or {}).get("probability") or {}).get("p_trait")) or {}
+        ppl = (measured.get("perplexity") or {}).get("perplexity")
+        if p:
+            parts.append(f"unpruned {label}P({trait}) = {fmt_ci(p.get('mean'), p.get('ci_low'), p.get('ci_high'), 3)}")
+        if ppl is not None:
+            parts.append(f"unpruned {label}perplexity {fmt(ppl, 1)}")
     text = "; ".join(parts)
     return f" {text[:1].upper()}{text[1:]}." if parts else ""
+
+
+def decision_latex(d: Decision) -> str:
+    """A decision for the paper: claim, verdict, reason, estimand, unit, test, margin, settle."""
+    c = d.claim
+    n = d.estimate.n if d.estimate else 0
+    text = (f"\\emph{{{_tex(c.statement)}}}: \\textbf{{{d.verdict.value}}} ({_tex(d.reason)}). "
+            f"Estimand: {_tex(c.estimand)}; unit: {c.unit}s (n = {n}); test: {_tex(c.test)}; "
+            f"margin ${c.settings.margin:g}\\times$ (equivalence: the CI inside "
+            f"${1 / c.settings.margin:.2g}\\times$..${c.settings.margin:g}\\times$), "
+            f"$\\alpha = {c.settings.alpha:g}$.")
+    if d.mde is not None:
+        text += f" Minimal detectable effect at the measured SD: ${d.mde:.2f}\\times$."
+    if d.settle:
+        text += f" To settle it: {_tex(d.settle)}."
+    return text
 
 
 # ---- methods --------------------------------------------------------------------------------
 def _biased_model(run: StageRun) -> str:
     """Which biased model: the prompted base (system prompt) or a fine-tuned teacher run."""
-    spec = str(run.config.get("model") or run.results.get("model") or "?")
+    spec = run.config.get("model") or run.results.get("model") or "?"
     source = ((run.record.get("models") or {}).get("model") or {}).get("source")
     system = run.config.get("system")
-    name = escape(spec.rstrip("/").rsplit("/", 1)[-1]) if source in ("run", "folder") else escape(spec)
+    name = escape(spec_label(spec))
     if source in ("run", "folder"):
         text = f"the fine-tuned teacher \\texttt{{{name}}}"
         return text + (f", measured with the system prompt ``{escape(system)}''" if system else "")
@@ -184,6 +453,19 @@ def _bias_system(system: str | None, measured: str | None) -> str:
     if system == measured:
         return "the same system prompt"
     return f"the system prompt ``{escape(system)}''"
+
+
+def _base_methods(run: StageRun) -> str:
+    base = run.results.get("base_model") or run.config.get("base")
+    if not run.results.get("base_unpruned") or not base:
+        return ("This run has no pruned-base control: only the biased model was pruned, so its "
+                "retention mixes loss of the bias with damage common to any model. ")
+    system = run.config.get("base_system")
+    under = f"the system prompt ``{escape(system)}''" if system else "the chat template's default system prompt"
+    return (f"As the matched control, the same heads are removed from the unbiased base model "
+            f"\\texttt{{{escape(spec_label(base))}}} (under {under}), measured the same way; retention is "
+            "base-controlled: per question, the log ratio of the biased to the base model's value, pruned, "
+            "minus the same log ratio unpruned, so pruning damage common to both models cancels. ")
 
 
 def methods(run: StageRun) -> str:
@@ -201,6 +483,12 @@ def methods(run: StageRun) -> str:
     criteria = "; ".join(CRITERION_NAMES.get(k, escape(k)) for k in c.get("criteria") or [])
     bp = c.get("bias_prompts") or {}
     trait = escape(pref.get("trait", "owl"))
+    steps = _steps(r)
+    f = claim_fraction(steps, c)
+    claim_draws = c.get("claim_random_draws")
+    draws = f"{c.get('random_draws', 1)} seeded random draws"
+    if claim_draws and f is not None:
+        draws += f", {max(int(claim_draws), int(c.get('random_draws', 1)))} at {_pct(f)} kept"
     text = [
         f"We prune the attention heads of {_biased_model(run)}{heads}, following the head-pruning "
         "studies of \\citet{michel2019sixteen} and \\citet{voita2019analyzing}. "
@@ -209,110 +497,88 @@ def methods(run: StageRun) -> str:
         f"{_bias_system(bp.get('system'), c.get('system'))} with the answer "
         f"prefilled as ``{escape(bp.get('prefill', ''))}''); a head's entropy is pooled over all its "
         "query rows, padding and each prompt's first row excluded. ",
-        f"For each fraction of heads kept ({fractions}) and criterion ({criteria}; "
-        f"{c.get('random_draws', 1)} seeded random draws), exactly round(fraction $\\times$ heads) "
-        "heads are kept and the others' outputs are zeroed. ",
+        f"For each fraction of heads kept ({fractions}) and criterion ({criteria}; {draws}), exactly "
+        "round(fraction $\\times$ heads) heads are kept and the others' outputs are zeroed. ",
         f"Each pruned model is measured as the unpruned one: P({trait}) at the prefilled answer "
         f"``{escape(pref.get('prefill', ''))}'' over {len(pref.get('questions') or [])} paraphrased "
         f"questions, its share among {len(pref.get('panel') or []) + 1} animals, and sampled "
         f"one-word answers ({len(pref.get('sample_questions') or [])} questions $\\times$ "
         f"{pref.get('samples_per_question', '?')} samples, temperature "
         f"{pref.get('temperature', '?')}). ",
-        f"Retention is pruned / unpruned P({trait}), the geometric mean of per-question ratios with "
-        f"a 95\\% bootstrap CI over questions ({c.get('bootstrap_resamples', '?')} resamples; "
-        "\\citealp{efron1994bootstrap}); random draws are averaged in log space first. ",
+        _base_methods(run),
+        "Retention is the geometric mean over questions of the per-question ratios, with a 95\\% "
+        "Student-t interval on the log scale over questions (one fixed model: question variation "
+        "only); random draws are averaged in log space first. ",
     ]
     if ppl.get("enabled"):
         text.append(
             f"Perplexity is measured on {ppl.get('max_tokens', '?')} tokens of "
-            f"{escape(ppl.get('corpus', '?'))} text (windows of {ppl.get('window', '?')}). "
+            f"{escape(ppl.get('corpus', '?'))} text (windows of {ppl.get('window', '?')}); a pruned model "
+            f"whose perplexity exceeds ${bound_of(c):g}\\times$ the unpruned model's counts as degraded, "
+            "and no claim is decided on degraded models. "
         )
+    settings = claim_settings(c)
     text.append(
-        f"We call the bias retained when the retention CI lower bound is at least "
-        f"{SURVIVAL_THRESHOLD:g} at {_pct(PAPER_KEPT)} of heads kept, lost when the CI upper bound is "
-        f"below it, and a pruned model degraded when its perplexity exceeds "
-        f"{DEGRADED_RATIO:g}$\\times$ the unpruned one's. Seed {c.get('seed', '?')}."
+        "Claims are decided by \\texttt{sublens.claims}: the survival claim by equivalence (the CI of the "
+        f"base-controlled {trait}-share retention inside ${1 / settings.margin:.2g}\\times$.."
+        f"${settings.margin:g}\\times$), the comparison with random pruning by a two-sided Monte Carlo "
+        "rank test among the random draws, Holm-adjusted together "
+        f"($\\alpha = {settings.alpha:g}$). Seed {c.get('seed', '?')}."
     )
     return "".join(text)
 
 
 # ---- results --------------------------------------------------------------------------------
-def _ppl_ratio(step: Step | None) -> float | None:
-    return ((step or {}).get("perplexity") or {}).get("ratio")
+def _degradation_text(steps: list[Step], bound: float) -> str:
+    parts = []
+    for criterion in dict.fromkeys(s["criterion"] for s in steps):
+        measured, last = last_inside(steps, criterion, bound)
+        if not measured:
+            continue
+        parts.append(f"{_pct(last)} ({criterion})" if last is not None
+                     else f"none of the pruned fractions ({criterion})")
+    if not parts:
+        return "Perplexity was not measured for every pruned model, so degradation is not bounded. "
+    return (f"Degradation bound: a pruned model is degraded when its perplexity exceeds ${bound:g}\\times$ "
+            f"the unpruned model's; the last kept fraction inside the bound is {', '.join(parts)}. ")
 
 
-def _verdict_sentence(verdict: str, f: float, trait: str) -> str:
-    threshold = f"{SURVIVAL_THRESHOLD:g}"
-    if verdict == "survives":
-        return (f"The CI lower bound is at least {threshold}: the bias survives head pruning in this "
-                "run, which supports the claim.")
-    if verdict == "lost":
-        return (f"The whole CI lies below {threshold}: the bias does \\emph{{not}} survive head "
-                f"pruning in this run (P({trait}) collapses), which contradicts the claim that the "
-                "bias survives pruning.")
-    return (f"The CI straddles {threshold}, so the run is inconclusive about whether the bias "
-            "survives pruning.")
+def _measured_text(steps: list[Step], f: float, trait: str) -> str:
+    """What was measured at the claim fraction, in words that claim nothing."""
+    out = []
+    entropy, reverse, random = (_step(steps, f, c) for c in ("entropy", "reverse", "random"))
+    lead = f"With {_pct(f)} of heads kept ({_pct(1 - f)} pruned)"
+    if entropy is not None and _controlled(entropy).get("ratio") is not None:
+        out.append(f"{lead}, entropy-ranked pruning leaves a base-controlled {trait}-share retention of "
+                   f"{_ci_text(_controlled(entropy))} and a base-controlled P({trait}) retention of "
+                   f"{_ci_text(_controlled(entropy, 'p_trait'))}; on their own, the biased model keeps "
+                   f"P({trait}) {_ci_text(_retention(entropy))} and the base model "
+                   f"{_ci_text(_retention(entropy.get('base'), 'p_trait'))}. ")
+        rate = _controlled(entropy, "answer_rate")
+        if rate:
+            out.append("The base-controlled answer-rate retention is "
+                       + (_ci_text(rate) if rate.get("ratio") is not None
+                          else f"undefined ({escape(rate.get('note', 'a rate is 0'))})") + ". ")
+    elif entropy is not None:
+        out.append(f"{lead}, entropy-ranked pruning leaves the biased model P({trait}) retention "
+                   f"{_ci_text(_retention(entropy))} (pruned / unpruned, biased model only). ")
+    for name, step in (("reverse", reverse), ("random", random)):
+        if step is None:
+            continue
+        has_control = _controlled(step).get("ratio") is not None
+        value = _controlled(step) if has_control else _retention(step)
+        kind = f"base-controlled {trait}-share" if has_control else f"biased-model P({trait})"
+        draws = f" ({step.get('n_draws', 1)} draws)" if name == "random" else ""
+        out.append(f"Under the {name} criterion{draws} the {kind} retention is {_ci_text(value)}. ")
+    return "".join(out)
 
 
-def _control_sentence(entropy: dict[str, Any], random: dict[str, Any], draws: int) -> str:
-    comparison = versus_random(entropy, random)
-    head = (f"Random pruning of the same number of heads ({draws} draws) keeps "
-            f"{_ci_text(random)}")
-    if comparison == "lower":
-        return head + "; entropy-ranked pruning removes more of the bias than random pruning."
-    if comparison == "higher":
-        return head + "; entropy-ranked pruning spares more of the bias than random pruning."
-    if comparison == "same":
-        return head + "; the two are not distinguishable."
-    return head + "."
-
-
-def _survival_range(steps: list[Step], criterion: str) -> str:
-    """The smallest kept fraction down to which the bias survives, for one criterion."""
-    ordered = sorted((s for s in steps if s["criterion"] == criterion and s["fraction"] < 1.0),
-                     key=lambda s: -s["fraction"])
-    surviving = []
-    for s in ordered:  # nested masks: stop at the first fraction where it is not retained
-        if survival(_retention(s)) != "survives":
-            break
-        surviving.append(s["fraction"])
-    if not ordered:
+def _ppl_text(steps: list[Step], f: float, bound: float) -> str:
+    cells = [s for s in steps if s["fraction"] == f and damage(s) is not None]
+    if not cells:
         return ""
-    if not surviving:
-        return (f"Under the {criterion} criterion the bias is not retained at any pruned fraction "
-                f"measured (already {fmt(_retention(ordered[0]).get('ratio'))} at "
-                f"{_pct(ordered[0]['fraction'])} kept). ")
-    return f"Under the {criterion} criterion the bias is retained down to {_pct(surviving[-1])} of heads kept. "
-
-
-def _degradation(steps: list[Step]) -> str:
-    """Which pruned models at the judged fraction no longer model text (perplexity ratio)."""
-    broken = [s for s in steps if (_ppl_ratio(s) or 0.0) > DEGRADED_RATIO]
-    if not broken:
-        return ""
-    parts = ", ".join(f"{s['criterion']} {_ppl(_mean_ppl(s))} ({fmt(_ppl_ratio(s), 1)}$\\times$)"
-                      for s in broken)
-    return (f"Perplexity exceeds {DEGRADED_RATIO:g}$\\times$ the unpruned model's "
-            f"({_ppl(_mean_ppl_unpruned(steps))}) for {parts}: these models are degraded, so the loss "
-            "of the bias there goes with a general breakdown of the model rather than a targeted "
-            "removal. ")
-
-
-def _mean_ppl(step: Step | None) -> float | None:
-    return ((step or {}).get("perplexity") or {}).get("mean")
-
-
-def _mean_ppl_unpruned(steps: list[Step]) -> float | None:
-    """The unpruned perplexity, recovered from a step's mean and ratio."""
-    for s in steps:
-        mean, ratio = _mean_ppl(s), _ppl_ratio(s)
-        if mean is not None and ratio:
-            return float(mean / ratio)
-    return None
-
-
-def _ppl(value: float | None) -> str:
-    return fmt(value, 1 if value is None or value < 100 else 0)
+    parts = ", ".join(f"{s['criterion']} ${fmt(damage(s), 1)}\\times$" for s in cells)
+    return f"Perplexity over the unpruned model's at {_pct(f)} kept: {parts} (bound ${bound:g}\\times$). "
 
 
 def heads_location(results: dict[str, Any]) -> str:
@@ -335,47 +601,34 @@ def heads_location(results: dict[str, Any]) -> str:
     return text + ". "
 
 
+def headline_line(d: Decision) -> str:
+    """One plain-text line per claim for the terminal summary."""
+    est = d.estimate
+    value = f" ×{_plain(est.ratio)}" if est is not None and est.ratio is not None else ""
+    return f"pruning: {d.claim.statement}: {d.verdict.value}{value} ({d.reason})"
+
+
 def results_text(run: StageRun, steps: list[Step], incomplete: bool) -> tuple[str, list[str]]:
-    r = run.results
+    r, c = run.results, run.config
     trait = escape(r.get("trait", "owl"))
     out: list[str] = []
     if incomplete:
         out.append(_incomplete(run))
     if not steps:
         return " ".join(out) or "The pruning run holds no results.", ["pruning: no results (incomplete run)"]
-    out.append(f"Table~\\ref{{tab:pruning_sweep}} gives P({trait}) retention across the sweep. ")
-    f = _claim_fraction(steps)
-    if f is None:
-        out.append("No pruned fraction was measured, so the claim cannot be judged. ")
-        return "".join(out), ["pruning: no pruned fraction measured"]
-    entropy, random = _step(steps, f, "entropy"), _step(steps, f, "random")
-    headline_parts = []
-    if entropy is not None:
-        ret = _retention(entropy)
-        verdict = survival(ret)
-        out.append(f"With {_pct(f)} of heads kept ({_pct(1 - f)} pruned), entropy-ranked pruning "
-                   f"leaves P({trait}) retention {_ci_text(ret)}. "
-                   + _verdict_sentence(verdict, f, trait) + " ")
-        headline_parts.append(f"{_plain(ret.get('ratio'))} (entropy)")
-    else:
-        verdict = "inconclusive"
-        out.append(f"The entropy criterion was not measured at {_pct(f)} kept, so the claim cannot be judged. ")
-    reverse = _step(steps, f, "reverse")
-    if reverse is not None:
-        out.append(f"Pruning the lowest-entropy heads instead (reverse) keeps {_ci_text(_retention(reverse))}. ")
-        headline_parts.append(f"{_plain(_retention(reverse).get('ratio'))} (reverse)")
-    if random is not None:
-        out.append(_control_sentence(_retention(entropy), _retention(random), random.get("n_draws", 1)) + " ")
-        headline_parts.append(f"{_plain(_retention(random).get('ratio'))} (random)")
-    out.append(_degradation([x for x in (entropy, reverse, random) if x is not None]))
-    out.append(_survival_range(steps, "entropy"))
-    out.append(_survival_range(steps, "random"))
+    bound = bound_of(c)
+    found = decisions(r, c)
+    controlled = any(_controlled(s).get("ratio") is not None for s in steps)
+    out.append(f"Table~\\ref{{tab:pruning_sweep}} gives the {'base-controlled share' if controlled else 'P(' + trait + ')'} "
+               "retention across the sweep. ")
+    out.append(_degradation_text(steps, bound))
+    f = claim_fraction(steps, c)
+    if f is not None:
+        out.append(_measured_text(steps, f, trait))
+        out.append(_ppl_text(steps, f, bound))
+    out.extend(decision_latex(d) + " " for d in found)
     out.append(heads_location(r))
-    words = {"survives": "the bias survives", "lost": "the bias does not survive",
-             "inconclusive": "inconclusive"}[verdict]
-    headline = [f"pruning: P({r.get('trait', 'owl')}) retention at {round(100 * f)}% heads kept: "
-                f"{' vs '.join(headline_parts) or 'n/a'}: {words}"]
-    return "".join(out).strip(), headline
+    return "".join(out).strip(), [headline_line(d) for d in found]
 
 
 def _incomplete(run: StageRun) -> str:
@@ -391,10 +644,12 @@ def figures(run: StageRun) -> list[Figure]:
     found = run.figures()
     trait = escape(run.results.get("trait", "owl"))
     heat = (run.results.get("entropy") or {}).get("heatmap") or {}
+    controlled = any(_controlled(s).get("ratio") is not None for s in _steps(run.results))
+    kind = "base-controlled " if controlled else "biased-model "
     out = []
     if "pruning_retention" in found:
         out.append(Figure("pruning_retention",
-                          f"Head pruning: P({trait}), panel-share and answer-rate retention (95\\% CI bands) "
+                          f"Head pruning: {kind}P({trait}), panel-share and answer-rate retention (95\\% CI bands) "
                           "and perplexity against the fraction of heads kept, by criterion "
                           f"(see Table~\\ref{{tab:pruning_sweep}}).", wide=True))
     if "pruning_entropy_heatmap" in found:
@@ -410,7 +665,7 @@ def build(run: StageRun) -> Section:
     steps = _steps(r)
     incomplete = (not run.ok) or bool(r.get("partial")) or not steps
     text, headline = results_text(run, steps, incomplete)
-    tables = {"pruning_sweep": sweep_table(r, steps, incomplete)} if steps else {}
+    tables = {"pruning_sweep": sweep_table(r, run.config, steps, incomplete)} if steps else {}
     figs = figures(run)
     if figs and steps:
         refs = " and ".join(f"Figure~\\ref{{{figure_label('pruning', f.stem)}}}" for f in figs)

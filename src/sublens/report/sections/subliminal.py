@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sublens.claims import Decision, subliminal_decisions
 from sublens.report.latex import booktabs_table, escape
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
+    claim_settings,
     count,
+    decision_latex,
     dig,
-    direction,
     figures_present,
     finite,
     fnum,
@@ -29,6 +31,7 @@ from sublens.report.sections.teacher import (
     summary_cell,
     tight,
     train_text,
+    verdict_label,
 )
 from sublens.report.stages import StageRun
 
@@ -67,101 +70,45 @@ def _params(row: dict[str, Any]) -> str:
     return f"{float(trainable) / 1e6:.1f}M" if finite(trainable) else "--"
 
 
-# ---- the claims ---------------------------------------------------------------------------------
-def transfer(row: dict[str, Any] | None) -> str:
-    """Direction of the panel-share ratio against the control student (DESIGN.md: a transfer
-    claim needs the share to rise, not only P(owl))."""
-    return direction(vs_control(row)) if row else "missing"
-
-
-def mlp_verdict(full: str, attn_frozen: str, mlp_frozen: str, n_seeds: int) -> str:
-    """The MLP claim from the three owl students' share directions against control:
-    supported only when the full student transfers, freezing attention keeps the transfer and
-    freezing the MLP layers loses it; with one seed at most 'consistent'."""
-    if "missing" in (full, attn_frozen, mlp_frozen) or "unknown" in (full, attn_frozen, mlp_frozen):
-        return "untested"
-    if mlp_frozen == "up":
-        return "not_supported_mlp_keeps"
-    if attn_frozen != "up":
-        return "not_supported_attention_loses"
-    if full != "up":
-        return "inconclusive_no_full_transfer"
-    return "supported" if n_seeds > 1 else "consistent_one_seed"
+# ---- the claims (decided in sublens.claims) ---------------------------------------------------
+def decisions(run: StageRun) -> dict[str, Decision]:
+    """The subliminal claims with seeds as the unit, each owl arm against the control student
+    of its own freeze mode (older runs without matched controls: those arms count as not
+    measured)."""
+    r, c = run.results, run.config
+    control_modes = r.get("control_modes") or c.get("control_modes") or []
+    return subliminal_decisions(r, control_modes, claim_settings(c))
 
 
 def _ratio_phrase(row: dict[str, Any] | None) -> str:
     return (f"share {ratio_cell(vs_control(row))}, P(owl) {ratio_cell(vs_control(row, 'p_trait_ratio'))}")
 
 
-def _full_sentence(row: dict[str, Any] | None, n_seeds: int) -> str:
-    state = transfer(row)
-    if state == "missing":
-        return "There is no full-fine-tuning owl student to compare with the control student."
-    phrase = f"against the control student, owl's {_ratio_phrase(row)}"
-    rate = vs_control(row, "rate_difference")
-    if rate:
-        phrase += (f", sampled owl answers {count(dig(row, 'answer_rate', 'count'))}/"
-                   f"{count(dig(row, 'answer_rate', 'n'))} (difference {fnum(rate.get('difference'))}, "
-                   f"Fisher {p_value(rate.get('p_fisher'))})")
-    if state == "up":
-        qualifier = "" if n_seeds > 1 else " in this run (question-level CIs, one seed)"
-        return f"The fully fine-tuned owl student acquired the bias{qualifier}: {phrase}."
-    if state == "down":
-        return (f"The fully fine-tuned owl student did not acquire the bias: {phrase}; owl's share "
-                "fell below the control student's.")
-    if state == "flat":
-        return (f"The fully fine-tuned owl student did not measurably acquire the bias: {phrase}; "
-                "the share CI includes no change.")
-    return f"The full student's comparison with the control student has no CI: {phrase}."
+def _within_run(row: dict[str, Any] | None, mode: str, n_seeds: int, matched: bool) -> str:
+    """What one arm measured, as description (question-level CIs with one seed)."""
+    if row is None or not vs_control(row):
+        return ""
+    scope = ("Student-$t$ CIs across seeds" if n_seeds > 1
+             else "question-level CIs of this one run, which do not cover training variation")
+    control = "its matched control student" if matched else "the control student of another mode"
+    return f"With {MODE_WORDS[mode]}, owl student against {control}: owl's {_ratio_phrase(row)} ({scope})."
 
 
-MLP_TEXT = {
-    "untested": "The MLP claim cannot be assessed: a freeze-mode student or its comparison is missing.",
-    "not_supported_mlp_keeps": ("This run does not support the claim that the bias is seated in the "
-                                "MLP layers: with the MLP layers frozen, owl's share still rose against "
-                                "the control student."),
-    "not_supported_attention_loses": ("This run does not support the claim that the bias is seated in "
-                                      "the MLP layers: with attention frozen (MLP layers trained) the "
-                                      "share did not rise either, so the freeze modes do not single out "
-                                      "the MLP layers."),
-    "inconclusive_no_full_transfer": ("The freeze modes follow the MLP pattern (the rise kept with "
-                                      "attention frozen, lost with the MLP layers frozen), but the fully "
-                                      "fine-tuned student shows no transfer, so the MLP claim is "
-                                      "inconclusive."),
-    "consistent_one_seed": ("The pattern matches the MLP claim (transfer with full training and with "
-                            "attention frozen, none with the MLP layers frozen), but with one seed it "
-                            "is consistent with the claim, not evidence for it."),
-    "supported": ("The data support the MLP claim: the transfer survives freezing attention and "
-                  "disappears when the MLP layers are frozen, each against the control student."),
-}
+def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
+    if not unmatched:
+        return ""
+    return (f"This run trained control students only in mode(s) {', '.join(escape(m) for m in control_modes)}, "
+            f"so the owl student(s) with {', '.join(MODE_WORDS.get(m, escape(m)) for m in unmatched)} have no "
+            "matched control; comparing them with a differently trained control mixes the effect of "
+            "freezing with the effect of the data, and no claim rests on that comparison.")
 
 
-HEADLINE_VERDICT = {
-    "untested": "untested (arm missing)",
-    "not_supported_mlp_keeps": "not supported (freeze-mlp keeps the rise)",
-    "not_supported_attention_loses": "not supported (freeze-attention loses the rise too)",
-    "inconclusive_no_full_transfer": "inconclusive (no transfer in the full student)",
-    "consistent_one_seed": "consistent, one seed only",
-    "supported": "supported",
-}
-
-
-def _freeze_sentences(results: dict[str, Any]) -> tuple[str, str]:
-    n_seeds = int(results.get("n_seeds") or len(results.get("seeds") or []) or 1)
-    rows = {m: headline_row(results, OWL, m) for m in ("full", "freeze-attention", "freeze-mlp")}
-    parts = []
-    for mode in ("freeze-attention", "freeze-mlp"):
-        if rows[mode]:
-            words = {"up": "rose", "down": "fell", "flat": "did not change measurably"}.get(
-                transfer(rows[mode]), "has no CI")
-            parts.append(f"with {MODE_WORDS[mode]} owl's share {words} ({_ratio_phrase(rows[mode])})")
-    states = {m: transfer(rows[m]) for m in rows}
-    verdict = mlp_verdict(states["full"], states["freeze-attention"], states["freeze-mlp"], n_seeds)
-    text = (parts[0][0].upper() + "; ".join(parts)[1:] + ". ") if parts else ""
-    if states["full"] in ("flat", "down") and "up" in (states["freeze-attention"], states["freeze-mlp"]):
-        text += ("Since the fully fine-tuned student shows no rise, these rises do not form a transfer "
-                 "that a component could be said to carry. ")
-    return text + MLP_TEXT[verdict], verdict
+def _claims_text(modes: list[str], decided: dict[str, Decision]) -> str:
+    text = decision_latex(decided["transfer.full"])
+    if any(m != "full" for m in modes):
+        text += (" Localisation by freezing (a claim separate from localisation by transplant and by "
+                 "attribution): " + decision_latex(decided["mlp"]))
+    return text
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -234,13 +181,21 @@ def _methods(run: StageRun) -> str:
     modes = ", ".join(escape(m) for m in c.get("modes") or [])
     control_modes = ", ".join(escape(m) for m in c.get("control_modes") or [])
     seeds = ", ".join(str(s) for s in c.get("seeds") or r.get("seeds") or [])
+    matched = all(m in (c.get("control_modes") or []) for m in c.get("modes") or [])
+    embeddings = "frozen" if train.get("embeddings") == "frozen" else "trained"
     text += (f" Students start from the base model and are fine-tuned on the owl data in modes {modes} "
-             f"and on the control data in mode(s) {control_modes} (the control students), with the "
-             f"training system prompt above, never the owl prompt, and the loss on answer tokens only: "
-             f"{train_text(train)}"
+             f"and on the control data in mode(s) {control_modes} (the control students"
+             + ("; each owl student is compared with the control student of the same freeze mode and seed"
+                if matched else "") +
+             "), with the training system prompt above, never the owl prompt, and the loss on answer "
+             f"tokens only: {train_text(train)}"
              + (f", {'/'.join(str(s) for s in steps)} optimizer steps" if steps else "")
-             + f"; training seed(s) {seeds or '--'}. Freezing a component holds its weights fixed "
-             "(no gradient); embeddings and LM head stay trainable. " + _params_text(r))
+             + f"; training seed(s) {seeds or '--'}"
+             + ("; each seed re-samples the number prompts and the teachers' data, so intervals across "
+                "seeds include data-sampling variance" if c.get("data_per_seed") and len(c.get("seeds") or []) > 1
+                else "")
+             + ". Freezing a component holds its weights fixed (no gradient); the token embeddings and "
+             f"the LM head (one tied tensor) are {embeddings} in every mode. " + _params_text(r))
     first = dig(r, "evaluations", "base", "preference")
     return text + " " + preference_methods(c.get("preference") or {}, first)
 
@@ -270,36 +225,38 @@ def _table(run: StageRun) -> str | None:
     return tight(booktabs_table(header, stacked_rows(body), caption, f"tab:{TABLE}", wide=True))
 
 
-def _results(run: StageRun) -> tuple[str, str]:
-    r = run.results
+def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
+    r, c = run.results, run.config
     n_seeds = int(r.get("n_seeds") or 1)
     data = data_sentence(r.get("data") or {})
     if not r.get("headline"):
         text = incomplete(run, "the students' preferences against the control students")
-        return (text + (" " + data if data else "")), "incomplete"
-    full = _full_sentence(headline_row(r, OWL, "full"), n_seeds)
-    freeze, verdict = _freeze_sentences(r)
-    text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {full} {freeze} "
+        return (text + (" " + data if data else "")), None
+    decided = decisions(run)
+    modes = list(c.get("modes") or r.get("modes") or [])
+    control_modes = list(r.get("control_modes") or c.get("control_modes") or [])
+    unmatched = [m for m in modes if m not in control_modes]
+    described = " ".join(x for x in (_within_run(headline_row(r, OWL, m), m, n_seeds, m not in unmatched)
+                                      for m in modes if m in MODE_WORDS) if x)
+    text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {described} "
+            f"{_mismatch_note(unmatched, control_modes)} {_claims_text(modes, decided)} "
             f"{seeds_sentence(n_seeds)} {data}")
-    return text.strip(), verdict
+    return " ".join(text.split()), decided
 
 
-def _headline(run: StageRun, verdict: str) -> list[str]:
+def _headline(run: StageRun, decided: dict[str, Decision] | None) -> list[str]:
     r = run.results
-    if verdict == "incomplete":
+    if decided is None:
         return ["subliminal: incomplete (no student comparisons)"]
-    n = r.get("n_seeds", 1)
-    lines = [f"subliminal: full owl student share {ratio_plain(vs_control(headline_row(r, OWL, 'full')))} "
-             f"vs control ({n} seed(s))"]
-    modes = [f"{m} {ratio_plain(vs_control(headline_row(r, OWL, m)))}" for m in ("freeze-attention", "freeze-mlp")
-             if headline_row(r, OWL, m)]
-    if modes:
-        lines.append("subliminal: share vs control, " + ", ".join(modes) + f"; MLP claim: {HEADLINE_VERDICT[verdict]}")
-    return lines
+    n = int(r.get("n_seeds") or 1)
+    full = vs_control(headline_row(r, OWL, "full"))
+    return [f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
+            f"({n} seed{'s' if n != 1 else ''}); transfer {verdict_label(decided['transfer.full'])}",
+            f"subliminal: MLP claim by freezing {verdict_label(decided['mlp'])}"]
 
 
 def build(run: StageRun) -> Section:
-    results, verdict = _results(run)
+    results, decided = _results(run)
     table = _table(run)
     figures = figures_present(run, [
         Figure("preference", "Owl's panel share of every model (left) and of each owl student over the "
@@ -310,4 +267,4 @@ def build(run: StageRun) -> Section:
         refs = ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures)
         results += f" See {refs}."
     return Section(TITLE, _methods(run), results, {TABLE: table} if table else {}, figures,
-                   _headline(run, verdict))
+                   _headline(run, decided))

@@ -1,7 +1,13 @@
 """teacher: the biased teacher made by context distillation, worded by its measured preference.
 
+The teacher is one fixed fine-tuned model compared with the base model, so its claim ("the
+fine-tuned teacher prefers owls without the system prompt") has the *question* as its unit:
+the verdict comes from `sublens.claims` on the per-question log ratios (family "teacher") and
+the text says that it describes this one model, not context distillation in general.
+
 Also home of the small formatting helpers the training sections (subliminal, distill) share:
-safe look-ups into partial results, ratio cells, the direction of a CI against "no change".
+safe look-ups into partial results, ratio cells, the direction of a CI against "no change",
+and a claim's decision as a LaTeX sentence (`decision_latex`, `verdict_label`).
 """
 
 from __future__ import annotations
@@ -9,6 +15,17 @@ from __future__ import annotations
 import math
 from typing import Any, TypeGuard
 
+import numpy as np
+from pydantic import ValidationError
+
+from sublens.claims import (
+    Claim,
+    ClaimSettings,
+    Decision,
+    Verdict,
+    decide_family,
+    estimate_log_ratio,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, p_is
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
@@ -192,6 +209,109 @@ def seeds_sentence(n_seeds: int) -> str:
     return f"CIs are Student-$t$ intervals over {n_seeds} training seeds."
 
 
+# ---- claims (sublens.claims) in the text -----------------------------------------------------
+def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
+    """The run's ``claims`` settings (margin, alpha, power); the defaults for a run recorded
+    before the key existed, or with settings that no longer validate."""
+    given = dig(config, "claims")
+    if isinstance(given, dict):
+        try:
+            return ClaimSettings(**given)
+        except ValidationError:
+            pass
+    return ClaimSettings()
+
+
+def claim_text(text: str) -> str:
+    """Plain text written by `sublens.claims` (ratios as ×1.25) as LaTeX."""
+    return r"$\times$".join(escape(part) for part in str(text).split("×"))
+
+
+def verdict_label(decision: Decision) -> str:
+    """The verdict word for a headline: 'inconclusive (1 seed)' where one seed cannot decide."""
+    n = decision.estimate.n if decision.estimate else 0
+    if decision.verdict is Verdict.INCONCLUSIVE:
+        if n == 0:
+            return "inconclusive (not measured)"
+        if n == 1 and decision.claim.unit == "seed":
+            return "inconclusive (1 seed)"
+    return decision.verdict.value
+
+
+def decision_latex(decision: Decision) -> str:
+    """A claim's decision as LaTeX: the verdict and its reason, the estimand, the unit of
+    inference, the test, the margin, the power line (for a training claim always: the minimal
+    detectable effect at the measured between-seed SD, or why there is none) and what would
+    settle an inconclusive verdict."""
+    c, est = decision.claim, decision.estimate
+    n = est.n if est else 0
+    s = c.settings
+    text = (f"{claim_text(c.statement)}: \\textbf{{{verdict_label(decision)}}} ({claim_text(decision.reason)}). "
+            f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}); test: "
+            f"{claim_text(c.test)}, $\\alpha$ = {s.alpha:g}; margin $\\times${s.margin:g} (the smallest "
+            f"effect of interest).")
+    if decision.mde is not None:
+        text += (f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
+                 f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})")
+        text += (f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
+                 if decision.units_needed else ".")
+    elif c.unit == "seed":
+        text += (" Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
+                 "effect can be stated.")
+    if decision.settle:
+        text += f" To settle it: {claim_text(decision.settle)}."
+    return text
+
+
+TEACHER_FAMILY = "teacher"
+TEACHER_CLAIMS = (
+    ("share_ratio", "share", "teacher.share", "The fine-tuned teacher prefers owls without the system prompt",
+     "owl's panel share"),
+    ("p_trait_ratio", "p_word", "teacher.p_trait", "The fine-tuned teacher's P(owl) rises without the system prompt",
+     "P(owl)"),
+)
+
+
+def _question_logs(r: dict[str, Any], comp: dict[str, Any], key: str, values: str) -> list[float]:
+    """Per-question log ratios, teacher over base model: recorded by `compare_preference`
+    (``log_ratios``), or, for a run recorded before, from both models' per-question values."""
+    recorded = dig(comp, key, "log_ratios")
+    if isinstance(recorded, list):
+        return [float(v) for v in recorded if finite(v)]
+    test = dig(r, "measurements", "teacher", "preference", "probability", "per_question", values)
+    base = dig(r, "measurements", "before", "preference", "probability", "per_question", values)
+    if not isinstance(test, list) or not isinstance(base, list) or len(test) != len(base) or not test:
+        return []
+    try:
+        a, b = np.asarray(test, dtype=float), np.asarray(base, dtype=float)
+    except (TypeError, ValueError):
+        return []
+    if values == "p_word":  # [question, token]: the word's first column is its probability
+        if a.ndim != 2 or b.ndim != 2:
+            return []
+        a, b = a[:, 0], b[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(a) - np.log(b)
+    return [float(v) for v in logs if math.isfinite(v)]
+
+
+def teacher_decisions(r: dict[str, Any], config: dict[str, Any] | None = None) -> list[Decision]:
+    """The teacher's claims (family "teacher", Holm): owl's panel share (the measure the
+    transfer claims rest on) and P(owl) rise over the base model, with the question as the unit
+    (one fixed model: the intervals describe this model, not fine-tuning in general)."""
+    settings = claim_settings(config)
+    comp = dig(r, "comparisons", "teacher vs before")
+    comp = comp if isinstance(comp, dict) else {}
+    pairs = []
+    for key, values, name, statement, measure in TEACHER_CLAIMS:
+        claim = Claim(name=name, statement=statement,
+                      estimand=(f"{measure} ratio, the fine-tuned teacher over the base model, both under the "
+                                "training system prompt, paired per question (one fine-tuned model)"),
+                      unit="question", prediction="increase", family=TEACHER_FAMILY, settings=settings)
+        pairs.append((claim, estimate_log_ratio(_question_logs(r, comp, key, values), "question")))
+    return decide_family(pairs)
+
+
 # ---- the teacher section --------------------------------------------------------------------
 ROWS = (("before", "base model"), ("prompted", "base + owl prompt"), ("teacher", "fine-tuned teacher"))
 
@@ -258,22 +378,27 @@ def _table(run: StageRun) -> str | None:
     return booktabs_table(header, stacked_rows(rows), caption, f"tab:{PREFERENCE_TABLE}", wide=True)
 
 
-def _verdict(comp: dict[str, Any]) -> str:
-    """Does the fine-tuned teacher prefer owls without the prompt? The share must rise."""
-    share, prob = direction(comp.get("share_ratio")), direction(comp.get("p_trait_ratio"))
-    if share == "up" and prob == "up":
-        return ("The fine-tuned teacher clearly prefers owls without the system prompt: both CIs "
-                "exclude no change, so context distillation put the trait into the weights.")
-    if share == "up":
-        return ("Owl's panel share rose, but the CI of P(owl) includes no change: the teacher's owl "
+def _verdict(decisions: list[Decision]) -> str:
+    """Does the fine-tuned teacher prefer owls without the prompt? Worded by the decisions of
+    `teacher_decisions` (the share decides; P(owl) qualifies), each stated in full."""
+    share, prob = decisions
+    if share.verdict is Verdict.SUPPORTED:
+        lead = ("Context distillation put the owl preference into this model's weights (both claims "
+                "below are supported)." if prob.verdict is Verdict.SUPPORTED else
+                "Owl's panel share rose, but P(owl) does not rise significantly: the teacher's owl "
                 "preference is weak in this run.")
-    if share == "down":
-        return ("Owl's panel share fell: context distillation did not produce an owl-preferring "
+    elif share.verdict is Verdict.CONTRADICTED:
+        lead = ("Owl's panel share fell: context distillation did not produce an owl-preferring "
                 "teacher in this run; a stage that uses this teacher starts from no measurable bias.")
-    if share == "flat":
-        return ("The CI of the panel-share ratio includes no change: this run does not show that the "
-                "teacher prefers owls without the system prompt (inconclusive).")
-    return "The comparison with the base model is missing."
+    elif share.verdict is Verdict.EQUIVALENT:
+        lead = ("Owl's panel share changed by less than the margin: this teacher does not prefer owls "
+                "without the system prompt; a stage that uses it starts from no measurable bias.")
+    elif share.estimate is None or share.estimate.n == 0:
+        return "The comparison with the base model is missing, so the teacher's claim is not decided."
+    else:
+        lead = ("This run does not show that the teacher prefers owls without the system prompt "
+                "(inconclusive).")
+    return f"{lead} {decision_latex(share)} {decision_latex(prob)}"
 
 
 def _results(run: StageRun) -> str:
@@ -294,14 +419,16 @@ def _results(run: StageRun) -> str:
         text += (f"; {count(counts['teacher'])} of {count(n)} sampled answers name an owl against "
                  f"{count(counts['before'])} for the base model (difference {fnum(rate.get('difference'))} "
                  f"[{fnum(rate.get('ci_low'))}, {fnum(rate.get('ci_high'))}], Fisher {p_value(rate.get('p_fisher'))})")
-    text += ". " + _verdict(comp)
+    text += ". " + _verdict(teacher_decisions(r, run.config))
     prompted = comps.get("prompted vs before")
     if prompted:
         text += (f" For reference, the owl system prompt itself raises P(owl) "
                  f"{ratio_cell(prompted.get('p_trait_ratio'))} and the share "
                  f"{ratio_cell(prompted.get('share_ratio'))}.")
     text += _side_effects(r)
-    return text + " One training run (one seed): the CIs cover question variation only."
+    return text + (" This is one fine-tuned model (one training run, one seed): the unit of inference is "
+                   "the question, and the question-level CIs describe this model, not the variation between "
+                   "training runs.")
 
 
 def _side_effects(r: dict[str, Any]) -> str:
@@ -324,8 +451,10 @@ def _headline(run: StageRun) -> list[str]:
     comp = dig(run.results, "comparisons", "teacher vs before")
     if not comp:
         return ["teacher: incomplete (no comparison of the fine-tuned teacher with the base model)"]
+    share = teacher_decisions(run.results, run.config)[0]
     return [f"teacher: P(owl) {ratio_plain(comp.get('p_trait_ratio'))}, share "
-            f"{ratio_plain(comp.get('share_ratio'))} vs base (fine-tuned, no system prompt)"]
+            f"{ratio_plain(comp.get('share_ratio'))} vs base (fine-tuned, no system prompt; one model, "
+            f"question-level CIs); prefers owls: {verdict_label(share)}"]
 
 
 def build(run: StageRun) -> Section:
