@@ -20,6 +20,7 @@ from sublens.report.sections import CITATION_KEYS, Section, figure_label
 from sublens.report.sections import hybrid as hybrid_section
 from sublens.report.sections import pruning as pruning_section
 from sublens.report.stages import StageRun, load_stage
+from sublens.report.verdicts import decision_latex
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_pruning_fixture_without_base_control_is_inconclusive(pruning_run: Stage
     assert "entropy $1077.2\\times$" in section.results  # ... and so does the model (perplexity x1077)
     assert fmt_ci(entropy["ratio"], entropy["ci_low"], entropy["ci_high"]) in section.results
     assert "(pruned / unpruned, biased model only)" in section.results
-    assert section.results.count(r"\textbf{inconclusive}") == 2
+    assert section.results.count(r"\textbf{inconclusive") == 2
     assert "the pruned-base control was not measured" in section.results
     assert "To settle it: rerun pruning" in section.results
     for word in ("supported", "contradicted", "does \\emph{not} survive", "survives head pruning"):
@@ -114,15 +115,16 @@ def test_pruning_wording_comes_from_the_decisions(pruning_run: StageRun) -> None
     survival, rank = pruning_section.decisions(results, pruning_run.config)
     assert survival.verdict.value == "supported" and rank.verdict.value == "supported"
     assert section.results.count(r"\textbf{supported}") == 2
-    assert r"unit: questions (n = 6)" in section.results and "unit: draws (n = 80)" in section.results
-    assert r"margin $1.25\times$" in section.results and "one-sample t-test on per-question" in section.results
+    assert "unit of inference: the question ($n$ = 6)" in section.results
+    assert "unit of inference: the draw ($n$ = 80)" in section.results
+    assert r"margin $\times$1.25" in section.results and "one-sample t-test on per-question" in section.results
     assert "Monte Carlo rank test" in section.results and "80 of 80 draws retain less" in section.results
     assert section.headline[0].startswith("pruning: The bias survives pruning 40% of the attention heads "
                                           "(entropy criterion): supported")
 
     degraded = _with_base_control(pruning_run.results, LOGS, 2.0, [-0.5] * 3)
     section = pruning_section.build(_with_results(pruning_run, degraded))
-    assert section.results.count(r"\textbf{inconclusive}") == 2
+    assert section.results.count(r"\textbf{inconclusive") == 2
     assert r"degraded beyond $\times$1.5 perplexity" in section.results
     assert "supported" not in section.results
 
@@ -179,7 +181,7 @@ def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
                                              "localisation.patching"]
     assert all(d.claim.unit == "question" and d.claim.family == "hybrid" for d in found)
     for d in found:
-        assert hybrid_section._tex(d.sentence()) in section.results
+        assert decision_latex(d) in section.results
         assert d.sentence().count("Estimand:") == 1 and "margin ×1.25" in d.sentence()
     head, transplant, patching = found
     assert head.claim.prediction == "none" and head.verdict is Verdict.CONTRADICTED  # the head moves it
@@ -224,7 +226,7 @@ def test_hybrid_verdicts_follow_the_data(hybrid_run: StageRun) -> None:
     run = _with_results(hybrid_run, clean)
     head = _decision(run, "localisation.lm_head")
     assert head.verdict is Verdict.SUPPORTED and "inside" in head.reason
-    assert hybrid_section._tex(head.sentence()) in hybrid_section.build(run).results
+    assert decision_latex(head) in hybrid_section.build(run).results
 
     wide = copy.deepcopy(hybrid_run.results)
     _set_shares(wide, "base+biased.lm_head", "base", WIDE)
@@ -324,7 +326,7 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
         patched["into_biased"]["mlp"]["all"], patched["into_biased"]["attention"]["all"], strict=True)]
     assert patching.estimate is not None
     assert patching.estimate.ratio == pytest.approx(math.exp(sum(by_hand) / len(by_hand)))
-    assert hybrid_section._tex(patching.sentence()) in section.results
+    assert decision_latex(patching) in section.results
     cell = next(c for c in run.results["patching"]["cells"]
                 if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all"))
     assert fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table

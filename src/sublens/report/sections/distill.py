@@ -31,9 +31,7 @@ from sublens.claims import (
 from sublens.report.latex import booktabs_table, escape
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
-    claim_settings,
     count,
-    decision_latex,
     dig,
     figures_present,
     finite,
@@ -50,9 +48,9 @@ from sublens.report.sections.teacher import (
     summary_cell,
     tight,
     train_text,
-    verdict_label,
 )
 from sublens.report.stages import StageRun
+from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
 
 TITLE = "Cross-architecture squeezing-heads distillation"
 TABLE, ALPHA_TABLE = "shd_transfer", "shd_alphas"

@@ -38,6 +38,7 @@ from sublens.claims import Claim, ClaimSettings, Decision, decide_family, estima
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
+from sublens.report.verdicts import decision_latex
 
 METRIC_KEYS = {"share": "share_ratio", "p_trait": "p_trait_ratio"}  # as sublens.experiments.hybrid
 METRIC_NAMES = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
@@ -396,7 +397,7 @@ def carrying_range(all_cells: list[Cell], group: str = "mlp") -> Cell | None:
 # ---- results text ---------------------------------------------------------------------------
 def _decision_text(d: Decision) -> str:
     """The verdict with its estimand, unit, test, margin, reason and what would settle it."""
-    return f"\\emph{{{escape(d.claim.name)}}}: {_tex(d.sentence())} "
+    return f"\\emph{{{escape(d.claim.name)}}}: {decision_latex(d)} "
 
 
 def _lm_head_text(brought: Cell | None, kept: Cell | None, d: Decision) -> str:

@@ -43,6 +43,7 @@ from sublens.claims import (
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
+from sublens.report.verdicts import decision_latex
 
 PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
 DEFAULT_BOUND = 1.5  # perplexity x unpruned beyond which a pruned model is degraded (max_perplexity_ratio)
@@ -414,22 +415,6 @@ def _unpruned_caption(results: dict[str, Any]) -> str:
             parts.append(f"unpruned {label}perplexity {fmt(ppl, 1)}")
     text = "; ".join(parts)
     return f" {text[:1].upper()}{text[1:]}." if parts else ""
-
-
-def decision_latex(d: Decision) -> str:
-    """A decision for the paper: claim, verdict, reason, estimand, unit, test, margin, settle."""
-    c = d.claim
-    n = d.estimate.n if d.estimate else 0
-    text = (f"\\emph{{{_tex(c.statement)}}}: \\textbf{{{d.verdict.value}}} ({_tex(d.reason)}). "
-            f"Estimand: {_tex(c.estimand)}; unit: {c.unit}s (n = {n}); test: {_tex(c.test)}; "
-            f"margin ${c.settings.margin:g}\\times$ (equivalence: the CI inside "
-            f"${1 / c.settings.margin:.2g}\\times$..${c.settings.margin:g}\\times$), "
-            f"$\\alpha = {c.settings.alpha:g}$.")
-    if d.mde is not None:
-        text += f" Minimal detectable effect at the measured SD: ${d.mde:.2f}\\times$."
-    if d.settle:
-        text += f" To settle it: {_tex(d.settle)}."
-    return text
 
 
 # ---- methods --------------------------------------------------------------------------------

@@ -10,9 +10,7 @@ from sublens.claims import Decision, subliminal_decisions
 from sublens.report.latex import booktabs_table, escape
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
-    claim_settings,
     count,
-    decision_latex,
     dig,
     figures_present,
     finite,
@@ -31,9 +29,9 @@ from sublens.report.sections.teacher import (
     summary_cell,
     tight,
     train_text,
-    verdict_label,
 )
 from sublens.report.stages import StageRun
+from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
 
 TITLE = "Subliminal transfer through number sequences"
 TABLE = "freeze_modes"

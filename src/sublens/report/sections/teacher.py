@@ -7,7 +7,7 @@ the text says that it describes this one model, not context distillation in gene
 
 Also home of the small formatting helpers the training sections (subliminal, distill) share:
 safe look-ups into partial results, ratio cells, the direction of a CI against "no change",
-and a claim's decision as a LaTeX sentence (`decision_latex`, `verdict_label`).
+and (re-exported from `sublens.report.verdicts`) a claim's decision as LaTeX.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import math
 from typing import Any, TypeGuard
 
 import numpy as np
-from pydantic import ValidationError
 
 from sublens.claims import (
     Claim,
-    ClaimSettings,
     Decision,
     Verdict,
     decide_family,
@@ -29,6 +27,7 @@ from sublens.claims import (
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, p_is
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
+from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
 
 TITLE = "A biased teacher by context distillation"
 PREFERENCE_TABLE = "teacher_preference"
@@ -207,60 +206,6 @@ def seeds_sentence(n_seeds: int) -> str:
         return ("With one training seed the CIs cover question (prompt) variation only, not the "
                 "variation between training runs, so no transfer claim rests on them.")
     return f"CIs are Student-$t$ intervals over {n_seeds} training seeds."
-
-
-# ---- claims (sublens.claims) in the text -----------------------------------------------------
-def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
-    """The run's ``claims`` settings (margin, alpha, power); the defaults for a run recorded
-    before the key existed, or with settings that no longer validate."""
-    given = dig(config, "claims")
-    if isinstance(given, dict):
-        try:
-            return ClaimSettings(**given)
-        except ValidationError:
-            pass
-    return ClaimSettings()
-
-
-def claim_text(text: str) -> str:
-    """Plain text written by `sublens.claims` (ratios as ×1.25) as LaTeX."""
-    return r"$\times$".join(escape(part) for part in str(text).split("×"))
-
-
-def verdict_label(decision: Decision) -> str:
-    """The verdict word for a headline: 'inconclusive (1 seed)' where one seed cannot decide."""
-    n = decision.estimate.n if decision.estimate else 0
-    if decision.verdict is Verdict.INCONCLUSIVE:
-        if n == 0:
-            return "inconclusive (not measured)"
-        if n == 1 and decision.claim.unit == "seed":
-            return "inconclusive (1 seed)"
-    return decision.verdict.value
-
-
-def decision_latex(decision: Decision) -> str:
-    """A claim's decision as LaTeX: the verdict and its reason, the estimand, the unit of
-    inference, the test, the margin, the power line (for a training claim always: the minimal
-    detectable effect at the measured between-seed SD, or why there is none) and what would
-    settle an inconclusive verdict."""
-    c, est = decision.claim, decision.estimate
-    n = est.n if est else 0
-    s = c.settings
-    text = (f"{claim_text(c.statement)}: \\textbf{{{verdict_label(decision)}}} ({claim_text(decision.reason)}). "
-            f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}); test: "
-            f"{claim_text(c.test)}, $\\alpha$ = {s.alpha:g}; margin $\\times${s.margin:g} (the smallest "
-            f"effect of interest).")
-    if decision.mde is not None:
-        text += (f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
-                 f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})")
-        text += (f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
-                 if decision.units_needed else ".")
-    elif c.unit == "seed":
-        text += (" Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
-                 "effect can be stated.")
-    if decision.settle:
-        text += f" To settle it: {claim_text(decision.settle)}."
-    return text
 
 
 TEACHER_FAMILY = "teacher"
