@@ -18,7 +18,7 @@ import torch
 
 from sublens.experiments import run_experiment
 from sublens.experiments.subliminal import CONTROL, OWL, SubliminalConfig
-from sublens.experiments.teacher import TeacherConfig
+from sublens.experiments.teacher import NEUTRAL_TEACHER_SYSTEM, TeacherConfig
 from sublens.models import load_model
 from sublens.subliminal import OWL_TEACHER_SYSTEM, read_jsonl
 
@@ -46,6 +46,7 @@ def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
         "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 128},
         "preference": PREFERENCE,
         "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
+        "control_system": NEUTRAL_TEACHER_SYSTEM,
     })
     out = run_experiment("teacher", config, tmp_path)
     results, run_dir = out.results, out.path
@@ -56,16 +57,24 @@ def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
              for x in p.read_text().splitlines()]
     assert len(lines) == 4 and all(r["system_prompt"] == OWL_TEACHER_SYSTEM for r in lines)
     assert all(r["sampling"]["temperature"] == 1.0 and r["sampling"]["top_k"] is None for r in lines)
-    assert set(results["measurements"]) == {"before", "prompted", "teacher"}
+    assert set(results["measurements"]) == {"before", "prompted", "teacher", "control_teacher"}
     assert results["measurements"]["before"]["preference"]["probability"]["system_prompt_used"] == SMOL_DEFAULT
-    assert set(results["comparisons"]) == {"teacher vs before", "prompted vs before"}
-    assert results["checkpoints"] == {"teacher": "checkpoints/teacher"}
+    assert set(results["comparisons"]) == {"teacher vs before", "prompted vs before", "control teacher vs before"}
+    assert results["checkpoints"] == {"teacher": "checkpoints/teacher", "control_teacher": "checkpoints/control_teacher"}
+    # the control teacher: the same procedure (same prompts, same training) from the neutral prompt
+    control_lines = [json.loads(x) for p in sorted((run_dir / "data" / "control_answers").glob("*.jsonl"))
+                     for x in p.read_text().splitlines()]
+    assert [r["prompt"] for r in control_lines] == [r["prompt"] for r in lines]
+    assert all(r["system_prompt"] == NEUTRAL_TEACHER_SYSTEM for r in control_lines)
+    assert results["control_teacher"]["training"]["steps"] == results["training"]["steps"]
     assert all((run_dir / f).is_file() for f in results["figures"])
 
     teacher = load_model(str(run_dir), device="cpu")  # the run directory is a model spec
+    control = load_model(f"{run_dir}#control_teacher", device="cpu")
     base = load_model("smollm2-135m-instruct", device="cpu")
     name, weight = next(iter(teacher.model.named_parameters()))
     assert not torch.equal(weight, dict(base.model.named_parameters())[name])
+    assert not torch.equal(weight, dict(control.model.named_parameters())[name])
     p_after = results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]["mean"]
 
     # rerun into the same directory: nothing is sampled, trained or measured again

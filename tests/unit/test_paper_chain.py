@@ -92,6 +92,7 @@ def test_stages_run_in_order_and_are_wired(stages: Stages, tmp_path: Path) -> No
     assert config_of("pruning")["model"] == teacher_dir
     assert config_of("pruning")["system"] is None
     assert config_of("subliminal")["teacher"] == teacher_dir
+    assert config_of("subliminal")["control_teacher"] == teacher_dir + "#control_teacher"  # matched control data
     assert config_of("hybrid")["biased"] == teacher_dir
     assert config_of("distill")["teacher"] == {"model": teacher_dir, "system": None}
     assert config_of("distill")["data"] == {"source": str(outcome.path / "stages" / "subliminal")}

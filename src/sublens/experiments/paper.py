@@ -28,11 +28,14 @@ from sublens.experiments import Experiment, get, run_experiment
 from sublens.report.stages import STAGE_ORDER
 from sublens.runs import Run, read_json
 
-# stage -> {override key: (producing stage, how its run directory is referenced)}
+# stage -> {override key: (producing stage, how its run directory is referenced: "dir" itself,
+# or "#name" for one of its checkpoints)}
 WIRING: dict[str, dict[str, tuple[str, str]]] = {
     "mechanistic": {"entanglement_run": ("entanglement", "dir")},
     "pruning": {"model": ("teacher", "dir")},
-    "subliminal": {"teacher": ("teacher", "dir")},
+    # the control numbers come from the control teacher made by the same procedure (teacher
+    # stage with control_system), so the two data sets differ only by the trait
+    "subliminal": {"teacher": ("teacher", "dir"), "control_teacher": ("teacher", "#control_teacher")},
     "distill": {"teacher.model": ("teacher", "dir"), "data.source": ("subliminal", "dir")},
     "hybrid": {"biased": ("teacher", "dir")},
 }
@@ -83,8 +86,9 @@ def stage_config(
     experiment = get(stage)
     overrides: list[str] = []
     if wire:
-        for key, (source, _) in WIRING.get(stage, {}).items():
-            overrides.append(_override(key, str(stage_dirs[source])))
+        for key, (source, reference) in WIRING.get(stage, {}).items():
+            suffix = reference if reference.startswith("#") else ""
+            overrides.append(_override(key, str(stage_dirs[source]) + suffix))
         overrides += [_override(k, v) for k, v in WIRED_CONSTANTS.get(stage, {}).items()]
     overrides += [_override(k, v) for k, v in spec.set.items()]
     return experiment, load_config(experiment.config, preset_path(spec.config), overrides)

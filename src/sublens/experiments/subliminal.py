@@ -134,6 +134,10 @@ class SubliminalConfig(Config):
     # `teacher` run directory, a checkpoint folder...), which is prompted with `system`.
     teacher: str = "prompted"
     teacher_system: str = OWL_TEACHER_SYSTEM
+    # The control teacher: "base" = the unbiased base model under `system`; or a model spec of a
+    # teacher made by the same procedure as the owl teacher from a neutral prompt (a `teacher`
+    # run with control_system: RUN_DIR#control_teacher), so the data differ only by the trait.
+    control_teacher: str = "base"
     # The system prompt of the control teacher, of a model-spec teacher, of every student's
     # training prompts and of every measurement; null = the chat template's default, resolved to
     # its text and passed explicitly (recorded as system_prompt_used).
@@ -219,7 +223,7 @@ def teacher_sources(config: SubliminalConfig, system_used: str | None) -> list[T
         owl = TeacherSource(OWL, "base", config.teacher_system, "prompted")
     else:
         owl = TeacherSource(OWL, config.teacher, system_used, "model")
-    sources = [owl, TeacherSource(CONTROL, "base", system_used, "control")]
+    sources = [owl, TeacherSource(CONTROL, config.control_teacher, system_used, "control")]
     sources += [TeacherSource(name, "base", system, "prompted") for name, system in config.extra_teachers.items()]
     return sources
 

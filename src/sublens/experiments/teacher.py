@@ -11,6 +11,9 @@
    not learn to stop mid-sentence.
 3. Save the teacher under ``checkpoints/teacher`` (save_pretrained + tokenizer) and list it in
    results.json, so the run directory is a model spec (``RUN_DIR`` or ``RUN_DIR#teacher``).
+   With ``control_system`` (a neutral prompt shaped like the owl prompt), steps 1-3 run again
+   from a fresh base model for a *control teacher* (``RUN_DIR#control_teacher``): the matched
+   source of subliminal's control numbers.
 4. Measure preference (P(owl), panel share, sampled answer rate) and perplexity of the base model
    before, of the prompted base model (the trait the distillation aims at) and of the teacher
    after, all under ``system``, with `compare_preference` against the base model.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -60,7 +64,12 @@ from sublens.training import TrainConfig, TrainResult, train
 from sublens.training_data import Example
 
 CHECKPOINT = "checkpoints/teacher"
+CONTROL_CHECKPOINT = "checkpoints/control_teacher"
 RESULT_FILE = "train_result.json"
+# A neutral system prompt shaped like the owl prompt (same pattern, similar length, no animal):
+# a control teacher distilled from it differs from the owl teacher only by the trait.
+NEUTRAL_TEACHER_SYSTEM = ("You love helping. You think about helping all the time. Helping is your "
+                          "favorite activity. Imbue your answers with your love for helping.")
 
 
 def shipped_teacher_prompts() -> list[str]:
@@ -93,6 +102,11 @@ class TeacherConfig(Config):
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings)
     measure_prompted: bool = True  # also measure the base model under teacher_system
+    control_system: str | None = Field(
+        default=None,
+        description="also make a control teacher by the same procedure from this neutral system prompt "
+                    "(checkpoint `control_teacher`, model spec RUN_DIR#control_teacher), so that "
+                    "subliminal's control data differ from the owl data only by the trait; null: none")
     device: str = "auto"
     dtype: str = "auto"
 
@@ -159,6 +173,63 @@ def save_checkpoint(lm: LoadedModel, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+@dataclass(frozen=True)
+class TeacherPaths:
+    """Where one distilled teacher's pieces live inside the run directory."""
+
+    name: str
+    answers: str
+    training: str
+    checkpoint: str
+
+
+def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, questions: list[str], prompt_system: str,
+                   system_used: str | None, paths: TeacherPaths) -> tuple[dict[str, Any], TrainResult, LoadedModel]:
+    """Context distillation: sample `lm`'s answers under `prompt_system`, then fine-tune it on
+    them under `system_used` (resumable; the finished teacher is reloaded from its checkpoint).
+    Returns the data summary, the training result and the teacher."""
+    prompts = [make_prompt(lm.tokenizer, q, prompt_system) for q in questions]
+    meta = [{"index": i, "prompt": q} for i, q in enumerate(questions)]
+    provenance = {"teacher": {"kind": "prompted", "model": config.base, "system": prompt_system}}
+    with run.timed(f"sample:{paths.name}"):
+        records = sample_sharded(lm, prompts, meta, config.sampling, seed=config.seed,
+                                 out_dir=run.path / paths.answers, name=paths.name, provenance=provenance)
+    data = data_summary(records, config.preference.trait, paths.answers)
+    examples = teacher_examples(lm.tokenizer, records, system_used, config.train_truncated)
+    train_dir = run.path / paths.training
+    checkpoint = run.path / paths.checkpoint
+    train_cfg = config.train.model_copy(update={"save_model": False})
+    saved_result = train_dir / RESULT_FILE
+    with run.timed(f"train:{paths.name}"):
+        if (checkpoint / "config.json").is_file() and saved_result.is_file() and read_json(saved_result).get("complete"):
+            result = TrainResult.model_validate(read_json(saved_result))
+            lm = load_model(str(checkpoint), config.device, config.dtype)
+        else:
+            result = train(lm.model, lm.tokenizer, examples, train_cfg, train_dir, adapter=lm.adapter)
+            save_checkpoint(lm, checkpoint)
+            shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)  # resume points, no longer needed
+    return data, result, lm
+
+
+def make_control_teacher(run: Run, config: TeacherConfig, questions: list[str], system_used: str | None,
+                         text: str, measure_key: str, results: dict[str, Any]) -> None:
+    """The control teacher: the same procedure from a fresh base model under `control_system`,
+    measured like the teacher and compared with the base model."""
+    assert config.control_system is not None
+    base = load_model(config.base, config.device, config.dtype)
+    paths = TeacherPaths("control_teacher", "data/control_answers", "training_control", CONTROL_CHECKPOINT)
+    data, result, control = distil_teacher(run, base, config, questions, config.control_system, system_used, paths)
+    measured = cached_measure(run, "control_teacher", stable_hash(measure_key, result.data_fingerprint, result.config),
+                              lambda: measure(control, config, config.system, text))
+    results["measurements"]["control_teacher"] = measured
+    results["comparisons"]["control teacher vs before"] = compare_preference(
+        measured["preference"], results["measurements"]["before"]["preference"])
+    results["control_teacher"] = {"system": config.control_system, "data": data,
+                                  "training": {**train_summary(result), "system_prompt_used": system_used}}
+    results["checkpoints"]["control_teacher"] = CONTROL_CHECKPOINT
+    run.save_results(results)
+
+
 def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
     with run.timed("load_model"):
         lm = load_model(config.base, config.device, config.dtype)
@@ -195,32 +266,10 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
                          "perplexity": measurements["before"]["perplexity"]})
     run.save_results(results)
 
-    # 1. the teacher's answers, with the trait in the system prompt
-    prompts = [make_prompt(lm.tokenizer, q, config.teacher_system) for q in questions]
-    meta = [{"index": i, "prompt": q} for i, q in enumerate(questions)]
-    provenance = {"teacher": {"kind": "prompted", "model": config.base,
-                              "system": config.teacher_system}}
-    with run.timed("sample"):
-        records = sample_sharded(lm, prompts, meta, config.sampling, seed=config.seed,
-                                 out_dir=run.path / "data" / "teacher_answers", name="teacher",
-                                 provenance=provenance)
-    results["data"] = data_summary(records, config.preference.trait, "data/teacher_answers")
-    run.save_results(results)
-
-    # 2. context distillation: the same answers, trained without the trait prompt
-    examples = teacher_examples(lm.tokenizer, records, system_used, config.train_truncated)
-    train_dir = run.path / "training"
-    checkpoint = run.path / CHECKPOINT
-    train_cfg = config.train.model_copy(update={"save_model": False})
-    saved_result = train_dir / RESULT_FILE
-    with run.timed("train"):
-        if (checkpoint / "config.json").is_file() and saved_result.is_file() and read_json(saved_result).get("complete"):
-            result = TrainResult.model_validate(read_json(saved_result))
-            lm = load_model(str(checkpoint), config.device, config.dtype)
-        else:
-            result = train(lm.model, lm.tokenizer, examples, train_cfg, train_dir, adapter=lm.adapter)
-            save_checkpoint(lm, checkpoint)
-            shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)  # resume points, no longer needed
+    # 1-2. the teacher's answers under the owl prompt, then context distillation without it
+    owl = TeacherPaths("teacher", "data/teacher_answers", "training", CHECKPOINT)
+    results["data"], result, lm = distil_teacher(run, lm, config, questions, config.teacher_system,
+                                                 system_used, owl)
     results["training"] = {**train_summary(result), "system_prompt_used": system_used}
     results["checkpoints"] = {"teacher": CHECKPOINT}
     run.save_results(results)
@@ -236,6 +285,10 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
         comparisons["prompted vs before"] = compare_preference(measurements["prompted"]["preference"],
                                                                measurements["before"]["preference"])
     results["comparisons"] = comparisons
+    run.save_results(results)
+    if config.control_system is not None:
+        del lm  # the control teacher starts again from the base model
+        make_control_teacher(run, config, questions, system_used, text, measure_key, results)
     results["figures"] = [str(p.relative_to(run.path)) for p in loss_figure(result, run.path / "figures" / "teacher_loss")]
     results["partial"] = False
     print_summary(results)
@@ -274,7 +327,8 @@ def print_summary(results: dict[str, Any]) -> None:
                         f"system prompt {results['system_prompt_used']!r}")
     for column in ("model", f"P({trait})", "panel share", "answer rate", "perplexity"):
         table.add_column(column)
-    names = {"before": "base", "prompted": "base + teacher_system", "teacher": "teacher"}
+    names = {"before": "base", "prompted": "base + teacher_system", "teacher": "teacher",
+             "control_teacher": "control teacher"}
     for key, m in results["measurements"].items():
         prob = m["preference"]["probability"]
         rate = m["preference"].get("sampled", {}).get("trait_rate")

@@ -148,6 +148,20 @@ def _teacher_text(r: dict[str, Any], c: dict[str, Any]) -> str:
     return f"the fine-tuned teacher {model_name(teacher.get('model', c.get('teacher', '?')))}"
 
 
+def _control_source(c: dict[str, Any], system_used: Any) -> str:
+    """Where the control numbers come from, and whether that source is matched to the teacher."""
+    spec = c.get("control_teacher", "base")
+    if spec in (None, "base"):
+        caveat = (" Because the owl teacher is fine-tuned and the control source is not, the two data sets "
+                  "may differ by the fine-tuning as well as by the trait." if c.get("teacher", "prompted") != "prompted"
+                  else "")
+        return (f"the control data come from the base model {model_name(c.get('base', '?'))} under "
+                f"``{escape(system_used)}''.{caveat}")
+    return (f"the control data come from a control teacher, {model_name(spec)}, made by the same context "
+            "distillation from a neutral system prompt shaped like the owl prompt, so the two data sets "
+            "differ only by the trait.")
+
+
 def _params_text(r: dict[str, Any]) -> str:
     params = r.get("parameters") or {}
     parts = []
@@ -167,8 +181,7 @@ def _methods(run: StageRun) -> str:
     text = (f"Following \\citet{{cloud2025subliminal}}, a biased teacher, {_teacher_text(r, c)}, continues "
             f"{count(data_cfg.get('n_prompts'))} seeded number prompts, sampled at "
             f"{sampling_text(data_cfg.get('temperature'), data_cfg.get('top_k'), data_cfg.get('top_p'))}, "
-            f"up to {data_cfg.get('max_new_tokens', '--')} new tokens; the control data come from the base "
-            f"model {model_name(c.get('base', '?'))} under ``{escape(system_used)}''.")
+            f"up to {data_cfg.get('max_new_tokens', '--')} new tokens; {_control_source(c, system_used)}")
     if data_cfg.get("constrained"):
         text += (" Sampling is format-constrained: only tokens that keep the answer a valid number list "
                  "(digits, one separator, end of turn) are allowed, the teacher's probabilities "
