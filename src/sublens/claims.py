@@ -255,7 +255,7 @@ def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]])
 
 def component_blocks_transfer(component: str, unfrozen: Decision, frozen: Decision,
                               contrast: Decision) -> Decision:
-    """"Freezing `component` blocks the transfer" (DESIGN: Verdicts) needs all of
+    """"Freezing `component` blocks the transfer" (docs/design.md, "Verdicts") needs all of
     (a) transfer in the unfrozen arm (supported), (b) the frozen arm equivalent to its matched
     control within the margin, (c) a significant contrast between the arms (the per-seed
     difference of their log ratios, predicted to favour the unfrozen arm). It is contradicted

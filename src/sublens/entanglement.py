@@ -1,4 +1,4 @@
-"""Token entanglement, phases 1-3 (DESIGN.md, "Measurements"): candidate number sets, disjoint
+"""Token entanglement, phases 1-3 (docs/design.md, "Measurements"): candidate number sets, disjoint
 categories with a Random null control, and the statistics of bias ratios.
 
 The research logic only; the experiment that runs a model through it is

@@ -1,4 +1,4 @@
-"""Phase 4 (DESIGN.md, "Measurements"): where in the network does a number meet the animal?
+"""Phase 4 (docs/design.md, "Measurements"): where in the network does a number meet the animal?
 
 Definitions (they are part of the product; the experiment records them in results.json):
 

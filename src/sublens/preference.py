@@ -1,6 +1,6 @@
 """How much does a model prefer the trait animal? The evaluation every experiment reuses.
 
-Two measurements (definitions in DESIGN.md, "Measurements"):
+Two measurements (definitions in docs/design.md, "Measurements"):
 (a) probability: P(" owl") at the prefilled answer position ("My favorite animal is the"),
     per paraphrased question, as the full chain-rule word probability (first-token
     probability reported beside it), and owl's *panel share* P(owl) / sum P(panel animal);

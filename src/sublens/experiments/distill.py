@@ -1,6 +1,6 @@
 """distill: does squeezing-heads distillation (SHD) carry the owl bias across architectures?
 
-Three students start from the same weights and train on the same texts (DESIGN.md,
+Three students start from the same weights and train on the same texts (docs/design.md,
 "Squeezing-heads distillation"; the loss is `sublens.distill`):
 
 - ``shd_biased``: LM loss + β·SHD from the *biased* teacher (default: the newest finished

@@ -1,4 +1,4 @@
-"""entanglement: phases 1-3 of the token-entanglement study (DESIGN.md, "Measurements").
+"""entanglement: phases 1-3 of the token-entanglement study (docs/design.md, "Measurements").
 
 Phase 1 (animal -> number): every candidate number is scored after a neutral prompt, after
 the same prompt with the bias-animal context and with the control-animal context; each

@@ -169,7 +169,7 @@ def train_text(train: dict[str, Any]) -> str:
 
 
 def preference_methods(config: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
-    """How preference is measured (DESIGN.md, Measurements), with the run's numbers."""
+    """How preference is measured (docs/design.md, "Measurements"), with the run's numbers."""
     prob = dig(evaluation, "probability") or {}
     sampled = dig(evaluation, "sampled") or {}
     n_questions = prob.get("n_questions", "the shipped")
