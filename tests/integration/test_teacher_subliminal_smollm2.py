@@ -139,4 +139,5 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     stamp = (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns
     again = run_experiment("subliminal", config, run_dir=run_dir)
     assert (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns == stamp
-    assert again.results["headline"] == results["headline"]
+    # (as JSON: a CI too small to compute is NaN, and NaN != NaN)
+    assert json.dumps(again.results["headline"], sort_keys=True) == json.dumps(results["headline"], sort_keys=True)

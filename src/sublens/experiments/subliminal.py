@@ -409,7 +409,7 @@ def level_summary(preferences: list[dict[str, Any]]) -> dict[str, Any]:
         if n == 1:
             s = preferences[0]["probability"][key]
             out[key] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                        "ci": "bootstrap over questions (1 seed)"}
+                        "ci": f"{s.get('ci', 'bootstrap')} over questions (1 seed)"}
         else:
             mean, low, high = t_interval([p["probability"][key]["mean"] for p in preferences])
             out[key] = {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {n} seeds",
