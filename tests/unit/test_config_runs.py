@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,97 @@ def test_newest_finished_run_skips_failed_and_checkpointless_runs(tmp_path: Path
     assert newest_finished_run(tmp_path / "nothing", "teacher") is None
     with pytest.raises(ConfigError, match="sublens run teacher"):
         default_biased(tmp_path / "nothing")
+
+
+class Texts(Config):
+    question: str = "q"
+    system: str | None = "s"
+    words: list[str] = Field(default_factory=list)
+    systems: dict[str, str | None] = Field(default_factory=dict)
+    count: int = 0
+    ratio: float | None = None
+
+
+def test_overrides_keep_the_text_of_string_fields() -> None:
+    config = load_config(Texts, None, [
+        "question=010", "system=yes", "words=[010, no, 'x y']", "systems.owl=1e3", "count=010", "ratio=1e-3",
+    ])
+    assert config.question == "010" and config.system == "yes"  # not 8 and True
+    assert config.words == ["010", "no", "x y"] and config.systems == {"owl": "1e3"}
+    assert config.count == 8 and config.ratio == 0.001  # non-text fields are YAML as before
+    config = load_config(Texts, None, ["question=Be brief: one word # really", "system='quoted: x'"])
+    assert config.question == "Be brief: one word # really" and config.system == "quoted: x"
+    assert load_config(Texts, None, ["system=null", "systems.owl=~", "ratio=null"]).model_dump() == {
+        "seed": 0, "question": "q", "system": None, "words": [], "systems": {"owl": None}, "count": 0, "ratio": None,
+    }
+    assert load_config(Texts, None, ["system='None'", "question=None"]).system == "None"
+    with pytest.raises(ConfigError, match=r"Ambiguous override 'system=None': write system=null"):
+        load_config(Texts, None, ["system=None"])
+    with pytest.raises(ConfigError, match="systems.owl=null"):
+        load_config(Texts, None, ["systems.owl=none"])
+    with pytest.raises(ConfigError, match="question: Input should be a valid string"):
+        load_config(Texts, None, ["question=null"])  # null is no text, and this field needs one
+    assert apply_overrides({}, ["question=010"]) == {"question": 8}  # without a class: plain YAML
+
+
+def test_model_specs_that_look_like_paths_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sublens.config import check_model_specs
+    from sublens.errors import ModelSpecError
+
+    class Specs(Config):
+        model: str = "smollm2-135m-instruct"
+        models: list[str] = Field(default_factory=lambda: ["meta-llama/Llama-3.2-1B-Instruct"])
+        teacher: str = "prompted"
+        set: dict[str, str] = Field(default_factory=dict)
+        note: str = "runs/not/a/spec"  # not a spec field: never checked
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "20260101-000000_teacher_abc123").mkdir(parents=True)
+    check_model_specs(Specs())
+    check_model_specs(Specs(teacher="runs/20260101-000000_teacher_abc123#control_teacher"))
+    with pytest.raises(ModelSpecError, match=r"models\[1\]: No such run folder.*20260101-000000_teacher_abc123"):
+        check_model_specs(Specs(models=["gpt2", "runs/20260101-000000_teacher_abc124"]))
+    with pytest.raises(ModelSpecError, match=r"set\.subliminal\.teacher: No such run folder"):
+        check_model_specs(Specs(set={"subliminal.teacher": "runs/x"}))  # a paper stage's overrides
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    from sublens.runs import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o002)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o664  # not mkstemp's 0600
+
+
+def test_two_processes_never_write_one_run(tmp_path: Path) -> None:
+    from sublens.errors import RunLockedError
+    from sublens.runs import LOCK_FILE, RunLock, failed_run_dir
+
+    with open_run("demo", Demo(), tmp_path) as run:
+        assert (run.path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
+            RunLock(run.path).acquire()  # even a second open in this process is refused
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid()); print('locked', flush=True); "
+         "sys.stdin.read()", str(run.path / LOCK_FILE)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}.*kill {holder.pid}") as caught:
+            with open_run("demo", Demo(), tmp_path, run_dir=run.path):
+                pytest.fail("the run body must not start")
+        assert caught.value.pid == holder.pid and failed_run_dir(caught.value) is None
+        assert read_json(run.path / "record.json")["status"] == "ok"  # untouched by the refused attempt
+    finally:
+        holder.communicate("")
+    with pytest.raises(ValueError, match="late") as failed, open_run("demo", Demo(), tmp_path, run_dir=run.path):
+        raise ValueError("late")  # the holder is gone: the kernel dropped its lock
+    assert failed_run_dir(failed.value) == run.path

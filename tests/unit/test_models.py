@@ -87,3 +87,44 @@ def test_run_directory_specs_resolve_to_their_checkpoints(tmp_path: Path) -> Non
     assert models.resolve(f"{run}#teacher") == ("run", str(run / "checkpoints" / "teacher"))
     with pytest.raises(ModelSpecError, match="no checkpoint 'student'; it has: teacher"):
         models.resolve(f"{run}#student")
+
+
+@pytest.mark.parametrize(
+    ("spec", "path_like"),
+    [
+        ("meta-llama/Llama-3.2-1B-Instruct", False),
+        ("gpt2-medium", False),
+        ("smollm2-135m-instruct", False),
+        ("runs/20260101-000000_teacher_abc123", True),  # `runs/` and a run folder name
+        ("runs/anything", True),
+        ("20260101-000000_teacher_abc123", True),  # a run folder in the working directory
+        ("elsewhere/20260101-000000_paper_abc123", True),
+        ("./model", True),
+        ("/abs/model", True),
+        ("~/model", True),
+        ("owner/name/extra", True),  # hub ids have exactly one slash
+        ("owner/name#teacher", True),  # `#checkpoint` picks inside a run folder
+        ("model.gguf", True),
+        ("existing/name", True),  # its first component is a folder here
+    ],
+)
+def test_which_specs_are_paths(spec: str, path_like: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").mkdir()
+    assert models.looks_like_path(spec) is path_like
+
+
+def test_mistyped_run_folder_is_never_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "20260101-000000_teacher_abc123").mkdir(parents=True)
+    (tmp_path / "runs" / "20260102-000000_hybrid_fff000").mkdir()
+    spec = "runs/20260101-000000_teacher_abc124"
+    for check in (models.check_spec, models.resolve):
+        with pytest.raises(ModelSpecError, match=r"No such run folder.*Nearest in runs: runs/20260101-000000_teacher_abc123"):
+            check(spec)
+    with pytest.raises(ModelSpecError, match="No such run folder"):
+        models.resolve("runz/20260101-000000_teacher_abc123#teacher")
+    with pytest.raises(ModelSpecError, match="No such model file"):
+        models.check_spec("runs/model.gguf")
+    assert models.check_spec("runs/20260101-000000_teacher_abc123#teacher") == "runs/20260101-000000_teacher_abc123#teacher"
+    assert models.resolve("meta-llama/Llama-3.2-1B-Instruct") == ("hub", "meta-llama/Llama-3.2-1B-Instruct")

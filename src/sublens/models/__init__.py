@@ -3,6 +3,7 @@ it came from (embedded package, hub id, local folder or GGUF file)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sublens.models.device import dtype_name, pick_device, pick_dtype
 from sublens.models.embedded import EMBEDDED, EmbeddedModel
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_RUN_NAME = re.compile(r"^\d{8}-\d{6}_[\w-]+_[0-9a-f]+$")  # runs/<timestamp>_<experiment>_<id>
 
 
 @dataclass
@@ -78,6 +80,64 @@ def _run_checkpoint(spec: str) -> Path | None:
     return run_dir / checkpoints[name or next(iter(checkpoints))]
 
 
+def looks_like_path(spec: str) -> bool:
+    """Whether a spec names something on disk rather than a hub id (`owner/name`: one slash).
+
+    A path: starts with `.`, `/` or `~`; ends with `.gguf`; has a `#checkpoint` suffix (run
+    folders only); has more than one `/` or a backslash; its first component is `runs` or an
+    existing directory; or a component is a run folder name (`<timestamp>_<experiment>_<id>`)."""
+    folder = spec.partition("#")[0]
+    parts = folder.replace("\\", "/").split("/")
+    return (
+        spec.startswith((".", "/", "~"))
+        or folder.endswith(".gguf")
+        or "#" in spec
+        or "\\" in spec
+        or spec.count("/") > 1
+        or ("/" in folder and (parts[0] == "runs" or Path(parts[0]).expanduser().is_dir()))
+        or any(_RUN_NAME.match(part) for part in parts)
+    )
+
+
+def _nearest(path: Path) -> tuple[Path | None, list[str]]:
+    """The deepest existing folder above `path` and its entries closest to the missing name."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return None, []
+    missing = path.relative_to(parent).parts[0] if path.is_relative_to(parent) else path.name
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return parent, []
+    return parent, difflib.get_close_matches(missing, names, n=3)
+
+
+def check_spec(spec: str) -> str:
+    """Validate a spec without loading or converting anything: one that looks like a path (see
+    looks_like_path) must exist, so that a mistyped run folder is never sent to the hub. Full
+    checks (checkpoint inside a run, config.json in a folder) happen when it is resolved."""
+    if spec in EMBEDDED or not looks_like_path(spec):
+        return spec
+    folder = spec.partition("#")[0]
+    path = Path(folder).expanduser()
+    if path.exists():
+        return spec
+    parent, nearest = _nearest(path)
+    kind = "model file" if folder.endswith(".gguf") else "run folder or checkpoint folder"
+    hint = ""
+    if nearest and parent is not None:
+        hint = f" Nearest in {parent}: {', '.join(str(parent / n) for n in nearest)}."
+    elif parent is not None and parent != Path(".") and str(parent) not in ("/", "."):
+        hint = f" Nothing like it in {parent}."
+    raise ModelSpecError(
+        f"No such {kind}: {spec!r} ({path} does not exist).{hint} A spec is an existing run folder "
+        "(RUN_DIR or RUN_DIR#checkpoint), a checkpoint folder, a .gguf file, a hub id (owner/name) "
+        f"or an embedded model ({', '.join(EMBEDDED)})."
+    )
+
+
 def resolve(spec: str) -> tuple[str, str]:
     """(source, path or hub id) for a spec, or a ModelSpecError saying what would work."""
     if spec in EMBEDDED:
@@ -96,8 +156,8 @@ def resolve(spec: str) -> tuple[str, str]:
                 f"a hub id, or an embedded model ({', '.join(EMBEDDED)})."
             )
         return "folder", str(path)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
-    if looks_like_path or path.exists():
+    check_spec(spec)  # a path-like spec that does not exist: say so (nearest names), never the hub
+    if looks_like_path(spec) or path.exists():
         raise ModelSpecError(
             f"The model path {spec!r} does not exist (or is not a .gguf file or a checkpoint folder). "
             f"Check the path, or use an embedded model: {', '.join(EMBEDDED)}."
@@ -145,7 +205,9 @@ __all__ = [
     "EMBEDDED",
     "EmbeddedModel",
     "LoadedModel",
+    "check_spec",
     "ensure_embedded",
     "load_model",
+    "looks_like_path",
     "resolve",
 ]
