@@ -267,6 +267,11 @@ def sample_sharded(
                               allowed.describe() if allowed else None, sorted(stops))
     sampling = {**settings.provenance(), "samples_per_prompt": settings.samples_per_prompt,
                 "stop_token_ids": stops, "constrained": allowed is not None}
+    # A process killed between a shard's temporary write and its rename leaves the temporary
+    # file behind (atomic_write_bytes names it .shard-NNNNN.jsonl.<random>.tmp); the shard
+    # itself is missing, so it is sampled again below.
+    for stale in Path(out_dir).glob(".shard-*.jsonl.*.tmp"):
+        stale.unlink(missing_ok=True)
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(shards), desc=f"sample {name}", unit="shard", disable=not progress)
     for k, members in enumerate(shards):

@@ -14,7 +14,8 @@
   components the freeze mode trains; merged into the weights at the end.
 - Checkpoints every N steps (model safetensors, optimizer, scheduler, RNG states, step, loss
   history), written atomically; rerunning with the same ``out_dir`` resumes and reproduces the
-  uninterrupted run; rerunning a finished run loads its final weights and returns its result.
+  uninterrupted run (and removes what a killed run left half written or half deleted);
+  rerunning a finished run loads its final weights and returns its result.
 - An optional ``extra_loss(model, batch) -> (loss, metrics)`` is added with a weight (SHD).
 
 The model is trained in place: after ``train`` returns it holds the fine-tuned weights (LoRA
@@ -530,6 +531,23 @@ def save_checkpoint(accelerator: Any, model: nn.Module, optimizer: Any, schedule
     return final
 
 
+def _remove_leftovers(out_dir: Path, keep: int) -> None:
+    """Remove what a run killed mid-write leaves behind: temporary and swapped-out folders
+    (``.tmp-*``, ``.old-*``), the result file's temporary copy, and checkpoints it was deleting
+    (torn: state.json gone) or had yet to delete (older than the `keep` newest)."""
+    root = out_dir / CHECKPOINTS
+    stale = [*out_dir.glob(f".{RESULT_FILE}.*.tmp"), *out_dir.glob(".tmp-*"), *out_dir.glob(".old-*")]
+    if root.is_dir():
+        complete = checkpoint_dirs(out_dir)
+        stale += [*root.glob(".tmp-*"), *root.glob(".old-*"), *complete[:-keep]]
+        stale += [p for p in root.glob("step-*") if p not in complete]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path, accelerator: Any, model: nn.Module, optimizer: Any,
                     scheduler: Any) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this process's RNG from a checkpoint."""
@@ -721,6 +739,9 @@ def train(
         load_saved_weights(model, Path(done.model_dir))
         return done
 
+    if accelerator.is_main_process:
+        _remove_leftovers(out_dir, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
     plan = Plan(data, config, world)
     pad_id = _pad_id(tokenizer)
     with ExitStack() as stack:

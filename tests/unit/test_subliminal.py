@@ -380,3 +380,77 @@ def test_aggregate_headline_and_specificity() -> None:
     spec = out["specificity"]
     assert spec["animals"] == ANIMALS and set(spec["rows"]) == {OWL, "dog"}
     assert spec["rows"][OWL]["owl"] > 1.5 > spec["rows"]["dog"]["owl"]
+
+
+# ---- parallel students die with their parent -----------------------------------------------
+POOL_PARENT = r'''
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+if __name__ == "__main__":
+    kwargs = {}
+    if sys.argv[1] == "guarded":  # the initializer run_students gives its workers
+        from sublens.experiments.subliminal import die_with_parent
+
+        kwargs = {"initializer": die_with_parent, "initargs": (os.getpid(),)}
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), **kwargs)
+    worker = pool.submit(os.getpid).result()
+    pool.submit(time.sleep, 600)  # the worker stays busy, as a training student would
+    print(worker, flush=True)
+    time.sleep(600)
+'''
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a reaper that never comes counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _orphaned_worker_lives(tmp_path: Path, mode: str, wait: float) -> bool:
+    """Start a parent with a one-worker spawn pool, SIGKILL the parent, and say whether the
+    worker is still running `wait` seconds later."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / f"parent_{mode}.py"
+    script.write_text(POOL_PARENT, encoding="utf-8")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / f"parent_{mode}.err", "wb") as log:  # its resource tracker's complaints
+        parent = subprocess.Popen([sys.executable, str(script), mode], env=env,
+                                  stdout=subprocess.PIPE, stderr=log)
+    worker = None
+    try:
+        assert parent.stdout is not None
+        assert select.select([parent.stdout], [], [], 180)[0], "the pool never started"
+        worker = int(parent.stdout.readline())
+        assert _alive(worker)
+        parent.kill()  # SIGKILL: no cleanup of any kind in the parent
+        parent.wait()
+        deadline = time.monotonic() + wait
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return _alive(worker)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+def test_pool_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    assert _orphaned_worker_lives(tmp_path, "plain", wait=2)  # without the initializer: trains on
+    assert not _orphaned_worker_lives(tmp_path, "guarded", wait=10)

@@ -373,6 +373,45 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     return summary
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """Process-pool initializer: the worker dies with `parent` (the pid of the process that
+    starts the pool), even when that one is SIGKILLed, instead of training on and writing
+    checkpoints that the rerun would race. On Linux the kernel sends the worker SIGKILL
+    (prctl PR_SET_PDEATHSIG; it fires when the spawning *thread* ends: run_students spawns
+    from its caller's thread, which outlives the pool); a parent that died before that was in
+    place is caught by comparing os.getppid(). Elsewhere a daemon thread waits on
+    multiprocessing's parent sentinel (which the parent's death closes) and exits."""
+    import ctypes
+    import multiprocessing
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                               ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+    watched = multiprocessing.parent_process()
+    if watched is None:  # not a multiprocessing child: nothing to watch
+        return
+
+    def watch() -> None:
+        watched.join()  # returns when the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def run_students(jobs: list[StudentJob], parallel: int,
                  on_done: Callable[[dict[str, Any]], None]) -> None:
     """Every job, in this process (parallel=1) or in `parallel` spawned processes."""
@@ -387,7 +426,8 @@ def run_students(jobs: list[StudentJob], parallel: int,
         for job in todo:
             on_done(run_student(job))
         return
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_student, job) for job in todo]
         for future in as_completed(futures):
             on_done(future.result())
