@@ -122,11 +122,13 @@ def test_real_chain_runs_wired_and_bundled(chain: dict[str, Any]) -> None:
     subliminal = str(first.path / "stages" / "subliminal")
     entanglement = first.path / "stages" / "entanglement"
     checkpoints = read_json(Path(teacher) / "results.json")["checkpoints"]
-    assert checkpoints == {"teacher": "checkpoints/teacher"}
+    assert checkpoints == {"teacher": "checkpoints/teacher", "control_teacher": "checkpoints/control_teacher"}
     pruning_cfg = _config(first, "pruning")
     assert pruning_cfg["model"] == teacher
     assert pruning_cfg["system"] is None and pruning_cfg["bias_prompts"]["system"] is None
     assert _config(first, "subliminal")["teacher"] == teacher
+    # the control numbers come from the control teacher made by the same procedure
+    assert _config(first, "subliminal")["control_teacher"] == teacher + "#control_teacher"
     distill_cfg = _config(first, "distill")
     assert distill_cfg["teacher"]["model"] == teacher and distill_cfg["teacher"]["system"] is None
     assert distill_cfg["data"]["source"] == subliminal
@@ -135,6 +137,7 @@ def test_real_chain_runs_wired_and_bundled(chain: dict[str, Any]) -> None:
     stage_results = {s: read_json(first.path / "stages" / s / "results.json") for s in STAGE_ORDER}
     assert stage_results["hybrid"]["biased_spec"] == teacher
     datasets = read_json(Path(subliminal) / "results.json")["data"]["datasets"]
+    assert datasets["control"]["teacher"]["model"] == teacher + "#control_teacher"
     control = datasets["control"]["train_file"]
     distill_data = stage_results["distill"]["data"]
     assert distill_data["source"] == str(Path(subliminal) / control), distill_data
