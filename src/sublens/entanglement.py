@@ -180,15 +180,7 @@ def autoregressive_numbers(length: int, leading_zeros: bool = True) -> list[str]
 
 def normalize_logprobs(logp: Sequence[float] | np.ndarray) -> np.ndarray:
     """log-probabilities [n] -> probabilities renormalised over the n candidates (float64)."""
-    x = np.asarray(logp, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise EntanglementError("Normalisation needs a non-empty 1-D array of log-probabilities.")
-    if not np.all(np.isfinite(x)):
-        raise EntanglementError(
-            "A candidate has a non-finite log-probability; it cannot be normalised."
-        )
-    shifted = np.exp(x - x.max())
-    return np.asarray(shifted / shifted.sum())
+    return np.exp(log_normalize(logp))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,14 @@ class ExtraHybrid(BaseModel):
         return bring
 
 
+def checked_ranges(ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+    """Half-open layer ranges [start, end) must be non-empty and start at 0 or later."""
+    for start, end in ranges or []:
+        if not 0 <= start < end:
+            raise ValueError(f"layer range [{start}, {end}) is empty or negative; write [start, end)")
+    return ranges
+
+
 class PatchingSettings(BaseModel):
     """Activation patching of attention and MLP outputs between the base and the biased model."""
 
@@ -139,10 +147,7 @@ class PatchingSettings(BaseModel):
     @field_validator("layer_ranges")
     @classmethod
     def _ranges(cls, ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
-        for start, end in ranges or []:
-            if not 0 <= start < end:
-                raise ValueError(f"layer range [{start}, {end}) is empty or negative; write [start, end)")
-        return ranges
+        return checked_ranges(ranges)
 
 
 class HybridConfig(Config):
@@ -187,10 +192,7 @@ class HybridConfig(Config):
     @field_validator("layer_ranges")
     @classmethod
     def _ranges(cls, ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
-        for start, end in ranges or []:
-            if not 0 <= start < end:
-                raise ValueError(f"layer range [{start}, {end}) is empty or negative; write [start, end)")
-        return ranges
+        return checked_ranges(ranges)
 
     @model_validator(mode="after")
     def _consistent(self) -> HybridConfig:
