@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sublens.answers import mentions, top_answers
 from sublens.errors import ConfigError
 from sublens.prompts import make_prompt
-from sublens.scoring import LM, sample_text, word_probability_many
+from sublens.scoring import LM, SAMPLER, sample_text, word_probability_many
 from sublens.stats import (
     bootstrap_diff_ci,
     log_ratio_interval,
@@ -119,7 +119,8 @@ def sampled_preference(lm: LM, settings: PreferenceSettings, system: str | None,
         "samples_per_question": settings.samples_per_question,
         "n_answers": len(answers),
         "sampling": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
-                     "max_new_tokens": settings.max_new_tokens, "seed": seed, "prefill": settings.sample_prefill},
+                     "max_new_tokens": settings.max_new_tokens, "seed": seed, "prefill": settings.sample_prefill,
+                     "sampler": SAMPLER},
         "trait_rate": rates[settings.trait],
         "rates": rates,
         "top_answers": top_answers(answers, 10),

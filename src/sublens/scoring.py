@@ -21,7 +21,11 @@ as two separately named fields. Neither is substituted for the other.
 
 Sampling: explicit temperature / top_k / top_p / max_new_tokens / seed (no library defaults),
 stop tokens, an optional allowed-token mask per step (format-constrained sampling), one
-random generator per (prompt, sample) so results do not depend on batching.
+random stream per (prompt, sample) so results do not depend on batching. Prompts of different
+lengths decode together: each prompt is left-padded to its own length rounded up past the next
+multiple of ``pad_multiple`` (at least one pad, so every row always carries an attention mask),
+with position ids that skip the pads. A row's padding depends on its own length only, so a
+sample never depends on which other prompts share its batch.
 """
 
 from __future__ import annotations
@@ -106,16 +110,23 @@ def _eval_mode(model: Any) -> Iterator[None]:
             module.training = training
 
 
-def _forward(model: Any, input_ids: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+def _forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, DynamicCache]:
     """One forward pass from scratch. input_ids [B, T] -> (last-position log-probs [B, V]
-    float32, cache holding the T positions).
+    float32, cache holding the T positions). attention_mask / position_ids [B, T] for
+    left-padded rows (None: no padding).
 
     A config-less DynamicCache keeps every position in every layer (no sliding-window
     cropping), so its tensors can be sliced and regrouped freely; sliding-window layers still
     get their window through the attention mask.
     """
     cache = DynamicCache()
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    padding = {} if attention_mask is None else {"attention_mask": attention_mask, "position_ids": position_ids}
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **padding)
     logits = out.logits[:, -1, :].float()  # [B, V]
     return torch.log_softmax(logits, dim=-1), cache
 
@@ -655,12 +666,24 @@ class TextSample(Sample):
     text: str = ""
 
 
-def _row_generator(seed: int, prompt_index: int, sample_index: int, device: torch.device) -> torch.Generator:
-    # Per-row seed from a hash: a sample depends on (seed, prompt, sample) only, not on batching.
+SAMPLER = "left-padded batches, per-row inverse-CDF draws (v2)"  # recorded with every sample set
+
+
+def _row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -> torch.Tensor:
+    """The row's stream of uniform draws in [0, 1), one per step, float64 [steps].
+
+    Seeded from a hash of (seed, prompt, sample) only, so a sample does not depend on batching.
+    """
     digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
-    gen = torch.Generator(device=device)
+    gen = torch.Generator()
     gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return gen
+    return torch.rand(steps, generator=gen, dtype=torch.float64)
+
+
+def padded_length(length: int, pad_multiple: int) -> int:
+    """The length a prompt is left-padded to: past the next multiple of pad_multiple, so every
+    row has at least one pad (pad_multiple 1: one pad). Depends on the prompt alone."""
+    return (length // pad_multiple + 1) * pad_multiple
 
 
 def _check_sampling(
@@ -678,22 +701,33 @@ def _check_sampling(
         raise ScoringError(f"n (samples per prompt) must be >= 1, got {n}.")
 
 
-def _allowed_mask(
-    allowed: AllowedTokens | None, generated: list[list[int]], vocab: int, device: torch.device
-) -> torch.Tensor | None:
-    """[B, V] bool mask of allowed next tokens, or None (no constraint)."""
-    if allowed is None:
-        return None
-    sets = [allowed(g) for g in generated] if callable(allowed) else [allowed]
-    mask = torch.zeros((len(sets), vocab), dtype=torch.bool)
-    for i, s in enumerate(sets):
-        ids = torch.tensor(sorted(s), dtype=torch.long)
-        if ids.numel() == 0:
-            raise ScoringError("allowed_token_ids gave an empty set: at least one token must be allowed.")
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ScoringError(f"allowed_token_ids has ids outside the vocabulary (0..{vocab - 1}).")
-        mask[i, ids] = True
-    return mask.expand(len(generated), -1).to(device)
+class _AllowedMasks:
+    """[B, V] bool masks of the allowed next tokens. A callable's sets repeat (one per grammar
+    state), so each distinct set becomes a mask row once."""
+
+    def __init__(self, allowed: AllowedTokens | None, vocab: int, device: torch.device) -> None:
+        self.allowed, self.vocab, self.device = allowed, vocab, device
+        self._rows: dict[frozenset[int], torch.Tensor] = {}
+
+    def _row(self, ids: Collection[int]) -> torch.Tensor:
+        key = ids if isinstance(ids, frozenset) else frozenset(int(t) for t in ids)
+        row = self._rows.get(key)
+        if row is None:
+            if not key:
+                raise ScoringError("allowed_token_ids gave an empty set: at least one token must be allowed.")
+            if min(key) < 0 or max(key) >= self.vocab:
+                raise ScoringError(f"allowed_token_ids has ids outside the vocabulary (0..{self.vocab - 1}).")
+            row = torch.zeros(self.vocab, dtype=torch.bool)
+            row[torch.tensor(sorted(key), dtype=torch.long)] = True
+            self._rows[key] = row
+        return row
+
+    def __call__(self, generated: list[list[int]]) -> torch.Tensor | None:
+        if self.allowed is None:
+            return None
+        if callable(self.allowed):
+            return torch.stack([self._row(self.allowed(g)) for g in generated]).to(self.device)
+        return self._row(self.allowed).expand(len(generated), -1).to(self.device)
 
 
 def _choose(
@@ -702,11 +736,12 @@ def _choose(
     top_k: int | None,
     top_p: float | None,
     mask: torch.Tensor | None,  # [B, V] bool
-    gens: list[torch.Generator],
+    uniforms: torch.Tensor,  # [B] float64 in [0, 1): this step's draw per row
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row [B] and the allowed mass per row [B] (None without a mask).
 
-    Order: temperature, allowed-token mask (renormalised), top-k, top-p.
+    Order: temperature, allowed-token mask (renormalised), top-k, top-p; then inverse-CDF
+    sampling with the row's own uniform draw.
     """
     scaled = logp if temperature == 0 else torch.log_softmax(logp / temperature, dim=-1)
     mass = None
@@ -725,11 +760,20 @@ def _choose(
         drop_sorted = before >= top_p  # smallest prefix reaching top_p is kept
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    tokens = torch.stack(
-        [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(gens)]
-    )
-    return tokens, mass
+    return _inverse_cdf(probs, uniforms.to(probs.device)), mass
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative (unnormalised) mass exceeds u * total.
+
+    A token without mass is never chosen: its cumulative sum equals its predecessor's. Rounding
+    can put u * total at the very top; such a draw falls to the last token with mass.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # [B, V]
+    target = (uniforms * cdf[:, -1]).unsqueeze(-1)  # [B, 1]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    last_with_mass = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    return torch.minimum(tokens, last_with_mass)
 
 
 @torch.inference_mode()
@@ -746,6 +790,7 @@ def sample(
     stop_token_ids: Collection[int],
     allowed_token_ids: AllowedTokens | None = None,
     batch_size: int = 32,
+    pad_multiple: int = 32,
 ) -> list[Sample]:
     """n samples per prompt (token ids), ordered by (prompt, sample).
 
@@ -754,10 +799,13 @@ def sample(
     step to a set of tokens (or to the set a callable returns for the tokens generated so far),
     renormalising the model's probabilities over it. The same arguments and seed give the same
     samples; sample j of prompt i does not depend on batch_size or on the other prompts.
+    Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree decode together.
     """
     _check_sampling(temperature, top_k, top_p, max_new_tokens, n)
     if batch_size < 1:
         raise ScoringError(f"batch_size must be at least 1, got {batch_size}.")
+    if pad_multiple < 1:
+        raise ScoringError(f"pad_multiple must be at least 1, got {pad_multiple}.")
     if not prompts:
         raise ScoringError("No prompts given to sample from; pass at least one.")
     vocab = _vocab_width(model)
@@ -771,63 +819,82 @@ def sample(
                 f"prompt {i}: {len(p)} tokens + max_new_tokens={max_new_tokens} exceeds the "
                 f"model's context of {limit}. Lower max_new_tokens or shorten the prompt."
             )
-    # Rows of equal prompt length decode in lockstep, so no row is ever padded.
     by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, p in enumerate(ids):
-        by_length[len(p)].extend((i, j) for j in range(n))
+        by_length[padded_length(len(p), pad_multiple)].extend((i, j) for j in range(n))
+    masks = _AllowedMasks(allowed_token_ids, vocab, _device(model))
     out: dict[tuple[int, int], Sample] = {}
     with _eval_mode(model):
-        for rows in by_length.values():
+        for width, rows in sorted(by_length.items()):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                for s in _sample_chunk(
-                    model, ids, chunk, temperature, top_k, top_p, max_new_tokens, seed, stops,
-                    allowed_token_ids, vocab,
-                ):
+                settings = _Settings(temperature, top_k, top_p, max_new_tokens, seed, stops, allowed_token_ids)
+                for s in _sample_chunk(model, ids, chunk, width, settings, masks):
                     out[(s.prompt_index, s.sample_index)] = s
     return [out[(i, j)] for i in range(len(ids)) for j in range(n)]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    max_new_tokens: int
+    seed: int
+    stops: set[int]
+    allowed: AllowedTokens | None
+
+
+def _left_padded(ids: list[list[int]], width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids [U, width] of prompts left-padded to width.
+    The pad id is arbitrary (0): pads are masked and take no position."""
+    tokens = torch.zeros((len(ids), width), dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, p in enumerate(ids):
+        tokens[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention[row, width - len(p) :] = 1
+    positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+    return tokens.to(device), attention.to(device), positions.to(device)
 
 
 def _sample_chunk(
     model: Any,
     ids: list[list[int]],
     rows: list[tuple[int, int]],
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_new_tokens: int,
-    seed: int,
-    stops: set[int],
-    allowed: AllowedTokens | None,
-    vocab: int,
+    width: int,
+    settings: _Settings,
+    masks: _AllowedMasks,
 ) -> list[Sample]:
     device = _device(model)
     unique = sorted({i for i, _ in rows})
-    prompt_batch = torch.tensor([ids[i] for i in unique], dtype=torch.long, device=device)  # [U, L]
-    logp, cache = _forward(model, prompt_batch)  # logp [U, V]
+    tokens, attention, positions = _left_padded([ids[i] for i in unique], width, device)
+    logp, cache = _forward(model, tokens, attention, positions)  # logp [U, V]
     # Each distinct prompt ran once; its KV is repeated for its samples.
     pick = torch.tensor([unique.index(i) for i, _ in rows], dtype=torch.long, device=device)  # [B]
     logp = logp.index_select(0, pick)
     cache.batch_select_indices(pick)
-    gens = [_row_generator(seed, i, j, device) for i, j in rows]
+    attention = attention.index_select(0, pick)
+    next_position = positions[:, -1].index_select(0, pick) + 1  # [B]
+    uniforms = torch.stack([_row_uniforms(settings.seed, i, j, settings.max_new_tokens) for i, j in rows])
     generated: list[list[int]] = [[] for _ in rows]
     masses: list[list[float]] = [[] for _ in rows]
     finished: list[Sample | None] = [None] * len(rows)
     active = list(range(len(rows)))  # row numbers still generating, in cache order
-    for step in range(max_new_tokens):
-        mask = _allowed_mask(allowed, [generated[r] for r in active], vocab, device)
-        tokens, mass = _choose(logp, temperature, top_k, top_p, mask, [gens[r] for r in active])
+    last_step = settings.max_new_tokens - 1
+    for step in range(settings.max_new_tokens):
+        mask = masks([generated[r] for r in active])
+        chosen, mass = _choose(logp, settings.temperature, settings.top_k, settings.top_p, mask,
+                               uniforms[active, step])
         still: list[int] = []
-        for pos, r in enumerate(active):
-            tok = int(tokens[pos])
+        for pos, (r, tok) in enumerate(zip(active, chosen.tolist(), strict=True)):
             if mass is not None:
                 masses[r].append(float(mass[pos]))
-            if tok in stops:
-                finished[r] = _make_sample(rows[r], generated[r], "stop", tok, masses[r], allowed)
+            if tok in settings.stops:
+                finished[r] = _make_sample(rows[r], generated[r], "stop", tok, masses[r], settings.allowed)
                 continue
             generated[r].append(tok)
-            if step == max_new_tokens - 1:
-                finished[r] = _make_sample(rows[r], generated[r], "length", None, masses[r], allowed)
+            if step == last_step:
+                finished[r] = _make_sample(rows[r], generated[r], "length", None, masses[r], settings.allowed)
             else:
                 still.append(pos)
         if not still:
@@ -835,9 +902,12 @@ def _sample_chunk(
         if len(still) < len(active):  # drop finished rows from the batch and the cache
             keep = torch.tensor(still, dtype=torch.long, device=device)
             cache.batch_select_indices(keep)
-            tokens = tokens.index_select(0, keep)
+            chosen, attention, next_position = (t.index_select(0, keep) for t in (chosen, attention, next_position))
             active = [active[p] for p in still]
-        out = model(input_ids=tokens.unsqueeze(1), cache=cache, use_cache=True, logits_to_keep=1)
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+        out = model(input_ids=chosen.unsqueeze(1), attention_mask=attention, position_ids=next_position.unsqueeze(1),
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        next_position = next_position + 1
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B_active, V]
     return [s for s in finished if s is not None]
 
@@ -889,6 +959,7 @@ def sample_text(
     stop_token_ids: Collection[int] | None = None,
     allowed_token_ids: AllowedTokens | None = None,
     batch_size: int = 32,
+    pad_multiple: int = 32,
 ) -> list[TextSample]:
     """sample() on prompts given as text; stop tokens default to default_stop_token_ids(lm)
     (record them: they are part of the sampling settings)."""
@@ -906,6 +977,7 @@ def sample_text(
         stop_token_ids=stops,
         allowed_token_ids=allowed_token_ids,
         batch_size=batch_size,
+        pad_multiple=pad_multiple,
     )
     return [
         TextSample(
@@ -923,6 +995,7 @@ def sample_text(
 
 __all__ = [
     "END_OF_TURN_TOKENS",
+    "SAMPLER",
     "ContinuationScores",
     "Sample",
     "ScoringError",
@@ -933,6 +1006,7 @@ __all__ = [
     "WordProbability",
     "default_stop_token_ids",
     "max_positions",
+    "padded_length",
     "sample",
     "sample_text",
     "score_continuations",

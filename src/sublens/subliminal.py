@@ -5,8 +5,9 @@ Sharded sampling. Prompts are ordered by token length (then index) and cut into 
 ``shard_size`` prompts; each shard is sampled with its own seed (``shard_seed``) and written as
 one JSONL file, atomically, with a fingerprint of everything that determines it. A rerun skips
 finished shards, so an interrupted generation resumes and yields exactly the data of an
-uninterrupted one. Ordering by length lets `sublens.scoring.sample` (which never pads) decode
-many rows of equal prompt length together.
+uninterrupted one. Ordering by length keeps a shard's prompts close in length, so
+`sublens.scoring.sample` (which left-pads each prompt to its own length rounded up to
+``pad_multiple``) decodes them in few, full batches.
 
 Format-constrained sampling (``NumberFormat``). At every step only the tokens that keep the answer
 a valid prefix of a filter-passing answer are allowed, plus end-of-turn where the answer may
@@ -44,7 +45,7 @@ from sublens.errors import SublensError
 from sublens.number_data import MAX_NUMBERS, SEPARATORS, NumberPrompt, filter_answer
 from sublens.prompts import PromptText, encode_prompt, make_prompt
 from sublens.runs import atomic_write_text
-from sublens.scoring import LM, default_stop_token_ids, sample_text
+from sublens.scoring import LM, SAMPLER, default_stop_token_ids, sample_text
 from sublens.stats import permutation_pvalue, summarize, t_interval
 from sublens.training import TrainResult, chat_example
 from sublens.training_data import Example
@@ -84,13 +85,17 @@ class SamplingSettings(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_new_tokens: int = Field(default=64, ge=1)
     samples_per_prompt: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=32, ge=1)  # rows decoded together (same prompt length)
+    batch_size: int = Field(default=32, ge=1)  # rows decoded together
+    # Prompts are left-padded to their length rounded up past a multiple of this; prompts in
+    # one band decode together. A sample depends on it (through rounding), so it is recorded.
+    pad_multiple: int = Field(default=32, ge=1)
     shard_size: int = Field(default=128, ge=1)  # prompts per shard file
 
     def provenance(self) -> dict[str, Any]:
-        """The settings that determine a sample (batching does not)."""
+        """The settings that determine a sample (batch size does not)."""
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, "pad_multiple": self.pad_multiple,
+                "sampler": SAMPLER}
 
 
 # ---- format-constrained sampling -------------------------------------------------------------
@@ -290,7 +295,7 @@ def sample_sharded(
             lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
             max_new_tokens=settings.max_new_tokens, seed=seed_k, stop_token_ids=stops,
-            allowed_token_ids=allowed, batch_size=settings.batch_size)
+            allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple)
         lines = []
         for s in samples:
             i = members[s.prompt_index]

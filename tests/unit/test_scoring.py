@@ -23,6 +23,10 @@ from sublens.prompts import (
 from sublens.scoring import (
     ContinuationScores,
     ScoringError,
+    _forward,
+    _inverse_cdf,
+    _left_padded,
+    padded_length,
     sample,
     sample_text,
     score_continuations,
@@ -203,6 +207,56 @@ def test_sampling_is_deterministic_for_a_seed(model: torch.nn.Module) -> None:
     assert [s.token_ids for s in other] != [s.token_ids for s in a]
 
 
+def test_left_padded_prompts_give_the_unpadded_distribution(model: torch.nn.Module) -> None:
+    # Prompts of lengths 3..20 share a batch under left padding; each row's next-token
+    # distribution, and the one after a decoded token, match a plain unpadded forward pass.
+    prompts = [random_ids(n, 40 + n) for n in (3, 9, 20)]
+    got = sample(model, prompts, **sample_kwargs(n=1, temperature=0.0, max_new_tokens=2, stop_token_ids=[]))
+    for prompt, s in zip(prompts, got, strict=True):
+        assert list(s.token_ids) == greedy_reference(model, prompt, 2)
+    tokens, attention, positions = _left_padded(prompts, 32, torch.device("cpu"))
+    with torch.no_grad():
+        logp, _ = _forward(model.eval(), tokens, attention, positions)
+        for row, prompt in enumerate(prompts):
+            plain = model(torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
+            assert torch.allclose(logp[row], plain, atol=1e-5)
+
+
+def test_padding_depends_on_the_prompt_alone() -> None:
+    assert [padded_length(n, 32) for n in (0, 1, 31, 32, 33, 63, 64)] == [32, 32, 32, 64, 64, 64, 96]
+    assert [padded_length(n, 1) for n in (1, 7)] == [2, 8]  # always at least one pad
+    with pytest.raises(ScoringError, match="pad_multiple"):
+        sample(tiny_model("llama"), [random_ids(5, 28)], **sample_kwargs(), pad_multiple=0)
+
+
+def test_sampled_frequencies_follow_the_renormalised_distribution() -> None:
+    # 4,000 first tokens under a 5-token mask: a chi-square goodness-of-fit test against the
+    # model's probabilities renormalised over the mask (fixed seed; p > 0.001 fails 1 in 1,000
+    # times under a correct sampler, and this seed is fixed).
+    from scipy.stats import chisquare
+
+    model = tiny_model("qwen2")
+    prompt = random_ids(6, 29)
+    allowed = [4, 9, 17, 33, 60]
+    with torch.no_grad():
+        probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)[allowed]
+    expected = probs.double() / probs.double().sum()
+    got = sample(model, [prompt], **sample_kwargs(n=4000, max_new_tokens=1, stop_token_ids=[],
+                                                  allowed_token_ids=set(allowed)), batch_size=500)
+    counts = torch.tensor([sum(s.token_ids[0] == t for s in got) for t in allowed], dtype=torch.float64)
+    assert chisquare(counts.numpy(), (expected * 4000).numpy()).pvalue > 1e-3
+    for s in got:  # the recorded mass on the allowed set is the model's, at temperature 1
+        assert s.allowed_mass is not None
+        assert s.allowed_mass[0] == pytest.approx(float(probs.sum()), rel=1e-4)
+
+
+def test_inverse_cdf_never_draws_a_token_without_mass() -> None:
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0, 0.0], [0.2, 0.0, 0.8, 0.0, 0.0, 0.0]])
+    for u, want in ((0.0, [1, 0]), (0.19, [1, 0]), (0.49, [1, 2]), (0.5, [3, 2]), (1 - 1e-16, [3, 2])):
+        got = _inverse_cdf(probs, torch.full((2,), u, dtype=torch.float64))
+        assert got.tolist() == want
+
+
 def greedy_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
     ids = list(prompt)
     with torch.no_grad():
@@ -252,11 +306,11 @@ def test_top_p_and_top_k_restrict_the_support() -> None:
     with torch.no_grad():
         probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
     top3 = set(probs.topk(3).indices.tolist())
-    got = sample(model, [prompt], **sample_kwargs(n=30, max_new_tokens=1, top_k=3))
+    got = sample(model, [prompt], **sample_kwargs(n=30, max_new_tokens=1, top_k=3, stop_token_ids=[]))
     assert {s.token_ids[0] for s in got} <= top3
     order = probs.argsort(descending=True)
     nucleus = int((probs[order].cumsum(0) < 0.3).sum()) + 1  # smallest prefix with mass >= 0.3
-    got = sample(model, [prompt], **sample_kwargs(n=30, max_new_tokens=1, top_p=0.3))
+    got = sample(model, [prompt], **sample_kwargs(n=30, max_new_tokens=1, top_p=0.3, stop_token_ids=[]))
     assert {s.token_ids[0] for s in got} <= set(order[:nucleus].tolist())
 
 
