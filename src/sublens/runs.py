@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import platform
+import resource
 import secrets
 import subprocess
 import sys
@@ -129,14 +130,56 @@ def new_run_dir(experiment: str, out: Path) -> Path:
     return run_dir
 
 
+# ---- peak memory ------------------------------------------------------------------------------
+# Linux keeps a process's peak resident set (VmHWM in /proc/self/status) and lets a process reset
+# it (writing 5 to /proc/self/clear_refs). Each run resets it when it opens, so a stage run inside
+# the paper chain gets its own peak; the peaks read just before each reset are kept, so an outer
+# run (the chain) still sees the largest peak of everything that ran inside it.
+_PEAKS_BEFORE_RESET: list[float] = []
+
+
+def _current_peak_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return None
+
+
+def start_peak_window() -> int:
+    """Reset the process's peak resident set (where the OS allows it); returns a mark for
+    `peak_since`."""
+    before = _current_peak_mb()
+    if before is not None:
+        _PEAKS_BEFORE_RESET.append(before)
+        with suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+    return len(_PEAKS_BEFORE_RESET)
+
+
+def peak_since(mark: int) -> dict[str, Any]:
+    """Peak resident memory of this process since `mark`, and the largest peak of any finished
+    child process (parallel student workers; the OS keeps only the lifetime maximum there)."""
+    own = [p for p in (*_PEAKS_BEFORE_RESET[mark:], _current_peak_mb()) if p is not None]
+    if not own:  # not Linux: the lifetime maximum is all there is (kB on Linux, bytes on macOS)
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        own = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)]
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_rss_mb": max(own),
+            "largest_child_peak_rss_mb": round(child / 1024, 1) if child and sys.platform != "darwin" else None}
+
+
 class Run:
-    """An open run directory: records status, timings and results as the run goes."""
+    """An open run directory: records status, timings, peak memory and results as the run goes."""
 
     def __init__(self, path: Path, experiment: str, config: BaseModel) -> None:
         self.path = path
         self.experiment = experiment
         self.config = config
         self._started = time.time()
+        self._memory_mark = start_peak_window()
         self.record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "experiment": experiment,
@@ -146,6 +189,7 @@ class Run:
             "ended": None,
             "wall_seconds": None,
             "timings": {},
+            "memory": None,
             "versions": package_versions(),
             "git": git_commit(),
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
@@ -171,6 +215,7 @@ class Run:
             yield
         finally:
             self.record["timings"][step] = round(time.perf_counter() - start, 3)
+            self.record["memory"] = peak_since(self._memory_mark)
             self.save_record()
 
     def save_record(self) -> None:
@@ -183,6 +228,7 @@ class Run:
         self.record["status"] = status
         self.record["ended"] = datetime.now(UTC).isoformat()
         self.record["wall_seconds"] = round(time.time() - self._started, 3)
+        self.record["memory"] = peak_since(self._memory_mark)
         if exc is not None:
             self.record["error"] = f"{type(exc).__name__}: {exc}"
             self.record["traceback"] = "".join(traceback.format_exception(exc))

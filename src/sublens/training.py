@@ -47,6 +47,7 @@ from torch import nn
 from sublens.arch import Adapter, adapter_for
 from sublens.config import Config
 from sublens.errors import ConfigError, SublensError
+from sublens.models.device import resolve_mixed_precision
 from sublens.runs import atomic_write_json, read_json
 from sublens.training_data import (
     Batch,
@@ -116,7 +117,10 @@ class TrainConfig(Config):
     lora: LoraConfig | None = None
     extra_loss_weight: float = 1.0
     dropout: bool = True  # train mode (the model's own dropout) during training
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # "auto": bf16 autocast where the hardware has native bf16 (sublens.models.device), float32
+    # elsewhere; master weights and optimizer state stay float32. The resolved precision is
+    # recorded in the result.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"
     checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = no intermediate checkpoints
     keep_checkpoints: int = Field(default=1, ge=1)
     save_model: bool = True  # save_pretrained the final model (+ tokenizer) to out_dir/model
@@ -600,6 +604,7 @@ class TrainResult(BaseModel):
     n_examples: int
     data_fingerprint: str
     world_size: int
+    precision: str = "no"  # the mixed precision in effect ("no": float32 throughout)
     tokens: int  # real tokens processed (this session and before a resume)
     answer_tokens: int
     padded_tokens: int
@@ -674,7 +679,8 @@ def _make_accelerator(model: nn.Module, config: TrainConfig) -> Any:
     from accelerate.state import AcceleratorState, PartialState
 
     device = next(model.parameters()).device
-    kwargs = {"cpu": device.type == "cpu", "mixed_precision": config.mixed_precision}
+    kwargs = {"cpu": device.type == "cpu",
+              "mixed_precision": resolve_mixed_precision(config.mixed_precision, device)}
     try:
         return Accelerator(**kwargs)
     except ValueError as exc:
@@ -814,7 +820,7 @@ def train(
         resumed_from=resumed, freeze=report.to_dict(),
         lora=config.lora.model_dump(mode="json") if config.lora else None,
         n_examples=len(data), data_fingerprint=fingerprint, world_size=world,
-        history=history, config=config.model_dump(mode="json"), **_summary(history),
+        precision=str(accelerator.mixed_precision), history=history, config=config.model_dump(mode="json"), **_summary(history),
     )
     if accelerator.is_main_process:
         atomic_write_json(out_dir / RESULT_FILE, result.model_dump(mode="json"))

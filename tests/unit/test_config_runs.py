@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -204,3 +205,30 @@ def test_two_processes_never_write_one_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="late") as failed, open_run("demo", Demo(), tmp_path, run_dir=run.path):
         raise ValueError("late")  # the holder is gone: the kernel dropped its lock
     assert failed_run_dir(failed.value) == run.path
+
+
+def test_each_run_records_its_own_peak_memory(tmp_path: Path) -> None:
+    # The peak is measured in a fresh process (the test process's own peak is whatever pytest
+    # reached before): a 300 MB stage inside an outer run, then a small stage. The big stage's
+    # peak shows the allocation, the small stage's does not (its window was reset), and the
+    # outer run's peak covers both.
+    script = f"""
+import json, sys
+from pathlib import Path
+from sublens.config import Config
+from sublens.runs import open_run
+class Demo(Config):
+    pass
+out = Path({str(tmp_path)!r})
+with open_run("outer", Demo(), out / "outer") as outer:
+    with open_run("big", Demo(), out / "big") as big:
+        block = b"\\x01" * (300 << 20)
+        del block
+    with open_run("small", Demo(), out / "small") as small:
+        pass
+print(json.dumps([str(r.path) for r in (outer, big, small)]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    outer, big, small = (read_json(Path(p) / "record.json")["memory"] for p in json.loads(done.stdout))
+    assert big["peak_rss_mb"] > small["peak_rss_mb"] + 250
+    assert outer["peak_rss_mb"] >= big["peak_rss_mb"]

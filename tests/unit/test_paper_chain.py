@@ -163,3 +163,36 @@ def test_shipped_presets_validate_with_wiring(tmp_path: Path) -> None:
         for stage, spec in config.stages.items():
             experiment, stage_config = paper_mod.stage_config(stage, spec, dirs, config.wire)
             assert isinstance(stage_config, experiment.config)
+
+
+def test_time_left_moves_with_the_clock_and_the_measured_speed() -> None:
+    from sublens.experiments.paper import PaperConfig, _eta
+
+    config = PaperConfig.model_validate({"stages": {
+        "teacher": {"config": "teacher/quick.yaml", "estimate_minutes": 10},
+        "subliminal": {"config": "subliminal/quick.yaml", "estimate_minutes": 20}}})
+    remaining = ["teacher", "subliminal"]
+    assert _eta(config, remaining, 1.0) == "~30 min left"
+    assert _eta(config, remaining, 2.0) == "~60 min left"  # stages so far took twice their estimate
+    assert _eta(config, remaining, 1.0, 4.0) == "~26 min left"  # 4 min into the first stage
+    assert _eta(config, remaining, 1.0, 15.0) == "~20 min left"  # past its estimate: the rest remains
+
+
+def test_heartbeat_reports_a_stage_that_runs_past_its_estimate() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from sublens.experiments.paper import _Heartbeat
+
+    out = io.StringIO()
+    beat = _Heartbeat(Console(file=out, width=200), every=0.02)
+    beat.start("subliminal", 0.0, lambda elapsed: "<1 min left")
+    time.sleep(0.2)
+    beat.stop()
+    text = out.getvalue()
+    assert "paper: subliminal running for 0 min, past its estimate of 0 min; <1 min left" in text
+    printed = text.count("paper:")
+    time.sleep(0.1)
+    assert out.getvalue().count("paper:") == printed  # stopped means silent

@@ -388,3 +388,17 @@ def test_bf16_mixed_precision_runs_and_leaves_forward_unpatched(tmp_path: Path) 
     assert all(torch.isfinite(torch.tensor(res.lm_losses)))
     assert model.forward == forward and "_original_forward" not in model.__dict__
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_auto_precision_follows_the_hardware(tmp_path: Path) -> None:
+    from sublens.models.device import cpu_has_native_bf16, resolve_mixed_precision
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert not cpu_has_native_bf16(amd) and cpu_has_native_bf16(sapphire)
+    cpu = torch.device("cpu")
+    assert resolve_mixed_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "no")
+    assert resolve_mixed_precision("no", cpu) == "no" and resolve_mixed_precision("bf16", cpu) == "bf16"
+    # The precision in effect is recorded with the result.
+    res = train(tiny_model("llama"), None, make_examples(4), cfg(mixed_precision="auto"), tmp_path / "auto")
+    assert res.precision == resolve_mixed_precision("auto", cpu)

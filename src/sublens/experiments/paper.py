@@ -14,7 +14,10 @@ bundle is written with what finished, and the run then fails naming the stages t
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,9 +120,42 @@ def find_reusable_run(config: PaperConfig, out: Path) -> Path | None:
 
 
 # ---- execution -----------------------------------------------------------------------------
-def _eta(config: PaperConfig, remaining: list[str], speed: float) -> str:
+def _eta(config: PaperConfig, remaining: list[str], speed: float, elapsed_in_first: float = 0.0) -> str:
+    """Time left: the remaining stages' estimates scaled by the measured speed so far (actual /
+    estimated minutes of the stages that ran), less what the running stage has already taken."""
     minutes = sum(config.stages[s].estimate_minutes for s in remaining) * speed
+    if remaining and elapsed_in_first:
+        first = config.stages[remaining[0]].estimate_minutes * speed
+        minutes += max(first - elapsed_in_first, 0.0) - first
     return f"~{minutes:.0f} min left" if minutes >= 1 else "<1 min left"
+
+
+class _Heartbeat:
+    """Prints where the chain stands every `every` seconds while a stage runs, so the time-left
+    estimate moves with the clock (and says when a stage has run past its estimate)."""
+
+    def __init__(self, console: Console, every: float = 120.0) -> None:
+        self.console, self.every = console, every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, stage: str, estimate: float, eta: Callable[[float], str]) -> None:
+        started = time.perf_counter()
+
+        def beat() -> None:
+            while not self._stop.wait(self.every):
+                elapsed = (time.perf_counter() - started) / 60
+                over = f", past its estimate of {estimate:.0f} min" if elapsed > estimate else ""
+                self.console.print(f"[dim]paper: {stage} running for {elapsed:.0f} min{over}; {eta(elapsed)}[/]")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=beat, name="paper-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
@@ -129,6 +165,7 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
     previous = read_json(run.path / "results.json") if (run.path / "results.json").is_file() else {}
     results: dict[str, Any] = {"preset": config.preset, "stages": {}, "partial": True}
     spent = estimated = 0.0
+    heartbeat = _Heartbeat(console)
     for index, stage in enumerate(order, 1):
         folder = stage_dirs[stage]
         entry: dict[str, Any] = {"path": str(folder.relative_to(run.path)), "reused": False}
@@ -150,6 +187,8 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         resumed = folder.exists()
         console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
         start = time.perf_counter()
+        heartbeat.start(stage, config.stages[stage].estimate_minutes * speed,
+                        partial(_eta, config, to_do, speed))
         try:
             with run.timed(f"stage:{stage}"):
                 run_experiment(experiment.name, stage_cfg, run_dir=folder)
@@ -157,6 +196,8 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         except Exception as exc:  # a failed stage must not stop the ones that do not need it
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             console.print(f"[red]stage {stage} failed[/]: {entry['error']} (record: {folder / 'record.json'})")
+        finally:
+            heartbeat.stop()
         entry.update(wall_seconds=round(time.perf_counter() - start, 1), resumed=resumed)
         spent += entry["wall_seconds"] / 60
         estimated += config.stages[stage].estimate_minutes

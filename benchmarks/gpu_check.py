@@ -1,0 +1,109 @@
+"""GPU path check for a lent accelerator: the padded sampler and training at the paper presets'
+geometry on a SmolLM2-135M-shaped model (its real config and tokenizer, random weights, since a
+device machine cannot download or receive the 270 MB checkpoint).
+
+Reports, as one JSON object: sampling speed and peak memory at the paper preset's batch (256);
+whether answers are identical when the same prompts are sampled in a different batch
+composition (bf16 and fp32); bf16 against fp32 answers; training at the paper subliminal
+geometry (batch 32, max_length 256) with `mixed_precision: auto` and `no`.
+
+Prepare (here):  mkdir -p .devcheck/smollm2 && cp ~/.cache/sublens/models/smollm2-135m-instruct/\
+{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .devcheck/smollm2/
+Run (there):     PYTHONPATH=src python3 benchmarks/gpu_check.py --model-dir .devcheck/smollm2 --prompts 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=".devcheck/smollm2")
+    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from sublens.number_data import make_number_prompts
+    from sublens.prompts import make_prompt
+    from sublens.scoring import default_stop_token_ids, sample_text
+    from sublens.subliminal import OWL_TEACHER_SYSTEM, NumberFormat, shard_order
+    from sublens.training import TrainConfig, train
+    from sublens.training_data import chat_example
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def peak_gb() -> float | None:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+
+    def reset() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    config = AutoConfig.from_pretrained(args.model_dir)
+    torch.manual_seed(0)
+    bf16 = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device)
+    fp32 = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fp32.load_state_dict({k: v.float() for k, v in bf16.state_dict().items()})
+    fp32 = fp32.to(device)
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else args.device}
+
+    prompts = make_number_prompts(args.prompts, seed=0)
+    texts = [make_prompt(tokenizer, p.text, OWL_TEACHER_SYSTEM) for p in prompts]
+    order = shard_order(tokenizer, texts)
+    texts = [texts[i] for i in order]
+    stops = default_stop_token_ids((bf16, tokenizer))
+    kw: dict[str, Any] = dict(n=1, temperature=1.0, top_k=None, top_p=None, max_new_tokens=64, seed=0,
+                              stop_token_ids=stops, allowed_token_ids=NumberFormat(tokenizer, stops),
+                              pad_multiple=32)
+    reset()
+    start = time.perf_counter()
+    big = sample_text((bf16, tokenizer), texts, batch_size=256, **kw)
+    reset()
+    wall = time.perf_counter() - start
+    new_tokens = sum(len(s.token_ids) + 1 for s in big)
+    out["sample_bf16_batch256"] = {"prompts": len(texts), "seconds": round(wall, 2),
+                                   "new_tokens_per_second": round(new_tokens / wall, 1), "peak_gb": peak_gb()}
+
+    def identical(a: list[Any], b: list[Any]) -> dict[str, int]:
+        return {"identical": sum(x.token_ids == y.token_ids for x, y in zip(a, b, strict=False)), "of": min(len(a), len(b))}
+
+    out["batch_composition_bf16"] = identical(big, sample_text((bf16, tokenizer), texts[:60], batch_size=7, **kw))
+    wide = sample_text((fp32, tokenizer), texts[:120], batch_size=256, **kw)
+    out["batch_composition_fp32"] = identical(wide, sample_text((fp32, tokenizer), texts[:60], batch_size=7, **kw))
+    out["bf16_against_fp32"] = identical(big, wide)
+    print(json.dumps(out), flush=True)
+
+    examples = [chat_example(tokenizer, prompts[order[i]].text, s.text, system=None) for i, s in enumerate(big[:1024])]
+    for precision in ("auto", "no"):
+        torch.manual_seed(1)
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+        train_config = TrainConfig(lr=2e-5, epochs=1, batch_size=32, layout="bucket", max_length=256,
+                                   warmup_steps=2, mixed_precision=precision, save_model=False, seed=0)
+        reset()
+        start = time.perf_counter()
+        result = train(student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"),
+                       progress=False)
+        reset()
+        out[f"train_{precision}"] = {"precision": result.precision, "steps": result.steps,
+                                     "tokens_per_second": round(result.tokens_per_second),
+                                     "final_loss": result.final_lm_loss, "peak_gb": peak_gb(),
+                                     "seconds": round(time.perf_counter() - start, 1)}
+        print(json.dumps(out), flush=True)
+    target = Path(os.environ.get("OUT", "/tmp")) / "gpu_check.json"
+    target.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
