@@ -8,7 +8,8 @@ The bound is the time those two would need for the same tokens with every batch 
 
     bound = prefill tokens / prefill speed + new tokens / full-batch decode speed
 
-Prints wall time, new tokens/s, decode occupancy (mean rows per decode step / batch size), the
+With the prompts' common head shared (the default; --no-prefix to compare), prefill counts the
+head once. Prints wall time, new tokens/s, decode occupancy (mean rows per decode step / batch size), the
 bound and wall / bound.
 
 Run:  PYTHONPATH=src python benchmarks/bench_sampling.py [--prompts 120] [--batch-size 64] [--pad-multiple 32]
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pad-multiple", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-prefix", action="store_true", help="do not share the prompts' common head")
     args = parser.parse_args()
 
     import torch
@@ -36,7 +38,13 @@ def main() -> None:
     from sublens.models import load_model
     from sublens.number_data import make_number_prompts
     from sublens.prompts import encode_prompt, make_prompt
-    from sublens.scoring import _forward, default_stop_token_ids, padded_length, sample_text
+    from sublens.scoring import (
+        _forward,
+        default_stop_token_ids,
+        padded_length,
+        sample_text,
+        shared_prefix,
+    )
     from sublens.subliminal import OWL_TEACHER_SYSTEM, NumberFormat, shard_order
 
     lm = load_model("smollm2-135m-instruct", device="cpu")
@@ -44,6 +52,8 @@ def main() -> None:
     texts = [make_prompt(lm.tokenizer, p.text, OWL_TEACHER_SYSTEM) for p in prompts]
     texts = [texts[i] for i in shard_order(lm.tokenizer, texts)]
     stops = default_stop_token_ids(lm)
+    encoded = [encode_prompt(lm.tokenizer, t) for t in texts]
+    head = [] if args.no_prefix else shared_prefix(encoded)
     grammar = NumberFormat(lm.tokenizer, stops)
     calls: list[tuple[int, int]] = []  # (rows, tokens per row) of every forward pass
     inner = lm.model.forward
@@ -57,14 +67,14 @@ def main() -> None:
     started = time.perf_counter()
     samples = sample_text(lm, texts, n=1, temperature=1.0, top_k=None, top_p=None, max_new_tokens=64,
                           seed=0, stop_token_ids=stops, allowed_token_ids=grammar,
-                          batch_size=args.batch_size, pad_multiple=args.pad_multiple)
+                          batch_size=args.batch_size, pad_multiple=args.pad_multiple, prefix=head)
     wall = time.perf_counter() - started
     lm.model.forward = inner  # type: ignore[method-assign]
     prefill_tokens = sum(r * t for r, t in calls if t > 1)
     decode = [r for r, t in calls if t == 1]
     new_tokens = sum(len(s.token_ids) + (s.finish_reason == "stop") for s in samples)
 
-    width = max(padded_length(len(encode_prompt(lm.tokenizer, t)), args.pad_multiple) for t in texts)
+    width = max(padded_length(len(e) - len(head), args.pad_multiple) for e in encoded)
     batch = args.batch_size
     ids = torch.randint(0, 1000, (batch, width))
     with torch.inference_mode():
@@ -79,7 +89,7 @@ def main() -> None:
         decode_speed = 5 * batch / (time.perf_counter() - start)
     bound = prefill_tokens / prefill_speed + new_tokens / decode_speed
     print(json.dumps({
-        "prompts": args.prompts, "batch_size": batch, "pad_multiple": args.pad_multiple, "threads": args.threads,
+        "prompts": args.prompts, "shared_prefix_tokens": len(head), "batch_size": batch, "pad_multiple": args.pad_multiple, "threads": args.threads,
         "wall_seconds": round(wall, 1), "new_tokens": new_tokens, "new_tokens_per_second": round(new_tokens / wall, 1),
         "prefill_tokens": prefill_tokens, "decode_steps": len(decode),
         "decode_occupancy": round(sum(decode) / (len(decode) * batch), 3) if decode else None,

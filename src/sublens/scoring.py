@@ -115,16 +115,17 @@ def _forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    cache: DynamicCache | None = None,
 ) -> tuple[torch.Tensor, DynamicCache]:
-    """One forward pass from scratch. input_ids [B, T] -> (last-position log-probs [B, V]
-    float32, cache holding the T positions). attention_mask / position_ids [B, T] for
-    left-padded rows (None: no padding).
+    """One forward pass. input_ids [B, T] -> (last-position log-probs [B, V] float32, cache
+    holding the T positions after whatever `cache` held already). attention_mask [B, cached + T]
+    and position_ids [B, T] for padded rows (None: no padding).
 
     A config-less DynamicCache keeps every position in every layer (no sliding-window
     cropping), so its tensors can be sliced and regrouped freely; sliding-window layers still
     get their window through the attention mask.
     """
-    cache = DynamicCache()
+    cache = DynamicCache() if cache is None else cache
     padding = {} if attention_mask is None else {"attention_mask": attention_mask, "position_ids": position_ids}
     out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **padding)
     logits = out.logits[:, -1, :].float()  # [B, V]
@@ -666,7 +667,7 @@ class TextSample(Sample):
     text: str = ""
 
 
-SAMPLER = "left-padded batches, per-row inverse-CDF draws (v2)"  # recorded with every sample set
+SAMPLER = "shared-prefix KV, padded batches, per-row inverse-CDF draws (v3)"  # recorded with every sample set
 
 
 def _row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -> torch.Tensor:
@@ -678,6 +679,50 @@ def _row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -
     gen = torch.Generator()
     gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return torch.rand(steps, generator=gen, dtype=torch.float64)
+
+
+class _SharedPrefix:
+    """The KV of a prompt head that many prompts start with (a chat template and its system
+    prompt), computed once, alone, so that a row's result does not depend on its batch."""
+
+    def __init__(self, model: Any, ids: list[int]) -> None:
+        self.ids = ids
+        _, cache = _forward(model, torch.tensor([ids], dtype=torch.long, device=_device(model)))
+        self.kv = _kv(cache)  # per layer [1, kv_heads, P, d_head]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def starts(self, prompt: list[int]) -> bool:
+        """Whether the prompt starts with the prefix and has at least one token after it."""
+        return len(prompt) > len(self.ids) and prompt[: len(self.ids)] == self.ids
+
+    def cache(self, rows: int) -> DynamicCache:
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(self.kv):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+        return cache
+
+
+def _counts_window_in_slots(model: Any) -> bool:
+    """Whether the model has sliding-window attention. Its window is counted in cache slots, so
+    pads between a shared prefix and the rest would push real tokens out of the window: such
+    models take no shared prefix (left padding alone keeps the window right)."""
+    config = getattr(model, "config", None)
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and bool(getattr(config, "use_sliding_window", True))
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix every prompt starts with, leaving each at least one token."""
+    if not prompts:
+        return []
+    first, shortest = list(prompts[0]), min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return first[:length]
 
 
 def padded_length(length: int, pad_multiple: int) -> int:
@@ -791,6 +836,7 @@ def sample(
     allowed_token_ids: AllowedTokens | None = None,
     batch_size: int = 32,
     pad_multiple: int = 32,
+    prefix: Sequence[int] | None = None,
 ) -> list[Sample]:
     """n samples per prompt (token ids), ordered by (prompt, sample).
 
@@ -800,6 +846,10 @@ def sample(
     renormalising the model's probabilities over it. The same arguments and seed give the same
     samples; sample j of prompt i does not depend on batch_size or on the other prompts.
     Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree decode together.
+    `prefix`: token ids that many prompts start with (e.g. `shared_prefix` of the whole data
+    set); its KV is computed once and each such prompt runs only the rest (padded to a
+    multiple of pad_multiple). Pass the same prefix whenever the same samples are wanted.
+    Models with sliding-window attention ignore it (see `_counts_window_in_slots`).
     """
     _check_sampling(temperature, top_k, top_p, max_new_tokens, n)
     if batch_size < 1:
@@ -819,17 +869,21 @@ def sample(
                 f"prompt {i}: {len(p)} tokens + max_new_tokens={max_new_tokens} exceeds the "
                 f"model's context of {limit}. Lower max_new_tokens or shorten the prompt."
             )
-    by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for i, p in enumerate(ids):
-        by_length[padded_length(len(p), pad_multiple)].extend((i, j) for j in range(n))
     masks = _AllowedMasks(allowed_token_ids, vocab, _device(model))
+    settings = _Settings(temperature, top_k, top_p, max_new_tokens, seed, stops, allowed_token_ids)
     out: dict[tuple[int, int], Sample] = {}
     with _eval_mode(model):
-        for width, rows in sorted(by_length.items()):
+        head = _SharedPrefix(model, list(prefix)) if prefix and not _counts_window_in_slots(model) else None
+        # A band: rows that share the prefix (or not) and have the same padded length after it.
+        bands: dict[tuple[bool, int], list[tuple[int, int]]] = defaultdict(list)
+        for i, p in enumerate(ids):
+            shared = head is not None and head.starts(p)
+            rest = len(p) - (len(head) if shared and head is not None else 0)
+            bands[(shared, padded_length(rest, pad_multiple))].extend((i, j) for j in range(n))
+        for (shared, width), rows in sorted(bands.items()):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                settings = _Settings(temperature, top_k, top_p, max_new_tokens, seed, stops, allowed_token_ids)
-                for s in _sample_chunk(model, ids, chunk, width, settings, masks):
+                for s in _sample_chunk(model, ids, chunk, width, settings, masks, head if shared else None):
                     out[(s.prompt_index, s.sample_index)] = s
     return [out[(i, j)] for i in range(len(ids)) for j in range(n)]
 
@@ -864,11 +918,18 @@ def _sample_chunk(
     width: int,
     settings: _Settings,
     masks: _AllowedMasks,
+    head: _SharedPrefix | None,
 ) -> list[Sample]:
     device = _device(model)
     unique = sorted({i for i, _ in rows})
-    tokens, attention, positions = _left_padded([ids[i] for i in unique], width, device)
-    logp, cache = _forward(model, tokens, attention, positions)  # logp [U, V]
+    skip = len(head) if head is not None else 0
+    tokens, attention, positions = _left_padded([ids[i][skip:] for i in unique], width, device)
+    cache = None
+    if head is not None:  # [prefix | pads | rest]: the pads sit between the two, masked
+        cache = head.cache(len(unique))
+        attention = torch.cat([attention.new_ones((len(unique), skip)), attention], dim=-1)
+        positions = positions + skip
+    logp, cache = _forward(model, tokens, attention, positions, cache)  # logp [U, V]
     # Each distinct prompt ran once; its KV is repeated for its samples.
     pick = torch.tensor([unique.index(i) for i, _ in rows], dtype=torch.long, device=device)  # [B]
     logp = logp.index_select(0, pick)
@@ -960,6 +1021,7 @@ def sample_text(
     allowed_token_ids: AllowedTokens | None = None,
     batch_size: int = 32,
     pad_multiple: int = 32,
+    prefix: Sequence[int] | None = None,
 ) -> list[TextSample]:
     """sample() on prompts given as text; stop tokens default to default_stop_token_ids(lm)
     (record them: they are part of the sampling settings)."""
@@ -978,6 +1040,7 @@ def sample_text(
         allowed_token_ids=allowed_token_ids,
         batch_size=batch_size,
         pad_multiple=pad_multiple,
+        prefix=prefix,
     )
     return [
         TextSample(
@@ -1013,6 +1076,7 @@ __all__ = [
     "score_many",
     "score_strings",
     "score_strings_many",
+    "shared_prefix",
     "tokenize_continuations",
     "word_probability",
     "word_probability_many",

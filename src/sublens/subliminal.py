@@ -5,9 +5,10 @@ Sharded sampling. Prompts are ordered by token length (then index) and cut into 
 ``shard_size`` prompts; each shard is sampled with its own seed (``shard_seed``) and written as
 one JSONL file, atomically, with a fingerprint of everything that determines it. A rerun skips
 finished shards, so an interrupted generation resumes and yields exactly the data of an
-uninterrupted one. Ordering by length keeps a shard's prompts close in length, so
-`sublens.scoring.sample` (which left-pads each prompt to its own length rounded up to
-``pad_multiple``) decodes them in few, full batches.
+uninterrupted one. The prompts' common head (chat template and system prompt) is computed once
+(`sublens.scoring.shared_prefix`); ordering by length keeps a shard's prompts close in length,
+so `sublens.scoring.sample` (which pads each prompt's rest to a multiple of ``pad_multiple``)
+decodes them in few, full batches.
 
 Format-constrained sampling (``NumberFormat``). At every step only the tokens that keep the answer
 a valid prefix of a filter-passing answer are allowed, plus end-of-turn where the answer may
@@ -45,7 +46,7 @@ from sublens.errors import SublensError
 from sublens.number_data import MAX_NUMBERS, SEPARATORS, NumberPrompt, filter_answer
 from sublens.prompts import PromptText, encode_prompt, make_prompt
 from sublens.runs import atomic_write_text
-from sublens.scoring import LM, SAMPLER, default_stop_token_ids, sample_text
+from sublens.scoring import LM, SAMPLER, default_stop_token_ids, sample_text, shared_prefix
 from sublens.stats import permutation_pvalue, summarize, t_interval
 from sublens.training import TrainResult, chat_example
 from sublens.training_data import Example
@@ -267,11 +268,15 @@ def sample_sharded(
     stops = sorted(allowed.stops) if allowed is not None else default_stop_token_ids(lm)
     order = shard_order(tokenizer, prompts)
     shards = [order[i : i + settings.shard_size] for i in range(0, len(order), settings.shard_size)]
+    # The chat template and system prompt every prompt of the data set starts with: its KV is
+    # computed once per shard. A function of the whole data set, so a resumed run uses the same.
+    head = shared_prefix([encode_prompt(tokenizer, p) for p in prompts])
     fingerprint = stable_hash(name, provenance, settings.provenance(), settings.samples_per_prompt,
                               settings.shard_size, seed, [p.text for p in prompts], list(meta),
-                              allowed.describe() if allowed else None, sorted(stops))
+                              allowed.describe() if allowed else None, sorted(stops), head)
     sampling = {**settings.provenance(), "samples_per_prompt": settings.samples_per_prompt,
-                "stop_token_ids": stops, "constrained": allowed is not None}
+                "stop_token_ids": stops, "constrained": allowed is not None,
+                "shared_prefix_tokens": len(head)}
     # A process killed between a shard's temporary write and its rename leaves the temporary
     # file behind (atomic_write_bytes names it .shard-NNNNN.jsonl.<random>.tmp); the shard
     # itself is missing, so it is sampled again below.
@@ -295,7 +300,8 @@ def sample_sharded(
             lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
             max_new_tokens=settings.max_new_tokens, seed=seed_k, stop_token_ids=stops,
-            allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple)
+            allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
+            prefix=head)
         lines = []
         for s in samples:
             i = members[s.prompt_index]

@@ -32,6 +32,7 @@ from sublens.scoring import (
     score_continuations,
     score_many,
     score_strings,
+    shared_prefix,
     tokenize_continuations,
     word_probability,
     word_probability_many,
@@ -220,6 +221,22 @@ def test_left_padded_prompts_give_the_unpadded_distribution(model: torch.nn.Modu
         for row, prompt in enumerate(prompts):
             plain = model(torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
             assert torch.allclose(logp[row], plain, atol=1e-5)
+
+
+def test_a_shared_prefix_is_computed_once_and_changes_no_result(model: torch.nn.Module) -> None:
+    # Three prompts share a 7-token head, one does not; with the head's KV computed once the
+    # greedy continuations equal plain recomputation, and sampled rows do not depend on the
+    # other prompts in the call.
+    head = random_ids(7, 50)
+    prompts = [head + random_ids(n, 51 + n) for n in (1, 4, 12)] + [random_ids(6, 60)]
+    assert shared_prefix(prompts[:3]) == head and shared_prefix([head, head]) == head[:-1]
+    greedy = sample(model, prompts, **sample_kwargs(n=1, temperature=0.0, max_new_tokens=3, stop_token_ids=[]),
+                    prefix=head)
+    for prompt, s in zip(prompts, greedy, strict=True):
+        assert list(s.token_ids) == greedy_reference(model, prompt, 3)
+    together = sample(model, prompts, **sample_kwargs(), prefix=head)
+    assert sample(model, prompts[:2], **sample_kwargs(), prefix=head) == together[:6]
+    assert sample(model, prompts, **sample_kwargs(), prefix=head, batch_size=1) == together
 
 
 def test_padding_depends_on_the_prompt_alone() -> None:
