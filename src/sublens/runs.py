@@ -3,7 +3,8 @@
 runs/<timestamp>_<experiment>_<id>/
   config.yaml    the validated config, as run
   record.json    schema version, status (running/ok/failed), error + traceback, git commit,
-                 package versions, device, dtype, seed, start/end time, wall time, timings
+                 package versions, device, dtype, seed, start/end time, wall time, timings,
+                 code version (a fingerprint of the sublens source, see `code_version`)
   results.json   the experiment's results
   .lock          held (fcntl.flock) by the process writing the run; holds its pid
   ...            artifacts (.parquet/.jsonl tables, .safetensors tensors, figures)
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -123,6 +126,23 @@ def git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+@functools.cache
+def code_version() -> str:
+    """A short fingerprint of the sublens source: sha256 over the relative path and bytes of every
+    .py file in the package, in path order. Unlike the git commit it sees uncommitted edits and
+    installs without git, so the paper chain can tell a stage finished under other code. Computed
+    once per process: the code a process runs does not change under it."""
+    package = Path(__file__).resolve().parent
+    files = sorted((path.relative_to(package).as_posix(), path) for path in package.rglob("*.py"))
+    digest = hashlib.sha256()
+    for name, path in files:
+        data = path.read_bytes()
+        # lengths delimit the parts, so moving bytes between a name and a file changes the digest
+        digest.update(f"{len(name)}:{name}:{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
 def new_run_dir(experiment: str, out: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{stamp}_{experiment}_{secrets.token_hex(3)}"
@@ -192,6 +212,7 @@ class Run:
             "memory": None,
             "versions": package_versions(),
             "git": git_commit(),
+            "code_version": code_version(),
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
             "models": {},
             "error": None,

@@ -1,4 +1,5 @@
-"""The paper chain's orchestration: wiring, reuse of ok stages, rerun of failed ones, resume.
+"""The paper chain's orchestration: wiring, reuse of ok stages (same resolved config, same code,
+upstream unchanged), rerun of stale and failed ones, resume.
 
 The stages are stand-in experiments (the real ones are tested on their own and take minutes);
 what is under test is what `sublens run paper` does with their records.
@@ -6,6 +7,8 @@ what is under test is what `sublens run paper` does with their records.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from sublens.errors import ConfigError, SublensError
 from sublens.experiments import Experiment, run_experiment
 from sublens.experiments import paper as paper_mod
 from sublens.report.stages import STAGE_ORDER
-from sublens.runs import Run, read_json
+from sublens.runs import Run, code_version, read_json
 
 
 class FakeConfig(Config):
@@ -196,3 +199,140 @@ def test_heartbeat_reports_a_stage_that_runs_past_its_estimate() -> None:
     printed = text.count("paper:")
     time.sleep(0.1)
     assert out.getvalue().count("paper:") == printed  # stopped means silent
+
+
+# ---- reuse keyed on the stage's resolved config and the code version ----------------------
+def printed(capsys: pytest.CaptureFixture[str]) -> str:
+    return " ".join(capsys.readouterr().out.split())
+
+
+def ran(stages: Stages, before: dict[str, int]) -> set[str]:
+    """The stages executed since `before` (a copy of stages.calls)."""
+    return {name for name in STAGE_ORDER if stages.calls[name] > before[name]}
+
+
+def stale_copies(run_dir: Path, stage: str) -> list[Path]:
+    return sorted((run_dir / "stages").glob(f"{stage}.stale-*"))
+
+
+@pytest.fixture
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the long tmp paths of the messages
+
+
+def test_nothing_changed_reuses_every_stage(stages: Stages, tmp_path: Path) -> None:
+    config = paper_config(tmp_path)
+    first = run_experiment("paper", config, tmp_path / "runs")
+    record = read_json(first.path / "stages" / "teacher" / "record.json")
+    assert record["code_version"] == code_version() and len(code_version()) == 16
+    before = dict(stages.calls)
+    second = run_experiment("paper", config, tmp_path / "runs")
+    assert second.path == first.path and ran(stages, before) == set()
+    assert all(entry["reused"] and "rerun_because" not in entry for entry in second.results["stages"].values())
+    assert not list((first.path / "stages").glob("*.stale-*"))
+
+
+def test_an_edited_preset_reruns_its_stage_and_says_why(
+    stages: Stages, tmp_path: Path, capsys: pytest.CaptureFixture[str], wide_console: None
+) -> None:
+    config = paper_config(tmp_path)
+    first = run_experiment("paper", config, tmp_path / "runs")
+    capsys.readouterr()
+    # the paper config names the preset file: editing the file leaves the paper config as it was
+    (tmp_path / "presets" / "hybrid.yaml").write_text(yaml.safe_dump({"knob": 1, "layers": 3}))
+    before = dict(stages.calls)
+    second = run_experiment("paper", config, tmp_path / "runs")
+    assert second.path == first.path  # the same paper run is continued
+    assert ran(stages, before) == {"hybrid"}  # nothing reads from hybrid
+    folder = first.path / "stages" / "hybrid"
+    assert f"config changed since {folder} ran: rerunning" in printed(capsys)
+    entry = second.results["stages"]["hybrid"]
+    assert entry["status"] == "ok" and not entry["reused"] and entry["rerun_because"].startswith("config changed")
+    assert read_json(folder / "results.json")["config"]["layers"] == 3
+    (aside,) = stale_copies(first.path, "hybrid")  # the earlier results are kept, not deleted
+    assert entry["earlier_attempt"] == str(aside.relative_to(first.path))
+    assert "layers" not in read_json(aside / "results.json")["config"]
+    assert all(second.results["stages"][s]["reused"] for s in STAGE_ORDER if s != "hybrid")
+
+
+def test_a_stage_from_other_code_reruns(
+    stages: Stages, tmp_path: Path, capsys: pytest.CaptureFixture[str], wide_console: None
+) -> None:
+    config = paper_config(tmp_path)
+    first = run_experiment("paper", config, tmp_path / "runs")
+    capsys.readouterr()
+    hybrid_record = first.path / "stages" / "hybrid" / "record.json"
+    record = read_json(hybrid_record)
+    record["code_version"] = "0123456789abcdef"
+    hybrid_record.write_text(json.dumps(record))
+    pruning_record = first.path / "stages" / "pruning" / "record.json"
+    record = read_json(pruning_record)
+    del record["code_version"]  # a run from before records had one
+    pruning_record.write_text(json.dumps(record))
+    before = dict(stages.calls)
+    second = run_experiment("paper", config, tmp_path / "runs")
+    assert ran(stages, before) == {"hybrid", "pruning"}
+    assert printed(capsys).count("code changed since it ran: rerunning") == 2
+    assert read_json(hybrid_record)["code_version"] == code_version()
+    assert second.results["stages"]["hybrid"]["rerun_because"] == "code changed since it ran"
+    assert len(stale_copies(first.path, "hybrid")) == len(stale_copies(first.path, "pruning")) == 1
+
+
+def test_stages_reading_from_a_rerun_stage_rerun_too(
+    stages: Stages, tmp_path: Path, capsys: pytest.CaptureFixture[str], wide_console: None
+) -> None:
+    config = paper_config(tmp_path)
+    first = run_experiment("paper", config, tmp_path / "runs")
+    capsys.readouterr()
+    (tmp_path / "presets" / "teacher.yaml").write_text(yaml.safe_dump({"knob": 1, "epochs": 2}))
+    before = dict(stages.calls)
+    second = run_experiment("paper", config, tmp_path / "runs")
+    # pruning, subliminal and hybrid read the teacher; distill reads teacher and subliminal
+    assert ran(stages, before) == {"teacher", "pruning", "subliminal", "distill", "hybrid"}
+    text = printed(capsys)
+    assert f"config changed since {first.path / 'stages' / 'teacher'} ran: rerunning" in text
+    assert text.count(": teacher reran since it ran: rerunning") == 3
+    assert re.search(r"distill \([^)]*\): subliminal, teacher reran since it ran: rerunning", text)
+    assert second.results["stages"]["entanglement"]["reused"] and second.results["stages"]["mechanistic"]["reused"]
+    assert all(len(stale_copies(first.path, s)) == 1 for s in ("teacher", "pruning", "subliminal", "distill", "hybrid"))
+
+    before = dict(stages.calls)
+    run_experiment("paper", config, tmp_path / "runs")
+    assert ran(stages, before) == set()  # once rerun, the chain is settled again
+
+
+def test_a_rerun_upstream_is_noticed_after_an_interruption(stages: Stages, tmp_path: Path) -> None:
+    """The teacher reruns and the chain is interrupted before distill and hybrid: the next
+    invocation reuses the new teacher, yet still reruns the stages that read the old one."""
+    config = paper_config(tmp_path)
+    first = run_experiment("paper", config, tmp_path / "runs")
+    (tmp_path / "presets" / "teacher.yaml").write_text(yaml.safe_dump({"knob": 1, "epochs": 2}))
+    stages.interrupt_once.add("subliminal")
+    before = dict(stages.calls)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("paper", config, tmp_path / "runs")
+    assert ran(stages, before) == {"teacher", "pruning", "subliminal"}
+    before = dict(stages.calls)
+    again = run_experiment("paper", config, tmp_path / "runs")
+    assert again.path == first.path
+    assert ran(stages, before) == {"subliminal", "distill", "hybrid"}
+    assert again.results["stages"]["teacher"]["reused"] and again.results["stages"]["pruning"]["reused"]
+    assert again.results["stages"]["subliminal"]["resumed"] is True  # the new attempt, not a stale one
+    assert stages.seen_partial["subliminal"] is True
+    assert again.results["stages"]["distill"]["rerun_because"] == "subliminal, teacher reran since it ran"
+    assert again.results["stages"]["hybrid"]["rerun_because"] == "teacher reran since it ran"
+
+
+def test_a_stage_interrupted_under_an_older_config_starts_clean(stages: Stages, tmp_path: Path) -> None:
+    config = paper_config(tmp_path)
+    stages.interrupt_once.add("hybrid")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("paper", config, tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").glob("*_paper_*")
+    (tmp_path / "presets" / "hybrid.yaml").write_text(yaml.safe_dump({"knob": 1, "layers": 3}))
+    before = dict(stages.calls)
+    again = run_experiment("paper", config, tmp_path / "runs")  # not a ConfigError from the old folder
+    assert ran(stages, before) == {"hybrid"} and again.results["stages"]["hybrid"]["status"] == "ok"
+    assert stages.seen_partial["hybrid"] is False  # what the old config half made is not resumed
+    (aside,) = stale_copies(run_dir, "hybrid")
+    assert (aside / "partial.txt").is_file()

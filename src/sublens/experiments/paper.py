@@ -5,11 +5,15 @@ Stages run in the paper's order (sublens.report.stages.STAGE_ORDER), each in its
 directory `<run>/stages/<stage>/` from a preset file plus overrides. Later stages are wired
 to earlier ones: pruning, subliminal, distill and hybrid use the fine-tuned teacher of the
 teacher stage; mechanistic reads the entanglement stage's categories; distill trains on the
-subliminal stage's control numbers. A stage whose record says ok is reused; a failed or
-interrupted one is rerun in its directory (the experiments resume from what they saved).
-`sublens run paper` continues the newest paper run with the same config under --out (see
-`find_reusable_run`). A failed stage does not stop the others that do not need it; the
-bundle is written with what finished, and the run then fails naming the stages to rerun.
+subliminal stage's control numbers. A stage whose record says ok is reused when it ran with
+the stage config resolved now (an edited preset file changes it, the paper config does not),
+under the same code (`sublens.runs.code_version`), after the stages it reads from; otherwise
+its folder is moved aside (`<stage>.stale-<time>`) and it reruns, and so do the stages that
+read from it. A failed or interrupted one is rerun in its directory (the experiments resume
+from what they saved). `sublens run paper` continues the newest paper run with the same config
+under --out (see `find_reusable_run`). A failed stage does not stop the others that do not
+need it; the bundle is written with what finished, and the run then fails naming the stages
+to rerun.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +34,7 @@ from sublens.config import Config, load_config, preset_path
 from sublens.errors import SublensError
 from sublens.experiments import Experiment, get, run_experiment
 from sublens.report.stages import STAGE_ORDER
-from sublens.runs import Run, read_json
+from sublens.runs import Run, code_version, read_json
 
 # stage -> {override key: (producing stage, how its run directory is referenced: "dir" itself,
 # or "#name" for one of its checkpoints)}
@@ -103,9 +108,94 @@ def needs(stage: str, config: PaperConfig) -> list[str]:
     return sorted({source for source, _ in WIRING.get(stage, {}).values()})
 
 
-def stage_status(folder: Path) -> str | None:
+def stage_record(folder: Path) -> dict[str, Any] | None:
     record = folder / "record.json"
-    return str(read_json(record).get("status")) if record.is_file() else None
+    return dict(read_json(record)) if record.is_file() else None
+
+
+def stage_status(folder: Path) -> str | None:
+    record = stage_record(folder)
+    return str(record.get("status")) if record is not None else None
+
+
+# ---- reuse of a finished stage -------------------------------------------------------------
+def config_changed(folder: Path, stage_cfg: Config) -> bool:
+    """Whether the stage config saved in `folder` differs from the one resolved now (compared as
+    open_run writes it, through YAML, so a resumable folder is never called changed)."""
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return False
+    now = yaml.safe_load(yaml.safe_dump(stage_cfg.model_dump(mode="json"), sort_keys=False))
+    return bool(yaml.safe_load(saved.read_text()) != now)
+
+
+def code_changed(record: dict[str, Any]) -> bool:
+    """A record from other code, or from before records had a code version, is not this code's."""
+    return record.get("code_version") != code_version()
+
+
+def _started(record: dict[str, Any] | None) -> datetime | None:
+    started = record.get("started") if record else None
+    return datetime.fromisoformat(started) if isinstance(started, str) else None
+
+
+def rerun_sources(stage: str, record: dict[str, Any], config: PaperConfig, stage_dirs: dict[str, Path]) -> list[str]:
+    """The stages this one reads from that started (again) after this one started: what this one
+    read is gone. Judged from the records, so it holds across interrupted invocations too."""
+    started = _started(record)
+    if started is None:
+        return []
+    sources = [(source, _started(stage_record(stage_dirs[source]))) for source in needs(stage, config)]
+    return [source for source, source_started in sources if source_started and source_started > started]
+
+
+def stale_reason(stage: str, stage_cfg: Config, config: PaperConfig, stage_dirs: dict[str, Path]) -> str | None:
+    """Why the earlier attempt in the stage's folder must not be reused or resumed; None if it may.
+
+    A changed config or a rerun upstream stage make any attempt stale (its partial results were
+    made from other inputs); other code only a finished one (a failed one resumes: the new code
+    is usually the fix)."""
+    folder = stage_dirs[stage]
+    if config_changed(folder, stage_cfg):
+        return f"config changed since {folder} ran"
+    record = stage_record(folder)
+    if record is None:
+        return None
+    if not (folder / "config.yaml").is_file():  # nothing to show it ran with this config
+        return f"{folder} has no config.yaml to compare with"
+    sources = rerun_sources(stage, record, config, stage_dirs)
+    if sources:
+        return f"{', '.join(sources)} reran since it ran"
+    if record.get("status") == "ok" and code_changed(record):
+        return "code changed since it ran"
+    return None
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a stale stage folder to `<stage>.stale-<time>` beside it: its results stay there to
+    compare with, and the stage reruns in a clean folder at the same path (the wiring holds)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    aside, attempt = folder.with_name(f"{folder.name}.stale-{stamp}"), 1
+    while aside.exists():  # two reruns of one stage within a second
+        attempt += 1
+        aside = folder.with_name(f"{folder.name}.stale-{stamp}-{attempt}")
+    folder.rename(aside)
+    return aside
+
+
+def likely_to_run(stages: list[str], first_runs: bool, config: PaperConfig,
+                  stage_dirs: dict[str, Path]) -> list[str]:
+    """Of `stages` (the first one's fate known), those that will run, for the time-left estimate:
+    unfinished, finished under other code or before a stage it reads from, or reading from one
+    that runs. A later stage's changed config shows only once its config is resolved (resolving
+    them all now would fail the whole chain early on one bad preset)."""
+    running = stages[:1] if first_runs else []
+    for stage in stages[1:]:
+        record = stage_record(stage_dirs[stage])
+        if (record is None or record.get("status") != "ok" or code_changed(record)
+                or rerun_sources(stage, record, config, stage_dirs) or set(needs(stage, config)) & set(running)):
+            running.append(stage)
+    return running
 
 
 # ---- reuse of an earlier run ---------------------------------------------------------------
@@ -171,21 +261,29 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(folder.relative_to(run.path)), "reused": False}
         results["stages"][stage] = entry
         speed = spent / estimated if estimated else 1.0
-        to_do = [s for s in order[index - 1:] if stage_status(stage_dirs[s]) != "ok"]  # reused ones cost nothing
+        experiment, stage_cfg = stage_config(stage, config.stages[stage], stage_dirs, config.wire)
+        stale = stale_reason(stage, stage_cfg, config, stage_dirs)
+        missing = [s for s in needs(stage, config) if results["stages"].get(s, {}).get("status") != "ok"]
+        reuse = stale is None and not missing and stage_status(folder) == "ok"
+        to_do = likely_to_run(order[index - 1:], not reuse, config, stage_dirs)  # reused ones cost nothing
         head = f"[bold]stage {index}/{len(order)}: {stage}[/] ({_eta(config, to_do, speed)})"
-        if stage_status(folder) == "ok":
+        if reuse:
             entry.update(status="ok", reused=True, wall_seconds=read_json(folder / "record.json")["wall_seconds"])
             console.print(f"{head}: reused, finished earlier in {folder}")
             continue
-        missing = [s for s in needs(stage, config) if results["stages"].get(s, {}).get("status") != "ok"]
-        if missing:
+        if missing:  # a stale attempt stays in place: the next invocation still finds it stale
             entry.update(status="blocked", error=f"needs {', '.join(missing)}, which did not finish")
             console.print(f"{head}: [yellow]blocked[/]: {entry['error']}")
             run.save_results(results)
             continue
-        experiment, stage_cfg = stage_config(stage, config.stages[stage], stage_dirs, config.wire)
-        resumed = folder.exists()
-        console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
+        resumed = False
+        if stale is not None:
+            aside = move_aside(folder)
+            entry.update(rerun_because=stale, earlier_attempt=str(aside.relative_to(run.path)))
+            console.print(f"{head}: [yellow]{stale}: rerunning[/] in {folder} (the earlier attempt is kept in {aside})")
+        else:
+            resumed = folder.exists()
+            console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
         start = time.perf_counter()
         heartbeat.start(stage, config.stages[stage].estimate_minutes * speed,
                         partial(_eta, config, to_do, speed))
