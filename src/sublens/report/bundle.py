@@ -635,10 +635,51 @@ def _keep_edited(path: Path) -> Path:
     return target
 
 
-def _write(out: Path, draft: _Draft) -> list[str]:
-    """Write the draft; files edited since the last build are kept aside, stale ones removed."""
+def _inside(out: Path, rel: str, named_by: str) -> Path:
+    """`out / rel`, refused when it resolves outside the bundle folder (a `..`, an absolute path,
+    a link that leads out): a bundle folder may come from elsewhere, and what we write, move
+    aside or delete there must stay there."""
+    path = out / rel
+    root, resolved = out.resolve(), path.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise SublensError(
+            f"{named_by} names the path {rel!r}, which resolves to {resolved}, outside the bundle folder "
+            f"{root}; refusing to use it. Build the bundle into a new folder with --out."
+        )
+    return path
+
+
+def _read_manifest(out: Path) -> dict[str, str]:
+    """The hashes the last build wrote, by bundle-relative path; every path checked to lie inside
+    `out` (the stale-file clean-up deletes what the manifest names)."""
     manifest_file = out / MANIFEST
-    previous: dict[str, str] = read_json(manifest_file).get("files", {}) if manifest_file.is_file() else {}
+    if not manifest_file.is_file():
+        return {}
+    try:
+        files = read_json(manifest_file).get("files", {})
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(h, str) for h in files.values()):
+        raise SublensError(
+            f"{manifest_file} is not a sublens bundle manifest (a JSON object with 'files': path -> sha256); "
+            "remove it, or build the bundle into a new folder with --out."
+        )
+    for rel in files:
+        _inside(out, rel, f"The bundle manifest {manifest_file}")
+    return files
+
+
+def _targets(draft: _Draft, acl_sty: str | None) -> list[str]:
+    """Every bundle-relative path a build writes: the draft's files and the style files."""
+    style = style_source(acl_sty)
+    extras = sorted(p.name for p in style.parent.glob("*.bst")) if acl_sty else []
+    return [*draft.texts, *draft.copies, style.name, *extras, MANIFEST]
+
+
+def _write(out: Path, draft: _Draft, previous: dict[str, str]) -> list[str]:
+    """Write the draft; files edited since the last build are kept aside, stale ones removed.
+    `previous`: the last build's manifest (`_read_manifest`, its paths already checked)."""
+    manifest_file = out / MANIFEST
     files = {rel: text.encode("utf-8") for rel, text in draft.texts.items()}
     files |= {rel: source.read_bytes() for rel, source in draft.copies.items()}
     notes: list[str] = []
@@ -684,16 +725,21 @@ def build_bundle(
 
     A LaTeX failure does not lose the written bundle: it is reported in `message` and
     `problems` (so is a section that could not be built); SublensError is raised only for
-    bad arguments (mode, acl_sty), before anything is written.
+    bad arguments (mode, acl_sty) and for a manifest or draft path that would lead out of `out`,
+    before anything is written.
     """
     if mode not in MODES:
         raise SublensError(f"mode={mode!r}: choose one of {', '.join(MODES)}.")
     meta = meta or {"expected": _ordered(stages), "notes": []}
     package = style_source(acl_sty).stem  # validates acl_sty before anything is written
     draft = _assemble(stages, meta, package, mode)
+    # Before anything is written: no path of the manifest or of the draft may lead out of `out`.
+    for rel in _targets(draft, acl_sty):
+        _inside(out, rel, "The bundle")
+    previous = _read_manifest(out)
     out.mkdir(parents=True, exist_ok=True)
     _install_style(out, acl_sty)
-    notes = [*meta.get("notes", []), *_write(out, draft)]
+    notes = [*meta.get("notes", []), *_write(out, draft, previous)]
     main_tex = out / "main.tex"
     problems = list(draft.problems)
     pdf = None

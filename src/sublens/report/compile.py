@@ -36,11 +36,17 @@ def tex_available() -> bool:
     return shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
 
 
+def latexmk_command(tex: Path) -> list[str]:
+    """-norc: latexmk runs the Perl in any latexmkrc it finds (the bundle folder's own included),
+    and a bundle folder may come from someone else; our build needs no rc file."""
+    return ["latexmk", "-norc", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
+
+
 def compile_pdf(tex: Path, timeout: int = 300) -> Path | None:
     """latexmk -pdf in the file's folder; None (and nothing raised) when TeX is missing."""
     if not tex_available():
         return None
-    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
+    cmd = latexmk_command(tex)
     proc = subprocess.run(  # errors="replace": pdflatex prints 8-bit font bytes (e.g. an overfull "Martín")
         cmd, cwd=tex.parent, capture_output=True, text=True, errors="replace", timeout=timeout
     )
