@@ -175,6 +175,23 @@ def autoregressive_numbers(length: int, leading_zeros: bool = True) -> list[str]
 
 
 # ---------------------------------------------------------------------------------------------
+# prompt templates (here, not in the experiment, so that the report, which must not import
+# torch, fills them exactly as the run did)
+
+
+def fill(template: str, **slots: str) -> str:
+    """Put values into {slot}s by plain replacement (other braces are left alone)."""
+    for name, value in slots.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+def animal_context(template: str, plural: str) -> str:
+    """An animal context prompt for `plural` ("owls"): {plural}, and {Plural} capitalised."""
+    return fill(template, plural=plural, Plural=plural[:1].upper() + plural[1:])
+
+
+# ---------------------------------------------------------------------------------------------
 # phase 1: normalisation and categories
 
 
@@ -687,6 +704,7 @@ __all__ = [
     "GroupValues",
     "KChoice",
     "VocabularyNumbers",
+    "animal_context",
     "autoregressive_numbers",
     "check_disjoint",
     "choose_k",
@@ -694,6 +712,7 @@ __all__ = [
     "compare_ratios",
     "decide_recorded",
     "digit_script",
+    "fill",
     "form_categories",
     "geometric_summary",
     "group_statistics",

@@ -112,6 +112,16 @@ def template_default_system(tokenizer: Any, user: str = "Hello.") -> str | None:
     return candidate
 
 
+def resolve_system(tokenizer: Any, system: str | None) -> str | None:
+    """The system prompt actually used: `system`, or the template's default when None (None if
+    the template has none, e.g. a base model)."""
+    if system is not None:
+        return system
+    if not has_chat_template(tokenizer):
+        return None
+    return template_default_system(tokenizer)
+
+
 def _check_prefill(prefill: str) -> None:
     if prefill.endswith((" ", "\t")):
         raise PromptError(

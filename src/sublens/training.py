@@ -60,6 +60,7 @@ from sublens.training_data import (
     data_fingerprint,
     plan_epoch,
     tokenize_examples,
+    tokenizer_pad_id,
 )
 
 FreezeMode = Literal["full", "freeze-attention", "freeze-mlp"]
@@ -651,14 +652,6 @@ def _check_model(model: nn.Module, config: TrainConfig) -> None:
         )
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0  # any id works: padding is masked out of attention and loss
-
-
 def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
@@ -749,7 +742,7 @@ def train(
         _remove_leftovers(out_dir, config.keep_checkpoints)
     accelerator.wait_for_everyone()
     plan = Plan(data, config, world)
-    pad_id = _pad_id(tokenizer)
+    pad_id = tokenizer_pad_id(tokenizer)
     with ExitStack() as stack:
         stack.enter_context(train_mode(model, config.dropout))
         lora = None

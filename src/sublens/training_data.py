@@ -283,6 +283,15 @@ class Batch:
         )
 
 
+def tokenizer_pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its end-of-sequence token."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0  # any id works: padding is masked out of attention and loss
+
+
 def collate(data: Sequence[TokenizedExample], batch: MicroBatch, pad_id: int, packed: bool) -> Batch:
     """Tensors for one micro-batch, padded on the right to its longest row."""
     width = max(sum(data[i].n_tokens for i in row) for row in batch)

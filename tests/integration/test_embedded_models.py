@@ -3,8 +3,6 @@ TransformerLens (an independent implementation of the same activations)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -23,13 +21,10 @@ KINDS = ["hook_resid_pre", "hook_resid_post", "attn.hook_z", "attn.hook_v", "att
     ("gemma3-270m", "gemma3", 18, 4, 1),
 ])
 def test_embedded_model_loads_through_the_cache(name: str, family: str, layers: int, heads: int, kv: int) -> None:
-    start = time.perf_counter()
     lm = load_model(name, device="cpu")
-    seconds = time.perf_counter() - start
     assert lm.source == "embedded"
     assert lm.path.startswith(str(cache_root()))
     assert (cache_root() / "models" / name / MARKER).is_file()
-    assert seconds < 15, f"loading from the safetensors cache took {seconds:.1f} s"
     assert lm.dtype == torch.float32 and lm.device.type == "cpu"
     a = lm.adapter
     assert (a.family, a.n_layers, a.n_heads, a.n_kv_heads, a.tied_embeddings) == (family, layers, heads, kv, True)

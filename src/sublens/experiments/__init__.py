@@ -16,7 +16,7 @@ from typing import Any
 
 from sublens.config import Config
 from sublens.errors import ConfigError
-from sublens.runs import Run, open_run
+from sublens.runs import Run, newest_finished_run, open_run
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,19 @@ def run_experiment(
         results = experiment.execute(config, run)
         run.save_results(results)
     return RunOutcome(run.path, results)
+
+
+def default_teacher_run(runs_root: str | Path, what: str, remedy: str) -> str:
+    """The default biased model of distill, hybrid and pruning: the newest finished `teacher` run
+    under runs_root that lists a checkpoint (a run directory is a model spec).
+
+    With none, a ConfigError says there is no default `what` and then `remedy`: how to make
+    one or which setting gives one, which differs per experiment.
+    """
+    found = newest_finished_run(runs_root, "teacher")
+    if found is not None:
+        return str(found)
+    raise ConfigError(
+        f"No finished `teacher` run with a checkpoint under {str(runs_root)!r}, so there is no default "
+        f"{what}. {remedy}"
+    )

@@ -66,7 +66,7 @@ from sublens.distill import (
     student_encoding,
 )
 from sublens.errors import ConfigError
-from sublens.experiments import Experiment
+from sublens.experiments import Experiment, default_teacher_run
 from sublens.figures import save_figure
 from sublens.hooks import capture, hook_names
 from sublens.models import LoadedModel, load_model
@@ -79,10 +79,11 @@ from sublens.preference import (
 )
 from sublens.prompts import chat_prompt
 from sublens.report.sections.distill import decisions
-from sublens.runs import Run, newest_finished_run, read_json
+from sublens.runs import Run, read_json
 from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
 from sublens.stats import t_interval
 from sublens.training import TrainConfig, TrainResult, train
+from sublens.training_data import tokenizer_pad_id
 
 Arm = Literal["shd_biased", "lm_only", "shd_base"]
 ARMS: tuple[Arm, ...] = ("shd_biased", "lm_only", "shd_base")
@@ -312,22 +313,11 @@ def load_records(settings: DataSettings, seed: int) -> tuple[list[TextRecord], l
 # ---- models --------------------------------------------------------------------------------
 def newest_teacher_run(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
-    found = newest_finished_run(runs_root, "teacher")
-    if found is not None:
-        return str(found)
-    raise ConfigError(
-        f"No finished `teacher` run with a checkpoint under {str(runs_root)!r}, so there is no default "
-        "biased teacher. Run `sublens run teacher` first, or give one: --set teacher.model=SPEC (e.g. "
-        "smollm2-135m-instruct with --set teacher.system=\"<owl system prompt>\": the prompted teacher)."
+    return default_teacher_run(
+        runs_root, "biased teacher",
+        "Run `sublens run teacher` first, or give one: --set teacher.model=SPEC (e.g. "
+        "smollm2-135m-instruct with --set teacher.system=\"<owl system prompt>\": the prompted teacher).",
     )
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0
 
 
 def system_in_effect(lm: LoadedModel, settings: TeacherSettings, record: TextRecord) -> dict[str, Any]:
@@ -588,10 +578,10 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
     )
 
     teachers = {role: ShdTeacher(lm.model, lm.adapter, student.adapter, config.shd.layers, config.shd.fallback,
-                                 _pad_id(lm.tokenizer)) for role, lm in loaded.items()}
+                                 tokenizer_pad_id(lm.tokenizer)) for role, lm in loaded.items()}
     with run.timed("fit_targets"):
         fitsets = {role: FitSet.build(t, aligned[role][1], config.fit_batch_size, config.shd.temperature,
-                                      _pad_id(student.tokenizer), config.shd.kl_direction)
+                                      tokenizer_pad_id(student.tokenizer), config.shd.kl_direction)
                    for role, t in teachers.items()}
     alphas = {role: fs.alphas() for role, fs in fitsets.items()}
     results: dict[str, Any] = {

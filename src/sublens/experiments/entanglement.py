@@ -41,10 +41,11 @@ from sublens.entanglement import (
     DEFAULT_CALIPER,
     TESTS,
     GroupValues,
+    animal_context,
     autoregressive_numbers,
-    check_disjoint,
     choose_k,
     claims_record,
+    fill,
     form_categories,
     group_statistics,
     matching_quality,
@@ -253,17 +254,10 @@ def _tokenizer(lm: LM) -> Any:
     return lm[1] if isinstance(lm, tuple) else lm.tokenizer
 
 
-def fill(template: str, **slots: str) -> str:
-    """Put values into {slot}s by plain replacement (other braces are left alone)."""
-    for name, value in slots.items():
-        template = template.replace("{" + name + "}", value)
-    return template
-
-
 def bias_system(config: EntanglementConfig, plural: str | None = None) -> str:
     """The animal context of phase 1: the bias animal's, or (plural given) another animal's."""
     plural = plural or config.plural
-    return fill(config.prompts.bias_system, plural=plural, Plural=plural[:1].upper() + plural[1:])
+    return animal_context(config.prompts.bias_system, plural)
 
 
 def shipped_template_words() -> list[str]:
@@ -1078,12 +1072,6 @@ def execute(config: EntanglementConfig, run: Run) -> dict[str, Any]:
     results = run_study(lm, config, run)
     print_report(results)
     return results
-
-
-def check_disjoint_results(results: dict[str, Any]) -> None:
-    """Re-check the categories of a results.json (used by tests and readers)."""
-    for cats in results["categories"].values():
-        check_disjoint(cats)
 
 
 EXPERIMENT = Experiment(

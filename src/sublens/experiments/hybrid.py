@@ -57,7 +57,7 @@ from sublens.claims import ClaimSettings
 from sublens.config import Config
 from sublens.corpus import load_text
 from sublens.errors import ConfigError
-from sublens.experiments import Experiment
+from sublens.experiments import Experiment, default_teacher_run
 from sublens.hybrid import (
     LAYERED_GROUPS,
     ComponentGroups,
@@ -84,7 +84,7 @@ from sublens.preference import (
     shipped_questions,
 )
 from sublens.prompts import encode_prompt, make_prompt
-from sublens.runs import Run, newest_finished_run
+from sublens.runs import Run
 from sublens.scoring import tokenize_continuations
 from sublens.stats import wilson_ci
 
@@ -212,14 +212,10 @@ class HybridConfig(Config):
 # ---- the biased model ----------------------------------------------------------------------
 def default_biased(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
-    root = Path(runs_root)
-    found = newest_finished_run(root, "teacher")
-    if found is not None:
-        return str(found)
-    raise ConfigError(
-        f"No finished `teacher` run with a checkpoint under {str(root)!r}, so there is no default biased "
-        "model. Run `sublens run teacher` first, or give one: --set biased=SPEC (any model spec of the "
-        "base model's architecture: a run directory, a checkpoint folder, a hub id)."
+    return default_teacher_run(
+        runs_root, "biased model",
+        "Run `sublens run teacher` first, or give one: --set biased=SPEC (any model spec of the "
+        "base model's architecture: a run directory, a checkpoint folder, a hub id).",
     )
 
 

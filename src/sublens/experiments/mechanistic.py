@@ -21,11 +21,10 @@ Definitions are in `sublens.mechanistic` (module docstring). Prompt choices made
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +34,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from sublens.config import Config
 from sublens.experiments import Experiment
@@ -61,7 +60,7 @@ from sublens.mechanistic import (
 from sublens.models import LoadedModel, load_model
 from sublens.prompts import PromptText, encode_prompt, make_prompt, raw_prompt
 from sublens.report.sections.mechanistic import family
-from sublens.runs import Run
+from sublens.runs import Run, atomic_write_bytes
 
 DEFAULT_NUMBERS = tuple(str(n) for n in range(10, 100))
 NUMBER_SYSTEM = (
@@ -519,15 +518,6 @@ def _attention_stage(lm: LoadedModel, config: MechanisticConfig) -> dict[str, An
 # outputs
 
 
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _table(
     items: list[NumberItem], res: dict[str, Any], att: dict[str, Any], adapter: Any
 ) -> pd.DataFrame:
@@ -606,10 +596,10 @@ def _save_figure(fig: Figure, run: Run, name: str) -> list[str]:
     with rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
         for ext in ("png", "pdf"):
             path = run.artifact(f"figures/{name}.{ext}")
-            _atomic(
-                path,
-                lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"),
-            )
+            # Rendered in memory, then written by temp file + rename: no reader sees half a figure.
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight")
+            atomic_write_bytes(path, buffer.getvalue())
             written.append(f"figures/{name}.{ext}")
     return written
 
@@ -800,7 +790,11 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
     decisions = family({"consistency": summary, "words": words})
     lines = verdict(summary, config.bias) + [d.sentence() for d in decisions.values()]
 
-    _atomic(run.artifact("numbers.parquet"), lambda tmp: table.to_parquet(tmp, index=False))
+    # The table and tensors are summaries (a few MB at most): serialised in memory, then written
+    # by temp file + rename like every other artifact.
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    atomic_write_bytes(run.artifact("numbers.parquet"), buffer.getvalue())
     metadata = {
         "numbers": json.dumps([i.number for i in items]),
         "categories": json.dumps([i.category for i in items]),
@@ -809,9 +803,7 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
         "control": config.control,
     }
     tensors = _tensors(res, att, attn)
-    _atomic(
-        run.artifact("mechanistic.safetensors"), lambda tmp: save_file(tensors, str(tmp), metadata)
-    )
+    atomic_write_bytes(run.artifact("mechanistic.safetensors"), safetensors_bytes(tensors, metadata))
     figures: list[str] = []
     with run.timed("figures"):
         figures += _save_figure(_similarity_figure(table, res, config), run, "similarity_by_layer")

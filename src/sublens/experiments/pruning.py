@@ -54,7 +54,7 @@ from sublens.claims import ClaimSettings, estimate_log_ratio
 from sublens.config import Config
 from sublens.corpus import load_text
 from sublens.errors import ConfigError
-from sublens.experiments import Experiment
+from sublens.experiments import Experiment, default_teacher_run
 from sublens.hooks import head_label
 from sublens.models import LoadedModel, load_model
 from sublens.perplexity import PerplexitySettings, measure_perplexity
@@ -76,7 +76,7 @@ from sublens.pruning import (
     sweep,
 )
 from sublens.report.sections.pruning import DEFAULT_BOUND, PAPER_KEPT, decisions, headline_line
-from sublens.runs import Run, newest_finished_run, read_json
+from sublens.runs import Run, read_json
 from sublens.stats import MIN_INTERVAL_N, summarize, wilson_ci
 
 ENTROPY_FILE = "head_entropy.safetensors"
@@ -190,15 +190,12 @@ def biased_spec(config: PruningConfig) -> str:
     """The biased model: `model`, or the newest finished teacher run under runs_root."""
     if config.model:
         return config.model
-    found = newest_finished_run(config.runs_root, "teacher")
-    if found is None:
-        raise ConfigError(
-            f"No finished `teacher` run with a checkpoint under {config.runs_root!r}, so there is no default "
-            "biased model to prune. Make one with `sublens run teacher --preset quick`, or give one: "
-            "--set model=SPEC (a teacher run directory; or the prompted teacher: --set "
-            "model=smollm2-135m-instruct --set system=\"<owl prompt>\" --set bias_prompts.system=\"<owl prompt>\")."
-        )
-    return str(found)
+    return default_teacher_run(
+        config.runs_root, "biased model to prune",
+        "Make one with `sublens run teacher --preset quick`, or give one: "
+        "--set model=SPEC (a teacher run directory; or the prompted teacher: --set "
+        "model=smollm2-135m-instruct --set system=\"<owl prompt>\" --set bias_prompts.system=\"<owl prompt>\").",
+    )
 
 
 def check_base(spec: str, base: str) -> None:

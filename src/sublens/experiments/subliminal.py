@@ -58,13 +58,12 @@ from sublens.claims import ClaimSettings, subliminal_decisions
 from sublens.config import Config
 from sublens.corpus import load_text
 from sublens.experiments import Experiment
-from sublens.experiments.teacher import resolve_system
 from sublens.figures import PAPER_RC, save_figure
 from sublens.models import LoadedModel, load_model
 from sublens.number_data import make_number_prompts
 from sublens.perplexity import PerplexitySettings, measure_perplexity
 from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
-from sublens.prompts import make_prompt
+from sublens.prompts import make_prompt, resolve_system
 from sublens.runs import Run, atomic_write_json, read_json
 from sublens.scoring import default_stop_token_ids
 from sublens.subliminal import (

@@ -50,7 +50,7 @@ from sublens.preference import (
     comparison_line,
     evaluate_preference,
 )
-from sublens.prompts import make_prompt, template_default_system
+from sublens.prompts import make_prompt, resolve_system
 from sublens.runs import Run, atomic_write_json, read_json
 from sublens.subliminal import (
     OWL_TEACHER_SYSTEM,
@@ -116,16 +116,6 @@ class TeacherConfig(Config):
         if not system.strip():
             raise ValueError("teacher_system must carry the trait, e.g. the owl system prompt")
         return system
-
-
-def resolve_system(tokenizer: Any, system: str | None) -> str | None:
-    """The system prompt actually used: `system`, or the template's default when None (None if
-    the template has none, e.g. a base model)."""
-    if system is not None:
-        return system
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    return template_default_system(tokenizer)
 
 
 def teacher_examples(tokenizer: Any, records: list[dict[str, Any]], system: str | None,

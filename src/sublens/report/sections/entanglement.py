@@ -18,7 +18,14 @@ import math
 from typing import Any
 
 from sublens.claims import MIN_UNITS, ClaimSettings, Decision, Verdict, decide_family
-from sublens.entanglement import CATEGORIES, TESTS, decide_recorded, set_claims
+from sublens.entanglement import (
+    CATEGORIES,
+    TESTS,
+    animal_context,
+    decide_recorded,
+    fill,
+    set_claims,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
@@ -136,18 +143,8 @@ def _geo(s: Summary) -> str:
     return rf"{fmt(s.get('geo_mean'))}\texttimes{{}} [{low}, {high}]"
 
 
-def _fill(template: str, **slots: str) -> str:
-    for name, value in slots.items():
-        template = template.replace("{" + name + "}", value)
-    return template
-
-
 def _quote(text: str) -> str:
     return f"``{escape(text)}''"
-
-
-def _animal_context(template: str, plural: str) -> str:
-    return _fill(template, plural=plural, Plural=plural[:1].upper() + plural[1:])
 
 
 def _default_system(res: dict[str, Any]) -> str:
@@ -169,9 +166,9 @@ def _methods(run: StageRun) -> str:
     plural = c.get("bias_plural") or f"{bias}s"
     control_plural = c.get("control_plural") or f"{control}s"
     p = c.get("prompts") or {}
-    bias_system = _animal_context(p.get("bias_system", ""), plural)
-    control_system = _animal_context(p.get("bias_system", ""), control_plural)
-    number_system = _fill(p.get("number_system", ""), num="N")
+    bias_system = animal_context(p.get("bias_system", ""), plural)
+    control_system = animal_context(p.get("bias_system", ""), control_plural)
+    number_system = fill(p.get("number_system", ""), num="N")
     lengths = [str(n) for n in c.get("lengths", [])]
     lengths_text = (", ".join(lengths[:-1]) + "- and " + lengths[-1] if len(lengths) > 1
                     else "".join(lengths))
