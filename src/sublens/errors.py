@@ -23,3 +23,7 @@ class RunLockedError(SublensError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class DiskFullError(SublensError):
+    """A run stopped because its file system is full (the message names the folder and the space)."""

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # no display on the machines sublens runs on
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from sublens.runs import atomic_write_figure
+
 PAPER_RC: Any = {
     "pdf.fonttype": 42,  # TrueType: ACL's checker rejects Type 3 fonts
     "ps.fonttype": 42,
@@ -40,6 +42,6 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
     with plt.rc_context(PAPER_RC):
         for path in paths:
-            fig.savefig(path)
+            atomic_write_figure(fig, path)
     plt.close(fig)
     return paths

@@ -86,7 +86,7 @@ from sublens.arch import Adapter
 from sublens.claims import holm
 from sublens.errors import SublensError
 from sublens.hooks import capture, hook_names, per_head_output
-from sublens.runs import read_json
+from sublens.runs import check_upstream_finished, read_json
 from sublens.stats import permutation_pvalue, summarize
 
 CATEGORY_ORDER = ("increased", "decreased", "unchanged", "random")
@@ -146,7 +146,14 @@ def read_entanglement_numbers(
             f"{str(path)!r} has no numbers.parquet: give the run directory of a finished "
             "entanglement run (`sublens run entanglement ...`), or list the numbers in the config."
         )
-    table = pd.read_parquet(table_path)
+    check_upstream_finished(path, "entanglement")
+    try:
+        table = pd.read_parquet(table_path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise MechanisticError(
+            f"{table_path} cannot be read as a table ({type(exc).__name__}: {exc}): it is torn or not "
+            "an entanglement table. Rerun the entanglement run that wrote it."
+        ) from exc
     missing = {"set", "category", "number"} - set(table.columns)
     if missing:
         raise MechanisticError(

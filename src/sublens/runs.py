@@ -18,11 +18,13 @@ import errno
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sublens.errors import ConfigError, RunLockedError
+from sublens.errors import ConfigError, DiskFullError, RunLockedError, SublensError
 
 SCHEMA_VERSION = 1
 LOCK_FILE = ".lock"
@@ -80,6 +82,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, frame: Any) -> None:
+    """A pandas DataFrame as parquet (no index), serialised in memory, then temp file + rename."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_figure(fig: Any, path: Path, **savefig: Any) -> None:
+    """A matplotlib figure in the format of path's suffix, rendered in memory, then temp file +
+    rename: a reader never sees half a figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip("."), **savefig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _jsonable(value: Any) -> Any:
@@ -344,12 +361,54 @@ def open_run(experiment: str, config: BaseModel, out: Path, run_dir: Path | None
         try:
             yield run
         except BaseException as exc:  # KeyboardInterrupt too: the record must say the run did not finish
+            if is_disk_full(exc):
+                full = DiskFullError(disk_full_message(path))
+                with suppress(OSError):  # the record itself may not fit: the old one then stays
+                    run._finish("failed", full)
+                setattr(full, _FAILED_RUN, str(path))
+                raise full from exc
             run._finish("failed", exc)
             if getattr(exc, _FAILED_RUN, None) is None:
                 with suppress(AttributeError, TypeError):  # an exception type without attributes
                     setattr(exc, _FAILED_RUN, str(path))
             raise
         run._finish("ok")
+
+
+def disk_full_message(run_dir: Path) -> str:
+    """What to tell a user whose run stopped on a full disk: the folder, what it holds so far,
+    and what is free where it writes (the run resumes from its last saved unit once there is
+    room, so the space it still needs is about what it wrote so far, again)."""
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        free = None
+    written = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) if run_dir.is_dir() else 0
+    free_text = f"{free / 2**30:.2f} GiB free" if free is not None else "free space unknown"
+    return (f"The disk is full: writing into {run_dir} failed ({free_text} on that file system; the "
+            f"run folder holds {written / 2**30:.2f} GiB so far). Free space (or give --out on another "
+            f"disk), then continue with --resume {run_dir}: finished work is kept and no file was "
+            "replaced by a half-written one.")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_upstream_finished(run_dir: Path, what: str) -> None:
+    """Refuse to read another run's outputs while it is running or after it failed: its files
+    may be missing or half-written. A folder without record.json (assembled by hand) is read."""
+    record = run_dir / "record.json"
+    if not record.is_file():
+        return
+    try:
+        status = read_json(record).get("status")
+    except (OSError, ValueError) as exc:
+        raise SublensError(f"Cannot read {record} ({exc}); is {run_dir} a finished {what} run?") from exc
+    if status != "ok":
+        raise SublensError(
+            f"{run_dir} is a {what} run with status {status!r}, not a finished one: its files may be "
+            f"incomplete. Wait for it to finish, or continue it with `sublens run {what} --resume {run_dir}`.")
 
 
 def newest_finished_run(runs_root: str | Path, experiment: str) -> Path | None:

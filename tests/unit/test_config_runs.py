@@ -232,3 +232,35 @@ print(json.dumps([str(r.path) for r in (outer, big, small)]))
     outer, big, small = (read_json(Path(p) / "record.json")["memory"] for p in json.loads(done.stdout))
     assert big["peak_rss_mb"] > small["peak_rss_mb"] + 250
     assert outer["peak_rss_mb"] >= big["peak_rss_mb"]
+
+
+def test_a_full_disk_is_recorded_with_the_folder_and_the_free_space(tmp_path: Path) -> None:
+    import errno
+
+    from sublens.errors import DiskFullError
+
+    class Demo(Config):
+        pass
+
+    with pytest.raises(DiskFullError) as failed, open_run("demo", Demo(), tmp_path) as run:
+        (run.path / "part.bin").write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    message = str(failed.value)
+    assert str(run.path) in message and "GiB free" in message and f"--resume {run.path}" in message
+    record = read_json(run.path / "record.json")
+    assert record["status"] == "failed" and record["error"] == f"DiskFullError: {message}"
+    assert isinstance(failed.value.__cause__, OSError)  # the original error stays attached
+
+
+def test_reading_an_unfinished_or_torn_entanglement_run_is_a_clear_error(tmp_path: Path) -> None:
+    from sublens.errors import SublensError
+    from sublens.mechanistic import read_entanglement_numbers
+    from sublens.runs import atomic_write_json
+
+    (tmp_path / "numbers.parquet").write_bytes(b"PAR1 torn halfway")
+    atomic_write_json(tmp_path / "record.json", {"status": "running"})
+    with pytest.raises(SublensError, match="status 'running', not a finished one"):
+        read_entanglement_numbers(tmp_path)
+    atomic_write_json(tmp_path / "record.json", {"status": "ok"})
+    with pytest.raises(SublensError, match="cannot be read as a table"):
+        read_entanglement_numbers(tmp_path)

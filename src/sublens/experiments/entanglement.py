@@ -63,7 +63,7 @@ from sublens.errors import ConfigError
 from sublens.experiments import Experiment
 from sublens.models import load_model
 from sublens.prompts import PromptText, make_prompt
-from sublens.runs import Run
+from sublens.runs import Run, atomic_write_figure, atomic_write_parquet
 from sublens.scoring import (
     LM,
     ScoringError,
@@ -538,7 +538,7 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> dict[str, Any]:
                 if message:
                     warnings.append(message)
         phase1 = pd.concat(frames, ignore_index=True)
-        phase1.to_parquet(run.artifact("phase1.parquet"), index=False)
+        atomic_write_parquet(run.artifact("phase1.parquet"), phase1)
     results.update(
         sets=set_info,
         k={n: i["k"] for n, i in set_info.items()},
@@ -580,7 +580,7 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> dict[str, Any]:
             rows[column] = [r[column] for r in ratios]
         rows["log_bias_ratio"] = np.log(rows["bias_ratio"].to_numpy())
         rows = rows.reset_index(drop=True)
-        rows.to_parquet(run.artifact("numbers.parquet"), index=False)
+        atomic_write_parquet(run.artifact("numbers.parquet"), rows)
         results["phase"] = 2
         run.save_results(results)
 
@@ -1057,7 +1057,7 @@ def _save(fig: Any, run: Run, stem: str) -> list[str]:
     paths = []
     for ext in ("png", "pdf"):
         path = run.artifact(f"figures/{stem}.{ext}")
-        fig.savefig(path, dpi=200)
+        atomic_write_figure(fig, path, dpi=200)
         paths.append(str(path.relative_to(run.path)))
     return paths
 

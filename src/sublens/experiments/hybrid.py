@@ -84,7 +84,7 @@ from sublens.preference import (
     shipped_questions,
 )
 from sublens.prompts import encode_prompt, make_prompt
-from sublens.runs import Run
+from sublens.runs import Run, atomic_write_figure, atomic_write_parquet
 from sublens.scoring import tokenize_continuations
 from sublens.stats import wilson_ci
 
@@ -538,7 +538,7 @@ def plot_heatmap(rows: list[dict[str, Any]], groups: list[str], columns: list[st
         for ext in ("png", "pdf"):
             path = out.with_suffix(f".{ext}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=200, bbox_inches="tight")
+            atomic_write_figure(fig, path, dpi=200, bbox_inches="tight")
             written.append(str(path))
         plt.close(fig)
     return written
@@ -652,7 +652,7 @@ def execute(config: HybridConfig, run: Run) -> dict[str, Any]:
         with run.timed("patching"):
             results["patching"] = measure_patching(lm, config, bench, patch_ranges, prompts, tokens)
     table = pd.DataFrame(rows)
-    table.to_parquet(run.artifact(TABLE_FILE), index=False)
+    atomic_write_parquet(run.artifact(TABLE_FILE), table)
     results["table"] = TABLE_FILE
     results["figures"] = [str(Path(p).relative_to(run.path)) for p in plot_heatmap(
         rows, list(groups.names), columns, list(config.directions), weight_change, config.bias_metric,

@@ -21,7 +21,6 @@ Definitions are in `sublens.mechanistic` (module docstring). Prompt choices made
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
@@ -60,7 +59,7 @@ from sublens.mechanistic import (
 from sublens.models import LoadedModel, load_model
 from sublens.prompts import PromptText, encode_prompt, make_prompt, raw_prompt
 from sublens.report.sections.mechanistic import family
-from sublens.runs import Run, atomic_write_bytes
+from sublens.runs import Run, atomic_write_bytes, atomic_write_figure, atomic_write_parquet
 
 DEFAULT_NUMBERS = tuple(str(n) for n in range(10, 100))
 NUMBER_SYSTEM = (
@@ -596,10 +595,7 @@ def _save_figure(fig: Figure, run: Run, name: str) -> list[str]:
     with rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
         for ext in ("png", "pdf"):
             path = run.artifact(f"figures/{name}.{ext}")
-            # Rendered in memory, then written by temp file + rename: no reader sees half a figure.
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight")
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_figure(fig, path, dpi=150, bbox_inches="tight")
             written.append(f"figures/{name}.{ext}")
     return written
 
@@ -792,9 +788,7 @@ def execute(config: MechanisticConfig, run: Run) -> dict[str, Any]:
 
     # The table and tensors are summaries (a few MB at most): serialised in memory, then written
     # by temp file + rename like every other artifact.
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    atomic_write_bytes(run.artifact("numbers.parquet"), buffer.getvalue())
+    atomic_write_parquet(run.artifact("numbers.parquet"), table)
     metadata = {
         "numbers": json.dumps([i.number for i in items]),
         "categories": json.dumps([i.category for i in items]),

@@ -46,7 +46,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from sublens.answers import mentions
@@ -76,7 +76,13 @@ from sublens.pruning import (
     sweep,
 )
 from sublens.report.sections.pruning import DEFAULT_BOUND, PAPER_KEPT, decisions, headline_line
-from sublens.runs import Run, read_json
+from sublens.runs import (
+    Run,
+    atomic_write_bytes,
+    atomic_write_figure,
+    atomic_write_parquet,
+    read_json,
+)
 from sublens.stats import MIN_INTERVAL_N, summarize, wilson_ci
 
 ENTROPY_FILE = "head_entropy.safetensors"
@@ -547,9 +553,8 @@ def execute(config: PruningConfig, run: Run) -> dict[str, Any]:
         prompts = [make_prompt(lm.tokenizer, q, bp.system, bp.prefill) for q in questions]
         ids = [encode_prompt(lm.tokenizer, p) for p in prompts]
         entropy = attention_entropy(lm.model, adapter, ids, bp.batch_size)
-    save_file(
-        {k: v.contiguous() for k, v in entropy.tensors().items()}, str(run.artifact(ENTROPY_FILE))
-    )
+    atomic_write_bytes(run.artifact(ENTROPY_FILE),
+                       safetensors_bytes({k: v.contiguous() for k, v in entropy.tensors().items()}))
     heatmap_pruned = pruned_heads(entropy.mean, config.heatmap_fraction, "entropy")
     results: dict[str, Any] = {
         "model": spec,
@@ -643,7 +648,7 @@ def execute(config: PruningConfig, run: Run) -> dict[str, Any]:
             run.save_results(results)
 
     table = pd.DataFrame(table_rows(results))
-    table.to_parquet(run.artifact(TABLE_FILE), index=False)
+    atomic_write_parquet(run.artifact(TABLE_FILE), table)
     results["table"] = TABLE_FILE
     config_dict = config.model_dump(mode="json")
     results["claims"] = [d.model_dump(mode="json") for d in decisions(results, config_dict)]
@@ -733,7 +738,7 @@ def make_figures(results: dict[str, Any], out: Path) -> list[str]:
 def _save(fig: Any, out: Path, stem: str) -> list[str]:
     names = []
     for ext in ("png", "pdf"):
-        fig.savefig(out / f"{stem}.{ext}", dpi=200, bbox_inches="tight")
+        atomic_write_figure(fig, out / f"{stem}.{ext}", dpi=200, bbox_inches="tight")
         names.append(f"{stem}.{ext}")
     return names
 
