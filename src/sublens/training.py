@@ -800,7 +800,7 @@ def train(
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 write_state(step + 1)
             if callback is not None:
-                callback(entry)
+                callback({**entry, "total_steps": total})  # the total, for progress elsewhere
         if lora is not None:
             lora.merge()  # before the adapters are detached on exit
 

@@ -454,3 +454,45 @@ def _orphaned_worker_lives(tmp_path: Path, mode: str, wait: float) -> bool:
 def test_pool_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     assert _orphaned_worker_lives(tmp_path, "plain", wait=2)  # without the initializer: trains on
     assert not _orphaned_worker_lives(tmp_path, "guarded", wait=10)
+
+
+def test_parallel_students_report_one_aggregate_progress(tmp_path: Path) -> None:
+    # Each worker writes its progress file as it trains and measures; the parent's one bar sums
+    # the training steps of all students and counts the students in each phase.
+    from dataclasses import replace
+
+    from sublens.experiments.subliminal import StudentProgress, read_progress, show_progress
+
+    config = SubliminalConfig.model_validate({"parallel": 2, "modes": ["full"], "control_modes": ["full"]})
+    for name in (OWL, CONTROL):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": "p", "answer": "1, 2"}])
+    jobs = plan_students(config, tmp_path, "SYS", {0: {OWL: "owl.jsonl", CONTROL: "control.jsonl"}})
+    assert all(j.progress_file and Path(j.progress_file).parent == tmp_path / "students" for j in jobs)
+    (tmp_path / "students").mkdir()
+    first = StudentProgress(jobs[0].progress_file)
+    for step in (1, 2, 3):
+        first.step({"step": step, "total_steps": 10})
+    second = StudentProgress(jobs[1].progress_file)
+    second.step({"step": 10, "total_steps": 10})
+    second.phase("measuring")
+    done, total, phases = read_progress(jobs)
+    assert (done, total) == (13, 20) and phases == {"training": 1, "measuring": 1}
+    done, total, phases = read_progress([*jobs, replace(jobs[0], progress_file=str(tmp_path / "none.json"))])
+    assert phases["waiting"] == 1 and (done, total) == (13, 20)
+
+    class Bar:
+        total, n, postfix = 0, 0, ""
+
+        def set_postfix_str(self, text: str, refresh: bool) -> None:
+            self.postfix = text
+
+        def refresh(self) -> None:
+            pass
+
+    bar = Bar()
+    show_progress(bar, jobs)
+    assert (bar.n, bar.total, bar.postfix) == (13, 20, "1 measuring, 1 training")
+    # Single-process students report nothing to a file (their own bars show progress).
+    sequential = plan_students(config.model_copy(update={"parallel": 1}), tmp_path, "SYS",
+                               {0: {OWL: "owl.jsonl", CONTROL: "control.jsonl"}})
+    assert all(j.progress_file is None for j in sequential)

@@ -40,8 +40,10 @@ import math
 import os
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,6 +55,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from tqdm.auto import tqdm
 
 from sublens.claims import ClaimSettings, subliminal_decisions
 from sublens.config import Config
@@ -321,6 +324,8 @@ class StudentJob:
     threads: int | None
     progress: bool
     key: str
+    # With parallel students: where the worker writes how far it is (the parent shows one bar).
+    progress_file: str | None = None
 
 
 def student_name(dataset: str, mode: str, seed: int) -> str:
@@ -356,7 +361,8 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
                 dtype=config.dtype, system=system_used, train=train_cfg,
                 preference=config.preference.model_dump(mode="json"),
                 perplexity=config.perplexity.model_dump(mode="json"), eval_seed=config.seed,
-                keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key))
+                keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key,
+                progress_file=str(run_path / "students" / f".{name}.progress.json") if config.parallel > 1 else None))
     return jobs
 
 
@@ -382,7 +388,10 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     records = read_jsonl(Path(job.data_file))
     examples = [training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), job.system) for r in records]
     config = TrainConfig.model_validate(job.train)
-    result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter, progress=job.progress)
+    report = StudentProgress(job.progress_file)
+    result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter, progress=job.progress,
+                   callback=report.step)
+    report.phase("measuring")
     perplexity = PerplexitySettings.model_validate(job.perplexity)
     text = load_text(perplexity.corpus) if perplexity.enabled else ""
     preference = evaluate_preference(lm, PreferenceSettings.model_validate(job.preference), job.system,
@@ -399,7 +408,43 @@ def run_student(job: StudentJob) -> dict[str, Any]:
         summary["checkpoint"] = str(Path("students") / job.name / "model")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resume points of a finished student
     atomic_write_json(out / STUDENT_FILE, summary)
+    report.phase("done")
     return summary
+
+
+class StudentProgress:
+    """A worker's progress, written to a small JSON file the parent reads (None: not reported)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.state: dict[str, Any] = {"phase": "training", "step": 0, "total_steps": None}
+
+    def step(self, entry: dict[str, Any]) -> None:
+        self.state.update(step=entry["step"], total_steps=entry.get("total_steps"))
+        self._write()
+
+    def phase(self, phase: str) -> None:
+        self.state["phase"] = phase
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self.state)
+
+
+def read_progress(jobs: list[StudentJob]) -> tuple[int, int, Counter[str]]:
+    """Steps done and known total over the jobs, and how many students are in each phase."""
+    done = total = 0
+    phases: Counter[str] = Counter()
+    for job in jobs:
+        state: dict[str, Any] = {"phase": "waiting"}
+        if job.progress_file and Path(job.progress_file).is_file():
+            with suppress(OSError, ValueError):
+                state = read_json(Path(job.progress_file))
+        done += int(state.get("step") or 0)
+        total += int(state.get("total_steps") or 0)
+        phases[str(state.get("phase"))] += 1
+    return done, total, phases
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -456,10 +501,27 @@ def run_students(jobs: list[StudentJob], parallel: int,
             on_done(run_student(job))
         return
     with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(run_student, job) for job in todo]
-        for future in as_completed(futures):
-            on_done(future.result())
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
+            tqdm(desc=f"students ({parallel} at a time)", unit="step", total=0) as bar:
+        pending = {pool.submit(run_student, job) for job in todo}
+        while pending:
+            finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+            for future in finished:
+                on_done(future.result())
+            show_progress(bar, todo)
+        show_progress(bar, todo)
+
+
+PROGRESS_SECONDS = 2.0
+
+
+def show_progress(bar: Any, jobs: list[StudentJob]) -> None:
+    """One bar over every parallel student: training steps done of those known, and phases."""
+    done, total, phases = read_progress(jobs)
+    bar.total = max(total, done)
+    bar.n = done
+    bar.set_postfix_str(", ".join(f"{n} {phase}" for phase, n in sorted(phases.items())), refresh=False)
+    bar.refresh()
 
 
 # ---- aggregation ---------------------------------------------------------------------------
