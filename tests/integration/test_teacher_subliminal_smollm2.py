@@ -141,3 +141,24 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns == stamp
     # (as JSON: a CI too small to compute is NaN, and NaN != NaN)
     assert json.dumps(again.results["headline"], sort_keys=True) == json.dumps(results["headline"], sort_keys=True)
+
+
+def test_parallel_students_train_in_worker_processes(tmp_path: Path, one_thread: None) -> None:
+    # parallel: 2 trains the two students in spawned worker processes; each reports its progress
+    # through a file the parent's aggregate bar reads, and ends "done".
+    config = SubliminalConfig.model_validate({
+        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
+        "n_examples": 3, "modes": ["full"], "control_modes": ["full"], "parallel": 2, "threads": 1,
+        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+        "preference": PREFERENCE,
+        "perplexity": {"enabled": False},
+        "stats_resamples": 200,
+    })
+    out = run_experiment("subliminal", config, tmp_path)
+    assert not out.results["partial"]
+    progress = sorted((out.path / "students").glob(".*.progress.json"))
+    assert [p.name for p in progress] == [".control-full-seed0.progress.json", ".owl-full-seed0.progress.json"]
+    for path in progress:
+        state = json.loads(path.read_text())
+        assert state["phase"] == "done" and state["step"] == state["total_steps"] == 1
+    assert {r["model"] for r in out.results["headline"]} >= {"control-full", "owl-full"}
