@@ -8,6 +8,7 @@ name, independently of the tracing that sublens.hybrid uses.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -367,3 +368,28 @@ def test_measure_patching_through_the_transplanter(family: str, one_thread: None
     assert out["forward_passes"] == 2 * 5 + 2 * 2 * 2 * 5
     for name, param in base.named_parameters():
         assert torch.equal(param, states["base"][name])
+
+
+def _word_tokenizer() -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "owl", "owls", "owlet", "owlish", "bowl", "ox", "oxen", "oxygen", "hip", "po"]
+    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="<unk>", max_input_chars_per_word=20))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+
+
+def test_trait_like_tokens_are_the_word_and_its_forms_only() -> None:
+    from sublens.experiments.hybrid import trait_like_mask
+
+    tok = _word_tokenizer()
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+
+    def like(trait: str) -> set[str]:
+        return {vocab[i] for i in trait_like_mask(tok, len(tok), trait).nonzero().flatten().tolist()}
+
+    assert like("owl") == {"owl", "owls", "owlet", "owlish"}  # not 'bowl'
+    assert like("ox") == {"ox"}  # not 'oxygen' ('oxen' is irregular and not counted)
+    with pytest.raises(ConfigError, match="No token of this tokenizer spells 'hippo'"):
+        trait_like_mask(tok, len(tok), "hippo")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -116,3 +117,12 @@ def test_the_section_renders_the_run(run_dir: Path) -> None:
     assert "seated" not in built.results
     assert built.headline[1].startswith("mechanistic: localisation.attribution")
     assert "mechanistic_tests" in built.tables
+
+
+def test_a_word_of_several_tokens_is_refused_with_its_pieces() -> None:
+    from sublens.experiments.mechanistic import MechanisticError, _word_token
+
+    lm = SimpleNamespace(tokenizer=_tokenizer())
+    assert _word_token(lm, "owl")["single_token"]  # type: ignore[arg-type]
+    with pytest.raises(MechanisticError, match="' cat' is 4 tokens"):
+        _word_token(lm, "cat")  # type: ignore[arg-type]

@@ -284,12 +284,25 @@ def _with_alias(spec: HybridSpec, alias: str, description: str) -> HybridSpec:
 
 
 # ---- measurements --------------------------------------------------------------------------
+# Word endings that keep a token the trait word ('owl', 'owls', 'owlet', 'owlish'); anything
+# longer is another word ('ox' must not match 'oxygen').
+TRAIT_ENDINGS = ("", "s", "es", "et", "ets", "let", "lets", "ish")
+
+
 def trait_like_mask(tokenizer: Any, width: int, trait: str) -> torch.Tensor:
-    """[width] bool: tokens whose text (stripped, lower-case) starts with the trait ('owl', 'owls', 'owlet')."""
+    """[width] bool: tokens whose text (stripped, lower-case) is the trait word or one of its
+    forms (TRAIT_ENDINGS). A trait word that no single token spells is refused: its mass would
+    read as zero."""
     n = min(width, len(tokenizer))
     texts = tokenizer.batch_decode([[i] for i in range(n)])
+    forms = {trait.strip().lower() + ending for ending in TRAIT_ENDINGS}
     mask = torch.zeros(width, dtype=torch.bool)
-    mask[:n] = torch.tensor([t.strip().lower().startswith(trait.lower()) for t in texts])
+    mask[:n] = torch.tensor([t.strip().lower() in forms for t in texts])
+    if not bool(mask.any()):
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer(f" {trait.strip()}", add_special_tokens=False)["input_ids"])
+        raise ConfigError(
+            f"No token of this tokenizer spells {trait!r} (' {trait.strip()}' splits into {pieces}), so the mass "
+            "of trait-like tokens cannot be measured: choose a trait word that is one token (preference.trait).")
     return mask
 
 
@@ -366,6 +379,12 @@ def patching_prompts(lm: LoadedModel, config: HybridConfig) -> tuple[list[list[i
     firsts = set()
     for prompt in prompts:
         _, toks = tokenize_continuations(lm.tokenizer, prompt, words)
+        for word, tok in zip(words, toks, strict=True):
+            if len(tok.token_ids) != 1:  # a first token alone would stand for other words too
+                raise ConfigError(
+                    f"{word!r} is {len(tok.token_ids)} tokens after the prefill; the patched logit difference "
+                    "compares one token per word. Choose one-token words (preference.trait, patching.foil) "
+                    "or set patching.enabled=false.")
         firsts.add((toks[0].token_ids[0], toks[1].token_ids[0]))
     if len(firsts) != 1:
         raise ConfigError(f"The first tokens of {words} after the prefill differ between questions ({sorted(firsts)}); "

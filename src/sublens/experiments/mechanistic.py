@@ -256,6 +256,11 @@ def _word_token(lm: LoadedModel, word: str) -> dict[str, Any]:
     ids = lm.tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
     if not ids:
         raise MechanisticError(f"{word!r} tokenizes to nothing.")
+    if len(ids) > 1:  # its first token's logit would also stand for every other word it starts
+        pieces = lm.tokenizer.convert_ids_to_tokens(list(ids))
+        raise MechanisticError(
+            f"' {word}' is {len(ids)} tokens for this tokenizer ({pieces}); the direct logit attribution "
+            "and the bias ratio here read one token per word. Choose one-token words (bias, control).")
     return {
         "word": f" {word}",
         "token_ids": list(ids),
