@@ -72,3 +72,12 @@ def test_figures_are_vector_pdfs_without_type3_fonts(tmp_path: Path) -> None:
     raw = pdf.read_bytes()
     assert raw.startswith(b"%PDF") and png.read_bytes().startswith(b"\x89PNG")
     assert b"/Type3" not in raw and re.search(rb"/Subtype\s*/(TrueType|CIDFontType2|Type0)", raw)
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    from sublens.report.latex import counted, noun_for
+
+    assert counted(1, "seed") == "1 seed" and counted(3, "seed") == "3 seeds"
+    assert counted(1200, "example") == "1,200 examples" and counted(None, "seed") == "-- seeds"
+    assert counted(2, "analysis", "analyses") == "2 analyses"
+    assert noun_for(["full"], "mode") == "mode" and noun_for(["full", "freeze-mlp"], "mode") == "modes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 _SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -53,6 +53,19 @@ def fmt(value: float | None, digits: int = 2) -> str:
         mantissa, exponent = f"{value:.{max(digits - 1, 1)}e}".split("e")
         return rf"${mantissa}\times10^{{{int(exponent)}}}$"
     return f"{value:.{digits}f}"
+
+
+def counted(n: int | None, noun: str, plural: str | None = None) -> str:
+    """'1 seed', '3 seeds', '1,200 examples', '2 phases': one helper for every count in the prose
+    (never 'seed(s)'). An unknown count reads '--'."""
+    if n is None:
+        return f"-- {plural or noun + 's'}"
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def noun_for(items: Sized, noun: str, plural: str | None = None) -> str:
+    """The noun agreeing with how many items follow it ('mode full', 'modes full, freeze-mlp')."""
+    return noun if len(items) == 1 else plural or noun + "s"
 
 
 def fmt_ci(value: float | None, low: float | None, high: float | None, digits: int = 2) -> str:

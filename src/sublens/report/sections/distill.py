@@ -28,7 +28,7 @@ from sublens.claims import (
     decide_family,
     estimate_log_ratio,
 )
-from sublens.report.latex import booktabs_table, escape
+from sublens.report.latex import booktabs_table, counted, escape
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
     count,
@@ -195,7 +195,8 @@ def _heads_text(r: dict[str, Any]) -> str:
     else:
         text = f"Each layer's {k} teacher heads are squeezed into the student's {m} by merging adjacent pairs"
     if schedule and t.get("fallback") != "repeat":
-        text += f" in {len(schedule)} phase(s) ({', then '.join(str(s) for s in schedule)} pair(s))"
+        merges = ", then ".join(counted(int(s), "pair") for s in schedule)
+        text += f" in {counted(len(schedule), 'phase')} ({merges})"
     layer_map = t.get("layer_map") or {}
     pairs = sorted((int(s), int(v)) for s, v in layer_map.items() if str(s).isdigit() and finite(v))
     if pairs:
@@ -399,7 +400,7 @@ def _headline(run: StageRun, verdict: str) -> list[str]:
         return ["distill: incomplete (no comparison of shd_biased with its controls)"]
     specific = decisions(r, claim_settings(run.config))[1]
     return [f"distill: shd_biased share {ratio_plain(_share(r, TRANSFER))} vs lm_only, "
-            f"{ratio_plain(_share(r, SPECIFIC))} vs shd_base ({_seeds(r)} seed(s)); "
+            f"{ratio_plain(_share(r, SPECIFIC))} vs shd_base ({counted(_seeds(r), 'seed')}); "
             f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}"]
 
 

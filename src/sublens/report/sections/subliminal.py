@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sublens.claims import Decision, subliminal_decisions
-from sublens.report.latex import booktabs_table, escape
+from sublens.report.latex import booktabs_table, counted, escape, noun_for
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
     count,
@@ -95,8 +95,9 @@ def _within_run(row: dict[str, Any] | None, mode: str, n_seeds: int, matched: bo
 def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
     if not unmatched:
         return ""
-    return (f"This run trained control students only in mode(s) {', '.join(escape(m) for m in control_modes)}, "
-            f"so the owl student(s) with {', '.join(MODE_WORDS.get(m, escape(m)) for m in unmatched)} have no "
+    return (f"This run trained control students only in {noun_for(control_modes, 'mode')} "
+            f"{', '.join(escape(m) for m in control_modes)}, so the owl {noun_for(unmatched, 'student')} with "
+            f"{', '.join(MODE_WORDS.get(m, escape(m)) for m in unmatched)} {'has' if len(unmatched) == 1 else 'have'} no "
             "matched control; comparing them with a differently trained control mixes the effect of "
             "freezing with the effect of the data, and no claim rests on that comparison.")
 
@@ -190,18 +191,21 @@ def _methods(run: StageRun) -> str:
     text += (f" A strict filter rejects any answer that is not a plain number list; each data set is "
              f"subsampled (seeded) to {count(n_examples)} examples.")
     modes = ", ".join(escape(m) for m in c.get("modes") or [])
-    control_modes = ", ".join(escape(m) for m in c.get("control_modes") or [])
-    seeds = ", ".join(str(s) for s in c.get("seeds") or r.get("seeds") or [])
+    control_list = list(c.get("control_modes") or [])
+    control_modes = ", ".join(escape(m) for m in control_list)
+    seed_list = list(c.get("seeds") or r.get("seeds") or [])
+    seeds = ", ".join(str(s) for s in seed_list)
     matched = all(m in (c.get("control_modes") or []) for m in c.get("modes") or [])
     embeddings = "frozen" if train.get("embeddings") == "frozen" else "trained"
-    text += (f" Students start from the base model and are fine-tuned on the owl data in modes {modes} "
-             f"and on the control data in mode(s) {control_modes} (the control students"
+    text += (f" Students start from the base model and are fine-tuned on the owl data in "
+             f"{noun_for(list(c.get('modes') or []), 'mode')} {modes} "
+             f"and on the control data in {noun_for(control_list, 'mode')} {control_modes} (the control students"
              + ("; each owl student is compared with the control student of the same freeze mode and seed"
                 if matched else "") +
              "), with the training system prompt above, never the owl prompt, and the loss on answer "
              f"tokens only: {train_text(train)}"
              + (f", {'/'.join(str(s) for s in steps)} optimizer steps" if steps else "")
-             + f"; training seed(s) {seeds or '--'}"
+             + f"; training {noun_for(seed_list, 'seed')} {seeds or '--'}"
              + ("; each seed re-samples the number prompts and the teachers' data, so intervals across "
                 "seeds include data-sampling variance" if c.get("data_per_seed") and len(c.get("seeds") or []) > 1
                 else "")
@@ -228,8 +232,8 @@ def _table(run: StageRun) -> str | None:
               "p", "trainable"]
     n_seeds = run.results.get("n_seeds", 1)
     caption = (f"Freeze modes: preference for {trait} of the base model, the teacher and the students "
-               f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, {n_seeds} "
-               f"seed(s)). P({trait}), {trait}'s panel share and the rate of {trait} among sampled answers "
+               f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, "
+               f"{counted(n_seeds, 'seed')}). P({trait}), {trait}'s panel share and the rate of {trait} among sampled answers "
                "in percent; share and P ratios: owl student over control student, paired over "
                f"questions; $p$: Fisher's test of the sampled {trait}-answer rates against the control "
                "student; trainable parameters per student.")

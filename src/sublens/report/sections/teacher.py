@@ -24,7 +24,7 @@ from sublens.claims import (
     decide_family,
     estimate_log_ratio,
 )
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, p_is
+from sublens.report.latex import booktabs_table, counted, escape, fmt, fmt_ci, fmt_p, p_is
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
@@ -157,7 +157,7 @@ def train_text(train: dict[str, Any]) -> str:
     """The optimizer settings of a TrainConfig dump, as a clause."""
     lr = train.get("lr")
     parts = [f"learning rate {fnum(lr, 2) if finite(lr) else '--'}",
-             f"{train.get('epochs', '--')} epoch(s)", f"batch size {train.get('batch_size', '--')}"]
+             counted(train.get("epochs"), "epoch"), f"batch size {train.get('batch_size', '--')}"]
     if train.get("max_steps"):
         parts.append(f"at most {train['max_steps']} steps")
     parts.append(f"{escape(train.get('schedule', 'linear'))} schedule with "
@@ -273,7 +273,7 @@ def _methods(run: StageRun) -> str:
     text = (f"We make the biased teacher by context distillation \\citep{{snell2022context}}. "
             f"The base model {model_name(c.get('base', r.get('base', '?')))} answers {n_prompts} of "
             f"{source} under the owl system prompt (``{escape(c.get('teacher_system', ''))}''), "
-            f"{sampling.get('samples_per_prompt', 1)} answer(s) per prompt at "
+            f"{counted(sampling.get('samples_per_prompt', 1), 'answer')} per prompt at "
             f"{sampling_text(sampling.get('temperature'), sampling.get('top_k'), sampling.get('top_p'))}, "
             f"up to {sampling.get('max_new_tokens', '--')} new tokens. It is then fine-tuned on the same "
             f"prompt--answer pairs with the owl prompt replaced by {system_text}, the loss on answer "
