@@ -40,6 +40,10 @@ CITATION_KEYS = (
     "hu2022lora",
     "efron1994bootstrap",
     "wilson1927probable",
+    "holm1979simple",
+    "fisher1922interpretation",
+    "cramer1946mathematical",
+    "vig2020investigating",   # activation patching (causal mediation)
 )
 
 

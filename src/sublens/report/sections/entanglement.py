@@ -209,7 +209,7 @@ def _methods(run: StageRun) -> str:
             rf"[1/{settings.margin:g}, {settings.margin:g}] (a CI that merely includes 1 is "
             r"inconclusive); and each category's bias ratio against the neutral prompt "
             r"(one-sample, predicted to rise). $p$-values are Holm-adjusted over every set and "
-            rf"test (Holm's step-down method) at $\alpha = {settings.alpha:g}$ and given beside "
+            rf"test (Holm's step-down method, \citealp{{holm1979simple}}) at $\alpha = {settings.alpha:g}$ and given beside "
             rf"the raw ones; with fewer than {MIN_UNITS['number']} numbers per category no "
             r"interval is formed (too few numbers). "
         )

@@ -471,7 +471,7 @@ def patching_table(patching: dict[str, Any], trait: str) -> str:
     tokens = patching.get("tokens") or {}
     foil = escape((tokens.get("foil") or ["dog"])[0])
     caption = (
-        f"Activation patching: fraction of the biased$-$base gap in the {escape(trait)}$-${foil} logit "
+        f"Activation patching \\citep{{vig2020investigating,meng2022locating}}: fraction of the biased$-$base gap in the {escape(trait)}$-${foil} logit "
         "difference at the prefilled answer restored by patching the biased model's outputs of a component "
         "into the base run (restored) and removed by patching the base model's outputs into the biased run "
         f"(removed), per layer range (0 = no effect, 1 = the whole gap); mean over {patching.get('n_questions', '?')} "

@@ -240,7 +240,7 @@ def _methods(run: StageRun) -> str:
         rf"{_quote(attention.get('template', '').replace('{number}', 'N').replace('{word}', bias))} "
         rf"to the number and animal tokens (N = {numbers}). \emph{{Tests.}} Whether the spike layer "
         r"and the top heads depend on the category: a $\chi^2$ statistic of the category $\times$ "
-        r"label table with a permutation $p$-value and Cram\'er's $V$. Whether the MLPs' DLA tracks "
+        r"label table with a permutation $p$-value and Cram\'er's $V$ \citep{cramer1946mathematical}. Whether the MLPs' DLA tracks "
         r"the bias ratio beyond the total: the DLA terms add up to the logit difference, which "
         r"itself tracks the ratio, so part of any raw correlation is automatic; we therefore test "
         r"the partial Spearman correlation of the MLPs' summed DLA with the bias ratio given the "

@@ -235,7 +235,7 @@ def _table(run: StageRun) -> str | None:
                f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, "
                f"{counted(n_seeds, 'seed')}). P({trait}), {trait}'s panel share and the rate of {trait} among sampled answers "
                "in percent; share and P ratios: owl student over control student, paired over "
-               f"questions; $p$: Fisher's test of the sampled {trait}-answer rates against the control "
+               f"questions; $p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates against the control "
                "student; trainable parameters per student.")
     return tight(booktabs_table(header, stacked_rows(body), caption, f"tab:{TABLE}", wide=True))
 

@@ -180,8 +180,8 @@ def preference_methods(config: dict[str, Any], evaluation: dict[str, Any] | None
             f"{len(panel)} other animals, and as its rate among sampled one-word answers")
     if sampled:
         s = sampled.get("sampling") or {}
-        text += (f" ({sampled.get('n_questions')} questions $\\times$ {sampled.get('samples_per_question')} "
-                 f"samples, {sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))}, "
+        text += (f" ({counted(sampled.get('n_questions'), 'question')} $\\times$ "
+                 f"{counted(sampled.get('samples_per_question'), 'sample')}, {sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))}, "
                  f"Wilson 95\\% CI \\citep{{wilson1927probable}})")
     return text + (". Other intervals are 95\\% bootstrap CIs over questions \\citep{efron1994bootstrap}; "
                    "a ratio between two models is the geometric mean over the same questions (paired).")
