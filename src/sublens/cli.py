@@ -10,15 +10,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from sublens.errors import RunLockedError, SublensError
+
+if TYPE_CHECKING:
+    from sublens.config import FieldInfoRow
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug outside any run: the traceback is printed
@@ -89,10 +93,11 @@ def _natural_width(table: Table) -> int:
     return Measurement.get(console, console.options.update_width(sys.maxsize), table).maximum
 
 
-def _aligned(columns: tuple[str, ...], rows: list[dict[str, str]]) -> list[str]:
-    """Plain columns, two spaces apart, every value in full (a header line, then one per row)."""
+def _aligned(columns: tuple[str, ...], rows: list[dict[str, str]], widest: int | None = None) -> list[str]:
+    """Plain columns, two spaces apart, every value in full (a header line, then one per row).
+    With `widest`, no column is padded wider: a longer cell pushes the rest of its own row only."""
     lines = [[c.replace("_", " ") for c in columns], *([row[c] for c in columns] for row in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    widths = [min(max(len(line[i]) for line in lines), widest or sys.maxsize) for i in range(len(columns))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
 
 
@@ -269,6 +274,59 @@ def experiments(as_json: JsonOption = False) -> None:
 
     rows = [{"name": exp.name, "summary": exp.summary} for exp in all_experiments()]
     _print_listing("Experiments", ("name", "summary"), rows, as_json)
+
+
+# Columns of `sublens config` are padded to at most this width: a long value (a system prompt)
+# then pushes the rest of its own row instead of widening the column for every key.
+CONFIG_CELL_WIDTH = 36
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as a config file or --set writes it (null, [full, freeze-mlp], 5.0e-05, 'yes'):
+    YAML flow style on one line, or JSON where YAML would spread a text over several lines."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, sort_keys=False, width=sys.maxsize)
+    text = text.removesuffix("\n").removesuffix("\n...")  # the end marker YAML puts after a bare scalar
+    return text if "\n" not in text else json.dumps(value, ensure_ascii=False)
+
+
+def _cell(field: FieldInfoRow, value: Any) -> str:
+    """A value in the table; a nested model's keys follow on rows of their own, so its row says {...}."""
+    return "{...}" if field.nested and isinstance(value, dict) else _yaml_text(value)
+
+
+@app.command("config")
+def config_keys(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
+    preset: Annotated[
+        str | None, typer.Option(help="Also show each key's value in configs/<experiment>/<preset>.yaml (e.g. quick).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every config key of an experiment: type, default, the preset's value, documentation."""
+    from sublens.config import describe_fields, load_config, preset_path
+    from sublens.experiments import get
+
+    try:
+        exp = get(experiment)
+        # the preset is read as `run --preset` reads it: its values are what a run would get
+        values = load_config(exp.config, preset_path(f"{experiment}/{preset}.yaml")) if preset is not None else None
+    except SublensError as exc:
+        _fail(exc)
+    fields = describe_fields(exp.config, values)
+    if as_json:
+        rows: list[dict[str, Any]] = [
+            {"key": f.key, "type": f.type, "default": f.default, "required": f.required, "nested": f.nested}
+            | ({"preset": f.value} if values is not None else {})
+            | {"description": f.description}
+            for f in fields
+        ]
+        _plain(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    columns = ("key", "type", "default", *(("preset",) if values is not None else ()), "description")
+    text_rows = [{"key": f.key, "type": f.type, "default": "(required)" if f.required else _cell(f, f.default),
+                  "preset": _cell(f, f.value), "description": f.description} for f in fields]
+    for line in _aligned(columns, text_rows, widest=CONFIG_CELL_WIDTH):
+        _plain(line)
 
 
 @app.command()

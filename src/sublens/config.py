@@ -9,11 +9,14 @@ anything else. Model specs that look like paths must exist (check_model_specs, b
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from sublens.errors import ConfigError, ModelSpecError
 
@@ -226,3 +229,90 @@ def preset_path(relative: str) -> Path:
         f"Preset file {relative!r} not found in {', '.join(str(r) for r in configs_roots())}; "
         "run from the sublens checkout or give a path."
     )
+
+
+# ---- describing a config class (`sublens config`) --------------------------------------------
+@dataclass(frozen=True)
+class FieldInfoRow:
+    """One settable key of a config class: what `sublens config` prints for it."""
+
+    key: str  # dotted, as --set and a YAML file's nesting take it (e.g. train.lr)
+    type: str  # readable: int, float | None, list[str], full | freeze-attention | freeze-mlp
+    default: Any  # JSON-ready (tuples as lists); None where the key is required
+    required: bool  # no default: every config must give it
+    description: str  # the field's documentation; "" where it has none
+    value: Any = None  # JSON-ready, in the values given to describe_fields (e.g. a loaded preset)
+    nested: bool = False  # a model whose own keys follow as rows (its default: all of their values)
+
+
+_NO_DEFAULT: Any = object()  # a required field's default
+
+
+def type_name(annotation: Any) -> str:
+    """An annotation as a reader writes it: `float | None`, `list[str]`, a Literal's values
+    joined by `|` (`full | freeze-attention | freeze-mlp`), a class by its name."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in _UNION_TYPES:
+        return " | ".join(type_name(a) for a in args)
+    if origin is Literal:  # the values themselves: they are what a config file writes
+        return " | ".join(a if isinstance(a, str) else repr(a) for a in args)
+    if origin is not None and args:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class whose keys a field nests (`train: TrainConfig`, `lora: LoraConfig | None`)."""
+    members, _ = _members(annotation)
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
+        return members[0]
+    return None
+
+
+def _field_default(field: FieldInfo) -> Any:
+    if field.is_required():
+        return _NO_DEFAULT
+    return field.get_default(call_default_factory=True)
+
+
+def _jsonable(value: Any) -> Any:
+    return to_jsonable_python(value, fallback=str)
+
+
+def describe_fields(model_cls: type[BaseModel], values: BaseModel | None = None) -> list[FieldInfoRow]:
+    """Every key of a config class, in declaration order, nested models flattened to dotted keys
+    (`data.n_prompts`, `train.lr`), each with its type, default, description and, with `values`
+    (an instance, e.g. a loaded preset), its value there.
+
+    A nested model has a row of its own (nested=True: its documentation, e.g. that a student's
+    train.seed is set per student) and then one row per key. Those keys take their defaults from
+    the field's default instance, not from the nested class: subliminal's `train.lr` is 5e-05
+    (its `_default_train`), not TrainConfig's own 1e-05, which is what a run gets when it leaves
+    the key out. Under a field that is None by default (`lora: LoraConfig | None`) they are the
+    class defaults, what the keys get once the field is given.
+    """
+    return _describe(model_cls, "", None, values)
+
+
+def _describe(
+    cls: type[BaseModel], prefix: str, defaults: BaseModel | None, values: BaseModel | None
+) -> list[FieldInfoRow]:
+    rows: list[FieldInfoRow] = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        default = getattr(defaults, name) if defaults is not None else _field_default(field)
+        value = getattr(values, name, None)
+        nested = _nested_model(field.annotation)
+        required = default is _NO_DEFAULT
+        rows.append(FieldInfoRow(
+            key=key, type=type_name(field.annotation), default=None if required else _jsonable(default),
+            required=required, description=" ".join((field.description or "").split()),
+            value=_jsonable(value), nested=nested is not None,
+        ))
+        if nested is not None:
+            rows += _describe(nested, f"{key}.", default if isinstance(default, BaseModel) else None,
+                              value if isinstance(value, BaseModel) else None)
+    return rows

@@ -109,15 +109,22 @@ class NumberData(SamplingSettings):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    n_prompts: int = Field(default=600, ge=1)
+    n_prompts: int = Field(default=600, ge=1, description="number prompts (seeded by the data seed); every "
+                           "teacher answers each one samples_per_prompt times")
     # Common random numbers: every teacher samples with the same seeds, so the data sets differ
     # only where the teachers' distributions do (less noise, but paired data: the data-level
     # permutation tests then assume an independence they do not have). Off: each teacher has
     # its own seeds, as in independent sampling.
-    common_random_numbers: bool = False
+    common_random_numbers: bool = Field(
+        default=False, description="every teacher samples with the same seeds (paired data: less noise, but the "
+                                   "data-level permutation tests assume independence); false: each teacher has "
+                                   "its own seeds")
     # Format-constrained sampling: only tokens that keep the answer valid (digits, one separator,
     # brackets, period) and end-of-turn where it may end; probabilities renormalised over them.
-    constrained: bool = True
+    constrained: bool = Field(
+        default=True, description="format-constrained sampling: only tokens that keep the answer valid (digits, "
+                                  "one separator, brackets, period) and end-of-turn where it may end, "
+                                  "probabilities renormalised over them")
 
 
 def _default_data() -> NumberData:
@@ -151,24 +158,43 @@ def check_teacher_name(name: str) -> None:
 
 
 class SubliminalConfig(Config):
-    base: str = "smollm2-135m-instruct"  # the students' (and the control teacher's) model
+    base: str = Field(default="smollm2-135m-instruct",
+                      description="model spec every student is fine-tuned from; also the prompted teachers' "
+                                  "model and the control teacher when control_teacher is base")
     # The biased teacher: "prompted" = the base model under teacher_system; or a model spec (a
     # `teacher` run directory, a checkpoint folder...), which is prompted with `system`.
-    teacher: str = "prompted"
-    teacher_system: str = OWL_TEACHER_SYSTEM
+    teacher: str = Field(default="prompted",
+                         description="the biased teacher: prompted = the base model under teacher_system; else a "
+                                     "model spec (e.g. a `teacher` run directory), prompted with `system`")
+    teacher_system: str = Field(default=OWL_TEACHER_SYSTEM,
+                                description="system prompt of the prompted teacher (the trait to transfer), "
+                                            "also when it is measured; unused with a model-spec teacher")
     # The control teacher: "base" = the unbiased base model under `system`; or a model spec of a
     # teacher made by the same procedure as the owl teacher from a neutral prompt (a `teacher`
     # run with control_system: RUN_DIR#control_teacher), so the data differ only by the trait.
-    control_teacher: str = "base"
+    control_teacher: str = Field(
+        default="base", description="the control teacher, prompted with `system`: base = the unbiased base model; "
+                                    "else a model spec of a teacher made from a neutral prompt (e.g. "
+                                    "RUN_DIR#control_teacher of a `teacher` run with control_system)")
     # The system prompt of the control teacher, of a model-spec teacher, of every student's
     # training prompts and of every measurement; null = the chat template's default, resolved to
     # its text and passed explicitly (recorded as system_prompt_used).
-    system: str | None = None
+    system: str | None = Field(
+        default=None, description="system prompt of the control teacher, of a model-spec teacher, of every "
+                                  "student's training prompts and of every measurement; null: the chat "
+                                  "template's default, resolved to its text and passed explicitly")
     # More prompted control teachers, name -> system prompt (e.g. eagle: "You love eagles...");
     # each gets full students: the specificity matrix.
-    extra_teachers: dict[str, str] = Field(default_factory=dict)
-    data: NumberData = Field(default_factory=_default_data)
-    n_examples: int | None = Field(default=500, ge=1)  # per data set after filtering; null: the smallest kept
+    extra_teachers: dict[str, str] = Field(
+        default_factory=dict, description="more prompted teachers of the base model, name -> system prompt (e.g. "
+                                          "eagle: \"You love eagles...\"); each gets full students: the "
+                                          "specificity matrix")
+    data: NumberData = Field(default_factory=_default_data,
+                             description="the number prompts and how every teacher samples its answers")
+    n_examples: int | None = Field(
+        default=500, ge=1, description="training examples per data set: every data set's kept answers are "
+                                       "subsampled (seeded) to this one size, or to the smallest kept count when "
+                                       "that is fewer; null: the smallest kept count")
     modes: list[FreezeMode] = Field(default_factory=_default_modes,
                                     description="freeze modes of the owl students")
     control_modes: list[FreezeMode] = Field(
@@ -180,17 +206,29 @@ class SubliminalConfig(Config):
         default=True, description="each training seed s re-samples the number prompts and every "
                                   "teacher's data (with seed `seed` + s), so intervals across seeds "
                                   "include data-sampling variance; false: one data set for all seeds")
-    train: TrainConfig = Field(default_factory=_default_train)  # its seed and freeze are set per student
-    parallel: int = Field(default=1, ge=1)  # students trained as separate processes at once
-    threads: int | None = Field(default=None, ge=1)  # torch threads per student process (null: cores / parallel)
-    keep_models: bool = False  # keep every student's weights (students/<name>/model)
-    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
-    perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings)
-    stats_resamples: int = Field(default=5000, ge=100)
+    train: TrainConfig = Field(default_factory=_default_train,
+                               description="how every student is fine-tuned; its seed and freeze are set per "
+                                           "student (from seeds and modes), its save_model from keep_models")
+    parallel: int = Field(default=1, ge=1, description="students trained at once, each in its own process; "
+                                                       "1: one after another in this process")
+    threads: int | None = Field(default=None, ge=1, description="torch threads per student; null: cores / "
+                                                                "parallel when parallel > 1, else torch's default")
+    keep_models: bool = Field(default=False, description="save every student's fine-tuned weights "
+                                                         "(students/<name>/model); false: none are kept")
+    preference: PreferenceSettings = Field(
+        default_factory=PreferenceSettings,
+        description="how the trait preference of the base model, the teacher and every student is measured")
+    perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings,
+                                           description="perplexity of the same models on a text corpus")
+    stats_resamples: int = Field(default=5000, ge=100,
+                                 description="permutations of each test of a teacher's numbers against the "
+                                             "control's (digits, lengths, copy rate, increasing steps)")
     claims: ClaimSettings = Field(default_factory=ClaimSettings,
                                   description="margin, alpha and power of the verdicts (sublens.claims)")
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = Field(default="auto", description="where the models run: auto (cuda, else mps, else cpu), "
+                                                    "cpu, cuda, cuda:N or mps")
+    dtype: str = Field(default="auto", description="dtype of the models' weights: auto (float32 on CPU, "
+                                                   "bfloat16 on accelerators), float32, bfloat16 or float16")
 
     @field_validator("modes", "control_modes")
     @classmethod
