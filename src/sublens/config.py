@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -248,12 +248,26 @@ class FieldInfoRow:
 _NO_DEFAULT: Any = object()  # a required field's default
 
 
+@dataclass(frozen=True)
+class ReadAs:
+    """Metadata for `Annotated[str, ReadAs("trainable set"), ...]`: how `sublens config` names a
+    string type whose values follow a grammar (the validator's message gives the grammar)."""
+
+    words: str
+
+
+def _read_as(metadata: Any) -> str | None:
+    return next((m.words for m in metadata if isinstance(m, ReadAs)), None)
+
+
 def type_name(annotation: Any) -> str:
     """An annotation as a reader writes it: `float | None`, `list[str]`, a Literal's values
     joined by `|` (`full | freeze-attention | freeze-mlp`), a class by its name."""
     if annotation is None or annotation is type(None):
         return "None"
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _read_as(annotation.__metadata__) or type_name(args[0])
     if origin in _UNION_TYPES:
         return " | ".join(type_name(a) for a in args)
     if origin is Literal:  # the values themselves: they are what a config file writes
@@ -308,7 +322,7 @@ def _describe(
         nested = _nested_model(field.annotation)
         required = default is _NO_DEFAULT
         rows.append(FieldInfoRow(
-            key=key, type=type_name(field.annotation), default=None if required else _jsonable(default),
+            key=key, type=_read_as(field.metadata) or type_name(field.annotation), default=None if required else _jsonable(default),
             required=required, description=" ".join((field.description or "").split()),
             value=_jsonable(value), nested=nested is not None,
         ))

@@ -7,11 +7,12 @@
 - Loss on answer tokens only: the sum of their cross-entropies over an optimizer step divided
   by their count in that step, so neither padding, packing, the split into micro-batches nor
   the number of processes changes it. Logits are computed at answer positions only.
-- Freezing by component (``full``, ``freeze-attention``, ``freeze-mlp``): frozen parameters get
+- Trainable sets (``full``, ``freeze-attention``, ``freeze-mlp``, layer ranges such as
+  ``layers.0-5.mlp``; grammar in `sublens.trainable`): parameters outside the set get
   ``requires_grad=False`` (autograd then skips their weight gradients) and are left out of the
   optimizer; ``freezing()`` restores every flag on exit, also on an exception.
 - Optional LoRA (hand-written, no peft): low-rank adapters on the linear layers of the
-  components the freeze mode trains; merged into the weights at the end.
+  set's components (``train.lora``, or a ``+loraR`` set); merged into the weights at the end.
 - Checkpoints every N steps (model safetensors, optimizer, scheduler, RNG states, step, loss
   history), written atomically; rerunning with the same ``out_dir`` resumes and reproduces the
   uninterrupted run (and removes what a killed run left half written or half deleted);
@@ -35,20 +36,27 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from sublens.arch import Adapter, adapter_for
-from sublens.config import Config
+from sublens.config import Config, ReadAs
 from sublens.errors import ConfigError, SublensError
 from sublens.models.device import resolve_mixed_precision
 from sublens.runs import atomic_write_json, read_json
+from sublens.trainable import (
+    COMPONENT_SETS,
+    GRAMMAR,
+    TrainableSet,
+    check_trainable,
+    parse_trainable,
+)
 from sublens.training_data import (
     Batch,
     Example,
@@ -63,8 +71,10 @@ from sublens.training_data import (
     tokenizer_pad_id,
 )
 
-FreezeMode = Literal["full", "freeze-attention", "freeze-mlp"]
-FREEZE_MODES: tuple[str, ...] = ("full", "freeze-attention", "freeze-mlp")
+# A trainable-set string (sublens.trainable): full, freeze-attention, freeze-mlp, a layer range
+# (layers.0-5, layers.3.mlp), each optionally with LoRA (+lora8).
+FreezeMode = Annotated[str, AfterValidator(check_trainable), ReadAs("trainable set")]
+FREEZE_MODES: tuple[str, ...] = COMPONENT_SETS
 ExtraLoss = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 StepCallback = Callable[[dict[str, Any]], None]
 
@@ -122,9 +132,9 @@ class TrainConfig(Config):
     adam_eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradients are clipped to this total norm "
                                                                        "at every step; null: no clipping")
-    freeze: FreezeMode = Field(default="full", description="the component held fixed: full (none), "
-                                                           "freeze-attention or freeze-mlp; frozen parameters "
-                                                           "get no gradient and are left out of the optimizer")
+    freeze: FreezeMode = Field(default="full", description="the trainable set: " + GRAMMAR + "; see "
+                                                           "sublens.trainable. Parameters outside it get no "
+                                                           "gradient and are left out of the optimizer")
     # The token embeddings and the LM head (one tensor when tied) are trained in every arm or
     # frozen in every arm: a freeze-mode comparison then differs only in the component frozen.
     embeddings: Literal["trained", "frozen"] = Field(
@@ -169,27 +179,51 @@ class FreezeReport:
         return {**asdict(self), "total": self.total}
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in FREEZE_MODES:
-        raise ConfigError(
-            f"Unknown freeze mode {mode!r}; valid modes: {', '.join(FREEZE_MODES)}."
-        )
+def trained_modules(adapter: Adapter, trainable: TrainableSet) -> list[nn.Module]:
+    """The attention / MLP modules a trainable set trains, layer by layer (LoRA targets)."""
+    modules: list[nn.Module] = []
+    for layer in trainable.layer_range(adapter.n_layers):
+        if "attention" in trainable.components:
+            modules.append(adapter.attn(layer))
+        if "mlp" in trainable.components:
+            modules.append(adapter.mlp(layer))
+    return modules
+
+
+def _embedding_parameters(adapter: Adapter) -> dict[str, nn.Parameter]:
+    found: dict[str, nn.Parameter] = {}
+    for module in (adapter.embed(), adapter.lm_head()):
+        weight = module.weight
+        assert isinstance(weight, nn.Parameter)
+        found[adapter.module_name(module) + ".weight"] = weight
+    return found
 
 
 def frozen_parameters(adapter: Adapter, mode: str, embeddings: str = "trained") -> dict[str, nn.Parameter]:
-    """The parameters a freeze mode holds fixed, by name (plus the token embeddings and the
-    LM head when `embeddings` is "frozen")."""
-    _check_mode(mode)
+    """The parameters a trainable set (sublens.trainable) holds fixed, by name, plus the token
+    embeddings and the LM head when `embeddings` is "frozen".
+
+    Sets over every layer freeze the components they leave out (everything else, norms
+    included, trains). A layer range trains only what it names: the whole layers (norms too),
+    or their attention or MLP modules; every other parameter is frozen except the embeddings
+    and LM head, which follow `embeddings` in every arm so that arms differ only in the set.
+    """
+    trainable = parse_trainable(mode)
     frozen: dict[str, nn.Parameter] = {}
-    if mode == "freeze-attention":
-        frozen.update(adapter.attention_parameters())
-    if mode == "freeze-mlp":
-        frozen.update(adapter.mlp_parameters())
+    if trainable.every_layer:
+        if "attention" not in trainable.components:
+            frozen.update(adapter.attention_parameters())
+        if "mlp" not in trainable.components:
+            frozen.update(adapter.mlp_parameters())
+    else:
+        chosen = ([adapter.layer(i) for i in trainable.layer_range(adapter.n_layers)]
+                  if trainable.whole_layers else trained_modules(adapter, trainable))
+        trained = {id(p) for module in chosen for p in module.parameters()}
+        embedding_ids = {id(p) for p in _embedding_parameters(adapter).values()}
+        frozen.update({name: p for name, p in unique_parameters(adapter.model)
+                       if id(p) not in trained and id(p) not in embedding_ids})
     if embeddings == "frozen":
-        for module in (adapter.embed(), adapter.lm_head()):
-            weight = module.weight
-            assert isinstance(weight, nn.Parameter)
-            frozen[adapter.module_name(module) + ".weight"] = weight
+        frozen.update(_embedding_parameters(adapter))
     return frozen
 
 
@@ -214,7 +248,7 @@ def _report(model: nn.Module, adapter: Adapter, mode: str) -> FreezeReport:
             if adapter.embed().weight.requires_grad
             else "embed and lm_head share one tensor (frozen, counted once)."
         )
-    if mode != "full" and adapter.post_norm_residual:
+    if parse_trainable(mode).every_layer and mode != "full" and adapter.post_norm_residual:
         notes.append(
             "post-attention / post-MLP norms sit outside the attention and MLP modules and "
             "follow the rest of the model (trainable unless LoRA is used)."
@@ -318,15 +352,21 @@ class LoraAdapters(nn.Module):
                 weight.add_(delta.T if _is_conv1d(module) else delta)
 
 
+def effective_lora(config: TrainConfig) -> LoraConfig | None:
+    """The adapters a run trains: `config.lora`, with the rank a `+loraR` trainable set names
+    (with no `lora` section such a set gets alpha = rank, the original recipe's scale of 1)."""
+    rank = parse_trainable(config.freeze).lora_rank
+    if rank is None:
+        return config.lora
+    if config.lora is None:
+        return LoraConfig(rank=rank, alpha=float(rank))
+    return config.lora.model_copy(update={"rank": rank})
+
+
 def lora_targets(adapter: Adapter, mode: str, cfg: LoraConfig) -> dict[str, nn.Module]:
-    """Linear layers to adapt: inside the components `mode` trains, matching cfg.targets."""
-    _check_mode(mode)
-    components: list[nn.Module] = []
-    for layer in range(adapter.n_layers):
-        if mode != "freeze-attention":
-            components.append(adapter.attn(layer))
-        if mode != "freeze-mlp":
-            components.append(adapter.mlp(layer))
+    """Linear layers to adapt: inside the components the trainable set `mode` trains,
+    matching cfg.targets."""
+    components = trained_modules(adapter, parse_trainable(mode))
     found: dict[str, nn.Module] = {}
     suffixes: set[str] = set()
     for component in components:
@@ -768,10 +808,10 @@ def train(
     pad_id = tokenizer_pad_id(tokenizer)
     with ExitStack() as stack:
         stack.enter_context(train_mode(model, config.dropout))
-        lora = None
-        if config.lora is not None:
+        lora, lora_config = None, effective_lora(config)
+        if lora_config is not None:
             lora = stack.enter_context(
-                lora_attached(model, adapter, config.freeze, config.lora, config.seed))
+                lora_attached(model, adapter, config.freeze, lora_config, config.seed))
             base = [p for n, p in unique_parameters(model) if not n.startswith(LORA_ATTR + ".")]
             stack.enter_context(requires_grad_scope(model, base))
             report = _report(model, adapter, config.freeze)
@@ -834,7 +874,7 @@ def train(
         out_dir=str(out_dir), model_dir=str(model_dir) if model_dir else None, complete=True,
         steps=len(history), total_steps=total, steps_per_epoch=plan.steps_per_epoch,
         resumed_from=resumed, freeze=report.to_dict(),
-        lora=config.lora.model_dump(mode="json") if config.lora else None,
+        lora=lora_config.model_dump(mode="json") if lora_config else None,
         n_examples=len(data), data_fingerprint=fingerprint, world_size=world,
         precision=str(accelerator.mixed_precision), history=history, config=config.model_dump(mode="json"), **_summary(history),
     )

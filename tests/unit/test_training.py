@@ -361,7 +361,7 @@ def test_bad_configs_say_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Valid keys"):
         load_config(TrainConfig, overrides=["learning_rate=0.1"])
     assert load_config(TrainConfig, overrides=["lora.rank=4"]).lora == LoraConfig(rank=4)
-    with pytest.raises(ConfigError, match="valid modes: full, freeze-attention, freeze-mlp"):
+    with pytest.raises(ConfigError, match="valid: full | freeze-attention | freeze-mlp | layers.N"):
         with freezing(tiny_model("llama"), "attention"):
             pass
     with pytest.raises(ConfigError, match="max_length"):

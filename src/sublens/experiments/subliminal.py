@@ -89,7 +89,7 @@ from sublens.subliminal import (
     training_example,
     write_jsonl,
 )
-from sublens.training import FREEZE_MODES, FreezeMode, TrainConfig, train
+from sublens.training import FreezeMode, TrainConfig, train
 
 OWL = "owl"
 CONTROL = "control"
@@ -196,11 +196,13 @@ class SubliminalConfig(Config):
                                        "subsampled (seeded) to this one size, or to the smallest kept count when "
                                        "that is fewer; null: the smallest kept count")
     modes: list[FreezeMode] = Field(default_factory=_default_modes,
-                                    description="freeze modes of the owl students")
+                                    description="trainable sets of the owl students (sublens.trainable: "
+                                                "full, freeze-attention, freeze-mlp, layers.N[-M][.mlp|"
+                                                ".attention], each optionally +loraR)")
     control_modes: list[FreezeMode] = Field(
         default_factory=_default_control_modes,
-        description="freeze modes of the control students; every owl mode needs its matched "
-                    "control (an owl student in mode X is compared with the control student in mode X)")
+        description="trainable sets of the control students; every owl set needs its matched "
+                    "control (an owl student trained on set X is compared with the control student of set X)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="student training seeds")
     data_per_seed: bool = Field(
         default=True, description="each training seed s re-samples the number prompts and every "
@@ -234,7 +236,7 @@ class SubliminalConfig(Config):
     @classmethod
     def _modes(cls, modes: list[FreezeMode]) -> list[FreezeMode]:
         if len(set(modes)) != len(modes):
-            raise ValueError(f"modes must be distinct, from {', '.join(FREEZE_MODES)}")
+            raise ValueError("modes must be distinct")
         return modes
 
     @field_validator("extra_teachers")

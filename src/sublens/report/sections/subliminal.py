@@ -32,12 +32,11 @@ from sublens.report.sections.teacher import (
 )
 from sublens.report.stages import StageRun
 from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
+from sublens.trainable import describe_trainable
 
 TITLE = "Subliminal transfer through number sequences"
 TABLE = "freeze_modes"
 OWL, CONTROL = "owl", "control"
-MODE_WORDS = {"full": "full fine-tuning", "freeze-attention": "attention frozen",
-              "freeze-mlp": "MLP layers frozen"}
 
 
 # ---- looking things up ------------------------------------------------------------------------
@@ -89,7 +88,7 @@ def _within_run(row: dict[str, Any] | None, mode: str, n_seeds: int, matched: bo
     scope = ("Student-$t$ CIs across seeds" if n_seeds > 1
              else "question-level CIs of this one run, which do not cover training variation")
     control = "its matched control student" if matched else "the control student of another mode"
-    return f"With {MODE_WORDS[mode]}, owl student against {control}: owl's {_ratio_phrase(row)} ({scope})."
+    return f"With {escape(describe_trainable(mode))}, owl student against {control}: owl's {_ratio_phrase(row)} ({scope})."
 
 
 def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
@@ -97,7 +96,7 @@ def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
         return ""
     return (f"This run trained control students only in {noun_for(control_modes, 'mode')} "
             f"{', '.join(escape(m) for m in control_modes)}, so the owl {noun_for(unmatched, 'student')} with "
-            f"{', '.join(MODE_WORDS.get(m, escape(m)) for m in unmatched)} {'has' if len(unmatched) == 1 else 'have'} no "
+            f"{', '.join(escape(describe_trainable(m)) for m in unmatched)} {'has' if len(unmatched) == 1 else 'have'} no "
             "matched control; comparing them with a differently trained control mixes the effect of "
             "freezing with the effect of the data, and no claim rests on that comparison.")
 
@@ -252,7 +251,7 @@ def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
     control_modes = list(r.get("control_modes") or c.get("control_modes") or [])
     unmatched = [m for m in modes if m not in control_modes]
     described = " ".join(x for x in (_within_run(headline_row(r, OWL, m), m, n_seeds, m not in unmatched)
-                                      for m in modes if m in MODE_WORDS) if x)
+                                      for m in modes) if x)
     text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {described} "
             f"{_mismatch_note(unmatched, control_modes)} {_claims_text(modes, decided)} "
             f"{seeds_sentence(n_seeds)} {data}")
