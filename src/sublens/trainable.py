@@ -17,6 +17,12 @@ experiment axis, and each value of the axis is one string a config can list:
                                 base weights frozen (alpha, dropout and target names from
                                 `train.lora` when given, else alpha = rank as in Cloud et al.)
 
+A student *arm* (the subliminal experiment's `modes`) is a trainable set, optionally followed
+by which answer tokens are in the loss (the divergence-token ablation, `sublens.divergence`):
+
+  ``<set>~skip-divergence``     divergence tokens left out of the loss (still read as context)
+  ``<set>~divergence-only``     the loss on divergence tokens only
+
 Parsing is torch-free (the report words the sets without loading a model); which parameters a
 set selects is decided in `sublens.training`, where the model is at hand.
 """
@@ -120,9 +126,38 @@ def check_trainable(spec: str) -> str:
     return spec
 
 
-def describe_trainable(spec: str) -> str:
-    """Report wording for a spec; a spec this version cannot parse is shown as written."""
+LossTokens = Literal["all", "skip-divergence", "divergence-only"]
+LOSS_WORDS: dict[str, str] = {"skip-divergence": "divergence tokens left out of the loss",
+                              "divergence-only": "loss on divergence tokens only"}
+
+
+def split_arm(arm: str) -> tuple[str, LossTokens]:
+    """A student arm as (trainable set, answer tokens in the loss)."""
+    spec, _, loss = arm.partition("~")
+    if not loss:
+        return spec, "all"
+    if loss == "skip-divergence":
+        return spec, "skip-divergence"
+    if loss == "divergence-only":
+        return spec, "divergence-only"
+    raise ConfigError(f"Unknown loss tokens {loss!r} in arm {arm!r}; valid: ~skip-divergence, ~divergence-only.")
+
+
+def check_arm(arm: str) -> str:
+    """Pydantic validator body for a student arm: a trainable set, optionally ~<loss tokens>."""
     try:
-        return parse_trainable(spec).describe()
+        parse_trainable(split_arm(arm)[0])
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    return arm
+
+
+def describe_trainable(spec: str) -> str:
+    """Report wording for a trainable set or a student arm; one this version cannot parse is
+    shown as written."""
+    try:
+        trainable, loss = split_arm(spec)
+        words = parse_trainable(trainable).describe()
     except ConfigError:
         return spec
+    return words if loss == "all" else f"{words}, {LOSS_WORDS[loss]}"

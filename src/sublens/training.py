@@ -936,7 +936,7 @@ def _train_step(
     epoch, micro = plan.step(step)
     packed = config.layout == "pack"
     # Counts over all processes' micro-batches; n_answer is the loss's denominator.
-    n_answer = sum(data[i].n_answer for mb in micro for row in mb for i in row)
+    n_answer = sum(data[i].n_loss for mb in micro for row in mb for i in row)
     n_real = sum(data[i].n_tokens for mb in micro for row in mb for i in row)
     n_padded = sum(len(mb) * max(sum(data[i].n_tokens for i in row) for row in mb) for mb in micro)
     mine = [collate(data, mb, pad_id, packed) for mb in micro[accelerator.process_index :: plan.world]]

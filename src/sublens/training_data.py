@@ -47,12 +47,16 @@ class Example:
     prompt: str | Sequence[int]
     answer: str | Sequence[int]
     add_special_tokens: bool = False
+    # One flag per answer token: False keeps that token out of the loss (it is still read as
+    # context). None: every answer token is in the loss. Used to mask divergence tokens.
+    loss_mask: Sequence[bool] | None = None
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
     ids: tuple[int, ...]  # prompt ids followed by answer ids
     n_prompt: int
+    loss_mask: tuple[bool, ...] | None = None  # per answer token; None: all in the loss
 
     @property
     def n_tokens(self) -> int:
@@ -61,6 +65,11 @@ class TokenizedExample:
     @property
     def n_answer(self) -> int:
         return len(self.ids) - self.n_prompt
+
+    @property
+    def n_loss(self) -> int:
+        """Answer tokens in the loss (all of them unless a loss mask leaves some out)."""
+        return self.n_answer if self.loss_mask is None else sum(self.loss_mask)
 
 
 def chat_example(tokenizer: Any, user: str, answer: str, *, system: str | None) -> Example:
@@ -103,14 +112,16 @@ def tokenize_examples(
     for example in examples:
         prompt = _ids(tokenizer, example.prompt, example.add_special_tokens, "prompt")
         answer = _ids(tokenizer, example.answer, False, "answer")
-        out.append(TokenizedExample(ids=tuple(prompt + answer), n_prompt=len(prompt)))
+        out.append(TokenizedExample(ids=tuple(prompt + answer), n_prompt=len(prompt),
+                                    loss_mask=_loss_mask(example, len(answer), len(out))))
     if not out:
         raise ConfigError("No training examples were given.")
-    empty = [i for i, ex in enumerate(out) if ex.n_prompt == 0 or ex.n_answer == 0]
+    empty = [i for i, ex in enumerate(out) if ex.n_prompt == 0 or ex.n_loss == 0]
     if empty:
         raise ConfigError(
-            f"{len(empty)} example(s) have an empty prompt or answer (first: #{empty[0]}); every "
-            "example needs at least one prompt token and one answer token."
+            f"{len(empty)} example(s) have an empty prompt or answer, or a loss mask that leaves "
+            f"no answer token in the loss (first: #{empty[0]}); every example needs at least one "
+            "prompt token and one answer token in the loss (drop the others)."
         )
     too_long = [ex.n_tokens for ex in out if ex.n_tokens > max_length]
     if too_long:
@@ -128,11 +139,24 @@ def tokenize_examples(
     return out
 
 
+def _loss_mask(example: Example, n_answer: int, index: int) -> tuple[bool, ...] | None:
+    if example.loss_mask is None:
+        return None
+    mask = tuple(bool(flag) for flag in example.loss_mask)
+    if len(mask) != n_answer:
+        raise ConfigError(f"Example #{index} has a loss mask of {len(mask)} flags for {n_answer} answer "
+                          "tokens; give one flag per answer token (as the tokenizer splits the answer).")
+    return mask
+
+
 def data_fingerprint(data: Sequence[TokenizedExample]) -> str:
-    """sha256 of every example's ids and prompt length (a resumed run must see the same data)."""
+    """sha256 of every example's ids, prompt length and loss mask (a resumed run must see the
+    same data)."""
     digest = hashlib.sha256()
     for ex in data:
         digest.update(f"{ex.n_prompt}:{','.join(map(str, ex.ids))};".encode())
+        if ex.loss_mask is not None:  # absent for unmasked data: their fingerprints are unchanged
+            digest.update(("m" + "".join("1" if f else "0" for f in ex.loss_mask) + ";").encode())
     return digest.hexdigest()
 
 
@@ -309,7 +333,10 @@ def collate(data: Sequence[TokenizedExample], batch: MicroBatch, pad_id: int, pa
             ex = data[index]
             ids = torch.tensor(ex.ids, dtype=torch.long)
             input_ids[r, col : col + ex.n_tokens] = ids
-            labels[r, col + ex.n_prompt : col + ex.n_tokens] = ids[ex.n_prompt :]
+            answer = ids[ex.n_prompt :]
+            if ex.loss_mask is not None:
+                answer = answer.masked_fill(~torch.tensor(ex.loss_mask), IGNORE_INDEX)
+            labels[r, col + ex.n_prompt : col + ex.n_tokens] = answer
             mask[r, col : col + ex.n_tokens] = 1
             positions[r, col : col + ex.n_tokens] = torch.arange(ex.n_tokens)
             segments.append(Segment(index, r, col, ex.n_prompt, ex.n_tokens))

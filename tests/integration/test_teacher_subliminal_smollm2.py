@@ -20,7 +20,7 @@ from sublens.experiments import run_experiment
 from sublens.experiments.subliminal import CONTROL, OWL, SubliminalConfig
 from sublens.experiments.teacher import NEUTRAL_TEACHER_SYSTEM, TeacherConfig
 from sublens.models import load_model
-from sublens.subliminal import OWL_TEACHER_SYSTEM, read_jsonl
+from sublens.subliminal import OWL_TEACHER_SYSTEM, read_jsonl, training_example
 
 SMOL_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 PREFERENCE: dict[str, Any] = {
@@ -162,3 +162,43 @@ def test_parallel_students_train_in_worker_processes(tmp_path: Path, one_thread:
         state = json.loads(path.read_text())
         assert state["phase"] == "done" and state["step"] == state["total_steps"] == 1
     assert {r["model"] for r in out.results["headline"]} >= {"control-full", "owl-full"}
+
+
+def test_trainable_sets_and_divergence_masked_arms(tmp_path: Path, one_thread: None) -> None:
+    # Two arms beyond the freeze modes: the MLP of layers 0-1 only, and full fine-tuning with the
+    # divergence tokens left out of the loss; each against its matched control student.
+    config = SubliminalConfig.model_validate({
+        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
+        "n_examples": 3, "modes": ["layers.0-1.mlp", "full~skip-divergence"],
+        "control_modes": ["layers.0-1.mlp", "full~skip-divergence"],
+        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+        "preference": PREFERENCE, "perplexity": {"enabled": False}, "stats_resamples": 200,
+    })
+    out = run_experiment("subliminal", config, tmp_path)
+    results, run_dir = out.results, out.path
+    assert not results["partial"]
+    lm = load_model("smollm2-135m-instruct", device="cpu")
+
+    # the MLP of layers 0-1 (and the tied embeddings, trained in every arm) and nothing else
+    mlp = sum(p.numel() for i in (0, 1) for p in lm.adapter.mlp(i).parameters())
+    embeddings = lm.adapter.embed().weight.numel()
+    assert results["parameters"]["owl-layers.0-1.mlp"]["trainable"] == mlp + embeddings
+
+    # divergence flags: one per training answer token, as the student's tokenizer splits it
+    divergence = results["data"]["divergence"]
+    for name in (OWL, CONTROL):
+        records = read_jsonl(run_dir / results["data"]["datasets"][name]["train_file"])
+        answers = [training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), SMOL_DEFAULT).answer
+                   for r in records]
+        n_tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        assert divergence[name]["n_tokens"] == n_tokens
+        flags = json.loads((run_dir / divergence[name]["file"]).read_text())["flags"]
+        assert sum(map(len, flags)) == n_tokens and sum(map(sum, flags)) == divergence[name]["n_divergent"]
+
+        # the masked student's loss covered exactly the non-divergent tokens of the kept examples
+        student = results["students"][f"{name}-full~skip-divergence-seed0"]
+        assert student["loss_tokens"] == "skip-divergence"
+        kept = [f for f in flags if not all(f)]
+        assert student["examples_without_loss_tokens"] == len(flags) - len(kept)
+        assert student["training"]["answer_tokens"] == sum(len(f) - sum(f) for f in kept)
+    assert "owl-full~skip-divergence vs control-full~skip-divergence" in results["comparisons"]

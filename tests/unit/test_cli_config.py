@@ -94,7 +94,7 @@ def test_nested_defaults_come_from_the_parent_default() -> None:
 def test_nested_and_literal_types_render_as_written_in_a_config() -> None:
     rows = table(invoke("subliminal"))
     assert rows["train.freeze"][1:3] == ["trainable set", "full"]
-    assert rows["modes"][1:3] == ["list[trainable set]", "[full, freeze-attention, freeze-mlp]"]
+    assert rows["modes"][1:3] == ["list[student arm]", "[full, freeze-attention, freeze-mlp]"]
     assert rows["data.top_p"][1:3] == ["float | None", "null"]
     assert rows["train.adam_betas"][1:3] == ["tuple[float, float]", "[0.9, 0.999]"]
     assert rows["train.lora"][1:3] == ["LoraConfig | None", "null"]

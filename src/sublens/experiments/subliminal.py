@@ -44,22 +44,23 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from tqdm.auto import tqdm
 
 from sublens.claims import ClaimSettings, subliminal_decisions
-from sublens.config import Config
+from sublens.config import Config, ReadAs
 from sublens.corpus import load_text
+from sublens.divergence import Teacher, divergence_flags, divergence_summary
 from sublens.experiments import Experiment
 from sublens.figures import PAPER_RC, save_figure
 from sublens.models import LoadedModel, load_model
@@ -89,7 +90,9 @@ from sublens.subliminal import (
     training_example,
     write_jsonl,
 )
-from sublens.training import FreezeMode, TrainConfig, train
+from sublens.trainable import check_arm, split_arm
+from sublens.training import TrainConfig, train
+from sublens.training_data import Example
 
 OWL = "owl"
 CONTROL = "control"
@@ -101,6 +104,9 @@ BUILTIN_DATASETS = (OWL, CONTROL, "base", "teacher")
 # students/<name>-full-seed<k>/), so it may not hold a path separator, "..", or anything a
 # shell or another file system would read differently.
 TEACHER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A student arm (sublens.trainable): a trainable set, optionally ~skip-divergence or
+# ~divergence-only (which answer tokens are in the loss).
+StudentArm = Annotated[str, AfterValidator(check_arm), ReadAs("student arm")]
 
 
 # ---- config --------------------------------------------------------------------------------
@@ -137,11 +143,22 @@ def _default_train() -> TrainConfig:
                        checkpoint_every=25)
 
 
-def _default_modes() -> list[FreezeMode]:
+def _default_modes() -> list[StudentArm]:
     return ["full", "freeze-attention", "freeze-mlp"]
 
 
-def _default_control_modes() -> list[FreezeMode]:
+class DivergenceSettings(BaseModel):
+    """Divergence tokens of the owl and control data (sublens.divergence)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    measure: bool = Field(default=False, description="flag every training answer token at which the owl and "
+                                                     "the control teacher would choose differently; on by "
+                                                     "itself when an arm masks by divergence")
+    batch_size: int = Field(default=16, ge=1, description="examples per teacher forward pass")
+
+
+def _default_control_modes() -> list[StudentArm]:
     return _default_modes()  # a matched control student for every owl mode
 
 
@@ -195,15 +212,19 @@ class SubliminalConfig(Config):
         default=500, ge=1, description="training examples per data set: every data set's kept answers are "
                                        "subsampled (seeded) to this one size, or to the smallest kept count when "
                                        "that is fewer; null: the smallest kept count")
-    modes: list[FreezeMode] = Field(default_factory=_default_modes,
-                                    description="trainable sets of the owl students (sublens.trainable: "
-                                                "full, freeze-attention, freeze-mlp, layers.N[-M][.mlp|"
-                                                ".attention], each optionally +loraR)")
-    control_modes: list[FreezeMode] = Field(
+    modes: list[StudentArm] = Field(default_factory=_default_modes,
+                                    description="arms of the owl students (sublens.trainable): a trainable "
+                                                "set (full, freeze-attention, freeze-mlp, layers.N[-M][.mlp|"
+                                                ".attention], each optionally +loraR), optionally "
+                                                "~skip-divergence or ~divergence-only (divergence tokens "
+                                                "out of the loss, or the loss on them alone)")
+    control_modes: list[StudentArm] = Field(
         default_factory=_default_control_modes,
         description="trainable sets of the control students; every owl set needs its matched "
                     "control (an owl student trained on set X is compared with the control student of set X)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="student training seeds")
+    divergence: DivergenceSettings = Field(default_factory=DivergenceSettings,
+                                           description="divergence tokens of the owl and control data")
     data_per_seed: bool = Field(
         default=True, description="each training seed s re-samples the number prompts and every "
                                   "teacher's data (with seed `seed` + s), so intervals across seeds "
@@ -234,7 +255,7 @@ class SubliminalConfig(Config):
 
     @field_validator("modes", "control_modes")
     @classmethod
-    def _modes(cls, modes: list[FreezeMode]) -> list[FreezeMode]:
+    def _modes(cls, modes: list[str]) -> list[str]:
         if len(set(modes)) != len(modes):
             raise ValueError("modes must be distinct")
         return modes
@@ -341,6 +362,72 @@ def generate_data(
     return data
 
 
+# ---- divergence tokens ---------------------------------------------------------------------
+def needs_divergence(config: SubliminalConfig) -> bool:
+    """Divergence tokens are measured when asked for or when an arm masks the loss by them."""
+    arms = [*config.modes, *config.control_modes]
+    return config.divergence.measure or any(split_arm(arm)[1] != "all" for arm in arms)
+
+
+def divergence_file(train_file: str) -> str:
+    """data/<name>.train.jsonl -> data/<name>.divergence.json (flags, one list per example)."""
+    return train_file.removesuffix(".train.jsonl") + ".divergence.json"
+
+
+def student_examples(tokenizer: Any, records: list[dict[str, Any]], system: str | None) -> list[Example]:
+    """The examples a student is trained on, one per kept record."""
+    return [training_example(tokenizer, r["prompt"], r["answer"].strip(), system) for r in records]
+
+
+def answer_token_ids(tokenizer: Any, example: Example) -> list[int]:
+    """The answer tokens as training tokenizes them (the positions the loss and its mask cover)."""
+    if isinstance(example.answer, str):
+        return list(tokenizer(example.answer, add_special_tokens=False)["input_ids"])
+    return [int(i) for i in example.answer]
+
+
+def measure_divergence(config: SubliminalConfig, base: LoadedModel, sources: list[TeacherSource],
+                       system_used: str | None, run_path: Path, files: dict[str, str]) -> dict[str, Any]:
+    """Flag every training answer token of the owl and control data at which the owl teacher and
+    the control teacher would choose differently (sublens.divergence); flags saved per data set,
+    reused when data and teachers are unchanged. Returns the per-data-set summaries."""
+    owl, control = sources[0], sources[1]
+    loaded = {s.name: base if s.model == "base" else load_model(s.model, config.device, config.dtype)
+              for s in (owl, control)}
+    biased = Teacher(loaded[owl.name].model, loaded[owl.name].tokenizer, owl.system)
+    unbiased = Teacher(loaded[control.name].model, loaded[control.name].tokenizer, control.system)
+    allowed = NumberFormat(base.tokenizer, default_stop_token_ids(base)) if config.data.constrained else None
+    summaries: dict[str, Any] = {}
+    for name in (OWL, CONTROL):
+        records = read_jsonl(run_path / files[name])
+        examples = student_examples(base.tokenizer, records, system_used)
+        answers = [answer_token_ids(base.tokenizer, e) for e in examples]
+        path = run_path / divergence_file(files[name])
+        key = stable_hash(answers, [r["prompt"] for r in records], owl.provenance(config.base),
+                          control.provenance(config.base), config.data.constrained)
+        saved = read_json(path) if path.is_file() else {}
+        if saved.get("key") != key:
+            flags = divergence_flags(biased, unbiased, [r["prompt"] for r in records], answers, base.tokenizer,
+                                     allowed=allowed, stop_token_ids=default_stop_token_ids(base),
+                                     batch_size=config.divergence.batch_size, desc=f"divergence tokens ({name})")
+            saved = {"key": key, "flags": flags}
+            atomic_write_json(path, saved)
+        summaries[name] = divergence_summary(saved["flags"]) | {"file": divergence_file(files[name])}
+    return summaries
+
+
+def masked_examples(examples: list[Example], flags: list[list[bool]], loss: str) -> tuple[list[Example], int]:
+    """Examples with a loss mask by divergence (`skip-divergence`: those tokens out of the loss;
+    `divergence-only`: only those in it); examples left with no token in the loss are dropped
+    (returned: the examples kept and how many were dropped)."""
+    kept = []
+    for example, flagged in zip(examples, flags, strict=True):
+        mask = [not f for f in flagged] if loss == "skip-divergence" else list(flagged)
+        if any(mask):
+            kept.append(replace(example, loss_mask=mask))
+    return kept, len(examples) - len(kept)
+
+
 # ---- students ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StudentJob:
@@ -366,6 +453,8 @@ class StudentJob:
     key: str
     # With parallel students: where the worker writes how far it is (the parent shows one bar).
     progress_file: str | None = None
+    loss_tokens: str = "all"  # answer tokens in the loss: all, skip-divergence, divergence-only
+    divergence_file: str | None = None  # the data set's divergence flags (masked arms only)
 
 
 def student_name(dataset: str, mode: str, seed: int) -> str:
@@ -375,7 +464,8 @@ def student_name(dataset: str, mode: str, seed: int) -> str:
 def student_train_config(config: SubliminalConfig, mode: str, seed: int) -> TrainConfig:
     """The training config of one student: `config.train` with its freeze mode and seed; the
     final weights are saved only when they are kept (student.json marks a finished student)."""
-    return config.train.model_copy(update={"seed": seed, "freeze": mode, "save_model": config.keep_models})
+    return config.train.model_copy(update={"seed": seed, "freeze": split_arm(mode)[0],
+                                           "save_model": config.keep_models})
 
 
 def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | None,
@@ -392,6 +482,7 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
             name = student_name(dataset, mode, seed)
             train_cfg = student_train_config(config, mode, seed).model_dump(mode="json")
             data_file = run_path / data_files[data_seed(config, seed)][dataset]
+            loss_tokens = split_arm(mode)[1]
             key = stable_hash(name, config.base, train_cfg, data_file.read_text(encoding="utf-8"), system_used,
                               config.preference.model_dump(mode="json"),
                               config.perplexity.model_dump(mode="json"), config.seed)
@@ -402,7 +493,9 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
                 preference=config.preference.model_dump(mode="json"),
                 perplexity=config.perplexity.model_dump(mode="json"), eval_seed=config.seed,
                 keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key,
-                progress_file=str(run_path / "students" / f".{name}.progress.json") if config.parallel > 1 else None))
+                progress_file=str(run_path / "students" / f".{name}.progress.json") if config.parallel > 1 else None,
+                loss_tokens=loss_tokens,
+                divergence_file=None if loss_tokens == "all" else str(divergence_file(str(data_file)))))
     return jobs
 
 
@@ -426,7 +519,11 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     out = Path(job.out_dir)
     lm = load_model(job.base, job.device, job.dtype)
     records = read_jsonl(Path(job.data_file))
-    examples = [training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), job.system) for r in records]
+    examples = student_examples(lm.tokenizer, records, job.system)
+    dropped = 0
+    if job.loss_tokens != "all":
+        assert job.divergence_file is not None
+        examples, dropped = masked_examples(examples, read_json(Path(job.divergence_file))["flags"], job.loss_tokens)
     config = TrainConfig.model_validate(job.train)
     report = StudentProgress(job.progress_file)
     result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter, progress=job.progress,
@@ -439,6 +536,7 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     summary = {
         "key": job.key, "name": job.name, "dataset": job.dataset, "mode": job.mode, "seed": job.seed,
         "system_prompt_used": job.system, "threads": torch.get_num_threads(),
+        "loss_tokens": job.loss_tokens, "examples_without_loss_tokens": dropped,
         "training": train_summary(result),
         "preference": preference,
         "perplexity": measure_perplexity(lm, perplexity, text),
@@ -798,6 +896,10 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
             files[seed][name] = f"{folder}/{name}.train.jsonl"
             write_jsonl(run.path / files[seed][name], records)
         per_seed[str(seed)] = data_results(config, data, chosen, size, files[seed], seed)
+        if needs_divergence(config):
+            with run.timed(f"divergence:{seed}"):
+                per_seed[str(seed)]["divergence"] = measure_divergence(
+                    config, base, sources, system_used, run.path, files[seed])
         results["data"] = per_seed[str(data_seeds(config)[0])]  # the first seed's data, described in full
         if len(per_seed) > 1:
             results["data_per_seed"] = per_seed

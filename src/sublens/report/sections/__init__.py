@@ -44,6 +44,7 @@ CITATION_KEYS = (
     "fisher1922interpretation",
     "cramer1946mathematical",
     "vig2020investigating",   # activation patching (causal mediation)
+    "schrodi2026understanding",  # divergence tokens (arXiv 2509.23886)
 )
 
 

@@ -135,7 +135,20 @@ def data_sentence(data: dict[str, Any]) -> str:
                  f"({p_value(lengths.get('p_permutation'))}); ")
         text += ("per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "." if differ
                  else "no per-answer number statistic differs at $p<0.05$.")
-    return text
+    return text + divergence_sentence(data.get("divergence") or {})
+
+
+def divergence_sentence(divergence: dict[str, Any]) -> str:
+    """How many training answer tokens are divergence tokens, per data set."""
+    parts = [f"{escape(name)} data {count(d.get('n_divergent'))} of {count(d.get('n_tokens'))} answer tokens "
+             f"({pct(d.get('rate'))}), in {count(d.get('examples_with_any'))} of "
+             f"{counted(int(d.get('n_examples') or 0), 'answer')}"
+             for name, d in divergence.items() if isinstance(d, dict)]
+    if not parts:
+        return ""
+    return (" Divergence tokens \citep{schrodi2026understanding}, the answer tokens at which the owl and the "
+            "control teacher, reading the same prefix, would choose different most probable tokens: "
+            + "; ".join(parts) + ".")
 
 
 # ---- the section --------------------------------------------------------------------------------
