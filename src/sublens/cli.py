@@ -78,6 +78,9 @@ def main(
     """sublens: mechanistic study of subliminal learning."""
 
 
+PLAN_TFLOPS = 296.7  # sublens.plan.DEFAULT_TFLOPS (not imported here: `sublens --help` stays fast)
+PLAN_BANDWIDTH = 4.8  # sublens.plan.DEFAULT_BANDWIDTH_TBS
+
 JSON_HELP = "Print a JSON list of objects (one per row, every column) instead of a table."
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
@@ -178,6 +181,17 @@ def run(
     fresh: Annotated[
         bool, typer.Option(help="paper: start a new run instead of continuing the newest one with this config.")
     ] = False,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Validate the config and print each stage's models, tokens, FLOPs, GPU "
+                           "memory and time (estimates; nothing is loaded, downloaded or written), then exit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --plan: print the plan as JSON.")] = False,
+    tflops: Annotated[
+        float, typer.Option(help="With --plan: sustained bf16 TFLOP/s of the GPU (default: H100/H200 peak 989 x MFU 0.3).")
+    ] = PLAN_TFLOPS,
+    bandwidth: Annotated[
+        float, typer.Option(help="With --plan: GPU memory bandwidth in TB/s (bounds sampling speed; default: H200).")
+    ] = PLAN_BANDWIDTH,
 ) -> None:
     """Run an experiment; its run directory holds config, record, results and artifacts."""
     from sublens.config import check_model_specs, load_config, preset_path
@@ -189,6 +203,8 @@ def run(
             raise SublensError("Give --config or --preset, not both.")
         if resume is not None and fresh:
             raise SublensError("Give --resume or --fresh, not both.")
+        if as_json and not plan:
+            raise SublensError("--json prints a plan: give it with --plan.")
         exp = get(experiment)
         if resume is not None:
             _check_resumable(resume, experiment)
@@ -199,6 +215,9 @@ def run(
     except SublensError as exc:
         _fail(exc)
 
+    if plan:  # before any run folder exists or any model loads
+        _print_plan(experiment, cfg, str(config) if config else "defaults", tflops, bandwidth, as_json)
+        return
     run_dir = resume
     if run_dir is None and exp.reuse is not None and not fresh:
         run_dir = exp.reuse(cfg, out)  # paper: the newest run with this config is continued
@@ -239,6 +258,64 @@ def run(
              "bold", err=True)
         raise typer.Exit(code) from None
     _say("done:", f"results in {outcome.path}")
+
+
+def _plan_table(title: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
+    """A plan table: rich on a terminal wide enough for every cell on one line, else the title
+    and plain aligned columns (nothing cropped when piped), as `_print_listing`."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column.replace("_", " "), no_wrap=True, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    if console.is_terminal and _natural_width(table) <= console.width:
+        console.print(table)
+        return
+    _plain(title)
+    for line in _aligned(columns, rows):
+        _plain(f"  {line}")
+
+
+def _print_plan(experiment: str, cfg: Any, source: str, tflops: float, bandwidth: float, as_json: bool) -> None:
+    """`run --plan`: the plan of every stage and the totals (sublens.plan); exit 0, nothing written."""
+    from sublens.plan import (
+        TASK_COLUMNS,
+        TOTAL_COLUMNS,
+        Gpu,
+        human_bytes,
+        model_lines,
+        peak_line,
+        plan_experiment,
+        task_rows,
+        total_rows,
+    )
+
+    try:
+        result = plan_experiment(experiment, cfg, Gpu(tflops=tflops, bandwidth_tbs=bandwidth), source)
+    except SublensError as exc:
+        _fail(exc)
+    if as_json:
+        _plain(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _say("plan:", f"sublens run {experiment} ({source}): config valid; estimates only, nothing loaded or "
+             "written", "bold")
+        for index, stage in enumerate(result.stages, 1):
+            _plain("")
+            _plan_table(f"stage {index}/{len(result.stages)}: {stage.stage} ({stage.config})",
+                        TASK_COLUMNS, task_rows(stage))
+            peak = peak_line(stage)
+            for line in [*model_lines(stage), *([peak] if peak else []), *(f"  note: {n}" for n in stage.notes)]:
+                _plain(line)
+        _plain("")
+        _plan_table("Totals (tokens by kind; peak memory = max over stages, time = sum)", TOTAL_COLUMNS,
+                    total_rows(result))
+        for line in result.assumptions():
+            _plain(f"assumed: {line}")
+    if result.peak_memory > result.gpu.memory_gb * 1e9:
+        _say("warning:", f"peak GPU memory {human_bytes(result.peak_memory)} exceeds an "
+             f"{result.gpu.memory_gb:g} GB GPU", "bold yellow", err=True)
+    for problem in result.problems:
+        _say("warning:", problem, "bold yellow", err=True)
 
 
 def _check_resumable(folder: Path, experiment: str) -> None:
