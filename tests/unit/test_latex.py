@@ -11,7 +11,7 @@ import pytest
 
 from fixture_runs import needs_tex
 from sublens.figures import new_figure, save_figure
-from sublens.report.compile import compile_pdf, install_style
+from sublens.report.compile import compile_pdf, compile_tex, install_style
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
 
 
@@ -81,3 +81,21 @@ def test_counts_agree_with_their_nouns() -> None:
     assert counted(1200, "example") == "1,200 examples" and counted(None, "seed") == "-- seeds"
     assert counted(2, "analysis", "analyses") == "2 analyses"
     assert noun_for(["full"], "mode") == "mode" and noun_for(["full", "freeze-mlp"], "mode") == "modes"
+
+
+@needs_tex
+def test_a_table_wider_than_its_column_is_scaled_to_fit_and_reported(tmp_path: Path) -> None:
+    header = ["model", *(f"column {i}" for i in range(6))]
+    rows = [[r"\texttt{smollm2-135m-instruct}", *(fmt_ci(1.83, 1.52, 2.1) for _ in range(6))]]
+    wide = booktabs_table(header, rows, "Too wide for one column.", "tab:too-wide")
+    fits = booktabs_table(["a", "b"], [["1", "2"]], "Fits.", "tab:fits")
+    assert r"\begin{sublensfit}" in wide and wide.index(r"\end{sublensfit}") < wide.index(r"\caption")
+    install_style(tmp_path)
+    tex = tmp_path / "main.tex"
+    tex.write_text(_document(wide + fits, "review"), encoding="utf-8")
+    result = compile_tex(tex)
+    assert result is not None
+    (scaled,) = result.layout.scaled_tables
+    assert scaled.float_label == "tab:too-wide" and scaled.file == "main.tex" and scaled.scale < 0.6
+    assert scaled.available_pt == pytest.approx(219.1, abs=0.5)  # the column, 7.7 cm
+    assert result.layout.too_small() == [scaled] and result.layout.too_wide() == []

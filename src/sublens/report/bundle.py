@@ -4,8 +4,9 @@
     <out>/tables/<stem>.tex   every section's tables (\\input by main.tex)
     <out>/figures/<stage>-<stem>.pdf (+ .png)   the runs' figures, copied
     <out>/configs/<stage>.yaml                  each run's config (typeset in the appendix)
-    <out>/references.bib, <out>/<style>.sty, <out>/summary.txt (the headline lines)
-    <out>/main.pdf            when TeX is installed
+    <out>/references.bib, <out>/<style>.sty, <out>/sublens-layout.sty, <out>/summary.txt (the headline lines)
+    <out>/main.pdf            when TeX is installed; its layout check (overfull lines and tables,
+                              floats after the References) is in the message and in the manifest
 
 Rebuilding from the same runs gives byte-identical files: nothing depends on the date, the
 machine or absolute paths. A file the author edited since the last build is kept as
@@ -28,8 +29,10 @@ import yaml
 
 from sublens.errors import SublensError
 from sublens.report.compile import (
+    LAYOUT_PACKAGE,
     TEX_INSTALL_HINT,
-    compile_pdf,
+    LayoutReport,
+    compile_tex,
     install_style,
     style_source,
     tex_available,
@@ -71,6 +74,7 @@ class Bundle:
     headline: list[str]
     message: str
     problems: list[str] = field(default_factory=list)  # LaTeX or section failures; empty when all went well
+    layout: LayoutReport | None = None  # the compiled PDF's layout check; None without a PDF
 
     @property
     def ok(self) -> bool:
@@ -288,6 +292,9 @@ def _preamble(package: str, mode: str, headline: list[str]) -> str:
         r"\usepackage{booktabs}",
         r"\usepackage{amsmath}",
         r"\usepackage{url}",
+        "% sublens-layout: lines and tables kept inside their column, floats before the References,",
+        "% and the markers with which `sublens report` checks that in the compiled PDF.",
+        rf"\usepackage{{{LAYOUT_PACKAGE}}}",
         "",
         "% TODO(author): title and authors.",
         r"\title{\textit{[Author: write the title]}}",
@@ -388,7 +395,9 @@ def _limitations(stages: dict[str, StageRun], unfinished: list[str]) -> str:
 
 
 def _tt(text: object) -> str:
-    return rf"\texttt{{{escape(text)}}}"
+    """A name in running text; sublens-layout breaks typewriter text after - and _, this after /."""
+    breakable = escape(text).replace("/", r"/\allowbreak{}")
+    return rf"\texttt{{{breakable}}}"
 
 
 def _join(items: Iterable[str]) -> str:
@@ -489,9 +498,10 @@ def _models_table(stages: dict[str, StageRun], known: dict[Path, str]) -> str | 
     if not rows:
         return None
     return _here(booktabs_table(
-        ["Stage", "Role", "Model", "Layers / heads / KV", "Dtype, device"],
+        ["Stage", "Role", "Model", "Shape", "Dtype, device"],  # a short header: the page is 455 pt wide
         rows,
-        "Models loaded by each run, as recorded in its record.json.",
+        "Models loaded by each run, as recorded in its record.json (shape: layers / attention heads / "
+        "key-value heads).",
         "tab:repro-models",
         align="lllll",
     ))
@@ -598,6 +608,7 @@ def _main_tex(stages: dict[str, StageRun], meta: dict[str, Any], package: str, m
         *body,
         _conclusion(),
         _limitations({s: stages[s] for s in expected if s in stages}, unfinished),
+        r"\sublensflushfloats % every table and figure of the paper before the References",
         r"\bibliography{references}",
         "",
         _appendix({s: stages[s] for s in expected if s in stages}, expected, meta, draft),
@@ -673,7 +684,7 @@ def _targets(draft: _Draft, acl_sty: str | None) -> list[str]:
     """Every bundle-relative path a build writes: the draft's files and the style files."""
     style = style_source(acl_sty)
     extras = sorted(p.name for p in style.parent.glob("*.bst")) if acl_sty else []
-    return [*draft.texts, *draft.copies, style.name, *extras, MANIFEST]
+    return [*draft.texts, *draft.copies, style.name, f"{LAYOUT_PACKAGE}.sty", *extras, MANIFEST]
 
 
 def _write(out: Path, draft: _Draft, previous: dict[str, str]) -> list[str]:
@@ -699,6 +710,14 @@ def _write(out: Path, draft: _Draft, previous: dict[str, str]) -> list[str]:
     manifest = {"files": {rel: _sha(files[rel]) for rel in sorted(files)}}
     atomic_write_bytes(manifest_file, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return notes
+
+
+def _record_layout(out: Path, layout: LayoutReport) -> None:
+    """The layout check of the PDF, next to the hashes in the manifest (rewritten by every build,
+    so a build without LaTeX leaves no stale check behind)."""
+    manifest_file = out / MANIFEST
+    manifest = read_json(manifest_file) | {"layout": layout.as_dict()}
+    atomic_write_bytes(manifest_file, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _install_style(out: Path, acl_sty: str | None) -> str:
@@ -742,15 +761,20 @@ def build_bundle(
     notes = [*meta.get("notes", []), *_write(out, draft, previous)]
     main_tex = out / "main.tex"
     problems = list(draft.problems)
-    pdf = None
+    pdf, layout = None, None
     if not compile:
         notes.append("LaTeX not run (--no-compile).")
     elif not tex_available():
         notes.append(TEX_INSTALL_HINT)
     else:
         try:
-            pdf = compile_pdf(main_tex)
+            compiled = compile_tex(main_tex)
         except SublensError as exc:
             problems.append(f"The bundle is written, but the PDF is not: {exc}")
+        else:
+            if compiled is not None:
+                pdf, layout = compiled.pdf, compiled.layout
+                notes += layout.problems()  # warnings: the PDF is there, an author can fix these
+                _record_layout(out, layout)
     message = "\n".join([*problems, *notes])
-    return Bundle(out, main_tex, pdf, list(draft.headline), message, problems)
+    return Bundle(out, main_tex, pdf, list(draft.headline), message, problems, layout)

@@ -1,11 +1,21 @@
-"""Compile a LaTeX bundle to PDF with latexmk, when TeX is installed."""
+"""Compile a LaTeX bundle to PDF with latexmk, when TeX is installed, and check its layout.
+
+The layout check reads what pdflatex left behind (see `layout_report`): overfull boxes from the
+log (text or a table running into the margin, the line numbers or off the page), tables that
+sublens-layout.sty had to scale down to fit, from the log, and floats placed after the References
+heading, from the positions sublens-layout.sty writes into the .aux.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sublens.errors import SublensError
 
@@ -13,6 +23,12 @@ TEX_INSTALL_HINT = (
     "Install TeX to get the PDF (Debian/Ubuntu: sudo apt-get install texlive-latex-base "
     "texlive-latex-recommended texlive-fonts-recommended latexmk), then run `sublens report RUN_DIR`."
 )
+LAYOUT_PACKAGE = "sublens-layout"
+OVERFULL_TOLERANCE_PT = 1.0  # an overfull box up to this much too wide is invisible in print
+MIN_TABLE_SCALE = 0.9  # a table scaled below this (\small, 10 pt) would set its text under 9 pt
+# pdflatex wraps its log at 79 characters, which splits file names and messages; a wide log
+# keeps each on one line for the parser (a texmf.cnf variable, read from the environment).
+_LOG_ENV = {"max_print_line": "10000"}
 
 
 def style_source(acl_sty: str | None = None) -> Path:
@@ -25,10 +41,18 @@ def style_source(acl_sty: str | None = None) -> Path:
     return Path(str(resources.files("sublens.report").joinpath("style/sublens-acl.sty")))
 
 
+def layout_source() -> Path:
+    """sublens-layout.sty: the layout safeguards and the markers of the layout check. sublens-acl
+    loads it; main.tex loads it too, so a draft set with the official acl.sty has them."""
+    return Path(str(resources.files("sublens.report").joinpath(f"style/{LAYOUT_PACKAGE}.sty")))
+
+
 def install_style(folder: Path, acl_sty: str | None = None) -> str:
-    """Copy the style next to main.tex; returns the package name to \\usepackage."""
+    """Copy the style (and sublens-layout.sty) next to main.tex; returns the package name to
+    \\usepackage."""
     source = style_source(acl_sty)
     shutil.copyfile(source, folder / source.name)
+    shutil.copyfile(layout_source(), folder / f"{LAYOUT_PACKAGE}.sty")
     return source.stem
 
 
@@ -44,18 +68,305 @@ def latexmk_command(tex: Path) -> list[str]:
 
 def compile_pdf(tex: Path, timeout: int = 300) -> Path | None:
     """latexmk -pdf in the file's folder; None (and nothing raised) when TeX is missing."""
+    result = compile_tex(tex, timeout)
+    return result.pdf if result is not None else None
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    pdf: Path
+    log: Path
+    layout: LayoutReport
+
+
+def compile_tex(tex: Path, timeout: int = 300) -> CompileResult | None:
+    """latexmk -pdf in the file's folder, then the layout check of the result; None (and nothing
+    raised) when TeX is missing, SublensError when LaTeX fails."""
     if not tex_available():
         return None
     cmd = latexmk_command(tex)
     proc = subprocess.run(  # errors="replace": pdflatex prints 8-bit font bytes (e.g. an overfull "Martín")
-        cmd, cwd=tex.parent, capture_output=True, text=True, errors="replace", timeout=timeout
+        cmd, cwd=tex.parent, capture_output=True, text=True, errors="replace", timeout=timeout,
+        env={**os.environ, **_LOG_ENV},
     )
     pdf = tex.with_suffix(".pdf")
+    log = tex.with_suffix(".log")
     if proc.returncode != 0 or not pdf.is_file():
-        log = tex.with_suffix(".log")
         errors = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
                   if line.startswith("!") or (":" in line and "error" in line.lower())]
         raise SublensError(
             f"LaTeX failed on {tex} (see {log}):\n" + "\n".join(errors[:10] or proc.stdout.splitlines()[-15:])
         )
-    return pdf
+    return CompileResult(pdf, log, layout_report(tex))
+
+
+# ---- the layout check ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OverfullBox:
+    """A line (or a table, a figure) wider than the space it was set in."""
+
+    width_pt: float  # how much too wide
+    file: str  # the source file, relative to the folder of main.tex where it lies there
+    lines: tuple[int, int] | None  # source lines of the paragraph or alignment; None in the output routine
+    float_label: str | None = None  # the \label of the table or figure it lies in, if any
+    text: str = ""  # the start of the line, as pdflatex shows it (fonts left out)
+
+    def where(self) -> str:
+        lines = "" if self.lines is None else f" line {self.lines[0]}" + (
+            f"-{self.lines[1]}" if self.lines[1] != self.lines[0] else "")
+        inside = f" ({self.float_label})" if self.float_label else ""
+        return f"{self.file}{lines}{inside}"
+
+
+@dataclass(frozen=True)
+class ScaledTable:
+    """A table that sublens-layout's sublensfit scaled down to the width of its column or page."""
+
+    natural_pt: float
+    available_pt: float
+    file: str
+    line: int
+    float_label: str | None = None
+
+    @property
+    def scale(self) -> float:
+        return self.available_pt / self.natural_pt if self.natural_pt else 1.0
+
+
+@dataclass(frozen=True)
+class LateFloat:
+    """A float of the paper's body placed after the References heading."""
+
+    name: str  # "table 11"
+    label: str | None
+    page: int
+    references_page: int
+
+
+@dataclass(frozen=True)
+class LayoutReport:
+    overfull: tuple[OverfullBox, ...] = ()
+    scaled_tables: tuple[ScaledTable, ...] = ()
+    late_floats: tuple[LateFloat, ...] = ()
+    references_page: int | None = None  # None: no marker found, floats not checked
+    floats_seen: int = 0
+    tolerance_pt: float = OVERFULL_TOLERANCE_PT
+    notes: tuple[str, ...] = field(default=())
+
+    def too_wide(self) -> list[OverfullBox]:
+        """The overfull boxes beyond the tolerance, widest first."""
+        return sorted((b for b in self.overfull if b.width_pt > self.tolerance_pt), key=lambda b: -b.width_pt)
+
+    def too_small(self) -> list[ScaledTable]:
+        return [t for t in self.scaled_tables if t.scale < MIN_TABLE_SCALE]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.too_wide() or self.too_small() or self.late_floats)
+
+    def problems(self) -> list[str]:
+        """One warning per problem, for the report's message."""
+        out = [f"Layout: {box.width_pt:.1f} pt into the margin at {box.where()}"
+               + (f': "{box.text}"' if box.text else "") for box in self.too_wide()]
+        out += [f"Layout: table at {t.file} line {t.line}" + (f" ({t.float_label})" if t.float_label else "")
+                + f" scaled to {t.scale:.2f} of its width to fit (text below 9 pt); give it more room"
+                for t in self.too_small()]
+        out += [f"Layout: {f.name}" + (f" ({f.label})" if f.label else "")
+                + f" is placed on page {f.page}, after the References (page {f.references_page})"
+                for f in self.late_floats]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the bundle's manifest."""
+        return {
+            "ok": self.ok,
+            "tolerance_pt": self.tolerance_pt,
+            "overfull": [
+                {"width_pt": round(b.width_pt, 2), "file": b.file, "lines": list(b.lines) if b.lines else None,
+                 "float": b.float_label, "text": b.text}
+                for b in self.overfull
+            ],
+            "scaled_tables": [
+                {"file": t.file, "line": t.line, "float": t.float_label, "scale": round(t.scale, 3)}
+                for t in self.scaled_tables
+            ],
+            "late_floats": [
+                {"name": f.name, "label": f.label, "page": f.page, "references_page": f.references_page}
+                for f in self.late_floats
+            ],
+            "references_page": self.references_page,
+            "floats_checked": self.floats_seen,
+            "notes": list(self.notes),
+        }
+
+
+def layout_report(tex: Path) -> LayoutReport:
+    """The layout of the compiled `tex`, from its .log and .aux (empty when they are missing)."""
+    log, aux = tex.with_suffix(".log"), tex.with_suffix(".aux")
+    report = parse_log(log.read_text(errors="replace"), tex.parent) if log.is_file() else LayoutReport()
+    if not aux.is_file():
+        return report
+    late, references_page, seen = parse_float_positions(aux.read_text(errors="replace"))
+    notes = report.notes
+    if references_page is None and seen:
+        notes += ("floats not checked: no References heading found (no sublens-layout marker)",)
+    return LayoutReport(report.overfull, report.scaled_tables, tuple(late), references_page, seen,
+                        notes=notes)
+
+
+_BOX = re.compile(r"^(?:Overfull|Underfull) \\[hv]box ")
+_OVERFULL = re.compile(
+    r"^Overfull \\hbox \((?P<pt>[\d.]+)pt too wide\) (?:in (?:paragraph|alignment) at lines "
+    r"(?P<first>\d+)--(?P<last>\d+)|detected at line (?P<line>\d+)|has occurred while \\output is active)"
+)
+_SCALED = re.compile(
+    r"^sublens-layout: scaled natural=(?P<natural>[\d.]+)pt available=(?P<available>[\d.]+)pt line=(?P<line>\d+)"
+)
+_FILE = re.compile(r"\(([^\s()]+\.[A-Za-z0-9]+)")
+_FONT = re.compile(r"\\[A-Za-z0-9]+/[^\s]+(?: \([+-]?\d+\))? ?")
+
+
+def parse_log(text: str, folder: Path | None = None) -> LayoutReport:
+    """Overfull hboxes and scaled tables in a pdflatex log, each with the file it comes from.
+
+    The file is followed the way pdflatex reports it: "(./tables/x.tex" when it opens a file
+    and ")" when it closes one. Every "(" is pushed (a file, or None for other text) and every
+    ")" pops, so balanced parentheses in messages do no harm; the text of a box that a message
+    shows (up to the next empty line) is skipped, since it may hold unbalanced ones. `folder`,
+    the folder of main.tex, is where file names are looked up and what they are made relative
+    to; the float a box lies in is read from that source file.
+    """
+    stack: list[str | None] = []
+    overfull: list[OverfullBox] = []
+    scaled: list[ScaledTable] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _BOX.match(line):
+            shown = []
+            i += 1
+            while i < len(lines) and lines[i].strip():
+                shown.append(lines[i])
+                i += 1
+            match = _OVERFULL.match(line)
+            if match:
+                overfull.append(_overfull(match, _current(stack, folder), shown, folder))
+            continue
+        match = _SCALED.match(line)
+        if match:
+            file = _current(stack, folder)
+            at = int(match["line"])
+            scaled.append(ScaledTable(float(match["natural"]), float(match["available"]), file, at,
+                                      _float_label(folder, file, at)))
+        else:
+            _track_files(line, stack, folder)
+        i += 1
+    return LayoutReport(tuple(overfull), tuple(scaled))
+
+
+def _track_files(line: str, stack: list[str | None], folder: Path | None) -> None:
+    pos = 0
+    while True:
+        opening, closing = line.find("(", pos), line.find(")", pos)
+        if opening < 0 and closing < 0:
+            return
+        if closing < 0 or 0 <= opening < closing:
+            match = _FILE.match(line, opening)
+            name = match[1] if match and _is_file(match[1], folder) else None
+            stack.append(name)
+            pos = opening + 1
+        else:
+            if stack:
+                stack.pop()
+            pos = closing + 1
+
+
+def _is_file(name: str, folder: Path | None) -> bool:
+    """Whether "(name" opens a file: it exists (relative to `folder`); without a folder, any name
+    with an extension."""
+    if folder is None:
+        return True
+    path = Path(name)
+    return (path if path.is_absolute() else folder / path).is_file()
+
+
+def _current(stack: list[str | None], folder: Path | None) -> str:
+    name = next((n for n in reversed(stack) if n is not None), "?")
+    return name.removeprefix("./") if not Path(name).is_absolute() else name
+
+
+def _overfull(match: re.Match[str], file: str, shown: list[str], folder: Path | None) -> OverfullBox:
+    if match["first"]:
+        lines: tuple[int, int] | None = (int(match["first"]), int(match["last"]))
+    elif match["line"]:
+        lines = (int(match["line"]), int(match["line"]))
+    else:
+        lines = None
+    text = _FONT.sub("", shown[0] if shown else "").replace("[]", "").strip()
+    label = _float_label(folder, file, lines[0]) if lines else None
+    return OverfullBox(float(match["pt"]), file, lines, label, text[:80])
+
+
+_ENV = re.compile(r"\\(begin|end)\{((?:table|figure)\*?)\}")
+_LABEL = re.compile(r"\\label\{([^}]*)\}")
+
+
+def _float_label(folder: Path | None, file: str, line: int) -> str | None:
+    """The label (else the environment) of the table or figure around `line` of `file`."""
+    if folder is None or Path(file).is_absolute() or not (folder / file).is_file():
+        return None
+    source = (folder / file).read_text(errors="replace").splitlines()
+    open_envs: list[tuple[str, int]] = []
+    for number, text in enumerate(source[:line], start=1):
+        for match in _ENV.finditer(text):
+            if match[1] == "begin":
+                open_envs.append((match[2], number))
+            elif open_envs:
+                open_envs.pop()
+    if not open_envs:
+        return None
+    env, begin = open_envs[-1]
+    for text in source[begin - 1 :]:
+        label = _LABEL.search(text)
+        if label:
+            return label[1]
+        if f"\\end{{{env}}}" in text:
+            break
+    return env
+
+
+_POS = re.compile(r"^\\sublenspos\{([^}]*)\}\{([^}]*)\}\{(\d+)\}\{(-?\d+)\}\{(-?\d+)\}\{([\d.]+)pt\}", re.M)
+_NEWLABEL = re.compile(r"^\\newlabel\{((?:tab|fig):[^}]*)\}\{\{([^}]*)\}", re.M)
+
+
+def parse_float_positions(aux: str) -> tuple[list[LateFloat], int | None, int]:
+    """Floats of the body placed after the References heading, from sublens-layout's markers in
+    the .aux: (late floats, the heading's page or None, how many body floats were marked).
+
+    On the heading's page a float is after it when it lies in a later column, or in the same
+    column (or across both) below the heading; positions come from \\pdfsavepos at shipout.
+    """
+    marks = [(m[1], m[2], int(m[3]), int(m[4]), int(m[5]), float(m[6])) for m in _POS.finditer(aux)]
+    labels = {(("table" if key.startswith("tab:") else "figure"), number): key
+              for key, number in _NEWLABEL.findall(aux)}
+    references = next((m for m in marks if m[0] == "references"), None)
+    body = [m for m in marks if m[0] == "float"]
+    if references is None:
+        return [], None, len(body)
+    _, _, ref_page, ref_x, ref_y, ref_hsize = references
+    half_column = ref_hsize * 65536 / 2  # sp
+    late = []
+    for _, name, page, x, y, hsize in body:
+        if page < ref_page:
+            continue
+        if page == ref_page:
+            spans = hsize > ref_hsize + 1
+            if not spans and x < ref_x - half_column:
+                continue  # an earlier column
+            if (spans or abs(x - ref_x) <= half_column) and y > ref_y:
+                continue  # above the heading, in its column or across both
+        kind, _, number = name.partition(" ")
+        late.append(LateFloat(name, labels.get((kind, number)), page, ref_page))
+    return late, ref_page, len(body)

@@ -89,7 +89,11 @@ def booktabs_table(
     wide: bool = False,
     escape_cells: bool = False,
 ) -> str:
-    """A complete table float with booktabs rules. Cells are LaTeX unless escape_cells."""
+    """A complete table float with booktabs rules. Cells are LaTeX unless escape_cells.
+
+    The tabular sits in sublens-layout's `sublensfit`: should it come out wider than its column
+    (or, wide, the page), it is scaled to fit instead of running into the margin, and the log
+    says so (the layout check reports a table scaled below MIN_TABLE_SCALE)."""
     if any(len(row) != len(header) for row in rows):
         raise ValueError("every row must have as many cells as the header")
     cell = escape if escape_cells else str
@@ -99,6 +103,7 @@ def booktabs_table(
         rf"\begin{{{env}}}[t]",
         r"\centering",
         r"\small",
+        r"\begin{sublensfit}",
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
         " & ".join(rf"\textbf{{{escape(h)}}}" for h in header) + r" \\",
@@ -106,6 +111,7 @@ def booktabs_table(
         *(" & ".join(cell(c) for c in row) + r" \\" for row in rows),
         r"\bottomrule",
         r"\end{tabular}",
+        r"\end{sublensfit}",
         rf"\caption{{{caption}}}",
         rf"\label{{{label}}}",
         rf"\end{{{env}}}",
