@@ -167,6 +167,8 @@ def test_real_chain_runs_wired_and_bundled(chain: dict[str, Any]) -> None:
     assert set(tables) <= inputs, sorted(set(tables) - inputs)
     if tex_available():
         assert (paper / "main.pdf").stat().st_size > 10_000 and bundle["pdf"] == "paper/main.pdf"
+        # the compile's layout check: no line or table past its column, no float after the References
+        assert bundle["layout"] is not None and bundle["layout"]["ok"], bundle["layout"]
 
 
 def test_same_config_again_reuses_every_stage(chain: dict[str, Any]) -> None:

@@ -329,7 +329,8 @@ def write_bundle(config: PaperConfig, run: Run, results: dict[str, Any], console
     for line in bundle.headline:
         console.print(f"  {line}")
     return {"folder": str(bundle.folder.relative_to(run.path)), "pdf": pdf and str(Path(pdf).relative_to(run.path)),
-            "headline": bundle.headline, "message": bundle.message, "problems": bundle.problems}
+            "headline": bundle.headline, "message": bundle.message, "problems": bundle.problems,
+            "layout": bundle.layout.as_dict() if bundle.layout else None}
 
 
 EXPERIMENT = Experiment(
