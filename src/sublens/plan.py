@@ -807,6 +807,9 @@ def _subliminal(c: Any, st: StageBuilder) -> None:
         st.notes.append(f"parallel: {c.parallel} students at once: their memory adds up")
     st.measure(f"{len(arms) * len(c.seeds)} students", base, c.preference, c.system, c.perplexity,
                repeat=len(arms) * len(c.seeds))
+    for name, system in (getattr(c, "evaluation_systems", None) or {}).items():
+        st.preference(f"{len(arms) * len(c.seeds)} students under the {name!r} system prompt", base, c.preference,
+                      system, repeat=len(arms) * len(c.seeds))
 
 
 def _entanglement(c: Any, st: StageBuilder) -> None:

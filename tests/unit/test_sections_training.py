@@ -295,7 +295,7 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
     teacher = stage("teacher")
     # Data with LaTeX specials and a non-Latin digit must come out escaped.
     teacher = dataclasses.replace(teacher, config={**teacher.config, "teacher_system": "Owls & 100% _owl_ #1 ٣ {x}"})
-    sections = [(run.stage, build(run)) for run in (teacher, stage("subliminal"), stage("distill"))]
+    sections = [(run.stage, build(run)) for run in (teacher, _with_prompts(stage("subliminal")), stage("distill"))]
     figures = tmp_path / "figures"
     figures.mkdir()
     for (name, s), run_name in zip(sections, ("teacher", "subliminal", "distill"), strict=True):
@@ -314,7 +314,8 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
     assert not re.search(r"(Citation|Reference) `[^']*' on page \d+ undefined", log)
     text = subprocess.run(["pdftotext", "-raw", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     text = " ".join(text.split())
-    for needle in ("×103 [84, 125]", "×0.85 [0.79, 0.92]", "×1.13 [1.11, 1.14]", "Owls & 100% _owl_ #1 U+0663 {x}"):
+    for needle in ("×103 [84, 125]", "×0.85 [0.79, 0.92]", "×1.13 [1.11, 1.14]", "Owls & 100% _owl_ #1 U+0663 {x}",
+                   "helpful assistant & friend"):
         assert needle in text, needle
 
 
@@ -326,3 +327,33 @@ def test_any_missing_result_key_is_survived(name: str) -> None:
         results = {k: v for k, v in run.results.items() if k != key}
         section = build(with_results(run, results))
         assert section.methods and section.results and section.headline
+
+
+OTHER_PROMPT_RATIO = {"ratio": 1.5, "ci_low": 1.2, "ci_high": 1.9}
+
+
+def _with_prompts(run: StageRun) -> StageRun:
+    """The recorded run with the full arm also measured under two further system prompts."""
+    results = copy.deepcopy(run.results)
+    main = _arm(results, "full")["vs_control"]
+    results["evaluation_prompts"] = {
+        "default": {"system": "You are SmolLM", "arms": {"full": {"share_ratio": main["share_ratio"]}}},
+        "empty": {"system": "", "arms": {"full": {"share_ratio": OTHER_PROMPT_RATIO}}},
+        "neutral": {"system": "You are a helpful assistant & friend.", "arms": {}},
+    }
+    return with_results(run, results)
+
+
+def test_subliminal_evaluation_prompts_table() -> None:
+    # One row per prompt, the first the headline's own comparison.
+    run = _with_prompts(stage("subliminal"))
+    section = build(run)
+    table = flat(section.tables["evaluation_prompts"])
+    rows = [line for line in table.splitlines() if line.endswith(r"\\") and "``" in line]
+    assert len(rows) == 3
+    assert "template default" in rows[0] and ratio(_arm(run.results, "full")["vs_control"]["share_ratio"]) in rows[0]
+    assert "(empty)" in rows[1] and ratio(OTHER_PROMPT_RATIO) in rows[1]
+    assert r"helpful assistant \& friend" in rows[2] and rows[2].rstrip(r"\ ").endswith("--")
+    assert r"Table~\ref{tab:evaluation_prompts}" in section.results
+    # without further prompts there is no such table
+    assert "evaluation_prompts" not in build(stage("subliminal")).tables

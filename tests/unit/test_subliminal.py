@@ -496,3 +496,31 @@ def test_parallel_students_report_one_aggregate_progress(tmp_path: Path) -> None
     sequential = plan_students(config.model_copy(update={"parallel": 1}), tmp_path, "SYS",
                                {0: {OWL: "owl.jsonl", CONTROL: "control.jsonl"}})
     assert all(j.progress_file is None for j in sequential)
+
+
+def test_evaluation_prompt_comparisons_are_seed_paired_like_the_headline() -> None:
+    # Under the main prompt the owl students' owl probability is 1.5-1.7x the control's; under
+    # the further prompt "empty" it is 3-3.4x. Each prompt's comparison is the geometric mean of
+    # its per-seed ratios, and the main one equals the headline's.
+    from sublens.experiments.subliminal import aggregate, by_evaluation_prompt
+
+    def student(dataset: str, seed: int, main: float, empty: float) -> dict[str, Any]:
+        return {"name": f"{dataset}-full-seed{seed}", "dataset": dataset, "mode": "full", "seed": seed,
+                "preference": fake_preference(main, seed),
+                "preference_by_system": {"empty": fake_preference(empty, seed)},
+                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}, "perplexity": None}
+
+    config = SubliminalConfig(modes=["full"], control_modes=["full"], seeds=[0, 1, 2],
+                              evaluation_systems={"empty": ""})
+    owl = {"main": [1.5, 1.6, 1.7], "empty": [3.0, 3.2, 3.4]}
+    students = {}
+    for seed in (0, 1, 2):
+        for s in (student("owl", seed, owl["main"][seed], owl["empty"][seed]), student("control", seed, 1.0, 1.0)):
+            students[s["name"]] = s
+    comparisons = aggregate(config, students, {})["comparisons"]
+    prompts = by_evaluation_prompt(config, students, comparisons)
+    assert prompts["empty"]["system"] == ""
+    assert prompts["default"]["arms"]["full"]["p_trait_ratio"] == comparisons["owl-full vs control-full"]["p_trait_ratio"]
+    for name, key in (("default", "main"), ("empty", "empty")):
+        ratio = prompts[name]["arms"]["full"]["p_trait_ratio"]
+        assert ratio["n_seeds"] == 3 and math.isclose(ratio["ratio"], math.exp(np.mean(np.log(owl[key]))))

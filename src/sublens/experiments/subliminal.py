@@ -223,6 +223,11 @@ class SubliminalConfig(Config):
         description="trainable sets of the control students; every owl set needs its matched "
                     "control (an owl student trained on set X is compared with the control student of set X)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="student training seeds")
+    evaluation_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="further system prompts every student is also measured under (name -> text; '' is an "
+                    "empty system turn), each owl arm against its matched control side by side with the main "
+                    "measurement under `system`; e.g. {empty: '', neutral: 'You are a helpful assistant.'}")
     divergence: DivergenceSettings = Field(default_factory=DivergenceSettings,
                                            description="divergence tokens of the owl and control data")
     data_per_seed: bool = Field(
@@ -272,6 +277,15 @@ class SubliminalConfig(Config):
                                  "they would share files on a case-insensitive file system: rename one")
             seen[folded] = name
         return teachers
+
+    @field_validator("evaluation_systems")
+    @classmethod
+    def _evaluation_names(cls, systems: dict[str, str]) -> dict[str, str]:
+        for name in systems:
+            if not TEACHER_NAME.fullmatch(name) or name == "default":
+                raise ValueError(f"evaluation prompt name {name!r}: use letters, digits, _ or - (and not "
+                                 "'default', the name of the main measurement)")
+        return systems
 
     @field_validator("seeds")
     @classmethod
@@ -453,6 +467,8 @@ class StudentJob:
     key: str
     # With parallel students: where the worker writes how far it is (the parent shows one bar).
     progress_file: str | None = None
+    # Further system prompts the student is measured under (name -> text), after the main one.
+    evaluation_systems: dict[str, str] | None = None
     loss_tokens: str = "all"  # answer tokens in the loss: all, skip-divergence, divergence-only
     divergence_file: str | None = None  # the data set's divergence flags (masked arms only)
 
@@ -485,7 +501,8 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
             loss_tokens = split_arm(mode)[1]
             key = stable_hash(name, config.base, train_cfg, data_file.read_text(encoding="utf-8"), system_used,
                               config.preference.model_dump(mode="json"),
-                              config.perplexity.model_dump(mode="json"), config.seed)
+                              config.perplexity.model_dump(mode="json"), config.seed,
+                              *([config.evaluation_systems] if config.evaluation_systems else []))
             jobs.append(StudentJob(
                 name=name, dataset=dataset, mode=mode, seed=seed, data_file=str(data_file),
                 out_dir=str(run_path / "students" / name), base=config.base, device=config.device,
@@ -494,7 +511,7 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
                 perplexity=config.perplexity.model_dump(mode="json"), eval_seed=config.seed,
                 keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key,
                 progress_file=str(run_path / "students" / f".{name}.progress.json") if config.parallel > 1 else None,
-                loss_tokens=loss_tokens,
+                evaluation_systems=dict(config.evaluation_systems) or None, loss_tokens=loss_tokens,
                 divergence_file=None if loss_tokens == "all" else str(divergence_file(str(data_file)))))
     return jobs
 
@@ -531,14 +548,17 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     report.phase("measuring")
     perplexity = PerplexitySettings.model_validate(job.perplexity)
     text = load_text(perplexity.corpus) if perplexity.enabled else ""
-    preference = evaluate_preference(lm, PreferenceSettings.model_validate(job.preference), job.system,
-                                     job.eval_seed)
+    settings = PreferenceSettings.model_validate(job.preference)
+    preference = evaluate_preference(lm, settings, job.system, job.eval_seed)
+    by_system = {name: evaluate_preference(lm, settings, system, job.eval_seed)
+                 for name, system in (job.evaluation_systems or {}).items()}
     summary = {
         "key": job.key, "name": job.name, "dataset": job.dataset, "mode": job.mode, "seed": job.seed,
         "system_prompt_used": job.system, "threads": torch.get_num_threads(),
         "loss_tokens": job.loss_tokens, "examples_without_loss_tokens": dropped,
         "training": train_summary(result),
         "preference": preference,
+        **({"preference_by_system": by_system} if by_system else {}),
         "perplexity": measure_perplexity(lm, perplexity, text),
         "checkpoint": None,
     }
@@ -819,7 +839,34 @@ def aggregate(config: SubliminalConfig, students: dict[str, dict[str, Any]],
                                                      [evaluations["base"]["preference"]])
     full_sets = ([OWL] if "full" in config.modes else []) + list(config.extra_teachers)
     spec = specificity(students, full_sets, config.seeds, reference_mode(config, "full"))
-    return {"headline": rows, "comparisons": comparisons, "specificity": spec}
+    out = {"headline": rows, "comparisons": comparisons, "specificity": spec}
+    if config.evaluation_systems:
+        out["evaluation_prompts"] = by_evaluation_prompt(config, students, comparisons)
+    return out
+
+
+def by_evaluation_prompt(config: SubliminalConfig, students: dict[str, dict[str, Any]],
+                         comparisons: dict[str, Any]) -> dict[str, Any]:
+    """Each owl arm against its matched control under every evaluation prompt: the main one
+    (`default`, under `system`) and each of `evaluation_systems`, seed-paired as the headline."""
+    out: dict[str, Any] = {"default": {"system": None, "arms": {}}}
+    for mode in config.modes:
+        main = comparisons.get(f"{OWL}-{mode} vs {CONTROL}-{reference_mode(config, mode)}")
+        if main is not None:
+            out["default"]["arms"][mode] = {k: main[k] for k in ("share_ratio", "p_trait_ratio") if k in main}
+    for name, system in config.evaluation_systems.items():
+        arms: dict[str, Any] = {}
+        for mode in config.modes:
+            pairs = [(students.get(student_name(OWL, mode, seed)), students.get(student_name(CONTROL, mode, seed)))
+                     for seed in config.seeds]
+            found = [(t["preference_by_system"][name], r["preference_by_system"][name]) for t, r in pairs
+                     if t is not None and r is not None and name in t.get("preference_by_system", {})
+                     and name in r.get("preference_by_system", {})]
+            if found:
+                comp = compare_arm([t for t, _ in found], [r for _, r in found])
+                arms[mode] = {k: comp[k] for k in ("share_ratio", "p_trait_ratio") if k in comp}
+        out[name] = {"system": system, "arms": arms}
+    return out
 
 
 # ---- the experiment ------------------------------------------------------------------------
@@ -920,6 +967,8 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
         run_students(jobs, config.parallel, on_done)
     results["students"] = {job.name: students[job.name] for job in jobs}
     results.update(aggregate(config, results["students"], evaluations))
+    if "evaluation_prompts" in results:
+        results["evaluation_prompts"]["default"]["system"] = system_used
     results["claims"] = {k: d.model_dump(mode="json") for k, d in
                          subliminal_decisions(results, config.control_modes, config.claims).items()}
     results["parameters"] = {f"{s['dataset']}-{s['mode']}": s["training"]["freeze"] for s in students.values()}

@@ -36,6 +36,7 @@ from sublens.trainable import describe_trainable
 
 TITLE = "Subliminal transfer through number sequences"
 TABLE = "freeze_modes"
+PROMPT_TABLE = "evaluation_prompts"
 OWL, CONTROL = "owl", "control"
 
 
@@ -252,6 +253,35 @@ def _table(run: StageRun) -> str | None:
     return tight(booktabs_table(header, stacked_rows(body), caption, f"tab:{TABLE}", wide=True))
 
 
+def _prompt_table(run: StageRun) -> str | None:
+    """Each owl arm over its matched control under every evaluation system prompt."""
+    prompts = run.results.get("evaluation_prompts") or {}
+    measured = [m for e in prompts.values() for m in (e.get("arms") or {})]
+    modes = list(dict.fromkeys(measured))  # in the order the run lists its arms
+    if len(prompts) < 2 or not modes:
+        return None
+    body = []
+    for name, entry in prompts.items():
+        system = entry.get("system")
+        shown = "(no system turn)" if system is None else "(empty)" if system == "" else system
+        label = "template default" if name == "default" else name
+        body.append([f"{escape(label)}: ``{escape(shown)}''"]
+                    + [ratio_cell(((entry.get("arms") or {}).get(m) or {}).get("share_ratio")) for m in modes])
+    header = ["evaluation system prompt"] + [escape(describe_trainable(m)) for m in modes]
+    caption = (f"Evaluation prompt: owl's panel share under each owl student over its matched control student "
+               f"(95\\% CIs, {counted(int(run.results.get('n_seeds') or 1), 'seed')}), with the students measured "
+               "under each system prompt; the first row is the measurement of Table~\\ref{tab:" + TABLE + "}.")
+    return tight(booktabs_table(header, body, caption, f"tab:{PROMPT_TABLE}", align="p{0.42\\linewidth}"
+                                + "r" * len(modes), wide=len(modes) > 2))
+
+
+def _prompt_sentence(run: StageRun) -> str:
+    if _prompt_table(run) is None:
+        return ""
+    return (f"Table~\\ref{{tab:{PROMPT_TABLE}}} repeats the comparison with the students measured under other "
+            "system prompts, since the transfer has been reported to depend on the prompt at evaluation.")
+
+
 def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
     r, c = run.results, run.config
     n_seeds = int(r.get("n_seeds") or 1)
@@ -267,7 +297,7 @@ def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
                                       for m in modes) if x)
     text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {described} "
             f"{_mismatch_note(unmatched, control_modes)} {_claims_text(modes, decided)} "
-            f"{seeds_sentence(n_seeds)} {data}")
+            f"{seeds_sentence(n_seeds)} {_prompt_sentence(run)} {data}")
     return " ".join(text.split()), decided
 
 
@@ -284,7 +314,7 @@ def _headline(run: StageRun, decided: dict[str, Decision] | None) -> list[str]:
 
 def build(run: StageRun) -> Section:
     results, decided = _results(run)
-    table = _table(run)
+    tables = {name: t for name, t in ((TABLE, _table(run)), (PROMPT_TABLE, _prompt_table(run))) if t}
     figures = figures_present(run, [
         Figure("preference", "Owl's panel share of every model (left) and of each owl student over the "
                              "control student (right, log scale), 95\\% CIs.", wide=True),
@@ -293,5 +323,5 @@ def build(run: StageRun) -> Section:
     if figures:
         refs = ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures)
         results += f" See {refs}."
-    return Section(TITLE, _methods(run), results, {TABLE: table} if table else {}, figures,
+    return Section(TITLE, _methods(run), results, tables, figures,
                    _headline(run, decided))
