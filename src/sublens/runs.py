@@ -260,6 +260,9 @@ class Run:
         atomic_write_json(self.path / "record.json", self.record)
 
     def save_results(self, results: Any) -> None:
+        """results.json: a dict, or a typed results model (`sublens.results.Results`) as JSON."""
+        if isinstance(results, BaseModel):
+            results = results.model_dump(mode="json")
         atomic_write_json(self.path / "results.json", results)
 
     def _finish(self, status: str, exc: BaseException | None = None) -> None:

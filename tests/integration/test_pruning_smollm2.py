@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import sublens.experiments.pruning as pruning_experiment
+import sublens.experiments.pruning.run as pruning_experiment
 from sublens.config import load_config
 from sublens.experiments import run_experiment
 from sublens.experiments.pruning import PruningConfig

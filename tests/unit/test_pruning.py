@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -20,12 +21,21 @@ from sublens.config import load_config
 from sublens.errors import ConfigError
 from sublens.experiments.pruning import (
     PruningConfig,
+    PruningResults,
     biased_spec,
     check_base,
     controlled_rate_retention,
     pooled_preference,
     rate_retention,
     summarize_step,
+)
+from sublens.experiments.pruning import results as results_module
+from sublens.experiments.pruning.results import (
+    Criterion,
+    Measurement,
+    PerplexityRecord,
+    PreferenceRecord,
+    Step,
 )
 from sublens.hooks import mask_heads
 from sublens.pruning import (
@@ -40,9 +50,14 @@ from sublens.pruning import (
     sweep,
     valid_query_rows,
 )
-from sublens.report.sections.pruning import decisions, draws_needed, rank_pvalue
+from sublens.report.sections import pruning as pruning_section
+from sublens.report.sections.pruning import draws_needed, rank_pvalue, step_decisions
+from sublens.report.stages import load_stage
+from sublens.results import ResultsError, load_results
+from sublens.stats import summarize
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pruning"
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "runs" / "pruning"  # predates the base control
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -357,25 +372,42 @@ def test_masks_are_gone_after_the_sweep(model: nn.Module, input_ids: torch.Tenso
 # ---------------------------------------------------------------------------------------------
 # retention arithmetic
 
+ANIMALS = ["owl", "dog", "cat"]
 
-def _preference(p_owl: list[float], hits: list[list[bool]]) -> dict[str, Any]:
-    p_word = [[p, 0.1, 0.2] for p in p_owl]
-    answers = [["an owl" if h else "a dog" for h in row] for row in hits]
-    flat = [a for row in answers for a in row]
-    count = sum(map(sum, hits))
-    return {
-        "probability": {
-            "p_trait": {"mean": float(np.mean(p_owl))},
-            "per_question": {"p_word": p_word, "share": [r[0] / sum(r) for r in p_word]},
-        },
-        "sampled": {
-            "answers": flat,
-            "n_questions": len(hits),
-            "samples_per_question": len(hits[0]),
-            "n_answers": len(flat),
-            "trait_rate": {"count": count, "rate": count / len(flat)},
-        },
+
+def _record(p_word: list[list[float]], share: list[float], hits: list[list[bool]] | None) -> PreferenceRecord:
+    """A complete preference record (as `evaluate_preference` writes it) with these numbers."""
+    columns = np.asarray(p_word).T
+    probability = {
+        "system_prompt_used": None, "system_source": "default", "prefill": "My favorite animal is the",
+        "n_questions": len(p_word), "trait": "owl", "p_trait": summarize(columns[0]),
+        "p_trait_first_token": float(columns[0].mean()), "panel_share": summarize(share),
+        "animals": {a: {"p_word": summarize(columns[i]), "p_first_token": float(columns[i].mean()), "n_tokens": 1}
+                    for i, a in enumerate(ANIMALS)},
+        "per_question": {"p_word": p_word, "share": list(share), "animals": ANIMALS},
     }
+    record: dict[str, Any] = {"probability": probability}
+    if hits is not None:
+        flat = ["an owl" if h else "a dog" for row in hits for h in row]
+        count = sum(map(sum, hits))
+        rate = {"count": count, "rate": count / len(flat), "ci_low": 0.0, "ci_high": 1.0}
+        record["sampled"] = {
+            "n_questions": len(hits), "samples_per_question": len(hits[0]), "n_answers": len(flat),
+            "sampling": {"temperature": 1.0, "top_k": None, "top_p": None, "max_new_tokens": 4, "seed": 0,
+                         "prefill": "My favorite animal is the", "sampler": "test"},
+            "trait_rate": rate, "rates": {"owl": rate}, "top_answers": [], "answers": flat,
+        }
+    return PreferenceRecord.model_validate(record)
+
+
+def _preference(p_owl: list[float], hits: list[list[bool]]) -> PreferenceRecord:
+    p_word = [[p, 0.1, 0.2] for p in p_owl]
+    return _record(p_word, [r[0] / sum(r) for r in p_word], hits)
+
+
+def _measured(preference: PreferenceRecord, ppl: float) -> Measurement:
+    perplexity = PerplexityRecord(perplexity=ppl, mean_nll=math.log(ppl), tokens=64, windows=2)
+    return Measurement(preference=preference, perplexity=perplexity, seconds=0.0)
 
 
 def test_retention_definitions() -> None:
@@ -391,17 +423,14 @@ def test_retention_definitions() -> None:
     )
     rate = rate_retention(draws, reference, "owl", resamples=500)
     assert rate is not None
-    assert rate["rate"] == pytest.approx(2 / 12) and rate["reference_rate"] == pytest.approx(3 / 6)
-    assert rate["ratio"] == pytest.approx((2 / 12) / (3 / 6))
+    assert rate.rate == pytest.approx(2 / 12) and rate.reference_rate == pytest.approx(3 / 6)
+    assert rate.ratio == pytest.approx((2 / 12) / (3 / 6))
     config = PruningConfig(bootstrap_resamples=500)
-    unpruned = {"preference": reference, "perplexity": {"perplexity": 20.0}}
+    unpruned = _measured(reference, 20.0)
     step = summarize_step(
         0.5,
         "random",
-        [
-            {"preference": d, "perplexity": {"perplexity": p}}
-            for d, p in zip(draws, (30.0, 50.0), strict=True)
-        ],
+        [_measured(d, p) for d, p in zip(draws, (30.0, 50.0), strict=True)],
         unpruned,
         10,
         config,
@@ -411,17 +440,18 @@ def test_retention_definitions() -> None:
         np.mean([math.log(d / r) for d in ds])
         for ds, r in zip([(0.1, 0.4), (0.1, 0.1), (0.1, 0.025)], (0.2, 0.4, 0.1), strict=True)
     ]
-    assert step["retention"]["p_trait"]["ratio"] == pytest.approx(math.exp(np.mean(logs)))
-    assert step["n_kept"] == 5 and step["n_draws"] == 2
-    assert step["perplexity"] == {"mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0, "per_draw_ratio": [1.5, 2.5]}
-    assert "controlled" not in step  # no base measurements given
+    assert step.retention.p_trait.ratio == pytest.approx(math.exp(np.mean(logs)))
+    assert step.n_kept == 5 and step.n_draws == 2
+    assert step.perplexity is not None and step.perplexity.model_dump() == {
+        "mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0, "per_draw_ratio": [1.5, 2.5]}
+    assert step.controlled is None and step.base is None  # no base measurements given
     same = summarize_step(1.0, "entropy", [unpruned], unpruned, 10, config)
-    assert same["retention"]["p_trait"]["ratio"] == pytest.approx(1.0)
-    assert same["retention"]["panel_share"]["ratio"] == pytest.approx(1.0)
-    assert same["retention"]["answer_rate"]["ratio"] == pytest.approx(1.0)
+    assert same.retention.p_trait.ratio == pytest.approx(1.0)
+    assert same.retention.panel_share is not None and same.retention.panel_share.ratio == pytest.approx(1.0)
+    assert same.retention.answer_rate is not None and same.retention.answer_rate.ratio == pytest.approx(1.0)
     never = _preference([0.2, 0.4, 0.1], [[False, False]] * 3)
     undefined = rate_retention(draws, never, "owl")
-    assert undefined is not None and undefined["ratio"] is None and "undefined" in undefined["note"]
+    assert undefined is not None and undefined.ratio is None and "undefined" in (undefined.note or "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,23 +462,16 @@ BASE_P = [0.010, 0.020, 0.015, 0.012, 0.008, 0.011]
 DAMAGE = [0.50, 0.30, 0.60, 0.40, 0.50, 0.45]  # common to both models
 
 
-def _pref(p_owl: list[float], share: list[float], hits: list[list[bool]] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"probability": {"per_question": {"p_word": [[p, 0.1, 0.2] for p in p_owl],
-                                                            "share": list(share)}}}
-    if hits is not None:
-        flat = ["an owl" if h else "a dog" for row in hits for h in row]
-        count = sum(map(sum, hits))
-        out["sampled"] = {"answers": flat, "n_questions": len(hits), "samples_per_question": len(hits[0]),
-                          "n_answers": len(flat), "trait_rate": {"count": count, "rate": count / len(flat)}}
-    return out
+def _pref(p_owl: list[float], share: list[float], hits: list[list[bool]] | None = None) -> PreferenceRecord:
+    return _record([[p, 0.1, 0.2] for p in p_owl], share, hits)
 
 
-def _m(pref: dict[str, Any], ppl: float) -> dict[str, Any]:
-    return {"preference": pref, "perplexity": {"perplexity": ppl}}
+def _m(pref: PreferenceRecord, ppl: float) -> Measurement:
+    return _measured(pref, ppl)
 
 
 def _models(factor: list[float], noise: list[float], ppl: float = 12.0, base_ppl: float = 12.0
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
+            ) -> tuple[Measurement, Measurement]:
     """A pruned biased model (damage x noise) and the pruned base model (damage only)."""
     biased = [p * d * e for p, d, e in zip(BIASED_P, factor, noise, strict=True)]
     base = [p * d for p, d in zip(BASE_P, factor, strict=True)]
@@ -460,9 +483,9 @@ BASE_UNPRUNED = _m(_pref(BASE_P, [2 * v for v in BASE_P]), 10.0)
 NOISE = [1.02, 0.98, 1.01, 0.99, 1.03, 0.97]
 
 
-def _cell(fraction: float, criterion: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+def _cell(fraction: float, criterion: Criterion, pairs: list[tuple[Measurement, Measurement]]) -> Step:
     config = PruningConfig(bootstrap_resamples=200)
-    return summarize_step(fraction, criterion, [b for b, _ in pairs], UNPRUNED, 20, config,  # type: ignore[arg-type]
+    return summarize_step(fraction, criterion, [b for b, _ in pairs], UNPRUNED, 20, config,
                           [c for _, c in pairs], BASE_UNPRUNED)
 
 
@@ -473,26 +496,27 @@ def test_base_controlled_retention_matches_a_hand_computation() -> None:
     for q in range(6):
         per_draw = []
         for biased, base in draws:
-            b = biased["preference"]["probability"]["per_question"]["p_word"][q][0]
-            c = base["preference"]["probability"]["per_question"]["p_word"][q][0]
+            b = biased.preference.probability.per_question.p_word[q][0]
+            c = base.preference.probability.per_question.p_word[q][0]
             per_draw.append(math.log(b / c) - math.log(BIASED_P[q] / BASE_P[q]))
         hand.append(sum(per_draw) / len(per_draw))
-    controlled = step["controlled"]["p_trait"]
-    assert controlled["log_ratios"] == pytest.approx(hand)
-    assert controlled["ratio"] == pytest.approx(math.exp(np.mean(hand)))
+    assert step.controlled is not None and step.controlled_per_draw is not None and step.base is not None
+    controlled = step.controlled.p_trait
+    assert controlled.log_ratios == pytest.approx(hand)
+    assert controlled.ratio == pytest.approx(math.exp(np.mean(hand)))
     # Student t on the log scale over questions
     sd = np.std(hand, ddof=1)
     half = float(stats.t.ppf(0.975, 5)) * sd / math.sqrt(6)
-    assert controlled["ci_low"] == pytest.approx(math.exp(np.mean(hand) - half))
-    assert controlled["ci_high"] == pytest.approx(math.exp(np.mean(hand) + half))
+    assert controlled.ci_low == pytest.approx(math.exp(np.mean(hand) - half))
+    assert controlled.ci_high == pytest.approx(math.exp(np.mean(hand) + half))
     # The common damage cancels: only the noise is left (its log mean is ~0 per draw pair).
-    assert step["controlled"]["panel_share"]["log_ratios"] == pytest.approx(hand)  # share = 2 P here
-    assert step["controlled_per_draw"]["p_trait"] == pytest.approx(
+    assert step.controlled.panel_share.log_ratios == pytest.approx(hand)  # share = 2 P here
+    assert step.controlled_per_draw.p_trait == pytest.approx(
         [float(np.mean(np.log(NOISE))), float(np.mean(-np.log(NOISE)))])
     # the biased model alone loses most of P(owl): damage, not loss of the bias
-    assert step["retention"]["p_trait"]["ratio"] < 0.5
-    assert step["perplexity"]["per_draw_ratio"] == pytest.approx([1.2, 1.4])
-    assert step["base"]["perplexity"]["per_draw_ratio"] == pytest.approx([1.2, 1.6])
+    assert step.retention.p_trait.ratio < 0.5
+    assert step.perplexity is not None and step.perplexity.per_draw_ratio == pytest.approx([1.2, 1.4])
+    assert step.base.perplexity is not None and step.base.perplexity.per_draw_ratio == pytest.approx([1.2, 1.6])
 
 
 def test_controlled_answer_rate() -> None:
@@ -502,11 +526,13 @@ def test_controlled_answer_rate() -> None:
     base = _pref(BASE_P, BASE_P, [no] * 5)  # 5 of 10
     base_ref = _pref(BASE_P, BASE_P, [yes, yes, no, no, no])  # 7 of 10
     r = controlled_rate_retention([biased], biased_ref, [base], base_ref, "owl", resamples=300)
-    assert r is not None and r["ratio"] == pytest.approx((0.7 / 1.0) / (0.5 / 0.7))
-    assert r["ci_low"] is not None and r["ci_low"] < r["ratio"] < r["ci_high"]
+    assert r is not None and r.ratio == pytest.approx((0.7 / 1.0) / (0.5 / 0.7))
+    assert r.ci_low is not None and r.ci_high is not None and r.ci_low < r.ratio < r.ci_high
     never = _pref(BASE_P, BASE_P, [[False, False]] * 5)
     undefined = controlled_rate_retention([biased], biased_ref, [never], base_ref, "owl")
-    assert undefined is not None and undefined["ratio"] is None and "undefined" in undefined["note"]
+    assert undefined is not None and undefined.ratio is None and "undefined" in (undefined.note or "")
+    # without sampled answers there is no answer-rate retention at all
+    assert controlled_rate_retention([_pref(BIASED_P, BIASED_P)], biased_ref, [base], base_ref, "owl") is None
 
 
 def test_rank_pvalue_on_a_synthetic_case() -> None:
@@ -520,10 +546,6 @@ def test_rank_pvalue_on_a_synthetic_case() -> None:
     assert draws_needed(0.05, 1) == 40 and draws_needed(0.05, 2) == 80
 
 
-def _run(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"steps": steps, "trait": "owl"}
-
-
 def _config(**extra: Any) -> dict[str, Any]:
     return {"claim_fraction": 0.6, "max_perplexity_ratio": 1.5, "claims": {"margin": 1.25}, **extra}
 
@@ -533,7 +555,7 @@ def test_equivalence_supports_survival_and_the_rank_test_decides_entropy_vs_rand
     # 80 random draws of as many heads, all retaining less than the entropy criterion
     lower = [_models(DAMAGE, [e * 0.7 * (1 - 0.001 * i) for e in NOISE], 12.0, 12.0) for i in range(80)]
     random = _cell(0.6, "random", lower)
-    survival, rank = decisions(_run([entropy, random]), _config())
+    survival, rank = step_decisions([entropy, random], _config())
     assert survival.verdict is Verdict.SUPPORTED  # base-controlled CI inside [0.8, 1.25]
     assert survival.claim.unit == "question" and survival.claim.prediction == "none"
     assert survival.estimate is not None and survival.estimate.n == 6
@@ -545,32 +567,67 @@ def test_equivalence_supports_survival_and_the_rank_test_decides_entropy_vs_rand
     assert rank.verdict is Verdict.SUPPORTED and "80 of 80 draws retain less" in rank.reason
     # Too few draws: with 20 the smallest rank p (2/21) can never pass alpha, and one draw is no distribution.
     few = _cell(0.6, "random", lower[:20])
-    rank = decisions(_run([entropy, few]), _config())[1]
+    rank = step_decisions([entropy, few], _config())[1]
     assert rank.verdict is Verdict.INCONCLUSIVE and "smallest attainable rank p is 0.0952" in rank.reason
     assert "at least 80 random draws" in rank.settle
     one = _cell(0.6, "random", lower[:1])
-    rank = decisions(_run([entropy, one]), _config())[1]
+    rank = step_decisions([entropy, one], _config())[1]
     assert rank.verdict is Verdict.INCONCLUSIVE and "too few draws" in rank.reason and rank.p_adjusted is None
 
 
 def test_degraded_fraction_and_missing_base_control_are_inconclusive() -> None:
     degraded = _cell(0.6, "entropy", [_models(DAMAGE, NOISE, 16.0, 12.0)])  # biased ppl x1.6 > x1.5
     random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 20.0, 20.0) for _ in range(3)])
-    survival, rank = decisions(_run([degraded, random]), _config())
+    survival, rank = step_decisions([degraded, random], _config())
     assert survival.verdict is Verdict.INCONCLUSIVE and rank.verdict is Verdict.INCONCLUSIVE
     assert survival.reason == "every pruned model at this fraction is degraded beyond ×1.5 perplexity"
     assert "inside the ×1.5 bound" in survival.settle and survival.p_adjusted is None
     # only the entropy model degraded
     random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 12.0, 12.0) for _ in range(3)])
-    survival = decisions(_run([degraded, random]), _config())[0]
+    survival = step_decisions([degraded, random], _config())[0]
     assert "entropy-pruned model at this fraction is degraded beyond ×1.5 perplexity (×1.6" in survival.reason
     # a wider bound lets the same numbers be judged
-    assert decisions(_run([degraded, random]), _config(max_perplexity_ratio=2.0))[0].verdict is Verdict.SUPPORTED
+    assert step_decisions([degraded, random], _config(max_perplexity_ratio=2.0))[0].verdict is Verdict.SUPPORTED
     # A run recorded without the pruned-base control (biased model only)
     alone = summarize_step(0.6, "entropy", [_models(DAMAGE, NOISE)[0]], UNPRUNED, 20,
                            PruningConfig(bootstrap_resamples=200))
-    survival, rank = decisions(_run([alone]), _config())
+    survival, rank = step_decisions([alone], _config())
     assert survival.verdict is Verdict.INCONCLUSIVE and survival.estimate is None
     assert "pruned-base control was not measured" in survival.reason
     assert rank.verdict is Verdict.INCONCLUSIVE
-    assert decisions(_run([]), _config())[0].reason == "no pruned fraction was measured"
+    assert step_decisions([], _config())[0].reason == "no pruned fraction was measured"
+
+
+# ---------------------------------------------------------------------------------------------
+# typed results
+
+
+def test_recorded_runs_load_and_the_criteria_agree() -> None:
+    assert get_args(results_module.Criterion) == tuple(CRITERIA)
+    recorded = load_results(RECORDED / "results.json", PruningResults)  # written before schema versions
+    assert recorded.schema_version == 1 and recorded.base_unpruned is None and len(recorded.steps) == 21
+    assert recorded.steps[0].retention.p_trait.ratio == pytest.approx(1.0)
+    # the JSON written back is the JSON read (NaN bounds stay NaN), and reads back the same
+    again = load_results(json.loads(json.dumps(recorded.model_dump(mode="json"))), PruningResults)
+    assert again.model_dump_json() == recorded.model_dump_json()
+
+
+def test_results_of_another_version_or_shape_are_refused(tmp_path: Path) -> None:
+    data = json.loads((RECORDED / "results.json").read_text())
+    with pytest.raises(ResultsError, match="schema version 2; this sublens reads version 1 of PruningResults"):
+        load_results({**data, "schema_version": 2}, PruningResults)
+    broken = copy.deepcopy(data)
+    del broken["steps"][3]["retention"]
+    broken["surprise"] = 1
+    with pytest.raises(ResultsError, match=r"does not match PruningResults .*steps\.3\.retention: Field required"):
+        load_results(broken, PruningResults)
+    path = tmp_path / "results.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="holds a JSON list"):
+        load_results(path, PruningResults)
+    with pytest.raises(ResultsError, match="Cannot read"):
+        load_results(tmp_path / "missing.json", PruningResults)
+    # a finished run whose results do not read is an error, never a silently empty section
+    run = load_stage(RECORDED)
+    with pytest.raises(ResultsError):
+        pruning_section.build(replace(run, results={**data, "schema_version": 2}))

@@ -1,8 +1,9 @@
 """The experiment registry: one table, one entry point per experiment.
 
-Each experiment module defines a frozen Config subclass and `execute(config, run) -> dict`
-(the results). `run_experiment` opens the run directory, records everything, and calls it;
-the CLI and Python use the same function.
+Each experiment module defines a frozen Config subclass and `execute(config, run)`, which
+returns the results: a `sublens.results.Results` model (typed results) or a plain dict.
+`run_experiment` opens the run directory, records everything, and calls it; the CLI and
+Python use the same function.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from sublens.config import Config
 from sublens.errors import ConfigError
+from sublens.results import Results
 from sublens.runs import Run, newest_finished_run, open_run
 
 
@@ -24,7 +26,7 @@ class Experiment:
     name: str
     summary: str
     config: type[Config]
-    execute: Callable[[Any, Run], dict[str, Any]]
+    execute: Callable[[Any, Run], dict[str, Any] | Results]
     # An earlier run directory under `out` to continue instead of starting afresh (paper: the
     # newest run with the same config, whose finished stages are reused).
     reuse: Callable[[Any, Path], Path | None] | None = None
@@ -33,7 +35,7 @@ class Experiment:
 @dataclass(frozen=True)
 class RunOutcome:
     path: Path
-    results: dict[str, Any]
+    results: dict[str, Any]  # as in results.json (a Results model dumped to JSON)
 
 
 def _registry() -> dict[str, Experiment]:
@@ -74,7 +76,7 @@ def run_experiment(
     with open_run(name, config, out, run_dir) as run:
         results = experiment.execute(config, run)
         run.save_results(results)
-    return RunOutcome(run.path, results)
+    return RunOutcome(run.path, results.model_dump(mode="json") if isinstance(results, Results) else results)
 
 
 def default_teacher_run(runs_root: str | Path, what: str, remedy: str) -> str:

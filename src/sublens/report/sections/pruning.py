@@ -1,7 +1,8 @@
 """The pruning section: does the owl bias survive removing attention heads?
 
-Reads a `pruning` run directory (schema: `sublens.experiments.pruning`). Verdict words come
-only from `sublens.claims` (`decisions` below builds the claims from the recorded numbers):
+Reads a `pruning` run directory: its results.json parsed once into `PruningResults`
+(`sublens.experiments.pruning.results`). Verdict words come only from `sublens.claims`
+(`decisions` below builds the claims from the recorded numbers):
 
 - **survival** ("the bias survives pruning ~40% of the heads"): a claim of *no effect* on the
   base-controlled panel-share retention of the entropy criterion at the claim fraction
@@ -24,9 +25,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -40,10 +41,17 @@ from sublens.claims import (
     estimate_log_ratio,
     holm,
 )
+from sublens.experiments.pruning.results import (
+    ControlledRetention,
+    PruningResults,
+    RatioEstimate,
+    Step,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 from sublens.report.verdicts import decision_latex
+from sublens.results import ResultsError, load_results
 
 PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
 DEFAULT_BOUND = 1.5  # perplexity x unpruned beyond which a pruned model is degraded (max_perplexity_ratio)
@@ -58,28 +66,44 @@ NO_BASE = ("the pruned-base control was not measured (this run predates it), so 
            "is not separated from pruning damage common to any model")
 NO_BASE_SETTLE = ("rerun pruning: the same heads are then removed from the unbiased base model "
                   "(config key base) and the retention is base-controlled")
-Step = dict[str, Any]
+Level = Literal["p_trait", "panel_share"]
+
+
+class Interval(Protocol):
+    """A retention with its interval (own, base-controlled, answer rate)."""
+
+    @property
+    def ratio(self) -> float | None: ...
+    @property
+    def ci_low(self) -> float | None: ...
+    @property
+    def ci_high(self) -> float | None: ...
+    @property
+    def ci(self) -> str | None: ...
 
 
 # ---- reading the results --------------------------------------------------------------------
-def _steps(results: dict[str, Any]) -> list[Step]:
-    """Finished (fraction, criterion) cells; malformed entries are skipped, not fatal."""
-    steps = results.get("steps") or []
-    return [s for s in steps if isinstance(s, dict) and "fraction" in s and "criterion" in s]
+def read_results(results: PruningResults | Mapping[str, Any]) -> PruningResults:
+    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
+    return results if isinstance(results, PruningResults) else load_results(results, PruningResults)
 
 
-def _retention(step: Step | None, key: str = "p_trait") -> dict[str, Any]:
+def _retention(step: Step | None, key: Level = "p_trait") -> RatioEstimate | None:
     """The biased model's own retention (pruned / unpruned), not base-controlled."""
-    return ((step or {}).get("retention") or {}).get(key) or {}
+    return getattr(step.retention, key) if step is not None else None
 
 
-def _controlled(step: Step | None, key: str = "panel_share") -> dict[str, Any]:
-    """The base-controlled retention; {} for a run without the pruned-base control."""
-    return ((step or {}).get("controlled") or {}).get(key) or {}
+def _controlled(step: Step | None, key: Level = "panel_share") -> ControlledRetention | None:
+    """The base-controlled retention; None for a run without the pruned-base control."""
+    return getattr(step.controlled, key) if step is not None and step.controlled is not None else None
 
 
-def _step(steps: list[Step], fraction: float, criterion: str) -> Step | None:
-    return next((s for s in steps if s["fraction"] == fraction and s["criterion"] == criterion), None)
+def _has_ratio(retention: Interval | None) -> bool:
+    return retention is not None and retention.ratio is not None
+
+
+def _step(steps: Sequence[Step], fraction: float, criterion: str) -> Step | None:
+    return next((s for s in steps if s.fraction == fraction and s.criterion == criterion), None)
 
 
 def claim_settings(config: dict[str, Any]) -> ClaimSettings:
@@ -90,10 +114,10 @@ def bound_of(config: dict[str, Any]) -> float:
     return float(config.get("max_perplexity_ratio") or DEFAULT_BOUND)
 
 
-def claim_fraction(steps: list[Step], config: dict[str, Any]) -> float | None:
+def claim_fraction(steps: Sequence[Step], config: dict[str, Any]) -> float | None:
     """The measured pruned fraction (< 1) closest to the configured one, ties to the larger."""
     target = float(config.get("claim_fraction") or PAPER_KEPT)
-    fractions = sorted({s["fraction"] for s in steps if s["fraction"] < 1.0}, reverse=True)
+    fractions = sorted({s.fraction for s in steps if s.fraction < 1.0}, reverse=True)
     return min(fractions, key=lambda f: abs(f - target)) if fractions else None
 
 
@@ -110,19 +134,21 @@ def _pct(fraction: float) -> str:
 def damage(step: Step | None) -> float | None:
     """The cell's perplexity over the unpruned model's: the larger of the biased and the base
     model's (means over draws); None when perplexity was not measured."""
-    ratios = [((step or {}).get("perplexity") or {}).get("ratio"),
-              (((step or {}).get("base") or {}).get("perplexity") or {}).get("ratio")]
-    present = [r for r in ratios if r is not None]
+    if step is None:
+        return None
+    base = step.base.perplexity if step.base else None
+    present = [p.ratio for p in (step.perplexity, base) if p is not None]
     return max(present) if present else None
 
 
 def draw_damage(step: Step | None) -> list[float | None]:
     """Per random draw: the larger perplexity ratio of the biased and the base model."""
-    biased = ((step or {}).get("perplexity") or {}).get("per_draw_ratio") or []
-    base = (((step or {}).get("base") or {}).get("perplexity") or {}).get("per_draw_ratio") or []
+    biased = (step.perplexity.per_draw_ratio if step and step.perplexity else None) or []
+    base_ppl = step.base.perplexity if step and step.base else None
+    base = (base_ppl.per_draw_ratio if base_ppl else None) or []
     out: list[float | None] = []
     for i in range(max(len(biased), len(base))):
-        values = [v[i] for v in (biased, base) if i < len(v) and v[i] is not None]
+        values = [v[i] for v in (biased, base) if i < len(v)]
         out.append(max(values) if values else None)
     return out
 
@@ -132,18 +158,18 @@ def inside_bound(step: Step | None, bound: float) -> bool | None:
     return None if d is None else d <= bound
 
 
-def last_inside(steps: list[Step], criterion: str, bound: float) -> tuple[bool, float | None]:
+def last_inside(steps: Sequence[Step], criterion: str, bound: float) -> tuple[bool, float | None]:
     """(measured, the smallest kept fraction down to which every pruned fraction of `criterion`
     is inside the bound; None when already the first pruned fraction is outside it)."""
-    ordered = sorted((s for s in steps if s["criterion"] == criterion and s["fraction"] < 1.0),
-                     key=lambda s: -s["fraction"])
+    ordered = sorted((s for s in steps if s.criterion == criterion and s.fraction < 1.0),
+                     key=lambda s: -s.fraction)
     if not ordered or any(damage(s) is None for s in ordered):
         return False, None
     last = None
     for s in ordered:  # nested masks: stop at the first fraction outside the bound
         if not inside_bound(s, bound):
             break
-        last = s["fraction"]
+        last = s.fraction
     return True, last
 
 
@@ -206,8 +232,8 @@ def _blocked(claim: Claim, reason: str, settle: str, est: Estimate | None = None
                     reason=reason, settle=settle, mde=None, units_needed=None)
 
 
-def _degraded_reason(steps: list[Step], fraction: float, bound: float) -> str:
-    at_f = [s for s in steps if s["fraction"] == fraction]
+def _degraded_reason(steps: Sequence[Step], fraction: float, bound: float) -> str:
+    at_f = [s for s in steps if s.fraction == fraction]
     every = all((d := damage(s)) is not None and d > bound for s in at_f) and all(
         d is not None and d > bound for s in at_f for d in draw_damage(s))
     if every:
@@ -217,13 +243,14 @@ def _degraded_reason(steps: list[Step], fraction: float, bound: float) -> str:
             f"(×{d:.3g} the unpruned model's)")
 
 
-def _entropy_blocker(steps: list[Step], fraction: float, bound: float) -> tuple[str, str] | None:
+def _entropy_blocker(steps: Sequence[Step], fraction: float, bound: float) -> tuple[str, str] | None:
     """Why neither claim can be decided at `fraction` from the entropy cell, or None."""
     entropy = _step(steps, fraction, "entropy")
     if entropy is None:
         return ("the entropy criterion was not measured at this fraction",
                 "measure the entropy criterion at this fraction")
-    if not _controlled(entropy).get("log_ratios"):
+    control = _controlled(entropy)
+    if control is None or not control.log_ratios:
         return NO_BASE, NO_BASE_SETTLE
     inside = inside_bound(entropy, bound)
     if inside is None:
@@ -238,7 +265,7 @@ def _entropy_blocker(steps: list[Step], fraction: float, bound: float) -> tuple[
     return None
 
 
-def _rank_decision(claim: RankClaim, steps: list[Step], fraction: float, bound: float,
+def _rank_decision(claim: RankClaim, steps: Sequence[Step], fraction: float, bound: float,
                    blocker: tuple[str, str] | None) -> tuple[Decision | None, Estimate | None, list[float]]:
     """(a decision already settled without a p-value, or the estimate and the draws to decide)."""
     if blocker is not None:
@@ -247,11 +274,11 @@ def _rank_decision(claim: RankClaim, steps: list[Step], fraction: float, bound: 
     if random is None:
         return _blocked(claim, "random pruning was not measured at this fraction",
                         "measure random draws at this fraction"), None, []
-    logs = ((random.get("controlled_per_draw") or {}).get("panel_share")) or []
+    logs = random.controlled_per_draw.panel_share if random.controlled_per_draw else []
     if not logs:
         return _blocked(claim, NO_BASE, NO_BASE_SETTLE), None, []
     damages = draw_damage(random)
-    kept = [v for v, d in zip(logs, damages, strict=False) if v is not None and d is not None and d <= bound]
+    kept = [v for v, d in zip(logs, damages, strict=False) if d is not None and d <= bound]
     need = draws_needed(claim.settings.alpha, 2)
     if not kept:
         return _blocked(claim, f"every random draw at this fraction is degraded beyond ×{bound:g} perplexity",
@@ -259,7 +286,9 @@ def _rank_decision(claim: RankClaim, steps: list[Step], fraction: float, bound: 
     if len(kept) < 2:
         return _blocked(claim, "too few draws (one random draw inside the bound: a rank test needs the "
                         "random draws' distribution)", f"at least {need} random draws at this fraction"), None, []
-    observed = float(np.mean(_controlled(_step(steps, fraction, "entropy"))["log_ratios"]))
+    entropy_control = _controlled(_step(steps, fraction, "entropy"))
+    assert entropy_control is not None  # no blocker: the entropy cell has its base control
+    observed = float(np.mean(entropy_control.log_ratios))
     p = rank_pvalue(observed, kept)
     est = Estimate(n=len(kept), ratio=math.exp(observed - float(np.mean(kept))), ci_low=None, ci_high=None,
                    p_value=p, sd_log=float(np.std(kept, ddof=1)),
@@ -294,10 +323,14 @@ def _decide_rank(claim: RankClaim, est: Estimate, values: list[float], p_adjuste
                     settle=settle, mde=None, units_needed=None)
 
 
-def decisions(results: dict[str, Any], config: dict[str, Any]) -> list[Decision]:
+def decisions(results: PruningResults | Mapping[str, Any], config: dict[str, Any]) -> list[Decision]:
     """The family's decisions (survival, entropy vs random), Holm-adjusted, from recorded results."""
+    return step_decisions(read_results(results).steps, config)
+
+
+def step_decisions(steps: Sequence[Step], config: dict[str, Any]) -> list[Decision]:
+    """`decisions` from the finished cells alone."""
     settings, bound = claim_settings(config), bound_of(config)
-    steps = _steps(results)
     fraction = claim_fraction(steps, config)
     if fraction is None:
         f = float(config.get("claim_fraction") or PAPER_KEPT)
@@ -305,8 +338,9 @@ def decisions(results: dict[str, Any], config: dict[str, Any]) -> list[Decision]
         return [_blocked(survival_claim(f, settings), *why), _blocked(rank_claim(f, settings), *why)]
     survival, rank = survival_claim(fraction, settings), rank_claim(fraction, settings)
     blocker = _entropy_blocker(steps, fraction, bound)
-    s_est = (None if blocker is not None
-             else estimate_log_ratio(_controlled(_step(steps, fraction, "entropy"))["log_ratios"], "question"))
+    entropy_control = _controlled(_step(steps, fraction, "entropy"))
+    s_est = (None if blocker is not None or entropy_control is None
+             else estimate_log_ratio(entropy_control.log_ratios, "question"))
     r_done, r_est, r_values = _rank_decision(rank, steps, fraction, bound, blocker)
     adjusted = holm([s_est.p_value if s_est is not None else None,
                      r_est.p_value if r_est is not None else None])
@@ -325,9 +359,13 @@ def _tex(text: str) -> str:
     return escape(text).replace(r"\texttt{U+00D7}", r"$\times$")
 
 
-def retention_cell(retention: dict[str, Any]) -> str:
+def _bounds(retention: Interval | None) -> tuple[float | None, float | None, float | None]:
+    return (retention.ratio, retention.ci_low, retention.ci_high) if retention else (None, None, None)
+
+
+def retention_cell(retention: Interval | None) -> str:
     """'0.53 [0.41, 0.69]'; tiny ratios share one power of ten with their CI to stay narrow."""
-    ratio, low, high = retention.get("ratio"), retention.get("ci_low"), retention.get("ci_high")
+    ratio, low, high = _bounds(retention)
     if low is None or high is None or not low < high:  # no interval, or a zero-width one: the value only
         return fmt(ratio)
     if ratio is None or ratio <= 0 or ratio >= 0.01:
@@ -342,17 +380,17 @@ def retention_cell(retention: dict[str, Any]) -> str:
     return rf"${mantissa(ratio)}\,[{mantissa(low)}, {mantissa(high)}]\times10^{{{exponent}}}$"
 
 
-def _ci_text(retention: dict[str, Any]) -> str:
+def _ci_text(retention: Interval | None) -> str:
     """Retention with its CI for running text; without an interval, the value and why."""
-    ratio, low, high = retention.get("ratio"), retention.get("ci_low"), retention.get("ci_high")
+    ratio, low, high = _bounds(retention)
     if low is None or high is None or not low < high:
-        why = retention.get("interval") or retention.get("ci") or "too few questions for an interval"
+        why = (retention.ci if retention else None) or "too few questions for an interval"
         return f"{fmt(ratio)} (no CI: {escape(why)})"
     return fmt_ci(ratio, low, high)
 
 
-def _draws(steps: list[Step]) -> list[int]:
-    return sorted({int(s.get("n_draws", 1)) for s in steps if s["criterion"] == "random"})
+def _draws(steps: Sequence[Step]) -> list[int]:
+    return sorted({s.n_draws for s in steps if s.criterion == "random"})
 
 
 def _ppl(value: float | None) -> str:
@@ -366,24 +404,25 @@ def _damage_cell(step: Step | None, bound: float) -> str:
     return _ppl(d) + ("$^\\dagger$" if d > bound else "")
 
 
-def sweep_table(results: dict[str, Any], config: dict[str, Any], steps: list[Step], incomplete: bool) -> str:
+def sweep_table(results: PruningResults, config: dict[str, Any], incomplete: bool) -> str:
     """Rows: fraction kept; columns: retention per criterion, then the perplexity ratio per criterion."""
-    criteria = list(dict.fromkeys(s["criterion"] for s in steps))
-    fractions = sorted({s["fraction"] for s in steps}, reverse=True)
-    controlled = any(_controlled(s).get("ratio") is not None for s in steps)
+    steps = results.steps
+    criteria = list(dict.fromkeys(s.criterion for s in steps))
+    fractions = sorted({s.fraction for s in steps}, reverse=True)
+    controlled = any(_has_ratio(_controlled(s)) for s in steps)
     bound = bound_of(config)
     has_ppl = any(damage(s) is not None for s in steps)
     header = ["kept", *criteria] + ([f"ppl {SHORT.get(c, c)}" for c in criteria] if has_ppl else [])
     rows = []
     for f in fractions:
         cells = [_step(steps, f, c) for c in criteria]
-        value = (lambda s: _controlled(s)) if controlled else (lambda s: _retention(s))
-        row = [f"{f:.2f}"] + [retention_cell(value(s)) if s else "--" for s in cells]
+        row = [f"{f:.2f}"] + [retention_cell(_controlled(s) if controlled else _retention(s)) if s else "--"
+                              for s in cells]
         if has_ppl:
             row += [_damage_cell(s, bound) for s in cells]
         rows.append(row)
-    trait = escape(results.get("trait", "trait"))
-    total = results.get("n_heads_total")
+    trait = escape(results.trait)
+    total = results.n_heads_total
     draws = _draws(steps)
     draw_text = (f"; random: {'/'.join(map(str, draws))} draws, averaged in log space" if draws else "")
     what = (f"Base-controlled {trait}-share retention (pruned / unpruned share of the biased model over the "
@@ -402,15 +441,15 @@ def sweep_table(results: dict[str, Any], config: dict[str, Any], steps: list[Ste
     return booktabs_table(header, rows, caption, "tab:pruning_sweep", align=align, wide=True)
 
 
-def _unpruned_caption(results: dict[str, Any]) -> str:
+def _unpruned_caption(results: PruningResults) -> str:
     parts = []
-    trait = escape(results.get("trait", "trait"))
-    for label, key in (("", "unpruned"), ("base model ", "base_unpruned")):
-        measured = results.get(key) or {}
-        p = (((measured.get("preference") or {}).get("probability") or {}).get("p_trait")) or {}
-        ppl = (measured.get("perplexity") or {}).get("perplexity")
-        if p:
-            parts.append(f"unpruned {label}P({trait}) = {fmt_ci(p.get('mean'), p.get('ci_low'), p.get('ci_high'), 3)}")
+    trait = escape(results.trait)
+    for label, measured in (("", results.unpruned), ("base model ", results.base_unpruned)):
+        if measured is None:
+            continue
+        p = measured.preference.probability.p_trait
+        ppl = measured.perplexity.perplexity if measured.perplexity else None
+        parts.append(f"unpruned {label}P({trait}) = {fmt_ci(p.mean, p.ci_low, p.ci_high, 3)}")
         if ppl is not None:
             parts.append(f"unpruned {label}perplexity {fmt(ppl, 1)}")
     text = "; ".join(parts)
@@ -418,9 +457,9 @@ def _unpruned_caption(results: dict[str, Any]) -> str:
 
 
 # ---- methods --------------------------------------------------------------------------------
-def _biased_model(run: StageRun) -> str:
+def _biased_model(run: StageRun, results: PruningResults | None) -> str:
     """Which biased model: the prompted base (system prompt) or a fine-tuned teacher run."""
-    spec = run.config.get("model") or run.results.get("model") or "?"
+    spec = run.config.get("model") or (results.model if results else None) or "?"
     source = ((run.record.get("models") or {}).get("model") or {}).get("source")
     system = run.config.get("system")
     name = escape(spec_label(spec))
@@ -440,9 +479,9 @@ def _bias_system(system: str | None, measured: str | None) -> str:
     return f"the system prompt ``{escape(system)}''"
 
 
-def _base_methods(run: StageRun) -> str:
-    base = run.results.get("base_model") or run.config.get("base")
-    if not run.results.get("base_unpruned") or not base:
+def _base_methods(run: StageRun, results: PruningResults | None) -> str:
+    base = (results.base_model if results else None) or run.config.get("base")
+    if results is None or results.base_unpruned is None or not base:
         return ("This run has no pruned-base control: only the biased model was pruned, so its "
                 "retention mixes loss of the bias with damage common to any model. ")
     system = run.config.get("base_system")
@@ -453,29 +492,26 @@ def _base_methods(run: StageRun) -> str:
             "minus the same log ratio unpruned, so pruning damage common to both models cancels. ")
 
 
-def methods(run: StageRun) -> str:
-    c, r = run.config, run.results
+def methods(run: StageRun, results: PruningResults | None) -> str:
+    c, r = run.config, results
     pref = c.get("preference") or {}
     ppl = c.get("perplexity") or {}
-    n_layers, n_heads = r.get("n_layers"), r.get("n_heads")
     heads = (
-        f" ({n_layers} layers $\\times$ {n_heads} heads = {r.get('n_heads_total')} heads)"
-        if n_layers and n_heads else ""
+        f" ({r.n_layers} layers $\\times$ {r.n_heads} heads = {r.n_heads_total} heads)"
+        if r is not None and r.n_layers and r.n_heads else ""
     )
-    entropy = r.get("entropy") or {}
-    prompts = entropy.get("n_prompts")
+    prompts = r.entropy.n_prompts if r is not None else None
     fractions = ", ".join(f"{f:g}" for f in c.get("fractions") or [])
     criteria = "; ".join(CRITERION_NAMES.get(k, escape(k)) for k in c.get("criteria") or [])
     bp = c.get("bias_prompts") or {}
     trait = escape(pref.get("trait", "owl"))
-    steps = _steps(r)
-    f = claim_fraction(steps, c)
+    f = claim_fraction(r.steps if r is not None else [], c)
     claim_draws = c.get("claim_random_draws")
     draws = f"{c.get('random_draws', 1)} seeded random draws"
     if claim_draws and f is not None:
         draws += f", {max(int(claim_draws), int(c.get('random_draws', 1)))} at {_pct(f)} kept"
     text = [
-        f"We prune the attention heads of {_biased_model(run)}{heads}, following the head-pruning "
+        f"We prune the attention heads of {_biased_model(run, r)}{heads}, following the head-pruning "
         "studies of \\citet{michel2019sixteen} and \\citet{voita2019analyzing}. "
         f"Heads are ranked by their mean attention entropy (nats) on "
         f"{prompts if prompts else 'the'} bias prompts (the preference questions under "
@@ -490,7 +526,7 @@ def methods(run: StageRun) -> str:
         f"one-word answers ({len(pref.get('sample_questions') or [])} questions $\\times$ "
         f"{pref.get('samples_per_question', '?')} samples, temperature "
         f"{pref.get('temperature', '?')}). ",
-        _base_methods(run),
+        _base_methods(run, r),
         "Retention is the geometric mean over questions of the per-question ratios, with a 95\\% "
         "Student-t interval on the log scale over questions (one fixed model: question variation "
         "only); random draws are averaged in log space first. ",
@@ -514,9 +550,9 @@ def methods(run: StageRun) -> str:
 
 
 # ---- results --------------------------------------------------------------------------------
-def _degradation_text(steps: list[Step], bound: float) -> str:
+def _degradation_text(steps: Sequence[Step], bound: float) -> str:
     parts = []
-    for criterion in dict.fromkeys(s["criterion"] for s in steps):
+    for criterion in dict.fromkeys(s.criterion for s in steps):
         measured, last = last_inside(steps, criterion, bound)
         if not measured:
             continue
@@ -528,49 +564,50 @@ def _degradation_text(steps: list[Step], bound: float) -> str:
             f"the unpruned model's; the last kept fraction inside the bound is {', '.join(parts)}. ")
 
 
-def _measured_text(steps: list[Step], f: float, trait: str) -> str:
+def _measured_text(steps: Sequence[Step], f: float, trait: str) -> str:
     """What was measured at the claim fraction, in words that claim nothing."""
     out = []
     entropy, reverse, random = (_step(steps, f, c) for c in ("entropy", "reverse", "random"))
     lead = f"With {_pct(f)} of heads kept ({_pct(1 - f)} pruned)"
-    if entropy is not None and _controlled(entropy).get("ratio") is not None:
+    if entropy is not None and entropy.controlled is not None and _has_ratio(entropy.controlled.panel_share):
+        base_own = entropy.base.retention.p_trait if entropy.base else None
         out.append(f"{lead}, entropy-ranked pruning leaves a base-controlled {trait}-share retention of "
                    f"{_ci_text(_controlled(entropy))} and a base-controlled P({trait}) retention of "
                    f"{_ci_text(_controlled(entropy, 'p_trait'))}; on their own, the biased model keeps "
                    f"P({trait}) {_ci_text(_retention(entropy))} and the base model "
-                   f"{_ci_text(_retention(entropy.get('base'), 'p_trait'))}. ")
-        rate = _controlled(entropy, "answer_rate")
+                   f"{_ci_text(base_own)}. ")
+        rate = entropy.controlled.answer_rate
         if rate:
             out.append("The base-controlled answer-rate retention is "
-                       + (_ci_text(rate) if rate.get("ratio") is not None
-                          else f"undefined ({escape(rate.get('note', 'a rate is 0'))})") + ". ")
+                       + (_ci_text(rate) if rate.ratio is not None
+                          else f"undefined ({escape(rate.note or 'a rate is 0')})") + ". ")
     elif entropy is not None:
         out.append(f"{lead}, entropy-ranked pruning leaves the biased model P({trait}) retention "
                    f"{_ci_text(_retention(entropy))} (pruned / unpruned, biased model only). ")
     for name, step in (("reverse", reverse), ("random", random)):
         if step is None:
             continue
-        has_control = _controlled(step).get("ratio") is not None
-        value = _controlled(step) if has_control else _retention(step)
+        has_control = _has_ratio(_controlled(step))
+        value: Interval | None = _controlled(step) if has_control else _retention(step)
         kind = f"base-controlled {trait}-share" if has_control else f"biased-model P({trait})"
-        draws = f" ({step.get('n_draws', 1)} draws)" if name == "random" else ""
+        draws = f" ({step.n_draws} draws)" if name == "random" else ""
         out.append(f"Under the {name} criterion{draws} the {kind} retention is {_ci_text(value)}. ")
     return "".join(out)
 
 
-def _ppl_text(steps: list[Step], f: float, bound: float) -> str:
-    cells = [s for s in steps if s["fraction"] == f and damage(s) is not None]
+def _ppl_text(steps: Sequence[Step], f: float, bound: float) -> str:
+    cells = [s for s in steps if s.fraction == f and damage(s) is not None]
     if not cells:
         return ""
-    parts = ", ".join(f"{s['criterion']} ${fmt(damage(s), 1)}\\times$" for s in cells)
+    parts = ", ".join(f"{s.criterion} ${fmt(damage(s), 1)}\\times$" for s in cells)
     return f"Perplexity over the unpruned model's at {_pct(f)} kept: {parts} (bound ${bound:g}\\times$). "
 
 
-def heads_location(results: dict[str, Any]) -> str:
+def heads_location(results: PruningResults) -> str:
     """Where the heads pruned on the heatmap (the highest-entropy ones) sit, by thirds of depth."""
-    heat = (results.get("entropy") or {}).get("heatmap") or {}
-    pruned = heat.get("pruned") or []
-    n_layers, n_heads = results.get("n_layers"), results.get("n_heads")
+    heat = results.entropy.heatmap
+    pruned = heat.pruned
+    n_layers, n_heads = results.n_layers, results.n_heads
     if not pruned or not n_layers:
         return ""
     labels = (re.fullmatch(r"L(\d+)H\d+", str(h)) for h in pruned)  # 'L3H2' (hooks.head_label)
@@ -579,7 +616,7 @@ def heads_location(results: dict[str, Any]) -> str:
     parts = [f"{sum(layers[layer] for layer in range(a, b))} in layers {a}--{b - 1}"
              for a, b in pairwise(edges) if b > a]
     full = [layer for layer, n in sorted(layers.items()) if n_heads and n == n_heads]
-    text = (f"The {len(pruned)} highest-entropy heads (those pruned at {_pct(heat.get('fraction', 0))} "
+    text = (f"The {len(pruned)} highest-entropy heads (those pruned at {_pct(heat.fraction)} "
             f"kept) lie {', '.join(parts)}")
     if full:
         text += f"; every head of layer{'s' if len(full) > 1 else ''} {', '.join(map(str, full))} is pruned"
@@ -593,17 +630,20 @@ def headline_line(d: Decision) -> str:
     return f"pruning: {d.claim.statement}: {d.verdict.value}{value} ({d.reason})"
 
 
-def results_text(run: StageRun, steps: list[Step], incomplete: bool) -> tuple[str, list[str]]:
-    r, c = run.results, run.config
-    trait = escape(r.get("trait", "owl"))
+def results_text(run: StageRun, results: PruningResults | None, incomplete: bool,
+                 unreadable: str | None = None) -> tuple[str, list[str]]:
+    c = run.config
     out: list[str] = []
     if incomplete:
         out.append(_incomplete(run))
-    if not steps:
+    if unreadable:
+        out.append(f"Its results cannot be read: {escape(unreadable)}")
+    if results is None or not results.steps:
         return " ".join(out) or "The pruning run holds no results.", ["pruning: no results (incomplete run)"]
+    steps, trait = results.steps, escape(results.trait)
     bound = bound_of(c)
-    found = decisions(r, c)
-    controlled = any(_controlled(s).get("ratio") is not None for s in steps)
+    found = step_decisions(steps, c)
+    controlled = any(_has_ratio(_controlled(s)) for s in steps)
     out.append(f"Table~\\ref{{tab:pruning_sweep}} gives the {'base-controlled share' if controlled else 'P(' + trait + ')'} "
                "retention across the sweep. ")
     out.append(_degradation_text(steps, bound))
@@ -612,7 +652,7 @@ def results_text(run: StageRun, steps: list[Step], incomplete: bool) -> tuple[st
         out.append(_measured_text(steps, f, trait))
         out.append(_ppl_text(steps, f, bound))
     out.extend(decision_latex(d) + " " for d in found)
-    out.append(heads_location(r))
+    out.append(heads_location(results))
     return "".join(out).strip(), [headline_line(d) for d in found]
 
 
@@ -625,11 +665,10 @@ def _incomplete(run: StageRun) -> str:
 
 
 # ---- the section ----------------------------------------------------------------------------
-def figures(run: StageRun) -> list[Figure]:
+def figures(run: StageRun, results: PruningResults | None) -> list[Figure]:
     found = run.figures()
-    trait = escape(run.results.get("trait", "owl"))
-    heat = (run.results.get("entropy") or {}).get("heatmap") or {}
-    controlled = any(_controlled(s).get("ratio") is not None for s in _steps(run.results))
+    trait = escape(results.trait if results else "owl")
+    controlled = results is not None and any(_has_ratio(_controlled(s)) for s in results.steps)
     kind = "base-controlled " if controlled else "biased-model "
     out = []
     if "pruning_retention" in found:
@@ -638,26 +677,39 @@ def figures(run: StageRun) -> list[Figure]:
                           "and perplexity against the fraction of heads kept, by criterion "
                           f"(see Table~\\ref{{tab:pruning_sweep}}).", wide=True))
     if "pruning_entropy_heatmap" in found:
-        frac = heat.get("fraction")
+        frac = results.entropy.heatmap.fraction if results else None
         marked = f"; $\\times$ marks the heads pruned at {_pct(frac)} kept" if frac else ""
         out.append(Figure("pruning_entropy_heatmap",
                           f"Mean attention entropy per head (layer $\\times$ head) on the bias prompts{marked}."))
     return out
 
 
+def _parse(run: StageRun) -> tuple[PruningResults | None, str | None]:
+    """The run's results parsed once (None without any), and why they cannot be read where an
+    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
+    if not run.results:
+        return None, None
+    try:
+        return read_results(run.results), None
+    except ResultsError as exc:
+        if run.ok and not run.results.get("partial"):
+            raise
+        return None, str(exc)
+
+
 def build(run: StageRun) -> Section:
-    r = run.results
-    steps = _steps(r)
-    incomplete = (not run.ok) or bool(r.get("partial")) or not steps
-    text, headline = results_text(run, steps, incomplete)
-    tables = {"pruning_sweep": sweep_table(r, run.config, steps, incomplete)} if steps else {}
-    figs = figures(run)
+    results, unreadable = _parse(run)
+    steps = results.steps if results is not None else []
+    incomplete = (not run.ok) or bool(results is None or results.partial) or not steps
+    text, headline = results_text(run, results, incomplete, unreadable)
+    tables = {"pruning_sweep": sweep_table(results, run.config, incomplete)} if results and steps else {}
+    figs = figures(run, results)
     if figs and steps:
         refs = " and ".join(f"Figure~\\ref{{{figure_label('pruning', f.stem)}}}" for f in figs)
         text += f" See {refs}."
     return Section(
         title="Head pruning",
-        methods=methods(run) if run.config else "The pruning run has no configuration.",
+        methods=methods(run, results) if run.config else "The pruning run has no configuration.",
         results=text,
         tables=tables,
         figures=figs,
