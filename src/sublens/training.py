@@ -107,7 +107,7 @@ class LoraConfig(BaseModel):
 class TrainConfig(Config):
     """Every knob of a fine-tuning run; recorded with the run. Unknown keys are errors."""
 
-    lr: float = Field(default=1e-5, gt=0, description="peak learning rate of AdamW (reached after warmup_steps)")
+    lr: float = Field(default=1e-5, gt=0, description="peak learning rate (reached after warmup_steps)")
     epochs: int = Field(default=1, ge=1, description="passes over the data; ignored when max_steps is set")
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps to train, cycling through the "
                                                                   "data (overrides epochs); null: epochs decides")
@@ -126,8 +126,14 @@ class TrainConfig(Config):
     schedule: Literal["constant", "linear", "cosine"] = Field(
         default="linear", description="learning rate after warmup: constant, or a linear or cosine decay to 0 at "
                                       "the last step")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay, applied to matrices "
-                                                               "(ndim >= 2) only")
+    weight_decay: float = Field(default=0.0, ge=0, description="weight decay (decoupled in AdamW, L2 in SGD), "
+                                                               "applied to matrices (ndim >= 2) only")
+    # Adaptive optimisers are reported as necessary for the transfer (arXiv 2606.00995): the
+    # optimizer is an axis, compared at the same steps, learning rate schedule and data.
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="adamw, or sgd with momentum "
+                                                                           "(sgd_momentum); weight decay applies to "
+                                                                           "matrices in both")
+    sgd_momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum of sgd (unused by adamw)")
     adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
     adam_eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradients are clipped to this total norm "
@@ -721,10 +727,14 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; the fused kernel where torch has one (CPU and CUDA): ~3x faster on CPU, where
-    the optimizer step of a 135M model otherwise costs as much as a short batch's backward."""
+def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum; the fused kernel where torch has one (CPU and CUDA): ~3x
+    faster on CPU, where the optimizer step of a 135M model otherwise costs as much as a short
+    batch's backward."""
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(_param_groups(params, config.weight_decay), lr=config.lr,
+                               momentum=config.sgd_momentum, fused=fused or None)
     return torch.optim.AdamW(
         _param_groups(params, config.weight_decay), lr=config.lr, betas=config.adam_betas,
         eps=config.adam_eps, fused=fused or None)

@@ -402,3 +402,33 @@ def test_auto_precision_follows_the_hardware(tmp_path: Path) -> None:
     # The precision in effect is recorded with the result.
     res = train(tiny_model("llama"), None, make_examples(4), cfg(mixed_precision="auto"), tmp_path / "auto")
     assert res.precision == resolve_mixed_precision("auto", cpu)
+
+
+def test_sgd_step_is_the_plain_gradient_step(tmp_path: Path) -> None:
+    # One SGD step without momentum, clipping or schedule moves every parameter by -lr * grad,
+    # the gradient computed here independently with autograd on the same batch.
+    examples = make_examples(4)
+    model, reference = tiny_model("llama"), tiny_model("llama")
+    data = tokenize_examples(examples, None, 32)
+    batch = collate(data, [[i] for i in range(len(data))], 0, packed=False)
+    reference.train()
+    answer_loss(reference, batch).backward()
+    expected = {n: p.detach() - 0.1 * p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    config = cfg(optimizer="sgd", sgd_momentum=0.0, lr=0.1, max_steps=1, batch_size=4, max_grad_norm=None,
+                 schedule="constant", layout="pad")
+    train(model, None, examples, config, tmp_path, progress=False)
+    after = dict(model.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(after[name].detach(), value, rtol=1e-4, atol=1e-6)
+
+
+def test_sgd_with_momentum_trains(tmp_path: Path) -> None:
+    model = tiny_model("qwen2")
+    examples = make_examples()
+    data = tokenize_examples(examples, None, 32)
+    everything = collate(data, [[i] for i in range(len(data))], 0, packed=False)
+    with torch.no_grad():
+        before = float(answer_loss(model.eval(), everything))
+    train(model, None, examples, cfg(optimizer="sgd", lr=0.5, epochs=3), tmp_path, progress=False)
+    with torch.no_grad():
+        assert float(answer_loss(model.eval(), everything)) < before
