@@ -400,6 +400,7 @@ class Task:
     lora_rank: int | None = None  # train.lora's rank (a set's own +loraR is read from `freeze`)
     embeddings: str = "trained"  # or frozen (TrainConfig.embeddings)
     eager_attention: bool = False  # attention probabilities materialised (hooks, SHD)
+    optimizer_bytes: int = 8  # fp32 state per trainable parameter: AdamW's two moments, SGD's momentum 4
     concurrent: int = 1  # copies of this work on the GPU at once (parallel students)
     resident: tuple[str, ...] = ()  # other models' weights held on the GPU meanwhile
 
@@ -422,6 +423,13 @@ class Memory:
     @property
     def total(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def _optimizer_bytes(train: Any) -> int:
+    """fp32 optimizer state per trainable parameter: AdamW 8 (two moments), SGD 4 with momentum."""
+    if getattr(train, "optimizer", "adamw") == "sgd":
+        return 4 if float(getattr(train, "sgd_momentum", 0.0)) > 0 else 0
+    return 8
 
 
 @dataclass(frozen=True)
@@ -483,7 +491,7 @@ def estimate(task: Task, resolver: ShapeResolver, gpu: Gpu) -> TaskEstimate:
         activations = activation_bytes(shape, batch, task.context, task.logit_positions, act_bytes,
                                        task.eager_attention)
         memory = Memory(weights * task.concurrent + resident, trainable * wbytes * task.concurrent,
-                        8 * trainable * task.concurrent, activations * task.concurrent)
+                        task.optimizer_bytes * trainable * task.concurrent, activations * task.concurrent)
         steps = task.batches * 3  # forward + backward
     else:
         flops = 2.0 * n * task.tokens
@@ -697,6 +705,7 @@ class StageBuilder:
                       repeat=epochs * repeat, batch=batch, dtype=self.dtype, compute=compute,
                       freeze=freeze or str(train.freeze), lora_rank=train.lora.rank if train.lora else None,
                       embeddings=str(getattr(train, "embeddings", "trained")), eager_attention=eager,
+                      optimizer_bytes=_optimizer_bytes(train),
                       concurrent=concurrent, resident=resident))
         return seq
 

@@ -168,6 +168,21 @@ def test_frozen_component_saves_weight_gradients_and_optimizer_state() -> None:
     assert frozen.memory is not None and frozen.memory.optimizer == 8 * (n - mlp)
 
 
+def test_sgd_keeps_one_moment() -> None:
+    from sublens.plan import StageBuilder
+    from sublens.training import TrainConfig
+
+    for optimizer, momentum, state in (("adamw", 0.9, 8), ("sgd", 0.9, 4), ("sgd", 0.0, 0)):
+        train = TrainConfig(optimizer=optimizer, sgd_momentum=momentum)
+        resolver = ShapeResolver()
+        resolver.add("small", SMALL)
+        builder = StageBuilder("s", "teacher", train, resolver)
+        builder.train("t", "small", rows=4, prompt=6, answer=2, train=train)
+        (task,) = builder.tasks
+        memory = estimate(task, builder.resolver, Gpu()).memory
+        assert memory is not None and memory.optimizer == state * parameter_count(SMALL)
+
+
 def test_time_is_flops_over_throughput_with_a_latency_floor() -> None:
     resolver = ShapeResolver()
     resolver.add("small", SMALL)
