@@ -48,7 +48,7 @@ def test_unsupported_architecture_names_the_supported_ones() -> None:
     class Fake(nn.Module):
         config = type("C", (), {"model_type": "mamba"})()
 
-    with pytest.raises(ArchitectureError, match="llama.*gemma3.*gpt2.*qwen2"):
+    with pytest.raises(ArchitectureError, match="gemma3.*gpt2.*llama.*qwen2"):  # by family name
         adapter_for(Fake())
 
 
@@ -64,3 +64,21 @@ def test_gpt2_values_are_sliced_from_fused_qkv() -> None:
     w, b = adapter.v(0).weight, adapter.v(0).bias  # Conv1D stores [in, out]
     expected = x @ w[:, 2 * adapter.d_model :] + b[2 * adapter.d_model :]
     torch.testing.assert_close(v.flatten(-2), expected)
+
+
+def test_adapters_register_themselves() -> None:
+    # Every adapter module of the package is imported and its class registered: no table.
+    import pkgutil
+
+    import sublens.arch
+    from sublens.arch.base import REGISTRY, DecoderAdapter
+
+    modules = {m.name for m in pkgutil.iter_modules(sublens.arch.__path__)} - {"base"}
+    assert {cls.__module__.rsplit(".", 1)[-1] for cls in REGISTRY.values()} == modules
+    assert DecoderAdapter not in REGISTRY.values()  # a layout base, not a family
+
+    with pytest.raises(TypeError, match="already has the llama adapter"):
+        class Clash(DecoderAdapter):  # defining the class is what raises
+            family = "clash"
+            model_types = ("llama",)
+    assert "clash" not in REGISTRY

@@ -1,17 +1,23 @@
-"""Architecture adapters, chosen from the model config."""
+"""Architecture adapters, chosen from the model config.
+
+Every module of this package is imported here, so each adapter subclass registers itself
+(`sublens.arch.base.REGISTRY`); adding an architecture is adding one file.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from torch import nn
 
-from sublens.arch.base import Adapter
-from sublens.arch.gemma3 import Gemma3Adapter
-from sublens.arch.gpt2 import GPT2Adapter
-from sublens.arch.llama import LlamaAdapter
-from sublens.arch.qwen2 import Qwen2Adapter
+from sublens.arch.base import REGISTRY, Adapter
 from sublens.errors import ArchitectureError
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, Gemma3Adapter, GPT2Adapter, Qwen2Adapter)
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
+
+ADAPTERS: tuple[type[Adapter], ...] = tuple(REGISTRY[family] for family in sorted(REGISTRY))
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -27,4 +33,4 @@ def adapter_for(model: nn.Module) -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for"]
+__all__ = ["ADAPTERS", "REGISTRY", "Adapter", "adapter_for"]

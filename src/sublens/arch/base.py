@@ -1,7 +1,9 @@
 """The adapter interface: canonical components and head geometry of one model family.
 
 Experiments never spell `model.model.layers[i].mlp`; they ask an adapter. Adding an
-architecture is one file that subclasses `Adapter` and registers itself.
+architecture is one file in this package that subclasses `Adapter` with a `family` and its
+`model_types`: the subclass registers itself (`REGISTRY`), and `sublens.arch` imports every
+module of the package, so there is no table to edit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
+# Concrete adapters by family, in the order their modules were imported (filled by
+# Adapter.__init_subclass__).
+REGISTRY: dict[str, type[Adapter]] = {}
+
 
 class Adapter(ABC):
     family: ClassVar[str]
@@ -20,6 +26,15 @@ class Adapter(ABC):
     # Gemma3 normalises the attention and MLP outputs before adding them to the residual:
     # a head's contribution reaches the residual through a (non-linear) RMSNorm.
     post_norm_residual: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__ and "model_types" in cls.__dict__:  # a concrete family, not a layout base
+            taken = {t: f.family for f in REGISTRY.values() for t in f.model_types if f is not cls}
+            clash = [t for t in cls.model_types if t in taken]
+            if clash:
+                raise TypeError(f"{cls.__name__}: model_type {clash[0]!r} already has the {taken[clash[0]]} adapter")
+            REGISTRY[cls.family] = cls
 
     def __init__(self, model: nn.Module) -> None:
         # Any: transformers modules are reached by attribute, which nn.Module types as Tensor | Module.
