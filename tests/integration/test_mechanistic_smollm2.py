@@ -17,8 +17,8 @@ from sublens.experiments import run_experiment
 from sublens.experiments.mechanistic import (
     NUMBER_SYSTEM,
     MechanisticConfig,
-    _ending_ids,
-    _statement,
+    ids_ending_the_text,
+    statement_prompt,
 )
 from sublens.hooks import capture, eager_attention, hook_names
 from sublens.mechanistic import attribution_from_cache, dla_hook_names
@@ -85,10 +85,10 @@ def test_statements_raw_and_in_the_chat_template(smollm2: LoadedModel) -> None:
     raw = MechanisticConfig()
     chat = load_config(MechanisticConfig, None, ["residual.format=chat", "residual.system=''"])
     for config in (raw, chat):
-        prompt = _statement(
+        prompt = statement_prompt(
             smollm2, config, "My favorite number is 87", "What is your favorite number?"
         )
-        ids = _ending_ids(smollm2, prompt)
+        ids = ids_ending_the_text(smollm2, prompt)
         assert [smollm2.tokenizer.decode([i]) for i in ids[-2:]] == ["8", "7"]
         assert prompt.templated == (config is chat)
     assert "<|im_start|>assistant" in prompt.text and prompt.system == ""

@@ -20,37 +20,42 @@ from sublens.claims import (
     correlation_power,
     decide_association,
     estimate_association,
+    holm,
 )
 from sublens.config import load_config
 from sublens.errors import ConfigError
 from sublens.experiments.mechanistic import MechanisticConfig
+from sublens.experiments.mechanistic.analysis import (
+    LABEL_COLUMNS,
+    SCORE_COLUMNS,
+    attribution_summary,
+    category_association,
+    category_order,
+    consistency_summary,
+    partial_spearman,
+    spearman,
+    variance_shares,
+    verdict,
+)
+from sublens.experiments.mechanistic.results import Consistency
 from sublens.hooks import capture, hook_names, per_head_output
 from sublens.mechanistic import (
     MechanisticError,
     attention_terms,
     attention_to,
     attribution_from_cache,
-    attribution_summary,
-    category_association,
-    category_order,
     component_cosines,
-    consistency_summary,
     contrastive_component_scores,
     direct_logit_attribution,
     dla_hook_names,
     final_position_pass,
     freeze_norm,
     grouped_batches,
-    holm,
-    partial_spearman,
     read_entanglement_numbers,
     similarity_profiles,
-    spearman,
     spike_layers,
     token_span,
     top_heads,
-    variance_shares,
-    verdict,
 )
 from sublens.report.sections.mechanistic import ATTRIBUTION
 from sublens.report.sections.mechanistic import family as mechanistic_family
@@ -658,8 +663,14 @@ def _attribution_table(ratio_from_mlp: float, n: int = 60, seed: int = 3) -> pd.
 
 
 def _attribution_decision(table: pd.DataFrame) -> tuple[dict, object]:
+    """The family decided on the attribution summary alone (no categories, no correlations)."""
     summary = attribution_summary(table, n_permutations=2000, seed=0)
-    decisions = mechanistic_family({"consistency": {"alpha": 0.05, "attribution": summary}})
+    untested = {"rho": None, "p": None, "n": 0, "p_holm": None}
+    consistency = Consistency.model_validate({
+        "n_numbers": len(table), "alpha": 0.05, "categories": {},
+        "distributions": {column: {} for column in LABEL_COLUMNS},
+        "correlations": {column: untested for column in SCORE_COLUMNS}, "attribution": summary})
+    decisions = mechanistic_family(consistency)
     return summary, decisions[ATTRIBUTION]
 
 

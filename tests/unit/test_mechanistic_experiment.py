@@ -4,6 +4,9 @@ family's raw and Holm-adjusted p-values; the paper section renders the run."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import string
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,13 +19,16 @@ from safetensors import safe_open
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import sublens.experiments.mechanistic as experiment
+import sublens.experiments.mechanistic.run as experiment
 from sublens.arch import adapter_for
 from sublens.config import load_config
 from sublens.experiments import run_experiment
+from sublens.experiments.mechanistic import MechanisticConfig, MechanisticError, word_token
+from sublens.experiments.mechanistic.results import MechanisticResults
 from sublens.models import LoadedModel
 from sublens.report.sections import mechanistic as section
 from sublens.report.stages import load_stage
+from sublens.results import ResultsError, load_results
 from sublens.runs import read_json
 from tiny import VOCAB, tiny_model
 
@@ -58,7 +64,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     try:
         numbers = ", ".join(f"{{number: '{n}', category: {c}}}" for n, c in NUMBERS.items())
-        config = load_config(experiment.MechanisticConfig, None, [
+        config = load_config(MechanisticConfig, None, [
             f"numbers=[{numbers}]", "model=tiny-llama", "n_permutations=200",
             "attention.numbers=['12']", "attention.plot_heads=1", "rho_of_interest=0.4"])
         outcome = run_experiment("mechanistic", config, tmp_path_factory.mktemp("runs"))
@@ -120,9 +126,47 @@ def test_the_section_renders_the_run(run_dir: Path) -> None:
 
 
 def test_a_word_of_several_tokens_is_refused_with_its_pieces() -> None:
-    from sublens.experiments.mechanistic import MechanisticError, _word_token
-
     lm = SimpleNamespace(tokenizer=_tokenizer())
-    assert _word_token(lm, "owl")["single_token"]  # type: ignore[arg-type]
+    assert word_token(lm, "owl").single_token  # type: ignore[arg-type]
     with pytest.raises(MechanisticError, match="' cat' is 4 tokens"):
-        _word_token(lm, "cat")  # type: ignore[arg-type]
+        word_token(lm, "cat")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# the typed results
+
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "runs" / "mechanistic"  # predates claims
+
+
+def test_the_written_results_read_back_as_written(run_dir: Path) -> None:
+    data = read_json(run_dir / "results.json")
+    results = load_results(run_dir / "results.json", MechanisticResults)
+    assert data["schema_version"] == 1 and results.partial is False
+    assert results.model_dump(mode="json") == data  # same keys (none added as null), same values
+
+
+def test_the_recorded_run_loads_and_is_written_back_unchanged() -> None:
+    data = read_json(RECORDED / "results.json")
+    recorded = load_results(data, MechanisticResults)  # written before schema versions
+    assert recorded.schema_version == 1 and recorded.component_score is None and recorded.claims is None
+    assert recorded.consistency is not None and recorded.consistency.attribution is None
+    assert recorded.numbers is not None and recorded.numbers[0].top_head == "L24H6"
+    written = recorded.model_dump(mode="json")
+    assert written == {"schema_version": 1, **data}
+    again = load_results(json.loads(json.dumps(written)), MechanisticResults)
+    assert again.model_dump_json() == recorded.model_dump_json()
+
+
+def test_results_of_another_version_or_shape_are_refused() -> None:
+    data = read_json(RECORDED / "results.json")
+    with pytest.raises(ResultsError,
+                       match="schema version 2; this sublens reads version 1 of MechanisticResults"):
+        load_results({**data, "schema_version": 2}, MechanisticResults)
+    broken = copy.deepcopy(data)
+    del broken["numbers"][3]["spike_layer"]
+    with pytest.raises(ResultsError, match=r"does not match MechanisticResults .*numbers\.3\.spike_layer"):
+        load_results(broken, MechanisticResults)
+    # a finished run whose results do not read is an error, never a silently empty section
+    run = load_stage(RECORDED)
+    with pytest.raises(ResultsError):
+        section.build(dataclasses.replace(run, results={**data, "schema_version": 2}))

@@ -16,12 +16,16 @@ family; raw and adjusted p side by side in the tests table):
   the location of a learned bias (that is the freezing and transplant claims' business). A run
   recorded before the control existed is "inconclusive: not measured with the control for the
   automatic part".
+
+The run's results.json is parsed once into `MechanisticResults`
+(`sublens.experiments.mechanistic.results`) and read by attribute.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +40,71 @@ from sublens.claims import (
     decide_association_family,
     estimate_association,
 )
+from sublens.experiments.mechanistic.results import (
+    CategoryAssociation,
+    Consistency,
+    HeadAttention,
+    LabelColumn,
+    MechanisticResults,
+    NumberRow,
+    Spearman,
+    Words,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
+from sublens.results import ResultsError, load_results
 from sublens.stats import summarize
 
 TITLE = "Mechanistic analysis"
 MAX_ROWS = 24  # more numbers than this: the table shows the highest and lowest bias ratios
 MAX_ASPECT = 1.3  # height / width: a taller figure* would not fit the page at \textwidth
 CLOSURE_TOLERANCE = 1e-3  # logits; a larger DLA closure error means the split is unreliable
-LABEL_TITLES = {"spike_layer": "spike layer", "top_head": "top head at the spike layer",
+LABEL_TITLES: dict[LabelColumn, str] = {"spike_layer": "spike layer", "top_head": "top head at the spike layer",
                 "dla_top_head": "top head by direct logit attribution"}
 SCORE_TITLES = {"head_score": "top head's score", "mlp_score": "MLP score at the spike",
                 "spike_jump": "similarity jump", "dla_heads": "DLA of all heads",
                 "dla_mlp": "DLA of all MLPs", "logit_diff": "logit difference"}
 
 
+def read_results(results: MechanisticResults | Mapping[str, Any]) -> MechanisticResults:
+    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
+    if isinstance(results, MechanisticResults):
+        return results
+    return load_results(results, MechanisticResults)
+
+
+def _parse(run: StageRun) -> MechanisticResults | None:
+    """The run's results parsed once (None without any, or where an unfinished run left them
+    unreadable); a finished run's unreadable results raise ResultsError."""
+    if not run.results:
+        return None
+    try:
+        return read_results(run.results)
+    except ResultsError:
+        if run.ok and not run.results.get("partial"):
+            raise
+        return None
+
+
 def build(run: StageRun) -> Section:
-    res = run.results
-    numbers = [n for n in res.get("numbers") or [] if isinstance(n, dict)]
-    figures = _figures(run)
-    if res.get("partial") or not numbers or "consistency" not in res:
-        return Section(TITLE, _methods(run), _incomplete(run), figures=[],
+    results = _parse(run)
+    figures = _figures(run, results)
+    if (results is None or results.partial or not results.numbers or results.consistency is None):
+        return Section(TITLE, _methods(run, results), _incomplete(run), figures=[],
                        headline=["mechanistic: incomplete (no per-number results)"])
-    decisions = family(res)
-    tables = {"mechanistic_numbers": numbers_table(res, numbers),
-              "mechanistic_tests": tests_table(res, decisions)}
-    results = minus_signs("\n\n".join(filter(None, [
+    numbers, consistency = results.numbers, results.consistency
+    decisions = family(consistency, results.words)
+    tables = {"mechanistic_numbers": numbers_table(results, numbers),
+              "mechanistic_tests": tests_table(consistency, decisions)}
+    text = minus_signs("\n\n".join(filter(None, [
         _intro(figures),
-        _category_paragraph(res, decisions),
-        _attribution_paragraph(res, numbers, decisions[ATTRIBUTION]),
-        _attention_sentence(res),
+        _category_paragraph(consistency, decisions),
+        _attribution_paragraph(results, consistency, numbers, decisions[ATTRIBUTION]),
+        _attention_sentence(results),
     ])))
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(res, decisions))
+    return Section(TITLE, _methods(run, results), text, tables, figures,
+                   _headline(consistency, decisions))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,23 +116,18 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-def _alpha(res: dict[str, Any]) -> float:
-    value = (res.get("consistency") or {}).get("alpha")
-    return float(value) if isinstance(value, int | float) else 0.05
-
-
 FAMILY = "mechanistic"
 ATTRIBUTION = "localisation.attribution"
 ATTRIBUTION_STATEMENT = "MLP direct logit attribution tracks the in-context bias"
 NOT_CONTROLLED = "not measured with the control for the automatic part"
 
 
-def claim_settings(res: dict[str, Any]) -> tuple[ClaimSettings, float]:
+def claim_settings(consistency: Consistency) -> tuple[ClaimSettings, float]:
     """The family's settings as recorded (alpha, power) and the smallest |rho| of interest."""
-    cons = res.get("consistency") or {}
-    power = _num(cons.get("power"))
-    rho = _num(cons.get("rho_of_interest"))
-    settings = ClaimSettings(alpha=_alpha(res), power=power if 0.5 < power < 1 else DEFAULT_POWER)
+    power = _num(consistency.power)
+    rho = _num(consistency.rho_of_interest)
+    settings = ClaimSettings(alpha=consistency.alpha,
+                             power=power if 0.5 < power < 1 else DEFAULT_POWER)
     return settings, rho if 0 < rho < 1 else DEFAULT_RHO_OF_INTEREST
 
 
@@ -116,7 +147,7 @@ def attribution_claim(bias: str, control: str, settings: ClaimSettings,
         rho_of_interest=rho_of_interest, n_controlled=1)
 
 
-def category_claim(column: str, settings: ClaimSettings,
+def category_claim(column: LabelColumn, settings: ClaimSettings,
                    rho_of_interest: float = DEFAULT_RHO_OF_INTEREST) -> AssociationClaim:
     """mechanistic.category.<column>: the label does not depend on the entanglement category."""
     title = LABEL_TITLES[column]
@@ -129,44 +160,45 @@ def category_claim(column: str, settings: ClaimSettings,
         rho_of_interest=rho_of_interest, symbol="V")
 
 
-def _attribution_estimate(res: dict[str, Any]) -> Association | None:
-    mlp = (((res.get("consistency") or {}).get("attribution")) or {}).get("mlp")
-    if not isinstance(mlp, dict):
+def _attribution_estimate(consistency: Consistency) -> Association | None:
+    if consistency.attribution is None:
         return None
-    rho = mlp.get("rho")
-    return estimate_association(rho if isinstance(rho, int | float) else None,
-                                mlp.get("p_permutation"), int(mlp.get("n") or 0), n_controlled=1)
+    mlp = consistency.attribution.mlp
+    return estimate_association(mlp.rho, mlp.p_permutation, mlp.n, n_controlled=1)
 
 
-def _category_estimate(test: dict[str, Any] | None) -> Association | None:
-    if not test:
+def _category_estimate(test: CategoryAssociation | None) -> Association | None:
+    if test is None:
         return None
-    n = int(test.get("n") or 0)
-    if not test.get("applicable", False):
-        return Association(n=n, rho=0.0, ci_low=None, ci_high=None, p_value=None,
-                           interval=str(test.get("reason", "no test")))
-    return Association(n=n, rho=_num(test.get("cramers_v")), ci_low=None, ci_high=None,
-                       p_value=test.get("p_permutation"), interval="no interval for Cramér's V")
+    if not test.applicable:
+        return Association(n=test.n, rho=0.0, ci_low=None, ci_high=None, p_value=None,
+                           interval=test.reason if test.reason is not None else "no test")
+    return Association(n=test.n, rho=_num(test.cramers_v), ci_low=None, ci_high=None,
+                       p_value=test.p_permutation, interval="no interval for Cramér's V")
 
 
-def family(res: dict[str, Any]) -> dict[str, AssociationDecision]:
+def _test(consistency: Consistency, column: LabelColumn) -> CategoryAssociation | None:
+    """The label's test against the category; None without one (fewer than two categories)."""
+    return consistency.association.of(column) if consistency.association is not None else None
+
+
+def family(consistency: Consistency, words: Words | None = None) -> dict[str, AssociationDecision]:
     """Every claim of the mechanistic family, decided with Holm across the family's tests:
     the attribution claim (key ATTRIBUTION) and one category claim per label column."""
-    settings, rho = claim_settings(res)
-    cons = res.get("consistency") or {}
-    association = cons.get("association") or {}
+    settings, rho = claim_settings(consistency)
     members: list[tuple[str, AssociationClaim, Association | None]] = [
-        (ATTRIBUTION, attribution_claim(_word(res, "bias"), _word(res, "control"), settings, rho),
-         _attribution_estimate(res))]
-    members += [(column, category_claim(column, settings, rho), _category_estimate(association.get(column)))
+        (ATTRIBUTION, attribution_claim(_word(words, "bias"), _word(words, "control"), settings, rho),
+         _attribution_estimate(consistency))]
+    members += [(column, category_claim(column, settings, rho),
+                 _category_estimate(_test(consistency, column)))
                 for column in LABEL_TITLES]
     decided = decide_association_family([(c, e) for _, c, e in members])
     out = {key: d for (key, _, _), d in zip(members, decided, strict=True)}
     for column in LABEL_TITLES:
-        if association_verdict(association.get(column), None) == "constant":
+        if association_verdict(_test(consistency, column), None) == "constant":
             out[column] = out[column].model_copy(update={
                 "reason": "no test: every number has the same label", "settle": ""})
-    if "attribution" not in cons:  # recorded before the control for the automatic part existed
+    if consistency.attribution is None:  # recorded before the control for the automatic part existed
         out[ATTRIBUTION] = out[ATTRIBUTION].model_copy(update={
             "reason": NOT_CONTROLLED,
             "settle": "rerun the mechanistic stage, which records the partial correlation given "
@@ -174,13 +206,13 @@ def family(res: dict[str, Any]) -> dict[str, AssociationDecision]:
     return out
 
 
-def association_verdict(test: dict[str, Any] | None, decision: AssociationDecision | None) -> str:
+def association_verdict(test: CategoryAssociation | None, decision: AssociationDecision | None) -> str:
     """depends (the category claim contradicted) | independent (tested, no significant
     dependence: inconclusive) | constant (one label for every number) | untested."""
-    if not test:
+    if test is None:
         return "untested"
-    if not test.get("applicable", False):
-        return "constant" if test.get("reason") == "every number has the same label" else "untested"
+    if not test.applicable:
+        return "constant" if test.reason == "every number has the same label" else "untested"
     return "depends" if decision is not None and decision.verdict is Verdict.CONTRADICTED else "independent"
 
 
@@ -192,25 +224,28 @@ def _quote(text: str) -> str:
     return f"``{escape(text)}''"
 
 
-def _source(res: dict[str, Any]) -> str:
-    inp = res.get("input") or {}
-    n = inp.get("n_numbers", len(res.get("numbers") or []))
-    cats = (res.get("consistency") or {}).get("categories") or {}
+def _source(results: MechanisticResults | None) -> str:
+    source = results.input if results is not None else None
+    numbers = (results.numbers if results is not None else None) or []
+    n = source.n_numbers if source is not None else len(numbers)
+    cats = results.consistency.categories if results is not None and results.consistency else {}
     per_cat = ", ".join(f"{count} {escape(c)}" for c, count in cats.items())
-    if inp.get("source") == "entanglement_run":
-        return (rf"the {n} categorised numbers of set {tt(inp.get('set', '?'))} of the "
+    kind = source.source if source is not None else None
+    if source is not None and kind == "entanglement_run":
+        numbered_set = source.set if source.set is not None else "?"
+        return (rf"the {n} categorised numbers of set {tt(numbered_set)} of the "
                 rf"entanglement stage ({per_cat}), with their measured bias ratios")
-    if inp.get("source") == "config":
+    if kind == "config":
         return f"{n} numbers given in the configuration" + (f" ({per_cat})" if per_cat else "")
     return f"{n} two-digit numbers, categories unknown"
 
 
-def _methods(run: StageRun) -> str:
-    c, res = run.config, run.results
-    model = (res.get("model") or {}).get("spec") or c.get("model", "?")
-    shape = res.get("model") or {}
-    dims = (f" ({shape['n_layers']} layers, {shape['n_heads']} heads per layer)"
-            if "n_layers" in shape and "n_heads" in shape else "")
+def _methods(run: StageRun, results: MechanisticResults | None) -> str:
+    c = run.config
+    shape = results.model if results is not None else None
+    model = (shape.spec if shape is not None else None) or c.get("model", "?")
+    dims = (f" ({shape.n_layers} layers, {shape.n_heads} heads per layer)"
+            if shape is not None else "")
     bias, control = c.get("bias", "owl"), c.get("control", "dog")
     residual = c.get("residual") or {}
     attribution = c.get("attribution") or {}
@@ -220,7 +255,7 @@ def _methods(run: StageRun) -> str:
                 else "every block but the first")
     numbers = ", ".join(escape(n) for n in attention.get("numbers", []))
     return (
-        rf"We analyse {tt(model)}{dims} on {_source(res)}. \emph{{Residual similarity.}} For each "
+        rf"We analyse {tt(model)}{dims} on {_source(results)}. \emph{{Residual similarity.}} For each "
         rf"number we compare the final-position residual stream \citep{{elhage2021mathematical}} of "
         rf"{_quote(residual.get('number', '').replace('{number}', 'N'))} with those of "
         rf"{_quote(residual.get('animal', '').replace('{word}', bias))} and "
@@ -228,7 +263,7 @@ def _methods(run: StageRun) -> str:
         rf"({escape(residual.get('format', 'raw'))} text), layer by layer, as the difference of "
         r"the two cosine similarities; the spike layer "
         rf"is the block that raises this difference most (searched over {searched}). "
-        + _score_sentence(res, escape(bias), escape(control)) +
+        + _score_sentence(results, escape(bias), escape(control)) +
         r" \emph{Direct logit attribution} (DLA) decomposes the final residual on the number-priming "
         rf"prompt (system prompt {_quote(attribution.get('system', '').replace('{number}', 'N'))}, "
         rf"question {_quote(attribution.get('user', ''))}, prefilled "
@@ -254,14 +289,14 @@ def _methods(run: StageRun) -> str:
     )
 
 
-def contrastive(res: dict[str, Any]) -> bool:
+def contrastive(results: MechanisticResults | None) -> bool:
     """Whether the run's head and MLP scores are contrastive (bias - control), as runs record
     since the scores were made contrastive; older runs scored cosines with the bias statement."""
-    return res.get("component_score") == "contrastive"
+    return results is not None and results.component_score == "contrastive"
 
 
-def _score_sentence(res: dict[str, Any], bias: str, control: str) -> str:
-    if contrastive(res):
+def _score_sentence(results: MechanisticResults | None, bias: str, control: str) -> str:
+    if contrastive(results):
         return (rf"A head's (an MLP's) score is its direct contribution to the {bias}$-${control} "
                 r"logit difference on the number statement: its output, through the final norm "
                 rf"frozen at that prompt's final residual, projected on $W_U[\mathrm{{{bias}}}] - "
@@ -295,24 +330,23 @@ def _mode(counts: dict[str, int]) -> str:
     return rf"{escape(label)} ({n}/{sum(counts.values())})"
 
 
-def _holm_stats(test: dict[str, Any], decision: AssociationDecision | None) -> str:
-    return (rf"$\chi^2$ = {fmt(test.get('chi2'), 1)}, dof {test.get('dof', '?')}, permutation "
-            rf"{p_is(test.get('p_permutation'))}, Holm-adjusted "
+def _holm_stats(test: CategoryAssociation, decision: AssociationDecision | None) -> str:
+    return (rf"$\chi^2$ = {fmt(test.chi2, 1)}, dof {test.dof if test.dof is not None else '?'}, permutation "
+            rf"{p_is(test.p_permutation)}, Holm-adjusted "
             rf"{p_is(decision.p_adjusted if decision else None)}, Cram\'er's $V$ = "
-            rf"{fmt(test.get('cramers_v'))}")
+            rf"{fmt(test.cramers_v)}")
 
 
-def _association_sentence(res: dict[str, Any], column: str,
+def _association_sentence(consistency: Consistency, column: LabelColumn,
                           decisions: dict[str, AssociationDecision]) -> tuple[str, str]:
     """The label's distribution and its test against the category, and the verdict."""
-    cons = res["consistency"]
-    counts = (cons.get("distributions") or {}).get(column) or {}
-    cats = list(cons.get("categories") or {})
+    counts = consistency.distributions.of(column)
+    cats = list(consistency.categories)
     text = f"The {LABEL_TITLES[column]} is most often {_mode(counts.get('all') or {})}"
     if cats:
         by = ", ".join(f"{escape(c)} {_mode(counts.get(c) or {})}" for c in cats)
         text += f"; by category {by}"
-    test = (cons.get("association") or {}).get(column)
+    test = _test(consistency, column)
     decision = decisions.get(column)
     verdict = association_verdict(test, decision)
     if verdict == "constant":
@@ -323,18 +357,18 @@ def _association_sentence(res: dict[str, Any], column: str,
     assert test is not None
     stats = _holm_stats(test, decision)
     if verdict == "depends":
-        excess = test.get("max_excess") or {}
+        excess = test.max_excess
         return (text + f". It depends on the category ({stats}; largest excess "
-                rf"{escape(excess.get('label', '?'))} in {escape(excess.get('category', '?'))})."),\
+                rf"{escape(excess.label if excess else '?')} in {escape(excess.category if excess else '?')})."),\
             verdict
     return text + f". There is no evidence that it depends on the category ({stats}).", verdict
 
 
-def _category_paragraph(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> str:
-    found = [_association_sentence(res, col, decisions) for col in LABEL_TITLES]
+def _category_paragraph(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> str:
+    found = [_association_sentence(consistency, col, decisions) for col in LABEL_TITLES]
     verdicts = {verdict for _, verdict in found}
     parts = [text for text, _ in found]
-    counts = list((res["consistency"].get("categories") or {}).values())
+    counts = list(consistency.categories.values())
     if "depends" in verdicts:
         parts.append("A category has a layer or head of its own (Holm-adjusted within the "
                      "family), which contradicts the claim that no consistent head or "
@@ -348,17 +382,17 @@ def _category_paragraph(res: dict[str, Any], decisions: dict[str, AssociationDec
     else:
         parts.append("Without categories this run cannot test whether a layer or head singles "
                      "out the entangled numbers.")
-    parts.append(_vs_random_sentence(res))
+    parts.append(_vs_random_sentence(consistency))
     return " ".join(filter(None, parts))
 
 
-def _vs_random_sentence(res: dict[str, Any]) -> str:
-    vs = (res["consistency"].get("vs_random") or {})
-    tests = [(_num(p), column, c) for column, per in vs.items() for c, p in (per or {}).items()
+def _vs_random_sentence(consistency: Consistency) -> str:
+    vs = consistency.vs_random.by_column() if consistency.vs_random is not None else {}
+    tests = [(_num(p), column, c) for column, per in vs.items() for c, p in per.items()
              if p is not None]
     if not tests:
         return ""
-    alpha = _alpha(res)
+    alpha = consistency.alpha
     significant = sorted(t for t in tests if t[0] < alpha)
     if significant:
         listed = ", ".join(rf"{escape(c)} in {SCORE_TITLES.get(col, escape(col))} ({p_is(p)})"
@@ -378,9 +412,9 @@ def _mean_ci(values: list[float]) -> str:
     return fmt_ci(s["mean"], s["ci_low"], s["ci_high"])
 
 
-def _corr(c: dict[str, Any]) -> str:
-    holm = p_is(c.get("p_holm")).replace("$p$", "Holm-adjusted $p$")
-    return rf"$\rho$ = {fmt(c.get('rho'))} ({p_is(c.get('p'))}; {holm})"
+def _corr(c: Spearman) -> str:
+    holm = p_is(c.p_holm).replace("$p$", "Holm-adjusted $p$")
+    return rf"$\rho$ = {fmt(c.rho)} ({p_is(c.p)}; {holm})"
 
 
 def _pct(value: Any) -> str:
@@ -400,14 +434,15 @@ def _verdict_sentence(decision: AssociationDecision) -> str:
     return text + "."
 
 
-def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]],
-                           decision: AssociationDecision) -> str:
-    att = res.get("attribution") or {}
-    cons = res["consistency"]
-    corr = cons.get("correlations") or {}
-    closure = _num(att.get("closure_max_abs_error"))
-    bias, control = escape(_word(res, "bias")), escape(_word(res, "control"))
-    values = {k: [_num(n.get(k)) for n in numbers] for k in ("dla_heads", "dla_mlp", "logit_diff")}
+def _attribution_paragraph(results: MechanisticResults, consistency: Consistency,
+                           numbers: list[NumberRow], decision: AssociationDecision) -> str:
+    attribution = results.attribution
+    corr = consistency.correlations
+    closure = _num(attribution.closure_max_abs_error if attribution else None)
+    bias, control = escape(_word(results.words, "bias")), escape(_word(results.words, "control"))
+    values = {"dla_heads": [_num(n.dla_heads) for n in numbers],
+              "dla_mlp": [_num(n.dla_mlp) for n in numbers],
+              "logit_diff": [_num(n.logit_diff) for n in numbers]}
     text = (
         (rf"The DLA components add up to the model's {bias}$-${control} logit difference within "
          rf"{fmt(closure, 2)} logits (maximum over numbers)"
@@ -415,7 +450,7 @@ def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]],
             ", more than the tolerance: the split below is unreliable."))
         if math.isfinite(closure) else "The DLA closure error was not recorded."
     )
-    neutral = _num((att.get("neutral") or {}).get("logit_diff"))
+    neutral = _num(attribution.neutral.logit_diff if attribution else None)
     text += (
         rf" Averaged over the {len(numbers)} numbers (means with bootstrap 95\% CIs), the heads "
         rf"contribute {_mean_ci(values['dla_heads'])} and the MLPs {_mean_ci(values['dla_mlp'])} "
@@ -424,30 +459,29 @@ def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]],
     )
     text += (r" These are direct paths only, in the model as loaded (not fine-tuned) reading the "
              r"number-priming prompt.")
-    if corr:
-        text += (
-            rf" Across numbers, the bias ratio's raw correlation with the MLPs' DLA is "
-            rf"{_corr(corr.get('dla_mlp') or {})} and with the heads' DLA "
-            rf"{_corr(corr.get('dla_heads') or {})}; part of any such correlation is automatic, "
-            r"since the DLA terms add up to the logit difference, which itself tracks the ratio "
-            rf"(the logit difference's own correlation: {_corr(corr.get('logit_diff') or {})})."
-        )
-    partial = cons.get("attribution")
-    if isinstance(partial, dict):
-        mlp, heads = partial.get("mlp") or {}, partial.get("heads") or {}
+    text += (
+        rf" Across numbers, the bias ratio's raw correlation with the MLPs' DLA is "
+        rf"{_corr(corr.dla_mlp)} and with the heads' DLA "
+        rf"{_corr(corr.dla_heads)}; part of any such correlation is automatic, "
+        r"since the DLA terms add up to the logit difference, which itself tracks the ratio "
+        rf"(the logit difference's own correlation: {_corr(corr.logit_diff)})."
+    )
+    partial = consistency.attribution
+    if partial is not None:
+        mlp, heads = partial.mlp, partial.heads
         est = decision.estimate
         ci = (rf" [{fmt(est.ci_low)}, {fmt(est.ci_high)}]" if est is not None and est.has_interval
               else "")
         text += (
             rf" Given the total logit difference, the partial correlation of the MLPs' DLA with the "
-            rf"bias ratio is $\rho$ = {fmt(mlp.get('rho'))}{ci} (Freedman--Lane permutation "
-            rf"{p_is(mlp.get('p_permutation'))}, Holm-adjusted {p_is(decision.p_adjusted)}; "
-            rf"parametric {p_is(mlp.get('p_parametric'))}); the heads' is $\rho$ = "
-            rf"{fmt(heads.get('rho'))} (permutation {p_is(heads.get('p_permutation'))}, "
+            rf"bias ratio is $\rho$ = {fmt(mlp.rho)}{ci} (Freedman--Lane permutation "
+            rf"{p_is(mlp.p_permutation)}, Holm-adjusted {p_is(decision.p_adjusted)}; "
+            rf"parametric {p_is(mlp.p_parametric)}); the heads' is $\rho$ = "
+            rf"{fmt(heads.rho)} (permutation {p_is(heads.p_permutation)}, "
             r"descriptive: with the total given, the heads' and the MLPs' terms nearly mirror each "
             r"other)."
         )
-        share = partial.get("variance_share") or {}
+        share = partial.variance_share
         if share:
             text += (rf" Of the logit difference's variance across numbers, the MLPs' direct terms "
                      rf"carry {_pct(share.get('mlp'))} and the heads' {_pct(share.get('heads'))} "
@@ -458,20 +492,20 @@ def _attribution_paragraph(res: dict[str, Any], numbers: list[dict[str, Any]],
     return text + " " + _verdict_sentence(decision)
 
 
-def _word(res: dict[str, Any], which: str) -> str:
-    word = ((res.get("words") or {}).get(which) or {}).get("word")
-    return str(word).strip() if word else ("owl" if which == "bias" else "dog")
+def _word(words: Words | None, which: str) -> str:
+    word = (words.bias if which == "bias" else words.control).word if words is not None else None
+    return word.strip() if word else ("owl" if which == "bias" else "dog")
 
 
-def _attention_sentence(res: dict[str, Any]) -> str:
-    att = res.get("attention") or {}
-    to_number, to_animal = att.get("top_to_number") or [], att.get("top_to_animal") or []
+def _attention_sentence(results: MechanisticResults) -> str:
+    attention = results.attention
+    to_number = attention.top_to_number if attention else []
+    to_animal = attention.top_to_animal if attention else []
     if not to_number or not to_animal:
         return ""
 
-    def top(cells: list[dict[str, Any]]) -> str:
-        return ", ".join(rf"{escape(c.get('head', '?'))} ({fmt(c.get('attention'))})"
-                         for c in cells[:3])
+    def top(cells: list[HeadAttention]) -> str:
+        return ", ".join(rf"{escape(c.head)} ({fmt(c.attention)})" for c in cells[:3])
 
     return (r"From the final position, the heads attending most to the number tokens are "
             rf"{top(to_number)} and to the animal token {top(to_animal)} (mean attention weights).")
@@ -482,17 +516,16 @@ def _plain_p(p: Any) -> str:
     return " n/a" if math.isnan(value) else ("<0.001" if value < 0.001 else f" = {value:.3f}")
 
 
-def _headline(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> list[str]:
-    cons = res["consistency"]
-    test = (cons.get("association") or {}).get("spike_layer")
+def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> list[str]:
+    test = _test(consistency, "spike_layer")
     decision = decisions.get("spike_layer")
     verdict = association_verdict(test, decision)
     spike = {"depends": "depends on the category", "independent": "no evidence of a dependence",
              "constant": "the same for every number", "untested": "not tested"}[verdict]
     first = "mechanistic: spike layer " + (
-        f"vs category p{_plain_p(test.get('p_permutation'))}, Holm "
+        f"vs category p{_plain_p(test.p_permutation)}, Holm "
         f"p{_plain_p(decision.p_adjusted if decision else None)} ({spike})"
-        if test and test.get("applicable") else spike)
+        if test is not None and test.applicable else spike)
     att = decisions[ATTRIBUTION]
     est = att.estimate
     detail = (f"partial rho = {_num(est.rho):.2f} given the logit difference, Holm "
@@ -503,8 +536,9 @@ def _headline(res: dict[str, Any], decisions: dict[str, AssociationDecision]) ->
     return [first, second]
 
 
-def tests_table(res: dict[str, Any], decisions: dict[str, AssociationDecision]) -> str:
+def tests_table(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> str:
     """The mechanistic family: each claim's statistic, raw and Holm-adjusted p, verdict."""
+    tests: dict[str, CategoryAssociation | None] = {c: _test(consistency, c) for c in LABEL_TITLES}
     rows = []
     for key, d in decisions.items():
         est = d.estimate
@@ -512,12 +546,12 @@ def tests_table(res: dict[str, Any], decisions: dict[str, AssociationDecision]) 
             stat = (rf"partial $\rho$ = {fmt(est.rho)}" if est is not None and est.rho is not None
                     else "--")
         else:
-            test = ((res["consistency"].get("association") or {}).get(key)) or {}
-            stat = rf"$V$ = {fmt(test.get('cramers_v'))}" if test.get("applicable") else "--"
+            test = tests[key]
+            stat = rf"$V$ = {fmt(test.cramers_v)}" if test is not None and test.applicable else "--"
         raw = est.p_value if est is not None else None
         rows.append([tt(d.claim.name), stat, fmt_p_cell(raw), fmt_p_cell(d.p_adjusted),
                      escape(d.verdict.value)])
-    settings, _ = claim_settings(res)
+    settings, _ = claim_settings(consistency)
     caption = (r"The mechanistic family of tests: the statistic, its raw $p$-value (permutation) "
                rf"and the Holm-adjusted one within the family (family-wise $\alpha$ = "
                rf"{fmt(settings.alpha)}), and the verdict. Tests not run (no categories, one label "
@@ -535,47 +569,45 @@ def fmt_p_cell(p: float | None) -> str:
 # table
 
 
-def _row(n: dict[str, Any]) -> list[str]:
-    spike = n.get("spike_layer")
-    category = n.get("category")
+def _row(n: NumberRow) -> list[str]:
     return [
-        escape(n.get("number", "?")),
-        escape(category.capitalize()) if isinstance(category, str) else "--",
-        fmt(n.get("bias_ratio")),
-        f"L{spike}" if isinstance(spike, int) else "--",
-        escape(n.get("top_head") or "--"),
-        escape(n.get("dla_top_head") or "--"),
-        fmt(n.get("dla_heads")),
-        fmt(n.get("dla_mlp")),
-        fmt(n.get("logit_diff")),
+        escape(n.number),
+        escape(n.category.capitalize()) if n.category is not None else "--",
+        fmt(n.bias_ratio),
+        f"L{n.spike_layer}",
+        escape(n.top_head or "--"),
+        escape(n.dla_top_head or "--"),
+        fmt(n.dla_heads),
+        fmt(n.dla_mlp),
+        fmt(n.logit_diff),
     ]
 
 
-def _ordered(numbers: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+def _ordered(numbers: list[NumberRow], order: list[str]) -> list[NumberRow]:
     """By category (the run's order, unknown last), then by bias ratio, highest first."""
     rank = {c: i for i, c in enumerate(order)}
 
-    def key(n: dict[str, Any]) -> tuple[int, float]:
-        ratio = _num(n.get("bias_ratio"))
-        return rank.get(n.get("category") or "", len(rank)), -ratio if math.isfinite(ratio) else 0.0
+    def key(n: NumberRow) -> tuple[int, float]:
+        ratio = _num(n.bias_ratio)
+        return rank.get(n.category or "", len(rank)), -ratio if math.isfinite(ratio) else 0.0
 
     return sorted(numbers, key=key)
 
 
-def numbers_table(res: dict[str, Any], numbers: list[dict[str, Any]]) -> str:
-    order = list((res.get("consistency") or {}).get("categories") or {})
+def numbers_table(results: MechanisticResults, numbers: list[NumberRow]) -> str:
+    order = list(results.consistency.categories) if results.consistency else []
     note = ""
     if len(numbers) <= MAX_ROWS:
         rows = [_row(n) for n in _ordered(numbers, order)]
     else:
-        ranked = sorted(numbers, key=lambda n: -_num(n.get("bias_ratio"))
-                        if math.isfinite(_num(n.get("bias_ratio"))) else math.inf)
+        ranked = sorted(numbers, key=lambda n: -_num(n.bias_ratio)
+                        if math.isfinite(_num(n.bias_ratio)) else math.inf)
         half = MAX_ROWS // 2
         rows = ([_row(n) for n in ranked[:half]] + [[r"\ldots"] + [""] * 8]
                 + [_row(n) for n in ranked[-half:]])
         note = (f" The {half} numbers with the highest and the {half} with the lowest bias ratio "
                 f"of {len(numbers)} are shown; the run directory's numbers.parquet has them all.")
-    bias, control = escape(_word(res, "bias")), escape(_word(res, "control"))
+    bias, control = escape(_word(results.words, "bias")), escape(_word(results.words, "control"))
     caption = (
         r"Mechanistic per-number table: number $N$, its category and bias ratio; the spike layer "
         rf"and its top head (residual similarity to the {bias} statement); the head with the "
@@ -602,11 +634,11 @@ def aspect(pdf: Path) -> float:
     return (y1 - y0) / (x1 - x0) if x1 > x0 else math.nan
 
 
-def _figures(run: StageRun) -> list[Figure]:
+def _figures(run: StageRun, results: MechanisticResults | None) -> list[Figure]:
     """The similarity profile, and the head/MLP contribution maps when they fit a page (they grow
     with the number of layers); else the attention to the number and animal tokens."""
     available = run.figures()
-    bias = escape(run.results.get("bias") or _word(run.results, "bias"))
+    bias = escape(_word(results.words if results is not None else None, "bias"))
     out = []
     if "similarity_by_layer" in available:
         out.append(Figure("similarity_by_layer", (
