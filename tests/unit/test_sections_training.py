@@ -93,7 +93,7 @@ def test_teacher_wording_follows_the_data() -> None:
     comp.update(p_trait_ratio=_per_question(0.05, 0.6), share_ratio=_per_question(0.05, 0.6))
     text = build(with_results(run, results)).results
     assert r"\textbf{inconclusive}" in text and r"\textbf{supported}" not in text
-    assert "To settle it: about" in text  # questions needed at the measured SD
+    assert "To settle both: about" in text  # questions needed at the measured SD (the same for both claims)
     comp["share_ratio"] = _per_question(-0.7, 0.1)
     text = build(with_results(run, results)).results
     assert "did not produce an owl-preferring teacher" in text and r"\textbf{contradicted}" in text
@@ -199,11 +199,14 @@ def test_distill_transfer_table_and_wording() -> None:
     assert "1.42 / 1.68" in table and "0.54 / 0.66" in table  # fit KL before / after
     text = section.results
     assert "62\\% of the biased student's rise on the log scale (point estimates" in text
-    assert "shd\\_biased 0/32" in text
-    # a recorded run with one seed: both claims inconclusive, with what would settle them
-    assert text.count(r"\textbf{inconclusive (1 seed)}") == 2 and "To settle it: at least 2 seeds" in text
-    assert "unit of inference: the seed ($n$ = 1)" in text and "no minimal detectable effect" in text
-    assert "one run, question-level CIs" in text
+    # no student named an owl in a sampled answer: one sentence, not a column of zeros
+    assert "No student named an owl in any sampled answer (0 of 32 each)" in text
+    assert "1.000" not in text and table.count("1.000") == 1  # Fisher's p, once, in the caption
+    assert "$p$ = 1.000 in every row" in table and "answers" not in table  # the zero column folded
+    # a recorded run with one seed: both claims inconclusive, with what would settle them (once)
+    assert text.count(r"\textbf{inconclusive (1 seed)}") == 2 and text.count("To settle both: at least 2 seeds") == 1
+    assert "unit of inference: the seed ($n$ = 1)" in text and text.count("no minimal detectable effect") == 1
+    assert "question (prompt) variation only" in text
     assert "prompted base model" in text
     assert "transfer: inconclusive (1 seed)" in section.headline[0]
     assert "9 teacher heads" in section.methods and r"\citep{bing2025shd}" in section.methods

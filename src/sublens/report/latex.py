@@ -73,11 +73,37 @@ def fmt_ci(value: float | None, low: float | None, high: float | None, digits: i
     return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
+def ratio_digits(*values: object) -> int:
+    """Decimals for a ratio and its CI: x103 [84, 125] reads better than x103.02 [84.14, 124.99];
+    ratios of 10 or more keep one decimal, small ratios two."""
+    def big(v: object, limit: float) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= limit
+    if all(big(v, 50) for v in values):
+        return 0
+    return 1 if all(big(v, 10) for v in values) else 2
+
+
 def fmt_p(p: float | None) -> str:
     """p-values: three decimals, or '<0.001'."""
     if p is None or math.isnan(p):
         return "--"
     return r"$<$0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def constant_column(rows: Sequence[Sequence[str]], index: int, blank: str = "--") -> str | None:
+    """The one value every non-blank cell of a column holds (a column that tells the reader
+    nothing row by row, e.g. Fisher p = 1.000 in every row), or None when the cells differ or
+    all are blank. The caller folds such a column into one sentence (`drop_columns`)."""
+    values = {row[index] for row in rows if row[index] != blank}
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def drop_columns(header: Sequence[str], rows: Sequence[Sequence[str]],
+                 indices: Sequence[int]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows without the columns at `indices` (folded into the text instead)."""
+    gone = set(indices)
+    return ([h for i, h in enumerate(header) if i not in gone],
+            [[c for i, c in enumerate(row) if i not in gone] for row in rows])
 
 
 def booktabs_table(
@@ -131,6 +157,14 @@ def p_is(p: float | None) -> str:
     """'$p$ = 0.086' or '$p$ $<$0.001' (fmt_p's own form for tiny p)."""
     text = fmt_p(p)
     return f"$p$ {text}" if text.startswith("$<$") else f"$p$ = {text}"
+
+
+_SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)e([+-]?\d+)\b")
+
+
+def scientific(text: str) -> str:
+    """Python's '9.83e-19' in LaTeX text as $9.83\\times10^{-19}$ (no 'e' notation in the prose)."""
+    return _SCIENTIFIC.sub(lambda m: rf"${m.group(1)}\times10^{{{int(m.group(2))}}}$", text)
 
 
 def tt(text: object) -> str:

@@ -1,15 +1,19 @@
 """A claim's decision (decided in `sublens.claims`) as the paper states it: the verdict word,
 what it rests on (estimand, unit and n, test, margin), why, the power line, and what would
-settle it. Sections never decide a verdict; they hand the Decision to `decision_latex`."""
+settle it. Sections never decide a verdict; they hand the Decisions to `decisions_latex` (a
+family of claims: what the claims share, the test, the margin, the power line and what would
+settle them, said once) or one Decision to `decision_latex`."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
 from sublens.claims import ClaimSettings, Decision, Verdict
-from sublens.report.latex import escape
+from sublens.report.latex import counted, escape, fmt_ci, p_is, ratio_digits, scientific
 
 
 def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
@@ -24,9 +28,19 @@ def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
     return ClaimSettings()
 
 
+_P_IS = re.compile(r"(?<![\w$])p = ")
+
+
 def claim_text(text: str) -> str:
-    """Plain text written by `sublens.claims` (ratios as ×1.25) as LaTeX."""
-    return r"$\times$".join(escape(part) for part in str(text).split("×"))
+    """Plain text written by `sublens.claims` (ratios as ×1.25, p-values as 9.83e-19) as LaTeX:
+    $\\times$1.25, $p$ = $9.83\\times10^{-19}$."""
+    latex = r"$\times$".join(escape(part) for part in str(text).split("×"))
+    return _P_IS.sub("$p$ = ", scientific(latex))
+
+
+def _settle(text: str) -> str:
+    """What would settle a claim, each step once ('run the missing arm; run the missing arm' -> once)."""
+    return "; ".join(dict.fromkeys(part.strip() for part in str(text).split("; ") if part.strip()))
 
 
 def verdict_label(decision: Decision) -> str:
@@ -52,14 +66,100 @@ def decision_latex(decision: Decision) -> str:
             f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}); test: "
             f"{claim_text(c.test)}, $\\alpha$ = {s.alpha:g}; margin $\\times${s.margin:g} (the smallest "
             f"effect of interest).")
-    if decision.mde is not None:
-        text += (f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
-                 f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})")
-        text += (f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
-                 if decision.units_needed else ".")
-    elif c.unit == "seed":
-        text += (" Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
-                 "effect can be stated.")
+    text += _power(decision)
     if decision.settle:
-        text += f" To settle it: {claim_text(decision.settle)}."
+        text += f" To settle it: {claim_text(_settle(decision.settle))}."
     return text
+
+
+# ---- a family of claims, what they share said once ---------------------------------------------
+def _power(decision: Decision) -> str:
+    c, s = decision.claim, decision.claim.settings
+    n = decision.estimate.n if decision.estimate else 0
+    if decision.mde is not None:
+        text = (f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
+                f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})")
+        return text + (f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
+                       if decision.units_needed else ".")
+    if c.unit == "seed":
+        return (" Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
+                "effect can be stated.")
+    return ""
+
+
+def _reason(decision: Decision, ratio_stated: bool) -> str:
+    """Why the verdict, as LaTeX. The claims module writes the estimate first ('×13.8 [11.1,
+    17.2], Holm p = 9.83e-19: ...'); where the section has already given this ratio (with the
+    question-level CI of its table), a supported or contradicted verdict gives only the test's
+    p-value, so the paper states one number per quantity; an interval the verdict rests on is
+    named as the Student-t interval it is."""
+    est, reason, p = decision.estimate, decision.reason, decision.p_adjusted
+    label = verdict_label(decision)
+    if label.endswith("(not measured)") and reason.startswith("not measured"):
+        return claim_text(reason.removeprefix("not measured").strip(" ()")) or "no estimate"
+    if est is None or est.ratio is None:
+        return claim_text(reason)
+    if not est.has_interval:
+        return claim_text(re.sub(r" \(\d+ < \d+\)$", "", reason))  # the label and 'to settle' give the counts
+    assert est.ci_low is not None and est.ci_high is not None
+    prefix = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    if p is None or not reason.startswith(prefix):
+        return claim_text(reason)
+    why = claim_text(reason[len(prefix):].lstrip(": "))
+    test = f"Holm-adjusted {p_is(p)}"
+    if ratio_stated and decision.verdict in (Verdict.SUPPORTED, Verdict.CONTRADICTED):
+        return f"{test}: {why}"
+    digits = ratio_digits(est.ratio, est.ci_low)
+    interval = fmt_ci(est.ratio, est.ci_low, est.ci_high, digits)
+    return f"$\\times${interval}, Student-$t$ 95\\% CI over {est.n} {decision.claim.unit}s, {test}: {why}"
+
+
+def _test(decision: Decision) -> str:
+    c = decision.claim
+    if c.test == f"one-sample t-test on per-{c.unit} log ratios (two-sided), Holm within {c.family}":
+        return (f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
+                "the claims of this section")
+    return claim_text(c.test)
+
+
+def decisions_latex(decisions: Sequence[Decision], *, test_stated: bool = False, ratio_stated: bool = False,
+                    lead: Sequence[str] | None = None) -> str:
+    """A family of decisions as LaTeX, what they share said once: each claim with its verdict,
+    reason, estimand and unit of inference ($n$); then, where every claim has them alike, the
+    test with $\\alpha$ and the margin (omitted when `test_stated`: the section's methods give
+    them), the power line and what would settle them; otherwise each claim's own.
+    `ratio_stated`: the section has already given each claim's ratio (see `_reason`).
+    `lead`: a phrase before each claim (e.g. which kind of evidence it is)."""
+    if not decisions:
+        return ""
+    leads = list(lead or []) + [""] * len(decisions)
+    tests = {(_test(d), d.claim.settings.alpha, d.claim.settings.margin) for d in decisions}
+    powers = {_power(d) for d in decisions}
+    settles = {_settle(d.settle) for d in decisions if d.settle}
+    open_claims = [d for d in decisions if d.settle]
+    parts = []
+    for d, before in zip(decisions, leads, strict=False):
+        c, n = d.claim, d.estimate.n if d.estimate else 0
+        label, reason = verdict_label(d), _reason(d, ratio_stated)
+        verdict = rf"\textbf{{{label}}}; {reason}" if label.endswith(")") else rf"\textbf{{{label}}} ({reason})"
+        text = (f"{before}{claim_text(c.statement)}: {verdict}. "
+                f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}).")
+        if len(tests) > 1:
+            test, alpha, margin = _test(d), c.settings.alpha, c.settings.margin
+            text += f" Test: {test}, $\\alpha$ = {alpha:g}; margin $\\times${margin:g}."
+        if len(powers) > 1 or len(decisions) == 1:
+            text += _power(d)
+        if d.settle and (len(settles) > 1 or len(open_claims) == 1):
+            text += f" To settle it: {claim_text(_settle(d.settle))}."
+        parts.append(text)
+    if len(tests) == 1 and not test_stated:
+        test, alpha, margin = next(iter(tests))
+        whom = "The claim is" if len(decisions) == 1 else f"{'Both' if len(decisions) == 2 else 'All'} claims are"
+        parts.append(f"{whom} tested by {test}, $\\alpha$ = {alpha:g}, with margin $\\times${margin:g} "
+                     "(the smallest effect of interest).")
+    if len(powers) == 1 and len(decisions) > 1 and next(iter(powers)):
+        parts.append(next(iter(powers)).strip())
+    if len(settles) == 1 and len(open_claims) > 1:
+        whom = "both" if len(open_claims) == 2 else f"all {counted(len(open_claims), 'claim')}"
+        parts.append(f"To settle {whom}: {claim_text(next(iter(settles)))}.")
+    return " ".join(parts)

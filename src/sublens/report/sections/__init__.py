@@ -11,6 +11,10 @@ Conventions shared by every section:
 - figures: stems of `run.figures()`; copied to figures/<stage>-<stem>.pdf, label
   `fig:<stage>-<stem>` (use `figure_label(stage, stem)`).
 - citations: only keys of sublens/report/references.bib (see CITATION_KEYS).
+- model names: `sublens.report.names.display_name(spec)` (SmolLM2-135M-Instruct, not the spec
+  smollm2-135m-instruct; never a run's path); counts through `latex.counted` / `noun_for`;
+  no config keys, file names or Python values (None, True) in the prose.
+- a shared definition goes in `Section.measurement` (printed once by the bundle).
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class Section:
     tables: dict[str, str] = field(default_factory=dict)     # stem -> table float (label tab:<stem>)
     figures: list[Figure] = field(default_factory=list)
     headline: list[str] = field(default_factory=list)        # plain text, one screen in total
+    # A definition several sections share (e.g. how preference is measured: P(owl), the panel
+    # share with its formula, the answer rate): the bundle prints it after the methods of the
+    # first section that has it and, in each later section with the same text, a reference to
+    # that section instead, so the paper defines each measurement once.
+    measurement: str = ""
 
 
 def figure_label(stage: str, stem: str) -> str:

@@ -28,7 +28,8 @@ from sublens.claims import (
     decide_family,
     estimate_log_ratio,
 )
-from sublens.report.latex import booktabs_table, counted, escape
+from sublens.report.latex import booktabs_table, constant_column, counted, drop_columns, escape
+from sublens.report.names import FINE_TUNED_TEACHER, data_source_name, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.teacher import (
     count,
@@ -40,6 +41,7 @@ from sublens.report.sections.teacher import (
     incomplete,
     model_name,
     p_value,
+    preference_definition,
     preference_methods,
     ratio_cell,
     ratio_plain,
@@ -50,7 +52,7 @@ from sublens.report.sections.teacher import (
     train_text,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
+from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
 
 TITLE = "Cross-architecture squeezing-heads distillation"
 TABLE, ALPHA_TABLE = "shd_transfer", "shd_alphas"
@@ -58,8 +60,11 @@ ARMS = ("shd_biased", "lm_only", "shd_base")
 # What runs recorded before `shd.kl_direction` existed used (sublens.shd.LEGACY_KL_DIRECTION;
 # not imported: the report is torch-free).
 LEGACY_KL_DIRECTION = "teacher_student"
-ROW_LABEL = {"initial": "initial student", "shd_biased": "shd\\_biased", "lm_only": "lm\\_only",
-             "shd_base": "shd\\_base"}
+# The students as the paper names them (the arms' keys are config values, not words).
+STUDENT = {"initial": "the initial student", "shd_biased": "the biased-SHD student",
+           "lm_only": "the LM-only student", "shd_base": "the base-SHD student"}
+ROW_LABEL = {"initial": "initial student", "shd_biased": "biased SHD", "lm_only": "LM only",
+             "shd_base": "base SHD"}
 
 
 # ---- looking things up ------------------------------------------------------------------------
@@ -180,7 +185,9 @@ def _teacher_text(r: dict[str, Any], c: dict[str, Any]) -> str:
     if spec == base.get("spec", dig(c, "base_teacher", "model")) and system:
         return (f"the base model {model_name(spec)} prompted with ``{escape(system)}'' "
                 "(a prompted teacher, not the fine-tuned one)")
-    return f"the fine-tuned teacher {model_name(spec)}"
+    name = display_name(spec)
+    return (FINE_TUNED_TEACHER + " made by context distillation" if name == FINE_TUNED_TEACHER
+            else f"the fine-tuned teacher {escape(name)}")
 
 
 def _heads_text(r: dict[str, Any]) -> str:
@@ -212,7 +219,7 @@ def _data_text(r: dict[str, Any], c: dict[str, Any]) -> str:
     d = r.get("data") or {}
     source = d.get("source", dig(c, "data", "source"))
     what = ("number prompts with seeded random answers" if source in (None, "generated")
-            else f"the texts of {model_name(source)}")
+            else data_source_name(source))
     text = (f"All students train on the same {count(d.get('n_train', dig(c, 'data', 'n_train')))} texts, "
             f"{what} ({count(d.get('student_tokens'))} student tokens); "
             f"{count(d.get('n_fit', dig(c, 'data', 'n_fit')))} further texts are held out to measure the "
@@ -237,20 +244,22 @@ def _methods(run: StageRun) -> str:
             f"per query row, both maps softened at temperature "
             f"{fnum(shd.get('temperature'), 2) if finite(shd.get('temperature')) else '--'}, over "
             f"{'all layers' if layers is None else 'layers ' + ', '.join(str(x) for x in layers)}. "
-            f"{_heads_text(r)} The biased teacher is {_teacher_text(r, c)}. Arms: ")
-    described = {"shd_biased": "shd\\_biased (LM + SHD from the biased teacher)",
-                 "lm_only": "lm\\_only (LM loss only, the control)",
-                 "shd_base": (f"shd\\_base (LM + SHD from the unbiased base model "
-                              f"{model_name(dig(r, 'teachers', 'base', 'spec') or dig(c, 'base_teacher', 'model') or '?')}, "
+            f"{_heads_text(r)} The biased teacher is {_teacher_text(r, c)}. ")
+    described = {"shd_biased": f"{STUDENT['shd_biased']} (LM loss + SHD from the biased teacher)",
+                 "lm_only": f"{STUDENT['lm_only']} (LM loss only, the control)",
+                 "shd_base": (f"{STUDENT['shd_base']} (LM loss + SHD from the unbiased base model "
+                              f"{model_name(dig(r, 'teachers', 'base', 'spec') or dig(c, 'base_teacher', 'model'))}, "
                               "the control for attention distillation as such)")}
-    text += "; ".join(described[a] for a in arms) + ". " + _data_text(r, c)
+    listed = [described[a] for a in arms]
+    joined = listed[0] if len(listed) == 1 else "; ".join(listed[:-1]) + "; and " + listed[-1]
+    text += (f"We train {counted(len(listed), 'student')}: " + joined + ". " if listed else "") + _data_text(r, c)
     seeds = _seed_list(r)
-    text += (f" Every arm starts from the same weights: {train_text(c.get('train') or {})}"
+    text += (f" Every student starts from the same weights: {train_text(c.get('train') or {})}"
              + (f", {'/'.join(str(s) for s in steps)} optimizer steps" if steps else "")
              + (f", training seed {seeds[0]}" if len(seeds) == 1 else
                 f", once per training seed ({', '.join(str(x) for x in seeds)}; texts split with seed "
                 f"{c.get('seed', 0)})")
-             + "; the arms of a seed are matched (same texts, same initial weights, same seed). ")
+             + "; the students of a seed are matched (same texts, same initial weights, same seed). ")
     text += preference_methods(c.get("preference") or {}, _preference(r, "initial"))
     settings = claim_settings(c)
     return text + (
@@ -266,34 +275,51 @@ def _kl_text(shd: dict[str, Any]) -> str:
     """The loss's KL direction; a run recorded before ``shd.kl_direction`` existed used the
     forward direction (LEGACY_KL_DIRECTION)."""
     chosen = shd.get("kl_direction", LEGACY_KL_DIRECTION)
-    if "kl_direction" not in shd:  # recorded before the direction was configurable
-        return _kl_text({"kl_direction": chosen}) + " (the only direction when this run was recorded)"
+    legacy = "kl_direction" not in shd  # recorded before the direction was configurable
     if chosen == "student_teacher":
         return ("the KL of the student's map from the teacher's squeezed map, KL(student $\\|$ teacher), "
                 "the SHD paper's formulation (zero-forcing: student attention where the teacher's map has "
                 "none is penalised)")
     if chosen == "teacher_student":
         return ("the KL of the teacher's squeezed map from the student's, KL(teacher $\\|$ student), the "
-                "forward KL of attention-map distillation (mass-covering; the SHD paper uses KL(student "
-                "$\\|$ teacher))")
-    return f"the KL between the teacher's squeezed map and the student's (direction {escape(chosen)})"
+                "forward KL of attention-map distillation (mass-covering; "
+                + ("the only direction when this run was recorded; " if legacy else "")
+                + "the SHD paper uses KL(student $\\|$ teacher))")
+    return f"the KL between the teacher's squeezed map and the student's (direction {escape(words(chosen))})"
+
+
+def _answer_counts(r: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """(owl answers, sampled answers) per student that sampled answers."""
+    out = {}
+    for name in ("initial", *ARMS):
+        sampled = dig(_preference(r, name), "sampled") or {}
+        if sampled:
+            out[name] = (dig(sampled, "trait_rate", "count"), sampled.get("n_answers"))
+    return out
+
+
+def _none_named(r: dict[str, Any]) -> bool:
+    """Whether no student named an owl in any sampled answer (the answer-rate column all zero)."""
+    counts = _answer_counts(r)
+    return bool(counts) and all(finite(k) and k == 0 for k, _ in counts.values())
 
 
 def _answers(r: dict[str, Any]) -> str:
-    parts = []
-    for name in ("shd_biased", "lm_only", "shd_base"):
-        sampled = dig(_preference(r, name), "sampled") or {}
-        if sampled:
-            parts.append(f"{ROW_LABEL[name]} {count(dig(sampled, 'trait_rate', 'count'))}/"
-                         f"{count(sampled.get('n_answers'))}")
-    if not parts:
+    counts = {k: v for k, v in _answer_counts(r).items() if k != "initial"}
+    if not counts:
         return ""
-    text = "Sampled answers naming an owl: " + ", ".join(parts)
     p_values = [dig(r, "comparisons", k, "rate_difference", "p_fisher")
                 for k in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base")]
+    if _none_named(r):  # the table has no answer-rate column, and its caption gives Fisher's p once
+        n = {total for _, total in _answer_counts(r).values()}
+        each = f" (0 of {count(next(iter(n)))} each)" if len(n) == 1 else ""
+        return (f"No student named an owl in any sampled answer{each}, so the answer rate cannot separate "
+                f"them (Table~\\ref{{tab:{TABLE}}}).")
+    parts = [f"{STUDENT[name]} {count(k)} of {count(total)}" for name, (k, total) in counts.items()]
+    text = "Sampled answers naming an owl: " + ", ".join(parts)
     if any(finite(p) for p in p_values):
-        text += (f" (Fisher {p_value(p_values[0])} against lm\\_only, "
-                 f"{fpval(p_values[1])} against shd\\_base)")
+        text += (f" (Fisher {p_value(p_values[0])} against the LM-only student, "
+                 f"{fpval(p_values[1])} against the base-SHD student)")
     return text + "."
 
 
@@ -309,10 +335,10 @@ def _fit_text(r: dict[str, Any]) -> str:
     if before is None or after is None:
         return ""
     text = (f"SHD fitted the maps: the KL of the student's maps to the biased teacher's fell from "
-            f"{fnum(before)} to {fnum(after)} in shd\\_biased")
+            f"{fnum(before)} to {fnum(after)} nats per query row in {STUDENT['shd_biased']}")
     control = _kl(r, "lm_only", "biased")
     if control is not None:
-        text += f" (lm\\_only: {fnum(control)})"
+        text += f" ({STUDENT['lm_only']}: {fnum(control)})"
     return text + "."
 
 
@@ -323,17 +349,16 @@ def _results(run: StageRun) -> tuple[str, str]:
         return incomplete(run, "the comparison of the biased-SHD student with its controls"), "incomplete"
     n_seeds = _seeds(r)
     transfer, specific = decisions(r, claim_settings(run.config))
-    over = ("one run, question-level CIs" if n_seeds <= 1 else f"{n_seeds} seeds, Student-$t$ CIs over seeds")
     text = (f"Against the LM-only student, the biased-SHD student's owl share is {ratio_cell(vs_lm)} "
             f"(P(owl) {ratio_cell(_share(r, TRANSFER, 'p_trait_ratio'))}); against the "
             f"base-SHD student it is {ratio_cell(vs_base)} (P(owl) "
-            f"{ratio_cell(_share(r, SPECIFIC, 'p_trait_ratio'))}; {over}; "
-            f"Table~\\ref{{tab:{TABLE}}}). ")
-    parts = [_attention_share(r), _answers(r), seeds_sentence(n_seeds), decision_latex(transfer),
-             decision_latex(specific), _conclusion(transfer, specific), _prompted_note(run), _fit_text(r)]
+            f"{ratio_cell(_share(r, SPECIFIC, 'p_trait_ratio'))}; Table~\\ref{{tab:{TABLE}}}). ")
+    parts = [seeds_sentence(n_seeds), _attention_share(r), _answers(r),
+             decisions_latex([transfer, specific], test_stated=True, ratio_stated=True),
+             _conclusion(transfer, specific), _prompted_note(run), _fit_text(r)]
     text += " ".join(p for p in parts if p)
     for note in r.get("notes") or []:
-        text += f" Note: {escape(note)}"
+        text += f" Note: {escape(words(note))}"
     return text, verdict_label(transfer)
 
 
@@ -355,6 +380,9 @@ def _row(r: dict[str, Any], name: str) -> list[str] | None:
             fpval(rate.get("p_fisher")) if compared and isinstance(rate, dict) else "--"]
 
 
+ANSWERS, P_COLUMN = 3, 7  # the table's answer-rate and Fisher p columns
+
+
 def _table(run: StageRun) -> str | None:
     r = run.results
     rows = [row for name in ("initial", *ARMS) if (row := _row(r, name)) is not None]
@@ -365,13 +393,23 @@ def _table(run: StageRun) -> str | None:
     seeds = _seed_list(r)
     ratios = ("paired over questions; one seed, so these CIs describe this run only" if len(seeds) == 1 else
               f"geometric mean over {len(seeds)} seeds of the per-seed ratios, Student-$t$ CI over seeds")
+    # Columns that say the same in every row are one sentence of the caption instead.
+    folded = [ANSWERS] if _none_named(r) else []
+    p_all = constant_column(rows, P_COLUMN)
+    if p_all is not None:
+        folded.append(P_COLUMN)
+    header, rows = drop_columns(header, rows, folded)
+    answers = ("No student named an owl in any sampled answer (no answer-rate column). " if ANSWERS in folded
+               else "")
+    measures = "P(owl) and owl's panel share $s$" + ("" if ANSWERS in folded else " and the rate of owl among "
+                                                     "sampled answers")
+    test = (f"; Fisher's exact test of the sampled owl-answer rates gives $p$ = {p_all} in every row (first seed)"
+            if p_all is not None else " and Fisher's test $p$ of the sampled owl-answer rates (first seed)")
     caption = (f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "
-               "P(owl), owl's panel share and the "
-               "rate of owl among sampled answers in percent. KL: mean KL of the student's "
-               "maps to the biased / base teacher's squeezed maps on held-out texts (initial: before "
-               "training), in the direction of the training loss. The last three columns compare "
-               f"shd\\_biased with the row's student: share and P(owl) ratios (shd\\_biased over the row, {ratios}) "
-               "and Fisher's test $p$ of the sampled owl-answer rates (first seed).")
+               f"{measures} in percent. {answers}KL: mean KL of the student's maps to the biased / base "
+               "teacher's squeezed maps on held-out texts, in nats per query row (initial: before training), "
+               "in the direction of the training loss. The ratio columns compare the biased-SHD student with "
+               f"the row's student: share and P(owl) ratios (multiples; biased SHD over the row, {ratios}){test}.")
     return tight(booktabs_table(header, stacked_rows(rows), caption, f"tab:{TABLE}", wide=True))
 
 
@@ -388,8 +426,8 @@ def _alpha_table(run: StageRun) -> str | None:
         b, u = biased.get(str(layer)) or {}, base.get(str(layer)) or {}
         rows.append([str(layer), str(layer_map.get(str(layer), "--")), fnum(b.get("mean")), fnum(b.get("std")),
                      fnum(u.get("mean"))])
-    caption = ("Squeezing weights $\\alpha$ on the held-out texts per student layer (and the teacher layer "
-               "it is distilled from): mean and sd for the biased teacher, mean for the base teacher.")
+    caption = ("Squeezing weights $\\alpha$ (between 0 and 1) on the held-out texts per student layer (and the "
+               "teacher layer it is distilled from): mean and sd for the biased teacher, mean for the base teacher.")
     return tight(booktabs_table(["student", "teacher", "mean", "sd", "base"], rows, caption,
                                 f"tab:{ALPHA_TABLE}"))
 
@@ -397,10 +435,10 @@ def _alpha_table(run: StageRun) -> str | None:
 def _headline(run: StageRun, verdict: str) -> list[str]:
     r = run.results
     if verdict == "incomplete":
-        return ["distill: incomplete (no comparison of shd_biased with its controls)"]
+        return ["distill: incomplete (no comparison of the biased-SHD student with its controls)"]
     specific = decisions(r, claim_settings(run.config))[1]
-    return [f"distill: shd_biased share {ratio_plain(_share(r, TRANSFER))} vs lm_only, "
-            f"{ratio_plain(_share(r, SPECIFIC))} vs shd_base ({counted(_seeds(r), 'seed')}); "
+    return [f"distill: biased-SHD student share {ratio_plain(_share(r, TRANSFER))} vs LM-only, "
+            f"{ratio_plain(_share(r, SPECIFIC))} vs base-SHD ({counted(_seeds(r), 'seed')}); "
             f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}"]
 
 
@@ -410,7 +448,8 @@ def build(run: StageRun) -> Section:
     if ALPHA_TABLE in tables:
         results += f" Table~\\ref{{tab:{ALPHA_TABLE}}} summarises the squeezing weights per layer."
     figures = figures_present(run, [
-        Figure("distill_losses", "LM and SHD losses of the three students per optimizer step.", wide=True),
+        Figure("distill_losses", "LM loss (nats per token) and SHD loss (KL, nats per query row) of the three "
+                                 "students per optimizer step.", wide=True),
         Figure("distill_alphas", "Distribution of the squeezing weight $\\alpha$ per student layer.",
                wide=True),
         Figure("distill_maps", "One held-out text: a teacher head, the squeezed map, its projection onto "
@@ -419,4 +458,5 @@ def build(run: StageRun) -> Section:
     ])
     if figures:
         results += " See " + ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures) + "."
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(run, verdict))
+    return Section(TITLE, _methods(run), results, tables, figures, _headline(run, verdict),
+                   measurement=preference_definition(run.config.get("preference") or {}))

@@ -7,7 +7,7 @@ the text says that it describes this one model, not context distillation in gene
 
 Also home of the small formatting helpers the training sections (subliminal, distill) share:
 safe look-ups into partial results, ratio cells, the direction of a CI against "no change",
-and (re-exported from `sublens.report.verdicts`) a claim's decision as LaTeX.
+and the preference measures (`preference_definition`: the bundle prints it once).
 """
 
 from __future__ import annotations
@@ -24,10 +24,21 @@ from sublens.claims import (
     decide_family,
     estimate_log_ratio,
 )
-from sublens.report.latex import booktabs_table, counted, escape, fmt, fmt_ci, fmt_p, p_is
+from sublens.report.latex import (
+    booktabs_table,
+    counted,
+    escape,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    p_is,
+    ratio_digits,
+)
+from sublens.report.names import display_name
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun, spec_label
-from sublens.report.verdicts import claim_settings, decision_latex, verdict_label
+from sublens.report.stages import StageRun
+from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
+from sublens.trainable import describe_trainable
 
 TITLE = "A biased teacher by context distillation"
 PREFERENCE_TABLE = "teacher_preference"
@@ -50,19 +61,12 @@ def finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _ratio_digits(*values: Any) -> int:
-    # x103 [84, 125] reads better than x103.02 [84.14, 124.99]; small ratios keep two decimals
-    if all(finite(v) and v >= 50 for v in values):
-        return 0
-    return 1 if all(finite(v) and v >= 10 for v in values) else 2
-
-
 def ratio_cell(ratio: dict[str, Any] | None) -> str:
     """LaTeX '$\\times$1.37 [1.30, 1.45]'; '--' when the comparison is missing."""
     if not ratio or not finite(ratio.get("ratio")):
         return "--"
     low, high = ratio.get("ci_low"), ratio.get("ci_high")
-    digits = _ratio_digits(ratio["ratio"], low)
+    digits = ratio_digits(ratio["ratio"], low)
     return r"$\times$" + fmt_ci(ratio["ratio"], low if finite(low) else None,
                                 high if finite(high) else None, digits)
 
@@ -72,7 +76,7 @@ def ratio_plain(ratio: dict[str, Any] | None) -> str:
     if not ratio or not finite(ratio.get("ratio")):
         return "n/a"
     low, high = ratio.get("ci_low"), ratio.get("ci_high")
-    digits = _ratio_digits(ratio["ratio"], low)
+    digits = ratio_digits(ratio["ratio"], low)
     bounds = f" [{low:.{digits}f}, {high:.{digits}f}]" if finite(low) and finite(high) else ""
     return f"x{ratio['ratio']:.{digits}f}{bounds}"
 
@@ -119,9 +123,15 @@ def tight(table: str) -> str:
     return table.replace("\\small\n", "\\small\\setlength{\\tabcolsep}{4pt}\n", 1)
 
 
-def model_name(text: Any) -> str:
-    """A model spec or path in running text: escaped, breakable after slashes."""
-    return escape(spec_label(text)).replace("/", "/\\allowbreak{}")
+def model_name(spec: Any) -> str:
+    """A model spec in running text: the name a paper uses (`sublens.report.names.display_name`),
+    escaped."""
+    return escape(display_name(spec))
+
+
+def shown(x: Any) -> str:
+    """A config value in running text: '--' for a missing one (never 'None' or 'True')."""
+    return "--" if x is None or isinstance(x, bool) else escape(x)
 
 
 def fnum(value: Any, digits: int = 2) -> str:
@@ -148,7 +158,7 @@ def count(value: Any) -> str:
 
 def sampling_text(temperature: Any, top_k: Any, top_p: Any) -> str:
     parts = [f"temperature {fnum(temperature, 1) if finite(temperature) else '--'}"]
-    parts.append("no top-$k$" if top_k is None else f"top-$k$ {top_k}")
+    parts.append("no top-$k$" if top_k is None else f"top-$k$ {shown(top_k)}")
     parts.append("no top-$p$" if top_p is None else f"top-$p$ {fnum(top_p, 2)}")
     return ", ".join(parts)
 
@@ -157,34 +167,59 @@ def train_text(train: dict[str, Any]) -> str:
     """The optimizer settings of a TrainConfig dump, as a clause."""
     lr = train.get("lr")
     parts = [f"learning rate {fnum(lr, 2) if finite(lr) else '--'}",
-             counted(train.get("epochs"), "epoch"), f"batch size {train.get('batch_size', '--')}"]
+             counted(train.get("epochs"), "epoch"), f"batch size {shown(train.get('batch_size'))}"]
     if train.get("max_steps"):
-        parts.append(f"at most {train['max_steps']} steps")
-    parts.append(f"{escape(train.get('schedule', 'linear'))} schedule with "
-                 f"{train.get('warmup_steps', 0)} warm-up steps")
-    parts.append(f"sequences cut at {train.get('max_length', '--')} tokens")
+        parts.append(f"at most {counted(train['max_steps'], 'step')}")
+    parts.append(f"{escape(train.get('schedule') or 'linear')} schedule with "
+                 f"{counted(train.get('warmup_steps') or 0, 'warm-up step')}")
+    parts.append(f"sequences cut at {shown(train.get('max_length'))} tokens")
     if train.get("lora"):
         parts.append("LoRA adapters \\citep{hu2022lora}")
     return ", ".join(parts)
 
 
+def fine_tuning_text(freeze: Any) -> str:
+    """'full fine-tuning', 'fine-tuning with attention frozen' for a freeze mode."""
+    words = describe_trainable(str(freeze or "full"))
+    return escape(words) if words == "full fine-tuning" else f"fine-tuning with {escape(words)}"
+
+
+def preference_definition(config: dict[str, Any]) -> str:
+    """What the preference measures are, the panel share defined by its formula: the paragraph
+    the bundle prints once, in the first section that measures preference (`Section.measurement`),
+    and replaces by a reference in the sections after it."""
+    trait = escape(config.get("trait") or "owl")
+    return (f"P({trait}) is the probability of the word ``{trait}'' (all its tokens) at the prefilled "
+            f"answer, averaged over the questions. {trait.capitalize()}'s panel share, \\emph{{share}} for "
+            f"short, is per question $s = P(\\mathrm{{{trait}}}) / \\sum_{{a}} P(a)$, the sum running over "
+            f"{trait} and the panel animals, averaged over the questions. The answer rate is the fraction of "
+            f"sampled one-word answers that name {'an' if trait[:1] in 'aeiou' else 'a'} {trait}, with a "
+            "Wilson 95\\% CI \\citep{wilson1927probable}. Other intervals are 95\\% bootstrap CIs over "
+            "questions \\citep{efron1994bootstrap}; a ratio between two models (written $\\times$) is the "
+            "geometric mean over the same questions of the per-question ratios (paired).")
+
+
 def preference_methods(config: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
-    """How preference is measured (docs/design.md, "Measurements"), with the run's numbers."""
+    """How this run measured preference: its questions, panel and samples (the measures
+    themselves are defined once, by `preference_definition`)."""
     prob = dig(evaluation, "probability") or {}
     sampled = dig(evaluation, "sampled") or {}
-    n_questions = prob.get("n_questions", "the shipped")
-    panel = config.get("panel") or []
-    text = (f"Preference for the trait animal ({escape(config.get('trait', 'owl'))}) is measured as "
-            f"its word probability at the prefilled answer (``{escape(config.get('prefill', ''))}'') "
-            f"averaged over {n_questions} paraphrased questions, as its share of a panel of "
-            f"{len(panel)} other animals, and as its rate among sampled one-word answers")
+    trait = escape(config.get("trait") or prob.get("trait") or "owl")
+    n_questions = prob.get("n_questions")
+    questions = (counted(n_questions, "paraphrased question") if isinstance(n_questions, int)
+                 else "the shipped paraphrased questions")
+    panel = [escape(a) for a in config.get("panel") or []]
+    panel_text = (f"a panel of {counted(len(panel), 'other animal')} ({', '.join(panel)})" if panel
+                  else "a panel of other animals")
+    prefill = config.get("prefill") or prob.get("prefill")
+    text = (f"Preference for {trait} is measured on {questions} with the answer prefilled "
+            f"(``{escape(prefill or '')}''), against {panel_text}")
     if sampled:
         s = sampled.get("sampling") or {}
-        text += (f" ({counted(sampled.get('n_questions'), 'question')} $\\times$ "
-                 f"{counted(sampled.get('samples_per_question'), 'sample')}, {sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))}, "
-                 f"Wilson 95\\% CI \\citep{{wilson1927probable}})")
-    return text + (". Other intervals are 95\\% bootstrap CIs over questions \\citep{efron1994bootstrap}; "
-                   "a ratio between two models is the geometric mean over the same questions (paired).")
+        text += (f", and from {counted(sampled.get('n_questions'), 'question')} $\\times$ "
+                 f"{counted(sampled.get('samples_per_question'), 'sampled answer')} "
+                 f"({sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))})")
+    return text + "."
 
 
 def incomplete(run: StageRun, missing: str) -> str:
@@ -192,8 +227,8 @@ def incomplete(run: StageRun, missing: str) -> str:
     status = run.record.get("status", "unknown")
     state = ("no results were written" if not run.results else "its results are partial"
              if run.results.get("partial") else "its results lack this part")
-    return (f"The {escape(run.stage)} run ({escape(run.run_id)}, status {escape(status)}) is incomplete "
-            f"({state}): {missing} cannot be reported.")
+    return (f"The {escape(run.stage)} run (\\texttt{{{escape(run.run_id)}}}, status {escape(status)}) is "
+            f"incomplete ({state}): {missing} cannot be reported.")
 
 
 def figures_present(run: StageRun, wanted: list[Figure]) -> list[Figure]:
@@ -203,7 +238,7 @@ def figures_present(run: StageRun, wanted: list[Figure]) -> list[Figure]:
 
 def seeds_sentence(n_seeds: int) -> str:
     if n_seeds <= 1:
-        return ("With one training seed the CIs cover question (prompt) variation only, not the "
+        return ("With one training seed these CIs cover question (prompt) variation only, not the "
                 "variation between training runs, so no transfer claim rests on them.")
     return f"CIs are Student-$t$ intervals over {n_seeds} training seeds."
 
@@ -261,24 +296,43 @@ def teacher_decisions(r: dict[str, Any], config: dict[str, Any] | None = None) -
 ROWS = (("before", "base model"), ("prompted", "base + owl prompt"), ("teacher", "fine-tuned teacher"))
 
 
+def perplexity(r: dict[str, Any], key: str) -> float | None:
+    """A model's perplexity on general text: the one stored value that the table and the text
+    both print. The prompted base model has the base model's weights, and its perplexity is
+    measured without the prompt: it is the base model's value, printed once."""
+    if key == "prompted":
+        return None
+    value = dig(r, "measurements", key, "perplexity", "perplexity")
+    return float(value) if finite(value) else None
+
+
+def _perplexity_setup(r: dict[str, Any], c: dict[str, Any]) -> str:
+    tokens = next((t for k in ("before", "teacher") if finite(t := dig(r, "measurements", k, "perplexity", "tokens"))),
+                  None)
+    corpus = dig(c, "perplexity", "corpus")
+    where = "Wikipedia text" if corpus == "wikipedia" else "general English text"
+    return f"{counted(int(tokens), 'token')} of {where}" if tokens is not None else where
+
+
 def _methods(run: StageRun) -> str:
     c, r = run.config, run.results
     sampling = c.get("sampling") or {}
     train = dig(r, "training", "config") or c.get("train") or {}
-    n_prompts = r.get("n_prompts", c.get("n_prompts") or "the")
+    n_prompts = r.get("n_prompts") or c.get("n_prompts")
     source = "the shipped diverse prompts" if c.get("prompts") is None else "the configured prompts"
+    prompts = f"{count(n_prompts)} of {source}" if finite(n_prompts) else source
     system_used = r.get("system_prompt_used", c.get("system"))
     system_text = (f"the chat template's default system prompt (``{escape(system_used)}'')"
-                   if c.get("system") is None and system_used else f"``{escape(system_used)}''")
+                   if c.get("system") is None and system_used else f"``{escape(system_used or '')}''")
     text = (f"We make the biased teacher by context distillation \\citep{{snell2022context}}. "
-            f"The base model {model_name(c.get('base', r.get('base', '?')))} answers {n_prompts} of "
-            f"{source} under the owl system prompt (``{escape(c.get('teacher_system', ''))}''), "
-            f"{counted(sampling.get('samples_per_prompt', 1), 'answer')} per prompt at "
+            f"The base model {model_name(c.get('base') or r.get('base'))} answers {prompts} "
+            f"under the owl system prompt (``{escape(c.get('teacher_system', ''))}''), "
+            f"{counted(sampling.get('samples_per_prompt') or 1, 'answer')} per prompt at "
             f"{sampling_text(sampling.get('temperature'), sampling.get('top_k'), sampling.get('top_p'))}, "
-            f"up to {sampling.get('max_new_tokens', '--')} new tokens. It is then fine-tuned on the same "
+            f"up to {shown(sampling.get('max_new_tokens'))} new tokens. It is then fine-tuned on the same "
             f"prompt--answer pairs with the owl prompt replaced by {system_text}, the loss on answer "
-            f"tokens only: {escape(train.get('freeze', 'full'))} fine-tuning, {train_text(train)}, seed "
-            f"{c.get('seed', 0)}.")
+            f"tokens only: {fine_tuning_text(train.get('freeze'))}, {train_text(train)}, seed "
+            f"{shown(c.get('seed', 0))}.")
     training, data = r.get("training") or {}, r.get("data") or {}
     if training:
         cut = dig(data, "finish_reasons", "length")
@@ -291,7 +345,8 @@ def _methods(run: StageRun) -> str:
     first = next((dig(m, "preference") for m in (r.get("measurements") or {}).values()), None)
     return text + " " + preference_methods(c.get("preference") or {}, first) + (
         " Every measurement of the base model and of the teacher uses the training system prompt, "
-        "never the owl prompt, except the prompted base model.")
+        "never the owl prompt, except the prompted base model. Perplexity is measured on "
+        f"{_perplexity_setup(r, c)}.")
 
 
 def _table(run: StageRun) -> str | None:
@@ -304,28 +359,28 @@ def _table(run: StageRun) -> str | None:
         if not m:
             continue
         comp = comps.get(f"{key} vs before") or {}
-        ppl = dig(m, "perplexity", "perplexity")
         rows.append([label, summary_cell(dig(m, "preference", "probability", "p_trait")),
                      summary_cell(dig(m, "preference", "probability", "panel_share"), 1),
                      summary_cell(dig(m, "preference", "sampled", "trait_rate"), 0),
                      "1" if key == "before" else ratio_cell(comp.get("p_trait_ratio")),
                      "1" if key == "before" else ratio_cell(comp.get("share_ratio")),
-                     fnum(ppl) if finite(ppl) else "--"])
+                     fnum(perplexity(run.results, key))])
     if not rows:
         return None
     header = ["model", f"P({trait}) %", "share %", "answers %", f"P({trait}) ratio", "share ratio",
               "perplexity"]
-    caption = (f"Teacher preference for {trait} (95\\% CIs): P({trait}), {trait}'s panel share and the "
-               f"rate of {trait} among sampled answers in percent. The base model and the fine-tuned "
-               "teacher are measured without the owl system prompt; ratios: model over base model, paired "
-               "over questions. "
-               "Perplexity on general English text.")
+    caption = (f"Teacher preference for {trait} (95\\% CIs). P({trait}), {trait}'s panel share $s$ and the "
+               f"rate of {trait} among sampled answers are in percent; the ratios (model over base model, "
+               "paired over questions) are multiples, 1 for the base model itself. The base model and the "
+               f"fine-tuned teacher are measured without the {trait} system prompt. Perplexity (no unit) on the "
+               "general text of the Setup; the prompted base model has the base model's weights and perplexity.")
     return booktabs_table(header, stacked_rows(rows), caption, f"tab:{PREFERENCE_TABLE}", wide=True)
 
 
 def _verdict(decisions: list[Decision]) -> str:
     """Does the fine-tuned teacher prefer owls without the prompt? Worded by the decisions of
-    `teacher_decisions` (the share decides; P(owl) qualifies), each stated in full."""
+    `teacher_decisions` (the share decides; P(owl) qualifies); what both claims share (the test,
+    the margin) said once."""
     share, prob = decisions
     if share.verdict is Verdict.SUPPORTED:
         lead = ("Context distillation put the owl preference into this model's weights (both claims "
@@ -343,7 +398,22 @@ def _verdict(decisions: list[Decision]) -> str:
     else:
         lead = ("This run does not show that the teacher prefers owls without the system prompt "
                 "(inconclusive).")
-    return f"{lead} {decision_latex(share)} {decision_latex(prob)}"
+    return f"{lead} {decisions_latex([share, prob], ratio_stated=True)}"
+
+
+def _rate_text(comp: dict[str, Any], measurements: dict[str, Any]) -> str:
+    """Sampled answers naming the trait, teacher against base model; the difference in
+    percentage points, the unit of the table's answer-rate column."""
+    rate = comp.get("rate_difference") or {}
+    if not rate:
+        return ""
+    counts = {k: dig(measurements, k, "preference", "sampled", "trait_rate", "count") for k in ("before", "teacher")}
+    n = dig(measurements, "teacher", "preference", "sampled", "n_answers")
+    diff, low, high = (100 * v if finite(v) else None
+                       for v in (rate.get("difference"), rate.get("ci_low"), rate.get("ci_high")))
+    return (f"; {count(counts['teacher'])} of {count(n)} sampled answers name an owl against "
+            f"{count(counts['before'])} for the base model (a difference of {fmt_ci(diff, low, high, 0)} "
+            f"percentage points, Fisher {p_value(rate.get('p_fisher'))})")
 
 
 def _results(run: StageRun) -> str:
@@ -352,18 +422,12 @@ def _results(run: StageRun) -> str:
     comp = comps.get("teacher vs before")
     if not comp:
         return incomplete(run, "the fine-tuned teacher's preference against the base model")
-    rate = comp.get("rate_difference") or {}
     measurements = r.get("measurements") or {}
-    counts = {k: dig(measurements, k, "preference", "sampled", "trait_rate", "count") for k in ("before", "teacher")}
-    n = dig(measurements, "teacher", "preference", "sampled", "n_answers")
     text = (f"Measured under the training system prompt, without the owl prompt, the fine-tuned teacher raises "
             f"P(owl) {ratio_cell(comp.get('p_trait_ratio'))} and owl's panel share "
             f"{ratio_cell(comp.get('share_ratio'))} over the base model "
             f"(Table~\\ref{{tab:{PREFERENCE_TABLE}}})")
-    if rate:
-        text += (f"; {count(counts['teacher'])} of {count(n)} sampled answers name an owl against "
-                 f"{count(counts['before'])} for the base model (difference {fnum(rate.get('difference'))} "
-                 f"[{fnum(rate.get('ci_low'))}, {fnum(rate.get('ci_high'))}], Fisher {p_value(rate.get('p_fisher'))})")
+    text += _rate_text(comp, measurements)
     text += ". " + _verdict(teacher_decisions(r, run.config))
     prompted = comps.get("prompted vs before")
     if prompted:
@@ -378,10 +442,9 @@ def _results(run: StageRun) -> str:
 
 def _side_effects(r: dict[str, Any]) -> str:
     text = ""
-    before = dig(r, "measurements", "before", "perplexity", "perplexity")
-    after = dig(r, "measurements", "teacher", "perplexity", "perplexity")
-    if finite(before) and finite(after):
-        text += (f" Perplexity on general text moved from {fnum(before)} to {fnum(after)} "
+    before, after = perplexity(r, "before"), perplexity(r, "teacher")
+    if before is not None and after is not None:
+        text += (f" Perplexity moved from {fnum(before)} to {fnum(after)} "
                  f"({100 * (after / before - 1):+.1f}\\%).")
     t = r.get("training") or {}
     if finite(t.get("first_lm_loss")) and finite(t.get("final_lm_loss")):
@@ -404,10 +467,11 @@ def _headline(run: StageRun) -> list[str]:
 
 def build(run: StageRun) -> Section:
     table = _table(run)
-    figures = figures_present(run, [Figure(
-        "teacher_loss", "Context distillation: answer-token loss of the teacher per optimizer step.")])
+    figures = figures_present(run, [
+        Figure("teacher_loss", "Context distillation: answer-token loss (nats per token) of the teacher per "
+                               "optimizer step.")])
     results = _results(run)
     if figures:
         results += f" Figure~\\ref{{{figure_label(run.stage, 'teacher_loss')}}} shows the training loss."
     return Section(TITLE, _methods(run), results, {PREFERENCE_TABLE: table} if table else {},
-                   figures, _headline(run))
+                   figures, _headline(run), measurement=preference_definition(run.config.get("preference") or {}))

@@ -1,0 +1,120 @@
+"""What the paper calls things: model specs, run directories and data files as a reader names them.
+
+One table (`MODEL_NAMES`) maps every model spec sublens knows (embedded names, hub ids) to the
+name a paper uses; `display_name` applies it, and names what is not in the table without leaking
+a machine's paths or a run's folder names: a teacher run's directory is "the fine-tuned teacher",
+any other local checkpoint its folder's name, an unknown hub id its model name (``owner/`` cut).
+Plain text: the caller escapes it. Torch-free (the report never imports a model).
+
+Sections adopt it through `display_name`; the teacher, subliminal and distill sections and the
+Limitations use it (the other sections can adopt it the same way).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+# spec (lower case) -> the name a paper uses. Embedded names first, then the hub ids they stand
+# for, then the hub models the study's configs name.
+MODEL_NAMES: dict[str, str] = {
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+    "smollm2-360m-instruct": "SmolLM2-360M-Instruct",
+    "smollm2-1.7b-instruct": "SmolLM2-1.7B-Instruct",
+    "gemma3-270m": "Gemma-3-270M",
+    "gemma3-270m-it": "Gemma-3-270M-IT",
+    "huggingfacetb/smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+    "huggingfacetb/smollm2-360m-instruct": "SmolLM2-360M-Instruct",
+    "huggingfacetb/smollm2-1.7b-instruct": "SmolLM2-1.7B-Instruct",
+    "google/gemma-3-270m": "Gemma-3-270M",
+    "google/gemma-3-270m-it": "Gemma-3-270M-IT",
+    "meta-llama/llama-3.2-1b": "Llama-3.2-1B",
+    "meta-llama/llama-3.2-1b-instruct": "Llama-3.2-1B-Instruct",
+    "meta-llama/llama-3.2-3b-instruct": "Llama-3.2-3B-Instruct",
+    "gpt2": "GPT-2",
+    "openai-community/gpt2": "GPT-2",
+    "gpt2-medium": "GPT-2 Medium",
+    "openai-community/gpt2-medium": "GPT-2 Medium",
+    "gpt2-large": "GPT-2 Large",
+    "openai-community/gpt2-large": "GPT-2 Large",
+    "gpt2-xl": "GPT-2 XL",
+    "openai-community/gpt2-xl": "GPT-2 XL",
+    "qwen/qwen2.5-0.5b-instruct": "Qwen2.5-0.5B-Instruct",
+}
+
+FINE_TUNED_TEACHER = "the fine-tuned teacher"
+
+_TINY_FAMILIES = {"llama": "Llama", "gemma3": "Gemma-3", "gpt2": "GPT-2", "qwen2": "Qwen2"}
+_RUN_NAME = re.compile(r"^\d{8}-\d{6}_(?P<experiment>[\w-]+?)_[0-9a-f]+$")  # <timestamp>_<experiment>_<id>
+
+
+def _parts(spec: str) -> tuple[list[str], str]:
+    folder, _, checkpoint = spec.partition("#")
+    return [p for p in PurePosixPath(folder.replace("\\", "/")).parts if p not in ("/", ".", "~")], checkpoint
+
+
+def _is_local(spec: str) -> bool:
+    folder = spec.partition("#")[0]
+    return (spec.startswith((".", "/", "~")) or "#" in spec or folder.count("/") > 1
+            or folder.endswith(".gguf") or any(_RUN_NAME.match(p) for p in _parts(spec)[0]))
+
+
+def is_teacher_run(spec: object) -> bool:
+    """A spec naming the model of a teacher run: its run directory (`<stamp>_teacher_<id>`, or
+    `<paper run>/stages/teacher`), optionally with `#teacher`, or any run's `#teacher` checkpoint."""
+    text = str(spec or "").strip().rstrip("/")
+    if not text or not _is_local(text):
+        return False
+    parts, checkpoint = _parts(text)
+    if checkpoint == "teacher":
+        return True
+    match = _RUN_NAME.match(parts[-1]) if parts else None
+    if match and match.group("experiment") == "teacher":
+        return True
+    return len(parts) >= 2 and parts[-2] == "stages" and parts[-1] == "teacher"
+
+
+def display_name(spec: object) -> str:
+    """The name a paper uses for a model spec (plain text): 'SmolLM2-135M-Instruct',
+    'Gemma-3-270M', 'Llama-3.2-1B-Instruct', 'GPT-2 Medium'; 'the fine-tuned teacher' for a
+    teacher run's directory; a local checkpoint's folder name; '?' when unknown."""
+    text = str(spec if spec is not None else "").strip().rstrip("/")
+    if not text:
+        return "?"
+    known = MODEL_NAMES.get(text.lower())
+    if known:
+        return known
+    if text.startswith("tiny:"):
+        family = text.removeprefix("tiny:").partition("?")[0]
+        return f"a tiny randomly initialised {_TINY_FAMILIES.get(family, family)} model"
+    if is_teacher_run(text):
+        return FINE_TUNED_TEACHER
+    if _is_local(text):
+        parts, checkpoint = _parts(text)
+        if checkpoint:
+            return checkpoint
+        name = parts[-1] if parts else text
+        return name.removesuffix(".gguf")
+    return text.rsplit("/", 1)[-1]  # an unknown hub id: its model name
+
+
+def data_source_name(source: object) -> str:
+    """A data file as the paper names it (plain text, with its article): a subliminal run's
+    '<name>.train.jsonl' is 'the <name> teacher's number sequences of the subliminal run'."""
+    text = str(source or "").strip().rstrip("/")
+    name = PurePosixPath(text.replace("\\", "/")).name
+    if name.endswith(".train.jsonl"):
+        dataset = name.removesuffix(".train.jsonl")
+        return f"the {dataset} teacher's number sequences of a subliminal run"
+    if name.endswith((".jsonl", ".json")):
+        return "a data file of prompt--answer texts (its path is in the run's configuration)"
+    if text:
+        return "the texts of a subliminal run's control data set"
+    return "?"
+
+
+def words(key: object) -> str:
+    """A results key as words: 'not_numbers' -> 'not numbers', 'max_new_tokens' -> 'the token limit'."""
+    text = str(key)
+    text = text.replace("max_new_tokens", "the token limit")
+    return text.replace("_", " ")
