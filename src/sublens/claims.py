@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from sublens.stats import t_interval
+from sublens.trainable import describe_trainable
 
 Unit = Literal["seed", "question", "number"]
 Prediction = Literal["increase", "decrease", "none"]
@@ -484,10 +485,11 @@ def subliminal_decisions(results: dict[str, Any], control_modes: Sequence[str],
         logs[mode] = per_seed_logs(((row or {}).get("vs_control") or {}).get("share_ratio"))
 
     def transfer(mode: str) -> Claim:
+        how = describe_trainable(mode)
         return Claim(name=f"subliminal.transfer.{mode}",
-                     statement=f"The owl student acquires the bias ({mode})",
+                     statement=f"The owl student acquires the bias ({how})",
                      estimand=(f"owl's panel-share ratio, owl student over the control student, both "
-                               f"trained in mode {mode} with the same seed"),
+                               f"trained with {how} and the same seed"),
                      unit="seed", prediction="increase", family="subliminal", settings=settings)
 
     contrast_logs = [a - m for a, m in zip(logs["freeze-attention"], logs["freeze-mlp"], strict=False)]
