@@ -7,7 +7,10 @@ name, independently of the tracing that sublens.hybrid uses.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,9 +18,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from fixture_runs import RUNS
 from sublens.arch import adapter_for
 from sublens.errors import ConfigError
-from sublens.experiments.hybrid import HybridConfig, bias_fraction, plan_hybrids
+from sublens.experiments.hybrid import HybridConfig, HybridResults, bias_fraction, plan_hybrids
+from sublens.experiments.hybrid.results import Comparison, Hybrid, Measurement
 from sublens.hybrid import (
     HybridError,
     HybridSpec,
@@ -31,7 +36,12 @@ from sublens.hybrid import (
     weight_differences,
     weights_snapshot,
 )
+from sublens.report.sections import hybrid as hybrid_section
+from sublens.report.stages import load_stage
+from sublens.results import ResultsError, load_results
 from tiny import tiny_config, tiny_model
+
+RECORDED = RUNS / "hybrid"  # a real run, recorded before schema versions, bias_fractions and patching
 
 # Residual norms of layer 0 and the sublayer they belong to ("attach"), by family.
 NORMS = {
@@ -314,12 +324,9 @@ def test_weight_differences_and_source_description() -> None:
 
 
 def test_bias_fraction() -> None:
-    def h(ratio: float) -> dict[str, object]:
-        return {"vs_base": {"share_ratio": {"ratio": ratio}}}
-
-    assert bias_fraction(h(4.0), h(16.0), "share_ratio") == pytest.approx(0.5)
-    assert bias_fraction(h(1.0), h(16.0), "share_ratio") == 0.0
-    assert math.isnan(bias_fraction(h(2.0), h(1.0), "share_ratio"))
+    assert bias_fraction(4.0, 16.0) == pytest.approx(0.5)  # a hybrid's ratio to base, the biased model's
+    assert bias_fraction(1.0, 16.0) == 0.0
+    assert math.isnan(bias_fraction(2.0, 1.0))  # the biased model did not move the metric
 
 
 # ---- activation patching in the experiment -------------------------------------------------
@@ -348,6 +355,7 @@ def test_measure_patching_through_the_transplanter(family: str, one_thread: None
     from types import SimpleNamespace
 
     from sublens.experiments.hybrid import measure_patching
+    from sublens.experiments.hybrid.results import PatchTokens
     from sublens.patching import logit_difference
 
     base, biased = _pair(family)
@@ -356,16 +364,16 @@ def test_measure_patching_through_the_transplanter(family: str, one_thread: None
     bench = Transplanter(base, groups, states)  # type: ignore[arg-type]
     lm = SimpleNamespace(model=base, adapter=adapter_for(base))
     prompts = [[1, 2, 3, 4], [5, 6, 7], [9, 8, 7, 6, 5], [2, 2, 3], [4, 5, 6, 7]]
-    tokens = {"target": ["owl", 10, " owl"], "foil": ["dog", 20, " dog"]}
+    tokens = PatchTokens(target=("owl", 10, " owl"), foil=("dog", 20, " dog"))
     n = groups.n_layers
     out = measure_patching(lm, HybridConfig(biased="unused"), bench, [(0, 1), (0, n)], prompts, tokens)  # type: ignore[arg-type]
     for q, prompt in enumerate(prompts):
         ids = torch.tensor([prompt])
-        assert out["logit_difference"]["base"][q] == pytest.approx(logit_difference(_logits(base, ids), 10, 20), abs=1e-5)
-        assert out["logit_difference"]["biased"][q] == pytest.approx(logit_difference(_logits(biased, ids), 10, 20), abs=1e-5)
-    assert out["labels"] == ["L0-0", "all"] and out["n_questions"] == 5 and out["family"] == "hybrid.patching"
-    assert len(out["cells"]) == 2 * 2 * 2 and all("p_holm" in c for c in out["cells"])
-    assert out["forward_passes"] == 2 * 5 + 2 * 2 * 2 * 5
+        assert out.logit_difference.base[q] == pytest.approx(logit_difference(_logits(base, ids), 10, 20), abs=1e-5)
+        assert out.logit_difference.biased[q] == pytest.approx(logit_difference(_logits(biased, ids), 10, 20), abs=1e-5)
+    assert out.labels == ["L0-0", "all"] and out.n_questions == 5 and out.family == "hybrid.patching"
+    assert len(out.cells) == 2 * 2 * 2 and "p_holm" in out.cells[0].model_dump()
+    assert out.forward_passes == 2 * 5 + 2 * 2 * 2 * 5
     for name, param in base.named_parameters():
         assert torch.equal(param, states["base"][name])
 
@@ -393,3 +401,52 @@ def test_trait_like_tokens_are_the_word_and_its_forms_only() -> None:
     assert like("ox") == {"ox"}  # not 'oxygen' ('oxen' is irregular and not counted)
     with pytest.raises(ConfigError, match="No token of this tokenizer spells 'hippo'"):
         trait_like_mask(tok, len(tok), "hippo")
+
+
+# ---- typed results -------------------------------------------------------------------------
+def test_recorded_run_loads_and_round_trips() -> None:
+    data = json.loads((RECORDED / "results.json").read_text())
+    recorded = load_results(RECORDED / "results.json", HybridResults)  # written before schema versions
+    assert recorded.schema_version == 1 and recorded.patching is None and recorded.partial is None
+    head = recorded.hybrids["base+biased.lm_head"]
+    assert head.aliases == ["hybrid2"] and head.cells == [("into_base", "lm_head", "all")]
+    assert head.bias_fractions is None and head.bias_fraction_of("share") == head.bias_fraction
+    assert recorded.hybrids["base"].vs_base is None and recorded.lm_head_swap is not None
+    # the JSON written back is the JSON read, key by key (absent keys stay absent), plus its version
+    written = recorded.model_dump(mode="json")
+    assert written.pop("schema_version") == 1 and written == data
+    again = load_results(json.loads(json.dumps(recorded.model_dump(mode="json"))), HybridResults)
+    assert again.model_dump_json() == recorded.model_dump_json()
+
+
+def test_sparse_keys_are_written_only_when_measured() -> None:
+    recorded = load_results(RECORDED / "results.json", HybridResults)
+    base = recorded.hybrids["base"]
+    unsampled = Measurement(probability=base.probability, perplexity=None)  # sampling and next tokens off
+    assert unsampled.model_dump(mode="json") == {"probability": base.probability.model_dump(mode="json"),
+                                                 "perplexity": None}  # null stays null, absent stays absent
+    described = {k: v for k, v in base.model_dump().items() if k not in Measurement.model_fields}
+    hybrid = Hybrid.model_validate({**described, **unsampled.present(), "same_weights_as": "biased"})
+    written = hybrid.model_dump(mode="json")
+    assert "sampled" not in written and "next_token" not in written and written["same_weights_as"] == "biased"
+    comparison = Comparison.model_validate(
+        recorded.hybrids["biased"].model_dump()["vs_base"] | {"rate_difference": None})
+    assert comparison.model_dump()["rate_difference"] is None  # set: written, even as null
+
+
+def test_results_of_another_version_or_shape_are_refused() -> None:
+    data = json.loads((RECORDED / "results.json").read_text())
+    with pytest.raises(ResultsError, match="schema version 2; this sublens reads version 1 of HybridResults"):
+        load_results({**data, "schema_version": 2}, HybridResults)
+    broken = copy.deepcopy(data)
+    del broken["hybrids"]["base"]["degraded"]
+    with pytest.raises(ResultsError, match=r"does not match HybridResults .*hybrids\.base\.degraded: Field required"):
+        load_results(broken, HybridResults)
+    # a finished run whose results do not read is an error, never a silently empty section ...
+    run = load_stage(RECORDED)
+    with pytest.raises(ResultsError):
+        hybrid_section.build(replace(run, results={**data, "schema_version": 2}))
+    # ... while a failed run's unreadable results are reported as such
+    section = hybrid_section.build(replace(run, results={**data, "schema_version": 2},
+                                           record={**run.record, "status": "failed"}))
+    assert "incomplete" in section.results and "cannot be read" in section.results and not section.tables

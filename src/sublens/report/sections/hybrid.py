@@ -1,6 +1,7 @@
 """The hybrid section: where in the weights is the bias? LM-head swaps and a transplant matrix.
 
-Reads a `hybrid` run directory (schema: `sublens.experiments.hybrid`). Every hybrid has a *bias
+Reads a `hybrid` run directory: its results.json parsed once into `HybridResults`
+(`sublens.experiments.hybrid.results`). Every hybrid has a *bias
 fraction* f = log(m_hybrid / m_base) / log(m_biased / m_base) for the run's metric m (panel share
 or P(trait)): 0 = as the base model, 1 = as the biased model. Its 95% CI here comes from the CI of
 m_hybrid / m_base as recorded (Student t over questions on the log ratios in current runs, a
@@ -29,20 +30,30 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sublens.claims import Claim, ClaimSettings, Decision, decide_family, estimate_log_ratio
+from sublens.experiments.hybrid.results import (
+    DIRECTIONS,
+    METRIC_KEYS,
+    Hybrid,
+    HybridResults,
+    MetricKey,
+    PatchCell,
+    Patching,
+    RatioEstimate,
+)
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 from sublens.report.verdicts import decision_latex
+from sublens.results import ResultsError, load_results
 
-METRIC_KEYS = {"share": "share_ratio", "p_trait": "p_trait_ratio"}  # as sublens.experiments.hybrid
-METRIC_NAMES = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
-DIRECTIONS = ("into_base", "into_biased")
+METRIC_NAMES: dict[MetricKey, str] = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
 GROUP_ORDER = ("embeddings", "attention", "mlp", "norms", "final_norm", "lm_head")
 
 
@@ -77,17 +88,23 @@ class Cell:
 
 
 # ---- reading the results --------------------------------------------------------------------
-def metric_key(run: StageRun) -> str:
-    axis = (run.results.get("bias_axis") or {}).get("metric")
-    if axis in METRIC_NAMES:
-        return str(axis)
-    metric = run.results.get("bias_metric") or run.config.get("bias_metric") or "share"
-    return METRIC_KEYS.get(metric, "share_ratio")
+def read_results(results: HybridResults | Mapping[str, Any]) -> HybridResults:
+    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
+    return results if isinstance(results, HybridResults) else load_results(results, HybridResults)
 
 
-def _axis(hybrids: dict[str, Any], key: str) -> dict[str, Any]:
+def metric_key(results: HybridResults | None, config: Mapping[str, Any] | None = None) -> MetricKey:
+    """The compare_preference key of the run's bias metric (the configured one without results)."""
+    if results is not None:
+        return results.metric_key()
+    metric = (config or {}).get("bias_metric") or "share"
+    return METRIC_KEYS["p_trait"] if metric == "p_trait" else METRIC_KEYS["share"]
+
+
+def _axis(hybrids: Mapping[str, Hybrid], key: MetricKey) -> RatioEstimate | None:
     """The biased model vs base on the metric: ratio, CI, underpowered."""
-    return ((hybrids.get("biased") or {}).get("vs_base") or {}).get(key) or {}
+    biased = hybrids.get("biased")
+    return biased.vs_base.metric(key) if biased is not None and biased.vs_base is not None else None
 
 
 def _parse_layers(label: str) -> tuple[int, int] | None:
@@ -96,38 +113,36 @@ def _parse_layers(label: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2]) + 1) if match else None
 
 
-def _fraction_ci(h: dict[str, Any], key: str, axis: float | None) -> tuple[float | None, float | None]:
-    comp = (h.get("vs_base") or {}).get(key) or {}
-    low, high = comp.get("ci_low"), comp.get("ci_high")
+def _fraction_ci(h: Hybrid, key: MetricKey, axis: float | None) -> tuple[float | None, float | None]:
+    comp = h.vs_base.metric(key) if h.vs_base is not None else None
+    low, high = (comp.ci_low, comp.ci_high) if comp is not None else (None, None)
     if axis is None or low is None or high is None or low <= 0 or high <= 0:
         return None, None
     bounds = sorted((math.log(low) / axis, math.log(high) / axis))
     return bounds[0], bounds[1]
 
 
-def _fraction(h: dict[str, Any], metric: str) -> float | None:
-    value = (h.get("bias_fractions") or {}).get(metric, h.get("bias_fraction"))
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+def _fraction(h: Hybrid, key: MetricKey) -> float | None:
+    metric = next(m for m, k in METRIC_KEYS.items() if k == key)
+    value = h.bias_fraction_of(metric)
+    return float(value) if math.isfinite(value) else None
 
 
-def cells(run: StageRun) -> list[Cell]:
+def cells(results: HybridResults | None) -> list[Cell]:
     """Every measured matrix cell (a merged hybrid fills each of its cells)."""
-    hybrids = run.results.get("hybrids") or {}
-    key = metric_key(run)
-    metric = next((m for m, k in METRIC_KEYS.items() if k == key), "share")
-    ratio = _axis(hybrids, key).get("ratio")
+    if results is None:
+        return []
+    hybrids = results.hybrids
+    key = results.metric_key()
+    axis_estimate = _axis(hybrids, key)
+    ratio = axis_estimate.ratio if axis_estimate is not None else None
     axis = math.log(ratio) if ratio and ratio > 0 and abs(math.log(ratio)) > 1e-9 else None
     out = []
     for name, h in hybrids.items():
-        if not isinstance(h, dict):
-            continue
         low, high = _fraction_ci(h, key, axis)
-        for cell in h.get("cells") or []:
-            if len(cell) != 3 or cell[0] not in DIRECTIONS:
-                continue
-            out.append(Cell(cell[0], str(cell[1]), _parse_layers(cell[2]), name, _fraction(h, metric),
-                            low, high, (h.get("perplexity") or {}).get("perplexity"),
-                            bool(h.get("degraded"))))
+        for direction, group, layers in h.cells:
+            out.append(Cell(direction, group, _parse_layers(layers), name, _fraction(h, key), low, high,
+                            h.perplexity.perplexity if h.perplexity is not None else None, h.degraded))
     return out
 
 
@@ -159,7 +174,7 @@ def _layers_words(layers: tuple[int, int]) -> str:
     return f"layers {layers[0]}--{layers[1] - 1}"
 
 
-def matrix_table(run: StageRun, all_cells: list[Cell], incomplete: bool) -> str:
+def matrix_table(run: StageRun, results: HybridResults, all_cells: list[Cell], incomplete: bool) -> str:
     components = sorted({(c.group, c.layers) for c in all_cells}, key=_order)
     rows = []
     for group, layers in components:
@@ -168,17 +183,18 @@ def matrix_table(run: StageRun, all_cells: list[Cell], incomplete: bool) -> str:
             c = _cell(all_cells, direction, group, layers)
             row += [_frac_text(c), fmt(c.perplexity, 1) if c else "--"]
         rows.append(row)
-    hybrids = run.results.get("hybrids") or {}
+    hybrids = results.hybrids
     refs = []
     for name in ("base", "biased"):
-        ppl = ((hybrids.get(name) or {}).get("perplexity") or {}).get("perplexity")
-        if ppl is not None:
-            refs.append(f"{name} {fmt(ppl, 1)}")
-    trait = escape(run.results.get("trait", "owl"))
-    metric = METRIC_NAMES[metric_key(run)].format(trait=trait)
-    axis = _axis(hybrids, metric_key(run))
-    axis_text = (f" The biased model's {metric} is {fmt_ci(axis.get('ratio'), axis.get('ci_low'), axis.get('ci_high'))}"
-                 "$\\times$ the base model's." if axis.get("ratio") is not None else "")
+        reference = hybrids.get(name)
+        if reference is not None and reference.perplexity is not None:
+            refs.append(f"{name} {fmt(reference.perplexity.perplexity, 1)}")
+    trait = escape(results.trait)
+    key = results.metric_key()
+    metric = METRIC_NAMES[key].format(trait=trait)
+    axis = _axis(hybrids, key)
+    axis_text = (f" The biased model's {metric} is {fmt_ci(axis.ratio, axis.ci_low, axis.ci_high)}"
+                 "$\\times$ the base model's." if axis is not None else "")
     caption = (
         f"Hybrid matrix: bias fraction ({trait} {metric}, log scale; 0 = base, 1 = biased; 95\\% CI "
         "with the biased model's shift fixed) of the base model with one biased component "
@@ -206,48 +222,49 @@ def _settings(value: Any) -> ClaimSettings:
         return ClaimSettings()
 
 
-def _metric_words(results: dict[str, Any]) -> tuple[str, str]:
+def _metric_words(results: HybridResults | None) -> tuple[MetricKey, str]:
     """(compare_preference key, words) of the run's bias metric."""
-    axis = (results.get("bias_axis") or {}).get("metric")
-    key = axis if axis in METRIC_NAMES else METRIC_KEYS.get(results.get("bias_metric") or "share", "share_ratio")
-    return key, METRIC_NAMES[key].format(trait=results.get("trait", "owl"))
+    key = results.metric_key() if results is not None else "share_ratio"
+    return key, METRIC_NAMES[key].format(trait=results.trait if results is not None else "owl")
 
 
-def _hybrid(hybrids: dict[str, Any], direction: str, group: str) -> dict[str, Any] | None:
+def _hybrid(hybrids: Mapping[str, Hybrid], direction: str, group: str) -> Hybrid | None:
     """The hybrid measured in a whole-group matrix cell (merged hybrids fill several)."""
     for h in hybrids.values():
-        if isinstance(h, dict) and any(list(c)[:3] == [direction, group, "all"] for c in h.get("cells") or []):
+        if any(c == (direction, group, "all") for c in h.cells):
             return h
     return None
 
 
-def _per_question(h: dict[str, Any] | None, key: str) -> np.ndarray | None:
+def _per_question(h: Hybrid | None, key: MetricKey) -> np.ndarray | None:
     """A hybrid's per-question metric (panel share or P(trait)); None when not recorded."""
-    per = ((h or {}).get("probability") or {}).get("per_question") or {}
+    if h is None:
+        return None
+    per = h.probability.per_question
     try:
-        values = (np.asarray(per["share"], dtype=float) if key == "share_ratio"
-                  else np.asarray(per["p_word"], dtype=float)[:, 0])
-    except (KeyError, IndexError, TypeError, ValueError):
+        values = (np.asarray(per.share, dtype=float) if key == "share_ratio"
+                  else np.asarray(per.p_word, dtype=float)[:, 0])
+    except (IndexError, ValueError):
         return None
     return values if values.size and np.all(values > 0) else None
 
 
-def swap_effects(results: dict[str, Any], group: str) -> tuple[dict[str, np.ndarray], list[str]]:
+def swap_effects(results: HybridResults, group: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Per direction, the per-question log effect of the biased `group` on the run's metric:
     into_base log(m[base + biased group] / m[base]), into_biased log(m[biased] / m[biased + base group]);
     and the directions resting on a degraded hybrid."""
-    hybrids = results.get("hybrids") or {}
+    hybrids = results.hybrids
     key, _ = _metric_words(results)
     base, biased = _per_question(hybrids.get("base"), key), _per_question(hybrids.get("biased"), key)
     out: dict[str, np.ndarray] = {}
-    degraded = []
+    degraded: list[str] = []
     for direction in DIRECTIONS:
         h = _hybrid(hybrids, direction, group)
         values = _per_question(h, key)
         if values is None or base is None or biased is None or not values.size == base.size == biased.size:
             continue
         out[direction] = np.log(values / base) if direction == "into_base" else np.log(biased / values)
-        if (h or {}).get("degraded"):
+        if h is not None and h.degraded:
             degraded.append(direction)
     return out, degraded
 
@@ -260,12 +277,12 @@ def _main_effect(effects: dict[str, np.ndarray]) -> np.ndarray | None:
     return np.mean(np.stack(list(effects.values())), axis=0)
 
 
-def claims(results: dict[str, Any], settings: ClaimSettings | None = None) -> dict[str, Claim]:
+def claims(results: HybridResults | None, settings: ClaimSettings | None = None) -> dict[str, Claim]:
     """The hybrid run's three claims (family "hybrid"), worded for the run's metric."""
     s = _settings(settings)
     _, metric = _metric_words(results)
-    trait = results.get("trait", "owl")
-    foil = ((results.get("patching") or {}).get("tokens") or {}).get("foil", ["dog"])[0]
+    trait = results.trait if results is not None else "owl"
+    foil = results.patching.tokens.foil[0] if results is not None and results.patching is not None else "dog"
     return {
         "lm_head": Claim(
             name="localisation.lm_head", statement="The bias is not in the LM head",
@@ -292,23 +309,23 @@ def claims(results: dict[str, Any], settings: ClaimSettings | None = None) -> di
     }
 
 
-def _no_bias(results: dict[str, Any]) -> str | None:
+def _no_bias(results: HybridResults) -> str | None:
     """Why the biased model gives no bias to locate on the run's metric, or None."""
     key, metric = _metric_words(results)
-    axis = ((results.get("hybrids") or {}).get("biased") or {}).get("vs_base", {}).get(key) or {}
-    if axis.get("ratio") is None:
+    axis = _axis(results.hybrids, key)
+    if axis is None:
         return "the biased model was not compared with the base model"
-    if axis.get("underpowered"):
+    if axis.underpowered:
         return f"no bias to locate: the biased model's {metric} is not distinguishable from the base model's"
     return None
 
 
-def patching_contrast(patching: dict[str, Any]) -> tuple[np.ndarray | None, list[str]]:
+def patching_contrast(patching: Patching | None) -> tuple[np.ndarray | None, list[str]]:
     """Per question, the log odds contrast MLP-patched minus attention-patched over the whole depth,
     averaged over the patched directions (into_biased sign-reversed: removing more = carrying more)."""
-    ld = (patching or {}).get("logit_difference") or {}
-    patched = ld.get("patched") or {}
-    values, used = [], []
+    patched = patching.logit_difference.patched if patching is not None else {}
+    values: list[np.ndarray] = []
+    used: list[str] = []
     for direction in DIRECTIONS:
         by = patched.get(direction) or {}
         mlp, attn = (by.get("mlp") or {}).get("all"), (by.get("attention") or {}).get("all")
@@ -327,9 +344,10 @@ def _refine(decision: Decision, reason: str, settle: str) -> Decision:
     return decision.model_copy(update={"reason": reason, "settle": settle})
 
 
-def decisions(results: dict[str, Any], settings: ClaimSettings | Any = None) -> list[Decision]:
+def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSettings | Any = None) -> list[Decision]:
     """The verdicts of the hybrid claims from recorded results, Holm within the family "hybrid":
     localisation.lm_head, localisation.transplant, localisation.patching (in that order)."""
+    results = read_results(results)
     the = claims(results, _settings(settings))
     head, head_bad = swap_effects(results, "lm_head")
     mlp, mlp_bad = swap_effects(results, "mlp")
@@ -340,10 +358,10 @@ def decisions(results: dict[str, Any], settings: ClaimSettings | Any = None) -> 
     transplant_values = None
     if common and not (mlp_bad or attn_bad) and no_bias is None:
         transplant_values = np.mean(np.stack([mlp[d] - attn[d] for d in common]), axis=0)
-    patching = results.get("patching") or {}
+    patching = results.patching
     contrast, _ = patching_contrast(patching)
-    gap = patching.get("gap") or {}
-    gap_ok = gap.get("ci_low") is not None and (gap["ci_low"] > 0 or (gap.get("ci_high") or 0) < 0)
+    gap = patching.gap if patching is not None else None
+    gap_ok = gap is not None and gap.ci_low is not None and (gap.ci_low > 0 or (gap.ci_high or 0) < 0)
     patch_values = contrast if contrast is not None and gap_ok else None
     estimates = [estimate_log_ratio(v.tolist(), "question") if v is not None else None
                  for v in (head_values, transplant_values, patch_values)]
@@ -444,40 +462,39 @@ def _degraded_text(all_cells: list[Cell]) -> str:
             f"{escape(', '.join(bad))}. ")
 
 
-def _patch_cell(patching: dict[str, Any], direction: str, component: str, label: str) -> dict[str, Any] | None:
-    return next((c for c in patching.get("cells") or [] if c.get("direction") == direction
-                 and c.get("component") == component and c.get("layers") == label), None)
+def _patch_cell(patching: Patching, direction: str, component: str, label: str) -> PatchCell | None:
+    return next((c for c in patching.cells if c.direction == direction
+                 and c.component == component and c.layers == label), None)
 
 
-def _patch_text(cell: dict[str, Any] | None) -> str:
-    if cell is None or cell.get("fraction") is None:
+def _patch_text(cell: PatchCell | None) -> str:
+    if cell is None or cell.fraction is None:
         return "--"
-    if cell.get("ci_low") is None or cell.get("ci_high") is None:
-        return f"{fmt(cell['fraction'])} (no CI)"
-    return fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"])
+    if cell.ci_low is None or cell.ci_high is None:
+        return f"{fmt(cell.fraction)} (no CI)"
+    return fmt_ci(cell.fraction, cell.ci_low, cell.ci_high)
 
 
-def patching_table(patching: dict[str, Any], trait: str) -> str:
-    directions = [d for d in DIRECTIONS if d in (patching.get("directions") or [])]
+def patching_table(patching: Patching, trait: str) -> str:
+    directions = [d for d in DIRECTIONS if d in patching.directions]
     rows = []
-    for component in patching.get("components") or []:
-        for label in patching.get("labels") or []:
+    for component in patching.components:
+        for label in patching.labels:
             row = [escape(component), escape(label)]
             for direction in directions:
                 cell = _patch_cell(patching, direction, component, label)
-                row += [_patch_text(cell), fmt_p((cell or {}).get("p_holm"))]
+                row += [_patch_text(cell), fmt_p(cell.p_holm if cell is not None else None)]
             rows.append(row)
-    gap = patching.get("gap") or {}
-    tokens = patching.get("tokens") or {}
-    foil = escape((tokens.get("foil") or ["dog"])[0])
+    gap = patching.gap
+    foil = escape(patching.tokens.foil[0])
     caption = (
         f"Activation patching \\citep{{vig2020investigating,meng2022locating}}: fraction of the biased$-$base gap in the {escape(trait)}$-${foil} logit "
         "difference at the prefilled answer restored by patching the biased model's outputs of a component "
         "into the base run (restored) and removed by patching the base model's outputs into the biased run "
-        f"(removed), per layer range (0 = no effect, 1 = the whole gap); mean over {patching.get('n_questions', '?')} "
+        f"(removed), per layer range (0 = no effect, 1 = the whole gap); mean over {patching.n_questions} "
         "questions with a Student-t 95\\% CI (the mean gap held fixed) and the Holm-adjusted p-value of "
         "fraction = 0 over every cell. Gap: "
-        + fmt_ci(gap.get("mean"), gap.get("ci_low"), gap.get("ci_high")) + " logits."
+        + fmt_ci(gap.mean, gap.ci_low, gap.ci_high) + " logits."
     )
     header = ["component", "layers"]
     for direction in directions:
@@ -485,14 +502,14 @@ def patching_table(patching: dict[str, Any], trait: str) -> str:
     return booktabs_table(header, rows, caption, "tab:hybrid_patching")
 
 
-def _patching_text(patching: dict[str, Any], d: Decision) -> str:
-    if not patching:
+def _patching_text(patching: Patching | None, d: Decision) -> str:
+    if patching is None:
         return ("This run has no activation patching (it was recorded before patching was part of the "
                 "experiment). " + _decision_text(d))
-    gap = patching.get("gap") or {}
+    gap = patching.gap
     text = (f"Activation patching (Table~\\ref{{tab:hybrid_patching}}): the biased model's "
-            f"{escape(patching.get('metric', 'logit difference'))} exceeds the base model's by "
-            f"{fmt_ci(gap.get('mean'), gap.get('ci_low'), gap.get('ci_high'))} logits. ")
+            f"{escape(patching.metric)} exceeds the base model's by "
+            f"{fmt_ci(gap.mean, gap.ci_low, gap.ci_high)} logits. ")
     parts = []
     for direction, verb in (("into_base", "restores"), ("into_biased", "removes")):
         mlp, attn = _patch_cell(patching, direction, "mlp", "all"), _patch_cell(patching, direction, "attention", "all")
@@ -518,24 +535,26 @@ def _headline(d: Decision, numbers: str = "") -> str:
     return f"hybrid: {numbers}{d.claim.name} {d.verdict.value} ({d.reason})"
 
 
-def results_text(run: StageRun, all_cells: list[Cell], incomplete: bool) -> tuple[str, list[str]]:
-    hybrids = run.results.get("hybrids") or {}
+def results_text(run: StageRun, results: HybridResults | None, all_cells: list[Cell], incomplete: bool,
+                 unreadable: str | None = None) -> tuple[str, list[str]]:
     out = [_incomplete(run)] if incomplete else []
-    if not all_cells:
+    if unreadable:
+        out.append(f"Its results cannot be read: {escape(unreadable)}")
+    if results is None or not all_cells:
         return "".join(out) or "The hybrid run holds no results.", ["hybrid: no results (incomplete run)"]
-    key = metric_key(run)
-    trait = escape(run.results.get("trait", "owl"))
-    axis = _axis(hybrids, key)
+    key = results.metric_key()
+    trait = escape(results.trait)
+    axis = _axis(results.hybrids, key)
     metric = METRIC_NAMES[key].format(trait=trait)
     out.append("Table~\\ref{tab:hybrid_matrix} gives the bias fraction of every transplant. ")
-    if axis.get("ratio") is not None:
+    if axis is not None:
         out.append(f"The biased model's {metric} is "
-                   f"{fmt_ci(axis.get('ratio'), axis.get('ci_low'), axis.get('ci_high'))}$\\times$ the "
+                   f"{fmt_ci(axis.ratio, axis.ci_low, axis.ci_high)}$\\times$ the "
                    "base model's. ")
-    if axis.get("underpowered") or axis.get("ratio") is None:
+    if axis is None or axis.underpowered:
         out.append("The biased model is not distinguishable from the base on this metric, so the bias "
                    "fractions are noise and the transplant claims cannot be decided. ")
-    head_d, transplant_d, patch_d = decisions(run.results, run.config.get("claims"))
+    head_d, transplant_d, patch_d = decisions(results, run.config.get("claims"))
     head = (_cell(all_cells, "into_base", "lm_head"), _cell(all_cells, "into_biased", "lm_head"))
     mlp = (_cell(all_cells, "into_base", "mlp"), _cell(all_cells, "into_biased", "mlp"))
     attention = (_cell(all_cells, "into_base", "attention"), _cell(all_cells, "into_biased", "attention"))
@@ -544,7 +563,7 @@ def results_text(run: StageRun, all_cells: list[Cell], incomplete: bool) -> tupl
     range_text, best = _range_text(all_cells)
     out.append(range_text)
     out.append(_degraded_text(all_cells))
-    out.append(_patching_text(run.results.get("patching") or {}, patch_d))
+    out.append(_patching_text(results.patching, patch_d))
     headline = [
         _headline(head_d, f"LM-head swap bias fraction {_plain(head[0])} (biased head into base), "
                           f"{_plain(head[1])} (biased body, base head); "),
@@ -562,19 +581,21 @@ def _model_name(spec: object) -> str:
     return escape(spec_label(spec))
 
 
-def methods(run: StageRun) -> str:
-    c, r = run.config, run.results
-    models = r.get("models") or run.record.get("models") or {}
+def methods(run: StageRun, r: HybridResults | None) -> str:
+    c = run.config
+    models = (r.models if r is not None else None) or run.record.get("models") or {}
     biased = models.get("biased") or {}
     pref = c.get("preference") or {}
     ppl = c.get("perplexity") or {}
-    trait = escape(pref.get("trait", r.get("trait", "owl")))
-    ranges = r.get("layer_ranges") or c.get("layer_ranges") or []
+    trait = escape(pref.get("trait", r.trait if r is not None else "owl"))
+    ranges = (r.layer_ranges if r is not None else None) or c.get("layer_ranges") or []
     range_words = ", ".join(f"[{a}:{b}]" for a, b in ranges) or f"{c.get('depth_bins', '?')} bins"
     groups = ", ".join(escape(g) for g in c.get("groups") or [])
     ranged = " and ".join(escape(g) for g in c.get("ranged") or [])
-    metric = METRIC_NAMES[metric_key(run)].format(trait=trait)
-    axis_ci = _axis(r.get("hybrids") or {}, metric_key(run)).get("ci")
+    key = metric_key(r, c)
+    metric = METRIC_NAMES[key].format(trait=trait)
+    axis = _axis(r.hybrids, key) if r is not None else None
+    axis_ci = axis.ci if axis is not None else None
     system = _system_words(c)
     layers = biased.get("n_layers")
     source = biased.get("source")
@@ -582,7 +603,7 @@ def methods(run: StageRun) -> str:
         str(source), "")
     text = [
         f"We transplant weights between the base model \\texttt{{{_model_name(c.get('base'))}}} and the "
-        f"biased model \\texttt{{{_model_name(r.get('biased_spec') or c.get('biased'))}}}"
+        f"biased model \\texttt{{{_model_name((r.biased_spec if r is not None else None) or c.get('biased'))}}}"
         + (f" ({origin})" if origin else "") + (f", both with {layers} layers" if layers else "")
         + ", without training. Tied embeddings are untied first, so the LM head and the input "
         "embeddings are separate groups. ",
@@ -621,16 +642,16 @@ def methods(run: StageRun) -> str:
         "rests on a degraded hybrid, or on a biased model not distinguishable from the base, is "
         "inconclusive. "
     )
-    patching = r.get("patching") or {}
-    if patching:
-        labels = ", ".join(escape(label) for label in patching.get("labels") or [])
+    patching = r.patching if r is not None else None
+    if patching is not None:
+        labels = ", ".join(escape(label) for label in patching.labels)
         text.append(
             "Activation patching runs each preference question (answer prefilled) through both models and "
             "replaces the outputs of one component (every layer's MLP or attention output, i.e. what it adds "
             f"to the residual stream, at every position) over a layer range ({labels}) by the other "
             "model's on the same prompt: biased outputs into the base run (does it bring the bias?) and "
             "base outputs into the biased run (does it remove it?). The measure is the "
-            f"{escape(patching.get('metric', 'logit difference'))}; the fraction of the biased$-$base gap "
+            f"{escape(patching.metric)}; the fraction of the biased$-$base gap "
             "restored or removed is computed per question over the mean gap, with a Student-$t$ CI over "
             "questions and Holm-adjusted $p$-values over every patched cell. "
         )
@@ -645,14 +666,27 @@ def _system_words(config: dict[str, Any]) -> str:
 
 
 # ---- the section ----------------------------------------------------------------------------
+def _parse(run: StageRun) -> tuple[HybridResults | None, str | None]:
+    """The run's results parsed once (None without any), and why they cannot be read where an
+    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
+    if not run.results:
+        return None, None
+    try:
+        return read_results(run.results), None
+    except ResultsError as exc:
+        if run.ok and not run.results.get("partial"):
+            raise
+        return None, str(exc)
+
+
 def build(run: StageRun) -> Section:
-    all_cells = cells(run)
-    incomplete = (not run.ok) or bool(run.results.get("partial")) or not all_cells
-    text, headline = results_text(run, all_cells, incomplete)
-    tables = {"hybrid_matrix": matrix_table(run, all_cells, incomplete)} if all_cells else {}
-    patching = run.results.get("patching") or {}
-    if patching.get("cells"):
-        tables["hybrid_patching"] = patching_table(patching, str(run.results.get("trait", "owl")))
+    results, unreadable = _parse(run)
+    all_cells = cells(results)
+    incomplete = (not run.ok) or bool(results is None or results.partial) or not all_cells
+    text, headline = results_text(run, results, all_cells, incomplete, unreadable)
+    tables = {"hybrid_matrix": matrix_table(run, results, all_cells, incomplete)} if results and all_cells else {}
+    if results is not None and results.patching is not None and results.patching.cells:
+        tables["hybrid_patching"] = patching_table(results.patching, results.trait)
     figures = []
     if "hybrid_heatmap" in run.figures():
         figures.append(Figure(
@@ -665,7 +699,7 @@ def build(run: StageRun) -> Section:
             text += f" See Figure~\\ref{{{figure_label('hybrid', 'hybrid_heatmap')}}}."
     return Section(
         title="Component transplants",
-        methods=methods(run) if run.config else "The hybrid run has no configuration.",
+        methods=methods(run, results) if run.config else "The hybrid run has no configuration.",
         results=text,
         tables=tables,
         figures=figures,
