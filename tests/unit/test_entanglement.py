@@ -4,6 +4,8 @@ rules) run end to end through the real prompt, scoring and statistics code."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 import string
@@ -50,16 +52,21 @@ from sublens.entanglement import (
 from sublens.errors import ConfigError
 from sublens.experiments.entanglement import (
     EntanglementConfig,
+    EntanglementResults,
     distinct_orders,
     run_study,
     shipped_template_words,
 )
-from sublens.runs import open_run, read_json
+from sublens.report.sections import entanglement as section
+from sublens.report.stages import load_stage
+from sublens.results import ResultsError, load_results
+from sublens.runs import Run, open_run, read_json
 
 # ---------------------------------------------------------------------------------------------
 # a character-level tokenizer and a model whose distributions are rules of the text so far
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "entanglement"
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "runs" / "entanglement"  # predates the control context
 ARABIC_3, ARABIC_7 = "\u0663", "\u0667"  # ٣ ٧
 DIGITS = "0123456789" + ARABIC_3 + ARABIC_7
 
@@ -213,7 +220,7 @@ def run_toy(toy: SimpleNamespace, tmp_path: Path, **overrides: Any) -> tuple[dic
     with open_run("entanglement", config, tmp_path) as run:
         results = run_study(toy, config, run)
         run.save_results(results)
-    return results, run.path
+    return results.model_dump(mode="json"), run.path  # as results.json holds it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,3 +639,78 @@ def test_shipped_template_words_are_plain_non_number_nouns() -> None:
     assert all(w.isalpha() and w.islower() for w in words)
     for animal in ("owl", "dog", "cat", "eagle", "bear", "ant", "bat", "eel"):
         assert not any(animal in w for w in words), animal
+
+
+# ---------------------------------------------------------------------------------------------
+# typed results (EntanglementResults)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=1, ensure_ascii=False)  # NaN compares as text
+
+
+def test_the_recorded_run_loads_and_round_trips() -> None:
+    """A run recorded before the control-animal context (no design, claims, matching, control
+    context) loads into the model and is written back key for key, schema_version added."""
+    raw = read_json(RECORDED / "results.json")
+    assert "schema_version" not in raw and "design" not in raw and "claims" not in raw
+    results = load_results(RECORDED / "results.json", EntanglementResults)
+    assert results.schema_version == 1 and results.design is None and results.claims is None
+    assert results.sets["vocab"].matching is None and results.prompts.phase1_control_context is None
+    assert results.category_stats is not None
+    assert results.category_stats["ar2"].increased.bias_ratio.geo_mean == pytest.approx(
+        raw["category_stats"]["ar2"]["increased"]["bias_ratio"]["geo_mean"])
+    assert results.lengths is not None and results.lengths.strongest is not None
+    assert results.lengths.strongest.best == "1"
+    dumped = results.model_dump(mode="json")
+    assert next(iter(dumped)) == "schema_version" and dumped.pop("schema_version") == 1
+    assert _json(dumped) == _json(raw)  # absent fields stay absent, in the recorded order
+    assert load_results(results.model_dump(mode="json"), EntanglementResults) == results
+
+
+def test_another_schema_version_or_shape_is_refused() -> None:
+    raw = read_json(RECORDED / "results.json")
+    with pytest.raises(ResultsError, match="schema version 2; this sublens reads version 1"):
+        load_results({**raw, "schema_version": 2}, EntanglementResults)
+    with pytest.raises(ResultsError, match="does not match EntanglementResults.*bias"):
+        load_results({k: v for k, v in raw.items() if k != "bias"}, EntanglementResults)
+    # the report section: a finished run that cannot be read is an error; an unfinished one says why
+    run = load_stage(RECORDED)
+    wrong = dataclasses.replace(run, results={**raw, "schema_version": 2})
+    with pytest.raises(ResultsError, match="schema version 2"):
+        section.build(wrong)
+    torn = dataclasses.replace(run, results={**raw, "schema_version": 2, "partial": True},
+                               record={**run.record, "status": "interrupted"})
+    built = section.build(torn)
+    assert "incomplete" in built.results and "cannot be read" in built.results
+    assert not built.tables
+
+
+def test_toy_results_are_typed_and_every_save_loads(
+    toy: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each save of the run (after phase 1, the phase-2 numbers, the template control, the
+    statistics, cumulative priming) validates, and lacks what comes later (no null keys)."""
+    saved: list[dict[str, Any]] = []
+    save = Run.save_results
+
+    def spy(run: Run, results: Any) -> None:
+        save(run, results)
+        saved.append(read_json(run.path / "results.json"))
+
+    monkeypatch.setattr(Run, "save_results", spy)
+    results, _ = run_toy(toy, tmp_path)
+    phases = [(s["phase"], s["partial"]) for s in saved]
+    assert phases == [(1, True), (2, True), (2, True), (2, True), (2, True), (3, False)]
+    assert "neutral" not in saved[0] and "template_example" not in saved[1]["prompts"]
+    assert "stats" not in saved[2]["template_control"] and "category_stats" not in saved[2]
+    assert "claims" in saved[3] and "cumulative" not in saved[3] and "cumulative" in saved[4]
+    for state in saved:
+        typed = load_results(state, EntanglementResults)
+        assert _json(typed.model_dump(mode="json")) == _json(state)
+    final = load_results(saved[-1], EntanglementResults)
+    assert final.claims is not None and final.claims.primary_set == "vocab"
+    assert final.design is not None and final.design.owl_specific
+    assert final.figures is not None and set(final.figures) == {
+        "bias_ratio_by_category", "bias_ratio_by_length"}
+    assert final.report == results["report"]

@@ -88,10 +88,13 @@ def _owl_specific(results: dict[str, Any], logs: dict[str, dict[str, list[float]
     tests = [(name, test, claim, est) for name, by_cat in logs.items()
              for test, (claim, est) in zip(TESTS, set_claims(name, by_cat), strict=True)]
     out["claims"] = claims_record(tests, ClaimSettings(), "ar2")
-    out["design"] = {"owl_specific": True, "categories_by": "owl_minus_control"}
+    out["design"] = {"categories_by": "owl_minus_control", "owl_specific": True,
+                     "random": "matched_to_increased", "match_caliper": 0.1}
     out["sets"]["ar2"]["matching"] = {
-        "n_pairs": 30, "caliper": 0.1, "median_frequency_ratio": 1.01,
-        "max_abs_log_difference": 0.08, "n_outside_caliper": 0, "ks_p_value": 0.9}
+        "n_pairs": 30, "caliper": 0.1, "median_log_difference": 0.01, "median_frequency_ratio": 1.01,
+        "median_abs_log_difference": 0.03, "max_abs_log_difference": 0.08, "n_outside_caliper": 0,
+        "ks_statistic": 0.1, "ks_p_value": 0.9, "target_median_log_p": -4.0,
+        "matched_median_log_p": -3.99}
     return out
 
 
@@ -137,8 +140,10 @@ def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
     empty = ent.build(_with(ent_run, {}, status="failed"))
     assert "incomplete" in empty.results and r"\texttt{failed}" in empty.results
     assert not empty.tables and "incomplete" in empty.headline[0]
-    # phase 1 only: categories but no phase-2 statistics
-    phase1 = {k: ent_run.results[k] for k in ("model", "bias", "sets", "k", "categories")}
+    # phase 1 only (what a run saves after phase 1): categories but no phase-2 statistics
+    phase1 = {k: ent_run.results[k] for k in ("model", "bias", "control", "definitions",
+                                              "answer_words", "prompts", "warnings", "sets", "k",
+                                              "categories", "phase1_work")}
     section = ent.build(_with(ent_run, {**phase1, "partial": True, "phase": 1}, "interrupted"))
     assert "stopped after phase~1" in section.results and not section.tables
     # statistics but no template control, cumulative priming or lengths: those parts drop out

@@ -4,66 +4,95 @@ The claim under test is that token entanglement (Zur et al. 2025) does not expla
 transfer: numbers the owl context favours (Increased) raise P(owl | 'You love N') no more than
 numbers it disfavours or leaves alone, or than Random numbers of the same baseline frequency.
 
-This module decides nothing itself: every verdict word comes from a ``sublens.claims``
-Decision. A run records its claims (``results["claims"]``: claim, estimand, unit = numbers,
-estimate per set and test); the section re-decides them with ``decide_recorded`` (Holm over
-every set x test) and words the text from the Decisions (verdict, reason, what would settle
-it). A run without the control-animal context (recorded before categories were owl-specific)
-has no claims: each one is decided on no estimate ("not measured") and the text says why.
+Reads an `entanglement` run directory: its results.json parsed once into `EntanglementResults`
+(`sublens.experiments.entanglement.results`). This module decides nothing itself: every verdict
+word comes from a ``sublens.claims`` Decision. A run records its claims (``claims``: claim,
+estimand, unit = numbers, estimate per set and test); the section re-decides them (Holm over
+every set x test, as ``sublens.entanglement.decide_recorded``) and words the text from the
+Decisions (verdict, reason, what would settle it). A run without the control-animal context
+(recorded before categories were owl-specific) has no claims: each one is decided on no
+estimate ("not measured") and the text says why.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from sublens.claims import MIN_UNITS, ClaimSettings, Decision, Verdict, decide_family
-from sublens.entanglement import (
-    CATEGORIES,
-    TESTS,
-    animal_context,
-    decide_recorded,
-    fill,
-    set_claims,
+from sublens.entanglement import CATEGORIES, TESTS, animal_context, fill, set_claims
+from sublens.experiments.entanglement.results import (
+    EntanglementResults,
+    LengthEntry,
+    RatioSummary,
+    SetStatistics,
 )
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
+from sublens.results import ResultsError, load_results
 
 TITLE = "Token entanglement"
 LABELS = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
           "random": "Random", "template": "Template words"}
-Summary = dict[str, Any]
 Decided = dict[str, dict[str, Decision]]  # set -> test -> Decision
 
 
 def build(run: StageRun) -> Section:
-    res = run.results
-    stats: dict[str, Any] = res.get("category_stats") or {}
-    if not stats:
-        return Section(TITLE, _methods(run), _incomplete(run),
+    results, unreadable = _parse(run)
+    if results is None or not results.category_stats:
+        return Section(TITLE, _methods(run, results), _incomplete(run, results, unreadable),
                        headline=["entanglement: incomplete (no phase-2 statistics)"])
-    decided = decisions(res, run.config)
-    figures = _figures(run)
+    decided = decisions(results, run.config)
+    figures = _figures(run, results)
     tables = {
-        "entanglement_categories": categories_table(res, decided),
-        **({"entanglement_claims": claims_table(res, decided)} if owl_specific(res) else {}),
-        **({"entanglement_reverse": reverse_table(res)} if res.get("neutral") else {}),
-        **({"entanglement_length": length_table(res)} if _per_length(res) else {}),
+        "entanglement_categories": categories_table(results, decided),
+        **({"entanglement_claims": claims_table(results, decided)} if owl_specific(results) else {}),
+        **({"entanglement_reverse": reverse_table(results)} if results.neutral is not None else {}),
+        **({"entanglement_length": length_table(results)} if _per_length(results) else {}),
     }
-    results = _results(run, decided, set(tables), figures)
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(res, decided))
+    text = _results(results, decided, set(tables), figures)
+    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the results
+
+
+def read_results(results: EntanglementResults | Mapping[str, Any]) -> EntanglementResults:
+    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
+    if isinstance(results, EntanglementResults):
+        return results
+    return load_results(results, EntanglementResults)
+
+
+def _parse(run: StageRun) -> tuple[EntanglementResults | None, str | None]:
+    """The run's results parsed once (None without any), and why they cannot be read where an
+    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
+    if not run.results:
+        return None, None
+    try:
+        return read_results(run.results), None
+    except ResultsError as exc:
+        if run.ok and not run.results.get("partial"):
+            raise
+        return None, str(exc)
+
+
+def _stats(results: EntanglementResults) -> dict[str, SetStatistics]:
+    return results.category_stats or {}
 
 
 # ---------------------------------------------------------------------------------------------
 # decisions (sublens.claims)
 
 
-def owl_specific(res: dict[str, Any]) -> bool:
+def owl_specific(results: EntanglementResults) -> bool:
     """Whether the run's categories come from the owl-minus-control shift (and its claims are
     recorded): runs before the control-animal context have neither."""
-    design = res.get("design") or {}
-    return bool(design.get("owl_specific")) and bool((res.get("claims") or {}).get("tests"))
+    return (results.design is not None and results.design.owl_specific
+            and results.claims is not None and bool(results.claims.tests))
 
 
 def _settings(config: dict[str, Any]) -> ClaimSettings:
@@ -71,18 +100,19 @@ def _settings(config: dict[str, Any]) -> ClaimSettings:
     return ClaimSettings(**raw) if isinstance(raw, dict) else ClaimSettings()
 
 
-def decisions(res: dict[str, Any], config: dict[str, Any] | None = None) -> Decided:
-    """Every claim of every set, decided by sublens.claims with Holm over all of them. Without
-    owl-specific categories each claim has no estimate and is decided as not measured."""
+def decisions(results: EntanglementResults, config: dict[str, Any] | None = None) -> Decided:
+    """Every claim of every set, decided by sublens.claims with Holm over all of them (one
+    family, as sublens.entanglement.decide_recorded). Without owl-specific categories each claim
+    has no estimate and is decided as not measured."""
     out: Decided = {}
-    if owl_specific(res):
-        block = res["claims"]
-        for entry, d in zip(block["tests"], decide_recorded(block), strict=True):
-            out.setdefault(str(entry["set"]), {})[str(entry["test"])] = d
+    if owl_specific(results) and results.claims is not None:
+        tests = results.claims.tests
+        for entry, d in zip(tests, decide_family([(t.claim, t.estimate) for t in tests]), strict=True):
+            out.setdefault(entry.set, {})[entry.test] = d
         return out
     settings = _settings(config or {})
-    bias = str(res.get("bias", "owl"))
-    names = list(res.get("category_stats") or {})
+    bias = results.bias
+    names = list(_stats(results))
     pairs = [(name, test, claim) for name in names
              for test, (claim, _) in zip(TESTS, set_claims(name, {}, settings, bias), strict=True)]
     decided = decide_family([(claim, None) for _, _, claim in pairs])
@@ -91,14 +121,13 @@ def decisions(res: dict[str, Any], config: dict[str, Any] | None = None) -> Deci
     return out
 
 
-def primary(res: dict[str, Any], decided: Decided) -> str:
+def primary(results: EntanglementResults, decided: Decided) -> str:
     """The set of the paper claim: as recorded (fixed before any ratio was seen), else the one
     with the most numbers per category."""
-    recorded = (res.get("claims") or {}).get("primary_set")
-    if recorded in decided:
-        return str(recorded)
-    ks = res.get("k") or {}
-    return max(decided, key=lambda name: ks.get(name, 0))
+    recorded = results.claims.primary_set if results.claims is not None else None
+    if recorded is not None and recorded in decided:
+        return recorded
+    return max(decided, key=lambda name: results.k.get(name, 0))
 
 
 def _tex(text: str) -> str:
@@ -126,31 +155,30 @@ def decision_text(d: Decision, lead: str | None = None) -> str:
 
 
 def _num(value: Any) -> float:
-    """A number from results.json; None/missing -> NaN, so comparisons are simply False."""
+    """A number from the config; None/missing -> NaN, so comparisons are simply False."""
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-def _too_few(s: Summary) -> bool:
-    return _num(s.get("n")) < MIN_UNITS["number"] or not (
-        math.isfinite(_num(s.get("geo_ci_low"))) and math.isfinite(_num(s.get("geo_ci_high"))))
+def _too_few(s: RatioSummary) -> bool:
+    return s.n < MIN_UNITS["number"] or not (
+        math.isfinite(s.geo_ci_low) and math.isfinite(s.geo_ci_high))
 
 
-def _geo(s: Summary) -> str:
+def _geo(s: RatioSummary) -> str:
     if _too_few(s):
-        n = s.get("n", "?")
-        return rf"{fmt(s.get('geo_mean'))}\texttimes{{}} (too few numbers for a CI, $n = {n}$)"
-    low, high = fmt(s.get("geo_ci_low")), fmt(s.get("geo_ci_high"))
-    return rf"{fmt(s.get('geo_mean'))}\texttimes{{}} [{low}, {high}]"
+        return rf"{fmt(s.geo_mean)}\texttimes{{}} (too few numbers for a CI, $n = {s.n}$)"
+    low, high = fmt(s.geo_ci_low), fmt(s.geo_ci_high)
+    return rf"{fmt(s.geo_mean)}\texttimes{{}} [{low}, {high}]"
 
 
 def _quote(text: str) -> str:
     return f"``{escape(text)}''"
 
 
-def _default_system(res: dict[str, Any]) -> str:
+def _default_system(results: EntanglementResults | None) -> str:
     """The neutral prompt's system prompt as the run recorded it, quoted verbatim."""
-    recorded = ((res.get("prompts") or {}).get("phase1_neutral") or {})
-    system, source = recorded.get("system"), recorded.get("source") or recorded.get("system_source")
+    recorded = results.prompts.phase1_neutral if results is not None else None
+    system, source = (recorded.system, recorded.system_source) if recorded else (None, None)
     if system is None:
         return "no system prompt (the chat template inserts none)"
     if source == "template_default":
@@ -159,9 +187,9 @@ def _default_system(res: dict[str, Any]) -> str:
     return "the system prompt " + _quote(str(system))
 
 
-def _methods(run: StageRun) -> str:
-    c, res = run.config, run.results
-    model = res.get("model") or c.get("model", "?")
+def _methods(run: StageRun, results: EntanglementResults | None) -> str:
+    c = run.config
+    model = (results.model if results is not None else None) or c.get("model", "?")
     bias, control = c.get("bias", "owl"), c.get("control", "dog")
     plural = c.get("bias_plural") or f"{bias}s"
     control_plural = c.get("control_plural") or f"{control}s"
@@ -174,7 +202,8 @@ def _methods(run: StageRun) -> str:
                     else "".join(lengths))
     sets = []
     if "vocab" in c.get("sets", []):
-        n_vocab = (res.get("sets") or {}).get("vocab", {}).get("n_candidates")
+        vocab = results.sets.get("vocab") if results is not None else None
+        n_vocab = vocab.n_candidates if vocab is not None else None
         sets.append("the vocabulary set (every single-token number"
                     + (f", {n_vocab} tokens" if n_vocab else "") + ")")
     if "autoregressive" in c.get("sets", []):
@@ -183,8 +212,8 @@ def _methods(run: StageRun) -> str:
                     f"({zeros} leading zeros)")
     settings = _settings(c)
     cumulative = c.get("cumulative_orders", 0)
-    neutral = _default_system(res)
-    if owl_specific(res):
+    neutral = _default_system(results)
+    if results is not None and owl_specific(results):
         phase1 = (
             rf"Phase~1 scores every candidate number as the answer to "
             rf"{_quote(p.get('number_question', ''))} (prefilled "
@@ -242,25 +271,26 @@ def _methods(run: StageRun) -> str:
     )
 
 
-def _incomplete(run: StageRun) -> str:
+def _incomplete(run: StageRun, results: EntanglementResults | None, unreadable: str | None) -> str:
     status = run.record.get("status", "unknown")
-    phase = run.results.get("phase")
+    phase = results.phase if results is not None else None
     done = f" it stopped after phase~{phase}" if phase else " it saved no statistics"
-    return (
+    text = (
         rf"The entanglement stage is incomplete (run status {tt(status)};{done}), so this draft "
         r"has no results for token entanglement; rerun the stage to fill this section."
     )
+    return text + (f" Its results cannot be read: {escape(unreadable)}" if unreadable else "")
 
 
-def _paper_claim(res: dict[str, Any], decided: Decided) -> str:
-    main = primary(res, decided)
+def _paper_claim(results: EntanglementResults, decided: Decided) -> str:
+    main = primary(results, decided)
     d = decided[main]["entangled_vs_null"]
-    bias = escape(res.get("bias", "owl"))
-    lead = (rf"The paper's claim, tested in {tt(main)} ($k = {(res.get('k') or {}).get(main, '?')}$"
+    bias = escape(results.bias)
+    lead = (rf"The paper's claim, tested in {tt(main)} ($k = {results.k.get(main, '?')}$"
             rf"), that entangled numbers raise $P(\mathrm{{{bias}}})$ no more than "
             r"frequency-matched Random ones")
     text = decision_text(d, lead)
-    if not owl_specific(res):
+    if not owl_specific(results):
         text += (r" It cannot be decided on this run: its categories are not owl-specific (no "
                  r"control-animal context) and its Random numbers are not frequency-matched; "
                  r"rerun the stage.")
@@ -271,18 +301,18 @@ def _paper_claim(res: dict[str, Any], decided: Decided) -> str:
     return text
 
 
-def _between_categories(res: dict[str, Any], decided: Decided) -> str:
-    main = primary(res, decided)
+def _between_categories(results: EntanglementResults, decided: Decided) -> str:
+    main = primary(results, decided)
     parts = [decision_text(decided[main][f"{c}_vs_increased"]) for c in ("decreased", "unchanged")]
     return " ".join(parts)
 
 
-def _all_raise(res: dict[str, Any], decided: Decided) -> str:
+def _all_raise(results: EntanglementResults, decided: Decided) -> str:
     """'Every category raises P(bias)' only when each category's own claim is supported after
     Holm; otherwise the verdicts per category."""
-    main = primary(res, decided)
+    main = primary(results, decided)
     own = {c: decided[main][f"raises.{c}"] for c in CATEGORIES}
-    bias = escape(res.get("bias", "owl"))
+    bias = escape(results.bias)
     if all(d.verdict is Verdict.SUPPORTED for d in own.values()):
         return (rf"In {tt(main)} every category raises $P(\mathrm{{{bias}}})$ over the neutral "
                 r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
@@ -292,49 +322,49 @@ def _all_raise(res: dict[str, Any], decided: Decided) -> str:
             rf"{tt(main)}: {listed}.")
 
 
-def _template_sentence(res: dict[str, Any], name: str) -> str:
-    template = ((res.get("template_control") or {}).get("stats") or {}).get("bias_ratio")
-    if not template:
+def _template_sentence(results: EntanglementResults, name: str) -> str:
+    control = results.template_control
+    if control is None or control.stats is None:
         return ""
-    return (rf"Non-number template words in the same prompt give {_geo(template)} "
+    return (rf"Non-number template words in the same prompt give {_geo(control.stats.bias_ratio)} "
             r"(descriptive: how much of the rise the prompt gives without any number).")
 
 
-def _matching_sentence(res: dict[str, Any], name: str) -> str:
-    m = ((res.get("sets") or {}).get(name) or {}).get("matching") or {}
-    if not m:
+def _matching_sentence(results: EntanglementResults, name: str) -> str:
+    info = results.sets.get(name)
+    m = info.matching if info is not None else None
+    if m is None:
         return ""
     return (rf"In {tt(name)} the Random numbers' neutral probability is \texttimes{{}}"
-            rf"{fmt(_num(m.get('median_frequency_ratio')))} that of their Increased partners "
-            rf"(median; largest log difference {fmt(_num(m.get('max_abs_log_difference')))} nats, "
-            rf"{m.get('n_outside_caliper', 0)} of {m.get('n_pairs', '?')} pairs outside the "
-            rf"caliper; Kolmogorov-Smirnov {p_is(m.get('ks_p_value'))}).")
+            rf"{fmt(m.median_frequency_ratio)} that of their Increased partners "
+            rf"(median; largest log difference {fmt(m.max_abs_log_difference)} nats, "
+            rf"{m.n_outside_caliper} of {m.n_pairs} pairs outside the "
+            rf"caliper; Kolmogorov-Smirnov {p_is(m.ks_p_value)}).")
 
 
-def _length_sentence(res: dict[str, Any]) -> str:
-    per_length, best = _per_length(res), (res.get("lengths") or {}).get("strongest") or {}
-    if not per_length or not best.get("best"):
+def _length_sentence(results: EntanglementResults) -> str:
+    per_length, best = _per_length(results), results.lengths.strongest if results.lengths else None
+    if not per_length or best is None or not best.best:
         return ""
-    top = per_length.get(str(best["best"]), {})
+    top = per_length[best.best]
     text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}, descriptive), "
-            rf"{best['best']}-digit numbers give the largest bias ratio "
-            rf"({_geo(top.get('bias_ratio') or {})})")
-    if best.get("runner_up"):
-        sep = "its CI lies above" if best.get("separable") else "not separable from"
-        text += f", {sep} the {best['runner_up']}-digit numbers"
+            rf"{best.best}-digit numbers give the largest bias ratio "
+            rf"({_geo(top.bias_ratio)})")
+    if best.runner_up:
+        sep = "its CI lies above" if best.separable else "not separable from"
+        text += f", {sep} the {best.runner_up}-digit numbers"
     return text + "."
 
 
-def _warnings(res: dict[str, Any]) -> str:
+def _warnings(results: EntanglementResults) -> str:
     """The run's own caveats: shrunken k, and frequency differences between categories."""
-    shrunk = [name for name, info in (res.get("sets") or {}).items()
-              if info.get("k") is not None and info.get("k_requested") not in (None, info.get("k"))]
+    shrunk = [name for name, info in results.sets.items() if info.k_requested != info.k]
     parts = []
     if shrunk:
         parts.append("$k$ shrank for " + ", ".join(
-            rf"{tt(n)} ({res['sets'][n]['n_candidates']} candidates, $k = {res['sets'][n]['k']}$)"
+            rf"{tt(n)} ({results.sets[n].n_candidates} candidates, $k = {results.sets[n].k}$)"
             for n in shrunk) + ", whose statistics rest on very few numbers")
-    rare = [w for w in res.get("warnings", [])
+    rare = [w for w in results.warnings
             if "how common their numbers are" in str(w) or "caliper" in str(w)]
     parts.extend(escape(w).rstrip(".") for w in rare)
     return ("Caveats: " + "; ".join(parts) + ".") if parts else ""
@@ -344,11 +374,11 @@ def _n_tests(decided: Decided) -> int:
     return sum(len(tests) for tests in decided.values())
 
 
-def _results(run: StageRun, decided: Decided, tables: set[str], figures: list[Figure]) -> str:
-    res = run.results
-    neutral = res.get("neutral") or {}
-    bias, control = res.get("bias", "owl"), res.get("control", "dog")
-    main = primary(res, decided)
+def _results(results: EntanglementResults, decided: Decided, tables: set[str],
+             figures: list[Figure]) -> str:
+    neutral = results.neutral
+    bias, control = results.bias, results.control
+    main = primary(results, decided)
     intro = (r"Table~\ref{tab:entanglement_categories} gives the bias ratios per category"
              + (r", Table~\ref{tab:entanglement_claims} every claim with raw and Holm-adjusted "
                 rf"$p$ ({_n_tests(decided)} tests)" if "entanglement_claims" in tables else "")
@@ -356,51 +386,42 @@ def _results(run: StageRun, decided: Decided, tables: set[str], figures: list[Fi
                 if "entanglement_reverse" in tables else "")
              + (rf" and Figure~\ref{{{figure_label('entanglement', figures[0].stem)}}} the numbers"
                 if figures else "") + ".")
-    if neutral:
+    if neutral is not None:
         intro += (rf" Under the neutral prompt $P(\mathrm{{{escape(bias)}}})$ = "
-                  rf"{fmt(neutral.get('p_bias'), 3)} and $P(\mathrm{{{escape(control)}}})$ = "
-                  rf"{fmt(neutral.get('p_control'), 3)}.")
-    if res.get("partial"):
-        intro += (rf" The run is incomplete (it stopped after phase~{res.get('phase', '?')}); "
+                  rf"{fmt(neutral.p_bias, 3)} and $P(\mathrm{{{escape(control)}}})$ = "
+                  rf"{fmt(neutral.p_control, 3)}.")
+    if results.partial:
+        intro += (rf" The run is incomplete (it stopped after phase~{results.phase}); "
                   r"what follows is what it saved.")
-    if not owl_specific(res):
+    if not owl_specific(results):
         intro += (r" This run has no control-animal context: its categories are not "
                   rf"owl-specific (a number may rise under any animal context, not the "
                   rf"{escape(bias)} one in particular) and its Random null is not matched on "
                   r"frequency, so every claim below is inconclusive for that reason; the "
                   r"numbers are descriptive.")
-    main_stats = (res.get("category_stats") or {}).get(main) or {}
-    described = ", ".join(rf"{LABELS[c]} {_geo((main_stats.get(c) or {}).get('bias_ratio') or {})}"
-                          for c in CATEGORIES if c in main_stats)
+    main_stats = _stats(results).get(main)
+    described = ", ".join(rf"{LABELS[c]} {_geo(getattr(main_stats, c).bias_ratio)}"
+                          for c in CATEGORIES) if main_stats is not None else ""
     paragraphs = [
         " ".join(filter(None, [
             intro,
             rf"In {tt(main)} the bias ratios are {described}." if described else "",
-            _template_sentence(res, main), _matching_sentence(res, main)])),
-        " ".join(filter(None, [_paper_claim(res, decided)] + (
-            [_between_categories(res, decided), _all_raise(res, decided)] if owl_specific(res)
+            _template_sentence(results, main), _matching_sentence(results, main)])),
+        " ".join(filter(None, [_paper_claim(results, decided)] + (
+            [_between_categories(results, decided), _all_raise(results, decided)] if owl_specific(results)
             else [r"The claims that Decreased and Unchanged numbers raise the bias ratio as much "
                   r"as Increased ones, and that each category raises it, are inconclusive for "
                   r"the same reason."]))),
-        " ".join(filter(None, [_length_sentence(res), _warnings(res)])),
+        " ".join(filter(None, [_length_sentence(results), _warnings(results)])),
     ]
     return minus_signs("\n\n".join(p for p in paragraphs if p))
 
 
-def _plain(s: Summary) -> str:
-    def num(key: str) -> str:
-        value = _num(s.get(key))
-        return "n/a" if math.isnan(value) else f"{value:.2f}"
-    if _too_few(s):
-        return f"x{num('geo_mean')} (too few numbers, n = {s.get('n', '?')})"
-    return f"x{num('geo_mean')} [{num('geo_ci_low')}, {num('geo_ci_high')}]"
-
-
-def _headline(res: dict[str, Any], decided: Decided) -> list[str]:
-    main = primary(res, decided)
+def _headline(results: EntanglementResults, decided: Decided) -> list[str]:
+    main = primary(results, decided)
     d = decided[main]["entangled_vs_null"]
-    k = (res.get("k") or {}).get(main, "?")
-    why = d.reason if owl_specific(res) else "categories not owl-specific (no control context)"
+    k = results.k.get(main, "?")
+    why = d.reason if owl_specific(results) else "categories not owl-specific (no control context)"
     lines = [f"entanglement ({main}, k={k}): entangled numbers no better than frequency-matched "
              f"Random: {d.verdict.value} ({why})"]
     others = [f"{name} {tests['entangled_vs_null'].verdict.value}"
@@ -426,12 +447,11 @@ def _blocks(rows_by_set: list[list[list[str]]]) -> list[list[str]]:
     return out
 
 
-def _ci(summary: Summary, prefix: str = "geo_") -> str:
-    mean = "geo_mean" if prefix else "mean"
-    if prefix and _too_few(summary):
-        return f"{fmt(summary.get(mean))} (too few)"
-    low, high = summary.get(f"{prefix}ci_low"), summary.get(f"{prefix}ci_high")
-    return fmt_ci(summary.get(mean), low, high)
+def _ci(summary: RatioSummary) -> str:
+    """The geometric mean with its CI; 'too few' instead of an interval."""
+    if _too_few(summary):
+        return f"{fmt(summary.geo_mean)} (too few)"
+    return fmt_ci(summary.geo_mean, summary.geo_ci_low, summary.geo_ci_high)
 
 
 def _estimate_cell(d: Decision) -> str:
@@ -457,36 +477,34 @@ def _tight(columns: str) -> str:
 SHORT = {"increased": "Inc.", "decreased": "Dec.", "unchanged": "Unch.", "random": "Rand."}
 
 
-def _k_note(res: dict[str, Any]) -> str:
-    ks = res.get("k") or {}
+def _k_note(results: EntanglementResults) -> str:
+    ks = results.k
     if not ks:
         return ""
     return "$k$ per set: " + ", ".join(rf"{tt(n)} {k}" for n, k in ks.items()) + "."
 
 
-def categories_table(res: dict[str, Any], decided: Decided) -> str:
+def categories_table(results: EntanglementResults, decided: Decided) -> str:
     """Across the page (six columns with a CI and a verdict are wider than a column, 255 pt
     against 219 pt): per set and category, the bias ratio (geometric mean [t CI on log
     ratios]) with raw and Holm p and the verdict of the category's own claim (it rises)."""
     blocks = []
-    specific = owl_specific(res)
-    for name, stats in res["category_stats"].items():
+    specific = owl_specific(results)
+    for name, stats in _stats(results).items():
         block = []
         for c in CATEGORIES:
             d = (decided.get(name) or {}).get(f"raises.{c}")
             if specific and d is not None:
                 block.append([tt(name), SHORT[c], _estimate_cell(d), *_p_cells(d), d.verdict.value])
             else:
-                s = stats.get(c) or {}
                 verdict = d.verdict.value if d is not None else "--"
-                block.append([tt(name), SHORT[c], _ci(s.get("bias_ratio") or {}), "--", "--",
+                block.append([tt(name), SHORT[c], _ci(getattr(stats, c).bias_ratio), "--", "--",
                               verdict])
         blocks.append(block)
-    template = (res.get("template_control") or {}).get("stats") or {}
-    if template:
-        blocks.append([["all", "Templ.", _ci(template.get("bias_ratio") or {}), "--", "--",
-                        "--"]])
-    bias = escape(res.get("bias", "owl"))
+    template = results.template_control.stats if results.template_control is not None else None
+    if template is not None:
+        blocks.append([["all", "Templ.", _ci(template.bias_ratio), "--", "--", "--"]])
+    bias = escape(results.bias)
     design = (r"Categories by the owl-minus-control shift; Random matched to Increased on "
               r"baseline frequency. " if specific else
               r"Categories against the neutral prompt only (not owl-specific); Random uniform. ")
@@ -495,7 +513,7 @@ def categories_table(res: dict[str, Any], decided: Decided) -> str:
         r"\mathrm{neutral})$, geometric mean [95\% $t$-interval on log ratios] over the $k$ numbers "
         r"of each category (Templ.: non-number words, descriptive); raw and Holm-adjusted $p$ and "
         r"verdict (sublens.claims) of the claim that the category raises it; too few: fewer than "
-        rf"{MIN_UNITS['number']} numbers, no interval. " + design + _k_note(res)
+        rf"{MIN_UNITS['number']} numbers, no interval. " + design + _k_note(results)
     )
     return booktabs_table(["Set", "Cat.", "Bias ratio [95% CI]", "p", "Holm p", "Verdict"],
                           _blocks(blocks), caption, "tab:entanglement_categories",
@@ -507,7 +525,7 @@ TEST_LABELS = {"entangled_vs_null": "Inc./Rand. (paired)",
                "unchanged_vs_increased": "Unch./Inc. (Welch)"}
 
 
-def claims_table(res: dict[str, Any], decided: Decided) -> str:
+def claims_table(results: EntanglementResults, decided: Decided) -> str:
     """Across the page, as the categories table: per set, the between-category claims
     (predicted: no difference) with the ratio and CI, raw and Holm p, and the verdict."""
     blocks = []
@@ -515,13 +533,13 @@ def claims_table(res: dict[str, Any], decided: Decided) -> str:
         blocks.append([[tt(name), escape(TEST_LABELS[t]), _estimate_cell(tests[t]),
                         *_p_cells(tests[t]), tests[t].verdict.value]
                        for t in TEST_LABELS if t in tests])
-    margin = _settings({"claims": (res.get("claims") or {}).get("settings")}).margin
+    margin = (results.claims.settings if results.claims is not None else ClaimSettings()).margin
     caption = (
         r"Between-category claims, each predicting no difference: ratio of bias ratios "
         r"(geometric mean [95\% $t$-interval]; Increased against its frequency-matched Random "
         r"partner, paired; Decreased and Unchanged against Increased, Welch), raw and "
         rf"Holm-adjusted $p$ (Holm over all {_n_tests(decided)} tests of the study) and the verdict: "
-        rf"supported only when the CI lies inside [1/{margin:g}, {margin:g}]. " + _k_note(res)
+        rf"supported only when the CI lies inside [1/{margin:g}, {margin:g}]. " + _k_note(results)
     )
     return booktabs_table(["Set", "Claim", "Ratio [95% CI]", "p", "Holm p", "Verdict"],
                           _blocks(blocks), caption, "tab:entanglement_claims",
@@ -533,44 +551,44 @@ def _scale(p: float) -> int:
     return -math.floor(math.log10(p)) if p > 0 and math.isfinite(p) else 0
 
 
-def reverse_table(res: dict[str, Any]) -> str:
+def reverse_table(results: EntanglementResults) -> str:
     """Across both columns: mean P(bias | N) and P(control | N) with CIs, the relative ratio,
     and cumulative priming (all k numbers of a category in one prompt)."""
-    neutral = res["neutral"]
-    p0, c0 = _num(neutral.get("p_bias")), _num(neutral.get("p_control"))
-    means = [_num((st.get(c) or {}).get("bias_ratio", {}).get("mean")) * p0
-             for st in res["category_stats"].values() for c in CATEGORIES if c in st]
+    neutral = results.neutral
+    if neutral is None:
+        raise ValueError("reverse_table needs the neutral probabilities (phase 2)")
+    p0, c0 = neutral.p_bias, neutral.p_control
+    means = [getattr(st, c).bias_ratio.mean * p0 for st in _stats(results).values() for c in CATEGORIES]
     s = _scale(max([m for m in means if math.isfinite(m)], default=p0))
-    cumulative = (res.get("cumulative") or {}).get("sets") or {}
+    cumulative = results.cumulative.sets if results.cumulative is not None else {}
 
-    def mean_p(summary: Summary, p: float) -> str:
-        keys = ("mean", "ci_low", "ci_high")
-        mean, low, high = (_num(summary.get(k)) * p * 10.0**s for k in keys)
+    def mean_p(summary: RatioSummary, p: float) -> str:
+        mean, low, high = (v * p * 10.0**s for v in (summary.mean, summary.ci_low, summary.ci_high))
         return fmt_ci(mean, low, high)
 
     def cum(name: str, c: str) -> str:
-        br = ((cumulative.get(name) or {}).get(c) or {}).get("bias_ratio") or {}
-        if not br:
+        group = (cumulative.get(name) or {}).get(c)
+        if group is None:
             return "--"
-        return _ci(br) if br.get("n", 1) > 1 else fmt(br.get("geo_mean"))
+        br = group.bias_ratio
+        return _ci(br) if br.n > 1 else fmt(br.geo_mean)
 
     blocks = [[["--", "neutral", fmt(p0 * 10.0**s), fmt(c0 * 10.0**s), "1.00", "--"]]]
-    for name, stats in res["category_stats"].items():
+    for name, stats in _stats(results).items():
         block = []
         for c in CATEGORIES:
-            st = stats.get(c) or {}
-            block.append([tt(name), LABELS[c], mean_p(st.get("bias_ratio") or {}, p0),
-                          mean_p(st.get("control_ratio") or {}, c0),
-                          _ci(st.get("relative_ratio") or {}), cum(name, c)])
+            st = getattr(stats, c)
+            block.append([tt(name), LABELS[c], mean_p(st.bias_ratio, p0),
+                          mean_p(st.control_ratio, c0), _ci(st.relative_ratio), cum(name, c)])
         blocks.append(block)
-    bias, control = res.get("bias", "owl"), res.get("control", "dog")
+    bias, control = results.bias, results.control
     caption = (
         rf"Reverse-link averages: mean $P(\mathrm{{{escape(bias)}}} \mid N)$ and "
         rf"$P(\mathrm{{{escape(control)}}} \mid N)$ in units of $10^{{-{s}}}$ [bootstrap 95\% CI of "
         r"the mean] over the category's numbers under the system prompt `You love the number $N$'; "
         rf"the {escape(bias)}/{escape(control)} relative ratio (geometric mean [95\% CI]); and the "
         r"bias ratio with all numbers of the category in one prompt (cumulative priming). "
-        + _k_note(res)
+        + _k_note(results)
     )
     header = ["Set", "Category", f"P({bias}|N)", f"P({control}|N)",
               f"{bias}/{control} ratio", "All in one prompt"]
@@ -578,24 +596,23 @@ def reverse_table(res: dict[str, Any]) -> str:
                           align="llrrrr", wide=True)
 
 
-def _per_length(res: dict[str, Any]) -> dict[str, Any]:
-    return dict((res.get("lengths") or {}).get("per_length") or {})
+def _per_length(results: EntanglementResults) -> dict[str, LengthEntry]:
+    return dict(results.lengths.per_length) if results.lengths is not None else {}
 
 
-def length_table(res: dict[str, Any]) -> str:
+def length_table(results: EntanglementResults) -> str:
     """One column wide: per digit length, all categorised numbers, Increased and Random."""
     rows = []
-    for n, entry in sorted(_per_length(res).items(), key=lambda item: int(item[0])):
-        cats = entry.get("categories") or {}
-        rows.append([escape(n), str(entry.get("n", "--")), _ci(entry.get("bias_ratio") or {}),
-                     fmt((cats.get("increased") or {}).get("geo_mean")),
-                     fmt((cats.get("random") or {}).get("geo_mean"))])
-    best = (res.get("lengths") or {}).get("strongest") or {}
+    for n, entry in sorted(_per_length(results).items(), key=lambda item: int(item[0])):
+        rows.append([escape(n), str(entry.n), _ci(entry.bias_ratio),
+                     fmt(entry.categories.increased.geo_mean),
+                     fmt(entry.categories.random.geo_mean)])
+    best = results.lengths.strongest if results.lengths is not None else None
     strongest = ""
-    if best.get("best"):
-        strongest = rf" Strongest: {escape(best['best'])} digits" + (
-            "." if not best.get("runner_up") else
-            (" (CI above the runner-up's)." if best.get("separable")
+    if best is not None and best.best:
+        strongest = rf" Strongest: {escape(best.best)} digits" + (
+            "." if not best.runner_up else
+            (" (CI above the runner-up's)." if best.separable
              else " (not separable from the runner-up).")
         )
     caption = (
@@ -611,9 +628,9 @@ def length_table(res: dict[str, Any]) -> str:
 # figures
 
 
-def _figures(run: StageRun) -> list[Figure]:
+def _figures(run: StageRun, results: EntanglementResults) -> list[Figure]:
     available = run.figures()
-    bias = escape(run.results.get("bias", "owl"))
+    bias = escape(results.bias)
     out = []
     if "bias_ratio_by_category" in available:
         out.append(Figure("bias_ratio_by_category", (
