@@ -9,16 +9,34 @@ Each model carries ``schema_version`` (its class default is the version the code
 reads). A results.json without one was written before results were versioned and is read as
 version 1. Another version, or a file that does not validate, is a `ResultsError` that names
 the file, the model and the first problems: never a KeyError deep inside the report.
+
+What is written, stated once here:
+- in a `Sparse` record (every record of the pruning, hybrid, entanglement and mechanistic
+  results) a key is left out when its field was never set: an optional key a run writes only
+  in some cases stays absent where the run left it out, and absent and null stay different;
+- a float that is not finite is written as JSON's NaN / Infinity constant (`Record`), except in
+  a `Finite` record, which reads it as null so that its file stays strict JSON (mechanistic).
+The measurement records several experiments share (`Summary`, `RatioEstimate`, ...) are in
+`sublens.result_records`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sublens.errors import SublensError
 
@@ -49,6 +67,55 @@ class Results(Record):
         if version != expected:
             raise ValueError(f"schema version {version}, but {cls.__name__} is version {expected}")
         return version
+
+
+class Sparse(Record):
+    """A record written as it was read. The rule: a field is written when it was set (present
+    in the JSON read, null included; given when the record was built; or given to
+    ``model_copy(update=...)``) or is named in ``always_written``; a field left at its class
+    default is left out. So every optional field (default None) a run did not fill stays absent,
+    and a recorded results.json is written back key for key."""
+
+    always_written: ClassVar[frozenset[str]] = frozenset()
+
+    def _is_written(self, key: str) -> bool:
+        return key in self.model_fields_set or key in self.always_written
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if self._is_written(key)}
+
+    def present(self) -> dict[str, Any]:
+        """The fields that would be written, as keyword arguments (to build another record)."""
+        return {key: getattr(self, key) for key in type(self).model_fields if self._is_written(key)}
+
+
+def finite(value: Any) -> Any:
+    """NaN / inf -> None, recursively through dicts, lists and tuples (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Finite(Sparse):
+    """A sparse record whose non-finite floats (NaN, inf; anywhere inside it) are read as None,
+    so that it is written as null and its file is strict JSON."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        return finite(data) if isinstance(data, dict) else data
+
+
+class SparseResults(Results, Sparse):
+    """The results of a run written sparsely (`Sparse`); ``schema_version`` is always written."""
+
+    always_written: ClassVar[frozenset[str]] = frozenset({"schema_version"})
 
 
 R = TypeVar("R", bound=Results)
@@ -96,3 +163,27 @@ def load_results(source: Path | str | Mapping[str, Any], model_type: type[R]) ->
         raise ResultsError(
             f"{where} does not match {model_type.__name__} (schema version {expected}): {first}{more}."
         ) from None
+
+
+def as_results(results: R | Mapping[str, Any], model_type: type[R]) -> R:
+    """`results` as `model_type`: a model already parsed as it is, a results.json mapping
+    validated by `load_results` (ResultsError)."""
+    if isinstance(results, Mapping):
+        return load_results(results, model_type)
+    return results
+
+
+def read_run_results(
+    results: Mapping[str, Any], model_type: type[R], run_ok: bool
+) -> tuple[R | None, str | None]:
+    """A run's results.json (its mapping; empty: none) parsed once, for a report section:
+    (None, None) without any; (None, why) where an unfinished run (not `run_ok`, or
+    ``partial``) left them unreadable. A finished run's unreadable results raise ResultsError."""
+    if not results:
+        return None, None
+    try:
+        return as_results(results, model_type), None
+    except ResultsError as exc:
+        if run_ok and not results.get("partial"):
+            raise
+        return None, str(exc)

@@ -46,11 +46,11 @@ from sublens.experiments.entanglement.results import (
     LengthEntry,
     Lengths,
     Matching,
-    Prompt,
     SetInfo,
     SetStatistics,
     Strongest,
 )
+from sublens.result_records import PromptRecord
 
 LABELS = {
     "increased": "Increased",
@@ -337,7 +337,7 @@ def distinct_orders(items: Sequence[str], n: int, rng: np.random.Generator) -> l
 
 def summarise_cumulative(
     measured: Sequence[tuple[str, str, list[str], AnimalProbabilities]],
-    neutral: AnimalProbabilities, config: EntanglementConfig, prompt_example: Prompt,
+    neutral: AnimalProbabilities, config: EntanglementConfig, prompt_example: PromptRecord,
 ) -> Cumulative:
     """Per (set, category): each order's probabilities and ratios, and their summaries."""
     collected: dict[tuple[str, str], list[CumulativeOrder]] = {}

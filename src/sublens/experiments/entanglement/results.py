@@ -6,7 +6,8 @@ read as JSON (its ``categories``) by the mechanistic experiment and the paper ch
 is the one the run wrote before it was typed, ``schema_version`` added.
 
 Fields default to None only where a real results.json may lack them, and such a field that is
-absent stays absent when the model is written (`Sparse`), as the run always left it out:
+absent stays absent when the model is written (`sublens.results.Sparse`), as the run always
+left it out:
 - a run recorded before the control-animal context (tests/data/runs/entanglement is one):
   ``design``, ``claims``, ``prompts.phase1_control_context``, ``SetInfo.mass_control_context``
   and ``matching``, ``SetStatistics.correlation_specific_shift_log_bias_ratio``,
@@ -21,30 +22,17 @@ absent stays absent when the model is written (`Sparse`), as the run always left
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import SerializerFunctionWrapHandler, model_serializer
+from typing import Literal
 
 from sublens.claims import Claim, ClaimSettings, Estimate, Verdict
-from sublens.results import Record, Results
+from sublens.result_records import PromptRecord, Summary
+from sublens.results import Sparse, SparseResults
 
 Category = Literal["increased", "decreased", "unchanged", "random"]  # sublens.entanglement.CATEGORIES
 
 
-class Sparse(Record):
-    """A record whose optional fields, when absent (not in the JSON read, not given when built),
-    are left out when it is written, not written as null: the dict-built results.json had no
-    such key (a run without cumulative priming has no "cumulative")."""
-
-    @model_serializer(mode="wrap")
-    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        return {key: value for key, value in data.items()
-                if value is not None or key in self.model_fields_set}
-
-
 # ---- the study's set-up -----------------------------------------------------------------------
-class Design(Record):
+class Design(Sparse):
     """How the categories were formed (runs since the control-animal context)."""
 
     categories_by: str  # "owl_minus_control": the owl-specific shift
@@ -53,36 +41,24 @@ class Design(Record):
     match_caliper: float  # nats of neutral log probability
 
 
-class AnswerWord(Record):
+class AnswerWord(Sparse):
     """How an answer word (' owl') tokenizes after the animal prefill."""
 
     token_ids: list[int]
     n_tokens: int
 
 
-class Prompt(Record):
-    """`sublens.prompts.PromptText` as recorded."""
-
-    text: str
-    user: str
-    system: str | None
-    system_source: Literal["given", "template_default", "none"]
-    prefill: str
-    templated: bool
-    add_special_tokens: bool
-
-
 class Prompts(Sparse):
-    phase1_neutral: Prompt
-    phase1_owl_context: Prompt  # the bias animal's context, whatever the bias word
-    phase1_control_context: Prompt | None = None  # older runs
-    phase2_neutral: Prompt
-    phase2_number_example: Prompt | None = None  # phase 2 not reached, or no number scored
-    template_example: Prompt | None = None  # the template control not reached
+    phase1_neutral: PromptRecord
+    phase1_owl_context: PromptRecord  # the bias animal's context, whatever the bias word
+    phase1_control_context: PromptRecord | None = None  # older runs
+    phase2_neutral: PromptRecord
+    phase2_number_example: PromptRecord | None = None  # phase 2 not reached, or no number scored
+    template_example: PromptRecord | None = None  # the template control not reached
 
 
 # ---- phase 1: candidate sets and categories ---------------------------------------------------
-class Matching(Record):
+class Matching(Sparse):
     """`sublens.entanglement.matching_quality`: Random against its Increased partners."""
 
     n_pairs: int
@@ -122,7 +98,7 @@ class SetInfo(Sparse):
     warning: str | None  # k shrank
 
 
-class Categories(Record):
+class Categories(Sparse):
     """k numbers each, disjoint; random[i] is matched to increased[i]."""
 
     increased: list[str]
@@ -131,7 +107,7 @@ class Categories(Record):
     random: list[str]
 
 
-class ScoringWork(Record):
+class ScoringWork(Sparse):
     """`sublens.scoring.ScoringStats` of one phase-1 prompt, in tokens."""
 
     prompt_tokens: int
@@ -140,7 +116,7 @@ class ScoringWork(Record):
 
 
 # ---- phase 2: P(bias) and P(control) under the number prompts ---------------------------------
-class AnimalProbabilities(Record):
+class AnimalProbabilities(Sparse):
     """P(' bias') and P(' control') at the animal prefill: chain rule, and the first token's."""
 
     p_bias: float
@@ -149,7 +125,7 @@ class AnimalProbabilities(Record):
     p_control_first: float
 
 
-class TemplateWord(Record):
+class TemplateWord(Sparse):
     """A non-number word in the number's slot, its probabilities and ratios to the neutral prompt."""
 
     word: str
@@ -162,23 +138,17 @@ class TemplateWord(Record):
     relative_ratio: float
 
 
-class RatioSummary(Sparse):
-    """`sublens.entanglement.ratio_summary` of positive ratios: arithmetic (`sublens.stats.summarize`)
-    and geometric (Student t on the logs); NaN bounds: too few values for an interval."""
+class RatioSummary(Summary):
+    """`sublens.entanglement.ratio_summary` of positive ratios: arithmetic (`sublens.stats.summarize`,
+    the keys of `Summary`) and geometric (Student t on the logs); NaN bounds: too few values for
+    an interval."""
 
-    n: int
-    mean: float
-    median: float
-    sd: float
-    ci_low: float
-    ci_high: float
-    ci: str | None = None  # how the interval was made; older runs
     geo_mean: float
     geo_ci_low: float
     geo_ci_high: float
 
 
-class Comparison(Record):
+class Comparison(Sparse):
     """`sublens.entanglement.compare_ratios`: ratio of geometric means, bootstrap CI, permutation p."""
 
     ratio: float
@@ -189,7 +159,7 @@ class Comparison(Record):
     n: list[int]  # [test, reference]
 
 
-class Comparisons(Record):
+class Comparisons(Sparse):
     bias_ratio: Comparison
     relative_ratio: Comparison
 
@@ -211,7 +181,7 @@ class GroupStats(Sparse):
     log_p_neutral_median: float | None = None  # likewise
 
 
-class Correlation(Record):
+class Correlation(Sparse):
     """`sublens.entanglement.rank_correlation`: Spearman (NaN: under 3 points or no spread)."""
 
     n: int
@@ -240,14 +210,14 @@ class TemplateControl(Sparse):
 
 
 # ---- the claims (sublens.entanglement.claims_record) -----------------------------------------
-class ClaimTest(Record):
+class ClaimTest(Sparse):
     set: str
     test: str  # one of sublens.entanglement.TESTS
     claim: Claim
     estimate: Estimate
 
 
-class DecisionEntry(Record):
+class DecisionEntry(Sparse):
     """A test's decision as recorded (Holm over every set and test), for readers that do not
     re-decide; the report re-decides from ``tests``."""
 
@@ -263,7 +233,7 @@ class DecisionEntry(Record):
     units_needed: int | None
 
 
-class ClaimsBlock(Record):
+class ClaimsBlock(Sparse):
     family: str
     settings: ClaimSettings
     primary_set: str | None  # the set of the paper's claim, fixed before any ratio was seen
@@ -272,7 +242,7 @@ class ClaimsBlock(Record):
 
 
 # ---- cumulative priming and phase 3 ------------------------------------------------------------
-class CumulativeOrder(Record):
+class CumulativeOrder(Sparse):
     """All items of a category in one prompt, in one order."""
 
     order: list[str]
@@ -285,7 +255,7 @@ class CumulativeOrder(Record):
     relative_ratio: float
 
 
-class CumulativeGroup(Record):
+class CumulativeGroup(Sparse):
     n_items: int
     bias_ratio: RatioSummary  # over the orders
     control_ratio: RatioSummary
@@ -293,21 +263,21 @@ class CumulativeGroup(Record):
     per_order: list[CumulativeOrder]
 
 
-class Cumulative(Record):
+class Cumulative(Sparse):
     orders: int
     system_template: str
-    prompt_example: Prompt
+    prompt_example: PromptRecord
     sets: dict[str, dict[str, CumulativeGroup]]  # set -> category; "template" -> "template"
 
 
-class CategoryRatios(Record):
+class CategoryRatios(Sparse):
     increased: RatioSummary
     decreased: RatioSummary
     unchanged: RatioSummary
     random: RatioSummary
 
 
-class LengthEntry(Record):
+class LengthEntry(Sparse):
     """One digit length: the categorised numbers of its autoregressive set."""
 
     set: str
@@ -328,13 +298,13 @@ class Strongest(Sparse):
     separable: bool  # the best length's CI lies above the runner-up's
 
 
-class Lengths(Record):
+class Lengths(Sparse):
     per_length: dict[str, LengthEntry]  # by digit length, "1", "2", ...
     strongest: Strongest | None  # None: no autoregressive set categorised
 
 
 # ---- the run ----------------------------------------------------------------------------------
-class EntanglementResults(Results, Sparse):
+class EntanglementResults(SparseResults):
     schema_version: int = 1
     model: str | None  # the model spec (None: a model given already loaded)
     bias: str

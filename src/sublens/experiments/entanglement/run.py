@@ -73,7 +73,6 @@ from sublens.experiments.entanglement.results import (
     Cumulative,
     Design,
     EntanglementResults,
-    Prompt,
     Prompts,
     RatioSummary,
     ScoringWork,
@@ -83,6 +82,7 @@ from sublens.experiments.entanglement.results import (
 )
 from sublens.models import LoadedModel, load_model
 from sublens.prompts import PromptText, make_prompt
+from sublens.result_records import PromptRecord
 from sublens.runs import Run, atomic_write_parquet
 from sublens.scoring import (
     LM,
@@ -195,8 +195,8 @@ class StudyPrompts:
         )
 
 
-def _prompt(prompt: PromptText) -> Prompt:
-    return Prompt.model_validate(prompt.to_dict())
+def _prompt(prompt: PromptText) -> PromptRecord:
+    return PromptRecord.model_validate(prompt.to_dict())
 
 
 def animal_prompt(lm: LM, config: EntanglementConfig, system: str) -> PromptText:

@@ -5,9 +5,9 @@ read by the report section `sublens.report.sections.hybrid` and its claims code 
 `load_results`.
 
 A key the run writes only in some cases stays absent in the other cases, as before the
-results were typed: such fields are listed in the record's ``sparse`` and written only when
-the run set them (or when they were in the results.json read), so absent and null stay
-different. They are:
+results were typed: such a field defaults to None and is written only when the run set it (or
+when it was in the results.json read; `sublens.results.Sparse`), so absent and null stay
+different. The measurement records are `sublens.result_records`'. Such fields are:
 - not measured: ``sampled`` (sampling off), ``next_token`` (top_tokens 0), ``vs_base`` /
   ``vs_biased`` (the base and the biased model themselves), ``rate_difference`` (not sampled),
   ``same_weights_as`` (a hybrid with weights of its own), ``checkpoints`` (no saved hybrid),
@@ -24,11 +24,17 @@ different. They are:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import SerializerFunctionWrapHandler, model_serializer
-
-from sublens.results import Record, Results
+from sublens.result_records import (
+    PerplexityRecord,
+    ProbabilityRecord,
+    Rate,
+    RateDifference,
+    RatioEstimate,
+)
+from sublens.result_records import SampledRecord as SampledAnswers
+from sublens.results import Sparse, SparseResults
 
 Source = Literal["base", "biased"]
 Direction = Literal["into_base", "into_biased"]
@@ -38,115 +44,21 @@ MetricKey = Literal["share_ratio", "p_trait_ratio"]
 METRIC_KEYS: dict[BiasMetric, MetricKey] = {"share": "share_ratio", "p_trait": "p_trait_ratio"}
 
 
-class Sparse(Record):
-    """A record with keys written only when set (``sparse``): absent stays absent, null stays null."""
-
-    sparse: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if k not in self.sparse or k in self.model_fields_set}
-
-    def present(self) -> dict[str, Any]:
-        """The fields as keyword arguments, sparse ones only when set (to build another record)."""
-        return {k: getattr(self, k) for k in type(self).model_fields
-                if k not in self.sparse or k in self.model_fields_set}
-
-
 # ---- one measurement (sublens.preference.evaluate_preference, sublens.perplexity) ------------
-class Summary(Sparse):
-    """`sublens.stats.summarize` of per-question values (NaN bounds: too few for an interval)."""
+class TraitLike(Rate):
+    """Sampled answers whose first word starts with the trait ('owl', 'owls', 'owlish'), by form
+    (the rate is NaN without answers)."""
 
-    sparse = frozenset({"ci"})
-    n: int
-    mean: float
-    median: float
-    sd: float
-    ci_low: float
-    ci_high: float
-    ci: str | None = None  # how the interval was made; not recorded by older runs
-
-
-class Rate(Record):
-    """A count among the sampled answers, its rate and Wilson 95% interval."""
-
-    count: int
-    rate: float
-    ci_low: float
-    ci_high: float
-
-
-class AnimalRecord(Record):
-    p_word: Summary
-    p_first_token: float
-    n_tokens: int
-
-
-class PerQuestion(Record):
-    p_word: list[list[float]]  # [question, animal]; the trait first
-    share: list[float]  # [question]: the trait's share of the panel
-    animals: list[str]
-
-
-class ProbabilityRecord(Record):
-    """P(animal) at the prefilled answer, per question and summarised."""
-
-    system_prompt_used: str | None
-    system_source: str
-    prefill: str
-    n_questions: int
-    trait: str
-    p_trait: Summary
-    p_trait_first_token: float
-    panel_share: Summary
-    animals: dict[str, AnimalRecord]
-    per_question: PerQuestion
-
-
-class SamplingRecord(Sparse):
-    sparse = frozenset({"sampler"})
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    max_new_tokens: int
-    seed: int
-    prefill: str
-    sampler: str | None = None  # not recorded by older runs
-
-
-class TraitLike(Record):
-    """Sampled answers whose first word starts with the trait ('owl', 'owls', 'owlish'), by form."""
-
-    count: int
-    rate: float  # NaN without answers
-    ci_low: float
-    ci_high: float
     forms: dict[str, int]
 
 
-class SampledRecord(Record):
-    """One-word answers sampled per question (ordered by question, then sample)."""
+class SampledRecord(SampledAnswers):
+    """The sampled answers (`sublens.result_records.SampledRecord`), and the trait-like ones."""
 
-    n_questions: int
-    samples_per_question: int
-    n_answers: int
-    sampling: SamplingRecord
-    trait_rate: Rate
-    rates: dict[str, Rate]
-    top_answers: list[tuple[str, int]]
-    answers: list[str]
     trait_like: TraitLike
 
 
-class PerplexityRecord(Record):
-    perplexity: float
-    mean_nll: float
-    tokens: int
-    windows: int
-
-
-class NextToken(Record):
+class NextToken(Sparse):
     """The mean next-token distribution at the prefilled answer over the preference questions."""
 
     top_tokens: list[tuple[str, float]]  # (token text, probability), most likely first
@@ -157,7 +69,6 @@ class NextToken(Record):
 class Measurement(Sparse):
     """One model as it is (a hybrid loaded into the working model), as `run.measure` takes it."""
 
-    sparse = frozenset({"sampled", "next_token"})
     probability: ProbabilityRecord
     sampled: SampledRecord | None = None  # absent: sampling off (samples_per_question 0)
     perplexity: PerplexityRecord | None  # null: perplexity off
@@ -165,32 +76,7 @@ class Measurement(Sparse):
 
 
 # ---- comparisons (sublens.preference.compare_preference) --------------------------------------
-class RatioEstimate(Sparse):
-    """test / reference paired by question: geometric mean over questions, Student-t interval
-    of the mean log ratio (a paired bootstrap in older runs)."""
-
-    sparse = frozenset({"log_ratios", "ci"})
-    ratio: float
-    ci_low: float | None  # None: too few questions for an interval
-    ci_high: float | None
-    n_questions: int
-    log_ratios: list[float] | None = None  # not recorded by older runs
-    ci: str | None = None  # not recorded by older runs
-    underpowered: bool
-
-
-class RateDifference(Record):
-    """Answer rate test minus reference (bootstrap interval, Fisher's exact p)."""
-
-    difference: float
-    ci_low: float
-    ci_high: float
-    p_fisher: float
-    underpowered: bool
-
-
 class Comparison(Sparse):
-    sparse = frozenset({"rate_difference"})
     p_trait_ratio: RatioEstimate
     share_ratio: RatioEstimate
     rate_difference: RateDifference | None = None  # absent: not sampled
@@ -200,7 +86,7 @@ class Comparison(Sparse):
 
 
 # ---- one hybrid --------------------------------------------------------------------------------
-class Swap(Record):
+class Swap(Sparse):
     """What a hybrid took from which model (`sublens.hybrid.Transplanter.record`)."""
 
     start: Source
@@ -215,7 +101,7 @@ class Swap(Record):
     verified: str
 
 
-class BiasFractions(Record):
+class BiasFractions(Sparse):
     """log(m_hybrid / m_base) / log(m_biased / m_base) for both metrics (NaN: no bias axis)."""
 
     share: float
@@ -228,7 +114,6 @@ class BiasFractions(Record):
 class Hybrid(Sparse):
     """One measured hybrid: what it is, its measurement, and how it compares with the two models."""
 
-    sparse = frozenset({"sampled", "next_token", "same_weights_as", "vs_base", "vs_biased", "bias_fractions"})
     description: str
     aliases: list[str]  # further names of the same weight mixture (e.g. 'hybrid1')
     cells: list[tuple[Direction, str, str]]  # places in the transplant matrix: (direction, group, layers label)
@@ -249,20 +134,20 @@ class Hybrid(Sparse):
 
 
 # ---- the run -----------------------------------------------------------------------------------
-class Untied(Record):
+class Untied(Sparse):
     base: bool  # True: its LM head was tied to the input embedding and got its own copy
     biased: bool
     note: str
 
 
-class GroupRecord(Record):
+class GroupRecord(Sparse):
     tensors: int
     parameters: int
     layered: bool
     example_names: list[str]
 
 
-class GroupsRecord(Record):
+class GroupsRecord(Sparse):
     """`sublens.hybrid.ComponentGroups.describe`: the partition of the parameters."""
 
     layer_norms: Literal["attach", "separate"]
@@ -270,7 +155,7 @@ class GroupsRecord(Record):
     groups: dict[str, GroupRecord]  # in group order
 
 
-class WeightChange(Record):
+class WeightChange(Sparse):
     """||W_biased - W_base|| / ||W_base|| per group ('all') and per layer range ('L0-9')."""
 
     relative_l2: dict[str, float]
@@ -278,7 +163,7 @@ class WeightChange(Record):
     tensors_differing: int
 
 
-class PlanEntry(Record):
+class PlanEntry(Sparse):
     name: str
     aliases: list[str]
     start: Source
@@ -286,7 +171,7 @@ class PlanEntry(Record):
     description: str
 
 
-class BiasAxis(Record):
+class BiasAxis(Sparse):
     """The biased model against the base on the bias metric: the axis of every bias fraction."""
 
     metric: MetricKey
@@ -294,7 +179,7 @@ class BiasAxis(Record):
     note: str
 
 
-class HeadSwap(Record):
+class HeadSwap(Sparse):
     """Hybrid 1 or 2 of the LM-head swap, at a glance."""
 
     hybrid: str
@@ -308,14 +193,14 @@ class HeadSwap(Record):
     trait_like_tokens: list[tuple[str, float]] | None  # None: top_tokens 0
 
 
-class PatchTokens(Record):
+class PatchTokens(Sparse):
     """(word, first token id, token text) of the trait and of the foil."""
 
     target: tuple[str, int, str]
     foil: tuple[str, int, str]
 
 
-class LogitDifference(Record):
+class LogitDifference(Sparse):
     """Per question: logit(target) - logit(foil) at the prefilled answer."""
 
     base: list[float]
@@ -323,7 +208,7 @@ class LogitDifference(Record):
     patched: dict[Direction, dict[str, dict[str, list[float]]]]  # [direction][component][layers label]
 
 
-class Gap(Record):
+class Gap(Sparse):
     """The biased - base logit-difference gap: mean over questions, Student-t interval."""
 
     mean: float
@@ -334,7 +219,7 @@ class Gap(Record):
     per_question: list[float]
 
 
-class PatchCell(Record):
+class PatchCell(Sparse):
     """One patched (direction, component, layer range): fraction of the gap restored / removed."""
 
     direction: Direction
@@ -354,7 +239,6 @@ class PatchCell(Record):
 class Patching(Sparse):
     """Activation patching of MLP and attention outputs between the two models (`sublens.patching`)."""
 
-    sparse = frozenset({"sites", "forward_passes", "seconds", "seconds_per_question"})
     metric: str
     tokens: PatchTokens
     n_questions: int
@@ -374,9 +258,7 @@ class Patching(Sparse):
     seconds_per_question: float | None = None  # hand-built records
 
 
-class HybridResults(Results, Sparse):
-    sparse = frozenset({"checkpoints", "partial", "system_prompt_used", "bias_axis", "lm_head_swap",
-                        "patching", "table", "figures"})
+class HybridResults(SparseResults):
     schema_version: int = 1
     trait: str
     system: str | None  # the configured system prompt (null: the chat template's default)

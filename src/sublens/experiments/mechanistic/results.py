@@ -3,11 +3,11 @@
 Written by `run.execute` (once after the residual stage, ``partial``, then at the end), read by
 the report section `sublens.report.sections.mechanistic` with `load_results`.
 
-Every part is an `Entry`, which keeps results.json as the run has always written it: a float
-that is not finite is read as null (the file is strict JSON), and a key the run leaves out (an
-optional field never set: the entanglement keys of ``input`` for numbers given in the config, a
-``note`` where there is none, everything after ``partial`` in a partial run) stays out when the
-model is written, so a recorded results.json is written back unchanged.
+Every part is `Finite` (`sublens.results`), which keeps results.json as the run has always
+written it: a float that is not finite is read as null (the file is strict JSON), and a key the
+run leaves out (an optional field never set: the entanglement keys of ``input`` for numbers
+given in the config, a ``note`` where there is none, everything after ``partial`` in a partial
+run) stays out when the model is written, so a recorded results.json is written back unchanged.
 
 Fields default to None only where a real results.json may lack them:
 - a partial run (saved after the residual stage): everything after ``partial``;
@@ -22,13 +22,11 @@ Marked "hand-built": optional because the report tests build these parts by hand
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar, Literal
-
-from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
+from typing import Literal
 
 from sublens.claims import Verdict
-from sublens.results import Record, Results
+from sublens.result_records import PromptRecord
+from sublens.results import Finite, SparseResults
 
 LabelColumn = Literal["spike_layer", "top_head", "dla_top_head"]
 ScoreColumn = Literal["head_score", "mlp_score", "spike_jump", "dla_heads", "dla_mlp", "logit_diff"]
@@ -37,37 +35,8 @@ TABLE_FILE = "numbers.parquet"  # the per-number table (`NumberRow`s)
 TENSOR_FILE = "mechanistic.safetensors"  # every per-number, per-layer and per-head measurement
 
 
-def finite(value: Any) -> Any:
-    """NaN / inf -> None, recursively through dicts, lists and tuples (tuples become lists)."""
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class Entry(Record):
-    """A part of the results: non-finite floats read as None, unset optional keys left out when
-    written (module docstring)."""
-
-    always_written: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _finite(cls, data: Any) -> Any:
-        return finite(data) if isinstance(data, dict) else data
-
-    @model_serializer(mode="wrap")
-    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        written: dict[str, Any] = handler(self)
-        keep = self.model_fields_set | self.always_written
-        return {key: value for key, value in written.items() if key in keep}
-
-
 # ---- the model and its inputs ---------------------------------------------------------------
-class ModelRecord(Entry):
+class ModelRecord(Finite):
     """`LoadedModel.describe()`: where the model came from and its geometry."""
 
     spec: str
@@ -86,7 +55,7 @@ class ModelRecord(Entry):
     post_norm_residual: bool
 
 
-class RatioCheck(Entry):
+class RatioCheck(Finite):
     """Given bias ratios against the first-token ratios measured here."""
 
     n: int  # numbers with a given ratio; the rest are absent with n = 0
@@ -95,7 +64,7 @@ class RatioCheck(Entry):
     note: str | None = None
 
 
-class InputRecord(Entry):
+class InputRecord(Finite):
     """Where the numbers came from (`sublens.mechanistic.read_entanglement_numbers`)."""
 
     source: Literal["entanglement_run", "config", "default"]
@@ -110,32 +79,20 @@ class InputRecord(Entry):
     bias_ratio_check: RatioCheck | None = None  # None: a partial run
 
 
-class WordToken(Entry):
+class WordToken(Finite):
     word: str  # with its leading space
     token_ids: list[int]
     first_token: int
     single_token: bool
 
 
-class Words(Entry):
+class Words(Finite):
     bias: WordToken
     control: WordToken
 
 
 # ---- prompts and definitions ----------------------------------------------------------------
-class PromptRecord(Entry):
-    """`sublens.prompts.PromptText` as recorded."""
-
-    text: str
-    user: str
-    system: str | None
-    system_source: Literal["given", "template_default", "none"]
-    prefill: str
-    templated: bool
-    add_special_tokens: bool
-
-
-class ResidualPromptRecord(Entry):
+class ResidualPromptRecord(Finite):
     format: Literal["raw", "chat"]
     bias: PromptRecord
     control: PromptRecord
@@ -143,12 +100,12 @@ class ResidualPromptRecord(Entry):
     final_position: str
 
 
-class AttributionPromptRecord(Entry):
+class AttributionPromptRecord(Finite):
     example: PromptRecord  # the first number's prompt
     neutral: PromptRecord
 
 
-class AttentionPromptRecord(Entry):
+class AttentionPromptRecord(Finite):
     number: str
     prompt: PromptRecord
     number_tokens: list[int]  # token positions of the number
@@ -157,13 +114,13 @@ class AttentionPromptRecord(Entry):
     tokens: list[str]
 
 
-class PromptsRecord(Entry):
+class PromptsRecord(Finite):
     residual: ResidualPromptRecord
     attribution: AttributionPromptRecord
     attention: list[AttentionPromptRecord]
 
 
-class Definitions(Entry):
+class Definitions(Finite):
     """What each measurement is, in words (`sublens.mechanistic` has them in full)."""
 
     cos_diff: str
@@ -176,11 +133,11 @@ class Definitions(Entry):
 
 
 # ---- measurements ---------------------------------------------------------------------------
-class ResidualRecord(Entry):
+class ResidualRecord(Finite):
     mean_diff_by_layer: dict[str, list[Measured]]  # by category ("all numbers" without): [layer]
 
 
-class NeutralRecord(Entry):
+class NeutralRecord(Finite):
     """The attribution prompt under the neutral system prompt."""
 
     logit_diff: Measured
@@ -188,26 +145,27 @@ class NeutralRecord(Entry):
     p_control_first_token: Measured
 
 
-class AttributionRecord(Entry):
+class AttributionRecord(Finite):
     closure_max_abs_error: Measured  # |sum of the DLA terms - the model's logit difference|
     residual_max_abs_error: Measured  # |sum of the components - the final residual|
     neutral: NeutralRecord
 
 
-class HeadAttention(Entry):
+class HeadAttention(Finite):
     head: str  # 'L3H2'
     attention: Measured
 
 
-class AttentionRecord(Entry):
+class AttentionRecord(Finite):
     plotted_heads: list[str]
     top_to_number: list[HeadAttention]  # mean attention from the final position, top 5
     top_to_animal: list[HeadAttention]
 
 
 # ---- consistency statistics (sublens.experiments.mechanistic.analysis) ----------------------
-class Summary(Entry):
-    """`sublens.stats.summarize` of one score in one category."""
+class Summary(Finite):
+    """`sublens.stats.summarize` of one score in one category. Not `sublens.result_records.Summary`:
+    here a statistic that is not finite is null (``Measured``), there NaN."""
 
     n: int
     mean: Measured
@@ -218,7 +176,7 @@ class Summary(Entry):
     ci: str | None = None  # how the interval was made; older runs
 
 
-class MaxExcess(Entry):
+class MaxExcess(Finite):
     """The largest excess of a label in a category, with its max-statistic permutation p."""
 
     category: str
@@ -228,7 +186,7 @@ class MaxExcess(Entry):
     p_permutation: float
 
 
-class CategoryAssociation(Entry):
+class CategoryAssociation(Finite):
     """`category_association`: the category x label table and its tests."""
 
     categories: list[str]
@@ -247,7 +205,7 @@ class CategoryAssociation(Entry):
     n_permutations: int | None = None
 
 
-class Spearman(Entry):
+class Spearman(Finite):
     rho: Measured  # None: fewer than 3 pairs or a constant variable
     p: Measured
     n: int
@@ -255,7 +213,7 @@ class Spearman(Entry):
     p_holm: Measured  # Holm over the score correlations
 
 
-class PartialSpearman(Entry):
+class PartialSpearman(Finite):
     """`partial_spearman`: x and y given z, with the plain correlations of the three pairs."""
 
     rho: Measured  # None: too few triples, or nothing left once z is given (note)
@@ -269,7 +227,7 @@ class PartialSpearman(Entry):
     note: str | None = None
 
 
-class AttributionSummary(Entry):
+class AttributionSummary(Finite):
     """`attribution_summary`: the partial correlations given the total logit difference."""
 
     given: str  # the total the correlation is given
@@ -279,7 +237,7 @@ class AttributionSummary(Entry):
     variance_share: dict[str, Measured]  # by component: its share of the total's variance
 
 
-class LabelDistributions(Entry):
+class LabelDistributions(Finite):
     """Per label column: counts of each label, over all numbers ("all") and per category."""
 
     spike_layer: dict[str, dict[str, int]]
@@ -291,7 +249,7 @@ class LabelDistributions(Entry):
         return counts
 
 
-class Associations(Entry):
+class Associations(Finite):
     spike_layer: CategoryAssociation
     top_head: CategoryAssociation
     dla_top_head: CategoryAssociation
@@ -301,7 +259,7 @@ class Associations(Entry):
         return test
 
 
-class ScoreSummaries(Entry):
+class ScoreSummaries(Finite):
     """Per score column and category."""
 
     head_score: dict[str, Summary]
@@ -312,7 +270,7 @@ class ScoreSummaries(Entry):
     logit_diff: dict[str, Summary]
 
 
-class VsRandom(Entry):
+class VsRandom(Finite):
     """Per score column and category: permutation p of the difference from Random."""
 
     head_score: dict[str, Measured]
@@ -326,7 +284,7 @@ class VsRandom(Entry):
         return {column: getattr(self, column) for column in type(self).model_fields}
 
 
-class Correlations(Entry):
+class Correlations(Finite):
     """Per score column: its Spearman correlation with the bias ratio."""
 
     head_score: Spearman
@@ -341,7 +299,7 @@ class Correlations(Entry):
         return correlation
 
 
-class Consistency(Entry):
+class Consistency(Finite):
     """`consistency_summary`, with the power settings of the family's claims."""
 
     n_numbers: int
@@ -360,7 +318,9 @@ class Consistency(Entry):
 
 
 # ---- claims, numbers, artifacts -------------------------------------------------------------
-class DecisionRecord(Entry):
+# The decision record of this family is its own (statistic and CI, null where not finite), not
+# pruning's (the whole claim and estimate) nor entanglement's (per set and test).
+class DecisionRecord(Finite):
     """One claim of the mechanistic family as decided at the end of the run."""
 
     name: str
@@ -376,14 +336,14 @@ class DecisionRecord(Entry):
     settle: str
 
 
-class ClaimsRecord(Entry):
+class ClaimsRecord(Finite):
     family: str
     alpha: float
     method: str
     decisions: list[DecisionRecord]
 
 
-class NumberRow(Entry):
+class NumberRow(Finite):
     """One number's row of numbers.parquet."""
 
     category: str | None  # None: unknown
@@ -407,15 +367,13 @@ class NumberRow(Entry):
     logit_diff: Measured
 
 
-class Artifacts(Entry):
+class Artifacts(Finite):
     table: str
     tensors: str
     figures: list[str]  # relative to the run directory
 
 
-class MechanisticResults(Results, Entry):
-    always_written: ClassVar[frozenset[str]] = frozenset({"schema_version"})
-
+class MechanisticResults(SparseResults, Finite):
     schema_version: int = 1
     model: ModelRecord
     input: InputRecord

@@ -3,7 +3,9 @@
 Written by `run.execute` (after every finished cell, `partial` until the end), read by the
 report section `sublens.report.sections.pruning` and its claims code with `load_results`.
 
-Fields default to None (or empty) only where a real results.json may lack them:
+Fields default to None (or empty) only where a real results.json may lack them, and such a
+field never set is left out when written (`sublens.results.Sparse`), so a recorded run is
+written back key for key; the measurement records are `sublens.result_records`'. They are:
 - a run recorded before the pruned-base control (``base_*``, ``controlled*``,
   ``degradation_bound``, ``resumed_units``, ``claims``) or before a record gained a field
   (``Summary.ci``, ``RatioEstimate.log_ratios``/``ci``, ``PerplexityChange.per_draw_ratio``,
@@ -21,96 +23,27 @@ from typing import Literal
 from pydantic import Field
 
 from sublens.claims import ClaimSettings, Estimate, Prediction, Verdict
-from sublens.results import Record, Results
+from sublens.result_records import (
+    PerplexityRecord,
+    ProbabilityRecord,
+    Rate,
+    RateDifference,
+    RatioEstimate,
+    SampledRecord,
+    Summary,
+)
+from sublens.results import Sparse, SparseResults
 
 Criterion = Literal["entropy", "reverse", "random"]  # sublens.pruning.CRITERIA (a test keeps them equal)
 
 
 # ---- one measurement (sublens.preference.evaluate_preference, sublens.perplexity) ------------
-class Summary(Record):
-    """`sublens.stats.summarize` of per-question values (NaN bounds: too few for an interval)."""
-
-    n: int
-    mean: float
-    median: float
-    sd: float
-    ci_low: float
-    ci_high: float
-    ci: str | None = None  # how the interval was made; not recorded by older runs
-
-
-class Rate(Record):
-    """A count among the sampled answers, its rate and Wilson 95% interval."""
-
-    count: int
-    rate: float
-    ci_low: float
-    ci_high: float
-
-
-class AnimalRecord(Record):
-    p_word: Summary
-    p_first_token: float
-    n_tokens: int
-
-
-class PerQuestion(Record):
-    p_word: list[list[float]]  # [question, animal]; the trait first
-    share: list[float]  # [question]: the trait's share of the panel
-    animals: list[str]
-
-
-class ProbabilityRecord(Record):
-    """P(animal) at the prefilled answer, per question and summarised."""
-
-    system_prompt_used: str | None
-    system_source: str
-    prefill: str
-    n_questions: int
-    trait: str
-    p_trait: Summary
-    p_trait_first_token: float
-    panel_share: Summary
-    animals: dict[str, AnimalRecord]
-    per_question: PerQuestion
-
-
-class SamplingRecord(Record):
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    max_new_tokens: int
-    seed: int
-    prefill: str
-    sampler: str | None = None  # not recorded by older runs
-
-
-class SampledRecord(Record):
-    """One-word answers sampled per question (ordered by question, then sample)."""
-
-    n_questions: int
-    samples_per_question: int
-    n_answers: int
-    sampling: SamplingRecord
-    trait_rate: Rate
-    rates: dict[str, Rate]
-    top_answers: list[tuple[str, int]]
-    answers: list[str]
-
-
-class PreferenceRecord(Record):
+class PreferenceRecord(Sparse):
     probability: ProbabilityRecord
     sampled: SampledRecord | None = None  # None: sampling disabled (samples_per_question 0)
 
 
-class PerplexityRecord(Record):
-    perplexity: float
-    mean_nll: float
-    tokens: int
-    windows: int
-
-
-class Measurement(Record):
+class Measurement(Sparse):
     """One model as it is (masked or not): preference and perplexity, and how long they took."""
 
     preference: PreferenceRecord
@@ -118,7 +51,7 @@ class Measurement(Record):
     seconds: float
 
 
-class StoredMeasurement(Record):
+class StoredMeasurement(Sparse):
     """A measured unit of the sweep, kept so that a rerun reuses it (same heads masked)."""
 
     fraction: float
@@ -130,20 +63,7 @@ class StoredMeasurement(Record):
 
 
 # ---- one (fraction, criterion) cell -----------------------------------------------------------
-class RatioEstimate(Record):
-    """Pruned / unpruned of one model, paired by question (`compare_preference`): geometric
-    mean over questions, Student-t interval of the mean log ratio."""
-
-    ratio: float
-    ci_low: float | None
-    ci_high: float | None
-    n_questions: int | None = None  # hand-built cells
-    log_ratios: list[float] | None = None  # not recorded by older runs
-    ci: str | None = None  # not recorded by older runs
-    underpowered: bool | None = None  # hand-built cells
-
-
-class RateRetention(Record):
+class RateRetention(Sparse):
     """Answer rate of the pruned model(s) / of the unpruned one; CI by resampling questions."""
 
     rate: float
@@ -158,30 +78,20 @@ class RateRetention(Record):
     note: str | None = None  # why the ratio is undefined
 
 
-class Retention(Record):
+class Retention(Sparse):
     p_trait: RatioEstimate
     panel_share: RatioEstimate | None = None  # hand-built cells
     answer_rate: RateRetention | None = None  # None: not sampled
 
 
-class RateDifference(Record):
-    """Pooled answer rate pruned minus unpruned (`compare_preference`)."""
-
-    difference: float
-    ci_low: float
-    ci_high: float
-    p_fisher: float
-    underpowered: bool
-
-
-class PerDraw(Record):
+class PerDraw(Sparse):
     """One value per random draw (one for the deterministic criteria)."""
 
     p_trait: list[float] | None = None  # hand-built cells
     panel_share: list[float]
 
 
-class PerplexityChange(Record):
+class PerplexityChange(Sparse):
     """Perplexity of the pruned model(s): mean over draws, and over the unpruned model's."""
 
     mean: float | None = None  # hand-built cells
@@ -190,7 +100,7 @@ class PerplexityChange(Record):
     per_draw_ratio: list[float] | None = None  # not recorded by older runs
 
 
-class BaseArm(Record):
+class BaseArm(Sparse):
     """The unbiased base model with the same heads removed: its own levels and retention."""
 
     p_trait: Summary | None = None  # hand-built cells
@@ -199,7 +109,7 @@ class BaseArm(Record):
     perplexity: PerplexityChange | None
 
 
-class ControlledRetention(Record):
+class ControlledRetention(Sparse):
     """Base-controlled retention: per question log(v_biased / v_base) pruned minus unpruned;
     geometric mean over questions with its Student-t interval (`sublens.claims.estimate_log_ratio`)."""
 
@@ -213,14 +123,14 @@ class ControlledRetention(Record):
     log_ratios: list[float]  # per question, averaged over draws
 
 
-class ArmRates(Record):
+class ArmRates(Sparse):
     biased: float
     biased_unpruned: float
     base: float
     base_unpruned: float
 
 
-class ControlledRateRetention(Record):
+class ControlledRateRetention(Sparse):
     """(biased pruned rate / unpruned rate) / (base pruned rate / unpruned rate)."""
 
     rates: ArmRates
@@ -232,13 +142,13 @@ class ControlledRateRetention(Record):
     note: str | None = None
 
 
-class Controlled(Record):
+class Controlled(Sparse):
     p_trait: ControlledRetention
     panel_share: ControlledRetention
     answer_rate: ControlledRateRetention | None = None  # None: not sampled
 
 
-class Step(Record):
+class Step(Sparse):
     """One finished (fraction, criterion) cell of the sweep, pooled over its draws."""
 
     fraction: float
@@ -259,13 +169,13 @@ class Step(Record):
 
 
 # ---- the run --------------------------------------------------------------------------------
-class Heatmap(Record):
+class Heatmap(Sparse):
     fraction: float
     criterion: Criterion
     pruned: list[str]  # the heads the criterion prunes at this kept fraction
 
 
-class EntropyRecord(Record):
+class EntropyRecord(Sparse):
     """Head importance: mean attention entropy per head on the bias prompts."""
 
     matrix: list[list[float]]  # [layer, head]
@@ -280,7 +190,10 @@ class EntropyRecord(Record):
     heatmap: Heatmap
 
 
-class ClaimRecord(Record):
+# The decision records of pruning, entanglement and mechanistic stay apart: each writes its own
+# keys, in its own order (here the whole claim and its estimate; entanglement: set, test and raw
+# and Holm p; mechanistic: statistic and CI, null where not finite).
+class ClaimRecord(Sparse):
     """`sublens.claims.Claim` as recorded (unit "draw": the rank claim of the section)."""
 
     name: str
@@ -292,7 +205,7 @@ class ClaimRecord(Record):
     settings: ClaimSettings
 
 
-class DecisionRecord(Record):
+class DecisionRecord(Sparse):
     """`sublens.claims.Decision` as recorded at the end of the run."""
 
     claim: ClaimRecord
@@ -305,7 +218,7 @@ class DecisionRecord(Record):
     units_needed: int | None
 
 
-class PruningResults(Results):
+class PruningResults(SparseResults):
     schema_version: int = 1
     model: str  # the biased model's spec, as resolved
     base_model: str | None = None  # None: no pruned-base control (older runs)

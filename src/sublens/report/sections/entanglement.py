@@ -17,7 +17,6 @@ estimate ("not measured") and the text says why.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from sublens.claims import MIN_UNITS, ClaimSettings, Decision, Verdict, decide_family
@@ -31,7 +30,7 @@ from sublens.experiments.entanglement.results import (
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
-from sublens.results import ResultsError, load_results
+from sublens.results import read_run_results
 
 TITLE = "Token entanglement"
 LABELS = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
@@ -40,7 +39,7 @@ Decided = dict[str, dict[str, Decision]]  # set -> test -> Decision
 
 
 def build(run: StageRun) -> Section:
-    results, unreadable = _parse(run)
+    results, unreadable = read_run_results(run.results, EntanglementResults, run.ok)
     if results is None or not results.category_stats:
         return Section(TITLE, _methods(run, results), _incomplete(run, results, unreadable),
                        headline=["entanglement: incomplete (no phase-2 statistics)"])
@@ -58,26 +57,6 @@ def build(run: StageRun) -> Section:
 
 # ---------------------------------------------------------------------------------------------
 # reading the results
-
-
-def read_results(results: EntanglementResults | Mapping[str, Any]) -> EntanglementResults:
-    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
-    if isinstance(results, EntanglementResults):
-        return results
-    return load_results(results, EntanglementResults)
-
-
-def _parse(run: StageRun) -> tuple[EntanglementResults | None, str | None]:
-    """The run's results parsed once (None without any), and why they cannot be read where an
-    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
-    if not run.results:
-        return None, None
-    try:
-        return read_results(run.results), None
-    except ResultsError as exc:
-        if run.ok and not run.results.get("partial"):
-            raise
-        return None, str(exc)
 
 
 def _stats(results: EntanglementResults) -> dict[str, SetStatistics]:

@@ -51,7 +51,7 @@ from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 from sublens.report.verdicts import decision_latex
-from sublens.results import ResultsError, load_results
+from sublens.results import as_results, read_run_results
 
 METRIC_NAMES: dict[MetricKey, str] = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
 GROUP_ORDER = ("embeddings", "attention", "mlp", "norms", "final_norm", "lm_head")
@@ -88,11 +88,6 @@ class Cell:
 
 
 # ---- reading the results --------------------------------------------------------------------
-def read_results(results: HybridResults | Mapping[str, Any]) -> HybridResults:
-    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
-    return results if isinstance(results, HybridResults) else load_results(results, HybridResults)
-
-
 def metric_key(results: HybridResults | None, config: Mapping[str, Any] | None = None) -> MetricKey:
     """The compare_preference key of the run's bias metric (the configured one without results)."""
     if results is not None:
@@ -347,7 +342,7 @@ def _refine(decision: Decision, reason: str, settle: str) -> Decision:
 def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSettings | Any = None) -> list[Decision]:
     """The verdicts of the hybrid claims from recorded results, Holm within the family "hybrid":
     localisation.lm_head, localisation.transplant, localisation.patching (in that order)."""
-    results = read_results(results)
+    results = as_results(results, HybridResults)
     the = claims(results, _settings(settings))
     head, head_bad = swap_effects(results, "lm_head")
     mlp, mlp_bad = swap_effects(results, "mlp")
@@ -666,21 +661,8 @@ def _system_words(config: dict[str, Any]) -> str:
 
 
 # ---- the section ----------------------------------------------------------------------------
-def _parse(run: StageRun) -> tuple[HybridResults | None, str | None]:
-    """The run's results parsed once (None without any), and why they cannot be read where an
-    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
-    if not run.results:
-        return None, None
-    try:
-        return read_results(run.results), None
-    except ResultsError as exc:
-        if run.ok and not run.results.get("partial"):
-            raise
-        return None, str(exc)
-
-
 def build(run: StageRun) -> Section:
-    results, unreadable = _parse(run)
+    results, unreadable = read_run_results(run.results, HybridResults, run.ok)
     all_cells = cells(results)
     incomplete = (not run.ok) or bool(results is None or results.partial) or not all_cells
     text, headline = results_text(run, results, all_cells, incomplete, unreadable)

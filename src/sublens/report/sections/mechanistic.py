@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from sublens.experiments.mechanistic.results import (
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, minus_signs, p_is, tt
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
-from sublens.results import ResultsError, load_results
+from sublens.results import read_run_results
 from sublens.stats import summarize
 
 TITLE = "Mechanistic analysis"
@@ -67,28 +66,8 @@ SCORE_TITLES = {"head_score": "top head's score", "mlp_score": "MLP score at the
                 "dla_mlp": "DLA of all MLPs", "logit_diff": "logit difference"}
 
 
-def read_results(results: MechanisticResults | Mapping[str, Any]) -> MechanisticResults:
-    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
-    if isinstance(results, MechanisticResults):
-        return results
-    return load_results(results, MechanisticResults)
-
-
-def _parse(run: StageRun) -> MechanisticResults | None:
-    """The run's results parsed once (None without any, or where an unfinished run left them
-    unreadable); a finished run's unreadable results raise ResultsError."""
-    if not run.results:
-        return None
-    try:
-        return read_results(run.results)
-    except ResultsError:
-        if run.ok and not run.results.get("partial"):
-            raise
-        return None
-
-
 def build(run: StageRun) -> Section:
-    results = _parse(run)
+    results = read_run_results(run.results, MechanisticResults, run.ok)[0]
     figures = _figures(run, results)
     if (results is None or results.partial or not results.numbers or results.consistency is None):
         return Section(TITLE, _methods(run, results), _incomplete(run), figures=[],

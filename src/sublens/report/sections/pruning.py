@@ -51,7 +51,7 @@ from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun, spec_label
 from sublens.report.verdicts import decision_latex
-from sublens.results import ResultsError, load_results
+from sublens.results import as_results, read_run_results
 
 PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
 DEFAULT_BOUND = 1.5  # perplexity x unpruned beyond which a pruned model is degraded (max_perplexity_ratio)
@@ -83,11 +83,6 @@ class Interval(Protocol):
 
 
 # ---- reading the results --------------------------------------------------------------------
-def read_results(results: PruningResults | Mapping[str, Any]) -> PruningResults:
-    """The run's results as the typed model (a results.json mapping is validated: ResultsError)."""
-    return results if isinstance(results, PruningResults) else load_results(results, PruningResults)
-
-
 def _retention(step: Step | None, key: Level = "p_trait") -> RatioEstimate | None:
     """The biased model's own retention (pruned / unpruned), not base-controlled."""
     return getattr(step.retention, key) if step is not None else None
@@ -325,7 +320,7 @@ def _decide_rank(claim: RankClaim, est: Estimate, values: list[float], p_adjuste
 
 def decisions(results: PruningResults | Mapping[str, Any], config: dict[str, Any]) -> list[Decision]:
     """The family's decisions (survival, entropy vs random), Holm-adjusted, from recorded results."""
-    return step_decisions(read_results(results).steps, config)
+    return step_decisions(as_results(results, PruningResults).steps, config)
 
 
 def step_decisions(steps: Sequence[Step], config: dict[str, Any]) -> list[Decision]:
@@ -684,21 +679,8 @@ def figures(run: StageRun, results: PruningResults | None) -> list[Figure]:
     return out
 
 
-def _parse(run: StageRun) -> tuple[PruningResults | None, str | None]:
-    """The run's results parsed once (None without any), and why they cannot be read where an
-    unfinished run left them unreadable; a finished run's unreadable results raise ResultsError."""
-    if not run.results:
-        return None, None
-    try:
-        return read_results(run.results), None
-    except ResultsError as exc:
-        if run.ok and not run.results.get("partial"):
-            raise
-        return None, str(exc)
-
-
 def build(run: StageRun) -> Section:
-    results, unreadable = _parse(run)
+    results, unreadable = read_run_results(run.results, PruningResults, run.ok)
     steps = results.steps if results is not None else []
     incomplete = (not run.ok) or bool(results is None or results.partial) or not steps
     text, headline = results_text(run, results, incomplete, unreadable)

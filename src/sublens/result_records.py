@@ -1,0 +1,133 @@
+"""Measurement records that more than one experiment writes into its results.json, torch-free.
+
+One class per shape: what `sublens.preference.evaluate_preference` / `compare_preference`,
+`sublens.perplexity` and `sublens.stats.summarize` return, and `sublens.prompts.PromptText` as
+recorded. An experiment's `results.py` imports them (and extends one with the keys it adds,
+e.g. hybrid's `SampledRecord` with ``trait_like``); a record stays in the experiment's module
+when its shape is the experiment's own. Every record here is `Sparse` (a field never set is
+left out when written) and writes a non-finite float as NaN (`sublens.results`); a field is
+optional only where a real results.json may lack it, and its comment says which.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sublens.results import Sparse
+
+
+# ---- one preference measurement (sublens.preference.evaluate_preference) --------------------
+class Summary(Sparse):
+    """`sublens.stats.summarize` of per-question values (NaN bounds: too few for an interval).
+    (The mechanistic results keep their own: there a non-finite value is null.)"""
+
+    n: int
+    mean: float
+    median: float
+    sd: float
+    ci_low: float
+    ci_high: float
+    ci: str | None = None  # how the interval was made; not recorded by older runs
+
+
+class Rate(Sparse):
+    """A count among the sampled answers, its rate and Wilson 95% interval."""
+
+    count: int
+    rate: float
+    ci_low: float
+    ci_high: float
+
+
+class AnimalRecord(Sparse):
+    p_word: Summary
+    p_first_token: float
+    n_tokens: int
+
+
+class PerQuestion(Sparse):
+    p_word: list[list[float]]  # [question, animal]; the trait first
+    share: list[float]  # [question]: the trait's share of the panel
+    animals: list[str]
+
+
+class ProbabilityRecord(Sparse):
+    """P(animal) at the prefilled answer, per question and summarised."""
+
+    system_prompt_used: str | None
+    system_source: str
+    prefill: str
+    n_questions: int
+    trait: str
+    p_trait: Summary
+    p_trait_first_token: float
+    panel_share: Summary
+    animals: dict[str, AnimalRecord]
+    per_question: PerQuestion
+
+
+class SamplingRecord(Sparse):
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    max_new_tokens: int
+    seed: int
+    prefill: str
+    sampler: str | None = None  # not recorded by older runs
+
+
+class SampledRecord(Sparse):
+    """One-word answers sampled per question (ordered by question, then sample)."""
+
+    n_questions: int
+    samples_per_question: int
+    n_answers: int
+    sampling: SamplingRecord
+    trait_rate: Rate
+    rates: dict[str, Rate]
+    top_answers: list[tuple[str, int]]
+    answers: list[str]
+
+
+class PerplexityRecord(Sparse):
+    perplexity: float
+    mean_nll: float
+    tokens: int
+    windows: int
+
+
+# ---- comparisons (sublens.preference.compare_preference) --------------------------------------
+class RatioEstimate(Sparse):
+    """test / reference paired by question: geometric mean over questions, Student-t interval
+    of the mean log ratio (a paired bootstrap in older hybrid runs)."""
+
+    ratio: float
+    ci_low: float | None  # None: too few questions for an interval
+    ci_high: float | None
+    n_questions: int | None = None  # absent only from the cells the pruning report tests build by hand
+    log_ratios: list[float] | None = None  # not recorded by older runs
+    ci: str | None = None  # not recorded by older runs
+    underpowered: bool | None = None  # absent only from the cells the pruning report tests build by hand
+
+
+class RateDifference(Sparse):
+    """Pooled answer rate test minus reference (bootstrap interval, Fisher's exact p)."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_fisher: float
+    underpowered: bool
+
+
+# ---- prompts ----------------------------------------------------------------------------------
+class PromptRecord(Sparse):
+    """`sublens.prompts.PromptText` as recorded."""
+
+    text: str
+    user: str
+    system: str | None
+    system_source: Literal["given", "template_default", "none"]
+    prefill: str
+    templated: bool
+    add_special_tokens: bool
