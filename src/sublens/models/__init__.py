@@ -1,5 +1,6 @@
 """Model specs and loading: everything downstream gets a LoadedModel and never cares where
-it came from (embedded package, hub id, local folder or GGUF file)."""
+it came from (embedded package, hub id, local folder, GGUF file, run folder, or a `tiny:` spec:
+a random model of a chosen geometry with a borrowed real tokenizer, see sublens.models.tiny)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sublens.errors import ModelSpecError
 from sublens.models.cache import convert_gguf, gguf_entry, is_complete, remove_stale_partials
 from sublens.models.device import dtype_name, pick_device, pick_dtype
 from sublens.models.embedded import EMBEDDED, EmbeddedModel
+from sublens.models.tiny import borrow_tokenizer, build_tiny, is_tiny, parse_tiny
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _RUN_NAME = re.compile(r"^\d{8}-\d{6}_[\w-]+_[0-9a-f]+$")  # runs/<timestamp>_<experiment>_<id>
@@ -29,8 +31,8 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     spec: str
-    source: str  # "embedded", "folder", "gguf", "run" or "hub"
-    path: str  # where the weights were read from
+    source: str  # "embedded", "folder", "gguf", "run", "hub" or "tiny"
+    path: str  # where the weights were read from (tiny: the spec with every key spelt out)
     device: torch.device
     dtype: torch.dtype
 
@@ -118,7 +120,11 @@ def _nearest(path: Path) -> tuple[Path | None, list[str]]:
 def check_spec(spec: str) -> str:
     """Validate a spec without loading or converting anything: one that looks like a path (see
     looks_like_path) must exist, so that a mistyped run folder is never sent to the hub. Full
-    checks (checkpoint inside a run, config.json in a folder) happen when it is resolved."""
+    checks (checkpoint inside a run, config.json in a folder) happen when it is resolved.
+    A `tiny:` spec is parsed (its grammar and geometry checked)."""
+    if is_tiny(spec):
+        parse_tiny(spec)
+        return spec
     if spec in EMBEDDED or not looks_like_path(spec):
         return spec
     folder = spec.partition("#")[0]
@@ -134,13 +140,16 @@ def check_spec(spec: str) -> str:
         hint = f" Nothing like it in {parent}."
     raise ModelSpecError(
         f"No such {kind}: {spec!r} ({path} does not exist).{hint} A spec is an existing run folder "
-        "(RUN_DIR or RUN_DIR#checkpoint), a checkpoint folder, a .gguf file, a hub id (owner/name) "
-        f"or an embedded model ({', '.join(EMBEDDED)})."
+        "(RUN_DIR or RUN_DIR#checkpoint), a checkpoint folder, a .gguf file, a hub id (owner/name), "
+        f"an embedded model ({', '.join(EMBEDDED)}) or a tiny random model (tiny:FAMILY?KEY=VALUE&...)."
     )
 
 
 def resolve(spec: str) -> tuple[str, str]:
-    """(source, path or hub id) for a spec, or a ModelSpecError saying what would work."""
+    """(source, path or hub id) for a spec, or a ModelSpecError saying what would work.
+    A `tiny:` spec resolves to ("tiny", the spec with every key spelt out): nothing to read."""
+    if is_tiny(spec):
+        return "tiny", parse_tiny(spec).canonical()
     if spec in EMBEDDED:
         return "embedded", str(ensure_embedded(spec))
     run_checkpoint = _run_checkpoint(spec)
@@ -168,7 +177,8 @@ def resolve(spec: str) -> tuple[str, str]:
     raise ModelSpecError(
         f"Unknown model spec {spec!r}. A spec is an embedded model ({', '.join(EMBEDDED)}; "
         "`sublens models` lists them), a hub id such as meta-llama/Llama-3.2-1B-Instruct, "
-        "a local checkpoint folder, or a .gguf file."
+        "a local checkpoint folder, a .gguf file, or a tiny random model such as "
+        "tiny:llama?layers=2&heads=32&kv_heads=8 (see sublens.models.tiny)."
     )
 
 
@@ -182,6 +192,8 @@ def load_model(
     source, where = resolve(spec)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    if source == "tiny":
+        return _load_tiny(spec, where, dev, dt, attn_implementation)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(where)
@@ -202,6 +214,17 @@ def load_model(
     return LoadedModel(model, tokenizer, adapter_for(model), spec, source, where, dev, dt)
 
 
+def _load_tiny(spec: str, canonical: str, dev: torch.device, dt: torch.dtype, attn_implementation: str) -> LoadedModel:
+    """A `tiny:` spec: a random model built for the borrowed tokenizer (sublens.models.tiny)."""
+    tiny = parse_tiny(spec)
+    tokenizer = borrow_tokenizer(tiny)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = build_tiny(tiny, tokenizer, attn_implementation)
+    model.to(device=dev, dtype=dt)
+    return LoadedModel(model, tokenizer, adapter_for(model), spec, "tiny", canonical, dev, dt)
+
+
 __all__ = [
     "EMBEDDED",
     "EmbeddedModel",
@@ -210,5 +233,6 @@ __all__ = [
     "ensure_embedded",
     "load_model",
     "looks_like_path",
+    "parse_tiny",
     "resolve",
 ]
