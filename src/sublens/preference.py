@@ -178,7 +178,11 @@ def comparison_line(label: str, comparison: dict[str, Any], trait: str) -> str:
     line = f"{label}: P({trait}) {_ratio_text(r)}, share {_ratio_text(s)}"
     d = comparison.get("rate_difference")
     if d:
-        line += f", answer rate {d['difference']:+.3f} (Fisher p={d['p_fisher']:.3g})"
+        line += f", answer rate {d['difference']:+.3f}"
+        if d.get("p_fisher") is not None:  # one evaluation; across seeds: a CI, and p per seed
+            line += f" (Fisher p={d['p_fisher']:.3g})"
+        elif d.get("ci_low") is not None and d.get("ci_high") is not None:
+            line += f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
     flat = [name for name, c in (("P", r), ("share", s)) if c["underpowered"]]
     if flat:
         line += f" — underpowered ({' and '.join(flat)} CI includes no change)"

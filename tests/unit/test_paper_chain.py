@@ -336,3 +336,26 @@ def test_a_stage_interrupted_under_an_older_config_starts_clean(stages: Stages, 
     assert stages.seen_partial["hybrid"] is False  # what the old config half made is not resumed
     (aside,) = stale_copies(run_dir, "hybrid")
     assert (aside / "partial.txt").is_file()
+
+
+@pytest.mark.parametrize("preset", ["paper", "quick", "rehearsal"])
+def test_distill_asks_for_no_more_numbers_than_subliminal_writes(preset: str) -> None:
+    # distill trains on the subliminal stage's control numbers (wired): n_train + n_fit of them.
+    # (The paper preset once asked for 10,256 of 10,000 and would have stopped at distill.)
+    import yaml
+
+    from sublens.config import load_config, preset_path
+    from sublens.experiments.paper import PaperConfig
+
+    paper = load_config(PaperConfig, preset_path(f"paper/{preset}.yaml"))
+
+    def value(stage: str, key: str) -> int:
+        spec = paper.stages[stage]
+        if key in (spec.set or {}):
+            return int(spec.set[key])
+        node = yaml.safe_load(preset_path(spec.config).read_text())
+        for part in key.split("."):
+            node = node[part]
+        return int(node)
+
+    assert value("distill", "data.n_train") + value("distill", "data.n_fit") <= value("subliminal", "n_examples")

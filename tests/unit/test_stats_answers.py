@@ -146,3 +146,15 @@ def test_comparison_line_names_every_flat_ci() -> None:
         "(Fisher p=1) — underpowered (share CI includes no change)")
     comp = {"p_trait_ratio": ratio(103.0, 84.1, 125.0), "share_ratio": ratio(13.8, 11.4, 16.9)}
     assert comparison_line("teacher", comp, "owl").endswith("share ×13.80 [11.40, 16.90]")
+
+
+def test_comparison_line_across_seeds_has_no_single_fisher_p() -> None:
+    # An across-seed comparison (sublens.experiments.*: compare_arm over several seeds) carries a
+    # t interval of the rate difference and one Fisher p per seed, not one p: the line gives the
+    # interval (the paper preset's distill stage with 3 seeds died here on a KeyError).
+    from sublens.preference import comparison_line
+
+    flat = {"ratio": 1.0, "ci_low": 0.9, "ci_high": 1.1, "underpowered": True}
+    comp = {"p_trait_ratio": flat, "share_ratio": flat,
+            "rate_difference": {"difference": 0.02, "ci_low": -0.01, "ci_high": 0.05, "p_fisher_per_seed": [1.0, 0.5]}}
+    assert "answer rate +0.020 [-0.010, +0.050]" in comparison_line("shd", comp, "owl")
