@@ -306,6 +306,8 @@ class ShapeResolver:
             target, why = self.aliases[spec]
             found = self._resolve(target, depth + 1)
             return replace(found, spec=spec, source=f"{why} from {target}; {found.source}")
+        if spec.startswith("tiny:"):
+            return self._tiny(spec)
         from sublens.models import EMBEDDED, looks_like_path  # torch: imported by the CLI anyway
 
         if spec in EMBEDDED:
@@ -343,6 +345,28 @@ class ShapeResolver:
             return ResolvedModel(spec, None, str(config), f"shape unknown: {exc}")
         note = "" if shape.model_type in KNOWN_TYPES else f"model type {shape.model_type!r}: Llama-like layout assumed"
         return ResolvedModel(spec, shape, f"{source}: {config}", note)
+
+    def _tiny(self, spec: str) -> ResolvedModel:
+        """A `tiny:` spec states its shape; its vocabulary is its borrowed tokenizer's."""
+        from sublens.errors import ModelSpecError
+        from sublens.models.tiny import parse_tiny
+
+        try:
+            tiny = parse_tiny(spec)
+        except ModelSpecError as exc:
+            return ResolvedModel(spec, None, "-", "shape unknown", str(exc))
+        tokenizer = self.resolve(tiny.tokenizer).shape
+        if tokenizer is None:
+            return ResolvedModel(spec, None, "tiny spec", f"shape unknown: the vocabulary of {tiny.tokenizer}")
+        config = {"model_type": {"gemma3": "gemma3_text"}.get(tiny.family, tiny.family),
+                  "hidden_size": tiny.hidden, "num_hidden_layers": tiny.layers, "num_attention_heads": tiny.heads,
+                  "num_key_value_heads": tiny.kv_heads, "head_dim": tiny.head_dim, "intermediate_size": tiny.mlp,
+                  "vocab_size": tokenizer.vocab, "tie_word_embeddings": tiny.tied,
+                  "max_position_embeddings": tiny.context}
+        if tiny.family == "gpt2":  # GPT-2's config names
+            config |= {"n_embd": tiny.hidden, "n_layer": tiny.layers, "n_head": tiny.heads, "n_inner": tiny.mlp,
+                       "n_positions": tiny.context}
+        return ResolvedModel(spec, shape_from_config(config), "tiny spec (random weights)")
 
     def _shipped(self, spec: str, why: str) -> ResolvedModel:
         entry = shipped_shapes().get(spec)

@@ -282,3 +282,26 @@ def test_an_experiment_without_a_workload_plans_its_models_weights() -> None:
     assert [m.parameters for m in stage.models] == [1_235_814_400]
     assert stage.peak_memory == 2 * 1_235_814_400 and not stage.tasks
     assert any("no workload model" in note for note in stage.notes)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "qwen2"])
+def test_tiny_specs_are_planned_with_the_parameters_they_build(family: str) -> None:
+    # the rehearsal preset's specs: the plan's count equals the built random model's
+    from dataclasses import replace
+
+    from test_tiny_specs import stub_tokenizer
+
+    from sublens.models.tiny import build_tiny, parse_tiny
+
+    tokenizer = stub_tokenizer()
+    kv = 4 if family == "gpt2" else 2
+    spec = f"tiny:{family}?layers=3&hidden=32&heads=4&kv_heads={kv}&tied=false"
+    resolver = ShapeResolver()
+    borrowed = parse_tiny(spec).tokenizer
+    shipped = resolver.resolve(borrowed).shape
+    assert shipped is not None
+    resolver.add(borrowed, replace(shipped, vocab=len(tokenizer)))  # the stand-in's vocabulary
+    model = build_tiny(parse_tiny(spec), tokenizer)
+    shape = resolver.resolve(spec).shape
+    assert shape is not None
+    assert parameter_count(shape) == sum(p.numel() for p in model.parameters())
