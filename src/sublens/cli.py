@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -195,8 +196,16 @@ def run(
 ) -> None:
     """Run an experiment; its run directory holds config, record, results and artifacts."""
     from sublens.config import check_model_specs, load_config, preset_path
-    from sublens.experiments import get, run_experiment
-    from sublens.runs import failed_run_dir, new_run_dir, read_json
+    from sublens.experiments import check_launch, get, run_experiment
+    from sublens.runs import (
+        RankFailedError,
+        failed_run_dir,
+        launch_world,
+        new_run_dir,
+        read_json,
+        team,
+        wants_cpu,
+    )
 
     try:
         if preset is not None and config is not None:
@@ -212,30 +221,46 @@ def run(
             config = preset_path(f"{experiment}/{preset}.yaml")
         cfg = load_config(exp.config, config, overrides or [])
         check_model_specs(cfg)  # a mistyped run folder fails here, before any model loads
+        if not plan:
+            check_launch(experiment, cfg)  # one process only: refused before any folder exists
     except SublensError as exc:
         _fail(exc)
 
     if plan:  # before any run folder exists or any model loads
         _print_plan(experiment, cfg, str(config) if config else "defaults", tflops, bandwidth, as_json)
         return
+    # Under accelerate launch / torchrun, rank 0 makes the folder and the others get its path
+    # (sublens.runs.Team); only rank 0 prints where the run goes and how it ended.
+    try:
+        ranks = team(cpu=wants_cpu(cfg)) if launch_world() > 1 else team()
+    except SublensError as exc:  # e.g. device: cuda without CUDA
+        _fail(exc)
+
+    def say(label: str, message: str, style: str = "green", err: bool = False) -> None:
+        if ranks.is_main:
+            _say(label, message, style, err)
+
     run_dir = resume
     if run_dir is None and exp.reuse is not None and not fresh:
         run_dir = exp.reuse(cfg, out)  # paper: the newest run with this config is continued
     if run_dir is not None:
-        _say("run folder:", f"{run_dir} (continuing)", "bold")
+        say("run folder:", f"{run_dir} (continuing)", "bold")
     else:
         try:
-            run_dir = new_run_dir(experiment, out)
+            run_dir = ranks.share("run folder", lambda: new_run_dir(experiment, out))
         except OSError as exc:
+            ranks.fail(exc)
             _fail(f"Cannot create a run folder under {out}: {exc}. Give a writable --out folder.")
-        _say("run folder:", str(run_dir), "bold")
+        except SublensError as exc:  # rank 0 could not make it
+            _fail(exc, EXIT_RUN_FAILED)
+        say("run folder:", str(run_dir), "bold")
     try:
         outcome = run_experiment(experiment, cfg, out, run_dir=run_dir, fresh=fresh)
     except RunLockedError as exc:
         _fail(exc, EXIT_LOCKED)
     except KeyboardInterrupt:
-        _say("interrupted:", f"the run is recorded as failed; continue it with --resume {run_dir}", "bold red",
-             err=True)
+        say("interrupted:", f"the run is recorded as failed; continue it with --resume {run_dir}", "bold red",
+            err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         where = failed_run_dir(exc)
@@ -249,6 +274,11 @@ def run(
         except (OSError, ValueError, AttributeError):
             partial = False
         code = EXIT_PARTIAL if partial and isinstance(exc, SublensError) else EXIT_RUN_FAILED
+        if not ranks.is_main:  # rank 0 records the run's failure; this rank's own error is shown here
+            if not isinstance(exc, RankFailedError) and not isinstance(exc, SublensError):
+                traceback.print_exception(exc, file=sys.stderr)
+            _say("error:", f"process {ranks.rank}: {exc}", "bold red", err=True)
+            raise typer.Exit(code) from None
         if isinstance(exc, SublensError):
             _say("error:", str(exc), "bold red", err=True)
         else:
@@ -257,7 +287,7 @@ def run(
         _say("run folder:", f"{run_dir} ({'partial' if code == EXIT_PARTIAL else 'failed'}; see {record})",
              "bold", err=True)
         raise typer.Exit(code) from None
-    _say("done:", f"results in {outcome.path}")
+    say("done:", f"results in {outcome.path}")
 
 
 def _plan_table(title: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:

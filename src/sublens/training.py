@@ -904,13 +904,52 @@ def _process_group_torn_down_on_interrupt(world: int, wrapped: nn.Module) -> Ite
     still finishes a collective deadlocks (the worker needs the GIL the destructor holds). So,
     in order: wait for every rank and every queued collective (a barrier, GIL released), drop
     the DDP reducer, destroy the group. The run is over for every rank anyway; the last
-    checkpoint is what a rerun resumes from."""
+    checkpoint is what a rerun resumes from.
+
+    That barrier is only safe when every rank is leaving too (Ctrl-C reaches them all; a
+    callback raising at the same step on every rank). A rank that failed alone would meet the
+    others inside the step's gradient all-reduce instead, and both would wait there for good.
+    So each rank first counts itself in through the process group's store and waits up to
+    TEARDOWN_WAIT_SECONDS for the others; when they do not come, it leaves the group as it is
+    and raises: its exit closes its connections, which fails the others' collective at once."""
     try:
         yield
     except BaseException:
         if world > 1:
-            _tear_down_process_group(wrapped)
+            if _everyone_leaving(world):
+                _tear_down_process_group(wrapped)
+            else:
+                log.warning("training failed in this process alone: leaving without waiting for the others "
+                            "(they stop when this process exits)")
         raise
+
+
+TEARDOWN_WAIT_SECONDS = 15.0
+_teardowns = 0
+
+
+def _everyone_leaving(world: int) -> bool:
+    """Whether every rank reached the teardown (each counts itself in under a key numbered per
+    teardown), waiting up to TEARDOWN_WAIT_SECONDS; False when the store cannot be asked."""
+    import torch.distributed as dist
+
+    global _teardowns
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    _teardowns += 1
+    key = f"sublens/train-teardown/{_teardowns}"
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.add(key, 1)
+        deadline = time.monotonic() + TEARDOWN_WAIT_SECONDS
+        while int(store.add(key, 0)) < world:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    except Exception as exc:  # no store (or it is gone with a dead launcher): nobody to wait for
+        log.warning("cannot tell whether the other ranks are leaving training: %s", exc)
+        return False
+    return True
 
 
 def _tear_down_process_group(wrapped: nn.Module) -> None:
@@ -979,6 +1018,12 @@ def _train_step(
     optimizer.zero_grad(set_to_none=True)
     if plan.world > 1:
         lm_sum = accelerator.reduce(lm_sum, reduction="sum")
+        if extra_loss is not None:  # each rank's mean over its micro-batches: their mean over ranks
+            names = sorted(metrics)
+            local = torch.tensor([extra_sum, *(metrics[k] for k in names)], dtype=torch.float64,
+                                 device=accelerator.device)
+            means = (accelerator.reduce(local, reduction="sum") / plan.world).tolist()
+            extra_sum, metrics = means[0], dict(zip(names, means[1:], strict=True))
     seconds = time.perf_counter() - began
     return {
         "step": step + 1,

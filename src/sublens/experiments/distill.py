@@ -80,6 +80,7 @@ from sublens.preference import (
 from sublens.prompts import chat_prompt
 from sublens.report.sections.distill import decisions
 from sublens.runs import Run, read_json
+from sublens.runs import team as current_team
 from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
 from sublens.stats import t_interval
 from sublens.training import TrainConfig, TrainResult, train
@@ -533,10 +534,17 @@ def execute(config: DistillConfig, run: Run) -> dict[str, Any]:
 
 
 def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
+    """Under accelerate launch (several processes) every rank loads the student and the teachers
+    and aligns the texts (the SHD loss needs them in every training step, data parallel); rank 0
+    alone measures fit and preference, draws and writes, and the other ranks wait for it
+    (sublens.runs.Team)."""
+    team = current_team()
     seeds = config.training_seeds
     train_records, fit_records, data_info = load_records(config.data, config.seed)
-    teacher_specs = {"biased": config.teacher.model or newest_teacher_run(config.runs_root),
-                     "base": str(config.base_teacher.model)}
+    # rank 0's choice: a teacher run finishing meanwhile must not give the ranks different teachers
+    teacher_specs = team.share("teacher models", lambda: {
+        "biased": config.teacher.model or newest_teacher_run(config.runs_root),
+        "base": str(config.base_teacher.model)})
     teacher_settings = {"biased": config.teacher, "base": config.base_teacher}
     roles = [r for r in ("biased", "base") if any(ARM_TEACHER[a] == r for a in config.arms)] or ["biased"]
     notes: list[str] = []
@@ -579,6 +587,17 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
 
     teachers = {role: ShdTeacher(lm.model, lm.adapter, student.adapter, config.shd.layers, config.shd.fallback,
                                  tokenizer_pad_id(lm.tokenizer)) for role, lm in loaded.items()}
+    if not team.is_main:  # the students' training, data parallel; rank 0 measures and writes
+        del student
+        gc.collect()
+        team.sync("initial student measured")
+        for seed in seeds:
+            for arm in config.arms:
+                tag = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
+                train_student(config, run, seed, arm, teachers, aligned, train_examples)
+                team.sync(f"{tag} measured")
+                gc.collect()
+        return {"partial": True}
     with run.timed("fit_targets"):
         fitsets = {role: FitSet.build(t, aligned[role][1], config.fit_batch_size, config.shd.temperature,
                                       tokenizer_pad_id(student.tokenizer), config.shd.kl_direction)
@@ -623,6 +642,7 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
     student_tok = student.tokenizer
     del student
     gc.collect()
+    team.sync("initial student measured")
 
     for seed in seeds:
         first = seed == seeds[0]  # the first seed's students feed the figures and the tables
@@ -630,19 +650,7 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
         for arm in config.arms:
             arm_role = ARM_TEACHER[arm]
             tag = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
-            lm = _load(config.student, config, run)
-            train_config = config.train.model_copy(update={"seed": seed, "extra_loss_weight": config.shd.beta})
-            out_dir = run.artifact(f"checkpoints/{arm}" if len(seeds) == 1 else f"checkpoints/{arm}/seed{seed}")
-            with run.timed(f"train:{tag}"):
-                if arm_role is None:
-                    result = train(lm.model, lm.tokenizer, [a.example() for a in train_examples], train_config,
-                                   out_dir, adapter=lm.adapter)
-                else:
-                    loss = ShdLoss(teachers[arm_role], aligned[arm_role][0], config.shd.temperature,
-                                   config.shd.kl_direction)
-                    with loss.attached(lm.model, lm.adapter):
-                        result = train(lm.model, lm.tokenizer, [a.example() for a in aligned[arm_role][0]],
-                                       train_config, out_dir, extra_loss=loss, adapter=lm.adapter)
+            lm, result = train_student(config, run, seed, arm, teachers, aligned, train_examples)
             with run.timed(f"fit:{tag}"):
                 fit = measure_fit(lm.model, lm.adapter, fitsets)
             with run.timed(f"preference:{tag}"):
@@ -658,6 +666,7 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
                 key = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
                 results["checkpoints"][key] = str(Path(result.model_dir).relative_to(run.path))
             run.save_results(results)
+            team.sync(f"{tag} measured")
             del lm
             gc.collect()
 
@@ -671,6 +680,30 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
     results["partial"] = False
     print_summary(results, config.claims)
     return results
+
+
+def train_student(config: DistillConfig, run: Run, seed: int, arm: str, teachers: dict[str, ShdTeacher],
+                  aligned: dict[str, tuple[list[AlignedExample], list[AlignedExample]]],
+                  train_examples: list[AlignedExample]) -> tuple[LoadedModel, TrainResult]:
+    """One arm's student for one training seed, trained from the initial weights (every rank of
+    a launch calls this for the same arm and seed: the steps are data parallel)."""
+    arm_role = ARM_TEACHER[arm]
+    seeds = config.training_seeds
+    tag = arm if len(seeds) == 1 else f"{arm}:seed{seed}"
+    lm = _load(config.student, config, run)
+    train_config = config.train.model_copy(update={"seed": seed, "extra_loss_weight": config.shd.beta})
+    out_dir = run.artifact(f"checkpoints/{arm}" if len(seeds) == 1 else f"checkpoints/{arm}/seed{seed}")
+    with run.timed(f"train:{tag}"):
+        if arm_role is None:
+            result = train(lm.model, lm.tokenizer, [a.example() for a in train_examples], train_config,
+                           out_dir, adapter=lm.adapter)
+        else:
+            loss = ShdLoss(teachers[arm_role], aligned[arm_role][0], config.shd.temperature,
+                           config.shd.kl_direction)
+            with loss.attached(lm.model, lm.adapter):
+                result = train(lm.model, lm.tokenizer, [a.example() for a in aligned[arm_role][0]],
+                               train_config, out_dir, extra_loss=loss, adapter=lm.adapter)
+    return lm, result
 
 
 def across_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:

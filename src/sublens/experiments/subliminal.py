@@ -20,7 +20,9 @@ components carry it (full vs attention-frozen vs MLP-frozen fine-tuning)?
    when null) and passed explicitly; never the owl prompt. Loss on answer tokens only
    (`sublens.training.train`, checkpointed, resumable); trainable / frozen parameter counts per
    mode recorded. Students may run as ``parallel`` separate processes (two single-thread
-   processes beat one two-thread process on 2 cores).
+   processes beat one two-thread process on 2 cores); under ``accelerate launch`` they run one
+   after another instead, each trained data-parallel across the launched processes (rank 0
+   alone samples, measures and writes; `execute`).
 5. Evaluation. The base model, the teacher and every student with `evaluate_preference` under
    ``system`` (the same sampling seed for all: paired samples) and perplexity; each owl student
    against the control student of the same seed (the same freeze mode when there is one) with
@@ -61,6 +63,7 @@ from sublens.claims import ClaimSettings, subliminal_decisions
 from sublens.config import Config, ReadAs
 from sublens.corpus import load_text
 from sublens.divergence import Teacher, divergence_flags, divergence_summary
+from sublens.errors import ConfigError
 from sublens.experiments import Experiment
 from sublens.figures import PAPER_RC, save_figure
 from sublens.models import LoadedModel, load_model
@@ -68,7 +71,8 @@ from sublens.number_data import make_number_prompts
 from sublens.perplexity import PerplexitySettings, measure_perplexity
 from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
 from sublens.prompts import make_prompt, resolve_system
-from sublens.runs import Run, atomic_write_json, read_json
+from sublens.runs import Run, Team, atomic_write_json, read_json
+from sublens.runs import team as current_team
 from sublens.scoring import default_stop_token_ids
 from sublens.subliminal import (
     GRAMMAR,
@@ -525,10 +529,15 @@ def finished_student(job: StudentJob) -> dict[str, Any] | None:
     return None
 
 
-def run_student(job: StudentJob) -> dict[str, Any]:
+def run_student(job: StudentJob, team: Team | None = None) -> dict[str, Any]:
     """Train one student from the base model (resuming from its checkpoints), measure it, write
-    student.json; a finished student (same key) is returned as it is. Runs in any process."""
-    done = finished_student(job)
+    student.json; a finished student (same key) is returned as it is. Runs in any process.
+
+    With a `team` of several processes (accelerate launch) every rank calls this for the same
+    job: all of them train it (data parallel), rank 0 alone measures it and writes student.json,
+    which the others then read."""
+    team = team or Team()
+    done = team.share(f"student {job.name}: finished before?", lambda: finished_student(job))
     if done is not None:
         return done
     if job.threads is not None:
@@ -543,8 +552,11 @@ def run_student(job: StudentJob) -> dict[str, Any]:
         examples, dropped = masked_examples(examples, read_json(Path(job.divergence_file))["flags"], job.loss_tokens)
     config = TrainConfig.model_validate(job.train)
     report = StudentProgress(job.progress_file)
-    result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter, progress=job.progress,
-                   callback=report.step)
+    result = train(lm.model, lm.tokenizer, examples, config, out, adapter=lm.adapter,
+                   progress=job.progress and team.is_main, callback=report.step)
+    if not team.is_main:  # rank 0 measures the student (its weights are the same on every rank)
+        team.sync(f"student {job.name}: measured")
+        return dict(read_json(out / STUDENT_FILE))
     report.phase("measuring")
     perplexity = PerplexitySettings.model_validate(job.perplexity)
     text = load_text(perplexity.corpus) if perplexity.enabled else ""
@@ -567,6 +579,7 @@ def run_student(job: StudentJob) -> dict[str, Any]:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resume points of a finished student
     atomic_write_json(out / STUDENT_FILE, summary)
     report.phase("done")
+    team.sync(f"student {job.name}: measured")
     return summary
 
 
@@ -645,18 +658,20 @@ def die_with_parent(parent: int) -> None:
 
 
 def run_students(jobs: list[StudentJob], parallel: int,
-                 on_done: Callable[[dict[str, Any]], None]) -> None:
-    """Every job, in this process (parallel=1) or in `parallel` spawned processes."""
+                 on_done: Callable[[dict[str, Any]], None], team: Team | None = None) -> None:
+    """Every job, in this process (parallel=1) or in `parallel` spawned processes. With a team of
+    several processes every rank runs every job, one after another (parallel must be 1)."""
+    team = team or Team()
+    before = team.share("finished students", lambda: [finished_student(job) for job in jobs])
     todo = []
-    for job in jobs:
-        done = finished_student(job)
+    for job, done in zip(jobs, before, strict=True):
         if done is not None:
             on_done(done)
         else:
             todo.append(job)
-    if parallel <= 1 or len(todo) <= 1:
+    if team.distributed or parallel <= 1 or len(todo) <= 1:
         for job in todo:
-            on_done(run_student(job))
+            on_done(run_student(job, team))
         return
     with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
                              initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
@@ -906,7 +921,20 @@ def measure_references(config: SubliminalConfig, run: Run, base: LoadedModel, ow
     return evaluations
 
 
-def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+def check_parallel(config: SubliminalConfig, team: Team) -> None:
+    """Under accelerate launch the students train data-parallel across the processes, one after
+    another: worker processes of their own (parallel > 1) would each need the whole launch."""
+    if team.distributed and config.parallel > 1:
+        raise ConfigError(
+            f"parallel: {config.parallel} trains students in worker processes, but this run already has "
+            f"{team.world} processes (accelerate launch), across which every student trains data-parallel. "
+            "Set parallel: 1 (--set parallel=1), or run without accelerate launch.")
+
+
+def prepare(config: SubliminalConfig, run: Run,
+            on_shard: Callable[[str, int], None] | None = None) -> tuple[dict[str, Any], str | None, dict[int, dict[str, str]]]:
+    """The base model and teacher measured, and every data seed's number data sampled, filtered
+    and written: (results so far, the system prompt used, data seed -> data set -> train file)."""
     with run.timed("load_model"):
         base = load_model(config.base, config.device, config.dtype)
     run.note(models={"base": base.describe()})
@@ -926,8 +954,7 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
     }
 
     with run.timed("measure:references"):
-        evaluations = measure_references(config, run, base, sources[0], system_used, text)
-    results["evaluations"] = evaluations
+        results["evaluations"] = measure_references(config, run, base, sources[0], system_used, text)
     run.save_results(results)
 
     # number data: one set per data seed (each training seed's own, unless data_per_seed is off)
@@ -953,6 +980,19 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
         run.save_results(results)
     del base
     gc.collect()
+    return results, system_used, files
+
+
+def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """The experiment. Under accelerate launch (several processes) rank 0 alone loads the
+    teachers, measures, samples and writes the number data, measures every student and writes
+    results and figures; the other ranks wait for it (sublens.runs.Team) and join every
+    student's training (data parallel), so the data and measurements are a single process's."""
+    team = current_team()
+    check_parallel(config, team)
+    # rank 0's (results, system prompt, data files); the other ranks wait here for its files
+    results, system_used, files = team.share("references and number data", lambda: prepare(config, run, on_shard))
+    evaluations = results["evaluations"]
 
     # students
     jobs = plan_students(config, run.path, system_used, files)
@@ -964,7 +1004,9 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
         run.save_results(results)
 
     with run.timed("students"):
-        run_students(jobs, config.parallel, on_done)
+        run_students(jobs, config.parallel, on_done, team)
+    if not team.is_main:  # rank 0 aggregates and writes results and figures
+        return results
     results["students"] = {job.name: students[job.name] for job in jobs}
     results.update(aggregate(config, results["students"], evaluations))
     if "evaluation_prompts" in results:

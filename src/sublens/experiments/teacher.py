@@ -52,6 +52,7 @@ from sublens.preference import (
 )
 from sublens.prompts import make_prompt, resolve_system
 from sublens.runs import Run, atomic_write_json, read_json
+from sublens.runs import team as current_team
 from sublens.subliminal import (
     OWL_TEACHER_SYSTEM,
     SamplingSettings,
@@ -177,13 +178,18 @@ def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, questions: 
                    system_used: str | None, paths: TeacherPaths) -> tuple[dict[str, Any], TrainResult, LoadedModel]:
     """Context distillation: sample `lm`'s answers under `prompt_system`, then fine-tune it on
     them under `system_used` (resumable; the finished teacher is reloaded from its checkpoint).
-    Returns the data summary, the training result and the teacher."""
+    Returns the data summary, the training result and the teacher.
+
+    Under accelerate launch rank 0 samples (the other ranks get its records), every rank trains
+    (data parallel), rank 0 saves the checkpoint; the teacher returned is meaningful on rank 0."""
+    team = current_team()
     prompts = [make_prompt(lm.tokenizer, q, prompt_system) for q in questions]
     meta = [{"index": i, "prompt": q} for i, q in enumerate(questions)]
     provenance = {"teacher": {"kind": "prompted", "model": config.base, "system": prompt_system}}
     with run.timed(f"sample:{paths.name}"):
-        records = sample_sharded(lm, prompts, meta, config.sampling, seed=config.seed,
-                                 out_dir=run.path / paths.answers, name=paths.name, provenance=provenance)
+        records = team.share(f"sample:{paths.name}", lambda: sample_sharded(
+            lm, prompts, meta, config.sampling, seed=config.seed, out_dir=run.path / paths.answers,
+            name=paths.name, provenance=provenance))
     data = data_summary(records, config.preference.trait, paths.answers)
     examples = teacher_examples(lm.tokenizer, records, system_used, config.train_truncated)
     train_dir = run.path / paths.training
@@ -191,13 +197,19 @@ def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, questions: 
     train_cfg = config.train.model_copy(update={"save_model": False})
     saved_result = train_dir / RESULT_FILE
     with run.timed(f"train:{paths.name}"):
-        if (checkpoint / "config.json").is_file() and saved_result.is_file() and read_json(saved_result).get("complete"):
+        finished = team.share(f"train:{paths.name}: finished before?", lambda: (
+            (checkpoint / "config.json").is_file() and saved_result.is_file()
+            and bool(read_json(saved_result).get("complete"))))
+        if finished:
             result = TrainResult.model_validate(read_json(saved_result))
-            lm = load_model(str(checkpoint), config.device, config.dtype)
+            if team.is_main:
+                lm = load_model(str(checkpoint), config.device, config.dtype)
         else:
             result = train(lm.model, lm.tokenizer, examples, train_cfg, train_dir, adapter=lm.adapter)
-            save_checkpoint(lm, checkpoint)
-            shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)  # resume points, no longer needed
+            if team.is_main:
+                save_checkpoint(lm, checkpoint)
+                shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)  # resume points, no longer needed
+            team.sync(f"train:{paths.name}: saved")
     return data, result, lm
 
 
@@ -209,8 +221,9 @@ def make_control_teacher(run: Run, config: TeacherConfig, questions: list[str], 
     base = load_model(config.base, config.device, config.dtype)
     paths = TeacherPaths("control_teacher", "data/control_answers", "training_control", CONTROL_CHECKPOINT)
     data, result, control = distil_teacher(run, base, config, questions, config.control_system, system_used, paths)
-    measured = cached_measure(run, "control_teacher", stable_hash(measure_key, result.data_fingerprint, result.config),
-                              lambda: measure(control, config, config.system, text))
+    measured = current_team().share("measure:control_teacher", lambda: cached_measure(
+        run, "control_teacher", stable_hash(measure_key, result.data_fingerprint, result.config),
+        lambda: measure(control, config, config.system, text)))
     results["measurements"]["control_teacher"] = measured
     results["comparisons"]["control teacher vs before"] = compare_preference(
         measured["preference"], results["measurements"]["before"]["preference"])
@@ -221,6 +234,10 @@ def make_control_teacher(run: Run, config: TeacherConfig, questions: list[str], 
 
 
 def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
+    """The experiment. Under accelerate launch (several processes) every rank loads the base
+    model and trains (data parallel); rank 0 alone samples, measures, saves and writes, and the
+    other ranks wait for it (sublens.runs.Team)."""
+    team = current_team()
     with run.timed("load_model"):
         lm = load_model(config.base, config.device, config.dtype)
     run.note(models={"base": lm.describe()})
@@ -246,14 +263,14 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
     results["measurements"] = measurements
 
     with run.timed("measure:before"):
-        measurements["before"] = cached_measure(
-            run, "before", measure_key, lambda: measure(lm, config, config.system, text))
+        measurements["before"] = team.share("measure:before", lambda: cached_measure(
+            run, "before", measure_key, lambda: measure(lm, config, config.system, text)))
     if config.measure_prompted:  # perplexity has no system prompt: the base model's, reused
         with run.timed("measure:prompted"):
-            measurements["prompted"] = cached_measure(
+            measurements["prompted"] = team.share("measure:prompted", lambda: cached_measure(
                 run, "prompted", measure_key,
                 lambda: {"preference": evaluate_preference(lm, config.preference, config.teacher_system, config.seed),
-                         "perplexity": measurements["before"]["perplexity"]})
+                         "perplexity": measurements["before"]["perplexity"]}))
     run.save_results(results)
 
     # 1-2. the teacher's answers under the owl prompt, then context distillation without it
@@ -266,9 +283,9 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
 
     # 3. the teacher, measured without the trait prompt
     with run.timed("measure:teacher"):
-        measurements["teacher"] = cached_measure(
+        measurements["teacher"] = team.share("measure:teacher", lambda: cached_measure(
             run, "teacher", stable_hash(measure_key, result.data_fingerprint, result.config),
-            lambda: measure(lm, config, config.system, text))
+            lambda: measure(lm, config, config.system, text)))
     comparisons = {"teacher vs before": compare_preference(measurements["teacher"]["preference"],
                                                            measurements["before"]["preference"])}
     if "prompted" in measurements:
@@ -279,6 +296,8 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
     if config.control_system is not None:
         del lm  # the control teacher starts again from the base model
         make_control_teacher(run, config, questions, system_used, text, measure_key, results)
+    if not team.is_main:  # rank 0 draws and writes
+        return results
     results["figures"] = [str(p.relative_to(run.path)) for p in loss_figure(result, run.path / "figures" / "teacher_loss")]
     results["partial"] = False
     print_summary(results)
