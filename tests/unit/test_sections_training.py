@@ -360,3 +360,24 @@ def test_subliminal_evaluation_prompts_table() -> None:
     assert r"Table~\ref{tab:evaluation_prompts}" in section.results
     # without further prompts there is no such table
     assert "evaluation_prompts" not in build(stage("subliminal")).tables
+
+
+def test_subliminal_entanglement_enrichment_and_contrast_are_reported() -> None:
+    run = stage("subliminal")
+    results = copy.deepcopy(run.results)
+    contrast = {"ratio": 0.62, "ci_low": 0.41, "ci_high": 0.93}
+    results["data"]["entangled"] = {
+        "set": "ar2", "filter": {"size": 240},
+        "enrichment": {
+            "increased": {"owl": {"answers_with": 41, "answers": 300}, "control": {"answers_with": 20, "answers": 300},
+                          "owl_over_control": {"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39, "p_fisher": 0.004}},
+            "random": {"owl": {"answers_with": 15, "answers": 300}, "control": {"answers_with": 16, "answers": 300},
+                       "owl_over_control": {"ratio": 0.94, "ci_low": 0.47, "ci_high": 1.86, "p_fisher": 1.0}}}}
+    results["comparisons"]["owl-no-entangled-full vs owl-no-random-full"] = {"share_ratio": contrast}
+    text = build(with_results(run, results)).results
+    assert "in 41 of 300 owl answers and 20 of 300 control answers" in text
+    assert ratio({"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39}) in text
+    assert r"\citep{zur2025owl}" in text
+    assert "both then 240 answers" in text and ratio(contrast) in text
+    plain = build(run).results  # a run without the entanglement test says nothing of it
+    assert "Entanglement in the data" not in plain and "entangled number" not in plain

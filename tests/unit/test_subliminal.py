@@ -5,6 +5,7 @@ trains them; aggregation across seeds."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -524,3 +525,44 @@ def test_evaluation_prompt_comparisons_are_seed_paired_like_the_headline() -> No
     for name, key in (("default", "main"), ("empty", "empty")):
         ratio = prompts[name]["arms"]["full"]["p_trait_ratio"]
         assert ratio["n_seeds"] == 3 and math.isclose(ratio["ratio"], math.exp(np.mean(np.log(owl[key]))))
+
+
+def test_entanglement_filter_data_and_contrast(tmp_path: Path) -> None:
+    # Enrichment and the two filtered owl data sets from an entanglement run's numbers, and the
+    # direct test: the no-entangled student over the no-random student, paired by seed.
+    from sublens.experiments.subliminal import (
+        NO_ENTANGLED,
+        NO_RANDOM,
+        aggregate,
+        entangled_data,
+        filtered_datasets,
+    )
+
+    run_dir = tmp_path / "entanglement"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text(json.dumps({"status": "ok"}))
+    (run_dir / "results.json").write_text(json.dumps(
+        {"categories": {"ar2": {"increased": ["11"], "decreased": ["25"], "random": ["30"]}}}))
+    config = SubliminalConfig(modes=["full"], control_modes=["full"], seeds=[0, 1],
+                              entangled={"run": str(run_dir), "set": "ar2"})
+    assert filtered_datasets(config) == [NO_ENTANGLED, NO_RANDOM]
+    owl = [{"answer": f"{i}, 11" if i % 2 else f"{i}, 30" if i % 3 == 0 else str(i), "kept": True} for i in range(100, 130)]
+    control = [{"answer": str(i), "kept": True} for i in range(200, 230)]
+    report, extra = entangled_data(config, {"owl": owl, "control": control}, {"owl": owl[:20], "control": control[:20]},
+                                   size=20, seed=0)
+    assert report["enrichment"]["increased"]["owl"]["answers_with"] == 10  # odd i among the first 20
+    assert report["enrichment"]["increased"]["control"]["answers_with"] == 0
+    assert len(extra[NO_ENTANGLED]) == len(extra[NO_RANDOM]) == report["filter"]["size"] <= 20
+    assert all("11" not in r["answer"].split(", ") for r in extra[NO_ENTANGLED])
+
+    def student(dataset: str, seed: int, scale: float) -> dict[str, Any]:
+        return {"name": f"{dataset}-full-seed{seed}", "dataset": dataset, "mode": "full", "seed": seed,
+                "preference": fake_preference(scale, seed),
+                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}, "perplexity": None}
+
+    scales = {"owl": 2.0, "control": 1.0, NO_ENTANGLED: 1.2, NO_RANDOM: 1.8}
+    students = {f"{d}-full-seed{s}": student(d, s, x) for d, x in scales.items() for s in (0, 1)}
+    comparisons = aggregate(config, students, {})["comparisons"]
+    contrast = comparisons[f"{NO_ENTANGLED}-full vs {NO_RANDOM}-full"]
+    assert math.isclose(contrast["p_trait_ratio"]["ratio"], 1.2 / 1.8)
+    assert f"{NO_ENTANGLED}-full vs control-full" in comparisons  # each also against the control

@@ -43,7 +43,9 @@ WIRING: dict[str, dict[str, tuple[str, str]]] = {
     "pruning": {"model": ("teacher", "dir")},
     # the control numbers come from the control teacher made by the same procedure (teacher
     # stage with control_system), so the two data sets differ only by the trait
-    "subliminal": {"teacher": ("teacher", "dir"), "control_teacher": ("teacher", "#control_teacher")},
+    "subliminal": {"teacher": ("teacher", "dir"), "control_teacher": ("teacher", "#control_teacher"),
+                   # the entanglement stage's numbers: counted in the data, filtered out for students
+                   "entangled.run": ("entanglement", "dir")},
     "distill": {"teacher.model": ("teacher", "dir"), "data.source": ("subliminal", "dir")},
     "hybrid": {"biased": ("teacher", "dir")},
 }

@@ -63,6 +63,13 @@ from sublens.claims import ClaimSettings, subliminal_decisions
 from sublens.config import Config, ReadAs
 from sublens.corpus import load_text
 from sublens.divergence import Teacher, divergence_flags, divergence_summary
+from sublens.entangled_numbers import (
+    ENTANGLED,
+    MATCHED,
+    enrichment,
+    filtered_pair,
+    read_number_sets,
+)
 from sublens.errors import ConfigError
 from sublens.experiments import Experiment
 from sublens.figures import PAPER_RC, save_figure
@@ -151,6 +158,22 @@ def _default_modes() -> list[StudentArm]:
     return ["full", "freeze-attention", "freeze-mlp"]
 
 
+class EntangledSettings(BaseModel):
+    """Entanglement tied to transfer (sublens.entangled_numbers): an entanglement run's numbers
+    in the owl and control data, and owl students trained without them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run: str | None = Field(default=None, description="run directory of a finished entanglement run; null: "
+                                                      "no entanglement test (the paper chain wires its own)")
+    set: str = Field(default="ar2", description="the entanglement run's categorised set whose increased and "
+                                                "random numbers are counted (ar2: two-digit numbers)")
+    filter_students: bool = Field(default=True, description="also train full owl students on the owl data "
+                                                            "without answers holding an increased number, and "
+                                                            "without answers holding a random-set number "
+                                                            "(size-matched), each with every seed")
+
+
 class DivergenceSettings(BaseModel):
     """Divergence tokens of the owl and control data (sublens.divergence)."""
 
@@ -232,6 +255,9 @@ class SubliminalConfig(Config):
         description="further system prompts every student is also measured under (name -> text; '' is an "
                     "empty system turn), each owl arm against its matched control side by side with the main "
                     "measurement under `system`; e.g. {empty: '', neutral: 'You are a helpful assistant.'}")
+    entangled: EntangledSettings = Field(default_factory=EntangledSettings,
+                                         description="entanglement tied to transfer: enrichment of an "
+                                                     "entanglement run's numbers in the data, and filtered students")
     divergence: DivergenceSettings = Field(default_factory=DivergenceSettings,
                                            description="divergence tokens of the owl and control data")
     data_per_seed: bool = Field(
@@ -300,6 +326,9 @@ class SubliminalConfig(Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> SubliminalConfig:
+        if self.entangled.run is not None and self.entangled.filter_students and "full" not in self.control_modes:
+            raise ValueError("entangled.filter_students trains full owl students: add full to control_modes "
+                             "(their matched control)")
         if not self.control_modes:
             raise ValueError("control_modes needs at least one mode (the control student, e.g. [full])")
         unmatched = [m for m in self.modes if m not in self.control_modes]
@@ -337,6 +366,32 @@ def teacher_sources(config: SubliminalConfig, system_used: str | None) -> list[T
     sources = [owl, TeacherSource(CONTROL, config.control_teacher, system_used, "control")]
     sources += [TeacherSource(name, "base", system, "prompted") for name, system in config.extra_teachers.items()]
     return sources
+
+
+# The owl data without the entanglement run's increased numbers / without its random set.
+NO_ENTANGLED, NO_RANDOM = f"{OWL}-no-entangled", f"{OWL}-no-random"
+
+
+def filtered_datasets(config: SubliminalConfig) -> list[str]:
+    """Data sets of the entanglement filter's students (none unless asked for)."""
+    return [NO_ENTANGLED, NO_RANDOM] if config.entangled.run is not None and config.entangled.filter_students else []
+
+
+def entangled_data(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]],
+                   chosen: dict[str, list[dict[str, Any]]], size: int, seed: int
+                   ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Enrichment of the entanglement run's numbers in the owl vs control training data, and
+    (when asked) the two filtered owl data sets, matched in size."""
+    assert config.entangled.run is not None
+    number_sets = read_number_sets(config.entangled.run, config.entangled.set)
+    report: dict[str, Any] = {"run": config.entangled.run, "set": config.entangled.set,
+                              "enrichment": enrichment(chosen[OWL], chosen[CONTROL], number_sets)}
+    extra: dict[str, list[dict[str, Any]]] = {}
+    if config.entangled.filter_students:
+        kept = [r for r in data[OWL] if r["kept"]]
+        pair, report["filter"] = filtered_pair(kept, number_sets, size, seed)
+        extra = {NO_ENTANGLED: pair[ENTANGLED], NO_RANDOM: pair[MATCHED]}
+    return report, extra
 
 
 def data_seed(config: SubliminalConfig, training_seed: int) -> int:
@@ -492,7 +547,7 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
                   data_files: dict[int, dict[str, str]]) -> list[StudentJob]:
     """One job per (seed, data set, mode); `data_files` maps a data seed to its files."""
     arms = [(CONTROL, m) for m in config.control_modes] + [(OWL, m) for m in config.modes]
-    arms += [(name, "full") for name in config.extra_teachers]
+    arms += [(name, "full") for name in [*config.extra_teachers, *filtered_datasets(config)]]
     threads = config.threads
     if threads is None and config.parallel > 1:
         threads = max(1, (os.cpu_count() or 1) // config.parallel)
@@ -813,7 +868,8 @@ def aggregate(config: SubliminalConfig, students: dict[str, dict[str, Any]],
               evaluations: dict[str, Any]) -> dict[str, Any]:
     """Headline table rows and comparisons from the finished students."""
     arms: list[tuple[str, str]] = [(CONTROL, m) for m in config.control_modes]
-    arms += [(OWL, m) for m in config.modes] + [(x, "full") for x in config.extra_teachers]
+    arms += [(OWL, m) for m in config.modes]
+    arms += [(x, "full") for x in [*config.extra_teachers, *filtered_datasets(config)]]
     rows: list[dict[str, Any]] = []
     for label in ("base", "teacher"):
         if label in evaluations:
@@ -852,12 +908,32 @@ def aggregate(config: SubliminalConfig, students: dict[str, dict[str, Any]],
     if "teacher" in evaluations and "base" in evaluations:
         comparisons["teacher vs base"] = compare_arm([evaluations["teacher"]["preference"]],
                                                      [evaluations["base"]["preference"]])
+    contrast = entangled_contrast(config, students)
+    if contrast is not None:
+        comparisons[f"{NO_ENTANGLED}-full vs {NO_RANDOM}-full"] = contrast
     full_sets = ([OWL] if "full" in config.modes else []) + list(config.extra_teachers)
     spec = specificity(students, full_sets, config.seeds, reference_mode(config, "full"))
     out = {"headline": rows, "comparisons": comparisons, "specificity": spec}
     if config.evaluation_systems:
         out["evaluation_prompts"] = by_evaluation_prompt(config, students, comparisons)
     return out
+
+
+def entangled_contrast(config: SubliminalConfig, students: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The direct test of the entanglement explanation: the owl student trained without the
+    entangled numbers over the one trained without a matched random set, paired by seed."""
+    if not filtered_datasets(config):
+        return None
+    tests, references = [], []
+    for seed in config.seeds:
+        test = students.get(student_name(NO_ENTANGLED, "full", seed))
+        reference = students.get(student_name(NO_RANDOM, "full", seed))
+        if test is not None and reference is not None:
+            tests.append(test["preference"])
+            references.append(reference["preference"])
+    if not tests:
+        return None
+    return compare_arm(tests, references) | {"reference": f"{NO_RANDOM}-full"}
 
 
 def by_evaluation_prompt(config: SubliminalConfig, students: dict[str, dict[str, Any]],
@@ -965,11 +1041,16 @@ def prepare(config: SubliminalConfig, run: Run,
         with run.timed(f"generate:{seed}"):
             data = generate_data(config, base, sources, run.path / folder / "shards", on_shard=on_shard, seed=seed)
         chosen, size = subsample(data, config.n_examples, seed)
+        entangled_report, filtered = (entangled_data(config, data, chosen, size, seed)
+                                      if config.entangled.run is not None else (None, {}))
+        chosen = {**chosen, **filtered}
         files[seed] = {}
         for name, records in chosen.items():
             files[seed][name] = f"{folder}/{name}.train.jsonl"
             write_jsonl(run.path / files[seed][name], records)
         per_seed[str(seed)] = data_results(config, data, chosen, size, files[seed], seed)
+        if entangled_report is not None:
+            per_seed[str(seed)]["entangled"] = entangled_report
         if needs_divergence(config):
             with run.timed(f"divergence:{seed}"):
                 per_seed[str(seed)]["divergence"] = measure_divergence(

@@ -190,7 +190,42 @@ def data_sentence(data: dict[str, Any]) -> str:
                  f"({p_value(lengths.get('p_permutation'))}); ")
         text += ("per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "." if differ
                  else "no per-answer number statistic differs at $p<0.05$.")
-    return text + divergence_sentence(data.get("divergence") or {})
+    return text + divergence_sentence(data.get("divergence") or {}) + enrichment_sentence(data.get("entangled") or {})
+
+
+def enrichment_sentence(entangled: dict[str, Any]) -> str:
+    """How often the entanglement study's increased numbers (and its matched random set) occur
+    in the owl data against the control data, by answer."""
+    found = entangled.get("enrichment") or {}
+    parts = []
+    for category, label in (("increased", "entangled numbers (those an owl context makes more likely)"),
+                            ("random", "the size-matched random set")):
+        e = found.get(category)
+        if not isinstance(e, dict):
+            continue
+        owl, control = e.get("owl") or {}, e.get("control") or {}
+        ratio = e.get("owl_over_control") or {}
+        parts.append(f"{label}: in {count(owl.get('answers_with'))} of {count(owl.get('answers'))} owl answers "
+                     f"and {count(control.get('answers_with'))} of {count(control.get('answers'))} control answers "
+                     f"(ratio {ratio_cell(ratio)}, Fisher {p_value(ratio.get('p_fisher'))})")
+    if not parts:
+        return ""
+    return (" Entanglement in the data, with the numbers of the entanglement study "
+            f"\citep{{zur2025owl}} (set {escape(str(entangled.get('set', '')))}), counted by answer: "
+            + "; ".join(parts) + ".")
+
+
+def _entangled_contrast_sentence(r: dict[str, Any]) -> str:
+    """The direct test: owl students trained without the entangled numbers against owl students
+    trained without the matched random set (a drop of the first means entanglement carries it)."""
+    comp = (r.get("comparisons") or {}).get("owl-no-entangled-full vs owl-no-random-full")
+    if not isinstance(comp, dict):
+        return ""
+    size = dig(r, "data", "entangled", "filter", "size")
+    return ("Removing every owl answer that holds an entangled number, against removing every answer that "
+            f"holds a number of the matched random set (both then {counted(size, 'answer') if size else 'matched'}), "
+            f"the first student's owl share over the second's is {ratio_cell(comp.get('share_ratio'))}: if "
+            "entanglement carried the transfer this would fall clearly below 1.")
 
 
 def divergence_sentence(divergence: dict[str, Any]) -> str:
@@ -366,7 +401,7 @@ def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
     unmatched = [m for m in modes if m not in control_modes]
     text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(r, modes)} "
             f"{seeds_sentence(n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(run)} "
-            f"{_claims_text(modes, decided)} {_prompt_sentence(run)} {data}")
+            f"{_claims_text(modes, decided)} {_prompt_sentence(run)} {_entangled_contrast_sentence(r)} {data}")
     return " ".join(text.split()), decided
 
 
