@@ -821,7 +821,9 @@ def _subliminal(c: Any, st: StageBuilder) -> None:
                     int(d.max_new_tokens), int(d.batch_size), repeat=data_seeds)
     st.measure("base", base, c.preference, c.system, c.perplexity)
     st.measure("teacher", owl[0], c.preference, owl[1], c.perplexity)
-    arms = [*c.control_modes, *c.modes, *(["full"] * len(c.extra_teachers))]
+    entangled = getattr(c, "entangled", None)  # the entanglement filter's two owl students (full)
+    filtered = 2 if entangled is not None and entangled.run is not None and entangled.filter_students else 0
+    arms = [*c.control_modes, *c.modes, *(["full"] * (len(c.extra_teachers) + filtered))]
     examples = int(c.n_examples or rows)
     prompt = mean_chat_tokens(texts, c.system)
     divergence = getattr(c, "divergence", None)  # divergence tokens (sublens.divergence)
