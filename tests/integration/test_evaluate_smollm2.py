@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sublens.api import load_run
 from sublens.config import load_config
 from sublens.errors import ConfigError, ModelSpecError, SublensError
 from sublens.experiments import get, run_experiment
@@ -69,6 +70,10 @@ def test_evaluate_run_shows_the_prompted_owl_preference(tmp_path: Path, smollm2:
     expected = sum(re.search(r"\bowls?\b", a, re.IGNORECASE) is not None for a in sampled["answers"])
     assert sampled["trait_rate"]["count"] == expected
     assert 5 < default["perplexity"]["perplexity"] < 100
+    tables = load_run(outcome.path).tables  # the same numbers, flat
+    assert list(tables["models"]["condition"]) == ["default", "owl"]
+    assert tables["models"]["p_trait"].iloc[1] == owl["probability"]["p_trait"]["mean"]
+    assert tables["comparisons"]["p_trait_ratio"].iloc[0] == results["comparisons"]["owl"]["p_trait_ratio"]["ratio"]
     record = read_json(outcome.path / "record.json")
     assert record["status"] == "ok" and record["models"]["smollm2-135m-instruct"]["family"] == "llama"
 

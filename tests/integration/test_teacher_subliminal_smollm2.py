@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from sublens.api import load_run
 from sublens.experiments import run_experiment
 from sublens.experiments.subliminal import CONTROL, OWL, SubliminalConfig
 from sublens.experiments.teacher import NEUTRAL_TEACHER_SYSTEM, TeacherConfig
@@ -134,6 +135,12 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     row = results["headline"][5]
     assert row["n_seeds"] == 1 and row["vs_control"]["share_ratio"]["n_seeds"] == 1
     assert all((run_dir / f).is_file() for f in results["figures"])
+    # the flat tables: one row per measured model and per comparison, the nested numbers
+    tables = load_run(run_dir).tables
+    assert len(tables["models"]) == 2 + len(results["students"])
+    owl_row = tables["models"].set_index("model").loc["owl-full-seed0"]
+    assert owl_row["p_trait"] == results["students"]["owl-full-seed0"]["preference"]["probability"]["p_trait"]["mean"]
+    assert set(tables["comparisons"]["comparison"]) == set(results["comparisons"])
 
     # rerun into the same directory: students and data are reused, not redone
     stamp = (run_dir / "students" / "owl-full-seed0" / "student.json").stat().st_mtime_ns

@@ -83,6 +83,7 @@ from sublens.runs import Run, read_json
 from sublens.runs import team as current_team
 from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
 from sublens.stats import t_interval
+from sublens.tables import preference_columns, write_tables
 from sublens.training import TrainConfig, TrainResult, train
 from sublens.training_data import tokenizer_pad_id
 
@@ -672,6 +673,10 @@ def _execute(config: DistillConfig, run: Run) -> dict[str, Any]:
 
     results["comparisons"] = comparisons(results)
     results["headline"] = headline(results)
+    results["tables"] = write_tables(run, [
+        {"student": arm, "seed": int(seed), **preference_columns(entry["preference"]),
+         "final_lm_loss": entry["train"].get("final_lm_loss")}
+        for seed, arms in results["per_seed"].items() for arm, entry in arms.items()], results["comparisons"])
     results["throughput"] = {arm: {k: results["arms"][arm]["train"][k] for k in
                                    ("tokens", "train_seconds", "tokens_per_second")} for arm in results["arms"]}
     with run.timed("figures"):

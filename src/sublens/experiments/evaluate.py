@@ -21,6 +21,7 @@ from sublens.preference import (
     evaluate_preference,
 )
 from sublens.runs import Run
+from sublens.tables import preference_columns, write_tables
 
 
 def _default_systems() -> dict[str, str | None]:
@@ -72,8 +73,10 @@ def execute(config: EvaluateConfig, run: Run) -> dict[str, Any]:
     comparisons = {
         label: compare_preference(conditions[label], conditions[labels[0]]) for label in labels[1:]
     }
+    models = [{"condition": label, "model": c["model"], "system": c["system"], **preference_columns(c),
+               "perplexity": (c.get("perplexity") or {}).get("perplexity")} for label, c in conditions.items()]
     results = {"trait": config.preference.trait, "reference": labels[0], "conditions": conditions,
-               "comparisons": comparisons}
+               "comparisons": comparisons, "tables": write_tables(run, models, comparisons)}
     print_summary(results)
     return results
 

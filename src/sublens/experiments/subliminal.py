@@ -101,6 +101,7 @@ from sublens.subliminal import (
     training_example,
     write_jsonl,
 )
+from sublens.tables import preference_columns, write_tables
 from sublens.trainable import check_arm, split_arm
 from sublens.training import TrainConfig, train
 from sublens.training_data import Example
@@ -936,6 +937,19 @@ def entangled_contrast(config: SubliminalConfig, students: dict[str, dict[str, A
     return compare_arm(tests, references) | {"reference": f"{NO_RANDOM}-full"}
 
 
+def model_rows(students: dict[str, dict[str, Any]], evaluations: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per measured model for models.parquet: the references, then every student."""
+    rows = [{"model": name, "dataset": None, "mode": None, "seed": None, **preference_columns(e.get("preference")),
+             "perplexity": (e.get("perplexity") or {}).get("perplexity")} for name, e in evaluations.items()]
+    for name, s in students.items():
+        freeze = s["training"].get("freeze") or {}
+        rows.append({"model": name, "dataset": s["dataset"], "mode": s["mode"], "seed": s["seed"],
+                     **preference_columns(s["preference"]), "perplexity": (s.get("perplexity") or {}).get("perplexity"),
+                     "trainable_parameters": freeze.get("trainable"), "final_lm_loss": s["training"].get("final_lm_loss"),
+                     "loss_tokens": s.get("loss_tokens", "all")})
+    return rows
+
+
 def by_evaluation_prompt(config: SubliminalConfig, students: dict[str, dict[str, Any]],
                          comparisons: dict[str, Any]) -> dict[str, Any]:
     """Each owl arm against its matched control under every evaluation prompt: the main one
@@ -1095,6 +1109,7 @@ def execute(config: SubliminalConfig, run: Run, on_shard: Callable[[str, int], N
     results["claims"] = {k: d.model_dump(mode="json") for k, d in
                          subliminal_decisions(results, config.control_modes, config.claims).items()}
     results["parameters"] = {f"{s['dataset']}-{s['mode']}": s["training"]["freeze"] for s in students.values()}
+    results["tables"] = write_tables(run, model_rows(results["students"], evaluations), results["comparisons"])
     checkpoints = {n: s["checkpoint"] for n, s in results["students"].items() if s.get("checkpoint")}
     if checkpoints:
         results["checkpoints"] = checkpoints

@@ -61,6 +61,7 @@ from sublens.subliminal import (
     train_summary,
     training_example,
 )
+from sublens.tables import preference_columns, write_tables
 from sublens.training import TrainConfig, TrainResult, train
 from sublens.training_data import Example
 
@@ -298,6 +299,9 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
         make_control_teacher(run, config, questions, system_used, text, measure_key, results)
     if not team.is_main:  # rank 0 draws and writes
         return results
+    results["tables"] = write_tables(run, [
+        {"model": name, **preference_columns(m.get("preference")), "perplexity": (m.get("perplexity") or {}).get("perplexity")}
+        for name, m in measurements.items()], comparisons)
     results["figures"] = [str(p.relative_to(run.path)) for p in loss_figure(result, run.path / "figures" / "teacher_loss")]
     results["partial"] = False
     print_summary(results)
