@@ -437,6 +437,35 @@ def config_keys(
 
 
 @app.command()
+def power(
+    runs: Annotated[list[Path] | None, typer.Argument(help="Pilot subliminal run folders of one design (pooled).")] = None,
+    ratio: Annotated[float, typer.Option(help="The share ratio to detect (owl student over its control).")] = 1.25,
+    arm: Annotated[str, typer.Option(help="The arm whose per-seed ratios are the pilot.")] = "owl-full",
+    sd: Annotated[float | None, typer.Option(help="Between-seed SD of the log ratio, instead of pilot runs.")] = None,
+    alpha: Annotated[float, typer.Option(help="Two-sided significance level.")] = 0.05,
+    target: Annotated[float, typer.Option("--power", help="Power wanted.")] = 0.8,
+    as_json: JsonOption = False,
+) -> None:
+    """Seeds needed to detect a transfer of a given size, from a pilot's between-seed spread."""
+    from dataclasses import asdict
+
+    from sublens.power import pilot_logs, power_report
+
+    try:
+        if not runs and sd is None:
+            raise SublensError("Give pilot run folders (finished subliminal runs with 2 or more seeds) or --sd.")
+        logs = pilot_logs(runs or [], arm) if runs else []
+        found = power_report(logs, ratio, alpha, target, sd)
+    except SublensError as exc:
+        _fail(exc)
+    if as_json:
+        _plain(json.dumps(asdict(found), indent=2))
+        return
+    for line in found.lines():
+        _plain(line)
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A paper run, one experiment's run, or a folder of runs.")],
     out: Annotated[Path | None, typer.Option(help="Bundle folder (default: RUN_DIR/paper).")] = None,
