@@ -78,6 +78,8 @@ from sublens.preference import (
     evaluate_preference,
 )
 from sublens.prompts import chat_prompt
+from sublens.report.latex import counted
+from sublens.report.names import arm_label
 from sublens.report.sections.distill import decisions
 from sublens.runs import Run, read_json
 from sublens.runs import team as current_team
@@ -420,10 +422,10 @@ def plot_losses(arms: dict[str, dict[str, Any]], stem: Path) -> list[Path]:
         fig, (lm_ax, shd_ax) = plt.subplots(1, 2, figsize=(6.4, 2.4))
         for arm, data in arms.items():
             curves = data["train"]["curves"]
-            lm_ax.plot(range(1, len(curves["lm_loss"]) + 1), curves["lm_loss"], label=arm, lw=1)
+            lm_ax.plot(range(1, len(curves["lm_loss"]) + 1), curves["lm_loss"], label=arm_label(arm), lw=1)
             shd = [np.nan if v is None else v for v in curves["shd"]]
             if not all(np.isnan(shd)):
-                shd_ax.plot(range(1, len(shd) + 1), shd, label=arm, lw=1)
+                shd_ax.plot(range(1, len(shd) + 1), shd, label=arm_label(arm), lw=1)
         lm_ax.set_title("LM loss (answer tokens)")
         shd_ax.set_title("SHD loss (KL, mean over layers)")
         for ax in (lm_ax, shd_ax):
@@ -838,7 +840,7 @@ def print_summary(results: dict[str, Any], claims: ClaimSettings | None = None) 
     for key in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base"):
         if key not in head:
             continue
-        console.print(comparison_line(key, head[key], trait) + f" ({len(seeds)} seed(s))")
+        console.print(comparison_line(key, head[key], trait) + f" ({counted(len(seeds), 'seed')})")
     for decision in decisions(results, claims):
         console.print(decision.sentence())
 

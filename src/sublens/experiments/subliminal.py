@@ -78,6 +78,7 @@ from sublens.number_data import make_number_prompts
 from sublens.perplexity import PerplexitySettings, measure_perplexity
 from sublens.preference import PreferenceSettings, compare_preference, evaluate_preference
 from sublens.prompts import make_prompt, resolve_system
+from sublens.report.latex import counted
 from sublens.runs import Run, Team, atomic_write_json, read_json
 from sublens.runs import team as current_team
 from sublens.scoring import default_stop_token_ids
@@ -797,7 +798,7 @@ def _ratio_entry(log_values: list[float], single: dict[str, Any] | None) -> dict
         mean, ci = log_values[0], "t over questions (1 seed: question variation only)"
     else:
         mean, low, high = t_interval(log_values)
-        ci = f"t over {n} seeds" if math.isfinite(low) else f"none ({n} seed(s) without spread: too few)"
+        ci = f"t over {n} seeds" if math.isfinite(low) else f"none ({counted(n, 'seed')} without spread: too few)"
     finite = math.isfinite(low) and math.isfinite(high)
     return {"ratio": math.exp(mean), "ci_low": math.exp(low) if finite else None,
             "ci_high": math.exp(high) if finite else None, "n_seeds": n, "ci": ci,
@@ -1171,7 +1172,7 @@ def _ratio(r: dict[str, Any] | None) -> str:
 
 def print_summary(results: dict[str, Any]) -> None:
     trait = results["trait"]
-    table = Table(title=f"Subliminal transfer of {trait!r} (95% CIs; {results['n_seeds']} seed(s)); "
+    table = Table(title=f"Subliminal transfer of {trait!r} (95% CIs; {counted(results['n_seeds'], 'seed')}); "
                         f"system prompt {results['system_prompt_used']!r}")
     for column in ("model", "n seeds", f"P({trait})", "panel share", "answer rate",
                    "share vs control", f"P({trait}) vs control", "perplexity"):
@@ -1241,7 +1242,7 @@ def make_figures(results: dict[str, Any], folder: Path) -> list[Path]:
         ax2.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
         ax2.set_xticks(range(len(compared)), [r["model"] for r in compared], rotation=45, ha="right")
         ax2.set_ylabel("share / control student")
-        ax2.set_title(f"vs control ({results['n_seeds']} seed(s))")
+        ax2.set_title(f"vs control ({counted(results['n_seeds'], 'seed')})")
         fig.tight_layout()
         paths += save_figure(fig, folder / "preference")
 

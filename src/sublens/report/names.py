@@ -118,3 +118,12 @@ def words(key: object) -> str:
     text = str(key)
     text = text.replace("max_new_tokens", "the token limit")
     return text.replace("_", " ")
+
+
+# The distillation students' arms (config keys) as figure legends and short labels.
+DISTILL_ARM_LABELS: dict[str, str] = {"shd_biased": "biased-SHD", "lm_only": "LM only", "shd_base": "base-SHD"}
+
+
+def arm_label(arm: str) -> str:
+    """A distillation arm's short label; an arm this version does not know, as written."""
+    return DISTILL_ARM_LABELS.get(arm, arm)
