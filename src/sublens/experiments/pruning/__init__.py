@@ -20,8 +20,9 @@ Names are imported on first use (PEP 562), `EXPERIMENT` too: the report reads
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sublens.lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
     from sublens.experiments import Experiment
@@ -78,16 +79,4 @@ def _experiment() -> Experiment:
     return Experiment("pruning", SUMMARY, PruningConfig, execute)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "EXPERIMENT":
-        value: Any = _experiment()
-    elif name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later lookups find it directly
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, {"EXPERIMENT": _experiment})
