@@ -112,7 +112,13 @@ def _print_listing(title: str, columns: tuple[str, ...], rows: list[dict[str, st
     if as_json:
         _plain(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    table = Table(title=title)
+    _print_table(Table(title=title), columns, rows)
+
+
+def _print_table(table: Table, columns: tuple[str, ...], rows: list[dict[str, str]],
+                 plain_title: str | None = None, indent: str = "") -> None:
+    """Rich on a terminal wide enough for every cell on one line; else (piped, narrow) plain
+    aligned columns, so no identifier is ever cropped."""
     for column in columns:
         table.add_column(column.replace("_", " "), no_wrap=True, overflow="fold")
     for row in rows:
@@ -120,8 +126,10 @@ def _print_listing(title: str, columns: tuple[str, ...], rows: list[dict[str, st
     if console.is_terminal and _natural_width(table) <= console.width:
         console.print(table)
         return
+    if plain_title is not None:
+        _plain(plain_title)
     for line in _aligned(columns, rows):
-        _plain(line)
+        _plain(f"{indent}{line}")
 
 
 MODEL_COLUMNS = ("name", "architecture", "parameters", "package", "cache", "paper_counterpart")
@@ -293,17 +301,7 @@ def run(
 def _plan_table(title: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
     """A plan table: rich on a terminal wide enough for every cell on one line, else the title
     and plain aligned columns (nothing cropped when piped), as `_print_listing`."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column.replace("_", " "), no_wrap=True, overflow="fold")
-    for row in rows:
-        table.add_row(*(row[c] for c in columns))
-    if console.is_terminal and _natural_width(table) <= console.width:
-        console.print(table)
-        return
-    _plain(title)
-    for line in _aligned(columns, rows):
-        _plain(f"  {line}")
+    _print_table(Table(title=title, title_justify="left"), columns, rows, plain_title=title, indent="  ")
 
 
 def _print_plan(experiment: str, cfg: Any, source: str, tflops: float, bandwidth: float, as_json: bool) -> None:
