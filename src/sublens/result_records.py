@@ -11,7 +11,9 @@ optional only where a real results.json may lack it, and its comment says which.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from sublens.results import Sparse
 
@@ -131,3 +133,40 @@ class PromptRecord(Sparse):
     prefill: str
     templated: bool
     add_special_tokens: bool
+
+
+# ---- one training run (sublens.training.train_summary) --------------------------------------
+class TrainingSummary(Sparse):
+    """What every training experiment (teacher, subliminal students, distilled students) keeps
+    of one `sublens.training.train` run. The per-step series are aligned with ``loss_curve``:
+    ``extra_curves[name][i]`` was logged at step ``loss_curve[i][0]`` (None where a step did
+    not log it); distillation records its SHD loss and mean alpha there."""
+
+    steps: int
+    epochs: int | None
+    n_examples: int
+    tokens: int  # real (non-padding) tokens processed, before and after a resume
+    answer_tokens: int  # tokens inside the loss
+    tokens_per_second: float
+    train_seconds: float
+    padding_fraction: float
+    resumed_from: int | None  # the step a resumed run started from; None: ran from the start
+    freeze: dict[str, object]  # the trainable set: its spec, counts and names (sublens.trainable)
+    first_lm_loss: float | None
+    final_lm_loss: float | None
+    loss_curve: list[tuple[int, float]]  # [step, language-model loss]
+    extra_curves: dict[str, list[float | None]] = Field(default_factory=dict)  # aligned with loss_curve
+    data_fingerprint: str
+    precision: str = "no"  # the mixed precision in effect ("no": float32 throughout)
+    world_size: int = 1
+    config: dict[str, object]  # the resolved training config
+
+    always_written: ClassVar[frozenset[str]] = frozenset({"extra_curves", "precision", "world_size"})
+
+    def first(self, curve: str) -> float | None:
+        """The first logged value of an extra series (None if it was never logged)."""
+        return next((v for v in self.extra_curves.get(curve, []) if v is not None), None)
+
+    def final(self, curve: str) -> float | None:
+        """The last logged value of an extra series (None if it was never logged)."""
+        return next((v for v in reversed(self.extra_curves.get(curve, [])) if v is not None), None)

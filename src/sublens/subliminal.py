@@ -48,7 +48,7 @@ from sublens.prompts import PromptText, encode_prompt, make_prompt
 from sublens.runs import atomic_write_text
 from sublens.scoring import LM, SAMPLER, default_stop_token_ids, sample_text, shared_prefix
 from sublens.stats import permutation_pvalue, summarize, t_interval
-from sublens.training import TrainResult, chat_example
+from sublens.training import chat_example
 from sublens.training_data import Example
 
 OWL_TEACHER_SYSTEM = (
@@ -500,27 +500,6 @@ def training_example(tokenizer: Any, user: str, answer: str, system: str | None,
     return Example(prompt=prompt.text, answer=answer + eos, add_special_tokens=True)
 
 
-def train_summary(result: TrainResult) -> dict[str, Any]:
-    """What results.json keeps of a training run (the loss curve as [step, loss] pairs)."""
-    return {
-        "steps": result.steps,
-        "epochs": result.config.get("epochs"),
-        "n_examples": result.n_examples,
-        "tokens": result.tokens,
-        "answer_tokens": result.answer_tokens,
-        "tokens_per_second": result.tokens_per_second,
-        "train_seconds": result.train_seconds,
-        "padding_fraction": result.padding_fraction,
-        "resumed_from": result.resumed_from,
-        "freeze": result.freeze,
-        "first_lm_loss": result.history[0]["lm_loss"] if result.history else None,
-        "final_lm_loss": result.final_lm_loss,
-        "loss_curve": [[h["step"], h["lm_loss"]] for h in result.history],
-        "data_fingerprint": result.data_fingerprint,
-        "config": result.config,
-    }
-
-
 # ---- aggregation across seeds ----------------------------------------------------------------
 __all__ = [
     "GRAMMAR",
@@ -542,7 +521,6 @@ __all__ = [
     "step_format",
     "subsample",
     "t_interval",
-    "train_summary",
     "training_example",
     "write_jsonl",
 ]

@@ -49,6 +49,7 @@ from sublens.arch import Adapter, adapter_for
 from sublens.config import Config, ReadAs
 from sublens.errors import ConfigError, SublensError
 from sublens.models.device import resolve_mixed_precision
+from sublens.result_records import TrainingSummary
 from sublens.runs import atomic_write_json, read_json
 from sublens.trainable import (
     COMPONENT_SETS,
@@ -705,6 +706,33 @@ def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def train_summary(result: TrainResult) -> TrainingSummary:
+    """What results.json keeps of a training run: totals, the loss curve as [step, loss] pairs,
+    and every other logged series (history keys ``extra/<name>``) aligned with it."""
+    history = result.history
+    extra_names = sorted({k.removeprefix("extra/") for h in history for k in h if k.startswith("extra/")})
+    return TrainingSummary(
+        steps=result.steps,
+        epochs=result.config.get("epochs"),
+        n_examples=result.n_examples,
+        tokens=result.tokens,
+        answer_tokens=result.answer_tokens,
+        tokens_per_second=result.tokens_per_second,
+        train_seconds=result.train_seconds,
+        padding_fraction=result.padding_fraction,
+        resumed_from=result.resumed_from,
+        freeze=result.freeze,
+        first_lm_loss=history[0]["lm_loss"] if history else None,
+        final_lm_loss=result.final_lm_loss,
+        loss_curve=[(int(h["step"]), float(h["lm_loss"])) for h in history],
+        extra_curves={name: [h.get(f"extra/{name}") for h in history] for name in extra_names},
+        data_fingerprint=result.data_fingerprint,
+        precision=result.precision,
+        world_size=result.world_size,
+        config=result.config,
+    )
+
+
 # ---- the loop ------------------------------------------------------------------------------
 def _check_model(model: nn.Module, config: TrainConfig) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
@@ -1075,5 +1103,6 @@ __all__ = [
     "requires_grad_scope",
     "train",
     "train_mode",
+    "train_summary",
     "trainable_parameters",
 ]

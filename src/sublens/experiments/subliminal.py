@@ -98,13 +98,12 @@ from sublens.subliminal import (
     stable_hash,
     subsample,
     t_interval,
-    train_summary,
     training_example,
     write_jsonl,
 )
 from sublens.tables import preference_columns, write_tables
 from sublens.trainable import check_arm, split_arm
-from sublens.training import TrainConfig, train
+from sublens.training import TrainConfig, train, train_summary
 from sublens.training_data import Example
 
 OWL = "owl"
@@ -625,7 +624,7 @@ def run_student(job: StudentJob, team: Team | None = None) -> dict[str, Any]:
         "key": job.key, "name": job.name, "dataset": job.dataset, "mode": job.mode, "seed": job.seed,
         "system_prompt_used": job.system, "threads": torch.get_num_threads(),
         "loss_tokens": job.loss_tokens, "examples_without_loss_tokens": dropped,
-        "training": train_summary(result),
+        "training": train_summary(result).model_dump(mode="json"),
         "preference": preference,
         **({"preference_by_system": by_system} if by_system else {}),
         "perplexity": measure_perplexity(lm, perplexity, text),

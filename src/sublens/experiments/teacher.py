@@ -58,11 +58,10 @@ from sublens.subliminal import (
     SamplingSettings,
     sample_sharded,
     stable_hash,
-    train_summary,
     training_example,
 )
 from sublens.tables import preference_columns, write_tables
-from sublens.training import TrainConfig, TrainResult, train
+from sublens.training import TrainConfig, TrainResult, train, train_summary
 from sublens.training_data import Example
 
 CHECKPOINT = "checkpoints/teacher"
@@ -229,7 +228,7 @@ def make_control_teacher(run: Run, config: TeacherConfig, questions: list[str], 
     results["comparisons"]["control teacher vs before"] = compare_preference(
         measured["preference"], results["measurements"]["before"]["preference"])
     results["control_teacher"] = {"system": config.control_system, "data": data,
-                                  "training": {**train_summary(result), "system_prompt_used": system_used}}
+                                  "training": {**train_summary(result).model_dump(mode="json"), "system_prompt_used": system_used}}
     results["checkpoints"]["control_teacher"] = CONTROL_CHECKPOINT
     run.save_results(results)
 
@@ -278,7 +277,7 @@ def execute(config: TeacherConfig, run: Run) -> dict[str, Any]:
     owl = TeacherPaths("teacher", "data/teacher_answers", "training", CHECKPOINT)
     results["data"], result, lm = distil_teacher(run, lm, config, questions, config.teacher_system,
                                                  system_used, owl)
-    results["training"] = {**train_summary(result), "system_prompt_used": system_used}
+    results["training"] = {**train_summary(result).model_dump(mode="json"), "system_prompt_used": system_used}
     results["checkpoints"] = {"teacher": CHECKPOINT}
     run.save_results(results)
 
