@@ -31,7 +31,7 @@ from sublens.claims import (
 from sublens.report.latex import booktabs_table, constant_column, counted, drop_columns, escape
 from sublens.report.names import FINE_TUNED_TEACHER, data_source_name, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.sections.teacher import (
+from sublens.report.sections.common import (
     count,
     dig,
     figures_present,

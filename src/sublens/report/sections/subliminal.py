@@ -17,7 +17,7 @@ from sublens.report.latex import (
 )
 from sublens.report.names import FINE_TUNED_TEACHER, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.sections.teacher import (
+from sublens.report.sections.common import (
     count,
     dig,
     figures_present,
