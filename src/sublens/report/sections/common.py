@@ -1,6 +1,5 @@
 """Formatting helpers the training sections (teacher, subliminal, distill) share: safe look-ups
-into results that may be partial, ratio and CI cells, numbers in running text, the direction of a
-CI against "no change", and the preference measures (`preference_definition`, which the bundle
+into results that may be partial, ratio and CI cells, numbers in running text, and the preference measures (`preference_definition`, which the bundle
 prints once).
 
 Every look-up takes a results.json mapping or a typed results record (`sublens.results`), so a
@@ -68,18 +67,6 @@ def ratio_plain(record: Fields) -> str:
     digits = ratio_digits(ratio["ratio"], low)
     bounds = f" [{low:.{digits}f}, {high:.{digits}f}]" if finite(low) and finite(high) else ""
     return f"x{ratio['ratio']:.{digits}f}{bounds}"
-
-
-def direction(record: Fields) -> str:
-    """'up' / 'down' when the 95% CI of a ratio excludes 1 on that side, 'flat' when it
-    includes 1, 'unknown' when the comparison or its CI is missing."""
-    ratio = fields_of(record)
-    if not ratio:
-        return "unknown"
-    low, high = ratio.get("ci_low"), ratio.get("ci_high")
-    if finite(low) and finite(high):
-        return "up" if low > 1.0 else "down" if high < 1.0 else "flat"
-    return "unknown"
 
 
 def summary_cell(record: Fields, digits: int = 2, scale: float = 100.0) -> str:
