@@ -1,6 +1,6 @@
 """Formatting helpers the training sections (teacher, subliminal, distill) share: safe look-ups
-into results that may be partial, ratio and CI cells, numbers in running text, and the preference measures (`preference_definition`, which the bundle
-prints once).
+into results that may be partial, ratio and CI cells, numbers in running text, and the
+preference measures (`preference_definition`, which the bundle prints once).
 
 Every look-up takes a results.json mapping or a typed results record (`sublens.results`), so a
 section can move to typed results without a second set of helpers.
