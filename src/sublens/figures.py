@@ -1,4 +1,11 @@
-"""Figures for papers: vector PDFs with TrueType (Type 42) fonts, never Type 3, plus a PNG."""
+"""Figures for papers: vector PDFs with TrueType (Type 42) fonts, never Type 3, plus a PNG.
+
+Every figure is drawn at the width it is printed at (one ACL column, `SINGLE_COLUMN_IN`, or the
+full text width, `DOUBLE_COLUMN_IN`), so a font size set here is the printed size; the bundle
+includes a figure at the column or text width. `print_problems` lists what a reader could not
+read at that size (text under `MIN_FONT_PT`) or would read as a mistake (an empty panel); the
+tests call it on every figure an experiment draws.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on the machines sublens runs on
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from sublens.runs import atomic_write_figure
 
@@ -26,10 +35,13 @@ PAPER_RC: Any = {
     "figure.dpi": 150,
     "savefig.bbox": "tight",
 }
-COLUMN_WIDTH_IN = 7.7 / 2.54  # one ACL column
+SINGLE_COLUMN_IN = 3.0  # one ACL column (7.7 cm), a little under so nothing is scaled down
+DOUBLE_COLUMN_IN = 6.3  # the ACL text width (16 cm)
+COLUMN_WIDTH_IN = SINGLE_COLUMN_IN  # the old name
+MIN_FONT_PT = 7.0  # the smallest text a printed figure may carry
 
 
-def new_figure(width: float = COLUMN_WIDTH_IN, height: float = 2.2) -> tuple[Figure, object]:
+def new_figure(width: float = SINGLE_COLUMN_IN, height: float = 2.2) -> tuple[Figure, object]:
     """A figure sized for one column, with the paper rc settings."""
     with plt.rc_context(PAPER_RC):
         fig, ax = plt.subplots(figsize=(width, height))
@@ -45,3 +57,33 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
             atomic_write_figure(fig, path)
     plt.close(fig)
     return paths
+
+
+def print_problems(fig: Figure, width: float | None = None) -> list[str]:
+    """What makes `fig` unreadable in print: text smaller than `MIN_FONT_PT`, a figure wider
+    than the text (or than `width`, the width it is printed at), an axes with nothing drawn
+    in it and not switched off. Empty when the figure is fit to print."""
+    problems: list[str] = []
+    limit = width if width is not None else DOUBLE_COLUMN_IN
+    fig_width = float(fig.get_size_inches()[0])
+    if fig_width > limit + 0.05:
+        problems.append(f"figure is {fig_width:.2f} in wide; it is printed at {limit:.2f} in, so "
+                        "everything in it shrinks")
+    else:
+        problems += [f"text {text.get_text()!r} is {float(text.get_fontsize()):.1f} pt (< {MIN_FONT_PT:g} pt)"
+                     for text in _visible_texts(fig) if float(text.get_fontsize()) < MIN_FONT_PT - 1e-9]
+    problems += [f"panel {i} ({ax.get_title() or 'untitled'}) is empty"
+                 for i, ax in enumerate(fig.axes) if _is_empty(ax)]
+    return problems
+
+
+def _visible_texts(fig: Figure) -> list[Text]:
+    texts = [t for t in fig.findobj(Text) if isinstance(t, Text)]
+    return [t for t in texts if t.get_visible() and t.get_text().strip() and t.figure is fig]
+
+
+def _is_empty(ax: Axes) -> bool:
+    if not ax.axison or not ax.get_visible():
+        return False  # switched off on purpose (a legend or note panel)
+    drawn = [*ax.lines, *ax.patches, *ax.collections, *ax.images, *ax.texts, *ax.tables]
+    return not [a for a in drawn if a.get_visible()]
