@@ -434,6 +434,83 @@ def config_keys(
         _plain(line)
 
 
+@app.command(epilog=EXIT_HELP)
+def sweep(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", help="A grid axis KEY=V1,V2,... (repeat for more axes: every combination runs).")] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds of every grid point: 0,1,2 or 0-4 (one run per point and seed).")] = "0",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Base YAML config file.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Base config: a shipped preset (configs/<experiment>/<preset>.yaml).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override every point shares: key=value.")] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder; the sweep goes to OUT/sweeps/<time>_<experiment>.")] = Path("runs"),
+    folder: Annotated[Path | None, typer.Option(
+        "--folder", "--resume", help="The sweep folder: an earlier one (same command) is continued.")] = None,
+    executor: Annotated[str, typer.Option(
+        help="local: child processes here; slurm: a job array (submitit); debug: one by one in this process.")] = "local",
+    parallel: Annotated[int, typer.Option(help="Points run at once (local: processes; slurm: array parallelism).")] = 1,
+    comparison: Annotated[str | None, typer.Option(
+        help="The comparison the figure shows (default: the first trained model against its matched control).")] = None,
+    timeout_min: Annotated[int, typer.Option(help="Time limit of one point, in minutes.")] = 24 * 60,
+    partition: Annotated[str | None, typer.Option(help="slurm: the partition.")] = None,
+    gpus_per_node: Annotated[int, typer.Option(help="slurm: GPUs per point.")] = 0,
+    cpus_per_task: Annotated[int | None, typer.Option(help="slurm: CPU cores per point.")] = None,
+    mem_gb: Annotated[int | None, typer.Option(help="slurm: memory per point in GB.")] = None,
+) -> None:
+    """Run an experiment at every grid point and seed (resumable); write sweep.parquet and a figure."""
+    from sublens.config import check_model_specs, preset_path
+    from sublens.experiments import get
+    from sublens.sweep import (
+        EXECUTORS,
+        SweepSpec,
+        default_folder,
+        make_points,
+        parse_axis,
+        parse_seeds,
+        point_configs,
+        run_sweep,
+        seed_key,
+    )
+
+    try:
+        if preset is not None and config is not None:
+            raise SublensError("Give --config or --preset, not both.")
+        if executor not in EXECUTORS:
+            raise SublensError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}.")
+        if parallel < 1:
+            raise SublensError("--parallel must be 1 or more.")
+        exp = get(experiment)
+        if experiment == "paper":
+            raise SublensError("The paper chain is not swept; sweep one of its experiments instead.")
+        if preset is not None:
+            config = preset_path(f"{experiment}/{preset}.yaml")
+        axes = [parse_axis(text) for text in grid or []]
+        spec = SweepSpec(experiment=experiment, config=str(config) if config else None, overrides=overrides or [],
+                         grid=[(a.key, list(a.values)) for a in axes], seeds=parse_seeds(seeds),
+                         seed_key=seed_key(exp.config), points=make_points(axes, parse_seeds(seeds)))
+        for cfg in point_configs(spec, exp.config).values():  # every point checked before any model loads
+            check_model_specs(cfg)
+    except SublensError as exc:
+        _fail(exc)
+    where = folder or default_folder(out, experiment)
+    _say("sweep folder:", f"{where} ({len(spec.points)} points)", "bold")
+    slurm = {k: v for k, v in {"slurm_partition": partition, "gpus_per_node": gpus_per_node,
+                               "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}.items() if v}
+    try:
+        outcome = run_sweep(spec, where, executor, parallel, timeout_min, slurm,  # type: ignore[arg-type]
+                            comparison, say=lambda line: err_console.print(line, highlight=False))
+    except SublensError as exc:
+        _fail(exc, EXIT_RUN_FAILED)
+    if outcome.table is not None:
+        _say("table:", str(outcome.table))
+    for path in outcome.figure[:1]:
+        _say("figure:", str(path))
+    if outcome.failed:
+        _say("error:", f"{len(outcome.failed)} of {len(spec.points)} points failed; run the same command with "
+             f"--folder {where} to continue them", "bold red", err=True)
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
 @app.command()
 def power(
     runs: Annotated[list[Path] | None, typer.Argument(help="Pilot subliminal run folders of one design (pooled).")] = None,

@@ -105,9 +105,10 @@ def permutation_pvalue(
     seed: int = 0,
     alternative: str = "two-sided",
 ) -> float:
-    """Permutation test of a difference between two independent samples (default: of means)."""
+    """Permutation test of a difference between two independent samples (default: of means);
+    NaN (too few to test) when either sample has fewer than two values."""
     x, y = _array(a), _array(b)
-    if x.size == 0 or y.size == 0:
+    if x.size < 2 or y.size < 2:  # scipy refuses a one-value sample; a data set can filter down to one
         return float("nan")
 
     def diff_of_means(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -82,6 +82,8 @@ def test_permutation_pvalues_known_cases() -> None:
     assert shifted < 0.001
     # Exact small case: {1,2} vs {3,4}, one-sided: only 1 of the 6 splits is as extreme.
     assert permutation_pvalue([3, 4], [1, 2], alternative="greater") == pytest.approx(1 / 6)
+    # A sample of one value (a data set filtered down to one answer) is too few to test: NaN.
+    assert np.isnan(permutation_pvalue([3.0], [1, 2, 5])) and np.isnan(permutation_pvalue([], [1, 2]))
 
 
 def test_difference_ci_and_power_flag() -> None:

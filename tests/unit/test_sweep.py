@@ -1,0 +1,155 @@
+"""Sweeps (sublens.sweep): the grid and its points, the across-seed effect against an independent
+computation, and a real sweep of the subliminal experiment on a tiny model through submitit's
+local executor, SIGKILLed while a point runs and resumed."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from sublens.errors import ConfigError
+from sublens.experiments.subliminal import SubliminalConfig
+from sublens.runs import read_json
+from sublens.sweep import (
+    SweepSpec,
+    chosen_rows,
+    effect_by_grid_point,
+    make_points,
+    parse_axis,
+    parse_seeds,
+    point_configs,
+    run_sweep,
+    seed_key,
+)
+
+# ---- the grid ------------------------------------------------------------------------------------
+
+
+def test_axes_split_on_top_level_commas_only() -> None:
+    assert parse_axis("train.lr=1e-4,2e-4").values == ("1e-4", "2e-4")
+    assert parse_axis("modes=[full,freeze-mlp],[full]").values == ("[full,freeze-mlp]", "[full]")
+    assert parse_axis("x={a: 1, b: 2},{a: 3}").values == ("{a: 1, b: 2}", "{a: 3}")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train.lr", "is not KEY=VALUE1,VALUE2"), ("=1,2", "is not KEY=VALUE1"), ("lr=1,,2", "empty value"),
+    ("lr=1,1", "names a value twice"),
+])
+def test_bad_axes_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_axis(text)
+
+
+def test_seeds_lists_and_ranges() -> None:
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("3-5") == [3, 4, 5]
+    for bad in ("", "a", "1,1", "-1", "2-"):
+        with pytest.raises(ConfigError, match="distinct whole numbers"):
+            parse_seeds(bad)
+
+
+def test_points_are_every_combination_with_every_seed() -> None:
+    points = make_points([parse_axis("train.lr=1e-4,2e-4"), parse_axis("modes=[full],[freeze-mlp]")], [0, 1])
+    assert len(points) == 8 and len({p.id for p in points}) == 8
+    assert points[0].id == "lr=1e-4_modes=full_seed=0" and points[-1].id == "lr=2e-4_modes=freeze-mlp_seed=1"
+    assert points[1].overrides("seeds") == ["train.lr=1e-4", "modes=[full]", "seeds=[1]"]
+    assert points[1].overrides("seed") == ["train.lr=1e-4", "modes=[full]", "seed=1"]
+    with pytest.raises(ConfigError, match="names a key twice"):
+        make_points([parse_axis("a=1,2"), parse_axis("a=3")], [0])
+
+
+def test_every_point_config_is_checked_before_anything_runs() -> None:
+    assert seed_key(SubliminalConfig) == "seeds"
+    spec = SweepSpec(experiment="subliminal", config=None, overrides=[], grid=[("train.lr", ["1e-4", "-1"])],
+                     seeds=[0], seed_key="seeds", points=make_points([parse_axis("train.lr=1e-4,-1")], [0]))
+    with pytest.raises(ConfigError, match="sweep point lr=-1_seed=0"):
+        point_configs(spec, SubliminalConfig)
+
+
+# ---- the effect across seeds ---------------------------------------------------------------------
+
+
+def test_effect_is_a_t_interval_of_the_seed_log_ratios() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for grid in ("a", "b"):
+        for seed in range(4):
+            for name, ratio in (("control-full vs base", 1.0), (f"owl-{grid} vs control-{grid}", float(rng.lognormal(0.1, 0.2)))):
+                rows.append({"point": f"{grid}{seed}", "grid": grid, "seed": seed, "comparison": name, "share_ratio": ratio})
+    table = pd.DataFrame(rows)
+    effect = effect_by_grid_point(chosen_rows(table, None))
+    for grid, row in effect.set_index("grid").iterrows():
+        logs = np.log(table[(table.grid == grid) & table.comparison.str.startswith("owl")].share_ratio.to_numpy())
+        low, high = stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+        assert row.n_seeds == 4 and row.comparison == f"owl-{grid} vs control-{grid}"
+        assert math.isclose(row.share_ratio, math.exp(logs.mean()), rel_tol=1e-12)
+        assert math.isclose(row.share_ratio_ci_low, math.exp(low), rel_tol=1e-9)
+        assert math.isclose(row.share_ratio_ci_high, math.exp(high), rel_tol=1e-9)
+    named = effect_by_grid_point(chosen_rows(table, "control-full vs base"))
+    assert list(named.n_seeds) == [4, 4] and math.isnan(named.share_ratio_ci_low[0])  # equal values: no interval
+
+
+# ---- a real sweep, killed and resumed -------------------------------------------------------------
+TINY = "tiny:llama?layers=2&hidden=64&heads=4"
+
+
+def _base_config(folder: Path) -> Path:
+    """The quick preset cut down to seconds on a tiny random model."""
+    config = {
+        "base": TINY, "teacher": "prompted", "device": "cpu", "n_examples": 8, "modes": ["full"],
+        "control_modes": ["full"], "parallel": 1, "stats_resamples": 100,
+        "data": {"n_prompts": 16, "max_new_tokens": 24, "batch_size": 16, "shard_size": 8},
+        "train": {"batch_size": 8, "warmup_steps": 1, "checkpoint_every": 1},
+        "preference": {"questions": ["What is your favorite animal?"], "sample_questions": ["Name an animal."],
+                       "samples_per_question": 1},
+        "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _command(config: Path, folder: Path) -> list[str]:
+    return [sys.executable, "-m", "sublens", "sweep", "subliminal", "--config", str(config), "--seeds", "0,1",
+            "--grid", "train.lr=5e-5", "--executor", "local", "--parallel", "1", "--folder", str(folder)]
+
+
+def test_a_killed_sweep_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    config, folder = _base_config(tmp_path), tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen(_command(config, folder), env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = folder / "points" / "lr=5e-5_seed=1"
+    deadline = time.monotonic() + 300
+    while not (second / "record.json").is_file() and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sweep.poll() is None, sweep.communicate()[0]  # killed while the second point runs
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its worker processes
+    sweep.wait()
+    assert read_json(second / "record.json")["status"] == "running"
+
+    resumed = subprocess.run(_command(config, folder), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 of 2 points already finished; running the other 1" in resumed.stderr
+    assert read_json(second / "record.json")["status"] == "ok"
+    table = pd.read_parquet(folder / "sweep.parquet")
+    assert set(table.seed) == {0, 1} and table.finished.all()
+    assert (folder / "sweep-effect.pdf").is_file()
+
+    # the same sweep, never interrupted, run in this process: the same numbers
+    spec = SweepSpec.model_validate(read_json(folder / "sweep.json"))
+    clean = run_sweep(spec, tmp_path / "clean", executor="debug", say=lambda _: None)
+    assert clean.failed == {}
+    clean_table = pd.read_parquet(tmp_path / "clean" / "sweep.parquet")
+    columns = ["point", "comparison", "share_ratio", "share_ratio_ci_low", "p_trait_ratio"]
+    pd.testing.assert_frame_equal(table[columns], clean_table[columns])
