@@ -436,7 +436,9 @@ def config_keys(
 
 @app.command(epilog=EXIT_HELP)
 def sweep(
-    experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
+    experiment: Annotated[str | None, typer.Argument(help="Experiment name (see `sublens experiments`).")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="A sweep file (configs/sweeps/*.yaml): experiment, base config, grid, seeds.")] = None,
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", help="A grid axis KEY=V1,V2,... (repeat for more axes: every combination runs).")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds of every grid point: 0,1,2 or 0-4 (one run per point and seed).")] = "0",
@@ -463,18 +465,31 @@ def sweep(
     from sublens.sweep import (
         EXECUTORS,
         SweepSpec,
+        check_required,
         default_folder,
         make_points,
         parse_axis,
         parse_seeds,
         point_configs,
+        read_sweep_file,
         run_sweep,
         seed_key,
     )
 
     try:
-        if preset is not None and config is not None:
-            raise SublensError("Give --config or --preset, not both.")
+        if file is not None:
+            if experiment or grid or config or preset or seeds != "0":
+                raise SublensError("--file holds the experiment, config, grid and seeds: give only --set with it.")
+            sweep_file, config, shared, axes, seed_list = read_sweep_file(file)
+            experiment, overrides = sweep_file.experiment, [*shared, *(overrides or [])]
+        else:
+            if experiment is None:
+                raise SublensError("Name an experiment (sublens sweep subliminal --grid ...) or give --file.")
+            if preset is not None and config is not None:
+                raise SublensError("Give --config or --preset, not both.")
+            if preset is not None:
+                config = preset_path(f"{experiment}/{preset}.yaml")
+            axes, seed_list = [parse_axis(text) for text in grid or []], parse_seeds(seeds)
         if executor not in EXECUTORS:
             raise SublensError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}.")
         if parallel < 1:
@@ -482,14 +497,13 @@ def sweep(
         exp = get(experiment)
         if experiment == "paper":
             raise SublensError("The paper chain is not swept; sweep one of its experiments instead.")
-        if preset is not None:
-            config = preset_path(f"{experiment}/{preset}.yaml")
-        axes = [parse_axis(text) for text in grid or []]
         spec = SweepSpec(experiment=experiment, config=str(config) if config else None, overrides=overrides or [],
-                         grid=[(a.key, list(a.values)) for a in axes], seeds=parse_seeds(seeds),
-                         seed_key=seed_key(exp.config), points=make_points(axes, parse_seeds(seeds)))
+                         grid=[(a.key, list(a.values)) for a in axes], seeds=seed_list,
+                         seed_key=seed_key(exp.config), points=make_points(axes, seed_list))
         for cfg in point_configs(spec, exp.config).values():  # every point checked before any model loads
             check_model_specs(cfg)
+            if file is not None:
+                check_required(cfg, sweep_file.required, file)
     except SublensError as exc:
         _fail(exc)
     where = folder or default_folder(out, experiment)

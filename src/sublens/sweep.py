@@ -57,12 +57,17 @@ class SweepError(SublensError):
 # ---- the grid ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Axis:
-    key: str  # a config key as --set takes it (dotted: train.lr)
+    key: str  # a config key as --set takes it (dotted: train.lr); 'a+b': keys that take the same value
     values: tuple[str, ...]  # each value as YAML text, as --set takes it
+    # A sweep file's axis of settings: per value, the overrides it stands for (its value is then
+    # the first override's value, as a label); None: the key takes the value.
+    settings: tuple[tuple[str, ...], ...] | None = None
 
 
 def parse_axis(text: str) -> Axis:
-    """'key=v1,v2' (commas inside [...] or {...} belong to a value: modes=[full,freeze-mlp],[full])."""
+    """'key=v1,v2' (commas inside [...] or {...} belong to a value: modes=[full,freeze-mlp],[full]).
+    'modes+control_modes=[full],[layers.0]' sets both keys to each value: an owl arm and its
+    matched control student move together."""
     key, sep, values = text.partition("=")
     key = key.strip()
     if not sep or not key or not values.strip():
@@ -103,6 +108,76 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+class SweepFile(BaseModel):
+    """A sweep written down (configs/sweeps/*.yaml): what `sublens sweep --file` runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    experiment: str
+    preset: str | None = None  # configs/<experiment>/<preset>.yaml
+    config: str | None = None  # or a config file (relative to the sweep file's folder)
+    set: dict[str, Any] = {}  # overrides every point shares (dotted keys)
+    # axis key ('a+b': linked keys) -> its values; or axis name -> a list of mappings of settings
+    # ({modes: [layers.1], control_modes: [layers.1, full]}), each one grid value
+    grid: dict[str, list[Any]]
+    seeds: list[int] | str = [0]  # a list, or '0-2'
+    required: list[str] = []  # keys the user must give with --set (e.g. entangled.run), null otherwise
+
+
+def check_required(config: Config, keys: Sequence[str], file: Path) -> None:
+    """Refuse a sweep file's point whose required key (dotted) is still null."""
+    for key in keys:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if value is None:
+            raise ConfigError(f"{file} needs {key}: give it with --set {key}=... (see the file's comment).")
+
+
+def read_sweep_file(path: Path) -> tuple[SweepFile, Path | None, list[str], list[Axis], list[int]]:
+    """A sweep file as the command line would give it: the base config file, the shared
+    overrides, the grid and the seeds."""
+    from pydantic import ValidationError
+
+    from sublens.config import preset_path, read_yaml
+
+    try:
+        sweep = SweepFile.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a sweep file: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    if sweep.preset and sweep.config:
+        raise ConfigError(f"{path}: give preset or config, not both.")
+    config = (preset_path(f"{sweep.experiment}/{sweep.preset}.yaml") if sweep.preset
+              else (path.parent / sweep.config) if sweep.config else None)
+    overrides = [f"{key}={_yaml_text(value)}" for key, value in sweep.set.items()]
+    axes = [_file_axis(path, key, values) for key, values in sweep.grid.items()]
+    seeds = parse_seeds(sweep.seeds) if isinstance(sweep.seeds, str) else parse_seeds(",".join(map(str, sweep.seeds)))
+    return sweep, config, overrides, axes, seeds
+
+
+def _file_axis(path: Path, key: str, values: list[Any]) -> Axis:
+    if not values:
+        raise ConfigError(f"{path}: grid axis {key!r} has no values.")
+    if not all(isinstance(v, dict) for v in values):
+        if any(isinstance(v, dict) for v in values):
+            raise ConfigError(f"{path}: grid axis {key!r} mixes mappings of settings with plain values.")
+        return Axis(key, tuple(_yaml_text(v) for v in values))
+    settings = tuple(tuple(f"{k}={_yaml_text(v)}" for k, v in value.items()) for value in values)
+    if any(not s for s in settings):
+        raise ConfigError(f"{path}: grid axis {key!r} has an empty mapping of settings.")
+    labels = tuple(s[0].partition("=")[2] for s in settings)
+    if len(set(labels)) != len(labels):  # the label is the first setting's value
+        labels = tuple(", ".join(s) for s in settings)
+    return Axis(key, labels, settings)
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as --set takes it (YAML flow style on one line)."""
+    import yaml
+
+    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 # ---- the points ----------------------------------------------------------------------------------
 class Point(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -110,10 +185,13 @@ class Point(BaseModel):
     id: str  # also the run folder's name under points/
     values: dict[str, str]  # grid key -> the value's YAML text
     seed: int
+    settings: dict[str, list[str]] = {}  # axis of settings -> the overrides its value stands for
 
     def overrides(self, seed_key: str) -> list[str]:
         seed = f"{seed_key}=[{self.seed}]" if seed_key == "seeds" else f"{seed_key}={self.seed}"
-        return [*(f"{k}={v}" for k, v in self.values.items()), seed]
+        grid = [override for key, value in self.values.items()
+                for override in self.settings.get(key) or [f"{k}={value}" for k in key.split("+")]]
+        return [*grid, seed]
 
 
 class SweepSpec(BaseModel):
@@ -144,10 +222,12 @@ def make_points(grid: Sequence[Axis], seeds: Sequence[int]) -> list[Point]:
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--grid names a key twice ({', '.join(keys)}).")
     points = []
-    for combination in itertools.product(*(axis.values for axis in grid)):
-        values = dict(zip(keys, combination, strict=True))
+    for combination in itertools.product(*(range(len(axis.values)) for axis in grid)):
+        values = {axis.key: axis.values[i] for axis, i in zip(grid, combination, strict=True)}
+        settings = {axis.key: list(axis.settings[i]) for axis, i in zip(grid, combination, strict=True)
+                    if axis.settings is not None}
         for seed in seeds:
-            points.append(Point(id=_point_id(values, seed), values=values, seed=seed))
+            points.append(Point(id=_point_id(values, seed), values=values, seed=seed, settings=settings))
     if len({p.id for p in points}) < len(points):  # values that differ only in punctuation
         points = [p.model_copy(update={"id": f"p{i:03d}_{p.id}"}) for i, p in enumerate(points)]
     return points
@@ -155,7 +235,8 @@ def make_points(grid: Sequence[Axis], seeds: Sequence[int]) -> list[Point]:
 
 def _point_id(values: dict[str, str], seed: int) -> str:
     """A folder name that says the point: 'lr=1e-4_modes=full_seed=0' (the last key part)."""
-    parts = [f"{key.split('.')[-1]}={_safe(value)}" for key, value in values.items()] + [f"seed={seed}"]
+    parts = [f"{key.split('+')[0].split('.')[-1]}={_safe(value)}" for key, value in values.items()]
+    parts.append(f"seed={seed}")
     return "_".join(parts)[:150]
 
 

@@ -17,21 +17,28 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import stats
+from typer.testing import CliRunner
 
+from sublens.cli import app
+from sublens.config import preset_path
 from sublens.errors import ConfigError
 from sublens.experiments.subliminal import SubliminalConfig
 from sublens.runs import read_json
 from sublens.sweep import (
     SweepSpec,
+    check_required,
     chosen_rows,
     effect_by_grid_point,
     make_points,
     parse_axis,
     parse_seeds,
     point_configs,
+    read_sweep_file,
     run_sweep,
     seed_key,
 )
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # ---- the grid ------------------------------------------------------------------------------------
 
@@ -74,6 +81,63 @@ def test_every_point_config_is_checked_before_anything_runs() -> None:
                      seeds=[0], seed_key="seeds", points=make_points([parse_axis("train.lr=1e-4,-1")], [0]))
     with pytest.raises(ConfigError, match="sweep point lr=-1_seed=0"):
         point_configs(spec, SubliminalConfig)
+
+
+def test_linked_keys_take_the_same_value() -> None:
+    (point,) = make_points([parse_axis("modes+control_modes=[layers.1]")], [2])
+    assert point.id == "modes=layers.1_seed=2"
+    assert point.overrides("seeds") == ["modes=[layers.1]", "control_modes=[layers.1]", "seeds=[2]"]
+
+
+def test_a_sweep_file_axis_of_settings(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text(yaml.safe_dump({
+        "experiment": "subliminal", "preset": "quick", "set": {"train.lr": 1e-4}, "seeds": "0-1",
+        "grid": {"arm": [{"modes": ["layers.1"], "control_modes": ["layers.1", "full"]},
+                         {"modes": ["full"], "control_modes": ["full"]}]}}, sort_keys=False))
+    _, config, overrides, axes, seeds = read_sweep_file(file)
+    assert config == preset_path("subliminal/quick.yaml") and overrides == ["train.lr=0.0001"]
+    points = make_points(axes, seeds)
+    assert [p.id for p in points] == ["arm=layers.1_seed=0", "arm=layers.1_seed=1", "arm=full_seed=0", "arm=full_seed=1"]
+    assert points[0].overrides("seeds") == ["modes=[layers.1]", "control_modes=[layers.1, full]", "seeds=[0]"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"experiment": "subliminal", "grid": {"arm": [{"modes": ["full"]}, "x"]}}))
+    with pytest.raises(ConfigError, match="mixes mappings of settings with plain values"):
+        read_sweep_file(bad)
+
+
+SWEEP_FILES = sorted((REPO_CONFIGS / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("file", SWEEP_FILES, ids=[f.stem for f in SWEEP_FILES])
+def test_shipped_sweep_files_validate_at_every_point(file: Path) -> None:
+    sweep, config, overrides, axes, seeds = read_sweep_file(file)
+    assert len(seeds) >= 3  # seeds are the unit of inference: three at least
+    spec = SweepSpec(experiment=sweep.experiment, config=str(config), overrides=overrides,
+                     grid=[(a.key, list(a.values)) for a in axes], seeds=seeds, seed_key="seeds",
+                     points=make_points(axes, seeds))
+    for point_config in point_configs(spec, SubliminalConfig).values():
+        assert isinstance(point_config, SubliminalConfig)
+        assert set(point_config.modes) <= set(point_config.control_modes)  # matched controls
+        if sweep.required:
+            with pytest.raises(ConfigError, match="--set entangled.run="):
+                check_required(point_config, sweep.required, file)
+
+
+def test_command_line_mistakes_stop_before_anything_runs(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = [
+        (["sweep"], "Name an experiment"),
+        (["sweep", "subliminal", "--grid", "train.lr"], "is not KEY=VALUE1"),
+        (["sweep", "subliminal", "--executor", "cloud"], "use one of local, slurm, debug"),
+        (["sweep", "--file", str(REPO_CONFIGS / "sweeps" / "entangled-filter-cpu.yaml")], "needs entangled.run"),
+        (["sweep", "subliminal", "--file", str(SWEEP_FILES[0])], "give only --set with it"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, [*args, "--folder", str(tmp_path / "never")])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    assert not (tmp_path / "never").exists()
 
 
 # ---- the effect across seeds ---------------------------------------------------------------------
