@@ -83,8 +83,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters alone (peft format), beside the merged model
 RESULT_FILE = "train_result.json"
-LORA_ATTR = "sublens_lora"
 # Config keys that may change between an interrupted run and its resumption.
 _RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "save_model")
 
@@ -320,43 +320,47 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-class LoraLayer(nn.Module):
-    """delta(x) = (alpha/rank) · dropout(x) Aᵀ Bᵀ for one linear layer."""
+class LoraAdapters:
+    """The LoRA adapters peft injected into a model (one `peft` LoRA layer per adapted linear
+    layer, keyed by the adapted module's name)."""
 
-    def __init__(self, d_in: int, d_out: int, cfg: LoraConfig, generator: torch.Generator) -> None:
-        super().__init__()
-        self.scale = cfg.alpha / cfg.rank
-        a = torch.empty(cfg.rank, d_in)
-        bound = 1.0 / math.sqrt(d_in)
-        a.uniform_(-bound, bound, generator=generator)
-        self.A = nn.Parameter(a)  # [rank, d_in]
-        self.B = nn.Parameter(torch.zeros(d_out, cfg.rank))  # [d_out, rank]
-        self.dropout = nn.Dropout(cfg.dropout)
+    def __init__(self, model: nn.Module, layers: dict[str, Any], peft_config: Any) -> None:
+        self.model = model
+        self.layers = layers
+        self.peft_config = peft_config
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.dropout(x) @ self.A.T.to(x.dtype)) @ self.B.T.to(x.dtype) * self.scale
-
-    def delta_weight(self) -> torch.Tensor:
-        return self.scale * (self.B @ self.A)  # [d_out, d_in]
-
-
-class LoraAdapters(nn.Module):
-    """All LoRA layers of a model, keyed by the adapted module's name ('.' -> '__')."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleDict()
-        self.targets: dict[str, nn.Module] = {}
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The adapters' own parameters, named as in the model ('...q_proj.lora_A.default.weight')."""
+        for name, param in self.model.named_parameters():
+            if _is_adapter_parameter(name):
+                yield name, param
 
     def merge(self) -> None:
-        """Add every delta into its module's weight (then the adapters must be removed)."""
-        with torch.no_grad():
-            for key, layer in self.layers.items():
-                assert isinstance(layer, LoraLayer)
-                module = self.targets[key]
-                weight = _weight(module)
-                delta = layer.delta_weight().to(weight.dtype)
-                weight.add_(delta.T if _is_conv1d(module) else delta)
+        """Add every update (alpha/rank)·B·A into its base layer's weight; the base layers keep
+        it when the adapters are removed."""
+        for layer in self.layers.values():
+            layer.merge()
+
+    def save(self, folder: Path) -> Path:
+        """The adapters alone, in peft's format (adapter_config.json, adapter_model.safetensors):
+        `peft.PeftModel.from_pretrained(base_model, folder)` loads them onto the base model."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        # keys as PeftModel.save_pretrained writes them (its wrapper adds "base_model.model.")
+        state = get_peft_model_state_dict(self.model, adapter_name=PEFT_ADAPTER)
+        tensors = {f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        self.peft_config.save_pretrained(str(folder))
+        return folder
+
+
+PEFT_ADAPTER = "default"
+
+
+def _is_adapter_parameter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
 
 
 def effective_lora(config: TrainConfig) -> LoraConfig | None:
@@ -395,34 +399,36 @@ def lora_targets(adapter: Adapter, mode: str, cfg: LoraConfig) -> dict[str, nn.M
 def lora_attached(
     model: nn.Module, adapter: Adapter, mode: str, cfg: LoraConfig, seed: int
 ) -> Iterator[LoraAdapters]:
-    """Attach LoRA adapters (as submodule `sublens_lora`, via forward hooks); removed on exit.
-    Call `.merge()` inside the block to keep what was learned."""
-    if hasattr(model, LORA_ATTR):
+    """Attach LoRA adapters with peft (`inject_adapter_in_model`) to the linear layers of the
+    trained components; they are removed again on exit, the base layers put back. Call
+    `.merge()` inside the block to keep what was learned. The adapters' initial A matrices are
+    drawn from `seed` (peft's Kaiming-uniform init; B starts at zero), so a run is reproducible
+    and a resumed one re-creates the same adapters before loading their saved state."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    if any(isinstance(m, LoraLayer) for m in model.modules()):
         raise SublensError("This model already has LoRA adapters attached.")
-    generator = torch.Generator().manual_seed(seed)
-    adapters = LoraAdapters()
-    handles = []
-    for name, module in lora_targets(adapter, mode, cfg).items():
-        weight = _weight(module)
-        d_in, d_out = (weight.shape[0], weight.shape[1]) if _is_conv1d(module) else (
-            weight.shape[1], weight.shape[0])
-        key = name.replace(".", "__")
-        layer = LoraLayer(int(d_in), int(d_out), cfg, generator).to(weight.device)
-        adapters.layers[key] = layer
-        adapters.targets[key] = module
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor,
-                 layer: LoraLayer = layer) -> torch.Tensor:
-            return out + layer.delta(args[0])
-
-        handles.append(module.register_forward_hook(hook))
-    model.add_module(LORA_ATTR, adapters)
+    targets = lora_targets(adapter, mode, cfg)
+    peft_config = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # a float scales as peft computes alpha / r
+        lora_dropout=cfg.dropout, target_modules=sorted(targets),
+        fan_in_fan_out=any(_is_conv1d(m) for m in targets.values()), bias="none")
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(peft_config, model, adapter_name=PEFT_ADAPTER)
+    for name, param in model.named_parameters():  # peft froze the rest; our freezing rules decide
+        if not _is_adapter_parameter(name):
+            param.requires_grad_(requires_grad[name.replace(".base_layer.", ".")])
+    layers: dict[str, Any] = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     try:
-        yield adapters
+        yield LoraAdapters(model, layers, peft_config)
     finally:
-        for handle in handles:
-            handle.remove()
-        delattr(model, LORA_ATTR)
+        for name, layer in layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, layer.get_base_layer())
 
 
 # ---- loss ----------------------------------------------------------------------------------
@@ -850,7 +856,7 @@ def train(
         if lora_config is not None:
             lora = stack.enter_context(
                 lora_attached(model, adapter, config.freeze, lora_config, config.seed))
-            base = [p for n, p in unique_parameters(model) if not n.startswith(LORA_ATTR + ".")]
+            base = [p for n, p in unique_parameters(model) if not _is_adapter_parameter(n)]
             stack.enter_context(requires_grad_scope(model, base))
             report = _report(model, adapter, config.freeze)
             report.notes.append(f"LoRA on {len(lora.layers)} linear layers; base weights frozen.")
@@ -903,6 +909,8 @@ def train(
             if callback is not None:
                 callback({**entry, "total_steps": total})  # the total, for progress elsewhere
         if lora is not None:
+            if config.save_model:
+                _save_adapter(accelerator, lora, out_dir)
             lora.merge()  # before the adapters are detached on exit
 
     model_dir = None
@@ -1066,6 +1074,19 @@ def _train_step(
         "padded_tokens": n_padded,
         "seconds": seconds,
     }
+
+
+def _save_adapter(accelerator: Any, lora: LoraAdapters, out_dir: Path) -> Path:
+    """The trained adapters alone (peft format) in ADAPTER_DIR, beside the merged model."""
+    final = out_dir / ADAPTER_DIR
+    if accelerator.is_main_process:
+        tmp = out_dir / f".tmp-{ADAPTER_DIR}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        lora.save(tmp)
+        _replace_dir(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def _save_final(accelerator: Any, model: Any, tokenizer: Any, out_dir: Path) -> Path:

@@ -238,7 +238,7 @@ def test_resume_equals_uninterrupted(family: str, tmp_path: Path) -> None:
     with pytest.raises(Interrupt):
         train(model, None, examples, config, tmp_path / "run", callback=stop_at_10, progress=False)
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step-0000008"]
-    assert not hasattr(model, "sublens_lora") and all(p.requires_grad for p in model.parameters())
+    assert ".lora_A." not in str(list(dict(model.named_parameters()))) and all(p.requires_grad for p in model.parameters())
     fresh = tiny_model(family)  # a new process would start from the base model again
     res = train(fresh, None, examples, config, tmp_path / "run", progress=False)
     assert res.resumed_from == 8 and res.steps == ref.steps == 15
@@ -289,15 +289,16 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 def test_lora_merge_matches_adapters(family: str) -> None:
     model = tiny_model(family)
     adapter = adapter_for(model)
+    names_before = set(snapshot(model))
     ids = torch.randint(0, VOCAB, (2, 6))
     with lora_attached(model, adapter, "full", LoraConfig(rank=2), seed=0) as lora:
         with torch.no_grad():
             for name, param in lora.named_parameters():
-                if name.endswith(".B"):
+                if ".lora_B." in name:
                     param.normal_()  # B starts at zero; make the adapters do something
             hooked = model(ids).logits
         lora.merge()
-    assert not hasattr(model, "sublens_lora")
+    assert set(snapshot(model)) == names_before  # the adapters are gone, the base layers back
     torch.testing.assert_close(model(ids).logits, hooked, atol=1e-4, rtol=1e-4)
 
 
@@ -321,6 +322,44 @@ def test_lora_trains_only_adapters_of_unfrozen_components(tmp_path: Path) -> Non
     assert set(after) == set(before)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == {n for n in mlp if n.endswith(("up_proj.weight", "down_proj.weight"))}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lora_resume_equals_uninterrupted(family: str, tmp_path: Path) -> None:
+    """peft's adapters are re-created from the seed and their saved state loaded: an interrupted
+    LoRA run resumes to the same losses and the same merged weights."""
+    examples = make_examples(20)
+    config = cfg(epochs=3, checkpoint_every=4, lr=1e-2, lora=LoraConfig(rank=2))  # 15 steps
+    ref_model = tiny_model(family)
+    ref = train(ref_model, None, examples, config, tmp_path / "ref", progress=False)
+
+    def stop_at_10(entry: dict[str, object]) -> None:
+        if entry["step"] == 10:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_model(family), None, examples, config, tmp_path / "run", callback=stop_at_10, progress=False)
+    fresh = tiny_model(family)
+    res = train(fresh, None, examples, config, tmp_path / "run", progress=False)
+    assert res.resumed_from == 8 and res.lm_losses == ref.lm_losses
+    after, expected = snapshot(fresh), snapshot(ref_model)
+    assert set(after) == set(expected) and all(torch.equal(after[n], expected[n]) for n in after)
+
+
+def test_lora_adapters_are_saved_alone_and_load_with_peft(tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    examples = make_examples(12)
+    trained = tiny_model("llama")
+    train(trained, None, examples, cfg(epochs=2, lr=1e-2, save_model=True, lora=LoraConfig(rank=4, alpha=8)),
+          tmp_path, progress=False)
+    adapter = tmp_path / "adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    loaded = PeftModel.from_pretrained(tiny_model("llama"), str(adapter))  # the base model + the adapters
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(tiny_model("llama")(ids).logits, trained(ids).logits, atol=1e-3)
 
 
 def test_lora_unknown_target_names_the_available_ones(tmp_path: Path) -> None:
