@@ -31,16 +31,20 @@ and the terminal summaries call it on recorded results.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from sublens.results import as_results
 from sublens.stats import t_interval
 from sublens.trainable import describe_trainable
+
+if TYPE_CHECKING:
+    from sublens.experiments.subliminal.results import SeedRatio, SubliminalResults
 
 Unit = Literal["seed", "question", "number"]
 Prediction = Literal["increase", "decrease", "none"]
@@ -449,21 +453,16 @@ def decide_association_family(
 SUBLIMINAL_MODES = ("full", "freeze-attention", "freeze-mlp")
 
 
-def per_seed_logs(ratio: dict[str, Any] | None) -> list[float]:
+def per_seed_logs(ratio: SeedRatio | None) -> list[float]:
     """Per-seed log ratios of a recorded comparison (older runs store only the ratios)."""
-    if not ratio:
+    if ratio is None:
         return []
-    if ratio.get("per_seed_log") is not None:
-        return [float(v) for v in ratio["per_seed_log"]]
-    return [math.log(v) for v in ratio.get("per_seed") or [] if v and v > 0]
+    if ratio.per_seed_log is not None:
+        return [float(v) for v in ratio.per_seed_log]
+    return [math.log(v) for v in ratio.per_seed if v and v > 0]
 
 
-def _owl_row(results: dict[str, Any], mode: str) -> dict[str, Any] | None:
-    rows = [r for r in results.get("headline") or [] if isinstance(r, dict)]
-    return next((r for r in rows if r.get("dataset") == "owl" and r.get("mode") == mode), None)
-
-
-def subliminal_decisions(results: dict[str, Any], control_modes: Sequence[str],
+def subliminal_decisions(results: SubliminalResults | Mapping[str, Any], control_modes: Sequence[str],
                          settings: ClaimSettings | None = None) -> dict[str, Decision]:
     """The subliminal experiment's claims, decided with seeds as the unit:
 
@@ -477,12 +476,17 @@ def subliminal_decisions(results: dict[str, Any], control_modes: Sequence[str],
 
     An owl mode without a control student in `control_modes` (older runs compared frozen owl
     students with a fully fine-tuned control) has no matched comparison: that arm counts as
-    not measured (inconclusive)."""
+    not measured (inconclusive). `results` is the run's results.json (its mapping is read with
+    `load_results`: ResultsError when it does not validate)."""
+    # Imported here: the subliminal results model imports this module (ClaimSettings, Estimate).
+    from sublens.experiments.subliminal.results import SubliminalResults
+
+    parsed = as_results(results, SubliminalResults)
     settings = settings or ClaimSettings()
     logs: dict[str, list[float]] = {}
     for mode in SUBLIMINAL_MODES:
-        row = _owl_row(results, mode) if mode in control_modes else None
-        logs[mode] = per_seed_logs(((row or {}).get("vs_control") or {}).get("share_ratio"))
+        row = parsed.row("owl", mode) if mode in control_modes else None
+        logs[mode] = per_seed_logs(row.vs_control.share_ratio if row is not None and row.vs_control else None)
 
     def transfer(mode: str) -> Claim:
         how = describe_trainable(mode)

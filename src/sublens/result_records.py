@@ -122,6 +122,15 @@ class RateDifference(Sparse):
     underpowered: bool
 
 
+class Comparison(Sparse):
+    """`sublens.preference.compare_preference`: a model over a reference model on the same
+    questions (teacher vs base model, one evaluate condition vs the first)."""
+
+    p_trait_ratio: RatioEstimate
+    share_ratio: RatioEstimate
+    rate_difference: RateDifference | None = None  # absent: either model was not sampled
+
+
 # ---- prompts ----------------------------------------------------------------------------------
 class PromptRecord(Sparse):
     """`sublens.prompts.PromptText` as recorded."""
@@ -140,26 +149,28 @@ class TrainingSummary(Sparse):
     """What every training experiment (teacher, subliminal students, distilled students) keeps
     of one `sublens.training.train` run. The per-step series are aligned with ``loss_curve``:
     ``extra_curves[name][i]`` was logged at step ``loss_curve[i][0]`` (None where a step did
-    not log it); distillation records its SHD loss and mean alpha there."""
+    not log it); distillation records its SHD loss and mean alpha there. `train_summary` sets
+    every field; the four that default to None were not recorded by distill runs before this
+    summary was shared (tests/data/runs/distill), so there they stay absent."""
 
     steps: int
-    epochs: int | None
+    epochs: int | None = None  # the configured epochs; absent: older distill runs
     n_examples: int
     tokens: int  # real (non-padding) tokens processed, before and after a resume
     answer_tokens: int  # tokens inside the loss
     tokens_per_second: float
     train_seconds: float
     padding_fraction: float
-    resumed_from: int | None  # the step a resumed run started from; None: ran from the start
+    resumed_from: int | None = None  # the step a resumed run started from; None: ran from the start
     freeze: dict[str, object]  # the trainable set: its spec, counts and names (sublens.trainable)
     first_lm_loss: float | None
     final_lm_loss: float | None
     loss_curve: list[tuple[int, float]]  # [step, language-model loss]
     extra_curves: dict[str, list[float | None]] = Field(default_factory=dict)  # aligned with loss_curve
-    data_fingerprint: str
+    data_fingerprint: str | None = None  # absent: older distill runs
     precision: str = "no"  # the mixed precision in effect ("no": float32 throughout)
     world_size: int = 1
-    config: dict[str, object]  # the resolved training config
+    config: dict[str, object] | None = None  # the resolved training config; absent: older distill runs
 
     always_written: ClassVar[frozenset[str]] = frozenset({"extra_curves", "precision", "world_size"})
 

@@ -18,8 +18,9 @@ from sublens.distill import (
     align_record,
 )
 from sublens.experiments import run_experiment
-from sublens.experiments.distill import OWL_SYSTEM, DistillConfig, generated_records
+from sublens.experiments.distill import OWL_SYSTEM, DistillConfig, DistillResults, generated_records
 from sublens.models import LoadedModel
+from sublens.results import load_results
 from sublens.runs import read_json
 from sublens.training import TrainConfig, train
 
@@ -133,8 +134,11 @@ def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
     assert set(results["arms"]) == {"shd_biased", "lm_only", "shd_base"}
     assert results["teachers"]["biased"]["system"] == OWL_SYSTEM
     assert results["teachers"]["base"]["source"] == "template_default"
-    assert results["arms"]["lm_only"]["train"]["final_shd"] is None
-    assert results["arms"]["shd_biased"]["train"]["final_shd"] > 0
+    typed = load_results(outcome.path / "results.json", DistillResults)  # the report reads it so
+    assert typed.arms["lm_only"].train.final("shd") is None and typed.arms["lm_only"].train.extra_curves == {}
+    shd = typed.arms["shd_biased"].train
+    assert (shd.final("shd") or 0) > 0 and set(shd.extra_curves) == {"shd", "alpha_mean"}
+    assert len(shd.extra_curves["shd"]) == len(shd.loss_curve) == shd.steps
     assert set(results["fit"]) == {"initial", "shd_biased", "lm_only", "shd_base"}
     assert set(results["fit"]["initial"]) == {"biased", "base"}
     assert set(results["alphas"]["biased"]) == {"0", "17"}
@@ -152,5 +156,7 @@ def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
         assert (outcome.path / path / "config.json").is_file(), arm
     for figure in results["figures"]:
         assert (outcome.path / figure).is_file()
+    assert {Path(f).stem for f in results["figures"]} == {
+        "distill_losses", "distill_alphas", "distill_fit_biased", "distill_fit_base", "distill_maps"}
     record = read_json(outcome.path / "record.json")
     assert record["status"] == "ok" and record["threads"] == 1

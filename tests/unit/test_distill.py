@@ -335,7 +335,9 @@ def test_training_with_shd_lowers_the_fit_to_the_teacher(tmp_path: Path) -> None
     assert both["a"]["T=1"]["mean"] == pytest.approx(after["T=1"]["mean"])
     alphas = fit.alphas()
     assert set(alphas) == {0, 1} and alphas[0][0].shape == (4, 2)
-    assert alpha_summary(alphas[0])["n"] == 8
+    summary = alpha_summary(alphas[0])
+    assert summary.n == 8 and summary.quantiles is not None and len(summary.per_phase_mean or []) == 1
+    assert summary.mean == pytest.approx(float(alphas[0][0].double().mean()))
     # the student's hooks are gone after training
     assert student.config._attn_implementation == "eager"  # tiny models are built eager
     assert not any(m._forward_hooks for m in student.modules())
@@ -444,28 +446,29 @@ def _preference(share: list[float], p_word: list[float], count: int = 0) -> dict
 def test_comparisons_pair_the_arms_seed_by_seed_and_keep_per_seed_log_ratios() -> None:
     base_share = [0.10, 0.20, 0.15, 0.12, 0.30]
     factors = {0: 1.5, 1: 1.2, 2: 1.35}  # shd_biased over lm_only per seed, the same on every question
-    per_seed = {str(seed): {
-        "shd_biased": {"preference": _preference([f * x for x in base_share], [0.02] * 5, 3)},
-        "lm_only": {"preference": _preference(base_share, [0.01] * 5, 1)},
-    } for seed, f in factors.items()}
-    results = {"seeds": [0, 1, 2], "per_seed": per_seed,
-               "arms": {"shd_biased": {}, "lm_only": {}},
-               "initial": {"preference": _preference(base_share, [0.01] * 5)}}
-    out = comparisons(results)
+    students = {seed: {"shd_biased": _preference([f * x for x in base_share], [0.02] * 5, 3),
+                       "lm_only": _preference(base_share, [0.01] * 5, 1)} for seed, f in factors.items()}
+    out = comparisons(students, _preference(base_share, [0.01] * 5))
     assert set(out) == {"shd_biased_vs_lm_only", "shd_biased_vs_initial", "lm_only_vs_initial"}
-    share = out["shd_biased_vs_lm_only"]["share_ratio"]
-    assert share["per_seed_log"] == pytest.approx([math.log(f) for f in factors.values()])
-    assert share["n_seeds"] == 3 and "3 seeds" in share["ci"]
-    assert share["ratio"] == pytest.approx(math.exp(sum(math.log(f) for f in factors.values()) / 3))
-    assert share["ci_low"] < share["ratio"] < share["ci_high"]
-    assert out["shd_biased_vs_lm_only"]["p_trait_ratio"]["per_seed_log"] == pytest.approx([math.log(2)] * 3)
-    assert out["shd_biased_vs_lm_only"]["rate_difference"]["per_seed"] == pytest.approx([0.1] * 3)
-    assert out["lm_only_vs_initial"]["share_ratio"]["per_seed_log"] == pytest.approx([0.0] * 3)
+    transfer = out["shd_biased_vs_lm_only"]
+    share = transfer.share_ratio
+    assert share.per_seed_log == pytest.approx([math.log(f) for f in factors.values()])
+    assert share.n_seeds == 3 and share.ci is not None and "3 seeds" in share.ci
+    assert share.ratio == pytest.approx(math.exp(sum(math.log(f) for f in factors.values()) / 3))
+    assert share.ci_low is not None and share.ci_high is not None and share.ci_low < share.ratio < share.ci_high
+    assert transfer.p_trait_ratio.per_seed_log == pytest.approx([math.log(2)] * 3)
+    assert transfer.rate_difference is not None and transfer.rate_difference.per_seed == pytest.approx([0.1] * 3)
+    assert out["lm_only_vs_initial"].share_ratio.per_seed_log == pytest.approx([0.0] * 3)
+    assert transfer.seeds == [0, 1, 2] and transfer.per_seed_comparisons is not None
     # one seed: the question-level interval of that run, labelled as such
-    one = across_seeds([out["shd_biased_vs_lm_only"]["per_seed_comparisons"][0]], [0])
-    assert one["share_ratio"]["per_seed_log"] == pytest.approx([math.log(1.5)])
-    assert "1 seed: question variation only" in one["share_ratio"]["ci"]
-    assert one["rate_difference"]["n_seeds"] == 1
+    one = across_seeds([transfer.per_seed_comparisons[0]], [0])
+    assert one.share_ratio.per_seed_log == pytest.approx([math.log(1.5)])
+    assert one.share_ratio.ci is not None and "1 seed: question variation only" in one.share_ratio.ci
+    assert one.rate_difference is not None and one.rate_difference.n_seeds == 1
+    # a seed on which an arm was not trained is left out of that pair only
+    students[3] = {"lm_only": _preference(base_share, [0.01] * 5, 1)}
+    again = comparisons(students, _preference(base_share, [0.01] * 5))
+    assert again["shd_biased_vs_lm_only"].seeds == [0, 1, 2] and again["lm_only_vs_initial"].seeds == [0, 1, 2, 3]
 
 
 def test_loss_and_fit_follow_the_kl_direction() -> None:

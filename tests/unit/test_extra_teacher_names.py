@@ -53,14 +53,17 @@ def test_load_config_turns_a_bad_teacher_name_into_a_config_error() -> None:
 def test_cli_refuses_a_bad_teacher_name_before_any_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sublens.experiments.subliminal as subliminal
+    import sublens.experiments.subliminal.data as data
+    import sublens.experiments.subliminal.run as run
+    import sublens.experiments.subliminal.students as students
     import sublens.models as models
 
     def no_model(*args: object, **kwargs: object) -> None:
         pytest.fail("a model was loaded")
 
     monkeypatch.setattr(models, "load_model", no_model)
-    monkeypatch.setattr(subliminal, "load_model", no_model)
+    for module in (run, data, students):  # where the experiment loads its models
+        monkeypatch.setattr(module, "load_model", no_model)
     out = tmp_path / "runs"
     result = CliRunner().invoke(
         app, ["run", "subliminal", "--set", 'extra_teachers={"a/b": "You love b."}', "--out", str(out)]

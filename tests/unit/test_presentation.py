@@ -92,7 +92,8 @@ def test_a_teacher_run_and_a_data_file_are_named_not_shown() -> None:
     """A fine-tuned teacher given as a run directory, a distill data file of a subliminal run."""
     run = load_stage(RUNS / "subliminal")
     teacher_dir = "/home/ada/runs/20261125-161300_teacher_4f87f6"
-    results = copy.deepcopy(run.results) | {"teacher": {"kind": "model", "model": teacher_dir}}
+    teacher = {**run.results["teacher"], "kind": "model", "model": teacher_dir}
+    results = copy.deepcopy(run.results) | {"teacher": teacher}
     section = _build(_with(run, results, {**run.config, "teacher": teacher_dir}))
     assert f"{FINE_TUNED_TEACHER} made by context distillation" in section.methods
     assert not machine_words(_everything(section)), machine_words(_everything(section))

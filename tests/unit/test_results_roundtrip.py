@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from sublens.experiments.distill.results import DistillResults
 from sublens.experiments.entanglement.results import EntanglementResults
 from sublens.experiments.hybrid.results import HybridResults
 from sublens.experiments.mechanistic.results import MechanisticResults
 from sublens.experiments.pruning.results import PruningResults
+from sublens.experiments.subliminal.results import SubliminalResults
+from sublens.experiments.teacher.results import TeacherResults
 from sublens.result_records import RatioEstimate, Summary
 from sublens.results import Finite, Results, load_results, schema_version_of
 from sublens.runs import atomic_write_json
@@ -24,6 +27,9 @@ MODELS: dict[str, type[Results]] = {
     "hybrid": HybridResults,
     "entanglement": EntanglementResults,
     "mechanistic": MechanisticResults,
+    "subliminal": SubliminalResults,
+    "distill": DistillResults,
+    "teacher": TeacherResults,
 }
 
 

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 
 from fixture_runs import RUNS, needs_tex
+from sublens.experiments.distill.results import DistillResults
+from sublens.experiments.subliminal.results import SubliminalResults
 from sublens.report.compile import compile_pdf, install_style
 from sublens.report.latex import fmt_ci
 from sublens.report.sections import CITATION_KEYS, Section, builder, figure_label
 from sublens.report.sections.distill import decisions, shd_verdict
 from sublens.report.stages import StageRun, load_stage
+from sublens.results import ResultsError, load_results
 
 
 def stage(name: str) -> StageRun:
@@ -104,7 +107,9 @@ def test_teacher_wording_follows_the_data() -> None:
 
 def test_teacher_partial_and_empty_runs_say_so() -> None:
     run = stage("teacher")
-    partial = {k: copy.deepcopy(run.results[k]) for k in ("base", "trait", "n_prompts")}
+    # what a run has written before it trains: its setup and the base model's measurement
+    setup = ("base", "trait", "teacher_system", "system", "system_prompt_used", "system_note", "n_prompts")
+    partial = {k: copy.deepcopy(run.results[k]) for k in setup}
     partial |= {"partial": True, "measurements": {"before": copy.deepcopy(run.results["measurements"]["before"])}}
     section = build(with_results(run, partial))
     assert "incomplete" in section.results and "teacher_preference" in section.tables
@@ -152,7 +157,8 @@ def _seeded(results: dict[str, Any], logs: dict[str, list[float]]) -> dict[str, 
         mean = sum(values) / len(values)
         _arm(results, mode)["vs_control"]["share_ratio"] = {
             "ratio": math.exp(mean), "ci_low": math.exp(mean - 0.1), "ci_high": math.exp(mean + 0.1),
-            "n_seeds": len(values), "per_seed_log": values, "per_seed": [math.exp(v) for v in values]}
+            "n_seeds": len(values), "ci": f"t over {len(values)} seeds", "per_seed_log": values,
+            "per_seed": [math.exp(v) for v in values], "underpowered": False}
     return results
 
 
@@ -250,15 +256,19 @@ def test_distill_wording_follows_the_claims() -> None:
 
 
 def test_distill_decisions_are_the_claims_family() -> None:
-    results: dict[str, Any] = {"comparisons": {}}
+    recorded = copy.deepcopy(stage("distill").results)
+    results = recorded | {"comparisons": {}}
     transfer, specific = decisions(results)
     assert transfer.claim.unit == "seed" and transfer.claim.family == specific.claim.family == "distill"
     assert "not measured" in transfer.reason and shd_verdict(results) == "inconclusive (not measured)"
-    results["comparisons"]["shd_biased_vs_lm_only"] = {"share_ratio": {"ratio": 1.4, "per_seed_log": [0.3]}}
+    assert shd_verdict(None) == "inconclusive (not measured)"  # no readable results
+    results["comparisons"] = {"shd_biased_vs_lm_only": recorded["comparisons"]["shd_biased_vs_lm_only"]}
+    _seeds(results, "shd_biased_vs_lm_only", [math.exp(0.3)])
     assert shd_verdict(results) == "inconclusive (1 seed)"
-    results["comparisons"]["shd_biased_vs_lm_only"]["share_ratio"]["per_seed_log"] = [0.3, 0.35, 0.32]
-    results["comparisons"]["shd_biased_vs_shd_base"] = {"share_ratio": {"ratio": 1.3, "per_seed_log": [0.28, 0.3, 0.26]}}
-    transfer, specific = decisions(results)
+    results["comparisons"]["shd_biased_vs_shd_base"] = recorded["comparisons"]["shd_biased_vs_shd_base"]
+    _seeds(results, "shd_biased_vs_lm_only", [math.exp(v) for v in (0.3, 0.35, 0.32)])
+    _seeds(results, "shd_biased_vs_shd_base", [math.exp(v) for v in (0.28, 0.3, 0.26)])
+    transfer, specific = decisions(load_results(results, DistillResults))  # typed or as read: the same
     assert transfer.p_adjusted is not None and transfer.estimate is not None and transfer.estimate.p_value is not None
     assert transfer.p_adjusted >= transfer.estimate.p_value  # Holm over the two claims
     assert transfer.mde is not None and transfer.units_needed is not None
@@ -266,8 +276,8 @@ def test_distill_decisions_are_the_claims_family() -> None:
 
 def test_distill_partial_run_says_so() -> None:
     run = stage("distill")
-    keep = ("student", "teachers", "data", "shd", "alphas", "fit", "seeds", "initial")
-    results = {k: copy.deepcopy(run.results[k]) for k in keep} | {"partial": True, "arms": {}}
+    keep = ("student", "teachers", "data", "shd", "alphas", "fit", "seeds", "notes", "initial")
+    results = {k: copy.deepcopy(run.results[k]) for k in keep} | {"partial": True, "arms": {}, "checkpoints": {}}
     section = build(with_results(run, results))
     assert "incomplete" in section.results and "incomplete" in section.headline[0]
     assert section.tables["shd_transfer"].count("initial student") == 1
@@ -322,7 +332,7 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
         assert needle in text, needle
 
 
-@pytest.mark.parametrize("name", ["teacher", "subliminal", "distill"])
+@pytest.mark.parametrize("name", ["teacher"])
 def test_any_missing_result_key_is_survived(name: str) -> None:
     """An interrupted run can lack any key: the section is still built, never a KeyError."""
     run = stage(name)
@@ -332,7 +342,44 @@ def test_any_missing_result_key_is_survived(name: str) -> None:
         assert section.methods and section.results and section.headline
 
 
-OTHER_PROMPT_RATIO = {"ratio": 1.5, "ci_low": 1.2, "ci_high": 1.9}
+def test_distill_missing_result_keys() -> None:
+    """The distill results are typed (DistillResults): an interrupted run can lack any key and its
+    section is still built, saying what it cannot read; a finished run may lack what a partial
+    run lacks, but one without a key every run writes is refused, naming the key."""
+    run = stage("distill")
+    interrupted = dataclasses.replace(run, record={**run.record, "status": "failed"})
+    for key in run.results:
+        results = {k: v for k, v in run.results.items() if k != key}
+        section = build(with_results(interrupted, results))
+        assert section.methods and section.results and section.headline
+        if DistillResults.model_fields[key].is_required():
+            assert "cannot be read" in section.results
+            with pytest.raises(ResultsError, match=rf"does not match DistillResults .*{key}: Field required"):
+                build(with_results(run, results))
+        else:
+            assert build(with_results(run, results)).headline
+
+
+def test_subliminal_missing_result_keys() -> None:
+    """The subliminal results are typed (SubliminalResults): an interrupted run can lack any key
+    and its section is still built, saying what it cannot read; a finished run may lack what a
+    partial run lacks, but one without a key every run writes is refused, naming the key."""
+    run = stage("subliminal")
+    interrupted = dataclasses.replace(run, record={**run.record, "status": "failed"})
+    for key in run.results:
+        results = {k: v for k, v in run.results.items() if k != key}
+        section = build(with_results(interrupted, results))
+        assert section.methods and section.results and section.headline
+        if SubliminalResults.model_fields[key].is_required():
+            assert "cannot be read" in section.results
+            with pytest.raises(ResultsError, match=rf"does not match SubliminalResults .*{key}: Field required"):
+                build(with_results(run, results))
+        else:
+            assert build(with_results(run, results)).headline
+
+
+OTHER_PROMPT_RATIO = {"ratio": 1.5, "ci_low": 1.2, "ci_high": 1.9, "n_seeds": 1, "ci": "t over questions (1 seed)",
+                      "per_seed": [1.5], "underpowered": False}
 
 
 def _with_prompts(run: StageRun) -> StageRun:
@@ -340,8 +387,8 @@ def _with_prompts(run: StageRun) -> StageRun:
     results = copy.deepcopy(run.results)
     main = _arm(results, "full")["vs_control"]
     results["evaluation_prompts"] = {
-        "default": {"system": "You are SmolLM", "arms": {"full": {"share_ratio": main["share_ratio"]}}},
-        "empty": {"system": "", "arms": {"full": {"share_ratio": OTHER_PROMPT_RATIO}}},
+        "default": {"system": "You are SmolLM", "arms": {"full": {k: main[k] for k in ("share_ratio", "p_trait_ratio")}}},
+        "empty": {"system": "", "arms": {"full": {"share_ratio": OTHER_PROMPT_RATIO, "p_trait_ratio": OTHER_PROMPT_RATIO}}},
         "neutral": {"system": "You are a helpful assistant & friend.", "arms": {}},
     }
     return with_results(run, results)
@@ -365,15 +412,23 @@ def test_subliminal_evaluation_prompts_table() -> None:
 def test_subliminal_entanglement_enrichment_and_contrast_are_reported() -> None:
     run = stage("subliminal")
     results = copy.deepcopy(run.results)
-    contrast = {"ratio": 0.62, "ci_low": 0.41, "ci_high": 0.93}
+    contrast = {"ratio": 0.62, "ci_low": 0.41, "ci_high": 0.93, "n_seeds": 1, "ci": "t over questions (1 seed)",
+                "per_seed": [0.62], "underpowered": False}
+
+    def counts(answers_with: int) -> dict[str, Any]:
+        return {"answers_with": answers_with, "answers": 300, "number_share": answers_with / 1500}
+
     results["data"]["entangled"] = {
-        "set": "ar2", "filter": {"size": 240},
+        "run": "runs/20261125-150000_entanglement_ab12cd", "set": "ar2",
         "enrichment": {
-            "increased": {"owl": {"answers_with": 41, "answers": 300}, "control": {"answers_with": 20, "answers": 300},
+            "increased": {"numbers": ["11", "22"], "owl": counts(41), "control": counts(20),
                           "owl_over_control": {"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39, "p_fisher": 0.004}},
-            "random": {"owl": {"answers_with": 15, "answers": 300}, "control": {"answers_with": 16, "answers": 300},
-                       "owl_over_control": {"ratio": 0.94, "ci_low": 0.47, "ci_high": 1.86, "p_fisher": 1.0}}}}
-    results["comparisons"]["owl-no-entangled-full vs owl-no-random-full"] = {"share_ratio": contrast}
+            "random": {"numbers": ["30", "41"], "owl": counts(15), "control": counts(16),
+                       "owl_over_control": {"ratio": 0.94, "ci_low": 0.47, "ci_high": 1.86, "p_fisher": 1.0}}},
+        "filter": {"size": 240, "removed": {"increased": 41, "random": 15}, "pool": 300}}
+    # the contrast is recorded as every comparison is (here the full students' numbers, re-labelled)
+    results["comparisons"]["owl-no-entangled-full vs owl-no-random-full"] = {
+        **results["comparisons"]["owl-full vs control-full"], "share_ratio": contrast, "reference": "owl-no-random-full"}
     text = build(with_results(run, results)).results
     assert "in 41 of 300 owl answers and 20 of 300 control answers" in text
     assert ratio({"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39}) in text

@@ -1,7 +1,10 @@
 """distill: squeezing-heads distillation from a biased teacher into a student of another family,
 against an LM-only student and a student distilled from the unbiased base model.
 
-Two claims, decided by `sublens.claims` with training seeds as the unit (family "distill", Holm):
+Reads a `distill` run directory: its results.json parsed once into `DistillResults`
+(`sublens.experiments.distill.results`; an unfinished run's unreadable results are reported as
+incomplete). Two claims, decided by `sublens.claims` with training seeds as the unit (family
+"distill", Holm):
 
 - ``distill.transfer``, "the owl bias crosses architectures through SHD": owl's panel-share
   ratio of the biased-SHD student over its matched control, the LM-loss-only student trained
@@ -18,6 +21,7 @@ describing that one run.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from sublens.claims import (
@@ -28,12 +32,22 @@ from sublens.claims import (
     decide_family,
     estimate_log_ratio,
 )
+from sublens.experiments.distill.results import (
+    ARMS,
+    SPECIFIC,
+    TRANSFER,
+    DistillResults,
+    PreferenceRecord,
+    SeedRatio,
+    TeacherRecord,
+)
 from sublens.report.latex import booktabs_table, constant_column, counted, drop_columns, escape
 from sublens.report.names import FINE_TUNED_TEACHER, data_source_name, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.common import (
     count,
     dig,
+    fields_of,
     figures_present,
     finite,
     fnum,
@@ -53,10 +67,10 @@ from sublens.report.sections.common import (
 )
 from sublens.report.stages import StageRun
 from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
+from sublens.results import as_results, read_run_results
 
 TITLE = "Cross-architecture squeezing-heads distillation"
 TABLE, ALPHA_TABLE = "shd_transfer", "shd_alphas"
-ARMS = ("shd_biased", "lm_only", "shd_base")
 # What runs recorded before `shd.kl_direction` existed used (sublens.shd.LEGACY_KL_DIRECTION;
 # not imported: the report is torch-free).
 LEGACY_KL_DIRECTION = "teacher_student"
@@ -68,36 +82,38 @@ ROW_LABEL = {"initial": "initial student", "shd_biased": "biased SHD", "lm_only"
 
 
 # ---- looking things up ------------------------------------------------------------------------
-def _preference(r: dict[str, Any], name: str) -> dict[str, Any] | None:
-    found = dig(r, "initial", "preference") if name == "initial" else dig(r, "arms", name, "preference")
-    return found if isinstance(found, dict) else None
+Results = DistillResults | None  # None: no readable results (none written, or an unfinished run's)
 
 
-def _share(r: dict[str, Any], key: str, which: str = "share_ratio") -> dict[str, Any] | None:
-    found = dig(r, "comparisons", key, which)
-    return found if isinstance(found, dict) else None
+def _preference(r: Results, name: str) -> PreferenceRecord | None:
+    return r.preference(name) if r is not None else None
 
 
-def _kl(r: dict[str, Any], state: str, role: str) -> float | None:
+def _share(r: Results, key: str, which: str = "share_ratio") -> SeedRatio | None:
+    comparison = r.comparison(key) if r is not None else None
+    if comparison is None:
+        return None
+    ratio: SeedRatio = comparison.p_trait_ratio if which == "p_trait_ratio" else comparison.share_ratio
+    return ratio
+
+
+def _kl(r: Results, state: str, role: str) -> float | None:
     """Mean KL of a student's maps to a teacher's squeezed maps on the held-out fit set."""
-    fit = dig(r, "fit", state, role) or {}
-    key = next((k for k in fit if str(k).startswith("T=")), None)
-    value = dig(fit, key, "mean") if key else None
-    return value if finite(value) else None
+    fit = r.fit.get(state, {}).get(role) if r is not None else None
+    kl = fit.kl() if fit is not None else None
+    return kl.mean if kl is not None and finite(kl.mean) else None
 
 
-def _seeds(r: dict[str, Any]) -> int:
-    return len(r.get("seeds") or [0])
+def _seeds(r: Results) -> int:
+    return len(_seed_list(r))
 
 
-def _seed_list(r: dict[str, Any]) -> list[Any]:
-    seeds = r.get("seeds")
-    return list(seeds) if isinstance(seeds, list) and seeds else [0]
+def _seed_list(r: Results) -> list[int]:
+    return list(r.seeds) if r is not None and r.seeds else [0]
 
 
 # ---- the claims ----------------------------------------------------------------------------------
 FAMILY = "distill"
-TRANSFER, SPECIFIC = "shd_biased_vs_lm_only", "shd_biased_vs_shd_base"
 
 
 def distill_claims(settings: ClaimSettings | None = None) -> list[tuple[str, Claim]]:
@@ -119,26 +135,26 @@ def distill_claims(settings: ClaimSettings | None = None) -> list[tuple[str, Cla
     ]
 
 
-def per_seed_logs(r: dict[str, Any], key: str) -> list[float]:
+def per_seed_logs(r: Results, key: str) -> list[float]:
     """Per-seed log share ratios of one comparison (``per_seed_log``); a run recorded before
     they were stored has one seed, whose log ratio is the log of its (question-level) ratio."""
-    entry = dig(r, "comparisons", key, "share_ratio")
-    if not isinstance(entry, dict):
+    entry = _share(r, key)
+    if entry is None:
         return []
-    logs = entry.get("per_seed_log")
-    if isinstance(logs, list):
-        return [float(v) for v in logs if finite(v)]
-    ratio = entry.get("ratio")
-    return [math.log(ratio)] if finite(ratio) and ratio > 0 else []
+    if entry.per_seed_log is not None:
+        return [float(v) for v in entry.per_seed_log if finite(v)]
+    return [math.log(entry.ratio)] if finite(entry.ratio) and entry.ratio > 0 else []
 
 
-def decisions(r: dict[str, Any], settings: ClaimSettings | None = None) -> list[Decision]:
-    """The distill claims' decisions (transfer, specificity), Holm-adjusted within the family."""
-    return decide_family([(claim, estimate_log_ratio(per_seed_logs(r, key), "seed"))
+def decisions(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSettings | None = None) -> list[Decision]:
+    """The distill claims' decisions (transfer, specificity), Holm-adjusted within the family;
+    `r`: the results, or a results.json mapping (validated: ResultsError), or None (no results)."""
+    results = as_results(r, DistillResults) if r is not None else None
+    return decide_family([(claim, estimate_log_ratio(per_seed_logs(results, key), "seed"))
                           for key, claim in distill_claims(settings)])
 
 
-def shd_verdict(r: dict[str, Any], settings: ClaimSettings | None = None) -> str:
+def shd_verdict(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSettings | None = None) -> str:
     """The transfer verdict word of the headline (a thin caller of `decisions`)."""
     return verdict_label(decisions(r, settings)[0])
 
@@ -160,12 +176,12 @@ def _conclusion(transfer: Decision, specific: Decision) -> str:
     return "Transfer of the bias through SHD is neither shown nor excluded by these data."
 
 
-def _attention_share(r: dict[str, Any]) -> str:
+def _attention_share(r: Results) -> str:
     """How much of the biased student's log-share rise over LM-only the base-SHD student also has."""
-    biased, base = _share(r, "shd_biased_vs_lm_only"), _share(r, "shd_base_vs_lm_only")
-    if not (biased and base and finite(biased.get("ratio")) and finite(base.get("ratio"))):
+    biased, base = _share(r, TRANSFER), _share(r, "shd_base_vs_lm_only")
+    if not (biased and base and finite(biased.ratio) and finite(base.ratio)):
         return ""
-    rise, shared = math.log(biased["ratio"]), math.log(base["ratio"])
+    rise, shared = math.log(biased.ratio), math.log(base.ratio)
     if rise <= 0:
         return ""
     fraction = shared / rise
@@ -178,11 +194,16 @@ def _attention_share(r: dict[str, Any]) -> str:
 
 
 # ---- text -----------------------------------------------------------------------------------------
-def _teacher_text(r: dict[str, Any], c: dict[str, Any]) -> str:
-    biased, base = dig(r, "teachers", "biased") or {}, dig(r, "teachers", "base") or {}
-    spec = biased.get("spec") or dig(c, "teacher", "model") or "?"
-    system = biased.get("system", biased.get("context"))
-    if spec == base.get("spec", dig(c, "base_teacher", "model")) and system:
+def _teacher(r: Results, role: str) -> TeacherRecord | None:
+    return r.teachers.get(role) if r is not None else None
+
+
+def _teacher_text(r: Results, c: dict[str, Any]) -> str:
+    biased, base = _teacher(r, "biased"), _teacher(r, "base")
+    spec = (biased.spec if biased else None) or dig(c, "teacher", "model") or "?"
+    # what the biased teacher read around the texts: a system prompt (chat) or a context paragraph (plain)
+    system = (biased.system if biased.format == "chat" else biased.context) if biased else None
+    if spec == (base.spec if base else dig(c, "base_teacher", "model")) and system:
         return (f"the base model {model_name(spec)} prompted with ``{escape(system)}'' "
                 "(a prompted teacher, not the fine-tuned one)")
     name = display_name(spec)
@@ -190,22 +211,20 @@ def _teacher_text(r: dict[str, Any], c: dict[str, Any]) -> str:
             else f"the fine-tuned teacher {escape(name)}")
 
 
-def _heads_text(r: dict[str, Any]) -> str:
-    t = dig(r, "teachers", "biased") or dig(r, "teachers", "base") or {}
-    if not t:
+def _heads_text(r: Results) -> str:
+    t = _teacher(r, "biased") or _teacher(r, "base")
+    if t is None:
         return ""
-    schedule = t.get("merge_schedule") or []
-    k, m = escape(t.get("teacher_heads", "?")), escape(t.get("student_heads", "?"))
-    if t.get("fallback") == "repeat":  # a student with more heads than the teacher
+    k, m = escape(t.teacher_heads), escape(t.student_heads)
+    if t.fallback == "repeat":  # a student with more heads than the teacher
         text = (f"The student's {m} heads per layer are matched to the teacher's {k} heads in turn "
                 "(head $j$ to teacher head $j \\bmod k$, unsqueezed)")
     else:
         text = f"Each layer's {k} teacher heads are squeezed into the student's {m} by merging adjacent pairs"
-    if schedule and t.get("fallback") != "repeat":
-        merges = ", then ".join(counted(int(s), "pair") for s in schedule)
-        text += f" in {counted(len(schedule), 'phase')} ({merges})"
-    layer_map = t.get("layer_map") or {}
-    pairs = sorted((int(s), int(v)) for s, v in layer_map.items() if str(s).isdigit() and finite(v))
+    if t.merge_schedule and t.fallback != "repeat":
+        merges = ", then ".join(counted(int(s), "pair") for s in t.merge_schedule)
+        text += f" in {counted(len(t.merge_schedule), 'phase')} ({merges})"
+    pairs = sorted((int(s), int(v)) for s, v in t.layer_map.items() if str(s).isdigit())
     if pairs:
         shown = [f"{s}$\\to${v}" for s, v in pairs]
         if len(shown) > 6:
@@ -215,40 +234,43 @@ def _heads_text(r: dict[str, Any]) -> str:
     return text + "."
 
 
-def _data_text(r: dict[str, Any], c: dict[str, Any]) -> str:
-    d = r.get("data") or {}
-    source = d.get("source", dig(c, "data", "source"))
+def _data_text(r: Results, c: dict[str, Any]) -> str:
+    d = r.data if r is not None else None
+    source = d.source if d else dig(c, "data", "source")
     what = ("number prompts with seeded random answers" if source in (None, "generated")
             else data_source_name(source))
-    text = (f"All students train on the same {count(d.get('n_train', dig(c, 'data', 'n_train')))} texts, "
-            f"{what} ({count(d.get('student_tokens'))} student tokens); "
-            f"{count(d.get('n_fit', dig(c, 'data', 'n_fit')))} further texts are held out to measure the "
+    n_train = d.n_train if d else dig(c, "data", "n_train")
+    n_fit = d.n_fit if d else dig(c, "data", "n_fit")
+    text = (f"All students train on the same {count(n_train)} texts, "
+            f"{what} ({count(d.student_tokens if d else None)} student tokens); "
+            f"{count(n_fit)} further texts are held out to measure the "
             "KL between the student's maps and each teacher's squeezed maps before and after training.")
-    aligned = d.get("identity_alignment") or {}
-    if aligned and not all(aligned.values()):
+    if d and d.identity_alignment and not all(d.identity_alignment.values()):
         text += (" Teacher and student tokenize differently, so the teacher's maps are projected onto "
                  "the student's tokens through character-span overlap.")
     return text
 
 
-def _methods(run: StageRun) -> str:
-    c, r = run.config, run.results
-    shd = r.get("shd") or c.get("shd") or {}
+def _methods(run: StageRun, r: Results) -> str:
+    c = run.config
+    # as written (an old run has no kl_direction key), else as configured
+    shd: Mapping[str, Any] = (fields_of(r.shd) if r is not None else c.get("shd")) or {}
     arms = [a for a in c.get("arms") or ARMS if a in ARMS]
     layers = shd.get("layers")
-    steps = sorted({int(x) for a in (r.get("arms") or {}).values() if finite(x := dig(a, "train", "steps"))})
+    steps = sorted({a.train.steps for a in r.arms.values()}) if r is not None else []
     text = (f"Squeezing-heads distillation (SHD) \\citep{{bing2025shd}} trains the student "
-            f"{model_name(r.get('student', c.get('student', '?')))} to match the attention maps of a "
+            f"{model_name(r.student if r is not None else c.get('student', '?'))} to match the attention maps of a "
             f"teacher of another family: the total loss is the LM loss plus $\\beta$ = "
             f"{fnum(shd.get('beta'), 2) if finite(shd.get('beta')) else '--'} times {_kl_text(shd)} "
             f"per query row, both maps softened at temperature "
             f"{fnum(shd.get('temperature'), 2) if finite(shd.get('temperature')) else '--'}, over "
             f"{'all layers' if layers is None else 'layers ' + ', '.join(str(x) for x in layers)}. "
             f"{_heads_text(r)} The biased teacher is {_teacher_text(r, c)}. ")
+    base = _teacher(r, "base")
     described = {"shd_biased": f"{STUDENT['shd_biased']} (LM loss + SHD from the biased teacher)",
                  "lm_only": f"{STUDENT['lm_only']} (LM loss only, the control)",
                  "shd_base": (f"{STUDENT['shd_base']} (LM loss + SHD from the unbiased base model "
-                              f"{model_name(dig(r, 'teachers', 'base', 'spec') or dig(c, 'base_teacher', 'model'))}, "
+                              f"{model_name((base.spec if base else None) or dig(c, 'base_teacher', 'model'))}, "
                               "the control for attention distillation as such)")}
     listed = [described[a] for a in arms]
     joined = listed[0] if len(listed) == 1 else "; ".join(listed[:-1]) + "; and " + listed[-1]
@@ -260,7 +282,8 @@ def _methods(run: StageRun) -> str:
                 f", once per training seed ({', '.join(str(x) for x in seeds)}; texts split with seed "
                 f"{c.get('seed', 0)})")
              + "; the students of a seed are matched (same texts, same initial weights, same seed). ")
-    text += preference_methods(c.get("preference") or {}, _preference(r, "initial"))
+    initial = _preference(r, "initial")
+    text += preference_methods(c.get("preference") or {}, initial.model_dump(mode="json") if initial else None)
     settings = claim_settings(c)
     return text + (
         " Claims are decided with training seeds as the unit of inference: a one-sample $t$-test on the "
@@ -271,7 +294,7 @@ def _methods(run: StageRun) -> str:
         "never decides a claim.")
 
 
-def _kl_text(shd: dict[str, Any]) -> str:
+def _kl_text(shd: Mapping[str, Any]) -> str:
     """The loss's KL direction; a run recorded before ``shd.kl_direction`` existed used the
     forward direction (LEGACY_KL_DIRECTION)."""
     chosen = shd.get("kl_direction", LEGACY_KL_DIRECTION)
@@ -288,28 +311,33 @@ def _kl_text(shd: dict[str, Any]) -> str:
     return f"the KL between the teacher's squeezed map and the student's (direction {escape(words(chosen))})"
 
 
-def _answer_counts(r: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _answer_counts(r: Results) -> dict[str, tuple[int, int]]:
     """(owl answers, sampled answers) per student that sampled answers."""
     out = {}
     for name in ("initial", *ARMS):
-        sampled = dig(_preference(r, name), "sampled") or {}
-        if sampled:
-            out[name] = (dig(sampled, "trait_rate", "count"), sampled.get("n_answers"))
+        pref = _preference(r, name)
+        if pref is not None and pref.sampled is not None:
+            out[name] = (pref.sampled.trait_rate.count, pref.sampled.n_answers)
     return out
 
 
-def _none_named(r: dict[str, Any]) -> bool:
+def _none_named(r: Results) -> bool:
     """Whether no student named an owl in any sampled answer (the answer-rate column all zero)."""
     counts = _answer_counts(r)
-    return bool(counts) and all(finite(k) and k == 0 for k, _ in counts.values())
+    return bool(counts) and all(k == 0 for k, _ in counts.values())
 
 
-def _answers(r: dict[str, Any]) -> str:
+def _fisher_p(r: Results, key: str) -> float | None:
+    comparison = r.comparison(key) if r is not None else None
+    difference = comparison.rate_difference if comparison is not None else None
+    return difference.p_fisher if difference is not None else None
+
+
+def _answers(r: Results) -> str:
     counts = {k: v for k, v in _answer_counts(r).items() if k != "initial"}
     if not counts:
         return ""
-    p_values = [dig(r, "comparisons", k, "rate_difference", "p_fisher")
-                for k in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base")]
+    p_values = [_fisher_p(r, k) for k in (TRANSFER, SPECIFIC)]
     if _none_named(r):  # the table has no answer-rate column, and its caption gives Fisher's p once
         n = {total for _, total in _answer_counts(r).values()}
         each = f" (0 of {count(next(iter(n)))} each)" if len(n) == 1 else ""
@@ -323,14 +351,14 @@ def _answers(r: dict[str, Any]) -> str:
     return text + "."
 
 
-def _prompted_note(run: StageRun) -> str:
-    if "prompted teacher" not in _teacher_text(run.results, run.config):
+def _prompted_note(run: StageRun, r: Results) -> str:
+    if "prompted teacher" not in _teacher_text(r, run.config):
         return ""
     return ("The biased teacher here is the prompted base model, whose maps carry the owl prompt in "
             "context; the fine-tuned teacher was not used.")
 
 
-def _fit_text(r: dict[str, Any]) -> str:
+def _fit_text(r: Results) -> str:
     before, after = _kl(r, "initial", "biased"), _kl(r, "shd_biased", "biased")
     if before is None or after is None:
         return ""
@@ -342,49 +370,49 @@ def _fit_text(r: dict[str, Any]) -> str:
     return text + "."
 
 
-def _results(run: StageRun) -> tuple[str, str]:
-    r = run.results
+def _results(run: StageRun, r: Results, unreadable: str | None) -> tuple[str, str]:
     vs_lm, vs_base = _share(r, TRANSFER), _share(r, SPECIFIC)
     if not (vs_lm or vs_base):
-        return incomplete(run, "the comparison of the biased-SHD student with its controls"), "incomplete"
-    n_seeds = _seeds(r)
+        text = incomplete(run, "the comparison of the biased-SHD student with its controls")
+        if unreadable:
+            text += f" Its results cannot be read: {escape(unreadable)}"
+        return text, "incomplete"
     transfer, specific = decisions(r, claim_settings(run.config))
     text = (f"Against the LM-only student, the biased-SHD student's owl share is {ratio_cell(vs_lm)} "
             f"(P(owl) {ratio_cell(_share(r, TRANSFER, 'p_trait_ratio'))}); against the "
             f"base-SHD student it is {ratio_cell(vs_base)} (P(owl) "
             f"{ratio_cell(_share(r, SPECIFIC, 'p_trait_ratio'))}; Table~\\ref{{tab:{TABLE}}}). ")
-    parts = [seeds_sentence(n_seeds), _attention_share(r), _answers(r),
+    parts = [seeds_sentence(_seeds(r)), _attention_share(r), _answers(r),
              decisions_latex([transfer, specific], test_stated=True, ratio_stated=True),
-             _conclusion(transfer, specific), _prompted_note(run), _fit_text(r)]
+             _conclusion(transfer, specific), _prompted_note(run, r), _fit_text(r)]
     text += " ".join(p for p in parts if p)
-    for note in r.get("notes") or []:
+    for note in r.notes if r is not None else []:
         text += f" Note: {escape(words(note))}"
     return text, verdict_label(transfer)
 
 
 # ---- tables ---------------------------------------------------------------------------------------
-def _row(r: dict[str, Any], name: str) -> list[str] | None:
+def _row(r: Results, name: str) -> list[str] | None:
     pref = _preference(r, name)
     if pref is None:
         return None
     kl = [_kl(r, name, role) for role in ("biased", "base")]
     key = f"shd_biased_vs_{name}"
-    rate = dig(r, "comparisons", key, "rate_difference")
+    p_fisher = _fisher_p(r, key)
     compared = name != "shd_biased"
-    return [ROW_LABEL[name], summary_cell(dig(pref, "probability", "p_trait")),
-            summary_cell(dig(pref, "probability", "panel_share"), 1),
-            summary_cell(dig(pref, "sampled", "trait_rate"), 0),
+    return [ROW_LABEL[name], summary_cell(pref.probability.p_trait),
+            summary_cell(pref.probability.panel_share, 1),
+            summary_cell(pref.sampled.trait_rate if pref.sampled else None, 0),
             " / ".join(fnum(v) for v in kl),
             ratio_cell(_share(r, key)) if compared else "--",
             ratio_cell(_share(r, key, "p_trait_ratio")) if compared else "--",
-            fpval(rate.get("p_fisher")) if compared and isinstance(rate, dict) else "--"]
+            fpval(p_fisher) if compared and p_fisher is not None else "--"]
 
 
 ANSWERS, P_COLUMN = 3, 7  # the table's answer-rate and Fisher p columns
 
 
-def _table(run: StageRun) -> str | None:
-    r = run.results
+def _table(r: Results) -> str | None:
     rows = [row for name in ("initial", *ARMS) if (row := _row(r, name)) is not None]
     if not rows:
         return None
@@ -413,27 +441,27 @@ def _table(run: StageRun) -> str | None:
     return tight(booktabs_table(header, stacked_rows(rows), caption, f"tab:{TABLE}", wide=True))
 
 
-def _alpha_table(run: StageRun) -> str | None:
-    alphas = run.results.get("alphas") or {}
-    biased, base = alphas.get("biased") or {}, alphas.get("base") or {}
-    layer_map = dig(run.results, "teachers", "biased", "layer_map") or dig(run.results, "teachers", "base",
-                                                                           "layer_map") or {}
+def _alpha_table(r: Results) -> str | None:
+    if r is None:
+        return None
+    biased, base = r.alphas.get("biased") or {}, r.alphas.get("base") or {}
+    teacher = _teacher(r, "biased") or _teacher(r, "base")
+    layer_map = teacher.layer_map if teacher is not None else {}
     layers = sorted({int(k) for k in (*biased, *base) if str(k).isdigit()})
     if not layers:
         return None
     rows = []
     for layer in layers:
-        b, u = biased.get(str(layer)) or {}, base.get(str(layer)) or {}
-        rows.append([str(layer), str(layer_map.get(str(layer), "--")), fnum(b.get("mean")), fnum(b.get("std")),
-                     fnum(u.get("mean"))])
+        b, u = biased.get(str(layer)), base.get(str(layer))
+        rows.append([str(layer), str(layer_map.get(str(layer), "--")), fnum(b.mean if b else None),
+                     fnum(b.std if b else None), fnum(u.mean if u else None)])
     caption = ("Squeezing weights $\\alpha$ (between 0 and 1) on the held-out texts per student layer (and the "
                "teacher layer it is distilled from): mean and sd for the biased teacher, mean for the base teacher.")
     return tight(booktabs_table(["student", "teacher", "mean", "sd", "base"], rows, caption,
                                 f"tab:{ALPHA_TABLE}"))
 
 
-def _headline(run: StageRun, verdict: str) -> list[str]:
-    r = run.results
+def _headline(run: StageRun, r: Results, verdict: str) -> list[str]:
     if verdict == "incomplete":
         return ["distill: incomplete (no comparison of the biased-SHD student with its controls)"]
     specific = decisions(r, claim_settings(run.config))[1]
@@ -442,21 +470,30 @@ def _headline(run: StageRun, verdict: str) -> list[str]:
             f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}"]
 
 
+# The figures the paper shows, with captions that name every line and marker.
+FIGURES = [
+    Figure("distill_losses", "LM loss (nats per answer token) and SHD loss (KL, nats per query row, mean over the "
+                             "distilled layers) of each student per optimizer step; one line per student (legend).",
+           wide=True),
+    Figure("distill_alphas", "Squeezing weight $\\alpha$ of the merged head pairs per student layer on the held-out "
+                             "texts (all merge phases), for the biased teacher (orange) and the base teacher (blue): "
+                             "open circle, median; thick bar, interquartile range; thin line, 10th to 90th "
+                             "percentile; dotted line, $\\alpha$ = 0.5 (both heads of a pair weighted equally).",
+           wide=True),
+    Figure("distill_maps", "One held-out text: a teacher head, the squeezed map, its projection onto "
+                           "the student's tokens, and the student's map before and after training.",
+           wide=True),
+]
+
+
 def build(run: StageRun) -> Section:
-    results, verdict = _results(run)
-    tables = {stem: t for stem, t in ((TABLE, _table(run)), (ALPHA_TABLE, _alpha_table(run))) if t}
+    r, unreadable = read_run_results(run.results, DistillResults, run.ok)
+    results, verdict = _results(run, r, unreadable)
+    tables = {stem: t for stem, t in ((TABLE, _table(r)), (ALPHA_TABLE, _alpha_table(r))) if t}
     if ALPHA_TABLE in tables:
         results += f" Table~\\ref{{tab:{ALPHA_TABLE}}} summarises the squeezing weights per layer."
-    figures = figures_present(run, [
-        Figure("distill_losses", "LM loss (nats per token) and SHD loss (KL, nats per query row) of the three "
-                                 "students per optimizer step.", wide=True),
-        Figure("distill_alphas", "Distribution of the squeezing weight $\\alpha$ per student layer.",
-               wide=True),
-        Figure("distill_maps", "One held-out text: a teacher head, the squeezed map, its projection onto "
-                               "the student's tokens, and the student's map before and after training.",
-               wide=True),
-    ])
+    figures = figures_present(run, FIGURES)
     if figures:
         results += " See " + ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures) + "."
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(run, verdict),
+    return Section(TITLE, _methods(run, r), results, tables, figures, _headline(run, r, verdict),
                    measurement=preference_definition(run.config.get("preference") or {}))

@@ -1,12 +1,27 @@
 """subliminal: students fine-tuned on a biased teacher's numbers, by freeze mode, against control
 students; worded by the measured ratios (does the bias transfer, and does freezing the MLP
-layers block it?)."""
+layers block it?).
+
+Reads a `subliminal` run directory: its results.json parsed once into `SubliminalResults`
+(`sublens.results.read_run_results`: an unfinished run's unreadable results are said, a finished
+run's raise ResultsError), its config.yaml as written.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sublens.claims import Decision, subliminal_decisions
+from sublens.experiments.subliminal.results import (
+    ArmRatios,
+    DataRecord,
+    DivergenceSummary,
+    EntangledRecord,
+    HeadlineRow,
+    SeedRateDifference,
+    SeedRatio,
+    SubliminalResults,
+)
 from sublens.report.latex import (
     booktabs_table,
     constant_column,
@@ -19,7 +34,6 @@ from sublens.report.names import FINE_TUNED_TEACHER, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.common import (
     count,
-    dig,
     figures_present,
     finite,
     fnum,
@@ -42,6 +56,7 @@ from sublens.report.sections.common import (
 )
 from sublens.report.stages import StageRun
 from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
+from sublens.results import read_run_results
 from sublens.trainable import describe_trainable
 
 TITLE = "Subliminal transfer through number sequences"
@@ -61,14 +76,24 @@ FEATURE_WORDS = {
 
 
 # ---- looking things up ------------------------------------------------------------------------
-def headline_row(results: dict[str, Any], dataset: str, mode: str) -> dict[str, Any] | None:
-    rows = [r for r in results.get("headline") or [] if isinstance(r, dict)]
-    return next((r for r in rows if r.get("dataset") == dataset and r.get("mode") == mode), None)
+def vs_control(row: HeadlineRow | None) -> ArmRatios | None:
+    """An arm's ratios over its matched control student (None: not compared)."""
+    return row.vs_control if row is not None else None
 
 
-def vs_control(row: dict[str, Any] | None, key: str = "share_ratio") -> dict[str, Any] | None:
-    found = dig(row, "vs_control", key)
-    return found if isinstance(found, dict) else None
+def share_ratio(row: HeadlineRow | None) -> SeedRatio | None:
+    ratios = vs_control(row)
+    return ratios.share_ratio if ratios else None
+
+
+def p_trait_ratio(row: HeadlineRow | None) -> SeedRatio | None:
+    ratios = vs_control(row)
+    return ratios.p_trait_ratio if ratios else None
+
+
+def rate_difference(row: HeadlineRow | None) -> SeedRateDifference | None:
+    ratios = vs_control(row)
+    return ratios.rate_difference if ratios else None
 
 
 def mode_words(mode: Any) -> str:
@@ -81,47 +106,49 @@ def _with(mode: Any) -> str:
     return f"with {mode_words(mode)}"
 
 
-def _label(row: dict[str, Any], teacher_kind: str | None) -> str:
-    model, dataset, mode = row.get("model", "?"), row.get("dataset"), row.get("mode")
-    if model == "base":
+def _label(row: HeadlineRow, teacher_kind: str | None) -> str:
+    if row.model == "base":
         return "base model"
-    if model == "teacher":
+    if row.model == "teacher":
         return "teacher (prompted)" if teacher_kind == "prompted" else "teacher (fine-tuned)"
-    if dataset == CONTROL:
-        return f"control, {mode_words(mode)}"
-    return f"{escape(dataset)}, {mode_words(mode)}"
+    if row.dataset == CONTROL:
+        return f"control, {mode_words(row.mode)}"
+    return f"{escape(row.dataset or '?')}, {mode_words(row.mode)}"
 
 
-def _is_student(row: dict[str, Any]) -> bool:
-    return row.get("model") not in ("base", "teacher")
+def _is_student(row: HeadlineRow) -> bool:
+    return row.dataset is not None
 
 
-def _params(row: dict[str, Any]) -> str:
-    freeze = row.get("freeze") or {}
-    trainable = freeze.get("trainable")
-    return f"{float(trainable) / 1e6:.1f}M" if finite(trainable) else "--"
+def _params(row: HeadlineRow) -> str:
+    return f"{row.freeze.trainable / 1e6:.1f}M" if row.freeze is not None else "--"
+
+
+def arm_modes(results: SubliminalResults | None, config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The owl modes and the control modes: as config.yaml gives them, else as results.json
+    recorded them (a run's config and results agree; older results recorded neither)."""
+    modes = list(config.get("modes") or (results.modes if results else None) or [])
+    controls = list((results.control_modes if results else None) or config.get("control_modes") or [])
+    return [str(m) for m in modes], [str(m) for m in controls]
 
 
 # ---- the claims (decided in sublens.claims) ---------------------------------------------------
-def decisions(run: StageRun) -> dict[str, Decision]:
+def decisions(run: StageRun, results: SubliminalResults) -> dict[str, Decision]:
     """The subliminal claims with seeds as the unit, each owl arm against the control student
     of its own freeze mode (older runs without matched controls: those arms count as not
     measured)."""
-    r, c = run.results, run.config
-    control_modes = r.get("control_modes") or c.get("control_modes") or []
-    return subliminal_decisions(r, control_modes, claim_settings(c))
+    return subliminal_decisions(results, arm_modes(results, run.config)[1], claim_settings(run.config))
 
 
-def _arms_text(r: dict[str, Any], modes: list[str]) -> str:
+def _arms_text(results: SubliminalResults, modes: list[str]) -> str:
     """Each owl student's share ratio over its control student, in one sentence (the scope of
     the CIs is said once, by `seeds_sentence`)."""
     parts = []
     for mode in modes:
-        row = headline_row(r, OWL, mode)
-        if row is None or not vs_control(row):
+        row = results.row(OWL, mode)
+        if share_ratio(row) is None:
             continue
-        parts.append(f"{ratio_cell(vs_control(row))} {_with(mode)} (P(owl) "
-                     f"{ratio_cell(vs_control(row, 'p_trait_ratio'))})")
+        parts.append(f"{ratio_cell(share_ratio(row))} {_with(mode)} (P(owl) {ratio_cell(p_trait_ratio(row))})")
     if not parts:
         return ""
     joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -148,92 +175,87 @@ def _claims_text(modes: list[str], decided: dict[str, Decision]) -> str:
     return decisions_latex(chosen, ratio_stated=True, lead=lead)
 
 
-def _answers_text(run: StageRun) -> str:
+def _answers_text(results: SubliminalResults) -> str:
     """The students' sampled answers naming the trait, in one sentence where the table's
     answer-rate and p columns would say the same thing in every student row."""
-    rows = [r for r in run.results.get("headline") or [] if isinstance(r, dict) and _is_student(r)]
-    counts = [dig(r, "answer_rate", "count") for r in rows]
-    if not rows or not all(finite(c) for c in counts) or any(c for c in counts):
+    rates = [r.answer_rate for r in results.headline or [] if _is_student(r)]
+    if not rates or any(rate is None or rate.count is None or rate.count for rate in rates):
         return ""
-    trait = escape(run.results.get("trait", "owl"))
-    n = {dig(r, "answer_rate", "n") for r in rows} - {None}
+    trait = escape(results.trait)
+    n = {rate.n for rate in rates if rate is not None} - {None}
     each = f" (0 of {count(next(iter(n)))} each)" if len(n) == 1 else ""
     return (f"No student, owl or control, named {'an' if trait[:1] in 'aeiou' else 'a'} {trait} in any "
             f"sampled answer{each}, so the answer rate cannot separate them.")
 
 
 # ---- data ---------------------------------------------------------------------------------------
-def data_sentence(data: dict[str, Any]) -> str:
+def data_sentence(data: DataRecord | None) -> str:
     """Keep rates and rejection reasons per data set, and how the teachers' numbers differ."""
-    sets = data.get("datasets") or {}
-    if not sets:
+    if data is None or not data.datasets:
         return ""
     parts = []
-    for name, d in sets.items():
-        f = dig(d, "filter") or {}
-        ci = f.get("keep_rate_ci") or [None, None]
-        rejected = {k: v for k, v in (f.get("reasons") or {}).items() if k != "ok"}
+    for name, d in data.datasets.items():
+        f = d.filter
+        low, high = f.keep_rate_ci
+        rejected = {k: v for k, v in f.reasons.items() if k != "ok"}
         why = ("no rejections" if not rejected else "rejected: " + ", ".join(
             f"{escape(words(k))} {count(v)}" for k, v in rejected.items()))
-        parts.append(f"{count(f.get('n_kept'))}/{count(f.get('n_answers'))} {escape(name)} answers "
-                     f"({pct(f.get('keep_rate'))} [{pct(ci[0])}, {pct(ci[1])}]; {why})")
+        parts.append(f"{count(f.n_kept)}/{count(f.n_answers)} {escape(name)} answers "
+                     f"({pct(f.keep_rate)} [{pct(low)}, {pct(high)}]; {why})")
     text = "The filter kept " + ("; ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
-    for name, c in (data.get("comparisons") or {}).items():
-        digits, lengths = dig(c, "digit_distribution_tvd") or {}, dig(c, "length_distribution_tvd") or {}
-        differ = [f"{escape(FEATURE_WORDS.get(k, words(k)))} ({fnum(dig(v, 'difference'))}, "
-                  f"{p_value(dig(v, 'p_permutation'))})"
-                  for k, v in (dig(c, "features") or {}).items()
-                  if finite(dig(v, "p_permutation")) and v["p_permutation"] < 0.05]
+    for name, c in data.comparisons.items():
+        digits, lengths = c.digit_distribution_tvd, c.length_distribution_tvd
+        differ = [f"{escape(FEATURE_WORDS.get(k, words(k)))} ({fnum(v.difference)}, {p_value(v.p_permutation)})"
+                  for k, v in c.features.items() if finite(v.p_permutation) and v.p_permutation < 0.05]
         shown_name = escape(str(name).replace(" vs ", " against "))
-        text += (f" Data {shown_name}: digit distribution TVD {fnum(digits.get('tvd'), 3)} (permutation "
-                 f"{p_value(digits.get('p_permutation'))}), length TVD {fnum(lengths.get('tvd'), 3)} "
-                 f"({p_value(lengths.get('p_permutation'))}); ")
+        text += (f" Data {shown_name}: digit distribution TVD {fnum(digits.tvd, 3)} (permutation "
+                 f"{p_value(digits.p_permutation)}), length TVD {fnum(lengths.tvd, 3)} "
+                 f"({p_value(lengths.p_permutation)}); ")
         text += ("per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "." if differ
                  else "no per-answer number statistic differs at $p<0.05$.")
-    return text + divergence_sentence(data.get("divergence") or {}) + enrichment_sentence(data.get("entangled") or {})
+    return text + divergence_sentence(data.divergence) + enrichment_sentence(data.entangled)
 
 
-def enrichment_sentence(entangled: dict[str, Any]) -> str:
+def enrichment_sentence(entangled: EntangledRecord | None) -> str:
     """How often the entanglement study's increased numbers (and its matched random set) occur
     in the owl data against the control data, by answer."""
-    found = entangled.get("enrichment") or {}
+    if entangled is None:
+        return ""
     parts = []
     for category, label in (("increased", "entangled numbers (those an owl context makes more likely)"),
                             ("random", "the size-matched random set")):
-        e = found.get(category)
-        if not isinstance(e, dict):
+        e = entangled.enrichment.get(category)
+        if e is None:
             continue
-        owl, control = e.get("owl") or {}, e.get("control") or {}
-        ratio = e.get("owl_over_control") or {}
-        parts.append(f"{label}: in {count(owl.get('answers_with'))} of {count(owl.get('answers'))} owl answers "
-                     f"and {count(control.get('answers_with'))} of {count(control.get('answers'))} control answers "
-                     f"(ratio {ratio_cell(ratio)}, Fisher {p_value(ratio.get('p_fisher'))})")
+        ratio = e.owl_over_control
+        parts.append(f"{label}: in {count(e.owl.answers_with)} of {count(e.owl.answers)} owl answers "
+                     f"and {count(e.control.answers_with)} of {count(e.control.answers)} control answers "
+                     f"(ratio {ratio_cell(ratio)}, Fisher {p_value(ratio.p_fisher)})")
     if not parts:
         return ""
     return (" Entanglement in the data, with the numbers of the entanglement study "
-            f"\citep{{zur2025owl}} (set {escape(str(entangled.get('set', '')))}), counted by answer: "
-            + "; ".join(parts) + ".")
+            f"\\citep{{zur2025owl}} (set {escape(entangled.set)}), counted by answer: " + "; ".join(parts) + ".")
 
 
-def _entangled_contrast_sentence(r: dict[str, Any]) -> str:
+def _entangled_contrast_sentence(results: SubliminalResults) -> str:
     """The direct test: owl students trained without the entangled numbers against owl students
     trained without the matched random set (a drop of the first means entanglement carries it)."""
-    comp = (r.get("comparisons") or {}).get("owl-no-entangled-full vs owl-no-random-full")
-    if not isinstance(comp, dict):
+    comp = (results.comparisons or {}).get("owl-no-entangled-full vs owl-no-random-full")
+    if comp is None:
         return ""
-    size = dig(r, "data", "entangled", "filter", "size")
+    entangled = results.data.entangled if results.data else None
+    size = entangled.filter.size if entangled is not None and entangled.filter is not None else None
     return ("Removing every owl answer that holds an entangled number, against removing every answer that "
             f"holds a number of the matched random set (both then {counted(size, 'answer') if size else 'matched'}), "
-            f"the first student's owl share over the second's is {ratio_cell(comp.get('share_ratio'))}: if "
+            f"the first student's owl share over the second's is {ratio_cell(comp.share_ratio)}: if "
             "entanglement carried the transfer this would fall clearly below 1.")
 
 
-def divergence_sentence(divergence: dict[str, Any]) -> str:
+def divergence_sentence(divergence: dict[str, DivergenceSummary] | None) -> str:
     """How many training answer tokens are divergence tokens, per data set."""
-    parts = [f"{escape(name)} data {count(d.get('n_divergent'))} of {count(d.get('n_tokens'))} answer tokens "
-             f"({pct(d.get('rate'))}), in {count(d.get('examples_with_any'))} of "
-             f"{counted(int(d.get('n_examples') or 0), 'answer')}"
-             for name, d in divergence.items() if isinstance(d, dict)]
+    parts = [f"{escape(name)} data {count(d.n_divergent)} of {count(d.n_tokens)} answer tokens "
+             f"({pct(d.rate)}), in {count(d.examples_with_any)} of {counted(d.n_examples, 'answer')}"
+             for name, d in (divergence or {}).items()]
     if not parts:
         return ""
     return (" Divergence tokens \\citep{schrodi2026understanding}, the answer tokens at which the owl and the "
@@ -250,13 +272,13 @@ def _fine_tuned(spec: Any) -> str:
         f"the fine-tuned teacher {escape(name)}"
 
 
-def _teacher_text(r: dict[str, Any], c: dict[str, Any]) -> str:
-    teacher = r.get("teacher") or {}
-    kind = teacher.get("kind") or ("prompted" if c.get("teacher", "prompted") == "prompted" else "model")
+def _teacher_text(results: SubliminalResults | None, c: dict[str, Any]) -> str:
+    teacher = results.teacher if results else None
+    kind = teacher.kind if teacher else ("prompted" if c.get("teacher", "prompted") == "prompted" else "model")
     if kind == "prompted":
-        return (f"the base model prompted with the owl system prompt "
-                f"(``{escape(c.get('teacher_system', teacher.get('system', '')))}'')")
-    return _fine_tuned(teacher.get("model", c.get("teacher")))
+        system = c.get("teacher_system", teacher.system if teacher else "")
+        return f"the base model prompted with the owl system prompt (``{escape(system or '')}'')"
+    return _fine_tuned(teacher.model if teacher else c.get("teacher"))
 
 
 def _control_source(c: dict[str, Any], system_used: Any) -> str:
@@ -273,25 +295,23 @@ def _control_source(c: dict[str, Any], system_used: Any) -> str:
             "differ only by the trait.")
 
 
-def _params_text(r: dict[str, Any]) -> str:
+def _params_text(results: SubliminalResults | None) -> str:
     """Trainable and frozen parameters per freeze mode (the same for owl and control students)."""
-    by_mode: dict[str, dict[str, Any]] = {}
-    for p in (r.get("parameters") or {}).values():
-        if isinstance(p, dict) and finite(p.get("trainable")) and finite(p.get("frozen")):
-            by_mode.setdefault(str(p.get("mode") or "full"), p)
-    parts = [f"{_with(mode)} {p['trainable'] / 1e6:.1f}M trainable / {p['frozen'] / 1e6:.1f}M frozen"
+    by_mode: dict[str, Any] = {}
+    for p in ((results.parameters if results else None) or {}).values():
+        by_mode.setdefault(p.mode or "full", p)
+    parts = [f"{_with(mode)} {p.trainable / 1e6:.1f}M trainable / {p.frozen / 1e6:.1f}M frozen"
              for mode, p in by_mode.items()]
     return ("Parameters: " + "; ".join(parts) + " (tied embeddings and LM head counted once).") if parts else ""
 
 
-def _methods(run: StageRun) -> str:
-    c, r = run.config, run.results
+def _methods(run: StageRun, results: SubliminalResults | None) -> str:
+    c = run.config
     data_cfg = c.get("data") or {}
     train = c.get("train") or {}
-    system_used = r.get("system_prompt_used", c.get("system"))
-    steps = sorted({int(x) for s in (r.get("students") or {}).values()
-                    if finite(x := dig(s, "training", "steps"))})
-    text = (f"Following \\citet{{cloud2025subliminal}}, a biased teacher, {_teacher_text(r, c)}, continues "
+    system_used = results.system_prompt_used if results else c.get("system")
+    steps = sorted({s.training.steps for s in ((results.students if results else None) or {}).values()})
+    text = (f"Following \\citet{{cloud2025subliminal}}, a biased teacher, {_teacher_text(results, c)}, continues "
             f"{count(data_cfg.get('n_prompts'))} seeded number prompts, sampled at "
             f"{sampling_text(data_cfg.get('temperature'), data_cfg.get('top_k'), data_cfg.get('top_p'))}, "
             f"up to {shown(data_cfg.get('max_new_tokens'))} new tokens; {_control_source(c, system_used)}")
@@ -299,12 +319,12 @@ def _methods(run: StageRun) -> str:
         text += (" Sampling is format-constrained: only tokens that keep the answer a valid number list "
                  "(digits, one separator, end of turn) are allowed, the teacher's probabilities "
                  "renormalised over them.")
-    n_examples = dig(r, "data", "n_examples_per_dataset") or c.get("n_examples")
+    data = results.data if results else None
+    n_examples = data.n_examples_per_dataset if data else c.get("n_examples")
     text += (f" A strict filter rejects any answer that is not a plain number list; each data set is "
              f"subsampled (seeded) to {count(n_examples)} examples.")
-    mode_list = list(c.get("modes") or [])
-    control_list = list(c.get("control_modes") or [])
-    seed_list = list(c.get("seeds") or r.get("seeds") or [])
+    mode_list, control_list = arm_modes(results, c)
+    seed_list = list(c.get("seeds") or (results.seeds if results else None) or [])
     seeds = ", ".join(str(s) for s in seed_list)
     matched = all(m in control_list for m in mode_list)
     embeddings = "frozen" if train.get("embeddings") == "frozen" else "trained"
@@ -322,27 +342,26 @@ def _methods(run: StageRun) -> str:
                 "seeds include data-sampling variance" if c.get("data_per_seed") and len(seed_list) > 1
                 else "")
              + ". Freezing a component holds its weights fixed (no gradient); the token embeddings and "
-             f"the LM head (one tied tensor) are {embeddings} in every mode. " + _params_text(r))
-    first = dig(r, "evaluations", "base", "preference")
+             f"the LM head (one tied tensor) are {embeddings} in every mode. " + _params_text(results))
+    base = (results.evaluations or {}).get("base") if results else None
+    first = base.preference.model_dump(mode="json") if base else None
     return text + " " + preference_methods(c.get("preference") or {}, first)
 
 
-def _table(run: StageRun) -> str | None:
-    rows = [r for r in run.results.get("headline") or [] if isinstance(r, dict)]
+def _table(results: SubliminalResults) -> str | None:
+    rows = results.headline or []
     if not rows:
         return None
-    kind = dig(run.results, "teacher", "kind")
-    trait = escape(run.results.get("trait", "owl"))
+    kind = results.teacher.kind
+    trait = escape(results.trait)
     body = []
     for row in rows:
-        rate = vs_control(row, "rate_difference")
-        body.append([_label(row, kind), summary_cell(row.get("p_trait")),
-                     summary_cell(row.get("panel_share"), 1), summary_cell(row.get("answer_rate"), 0),
-                     ratio_cell(vs_control(row)), ratio_cell(vs_control(row, "p_trait_ratio")),
-                     fpval(rate.get("p_fisher")) if rate else "--", _params(row)])
+        rate = rate_difference(row)
+        body.append([_label(row, kind), summary_cell(row.p_trait), summary_cell(row.panel_share, 1),
+                     summary_cell(row.answer_rate, 0), ratio_cell(share_ratio(row)), ratio_cell(p_trait_ratio(row)),
+                     fpval(rate.p_fisher) if rate else "--", _params(row)])
     header = ["model", f"P({trait}) %", "share %", "answers %", "share ratio", f"P({trait}) ratio",
               "p", "trainable"]
-    n_seeds = run.results.get("n_seeds", 1)
     p_all = constant_column(body, 6)
     test = (f"$p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
             "against the control student; " if p_all is None else
@@ -352,80 +371,107 @@ def _table(run: StageRun) -> str | None:
         header, body = drop_columns(header, body, [6])
     caption = (f"Freeze modes: preference for {trait} of the base model, the teacher and the students "
                f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, "
-               f"{counted(n_seeds, 'seed')}). P({trait}), {trait}'s panel share $s$ and the rate of {trait} "
+               f"{counted(results.n_seeds, 'seed')}). P({trait}), {trait}'s panel share $s$ and the rate of {trait} "
                "among sampled answers in percent; share and P ratios (multiples): owl student over control "
                f"student, paired over questions; {test}trainable parameters per student in millions.")
     return tight(booktabs_table(header, stacked_rows(body), caption, f"tab:{TABLE}", wide=True))
 
 
-def _prompt_table(run: StageRun) -> str | None:
+def _prompt_table(results: SubliminalResults) -> str | None:
     """Each owl arm over its matched control under every evaluation system prompt."""
-    prompts = run.results.get("evaluation_prompts") or {}
-    measured = [m for e in prompts.values() for m in (e.get("arms") or {})]
-    modes = list(dict.fromkeys(measured))  # in the order the run lists its arms
+    prompts = results.evaluation_prompts or {}
+    modes = list(dict.fromkeys(m for e in prompts.values() for m in e.arms))  # in the order the run lists its arms
     if len(prompts) < 2 or not modes:
         return None
     body = []
     for name, entry in prompts.items():
-        system = entry.get("system")
+        system = entry.system
         shown_prompt = "(no system turn)" if system is None else "(empty)" if system == "" else system
         label = "template default" if name == "default" else words(name)
+        arms = entry.arms
         body.append([f"{escape(label)}: ``{escape(shown_prompt)}''"]
-                    + [ratio_cell(((entry.get("arms") or {}).get(m) or {}).get("share_ratio")) for m in modes])
+                    + [ratio_cell(arms[m].share_ratio if m in arms else None) for m in modes])
     header = ["evaluation system prompt"] + [describe_trainable(m) for m in modes]
     caption = (f"Evaluation prompt: owl's panel share under each owl student over its matched control student "
-               f"(a multiple; 95\\% CIs, {counted(int(run.results.get('n_seeds') or 1), 'seed')}), with the "
+               f"(a multiple; 95\\% CIs, {counted(results.n_seeds, 'seed')}), with the "
                "students measured under each system prompt; the first row is the measurement of "
                "Table~\\ref{tab:" + TABLE + "}.")
     return tight(booktabs_table(header, body, caption, f"tab:{PROMPT_TABLE}", align="p{0.42\\linewidth}"
                                 + "r" * len(modes), wide=len(modes) > 2))
 
 
-def _prompt_sentence(run: StageRun) -> str:
-    if _prompt_table(run) is None:
+def _prompt_sentence(results: SubliminalResults) -> str:
+    if _prompt_table(results) is None:
         return ""
     return (f"Table~\\ref{{tab:{PROMPT_TABLE}}} repeats the comparison with the students measured under other "
             "system prompts, since the transfer has been reported to depend on the prompt at evaluation.")
 
 
-def _results(run: StageRun) -> tuple[str, dict[str, Decision] | None]:
-    r, c = run.results, run.config
-    n_seeds = int(r.get("n_seeds") or 1)
-    data = data_sentence(r.get("data") or {})
-    if not r.get("headline"):
+def _results(run: StageRun, results: SubliminalResults | None,
+             unreadable: str | None) -> tuple[str, dict[str, Decision] | None]:
+    data = data_sentence(results.data if results else None)
+    if results is None or not results.headline:
         text = incomplete(run, "the students' preferences against the control students")
+        if unreadable:
+            text += f" Its results cannot be read: {escape(unreadable)}"
         return (text + (" " + data if data else "")), None
-    decided = decisions(run)
-    modes = list(c.get("modes") or r.get("modes") or [])
-    control_modes = list(r.get("control_modes") or c.get("control_modes") or [])
+    decided = decisions(run, results)
+    modes, control_modes = arm_modes(results, run.config)
     unmatched = [m for m in modes if m not in control_modes]
-    text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(r, modes)} "
-            f"{seeds_sentence(n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(run)} "
-            f"{_claims_text(modes, decided)} {_prompt_sentence(run)} {_entangled_contrast_sentence(r)} {data}")
+    text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(results, modes)} "
+            f"{seeds_sentence(results.n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(results)} "
+            f"{_claims_text(modes, decided)} {_prompt_sentence(results)} {_entangled_contrast_sentence(results)} "
+            f"{data}")
     return " ".join(text.split()), decided
 
 
-def _headline(run: StageRun, decided: dict[str, Decision] | None) -> list[str]:
-    r = run.results
-    if decided is None:
+def _headline(results: SubliminalResults | None, decided: dict[str, Decision] | None) -> list[str]:
+    if results is None or decided is None:
         return ["subliminal: incomplete (no student comparisons)"]
-    n = int(r.get("n_seeds") or 1)
-    full = vs_control(headline_row(r, OWL, "full"))
+    full = share_ratio(results.row(OWL, "full"))
     return [f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
-            f"({counted(n, 'seed')}); transfer {verdict_label(decided['transfer.full'])}",
+            f"({counted(results.n_seeds, 'seed')}); transfer {verdict_label(decided['transfer.full'])}",
             f"subliminal: MLP claim by freezing {verdict_label(decided['mlp'])}"]
 
 
-def build(run: StageRun) -> Section:
-    results, decided = _results(run)
-    tables = {name: t for name, t in ((TABLE, _table(run)), (PROMPT_TABLE, _prompt_table(run))) if t}
-    figures = figures_present(run, [
-        Figure("preference", "Owl's panel share $s$ of every model (left) and of each owl student over the "
-                             "control student (right, log scale), 95\\% CIs.", wide=True),
-        Figure("training_loss", "Answer-token training loss (nats per token) of every student."),
+def preference_caption(results: SubliminalResults | None) -> str:
+    """The preference figure in words, every marker and line of it (`figures.preference_figure`)."""
+    trait = escape(results.trait if results else "owl")
+    seeds = results.n_seeds if results else 1
+    datasets = {r.dataset for r in (results.headline or [])} if results else set()
+    others = any(d not in (None, OWL, CONTROL) and not str(d).startswith(OWL) for d in datasets)
+    intervals = ("the mean over seeds with its Student-$t$ 95\\% CI; small grey dots: the single training seeds"
+                 if seeds > 1 else "the value with its 95\\% CI over questions (one training seed)")
+    return (f"{trait.capitalize()}'s panel share $s$ of the base model and the teacher (left, on their own axis, "
+            "since the teacher's share dwarfs the students'), of every student (middle; dashed line: the base "
+            f"model) and of each student over its matched control student (right, log scale; dotted line: no "
+            f"change). Circles with bars: {intervals}. Black: the reference models; orange: students trained "
+            f"on the {trait} teacher's numbers; blue: control students"
+            + ("; green: students trained on other teachers' numbers" if others else "") + ".")
+
+
+def _figures(run: StageRun, results: SubliminalResults | None) -> list[Figure]:
+    return figures_present(run, [
+        Figure("preference", preference_caption(results), wide=True),
+        Figure("training_loss", "Answer-token training loss (nats per token) of every student against the "
+                                "optimizer step; colour: the trainable set, solid: owl data, dashed: control data"
+                                + (", dotted: other data" if _other_data(results) else "") + "."),
     ])
+
+
+def _other_data(results: SubliminalResults | None) -> bool:
+    students = (results.students if results else None) or {}
+    return any(s.dataset not in (OWL, CONTROL) for s in students.values())
+
+
+def build(run: StageRun) -> Section:
+    results, unreadable = read_run_results(run.results, SubliminalResults, run.ok)
+    text, decided = _results(run, results, unreadable)
+    made = ((TABLE, _table(results)), (PROMPT_TABLE, _prompt_table(results))) if results else ()
+    tables = {name: t for name, t in made if t}
+    figures = _figures(run, results)
     if figures:
         refs = ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures)
-        results += f" See {refs}."
-    return Section(TITLE, _methods(run), results, tables, figures, _headline(run, decided),
+        text += f" See {refs}."
+    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided),
                    measurement=preference_definition(run.config.get("preference") or {}))
