@@ -25,6 +25,7 @@ from sublens.report.compile import (
     install_style,
     parse_float_positions,
     parse_log,
+    unresolved_references,
 )
 
 # ---- the log ---------------------------------------------------------------------------------------
@@ -285,7 +286,37 @@ def test_the_bundle_of_the_recorded_runs_fits_its_pages(tmp_path: Path) -> None:
     assert layout.too_small() == [], layout.problems()
     assert layout.late_floats == (), layout.problems()
     assert layout.references_page is not None and layout.floats_seen >= 20  # the check did look
+    assert layout.unresolved == (), layout.problems()  # every \\ref and \\cite resolved
     assert layout.ok and "Layout:" not in result.message
     manifest = json.loads((tmp_path / "paper" / MANIFEST).read_text())
     assert manifest["layout"]["ok"] is True and manifest["layout"]["late_floats"] == []
     assert manifest["layout"]["references_page"] == layout.references_page
+
+
+def test_unresolved_references_and_citations_are_found_across_wrapped_log_lines() -> None:
+    wrapped = "LaTeX Warning: Reference `sec:a-rather-long-label-that-makes-the-line-wrap' on "
+    assert len(wrapped) == 79
+    log = "\n".join([
+        "LaTeX Warning: Citation `holm1979simple' on page 2 undefined on input line 40.",
+        wrapped,
+        "page 3 undefined on input line 51.",
+        "LaTeX Warning: Citation `holm1979simple' on page 4 undefined on input line 90.",
+        "Package natbib Warning: Citation `fisher1922' on page 5 undefined on input line 7.",
+        "LaTeX Warning: There were undefined references.",
+    ])
+    assert unresolved_references(log) == (
+        "citation holm1979simple", "reference sec:a-rather-long-label-that-makes-the-line-wrap",
+        "citation fisher1922")
+    assert unresolved_references("LaTeX Warning: Label `x' multiply defined.") == ()
+
+
+@needs_tex
+def test_a_compiled_pdf_with_a_dangling_ref_fails_the_check(tmp_path: Path) -> None:
+    install_style(tmp_path)
+    tex = tmp_path / "main.tex"
+    tex.write_text("\\documentclass{article}\n\\begin{document}\nSee Section~\\ref{sec:nowhere}.\n"
+                   "\\end{document}\n")
+    result = compile_tex(tex)
+    assert result is not None
+    assert result.layout.unresolved == ("reference sec:nowhere",) and not result.layout.ok
+    assert "Layout: reference sec:nowhere is undefined (printed as ??)" in result.layout.problems()

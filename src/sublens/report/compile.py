@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,7 @@ class LayoutReport:
     floats_seen: int = 0
     tolerance_pt: float = OVERFULL_TOLERANCE_PT
     notes: tuple[str, ...] = field(default=())
+    unresolved: tuple[str, ...] = ()  # "reference sec:x", "citation key": what printed as ?? in the PDF
 
     def too_wide(self) -> list[OverfullBox]:
         """The overfull boxes beyond the tolerance, widest first."""
@@ -163,7 +164,7 @@ class LayoutReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.too_wide() or self.too_small() or self.late_floats)
+        return not (self.too_wide() or self.too_small() or self.late_floats or self.unresolved)
 
     def problems(self) -> list[str]:
         """One warning per problem, for the report's message."""
@@ -175,6 +176,7 @@ class LayoutReport:
         out += [f"Layout: {f.name}" + (f" ({f.label})" if f.label else "")
                 + f" is placed on page {f.page}, after the References (page {f.references_page})"
                 for f in self.late_floats]
+        out += [f"Layout: {what} is undefined (printed as ??)" for what in self.unresolved]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -197,6 +199,7 @@ class LayoutReport:
             ],
             "references_page": self.references_page,
             "floats_checked": self.floats_seen,
+            "unresolved": list(self.unresolved),
             "notes": list(self.notes),
         }
 
@@ -204,7 +207,9 @@ class LayoutReport:
 def layout_report(tex: Path) -> LayoutReport:
     """The layout of the compiled `tex`, from its .log and .aux (empty when they are missing)."""
     log, aux = tex.with_suffix(".log"), tex.with_suffix(".aux")
-    report = parse_log(log.read_text(errors="replace"), tex.parent) if log.is_file() else LayoutReport()
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    report = parse_log(text, tex.parent) if text else LayoutReport()
+    report = replace(report, unresolved=unresolved_references(text))
     if not aux.is_file():
         return report
     late, references_page, seen = parse_float_positions(aux.read_text(errors="replace"))
@@ -212,7 +217,32 @@ def layout_report(tex: Path) -> LayoutReport:
     if references_page is None and seen:
         notes += ("floats not checked: no References heading found (no sublens-layout marker)",)
     return LayoutReport(report.overfull, report.scaled_tables, tuple(late), references_page, seen,
-                        notes=notes)
+                        notes=notes, unresolved=report.unresolved)
+
+
+_UNDEFINED = re.compile(r"(?:LaTeX|Package natbib) Warning: (?P<kind>Reference|Citation) `(?P<key>[^']+)'"
+                        r"(?: on page \d+)? undefined")
+
+
+def unresolved_references(log_text: str) -> tuple[str, ...]:
+    """Every \\ref and \\cite the final pdflatex pass could not resolve, once each, in order."""
+    found = [f"{m['kind'].lower()} {m['key']}" for m in _UNDEFINED.finditer(_unwrapped(log_text))]
+    return tuple(dict.fromkeys(found))
+
+
+LOG_LINE = 79  # pdflatex breaks log lines at this many characters (max_print_line)
+
+
+def _unwrapped(log_text: str) -> str:
+    """The log with pdflatex's hard line breaks undone: a line of exactly LOG_LINE characters
+    continues on the next one."""
+    out: list[str] = []
+    for line in log_text.splitlines():
+        if out and len(out[-1]) % LOG_LINE == 0 and out[-1]:
+            out[-1] += line
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 _BOX = re.compile(r"^(?:Overfull|Underfull) \\[hv]box ")
