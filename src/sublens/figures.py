@@ -34,6 +34,7 @@ PAPER_RC: Any = {
     "ytick.labelsize": 8,
     "figure.dpi": 150,
     "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,  # the default 0.1 in widens a 6.3 in figure past the text width
 }
 SINGLE_COLUMN_IN = 3.0  # one ACL column (7.7 cm), a little under so nothing is scaled down
 DOUBLE_COLUMN_IN = 6.3  # the ACL text width (16 cm)

@@ -49,7 +49,7 @@ def test_entanglement_old_run_is_not_owl_specific(ent_run: StageRun) -> None:
     section = ent.build(ent_run)
     assert set(section.tables) == {
         "entanglement_categories", "entanglement_reverse", "entanglement_length"}
-    assert r"\texttt{smollm2-\allowbreak{}135m-\allowbreak{}instruct}" in section.methods
+    assert "on SmolLM2-135M-Instruct, with the owl as the bias animal" in section.methods
     assert "You love owls. You think about owls all the time." in section.methods
     assert r"\citep{zur2025owl}" in section.methods
     # the default system prompt, quoted verbatim from the run's record
@@ -61,7 +61,9 @@ def test_entanglement_old_run_is_not_owl_specific(ent_run: StageRun) -> None:
     for word in ("supported", "no better than random", "could contribute", "equivalent"):
         assert word not in section.results
     # k = 4: the geometric mean without an interval
-    assert r"4.72\texttimes{} (too few numbers for a CI, $n = 4$)" in section.results
+    assert (r"Increased 4.72\texttimes{}, Decreased 5.27\texttimes{}, Unchanged 6.03\texttimes{}, "
+            r"Random 4.99\texttimes{} (geometric means of 4 numbers each, too few for a CI)") in section.results
+    assert section.results.count("too few") == 2  # once for the categories, once for the template words
     assert "& Inc. & 4.72 (too few) & -- & -- & inconclusive" in (
         section.tables["entanglement_categories"])
     assert section.headline[0].startswith("entanglement (ar2, k=4): ")
@@ -115,12 +117,15 @@ def test_entanglement_verdicts_come_from_the_claims(ent_run: StageRun) -> None:
     # equivalence: the paired CI of Increased/Random inside [1/1.25, 1.25] -> supported
     assert "frequency-matched Random ones: \\emph{supported}" in section.results
     assert "the CI lies inside" in section.results
-    assert "margin \\texttimes{}1.25" in section.results and "unit: numbers ($n = 30$)" in section.results
+    assert "unit: numbers ($n = 30$)" in section.results
+    # the margin and the Holm family are the same for every claim: stated once, in the methods
+    assert "[1/1.25, 1.25]" in section.methods and "margin" not in section.results
+    assert "Holm within" not in section.results and "In the 2-digit set, Decreased numbers" in section.results
     assert "paired Student t over 30 matched pairs" in section.results
     assert "every category raises" in section.results  # each category's claim supported
     # k = 4 sets: too few numbers, not a verdict
     claims = section.tables["entanglement_claims"]
-    assert r"\texttt{vocab} & Inc./Rand. (paired) &" in claims and "(too few) & -- & -- & inconclusive" in claims
+    assert r"vocabulary & Inc./Rand. (paired) &" in claims and "(too few) & -- & -- & inconclusive" in claims
     assert "Holm over all 21 tests" in claims
     assert "Random numbers' neutral probability is \\texttimes{}1.01" in section.results
     assert section.headline[0].startswith("entanglement (ar2, k=4): entangled numbers no better")
@@ -164,10 +169,10 @@ def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
 
 def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     section = mech.build(mech_run)
-    assert r"135m-\allowbreak{}instruct} (30 layers, 9 heads per layer)" in section.methods
-    assert "20 categorised numbers of set \\texttt{ar2}" in section.methods
+    assert "We analyse SmolLM2-135M-Instruct (30 layers, 9 heads per layer)" in section.methods
+    assert "20 categorised numbers of the 2-digit set" in section.methods
     assert r"\citep{elhage2021mathematical,nanda2022transformerlens}" in section.methods
-    assert "10000 permutations" in section.methods
+    assert "10,000 permutations" in section.methods
     # the recorded run predates contrastive scores: the methods say what it measured
     assert "which is not contrastive" in section.methods
     assert "partial Spearman correlation" in section.methods and "Holm" in section.methods
@@ -177,7 +182,7 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
             in section.results)
     assert "There is no evidence that it depends on the category" in section.results
     assert "absence of evidence, not evidence of absence" in section.results
-    assert "L23H5 (20/20)" in section.results
+    assert "L23H5 for every number in every category" in section.results
     assert "with 5 numbers per category, a moderate dependence" in section.results
     # DLA: closure, means, the raw correlations (MLP 0.75, heads 0.14) flagged as partly automatic
     assert r"within $4.2\times10^{-6}$ logits" in section.results
@@ -186,9 +191,13 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "part of any such correlation is automatic" in section.results
     assert "direct paths only" in section.results and "not fine-tuned" in section.results
     # no overclaim: the run has no control for the automatic part -> inconclusive
-    assert ("\\texttt{localisation.attribution} (MLP direct logit attribution tracks the in-context "
-            "bias): \\emph{inconclusive} (not measured with the control for the automatic part)"
+    assert ("The claim that MLP direct logit attribution tracks the in-context "
+            "bias: \\emph{inconclusive} (not measured with the control for the automatic part)"
             in section.results)
+    # the top head's test is the spike layer's (same statistics): given once
+    assert section.results.count("$\\chi^2$ = 11.4") == 1
+    assert "gives the same statistics as the spike layer's" in section.results
+    assert "The top head by direct logit attribution is L23H5 for every number" in section.results
     assert "seated" not in section.results and "supports the claim" not in section.results
     assert section.headline == [
         "mechanistic: spike layer vs category p = 0.086, Holm p = 0.173 (no evidence of a "
@@ -201,9 +210,8 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "02 & Unchanged & 7.79 & L24 & L24H6 & L23H5 & -1.74 & 2.91 & 1.02" in table
     # the family: raw and Holm-adjusted p side by side
     tests = section.tables["mechanistic_tests"]
-    assert (r"\texttt{mechanistic.category.spike\_layer} & $V$ = 0.53 & 0.086 & 0.173 & "
-            "inconclusive" in tests)
-    assert r"\texttt{localisation.attribution} & -- & -- & -- & inconclusive" in tests
+    assert "spike layer vs category & $V$ = 0.53 & 0.086 & 0.173 & inconclusive" in tests
+    assert "MLP DLA tracks the bias ratio & -- & -- & -- & inconclusive" in tests
     # the head-contribution maps of 30 layers are too tall for a page: attention instead
     assert [f.stem for f in section.figures] == ["similarity_by_layer", "attention_to_tokens"]
 
@@ -235,7 +243,7 @@ def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run
     assert section.headline[1].endswith(
         "supported (partial rho = 0.72 given the logit difference, Holm p = 0.001)")
     tests = section.tables["mechanistic_tests"]
-    assert r"\texttt{localisation.attribution} & partial $\rho$ = 0.72 & $<$0.001 & 0.001" in tests
+    assert r"MLP DLA tracks the bias ratio & partial $\rho$ = 0.72 & $<$0.001 & 0.001" in tests
     # the raw correlation alone never decides: a large raw rho with a null partial one
     results = copy.deepcopy(mech_run.results)
     _with_partial(results, rho=0.05, p=0.83)
@@ -318,7 +326,7 @@ def _special(ent_run: StageRun, mech_run: StageRun) -> tuple[Section, Section]:
 
 def test_special_strings_are_escaped(ent_run: StageRun, mech_run: StageRun) -> None:
     entanglement, mechanistic = _special(ent_run, mech_run)
-    assert r"\texttt{\texttt{U+0663}\_\%\&\#}" in entanglement.tables["entanglement_categories"]
+    assert r"\texttt{U+0663}\_\%\&\# & Inc." in entanglement.tables["entanglement_categories"]
     table = mechanistic.tables["mechanistic_numbers"]
     assert r"\texttt{U+0663} & Odd\_50\%\&\# & 7.79 & L24 & L3\_H\#" in table
 

@@ -20,7 +20,7 @@ from sublens.report.sections import CITATION_KEYS, Section, figure_label
 from sublens.report.sections import hybrid as hybrid_section
 from sublens.report.sections import pruning as pruning_section
 from sublens.report.stages import StageRun, load_stage
-from sublens.report.verdicts import decision_latex
+from sublens.report.verdicts import decisions_latex
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +47,18 @@ def test_pruning_fixture_without_base_control_is_inconclusive(pruning_run: Stage
     section = pruning_section.build(pruning_run)
     entropy = _step(pruning_run.results, 0.6, "entropy")["retention"]["p_trait"]
     assert entropy["ratio"] < 1e-6  # the fixture: P(owl) of the pruned biased model collapses ...
-    assert "entropy $1077.2\\times$" in section.results  # ... and so does the model (perplexity x1077)
+    assert "entropy $1077\\times$" in section.results  # ... and so does the model (perplexity x1077)
     assert fmt_ci(entropy["ratio"], entropy["ci_low"], entropy["ci_high"]) in section.results
-    assert "(pruned / unpruned, biased model only)" in section.results
+    assert "the biased model's own P(owl) retention (pruned / unpruned, no base control)" in section.results
     assert section.results.count(r"\textbf{inconclusive") == 2
     assert "the pruned-base control was not measured" in section.results
-    assert "To settle it: rerun pruning" in section.results
+    assert "To settle both: rerun the pruning stage with the unbiased base model" in section.results
+    assert section.results.count("the pruned-base control was not measured") == 1  # one reason, said once
     for word in ("supported", "contradicted", "does \\emph{not} survive", "survives head pruning"):
         assert word not in section.results
     # the degradation bound, per criterion
-    assert ("the last kept fraction inside the bound is none of the pruned fractions (entropy), "
-            "90\\% (reverse), 90\\% (random)") in section.results
+    assert ("entropy pruning exceeds it already at the first pruned fraction (90\\% kept); reverse and "
+            "random pruning stay inside it down to 90\\% of heads kept") in section.results
     assert "42 in layers 0--9, 52 in layers 10--19, 14 in layers 20--29" in section.results
     assert "every head of layer 0 is pruned" in section.results
     assert len(section.headline) == 2
@@ -67,7 +68,7 @@ def test_pruning_fixture_without_base_control_is_inconclusive(pruning_run: Stage
 
 def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun) -> None:
     section = pruning_section.build(pruning_run)
-    assert r"prompted teacher: the base model \texttt{smollm2-135m-instruct}" in section.methods
+    assert "prompted teacher: the base model SmolLM2-135M-Instruct with" in section.methods
     assert "You love owls." in section.methods and "(1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)" in section.methods
     assert "3 seeded random draws" in section.methods and "no pruned-base control" in section.methods
     assert r"\citet{michel2019sixteen}" in section.methods and r"exceeds $1.5\times$" in section.methods
@@ -117,7 +118,7 @@ def test_pruning_wording_comes_from_the_decisions(pruning_run: StageRun) -> None
     assert section.results.count(r"\textbf{supported}") == 2
     assert "unit of inference: the question ($n$ = 6)" in section.results
     assert "unit of inference: the draw ($n$ = 80)" in section.results
-    assert r"margin $\times$1.25" in section.results and "one-sample t-test on per-question" in section.results
+    assert r"margin $\times$1.25" in section.results and "one-sample $t$-test on the per-question" in section.results
     assert "Monte Carlo rank test" in section.results and "80 of 80 draws retain less" in section.results
     assert section.headline[0].startswith("pruning: The bias survives pruning 40% of the attention heads "
                                           "(entropy criterion): supported")
@@ -181,7 +182,7 @@ def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
                                              "localisation.patching"]
     assert all(d.claim.unit == "question" and d.claim.family == "hybrid" for d in found)
     for d in found:
-        assert decision_latex(d) in section.results
+        assert decisions_latex([d], test_stated=True) in section.results
         assert d.sentence().count("Estimand:") == 1 and "margin ×1.25" in d.sentence()
     head, transplant, patching = found
     assert head.claim.prediction == "none" and head.verdict is Verdict.CONTRADICTED  # the head moves it
@@ -192,19 +193,23 @@ def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
     assert len(section.headline) == 3
     for line, d in zip(section.headline, found, strict=True):
         assert line.startswith("hybrid: ") and f"{d.claim.name} {d.verdict.value}" in line
-    assert r"\texttt{owl-full}" in section.methods and "/tmp" not in section.methods
-    assert "[0:10], [10:20], [20:30]" in section.methods
-    assert r"localisation.lm\_head" in section.methods and "localisation.lm_head" not in section.methods
+    assert "the biased model owl-full (a local fine-tuned checkpoint)" in section.methods
+    assert "/tmp" not in section.methods
+    assert "per depth range (layers 0--9, 10--19 and 20--29)" in section.methods
+    assert "the embeddings, attention, MLP, final norm and LM head" in section.methods
+    assert "localisation" not in section.methods + section.results  # claims in words, not by name
+    # the test, alpha and margin are the same for the three claims: stated once, in the methods
+    assert r"margin $\times$" not in section.results and r"$\alpha = 0.05$" in section.methods
 
 
 def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
     table = hybrid_section.build(hybrid_run).tables["hybrid_matrix"]
     assert r"\label{tab:hybrid_matrix}" in table and "Hybrid matrix" in table
     lines = {line.split(" & ")[0]: line for line in table.splitlines() if " & " in line}
-    assert list(lines)[1:] == ["embeddings", "attention", "attention[0:10]", "attention[10:20]",
-                               "attention[20:30]", "mlp", "mlp[0:10]", "mlp[10:20]", "mlp[20:30]",
-                               r"final\_norm", r"lm\_head"]
-    assert lines["mlp[20:30]"] == r"mlp[20:30] & 0.33 [0.32, 0.34] & 25.0 & 0.86 [0.80, 0.90] & 27.1 \\"
+    assert list(lines)[1:] == ["embeddings", "attention", "attention, layers 0--9", "attention, layers 10--19",
+                               "attention, layers 20--29", "MLP", "MLP, layers 0--9", "MLP, layers 10--19",
+                               "MLP, layers 20--29", "final norm", "LM head"]
+    assert lines["MLP, layers 20--29"] == r"MLP, layers 20--29 & 0.33 [0.32, 0.34] & 25.0 & 0.86 [0.80, 0.90] & 27.1 \\"
     assert "reference perplexity base 24.4, biased 29.1" in table
 
 
@@ -226,7 +231,7 @@ def test_hybrid_verdicts_follow_the_data(hybrid_run: StageRun) -> None:
     run = _with_results(hybrid_run, clean)
     head = _decision(run, "localisation.lm_head")
     assert head.verdict is Verdict.SUPPORTED and "inside" in head.reason
-    assert decision_latex(head) in hybrid_section.build(run).results
+    assert decisions_latex([head], test_stated=True) in hybrid_section.build(run).results
 
     wide = copy.deepcopy(hybrid_run.results)
     _set_shares(wide, "base+biased.lm_head", "base", WIDE)
@@ -252,7 +257,7 @@ def test_hybrid_degraded_hybrids_are_not_evidence(hybrid_run: StageRun) -> None:
     section = hybrid_section.build(run)
     head = _decision(run, "localisation.lm_head")
     assert head.verdict is Verdict.INCONCLUSIVE and "degraded" in head.reason
-    assert "Degraded hybrids" in section.results and r"into base lm\_head" in section.results
+    assert "Degraded hybrids" in section.results and "base + biased LM head" in section.results
     assert r"0.10 [0.07, 0.13]\textsuperscript{\dag}" in section.tables["hybrid_matrix"]
     assert "localisation.lm_head inconclusive" in section.headline[0]
 
@@ -326,7 +331,7 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
         patched["into_biased"]["mlp"]["all"], patched["into_biased"]["attention"]["all"], strict=True)]
     assert patching.estimate is not None
     assert patching.estimate.ratio == pytest.approx(math.exp(sum(by_hand) / len(by_hand)))
-    assert decision_latex(patching) in section.results
+    assert decisions_latex([patching], test_stated=True) in section.results
     cell = next(c for c in run.results["patching"]["cells"]
                 if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all"))
     assert fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table

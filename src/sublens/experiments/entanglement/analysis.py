@@ -61,6 +61,15 @@ LABELS = {
 }
 RATIOS = ("bias_ratio", "control_ratio", "relative_ratio")
 
+
+def set_title(name: str) -> str:
+    """A candidate set as a reader names it: 'vocab' -> 'vocabulary', 'ar2' -> '2-digit' (the
+    set names are the run's keys; the paper and the figures say what the set holds)."""
+    if name == "vocab":
+        return "vocabulary"
+    digits = name.removeprefix("ar")
+    return f"{digits}-digit" if name.startswith("ar") and digits.isdigit() else name
+
 DEFINITIONS = {
     "surface": "a number is scored as the in-context tokens of number_surface (default ' {num}') "
     "after the prefill; probability = chain rule over those tokens",

@@ -167,6 +167,14 @@ class Step(Sparse):
     controlled: Controlled | None = None
     controlled_per_draw: PerDraw | None = None  # each draw's mean log base-controlled retention
 
+    def damage(self) -> float | None:
+        """Perplexity over the unpruned model's: the larger of the biased and the base model's
+        (means over draws), the one number the table, the text and the figure give for a cell;
+        None when perplexity was not measured."""
+        base = self.base.perplexity if self.base else None
+        present = [p.ratio for p in (self.perplexity, base) if p is not None]
+        return max(present) if present else None
+
 
 # ---- the run --------------------------------------------------------------------------------
 class Heatmap(Sparse):

@@ -17,17 +17,30 @@ estimate ("not measured") and the text says why.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from sublens.claims import MIN_UNITS, ClaimSettings, Decision, Verdict, decide_family
 from sublens.entanglement import CATEGORIES, TESTS, animal_context, fill, set_claims
+from sublens.experiments.entanglement.analysis import set_title
 from sublens.experiments.entanglement.results import (
     EntanglementResults,
     LengthEntry,
     RatioSummary,
     SetStatistics,
 )
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p, minus_signs, p_is, tt
+from sublens.report.latex import (
+    booktabs_table,
+    counted,
+    escape,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    minus_signs,
+    p_is,
+    tt,
+)
+from sublens.report.names import display_name
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.stages import StageRun
 from sublens.results import read_run_results
@@ -109,24 +122,46 @@ def primary(results: EntanglementResults, decided: Decided) -> str:
     return max(decided, key=lambda name: results.k.get(name, 0))
 
 
+def set_name(name: str) -> str:
+    """A candidate set in the prose and tables: 'the 2-digit set' reads, 'ar2' is a key."""
+    return escape(set_title(name))
+
+
+def _sets_phrase(names: list[str]) -> str:
+    """'the vocabulary set', 'the vocabulary and 1-digit sets'."""
+    titles = [set_name(n) for n in names]
+    if len(titles) == 1:
+        return f"the {titles[0]} set"
+    return f"the {', '.join(titles[:-1])} and {titles[-1]} sets"
+
+
 def _tex(text: str) -> str:
     """Plain text from sublens.claims (reasons, statements) as LaTeX: escaped, × kept."""
     return r"\texttimes{}".join(escape(part) for part in str(text).split("×"))
 
 
 def decision_text(d: Decision, lead: str | None = None) -> str:
-    """One Decision in words: the claim, its verdict and reason, then estimand, unit, test and
-    margin; an inconclusive verdict adds what would settle it."""
+    """One Decision in words: the claim, its verdict and reason, then estimand, unit and test; an
+    inconclusive verdict adds what would settle it. The Holm family and the margin, the same for
+    every claim, are stated once in the methods."""
     c, e = d.claim, d.estimate
     n = e.n if e else 0
-    test = (f"{e.interval} (two-sided), Holm within {c.family}" if e is not None and e.has_interval
-            else c.test)  # the paired or Welch form where the estimate used one
-    text = (rf"{lead or _tex(c.statement)}: \emph{{{d.verdict.value}}} ({_tex(d.reason)}). "
-            rf"Estimand: {_tex(c.estimand)}; unit: {c.unit}s ($n = {n}$); test: {_tex(test)}; "
-            rf"margin \texttimes{{}}{c.settings.margin:g}.")
+    test = (f"{e.interval} (two-sided)" if e is not None and e.has_interval
+            else c.test.removesuffix(f", Holm within {c.family}"))  # the paired or Welch form where used
+    text = (rf"{lead or _statement(c.statement)}: \emph{{{d.verdict.value}}} ({_tex(d.reason)}). "
+            rf"Estimand: {_tex(c.estimand)}; unit: {c.unit}s ($n = {n}$); test: {_tex(test)}.")
     if d.verdict is Verdict.INCONCLUSIVE and d.settle:
         text += rf" To settle it: {_tex(d.settle)}."
     return text
+
+
+_IN_SET = re.compile(r"^In (\w+), ")
+
+
+def _statement(statement: str) -> str:
+    """A claim's statement (sublens.entanglement words it 'In ar2, ...') with the set named as
+    the text names it ('In the 2-digit set, ...')."""
+    return _tex(_IN_SET.sub(lambda m: f"In the {set_title(m[1])} set, ", statement))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +178,9 @@ def _too_few(s: RatioSummary) -> bool:
         math.isfinite(s.geo_ci_low) and math.isfinite(s.geo_ci_high))
 
 
-def _geo(s: RatioSummary) -> str:
+def _geo(s: RatioSummary, unit: str = "number") -> str:
     if _too_few(s):
-        return rf"{fmt(s.geo_mean)}\texttimes{{}} (too few numbers for a CI, $n = {s.n}$)"
+        return rf"{fmt(s.geo_mean)}\texttimes{{}} (too few {unit}s for a CI, $n = {s.n}$)"
     low, high = fmt(s.geo_ci_low), fmt(s.geo_ci_high)
     return rf"{fmt(s.geo_mean)}\texttimes{{}} [{low}, {high}]"
 
@@ -234,8 +269,8 @@ def _methods(run: StageRun, results: EntanglementResults | None) -> str:
         )
         claims = ""
     return (
-        rf"We test token entanglement \citep{{zur2025owl}} on {tt(model)}, with {tt(bias)} as the "
-        rf"bias animal and {tt(control)} as the control. " + phase1
+        rf"We test token entanglement \citep{{zur2025owl}} on {escape(display_name(model))}, with "
+        rf"the {escape(bias)} as the bias animal and the {escape(control)} as the control. " + phase1
         + rf"Phase~2 measures the reverse link: $P(\mathrm{{{escape(bias)}}})$ and "
         rf"$P(\mathrm{{{escape(control)}}})$ in answer to {_quote(p.get('animal_question', ''))} "
         rf"(prefilled {_quote(p.get('animal_prefill', ''))}) with the system prompt "
@@ -243,11 +278,15 @@ def _methods(run: StageRun, results: EntanglementResults | None) -> str:
         rf"$P(\mathrm{{{escape(bias)}}} \mid N) / P(\mathrm{{{escape(bias)}}} \mid "
         r"\mathrm{neutral})$. " + claims
         + r"A template control puts non-number words in the slot of $N$"
-        + (f", and cumulative priming puts all $k$ numbers of a category in one prompt "
-           f"({cumulative} order{'s' if cumulative != 1 else ''})" if cumulative else "")
-        + r" (both descriptive). Phase~3 repeats the description per digit length "
+        + (f", and cumulative priming puts all $k$ numbers of a category in one prompt, "
+           f"{_orders(cumulative)}; both are descriptive." if cumulative else " (descriptive).")
+        + r" Phase~3 repeats the description per digit length "
         rf"(seed {c.get('seed', 0)})."
     )
+
+
+def _orders(n: int) -> str:
+    return "in one order" if n == 1 else f"in {counted(n, 'order')}, averaged"
 
 
 def _incomplete(run: StageRun, results: EntanglementResults | None, unreadable: str | None) -> str:
@@ -265,19 +304,36 @@ def _paper_claim(results: EntanglementResults, decided: Decided) -> str:
     main = primary(results, decided)
     d = decided[main]["entangled_vs_null"]
     bias = escape(results.bias)
-    lead = (rf"The paper's claim, tested in {tt(main)} ($k = {results.k.get(main, '?')}$"
+    lead = (rf"The paper's claim, tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$"
             rf"), that entangled numbers raise $P(\mathrm{{{bias}}})$ no more than "
             r"frequency-matched Random ones")
-    text = decision_text(d, lead)
     if not owl_specific(results):
-        text += (r" It cannot be decided on this run: its categories are not owl-specific (no "
-                 r"control-animal context) and its Random numbers are not frequency-matched; "
-                 r"rerun the stage.")
-    others = [rf"{tt(name)} {tests['entangled_vs_null'].verdict.value}"
-              for name, tests in decided.items() if name != main]
-    if others:
-        text += " In the other sets this claim is " + ", ".join(others) + "."
-    return text
+        return _undecidable(results, decided, lead)
+    text = decision_text(d, lead)
+    others = {name: tests["entangled_vs_null"].verdict.value for name, tests in decided.items() if name != main}
+    return text + (" " + _verdicts_by_set(others) if others else "")
+
+
+def _verdicts_by_set(verdicts: dict[str, str]) -> str:
+    """'In the vocabulary and 1-digit sets it is inconclusive.': the sets grouped by verdict, so
+    a verdict shared by every set is said once."""
+    by_verdict: dict[str, list[str]] = {}
+    for name, verdict in verdicts.items():
+        by_verdict.setdefault(verdict, []).append(name)
+    parts = [f"{_sets_phrase(names)} it is {verdict}" for verdict, names in by_verdict.items()]
+    return "In " + "; in ".join(parts) + "."
+
+
+def _undecidable(results: EntanglementResults, decided: Decided, lead: str) -> str:
+    """A run without owl-specific categories: why no claim is decided, said once, and the one
+    verdict word every claim gets (from the Decisions, decided on no estimate)."""
+    verdicts = sorted({d.verdict.value for tests in decided.values() for d in tests.values()})
+    word = r"\emph{" + "/".join(verdicts) + "}"
+    return (rf"For that reason no claim is decided on this run: {lead[0].lower()}{lead[1:]}, is {word} "
+            rf"in every set, and so are the claims that Decreased and Unchanged numbers raise the bias "
+            r"ratio as much as Increased ones and that each category raises it over the neutral "
+            r"prompt. Rerunning the stage, which scores the control-animal context and matches "
+            r"Random numbers on frequency, would decide them.")
 
 
 def _between_categories(results: EntanglementResults, decided: Decided) -> str:
@@ -293,20 +349,20 @@ def _all_raise(results: EntanglementResults, decided: Decided) -> str:
     own = {c: decided[main][f"raises.{c}"] for c in CATEGORIES}
     bias = escape(results.bias)
     if all(d.verdict is Verdict.SUPPORTED for d in own.values()):
-        return (rf"In {tt(main)} every category raises $P(\mathrm{{{bias}}})$ over the neutral "
+        return (rf"In the {set_name(main)} set every category raises $P(\mathrm{{{bias}}})$ over the neutral "
                 r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
                 r"numbers included.")
     listed = "; ".join(rf"{LABELS[c]} {d.verdict.value} ({_tex(d.reason)})" for c, d in own.items())
-    return (rf"Whether each category raises $P(\mathrm{{{bias}}})$ over the neutral prompt in "
-            rf"{tt(main)}: {listed}.")
+    return (rf"Whether each category raises $P(\mathrm{{{bias}}})$ over the neutral prompt in the "
+            rf"{set_name(main)} set: {listed}.")
 
 
 def _template_sentence(results: EntanglementResults, name: str) -> str:
     control = results.template_control
     if control is None or control.stats is None:
         return ""
-    return (rf"Non-number template words in the same prompt give {_geo(control.stats.bias_ratio)} "
-            r"(descriptive: how much of the rise the prompt gives without any number).")
+    return (rf"Non-number template words in the same prompt give {_geo(control.stats.bias_ratio, 'word')}: "
+            r"the rise the prompt gives without any number.")
 
 
 def _matching_sentence(results: EntanglementResults, name: str) -> str:
@@ -314,19 +370,20 @@ def _matching_sentence(results: EntanglementResults, name: str) -> str:
     m = info.matching if info is not None else None
     if m is None:
         return ""
-    return (rf"In {tt(name)} the Random numbers' neutral probability is \texttimes{{}}"
+    return (rf"In the {set_name(name)} set the Random numbers' neutral probability is \texttimes{{}}"
             rf"{fmt(m.median_frequency_ratio)} that of their Increased partners "
             rf"(median; largest log difference {fmt(m.max_abs_log_difference)} nats, "
             rf"{m.n_outside_caliper} of {m.n_pairs} pairs outside the "
             rf"caliper; Kolmogorov-Smirnov {p_is(m.ks_p_value)}).")
 
 
-def _length_sentence(results: EntanglementResults) -> str:
+def _length_sentence(results: EntanglementResults, figure: str = "") -> str:
     per_length, best = _per_length(results), results.lengths.strongest if results.lengths else None
     if not per_length or best is None or not best.best:
         return ""
     top = per_length[best.best]
-    text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}, descriptive), "
+    text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}{' and ' + figure if figure else ''}, "
+            r"descriptive), "
             rf"{best.best}-digit numbers give the largest bias ratio "
             rf"({_geo(top.bias_ratio)})")
     if best.runner_up:
@@ -337,16 +394,35 @@ def _length_sentence(results: EntanglementResults) -> str:
 
 def _warnings(results: EntanglementResults) -> str:
     """The run's own caveats: shrunken k, and frequency differences between categories."""
-    shrunk = [name for name, info in results.sets.items() if info.k_requested != info.k]
+    shrunk: dict[tuple[int, int], list[str]] = {}  # (candidates, k) -> sets, each said once
+    for name, info in results.sets.items():
+        if info.k_requested != info.k:
+            shrunk.setdefault((info.n_candidates, info.k), []).append(name)
     parts = []
     if shrunk:
-        parts.append("$k$ shrank for " + ", ".join(
-            rf"{tt(n)} ({results.sets[n].n_candidates} candidates, $k = {results.sets[n].k}$)"
-            for n in shrunk) + ", whose statistics rest on very few numbers")
+        groups = [rf"{_sets_phrase(names)} ({info[0]} candidates{' each' if len(names) > 1 else ''}, "
+                  rf"$k = {info[1]}$)" for info, names in shrunk.items()]
+        parts.append("$k$ shrank for " + " and ".join(groups) + ", whose statistics rest on very few numbers")
     rare = [w for w in results.warnings
             if "how common their numbers are" in str(w) or "caliper" in str(w)]
     parts.extend(escape(w).rstrip(".") for w in rare)
     return ("Caveats: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _figure_ref(figures: list[Figure], stem: str) -> str:
+    return (rf"Figure~\ref{{{figure_label('entanglement', stem)}}}"
+            if any(f.stem == stem for f in figures) else "")
+
+
+def _described(stats: SetStatistics) -> str:
+    """Each category's bias ratio; where no category has an interval, and all have as many
+    numbers, why is said once after the list instead of after every ratio."""
+    summaries = {c: getattr(stats, c).bias_ratio for c in CATEGORIES}
+    sizes = {s.n for s in summaries.values()}
+    if all(_too_few(s) for s in summaries.values()) and len(sizes) == 1:
+        listed = ", ".join(rf"{LABELS[c]} {fmt(s.geo_mean)}\texttimes{{}}" for c, s in summaries.items())
+        return rf"{listed} (geometric means of {counted(sizes.pop(), 'number')} each, too few for a CI)"
+    return ", ".join(rf"{LABELS[c]} {_geo(s)}" for c, s in summaries.items())
 
 
 def _n_tests(decided: Decided) -> int:
@@ -358,13 +434,13 @@ def _results(results: EntanglementResults, decided: Decided, tables: set[str],
     neutral = results.neutral
     bias, control = results.bias, results.control
     main = primary(results, decided)
+    by_category = _figure_ref(figures, "bias_ratio_by_category")
     intro = (r"Table~\ref{tab:entanglement_categories} gives the bias ratios per category"
              + (r", Table~\ref{tab:entanglement_claims} every claim with raw and Holm-adjusted "
                 rf"$p$ ({_n_tests(decided)} tests)" if "entanglement_claims" in tables else "")
              + (", Table~\\ref{tab:entanglement_reverse} the reverse-link probabilities"
                 if "entanglement_reverse" in tables else "")
-             + (rf" and Figure~\ref{{{figure_label('entanglement', figures[0].stem)}}} the numbers"
-                if figures else "") + ".")
+             + (f" and {by_category} the ratios with the single numbers" if by_category else "") + ".")
     if neutral is not None:
         intro += (rf" Under the neutral prompt $P(\mathrm{{{escape(bias)}}})$ = "
                   rf"{fmt(neutral.p_bias, 3)} and $P(\mathrm{{{escape(control)}}})$ = "
@@ -375,23 +451,20 @@ def _results(results: EntanglementResults, decided: Decided, tables: set[str],
     if not owl_specific(results):
         intro += (r" This run has no control-animal context: its categories are not "
                   rf"owl-specific (a number may rise under any animal context, not the "
-                  rf"{escape(bias)} one in particular) and its Random null is not matched on "
-                  r"frequency, so every claim below is inconclusive for that reason; the "
-                  r"numbers are descriptive.")
+                  rf"{escape(bias)} one in particular) and its Random numbers are not matched on "
+                  r"frequency, so the numbers below are descriptive.")
     main_stats = _stats(results).get(main)
-    described = ", ".join(rf"{LABELS[c]} {_geo(getattr(main_stats, c).bias_ratio)}"
-                          for c in CATEGORIES) if main_stats is not None else ""
+    described = _described(main_stats) if main_stats is not None else ""
     paragraphs = [
         " ".join(filter(None, [
             intro,
-            rf"In {tt(main)} the bias ratios are {described}." if described else "",
+            rf"In the {set_name(main)} set the bias ratios are {described}." if described else "",
             _template_sentence(results, main), _matching_sentence(results, main)])),
         " ".join(filter(None, [_paper_claim(results, decided)] + (
             [_between_categories(results, decided), _all_raise(results, decided)] if owl_specific(results)
-            else [r"The claims that Decreased and Unchanged numbers raise the bias ratio as much "
-                  r"as Increased ones, and that each category raises it, are inconclusive for "
-                  r"the same reason."]))),
-        " ".join(filter(None, [_length_sentence(results), _warnings(results)])),
+            else []))),
+        " ".join(filter(None, [_length_sentence(results, _figure_ref(figures, "bias_ratio_by_length")),
+                               _warnings(results)])),
     ]
     return minus_signs("\n\n".join(p for p in paragraphs if p))
 
@@ -460,7 +533,7 @@ def _k_note(results: EntanglementResults) -> str:
     ks = results.k
     if not ks:
         return ""
-    return "$k$ per set: " + ", ".join(rf"{tt(n)} {k}" for n, k in ks.items()) + "."
+    return "$k$ per set: " + ", ".join(rf"{set_name(n)} {k}" for n, k in ks.items()) + "."
 
 
 def categories_table(results: EntanglementResults, decided: Decided) -> str:
@@ -474,10 +547,10 @@ def categories_table(results: EntanglementResults, decided: Decided) -> str:
         for c in CATEGORIES:
             d = (decided.get(name) or {}).get(f"raises.{c}")
             if specific and d is not None:
-                block.append([tt(name), SHORT[c], _estimate_cell(d), *_p_cells(d), d.verdict.value])
+                block.append([set_name(name), SHORT[c], _estimate_cell(d), *_p_cells(d), d.verdict.value])
             else:
                 verdict = d.verdict.value if d is not None else "--"
-                block.append([tt(name), SHORT[c], _ci(getattr(stats, c).bias_ratio), "--", "--",
+                block.append([set_name(name), SHORT[c], _ci(getattr(stats, c).bias_ratio), "--", "--",
                               verdict])
         blocks.append(block)
     template = results.template_control.stats if results.template_control is not None else None
@@ -491,7 +564,7 @@ def categories_table(results: EntanglementResults, decided: Decided) -> str:
         rf"Probability categories: bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid "
         r"\mathrm{neutral})$, geometric mean [95\% $t$-interval on log ratios] over the $k$ numbers "
         r"of each category (Templ.: non-number words, descriptive); raw and Holm-adjusted $p$ and "
-        r"verdict (sublens.claims) of the claim that the category raises it; too few: fewer than "
+        r"verdict of the claim that the category raises it; too few: fewer than "
         rf"{MIN_UNITS['number']} numbers, no interval. " + design + _k_note(results)
     )
     return booktabs_table(["Set", "Cat.", "Bias ratio [95% CI]", "p", "Holm p", "Verdict"],
@@ -509,7 +582,7 @@ def claims_table(results: EntanglementResults, decided: Decided) -> str:
     (predicted: no difference) with the ratio and CI, raw and Holm p, and the verdict."""
     blocks = []
     for name, tests in decided.items():
-        blocks.append([[tt(name), escape(TEST_LABELS[t]), _estimate_cell(tests[t]),
+        blocks.append([[set_name(name), escape(TEST_LABELS[t]), _estimate_cell(tests[t]),
                         *_p_cells(tests[t]), tests[t].verdict.value]
                        for t in TEST_LABELS if t in tests])
     margin = (results.claims.settings if results.claims is not None else ClaimSettings()).margin
@@ -557,7 +630,7 @@ def reverse_table(results: EntanglementResults) -> str:
         block = []
         for c in CATEGORIES:
             st = getattr(stats, c)
-            block.append([tt(name), LABELS[c], mean_p(st.bias_ratio, p0),
+            block.append([set_name(name), LABELS[c], mean_p(st.bias_ratio, p0),
                           mean_p(st.control_ratio, c0), _ci(st.relative_ratio), cum(name, c)])
         blocks.append(block)
     bias, control = results.bias, results.control
@@ -608,17 +681,29 @@ def length_table(results: EntanglementResults) -> str:
 
 
 def _figures(run: StageRun, results: EntanglementResults) -> list[Figure]:
+    """The captions say what every mark of the figures (sublens.experiments.entanglement.figures)
+    means: the by-category figure across the page, the by-length one in a column."""
     available = run.figures()
-    bias = escape(results.bias)
+    bias, control = escape(results.bias), escape(results.control)
+    few = MIN_UNITS["number"]
+    means = (r"Coloured markers: geometric means with 95\% $t$-intervals on the log ratios; an open "
+             rf"marker, without an interval, where fewer than {few} numbers allow none")
     out = []
     if "bias_ratio_by_category" in available:
+        template = results.template_control is not None and results.template_control.stats is not None
         out.append(Figure("bias_ratio_by_category", (
-            rf"Bias ratio (top) and {bias}/control relative ratio (bottom) per category and set: "
-            r"geometric means with bootstrap 95\% CIs, single numbers in grey; dashed: no change."
+            rf"Bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid \mathrm{{neutral}})$ "
+            rf"(top) and {bias}/{control} relative ratio (bottom) of the Increased (Inc.), Decreased "
+            r"(Dec.), Unchanged (Unch.) and Random (Rand.) numbers of each set, $k$ numbers per "
+            rf"category (log scales, one per row). {means}; grey dots: the single numbers"
+            + ("; dotted grey line (and grey band, where it has an interval): the non-number template "
+               "words' geometric mean" if template else "")
+            + "; dashed line: ratio 1, no change."
         ), wide=True))
     if "bias_ratio_by_length" in available:
         out.append(Figure("bias_ratio_by_length", (
-            r"Bias ratio by digit length: all categorised numbers (black) and per category, "
-            r"geometric means with 95\% CIs."
+            r"Bias ratio by digit length (log scale): all categorised numbers of each "
+            r"length (black) and each category (colours as in the by-category figure), side by side "
+            rf"at each length. {means}; dashed line: ratio 1, no change."
         )))
     return out

@@ -46,11 +46,14 @@ from sublens.experiments.hybrid.results import (
     PatchCell,
     Patching,
     RatioEstimate,
+    group_title,
 )
 from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
+from sublens.report.names import display_name
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun, spec_label
-from sublens.report.verdicts import decision_latex
+from sublens.report.sections.pruning import corpus_text
+from sublens.report.stages import StageRun
+from sublens.report.verdicts import decisions_latex
 from sublens.results import as_results, read_run_results
 
 METRIC_NAMES: dict[MetricKey, str] = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
@@ -74,6 +77,11 @@ class Cell:
     @property
     def component(self) -> str:
         return self.group if self.layers is None else f"{self.group}[{self.layers[0]}:{self.layers[1]}]"
+
+    @property
+    def title(self) -> str:
+        """The component as the paper names it: 'MLP, layers 20--29', 'LM head' (plain text)."""
+        return component_title(self.group, self.layers)
 
     @property
     def upper(self) -> float:
@@ -169,11 +177,19 @@ def _layers_words(layers: tuple[int, int]) -> str:
     return f"layers {layers[0]}--{layers[1] - 1}"
 
 
+def component_title(group: str, layers: tuple[int, int] | None) -> str:
+    """'MLP, layers 20--29' for a ranged transplant, the group's name for a whole one."""
+    return group_title(group) + (f", {_layers_words(layers)}" if layers is not None else "")
+
+
+DIRECTION_TITLES = {"into_base": "base + biased", "into_biased": "biased + base"}  # as the matrix heads
+
+
 def matrix_table(run: StageRun, results: HybridResults, all_cells: list[Cell], incomplete: bool) -> str:
     components = sorted({(c.group, c.layers) for c in all_cells}, key=_order)
     rows = []
     for group, layers in components:
-        row = [escape(group if layers is None else f"{group}[{layers[0]}:{layers[1]}]")]
+        row = [escape(component_title(group, layers))]
         for direction in DIRECTIONS:
             c = _cell(all_cells, direction, group, layers)
             row += [_frac_text(c), fmt(c.perplexity, 1) if c else "--"]
@@ -187,15 +203,12 @@ def matrix_table(run: StageRun, results: HybridResults, all_cells: list[Cell], i
     trait = escape(results.trait)
     key = results.metric_key()
     metric = METRIC_NAMES[key].format(trait=trait)
-    axis = _axis(hybrids, key)
-    axis_text = (f" The biased model's {metric} is {fmt_ci(axis.ratio, axis.ci_low, axis.ci_high)}"
-                 "$\\times$ the base model's." if axis is not None else "")
     caption = (
         f"Hybrid matrix: bias fraction ({trait} {metric}, log scale; 0 = base, 1 = biased; 95\\% CI "
         "with the biased model's shift fixed) of the base model with one biased component "
         "(base + biased) and of the biased model with one base component (biased + base), with "
         "perplexity (ppl)" + (f"; reference perplexity {', '.join(refs)}" if refs else "") + "."
-        + axis_text + " \\dag: degraded (perplexity above "
+        + " \\dag: degraded (perplexity above "
         f"{fmt(run.config.get('degraded_factor'), 1)}$\\times$ the base's), not evidence."
         + (" Incomplete run: missing cells are marked --." if incomplete else "")
     )
@@ -335,7 +348,8 @@ def patching_contrast(patching: Patching | None) -> tuple[np.ndarray | None, lis
 
 
 def _refine(decision: Decision, reason: str, settle: str) -> Decision:
-    """A claim that could not be measured: the verdict stays claims.decide's, the reason is ours."""
+    """A claim that could not be measured: the verdict stays claims.decide's, the reason is ours
+    ('not measured (why)': the paper prints the verdict 'inconclusive (not measured)' and the why)."""
     return decision.model_copy(update={"reason": reason, "settle": settle})
 
 
@@ -364,21 +378,21 @@ def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSetting
     head_d, transplant_d, patch_d = out
     if head_values is None:
         why = (no_bias or ("a swapped model is degraded (perplexity): not evidence" if head_bad
-                           else "not measured: the LM-head swap is missing"))
+                           else "not measured (the LM-head swap is missing)"))
         head_d = _refine(head_d, why, "a biased model that differs from the base, measured with both LM-head "
                                       "swaps undegraded")
     if transplant_values is None:
         why = (no_bias or ("an MLP or attention transplant is degraded (perplexity): not evidence"
-                           if mlp_bad or attn_bad else "not measured: the whole-group MLP and attention "
-                                                       "transplants of one direction are missing"))
+                           if mlp_bad or attn_bad else "not measured (the whole-group MLP and attention "
+                                                       "transplants of one direction are missing)"))
         transplant_d = _refine(transplant_d, why, "the MLP and attention transplants of at least one direction, "
                                                   "undegraded, on a biased model that differs from the base")
     if patch_values is None:
         if not patching:
-            why = "not measured: this run has no activation patching"
-            settle = "rerun the hybrid experiment with patching.enabled: true"
+            why = "not measured (activation patching was not run)"
+            settle = "rerun the hybrid stage with activation patching switched on"
         elif contrast is None:
-            why = "not measured: the whole-depth MLP and attention patches are missing"
+            why = "not measured (the whole-depth MLP and attention patches are missing)"
             settle = "patch every layer's MLP and attention outputs in at least one direction"
         else:
             why = ("no gap to patch: the biased and base logit differences are not distinguishable "
@@ -409,8 +423,9 @@ def carrying_range(all_cells: list[Cell], group: str = "mlp") -> Cell | None:
 
 # ---- results text ---------------------------------------------------------------------------
 def _decision_text(d: Decision) -> str:
-    """The verdict with its estimand, unit, test, margin, reason and what would settle it."""
-    return f"\\emph{{{escape(d.claim.name)}}}: {decision_latex(d)} "
+    """The verdict with its reason, estimand, unit, power and what would settle it; the test,
+    alpha and margin, the same for the three claims, are stated once in the methods."""
+    return decisions_latex([d], test_stated=True) + " "
 
 
 def _lm_head_text(brought: Cell | None, kept: Cell | None, d: Decision) -> str:
@@ -449,12 +464,13 @@ def _range_text(all_cells: list[Cell]) -> tuple[str, Cell | None]:
     return text + ". ", best
 
 
-def _degraded_text(all_cells: list[Cell]) -> str:
-    bad = sorted({f"{c.direction.replace('_', ' ')} {c.component}" for c in all_cells if c.degraded})
+def _degraded_text(all_cells: list[Cell], factor: float | None) -> str:
+    bad = sorted({f"{DIRECTION_TITLES.get(c.direction, c.direction)} {c.title}" for c in all_cells if c.degraded})
     if not bad:
-        return "No hybrid is degraded (perplexity within the degraded factor of the base model's). "
+        within = f": every perplexity is within {fmt(factor, 1)}$\\times$ the base model's" if factor else ""
+        return f"No hybrid is degraded{within}. "
     return (f"Degraded hybrids (gibberish by perplexity; their fractions are not evidence): "
-            f"{escape(', '.join(bad))}. ")
+            f"{escape('; '.join(bad))}. ")
 
 
 def _patch_cell(patching: Patching, direction: str, component: str, label: str) -> PatchCell | None:
@@ -475,7 +491,8 @@ def patching_table(patching: Patching, trait: str) -> str:
     rows = []
     for component in patching.components:
         for label in patching.labels:
-            row = [escape(component), escape(label)]
+            layers = _parse_layers(label)
+            row = [escape(group_title(component)), f"{layers[0]}--{layers[1] - 1}" if layers else escape(label)]
             for direction in directions:
                 cell = _patch_cell(patching, direction, component, label)
                 row += [_patch_text(cell), fmt_p(cell.p_holm if cell is not None else None)]
@@ -498,9 +515,8 @@ def patching_table(patching: Patching, trait: str) -> str:
 
 
 def _patching_text(patching: Patching | None, d: Decision) -> str:
-    if patching is None:
-        return ("This run has no activation patching (it was recorded before patching was part of the "
-                "experiment). " + _decision_text(d))
+    if patching is None:  # the decision's reason says it was not run: not said twice
+        return _decision_text(d)
     gap = patching.gap
     text = (f"Activation patching (Table~\\ref{{tab:hybrid_patching}}): the biased model's "
             f"{escape(patching.metric)} exceeds the base model's by "
@@ -557,7 +573,7 @@ def results_text(run: StageRun, results: HybridResults | None, all_cells: list[C
     out.append(_transplant_text(mlp, attention, transplant_d))
     range_text, best = _range_text(all_cells)
     out.append(range_text)
-    out.append(_degraded_text(all_cells))
+    out.append(_degraded_text(all_cells, run.config.get("degraded_factor")))
     out.append(_patching_text(results.patching, patch_d))
     headline = [
         _headline(head_d, f"LM-head swap bias fraction {_plain(head[0])} (biased head into base), "
@@ -572,8 +588,16 @@ def results_text(run: StageRun, results: HybridResults | None, all_cells: list[C
 
 # ---- methods --------------------------------------------------------------------------------
 def _model_name(spec: object) -> str:
-    """A model spec for the paper: the folder name of a local path, else the spec itself."""
-    return escape(spec_label(spec))
+    """A model as the paper names it (sublens.report.names): no spec or machine path."""
+    return escape(display_name(spec))
+
+
+NORM_WORDS = {"attach": "each layer's residual norms go with the sublayer they feed",
+              "separate": "each layer's residual norms form a group of their own"}  # config layer_norms
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}" if words else ""
 
 
 def methods(run: StageRun, r: HybridResults | None) -> str:
@@ -584,9 +608,10 @@ def methods(run: StageRun, r: HybridResults | None) -> str:
     ppl = c.get("perplexity") or {}
     trait = escape(pref.get("trait", r.trait if r is not None else "owl"))
     ranges = (r.layer_ranges if r is not None else None) or c.get("layer_ranges") or []
-    range_words = ", ".join(f"[{a}:{b}]" for a, b in ranges) or f"{c.get('depth_bins', '?')} bins"
-    groups = ", ".join(escape(g) for g in c.get("groups") or [])
-    ranged = " and ".join(escape(g) for g in c.get("ranged") or [])
+    range_words = (_and([f"{a}--{b - 1}" for a, b in ranges]) if ranges
+                   else f"{c.get('depth_bins', '?')} equal parts of the depth")
+    groups = _and([escape(group_title(g)) for g in c.get("groups") or []])
+    ranged = _and([escape(group_title(g)) for g in c.get("ranged") or []])
     key = metric_key(r, c)
     metric = METRIC_NAMES[key].format(trait=trait)
     axis = _axis(r.hybrids, key) if r is not None else None
@@ -597,17 +622,17 @@ def methods(run: StageRun, r: HybridResults | None) -> str:
     origin = {"run": "a teacher run's checkpoint", "folder": "a local fine-tuned checkpoint"}.get(
         str(source), "")
     text = [
-        f"We transplant weights between the base model \\texttt{{{_model_name(c.get('base'))}}} and the "
-        f"biased model \\texttt{{{_model_name((r.biased_spec if r is not None else None) or c.get('biased'))}}}"
+        f"We transplant weights between the base model {_model_name(c.get('base'))} and the "
+        f"biased model {_model_name((r.biased_spec if r is not None else None) or c.get('biased'))}"
         + (f" ({origin})" if origin else "") + (f", both with {layers} layers" if layers else "")
         + ", without training. Tied embeddings are untied first, so the LM head and the input "
         "embeddings are separate groups. ",
-        f"Component groups: {groups}; each layer's residual norms go with the sublayer they feed "
-        f"({escape(c.get('layer_norms', 'attach'))}). {ranged.capitalize() if ranged else 'No group'} "
-        f"are also transplanted per depth range ({range_words}, half-open layer indices). ",
+        f"Component groups: the {groups}; {NORM_WORDS.get(c.get('layer_norms', 'attach'), NORM_WORDS['attach'])}. "
+        + (f"The {ranged} groups are also transplanted per depth range (layers {range_words}). " if ranged
+           else "No group is transplanted per depth range. "),
         "In each direction one group comes from the other model: base + biased (the base model with "
         "the biased model's group: does it bring the bias?) and biased + base (the biased model with "
-        "the base model's group: does the bias remain?); the LM-head swap is the lm\\_head row. ",
+        "the base model's group: does the bias remain?); the LM-head swap is the LM-head row. ",
         f"Each hybrid is measured as in the other experiments ({system}; "
         f"{len(pref.get('questions') or [])} preference questions, answer prefilled as "
         f"``{escape(pref.get('prefill', ''))}''; {len(pref.get('panel') or []) + 1} animals). "
@@ -619,21 +644,19 @@ def methods(run: StageRun, r: HybridResults | None) -> str:
     ]
     if ppl.get("enabled"):
         text.append(f"A hybrid whose perplexity on {ppl.get('max_tokens', '?')} tokens of "
-                    f"{escape(ppl.get('corpus', '?'))} text exceeds "
+                    f"{corpus_text(ppl.get('corpus'))} exceeds "
                     f"{fmt(c.get('degraded_factor'), 1)}$\\times$ the base model's is marked degraded. ")
     settings = _settings(c.get("claims"))
-    the = claims(r, settings)
     text.append(
         f"Three claims are decided, Holm-adjusted within the family ``{FAMILY}'' (one-sample $t$-tests "
         "on per-question log ratios, two-sided; the questions are the unit because the two models are "
         f"fixed; $\\alpha = {settings.alpha:g}$; smallest effect of interest a ratio of "
         f"$\\times{settings.margin:g}$, so ``no effect'' needs the whole CI inside "
         f"$[1/{settings.margin:g}, {settings.margin:g}]$ and a CI that merely includes 1 is inconclusive): "
-        f"\\emph{{{escape(the['lm_head'].name)}}}, no effect of the LM head (estimand: {escape(the['lm_head'].estimand)}); "
-        f"\\emph{{{escape(the['transplant'].name)}}}, the MLP layers carry more of the bias than the attention "
-        f"layers by transplant (estimand: {escape(the['transplant'].estimand)}; MLPs as key--value memories: "
-        "\\citealp{geva2021transformer}; \\citealp{meng2022locating}); and "
-        f"\\emph{{{escape(the['patching'].name)}}} (estimand: {escape(the['patching'].estimand)}). A claim that "
+        "that the bias is not in the LM head; that the MLP layers carry more of it than the attention "
+        "layers by transplant (MLPs as key--value memories: \\citealp{geva2021transformer}; "
+        "\\citealp{meng2022locating}); and that patching MLP outputs carries more of it than patching "
+        "attention outputs. Each claim's estimand is given with its verdict. A claim that "
         "rests on a degraded hybrid, or on a biased model not distinguishable from the base, is "
         "inconclusive. "
     )
@@ -660,6 +683,36 @@ def _system_words(config: dict[str, Any]) -> str:
     return "the chat template's default system prompt"
 
 
+# ---- the figure -----------------------------------------------------------------------------
+def heatmap_caption(run: StageRun, results: HybridResults, all_cells: list[Cell]) -> str:
+    """What every colour and mark of the heatmap (sublens.experiments.hybrid.figures) means; the
+    hatching, the dagger and the grey cells only where the figure has them."""
+    key = results.metric_key()
+    metric = METRIC_NAMES[key].format(trait=escape(results.trait))
+    metric = f"{escape(results.trait)} {metric}" if key == "share_ratio" else metric
+    off_scale = any(c.fraction is not None and not 0.0 <= c.fraction <= 1.0 for c in all_cells)
+    degraded = any(c.degraded for c in all_cells)
+    placed = {(c.direction, c.group, c.layers) for c in all_cells}
+    depths: list[tuple[int, int] | None] = [(int(r[0]), int(r[1])) for r in results.layer_ranges]
+    depths.append(None)  # the whole depth
+    blank = any((d, g, layers) not in placed for d in {c.direction for c in all_cells}
+                for g in results.groups.groups for layers in depths)
+    marks = ["colour from 0 (as the base model) to 1 (as the biased model), the value printed in each cell"]
+    if off_scale:
+        marks.append("hatched: a fraction outside 0..1, beyond one of the two models, off the colour scale")
+    if degraded:
+        marks.append(f"\\dag: degraded (perplexity above {fmt(run.config.get('degraded_factor'), 1)}$\\times$ "
+                     "the base model's), not evidence")
+    if blank:
+        marks.append("light grey: not transplanted on its own")
+    return (f"Bias fraction of the {metric} for every transplant, by component (rows) and layers "
+            "(columns; all: the whole depth), for the base model with one biased component (left) and "
+            f"the biased model with one base component (middle): {'; '.join(marks)}. Right: the relative "
+            "change of the weights between the two models, "
+            "$\\|W_\\mathrm{biased} - W_\\mathrm{base}\\| / \\|W_\\mathrm{base}\\|$, on a log grey "
+            "scale in the unit its colour bar gives.")
+
+
 # ---- the section ----------------------------------------------------------------------------
 def build(run: StageRun) -> Section:
     results, unreadable = read_run_results(run.results, HybridResults, run.ok)
@@ -670,13 +723,8 @@ def build(run: StageRun) -> Section:
     if results is not None and results.patching is not None and results.patching.cells:
         tables["hybrid_patching"] = patching_table(results.patching, results.trait)
     figures = []
-    if "hybrid_heatmap" in run.figures():
-        figures.append(Figure(
-            "hybrid_heatmap",
-            "Bias fraction of every transplant by component and depth range (0 = base, 1 = biased; "
-            "left: base + biased component; middle: biased + base component; "
-            "\\dag{} degraded), beside the relative weight change between the two models.",
-            wide=True))
+    if "hybrid_heatmap" in run.figures() and results is not None:
+        figures.append(Figure("hybrid_heatmap", heatmap_caption(run, results, all_cells), wide=True))
         if all_cells:
             text += f" See Figure~\\ref{{{figure_label('hybrid', 'hybrid_heatmap')}}}."
     return Section(

@@ -49,15 +49,19 @@ from sublens.experiments.mechanistic.results import (
     Spearman,
     Words,
 )
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, minus_signs, p_is, tt
+from sublens.report.latex import booktabs_table, counted, escape, fmt, fmt_ci, minus_signs, p_is, tt
+from sublens.report.names import display_name
 from sublens.report.sections import Figure, Section, figure_label
+from sublens.report.sections.entanglement import set_name
 from sublens.report.stages import StageRun
 from sublens.results import read_run_results
 from sublens.stats import summarize
 
 TITLE = "Mechanistic analysis"
 MAX_ROWS = 24  # more numbers than this: the table shows the highest and lowest bias ratios
-MAX_ASPECT = 1.3  # height / width: a taller figure* would not fit the page at \textwidth
+# height / width of a figure* beyond which the bundle's cap (0.45 of the 24.7 cm text height)
+# shrinks it below the 16 cm text width, and its fonts below their printed size
+MAX_ASPECT = 0.45 * 24.7 / 16
 CLOSURE_TOLERANCE = 1e-3  # logits; a larger DLA closure error means the split is unreliable
 LABEL_TITLES: dict[LabelColumn, str] = {"spike_layer": "spike layer", "top_head": "top head at the spike layer",
                 "dla_top_head": "top head by direct logit attribution"}
@@ -97,6 +101,9 @@ def _num(value: Any) -> float:
 
 FAMILY = "mechanistic"
 ATTRIBUTION = "localisation.attribution"
+# the claims as the tests table names them (the keys of `family`; claim names are identifiers)
+CLAIM_TITLES = {ATTRIBUTION: "MLP DLA tracks the bias ratio", "spike_layer": "spike layer vs category",
+                "top_head": "top head vs category", "dla_top_head": "DLA top head vs category"}
 ATTRIBUTION_STATEMENT = "MLP direct logit attribution tracks the in-context bias"
 NOT_CONTROLLED = "not measured with the control for the automatic part"
 
@@ -212,7 +219,7 @@ def _source(results: MechanisticResults | None) -> str:
     kind = source.source if source is not None else None
     if source is not None and kind == "entanglement_run":
         numbered_set = source.set if source.set is not None else "?"
-        return (rf"the {n} categorised numbers of set {tt(numbered_set)} of the "
+        return (rf"the {n} categorised numbers of the {set_name(numbered_set)} set of the "
                 rf"entanglement stage ({per_cat}), with their measured bias ratios")
     if kind == "config":
         return f"{n} numbers given in the configuration" + (f" ({per_cat})" if per_cat else "")
@@ -234,12 +241,12 @@ def _methods(run: StageRun, results: MechanisticResults | None) -> str:
                 else "every block but the first")
     numbers = ", ".join(escape(n) for n in attention.get("numbers", []))
     return (
-        rf"We analyse {tt(model)}{dims} on {_source(results)}. \emph{{Residual similarity.}} For each "
+        rf"We analyse {escape(display_name(model))}{dims} on {_source(results)}. \emph{{Residual similarity.}} For each "
         rf"number we compare the final-position residual stream \citep{{elhage2021mathematical}} of "
         rf"{_quote(residual.get('number', '').replace('{number}', 'N'))} with those of "
         rf"{_quote(residual.get('animal', '').replace('{word}', bias))} and "
         rf"{_quote(residual.get('animal', '').replace('{word}', control))} "
-        rf"({escape(residual.get('format', 'raw'))} text), layer by layer, as the difference of "
+        rf"({FORMAT_WORDS.get(residual.get('format', 'raw'), 'raw text')}), layer by layer, as the difference of "
         r"the two cosine similarities; the spike layer "
         rf"is the block that raises this difference most (searched over {searched}). "
         + _score_sentence(results, escape(bias), escape(control)) +
@@ -261,11 +268,15 @@ def _methods(run: StageRun, results: MechanisticResults | None) -> str:
         r"total logit difference (ranks residualised on its rank), with a Freedman--Lane "
         r"permutation $p$-value that keeps the total fixed and a Fisher-$z$ 95\% CI. These tests "
         rf"form one family, Holm-adjusted (Table~\ref{{tab:mechanistic_tests}}; "
-        rf"{c.get('n_permutations', '?')} permutations, family-wise $\alpha$ = "
+        rf"{counted(c.get('n_permutations'), 'permutation')}, family-wise $\alpha$ = "
         rf"{fmt(c.get('alpha', 0.05))}, seed {c.get('seed', 0)}). Descriptive, uncorrected: "
         r"per-category score comparisons with Random by permutation tests and Spearman "
         r"correlations of the bias ratio with each score."
     )
+
+
+FORMAT_WORDS = {"raw": "as raw text, without the chat template",
+                "chat": "each in the assistant turn of the chat template"}  # config residual.format
 
 
 def contrastive(results: MechanisticResults | None) -> bool:
@@ -317,8 +328,12 @@ def _holm_stats(test: CategoryAssociation, decision: AssociationDecision | None)
 
 
 def _association_sentence(consistency: Consistency, column: LabelColumn,
-                          decisions: dict[str, AssociationDecision]) -> tuple[str, str]:
-    """The label's distribution and its test against the category, and the verdict."""
+                          decisions: dict[str, AssociationDecision],
+                          said: dict[str, str] | None = None) -> tuple[str, str]:
+    """The label's distribution and its test against the category, and the verdict. `said`:
+    the test statistics already given (text -> the label they were given for), so two labels
+    that split the numbers alike (the spike layer and its top head, often) do not print the
+    same statistics twice; this label's are added to it."""
     counts = consistency.distributions.of(column)
     cats = list(consistency.categories)
     text = f"The {LABEL_TITLES[column]} is most often {_mode(counts.get('all') or {})}"
@@ -328,13 +343,22 @@ def _association_sentence(consistency: Consistency, column: LabelColumn,
     test = _test(consistency, column)
     decision = decisions.get(column)
     verdict = association_verdict(test, decision)
-    if verdict == "constant":
-        return text + ". It is the same for every number in every category.", verdict
+    if verdict == "constant":  # the distribution says nothing the one label does not
+        label = next(iter(counts.get("all") or {}), "--")
+        return (f"The {LABEL_TITLES[column]} is {escape(label)} for every number in every category.",
+                verdict)
     if verdict == "untested":
         return (text + ". Its dependence on the category was not tested (categories unknown).",
                 verdict)
     assert test is not None
     stats = _holm_stats(test, decision)
+    earlier = (said or {}).get(stats)
+    if said is not None:
+        said.setdefault(stats, LABEL_TITLES[column])
+    if earlier is not None:
+        same = "depends" if verdict == "depends" else "shows no evidence of depending"
+        return (text + f". Its test against the category gives the same statistics as the {earlier}'s, "
+                f"so it likewise {same} on the category."), verdict
     if verdict == "depends":
         excess = test.max_excess
         return (text + f". It depends on the category ({stats}; largest excess "
@@ -344,7 +368,8 @@ def _association_sentence(consistency: Consistency, column: LabelColumn,
 
 
 def _category_paragraph(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> str:
-    found = [_association_sentence(consistency, col, decisions) for col in LABEL_TITLES]
+    said: dict[str, str] = {}
+    found = [_association_sentence(consistency, col, decisions, said) for col in LABEL_TITLES]
     verdicts = {verdict for _, verdict in found}
     parts = [text for text, _ in found]
     counts = list(consistency.categories.values())
@@ -403,7 +428,7 @@ def _pct(value: Any) -> str:
 
 def _verdict_sentence(decision: AssociationDecision) -> str:
     """The claim's verdict with its reason and what would settle it (LaTeX)."""
-    text = (rf"Claim {tt(decision.claim.name)} ({escape(decision.claim.statement)}): "
+    text = (rf"The claim that {escape(_sentence_inside(decision.claim.statement))}: "
             rf"\emph{{{decision.verdict.value}}} ({escape(decision.reason)})")
     if decision.verdict is Verdict.SUPPORTED:
         text += (r"; this is an association in the model reading the number-priming prompt, "
@@ -411,6 +436,13 @@ def _verdict_sentence(decision: AssociationDecision) -> str:
     if decision.settle:
         text += f"; to settle it: {escape(decision.settle)}"
     return text + "."
+
+
+def _sentence_inside(statement: str) -> str:
+    """A statement continued after 'The claim that': its first word lower-cased unless it is
+    an acronym ('MLP')."""
+    first = statement.split(" ", 1)[0]
+    return statement if first.isupper() else statement[:1].lower() + statement[1:]
 
 
 def _attribution_paragraph(results: MechanisticResults, consistency: Consistency,
@@ -528,7 +560,7 @@ def tests_table(consistency: Consistency, decisions: dict[str, AssociationDecisi
             test = tests[key]
             stat = rf"$V$ = {fmt(test.cramers_v)}" if test is not None and test.applicable else "--"
         raw = est.p_value if est is not None else None
-        rows.append([tt(d.claim.name), stat, fmt_p_cell(raw), fmt_p_cell(d.p_adjusted),
+        rows.append([escape(CLAIM_TITLES.get(key, key)), stat, fmt_p_cell(raw), fmt_p_cell(d.p_adjusted),
                      escape(d.verdict.value)])
     settings, _ = claim_settings(consistency)
     caption = (r"The mechanistic family of tests: the statistic, its raw $p$-value (permutation) "
@@ -585,7 +617,7 @@ def numbers_table(results: MechanisticResults, numbers: list[NumberRow]) -> str:
         rows = ([_row(n) for n in ranked[:half]] + [[r"\ldots"] + [""] * 8]
                 + [_row(n) for n in ranked[-half:]])
         note = (f" The {half} numbers with the highest and the {half} with the lowest bias ratio "
-                f"of {len(numbers)} are shown; the run directory's numbers.parquet has them all.")
+                f"of {len(numbers)} are shown; the run's per-number table has them all.")
     bias, control = escape(_word(results.words, "bias")), escape(_word(results.words, "control"))
     caption = (
         r"Mechanistic per-number table: number $N$, its category and bias ratio; the spike layer "
@@ -614,28 +646,36 @@ def aspect(pdf: Path) -> float:
 
 
 def _figures(run: StageRun, results: MechanisticResults | None) -> list[Figure]:
-    """The similarity profile, and the head/MLP contribution maps when they fit a page (they grow
-    with the number of layers); else the attention to the number and animal tokens."""
+    """The similarity profile, and the head/MLP contribution maps when they fit a page (runs
+    drawn before the maps were laid out for the page grow with the number of layers); else the
+    attention to the number and animal tokens. The captions say what every mark means
+    (sublens.experiments.mechanistic.figures)."""
     available = run.figures()
-    bias = escape(_word(results.words if results is not None else None, "bias"))
+    words = results.words if results is not None else None
+    bias, control = escape(_word(words, "bias")), escape(_word(words, "control"))
     out = []
     if "similarity_by_layer" in available:
         out.append(Figure("similarity_by_layer", (
             rf"Residual similarity by layer: cosine similarity of each number's final-position "
-            rf"residual to the {bias} statement, to the control statement, and their difference, "
-            r"per category (means with 95\% CIs); the spike layer is the largest rise of the "
+            rf"residual with the {bias} statement's (left) and with the {control} statement's "
+            r"(middle), on one scale, and their difference (right); layer $-1$ is the embedding. One colour per "
+            r"category, $n$ numbers each: lines are means, bands 95\% CIs (normal approximation "
+            r"over the numbers). The spike layer is the block with the largest rise of the "
             r"difference."
         ), wide=True))
     contributions = available.get("head_contributions")
     if contributions is not None and aspect(contributions) <= MAX_ASPECT:
         out.append(Figure("head_contributions", (
-            rf"Head and MLP contributions per category and layer: cosine similarity with the "
-            rf"{bias} statement's residual, and direct logit attribution to the {bias}$-$control "
-            r"logit difference (heads, then MLPs)."
+            rf"Head and MLP contributions per category (columns) and layer: the score on the number "
+            rf"statement (top) and the direct logit attribution to the {bias}$-${control} logit "
+            r"difference on the number-priming prompt (bottom), means over the category's numbers. "
+            r"In each map the columns are the heads and, after the black line, the MLP (M); red is "
+            rf"towards the {bias}, blue towards the {control}, on one colour scale per row."
         ), wide=True))
     elif "attention_to_tokens" in available:
         out.append(Figure("attention_to_tokens", (
-            r"Attention from the final position to the number tokens and to the animal token, "
-            r"per layer and head."
+            r"Attention from the final position to the number tokens (left) and to the animal token "
+            r"(right), per layer and head, averaged over the attention prompts; each map has its "
+            r"own colour scale."
         )))
     return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any, Literal, Protocol
 
@@ -41,16 +41,18 @@ from sublens.claims import (
     estimate_log_ratio,
     holm,
 )
+from sublens.experiments.pruning.panels import drawn_panels, missing_panels
 from sublens.experiments.pruning.results import (
     ControlledRetention,
     PruningResults,
     RatioEstimate,
     Step,
 )
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, noun_for
+from sublens.report.names import display_name
 from sublens.report.sections import Figure, Section, figure_label
-from sublens.report.stages import StageRun, spec_label
-from sublens.report.verdicts import decision_latex
+from sublens.report.stages import StageRun
+from sublens.report.verdicts import claim_text, decisions_latex, verdict_label
 from sublens.results import as_results, read_run_results
 
 PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
@@ -64,8 +66,8 @@ CRITERION_NAMES = {
 }
 NO_BASE = ("the pruned-base control was not measured (this run predates it), so loss of the bias "
            "is not separated from pruning damage common to any model")
-NO_BASE_SETTLE = ("rerun pruning: the same heads are then removed from the unbiased base model "
-                  "(config key base) and the retention is base-controlled")
+NO_BASE_SETTLE = ("rerun the pruning stage with the unbiased base model as its control: the same heads "
+                  "are then removed from it and the retention is base-controlled")
 Level = Literal["p_trait", "panel_share"]
 
 
@@ -129,11 +131,7 @@ def _pct(fraction: float) -> str:
 def damage(step: Step | None) -> float | None:
     """The cell's perplexity over the unpruned model's: the larger of the biased and the base
     model's (means over draws); None when perplexity was not measured."""
-    if step is None:
-        return None
-    base = step.base.perplexity if step.base else None
-    present = [p.ratio for p in (step.perplexity, base) if p is not None]
-    return max(present) if present else None
+    return step.damage() if step is not None else None
 
 
 def draw_damage(step: Step | None) -> list[float | None]:
@@ -457,13 +455,22 @@ def _biased_model(run: StageRun, results: PruningResults | None) -> str:
     spec = run.config.get("model") or (results.model if results else None) or "?"
     source = ((run.record.get("models") or {}).get("model") or {}).get("source")
     system = run.config.get("system")
-    name = escape(spec_label(spec))
+    name = escape(display_name(spec))
     if source in ("run", "folder"):
-        text = f"the fine-tuned teacher \\texttt{{{name}}}"
+        text = name if name.startswith("the ") else f"the fine-tuned model {name}"
         return text + (f", measured with the system prompt ``{escape(system)}''" if system else "")
     if system:
-        return f"a prompted teacher: the base model \\texttt{{{name}}} with the system prompt ``{escape(system)}''"
-    return f"\\texttt{{{name}}} with the chat template's default system prompt"
+        return f"a prompted teacher: the base model {name} with the system prompt ``{escape(system)}''"
+    return f"{name} with the chat template's default system prompt"
+
+
+def corpus_text(corpus: object) -> str:
+    """The perplexity corpus as the text names it: 'Wikipedia text', or 'a local text file' for a
+    path (no machine's paths in the paper)."""
+    text = str(corpus or "?")
+    if text.lower() == "wikipedia":
+        return "Wikipedia text"
+    return "a local text file" if "/" in text or "." in text else f"{escape(text)} text"
 
 
 def _bias_system(system: str | None, measured: str | None) -> str:
@@ -482,7 +489,7 @@ def _base_methods(run: StageRun, results: PruningResults | None) -> str:
     system = run.config.get("base_system")
     under = f"the system prompt ``{escape(system)}''" if system else "the chat template's default system prompt"
     return (f"As the matched control, the same heads are removed from the unbiased base model "
-            f"\\texttt{{{escape(spec_label(base))}}} (under {under}), measured the same way; retention is "
+            f"{escape(display_name(base))} (under {under}), measured the same way; retention is "
             "base-controlled: per question, the log ratio of the biased to the base model's value, pruned, "
             "minus the same log ratio unpruned, so pruning damage common to both models cancels. ")
 
@@ -529,13 +536,13 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
     if ppl.get("enabled"):
         text.append(
             f"Perplexity is measured on {ppl.get('max_tokens', '?')} tokens of "
-            f"{escape(ppl.get('corpus', '?'))} text (windows of {ppl.get('window', '?')}); a pruned model "
+            f"{corpus_text(ppl.get('corpus'))} (windows of {ppl.get('window', '?')}); a pruned model "
             f"whose perplexity exceeds ${bound_of(c):g}\\times$ the unpruned model's counts as degraded, "
             "and no claim is decided on degraded models. "
         )
     settings = claim_settings(c)
     text.append(
-        "Claims are decided by \\texttt{sublens.claims}: the survival claim by equivalence (the CI of the "
+        "Two claims are decided: the survival claim by equivalence (the CI of the "
         f"base-controlled {trait}-share retention inside ${1 / settings.margin:.2g}\\times$.."
         f"${settings.margin:g}\\times$), the comparison with random pruning by a two-sided Monte Carlo "
         "rank test among the random draws, Holm-adjusted together "
@@ -546,24 +553,39 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
 
 # ---- results --------------------------------------------------------------------------------
 def _degradation_text(steps: Sequence[Step], bound: float) -> str:
-    parts = []
+    """How far each criterion prunes inside the degradation bound (defined in the methods), the
+    criteria that end alike named together."""
+    by_last: dict[float | None, list[str]] = {}
     for criterion in dict.fromkeys(s.criterion for s in steps):
         measured, last = last_inside(steps, criterion, bound)
-        if not measured:
-            continue
-        parts.append(f"{_pct(last)} ({criterion})" if last is not None
-                     else f"none of the pruned fractions ({criterion})")
-    if not parts:
+        if measured:
+            by_last.setdefault(last, []).append(criterion)
+    if not by_last:
         return "Perplexity was not measured for every pruned model, so degradation is not bounded. "
-    return (f"Degradation bound: a pruned model is degraded when its perplexity exceeds ${bound:g}\\times$ "
-            f"the unpruned model's; the last kept fraction inside the bound is {', '.join(parts)}. ")
+    first = max((s.fraction for s in steps if s.fraction < 1.0), default=None)
+    parts = []
+    for last, criteria in by_last.items():
+        who = f"{_and(criteria)} pruning"
+        if last is None:
+            parts.append(f"{who} exceeds it already at the first pruned fraction"
+                         + (f" ({_pct(first)} kept)" if first is not None else ""))
+        else:
+            stays = "stays" if len(criteria) == 1 else "stay"
+            parts.append(f"{who} {stays} inside it down to {_pct(last)} of heads kept")
+    return f"Against the ${bound:g}\\times$ perplexity bound, {'; '.join(parts)}. "
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _measured_text(steps: Sequence[Step], f: float, trait: str) -> str:
-    """What was measured at the claim fraction, in words that claim nothing."""
+    """What was measured at the claim fraction, in words that claim nothing; the criteria whose
+    retention is of one kind share one sentence."""
     out = []
     entropy, reverse, random = (_step(steps, f, c) for c in ("entropy", "reverse", "random"))
     lead = f"With {_pct(f)} of heads kept ({_pct(1 - f)} pruned)"
+    others = [(name, step) for name, step in (("reverse", reverse), ("random", random)) if step is not None]
     if entropy is not None and entropy.controlled is not None and _has_ratio(entropy.controlled.panel_share):
         base_own = entropy.base.retention.p_trait if entropy.base else None
         out.append(f"{lead}, entropy-ranked pruning leaves a base-controlled {trait}-share retention of "
@@ -576,26 +598,59 @@ def _measured_text(steps: Sequence[Step], f: float, trait: str) -> str:
             out.append("The base-controlled answer-rate retention is "
                        + (_ci_text(rate) if rate.ratio is not None
                           else f"undefined ({escape(rate.note or 'a rate is 0')})") + ". ")
+        controlled = [(n, st) for n, st in others if _has_ratio(_controlled(st))]
+        own = [(n, st) for n, st in others if not _has_ratio(_controlled(st))]
+        out += [_criteria_sentence(controlled, f"base-controlled {trait}-share", _controlled),
+                _criteria_sentence(own, f"biased-model P({trait})", _retention)]
     elif entropy is not None:
-        out.append(f"{lead}, entropy-ranked pruning leaves the biased model P({trait}) retention "
-                   f"{_ci_text(_retention(entropy))} (pruned / unpruned, biased model only). ")
-    for name, step in (("reverse", reverse), ("random", random)):
-        if step is None:
-            continue
-        has_control = _has_ratio(_controlled(step))
-        value: Interval | None = _controlled(step) if has_control else _retention(step)
-        kind = f"base-controlled {trait}-share" if has_control else f"biased-model P({trait})"
-        draws = f" ({step.n_draws} draws)" if name == "random" else ""
-        out.append(f"Under the {name} criterion{draws} the {kind} retention is {_ci_text(value)}. ")
+        listed = [f"{_ci_text(_retention(entropy))} under entropy-ranked pruning",
+                  *(f"{_ci_text(_retention(st))} under the {_criterion_words(n, st)}" for n, st in others)]
+        out.append(f"{lead}, the biased model's own P({trait}) retention (pruned / unpruned, no base "
+                   f"control) is {_and(listed)}. ")
+    else:
+        out.append(_criteria_sentence(others, f"biased-model P({trait})", _retention))
     return "".join(out)
 
 
-def _ppl_text(steps: Sequence[Step], f: float, bound: float) -> str:
+def _criterion_words(name: str, step: Step) -> str:
+    return f"{name} criterion" + (f" ({step.n_draws} draws)" if name == "random" else "")
+
+
+def _criteria_sentence(cells: Sequence[tuple[str, Step]], kind: str,
+                       value: Callable[[Step], Interval | None]) -> str:
+    """'Under the reverse and random criteria (random: 3 draws) the ... retention is A and B
+    respectively.'"""
+    if not cells:
+        return ""
+    values = _and([_ci_text(value(st)) for _, st in cells])
+    if len(cells) == 1:
+        return f"Under the {_criterion_words(*cells[0])} the {kind} retention is {values}. "
+    draws = [f"random: {st.n_draws} draws" for n, st in cells if n == "random"]
+    names = _and([n for n, _ in cells]) + " criteria" + (f" ({draws[0]})" if draws else "")
+    return f"Under the {names} the {kind} retention is {values} respectively. "
+
+
+def _ppl_text(steps: Sequence[Step], f: float) -> str:
+    """The perplexity ratios at the claim fraction, as the table prints them (one number each)."""
     cells = [s for s in steps if s.fraction == f and damage(s) is not None]
     if not cells:
         return ""
-    parts = ", ".join(f"{s.criterion} ${fmt(damage(s), 1)}\\times$" for s in cells)
-    return f"Perplexity over the unpruned model's at {_pct(f)} kept: {parts} (bound ${bound:g}\\times$). "
+    parts = ", ".join(f"{s.criterion} ${_ppl(damage(s))}\\times$" for s in cells)
+    return f"Perplexity over the unpruned model's at {_pct(f)} kept: {parts}. "
+
+
+def _decisions_text(found: Sequence[Decision]) -> str:
+    """The family's verdicts. Claims stopped before any estimate for one shared reason (a run
+    without the pruned-base control) give that reason and what would settle them once; otherwise
+    `decisions_latex` says what the claims share once."""
+    reasons = {(d.reason, d.settle) for d in found}
+    if len(found) < 2 or len(reasons) != 1 or any(d.estimate is not None for d in found):
+        return decisions_latex(found) + " "
+    reason, settle = next(iter(reasons))
+    claims = ". ".join(f"{claim_text(d.claim.statement)}: \\textbf{{{verdict_label(d)}}} (estimand: "
+                       f"{claim_text(d.claim.estimand)}; unit of inference: the {d.claim.unit})" for d in found)
+    return (f"Neither claim can be decided, because {claim_text(reason)}. {claims}. "
+            f"To settle both: {claim_text(settle)}. ")
 
 
 def heads_location(results: PruningResults) -> str:
@@ -614,7 +669,7 @@ def heads_location(results: PruningResults) -> str:
     text = (f"The {len(pruned)} highest-entropy heads (those pruned at {_pct(heat.fraction)} "
             f"kept) lie {', '.join(parts)}")
     if full:
-        text += f"; every head of layer{'s' if len(full) > 1 else ''} {', '.join(map(str, full))} is pruned"
+        text += f"; every head of {noun_for(full, 'layer')} {', '.join(map(str, full))} is pruned"
     return text + ". "
 
 
@@ -645,8 +700,8 @@ def results_text(run: StageRun, results: PruningResults | None, incomplete: bool
     f = claim_fraction(steps, c)
     if f is not None:
         out.append(_measured_text(steps, f, trait))
-        out.append(_ppl_text(steps, f, bound))
-    out.extend(decision_latex(d) + " " for d in found)
+        out.append(_ppl_text(steps, f))
+    out.append(_decisions_text(found))
     out.append(heads_location(results))
     return "".join(out).strip(), [headline_line(d) for d in found]
 
@@ -662,21 +717,44 @@ def _incomplete(run: StageRun) -> str:
 # ---- the section ----------------------------------------------------------------------------
 def figures(run: StageRun, results: PruningResults | None) -> list[Figure]:
     found = run.figures()
-    trait = escape(results.trait if results else "owl")
-    controlled = results is not None and any(_has_ratio(_controlled(s)) for s in results.steps)
-    kind = "base-controlled " if controlled else "biased-model "
     out = []
-    if "pruning_retention" in found:
-        out.append(Figure("pruning_retention",
-                          f"Head pruning: {kind}P({trait}), panel-share and answer-rate retention (95\\% CI bands) "
-                          "and perplexity against the fraction of heads kept, by criterion "
-                          f"(see Table~\\ref{{tab:pruning_sweep}}).", wide=True))
+    if "pruning_retention" in found and results is not None and drawn_panels(results):
+        out.append(Figure("pruning_retention", sweep_caption(results), wide=True))
     if "pruning_entropy_heatmap" in found:
-        frac = results.entropy.heatmap.fraction if results else None
-        marked = f"; $\\times$ marks the heads pruned at {_pct(frac)} kept" if frac else ""
+        heat = results.entropy.heatmap if results else None
+        marked = (f"; a cross marks each of the {len(heat.pruned)} heads pruned at {_pct(heat.fraction)} kept "
+                  f"by the entropy criterion" if heat is not None and heat.fraction else "")
         out.append(Figure("pruning_entropy_heatmap",
-                          f"Mean attention entropy per head (layer $\\times$ head) on the bias prompts{marked}."))
+                          f"Mean attention entropy (nats) per head, by layer (rows) and head (columns), "
+                          f"on the bias prompts{marked}."))
     return out
+
+
+def sweep_caption(results: PruningResults) -> str:
+    """What every panel, band and line of the sweep figure shows, and which quantity has no
+    panel and why (sublens.experiments.pruning.panels decides both)."""
+    trait = escape(results.trait)
+    drawn = drawn_panels(results)
+    controlled = any(_has_ratio(_controlled(s)) for s in results.steps)
+    names = {"p_trait": f"P({trait})", "panel_share": f"{trait}-share", "answer_rate": "answer-rate",
+             "perplexity": "perplexity"}
+    retention = [names[p] for p in drawn if p != "perplexity"]
+    quantities = ([f"{'base-controlled' if controlled else 'biased-model'} {_and(retention)} retention"]
+                  if retention else []) + (["perplexity"] if "perplexity" in drawn else [])
+    draws = max((s.n_draws for s in results.steps if s.criterion == "random"), default=0)
+    text = (f"Head pruning against the fraction of heads kept, by criterion (random: the mean of "
+            f"{draws} draws; Table~\\ref{{tab:pruning_sweep}}): {_and(quantities)}, each over the "
+            "unpruned model's (log scales" + (", the answer rate linear" if "answer_rate" in drawn else "")
+            + "). Bands: 95\\% CIs over questions")
+    if "answer_rate" in drawn:
+        text += "; answer-rate intervals are bars, a triangle at the top marking one without an upper bound"
+    text += ". Dotted line: the unpruned model (ratio 1)"
+    if "perplexity" in drawn and results.degradation_bound:
+        text += f"; dashed line: the ${results.degradation_bound:g}\\times$ perplexity bound of degradation"
+    text += "."
+    for panel, why in missing_panels(results).items():
+        text += f" The {names[panel]}{' retention' if panel != 'perplexity' else ''} is not drawn: it {why}."
+    return text
 
 
 def build(run: StageRun) -> Section:
