@@ -96,7 +96,7 @@ def _reason(decision: Decision, ratio_stated: bool) -> str:
     est, reason, p = decision.estimate, decision.reason, decision.p_adjusted
     label = verdict_label(decision)
     if label.endswith("(not measured)") and reason.startswith("not measured"):
-        return claim_text(reason.removeprefix("not measured").strip(" ()")) or "no estimate"
+        return claim_text(reason.removeprefix("not measured").strip(" ():;")) or "no estimate"
     if est is None or est.ratio is None:
         return claim_text(reason)
     if not est.has_interval:
