@@ -22,14 +22,13 @@ import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from sublens.errors import ConfigError, SublensError
 
 IGNORE_INDEX = -100
-Layout = Literal["pad", "bucket", "pack"]
 LAYOUTS: tuple[str, ...] = ("pad", "bucket", "pack")
 BUCKET_WINDOW = 32  # micro-batches whose examples are sorted by length together ("bucket")
 

@@ -12,7 +12,7 @@ from sublens.distill import TeacherView
 from sublens.experiments.distill.results import ARMS, Arm
 from sublens.preference import PreferenceSettings
 from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
-from sublens.training import TrainConfig
+from sublens.train_config import TrainConfig
 
 OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
 

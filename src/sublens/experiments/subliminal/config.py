@@ -13,8 +13,8 @@ from sublens.config import Config, ReadAs
 from sublens.perplexity import PerplexitySettings
 from sublens.preference import PreferenceSettings
 from sublens.subliminal import OWL_TEACHER_SYSTEM, SamplingSettings
+from sublens.train_config import TrainConfig
 from sublens.trainable import check_arm, split_arm
-from sublens.training import TrainConfig
 
 OWL = "owl"
 CONTROL = "control"

@@ -10,7 +10,7 @@ from sublens.config import Config
 from sublens.perplexity import PerplexitySettings
 from sublens.preference import PreferenceSettings
 from sublens.subliminal import OWL_TEACHER_SYSTEM, SamplingSettings
-from sublens.training import TrainConfig
+from sublens.train_config import TrainConfig
 
 # A neutral system prompt shaped like the owl prompt (same pattern, similar length, no animal):
 # a control teacher distilled from it differs from the owl teacher only by the trait.
