@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sublens.claims import Decision, subliminal_decisions
+from sublens.claims import (
+    NO_RANDOM,
+    SKIP_DIVERGENCE,
+    SUBLIMINAL_MODES,
+    Decision,
+    subliminal_decisions,
+)
 from sublens.experiments.subliminal.results import (
     ArmRatios,
     DataRecord,
@@ -57,7 +63,7 @@ from sublens.report.sections.common import (
 from sublens.report.stages import StageRun
 from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
 from sublens.results import read_run_results
-from sublens.trainable import describe_trainable
+from sublens.trainable import describe_trainable, split_arm
 
 TITLE = "Subliminal transfer through number sequences"
 TABLE = "freeze_modes"
@@ -137,7 +143,8 @@ def decisions(run: StageRun, results: SubliminalResults) -> dict[str, Decision]:
     """The subliminal claims with seeds as the unit, each owl arm against the control student
     of its own freeze mode (older runs without matched controls: those arms count as not
     measured)."""
-    return subliminal_decisions(results, arm_modes(results, run.config)[1], claim_settings(run.config))
+    modes, control_modes = arm_modes(results, run.config)
+    return subliminal_decisions(results, control_modes, claim_settings(run.config), modes=modes)
 
 
 def _arms_text(results: SubliminalResults, modes: list[str]) -> str:
@@ -166,13 +173,51 @@ def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
             "freezing with the effect of the data, and no claim rests on that comparison.")
 
 
+FREEZE_MODES = ("freeze-attention", "freeze-mlp")
+FREEZING_LEAD = ("Localisation by freezing (a claim separate from localisation by transplant and by "
+                 "attribution): ")
+DIVERGENCE_LEAD = "Divergence tokens \\citep{schrodi2026understanding}: "
+ENTANGLEMENT_LEAD = "Entanglement \\citep{zur2025owl}: "
+
+
+def divergence_sets(decided: dict[str, Decision]) -> list[str]:
+    """The trainable sets the run trained both with and without the divergence tokens in the loss."""
+    return [key.removeprefix("divergence.") for key in decided if key.startswith("divergence.")]
+
+
+def other_arms(modes: list[str], decided: dict[str, Decision]) -> list[str]:
+    """The owl arms beyond the freeze modes with a transfer claim of their own in the text (a
+    layer range, LoRA, a divergence-token mask): all but the masked arms whose claim is the
+    divergence one."""
+    masked = {f"{s}{SKIP_DIVERGENCE}" for s in divergence_sets(decided)}
+    return [m for m in modes if m not in SUBLIMINAL_MODES and m not in masked and f"transfer.{m}" in decided]
+
+
 def _claims_text(modes: list[str], decided: dict[str, Decision]) -> str:
+    """The verdicts on the owl arms the run has (one family with the entanglement claims):
+    transfer with full fine-tuning, localisation by freezing, transfer with every other arm,
+    the divergence-token claims; the text has given each arm's ratio."""
     chosen, lead = [decided["transfer.full"]], [""]
-    if any(m != "full" for m in modes):
+    if any(m in FREEZE_MODES for m in modes):
         chosen.append(decided["mlp"])
-        lead.append("Localisation by freezing (a claim separate from localisation by transplant and by "
-                    "attribution): ")
+        lead.append(FREEZING_LEAD)
+    others = other_arms(modes, decided)
+    divergence = [f"transfer.{arm}" for arm in others if split_arm(arm)[1] != "all"]
+    divergence += [f"divergence.{s}" for s in divergence_sets(decided)]
+    for key in [f"transfer.{arm}" for arm in others if split_arm(arm)[1] == "all"] + divergence:
+        chosen.append(decided[key])
+        lead.append(DIVERGENCE_LEAD if divergence and key == divergence[0] else "")
     return decisions_latex(chosen, ratio_stated=True, lead=lead)
+
+
+def _entanglement_claims_text(decided: dict[str, Decision]) -> str:
+    """The entanglement claims, after the filtered students' contrast: transfer without the
+    random-set answers, the quotient predicted to be no change, and the claim they make
+    together (the test and margin were said with the other claims of the family)."""
+    if "entanglement" not in decided:
+        return ""
+    keys = (f"transfer.{NO_RANDOM}", "contrast.no_entangled_vs_no_random", "entanglement")
+    return decisions_latex([decided[k] for k in keys], test_stated=True, lead=["", "", ENTANGLEMENT_LEAD])
 
 
 def _answers_text(results: SubliminalResults) -> str:
@@ -421,17 +466,31 @@ def _results(run: StageRun, results: SubliminalResults | None,
     text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(results, modes)} "
             f"{seeds_sentence(results.n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(results)} "
             f"{_claims_text(modes, decided)} {_prompt_sentence(results)} {_entangled_contrast_sentence(results)} "
-            f"{data}")
+            f"{_entanglement_claims_text(decided)} {data}")
     return " ".join(text.split()), decided
 
 
-def _headline(results: SubliminalResults | None, decided: dict[str, Decision] | None) -> list[str]:
+def _headline(results: SubliminalResults | None, decided: dict[str, Decision] | None,
+              config: dict[str, Any]) -> list[str]:
     if results is None or decided is None:
         return ["subliminal: incomplete (no student comparisons)"]
     full = share_ratio(results.row(OWL, "full"))
-    return [f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
-            f"({counted(results.n_seeds, 'seed')}); transfer {verdict_label(decided['transfer.full'])}",
-            f"subliminal: MLP claim by freezing {verdict_label(decided['mlp'])}"]
+    lines = [f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
+             f"({counted(results.n_seeds, 'seed')}); transfer {verdict_label(decided['transfer.full'])}"]
+    modes = arm_modes(results, config)[0]
+    if any(m in FREEZE_MODES for m in modes) or not modes:  # a run that does not say: as before
+        lines.append(f"subliminal: MLP claim by freezing {verdict_label(decided['mlp'])}")
+    others = other_arms(modes, decided)
+    if others:
+        lines.append("subliminal: transfer " + "; ".join(
+            f"with {describe_trainable(m)} {verdict_label(decided[f'transfer.{m}'])}" for m in others))
+    for s in divergence_sets(decided):
+        lines.append(f"subliminal: divergence tokens out of the loss block the transfer ({describe_trainable(s)}) "
+                     f"{verdict_label(decided[f'divergence.{s}'])}")
+    if "entanglement" in decided:
+        lines.append(f"subliminal: token entanglement does not explain the transfer "
+                     f"{verdict_label(decided['entanglement'])}")
+    return lines
 
 
 def preference_caption(results: SubliminalResults | None) -> str:
@@ -473,5 +532,5 @@ def build(run: StageRun) -> Section:
     if figures:
         refs = ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures)
         text += f" See {refs}."
-    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided),
+    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided, run.config),
                    measurement=preference_definition(run.config.get("preference") or {}))
