@@ -263,9 +263,10 @@ def print_summary(results: SubliminalResults) -> None:
     if results.n_seeds == 1:
         console.print("One training seed: the CIs cover question (prompt) variation only, not the "
                       "variation between training runs; no transfer claim rests on them (docs/design.md, Verdicts).")
-    decided = subliminal_decisions(results, results.control_modes or [], results.claims_settings)
-    for key in ("transfer.full", "mlp"):
-        console.print(escape(decided[key].sentence()), soft_wrap=True)
+    decided = subliminal_decisions(results, results.control_modes or [], results.claims_settings,
+                                   modes=results.modes)
+    for decision in decided.values():  # every claim the run's arms support, in the family's order
+        console.print(escape(decision.sentence()), soft_wrap=True)
     for line in data_lines(results.data):
         console.print(line)
     for arm, p in (results.parameters or {}).items():
