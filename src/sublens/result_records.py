@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from sublens.claims import ClaimSettings, Estimate, Prediction, Verdict
 from sublens.results import Sparse
 
 
@@ -181,3 +182,30 @@ class TrainingSummary(Sparse):
     def final(self, curve: str) -> float | None:
         """The last logged value of an extra series (None if it was never logged)."""
         return next((v for v in reversed(self.extra_curves.get(curve, [])) if v is not None), None)
+
+
+# ---- a decided claim (sublens.claims.Decision), as pruning and subliminal record it ----------
+# (entanglement and mechanistic write their own decision records, with their own keys.)
+class ClaimRecord(Sparse):
+    """`sublens.claims.Claim` as recorded (unit "draw": pruning's rank claim)."""
+
+    name: str
+    statement: str
+    estimand: str
+    unit: Literal["seed", "question", "number", "draw"]
+    prediction: Prediction
+    family: str
+    settings: ClaimSettings
+
+
+class DecisionRecord(Sparse):
+    """`sublens.claims.Decision` as recorded at the end of a run."""
+
+    claim: ClaimRecord
+    verdict: Verdict
+    estimate: Estimate | None
+    p_adjusted: float | None
+    reason: str
+    settle: str
+    mde: float | None
+    units_needed: int | None

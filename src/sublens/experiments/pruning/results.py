@@ -22,8 +22,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from sublens.claims import ClaimSettings, Estimate, Prediction, Verdict
 from sublens.result_records import (
+    DecisionRecord,
     PerplexityRecord,
     ProbabilityRecord,
     Rate,
@@ -196,34 +196,6 @@ class EntropyRecord(Sparse):
     bias_prompts: list[str]
     file: str  # the safetensors file with the per-prompt breakdown
     heatmap: Heatmap
-
-
-# The decision records of pruning, entanglement and mechanistic stay apart: each writes its own
-# keys, in its own order (here the whole claim and its estimate; entanglement: set, test and raw
-# and Holm p; mechanistic: statistic and CI, null where not finite).
-class ClaimRecord(Sparse):
-    """`sublens.claims.Claim` as recorded (unit "draw": the rank claim of the section)."""
-
-    name: str
-    statement: str
-    estimand: str
-    unit: Literal["seed", "question", "number", "draw"]
-    prediction: Prediction
-    family: str
-    settings: ClaimSettings
-
-
-class DecisionRecord(Sparse):
-    """`sublens.claims.Decision` as recorded at the end of the run."""
-
-    claim: ClaimRecord
-    verdict: Verdict
-    estimate: Estimate | None
-    p_adjusted: float | None
-    reason: str
-    settle: str
-    mde: float | None
-    units_needed: int | None
 
 
 class PruningResults(SparseResults):

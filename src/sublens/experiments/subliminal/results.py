@@ -25,9 +25,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from sublens.claims import ClaimSettings, Estimate, Prediction, Verdict
+from sublens.claims import ClaimSettings
 from sublens.result_records import (
     Comparison,
+    DecisionRecord,
     PerplexityRecord,
     ProbabilityRecord,
     SampledRecord,
@@ -350,32 +351,6 @@ class PromptComparisons(Sparse):
 
     system: str | None  # None: no system turn
     arms: dict[str, ArmRatios]  # owl mode -> its ratios
-
-
-# ---- claims (sublens.claims.subliminal_decisions) ---------------------------------------------
-class ClaimRecord(Sparse):
-    """`sublens.claims.Claim` as recorded."""
-
-    name: str
-    statement: str
-    estimand: str
-    unit: Literal["seed"]
-    prediction: Prediction
-    family: str
-    settings: ClaimSettings
-
-
-class DecisionRecord(Sparse):
-    """`sublens.claims.Decision` as recorded at the end of the run."""
-
-    claim: ClaimRecord
-    verdict: Verdict
-    estimate: Estimate | None
-    p_adjusted: float | None
-    reason: str
-    settle: str
-    mde: float | None
-    units_needed: int | None
 
 
 # ---- the run ----------------------------------------------------------------------------------
