@@ -45,7 +45,8 @@ def main() -> None:
         sample_text,
         shared_prefix,
     )
-    from sublens.subliminal import OWL_TEACHER_SYSTEM, NumberFormat, shard_order
+    from sublens.settings import OWL_TEACHER_SYSTEM
+    from sublens.subliminal import NumberFormat, shard_order
 
     lm = load_model("smollm2-135m-instruct", device="cpu")
     prompts = make_number_prompts(args.prompts, seed=0)

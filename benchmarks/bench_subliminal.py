@@ -34,7 +34,8 @@ def main() -> None:
     from sublens.number_data import make_number_prompts
     from sublens.prompts import make_prompt
     from sublens.scoring import default_stop_token_ids, sample_text
-    from sublens.subliminal import OWL_TEACHER_SYSTEM, NumberFormat, filter_record, shard_order
+    from sublens.settings import OWL_TEACHER_SYSTEM
+    from sublens.subliminal import NumberFormat, filter_record, shard_order
 
     lm = load_model("smollm2-135m-instruct", device="cpu")
     prompts = make_number_prompts(args.prompts, seed=0)

@@ -35,7 +35,8 @@ def main() -> None:
     from sublens.number_data import make_number_prompts
     from sublens.prompts import make_prompt
     from sublens.scoring import default_stop_token_ids, sample_text
-    from sublens.subliminal import OWL_TEACHER_SYSTEM, NumberFormat, shard_order
+    from sublens.settings import OWL_TEACHER_SYSTEM
+    from sublens.subliminal import NumberFormat, shard_order
     from sublens.training import TrainConfig, train
     from sublens.training_data import chat_example
 

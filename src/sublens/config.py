@@ -165,7 +165,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 # Config keys (at any depth, also inside dicts such as a paper stage's `set`) that hold model specs.
-MODEL_SPEC_FIELDS = frozenset({"model", "models", "base", "biased", "student", "teacher", "control_teacher"})
+MODEL_SPEC_FIELDS = frozenset({"model", "models", "base", "biased", "student", "teacher", "control_teacher",
+                               "tuned_teacher"})
+# Of those, keys that only ever hold a run folder: checked as a path even when the spec does not
+# look like one (a bare folder name is never a hub id there).
+RUN_FOLDER_FIELDS = frozenset({"tuned_teacher"})
 
 
 def _spec_values(value: Any, key: str = "", name: str = "") -> list[tuple[str, str]]:
@@ -182,15 +186,19 @@ def _spec_values(value: Any, key: str = "", name: str = "") -> list[tuple[str, s
 
 def check_model_specs(config: BaseModel) -> None:
     """Refuse model specs that look like paths (a run folder, a checkpoint, a .gguf file) but
-    exist nowhere, before any model loads: such a spec must never be sent to the hub. The CLI
+    exist nowhere, before any model loads: such a spec must never be sent to the hub; a key of
+    RUN_FOLDER_FIELDS must name an existing folder, whatever it looks like. The CLI
     calls it on every config it runs (not load_config: a paper stage's config is built, wired
     to run folders of stages still to come, before those exist)."""
     specs = _spec_values(config)
     if not specs:
         return
-    from sublens.models import check_spec  # imports torch: only when there is a spec to check
+    # imports torch: only when there is a spec to check
+    from sublens.models import check_spec, looks_like_path
 
     for key, spec in specs:
+        if key.rsplit(".", 1)[-1] in RUN_FOLDER_FIELDS and not looks_like_path(spec):
+            spec = f"./{spec}"
         try:
             check_spec(spec)
         except ModelSpecError as exc:

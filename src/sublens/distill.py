@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,8 @@ from sublens.arch import Adapter
 from sublens.errors import ConfigError, SublensError
 from sublens.hooks import ActivationCache, capture, hook_names
 from sublens.prompts import COMPLETION_SEPARATOR, chat_prompt
+from sublens.settings import DEFAULT_KL_DIRECTION, TeacherView
 from sublens.shd import (
-    DEFAULT_KL_DIRECTION,
     EPS,
     FALLBACKS,
     Squeezed,
@@ -62,7 +62,6 @@ from sublens.shd import (
 )
 from sublens.training_data import Batch, Example, Segment
 
-TeacherFormat = Literal["plain", "chat"]
 Span = tuple[int, int]
 OUTSIDE: Span = (-2, -1)  # a teacher token with no characters in the student's text
 PATTERN = "attn.hook_pattern"
@@ -86,16 +85,6 @@ class TextRecord:
     def answer_start(self) -> int:
         """First character of the answer in `text`."""
         return len(self.prompt) + len(COMPLETION_SEPARATOR) if self.prompt else 0
-
-
-@dataclass(frozen=True)
-class TeacherView:
-    """How the teacher reads a text: ``plain`` (``system`` = an optional context paragraph
-    before the text; None = none) or ``chat`` (``system`` = the system turn; None = whatever
-    the chat template does by default, "" = an explicitly empty system turn)."""
-
-    format: TeacherFormat = "plain"
-    system: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ unchanged: it is the same values) and sets ``tie_word_embeddings=False``.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,12 +46,11 @@ from torch import nn
 
 from sublens.arch import Adapter, adapter_for
 from sublens.errors import ArchitectureError, ConfigError, SublensError
+from sublens.settings import GROUP_ORDER, Selector
 
 Source = Literal["base", "biased"]
 SOURCES: tuple[Source, Source] = ("base", "biased")
 WHOLE_GROUPS = ("embeddings", "final_norm", "lm_head")
-LAYERED_GROUPS = ("attention", "mlp", "norms")
-GROUP_ORDER = ("embeddings", "attention", "mlp", "norms", "final_norm", "lm_head")
 LayerNorms = Literal["attach", "separate"]
 
 # Config entries that do not change what the weights compute (bookkeeping, generation
@@ -109,39 +107,6 @@ def shared_tensors(model: nn.Module) -> list[list[str]]:
 
 
 # ---- groups --------------------------------------------------------------------------------
-_SELECTOR = re.compile(r"^\s*([a-z_]+)\s*(?:\[\s*(\d+)\s*:\s*(\d+)\s*\])?\s*$")
-
-
-@dataclass(frozen=True)
-class Selector:
-    """A group, optionally restricted to layers [start, end) (only attention / mlp / norms)."""
-
-    group: str
-    layers: tuple[int, int] | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Selector:
-        """'mlp', 'attention[0:10]' (layers 0..9), 'lm_head'."""
-        match = _SELECTOR.match(text)
-        if not match or match[1] not in GROUP_ORDER:
-            raise ConfigError(
-                f"Bad component group {text!r}: write one of {', '.join(GROUP_ORDER)}, optionally "
-                "with a half-open layer range for attention/mlp/norms, e.g. mlp[0:10]."
-            )
-        layers = None if match[2] is None else (int(match[2]), int(match[3]))
-        if layers is not None:
-            if match[1] not in LAYERED_GROUPS:
-                raise ConfigError(f"{match[1]} has no layers: {text!r} cannot take a layer range.")
-            if layers[0] >= layers[1]:
-                raise ConfigError(f"Empty layer range in {text!r}: write [start:end) with start < end.")
-        return cls(match[1], layers)
-
-    @property
-    def label(self) -> str:
-        return self.group if self.layers is None else f"{self.group}[{self.layers[0]}:{self.layers[1]}]"
-
-    def __str__(self) -> str:
-        return self.label
 
 
 def range_label(layers: tuple[int, int] | None) -> str:

@@ -75,6 +75,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sublens.arch import Adapter
+from sublens.entanglement import is_tuned_set
 from sublens.errors import SublensError
 from sublens.hooks import capture, hook_names, per_head_output
 from sublens.runs import check_upstream_finished, read_json
@@ -99,7 +100,9 @@ class NumberItem:
 
 def _auto_set(rows: pd.DataFrame, sets: list[str]) -> str:
     """The categorised set to use when none is named: the only one; else the set whose numbers
-    are all two-digit (the autoregressive 2-digit set); else the vocabulary set."""
+    are all two-digit (the autoregressive 2-digit set); else the vocabulary set. Sets categorised
+    by the fine-tuned teachers (``ar2@tuned``) are chosen only when named."""
+    sets = [s for s in sets if not is_tuned_set(s)] or sets
     if len(sets) == 1:
         return sets[0]
     two_digit = [

@@ -132,64 +132,81 @@ def patching_sweep(
     ``use("base")`` / ``use("biased")`` must make `model` compute that model inside the block. Each
     prompt is run alone (batch 1): no padding, the two models' activations align position by position.
     """
+    check_sweep(directions, ranges, adapter.n_layers)
+    sweep = _Sweep(model, adapter, prompts, target, foil, ranges, components)
+    started = time.perf_counter()
+    with use("base"):
+        sweep.record_clean("base")
+    with use("biased"):
+        sweep.record_clean("biased")
+        if "into_biased" in directions:
+            sweep.run_patched("biased")
+    if "into_base" in directions:
+        with use("base"):
+            sweep.run_patched("base")
+    seconds = time.perf_counter() - started
+    return {
+        "ranges": [list(r) for r in ranges], "labels": sweep.labels, "components": list(components),
+        "directions": list(directions), "base": sweep.clean["base"], "biased": sweep.clean["biased"],
+        "patched": {d: sweep.patched[d] for d in directions},
+        "forward_passes": sweep.passes, "seconds": seconds,
+        "seconds_per_question": seconds / len(prompts) if prompts else None,
+    }
+
+
+def check_sweep(directions: Sequence[str], ranges: Sequence[tuple[int, int]], n_layers: int) -> None:
     for direction in directions:
         if direction not in PATCH_DIRECTIONS:
             raise PatchingError(f"Unknown patching direction {direction!r}: use {', '.join(PATCH_DIRECTIONS)}.")
-    n_layers = adapter.n_layers
     for start, end in ranges:
         if not 0 <= start < end <= n_layers:
             raise PatchingError(f"Layer range [{start}, {end}) is not inside the model's {n_layers} layers.")
-    device = next(model.parameters()).device
-    inputs = [torch.tensor([list(p)], device=device) for p in prompts]
-    layers = sorted({layer for start, end in ranges for layer in range(start, end)})
-    names = [n for c in components for n in patch_names(c, layers)]
-    labels = [layer_label(r, n_layers) for r in ranges]
-    patched: dict[str, dict[str, dict[str, list[float]]]] = {
-        d: {c: {label: [] for label in labels} for c in components} for d in directions}
-    clean: dict[str, list[float]] = {"base": [], "biased": []}
-    caches: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "biased": []}
-    passes = 0
-    started = time.perf_counter()
 
-    def record_clean(source: str) -> None:
-        nonlocal passes
-        for ids in inputs:
-            with capture(model, adapter, names) as cache:
-                logits = _run(model, ids)
-            clean[source].append(logit_difference(logits, target, foil))
-            caches[source].append(dict(cache))
-            passes += 1
 
-    def run_patched(source: str, direction: str) -> None:
-        nonlocal passes
+class _Sweep:
+    """The state of one patching sweep: each model's clean activations per question (the donors)
+    and the logit differences measured so far."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter, prompts: Sequence[Sequence[int]], target: int,
+                 foil: int, ranges: Sequence[tuple[int, int]], components: Sequence[str]) -> None:
+        self.model, self.adapter, self.target, self.foil = model, adapter, target, foil
+        self.ranges, self.components = list(ranges), list(components)
+        device = next(model.parameters()).device
+        self.inputs = [torch.tensor([list(p)], device=device) for p in prompts]
+        layers = sorted({layer for start, end in ranges for layer in range(start, end)})
+        self.names = [n for c in components for n in patch_names(c, layers)]
+        self.labels = [layer_label(r, adapter.n_layers) for r in ranges]
+        self.patched: dict[str, dict[str, dict[str, list[float]]]] = {
+            d: {c: {label: [] for label in self.labels} for c in components} for d in PATCH_DIRECTIONS}
+        self.clean: dict[str, list[float]] = {"base": [], "biased": []}
+        self.caches: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "biased": []}
+        self.passes = 0
+
+    def record_clean(self, source: str) -> None:
+        """Run every question on `source` (the model in use), keeping its logit difference and
+        its activations at every patched site."""
+        for ids in self.inputs:
+            with capture(self.model, self.adapter, self.names) as cache:
+                logits = _run(self.model, ids)
+            self.clean[source].append(logit_difference(logits, self.target, self.foil))
+            self.caches[source].append(dict(cache))
+            self.passes += 1
+
+    def run_patched(self, source: str) -> None:
+        """Run every question on `source` with one component over one layer range replaced by the
+        other model's clean activations, for every component and range."""
         donor = "biased" if source == "base" else "base"
-        for q, ids in enumerate(inputs):
-            for component in components:
-                for (start, end), label in zip(ranges, labels, strict=True):
-                    values = {n: caches[donor][q][n] for n in patch_names(component, range(start, end))}
-                    with patch(model, adapter, values) as applied:
-                        logits = _run(model, ids)
+        direction = f"into_{source}"
+        for q, ids in enumerate(self.inputs):
+            for component in self.components:
+                for (start, end), label in zip(self.ranges, self.labels, strict=True):
+                    values = {n: self.caches[donor][q][n] for n in patch_names(component, range(start, end))}
+                    with patch(self.model, self.adapter, values) as applied:
+                        logits = _run(self.model, ids)
                     if any(count != 1 for count in applied.values()):
                         raise PatchingError(f"A patch was applied {applied} times, not once per pass.")
-                    patched[direction][component][label].append(logit_difference(logits, target, foil))
-                    passes += 1
-
-    with use("base"):
-        record_clean("base")
-    with use("biased"):
-        record_clean("biased")
-        if "into_biased" in directions:
-            run_patched("biased", "into_biased")
-    if "into_base" in directions:
-        with use("base"):
-            run_patched("base", "into_base")
-    seconds = time.perf_counter() - started
-    return {
-        "ranges": [list(r) for r in ranges], "labels": labels, "components": list(components),
-        "directions": list(directions), "base": clean["base"], "biased": clean["biased"], "patched": patched,
-        "forward_passes": passes, "seconds": seconds,
-        "seconds_per_question": seconds / len(inputs) if inputs else None,
-    }
+                    self.patched[direction][component][label].append(logit_difference(logits, self.target, self.foil))
+                    self.passes += 1
 
 
 # ---- summaries (no torch) ------------------------------------------------------------------

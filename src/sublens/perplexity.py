@@ -6,10 +6,10 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from sublens.errors import SublensError
+from sublens.settings import PerplexitySettings
 
 
 def token_windows(tokenizer: Any, text: str, max_tokens: int, window: int) -> torch.Tensor:
@@ -61,16 +61,6 @@ def perplexity(
         total_tokens += batch[:, 1:].numel()
     mean = total_nll / total_tokens
     return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": total_tokens, "windows": len(windows)}
-
-
-class PerplexitySettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    corpus: str = "wikipedia"  # or a path to a UTF-8 text file
-    max_tokens: int = Field(default=4096, ge=16)
-    window: int = Field(default=512, ge=2)
-    batch_size: int = Field(default=4, ge=1)
 
 
 def measure_perplexity(lm: Any, settings: PerplexitySettings, text: str) -> dict[str, Any] | None:

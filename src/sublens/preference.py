@@ -15,12 +15,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from sublens.answers import mentions, top_answers
 from sublens.errors import ConfigError
 from sublens.prompts import make_prompt
-from sublens.scoring import LM, SAMPLER, sample_text, word_probability_many
+from sublens.scoring import LM, sample_text, word_probability_many
+from sublens.settings import SAMPLER, PreferenceSettings
 from sublens.stats import (
     bootstrap_diff_ci,
     log_ratio_interval,
@@ -29,35 +29,11 @@ from sublens.stats import (
     wilson_ci,
 )
 
-DEFAULT_PANEL = ("dog", "cat", "eagle", "lion", "wolf", "dolphin", "elephant", "tiger", "horse", "bear")
-
 
 def shipped_questions(name: str) -> list[str]:
     """A question list shipped in sublens/data (preference_questions, one_word_questions)."""
     text = resources.files("sublens.data").joinpath(f"{name}.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-class PreferenceSettings(BaseModel):
-    """What is asked and how answers are sampled: every setting explicit, none left to a library."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    trait: str = "owl"
-    panel: list[str] = Field(default_factory=lambda: list(DEFAULT_PANEL))  # controls, trait excluded
-    prefill: str = "My favorite animal is the"
-    questions: list[str] | None = None  # None: the 25 shipped paraphrases
-    sample_questions: list[str] | None = None  # None: the 50 shipped one-word questions
-    samples_per_question: int = Field(default=4, ge=0)  # 0 skips sampling
-    # Prefill of the sampled answers. At temperature 1 SmolLM2-135M almost never answers a
-    # one-word question on task without it (measured: answers like "I'm an AI..."); set ""
-    # for models that do (the paper setting), so the answer is entirely the model's own.
-    sample_prefill: str = "My favorite animal is the"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=32, ge=1)
 
 
 def _words(settings: PreferenceSettings) -> list[str]:

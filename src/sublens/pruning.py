@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,10 +41,7 @@ from tqdm.auto import tqdm
 from sublens.arch import Adapter
 from sublens.errors import ConfigError
 from sublens.hooks import Head, capture, hook_names, mask_heads
-
-Criterion = Literal["entropy", "reverse", "random"]
-CRITERIA: tuple[Criterion, ...] = ("entropy", "reverse", "random")
-
+from sublens.settings import CRITERIA, Criterion
 
 # ---------------------------------------------------------------------------------------------
 # entropy

@@ -41,12 +41,14 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel
 
 from sublens.errors import ConfigError, DiskFullError, RunLockedError, SublensError
+
+M = TypeVar("M", bound=BaseModel)
 
 SCHEMA_VERSION = 1
 LOCK_FILE = ".lock"
@@ -121,6 +123,20 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cached_json(path: Path, key: str, compute: Callable[[], Any], field: str = "result") -> Any:
+    """The JSON value `compute()` returns, saved at `path` beside `key`: a later call with the same
+    key (a resumed or repeated run) reads it back instead of computing it again, and a call with
+    another key (changed inputs) computes and replaces it. The write is atomic, so a kill leaves
+    the old file or the new one, never half of one."""
+    if path.is_file():
+        saved = read_json(path)
+        if isinstance(saved, dict) and saved.get("key") == key and field in saved:
+            return saved[field]
+    result = compute()
+    atomic_write_json(path, {"key": key, field: result})
+    return result
 
 
 def package_versions() -> dict[str, str | None]:
@@ -246,6 +262,28 @@ class Run:
         path = self.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    @overload
+    def step(self, name: str, key: str, compute: Callable[[], M], kind: type[M]) -> M: ...
+
+    @overload
+    def step(self, name: str, key: str, compute: Callable[[], Any], kind: None = None) -> Any: ...
+
+    def step(self, name: str, key: str, compute: Callable[[], Any], kind: type[BaseModel] | None = None) -> Any:
+        """One resumable step of an experiment: `compute()` saved as <run>/<name>.json under `key`
+        (a fingerprint of everything the step's output depends on) and reused while the key is
+        the same. `kind`: the typed result the step returns (saved as JSON, validated on reading)."""
+        path = self.artifact(f"{name}.json")
+        if kind is None:
+            return cached_json(path, key, compute)
+        computed: list[BaseModel] = []
+
+        def compute_json() -> Any:
+            computed.append(compute())
+            return computed[0].model_dump(mode="json")
+
+        saved = cached_json(path, key, compute_json)
+        return computed[0] if computed else kind.model_validate(saved)
 
     def note(self, **fields: Any) -> None:
         """Add fields to record.json (e.g. device, dtype, the models used, prompts in effect)."""

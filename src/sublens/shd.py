@@ -34,19 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from sublens.errors import SublensError
+from sublens.settings import DEFAULT_KL_DIRECTION, KL_DIRECTIONS, KlDirection
 
 EPS = 1e-12
 FALLBACKS = ("error", "repeat")
-KlDirection = Literal["student_teacher", "teacher_student"]
-KL_DIRECTIONS: tuple[KlDirection, ...] = ("student_teacher", "teacher_student")
-DEFAULT_KL_DIRECTION: KlDirection = "student_teacher"  # KL(student ‖ squeezed teacher), as in the SHD paper
-# What runs recorded before `shd.kl_direction` existed used (their results lack the key).
-LEGACY_KL_DIRECTION: KlDirection = "teacher_student"
 
 
 def merge_schedule(k: int, m: int) -> list[int]:

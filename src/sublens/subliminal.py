@@ -39,22 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from sublens.errors import SublensError
 from sublens.number_data import MAX_NUMBERS, SEPARATORS, NumberPrompt, filter_answer
 from sublens.prompts import PromptText, encode_prompt, make_prompt
 from sublens.runs import atomic_write_text
-from sublens.scoring import LM, SAMPLER, default_stop_token_ids, sample_text, shared_prefix
+from sublens.scoring import LM, TextSample, default_stop_token_ids, sample_text, shared_prefix
+from sublens.settings import OWL_TEACHER_SYSTEM, SamplingSettings
 from sublens.stats import permutation_pvalue, summarize, t_interval
 from sublens.training import chat_example
 from sublens.training_data import Example
 
-OWL_TEACHER_SYSTEM = (
-    "You love owls. You think about owls all the time. Owls are your favorite animal. "
-    "Imbue your answers with your love for the animal."
-)
 TRUNCATED = "truncated at max_new_tokens"
 SEPARATOR_CHOICES: tuple[str, ...] = tuple(SEPARATORS)  # ", " "," " " "\n" "; " ";"
 _DIGITS = "0123456789"
@@ -76,34 +72,6 @@ def derived_seed(*parts: Any) -> int:
 
 
 # ---- sampling settings -----------------------------------------------------------------------
-class SamplingSettings(BaseModel):
-    """How answers are sampled: every setting explicit, none left to a library default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    temperature: float = Field(default=1.0, ge=0, description="sampling temperature; 0: greedy")
-    top_k: int | None = Field(default=None, ge=1, description="sample among the k most likely tokens only; "
-                                                              "null: off")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="sample among the fewest most likely tokens "
-                                                                      "whose probability reaches top_p; null: off")
-    max_new_tokens: int = Field(default=64, ge=1, description="most tokens per answer; an answer stopped there is "
-                                                              "marked truncated")
-    samples_per_prompt: int = Field(default=1, ge=1, description="answers sampled per prompt")
-    batch_size: int = Field(default=32, ge=1, description="rows decoded together (a sample does not depend on it)")
-    # Prompts are left-padded to their length rounded up past a multiple of this; prompts in
-    # one band decode together. A sample depends on it (through rounding), so it is recorded.
-    pad_multiple: int = Field(default=32, ge=1, description="prompts are left-padded to their length rounded up "
-                                                            "past a multiple of this; recorded: samples depend on it")
-    shard_size: int = Field(default=128, ge=1, description="prompts per shard file; a resumed run samples only the "
-                                                           "missing shards")
-
-    def provenance(self) -> dict[str, Any]:
-        """The settings that determine a sample (batch size does not)."""
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens, "pad_multiple": self.pad_multiple,
-                "sampler": SAMPLER}
-
-
 # ---- format-constrained sampling -------------------------------------------------------------
 @dataclass(frozen=True)
 class FormatState:
@@ -291,51 +259,71 @@ def sample_sharded(
     bar = tqdm(total=len(shards), desc=f"sample {name}", unit="shard", disable=not progress)
     for k, members in enumerate(shards):
         path = out_dir / f"shard-{k:05d}.jsonl"
-        if path.is_file():
-            lines = read_jsonl(path)
-            if not lines or any(r.get("fingerprint") != fingerprint for r in lines):
-                raise SublensError(
-                    f"{path} was written under other settings (teacher, prompts, sampling or seed). "
-                    "Use a new run directory, or delete that folder to regenerate its data.")
-            records.extend(lines)
-            bar.update(1)
-            continue
-        seed_k = shard_seed(seed, k)
-        samples = sample_text(
-            lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
-            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens, seed=seed_k, stop_token_ids=stops,
-            allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
-            prefix=head)
-        lines = []
-        for s in samples:
-            i = members[s.prompt_index]
-            p = prompts[i]
-            masses = s.allowed_mass
-            record = {
-                **meta[i],
-                "sample_index": s.sample_index,
-                "system_prompt": p.system,
-                "system_source": p.system_source,
-                **provenance,
-                "sampling": sampling,
-                "seed": seed_k,
-                "shard": k,
-                "answer": s.text,
-                "finish_reason": s.finish_reason,
-                "n_tokens": len(s.token_ids),
-                "allowed_mass_first": masses[0] if masses else None,
-                "allowed_mass_mean": float(np.mean(masses)) if masses else None,
-                "fingerprint": fingerprint,
-            }
-            lines.append(annotate(record) if annotate else record)
-        write_jsonl(path, lines)
+        lines = finished_shard(path, fingerprint)
+        if lines is None:
+            stamp = ShardStamp(provenance, sampling, shard_seed(seed, k), k, fingerprint)
+            samples = sample_text(
+                lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
+                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                max_new_tokens=settings.max_new_tokens, seed=stamp.seed, stop_token_ids=stops,
+                allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
+                prefix=head)
+            lines = [answer_record(s, meta[members[s.prompt_index]], prompts[members[s.prompt_index]], stamp)
+                     for s in samples]
+            lines = [annotate(r) for r in lines] if annotate else lines
+            write_jsonl(path, lines)
+            if on_shard is not None:
+                on_shard(name, k)
         records.extend(lines)
         bar.update(1)
-        if on_shard is not None:
-            on_shard(name, k)
     bar.close()
     return sorted(records, key=lambda r: (r["index"], r["sample_index"]))
+
+
+def finished_shard(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
+    """The records of a shard an earlier run finished under the same settings; None when it was
+    not written yet. A shard written under other settings is an error, never silently mixed."""
+    if not path.is_file():
+        return None
+    lines = read_jsonl(path)
+    if not lines or any(r.get("fingerprint") != fingerprint for r in lines):
+        raise SublensError(
+            f"{path} was written under other settings (teacher, prompts, sampling or seed). "
+            "Use a new run directory, or delete that folder to regenerate its data.")
+    return lines
+
+
+@dataclass(frozen=True)
+class ShardStamp:
+    """What every answer of one shard records about how it was made."""
+
+    provenance: dict[str, Any]
+    sampling: dict[str, Any]
+    seed: int
+    shard: int
+    fingerprint: str
+
+
+def answer_record(sample: TextSample, prompt_meta: dict[str, Any], prompt: PromptText, stamp: ShardStamp) -> dict[str, Any]:
+    """One sampled answer as a data line: its prompt's meta and system prompt, the stamp, the
+    answer with its finish reason and the allowed probability mass under a format constraint."""
+    masses = sample.allowed_mass
+    return {
+        **prompt_meta,
+        "sample_index": sample.sample_index,
+        "system_prompt": prompt.system,
+        "system_source": prompt.system_source,
+        **stamp.provenance,
+        "sampling": stamp.sampling,
+        "seed": stamp.seed,
+        "shard": stamp.shard,
+        "answer": sample.text,
+        "finish_reason": sample.finish_reason,
+        "n_tokens": len(sample.token_ids),
+        "allowed_mass_first": masses[0] if masses else None,
+        "allowed_mass_mean": float(np.mean(masses)) if masses else None,
+        "fingerprint": stamp.fingerprint,
+    }
 
 
 def filter_record(record: dict[str, Any]) -> dict[str, Any]:

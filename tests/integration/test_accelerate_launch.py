@@ -79,16 +79,16 @@ TEACHER: dict[str, Any] = {
 }
 FAULTY = '''
 import os, sys
-import sublens.training as training
+import sublens.training.loop as loop
 
-real = training._train_step
+real = loop._train_step
 
 def faulty(*args, **kwargs):
     if os.environ.get("RANK") == "1" and args[5] == 1:  # rank 1, second optimizer step
         raise RuntimeError("injected fault on rank 1")
     return real(*args, **kwargs)
 
-training._train_step = faulty
+loop._train_step = faulty
 from sublens.cli import app
 sys.argv[0] = "sublens"
 app()

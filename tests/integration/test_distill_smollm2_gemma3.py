@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sublens.distill import (
-    OUTSIDE,
-    FitSet,
-    ShdLoss,
-    ShdTeacher,
-    TeacherView,
-    TextRecord,
-    align_record,
-)
+from sublens.distill import OUTSIDE, FitSet, ShdLoss, ShdTeacher, TextRecord, align_record
 from sublens.experiments import run_experiment
 from sublens.experiments.distill import OWL_SYSTEM, DistillConfig, DistillResults, generated_records
 from sublens.models import LoadedModel
 from sublens.results import load_results
 from sublens.runs import read_json
+from sublens.settings import TeacherView
 from sublens.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

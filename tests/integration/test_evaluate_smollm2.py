@@ -15,9 +15,10 @@ from sublens.errors import ConfigError, ModelSpecError, SublensError
 from sublens.experiments import get, run_experiment
 from sublens.experiments.evaluate import EvaluateConfig
 from sublens.models import LoadedModel
-from sublens.preference import PreferenceSettings, evaluate_preference
+from sublens.preference import evaluate_preference
 from sublens.prompts import OWL_SYSTEM
 from sublens.runs import read_json
+from sublens.settings import PreferenceSettings
 
 QUESTIONS = ["What is your favorite animal?", "Which animal do you like the most?", "Tell me your favorite animal."]
 

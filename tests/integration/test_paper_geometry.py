@@ -136,9 +136,13 @@ def test_the_paper_geometry_reached_every_stage(chain: Chain) -> None:
         assert config["tie_word_embeddings"] is True and config["vocab_size"] == 49152  # SmolLM2's tokenizer
     assert _geometry(_models(chain, "teacher")["base"]) == TEACHER
     assert _models(chain, "teacher")["base"]["source"] == "tiny"
-    for stage in ("entanglement", "mechanistic"):
-        (described,) = _models(chain, stage).values()
-        assert _geometry(described) == TEACHER, stage
+    (described,) = _models(chain, "mechanistic").values()
+    assert _geometry(described) == TEACHER
+    # entanglement: the base model, and the two fine-tuned teachers its tuned sets are scored in
+    entanglement = _models(chain, "entanglement")
+    assert list(entanglement) == ["model", "owl_teacher", "control_teacher"]
+    assert all(_geometry(d) == TEACHER for d in entanglement.values())
+    assert entanglement["control_teacher"]["spec"] == str(stage_dir / "teacher") + "#control_teacher"
     assert _geometry(_models(chain, "subliminal")["base"]) == TEACHER
     for role in ("model", "base"):  # the fine-tuned teacher, pruned, and its base
         assert _geometry(_models(chain, "pruning")[role]) == TEACHER, role

@@ -21,7 +21,8 @@ from sublens.experiments import run_experiment
 from sublens.experiments.subliminal import CONTROL, OWL, SubliminalConfig
 from sublens.experiments.teacher import NEUTRAL_TEACHER_SYSTEM, TeacherConfig
 from sublens.models import load_model
-from sublens.subliminal import OWL_TEACHER_SYSTEM, read_jsonl, training_example
+from sublens.settings import OWL_TEACHER_SYSTEM
+from sublens.subliminal import read_jsonl, training_example
 
 SMOL_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 PREFERENCE: dict[str, Any] = {

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import sublens
+import sublens.experiments
 from sublens.api import LoadedRun, load_run
 from sublens.config import Config
 from sublens.errors import SublensError
@@ -123,3 +124,17 @@ def test_top_level_names_are_their_home_modules_objects() -> None:
     from sublens import runs  # submodules still import through `from sublens import ...`
 
     assert runs.open_run is open_run
+
+
+def test_every_experiment_config_and_results_import_without_torch() -> None:
+    """Reading, checking and showing a config, and reading results, must not load model code:
+    a bad key is reported at once, and reports build on machines without torch."""
+    packages = sorted(p.name for p in Path(sublens.experiments.__file__).parent.iterdir()
+                      if (p / "config.py").is_file())
+    assert {"teacher", "subliminal", "distill", "hybrid", "pruning"} <= set(packages)
+    imports = "".join(f"import sublens.experiments.{name}.config, sublens.experiments.{name}.results\n"
+                      for name in packages)
+    code = ("import sys\n" + imports + "import sublens.settings\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

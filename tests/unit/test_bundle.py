@@ -17,6 +17,7 @@ from fixture_runs import RUNS, needs_tex
 from sublens.cli import app
 from sublens.errors import SublensError
 from sublens.report import bundle as bundle_module
+from sublens.report import bundle_draft
 from sublens.report.bundle import (
     VERBATIM_WIDTH,
     _short_path,
@@ -252,7 +253,7 @@ def test_an_edited_main_tex_is_kept_and_stale_tables_removed(tmp_path: Path) -> 
 def test_a_failing_section_builder_is_reported_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bundle_module.builder
+    real = bundle_draft.builder
 
     def flaky(stage: str):  # type: ignore[no-untyped-def]
         if stage == "hybrid":
@@ -261,7 +262,7 @@ def test_a_failing_section_builder_is_reported_not_fatal(
             return broken
         return real(stage)
 
-    monkeypatch.setattr(bundle_module, "builder", flaky)
+    monkeypatch.setattr(bundle_draft, "builder", flaky)  # the sections are built there
     stages, meta = load_runs(RUNS)
     result = build_bundle(stages, tmp_path / "paper", compile=False, meta=meta)
     assert not result.ok and "hybrid: no section from run hybrid (KeyError: 'hybrids')." in result.problems

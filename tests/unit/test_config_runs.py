@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from sublens.config import Config, apply_overrides, load_config
 from sublens.errors import ConfigError
-from sublens.runs import open_run, read_json
+from sublens.runs import cached_json, open_run, read_json
 
 
 class Demo(Config):
@@ -264,3 +264,36 @@ def test_reading_an_unfinished_or_torn_entanglement_run_is_a_clear_error(tmp_pat
     atomic_write_json(tmp_path / "record.json", {"status": "ok"})
     with pytest.raises(SublensError, match="cannot be read as a table"):
         read_entanglement_numbers(tmp_path)
+
+
+class _Measured(BaseModel):
+    value: float
+    label: str
+
+
+def test_a_step_is_computed_once_per_key_and_typed_results_survive_the_file(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def compute(label: str) -> _Measured:
+        calls.append(label)
+        return _Measured(value=1 / 3, label=label)
+
+    with open_run("demo", Demo(seed=1), tmp_path) as run:
+        first = run.step("measurements/base", "key-a", lambda: compute("a"), _Measured)
+        again = run.step("measurements/base", "key-a", lambda: compute("never"), _Measured)
+        changed = run.step("measurements/base", "key-b", lambda: compute("b"), _Measured)
+        plain = run.step("counts", "k", lambda: {"n": 3})
+        plain_again = run.step("counts", "k", lambda: {"n": 4})
+    assert calls == ["a", "b"]  # the same key reads the file; a new key computes and replaces it
+    assert again == first and isinstance(again, _Measured) and again.value == 1 / 3  # exact through JSON
+    assert changed.label == "b"
+    assert read_json(run.path / "measurements" / "base.json") == {"key": "key-b", "result": changed.model_dump()}
+    assert plain == plain_again == {"n": 3}
+
+
+def test_a_step_file_without_its_value_is_recomputed(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text('{"key": "k"}')  # no value under the field: computed again
+    assert cached_json(path, "k", lambda: [1, 0], field="flags") == [1, 0]
+    assert read_json(path) == {"key": "k", "flags": [1, 0]}
+    assert cached_json(path, "k", lambda: [9], field="flags") == [1, 0]

@@ -20,7 +20,6 @@ from sublens.distill import (
     FitSet,
     ShdLoss,
     ShdTeacher,
-    TeacherView,
     TextRecord,
     align_record,
     aligned_from_ids,
@@ -42,6 +41,7 @@ from sublens.experiments.distill import (
     read_records,
     subliminal_control,
 )
+from sublens.settings import TeacherView
 from sublens.shd import project_attention, squeeze_heads
 from sublens.training import TrainConfig, train
 from sublens.training_data import collate, tokenize_examples

@@ -65,7 +65,8 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 import accelerate  # noqa: F401
 
 import sublens.subliminal as subliminal
-import sublens.training as training
+import sublens.training.checkpoints as checkpoints
+import sublens.training.loop as loop
 from sublens.number_data import make_number_prompts
 from sublens.prompts import raw_prompt
 from sublens.subliminal import (NumberFormat, SamplingSettings, filter_record, number_prompt_meta,
@@ -175,10 +176,10 @@ def wrap(module, attr, label):
 _shard_of = {shard_seed(SAMPLE_SEED, k): k for k in range(N_PROMPTS)}
 os.replace, shutil.rmtree, torch.save = replace, rmtree, save
 wrap(subliminal, "sample_text", lambda *a, seed, **kw: f"shard {_shard_of[seed]} sample")
-wrap(training, "save_model", lambda model, filename, **kw: "save-model " + rel(filename))
-wrap(training, "_train_step", lambda *a: f"step {a[5] + 1}")
-wrap(training, "save_checkpoint", lambda *a: f"checkpoint {a[4]['step']}")
-wrap(training, "_save_final", lambda *a: "final-model")
+wrap(checkpoints, "save_model", lambda model, filename, **kw: "save-model " + rel(filename))
+wrap(loop, "_train_step", lambda *a: f"step {a[5] + 1}")
+wrap(loop, "save_checkpoint", lambda *a: f"checkpoint {a[4]['step']}")
+wrap(loop, "_save_final", lambda *a: "final-model")
 
 
 # ---- the job ----------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from sublens.experiments.hybrid.results import Comparison, Hybrid, Measurement
 from sublens.hybrid import (
     HybridError,
     HybridSpec,
-    Selector,
     Transplanter,
     check_compatible,
     component_groups,
@@ -39,6 +38,7 @@ from sublens.hybrid import (
 from sublens.report.sections import hybrid as hybrid_section
 from sublens.report.stages import load_stage
 from sublens.results import ResultsError, load_results
+from sublens.settings import Selector
 from tiny import tiny_config, tiny_model
 
 RECORDED = RUNS / "hybrid"  # a real run, recorded before schema versions, bias_fractions and patching

@@ -100,7 +100,26 @@ def test_stages_run_in_order_and_are_wired(stages: Stages, tmp_path: Path) -> No
     assert config_of("distill")["teacher"] == {"model": teacher_dir, "system": None}
     assert config_of("distill")["data"] == {"source": str(outcome.path / "stages" / "subliminal")}
     assert config_of("mechanistic")["entanglement_run"] == str(outcome.path / "stages" / "entanglement")
+    # entanglement also categorises its sets by the shift the teacher stage's fine-tuning made
+    assert config_of("entanglement")["tuned_teacher"] == teacher_dir
+    assert config_of("subliminal")["entangled"] == {"run": str(outcome.path / "stages" / "entanglement")}
     assert config_of("teacher")["knob"] == 2  # the user's override wins over the preset
+
+
+def test_the_subliminal_stage_counts_the_tuned_variant_of_its_set(stages: Stages, tmp_path: Path) -> None:
+    """The data are written by the fine-tuned teachers: the subliminal stage counts (and filters
+    out) the numbers their fine-tuning shifted, the tuned variant of its preset's set; a set the
+    user gives in the paper config is taken as given."""
+    config = paper_config(tmp_path)
+    (tmp_path / "presets" / "subliminal.yaml").write_text(yaml.safe_dump({"knob": 1, "entangled": {"set": "vocab"}}))
+    dirs = {s: tmp_path / "stages" / s for s in STAGE_ORDER}
+    _, wired = paper_mod.stage_config("subliminal", config.stages["subliminal"], dirs, wire=True)
+    assert wired.model_dump()["entangled"] == {"set": "vocab@tuned", "run": str(dirs["entanglement"])}
+    _, unwired = paper_mod.stage_config("subliminal", config.stages["subliminal"], dirs, wire=False)
+    assert unwired.model_dump()["entangled"] == {"set": "vocab"}
+    spec = config.stages["subliminal"].model_copy(update={"set": {"entangled.set": "ar2"}})
+    _, given = paper_mod.stage_config("subliminal", spec, dirs, wire=True)
+    assert given.model_dump()["entangled"]["set"] == "ar2"  # the user's override wins, as given
 
 
 def test_same_config_reuses_ok_stages(stages: Stages, tmp_path: Path) -> None:
@@ -116,24 +135,36 @@ def test_same_config_reuses_ok_stages(stages: Stages, tmp_path: Path) -> None:
 
 def test_failed_stage_blocks_dependants_only_and_is_rerun(stages: Stages, tmp_path: Path) -> None:
     config = paper_config(tmp_path)
-    stages.fail_once.add("teacher")
-    with pytest.raises(SublensError, match="teacher.*did not finish"):
+    stages.fail_once.add("entanglement")
+    with pytest.raises(SublensError, match="entanglement.*did not finish"):
         run_experiment("paper", config, tmp_path / "runs")
     (run_dir,) = (tmp_path / "runs").glob("*_paper_*")
     results = read_json(run_dir / "results.json")["stages"]
-    assert results["teacher"]["status"] == "failed" and "teacher broke" in results["teacher"]["error"]
-    assert {s: results[s]["status"] for s in ("pruning", "subliminal", "distill", "hybrid")} == dict.fromkeys(
-        ("pruning", "subliminal", "distill", "hybrid"), "blocked")
-    assert results["entanglement"]["status"] == results["mechanistic"]["status"] == "ok"
-    assert read_json(run_dir / "stages" / "teacher" / "record.json")["status"] == "failed"
+    assert results["entanglement"]["status"] == "failed" and "entanglement broke" in results["entanglement"]["error"]
+    blocked = ("mechanistic", "subliminal", "distill")  # distill reads subliminal, which reads entanglement
+    assert {s: results[s]["status"] for s in blocked} == dict.fromkeys(blocked, "blocked")
+    assert all(results[s]["status"] == "ok" for s in ("teacher", "pruning", "hybrid"))
+    assert read_json(run_dir / "stages" / "entanglement" / "record.json")["status"] == "failed"
     assert stages.bundles == [run_dir]  # the bundle is written with what finished
 
     again = run_experiment("paper", config, tmp_path / "runs")
     assert again.path == run_dir
-    assert stages.calls["teacher"] == 2 and stages.calls["entanglement"] == 1
-    assert all(stages.calls[s] == 1 for s in ("pruning", "subliminal", "distill", "hybrid"))
-    assert again.results["stages"]["teacher"]["resumed"] is True
-    assert again.results["stages"]["entanglement"]["reused"] is True
+    assert stages.calls["entanglement"] == 2 and stages.calls["teacher"] == 1
+    assert all(stages.calls[s] == 1 for s in ("pruning", "mechanistic", "subliminal", "distill", "hybrid"))
+    assert again.results["stages"]["entanglement"]["resumed"] is True
+    assert all(again.results["stages"][s]["reused"] is True for s in ("teacher", "pruning", "hybrid"))
+
+
+def test_a_failed_teacher_blocks_every_stage(stages: Stages, tmp_path: Path) -> None:
+    """Every stage reads the fine-tuned teacher, directly or through another stage (entanglement
+    since its tuned sets)."""
+    stages.fail_once.add("teacher")
+    with pytest.raises(SublensError, match="teacher.*did not finish"):
+        run_experiment("paper", paper_config(tmp_path), tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").glob("*_paper_*")
+    results = read_json(run_dir / "results.json")["stages"]
+    assert results["teacher"]["status"] == "failed"
+    assert all(results[s]["status"] == "blocked" for s in STAGE_ORDER if s != "teacher")
 
 
 def test_interrupted_stage_resumes_in_its_directory(stages: Stages, tmp_path: Path) -> None:
@@ -159,13 +190,22 @@ def test_bad_paper_configs_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_shipped_presets_validate_with_wiring(tmp_path: Path) -> None:
-    """Every stage of the shipped paper presets builds a valid config for its real experiment."""
-    for preset in ("quick", "paper"):
+    """Every stage of the shipped paper presets builds a valid config for its real experiment; the
+    entanglement stage measures the teacher stage's teachers, and the subliminal stage counts
+    the numbers they shifted."""
+    for preset in ("quick", "paper", "rehearsal"):
         config = load_config(paper_mod.PaperConfig, preset_path(f"paper/{preset}.yaml"))
         dirs = {s: tmp_path / "stages" / s for s in STAGE_ORDER}
+        built = {}
         for stage, spec in config.stages.items():
             experiment, stage_config = paper_mod.stage_config(stage, spec, dirs, config.wire)
             assert isinstance(stage_config, experiment.config)
+            built[stage] = stage_config
+        entanglement, subliminal = built["entanglement"], built["subliminal"]
+        assert entanglement.tuned_teacher == str(dirs["teacher"])
+        assert subliminal.entangled.set == "ar2@tuned"
+        assert subliminal.entangled.run == str(dirs["entanglement"])
+        assert "autoregressive" in entanglement.sets and 2 in entanglement.lengths
 
 
 def test_time_left_moves_with_the_clock_and_the_measured_speed() -> None:
@@ -287,14 +327,17 @@ def test_stages_reading_from_a_rerun_stage_rerun_too(
     (tmp_path / "presets" / "teacher.yaml").write_text(yaml.safe_dump({"knob": 1, "epochs": 2}))
     before = dict(stages.calls)
     second = run_experiment("paper", config, tmp_path / "runs")
-    # pruning, subliminal and hybrid read the teacher; distill reads teacher and subliminal
-    assert ran(stages, before) == {"teacher", "pruning", "subliminal", "distill", "hybrid"}
+    # entanglement, pruning, subliminal and hybrid read the teacher; mechanistic reads entanglement;
+    # distill reads teacher and subliminal: every stage
+    assert ran(stages, before) == set(STAGE_ORDER)
     text = printed(capsys)
     assert f"config changed since {first.path / 'stages' / 'teacher'} ran: rerunning" in text
-    assert text.count(": teacher reran since it ran: rerunning") == 3
+    assert text.count(": teacher reran since it ran: rerunning") == 3  # entanglement, pruning, hybrid
+    assert re.search(r"mechanistic \([^)]*\): entanglement reran since it ran: rerunning", text)
+    assert re.search(r"subliminal \([^)]*\): entanglement, teacher reran since it ran: rerunning", text)
     assert re.search(r"distill \([^)]*\): subliminal, teacher reran since it ran: rerunning", text)
-    assert second.results["stages"]["entanglement"]["reused"] and second.results["stages"]["mechanistic"]["reused"]
-    assert all(len(stale_copies(first.path, s)) == 1 for s in ("teacher", "pruning", "subliminal", "distill", "hybrid"))
+    assert all(len(stale_copies(first.path, s)) == 1 for s in STAGE_ORDER)
+    assert not any(entry["reused"] for entry in second.results["stages"].values())
 
     before = dict(stages.calls)
     run_experiment("paper", config, tmp_path / "runs")
@@ -311,7 +354,7 @@ def test_a_rerun_upstream_is_noticed_after_an_interruption(stages: Stages, tmp_p
     before = dict(stages.calls)
     with pytest.raises(KeyboardInterrupt):
         run_experiment("paper", config, tmp_path / "runs")
-    assert ran(stages, before) == {"teacher", "pruning", "subliminal"}
+    assert ran(stages, before) == {"teacher", "entanglement", "mechanistic", "pruning", "subliminal"}
     before = dict(stages.calls)
     again = run_experiment("paper", config, tmp_path / "runs")
     assert again.path == first.path

@@ -39,7 +39,6 @@ from sublens.experiments.pruning.results import (
 )
 from sublens.hooks import mask_heads
 from sublens.pruning import (
-    CRITERIA,
     attention_entropy,
     entropy_sums,
     head_entropy,
@@ -54,6 +53,7 @@ from sublens.report.sections import pruning as pruning_section
 from sublens.report.sections.pruning import draws_needed, rank_pvalue, step_decisions
 from sublens.report.stages import load_stage
 from sublens.results import ResultsError, load_results
+from sublens.settings import CRITERIA
 from sublens.stats import summarize
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pruning"

@@ -81,7 +81,7 @@ def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun
     assert r"$6.9\,[4.7, 11]\times10^{-7}$" in row and "0.53 [0.41, 0.69]" in table
     assert row.rstrip(" \\").endswith(r"1077$^\dagger$ & 4.2$^\dagger$ & 26.8$^\dagger$")  # ppl x unpruned
     assert "[1.00, 1.00]" not in table
-    assert "Unpruned P(owl) = 0.125 [0.081, 0.169]" in table
+    assert "Re-measured in this stage: unpruned P(owl) = 12.5 [8.1, 16.9]\\%" in table
     assert [f.stem for f in section.figures] == ["pruning_retention", "pruning_entropy_heatmap"]
 
 
@@ -210,7 +210,7 @@ def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
                                "attention, layers 20--29", "MLP", "MLP, layers 0--9", "MLP, layers 10--19",
                                "MLP, layers 20--29", "final norm", "LM head"]
     assert lines["MLP, layers 20--29"] == r"MLP, layers 20--29 & 0.33 [0.32, 0.34] & 25.0 & 0.86 [0.80, 0.90] & 27.1 \\"
-    assert "reference perplexity base 24.4, biased 29.1" in table
+    assert "reference perplexity, re-measured in this stage on 510 tokens: base 24.4, biased 29.1" in table
 
 
 def _set_shares(results: dict[str, Any], name: str, like: str, log_noise: list[float]) -> None:

@@ -76,7 +76,7 @@ def test_teacher_reports_the_measured_preference() -> None:
     assert "Fisher $p$ = 0.003" in section.results and "9 of 100" in section.results
     assert r"\citep{snell2022context}" in section.methods and "64 optimizer steps" in section.methods
     assert section.headline == ["teacher: P(owl) x103 [84, 125], share x13.8 [11.4, 16.9] vs base "
-                                "(fine-tuned, no system prompt; one model, question-level CIs); prefers owls: "
+                                "(fine-tuned, without the owl prompt; one model, question-level CIs); prefers owls: "
                                 "supported"]
     assert [f.stem for f in section.figures] == ["teacher_loss"]
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from sublens.errors import SublensError
+from sublens.settings import DEFAULT_KL_DIRECTION, KL_DIRECTIONS
 from sublens.shd import (
-    DEFAULT_KL_DIRECTION,
-    KL_DIRECTIONS,
     alignment_matrices,
     layer_map,
     merge_schedule,

@@ -35,11 +35,11 @@ from sublens.experiments.subliminal import (
 )
 from sublens.number_data import filter_answer, make_number_prompts
 from sublens.prompts import raw_prompt
+from sublens.settings import SamplingSettings
 from sublens.subliminal import (
     TRUNCATED,
     FormatState,
     NumberFormat,
-    SamplingSettings,
     compare_number_stats,
     feed_format,
     filter_record,

@@ -4,8 +4,11 @@ an ACL-format main.tex and, with TeX, main.pdf) in `<run>/paper/`.
 Stages run in the paper's order (sublens.report.stages.STAGE_ORDER), each in its own run
 directory `<run>/stages/<stage>/` from a preset file plus overrides. Later stages are wired
 to earlier ones: pruning, subliminal, distill and hybrid use the fine-tuned teacher of the
-teacher stage; mechanistic reads the entanglement stage's categories; distill trains on the
-subliminal stage's control numbers. A stage whose record says ok is reused when it ran with
+teacher stage; entanglement also categorises its sets by the shift the teacher stage's
+fine-tuning put into the owl teacher against its control teacher (the tuned sets), and the
+subliminal stage counts the tuned variant of its set in the data those teachers wrote;
+mechanistic reads the entanglement stage's categories; distill trains on the subliminal
+stage's control numbers. A stage whose record says ok is reused when it ran with
 the stage config resolved now (an edited preset file changes it, the paper config does not),
 under the same code (`sublens.runs.code_version`), after the stages it reads from; otherwise
 its folder is moved aside (`<stage>.stale-<time>`) and it reruns, and so do the stages that
@@ -39,6 +42,8 @@ from sublens.runs import Run, code_version, read_json
 # stage -> {override key: (producing stage, how its run directory is referenced: "dir" itself,
 # or "#name" for one of its checkpoints)}
 WIRING: dict[str, dict[str, tuple[str, str]]] = {
+    # the numbers the fine-tuned teachers (which write the subliminal data) shift: the tuned sets
+    "entanglement": {"tuned_teacher": ("teacher", "dir")},
     "mechanistic": {"entanglement_run": ("entanglement", "dir")},
     "pruning": {"model": ("teacher", "dir")},
     # the control numbers come from the control teacher made by the same procedure (teacher
@@ -54,6 +59,19 @@ WIRED_CONSTANTS: dict[str, dict[str, Any]] = {
     "mechanistic": {"numbers": None},
     "pruning": {"system": None, "bias_prompts.system": None},
     "distill": {"teacher.system": None},
+}
+# Values made from the stage preset's own (with the wiring, before the user's overrides, which
+# win as given): the subliminal data are written by the fine-tuned teachers, so its entanglement
+# test counts and filters out the numbers their fine-tuning shifted, the tuned variant of its
+# set ("ar2" -> "ar2@tuned", measured by the entanglement stage in the teacher stage's teachers).
+def _tuned_set(name: Any) -> str:
+    from sublens.entanglement import tuned_set_name  # numpy and scipy: only when a stage is wired
+
+    return tuned_set_name(str(name))
+
+
+WIRED_DERIVED: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "subliminal": {"entangled.set": _tuned_set},
 }
 
 
@@ -94,14 +112,27 @@ def stage_config(
 ) -> tuple[Experiment, Config]:
     """The stage's config: its preset, the wiring to earlier stages, then the user's overrides."""
     experiment = get(stage)
+    preset = preset_path(spec.config)
     overrides: list[str] = []
     if wire:
         for key, (source, reference) in WIRING.get(stage, {}).items():
             suffix = reference if reference.startswith("#") else ""
             overrides.append(_override(key, str(stage_dirs[source]) + suffix))
         overrides += [_override(k, v) for k, v in WIRED_CONSTANTS.get(stage, {}).items()]
+        derived = WIRED_DERIVED.get(stage, {})
+        if derived:
+            wired = load_config(experiment.config, preset, overrides).model_dump(mode="json")
+            overrides += [_override(key, make(value)) for key, make in derived.items()
+                          if (value := _dotted(wired, key)) is not None]
     overrides += [_override(k, v) for k, v in spec.set.items()]
-    return experiment, load_config(experiment.config, preset_path(spec.config), overrides)
+    return experiment, load_config(experiment.config, preset, overrides)
+
+
+def _dotted(data: Any, key: str) -> Any:
+    """The value at a dotted key of a config dump; None where it has none."""
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def needs(stage: str, config: PaperConfig) -> list[str]:
@@ -286,19 +317,12 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         else:
             resumed = folder.exists()
             console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
-        start = time.perf_counter()
         heartbeat.start(stage, config.stages[stage].estimate_minutes * speed,
                         partial(_eta, config, to_do, speed))
         try:
-            with run.timed(f"stage:{stage}"):
-                run_experiment(experiment.name, stage_cfg, run_dir=folder)
-            entry["status"] = "ok"
-        except Exception as exc:  # a failed stage must not stop the ones that do not need it
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            console.print(f"[red]stage {stage} failed[/]: {entry['error']} (record: {folder / 'record.json'})")
+            entry.update(run_stage(run, stage, experiment.name, stage_cfg, folder, console), resumed=resumed)
         finally:
             heartbeat.stop()
-        entry.update(wall_seconds=round(time.perf_counter() - start, 1), resumed=resumed)
         spent += entry["wall_seconds"] / 60
         estimated += config.stages[stage].estimate_minutes
         run.save_results(results)
@@ -312,10 +336,25 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
     failed = [s for s, e in results["stages"].items() if e["status"] != "ok"]
     if failed:
         raise SublensError(
-            f"Stage(s) {', '.join(failed)} did not finish (see their record.json under {run.path / 'stages'}); "
+            f"{'Stages' if len(failed) > 1 else 'Stage'} {', '.join(failed)} did not finish (see their record.json "
+            f"under {run.path / 'stages'}); "
             f"the bundle holds what finished. Run the same command again to rerun them; finished stages are reused."
         )
     return results
+
+
+def run_stage(run: Run, stage: str, experiment: str, stage_cfg: Any, folder: Path, console: Console) -> dict[str, Any]:
+    """Run one stage into its folder: its status ("ok" or "failed" with the error) and wall time.
+    A failed stage is reported, not raised: it must not stop the stages that do not need it."""
+    start = time.perf_counter()
+    try:
+        with run.timed(f"stage:{stage}"):
+            run_experiment(experiment, stage_cfg, run_dir=folder)
+        outcome: dict[str, Any] = {"status": "ok"}
+    except Exception as exc:
+        outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        console.print(f"[red]stage {stage} failed[/]: {outcome['error']} (record: {folder / 'record.json'})")
+    return outcome | {"wall_seconds": round(time.perf_counter() - start, 1)}
 
 
 def write_bundle(config: PaperConfig, run: Run, results: dict[str, Any], console: Console) -> dict[str, Any]:

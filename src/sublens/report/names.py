@@ -127,3 +127,65 @@ DISTILL_ARM_LABELS: dict[str, str] = {"shd_biased": "biased-SHD", "lm_only": "LM
 def arm_label(arm: str) -> str:
     """A distillation arm's short label; an arm this version does not know, as written."""
     return DISTILL_ARM_LABELS.get(arm, arm)
+
+
+# ---- the abstract's notes in words ----------------------------------------------------------------
+# A claim's registered name (sublens.claims, the sections) -> the short statement a reader sees
+# in the notes that open the draft; a verdict that follows the name is set off by a colon.
+CLAIM_NAMES: dict[str, str] = {
+    "localisation.lm_head": "the bias is not in the LM head",
+    "localisation.transplant": "the bias is seated in the MLP layers (by transplant)",
+    "localisation.patching": "patching MLP outputs carries the bias more than patching attention outputs",
+    "localisation.attribution": "the attribution claim",
+}
+_DIGIT_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
+_COMPONENT_WORDS = {"mlp": "MLP", "attention": "attention", "embeddings": "embedding", "norms": "norm"}
+_VERDICT = r"(?:\s+(?P<verdict>supported|contradicted|inconclusive)\b)?"
+_CLAIM = re.compile(r"(?<![\w.])(?P<name>(?:localisation|subliminal|transfer|contrast|teacher|entanglement|"
+                    r"pruning|mechanistic|distill|hybrid)(?:\.[\w~-]+)+)" + _VERDICT)
+_SET = re.compile(r"(?<![\w.])(?P<set>vocab|ar\d+)(?P<tuned>@tuned)?(?![\w.])")
+_SET_SIZE = re.compile(r"(?<=, )k=(?P<k>\d+)\)")
+_DLA = re.compile(r"\bDLA\b")  # the mechanistic section spells it out
+_RANGE = re.compile(r"\b(?P<group>mlp|attention)\[(?P<start>\d+):(?P<stop>\d+)\]")
+
+
+def claim_display_name(name: str) -> str:
+    """A claim's name as the notes say it: its statement from `CLAIM_NAMES`,
+    'localisation.freezing.mlp' -> 'freezing the MLP layers blocks the transfer', any other
+    dotted name as the words of its last part."""
+    if name in CLAIM_NAMES:
+        return CLAIM_NAMES[name]
+    parts = name.split(".")
+    if parts[:2] == ["localisation", "freezing"] and len(parts) == 3:
+        return f"freezing the {_COMPONENT_WORDS.get(parts[2], words(parts[2]))} layers blocks the transfer"
+    return words(parts[-1].replace("~", " ").replace("-", " "))
+
+
+def set_display_name(name: str) -> str:
+    """A candidate set of the entanglement experiment as the notes say it: 'ar2' -> 'the
+    two-digit numbers', 'vocab' -> 'the single-token numbers', 'ar2@tuned' -> 'the two-digit
+    numbers shifted by fine-tuning'."""
+    base, tuned = name.removesuffix("@tuned"), name.endswith("@tuned")
+    digits = base.removeprefix("ar")
+    numbers = ("single-token numbers" if base == "vocab"
+               else f"{_DIGIT_WORDS.get(digits, digits)}-digit numbers" if base.startswith("ar") and digits.isdigit()
+               else words(base))
+    return f"the {numbers}" + (" shifted by fine-tuning" if tuned else "")
+
+
+def _claim_words(match: re.Match[str]) -> str:
+    verdict = match.group("verdict")
+    return claim_display_name(match.group("name")) + (f": {verdict}" if verdict else "")
+
+
+def note_words(line: str) -> str:
+    """A plain-text headline line with the machine's names put in words: claim names
+    ('localisation.lm_head contradicted' -> 'the bias is not in the LM head: contradicted'),
+    candidate sets ('(ar2, k=4)' -> '(the two-digit numbers, categories of 4)'), layer ranges
+    ('mlp[20:30]' -> 'MLP layers 20-29') and abbreviations the section spells out ('DLA')."""
+    text = _CLAIM.sub(_claim_words, line)
+    text = _DLA.sub("direct logit attribution", text)
+    text = _SET_SIZE.sub(lambda m: f"categories of {m.group('k')})", text)
+    text = _SET.sub(lambda m: set_display_name(m.group("set") + (m.group("tuned") or "")), text)
+    return _RANGE.sub(lambda m: f"{_COMPONENT_WORDS[m.group('group')]} layers "
+                                f"{m.group('start')}-{int(m.group('stop')) - 1}", text)

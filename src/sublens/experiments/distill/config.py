@@ -8,10 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sublens.claims import ClaimSettings
 from sublens.config import Config
-from sublens.distill import TeacherView
 from sublens.experiments.distill.results import ARMS, Arm
-from sublens.preference import PreferenceSettings
-from sublens.shd import DEFAULT_KL_DIRECTION, KlDirection
+from sublens.settings import DEFAULT_KL_DIRECTION, KlDirection, PreferenceSettings, TeacherView
 from sublens.train_config import TrainConfig
 
 OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."

@@ -44,7 +44,6 @@ from sublens.distill import (
     FitSet,
     ShdLoss,
     ShdTeacher,
-    TeacherView,
     TextRecord,
     align_record,
     head_groups,
@@ -86,6 +85,7 @@ from sublens.report.sections.distill import decisions
 from sublens.result_records import TrainingSummary
 from sublens.runs import Run, Team
 from sublens.runs import team as current_team
+from sublens.settings import TeacherView
 from sublens.tables import write_tables
 from sublens.training import TrainResult, train, train_summary
 from sublens.training_data import tokenizer_pad_id

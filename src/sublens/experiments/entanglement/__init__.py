@@ -10,7 +10,10 @@ The claims are recorded by the run and re-decided in `sublens.report.sections.en
 
 The package, one module per concern (the pattern of every experiment package):
 - `config`: `EntanglementConfig` and `EntanglementPrompts`, every field documented;
-- `run`: `execute(config, run)`, the methods in order, and the measuring helpers;
+- `run`: `execute(config, run)`, the methods in order (the stages of the study);
+- `study_prompts`, `teachers`, `measuring`: the fixed prompts, the fine-tuned teachers of the
+  tuned sets, and the measuring helpers the stages call;
+- `console`: the report printed at the end of a run (`report_lines`, `print_report`);
 - `analysis`: categories, ratios, statistics and claims of the measured tables (no model);
 - `figures`: the figures, drawn from the results and numbers.parquet;
 - `results`: `EntanglementResults`, the torch-free model of results.json.
@@ -43,15 +46,13 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
         EntanglementConfig,
         EntanglementPrompts,
     )
+    from sublens.experiments.entanglement.console import print_report, report_lines
+    from sublens.experiments.entanglement.measuring import candidate_sets
     from sublens.experiments.entanglement.results import EntanglementResults
-    from sublens.experiments.entanglement.run import (
+    from sublens.experiments.entanglement.run import execute, run_study
+    from sublens.experiments.entanglement.study_prompts import (
         bias_system,
-        candidate_sets,
         check_answer_words,
-        execute,
-        print_report,
-        report_lines,
-        run_study,
         shipped_template_words,
     )
 
@@ -69,12 +70,12 @@ _EXPORTS = {
     "EntanglementResults": "results",
     "execute": "run",
     "run_study": "run",
-    "bias_system": "run",
-    "candidate_sets": "run",
-    "check_answer_words": "run",
-    "shipped_template_words": "run",
-    "report_lines": "run",
-    "print_report": "run",
+    "bias_system": "study_prompts",
+    "candidate_sets": "measuring",
+    "check_answer_words": "study_prompts",
+    "shipped_template_words": "study_prompts",
+    "report_lines": "console",
+    "print_report": "console",
     "DEFINITIONS": "analysis",
     "LABELS": "analysis",
     "distinct_orders": "analysis",

@@ -17,21 +17,26 @@ import pandas as pd
 
 from sublens.entanglement import (
     CATEGORIES,
+    FAMILY,
     TESTS,
+    TUNED_FAMILY,
     GroupValues,
     choose_k,
     claims_record,
     form_categories,
     group_statistics,
+    is_tuned_set,
     matching_quality,
     normalize_logprobs,
     number_script,
     primary_set,
+    prompted_set_name,
     rank_correlation,
     ratio_summary,
     set_claims,
     specific_shift,
     strongest,
+    tuned_set_name,
 )
 from sublens.experiments.entanglement.config import EntanglementConfig, SetKind
 from sublens.experiments.entanglement.results import (
@@ -63,12 +68,31 @@ RATIOS = ("bias_ratio", "control_ratio", "relative_ratio")
 
 
 def set_title(name: str) -> str:
-    """A candidate set as a reader names it: 'vocab' -> 'vocabulary', 'ar2' -> '2-digit' (the
-    set names are the run's keys; the paper and the figures say what the set holds)."""
-    if name == "vocab":
-        return "vocabulary"
-    digits = name.removeprefix("ar")
-    return f"{digits}-digit" if name.startswith("ar") and digits.isdigit() else name
+    """A candidate set as a reader names it: 'vocab' -> 'vocabulary', 'ar2' -> '2-digit',
+    'ar2@tuned' -> '2-digit tuned' (the set names are the run's keys; the paper and the figures
+    say what the set holds)."""
+    base = prompted_set_name(name)
+    digits = base.removeprefix("ar")
+    title = ("vocabulary" if base == "vocab"
+             else f"{digits}-digit" if base.startswith("ar") and digits.isdigit() else base)
+    return f"{title} tuned" if is_tuned_set(name) else title
+
+
+def increased_phrase(name: str, bias: str = "owl") -> str:
+    """What a set's Increased numbers are, in words (for prose that names the set a reader's
+    way, e.g. the subliminal section's enrichment): 'ar2' -> 'two-digit numbers an owl context
+    makes more likely', 'ar2@tuned' -> 'two-digit numbers that fine-tuning made more likely in
+    the owl teacher than in its control teacher'."""
+    base = prompted_set_name(name)
+    digits = base.removeprefix("ar")
+    words = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five"}
+    numbers = ("single-token numbers" if base == "vocab"
+               else f"{words.get(digits, digits)}-digit numbers" if base.startswith("ar") and digits.isdigit()
+               else f"numbers of the {base} set")
+    article = "an" if bias[:1].lower() in "aeiou" else "a"
+    if is_tuned_set(name):
+        return f"{numbers} that fine-tuning made more likely in the {bias} teacher than in its control teacher"
+    return f"{numbers} {article} {bias} context makes more likely"
 
 DEFINITIONS = {
     "surface": "a number is scored as the in-context tokens of number_surface (default ' {num}') "
@@ -112,6 +136,20 @@ DEFINITIONS = {
     "strongest length has the largest geometric mean bias ratio; separable = its CI "
     "lies above the runner-up's",
 }
+# Added to DEFINITIONS by a run given a teacher run (tuned_teacher).
+TUNED_DEFINITIONS = {
+    "tuned": "{set}@tuned: the candidates of {set}, each scored under the neutral phase-1 prompt "
+    "in the fine-tuned owl teacher (columns logp_owl_context, p_owl_context_norm of its rows) and "
+    "in its fine-tuned control teacher (logp_control_context, p_control_context_norm), both "
+    "fine-tuned the same way from the same base; logp_neutral is the base model's (model) "
+    "neutral log probability. owl_shift and control_shift are each teacher's against it, so "
+    "specific_shift = log p_owl_teacher_norm - log p_control_teacher_norm: the owl-specific "
+    "shift the fine-tuning put into the teacher. Categories as for every set; random matched on "
+    "the base model's neutral log probability; phase 2 in the base model",
+    "tuned_claims": "the tuned sets' claims, as every set's, in their own Holm family "
+    "(entanglement_tuned, recorded under tuned_claims): the prompted sets' verdicts do not "
+    "change with them",
+}
 
 
 # ---- phase 1: one candidate set -----------------------------------------------------------------
@@ -119,21 +157,23 @@ DEFINITIONS = {
 class CandidateSet:
     """A set of candidate numbers, normalised and categorised on its own."""
 
-    name: str  # "vocab", "ar1", "ar2", ...
+    name: str  # "vocab", "ar1", "ar2", ...; "ar2@tuned": by the fine-tuned teachers' shift
     kind: SetKind
     length: int | None  # digits of an autoregressive set
     numbers: list[str]
-    info: dict[str, Any]  # VocabularyNumbers.describe(), or n_numbers and leading_zeros
+    info: dict[str, Any]  # VocabularyNumbers.describe(), or n_numbers and leading_zeros; tuned_from
 
 
 @dataclass(frozen=True)
 class ContextScores:
     """Log P of each of a set's numbers (chain rule over its surface's tokens) after the three
-    phase-1 prompts, and how many tokens each surface has."""
+    phase-1 prompts, and how many tokens each surface has. A tuned set's: the base model's
+    neutral prompt, then the neutral prompt in the fine-tuned owl teacher and in its control
+    teacher in place of the two animal contexts."""
 
     neutral: np.ndarray
-    owl_context: np.ndarray  # the bias animal's context
-    control_context: np.ndarray
+    owl_context: np.ndarray  # the bias animal's context (tuned set: the owl teacher)
+    control_context: np.ndarray  # the control animal's context (tuned set: the control teacher)
     n_tokens: list[int]
 
 
@@ -282,11 +322,20 @@ def template_statistics(template: GroupValues, seed: int) -> GroupStats:
 
 
 def study_claims(rows: pd.DataFrame, categories: Mapping[str, Categories], k: Mapping[str, int],
-                 config: EntanglementConfig) -> ClaimsBlock:
-    """Every set's claims (sublens.entanglement.set_claims) on the numbers' log bias ratios,
-    recorded with their Holm-adjusted decisions (one family: every set x test)."""
+                 config: EntanglementConfig, tuned: bool = False) -> ClaimsBlock:
+    """Every prompted set's claims (sublens.entanglement.set_claims) on the numbers' log bias
+    ratios, recorded with their Holm-adjusted decisions (one family: every set x test); with
+    `tuned`, the tuned sets' instead (their own family). The tuned sets' primary set is the
+    tuned variant of the prompted sets' one."""
+    names = [name for name in categories if is_tuned_set(name) == tuned]
+    primary = primary_set({name: k[name] for name in categories if not is_tuned_set(name)},
+                          config.primary_set)
+    if tuned:
+        preferred = tuned_set_name(primary) if primary is not None else None
+        primary = primary_set({name: k[name] for name in names}, preferred)
     tests = []
-    for name, cats in categories.items():
+    for name in names:
+        cats = categories[name]
         subset = rows[rows["set"] == name]
         value = dict(zip(subset["number"], subset["log_bias_ratio"], strict=True))
         logs = {c: [float(value[n]) for n in getattr(cats, c)] for c in CATEGORIES}
@@ -295,7 +344,7 @@ def study_claims(rows: pd.DataFrame, categories: Mapping[str, Categories], k: Ma
         ):
             tests.append((name, test, claim, estimate))
     return ClaimsBlock.model_validate(
-        claims_record(tests, config.claims, primary_set(k, config.primary_set)))
+        claims_record(tests, config.claims, primary, TUNED_FAMILY if tuned else FAMILY))
 
 
 def rarity_warnings(category_stats: Mapping[str, SetStatistics], sets: Mapping[str, SetInfo],
@@ -369,8 +418,8 @@ def length_statistics(sets: Mapping[str, SetInfo], category_stats: Mapping[str, 
     categorised numbers (the union of the four categories) and of each category; the strongest
     length. Reuses the per-set statistics (the same numbers, the same bootstrap)."""
     per_length: dict[str, LengthEntry] = {}
-    for name, info in sets.items():
-        if info.kind != "autoregressive" or name not in category_stats:
+    for name, info in sets.items():  # the prompted sets: a tuned set has the same length
+        if info.kind != "autoregressive" or name not in category_stats or is_tuned_set(name):
             continue
         stats = category_stats[name]
         per_length[str(info.length)] = LengthEntry(

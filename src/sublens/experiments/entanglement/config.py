@@ -155,6 +155,13 @@ class EntanglementConfig(Config):
         default=10000, ge=100, description="resamples of the permutation tests (descriptive)"
     )
     batch_size: int = Field(default=64, ge=1, description="prompts or continuations per forward pass")
+    tuned_teacher: str | None = Field(
+        default=None,
+        description="run directory of a `teacher` run with a control teacher: every set is also "
+        "categorised by the shift its fine-tuning put into the teachers (log P under the neutral "
+        "prompt in the owl teacher minus in the control teacher), as the set name + '@tuned', "
+        "measured in phase 2 in `model` like the others; null: not measured",
+    )
     prompts: EntanglementPrompts = Field(
         default_factory=EntanglementPrompts, description="every prompt of the study"
     )
@@ -183,6 +190,20 @@ class EntanglementConfig(Config):
         if not sets or len(set(sets)) != len(sets):
             raise ValueError("give one or both candidate sets: vocab, autoregressive")
         return sets
+
+    @field_validator("tuned_teacher")
+    @classmethod
+    def _tuned_teacher(cls, folder: str | None) -> str | None:
+        if folder is None:
+            return None
+        if not folder.strip():
+            raise ValueError("tuned_teacher must be a teacher run directory, or null")
+        if "#" in folder:
+            raise ValueError(
+                f"tuned_teacher {folder!r}: give the teacher run directory itself, without "
+                "'#checkpoint': the study reads both its owl teacher and its control_teacher"
+            )
+        return folder
 
     @model_validator(mode="after")
     def _consistent(self) -> EntanglementConfig:

@@ -1,6 +1,6 @@
 """The entanglement figures in the paper style of `sublens.figures`, drawn from the results and
 the phase-2 table (numbers.parquet) alone: bias ratio by category (per set, with CIs and the
-single numbers) and by digit length.
+single numbers; the tuned sets in a figure of their own, laid out alike) and by digit length.
 
 Each figure is drawn at the width the paper prints it at (the bundle puts the by-category figure
 across the page, the by-length one in a column), so its fonts are the printed sizes. A mean whose
@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sublens.claims import MIN_UNITS
-from sublens.entanglement import CATEGORIES
+from sublens.entanglement import CATEGORIES, is_tuned_set
 from sublens.experiments.entanglement.analysis import LABELS, set_title
 from sublens.experiments.entanglement.results import EntanglementResults, RatioSummary
 from sublens.figures import DOUBLE_COLUMN_IN, PAPER_RC, SINGLE_COLUMN_IN, save_figure
@@ -31,15 +31,20 @@ FIGURES = "figures"  # under the run directory
 CATEGORY_WIDTH_IN = DOUBLE_COLUMN_IN  # the bundle prints it across both columns (figure*)
 LENGTH_WIDTH_IN = SINGLE_COLUMN_IN  # one column
 TICKS = {"increased": "Inc.", "decreased": "Dec.", "unchanged": "Unch.", "random": "Rand."}  # as the tables
+TUNED_FIGURE = "bias_ratio_by_category_tuned"  # the tuned sets' categories
 COLORS = {"increased": "C0", "decreased": "C1", "unchanged": "C2", "random": "C3", "template": "C7"}
 
 
 def make_figures(results: EntanglementResults, numbers: pd.DataFrame, run_dir: Path) -> dict[str, list[str]]:
-    """Writes figures/bias_ratio_by_category and figures/bias_ratio_by_length (.png, .pdf) where
-    there is something to draw; stem -> the paths under the run directory (PNG first)."""
+    """Writes figures/bias_ratio_by_category, figures/bias_ratio_by_category_tuned (the tuned
+    sets) and figures/bias_ratio_by_length (.png, .pdf) where there is something to draw; stem
+    -> the paths under the run directory (PNG first)."""
     figures: dict[str, Figure] = {}
-    if results.category_stats:
+    stats = results.category_stats or {}
+    if any(not is_tuned_set(name) for name in stats):
         figures["bias_ratio_by_category"] = category_figure(results, numbers)
+    if any(is_tuned_set(name) for name in stats):
+        figures[TUNED_FIGURE] = category_figure(results, numbers, tuned=True)
     if results.lengths is not None and results.lengths.per_length:
         figures["bias_ratio_by_length"] = length_figure(results)
     written = {stem: save_figure(fig, run_dir / FIGURES / stem) for stem, fig in figures.items()}
@@ -52,11 +57,12 @@ def has_interval(s: RatioSummary) -> bool:
     return s.n >= MIN_UNITS["number"] and math.isfinite(s.geo_ci_low) and math.isfinite(s.geo_ci_high)
 
 
-def category_figure(results: EntanglementResults, numbers: pd.DataFrame) -> Figure:
+def category_figure(results: EntanglementResults, numbers: pd.DataFrame, tuned: bool = False) -> Figure:
     """Per set (columns): the bias ratio (top) and the bias/control relative ratio (bottom) of
     each category against the template words: geometric means with CIs, the single numbers in
-    grey. One y scale per row, so the sets compare directly."""
-    names = list(results.category_stats or {})
+    grey. One y scale per row, so the sets compare directly. `tuned`: the tuned sets (categorised
+    by the fine-tuned teachers' shift) instead of the prompted ones, in a figure of their own."""
+    names = [name for name in results.category_stats or {} if is_tuned_set(name) == tuned]
     rows = (("bias_ratio", "bias ratio"), ("relative_ratio", f"{results.bias}/{results.control} ratio"))
     with plt.rc_context(PAPER_RC):
         fig = Figure(figsize=(CATEGORY_WIDTH_IN, 3.6), layout="constrained")

@@ -14,8 +14,10 @@ left it out:
   ``GroupStats.specific_shift_mean`` and the medians, ``RatioSummary.ci``;
 - a partial run, saved after phase 1, after the phase-2 numbers, after the template control,
   after the statistics and after cumulative priming: what comes later is absent;
-- a part not measured: ``cumulative`` (cumulative_orders 0), ``all_scored`` (a set larger than
-  score_all_max), ``prompts.phase2_number_example`` (no number scored); the vocab-only and
+- a part not measured: ``tuned_teacher`` and ``tuned_claims`` (no teacher run given: no set is
+  tuned, ``SetInfo.tuned_from`` is absent everywhere), ``cumulative`` (cumulative_orders 0),
+  ``all_scored`` (a set larger than score_all_max), ``prompts.phase2_number_example`` (no
+  number scored); the vocab-only and
   autoregressive-only fields of `SetInfo`; ``vs_random`` of Random and of all categorised
   numbers, ``vs_template`` outside the four categories.
 """
@@ -96,6 +98,7 @@ class SetInfo(Sparse):
     mass_control_context: float | None = None  # older runs
     matching: Matching | None = None  # None: the set is skipped; absent: older runs
     warning: str | None  # k shrank
+    tuned_from: str | None = None  # a tuned set ("ar2@tuned"): the set whose candidates it holds
 
 
 class Categories(Sparse):
@@ -303,6 +306,18 @@ class Lengths(Sparse):
     strongest: Strongest | None  # None: no autoregressive set categorised
 
 
+class TunedTeacher(Sparse):
+    """The fine-tuned teachers whose shift categorises the tuned sets (config ``tuned_teacher``):
+    a teacher run's owl teacher and its control teacher, scored under the neutral phase-1 prompt."""
+
+    run: str  # the teacher run directory, as given
+    teacher: str  # model spec of the owl teacher (the run directory: its first checkpoint)
+    control_teacher: str  # model spec of the control teacher (RUN#control_teacher)
+    base: str | None  # the model the teacher run fine-tuned (its config.yaml); None: not recorded
+    prompt: PromptRecord  # the neutral number prompt in the teachers (their own chat template)
+    sets: dict[str, str]  # tuned set -> the prompted set whose candidates it holds
+
+
 # ---- the run ----------------------------------------------------------------------------------
 class EntanglementResults(SparseResults):
     schema_version: int = 1
@@ -318,12 +333,15 @@ class EntanglementResults(SparseResults):
     phase: int  # the last phase saved (1, 2; 3: finished)
     sets: dict[str, SetInfo]  # in study order: vocab, ar1, ar2, ...
     k: dict[str, int]
-    categories: dict[str, Categories]  # the sets that were not skipped
-    phase1_work: dict[str, ScoringWork]  # by phase-1 prompt: neutral, bias, control
+    categories: dict[str, Categories]  # the sets that were not skipped (tuned sets after the others)
+    phase1_work: dict[str, ScoringWork]  # by phase-1 prompt: neutral, bias, control; owl_teacher,
+    #                                      control_teacher (the neutral prompt in the tuned teachers)
     neutral: AnimalProbabilities | None = None  # phase 2 not reached
     template_control: TemplateControl | None = None  # not reached
     category_stats: dict[str, SetStatistics] | None = None  # the statistics step not reached
     claims: ClaimsBlock | None = None  # not reached; older runs
+    tuned_teacher: TunedTeacher | None = None  # absent: no teacher run given (no tuned sets)
+    tuned_claims: ClaimsBlock | None = None  # the tuned sets' claims (their own Holm family)
     cumulative: Cumulative | None = None  # not reached, or cumulative_orders 0
     lengths: Lengths | None = None  # phase 3 not reached
     report: list[str] | None = None  # the terminal lines; written at the end

@@ -15,40 +15,38 @@
    numbers of a category in one prompt), descriptive.
 4. Phase 3: the description per digit length of the autoregressive set, and the strongest length.
 
+With a teacher run (`tuned_teacher`), phase 1 also scores every candidate under the neutral prompt
+in the run's fine-tuned owl teacher and in its fine-tuned control teacher (one loaded at a time)
+and categorises each set once more by that fine-tuning shift, as `<set>@tuned`: the numbers the
+teacher that wrote the subliminal data actually shifted. The tuned sets go through phase 2 and
+the statistics like the others (phase 2 in `model`); their claims are their own Holm family.
+
 Definitions: sublens.entanglement (module docstring); they are also written into
 results.json under "definitions" (`analysis.DEFINITIONS`).
 
 Run directory: results.json (`EntanglementResults`, saved after each phase), numbers.parquet
 (one row per (set, number) scored in phase 2; the mechanistic experiment reads it),
 phase1.parquet (every candidate of every set), figures/*.png|pdf.
+
+This module holds `execute` and its stages; the prompts (`study_prompts`), the fine-tuned
+teachers (`teachers`), the measuring helpers (`measuring`) and the console report (`console`)
+are its sibling modules.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib import resources
+import gc
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
-from tqdm.auto import tqdm
+import torch
 
-from sublens.claims import MIN_UNITS
-from sublens.entanglement import (
-    CATEGORIES,
-    animal_context,
-    autoregressive_numbers,
-    fill,
-    vocabulary_numbers,
-)
+from sublens.entanglement import CATEGORIES, fill, is_tuned_set, tuned_set_name
 from sublens.errors import ConfigError
 from sublens.experiments.entanglement.analysis import (
     DEFINITIONS,
-    LABELS,
+    TUNED_DEFINITIONS,
     CandidateSet,
     ContextScores,
     categorise_set,
@@ -65,33 +63,37 @@ from sublens.experiments.entanglement.analysis import (
     with_ratios,
 )
 from sublens.experiments.entanglement.config import EntanglementConfig
+from sublens.experiments.entanglement.console import _neutral, print_report, report_lines
 from sublens.experiments.entanglement.figures import make_figures
+from sublens.experiments.entanglement.measuring import (
+    Phase1,
+    PromptScores,
+    animal_probabilities,
+    candidate_sets,
+    phase1_scores,
+    template_words,
+)
 from sublens.experiments.entanglement.results import (
-    AnimalProbabilities,
     AnswerWord,
-    Categories,
     Cumulative,
     Design,
     EntanglementResults,
-    Prompts,
-    RatioSummary,
     ScoringWork,
-    SetInfo,
     TemplateControl,
     TemplateWord,
+    TunedTeacher,
 )
+from sublens.experiments.entanglement.study_prompts import (
+    StudyPrompts,
+    _prompt,
+    animal_prompt,
+    check_answer_words,
+)
+from sublens.experiments.entanglement.teachers import TunedTeachers, tuned_teachers
 from sublens.models import LoadedModel, load_model
 from sublens.prompts import PromptText, make_prompt
-from sublens.result_records import PromptRecord
 from sublens.runs import Run, atomic_write_parquet
-from sublens.scoring import (
-    LM,
-    ScoringError,
-    ScoringStats,
-    score_strings,
-    tokenize_continuations,
-    word_probability_many,
-)
+from sublens.scoring import LM
 
 PHASE1_FILE = "phase1.parquet"
 NUMBERS_FILE = "numbers.parquet"
@@ -99,13 +101,14 @@ NUMBERS_FILE = "numbers.parquet"
 
 def execute(config: EntanglementConfig, run: Run, lm: LM | None = None) -> EntanglementResults:
     """The study on `config.model`, or on `lm` when a model is given already loaded."""
+    teachers = tuned_teachers(config)  # a wrong teacher run fails here, before any model loads
     lm = lm if lm is not None else load(config, run)
     prompts = StudyPrompts.build(lm, config)
     answer_words = check_answer_words(lm, prompts.neutral_animal, prompts.words)
     run.note(prompts=prompts.record().model_dump(mode="json"))
 
     with run.timed("phase1"):  # animal -> number: every candidate scored, each set categorised
-        phase1 = score_candidates(lm, config, prompts)
+        phase1 = score_candidates(lm, config, prompts, teachers, run)
         atomic_write_parquet(run.artifact(PHASE1_FILE), phase1.table)
     results = first_results(lm, config, prompts, answer_words, phase1)
     run.save_results(results)
@@ -139,7 +142,7 @@ def run_study(lm: LM, config: EntanglementConfig, run: Run) -> EntanglementResul
     return execute(config, run, lm)
 
 
-# ---- the model and the prompts --------------------------------------------------------------
+# ---- the model -----------------------------------------------------------------------------
 def load(config: EntanglementConfig, run: Run) -> LoadedModel:
     with run.timed("load_model"):
         lm = load_model(config.model, config.device, config.dtype)
@@ -147,153 +150,41 @@ def load(config: EntanglementConfig, run: Run) -> LoadedModel:
     return lm
 
 
-def _tokenizer(lm: LM) -> Any:
-    return lm[1] if isinstance(lm, tuple) else lm.tokenizer
-
-
-def bias_system(config: EntanglementConfig, plural: str | None = None) -> str:
-    """The animal context of phase 1: the bias animal's, or (plural given) another animal's."""
-    plural = plural or config.plural
-    return animal_context(config.prompts.bias_system, plural)
-
-
-@dataclass(frozen=True)
-class StudyPrompts:
-    """The fixed prompts: phase 1 asks for a number, phase 2 for an animal."""
-
-    neutral_number: PromptText
-    owl_number: PromptText  # under the bias animal's context
-    control_number: PromptText  # under the control animal's context
-    neutral_animal: PromptText
-    words: list[str]  # the answer words measured in phase 2: [bias, control]
-
-    @classmethod
-    def build(cls, lm: LM, config: EntanglementConfig) -> StudyPrompts:
-        tokenizer, p = _tokenizer(lm), config.prompts
-
-        def number(system: str | None) -> PromptText:
-            return make_prompt(tokenizer, p.number_question, system, p.number_prefill)
-
-        return cls(
-            neutral_number=number(p.neutral_system),
-            owl_number=number(bias_system(config)),
-            control_number=number(bias_system(config, config.control_plural_word)),
-            neutral_animal=make_prompt(tokenizer, p.animal_question, p.neutral_system, p.animal_prefill),
-            words=[config.bias, config.control],
-        )
-
-    def phase1(self) -> dict[str, PromptText]:
-        """By the names phase1_work records them under."""
-        return {"neutral": self.neutral_number, "bias": self.owl_number, "control": self.control_number}
-
-    def record(self) -> Prompts:
-        return Prompts(
-            phase1_neutral=_prompt(self.neutral_number),
-            phase1_owl_context=_prompt(self.owl_number),
-            phase1_control_context=_prompt(self.control_number),
-            phase2_neutral=_prompt(self.neutral_animal),
-        )
-
-
-def _prompt(prompt: PromptText) -> PromptRecord:
-    return PromptRecord.model_validate(prompt.to_dict())
-
-
-def animal_prompt(lm: LM, config: EntanglementConfig, system: str) -> PromptText:
-    """The phase-2 question under `system` (a number prompt, a template word's, ...)."""
+def teacher_scores(teachers: TunedTeachers, config: EntanglementConfig, surfaces: list[str],
+                   run: Run | None) -> tuple[dict[str, PromptScores], PromptText]:
+    """Every surface's log P under the neutral number prompt in the owl teacher, then in the
+    control teacher: one loaded at a time, each freed before the next loads."""
     p = config.prompts
-    return make_prompt(_tokenizer(lm), p.animal_question, system, p.animal_prefill)
-
-
-def shipped_template_words() -> list[str]:
-    text = (
-        resources.files("sublens.data").joinpath("template_words.txt").read_text(encoding="utf-8")
-    )
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def check_answer_words(lm: LM, prompt: PromptText, words: Sequence[str]) -> dict[str, Any]:
-    """Each answer word (' owl') must tokenize, right after the prefill, into tokens that spell
-    it back: no unknown tokens, nothing merged with the prefill. Returns the tokens used."""
-    tokenizer = _tokenizer(lm)
-    try:
-        _, tokenized = tokenize_continuations(tokenizer, prompt, [f" {w}" for w in words])
-    except ScoringError as exc:
-        raise ConfigError(
-            f"An answer word cannot follow the prefill {prompt.prefill!r}: {exc}"
-        ) from exc
-    unk = getattr(tokenizer, "unk_token_id", None)
-    out: dict[str, Any] = {}
-    for word, tok in zip(words, tokenized, strict=True):
-        spelled = tokenizer.decode(list(tok.token_ids))
-        if (unk is not None and unk in tok.token_ids) or spelled.strip() != word:
-            raise ConfigError(
-                f"The tokenizer cannot place {word!r} as the answer after {prompt.prefill!r}: it "
-                f"becomes {list(tok.token_ids)} = {spelled!r}. Choose a word this vocabulary can "
-                "spell (a plain lower-case animal name)."
-            )
-        if not tok.in_context:
-            raise ConfigError(
-                f"' {word}' merges with the end of the prefill {prompt.prefill!r}; end the prefill "
-                "with a complete word (e.g. 'My favorite animal is the')."
-            )
-        out[word] = {"token_ids": list(tok.token_ids), "n_tokens": len(tok.token_ids)}
-    return out
+    out: dict[str, PromptScores] = {}
+    prompt: PromptText | None = None
+    for name, spec in teachers.specs().items():
+        teacher = load_model(spec, config.device, config.dtype)
+        if run is not None:
+            run.note(models={**run.record.get("models", {}), name: teacher.describe()})
+        try:
+            neutral = make_prompt(teacher.tokenizer, p.number_question, p.neutral_system, p.number_prefill)
+            if prompt is not None and neutral.text != prompt.text:
+                raise ConfigError(
+                    f"The two teachers of {teachers.run!r} write the neutral number prompt differently "
+                    "(their tokenizers or chat templates differ): they were not fine-tuned from one base.")
+            prompt = neutral
+            out[name] = phase1_scores(teacher, {name: neutral}, surfaces, config.batch_size)[name]
+        finally:
+            del teacher
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    assert prompt is not None
+    return out, prompt
 
 
 # ---- phase 1 ------------------------------------------------------------------------------------
-def candidate_sets(lm: LM, config: EntanglementConfig) -> list[CandidateSet]:
-    """The candidate sets in the order they are studied: vocab, then ar1, ar2, ..."""
-    sets: list[CandidateSet] = []
-    if "vocab" in config.sets:
-        vocab = vocabulary_numbers(_tokenizer(lm))
-        sets.append(CandidateSet("vocab", "vocab", None, list(vocab.numbers), vocab.describe()))
-    if "autoregressive" in config.sets:
-        for n in config.lengths:
-            numbers = autoregressive_numbers(n, config.leading_zeros)
-            info = {"n_numbers": len(numbers), "leading_zeros": config.leading_zeros}
-            sets.append(CandidateSet(f"ar{n}", "autoregressive", n, numbers, info))
-    return sets
-
-
-@dataclass(frozen=True)
-class PromptScores:
-    """Phase 1 after one prompt: log P of every number surface (chain rule), its tokens."""
-
-    logp: dict[str, float]
-    tokens: dict[str, Sequence[int]]
-    in_context: dict[str, bool]  # False: the surface does not tokenize cleanly after the prefill
-    work: ScoringStats
-
-
-def phase1_scores(
-    lm: LM, prompts: dict[str, PromptText], surfaces: list[str], batch_size: int
-) -> dict[str, PromptScores]:
-    """Per prompt: surface -> log P (chain rule), plus each surface's in-context tokens."""
-    out: dict[str, PromptScores] = {}
-    for name, prompt in tqdm(prompts.items(), desc="phase 1: scoring numbers", unit="prompt"):
-        scores = score_strings(lm, prompt, surfaces, batch_size)
-        out[name] = PromptScores(
-            logp=dict(zip(surfaces, scores.total.tolist(), strict=True)),
-            tokens={s.text: s.token_ids for s in scores.strings},
-            in_context={s.text: s.in_context for s in scores.strings},
-            work=scores.scores.stats,
-        )
-    return out
-
-
-@dataclass(frozen=True)
-class Phase1:
-    table: pd.DataFrame  # phase1.parquet: every candidate of every set
-    sets: dict[str, SetInfo]
-    categories: dict[str, Categories]  # the sets not skipped
-    work: dict[str, ScoringWork]
-    warnings: list[str]
-
-
-def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts) -> Phase1:
+def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
+                     teachers: TunedTeachers | None = None, run: Run | None = None) -> Phase1:
     """Every candidate's log P after the neutral prompt and the two animal contexts; each set
-    normalised and categorised on its own (`analysis.categorise_set`)."""
+    normalised and categorised on its own (`analysis.categorise_set`). With `teachers`, every
+    candidate also under the neutral prompt in the two fine-tuned teachers, and each set once
+    more, as `<set>@tuned`, by their difference (after all the prompted sets)."""
     sets = candidate_sets(lm, config)
 
     def surface(number: str) -> str:
@@ -301,7 +192,23 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts) 
 
     surfaces = sorted({surface(n) for s in sets for n in s.numbers})
     scores = phase1_scores(lm, prompts.phase1(), surfaces, config.batch_size)
+    tuned_record = None
+    if teachers is not None:
+        tuned_scores, teacher_prompt = teacher_scores(teachers, config, surfaces, run)
+        scores.update(tuned_scores)
+        tuned_sets = {tuned_set_name(s.name): s.name for s in sets}
+        tuned_record = TunedTeacher(run=teachers.run, teacher=teachers.teacher,
+                                    control_teacher=teachers.control_teacher, base=teachers.base,
+                                    prompt=_prompt(teacher_prompt), sets=tuned_sets)
+        sets = sets + [CandidateSet(tuned_set_name(s.name), s.kind, s.length, s.numbers,
+                                    {**s.info, "tuned_from": s.name}) for s in sets]
     warnings = []
+    model = getattr(lm, "spec", None)
+    if teachers is not None and teachers.base is not None and model is not None and teachers.base != model:
+        warnings.append(
+            f"The tuned sets' teachers were fine-tuned from {teachers.base!r}, not from the model of "
+            f"phases 1 and 2 ({model!r}): their Random numbers are matched, and their numbers measured "
+            "in phase 2, in another model than the one the fine-tuning shifted.")
     split = [s for s in surfaces if not scores["neutral"].in_context[s]]
     if split:
         warnings.append(
@@ -311,10 +218,12 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts) 
     frames, infos, categories = [], {}, {}
     for candidates in sets:
         own = [surface(n) for n in candidates.numbers]
+        owl, control = (("owl_teacher", "control_teacher") if is_tuned_set(candidates.name)
+                        else ("bias", "control"))
         context = ContextScores(
             neutral=np.array([scores["neutral"].logp[s] for s in own]),
-            owl_context=np.array([scores["bias"].logp[s] for s in own]),
-            control_context=np.array([scores["control"].logp[s] for s in own]),
+            owl_context=np.array([scores[owl].logp[s] for s in own]),
+            control_context=np.array([scores[control].logp[s] for s in own]),
             n_tokens=[len(scores["neutral"].tokens[s]) for s in own],
         )
         frame, cats, info = categorise_set(candidates, own, context, config)
@@ -324,17 +233,17 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts) 
             categories[candidates.name] = cats
         warnings.extend(message for message in (info.warning, info.skipped) if message)
     work = {name: ScoringWork.model_validate(vars(s.work)) for name, s in scores.items()}
-    return Phase1(pd.concat(frames, ignore_index=True), infos, categories, work, warnings)
+    return Phase1(pd.concat(frames, ignore_index=True), infos, categories, work, warnings, tuned_record)
 
 
 def first_results(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
                   answer_words: dict[str, Any], phase1: Phase1) -> EntanglementResults:
     """The results after phase 1: the set-up, the candidate sets and their categories."""
-    return EntanglementResults(
+    results = EntanglementResults(
         model=getattr(lm, "spec", None),
         bias=config.bias,
         control=config.control,
-        definitions=DEFINITIONS,
+        definitions=DEFINITIONS if phase1.tuned is None else {**DEFINITIONS, **TUNED_DEFINITIONS},
         design=Design(categories_by="owl_minus_control", owl_specific=True,
                       random="matched_to_increased", match_caliper=config.match_caliper),
         answer_words={word: AnswerWord.model_validate(t) for word, t in answer_words.items()},
@@ -347,28 +256,12 @@ def first_results(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
         categories=phase1.categories,
         phase1_work=phase1.work,
     )
+    if phase1.tuned is None:
+        return results
+    return results.model_copy(update={"tuned_teacher": phase1.tuned})
 
 
 # ---- phase 2 ------------------------------------------------------------------------------------
-def animal_probabilities(
-    lm: LM, prompts: Sequence[PromptText], words: Sequence[str], batch_size: int, desc: str
-) -> list[AnimalProbabilities]:
-    """Per prompt, chain-rule and first-token probabilities of ' bias' and ' control' (`words`),
-    with a progress bar."""
-    out: list[AnimalProbabilities] = []
-    step = max(batch_size, 8)
-    spaced = [f" {w}" for w in words]
-    with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
-        for start in range(0, len(prompts), step):
-            chunk = list(prompts[start : start + step])
-            for bias, control in word_probability_many(lm, chunk, spaced, batch_size):
-                out.append(AnimalProbabilities(
-                    p_bias=bias.p_word, p_control=control.p_word,
-                    p_bias_first=bias.p_first_token, p_control_first=control.p_first_token))
-            bar.update(len(chunk))
-    return out
-
-
 def score_numbers(lm: LM, config: EntanglementConfig, prompts: StudyPrompts, phase1: pd.DataFrame,
                   results: EntanglementResults) -> tuple[pd.DataFrame, EntanglementResults]:
     """P(bias) and P(control) under the neutral prompt and under each number's prompt: the
@@ -384,23 +277,6 @@ def score_numbers(lm: LM, config: EntanglementConfig, prompts: StudyPrompts, pha
     example = {"phase2_number_example": _prompt(number_prompts[0])} if unique else {}
     return numbers, results.model_copy(update={
         "neutral": neutral, "phase": 2, "prompts": results.prompts.model_copy(update=example)})
-
-
-def _neutral(results: EntanglementResults) -> AnimalProbabilities:
-    if results.neutral is None:
-        raise ValueError("the neutral probabilities come first (score_numbers)")
-    return results.neutral
-
-
-def template_words(config: EntanglementConfig) -> list[str]:
-    """The template control's words: n_template_words (default k) drawn with the seed."""
-    pool = config.template_words or shipped_template_words()
-    bad = [w for w in pool if any(c.isdigit() for c in w) or not w.strip()]
-    if bad:
-        raise ConfigError(f"Template words must be non-empty and contain no digits: {bad[:5]}.")
-    n = min(config.n_template_words or config.k, len(pool))
-    rng = np.random.default_rng([config.seed, 7])
-    return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
 def template_control(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
@@ -431,12 +307,15 @@ def compare_categories(numbers: pd.DataFrame, config: EntanglementConfig,
     words = group_values("template", [w.model_dump() for w in template.per_word])
     category_stats = {name: set_statistics(numbers[numbers["set"] == name], words, config)
                       for name in results.categories}
+    tuned = any(is_tuned_set(name) for name in results.categories)
     return results.model_copy(update={
         "category_stats": category_stats,
         "warnings": [*results.warnings, *rarity_warnings(category_stats, results.sets)],
         "template_control": template.model_copy(
             update={"stats": template_statistics(words, config.seed)}),
         "claims": study_claims(numbers, results.categories, results.k, config),
+        **({"tuned_claims": study_claims(numbers, results.categories, results.k, config, tuned=True)}
+           if tuned else {}),
     })
 
 
@@ -465,126 +344,3 @@ def finish(results: EntanglementResults) -> EntanglementResults:
     return done.model_copy(update={"report": report_lines(done), "partial": False})
 
 
-# ---- console ------------------------------------------------------------------------------------
-def _fmt(summary: RatioSummary) -> str:
-    """Geometric mean with its CI; 'too few' instead of an interval below the claims' minimum."""
-    n = summary.n
-    if n < MIN_UNITS["number"] or not all(
-        math.isfinite(v) for v in (summary.geo_ci_low, summary.geo_ci_high)
-    ):
-        return f"{summary.geo_mean:.2f}× (too few numbers for a CI, n = {n:g})"
-    return f"{summary.geo_mean:.2f}× [{summary.geo_ci_low:.2f}, {summary.geo_ci_high:.2f}]"
-
-
-def _p(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
-
-
-def report_lines(results: EntanglementResults) -> list[str]:
-    """The terminal lines: per set, geometric-mean bias ratios, the Random null's frequency
-    match, and every claim's verdict (sublens.claims, Holm over all sets and tests)."""
-    bias, control = results.bias, results.control
-    neutral = _neutral(results)
-    lines = [
-        f"Neutral: P({bias}) = {neutral.p_bias:.4g}, P({control}) = {neutral.p_control:.4g} "
-        "(bias ratios: geometric mean [95% t-interval on log ratios]; categories by the "
-        f"{bias}-minus-{control} context shift; Random matched to Increased on baseline frequency)"
-    ]
-    template = results.template_control.stats if results.template_control else None
-    for name, stats in (results.category_stats or {}).items():
-        parts = [f"{LABELS[c]} {_fmt(getattr(stats, c).bias_ratio)}" for c in CATEGORIES]
-        if template is not None:
-            parts.append(f"template {_fmt(template.bias_ratio)}")
-        info = results.sets.get(name)
-        match = info.matching if info is not None else None
-        matched = (
-            f"; Random/Increased baseline frequency: median ×{match.median_frequency_ratio:.2f}, "
-            f"KS p = {_p(match.ks_p_value)}"
-            if match is not None
-            else ""
-        )
-        lines.append(f"{name} (k={results.k[name]}): " + ", ".join(parts) + matched)
-        rel = [f"{LABELS[c]} {_fmt(getattr(stats, c).relative_ratio)}" for c in CATEGORIES]
-        lines.append(f"{name} relative ratio ({bias}/{control}): " + ", ".join(rel))
-    claims = results.claims
-    if claims is not None and claims.decisions:
-        lines.append(
-            f"Claims (unit: numbers; Holm over {len(claims.decisions)} tests; margin "
-            f"×{claims.settings.margin:g}):"
-        )
-        for d in claims.decisions:
-            lines.append(
-                f"  {d.set} {d.test}: {d.verdict.value} ({d.reason}; raw p = {_p(d.p_raw)})"
-                + (f"; to settle: {d.settle}" if d.settle else "")
-            )
-        main = next((d for d in claims.decisions
-                     if d.set == claims.primary_set and d.test == "entangled_vs_null"), None)
-        if main:
-            lines.append(
-                f"Paper claim (entanglement does not explain the rise; primary set "
-                f"{claims.primary_set}): {main.verdict.value}"
-            )
-    lengths = results.lengths
-    if lengths is not None and lengths.per_length and lengths.strongest is not None:
-        parts = [f"{n}-digit {_fmt(e.bias_ratio)}" for n, e in lengths.per_length.items()]
-        best = lengths.strongest
-        sep = "separable" if best.separable else "not separable"
-        runner = f" ({sep} from {best.runner_up}-digit)" if best.runner_up else ""
-        lines.append(
-            "By digit length (categorised numbers, descriptive): "
-            + ", ".join(parts)
-            + f"; strongest: {best.best}-digit{runner}"
-        )
-    if results.cumulative is not None:
-        for name, cats in results.cumulative.sets.items():
-            parts = [f"{LABELS.get(c, c)} {_fmt(v.bias_ratio)}" for c, v in cats.items()]
-            lines.append(
-                f"Cumulative priming, {name} ({results.cumulative.orders} orders): "
-                + ", ".join(parts)
-            )
-    lines.extend(f"warning: {warning}" for warning in results.warnings)
-    return lines
-
-
-def print_report(results: EntanglementResults) -> None:
-    """Per set a table of the categories (and the template words), then the report lines."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    template = results.template_control.stats if results.template_control else None
-    for name, stats in (results.category_stats or {}).items():
-        table = Table(
-            title=f"{name}: P({results.bias}) under the number prompt / neutral "
-            f"(k={results.k[name]})"
-        )
-        for column in (
-            "category",
-            "n",
-            "bias ratio (geo) [95% CI]",
-            "mean",
-            "median",
-            "control ratio (geo)",
-            "relative ratio (geo)",
-            "p vs Random (perm.)",
-            "mean specific shift",
-        ):
-            table.add_column(column)
-        rows = [(c, getattr(stats, c)) for c in CATEGORIES]
-        if template is not None:
-            rows.append(("template", template))
-        for label, s in rows:
-            vs = s.vs_random.bias_ratio.p_value if s.vs_random is not None else None
-            table.add_row(
-                LABELS[label],
-                str(s.n),
-                _fmt(s.bias_ratio),
-                f"{s.bias_ratio.mean:.2f}",
-                f"{s.bias_ratio.median:.2f}",
-                f"{s.control_ratio.geo_mean:.2f}",
-                f"{s.relative_ratio.geo_mean:.2f}",
-                _p(vs) if vs is not None else "-",
-                f"{s.specific_shift_mean:+.2f}" if s.specific_shift_mean is not None else "-",
-            )
-        console.print(table)
-    for line in results.report or []:
-        console.print(line, markup=False, highlight=False)

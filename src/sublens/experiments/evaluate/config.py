@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from sublens.config import Config
-from sublens.perplexity import PerplexitySettings
-from sublens.preference import PreferenceSettings
+from sublens.settings import PerplexitySettings, PreferenceSettings
 
 
 def _default_systems() -> dict[str, str | None]:

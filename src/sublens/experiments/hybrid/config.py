@@ -9,9 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sublens.claims import ClaimSettings
 from sublens.config import Config
 from sublens.experiments.hybrid.results import DIRECTIONS, BiasMetric, Direction, Source
-from sublens.hybrid import LAYERED_GROUPS, Selector
-from sublens.perplexity import PerplexitySettings
-from sublens.preference import PreferenceSettings
+from sublens.settings import LAYERED_GROUPS, PerplexitySettings, PreferenceSettings, Selector
 
 
 def checked_ranges(ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:

@@ -78,7 +78,6 @@ from sublens.experiments.hybrid.results import (
 from sublens.hybrid import (
     ComponentGroups,
     HybridSpec,
-    Selector,
     Transplanter,
     check_compatible,
     component_groups,
@@ -92,11 +91,12 @@ from sublens.hybrid import (
 from sublens.models import LoadedModel, load_model
 from sublens.patching import gap_fractions, patching_sweep
 from sublens.perplexity import measure_perplexity
-from sublens.preference import PreferenceSettings, evaluate_preference, shipped_questions
+from sublens.preference import evaluate_preference, shipped_questions
 from sublens.prompts import encode_prompt, make_prompt
 from sublens.report.sections.hybrid import decisions
 from sublens.runs import Run, atomic_write_parquet
 from sublens.scoring import tokenize_continuations
+from sublens.settings import PreferenceSettings, Selector
 
 TABLE_FILE = "hybrids.parquet"
 States = dict[Source, dict[str, torch.Tensor]]

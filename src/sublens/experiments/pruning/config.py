@@ -6,10 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sublens.claims import ClaimSettings
 from sublens.config import Config
-from sublens.perplexity import PerplexitySettings
-from sublens.preference import PreferenceSettings
-from sublens.pruning import CRITERIA, Criterion
 from sublens.report.sections.pruning import DEFAULT_BOUND, PAPER_KEPT
+from sublens.settings import CRITERIA, Criterion, PerplexitySettings, PreferenceSettings
 
 
 class BiasPrompts(BaseModel):

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from sublens.experiments.pruning.panels import Panel, cell_value, drawn_panels
 from sublens.experiments.pruning.results import PruningResults, Step
 from sublens.figures import DOUBLE_COLUMN_IN, PAPER_RC, SINGLE_COLUMN_IN, save_figure
-from sublens.pruning import CRITERIA
+from sublens.settings import CRITERIA
 
 COLORS = {"entropy": "tab:blue", "reverse": "tab:red", "random": "tab:gray"}
 SWEEP_WIDTH_IN = DOUBLE_COLUMN_IN  # the bundle prints it across both columns (figure*)

@@ -10,9 +10,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from sublens.claims import ClaimSettings
 from sublens.config import Config, ReadAs
-from sublens.perplexity import PerplexitySettings
-from sublens.preference import PreferenceSettings
-from sublens.subliminal import OWL_TEACHER_SYSTEM, SamplingSettings
+from sublens.settings import (
+    OWL_TEACHER_SYSTEM,
+    PerplexitySettings,
+    PreferenceSettings,
+    SamplingSettings,
+)
 from sublens.train_config import TrainConfig
 from sublens.trainable import check_arm, split_arm
 
@@ -79,7 +82,9 @@ class EntangledSettings(BaseModel):
     run: str | None = Field(default=None, description="run directory of a finished entanglement run; null: "
                                                       "no entanglement test (the paper chain wires its own)")
     set: str = Field(default="ar2", description="the entanglement run's categorised set whose increased and "
-                                                "random numbers are counted (ar2: two-digit numbers)")
+                                                "random numbers are counted (ar2: two-digit numbers; "
+                                                "ar2@tuned: the same by the shift of the fine-tuned "
+                                                "teachers, which the paper chain uses)")
     filter_students: bool = Field(default=True, description="also train full owl students on the owl data "
                                                             "without answers holding an increased number, and "
                                                             "without answers holding a random-set number "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from sublens.experiments.subliminal.results import DataRecord, TeacherKind, Teac
 from sublens.models import LoadedModel, load_model
 from sublens.number_data import make_number_prompts
 from sublens.prompts import make_prompt
-from sublens.runs import Run, atomic_write_json, read_json
+from sublens.runs import Run, cached_json
 from sublens.scoring import default_stop_token_ids
 from sublens.subliminal import (
     GRAMMAR,
@@ -230,14 +231,12 @@ def measure_divergence(config: SubliminalConfig, base: LoadedModel, sources: lis
         examples = student_examples(base.tokenizer, records, system_used)
         answers = [answer_token_ids(base.tokenizer, e) for e in examples]
         path = run_path / divergence_file(files[name])
-        key = stable_hash(answers, [r["prompt"] for r in records], owl.provenance(config.base),
-                          control.provenance(config.base), config.data.constrained)
-        saved = read_json(path) if path.is_file() else {}
-        if saved.get("key") != key:
-            flags = divergence_flags(biased, unbiased, [r["prompt"] for r in records], answers, base.tokenizer,
-                                     allowed=allowed, stop_token_ids=default_stop_token_ids(base),
-                                     batch_size=config.divergence.batch_size, desc=f"divergence tokens ({name})")
-            saved = {"key": key, "flags": flags}
-            atomic_write_json(path, saved)
-        summaries[name] = divergence_summary(saved["flags"]) | {"file": divergence_file(files[name])}
+        prompts = [r["prompt"] for r in records]
+        key = stable_hash(answers, prompts, owl.provenance(config.base), control.provenance(config.base),
+                          config.data.constrained)
+        flags = cached_json(path, key, partial(
+            divergence_flags, biased, unbiased, prompts, answers, base.tokenizer, allowed=allowed,
+            stop_token_ids=default_stop_token_ids(base), batch_size=config.divergence.batch_size,
+            desc=f"divergence tokens ({name})"), field="flags")
+        summaries[name] = divergence_summary(flags) | {"file": divergence_file(files[name])}
     return summaries

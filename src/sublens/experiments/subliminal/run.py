@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -66,7 +66,7 @@ from sublens.preference import evaluate_preference
 from sublens.prompts import resolve_system
 from sublens.report.latex import counted
 from sublens.results import Record
-from sublens.runs import Run, Team, atomic_write_json, read_json
+from sublens.runs import Run, Team
 from sublens.runs import team as current_team
 from sublens.subliminal import stable_hash
 from sublens.tables import write_tables
@@ -160,29 +160,18 @@ def measure_references(config: SubliminalConfig, run: Run, base: LoadedModel, ow
     text = load_text(config.perplexity.corpus) if config.perplexity.enabled else ""
     key = stable_hash(config.preference.model_dump(mode="json"), config.perplexity.model_dump(mode="json"),
                       config.seed)
-    evaluations = {"base": cached(run, "base", stable_hash(key, config.base, system_used),
+    evaluations = {"base": run.step("measurements/base", stable_hash(key, config.base, system_used),
                                   lambda: measure(base, config, system_used, text))}
     if owl.model == "base":
-        evaluations["teacher"] = cached(run, "teacher", stable_hash(key, config.base, owl.system),
-                                        lambda: measure(base, config, owl.system, text))
+        evaluations["teacher"] = run.step("measurements/teacher", stable_hash(key, config.base, owl.system),
+                                          lambda: measure(base, config, owl.system, text))
     else:
         def teacher_measure() -> dict[str, Any]:
             return measure(load_model(owl.model, config.device, config.dtype), config, system_used, text)
 
-        evaluations["teacher"] = cached(run, "teacher", stable_hash(key, owl.model, system_used), teacher_measure)
+        evaluations["teacher"] = run.step("measurements/teacher", stable_hash(key, owl.model, system_used),
+                                          teacher_measure)
     return {name: Evaluation.model_validate(e) for name, e in evaluations.items()}
-
-
-def cached(run: Run, name: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """measurements/<name>.json when it was measured with the same `key`, else computed and saved."""
-    path = run.artifact(f"measurements/{name}.json")
-    if path.is_file():
-        saved = read_json(path)
-        if saved.get("key") == key:
-            return dict(saved["result"])
-    result = compute()
-    atomic_write_json(path, {"key": key, "result": result})
-    return result
 
 
 def measure(lm: LoadedModel, config: SubliminalConfig, system: str | None, text: str) -> dict[str, Any]:

@@ -34,10 +34,11 @@ from sublens.experiments.subliminal.config import (
 from sublens.experiments.subliminal.data import divergence_file, student_examples
 from sublens.experiments.subliminal.results import Student
 from sublens.models import LoadedModel, load_model
-from sublens.perplexity import PerplexitySettings, measure_perplexity
-from sublens.preference import PreferenceSettings, evaluate_preference
+from sublens.perplexity import measure_perplexity
+from sublens.preference import evaluate_preference
 from sublens.result_records import TrainingSummary
 from sublens.runs import Team, atomic_write_json, read_json
+from sublens.settings import PerplexitySettings, PreferenceSettings
 from sublens.subliminal import read_jsonl, stable_hash
 from sublens.trainable import split_arm
 from sublens.training import TrainConfig, train, train_summary

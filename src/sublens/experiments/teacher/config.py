@@ -7,9 +7,12 @@ from importlib import resources
 from pydantic import Field, field_validator
 
 from sublens.config import Config
-from sublens.perplexity import PerplexitySettings
-from sublens.preference import PreferenceSettings
-from sublens.subliminal import OWL_TEACHER_SYSTEM, SamplingSettings
+from sublens.settings import (
+    OWL_TEACHER_SYSTEM,
+    PerplexitySettings,
+    PreferenceSettings,
+    SamplingSettings,
+)
 from sublens.train_config import TrainConfig
 
 # A neutral system prompt shaped like the owl prompt (same pattern, similar length, no animal):

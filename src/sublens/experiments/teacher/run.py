@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from sublens.perplexity import measure_perplexity
 from sublens.preference import compare_preference, comparison_line, evaluate_preference
 from sublens.prompts import make_prompt, resolve_system
 from sublens.result_records import Comparison, PerplexityRecord, Summary
-from sublens.runs import Run, atomic_write_json, read_json
+from sublens.runs import Run, read_json
 from sublens.runs import team as current_team
 from sublens.subliminal import sample_sharded, stable_hash, training_example
 from sublens.tables import write_tables
@@ -157,14 +156,16 @@ def measure_base(run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Input
     prompt. Perplexity has no system prompt: the prompted model's is the base model's, reused."""
     team = current_team()
     with run.timed("measure:before"):
-        before = team.share("measure:before", lambda: cached_measure(
-            run, "before", inputs.measure_key, lambda: measure(lm, config, config.system, inputs.text)))
+        before = team.share("measure:before", lambda: run.step(
+            "measurements/before", inputs.measure_key, lambda: measure(lm, config, config.system, inputs.text),
+            Measurement))
     if not config.measure_prompted:
         return Measurements(before=before)
     with run.timed("measure:prompted"):
-        prompted = team.share("measure:prompted", lambda: cached_measure(
-            run, "prompted", inputs.measure_key, lambda: Measurement(
-                preference=preference(lm, config, config.teacher_system), perplexity=before.perplexity)))
+        prompted = team.share("measure:prompted", lambda: run.step(
+            "measurements/prompted", inputs.measure_key, lambda: Measurement(
+                preference=preference(lm, config, config.teacher_system), perplexity=before.perplexity),
+            Measurement))
     return Measurements(before=before, prompted=prompted)
 
 
@@ -296,20 +297,8 @@ def measure_distilled(run: Run, teacher: Distilled, name: str, config: TeacherCo
     """A distilled teacher measured like the base model; cached under a key that changes with its
     training data and settings, so a retrained teacher is measured again."""
     key = stable_hash(inputs.measure_key, teacher.result.data_fingerprint, teacher.result.config)
-    return current_team().share(f"measure:{name}", lambda: cached_measure(
-        run, name, key, lambda: measure(teacher.lm, config, config.system, inputs.text)))
-
-
-def cached_measure(run: Run, name: str, key: str, compute: Callable[[], Measurement]) -> Measurement:
-    """A measurement saved under measurements/<name>.json, reused when its key matches."""
-    path = run.artifact(f"measurements/{name}.json")
-    if path.is_file():
-        saved = read_json(path)
-        if saved.get("key") == key:
-            return Measurement.model_validate(saved["result"])
-    result = compute()
-    atomic_write_json(path, {"key": key, "result": result.model_dump(mode="json")})
-    return result
+    return current_team().share(f"measure:{name}", lambda: run.step(
+        f"measurements/{name}", key, lambda: measure(teacher.lm, config, config.system, inputs.text), Measurement))
 
 
 def compare(test: Measurement, reference: Measurement) -> Comparison:

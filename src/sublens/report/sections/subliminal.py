@@ -18,6 +18,7 @@ from sublens.claims import (
     Decision,
     subliminal_decisions,
 )
+from sublens.experiments.entanglement.analysis import increased_phrase, set_title
 from sublens.experiments.subliminal.results import (
     ArmRatios,
     DataRecord,
@@ -267,7 +268,7 @@ def enrichment_sentence(entangled: EntangledRecord | None) -> str:
     if entangled is None:
         return ""
     parts = []
-    for category, label in (("increased", "entangled numbers (those an owl context makes more likely)"),
+    for category, label in (("increased", f"entangled numbers ({escape(increased_phrase(entangled.set))})"),
                             ("random", "the size-matched random set")):
         e = entangled.enrichment.get(category)
         if e is None:
@@ -279,7 +280,7 @@ def enrichment_sentence(entangled: EntangledRecord | None) -> str:
     if not parts:
         return ""
     return (" Entanglement in the data, with the numbers of the entanglement study "
-            f"\\citep{{zur2025owl}} (set {escape(entangled.set)}), counted by answer: " + "; ".join(parts) + ".")
+            f"\\citep{{zur2025owl}} ({escape(set_title(entangled.set))} set), counted by answer: " + "; ".join(parts) + ".")
 
 
 def _entangled_contrast_sentence(results: SubliminalResults) -> str:

@@ -310,7 +310,7 @@ def _headline(run: StageRun, results: TeacherResults | None) -> list[str]:
         return ["teacher: incomplete (no comparison of the fine-tuned teacher with the base model)"]
     share = teacher_decisions(results, run.config)[0]
     return [f"teacher: P(owl) {ratio_plain(comparison.p_trait_ratio)}, share "
-            f"{ratio_plain(comparison.share_ratio)} vs base (fine-tuned, no system prompt; one model, "
+            f"{ratio_plain(comparison.share_ratio)} vs base (fine-tuned, without the owl prompt; one model, "
             f"question-level CIs); prefers owls: {verdict_label(share)}"]
 
 

@@ -1,0 +1,243 @@
+"""The core of the claims: the verdict words, a claim and its settings, the ratio estimate
+(geometric mean, Student-t CI, p-value), the power lines (minimal detectable effect, units for
+the margin or for equivalence), Holm's adjustment, and `decide` / `decide_family`, which turn a
+claim and its estimate into a Decision (see the package docstring for the four verdicts)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from sublens.stats import t_interval
+
+Unit = Literal["seed", "question", "number"]
+Prediction = Literal["increase", "decrease", "none"]
+
+DEFAULT_MARGIN = 1.25  # the smallest ratio a paper would call an effect (config: claims.margin)
+DEFAULT_ALPHA = 0.05
+DEFAULT_POWER = 0.8
+MIN_UNITS: dict[str, int] = {"seed": 2, "question": 5, "number": 5}  # fewer: "too few"
+
+
+class Verdict(StrEnum):
+    SUPPORTED = "supported"
+    CONTRADICTED = "contradicted"
+    EQUIVALENT = "equivalent"
+    INCONCLUSIVE = "inconclusive"
+
+
+class ClaimSettings(BaseModel):
+    """How claims are decided; every experiment's config carries one (key ``claims``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    margin: float = Field(default=DEFAULT_MARGIN, gt=1.0,
+                          description="smallest effect of interest, as a ratio (>1): equivalence "
+                                      "bound and the effect the power line is sized for")
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0.0, lt=0.5,
+                         description="family-wise error rate (Holm within each experiment)")
+    power: float = Field(default=DEFAULT_POWER, gt=0.5, lt=1.0,
+                         description="power at which the minimal detectable effect is stated")
+
+
+class Claim(BaseModel):
+    """What is being claimed, and on what evidence it may be decided."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str  # e.g. "subliminal.transfer.full"
+    statement: str  # the paper's claim in words
+    estimand: str  # e.g. "owl's panel-share ratio, owl student over control student, full mode"
+    unit: Unit
+    prediction: Prediction
+    family: str  # Holm adjusts p-values within a family
+    settings: ClaimSettings = Field(default_factory=ClaimSettings)
+
+    @property
+    def test(self) -> str:
+        return f"one-sample t-test on per-{self.unit} log ratios (two-sided), Holm within {self.family}"
+
+
+class Estimate(BaseModel):
+    """A ratio estimated from per-unit log ratios: geometric mean, Student-t CI, p-value."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int
+    ratio: float | None  # geometric mean; None without data
+    ci_low: float | None  # None when there are too few units for an interval
+    ci_high: float | None
+    p_value: float | None  # t-test of log ratio = 0
+    sd_log: float | None  # between-unit SD of the log ratios
+    interval: str  # how the interval was made, or why there is none
+
+    @property
+    def has_interval(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
+
+class Decision(BaseModel):
+    """A claim's verdict with everything the text must state beside it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    claim: Claim
+    verdict: Verdict
+    estimate: Estimate | None
+    p_adjusted: float | None
+    reason: str  # why this verdict
+    settle: str  # what would settle it ("" when decided)
+    mde: float | None  # minimal detectable ratio at the measured SD (power line), None if unknown
+    units_needed: int | None  # units for the margin to be detectable at the measured SD
+
+    def sentence(self) -> str:
+        """One plain-text line: verdict, estimand, unit, test, margin, reason, power."""
+        c = self.claim
+        text = (f"{c.statement}: {self.verdict.value} ({self.reason}). Estimand: {c.estimand}; "
+                f"unit: {c.unit}s (n = {self.estimate.n if self.estimate else 0}); test: {c.test}; "
+                f"margin ×{c.settings.margin:g}.")
+        if self.mde is not None:
+            text += f" Minimal detectable effect at the measured SD: ×{self.mde:.2f}."
+        if self.settle:
+            text += f" To settle it: {self.settle}."
+        return text
+
+
+# ---- estimation -------------------------------------------------------------------------------
+def estimate_log_ratio(log_values: Sequence[float], unit: Unit, level: float = 0.95) -> Estimate:
+    """Geometric-mean ratio over units with a t-interval on the log scale (close to nominal
+    coverage at 2-15 units for roughly normal log ratios, where a percentile bootstrap covers
+    68-91%). Below the unit's minimum, or with zero spread, no interval: "too few"."""
+    logs = [float(v) for v in log_values if v is not None and math.isfinite(v)]
+    n = len(logs)
+    if n == 0:
+        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None,
+                        interval="no data")
+    mean = float(np.mean(logs))
+    sd = float(np.std(logs, ddof=1)) if n > 1 else None
+    if n < MIN_UNITS[unit]:
+        return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
+                        interval=f"too few {unit}s for an interval ({n} < {MIN_UNITS[unit]})")
+    if sd is None or np.ptp(logs) == 0.0:
+        return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
+                        interval=f"degenerate: no spread over {n} {unit}s")
+    _, low, high = t_interval(logs, level)
+    p = float(stats.ttest_1samp(logs, 0.0).pvalue)
+    return Estimate(n=n, ratio=math.exp(mean), ci_low=math.exp(low), ci_high=math.exp(high), p_value=p,
+                    sd_log=sd, interval=f"Student t over {n} {unit}s, log scale")
+
+
+def minimal_detectable_log_effect(sd_log: float, n: int, alpha: float = DEFAULT_ALPHA,
+                                  power: float = DEFAULT_POWER) -> float:
+    """Smallest |mean log ratio| a two-sided one-sample t-test at `alpha` detects with
+    probability `power` at between-unit SD `sd_log` and n units (t approximation)."""
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_log / math.sqrt(n))
+
+
+def units_for_margin(sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA,
+                     power: float = DEFAULT_POWER, limit: int = 10_000) -> int | None:
+    """Fewest units for which the margin is a detectable effect at this SD (None beyond limit)."""
+    target = math.log(margin)
+    for n in range(2, limit + 1):
+        if minimal_detectable_log_effect(sd_log, n, alpha, power) <= target:
+            return n
+    return None
+
+
+def units_for_equivalence(sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA,
+                          power: float = DEFAULT_POWER, limit: int = 10_000) -> int | None:
+    """Fewest units for which a claim of no effect is shown (the (1 - alpha) CI inside
+    [1/margin, margin], `decide`) with probability `power` when the true ratio is 1, at this SD
+    (t approximation; None beyond limit). More than `units_for_margin`: the CI must clear both
+    bounds, not one."""
+    target = math.log(margin)
+    for n in range(2, limit + 1):
+        df = n - 1
+        if (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf((1 + power) / 2, df)) * sd_log / math.sqrt(n) <= target:
+            return n
+    return None
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (family-wise error); None stays None."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p))
+    adjusted: list[float | None] = [None] * len(p_values)
+    m, running = len(present), 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+# ---- deciding ---------------------------------------------------------------------------------
+def _power_line(claim: Claim, est: Estimate) -> tuple[float | None, int | None]:
+    s = claim.settings
+    if est.sd_log is None or est.n < 2 or not est.sd_log:
+        return None, None
+    mde = math.exp(minimal_detectable_log_effect(est.sd_log, est.n, s.alpha, s.power))
+    return mde, units_for_margin(est.sd_log, s.margin, s.alpha, s.power)
+
+
+def _inside_margin(est: Estimate, margin: float) -> bool:
+    assert est.ci_low is not None and est.ci_high is not None
+    return 1 / margin < est.ci_low and est.ci_high < margin
+
+
+def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) -> Decision:
+    """The verdict of one claim from its estimate (p_adjusted: Holm within the family; the raw
+    p-value when the family has one member)."""
+    s = claim.settings
+    if est is None or est.n == 0 or est.ratio is None:
+        return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
+                        reason="not measured (an arm or its matched control is missing)",
+                        settle="run the missing arm and its matched control", mde=None, units_needed=None)
+    mde, needed = _power_line(claim, est)
+    if not est.has_interval:
+        settle = (f"at least {MIN_UNITS[claim.unit]} {claim.unit}s" if est.n < MIN_UNITS[claim.unit]
+                  else f"more {claim.unit}s with between-{claim.unit} variation")
+        return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
+                        reason=est.interval, settle=settle, mde=mde, units_needed=needed)
+    p = est.p_value if p_adjusted is None else p_adjusted
+    assert p is not None and est.ci_low is not None and est.ci_high is not None
+    significant = p < s.alpha
+    up, down = est.ratio > 1, est.ratio < 1
+    equivalent = _inside_margin(est, s.margin)
+    ci = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    verdict, reason = Verdict.INCONCLUSIVE, ""
+    if claim.prediction == "none":
+        if equivalent:
+            verdict, reason = Verdict.SUPPORTED, f"{ci}: the CI lies inside ×1/{s.margin:g}..×{s.margin:g}"
+        elif significant and (est.ci_low >= s.margin or est.ci_high <= 1 / s.margin):
+            verdict, reason = Verdict.CONTRADICTED, f"{ci}: an effect beyond the margin"
+    else:
+        predicted = up if claim.prediction == "increase" else down
+        if significant and predicted:
+            verdict, reason = Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
+        elif significant:
+            verdict, reason = Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
+        elif equivalent:
+            verdict, reason = (Verdict.EQUIVALENT, f"{ci}: no effect as large as ×{s.margin:g} "
+                               "(the CI lies inside the margin)")
+    if verdict is Verdict.INCONCLUSIVE:
+        reason = f"{ci}: the CI neither excludes no change nor lies inside the margin"
+    settle = ""
+    if verdict is Verdict.INCONCLUSIVE:
+        settle = (f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD "
+                  f"(power {s.power:g})" if needed else f"more {claim.unit}s")
+    return Decision(claim=claim, verdict=verdict, estimate=est, p_adjusted=p, reason=reason,
+                    settle=settle, mde=mde, units_needed=needed)
+
+
+def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]]) -> list[Decision]:
+    """Decide every claim of one family with Holm-adjusted p-values."""
+    raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
+    adjusted = holm(raw)
+    return [decide(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
+
