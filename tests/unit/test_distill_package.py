@@ -24,7 +24,7 @@ from sublens.experiments.distill.figures import (
     maps_figure,
 )
 from sublens.experiments.distill.results import DistillResults, FitRecord, SeedStudent
-from sublens.experiments.distill.run import training_summary, with_student
+from sublens.experiments.distill.students import training_summary, with_student
 from sublens.figures import DOUBLE_COLUMN_IN, SINGLE_COLUMN_IN, print_problems
 from sublens.results import load_results
 from sublens.training import TrainResult

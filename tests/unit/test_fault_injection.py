@@ -64,7 +64,7 @@ import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (warm: imported bef
 import transformers.models.llama.modeling_llama  # noqa: F401
 import accelerate  # noqa: F401
 
-import sublens.subliminal as subliminal
+import sublens.subliminal.sharding as sharding
 import sublens.training.checkpoints as checkpoints
 import sublens.training.loop as loop
 from sublens.number_data import make_number_prompts
@@ -175,7 +175,7 @@ def wrap(module, attr, label):
 
 _shard_of = {shard_seed(SAMPLE_SEED, k): k for k in range(N_PROMPTS)}
 os.replace, shutil.rmtree, torch.save = replace, rmtree, save
-wrap(subliminal, "sample_text", lambda *a, seed, **kw: f"shard {_shard_of[seed]} sample")
+wrap(sharding, "sample_text", lambda *a, seed, **kw: f"shard {_shard_of[seed]} sample")
 wrap(checkpoints, "save_model", lambda model, filename, **kw: "save-model " + rel(filename))
 wrap(loop, "_train_step", lambda *a: f"step {a[5] + 1}")
 wrap(loop, "save_checkpoint", lambda *a: f"checkpoint {a[4]['step']}")

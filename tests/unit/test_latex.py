@@ -99,3 +99,27 @@ def test_a_table_wider_than_its_column_is_scaled_to_fit_and_reported(tmp_path: P
     assert scaled.float_label == "tab:too-wide" and scaled.file == "main.tex" and scaled.scale < 0.6
     assert scaled.available_pt == pytest.approx(219.1, abs=0.5)  # the column, 7.7 cm
     assert result.layout.too_small() == [scaled] and result.layout.too_wide() == []
+
+
+def test_optimizer_steps_agree_with_their_count() -> None:
+    from sublens.report.latex import counted, steps_text
+    assert counted(1, "seed") == "1 seed" and counted(1200, "example") == "1,200 examples"
+    assert counted(None, "seed") == "-- seeds"
+    assert steps_text([1]) == "1 optimizer step" and steps_text([1, 1]) == "1/1 optimizer step"
+    assert steps_text([12]) == "12 optimizer steps" and steps_text([12, 1400]) == "12/1,400 optimizer steps"
+
+
+def test_plain_text_symbols_are_set_as_mathematics_not_code_points() -> None:
+    from sublens.report.latex import escape
+    assert escape("inside ±0.3") == r"inside $\pm$0.3" and escape("×1.25") == r"$\times$1.25"
+    assert escape("ρ ≥ 0.3 − 1") == r"$\rho$ $\geq$ 0.3 $-$ 1"
+    assert escape("٣") == r"\texttt{U+0663}"  # other scripts keep their code point
+
+
+def test_an_interval_is_written_in_one_form() -> None:
+    from sublens.report.latex import fmt_ci
+    assert fmt_ci(-0.0066, -0.01, -0.00094) == "-0.00660 [-0.01000, -0.00094]"  # not -0.01 next to 9.4e-4
+    assert fmt_ci(0.0012, 0.0009, 0.0015, 4) == "0.0012 [0.0009, 0.0015]"  # one form already
+    assert fmt_ci(1e-5, 5e-6, 2e-5) == r"$1.0\times10^{-5}$ [$5.0\times10^{-6}$, $2.0\times10^{-5}$]"
+    assert fmt_ci(0.5, 0.0, 1e-4) == "0.50000 [0.00000, 0.00010]"
+    assert fmt_ci(None, 0.001, 0.2) == "-- [0.0010, 0.2000]"

@@ -75,7 +75,7 @@ def _worker(rank: int, port: int, out: str, name: str, config: dict[str, Any], r
 
     # forked: forget the one-process state earlier tests in this pytest process may have set up
     AcceleratorState._reset_state(reset_partial_state=True)
-    runs._TEAM = None
+    runs.distributed._TEAM = None
 
     fake = Experiment(name, "stand-in", Demo, _execute)
     experiments.get = lambda _: fake

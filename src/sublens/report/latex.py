@@ -21,6 +21,23 @@ _SPECIAL = {
     "<": r"\textless{}",
     ">": r"\textgreater{}",
 }
+# Symbols the claims and numbers write in plain text (a reason such as "the CI lies inside ±0.3"):
+# set as mathematics, not as code points.
+_SYMBOLS = {
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "−": r"$-$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "≈": r"$\approx$",
+    "→": r"$\rightarrow$",
+    "ρ": r"$\rho$",
+    "α": r"$\alpha$",
+    "‖": r"$\|$",
+    "…": r"\ldots{}",
+    "–": "--",
+    "—": "---",
+}
 
 
 def escape(text: object) -> str:
@@ -34,6 +51,8 @@ def escape(text: object) -> str:
     for char in str(text):
         if char in _SPECIAL:
             out.append(_SPECIAL[char])
+        elif char in _SYMBOLS:
+            out.append(_SYMBOLS[char])
         elif ord(char) < 128 or (ord(char) < 256 and unicodedata.category(char)[0] == "L"):
             out.append(char)
         elif char.isspace():
@@ -63,14 +82,42 @@ def counted(n: int | None, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def steps_text(steps: Sequence[int]) -> str:
+    """'1 optimizer step', '12 optimizer steps', '12/14 optimizer steps' (one count per student)."""
+    if len(steps) == 1:
+        return counted(steps[0], "optimizer step")
+    return f"{'/'.join(f'{s:,}' for s in steps)} optimizer {'step' if set(steps) == {1} else 'steps'}"
+
+
 def noun_for(items: Sized, noun: str, plural: str | None = None) -> str:
     """The noun agreeing with how many items follow it ('mode full', 'modes full, freeze-mlp')."""
     return noun if len(items) == 1 else plural or noun + "s"
 
 
 def fmt_ci(value: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
-    """'1.83 [1.52, 2.10]'."""
+    """'1.83 [1.52, 2.10]'. The three numbers share one form: where some would be written as a
+    power of ten and others in fixed point (-0.0066 [-0.01, -0.00094]), all are fixed point with
+    the decimals the smallest needs for two significant digits (at most 6)."""
+    if _mixed_forms((value, low, high), digits):
+        return _fixed_ci(value, low, high, digits)
     return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def _finite_values(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _mixed_forms(values: Sequence[float | None], digits: int) -> bool:
+    tiny = [v != 0 and abs(v) < 10 ** (-digits) for v in _finite_values(values)]
+    return any(tiny) and not all(tiny)
+
+
+def _fixed_ci(value: float | None, low: float | None, high: float | None, digits: int) -> str:
+    smallest = min(abs(v) for v in _finite_values((value, low, high)) if v != 0)
+    decimals = min(max(digits, 1 - math.floor(math.log10(smallest))), 6)
+    def one(v: float | None) -> str:
+        return fmt(v, digits) if v is None or not math.isfinite(v) else f"{v:.{decimals}f}"
+    return f"{one(value)} [{one(low)}, {one(high)}]"
 
 
 def ratio_digits(*values: object) -> int:

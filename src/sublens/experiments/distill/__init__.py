@@ -11,7 +11,10 @@ are decided, with training seeds as the unit, in `sublens.report.sections.distil
 The package, one module per concern (the pattern of every experiment package):
 - `config`: `DistillConfig`, every field documented;
 - `data`: the texts (a JSONL file, a subliminal run's control set, or generated number data);
-- `run`: `execute(config, run)`, the methods in order, and the training and measuring helpers;
+- `run`: `execute(config, run)`, the methods in order;
+- `loading`, `students`, `maps`: the texts, models and teachers loaded, the students measured and
+  trained, and the attention maps and figures that `run` draws;
+- `console`: the summary printed at the end of a run (`print_summary`);
 - `analysis`: α summaries, the seed-level comparisons, the headline (no model);
 - `figures`: the figures at print width, drawn from the results (the maps from captured arrays);
 - `results`: `DistillResults`, the torch-free model of results.json.
@@ -52,13 +55,11 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
         read_records,
         subliminal_control,
     )
+    from sublens.experiments.distill.loading import newest_teacher_run
+    from sublens.experiments.distill.maps import alignment_figure
     from sublens.experiments.distill.results import ARM_TEACHER, ARMS, Arm, DistillResults
-    from sublens.experiments.distill.run import (
-        alignment_figure,
-        execute,
-        newest_teacher_run,
-        train_student,
-    )
+    from sublens.experiments.distill.run import execute
+    from sublens.experiments.distill.students import train_student
 
     EXPERIMENT: Experiment
 
@@ -87,9 +88,9 @@ _EXPORTS = {
     "comparisons": "analysis",
     "headline": "analysis",
     "execute": "run",
-    "train_student": "run",
-    "newest_teacher_run": "run",
-    "alignment_figure": "run",
+    "train_student": "students",
+    "newest_teacher_run": "loading",
+    "alignment_figure": "maps",
 }
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sublens.experiments.distill.run import alignment_figure
+from sublens.experiments.distill.maps import alignment_figure
 
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/shd_alignment.png")

@@ -10,7 +10,7 @@ printed at, so that its fonts are the printed sizes:
 - ``distill_maps`` (text width): the attention maps of one held-out text.
 
 The first three are drawn from the results alone (a run directory can be redrawn); the maps
-need arrays the run captures (`run.draw_figures`), handed over as `MapPanel`s.
+need arrays the run captures (`maps.draw_figures`), handed over as `MapPanel`s.
 """
 
 from __future__ import annotations

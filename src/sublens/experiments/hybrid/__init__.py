@@ -11,7 +11,10 @@ fraction*, log(m_hybrid / m_base) / log(m_biased / m_base): 1 = as biased as the
 
 The package, one module per concern (the pattern of every experiment package):
 - `config`: `HybridConfig`, every field documented;
-- `run`: `execute(config, run)`, the methods in order, and the measuring helpers;
+- `run`: `execute(config, run)`, the methods in order;
+- `pair`, `plan`, `measuring`, `activation_patching`: the two models, the plan of hybrids,
+  measuring the hybrids, and activation patching, the stages `run` calls;
+- `console`: the summary printed at the end of a run (`print_summary`);
 - `analysis`: comparisons, bias fractions, degradation and the table rows (no model);
 - `figures`: the heatmap, drawn from the results alone;
 - `results`: `HybridResults`, the torch-free model of results.json.
@@ -28,20 +31,18 @@ from sublens.lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
     from sublens.experiments import Experiment
-    from sublens.experiments.hybrid.analysis import bias_fraction, table_rows, trait_like_answers
-    from sublens.experiments.hybrid.config import ExtraHybrid, HybridConfig, PatchingSettings
-    from sublens.experiments.hybrid.results import HybridResults
-    from sublens.experiments.hybrid.run import (
-        default_biased,
-        execute,
-        layer_ranges,
-        measure,
+    from sublens.experiments.hybrid.activation_patching import (
         measure_patching,
         patching_prompts,
         patching_ranges,
-        plan_hybrids,
-        trait_like_mask,
     )
+    from sublens.experiments.hybrid.analysis import bias_fraction, table_rows, trait_like_answers
+    from sublens.experiments.hybrid.config import ExtraHybrid, HybridConfig, PatchingSettings
+    from sublens.experiments.hybrid.measuring import measure, trait_like_mask
+    from sublens.experiments.hybrid.pair import default_biased
+    from sublens.experiments.hybrid.plan import layer_ranges, plan_hybrids
+    from sublens.experiments.hybrid.results import HybridResults
+    from sublens.experiments.hybrid.run import execute
 
     EXPERIMENT: Experiment
 
@@ -54,14 +55,14 @@ _EXPORTS = {
     "PatchingSettings": "config",
     "HybridResults": "results",
     "execute": "run",
-    "default_biased": "run",
-    "layer_ranges": "run",
-    "plan_hybrids": "run",
-    "measure": "run",
-    "trait_like_mask": "run",
-    "patching_ranges": "run",
-    "patching_prompts": "run",
-    "measure_patching": "run",
+    "default_biased": "pair",
+    "layer_ranges": "plan",
+    "plan_hybrids": "plan",
+    "measure": "measuring",
+    "trait_like_mask": "measuring",
+    "patching_ranges": "activation_patching",
+    "patching_prompts": "activation_patching",
+    "measure_patching": "activation_patching",
     "bias_fraction": "analysis",
     "trait_like_answers": "analysis",
     "table_rows": "analysis",

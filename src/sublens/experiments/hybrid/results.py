@@ -75,7 +75,7 @@ class NextToken(Sparse):
 
 
 class Measurement(Sparse):
-    """One model as it is (a hybrid loaded into the working model), as `run.measure` takes it."""
+    """One model as it is (a hybrid loaded into the working model), as `measuring.measure` takes it."""
 
     probability: ProbabilityRecord
     sampled: SampledRecord | None = None  # absent: sampling off (samples_per_question 0)

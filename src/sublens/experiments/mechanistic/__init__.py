@@ -11,7 +11,10 @@ logit difference, is tested in `analysis`; the claims are decided in
 
 The package, one module per concern (the pattern of every experiment package):
 - `config`: `MechanisticConfig`, every field documented;
-- `run`: `execute(config, run)`, the methods in order, and the measuring helpers;
+- `run`: `execute(config, run)`, the methods in order;
+- `inputs`, `measuring`, `recording`: the numbers, words and prompts, the measuring stages, and
+  the per-number table, results records and artifacts that `run` writes;
+- `console`: the summary printed at the end of a run (`print_summary`);
 - `analysis`: the consistency statistics across numbers and the verdict (no model);
 - `figures`: the figures, drawn from the run directory;
 - `results`: `MechanisticResults`, the torch-free model of results.json.
@@ -47,14 +50,14 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
         NumberEntry,
         ResidualPrompts,
     )
-    from sublens.experiments.mechanistic.results import MechanisticResults
-    from sublens.experiments.mechanistic.run import (
+    from sublens.experiments.mechanistic.inputs import (
         MechanisticError,
-        execute,
         ids_ending_the_text,
         statement_prompt,
         word_token,
     )
+    from sublens.experiments.mechanistic.results import MechanisticResults
+    from sublens.experiments.mechanistic.run import execute
 
     EXPERIMENT: Experiment
 
@@ -71,10 +74,10 @@ _EXPORTS = {
     "NUMBER_SYSTEM": "config",
     "MechanisticResults": "results",
     "execute": "run",
-    "word_token": "run",
-    "statement_prompt": "run",
-    "ids_ending_the_text": "run",
-    "MechanisticError": "run",  # defined in sublens.mechanistic
+    "word_token": "inputs",
+    "statement_prompt": "inputs",
+    "ids_ending_the_text": "inputs",
+    "MechanisticError": "inputs",  # defined in sublens.mechanistic
     "consistency_summary": "analysis",
     "verdict": "analysis",
     "category_association": "analysis",

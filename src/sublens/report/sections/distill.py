@@ -41,7 +41,14 @@ from sublens.experiments.distill.results import (
     SeedRatio,
     TeacherRecord,
 )
-from sublens.report.latex import booktabs_table, constant_column, counted, drop_columns, escape
+from sublens.report.latex import (
+    booktabs_table,
+    constant_column,
+    counted,
+    drop_columns,
+    escape,
+    steps_text,
+)
 from sublens.report.names import FINE_TUNED_TEACHER, data_source_name, display_name, words
 from sublens.report.sections import Figure, Section, figure_label
 from sublens.report.sections.common import (
@@ -277,7 +284,7 @@ def _methods(run: StageRun, r: Results) -> str:
     text += (f"We train {counted(len(listed), 'student')}: " + joined + ". " if listed else "") + _data_text(r, c)
     seeds = _seed_list(r)
     text += (f" Every student starts from the same weights: {train_text(c.get('train') or {})}"
-             + (f", {'/'.join(str(s) for s in steps)} optimizer steps" if steps else "")
+             + (f", {steps_text(steps)}" if steps else "")
              + (f", training seed {seeds[0]}" if len(seeds) == 1 else
                 f", once per training seed ({', '.join(str(x) for x in seeds)}; texts split with seed "
                 f"{c.get('seed', 0)})")

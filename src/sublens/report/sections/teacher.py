@@ -191,8 +191,8 @@ def _training_text(results: TeacherResults, c: dict[str, Any]) -> str:
     training, data = results.training, results.data
     if training is None:
         return ""
-    text = (f" Training took {count(training.steps)} optimizer steps over {count(training.n_examples)} "
-            f"examples ({count(training.answer_tokens)} answer tokens)")
+    text = (f" Training took {counted(training.steps, 'optimizer step')} over "
+            f"{counted(training.n_examples, 'example')} ({counted(training.answer_tokens, 'answer token')})")
     cut = data.finish_reasons.get("length") if data else None
     if data is not None and cut is not None and c.get("train_truncated", True):
         return text + (f"; {count(cut)} of {count(data.n_answers)} answers reached the token limit and "

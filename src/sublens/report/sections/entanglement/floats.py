@@ -210,7 +210,7 @@ def length_table(results: EntanglementResults) -> str:
     best = results.lengths.strongest if results.lengths is not None else None
     strongest = ""
     if best is not None and best.best:
-        strongest = rf" Strongest: {escape(best.best)} digits" + (
+        strongest = rf" Strongest: the {escape(best.best)}-digit set" + (
             "." if not best.runner_up else
             (" (CI above the runner-up's)." if best.separable
              else " (not separable from the runner-up).")

@@ -5,7 +5,7 @@ and the sweep."""
 from __future__ import annotations
 
 from sublens.experiments.pruning.results import PruningResults
-from sublens.report.latex import escape
+from sublens.report.latex import counted, escape
 from sublens.report.names import display_name
 from sublens.report.sections.pruning.reading import (
     CRITERION_NAMES,
@@ -77,7 +77,7 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
     trait = escape(pref.get("trait", "owl"))
     f = claim_fraction(r.steps if r is not None else [], c)
     claim_draws = c.get("claim_random_draws")
-    draws = f"{c.get('random_draws', 1)} seeded random draws"
+    draws = counted(int(c.get("random_draws", 1)), "seeded random draw")
     if claim_draws and f is not None:
         draws += f", {max(int(claim_draws), int(c.get('random_draws', 1)))} at {_pct(f)} kept"
     text = [
@@ -93,8 +93,8 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
         f"Each pruned model is measured as the unpruned one: P({trait}) at the prefilled answer "
         f"``{escape(pref.get('prefill', ''))}'' over {len(pref.get('questions') or [])} paraphrased "
         f"questions, its share among {len(pref.get('panel') or []) + 1} animals, and sampled "
-        f"one-word answers ({len(pref.get('sample_questions') or [])} questions $\\times$ "
-        f"{pref.get('samples_per_question', '?')} samples, temperature "
+        f"one-word answers ({counted(len(pref.get('sample_questions') or []), 'question')} $\\times$ "
+        f"{_samples(pref.get('samples_per_question'))}, temperature "
         f"{pref.get('temperature', '?')}). ",
         _base_methods(run, r),
         "Retention is the geometric mean over questions of the per-question ratios, with a 95\\% "
@@ -117,3 +117,7 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
         f"($\\alpha = {settings.alpha:g}$). Seed {c.get('seed', '?')}."
     )
     return "".join(text)
+
+
+def _samples(n: object) -> str:
+    return counted(n, "sample") if isinstance(n, int) else "? samples"
