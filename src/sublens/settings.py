@@ -23,31 +23,53 @@ class PreferenceSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    trait: str = "owl"
-    panel: list[str] = Field(default_factory=lambda: list(DEFAULT_PANEL))  # controls, trait excluded
-    prefill: str = "My favorite animal is the"
-    questions: list[str] | None = None  # None: the 25 shipped paraphrases
-    sample_questions: list[str] | None = None  # None: the 50 shipped one-word questions
-    samples_per_question: int = Field(default=4, ge=0)  # 0 skips sampling
-    # Prefill of the sampled answers. At temperature 1 SmolLM2-135M almost never answers a
-    # one-word question on task without it (measured: answers like "I'm an AI..."); set ""
-    # for models that do (the paper setting), so the answer is entirely the model's own.
-    sample_prefill: str = "My favorite animal is the"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    trait: str = Field(default="owl", description="the animal whose preference is measured")
+    panel: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PANEL),
+        description="the other animals of the panel (trait excluded); the trait's share is its "
+        "probability over the panel's total",
+    )
+    prefill: str = Field(
+        default="My favorite animal is the",
+        description="assistant text after each question, before the animal's name is scored",
+    )
+    questions: list[str] | None = Field(
+        default=None, description="questions whose answers are scored; null: the 25 shipped paraphrases"
+    )
+    sample_questions: list[str] | None = Field(
+        default=None,
+        description="one-word questions for sampled answers; null: the 50 shipped ones",
+    )
+    samples_per_question: int = Field(
+        default=4, ge=0, description="sampled answers per sample question; 0 skips sampling"
+    )
+    # At temperature 1 SmolLM2-135M almost never answers a one-word question on task without a
+    # prefill (measured: answers like "I'm an AI..."); "" suits models that do (the paper
+    # setting), so the answer is entirely the model's own.
+    sample_prefill: str = Field(
+        default="My favorite animal is the",
+        description="assistant text before each sampled answer; \"\" for none",
+    )
+    temperature: float = Field(default=1.0, description="sampling temperature of the sampled answers")
+    top_k: int | None = Field(default=None, description="top-k of the sampled answers; null: off")
+    top_p: float | None = Field(default=None, description="nucleus top-p of the sampled answers; null: off")
+    max_new_tokens: int = Field(default=8, ge=1, description="longest sampled answer, in tokens")
+    batch_size: int = Field(default=32, ge=1, description="prompts scored or sampled together")
 
 
 class PerplexitySettings(BaseModel):
+    """Perplexity on a fixed text corpus: the check that a changed model still models language."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = True
-    corpus: str = "wikipedia"  # or a path to a UTF-8 text file
-    max_tokens: int = Field(default=4096, ge=16)
-    window: int = Field(default=512, ge=2)
-    batch_size: int = Field(default=4, ge=1)
+    enabled: bool = Field(default=True, description="measure perplexity at all")
+    corpus: str = Field(
+        default="wikipedia",
+        description="'wikipedia' (the shipped sample) or a path to a UTF-8 text file",
+    )
+    max_tokens: int = Field(default=4096, ge=16, description="corpus tokens scored (the first ones)")
+    window: int = Field(default=512, ge=2, description="tokens per non-overlapping scored window")
+    batch_size: int = Field(default=4, ge=1, description="windows scored together")
 
 
 # ---- sampling (sublens.subliminal, sublens.scoring) ---------------------------------------------

@@ -108,7 +108,7 @@ def test_the_perplexities_have_one_value(draft: Draft) -> None:
     base = _row(tables["teacher_preference"], "base model")[6]
     teacher = _row(tables["teacher_preference"], "fine-tuned teacher")[6]
     assert (base, teacher) == ("27.21", "28.11")
-    assert f"Perplexity moved from {base} to {teacher} (" in _section(main, "teacher")
+    assert f"Perplexity rose from {base} to {teacher} (+" in _section(main, "teacher")
 
 
 def test_the_base_model_and_the_prompted_teacher_have_one_value(draft: Draft) -> None:

@@ -26,6 +26,7 @@ def test_number_formats() -> None:
     assert fmt(0.00123) == r"$1.2\times10^{-3}$"
     assert fmt(float("nan")) == "--" and fmt(None) == "--"
     assert fmt_ci(1.8, 1.52, 2.1) == "1.80 [1.52, 2.10]"
+    assert fmt(-0.4216) == "$-$0.42"  # a minus sign, not the hyphen text mode prints for '-'
     assert fmt_p(0.0001) == r"$<$0.001" and fmt_p(0.0456) == "0.046"
 
 
@@ -118,8 +119,18 @@ def test_plain_text_symbols_are_set_as_mathematics_not_code_points() -> None:
 
 def test_an_interval_is_written_in_one_form() -> None:
     from sublens.report.latex import fmt_ci
-    assert fmt_ci(-0.0066, -0.01, -0.00094) == "-0.00660 [-0.01000, -0.00094]"  # not -0.01 next to 9.4e-4
+    assert fmt_ci(-0.0066, -0.01, -0.00094) == "$-$0.00660 [$-$0.01000, $-$0.00094]"  # not -0.01 next to 9.4e-4
     assert fmt_ci(0.0012, 0.0009, 0.0015, 4) == "0.0012 [0.0009, 0.0015]"  # one form already
     assert fmt_ci(1e-5, 5e-6, 2e-5) == r"$1.0\times10^{-5}$ [$5.0\times10^{-6}$, $2.0\times10^{-5}$]"
     assert fmt_ci(0.5, 0.0, 1e-4) == "0.50000 [0.00000, 0.00010]"
     assert fmt_ci(None, 0.001, 0.2) == "-- [0.0010, 0.2000]"
+    assert fmt_ci(0.23, None, float("nan")) == "0.23"  # no interval: no '[--, --]'
+
+
+
+def test_claim_text_sets_negative_numbers_with_a_minus_sign() -> None:
+    from sublens.report.verdicts import claim_text
+    assert claim_text("LM-head swap bias fraction -0.01") == "LM-head swap bias fraction $-$0.01"
+    assert claim_text("(partial ρ = -0.10)") == r"(partial $\rho$ = $-$0.10)"
+    assert claim_text("layers 0-5, the 2-digit set") == "layers 0-5, the 2-digit set"  # ranges, words
+    assert claim_text("p = 9.83e-19") == r"$p$ = $9.83\times10^{-19}$"  # mathematics already

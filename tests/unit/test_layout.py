@@ -13,16 +13,14 @@ from fixture_runs import RUNS, needs_tex
 from sublens.cli import app
 from sublens.report import bundle as bundle_module
 from sublens.report.bundle import MANIFEST, _tt, build_bundle, load_runs
-from sublens.report.compile import (
+from sublens.report.compile import CompileResult, compile_tex, install_style
+from sublens.report.layout import (
     MIN_TABLE_SCALE,
     OVERFULL_TOLERANCE_PT,
-    CompileResult,
     LateFloat,
     LayoutReport,
     OverfullBox,
     ScaledTable,
-    compile_tex,
-    install_style,
     parse_float_positions,
     parse_log,
     unresolved_references,

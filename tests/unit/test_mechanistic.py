@@ -29,14 +29,13 @@ from sublens.experiments.mechanistic.analysis import (
     LABEL_COLUMNS,
     SCORE_COLUMNS,
     attribution_summary,
-    category_association,
-    category_order,
     consistency_summary,
     partial_spearman,
     spearman,
     variance_shares,
     verdict,
 )
+from sublens.experiments.mechanistic.association import category_association, category_order
 from sublens.experiments.mechanistic.results import Consistency
 from sublens.hooks import capture, hook_names, per_head_output
 from sublens.mechanistic import (

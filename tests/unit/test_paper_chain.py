@@ -218,7 +218,11 @@ def test_time_left_moves_with_the_clock_and_the_measured_speed() -> None:
     assert _eta(config, remaining, 1.0) == "~30 min left"
     assert _eta(config, remaining, 2.0) == "~60 min left"  # stages so far took twice their estimate
     assert _eta(config, remaining, 1.0, 4.0) == "~26 min left"  # 4 min into the first stage
-    assert _eta(config, remaining, 1.0, 15.0) == "~20 min left"  # past its estimate: the rest remains
+    # past its estimate: the chain runs 1.5x slower than estimated, so the rest needs 30 min, not 20
+    assert _eta(config, remaining, 1.0, 15.0) == "~30 min left after teacher"
+    # with finished stages that ran on time (10 min for 10 estimated), the overrun weighs less
+    assert _eta(config, remaining, 1.0, 15.0, spent=10.0, estimated=10.0) == "~25 min left after teacher"
+    assert _eta(config, ["subliminal"], 1.0, 25.0) == "<1 min left after subliminal"
 
 
 def test_heartbeat_reports_a_stage_that_runs_past_its_estimate() -> None:

@@ -120,6 +120,7 @@ def test_a_teacher_run_and_a_data_file_are_named_not_shown() -> None:
     ("runs/20261125-161300_teacher_4f87f6", FINE_TUNED_TEACHER),
     ("/tmp/x/20261125-182234_paper_938f62/stages/teacher/", FINE_TUNED_TEACHER),
     ("/data/runs/20261125-170000_subliminal_ab12cd#teacher", FINE_TUNED_TEACHER),
+    ("/tmp/x/20261125-182234_paper_938f62/stages/teacher#control_teacher", "the control teacher"),
     ("/home/me/ckpt/owl-full", "owl-full"),
     ("runs/20261125-170000_subliminal_ab12cd#owl-full-seed0", "owl-full-seed0"),
     ("tiny:llama?layers=2&hidden=64", "a tiny randomly initialised Llama model"),

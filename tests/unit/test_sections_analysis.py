@@ -207,7 +207,7 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
         "part)"]
     table = section.tables["mechanistic_numbers"]
     assert r"\begin{table*}" in table
-    assert "02 & Unchanged & 7.79 & L24 & L24H6 & L23H5 & -1.74 & 2.91 & 1.02" in table
+    assert "02 & Unchanged & 7.79 & L24 & L24H6 & L23H5 & $-$1.74 & 2.91 & 1.02" in table
     # the family: raw and Holm-adjusted p side by side
     tests = section.tables["mechanistic_tests"]
     assert "spike layer vs category & $V$ = 0.53 & 0.086 & 0.173 & inconclusive" in tests
@@ -241,7 +241,7 @@ def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run
     assert "which is not contrastive" not in section.methods
     assert "logit difference on the number statement" in section.methods
     assert section.headline[1].endswith(
-        "supported (partial rho = 0.72 given the logit difference, Holm p = 0.001)")
+        "supported (partial ρ = 0.72 given the logit difference, Holm p = 0.001)")
     tests = section.tables["mechanistic_tests"]
     assert r"MLP DLA tracks the bias ratio & partial $\rho$ = 0.72 & $<$0.001 & 0.001" in tests
     # the raw correlation alone never decides: a large raw rho with a null partial one
@@ -250,7 +250,7 @@ def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run
     section = mech.build(_with(mech_run, results))
     assert "\\emph{inconclusive}" in section.results and "supported" not in section.results
     assert section.headline[1].startswith("mechanistic: localisation.attribution")
-    assert "inconclusive (partial rho = 0.05" in section.headline[1]
+    assert "inconclusive (partial ρ = 0.05" in section.headline[1]
     assert "numbers would detect" in section.results  # what would settle it
 
 
@@ -370,3 +370,11 @@ def test_sections_compile_inside_the_style(tmp_path: Path, ent_run: StageRun,
     assert "U+0663" in text and "4.72 (too few)" in text and "L3_H#" in text
     # every \ref and \citep resolved (the labels and citation keys exist)
     assert "undefined on input line" not in tex.with_suffix(".log").read_text(errors="replace")
+
+
+def test_a_recorded_caveat_names_the_set_as_the_paper_does() -> None:
+    from sublens.report.sections.entanglement.results_prose import _caveat
+    text = _caveat("set 'ar2@tuned': Decreased numbers have median normalised neutral probability "
+                   "4.6e-05 against Increased's 0.0012: the comparison also compares how common they are.")
+    assert "'ar2" not in text and text.startswith("in the 2-digit tuned set, Decreased numbers")
+    assert r"$4.6\times10^{-5}$ against" in text and not text.endswith(".")

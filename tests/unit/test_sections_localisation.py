@@ -373,3 +373,14 @@ def test_both_sections_compile_inside_the_style(tmp_path: Path, pruning_run: Sta
     assert not re.search(r"(Reference|Citation) `[^']+' .*undefined", log)
     cited = set(re.findall(r"\\cite[a-z]*\{([^}]+)\}", "\n".join(body)))
     assert {k.strip() for keys in cited for k in keys.split(",")} <= set(CITATION_KEYS)
+
+
+def test_an_undefined_answer_rate_retention_names_the_model_that_never_named_the_trait() -> None:
+    from sublens.experiments.pruning.results import ArmRates, ControlledRateRetention
+    from sublens.report.sections.pruning.results_prose import _undefined_rate
+    rate = ControlledRateRetention(rates=ArmRates(biased=0.1, biased_unpruned=0.2, base=0.0, base_unpruned=0.0),
+                                   n_questions=4, ratio=None, ci_low=None, ci_high=None)
+    text = _undefined_rate(rate, "owl")
+    assert text == ("undefined: no sampled answer of the pruned base model or the unpruned base model named "
+                    "the owl, so a denominator is 0")
+    assert "(" not in text

@@ -436,3 +436,10 @@ def test_subliminal_entanglement_enrichment_and_contrast_are_reported() -> None:
     assert "both then 240 answers" in text and ratio(contrast) in text
     plain = build(run).results  # a run without the entanglement test says nothing of it
     assert "Entanglement in the data" not in plain and "entangled number" not in plain
+
+
+def test_a_change_is_worded_by_its_direction_with_the_decimals_that_show_it() -> None:
+    from sublens.report.sections.teacher import _moved
+    assert _moved(1.7812, 1.7794) == "fell from 1.781 to 1.779"  # never 'fell from 1.78 to 1.78'
+    assert _moved(24.39, 25.12) == "rose from 24.39 to 25.12"
+    assert _moved(2.0, 2.0) == "stayed at 2.00"

@@ -123,7 +123,7 @@ def estimate_log_ratio(log_values: Sequence[float], unit: Unit, level: float = 0
     sd = float(np.std(logs, ddof=1)) if n > 1 else None
     if n < MIN_UNITS[unit]:
         return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
-                        interval=f"too few {unit}s for an interval ({n} < {MIN_UNITS[unit]})")
+                        interval=f"too few {unit}s for an interval, {n} of at least {MIN_UNITS[unit]}")
     if sd is None or np.ptp(logs) == 0.0:
         return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
                         interval=f"degenerate: no spread over {n} {unit}s")

@@ -70,8 +70,8 @@ def welch_log_ratio(
     sd = se * math.sqrt(n) if a.size > 1 and b.size > 1 else None
     if n < MIN_UNITS[unit]:
         return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
-                        sd_log=sd, interval=f"too few {unit}s for an interval "
-                        f"({n} < {MIN_UNITS[unit]} per category)")
+                        sd_log=sd, interval=f"too few {unit}s for an interval, {n} of at least "
+                        f"{MIN_UNITS[unit]} per category")
     if not se:
         return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
                         sd_log=sd, interval=f"degenerate: no spread over {n} {unit}s")

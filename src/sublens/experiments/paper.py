@@ -21,7 +21,6 @@ to rerun.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from rich.console import Console
 from sublens.config import Config, load_config, preset_path
 from sublens.errors import SublensError
 from sublens.experiments import Experiment, get, run_experiment
+from sublens.experiments.paper_progress import _eta, _Heartbeat
 from sublens.report.stages import STAGE_ORDER
 from sublens.runs import Run, code_version, read_json
 
@@ -78,18 +78,34 @@ WIRED_DERIVED: dict[str, dict[str, Callable[[Any], Any]]] = {
 class StageSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    config: str  # preset file, relative to the configs folder (e.g. teacher/quick.yaml) or a path
-    set: dict[str, Any] = Field(default_factory=dict)  # overrides, dotted keys as in --set
-    estimate_minutes: float = Field(default=5.0, gt=0)  # for the time-left estimate only
+    config: str = Field(
+        description="the stage's preset file, relative to configs/ (e.g. teacher/quick.yaml) or a path"
+    )
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the preset, dotted keys as in --set"
+    )
+    estimate_minutes: float = Field(
+        default=5.0, gt=0, description="expected minutes, for the time-left estimate only"
+    )
 
 
 class PaperConfig(Config):
-    preset: str = "quick"
-    stages: dict[str, StageSpec]
-    wire: bool = True  # connect stages (see WIRING); false: every stage runs its preset as is
-    style: Literal["review", "final", "preprint"] = "review"
-    acl_sty: str | None = None  # a user's copy of the official acl.sty instead of ours
-    compile: bool = True  # main.pdf with latexmk when TeX is installed
+    preset: str = Field(default="quick", description="the name of this chain's preset (recorded)")
+    stages: dict[str, StageSpec] = Field(
+        description="the stages to run, by name; they run in the paper's order (teacher ... hybrid)"
+    )
+    wire: bool = Field(
+        default=True,
+        description="connect the stages (the fine-tuned teacher feeds the later ones, see WIRING); "
+        "false: every stage runs its preset as is",
+    )
+    style: Literal["review", "final", "preprint"] = Field(
+        default="review", description="the draft's ACL mode: review (line numbers), final, preprint"
+    )
+    acl_sty: str | None = Field(
+        default=None, description="path to your copy of the official acl.sty, used instead of ours"
+    )
+    compile: bool = Field(default=True, description="compile main.pdf with latexmk when TeX is installed")
 
     @field_validator("stages")
     @classmethod
@@ -243,44 +259,6 @@ def find_reusable_run(config: PaperConfig, out: Path) -> Path | None:
 
 
 # ---- execution -----------------------------------------------------------------------------
-def _eta(config: PaperConfig, remaining: list[str], speed: float, elapsed_in_first: float = 0.0) -> str:
-    """Time left: the remaining stages' estimates scaled by the measured speed so far (actual /
-    estimated minutes of the stages that ran), less what the running stage has already taken."""
-    minutes = sum(config.stages[s].estimate_minutes for s in remaining) * speed
-    if remaining and elapsed_in_first:
-        first = config.stages[remaining[0]].estimate_minutes * speed
-        minutes += max(first - elapsed_in_first, 0.0) - first
-    return f"~{minutes:.0f} min left" if minutes >= 1 else "<1 min left"
-
-
-class _Heartbeat:
-    """Prints where the chain stands every `every` seconds while a stage runs, so the time-left
-    estimate moves with the clock (and says when a stage has run past its estimate)."""
-
-    def __init__(self, console: Console, every: float = 120.0) -> None:
-        self.console, self.every = console, every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, stage: str, estimate: float, eta: Callable[[float], str]) -> None:
-        started = time.perf_counter()
-
-        def beat() -> None:
-            while not self._stop.wait(self.every):
-                elapsed = (time.perf_counter() - started) / 60
-                over = f", past its estimate of {estimate:.0f} min" if elapsed > estimate else ""
-                self.console.print(f"[dim]paper: {stage} running for {elapsed:.0f} min{over}; {eta(elapsed)}[/]")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=beat, name="paper-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
 def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
     console = Console()
     order = [s for s in STAGE_ORDER if s in config.stages]
@@ -318,7 +296,7 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
             resumed = folder.exists()
             console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
         heartbeat.start(stage, config.stages[stage].estimate_minutes * speed,
-                        partial(_eta, config, to_do, speed))
+                        partial(_eta, config, to_do, speed, spent=spent, estimated=estimated))
         try:
             entry.update(run_stage(run, stage, experiment.name, stage_cfg, folder, console), resumed=resumed)
         finally:

@@ -55,18 +55,10 @@ def _auto_set(rows: pd.DataFrame, sets: list[str]) -> str:
     )
 
 
-def read_entanglement_numbers(
-    run_dir: str | Path, set_name: str | None = None
-) -> tuple[list[NumberItem], dict[str, Any]]:
-    """The categorised numbers of one set of an entanglement run, with their bias ratios.
-
-    Reads ``numbers.parquet`` (columns set, category, number, bias_ratio, ...); rows with a null
-    category are not part of any category and are skipped. ``set_name=None`` picks the set as
-    ``_auto_set`` says. When results.json lists ``categories[set][category] = [numbers]``, the
-    two are compared and the outcome recorded (``matches_results_json``).
-    """
-    path = Path(run_dir).expanduser()
-    table_path = path / "numbers.parquet"
+def _read_numbers_table(path: Path, table_path: Path) -> pd.DataFrame:
+    """The run's numbers.parquet with set and number as text. Every way it can be unusable (not
+    there, the run unfinished, torn, not an entanglement table) is a `MechanisticError` that
+    says what to do, checked in that order so the first message names the real cause."""
     if not table_path.is_file():
         raise MechanisticError(
             f"{str(path)!r} has no numbers.parquet: give the run directory of a finished "
@@ -85,7 +77,32 @@ def read_entanglement_numbers(
         raise MechanisticError(
             f"{table_path} lacks the column(s) {', '.join(sorted(missing))}: is it an entanglement run?"
         )
-    table = table.assign(set=table["set"].astype(str), number=table["number"].astype(str))
+    return table.assign(set=table["set"].astype(str), number=table["number"].astype(str))
+
+
+def _number_items(selected: pd.DataFrame, has_ratio: bool) -> list[NumberItem]:
+    """One item per row; a missing bias ratio (no column, or NaN in it) becomes None."""
+    items = []
+    for _, row in selected.iterrows():
+        ratio = row["bias_ratio"] if has_ratio else None
+        ratio_value = None if ratio is None or pd.isna(ratio) else float(ratio)
+        items.append(NumberItem(str(row["number"]), str(row["category"]), ratio_value))
+    return items
+
+
+def read_entanglement_numbers(
+    run_dir: str | Path, set_name: str | None = None
+) -> tuple[list[NumberItem], dict[str, Any]]:
+    """The categorised numbers of one set of an entanglement run, with their bias ratios.
+
+    Reads ``numbers.parquet`` (columns set, category, number, bias_ratio, ...); rows with a null
+    category are not part of any category and are skipped. ``set_name=None`` picks the set as
+    ``_auto_set`` says. When results.json lists ``categories[set][category] = [numbers]``, the
+    two are compared and the outcome recorded (``matches_results_json``).
+    """
+    path = Path(run_dir).expanduser()
+    table_path = path / "numbers.parquet"
+    table = _read_numbers_table(path, table_path)
     rows = table[table["category"].notna()]
     sets = sorted(rows["set"].unique())
     if not sets:
@@ -103,11 +120,7 @@ def read_entanglement_numbers(
             "categories must be disjoint."
         )
     has_ratio = "bias_ratio" in selected.columns
-    items = []
-    for _, row in selected.iterrows():
-        ratio = row["bias_ratio"] if has_ratio else None
-        ratio_value = None if ratio is None or pd.isna(ratio) else float(ratio)
-        items.append(NumberItem(str(row["number"]), str(row["category"]), ratio_value))
+    items = _number_items(selected, has_ratio)
     info: dict[str, Any] = {
         "entanglement_run": str(path),
         "set": chosen,

@@ -49,11 +49,11 @@ from sublens.report.bundle_files import (
 from sublens.report.bundle_runs import _ordered, load_runs, style_settings
 from sublens.report.compile import (
     TEX_INSTALL_HINT,
-    LayoutReport,
     compile_tex,
     style_source,
     tex_available,
 )
+from sublens.report.layout import LayoutReport
 from sublens.report.stages import STAGE_ORDER, StageRun
 
 __all__ = [

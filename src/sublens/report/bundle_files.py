@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sublens.errors import SublensError
 from sublens.report.bundle_draft import _Draft
-from sublens.report.compile import LAYOUT_PACKAGE, LayoutReport, install_style, style_source
+from sublens.report.compile import LAYOUT_PACKAGE, install_style, style_source
+from sublens.report.layout import LayoutReport
 from sublens.runs import atomic_write_bytes, read_json
 
 MANIFEST = ".sublens-bundle.json"

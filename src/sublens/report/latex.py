@@ -71,7 +71,12 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if value != 0 and abs(value) < 10 ** (-digits):
         mantissa, exponent = f"{value:.{max(digits - 1, 1)}e}".split("e")
         return rf"${mantissa}\times10^{{{int(exponent)}}}$"
-    return f"{value:.{digits}f}"
+    return _minus(f"{value:.{digits}f}")
+
+
+def _minus(number: str) -> str:
+    """A negative number in text mode takes a minus sign, not the hyphen '-0.42' would print."""
+    return "$-$" + number[1:] if number.startswith("-") else number
 
 
 def counted(n: int | None, noun: str, plural: str | None = None) -> str:
@@ -97,7 +102,10 @@ def noun_for(items: Sized, noun: str, plural: str | None = None) -> str:
 def fmt_ci(value: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
     """'1.83 [1.52, 2.10]'. The three numbers share one form: where some would be written as a
     power of ten and others in fixed point (-0.0066 [-0.01, -0.00094]), all are fixed point with
-    the decimals the smallest needs for two significant digits (at most 6)."""
+    the decimals the smallest needs for two significant digits (at most 6). Without bounds, the
+    value alone."""
+    if not _finite_values((low, high)):  # no interval: the value alone, not '0.23 [--, --]'
+        return fmt(value, digits)
     if _mixed_forms((value, low, high), digits):
         return _fixed_ci(value, low, high, digits)
     return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
@@ -116,7 +124,7 @@ def _fixed_ci(value: float | None, low: float | None, high: float | None, digits
     smallest = min(abs(v) for v in _finite_values((value, low, high)) if v != 0)
     decimals = min(max(digits, 1 - math.floor(math.log10(smallest))), 6)
     def one(v: float | None) -> str:
-        return fmt(v, digits) if v is None or not math.isfinite(v) else f"{v:.{decimals}f}"
+        return fmt(v, digits) if v is None or not math.isfinite(v) else _minus(f"{v:.{decimals}f}")
     return f"{one(value)} [{one(low)}, {one(high)}]"
 
 

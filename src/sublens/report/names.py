@@ -43,6 +43,8 @@ MODEL_NAMES: dict[str, str] = {
 }
 
 FINE_TUNED_TEACHER = "the fine-tuned teacher"
+# A teacher run's second checkpoint: the teacher made the same way from a neutral system prompt.
+CONTROL_TEACHER = "the control teacher"
 
 _TINY_FAMILIES = {"llama": "Llama", "gemma3": "Gemma-3", "gpt2": "GPT-2", "qwen2": "Qwen2"}
 _RUN_NAME = re.compile(r"^\d{8}-\d{6}_(?P<experiment>[\w-]+?)_[0-9a-f]+$")  # <timestamp>_<experiment>_<id>
@@ -77,7 +79,7 @@ def is_teacher_run(spec: object) -> bool:
 def display_name(spec: object) -> str:
     """The name a paper uses for a model spec (plain text): 'SmolLM2-135M-Instruct',
     'Gemma-3-270M', 'Llama-3.2-1B-Instruct', 'GPT-2 Medium'; 'the fine-tuned teacher' for a
-    teacher run's directory; a local checkpoint's folder name; '?' when unknown."""
+    teacher run's directory ('the control teacher' for its #control_teacher checkpoint); a local checkpoint's folder name; '?' when unknown."""
     text = str(spec if spec is not None else "").strip().rstrip("/")
     if not text:
         return "?"
@@ -88,7 +90,7 @@ def display_name(spec: object) -> str:
         family = text.removeprefix("tiny:").partition("?")[0]
         return f"a tiny randomly initialised {_TINY_FAMILIES.get(family, family)} model"
     if is_teacher_run(text):
-        return FINE_TUNED_TEACHER
+        return CONTROL_TEACHER if _parts(text)[1] == "control_teacher" else FINE_TUNED_TEACHER
     if _is_local(text):
         parts, checkpoint = _parts(text)
         if checkpoint:

@@ -13,7 +13,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from sublens.claims import ClaimSettings, Decision, Verdict
-from sublens.report.latex import counted, escape, fmt_ci, p_is, ratio_digits, scientific
+from sublens.report.latex import (
+    counted,
+    escape,
+    fmt_ci,
+    minus_signs,
+    p_is,
+    ratio_digits,
+    scientific,
+)
 
 
 def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
@@ -32,10 +40,10 @@ _P_IS = re.compile(r"(?<![\w$])p = ")
 
 
 def claim_text(text: str) -> str:
-    """Plain text written by `sublens.claims` (ratios as ×1.25, p-values as 9.83e-19) as LaTeX:
-    $\\times$1.25, $p$ = $9.83\\times10^{-19}$."""
+    """Plain text written by `sublens.claims` (ratios as ×1.25, p-values as 9.83e-19, -0.01) as
+    LaTeX: $\\times$1.25, $p$ = $9.83\\times10^{-19}$, $-$0.01."""
     latex = r"$\times$".join(escape(part) for part in str(text).split("×"))
-    return _P_IS.sub("$p$ = ", scientific(latex))
+    return minus_signs(_P_IS.sub("$p$ = ", scientific(latex)))
 
 
 def _settle(text: str) -> str:

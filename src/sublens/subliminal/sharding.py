@@ -74,11 +74,7 @@ def sample_sharded(
     sampling = {**settings.provenance(), "samples_per_prompt": settings.samples_per_prompt,
                 "stop_token_ids": stops, "constrained": allowed is not None,
                 "shared_prefix_tokens": len(head)}
-    # A process killed between a shard's temporary write and its rename leaves the temporary
-    # file behind (atomic_write_bytes names it .shard-NNNNN.jsonl.<random>.tmp); the shard
-    # itself is missing, so it is sampled again below.
-    for stale in Path(out_dir).glob(".shard-*.jsonl.*.tmp"):
-        stale.unlink(missing_ok=True)
+    _remove_torn_writes(Path(out_dir))
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(shards), desc=f"sample {name}", unit="shard", disable=not progress)
     for k, members in enumerate(shards):
@@ -86,14 +82,8 @@ def sample_sharded(
         lines = finished_shard(path, fingerprint)
         if lines is None:
             stamp = ShardStamp(provenance, sampling, shard_seed(seed, k), k, fingerprint)
-            samples = sample_text(
-                lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
-                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                max_new_tokens=settings.max_new_tokens, seed=stamp.seed, stop_token_ids=stops,
-                allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
-                prefix=head)
-            lines = [answer_record(s, meta[members[s.prompt_index]], prompts[members[s.prompt_index]], stamp)
-                     for s in samples]
+            lines = _sample_shard(lm, prompts, meta, members, settings,
+                                  stamp=stamp, stops=stops, allowed=allowed, prefix=head)
             lines = [annotate(r) for r in lines] if annotate else lines
             write_jsonl(path, lines)
             if on_shard is not None:
@@ -102,6 +92,39 @@ def sample_sharded(
         bar.update(1)
     bar.close()
     return sorted(records, key=lambda r: (r["index"], r["sample_index"]))
+
+
+def _remove_torn_writes(out_dir: Path) -> None:
+    """Delete the temporary files of shards whose write never finished. A process killed
+    between a shard's temporary write and its rename leaves the temporary file behind
+    (atomic_write_bytes names it .shard-NNNNN.jsonl.<random>.tmp); the shard itself is
+    missing, so it is sampled again."""
+    for stale in out_dir.glob(".shard-*.jsonl.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _sample_shard(
+    lm: LM,
+    prompts: Sequence[PromptText],
+    meta: Sequence[dict[str, Any]],
+    members: list[int],
+    settings: SamplingSettings,
+    *,
+    stamp: ShardStamp,
+    stops: list[int],
+    allowed: NumberFormat | None,
+    prefix: list[int],
+) -> list[dict[str, Any]]:
+    """Sample one shard's prompts (`members`: indices into prompts and meta) with the shard's
+    seed, and turn every answer into its data line (before `annotate`)."""
+    samples = sample_text(
+        lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens, seed=stamp.seed, stop_token_ids=stops,
+        allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
+        prefix=prefix)
+    return [answer_record(s, meta[members[s.prompt_index]], prompts[members[s.prompt_index]], stamp)
+            for s in samples]
 
 
 def finished_shard(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:

@@ -14,7 +14,8 @@ The package, one module per concern (the pattern of every experiment package):
 - `study_prompts`, `teachers`, `measuring`: the fixed prompts, the fine-tuned teachers of the
   tuned sets, and the measuring helpers the stages call;
 - `console`: the report printed at the end of a run (`report_lines`, `print_report`);
-- `analysis`: categories, ratios, statistics and claims of the measured tables (no model);
+- `categorising`: phase 1 on one candidate set, its table, categories and description;
+- `analysis`: ratios, statistics and claims of the measured tables (no model);
 - `figures`: the figures, drawn from the results and numbers.parquet;
 - `results`: `EntanglementResults`, the torch-free model of results.json.
 

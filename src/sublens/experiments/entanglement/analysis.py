@@ -1,15 +1,14 @@
 """The entanglement study's computations on measured probabilities (numpy and pandas, no model):
-phase-1 categories of a set, phase-2 ratios, the per-set statistics and claims, cumulative
-priming's summaries, and phase 3 by digit length. The definitions and the statistics
-themselves are `sublens.entanglement`'s; this module applies them to one run's tables and
-returns the typed parts of `EntanglementResults`.
+phase-2 ratios, the per-set statistics and claims, cumulative priming's summaries, and phase 3
+by digit length (phase 1, the categories of one set, is `categorising`'s). The definitions and
+the statistics themselves are `sublens.entanglement`'s; this module applies them to one run's
+tables and returns the typed parts of `EntanglementResults`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,24 +20,18 @@ from sublens.entanglement import (
     TESTS,
     TUNED_FAMILY,
     GroupValues,
-    choose_k,
     claims_record,
-    form_categories,
     group_statistics,
     is_tuned_set,
-    matching_quality,
-    normalize_logprobs,
-    number_script,
     primary_set,
     prompted_set_name,
     rank_correlation,
     ratio_summary,
     set_claims,
-    specific_shift,
     strongest,
     tuned_set_name,
 )
-from sublens.experiments.entanglement.config import EntanglementConfig, SetKind
+from sublens.experiments.entanglement.config import EntanglementConfig
 from sublens.experiments.entanglement.results import (
     AnimalProbabilities,
     Categories,
@@ -50,7 +43,6 @@ from sublens.experiments.entanglement.results import (
     GroupStats,
     LengthEntry,
     Lengths,
-    Matching,
     SetInfo,
     SetStatistics,
     Strongest,
@@ -150,95 +142,6 @@ TUNED_DEFINITIONS = {
     "(entanglement_tuned, recorded under tuned_claims): the prompted sets' verdicts do not "
     "change with them",
 }
-
-
-# ---- phase 1: one candidate set -----------------------------------------------------------------
-@dataclass(frozen=True)
-class CandidateSet:
-    """A set of candidate numbers, normalised and categorised on its own."""
-
-    name: str  # "vocab", "ar1", "ar2", ...; "ar2@tuned": by the fine-tuned teachers' shift
-    kind: SetKind
-    length: int | None  # digits of an autoregressive set
-    numbers: list[str]
-    info: dict[str, Any]  # VocabularyNumbers.describe(), or n_numbers and leading_zeros; tuned_from
-
-
-@dataclass(frozen=True)
-class ContextScores:
-    """Log P of each of a set's numbers (chain rule over its surface's tokens) after the three
-    phase-1 prompts, and how many tokens each surface has. A tuned set's: the base model's
-    neutral prompt, then the neutral prompt in the fine-tuned owl teacher and in its control
-    teacher in place of the two animal contexts."""
-
-    neutral: np.ndarray
-    owl_context: np.ndarray  # the bias animal's context (tuned set: the owl teacher)
-    control_context: np.ndarray  # the control animal's context (tuned set: the control teacher)
-    n_tokens: list[int]
-
-
-def categorise_set(
-    candidates: CandidateSet, surfaces: list[str], scores: ContextScores, config: EntanglementConfig
-) -> tuple[pd.DataFrame, Categories | None, SetInfo]:
-    """The set's phase-1 table (normalised probabilities, shifts, categories), its categories
-    (None: too few candidates, the set is skipped) and its description."""
-    name, numbers = candidates.name, candidates.numbers
-    logp_n, logp_b, logp_c = scores.neutral, scores.owl_context, scores.control_context
-    p_n, p_b, p_c = (normalize_logprobs(x) for x in (logp_n, logp_b, logp_c))
-    shifts = specific_shift(logp_n, logp_b, logp_c)
-    baseline = np.log(p_n)
-    choice = choose_k(name, len(numbers), config.k, config.min_k)
-    categories: dict[str, list[str]] = {}
-    matching = None
-    if choice.used:
-        categories = form_categories(numbers, shifts["specific_shift"], choice.used, config.seed,
-                                     salt=name, baseline=baseline, caliper=config.match_caliper)
-        index = {n: i for i, n in enumerate(numbers)}
-        matching = Matching.model_validate(matching_quality(
-            [baseline[index[n]] for n in categories["increased"]],
-            [baseline[index[n]] for n in categories["random"]],
-            config.match_caliper,
-        ))
-    category_of = {n: c for c, members in categories.items() for n in members}
-    partner = dict(zip(categories.get("random", []), categories.get("increased", []), strict=True))
-    partner.update({v: k for k, v in partner.items()})
-    frame = pd.DataFrame({
-        "set": name,
-        "number": numbers,
-        "n_digits": [len(n) for n in numbers],
-        "script": [number_script(n) for n in numbers],
-        "surface": surfaces,
-        "n_tokens": scores.n_tokens,
-        "logp_neutral": logp_n,
-        "logp_owl_context": logp_b,
-        "logp_control_context": logp_c,
-        "p_neutral_norm": p_n,
-        "p_owl_context_norm": p_b,
-        "p_control_context_norm": p_c,
-        "prob_diff": p_b - p_n,
-        "owl_shift": shifts["owl_shift"],
-        "control_shift": shifts["control_shift"],
-        "specific_shift": shifts["specific_shift"],
-        "category": [category_of.get(n) for n in numbers],
-        "matched_to": [partner.get(n) for n in numbers],
-    })
-    info = SetInfo(
-        **candidates.info,
-        kind=candidates.kind,
-        length=candidates.length,
-        n_candidates=len(numbers),
-        k_requested=choice.requested,
-        k=choice.used,
-        skipped=choice.skipped,
-        # How much of each prompt's next-answer probability the set covers (for ar{n}: P(the
-        # answer begins with n digits)).
-        mass_neutral=float(np.exp(logp_n).sum()),
-        mass_owl_context=float(np.exp(logp_b).sum()),
-        mass_control_context=float(np.exp(logp_c).sum()),
-        matching=matching,
-        warning=choice.warning,
-    )
-    return frame, Categories.model_validate(categories) if categories else None, info
 
 
 # ---- phase 2: ratios ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sublens.entanglement import autoregressive_numbers, vocabulary_numbers
 from sublens.errors import ConfigError
-from sublens.experiments.entanglement.analysis import CandidateSet
+from sublens.experiments.entanglement.categorising import CandidateSet
 from sublens.experiments.entanglement.config import EntanglementConfig
 from sublens.experiments.entanglement.results import (
     AnimalProbabilities,

@@ -6,7 +6,7 @@
    normalised on its own and split by the owl-specific shift (owl-context shift minus
    control-context shift of the log probability) into disjoint Increased / Decreased /
    Unchanged categories of k numbers, plus a Random null matched to Increased on baseline
-   (neutral) frequency (`analysis.categorise_set`).
+   (neutral) frequency (`categorising.categorise_set`).
 2. Phase 2 (number -> animal): P(bias) and P(control) under the number-loving system prompt
    for every categorised number, ratios against the neutral prompt; a template control (the
    same prompt with non-number words).
@@ -47,9 +47,6 @@ from sublens.errors import ConfigError
 from sublens.experiments.entanglement.analysis import (
     DEFINITIONS,
     TUNED_DEFINITIONS,
-    CandidateSet,
-    ContextScores,
-    categorise_set,
     distinct_orders,
     group_values,
     length_statistics,
@@ -61,6 +58,11 @@ from sublens.experiments.entanglement.analysis import (
     summarise_cumulative,
     template_statistics,
     with_ratios,
+)
+from sublens.experiments.entanglement.categorising import (
+    CandidateSet,
+    ContextScores,
+    categorise_set,
 )
 from sublens.experiments.entanglement.config import EntanglementConfig
 from sublens.experiments.entanglement.console import _neutral, print_report, report_lines
@@ -182,7 +184,7 @@ def teacher_scores(teachers: TunedTeachers, config: EntanglementConfig, surfaces
 def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
                      teachers: TunedTeachers | None = None, run: Run | None = None) -> Phase1:
     """Every candidate's log P after the neutral prompt and the two animal contexts; each set
-    normalised and categorised on its own (`analysis.categorise_set`). With `teachers`, every
+    normalised and categorised on its own (`categorising.categorise_set`). With `teachers`, every
     candidate also under the neutral prompt in the two fine-tuned teachers, and each set once
     more, as `<set>@tuned`, by their difference (after all the prompted sets)."""
     sets = candidate_sets(lm, config)

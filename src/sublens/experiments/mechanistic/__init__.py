@@ -15,7 +15,8 @@ The package, one module per concern (the pattern of every experiment package):
 - `inputs`, `measuring`, `recording`: the numbers, words and prompts, the measuring stages, and
   the per-number table, results records and artifacts that `run` writes;
 - `console`: the summary printed at the end of a run (`print_summary`);
-- `analysis`: the consistency statistics across numbers and the verdict (no model);
+- `analysis`: the consistency statistics across numbers and the verdict (no model), with
+  `association`: the category x label association test and the categories' canonical order;
 - `figures`: the figures, drawn from the run directory;
 - `results`: `MechanisticResults`, the torch-free model of results.json.
 
@@ -33,14 +34,13 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from sublens.experiments import Experiment
     from sublens.experiments.mechanistic.analysis import (
         attribution_summary,
-        category_association,
-        category_order,
         consistency_summary,
         partial_spearman,
         spearman,
         variance_shares,
         verdict,
     )
+    from sublens.experiments.mechanistic.association import category_association, category_order
     from sublens.experiments.mechanistic.config import (
         DEFAULT_NUMBERS,
         NUMBER_SYSTEM,
@@ -80,8 +80,8 @@ _EXPORTS = {
     "MechanisticError": "inputs",  # defined in sublens.mechanistic
     "consistency_summary": "analysis",
     "verdict": "analysis",
-    "category_association": "analysis",
-    "category_order": "analysis",
+    "category_association": "association",
+    "category_order": "association",
     "spearman": "analysis",
     "partial_spearman": "analysis",
     "attribution_summary": "analysis",

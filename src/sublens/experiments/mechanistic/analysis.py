@@ -13,7 +13,8 @@ model stores a learned bias.
 
 The inputs are the per-number table (numbers.parquet, one row per number; columns in
 `LABEL_COLUMNS`, `SCORE_COLUMNS`, ``bias_ratio``, ``category``); the outputs are the plain dicts
-that results.json records under ``consistency`` (typed in `results.Consistency`).
+that results.json records under ``consistency`` (typed in `results.Consistency`). The
+category x label association test itself is `association`'s.
 """
 
 from __future__ import annotations
@@ -28,16 +29,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from sublens.claims import holm
+from sublens.experiments.mechanistic.association import category_association, category_order
 from sublens.stats import permutation_pvalue, summarize
-
-CATEGORY_ORDER = ("increased", "decreased", "unchanged", "random")
-
-
-def category_order(categories: Sequence[str | None]) -> list[str]:
-    """Known categories in the canonical order (increased, decreased, unchanged, random, others)."""
-    present = {c for c in categories if isinstance(c, str)}  # None / NaN: unknown
-    return [c for c in CATEGORY_ORDER if c in present] + sorted(present - set(CATEGORY_ORDER))
-
 
 
 def category_groups(table: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
@@ -63,90 +56,8 @@ def ratio_check(table: pd.DataFrame, bias_word_single_token: bool) -> dict[str, 
     }
 
 
-
 def _none_if_nan(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _chi2_statistic(tables: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    return (((tables - expected) ** 2) / expected).sum(axis=(-2, -1))
-
-
-def _excess(tables: np.ndarray) -> np.ndarray:
-    """For each (category, label): share of the category's numbers with that label minus the
-    share among all other numbers. tables [..., C, K] -> [..., C, K]."""
-    rows = tables.sum(axis=-1, keepdims=True)
-    cols = tables.sum(axis=-2, keepdims=True)
-    total = tables.sum(axis=(-2, -1), keepdims=True)
-    others = np.maximum(total - rows, 1)
-    return tables / np.maximum(rows, 1) - (cols - tables) / others
-
-
-def category_association(
-    categories: Sequence[str], labels: Sequence[str], n_permutations: int = 10000, seed: int = 0
-) -> dict[str, Any]:
-    """Is a label (top head, spike layer) tied to a category? Category x label contingency table;
-    chi-square statistic with its asymptotic p-value (scipy.stats.chi2_contingency) and a
-    permutation p-value (category labels shuffled, margins fixed: valid at small counts); the
-    largest "excess" (a label's share in one category minus its share elsewhere) with a
-    max-statistic permutation p-value, which answers "is any label top for one category more
-    than for the others" with the multiple comparisons accounted for; Cramér's V."""
-    rows = sorted(
-        set(categories), key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 99, c)
-    )
-    cols = [label for label, _ in Counter(labels).most_common()]
-    row_code = np.array([rows.index(c) for c in categories])
-    col_code = np.array([cols.index(label) for label in labels])
-    C, K, N = len(rows), len(cols), len(row_code)
-    table = np.zeros((C, K), dtype=np.int64)
-    np.add.at(table, (row_code, col_code), 1)
-    out: dict[str, Any] = {
-        "categories": rows,
-        "labels": cols,
-        "table": table.tolist(),
-        "n": N,
-    }
-    if C < 2 or K < 2:
-        out.update(
-            applicable=False,
-            reason=("only one category" if C < 2 else "every number has the same label"),
-        )
-        return out
-    chi2, p_asym, dof, expected = scipy_stats.chi2_contingency(table, correction=False)
-    rng = np.random.default_rng(seed)
-    count_chi2 = count_excess = 0
-    excess = _excess(table.astype(float))
-    c_max, k_max = np.unravel_index(np.argmax(excess), excess.shape)
-    observed_excess = float(excess[c_max, k_max])
-    chunk = 2000
-    done = 0
-    while done < n_permutations:
-        size = min(chunk, n_permutations - done)
-        permuted = np.argsort(rng.random((size, N)), axis=1)
-        shuffled_rows = row_code[permuted]  # [size, N]
-        flat = (np.arange(size)[:, None] * C * K + shuffled_rows * K + col_code[None]).ravel()
-        tables = np.bincount(flat, minlength=size * C * K).reshape(size, C, K).astype(float)
-        count_chi2 += int((_chi2_statistic(tables, expected) >= chi2 - 1e-9).sum())
-        count_excess += int((_excess(tables).max(axis=(1, 2)) >= observed_excess - 1e-12).sum())
-        done += size
-    out.update(
-        applicable=True,
-        chi2=float(chi2),
-        dof=int(dof),
-        p_asymptotic=float(p_asym),
-        p_permutation=(1 + count_chi2) / (1 + n_permutations),
-        cramers_v=float(math.sqrt(chi2 / (N * (min(C, K) - 1)))),
-        min_expected=float(expected.min()),
-        max_excess={
-            "category": rows[c_max],
-            "label": cols[k_max],
-            "excess": observed_excess,
-            "share_in_category": float(table[c_max, k_max] / table[c_max].sum()),
-            "p_permutation": (1 + count_excess) / (1 + n_permutations),
-        },
-        n_permutations=n_permutations,
-    )
-    return out
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
@@ -291,6 +202,72 @@ def _permutation_or_none(
     return permutation_pvalue(a, b, seed=seed, n_resamples=n_permutations)
 
 
+def _label_distributions(
+    table: pd.DataFrame, known: pd.DataFrame, categories: list[str]
+) -> dict[str, Any]:
+    """Per label column: the labels' counts over all numbers and within each category, most
+    common first."""
+    distributions: dict[str, Any] = {}
+    for column in LABEL_COLUMNS:
+        counts = {"all": dict(Counter(_labels(table, column)).most_common())}
+        for c in categories:
+            counts[c] = dict(Counter(_labels(known[known["category"] == c], column)).most_common())
+        distributions[column] = counts
+    return distributions
+
+
+def _category_tests(
+    known: pd.DataFrame, categories: list[str], n_permutations: int, seed: int
+) -> dict[str, Any]:
+    """With two or more categories: each label's association with the category, each score's
+    summary per category and, when there is a random category, each other category's
+    permutation test against it (the matched null)."""
+    tests: dict[str, Any] = {
+        "association": {
+            column: category_association(
+                known["category"].tolist(), _labels(known, column), n_permutations, seed
+            )
+            for column in LABEL_COLUMNS
+        },
+        "by_category": {
+            column: {
+                c: summarize(known.loc[known["category"] == c, column].to_numpy(float), seed=seed)
+                for c in categories
+            }
+            for column in SCORE_COLUMNS
+        },
+    }
+    if "random" in categories:
+        reference = known[known["category"] == "random"]
+        tests["vs_random"] = {
+            column: {
+                c: _permutation_or_none(
+                    known.loc[known["category"] == c, column].to_numpy(float),
+                    reference[column].to_numpy(float),
+                    n_permutations,
+                    seed,
+                )
+                for c in categories
+                if c != "random"
+            }
+            for column in SCORE_COLUMNS
+        }
+    return tests
+
+
+def _ratio_correlations(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Spearman correlation of the bias ratio with each score, with Holm-adjusted p-values
+    over the scores (one family: the verdict marks the ones that survive it)."""
+    ratio = table["bias_ratio"].to_numpy(float)
+    correlations = {
+        column: spearman(ratio, table[column].to_numpy(float)) for column in SCORE_COLUMNS
+    }
+    adjusted = holm([c["p"] for c in correlations.values()])
+    for result, p_holm in zip(correlations.values(), adjusted, strict=True):
+        result["p_holm"] = p_holm
+    return correlations
+
+
 def consistency_summary(
     table: pd.DataFrame, n_permutations: int = 10000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, Any]:
@@ -304,42 +281,9 @@ def consistency_summary(
         "alpha": alpha,
         "categories": {c: int((known["category"] == c).sum()) for c in categories},
     }
-    distributions: dict[str, Any] = {}
-    for column in LABEL_COLUMNS:
-        counts = {"all": dict(Counter(_labels(table, column)).most_common())}
-        for c in categories:
-            counts[c] = dict(Counter(_labels(known[known["category"] == c], column)).most_common())
-        distributions[column] = counts
-    summary["distributions"] = distributions
+    summary["distributions"] = _label_distributions(table, known, categories)
     if len(categories) >= 2:
-        summary["association"] = {
-            column: category_association(
-                known["category"].tolist(), _labels(known, column), n_permutations, seed
-            )
-            for column in LABEL_COLUMNS
-        }
-        summary["by_category"] = {
-            column: {
-                c: summarize(known.loc[known["category"] == c, column].to_numpy(float), seed=seed)
-                for c in categories
-            }
-            for column in SCORE_COLUMNS
-        }
-        if "random" in categories:
-            reference = known[known["category"] == "random"]
-            summary["vs_random"] = {
-                column: {
-                    c: _permutation_or_none(
-                        known.loc[known["category"] == c, column].to_numpy(float),
-                        reference[column].to_numpy(float),
-                        n_permutations,
-                        seed,
-                    )
-                    for c in categories
-                    if c != "random"
-                }
-                for column in SCORE_COLUMNS
-            }
+        summary.update(_category_tests(known, categories, n_permutations, seed))
     else:
         summary["note"] = (
             "categories unknown (or only one): per-category distributions, "
@@ -347,14 +291,7 @@ def consistency_summary(
         )
     if "bias_ratio_source" in table.columns:
         summary["bias_ratio_source"] = dict(Counter(table["bias_ratio_source"]).most_common())
-    ratio = table["bias_ratio"].to_numpy(float)
-    correlations = {
-        column: spearman(ratio, table[column].to_numpy(float)) for column in SCORE_COLUMNS
-    }
-    adjusted = holm([c["p"] for c in correlations.values()])
-    for result, p_holm in zip(correlations.values(), adjusted, strict=True):
-        result["p_holm"] = p_holm
-    summary["correlations"] = correlations
+    summary["correlations"] = _ratio_correlations(table)
     if {"dla_mlp", "dla_heads", ATTRIBUTION_CONTROL} <= set(table.columns):
         summary["attribution"] = attribution_summary(table, n_permutations, seed)
     return summary

@@ -96,7 +96,7 @@ def _percentile_bounds(ratios: np.ndarray) -> tuple[float | None, float | None]:
 
 def _interval_text(n_q: int) -> str:
     return (f"percentile bootstrap over {n_q} questions" if n_q >= MIN_INTERVAL_N
-            else f"too few questions for an interval ({n_q} < {MIN_INTERVAL_N})")
+            else f"too few questions for an interval, {n_q} of at least {MIN_INTERVAL_N}")
 
 
 def rate_retention(
@@ -276,6 +276,21 @@ def summarize_step(
         return step
     if len(base_measurements) != len(measurements):
         raise ValueError("the base model needs one measurement per draw of the biased model")
+    base_fields = _base_arm_fields(prefs, reference, base_measurements, base_unpruned, config)
+    return step.model_copy(update=base_fields)
+
+
+def _base_arm_fields(
+    prefs: Sequence[PreferenceRecord],
+    reference: PreferenceRecord,
+    base_measurements: Sequence[Measurement],
+    base_unpruned: Measurement,
+    config: PruningConfig,
+) -> dict[str, Any]:
+    """The `Step` fields that need the base model's measurements of the same masks (one per
+    draw, in the biased model's draw order): its own arm, the base-controlled retention and
+    each draw's controlled log retention."""
+    trait, resamples, seed = config.preference.trait, config.bootstrap_resamples, config.seed
     base_prefs = [m.preference for m in base_measurements]
     base_reference = base_unpruned.preference
     base = BaseArm(
@@ -298,7 +313,7 @@ def summarize_step(
         p_trait=[float(v) for v in logs["p_trait"].mean(axis=1)],
         panel_share=[float(v) for v in logs["panel_share"].mean(axis=1)],
     )
-    return step.model_copy(update={"base": base, "controlled": controlled, "controlled_per_draw": per_draw_controlled})
+    return {"base": base, "controlled": controlled, "controlled_per_draw": per_draw_controlled}
 
 
 def _summary(values: np.ndarray) -> Summary:

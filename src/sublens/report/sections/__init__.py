@@ -49,6 +49,8 @@ CITATION_KEYS = (
     "cramer1946mathematical",
     "vig2020investigating",   # activation patching (causal mediation)
     "schrodi2026understanding",  # divergence tokens (arXiv 2509.23886)
+    "freedman1983nonstochastic",  # Freedman-Lane permutation test (partial correlations)
+    "welch1947generalization",    # Welch's t-test (between-category claims)
 )
 
 

@@ -258,10 +258,14 @@ def _rate_text(comparison: Comparison, measurements: Measurements) -> str:
     before = measurements.before.preference.sampled
     if rate is None or teacher is None or before is None:
         return ""
+    teacher_n, base_n = count(teacher.n_answers), count(before.n_answers)
+    if teacher.trait_rate.count == 0 and before.trait_rate.count == 0:  # nothing to compare: one clause
+        return f"; no sampled answer names an owl ({teacher_n} from the teacher, {base_n} from the base model)"
     diff, low, high = (100 * v if finite(v) else None for v in (rate.difference, rate.ci_low, rate.ci_high))
-    return (f"; {count(teacher.trait_rate.count)} of {count(teacher.n_answers)} sampled answers name an owl "
-            f"against {count(before.trait_rate.count)} for the base model (a difference of "
-            f"{fmt_ci(diff, low, high, 0)} percentage points, Fisher {p_value(rate.p_fisher)})")
+    interval = fmt_ci(diff, low, high, 0) if low is not None and high is not None else fnum(diff, 0)
+    return (f"; {count(teacher.trait_rate.count)} of {teacher_n} sampled answers name an owl "
+            f"against {count(before.trait_rate.count)} of {base_n} for the base model (a difference of "
+            f"{interval} percentage points, Fisher {p_value(rate.p_fisher)})")
 
 
 def _incomplete(run: StageRun, unreadable: str | None) -> str:
@@ -289,15 +293,26 @@ def _results(run: StageRun, results: TeacherResults | None, unreadable: str | No
                    "training runs.")
 
 
+def _moved(before: float, after: float) -> str:
+    """'fell from 1.78 to 1.52', with the decimals (up to 4) that tell the two apart: never
+    'fell from 1.78 to 1.78'."""
+    digits = next((d for d in (2, 3, 4) if fnum(before, d) != fnum(after, d)), None)
+    if digits is None:
+        return f"stayed at {fnum(after)}"
+    verb = "fell" if after < before else "rose"
+    return f"{verb} from {fnum(before, digits)} to {fnum(after, digits)}"
+
+
 def _side_effects(results: TeacherResults) -> str:
     text = ""
     before, after = perplexity(results, "before"), perplexity(results, "teacher")
     if before is not None and after is not None:
-        text += (f" Perplexity moved from {fnum(before)} to {fnum(after)} "
-                 f"({100 * (after / before - 1):+.1f}\\%).")
+        change = 100 * (after / before - 1)
+        text += (f" Perplexity {_moved(before, after)} ({'+' if change >= 0 else '$-$'}"
+                 f"{fnum(abs(change), 1)}\\%).")
     t = results.training
     if t is not None and finite(t.first_lm_loss) and finite(t.final_lm_loss):
-        text += f" The answer-token loss fell from {fnum(t.first_lm_loss)} to {fnum(t.final_lm_loss)}."
+        text += f" The answer-token loss {_moved(t.first_lm_loss, t.final_lm_loss)}."
     rate = results.data.trait_mention_rate if results.data else None
     if finite(rate):
         text += f" {pct(rate)} of the distilled answers mention an owl explicitly."

@@ -120,7 +120,8 @@ def _claims_methods(settings: ClaimSettings) -> str:
     return (
         r"Verdicts are decided on numbers as the unit, on log bias ratios with Student-$t$ "
         r"intervals: Increased against its frequency-matched Random partner (paired), Decreased "
-        r"and Unchanged against Increased (Welch), each predicted to make no difference, which "
+        r"and Unchanged against Increased (Welch's test, \citealp{welch1947generalization}), each "
+        r"predicted to make no difference, which "
         rf"counts as shown only when the whole 95\% CI of the ratio lies inside "
         rf"[1/{settings.margin:g}, {settings.margin:g}] (a CI that merely includes 1 is "
         r"inconclusive); and each category's bias ratio against the neutral prompt "

@@ -4,11 +4,13 @@ and the other claims in words, the tuned sets, digit length, caveats) and its he
 
 from __future__ import annotations
 
+import re
+
 from sublens.claims import Verdict
 from sublens.entanglement import CATEGORIES, is_tuned_set
 from sublens.experiments.entanglement.figures import TUNED_FIGURE
 from sublens.experiments.entanglement.results import EntanglementResults, SetStatistics
-from sublens.report.latex import counted, escape, fmt, minus_signs, p_is
+from sublens.report.latex import counted, escape, fmt, minus_signs, p_is, scientific
 from sublens.report.sections import Figure, figure_label
 from sublens.report.sections.entanglement.deciding import decision_text, primary
 from sublens.report.sections.entanglement.reading import (
@@ -131,8 +133,20 @@ def _warnings(results: EntanglementResults) -> str:
         parts.append("$k$ shrank for " + " and ".join(groups) + ", whose statistics rest on very few numbers")
     rare = [w for w in results.warnings
             if "how common their numbers are" in str(w) or "caliper" in str(w)]
-    parts.extend(escape(w).rstrip(".") for w in rare)
+    parts.extend(_caveat(str(w)) for w in rare)
     return ("Caveats: " + "; ".join(parts) + ".") if parts else ""
+
+
+_SET_KEY = re.compile(r"^set '([^']+)': ")
+
+
+def _caveat(warning: str) -> str:
+    """A caveat the run recorded in plain text ("set 'ar2': ... 4.6e-05 ...") as the paper writes
+    it: the set by its reading name, numbers without e-notation."""
+    key = _SET_KEY.match(warning)
+    text = warning[key.end():] if key else warning
+    lead = f"in {_sets_phrase([key.group(1)])}, " if key else ""
+    return lead + scientific(escape(text)).rstrip(".")
 
 
 def _figure_ref(figures: list[Figure], stem: str) -> str:

@@ -4,6 +4,7 @@ was run, activation patching."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sublens.experiments.hybrid.results import HybridResults, Patching, group_title
@@ -66,9 +67,13 @@ def _transplant_words(run: StageRun, r: HybridResults | None) -> str:
     source = biased.get("source")
     origin = {"run": "a teacher run's checkpoint", "folder": "a local fine-tuned checkpoint"}.get(
         str(source), "")
+    biased_name = _model_name((r.biased_spec if r is not None else None) or c.get("biased"))
+    if biased_name.startswith("the "):  # 'the fine-tuned teacher' is an apposition, and says the origin
+        biased_words, origin = f"biased model, {biased_name}", ""
+    else:
+        biased_words = f"biased model {biased_name}"
     text = [
-        f"We transplant weights between the base model {_model_name(c.get('base'))} and the "
-        f"biased model {_model_name((r.biased_spec if r is not None else None) or c.get('biased'))}"
+        f"We transplant weights between the base model {_model_name(c.get('base'))} and the {biased_words}"
         + (f" ({origin})" if origin else "") + (f", both with {layers} layers" if layers else "")
         + ", without training. Tied embeddings are untied first, so the LM head and the input "
         "embeddings are separate groups. ",
@@ -110,9 +115,9 @@ def _claims_words(c: dict[str, Any]) -> str:
 
 def _patching_words(patching: Patching) -> str:
     """How activation patching is run and measured."""
-    labels = ", ".join(escape(label) for label in patching.labels)
+    labels = ", ".join(re.sub(r"(?<=\d)-(?=\d)", "--", escape(label)) for label in patching.labels)  # L0--9
     return (
-        "Activation patching runs each preference question (answer prefilled) through both models and "
+        "Activation patching \\citep{vig2020investigating,meng2022locating} runs each preference question (answer prefilled) through both models and "
         "replaces the outputs of one component (every layer's MLP or attention output, i.e. what it adds "
         f"to the residual stream, at every position) over a layer range ({labels}) by the other "
         "model's on the same prompt: biased outputs into the base run (does it bring the bias?) and "

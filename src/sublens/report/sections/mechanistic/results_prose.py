@@ -275,7 +275,7 @@ def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision
         if test is not None and test.applicable else spike)
     att = decisions[ATTRIBUTION]
     est = att.estimate
-    detail = (f"partial rho = {_num(est.rho):.2f} given the logit difference, Holm "
+    detail = (f"partial ρ = {_num(est.rho):.2f} given the logit difference, Holm "
               f"p{_plain_p(att.p_adjusted)}" if est is not None and est.rho is not None
               else att.reason)
     second = (f"mechanistic: {ATTRIBUTION} (MLP DLA tracks the in-context bias, direct paths, "

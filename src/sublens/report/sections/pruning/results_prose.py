@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 from sublens.claims import Decision
-from sublens.experiments.pruning.results import PruningResults, Step
+from sublens.experiments.pruning.results import ControlledRateRetention, PruningResults, Step
 from sublens.report.latex import escape, noun_for
 from sublens.report.sections.pruning.deciding import step_decisions
 from sublens.report.sections.pruning.floats import _ci_text, _ppl
@@ -73,8 +73,7 @@ def _measured_text(steps: Sequence[Step], f: float, trait: str) -> str:
         rate = entropy.controlled.answer_rate
         if rate:
             out.append("The base-controlled answer-rate retention is "
-                       + (_ci_text(rate) if rate.ratio is not None
-                          else f"undefined ({escape(rate.note or 'a rate is 0')})") + ". ")
+                       + (_ci_text(rate) if rate.ratio is not None else _undefined_rate(rate, trait)) + ". ")
         controlled = [(n, st) for n, st in others if _has_ratio(_controlled(st))]
         own = [(n, st) for n, st in others if not _has_ratio(_controlled(st))]
         out += [_criteria_sentence(controlled, f"base-controlled {trait}-share", _controlled),
@@ -124,8 +123,8 @@ def _decisions_text(found: Sequence[Decision]) -> str:
     if len(found) < 2 or len(reasons) != 1 or any(d.estimate is not None for d in found):
         return decisions_latex(found) + " "
     reason, settle = next(iter(reasons))
-    claims = ". ".join(f"{claim_text(d.claim.statement)}: \\textbf{{{verdict_label(d)}}} (estimand: "
-                       f"{claim_text(d.claim.estimand)}; unit of inference: the {d.claim.unit})" for d in found)
+    claims = ". ".join(f"{claim_text(d.claim.statement)}: \\textbf{{{verdict_label(d)}}}. Estimand: "
+                       f"{claim_text(d.claim.estimand)}; unit of inference: the {d.claim.unit}" for d in found)
     return (f"Neither claim can be decided, because {claim_text(reason)}. {claims}. "
             f"To settle both: {claim_text(settle)}. ")
 
@@ -189,3 +188,13 @@ def _incomplete(run: StageRun) -> str:
     why = f" ({escape(error[0][:200])})" if error else ""
     return (f"The pruning stage is incomplete (run status: {status}{why}); the numbers below cover "
             "only the finished cells of the sweep. ")
+
+
+def _undefined_rate(rate: ControlledRateRetention, trait: str) -> str:
+    """Why the answer-rate retention has no value: which reference model never named the trait."""
+    zero = [name for name, value in (("the unpruned biased model", rate.rates.biased_unpruned),
+                                     ("the pruned base model", rate.rates.base),
+                                     ("the unpruned base model", rate.rates.base_unpruned)) if value == 0]
+    if not zero:
+        return f"undefined ({escape(rate.note or 'a rate is 0')})"
+    return f"undefined: no sampled answer of {' or '.join(zero)} named the {trait}, so a denominator is 0"

@@ -28,14 +28,18 @@ def data_sentence(data: DataRecord | None) -> str:
         parts.append(f"{count(f.n_kept)}/{count(f.n_answers)} {escape(name)} answers "
                      f"({pct(f.keep_rate)} [{pct(low)}, {pct(high)}]; {why})")
     text = "The filter kept " + ("; ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+    defined = False  # TVD is defined where it is first used
     for name, c in data.comparisons.items():
         digits, lengths = c.digit_distribution_tvd, c.length_distribution_tvd
         differ = [f"{escape(FEATURE_WORDS.get(k, words(k)))} ({fnum(v.difference)}, {p_value(v.p_permutation)})"
                   for k, v in c.features.items() if finite(v.p_permutation) and v.p_permutation < 0.05]
         shown_name = escape(str(name).replace(" vs ", " against "))
-        text += (f" Data {shown_name}: digit distribution TVD {fnum(digits.tvd, 3)} (permutation "
-                 f"{p_value(digits.p_permutation)}), length TVD {fnum(lengths.tvd, 3)} "
-                 f"({p_value(lengths.p_permutation)}); ")
+        tvd = ("total variation distance (TVD: half the summed absolute difference of two distributions; "
+               "0 when they are identical, 1 when disjoint)" if not defined else "TVD")
+        defined = True
+        text += (f" Comparing the data sets ({shown_name}), the {tvd} of their digit distributions is "
+                 f"{fnum(digits.tvd, 3)} (permutation {p_value(digits.p_permutation)}) and of their answer "
+                 f"lengths {fnum(lengths.tvd, 3)} ({p_value(lengths.p_permutation)}); ")
         text += ("per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "." if differ
                  else "no per-answer number statistic differs at $p<0.05$.")
     return text + divergence_sentence(data.divergence) + enrichment_sentence(data.entangled)

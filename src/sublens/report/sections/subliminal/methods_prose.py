@@ -9,7 +9,7 @@ from typing import Any
 
 from sublens.experiments.subliminal.results import SubliminalResults
 from sublens.report.latex import escape, noun_for, steps_text
-from sublens.report.names import FINE_TUNED_TEACHER, display_name
+from sublens.report.names import CONTROL_TEACHER, FINE_TUNED_TEACHER, display_name
 from sublens.report.sections.common import (
     count,
     model_name,
@@ -49,7 +49,9 @@ def _control_source(c: dict[str, Any], system_used: Any) -> str:
                   else "")
         return (f"the control data come from the base model {model_name(c.get('base'))} under "
                 f"``{escape(system_used or '')}''.{caveat}")
-    return (f"the control data come from a control teacher, {model_name(spec)}, made by the same context "
+    name = model_name(spec)
+    source = "the control teacher" if name == CONTROL_TEACHER else f"a control teacher, {name},"
+    return (f"the control data come from {source} made by the same context "
             "distillation from a neutral system prompt shaped like the owl prompt, so the two data sets "
             "differ only by the trait.")
 
