@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from sublens.errors import ConfigError, ModelSpecError
+from sublens.kv_budget import DEFAULT_SCORING_MEMORY_MB
 
 
 class Config(BaseModel):
@@ -26,7 +27,18 @@ class Config(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    seed: int = 0
+    seed: int = Field(
+        default=0,
+        description="the run's seed: every random draw of the experiment (data, sampling, "
+        "random controls) derives from it",
+    )
+    scoring_memory_mb: float = Field(
+        default=DEFAULT_SCORING_MEMORY_MB,
+        gt=0,
+        description="MiB the key/value buffers of one scoring or sampling batch may take: rows "
+        "beyond it run in smaller batches (a config value, not the machine's free memory, so the "
+        "batches and numbers depend on the config alone)",
+    )
 
 
 C = TypeVar("C", bound=Config)

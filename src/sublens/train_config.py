@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sublens.config import Config, ReadAs
+from sublens.config import ReadAs
 from sublens.trainable import COMPONENT_SETS, GRAMMAR, check_trainable
 
 Layout = Literal["pad", "bucket", "pack"]  # how examples are batched (sublens.training_data)
@@ -36,9 +36,17 @@ class LoraConfig(BaseModel):
                                 "of the components the freeze mode trains")
 
 
-class TrainConfig(Config):
-    """Every knob of a fine-tuning run; recorded with the run. Unknown keys are errors."""
+class TrainConfig(BaseModel):
+    """Every knob of a fine-tuning run; recorded with the run. Unknown keys are errors. A section
+    of an experiment's config, not an experiment config itself (so it has no run-level keys)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = Field(
+        default=0,
+        description="training seed: data order, dropout and LoRA initialisation (one student, one "
+        "seed; experiments with several students set it per student)",
+    )
     lr: float = Field(default=1e-5, gt=0, description="peak learning rate (reached after warmup_steps)")
     epochs: int = Field(default=1, ge=1, description="passes over the data; ignored when max_steps is set")
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps to train, cycling through the "

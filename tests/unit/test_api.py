@@ -43,7 +43,7 @@ def test_load_run_reads_config_record_results_and_tables(tmp_path: Path) -> None
     assert loaded.path == run_dir
     assert loaded.experiment == "demo"
     assert loaded.status == "ok"
-    assert loaded.config == {"seed": 5, "model": "smollm2-135m-instruct", "k": 7}
+    assert loaded.config == {"seed": 5, "scoring_memory_mb": 2048.0, "model": "smollm2-135m-instruct", "k": 7}
     assert loaded.record["seed"] == 5 and loaded.record["status"] == "ok"
     assert loaded.results == {"answer": 42}
     # the run's own tables only: no hidden files, no nested run's tables
@@ -138,3 +138,22 @@ def test_every_experiment_config_and_results_import_without_torch() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_config_key_of_every_experiment_is_documented() -> None:
+    """`sublens config NAME` shows each key's documentation: none may be blank, nested keys
+    (train.lr, preference.panel) included."""
+    from sublens.config import describe_fields
+    from sublens.experiments import all_experiments
+
+    experiments = all_experiments()
+    assert {e.name for e in experiments} >= {"teacher", "subliminal", "distill", "hybrid", "pruning", "paper"}
+    undocumented = [f"{e.name}: {row.key}" for e in experiments for row in describe_fields(e.config)
+                    if not row.description]
+    assert not undocumented, undocumented
+
+
+def test_the_public_api_is_documented() -> None:
+    import inspect
+    undocumented = [name for name in sublens.__all__ if len(inspect.getdoc(getattr(sublens, name)) or "") < 40]
+    assert not undocumented, undocumented

@@ -27,7 +27,7 @@ class Demo(Config):
 def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("model: x\nkk: 3\n")
-    with pytest.raises(ConfigError, match=r"kk: Extra inputs.*Valid keys: seed, model, k, weights"):
+    with pytest.raises(ConfigError, match=r"kk: Extra inputs.*Valid keys: seed, scoring_memory_mb, model, k, weights"):
         load_config(Demo, path)
     with pytest.raises(ConfigError, match="kk"):
         load_config(Demo, None, ["kk=3"])
@@ -132,7 +132,7 @@ def test_overrides_keep_the_text_of_string_fields() -> None:
     config = load_config(Texts, None, ["question=Be brief: one word # really", "system='quoted: x'"])
     assert config.question == "Be brief: one word # really" and config.system == "quoted: x"
     assert load_config(Texts, None, ["system=null", "systems.owl=~", "ratio=null"]).model_dump() == {
-        "seed": 0, "question": "q", "system": None, "words": [], "systems": {"owl": None}, "count": 0, "ratio": None,
+        "seed": 0, "scoring_memory_mb": 2048.0, "question": "q", "system": None, "words": [], "systems": {"owl": None}, "count": 0, "ratio": None,
     }
     assert load_config(Texts, None, ["system='None'", "question=None"]).system == "None"
     with pytest.raises(ConfigError, match=r"Ambiguous override 'system=None': write system=null"):

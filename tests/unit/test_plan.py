@@ -4,6 +4,7 @@ seconds, no run folder, unknown shapes noted instead of crashing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -154,6 +155,21 @@ def test_memory_of_a_training_step_by_hand() -> None:
     assert result.memory.activations == 960 * 2 * 2 * 10 * 2 + 2 * 4 * 100 * 6 == 81_600
     assert result.memory.total == 1_368_768
     assert result.flops == 6 * n * 8 * 10 * 3  # 6·N per token, 8 rows x 10 tokens x 3 epochs
+
+
+def test_the_scoring_memory_budget_lowers_the_planned_batch() -> None:
+    """A score task under a budget is planned at the rows the scorer would run: SMALL keeps
+    2 layers x kv_dim 32 x 2 (K, V) x 2 bytes = 256 bytes per position; 2 copies x 100 positions
+    per row under 0.1 MiB fit 2**20 // 10 // 51_200 = 2 rows of the 16 asked for."""
+    resolver = ShapeResolver()
+    resolver.add("small", SMALL)
+    free = Task("s", "score", "small", rows=64, context=100, batch=16)
+    bounded = Task("s", "score", "small", rows=64, context=100, batch=16, kv_budget_mb=0.1)
+    kv_per_row = 2 * 2 * 32 * 100 * 2  # inference_bytes' KV of one row
+    free_memory, bounded_memory = estimate(free, resolver, Gpu()).memory, estimate(bounded, resolver, Gpu()).memory
+    assert free_memory is not None and bounded_memory is not None
+    assert free_memory.activations - bounded_memory.activations >= (16 - 2) * kv_per_row
+    assert estimate(dataclasses.replace(bounded, batch=2), resolver, Gpu()).memory == bounded_memory
 
 
 def test_frozen_component_saves_weight_gradients_and_optimizer_state() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sublens.config import Config
 from sublens.errors import ConfigError
+from sublens.kv_budget import scoring_memory
 from sublens.results import Results
 from sublens.runs import (
     FollowerRun,
@@ -115,6 +116,13 @@ def run_experiment(
     if not isinstance(config, experiment.config):
         raise ConfigError(f"{name} needs a {experiment.config.__name__}, got {type(config).__name__}.")
     check_launch(name, config)
+    with scoring_memory(config.scoring_memory_mb):
+        return _run_or_resume(experiment, name, config, out, run_dir, fresh)
+
+
+def _run_or_resume(
+    experiment: Experiment, name: str, config: Config, out: Path, run_dir: Path | None, fresh: bool
+) -> RunOutcome:
     if run_dir is None and experiment.reuse is not None and not fresh:
         run_dir = experiment.reuse(config, out)
     if launch_world() <= 1:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from sublens.errors import ConfigError
+from sublens.kv_budget import rows_fitting
 from sublens.plan.resolve import ShapeResolver
 from sublens.plan.shapes import ModelShape, parameter_count, trainable_parameters
 
@@ -93,6 +94,7 @@ class Task:
     optimizer_bytes: int = 8  # fp32 state per trainable parameter: AdamW's two moments, SGD's momentum 4
     concurrent: int = 1  # copies of this work on the GPU at once (parallel students)
     resident: tuple[str, ...] = ()  # other models' weights held on the GPU meanwhile
+    kv_budget_mb: float | None = None  # score/generate: the config's scoring_memory_mb (fewer rows per batch)
 
     @property
     def tokens(self) -> int:
@@ -186,6 +188,8 @@ def estimate(task: Task, resolver: ShapeResolver, gpu: Gpu) -> TaskEstimate:
     else:
         flops = 2.0 * n * task.tokens
         kv_tokens = task.context + task.new_tokens + task.cached
+        if task.kv_budget_mb is not None:  # the scorer and sampler lower their batch to fit it
+            batch = rows_fitting(batch, kv_tokens, 2 * shape.layers * shape.kv_dim * wbytes, task.kv_budget_mb)
         logits = 1 if task.kind == "generate" else task.logit_positions
         activations = inference_bytes(shape, batch, task.context, kv_tokens, logits, act_bytes, wbytes,
                                       task.eager_attention)

@@ -170,6 +170,7 @@ class StageBuilder:
         if dtype not in DTYPE_NAMES and dtype != "auto":
             self.problems.append(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPE_NAMES)}")
         self.compute = "fp32" if self.dtype == "float32" else "bf16"
+        self.kv_budget_mb = getattr(config, "scoring_memory_mb", None)
         if str(getattr(config, "device", "auto")) == "cpu":
             self.notes.append("device: cpu in this config; the times are for the GPU")
 
@@ -203,13 +204,17 @@ class StageBuilder:
     def generate(self, label: str, spec: str, rows: int, prompt: int, new_tokens: int, batch: int,
                  repeat: int = 1, resident: tuple[str, ...] = ()) -> None:
         self.add(Task(label, "generate", self.model(spec), rows, prompt, new_tokens=new_tokens, repeat=repeat,
-                      batch=batch, dtype=self.dtype, compute=self.compute, resident=resident))
+                      batch=batch, dtype=self.dtype, compute=self.compute, resident=resident,
+                      kv_budget_mb=self.kv_budget_mb))
 
     def score(self, label: str, spec: str, rows: int, context: int, batch: int, logit_positions: int = 1,
-              repeat: int = 1, cached: int = 0, eager: bool = False, resident: tuple[str, ...] = ()) -> None:
+              repeat: int = 1, cached: int = 0, eager: bool = False, resident: tuple[str, ...] = (),
+              scorer: bool = False) -> None:
+        """`scorer`: the work goes through sublens.scoring (its batches shrink to the memory budget);
+        otherwise a plain forward pass over `batch` rows (perplexity windows, hooks)."""
         self.add(Task(label, "score", self.model(spec), rows, context, logit_positions=logit_positions,
                       cached=cached, repeat=repeat, batch=batch, dtype=self.dtype, compute=self.compute,
-                      eager_attention=eager, resident=resident))
+                      eager_attention=eager, resident=resident, kv_budget_mb=self.kv_budget_mb if scorer else None))
 
     def train(self, label: str, spec: str, rows: int, prompt: int, answer: int, train: Any, repeat: int = 1,
               freeze: str | None = None, eager: bool = False, concurrent: int = 1,
@@ -242,7 +247,7 @@ class StageBuilder:
         prompt = mean_chat_tokens(questions, system, settings.prefill)
         self.score(f"{label}: P(animal), {len(questions)} questions x {animals} animals", spec, len(questions),
                    prompt + 2 * animals, int(settings.batch_size), logit_positions=2 * animals, repeat=repeat,
-                   resident=resident)
+                   resident=resident, scorer=True)
         if settings.samples_per_question > 0:
             sample_questions = settings.sample_questions or shipped_list("one_word_questions")
             sample_prompt = mean_chat_tokens(sample_questions, system, settings.sample_prefill)

@@ -108,13 +108,13 @@ def _entanglement(c: Any, st: StageBuilder) -> None:
     number_prompt = chat_tokens(p.number_question, bias_system, p.number_prefill)
     nodes = sum(sizes.values())  # one token per number after the cached prompt: an upper bound
     st.score(f"phase 1: {sum(sizes.values())} numbers after 3 prompts (prefix tree)", m, 3 * nodes, 1,
-             int(c.batch_size), cached=number_prompt + max(c.lengths, default=1))
+             int(c.batch_size), cached=number_prompt + max(c.lengths, default=1), scorer=True)
     tuned = getattr(c, "tuned_teacher", None)
     if tuned:  # the tuned sets: the neutral prompt in each fine-tuned teacher, one loaded at a time
         for who, spec in (("owl", tuned), ("control", f"{tuned}#control_teacher")):
             st.score(f"phase 1, tuned sets: {sum(sizes.values())} numbers after the neutral prompt in the "
                      f"fine-tuned {who} teacher", spec, nodes, 1, int(c.batch_size),
-                     cached=number_prompt + max(c.lengths, default=1), resident=(m,))
+                     cached=number_prompt + max(c.lengths, default=1), resident=(m,), scorer=True)
     k = int(c.k)
     sets = 2 if tuned else 1  # a tuned set per set
     scored = sum(n if n <= c.score_all_max else 4 * min(k, n // 4) for n in sizes.values())
@@ -122,14 +122,14 @@ def _entanglement(c: Any, st: StageBuilder) -> None:
         scored += sum(4 * min(k, n // 4) for n in sizes.values() if n > c.score_all_max)
     animal_prompt = chat_tokens(p.animal_question, p.number_system, p.animal_prefill) + 4
     st.score(f"phase 2: P(animal) after {scored} number prompts", m, scored + 1, animal_prompt, int(c.batch_size),
-             logit_positions=4)
+             logit_positions=4, scorer=True)
     templates = int(c.n_template_words or k)
     st.score(f"template control: {templates} word prompts", m, templates, animal_prompt, int(c.batch_size),
-             logit_positions=4)
+             logit_positions=4, scorer=True)
     if c.cumulative_orders:
         prompts = int(c.cumulative_orders) * (4 * sets * len(sizes) + 1)
         st.score(f"cumulative priming: {prompts} prompts of {k} numbers", m, prompts,
-                 animal_prompt + 2 * k, int(c.batch_size), logit_positions=4)
+                 animal_prompt + 2 * k, int(c.batch_size), logit_positions=4, scorer=True)
 
 
 def _mechanistic(c: Any, st: StageBuilder) -> None:

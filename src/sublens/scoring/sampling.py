@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sublens.kv_budget import rows_within_budget
 from sublens.prompts import PromptText, encode_prompt
 from sublens.scoring.core import (
     END_OF_TURN_TOKENS,
@@ -105,7 +106,9 @@ def sample(
     step to a set of tokens (or to the set a callable returns for the tokens generated so far),
     renormalising the model's probabilities over it. The same arguments and seed give the same
     samples; sample j of prompt i does not depend on batch_size or on the other prompts.
-    Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree decode together.
+    Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree decode together,
+    batch_size rows at a time (fewer where their key/value cache would pass the scoring memory
+    budget, see `sublens.kv_budget`).
     `prefix`: token ids that many prompts start with (e.g. `shared_prefix` of the whole data
     set); its KV is computed once and each such prompt runs only the rest (padded to a
     multiple of pad_multiple). Pass the same prefix whenever the same samples are wanted.
@@ -127,8 +130,10 @@ def sample(
     with _eval_mode(model):
         head = _SharedPrefix(model, list(prefix)) if prefix and not _counts_window_in_slots(model) else None
         for (shared, width), rows in sorted(_bands(ids, head, n, pad_multiple).items()):
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
+            context = (len(head) if shared and head is not None else 0) + width + max_new_tokens
+            per_batch = rows_within_budget(model, batch_size, context)
+            for start in range(0, len(rows), per_batch):
+                chunk = rows[start : start + per_batch]
                 for s in _sample_chunk(model, ids, chunk, width, settings, masks, head if shared else None):
                     out[(s.prompt_index, s.sample_index)] = s
     return [out[(i, j)] for i in range(len(ids)) for j in range(n)]

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sublens.kv_budget import rows_within_budget
 from sublens.scoring.core import (
     ScoringError,
     TokenIds,
@@ -73,8 +74,9 @@ def score_many(
 ) -> list[ContinuationScores]:
     """Score several prompts, each with its own continuations: [(prompt_ids, continuations)].
 
-    Prompts of equal token length are run together (up to ``batch_size`` per forest); each
-    prompt's continuations share its KV cache and a prefix tree. Results are in request order.
+    Prompts of equal token length are run together (up to ``batch_size`` per forest, fewer where
+    their key/value buffers would pass the scoring memory budget, see `sublens.kv_budget`);
+    each prompt's continuations share its KV cache and a prefix tree. Results are in request order.
     """
     if batch_size < 1:
         raise ScoringError(f"batch_size must be at least 1, got {batch_size}.")
@@ -97,11 +99,13 @@ def score_many(
     results: list[ContinuationScores | None] = [None] * len(prompts)
     with _eval_mode(model):
         for members in by_length.values():
-            for start in range(0, len(members), batch_size):
-                group = members[start : start + batch_size]
+            context = len(prompts[members[0]]) + max((len(c) for i in members for c in conts[i]), default=0)
+            rows = rows_within_budget(model, batch_size, context)
+            for start in range(0, len(members), rows):
+                group = members[start : start + rows]
                 forest = _Forest.build([conts[i] for i in group])
                 ids = torch.tensor([prompts[i] for i in group], dtype=torch.long)  # [G, L]
-                levels = _run_forest(model, ids, forest, batch_size)
+                levels = _run_forest(model, ids, forest, rows)
                 for slot, i in enumerate(group):
                     results[i] = _assemble(prompts[i], conts[i], forest, slot, levels)
     return [r for r in results if r is not None]
