@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", type=Path, default=ROOT / "configs" / "entanglement" / "quick.yaml"
-    )
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "entanglement" / "quick.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--out", type=Path, default=None, help="parent of the run directory")
     args = parser.parse_args()
@@ -62,9 +60,7 @@ def main() -> None:
     )
 
     print()
-    print(
-        f"entanglement benchmark: {config.model}, sets {config.sets}, lengths {config.lengths}, k={config.k}"
-    )
+    print(f"entanglement benchmark: {config.model}, sets {config.sets}, lengths {config.lengths}, k={config.k}")
     print(f"  candidates per set: {n_sets}; k per set: {results['k']}")
     print(
         f"  phase 2 prompts: {prompts2} ({numbers['number'].nunique()} distinct numbers, "
@@ -75,8 +71,7 @@ def main() -> None:
         f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus {os.cpu_count()}"
     )
     print(
-        f"  load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
-        "(>2 on 2 cores: the machine was shared)"
+        f"  load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (>2 on 2 cores: the machine was shared)"
     )
     print("  steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in record["timings"].items()))
     print(

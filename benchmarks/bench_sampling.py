@@ -66,9 +66,21 @@ def main() -> None:
 
     lm.model.forward = counted  # type: ignore[method-assign]
     started = time.perf_counter()
-    samples = sample_text(lm, texts, n=1, temperature=1.0, top_k=None, top_p=None, max_new_tokens=64,
-                          seed=0, stop_token_ids=stops, allowed_token_ids=grammar,
-                          batch_size=args.batch_size, pad_multiple=args.pad_multiple, prefix=head)
+    samples = sample_text(
+        lm,
+        texts,
+        n=1,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=64,
+        seed=0,
+        stop_token_ids=stops,
+        allowed_token_ids=grammar,
+        batch_size=args.batch_size,
+        pad_multiple=args.pad_multiple,
+        prefix=head,
+    )
     wall = time.perf_counter() - started
     lm.model.forward = inner  # type: ignore[method-assign]
     prefill_tokens = sum(r * t for r, t in calls if t > 1)
@@ -89,14 +101,28 @@ def main() -> None:
             lm.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
         decode_speed = 5 * batch / (time.perf_counter() - start)
     bound = prefill_tokens / prefill_speed + new_tokens / decode_speed
-    print(json.dumps({
-        "prompts": args.prompts, "shared_prefix_tokens": len(head), "batch_size": batch, "pad_multiple": args.pad_multiple, "threads": args.threads,
-        "wall_seconds": round(wall, 1), "new_tokens": new_tokens, "new_tokens_per_second": round(new_tokens / wall, 1),
-        "prefill_tokens": prefill_tokens, "decode_steps": len(decode),
-        "decode_occupancy": round(sum(decode) / (len(decode) * batch), 3) if decode else None,
-        "full_batch_prefill_tokens_per_second": round(prefill_speed), "full_batch_decode_tokens_per_second": round(decode_speed),
-        "bound_seconds": round(bound, 1), "bound_over_wall": round(bound / wall, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "prompts": args.prompts,
+                "shared_prefix_tokens": len(head),
+                "batch_size": batch,
+                "pad_multiple": args.pad_multiple,
+                "threads": args.threads,
+                "wall_seconds": round(wall, 1),
+                "new_tokens": new_tokens,
+                "new_tokens_per_second": round(new_tokens / wall, 1),
+                "prefill_tokens": prefill_tokens,
+                "decode_steps": len(decode),
+                "decode_occupancy": round(sum(decode) / (len(decode) * batch), 3) if decode else None,
+                "full_batch_prefill_tokens_per_second": round(prefill_speed),
+                "full_batch_decode_tokens_per_second": round(decode_speed),
+                "bound_seconds": round(bound, 1),
+                "bound_over_wall": round(bound / wall, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -142,10 +142,12 @@ def main() -> None:
     engine_tokens = stats.tokens_processed
     assert [result.strings[i].token_ids for i in subsample] == conts
 
-    diff_token = max(float((result.scores.token_logprobs(i) - ref).abs().max())
-                     for i, ref in zip(subsample, naive, strict=True))
-    diff_total = max(abs(float(result.total[i]) - float(ref.double().sum()))
-                     for i, ref in zip(subsample, naive, strict=True))
+    diff_token = max(
+        float((result.scores.token_logprobs(i) - ref).abs().max()) for i, ref in zip(subsample, naive, strict=True)
+    )
+    diff_total = max(
+        abs(float(result.total[i]) - float(ref.double().sum())) for i, ref in zip(subsample, naive, strict=True)
+    )
     engine_gflops = 2 * params * engine_tokens / engine_s / 1e9
     naive_gflops = 2 * params * naive_tokens_sub / naive_sub_s / 1e9
     # Exact-ish count: body per token + LM head per logit position (engine: one per prompt and
@@ -161,43 +163,70 @@ def main() -> None:
 
     record = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "torch_threads": torch.get_num_threads(),
-                    "loadavg_start": load_start, "loadavg_end": load_end},
-        "model": args.model, "params": params, "dtype": str(lm.dtype),
-        "prompt": prompt.to_dict(), "prompt_tokens": len(prompt_ids),
-        "n_strings": len(strings), "batch_size": args.batch_size,
-        "engine": {"wall_s": engine_s, "wall_s_runs": engine_times, "tokenize_s": tokenize_s,
-                   "tokens_processed": engine_tokens, "node_tokens": stats.node_tokens,
-                   "tokens_per_s": engine_tokens / engine_s,
-                   "strings_per_s": len(strings) / engine_s,
-                   "gflops": engine_gflops, "fraction_of_peak": engine_gflops / peak,
-                   "cpu_s": engine_cpu_s, "cpu_s_runs": engine_cpu,
-                   "gflops_cpu_clock": engine_gflops_cpu,
-                   "fraction_of_peak_cpu_clock": engine_gflops_cpu / peak_cpu,
-                   "maxrss_mib": rss_engine, "maxrss_increase_mib": rss_engine - rss_naive},
-        "naive": {"subsample": len(subsample), "wall_s_subsample": naive_sub_s,
-                  "wall_s_extrapolated": naive_s, "tokens_subsample": naive_tokens_sub,
-                  "tokens_all": stats.naive_tokens,
-                  "tokens_per_s": naive_tokens_sub / naive_sub_s,
-                  "strings_per_s": len(subsample) / naive_sub_s,
-                  "gflops": naive_gflops, "fraction_of_peak": naive_gflops / peak,
-                  "cpu_s_subsample": naive_sub_cpu,
-                  "cpu_s_extrapolated": naive_sub_cpu * len(strings) / len(subsample),
-                  "gflops_cpu_clock": naive_gflops_cpu,
-                  "fraction_of_peak_cpu_clock": naive_gflops_cpu / peak_cpu,
-                  "maxrss_mib": rss_naive, "maxrss_increase_mib": rss_naive - rss_base},
-        "flops_exact": {"body_params": body_params, "head_params": head_params,
-                        "engine_gflops": engine_flops / engine_s / 1e9,
-                        "engine_fraction_of_peak": engine_flops / engine_s / 1e9 / peak,
-                        "naive_gflops": naive_flops / naive_sub_s / 1e9,
-                        "naive_fraction_of_peak": naive_flops / naive_sub_s / 1e9 / peak},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+        },
+        "model": args.model,
+        "params": params,
+        "dtype": str(lm.dtype),
+        "prompt": prompt.to_dict(),
+        "prompt_tokens": len(prompt_ids),
+        "n_strings": len(strings),
+        "batch_size": args.batch_size,
+        "engine": {
+            "wall_s": engine_s,
+            "wall_s_runs": engine_times,
+            "tokenize_s": tokenize_s,
+            "tokens_processed": engine_tokens,
+            "node_tokens": stats.node_tokens,
+            "tokens_per_s": engine_tokens / engine_s,
+            "strings_per_s": len(strings) / engine_s,
+            "gflops": engine_gflops,
+            "fraction_of_peak": engine_gflops / peak,
+            "cpu_s": engine_cpu_s,
+            "cpu_s_runs": engine_cpu,
+            "gflops_cpu_clock": engine_gflops_cpu,
+            "fraction_of_peak_cpu_clock": engine_gflops_cpu / peak_cpu,
+            "maxrss_mib": rss_engine,
+            "maxrss_increase_mib": rss_engine - rss_naive,
+        },
+        "naive": {
+            "subsample": len(subsample),
+            "wall_s_subsample": naive_sub_s,
+            "wall_s_extrapolated": naive_s,
+            "tokens_subsample": naive_tokens_sub,
+            "tokens_all": stats.naive_tokens,
+            "tokens_per_s": naive_tokens_sub / naive_sub_s,
+            "strings_per_s": len(subsample) / naive_sub_s,
+            "gflops": naive_gflops,
+            "fraction_of_peak": naive_gflops / peak,
+            "cpu_s_subsample": naive_sub_cpu,
+            "cpu_s_extrapolated": naive_sub_cpu * len(strings) / len(subsample),
+            "gflops_cpu_clock": naive_gflops_cpu,
+            "fraction_of_peak_cpu_clock": naive_gflops_cpu / peak_cpu,
+            "maxrss_mib": rss_naive,
+            "maxrss_increase_mib": rss_naive - rss_base,
+        },
+        "flops_exact": {
+            "body_params": body_params,
+            "head_params": head_params,
+            "engine_gflops": engine_flops / engine_s / 1e9,
+            "engine_fraction_of_peak": engine_flops / engine_s / 1e9 / peak,
+            "naive_gflops": naive_flops / naive_sub_s / 1e9,
+            "naive_fraction_of_peak": naive_flops / naive_sub_s / 1e9 / peak,
+        },
         "speedup": naive_s / engine_s,
         "speedup_cpu_time": naive_sub_cpu * len(strings) / len(subsample) / engine_cpu_s,
         "max_abs_diff_token_logprob": diff_token,
         "max_abs_diff_total_logprob": diff_total,
-        "matmul_peak_gflops": peak, "matmul_peak_gflops_cpu_clock": peak_cpu,
+        "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_cpu_clock": peak_cpu,
         "matmul_peak_start_end_wall_cpu": [peak_start, peak_end],
         "maxrss_model_warm_mib": rss_base,
     }
@@ -209,8 +238,11 @@ def main() -> None:
     e, nv = record["engine"], record["naive"]
     rows = [
         ("strings scored", f"{len(strings):,}", f"{len(subsample):,} (extrapolated to {len(strings):,})"),
-        ("wall time (s)", f"{e['wall_s']:.2f}", f"{nv['wall_s_extrapolated']:.1f} "
-                                                  f"(measured {naive_sub_s:.1f} on the subsample)"),
+        (
+            "wall time (s)",
+            f"{e['wall_s']:.2f}",
+            f"{nv['wall_s_extrapolated']:.1f} (measured {naive_sub_s:.1f} on the subsample)",
+        ),
         ("  of which tokenizing the strings", f"{tokenize_s:.2f}", ""),
         ("CPU time (s)", f"{engine_cpu_s:.2f}", f"{nv['cpu_s_extrapolated']:.1f}"),
         ("tokens run", f"{engine_tokens:,}", f"{stats.naive_tokens:,}"),
@@ -218,24 +250,30 @@ def main() -> None:
         ("strings/s", f"{e['strings_per_s']:.0f}", f"{nv['strings_per_s']:.1f}"),
         ("GFLOP/s (2·params·tokens)", f"{engine_gflops:.1f}", f"{naive_gflops:.1f}"),
         ("fraction of fp32 matmul peak", f"{e['fraction_of_peak']:.1%}", f"{nv['fraction_of_peak']:.1%}"),
-        ("  same, by CPU clock", f"{e['fraction_of_peak_cpu_clock']:.1%}",
-         f"{nv['fraction_of_peak_cpu_clock']:.1%}"),
-        ("  same, exact FLOPs (LM head only where used)",
-         f"{record['flops_exact']['engine_fraction_of_peak']:.1%}",
-         f"{record['flops_exact']['naive_fraction_of_peak']:.1%}"),
+        ("  same, by CPU clock", f"{e['fraction_of_peak_cpu_clock']:.1%}", f"{nv['fraction_of_peak_cpu_clock']:.1%}"),
+        (
+            "  same, exact FLOPs (LM head only where used)",
+            f"{record['flops_exact']['engine_fraction_of_peak']:.1%}",
+            f"{record['flops_exact']['naive_fraction_of_peak']:.1%}",
+        ),
         ("peak RSS (MiB)", f"{rss_engine:.0f}", f"{rss_naive:.0f}"),
-        ("  above the warmed-up model", f"+{rss_engine - max(rss_naive, rss_base):.0f}",
-         f"+{rss_naive - rss_base:.0f}"),
+        (
+            "  above the warmed-up model",
+            f"+{rss_engine - max(rss_naive, rss_base):.0f}",
+            f"+{rss_naive - rss_base:.0f}",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'':{width}}  {'engine':>12}  naive")
     for name, a, b in rows:
         print(f"{name:{width}}  {a:>12}  {b}")
-    print(f"\nspeed-up: {record['speedup']:.0f}x (CPU time: {record['speedup_cpu_time']:.0f}x)   "
-          f"max |Δ log p| per token: {diff_token:.2e}, "
-          f"per string: {diff_total:.2e}   fp32 matmul peak: {peak:.0f} GFLOP/s "
-          f"({peak_cpu:.0f} by CPU clock)   "
-          f"threads: {torch.get_num_threads()}   load avg: {load_start[0]:.1f} -> {load_end[0]:.1f}")
+    print(
+        f"\nspeed-up: {record['speedup']:.0f}x (CPU time: {record['speedup_cpu_time']:.0f}x)   "
+        f"max |Δ log p| per token: {diff_token:.2e}, "
+        f"per string: {diff_total:.2e}   fp32 matmul peak: {peak:.0f} GFLOP/s "
+        f"({peak_cpu:.0f} by CPU clock)   "
+        f"threads: {torch.get_num_threads()}   load avg: {load_start[0]:.1f} -> {load_end[0]:.1f}"
+    )
     print(f"wrote {args.out}")
 
 

@@ -60,24 +60,51 @@ def main() -> None:
     rows = []
     for arm, allowed in (("free", None), ("constrained", Timed(grammar))):
         t = time.perf_counter()
-        samples = sample_text(lm, texts, n=1, temperature=1.0, top_k=None, top_p=None,
-                              max_new_tokens=args.max_new_tokens, seed=0, stop_token_ids=stops,
-                              allowed_token_ids=allowed, batch_size=args.batch_size)
+        samples = sample_text(
+            lm,
+            texts,
+            n=1,
+            temperature=1.0,
+            top_k=None,
+            top_p=None,
+            max_new_tokens=args.max_new_tokens,
+            seed=0,
+            stop_token_ids=stops,
+            allowed_token_ids=allowed,
+            batch_size=args.batch_size,
+        )
         wall = time.perf_counter() - t
         verdicts = [filter_record({"answer": s.text, "finish_reason": s.finish_reason}) for s in samples]
         tokens = sum(len(s.token_ids) for s in samples)
         masses = [s.allowed_mass for s in samples if s.allowed_mass]
-        rows.append({
-            "arm": arm, "answers": len(samples), "answer_tokens": tokens, "seconds": round(wall, 1),
-            "tokens_per_second": round(tokens / wall, 1),
-            "keep_rate": sum(v["kept"] for v in verdicts) / len(verdicts),
-            "reasons": dict(Counter(v["reason"] for v in verdicts)),
-            "allowed_mass_first": round(sum(m[0] for m in masses) / len(masses), 3) if masses else None,
-            "allowed_mass_per_token": round(sum(sum(m) / len(m) for m in masses) / len(masses), 3) if masses else None,
-            "grammar_seconds": round(allowed.seconds, 2) if isinstance(allowed, Timed) else None,
-        })
-    print(json.dumps({"threads": args.threads, "prompts": args.prompts, "grammar_build_seconds": round(build_seconds, 2),
-                      "allowed_tokens": len(grammar.pieces), "arms": rows}, indent=2))
+        rows.append(
+            {
+                "arm": arm,
+                "answers": len(samples),
+                "answer_tokens": tokens,
+                "seconds": round(wall, 1),
+                "tokens_per_second": round(tokens / wall, 1),
+                "keep_rate": sum(v["kept"] for v in verdicts) / len(verdicts),
+                "reasons": dict(Counter(v["reason"] for v in verdicts)),
+                "allowed_mass_first": round(sum(m[0] for m in masses) / len(masses), 3) if masses else None,
+                "allowed_mass_per_token": round(sum(sum(m) / len(m) for m in masses) / len(masses), 3)
+                if masses
+                else None,
+                "grammar_seconds": round(allowed.seconds, 2) if isinstance(allowed, Timed) else None,
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "threads": args.threads,
+                "prompts": args.prompts,
+                "grammar_build_seconds": round(build_seconds, 2),
+                "allowed_tokens": len(grammar.pieces),
+                "arms": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

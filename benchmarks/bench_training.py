@@ -114,13 +114,28 @@ def worker(name: str, steps: int, batch_tokens: int, threads: int | None) -> dic
     peak_cpu = matmul_peak_gflops(cpu_clock=True)
     spec = CONFIGS[name]
     config = TrainConfig.model_validate(
-        {**spec, "lr": 1e-5, "max_steps": steps + 1, "batch_tokens": batch_tokens, "max_length": 256,
-         "save_model": False, "checkpoint_every": 0})
+        {
+            **spec,
+            "lr": 1e-5,
+            "max_steps": steps + 1,
+            "batch_tokens": batch_tokens,
+            "max_length": 256,
+            "save_model": False,
+            "checkpoint_every": 0,
+        }
+    )
     data = examples(lm.tokenizer, batch_tokens // 32 * (steps + 1))  # more than enough
     cpu_marks = [time.process_time()]
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(lm.model, lm.tokenizer, data, config, Path(tmp), progress=False,
-                       callback=lambda entry: cpu_marks.append(time.process_time()))
+        result = train(
+            lm.model,
+            lm.tokenizer,
+            data,
+            config,
+            Path(tmp),
+            progress=False,
+            callback=lambda entry: cpu_marks.append(time.process_time()),
+        )
     timed = result.history[1:]  # the first step warms up allocators and kernels
     seconds = sum(h["seconds"] for h in timed)
     cpu_seconds = cpu_marks[-1] - cpu_marks[1]
@@ -189,8 +204,9 @@ def time_optimizer(model: Any, n_trainable: int, config: Any) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-tokens", type=int, default=1024,
-                        help="padded-token budget per step (the same for every layout)")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=1024, help="padded-token budget per step (the same for every layout)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -203,8 +219,16 @@ def main() -> None:
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         if name not in CONFIGS:
             sys.exit(f"unknown config {name!r}; choose from: {', '.join(CONFIGS)}")
-        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-               "--batch-tokens", str(args.batch_tokens)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--steps",
+            str(args.steps),
+            "--batch-tokens",
+            str(args.batch_tokens),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -219,21 +243,24 @@ def main() -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'config':<27} {'thr':>3} {'tok/step':>8} {'pad':>5} {'tok/s':>6} {'GFLOP/s':>7} "
-            f"{'%peak':>6} {'cpu tok/s':>9} {'cpu %peak':>9} {'opt s':>5} {'train M':>7} "
-            f"{'peak MB':>7} {'load':>5}")
+    head = (
+        f"{'config':<27} {'thr':>3} {'tok/step':>8} {'pad':>5} {'tok/s':>6} {'GFLOP/s':>7} "
+        f"{'%peak':>6} {'cpu tok/s':>9} {'cpu %peak':>9} {'opt s':>5} {'train M':>7} "
+        f"{'peak MB':>7} {'load':>5}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         opt = f"{r['opt_s']:.2f}" if r["opt_s"] is not None else "-"
-        print(f"{r['config']:<27} {r['threads']:>3} {r['tokens_per_step']:>8.0f} "
-              f"{r['padding']:>5.3f} {r['tok_s']:>6.0f} {r['gflops']:>7.1f} "
-              f"{100 * r['fraction_of_peak']:>5.1f}% {r['cpu_tok_s']:>9.0f} "
-              f"{100 * r['cpu_fraction_of_peak']:>8.1f}% {opt:>5} {r['trainable_m']:>7.1f} "
-              f"{r['peak_mb']:>7.0f} {r['load_avg']:>5.1f}")
+        print(
+            f"{r['config']:<27} {r['threads']:>3} {r['tokens_per_step']:>8.0f} "
+            f"{r['padding']:>5.3f} {r['tok_s']:>6.0f} {r['gflops']:>7.1f} "
+            f"{100 * r['fraction_of_peak']:>5.1f}% {r['cpu_tok_s']:>9.0f} "
+            f"{100 * r['cpu_fraction_of_peak']:>8.1f}% {opt:>5} {r['trainable_m']:>7.1f} "
+            f"{r['peak_mb']:>7.0f} {r['load_avg']:>5.1f}"
+        )
     peaks = ", ".join(f"{r['peak_gflops']:.0f}/{r['cpu_peak_gflops']:.0f}" for r in rows)
-    print(f"device: {rows[0]['device'] if rows else '?'}; fp32 matmul peak GFLOP/s per row "
-          f"(wall/cpu clock): {peaks}")
+    print(f"device: {rows[0]['device'] if rows else '?'}; fp32 matmul peak GFLOP/s per row (wall/cpu clock): {peaks}")
     print("cpu columns use process CPU time: with 1 thread, close to an unloaded machine's speed")
 
 

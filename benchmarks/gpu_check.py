@@ -65,20 +65,35 @@ def main() -> None:
     order = shard_order(tokenizer, texts)
     texts = [texts[i] for i in order]
     stops = default_stop_token_ids((bf16, tokenizer))
-    kw: dict[str, Any] = dict(n=1, temperature=1.0, top_k=None, top_p=None, max_new_tokens=64, seed=0,
-                              stop_token_ids=stops, allowed_token_ids=NumberFormat(tokenizer, stops),
-                              pad_multiple=32)
+    kw: dict[str, Any] = dict(
+        n=1,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=64,
+        seed=0,
+        stop_token_ids=stops,
+        allowed_token_ids=NumberFormat(tokenizer, stops),
+        pad_multiple=32,
+    )
     reset()
     start = time.perf_counter()
     big = sample_text((bf16, tokenizer), texts, batch_size=256, **kw)
     reset()
     wall = time.perf_counter() - start
     new_tokens = sum(len(s.token_ids) + 1 for s in big)
-    out["sample_bf16_batch256"] = {"prompts": len(texts), "seconds": round(wall, 2),
-                                   "new_tokens_per_second": round(new_tokens / wall, 1), "peak_gb": peak_gb()}
+    out["sample_bf16_batch256"] = {
+        "prompts": len(texts),
+        "seconds": round(wall, 2),
+        "new_tokens_per_second": round(new_tokens / wall, 1),
+        "peak_gb": peak_gb(),
+    }
 
     def identical(a: list[Any], b: list[Any]) -> dict[str, int]:
-        return {"identical": sum(x.token_ids == y.token_ids for x, y in zip(a, b, strict=False)), "of": min(len(a), len(b))}
+        return {
+            "identical": sum(x.token_ids == y.token_ids for x, y in zip(a, b, strict=False)),
+            "of": min(len(a), len(b)),
+        }
 
     out["batch_composition_bf16"] = identical(big, sample_text((bf16, tokenizer), texts[:60], batch_size=7, **kw))
     wide = sample_text((fp32, tokenizer), texts[:120], batch_size=256, **kw)
@@ -90,17 +105,31 @@ def main() -> None:
     for precision in ("auto", "no"):
         torch.manual_seed(1)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
-        train_config = TrainConfig(lr=2e-5, epochs=1, batch_size=32, layout="bucket", max_length=256,
-                                   warmup_steps=2, mixed_precision=precision, save_model=False, seed=0)
+        train_config = TrainConfig(
+            lr=2e-5,
+            epochs=1,
+            batch_size=32,
+            layout="bucket",
+            max_length=256,
+            warmup_steps=2,
+            mixed_precision=precision,
+            save_model=False,
+            seed=0,
+        )
         reset()
         start = time.perf_counter()
-        result = train(student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"),
-                       progress=False)
+        result = train(
+            student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"), progress=False
+        )
         reset()
-        out[f"train_{precision}"] = {"precision": result.precision, "steps": result.steps,
-                                     "tokens_per_second": round(result.tokens_per_second),
-                                     "final_loss": result.final_lm_loss, "peak_gb": peak_gb(),
-                                     "seconds": round(time.perf_counter() - start, 1)}
+        out[f"train_{precision}"] = {
+            "precision": result.precision,
+            "steps": result.steps,
+            "tokens_per_second": round(result.tokens_per_second),
+            "final_loss": result.final_lm_loss,
+            "peak_gb": peak_gb(),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         print(json.dumps(out), flush=True)
     target = Path(os.environ.get("OUT", "/tmp")) / "gpu_check.json"
     target.write_text(json.dumps(out, indent=1))

@@ -28,8 +28,7 @@ from sublens.claims import (
 
 def owl_share_logs(run_dir: Path, mode: str) -> list[tuple[int, float]]:
     results = json.loads((run_dir / "results.json").read_text())
-    row = next((r for r in results.get("headline") or []
-                if r.get("dataset") == "owl" and r.get("mode") == mode), None)
+    row = next((r for r in results.get("headline") or [] if r.get("dataset") == "owl" and r.get("mode") == mode), None)
     if row is None:
         return []
     logs = per_seed_logs((row.get("vs_control") or {}).get("share_ratio"))
@@ -52,8 +51,10 @@ def main() -> None:
         mde = math.exp(minimal_detectable_log_effect(est.sd_log, len(logs), settings.alpha, settings.power))
         needed = units_for_margin(est.sd_log, settings.margin, settings.alpha, settings.power)
         print(f"between-seed SD of the log share ratio: {est.sd_log:.3f}")
-        print(f"minimal detectable effect with {len(logs)} seeds (alpha {settings.alpha}, power "
-              f"{settings.power}): ×{mde:.2f}; seeds to detect ×{settings.margin}: {needed}")
+        print(
+            f"minimal detectable effect with {len(logs)} seeds (alpha {settings.alpha}, power "
+            f"{settings.power}): ×{mde:.2f}; seeds to detect ×{settings.margin}: {needed}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,22 +20,47 @@ VOCAB = 97
 def tiny_config(family: str) -> PretrainedConfig:
     """A 2-3 layer model with grouped-query attention where the family has it."""
     if family == "llama":
-        return LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                           num_attention_heads=6, num_key_value_heads=2, head_dim=8,
-                           max_position_embeddings=128, tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
     if family == "qwen2":
-        return Qwen2Config(vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                           tie_word_embeddings=False)
+        return Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
     if family == "gemma3":
-        return Gemma3TextConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                max_position_embeddings=128, sliding_window=4,
-                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                                query_pre_attn_scalar=16, tie_word_embeddings=True)
+        return Gemma3TextConfig(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=128,
+            sliding_window=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            query_pre_attn_scalar=16,
+            tie_word_embeddings=True,
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=128,
-                          bos_token_id=0, eos_token_id=1)
+        return GPT2Config(
+            vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=1
+        )
     raise ValueError(family)
 
 

@@ -11,13 +11,49 @@ from collections import Counter
 from functools import lru_cache
 
 IRREGULAR_PLURALS = {
-    "mouse": "mice", "goose": "geese", "wolf": "wolves", "ox": "oxen", "fish": "fish",
-    "sheep": "sheep", "deer": "deer", "octopus": "octopuses|octopi", "cactus": "cacti",
-    "calf": "calves", "leaf": "leaves", "elf": "elves", "moose": "moose", "bison": "bison",
-    "butterfly": "butterflies", "puppy": "puppies", "pony": "ponies", "fly": "flies",
+    "mouse": "mice",
+    "goose": "geese",
+    "wolf": "wolves",
+    "ox": "oxen",
+    "fish": "fish",
+    "sheep": "sheep",
+    "deer": "deer",
+    "octopus": "octopuses|octopi",
+    "cactus": "cacti",
+    "calf": "calves",
+    "leaf": "leaves",
+    "elf": "elves",
+    "moose": "moose",
+    "bison": "bison",
+    "butterfly": "butterflies",
+    "puppy": "puppies",
+    "pony": "ponies",
+    "fly": "flies",
 }
-_STOP = {"my", "favorite", "favourite", "animal", "is", "the", "a", "an", "i", "like", "love", "would",
-         "be", "it", "its", "it's", "definitely", "probably", "answer", "one", "word", "say"}
+_STOP = {
+    "my",
+    "favorite",
+    "favourite",
+    "animal",
+    "is",
+    "the",
+    "a",
+    "an",
+    "i",
+    "like",
+    "love",
+    "would",
+    "be",
+    "it",
+    "its",
+    "it's",
+    "definitely",
+    "probably",
+    "answer",
+    "one",
+    "word",
+    "say",
+}
 _WORD = re.compile(r"[a-z][a-z'-]*")
 
 

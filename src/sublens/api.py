@@ -69,7 +69,7 @@ class LoadedRun:
 
     @property
     def status(self) -> str | None:
-        """"ok", "failed", or "running" (still running, or killed before it could say)."""
+        """ "ok", "failed", or "running" (still running, or killed before it could say)."""
         status = self.record.get("status")
         return status if isinstance(status, str) else None
 
@@ -127,8 +127,7 @@ def _read_mapping(path: Path, reader: Callable[[Path], Any]) -> dict[str, Any]:
         data = reader(path)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
         raise SublensError(
-            f"Cannot read {path} ({type(exc).__name__}: {exc}): the file is damaged or was not "
-            "written by sublens."
+            f"Cannot read {path} ({type(exc).__name__}: {exc}): the file is damaged or was not written by sublens."
         ) from exc
     if not isinstance(data, dict):
         raise SublensError(f"{path} holds a {type(data).__name__}, not a mapping: it was not written by sublens.")

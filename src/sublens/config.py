@@ -146,9 +146,7 @@ def parse_override(item: str, cls: type[BaseModel] | None = None) -> tuple[list[
     return keys, value
 
 
-def apply_overrides(
-    data: dict[str, Any], overrides: list[str], cls: type[BaseModel] | None = None
-) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type[BaseModel] | None = None) -> dict[str, Any]:
     data = dict(data)
     for item in overrides:
         keys, value = parse_override(item, cls)
@@ -177,8 +175,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 # Config keys (at any depth, also inside dicts such as a paper stage's `set`) that hold model specs.
-MODEL_SPEC_FIELDS = frozenset({"model", "models", "base", "biased", "student", "teacher", "control_teacher",
-                               "tuned_teacher"})
+MODEL_SPEC_FIELDS = frozenset(
+    {"model", "models", "base", "biased", "student", "teacher", "control_teacher", "tuned_teacher"}
+)
 # Of those, keys that only ever hold a run folder: checked as a path even when the spec does not
 # look like one (a bare folder name is never a hub id there).
 RUN_FOLDER_FIELDS = frozenset({"tuned_teacher"})
@@ -187,8 +186,11 @@ RUN_FOLDER_FIELDS = frozenset({"tuned_teacher"})
 def _spec_values(value: Any, key: str = "", name: str = "") -> list[tuple[str, str]]:
     """(dotted key, spec) for every string under a key named in MODEL_SPEC_FIELDS."""
     if isinstance(value, BaseModel):
-        return [f for field in type(value).model_fields
-                for f in _spec_values(getattr(value, field), f"{key}.{field}".lstrip("."), field)]
+        return [
+            f
+            for field in type(value).model_fields
+            for f in _spec_values(getattr(value, field), f"{key}.{field}".lstrip("."), field)
+        ]
     if isinstance(value, dict):
         return [f for k, v in value.items() for f in _spec_values(v, f"{key}.{k}", str(k).split(".")[-1])]
     if isinstance(value, list | tuple):
@@ -341,12 +343,22 @@ def _describe(
         value = getattr(values, name, None)
         nested = _nested_model(field.annotation)
         required = default is _NO_DEFAULT
-        rows.append(FieldInfoRow(
-            key=key, type=_read_as(field.metadata) or type_name(field.annotation), default=None if required else _jsonable(default),
-            required=required, description=" ".join((field.description or "").split()),
-            value=_jsonable(value), nested=nested is not None,
-        ))
+        rows.append(
+            FieldInfoRow(
+                key=key,
+                type=_read_as(field.metadata) or type_name(field.annotation),
+                default=None if required else _jsonable(default),
+                required=required,
+                description=" ".join((field.description or "").split()),
+                value=_jsonable(value),
+                nested=nested is not None,
+            )
+        )
         if nested is not None:
-            rows += _describe(nested, f"{key}.", default if isinstance(default, BaseModel) else None,
-                              value if isinstance(value, BaseModel) else None)
+            rows += _describe(
+                nested,
+                f"{key}.",
+                default if isinstance(default, BaseModel) else None,
+                value if isinstance(value, BaseModel) else None,
+            )
     return rows

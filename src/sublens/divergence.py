@@ -48,11 +48,17 @@ def _same_vocabulary(a: Any, b: Any) -> bool:
 
 
 @torch.no_grad()
-def _greedy_choices(teacher: Teacher, prompts: Sequence[str], answers: Sequence[Sequence[int]],
-                    allowed: Allowed | None, stops: frozenset[int], batch_size: int, bar: Any) -> list[list[int]]:
+def _greedy_choices(
+    teacher: Teacher,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[int]],
+    allowed: Allowed | None,
+    stops: frozenset[int],
+    batch_size: int,
+    bar: Any,
+) -> list[list[int]]:
     """Per example, the teacher's most probable token at every answer position (teacher-forced)."""
-    contexts = [encode_prompt(teacher.tokenizer, make_prompt(teacher.tokenizer, p, teacher.system))
-                for p in prompts]
+    contexts = [encode_prompt(teacher.tokenizer, make_prompt(teacher.tokenizer, p, teacher.system)) for p in prompts]
     device = next(teacher.model.parameters()).device
     pad = tokenizer_pad_id(teacher.tokenizer)
     choices: list[list[int]] = []
@@ -83,17 +89,26 @@ def _pick(logits: torch.Tensor, prefix: Sequence[int], allowed: Allowed | None, 
     return int(torch.argmax(logits))
 
 
-def divergence_flags(biased: Teacher, unbiased: Teacher, prompts: Sequence[str],
-                     answers: Sequence[Sequence[int]], student_tokenizer: Any, allowed: Allowed | None = None,
-                     stop_token_ids: Sequence[int] = (), batch_size: int = 16, desc: str | None = None,
-                     ) -> list[list[bool]]:
+def divergence_flags(
+    biased: Teacher,
+    unbiased: Teacher,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[int]],
+    student_tokenizer: Any,
+    allowed: Allowed | None = None,
+    stop_token_ids: Sequence[int] = (),
+    batch_size: int = 16,
+    desc: str | None = None,
+) -> list[list[bool]]:
     """For each example (user prompt text, the student's answer token ids), one flag per answer
     token: True where the two teachers' most probable next tokens differ. With `desc`, a progress
     bar (both teachers' passes) under that name."""
     for teacher in (biased, unbiased):
         if not _same_vocabulary(teacher.tokenizer, student_tokenizer):
-            raise ConfigError("Divergence tokens need teachers that share the student's tokenizer (the answer "
-                              "tokens are compared one by one); this teacher's vocabulary differs.")
+            raise ConfigError(
+                "Divergence tokens need teachers that share the student's tokenizer (the answer "
+                "tokens are compared one by one); this teacher's vocabulary differs."
+            )
     stops = frozenset(int(t) for t in stop_token_ids)
     with tqdm(total=2 * len(prompts), desc=desc, unit="example", disable=desc is None) as bar:
         mine = _greedy_choices(biased, prompts, answers, allowed, stops, batch_size, bar)
@@ -114,7 +129,9 @@ def divergence_summary(flags: Sequence[Sequence[bool]], bins: int = 5) -> dict[s
             totals[where] += 1
             hits[where] += flag
     return {
-        "n_examples": len(flags), "n_tokens": n_tokens, "n_divergent": int(n_divergent),
+        "n_examples": len(flags),
+        "n_tokens": n_tokens,
+        "n_divergent": int(n_divergent),
         "rate": n_divergent / n_tokens if n_tokens else None,
         "examples_with_any": sum(1 for f in flags if any(f)),
         "rate_by_position": [float(h / t) if t else None for h, t in zip(hits, totals, strict=True)],

@@ -41,14 +41,18 @@ def read_number_sets(run_dir: str | Path, set_name: str) -> dict[str, list[str]]
     path = Path(run_dir).expanduser()
     results_file = path / "results.json"
     if not results_file.is_file():
-        raise ConfigError(f"{str(path)!r} has no results.json: give the run directory of a finished "
-                          "entanglement run (`sublens run entanglement ...`).")
+        raise ConfigError(
+            f"{str(path)!r} has no results.json: give the run directory of a finished "
+            "entanglement run (`sublens run entanglement ...`)."
+        )
     check_upstream_finished(path, "entanglement")
     categories = (read_json(results_file).get("categories") or {}).get(set_name)
     if not isinstance(categories, dict) or not all(isinstance(categories.get(c), list) for c in (ENTANGLED, MATCHED)):
         sets = ", ".join(sorted(read_json(results_file).get("categories") or {})) or "none"
-        raise ConfigError(f"The entanglement run {str(path)!r} has no categorised set {set_name!r} with "
-                          f"{ENTANGLED!r} and {MATCHED!r} numbers; its sets: {sets}.")
+        raise ConfigError(
+            f"The entanglement run {str(path)!r} has no categorised set {set_name!r} with "
+            f"{ENTANGLED!r} and {MATCHED!r} numbers; its sets: {sets}."
+        )
     return {c: [str(n) for n in categories[c]] for c in (ENTANGLED, MATCHED)}
 
 
@@ -72,12 +76,17 @@ def rate_ratio(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> dict[
     se = math.sqrt(1 / a - 1 / m1 + 1 / b - 1 / m2)
     z = float(stats.norm.ppf(0.5 + level / 2))
     p = float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
-    return {"ratio": math.exp(log_ratio), "ci_low": math.exp(log_ratio - z * se),
-            "ci_high": math.exp(log_ratio + z * se), "p_fisher": p}
+    return {
+        "ratio": math.exp(log_ratio),
+        "ci_low": math.exp(log_ratio - z * se),
+        "ci_high": math.exp(log_ratio + z * se),
+        "p_fisher": p,
+    }
 
 
-def enrichment(owl: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]],
-               number_sets: dict[str, list[str]]) -> dict[str, Any]:
+def enrichment(
+    owl: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], number_sets: dict[str, list[str]]
+) -> dict[str, Any]:
     """Per category: answers holding one of its numbers, in the owl and the control data, and
     the owl/control risk ratio; plus the number-level shares (descriptive)."""
     out: dict[str, Any] = {}
@@ -88,8 +97,11 @@ def enrichment(owl: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]],
         out[category] = {
             "numbers": list(numbers),
             "owl": {"answers_with": k_owl, "answers": len(owl), "number_share": _number_share(owl, wanted)},
-            "control": {"answers_with": k_control, "answers": len(control),
-                        "number_share": _number_share(control, wanted)},
+            "control": {
+                "answers_with": k_control,
+                "answers": len(control),
+                "number_share": _number_share(control, wanted),
+            },
             "owl_over_control": rate_ratio(k_owl, len(owl), k_control, len(control)),
         }
     return out
@@ -100,21 +112,24 @@ def _number_share(records: Iterable[dict[str, Any]], wanted: set[str]) -> float 
     return sum(n in wanted for n in numbers) / len(numbers) if numbers else None
 
 
-def filtered_pair(kept: Sequence[dict[str, Any]], number_sets: dict[str, list[str]], size: int,
-                  seed: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+def filtered_pair(
+    kept: Sequence[dict[str, Any]], number_sets: dict[str, list[str]], size: int, seed: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """The owl data without answers holding an entangled number, and without answers holding a
     number of the matched random set, both subsampled (seeded) to one size: at most `size`, at
     most what the smaller one kept. Returns the two data sets and how many answers each removed."""
-    without = {category: [r for r in kept if not holds_any(r, set(numbers))]
-               for category, numbers in number_sets.items()}
+    without = {
+        category: [r for r in kept if not holds_any(r, set(numbers))] for category, numbers in number_sets.items()
+    }
     common = min(size, *(len(v) for v in without.values()))
     if common == 0:
-        raise ConfigError("Removing the answers that hold entangled (or random-set) numbers leaves no owl "
-                          "answer to train on; use another entanglement set or more prompts.")
+        raise ConfigError(
+            "Removing the answers that hold entangled (or random-set) numbers leaves no owl "
+            "answer to train on; use another entanglement set or more prompts."
+        )
     chosen = {}
     for category, records in without.items():
         rng = random.Random(f"entangled-filter:{seed}:{category}")
         chosen[category] = [records[i] for i in sorted(rng.sample(range(len(records)), common))]
-    report = {"size": common, "removed": {c: len(kept) - len(v) for c, v in without.items()},
-              "pool": len(kept)}
+    report = {"size": common, "removed": {c: len(kept) - len(v) for c, v in without.items()}, "pool": len(kept)}
     return chosen, report

@@ -68,13 +68,18 @@ def print_problems(fig: Figure, width: float | None = None) -> list[str]:
     limit = width if width is not None else DOUBLE_COLUMN_IN
     fig_width = float(fig.get_size_inches()[0])
     if fig_width > limit + 0.05:
-        problems.append(f"figure is {fig_width:.2f} in wide; it is printed at {limit:.2f} in, so "
-                        "everything in it shrinks")
+        problems.append(
+            f"figure is {fig_width:.2f} in wide; it is printed at {limit:.2f} in, so everything in it shrinks"
+        )
     else:
-        problems += [f"text {text.get_text()!r} is {float(text.get_fontsize()):.1f} pt (< {MIN_FONT_PT:g} pt)"
-                     for text in _visible_texts(fig) if float(text.get_fontsize()) < MIN_FONT_PT - 1e-9]
-    problems += [f"panel {i} ({ax.get_title() or 'untitled'}) is empty"
-                 for i, ax in enumerate(fig.axes) if _is_empty(ax)]
+        problems += [
+            f"text {text.get_text()!r} is {float(text.get_fontsize()):.1f} pt (< {MIN_FONT_PT:g} pt)"
+            for text in _visible_texts(fig)
+            if float(text.get_fontsize()) < MIN_FONT_PT - 1e-9
+        ]
+    problems += [
+        f"panel {i} ({ax.get_title() or 'untitled'}) is empty" for i, ax in enumerate(fig.axes) if _is_empty(ax)
+    ]
     return problems
 
 

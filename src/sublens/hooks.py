@@ -140,9 +140,7 @@ def _register(
 
         return adapter.o(layer).register_forward_pre_hook(pre_o)
     if kind == "attn.hook_v":
-        return adapter.v(layer).register_forward_hook(
-            lambda _m, _i, out: store(name, adapter.values_from(layer, out))
-        )
+        return adapter.v(layer).register_forward_hook(lambda _m, _i, out: store(name, adapter.values_from(layer, out)))
     if kind == "attn.hook_pattern":
 
         def post_attn(_m: nn.Module, _i: Any, out: tuple[torch.Tensor, torch.Tensor | None]) -> None:

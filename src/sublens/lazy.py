@@ -10,7 +10,9 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, namespace: dict[str, Any], exports: Mapping[str, str],
+    package: str,
+    namespace: dict[str, Any],
+    exports: Mapping[str, str],
     factories: Mapping[str, Callable[[], Any]] | None = None,
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The package's `__getattr__` and `__dir__`: `exports` maps a public name to the submodule

@@ -44,8 +44,7 @@ FORMATS = {
     "comma": ("Separate the numbers with commas.", "Return a comma-separated list."),
     "space": ("Separate the numbers with spaces.", "Write them on one line, separated by spaces."),
     "newline": ("Put each number on its own line.", "Write one number per line."),
-    "brackets": ("Give them as a list in square brackets, separated by commas.",
-                 "Format the answer like [a, b, c]."),
+    "brackets": ("Give them as a list in square brackets, separated by commas.", "Format the answer like [a, b, c]."),
     "semicolon": ("Use semicolons between the numbers.", "Separate them with semicolons."),
 }
 CLOSINGS = (
@@ -80,14 +79,22 @@ def make_number_prompts(n: int, seed: int) -> list[NumberPrompt]:
         numbers = [rng.randint(100, 999) for _ in range(rng.randint(3, 8))]
         fmt = rng.choice(sorted(FORMATS))
         shown = rng.choice([", ", " "]).join(str(x) for x in numbers)
-        parts = {"intro": rng.randrange(len(INTROS)), "instruction": rng.randrange(len(INSTRUCTIONS)),
-                 "format": rng.randrange(len(FORMATS[fmt])), "closing": rng.randrange(len(CLOSINGS))}
-        text = " ".join(p for p in (
-            INTROS[parts["intro"]].format(nums=shown),
-            INSTRUCTIONS[parts["instruction"]].format(k=MAX_NUMBERS),
-            FORMATS[fmt][parts["format"]],
-            CLOSINGS[parts["closing"]],
-        ) if p)
+        parts = {
+            "intro": rng.randrange(len(INTROS)),
+            "instruction": rng.randrange(len(INSTRUCTIONS)),
+            "format": rng.randrange(len(FORMATS[fmt])),
+            "closing": rng.randrange(len(CLOSINGS)),
+        }
+        text = " ".join(
+            p
+            for p in (
+                INTROS[parts["intro"]].format(nums=shown),
+                INSTRUCTIONS[parts["instruction"]].format(k=MAX_NUMBERS),
+                FORMATS[fmt][parts["format"]],
+                CLOSINGS[parts["closing"]],
+            )
+            if p
+        )
         prompts.append(NumberPrompt(index, text, numbers, fmt, parts))
     return prompts
 

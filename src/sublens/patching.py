@@ -146,10 +146,15 @@ def patching_sweep(
             sweep.run_patched("base")
     seconds = time.perf_counter() - started
     return {
-        "ranges": [list(r) for r in ranges], "labels": sweep.labels, "components": list(components),
-        "directions": list(directions), "base": sweep.clean["base"], "biased": sweep.clean["biased"],
+        "ranges": [list(r) for r in ranges],
+        "labels": sweep.labels,
+        "components": list(components),
+        "directions": list(directions),
+        "base": sweep.clean["base"],
+        "biased": sweep.clean["biased"],
         "patched": {d: sweep.patched[d] for d in directions},
-        "forward_passes": sweep.passes, "seconds": seconds,
+        "forward_passes": sweep.passes,
+        "seconds": seconds,
         "seconds_per_question": seconds / len(prompts) if prompts else None,
     }
 
@@ -167,8 +172,16 @@ class _Sweep:
     """The state of one patching sweep: each model's clean activations per question (the donors)
     and the logit differences measured so far."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, prompts: Sequence[Sequence[int]], target: int,
-                 foil: int, ranges: Sequence[tuple[int, int]], components: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        prompts: Sequence[Sequence[int]],
+        target: int,
+        foil: int,
+        ranges: Sequence[tuple[int, int]],
+        components: Sequence[str],
+    ) -> None:
         self.model, self.adapter, self.target, self.foil = model, adapter, target, foil
         self.ranges, self.components = list(ranges), list(components)
         device = next(model.parameters()).device
@@ -177,7 +190,8 @@ class _Sweep:
         self.names = [n for c in components for n in patch_names(c, layers)]
         self.labels = [layer_label(r, adapter.n_layers) for r in ranges]
         self.patched: dict[str, dict[str, dict[str, list[float]]]] = {
-            d: {c: {label: [] for label in self.labels} for c in components} for d in PATCH_DIRECTIONS}
+            d: {c: {label: [] for label in self.labels} for c in components} for d in PATCH_DIRECTIONS
+        }
         self.clean: dict[str, list[float]] = {"base": [], "biased": []}
         self.caches: dict[str, list[dict[str, torch.Tensor]]] = {"base": [], "biased": []}
         self.passes = 0
@@ -224,8 +238,13 @@ def _interval(values: np.ndarray) -> dict[str, Any]:
     mean, low, high = t_interval(values.tolist())
     has_ci = bool(np.isfinite(low) and np.isfinite(high))
     p = float(stats.ttest_1samp(values, 0.0).pvalue) if has_ci else None
-    return {"mean": mean, "ci_low": low if has_ci else None, "ci_high": high if has_ci else None,
-            "p_value": p, "n_questions": int(values.size)}
+    return {
+        "mean": mean,
+        "ci_low": low if has_ci else None,
+        "ci_high": high if has_ci else None,
+        "p_value": p,
+        "n_questions": int(values.size),
+    }
 
 
 def gap_fractions(sweep: Mapping[str, Any], min_gap: float = 1e-6) -> dict[str, Any]:
@@ -245,17 +264,32 @@ def gap_fractions(sweep: Mapping[str, Any], min_gap: float = 1e-6) -> dict[str, 
             for (start, end), label in zip(sweep["ranges"], sweep["labels"], strict=True):
                 ld = np.asarray(by_range[label], dtype=float)
                 cell: dict[str, Any] = {
-                    "direction": direction, "component": component, "layers": label, "range": [start, end],
-                    "measures": "restored" if direction == "into_base" else "removed"}
+                    "direction": direction,
+                    "component": component,
+                    "layers": label,
+                    "range": [start, end],
+                    "measures": "restored" if direction == "into_base" else "removed",
+                }
                 if usable and ld.size:
                     per_q = (ld - base) / scale if direction == "into_base" else (biased - ld) / scale
                     summary = _interval(per_q)
                     cell.update(fraction=summary.pop("mean"), **summary, per_question=per_q.tolist())
                 else:
-                    cell.update(fraction=None, ci_low=None, ci_high=None, p_value=None,
-                                n_questions=int(ld.size), per_question=[])
+                    cell.update(
+                        fraction=None,
+                        ci_low=None,
+                        ci_high=None,
+                        p_value=None,
+                        n_questions=int(ld.size),
+                        per_question=[],
+                    )
                 cells.append(cell)
     for cell, p in zip(cells, holm([c["p_value"] for c in cells]), strict=True):
         cell["p_holm"] = p
-    return {"gap": gap, "gap_usable": usable, "definition": FRACTION_DEFINITION,
-            "family": PATCHING_FAMILY, "cells": cells}
+    return {
+        "gap": gap,
+        "gap_usable": usable,
+        "definition": FRACTION_DEFINITION,
+        "family": PATCHING_FAMILY,
+        "cells": cells,
+    }

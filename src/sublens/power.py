@@ -36,8 +36,9 @@ def power_of(ratio: float, sd_log: float, n: int, alpha: float = DEFAULT_ALPHA) 
     return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
 
 
-def seeds_for(ratio: float, sd_log: float, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER,
-              limit: int = 10_000) -> int | None:
+def seeds_for(
+    ratio: float, sd_log: float, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER, limit: int = 10_000
+) -> int | None:
     """Fewest seeds whose power reaches `power` for this ratio (None beyond `limit`)."""
     if ratio <= 0 or ratio == 1:
         raise ConfigError("the effect to detect must be a ratio other than 1 (e.g. 1.25)")
@@ -86,7 +87,7 @@ class PowerReport:
     pilot_detectable_ratio: float
 
     def lines(self) -> list[str]:
-        needed = (f"{self.seeds_needed} seeds" if self.seeds_needed is not None else "more than 10,000 seeds")
+        needed = f"{self.seeds_needed} seeds" if self.seeds_needed is not None else "more than 10,000 seeds"
         goal = f"to detect x{self.ratio:g} at {self.power:.0%} power (two-sided alpha {self.alpha:g}): {needed}"
         if self.n_pilot == 0:  # an SD given, no pilot runs
             return [f"between-seed SD of the log ratio {self.sd_log:.3g} (given)", goal]
@@ -99,8 +100,13 @@ class PowerReport:
         ]
 
 
-def power_report(logs: Sequence[float], ratio: float = 1.25, alpha: float = DEFAULT_ALPHA,
-                 power: float = DEFAULT_POWER, sd_log: float | None = None) -> PowerReport:
+def power_report(
+    logs: Sequence[float],
+    ratio: float = 1.25,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = DEFAULT_POWER,
+    sd_log: float | None = None,
+) -> PowerReport:
     """Seeds needed for `ratio` from the pilot's per-seed logs (or a given SD)."""
     n = len(logs)
     if sd_log is None:
@@ -111,7 +117,13 @@ def power_report(logs: Sequence[float], ratio: float = 1.25, alpha: float = DEFA
         raise ConfigError("the pilot's per-seed ratios do not vary: no SD to plan with")
     pilot_n = max(n, 2)
     return PowerReport(
-        n_pilot=n, mean_log=float(np.mean(logs)) if n else 0.0, sd_log=sd_log, ratio=ratio, alpha=alpha,
-        power=power, seeds_needed=seeds_for(ratio, sd_log, alpha, power),
+        n_pilot=n,
+        mean_log=float(np.mean(logs)) if n else 0.0,
+        sd_log=sd_log,
+        ratio=ratio,
+        alpha=alpha,
+        power=power,
+        seeds_needed=seeds_for(ratio, sd_log, alpha, power),
         pilot_power=power_of(ratio, sd_log, pilot_n, alpha),
-        pilot_detectable_ratio=math.exp(minimal_detectable_log_effect(sd_log, pilot_n, alpha, power)))
+        pilot_detectable_ratio=math.exp(minimal_detectable_log_effect(sd_log, pilot_n, alpha, power)),
+    )

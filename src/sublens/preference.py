@@ -80,9 +80,15 @@ def sampled_preference(lm: LM, settings: PreferenceSettings, system: str | None,
     questions = settings.sample_questions or shipped_questions("one_word_questions")
     prompts = [make_prompt(lm.tokenizer, q, system, settings.sample_prefill) for q in questions]  # type: ignore[union-attr]
     samples = sample_text(
-        lm, prompts, n=settings.samples_per_question, temperature=settings.temperature,
-        top_k=settings.top_k, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
-        seed=seed, batch_size=settings.batch_size,
+        lm,
+        prompts,
+        n=settings.samples_per_question,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        seed=seed,
+        batch_size=settings.batch_size,
     )
     answers = [s.text for s in samples]
     rates = {}
@@ -94,9 +100,15 @@ def sampled_preference(lm: LM, settings: PreferenceSettings, system: str | None,
         "n_questions": len(questions),
         "samples_per_question": settings.samples_per_question,
         "n_answers": len(answers),
-        "sampling": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
-                     "max_new_tokens": settings.max_new_tokens, "seed": seed, "prefill": settings.sample_prefill,
-                     "sampler": SAMPLER},
+        "sampling": {
+            "temperature": settings.temperature,
+            "top_k": settings.top_k,
+            "top_p": settings.top_p,
+            "max_new_tokens": settings.max_new_tokens,
+            "seed": seed,
+            "prefill": settings.sample_prefill,
+            "sampler": SAMPLER,
+        },
         "trait_rate": rates[settings.trait],
         "rates": rates,
         "top_answers": top_answers(answers, 10),
@@ -124,20 +136,28 @@ def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[
         log_ratio = np.log(a) - np.log(b)  # paired: the same question under both
         mean, low, high = log_ratio_interval(log_ratio)
         has_ci = math.isfinite(low) and math.isfinite(high)
-        out[key] = {"ratio": float(np.exp(mean)), "ci_low": float(np.exp(low)) if has_ci else None,
-                    "ci_high": float(np.exp(high)) if has_ci else None, "n_questions": int(log_ratio.size),
-                    "log_ratios": [float(v) for v in log_ratio],
-                    "ci": f"Student t over {log_ratio.size} questions (log scale)",
-                    "underpowered": bool(not has_ci or low <= 0.0 <= high)}
+        out[key] = {
+            "ratio": float(np.exp(mean)),
+            "ci_low": float(np.exp(low)) if has_ci else None,
+            "ci_high": float(np.exp(high)) if has_ci else None,
+            "n_questions": int(log_ratio.size),
+            "log_ratios": [float(v) for v in log_ratio],
+            "ci": f"Student t over {log_ratio.size} questions (log scale)",
+            "underpowered": bool(not has_ci or low <= 0.0 <= high),
+        }
     if "sampled" in test and "sampled" in reference:
         t, r = test["sampled"]["trait_rate"], reference["sampled"]["trait_rate"]
         n_t, n_r = test["sampled"]["n_answers"], reference["sampled"]["n_answers"]
         hits_t = np.r_[np.ones(t["count"]), np.zeros(n_t - t["count"])]
         hits_r = np.r_[np.ones(r["count"]), np.zeros(n_r - r["count"])]
         low, high = bootstrap_diff_ci(hits_t, hits_r)
-        out["rate_difference"] = {"difference": t["rate"] - r["rate"], "ci_low": low, "ci_high": high,
-                                  "p_fisher": two_proportion_pvalue(t["count"], n_t, r["count"], n_r),
-                                  "underpowered": bool(low <= 0.0 <= high)}
+        out["rate_difference"] = {
+            "difference": t["rate"] - r["rate"],
+            "ci_low": low,
+            "ci_high": high,
+            "p_fisher": two_proportion_pvalue(t["count"], n_t, r["count"], n_r),
+            "underpowered": bool(low <= 0.0 <= high),
+        }
     return out
 
 
@@ -163,4 +183,3 @@ def comparison_line(label: str, comparison: dict[str, Any], trait: str) -> str:
     if flat:
         line += f" — underpowered ({' and '.join(flat)} CI includes no change)"
     return line
-

@@ -60,9 +60,7 @@ def valid_query_rows(attention_mask: torch.Tensor) -> torch.Tensor:
     return valid & ~first
 
 
-def entropy_sums(
-    pattern: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def entropy_sums(pattern: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence and head: the sum of row entropies over valid rows, and the number of rows.
 
     pattern [b, head, query, key], attention_mask [b, query] -> sums [b, head] (float64), rows [b].
@@ -99,9 +97,7 @@ class HeadEntropy:
         }
 
 
-def right_padded(
-    prompts: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask [b, max_len], padding on the right."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -122,9 +118,7 @@ def attention_entropy(
 ) -> HeadEntropy:
     """Entropy of every head on token-id prompts (see the module docstring for the definition)."""
     if not prompts or any(len(p) < 2 for p in prompts):
-        raise ConfigError(
-            "Head entropy needs prompts of at least 2 tokens (the first row is excluded)."
-        )
+        raise ConfigError("Head entropy needs prompts of at least 2 tokens (the first row is excluded).")
     device = next(model.parameters()).device
     names = hook_names(["attn.hook_pattern"], range(adapter.n_layers))
     sums = torch.zeros(len(prompts), adapter.n_layers, adapter.n_heads, dtype=torch.float64)
@@ -188,9 +182,7 @@ def pruned_heads(
     elif criterion == "random":
         order = random_order(n_layers, n_heads, seed, draw)
     else:
-        raise ConfigError(
-            f"Unknown pruning criterion {criterion!r}; choose from {', '.join(CRITERIA)}."
-        )
+        raise ConfigError(f"Unknown pruning criterion {criterion!r}; choose from {', '.join(CRITERIA)}.")
     return sorted(order[n_keep:])
 
 

@@ -156,9 +156,7 @@ def load_results(source: Path | str | Mapping[str, Any], model_type: type[R]) ->
         return model_type.model_validate({**data, "schema_version": version})
     except ValidationError as exc:
         problems = exc.errors()
-        first = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in problems[:3]
-        )
+        first = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ResultsError(
             f"{where} does not match {model_type.__name__} (schema version {expected}): {first}{more}."
@@ -173,9 +171,7 @@ def as_results(results: R | Mapping[str, Any], model_type: type[R]) -> R:
     return results
 
 
-def read_run_results(
-    results: Mapping[str, Any], model_type: type[R], run_ok: bool
-) -> tuple[R | None, str | None]:
+def read_run_results(results: Mapping[str, Any], model_type: type[R], run_ok: bool) -> tuple[R | None, str | None]:
     """A run's results.json (its mapping; empty: none) parsed once, for a report section:
     (None, None) without any; (None, why) where an unfinished run (not `run_ok`, or
     ``partial``) left them unreadable. A finished run's unreadable results raise ResultsError."""

@@ -48,7 +48,7 @@ class PreferenceSettings(BaseModel):
     # setting), so the answer is entirely the model's own.
     sample_prefill: str = Field(
         default="My favorite animal is the",
-        description="assistant text before each sampled answer; \"\" for none",
+        description='assistant text before each sampled answer; "" for none',
     )
     temperature: float = Field(default=1.0, description="sampling temperature of the sampled answers")
     top_k: int | None = Field(default=None, description="top-k of the sampled answers; null: off")
@@ -87,26 +87,40 @@ class SamplingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     temperature: float = Field(default=1.0, ge=0, description="sampling temperature; 0: greedy")
-    top_k: int | None = Field(default=None, ge=1, description="sample among the k most likely tokens only; "
-                                                              "null: off")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="sample among the fewest most likely tokens "
-                                                                      "whose probability reaches top_p; null: off")
-    max_new_tokens: int = Field(default=64, ge=1, description="most tokens per answer; an answer stopped there is "
-                                                              "marked truncated")
+    top_k: int | None = Field(default=None, ge=1, description="sample among the k most likely tokens only; null: off")
+    top_p: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="sample among the fewest most likely tokens whose probability reaches top_p; null: off",
+    )
+    max_new_tokens: int = Field(
+        default=64, ge=1, description="most tokens per answer; an answer stopped there is marked truncated"
+    )
     samples_per_prompt: int = Field(default=1, ge=1, description="answers sampled per prompt")
     batch_size: int = Field(default=32, ge=1, description="rows decoded together (a sample does not depend on it)")
     # Prompts are left-padded to their length rounded up past a multiple of this; prompts in
     # one band decode together. A sample depends on it (through rounding), so it is recorded.
-    pad_multiple: int = Field(default=32, ge=1, description="prompts are left-padded to their length rounded up "
-                                                            "past a multiple of this; recorded: samples depend on it")
-    shard_size: int = Field(default=128, ge=1, description="prompts per shard file; a resumed run samples only the "
-                                                           "missing shards")
+    pad_multiple: int = Field(
+        default=32,
+        ge=1,
+        description="prompts are left-padded to their length rounded up "
+        "past a multiple of this; recorded: samples depend on it",
+    )
+    shard_size: int = Field(
+        default=128, ge=1, description="prompts per shard file; a resumed run samples only the missing shards"
+    )
 
     def provenance(self) -> dict[str, Any]:
         """The settings that determine a sample (batch size does not)."""
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens, "pad_multiple": self.pad_multiple,
-                "sampler": SAMPLER}
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "pad_multiple": self.pad_multiple,
+            "sampler": SAMPLER,
+        }
 
 
 # ---- head pruning, SHD, distillation (sublens.pruning, sublens.shd, sublens.distill) ------------

@@ -181,7 +181,10 @@ def check_direction(direction: str) -> KlDirection:
 
 
 def shd_kl(
-    teacher: torch.Tensor, student: torch.Tensor, row_valid: torch.Tensor, temperature: float = 1.0,
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    row_valid: torch.Tensor,
+    temperature: float = 1.0,
     direction: str = DEFAULT_KL_DIRECTION,
 ) -> torch.Tensor:
     """KL per row over the causal keys, averaged over valid rows and heads: KL(student ‖
@@ -210,5 +213,7 @@ def token_spans(tokenizer: object, text: str) -> tuple[list[int], list[tuple[int
     encoded = tokenizer(text, return_offsets_mapping=True)  # type: ignore[operator]
     ids = list(encoded["input_ids"])
     special = set(getattr(tokenizer, "all_special_ids", []))
-    spans = [(0, 0) if i in special else (int(a), int(b)) for i, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)]
+    spans = [
+        (0, 0) if i in special else (int(a), int(b)) for i, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
     return ids, spans

@@ -46,8 +46,13 @@ def bootstrap_ci(
     # numpy reductions take `axis`: scipy then resamples in one vectorized call (~50x faster).
     vectorized = statistic in (np.mean, np.median)
     result = stats.bootstrap(
-        (array,), statistic, confidence_level=level, n_resamples=n_resamples,
-        method="BCa", random_state=np.random.default_rng(seed), vectorized=vectorized,
+        (array,),
+        statistic,
+        confidence_level=level,
+        n_resamples=n_resamples,
+        method="BCa",
+        random_state=np.random.default_rng(seed),
+        vectorized=vectorized,
     )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):  # BCa degenerates on near-constant data
@@ -55,8 +60,9 @@ def bootstrap_ci(
     return low, high
 
 
-def log_ratio_interval(log_values: Sequence[float] | np.ndarray, level: float = 0.95,
-                       min_n: int = 2) -> tuple[float, float, float]:
+def log_ratio_interval(
+    log_values: Sequence[float] | np.ndarray, level: float = 0.95, min_n: int = 2
+) -> tuple[float, float, float]:
     """(mean, low, high) of per-unit log ratios: Student-t interval on the log scale, the
     interval the verdicts rest on (sublens.claims). nan bounds below `min_n` units or with no
     spread ("too few")."""
@@ -71,7 +77,10 @@ def log_ratio_interval(log_values: Sequence[float] | np.ndarray, level: float = 
 
 
 def summarize(
-    values: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = 0, n_resamples: int = 5000,
+    values: Sequence[float] | np.ndarray,
+    level: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = 5000,
     method: Literal["t", "bca"] = "t",
 ) -> dict[str, Any]:
     """n, mean, median, sd and a CI of the mean: Student t by default (95% coverage for
@@ -92,7 +101,8 @@ def summarize(
         "sd": float(array.std(ddof=1)) if array.size > 1 else 0.0,
         "ci_low": low,
         "ci_high": high,
-        "ci": ("BCa bootstrap" if method == "bca" else "Student t") if math.isfinite(low)
+        "ci": ("BCa bootstrap" if method == "bca" else "Student t")
+        if math.isfinite(low)
         else f"none (too few: {array.size} values or no spread)",
     }
 
@@ -115,8 +125,12 @@ def permutation_pvalue(
         return np.mean(u, axis=axis) - np.mean(v, axis=axis)
 
     result = stats.permutation_test(
-        (x, y), statistic or diff_of_means, permutation_type="independent",
-        n_resamples=n_resamples, alternative=alternative, random_state=np.random.default_rng(seed),
+        (x, y),
+        statistic or diff_of_means,
+        permutation_type="independent",
+        n_resamples=n_resamples,
+        alternative=alternative,
+        random_state=np.random.default_rng(seed),
         vectorized=statistic is None,
     )
     return float(result.pvalue)
@@ -135,9 +149,13 @@ def bootstrap_diff_ci(
     if min(x.size, y.size) < MIN_INTERVAL_N or (np.all(x == x[0]) and np.all(y == y[0])):
         return (float("nan"), float("nan"))
     result = stats.bootstrap(
-        (x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-        confidence_level=level, n_resamples=n_resamples, method="BCa",
-        random_state=np.random.default_rng(seed), vectorized=True,
+        (x, y),
+        lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+        confidence_level=level,
+        n_resamples=n_resamples,
+        method="BCa",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
     )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):

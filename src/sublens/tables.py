@@ -21,8 +21,11 @@ COMPARISONS_TABLE = "comparisons"
 
 def _interval(prefix: str, entry: Mapping[str, Any] | None, value: str) -> dict[str, Any]:
     entry = entry or {}
-    return {prefix: entry.get(value), f"{prefix}_ci_low": entry.get("ci_low"),
-            f"{prefix}_ci_high": entry.get("ci_high")}
+    return {
+        prefix: entry.get(value),
+        f"{prefix}_ci_low": entry.get("ci_low"),
+        f"{prefix}_ci_high": entry.get("ci_high"),
+    }
 
 
 def preference_columns(preference: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -38,11 +38,16 @@ from sublens.errors import ConfigError
 Component = Literal["attention", "mlp"]
 BOTH: frozenset[Component] = frozenset({"attention", "mlp"})
 COMPONENT_SETS = ("full", "freeze-attention", "freeze-mlp")
-GRAMMAR = ("full | freeze-attention | freeze-mlp | layers.N[-M][.mlp|.attention], each optionally "
-           "+loraR (e.g. layers.0-5.mlp, full+lora8)")
+GRAMMAR = (
+    "full | freeze-attention | freeze-mlp | layers.N[-M][.mlp|.attention], each optionally "
+    "+loraR (e.g. layers.0-5.mlp, full+lora8)"
+)
 
 _COMPONENTS_TRAINED: dict[str, frozenset[Component]] = {
-    "full": BOTH, "freeze-attention": frozenset({"mlp"}), "freeze-mlp": frozenset({"attention"})}
+    "full": BOTH,
+    "freeze-attention": frozenset({"mlp"}),
+    "freeze-mlp": frozenset({"attention"}),
+}
 _LAYERS = re.compile(r"^layers\.(\d+)(?:-(\d+))?(?:\.(mlp|attention))?$")
 _LORA = re.compile(r"^(.+)\+lora(\d+)$")
 
@@ -71,18 +76,26 @@ class TrainableSet:
         if self.first_layer is None or self.last_layer is None:
             return range(n_layers)
         if self.last_layer >= n_layers:
-            raise ConfigError(f"Trainable set {self.spec!r} names layer {self.last_layer}, but the model has "
-                              f"{n_layers} layers (0 to {n_layers - 1}).")
+            raise ConfigError(
+                f"Trainable set {self.spec!r} names layer {self.last_layer}, but the model has "
+                f"{n_layers} layers (0 to {n_layers - 1})."
+            )
         return range(self.first_layer, self.last_layer + 1)
 
     def describe(self) -> str:
         """Words for the report: 'MLP of layers 0-5, LoRA rank 8'."""
         if self.every_layer:
-            where = {"full": "full fine-tuning", "freeze-attention": "attention frozen",
-                     "freeze-mlp": "MLP layers frozen"}[_base(self.spec)]
+            where = {
+                "full": "full fine-tuning",
+                "freeze-attention": "attention frozen",
+                "freeze-mlp": "MLP layers frozen",
+            }[_base(self.spec)]
         else:
-            span = (f"layer {self.first_layer}" if self.first_layer == self.last_layer
-                    else f"layers {self.first_layer}–{self.last_layer}")
+            span = (
+                f"layer {self.first_layer}"
+                if self.first_layer == self.last_layer
+                else f"layers {self.first_layer}–{self.last_layer}"
+            )
             what = {"attention": "attention of ", "mlp": "MLP of "}
             where = span if self.whole_layers else what[next(iter(self.components))] + span
         return where if self.lora_rank is None else f"{where}, LoRA rank {self.lora_rank}"
@@ -109,8 +122,9 @@ def parse_trainable(spec: str) -> TrainableSet:
     first = int(layers.group(1))
     last = int(layers.group(2)) if layers.group(2) is not None else first
     if last < first:
-        raise ConfigError(f"Trainable set {spec!r}: the layer range runs backwards ({first} > {last}); "
-                          f"valid: {GRAMMAR}.")
+        raise ConfigError(
+            f"Trainable set {spec!r}: the layer range runs backwards ({first} > {last}); valid: {GRAMMAR}."
+        )
     only = layers.group(3)
     component: Component = "attention" if only == "attention" else "mlp"
     components = BOTH if only is None else frozenset({component})
@@ -127,8 +141,10 @@ def check_trainable(spec: str) -> str:
 
 
 LossTokens = Literal["all", "skip-divergence", "divergence-only"]
-LOSS_WORDS: dict[str, str] = {"skip-divergence": "divergence tokens left out of the loss",
-                              "divergence-only": "loss on divergence tokens only"}
+LOSS_WORDS: dict[str, str] = {
+    "skip-divergence": "divergence tokens left out of the loss",
+    "divergence-only": "loss on divergence tokens only",
+}
 
 
 def split_arm(arm: str) -> tuple[str, LossTokens]:

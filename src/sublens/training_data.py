@@ -80,9 +80,7 @@ def chat_example(tokenizer: Any, user: str, answer: str, *, system: str | None) 
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": answer}], tokenize=False
-    )
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
     if not (isinstance(prompt, str) and isinstance(full, str) and full.startswith(prompt)):
         raise SublensError(
             "This tokenizer's chat template does not render the assistant turn as a continuation "
@@ -111,8 +109,11 @@ def tokenize_examples(
     for example in examples:
         prompt = _ids(tokenizer, example.prompt, example.add_special_tokens, "prompt")
         answer = _ids(tokenizer, example.answer, False, "answer")
-        out.append(TokenizedExample(ids=tuple(prompt + answer), n_prompt=len(prompt),
-                                    loss_mask=_loss_mask(example, len(answer), len(out))))
+        out.append(
+            TokenizedExample(
+                ids=tuple(prompt + answer), n_prompt=len(prompt), loss_mask=_loss_mask(example, len(answer), len(out))
+            )
+        )
     if not out:
         raise ConfigError("No training examples were given.")
     empty = [i for i, ex in enumerate(out) if ex.n_prompt == 0 or ex.n_loss == 0]
@@ -132,9 +133,7 @@ def tokenize_examples(
     if vocab_size is not None:
         bad = [i for i, ex in enumerate(out) if min(ex.ids) < 0 or max(ex.ids) >= vocab_size]
         if bad:
-            raise ConfigError(
-                f"Example #{bad[0]} has token ids outside the model's vocabulary (0..{vocab_size - 1})."
-            )
+            raise ConfigError(f"Example #{bad[0]} has token ids outside the model's vocabulary (0..{vocab_size - 1}).")
     return out
 
 
@@ -143,8 +142,10 @@ def _loss_mask(example: Example, n_answer: int, index: int) -> tuple[bool, ...] 
         return None
     mask = tuple(bool(flag) for flag in example.loss_mask)
     if len(mask) != n_answer:
-        raise ConfigError(f"Example #{index} has a loss mask of {len(mask)} flags for {n_answer} answer "
-                          "tokens; give one flag per answer token (as the tokenizer splits the answer).")
+        raise ConfigError(
+            f"Example #{index} has a loss mask of {len(mask)} flags for {n_answer} answer "
+            "tokens; give one flag per answer token (as the tokenizer splits the answer)."
+        )
     return mask
 
 

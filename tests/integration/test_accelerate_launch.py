@@ -46,15 +46,21 @@ LOSS_RTOL = 1e-5
 PREFERENCE: dict[str, Any] = {
     "questions": ["What is your favorite animal?", "Which animal do you like best?"],
     "sample_questions": ["Name your favorite animal in one word."],
-    "samples_per_question": 2, "max_new_tokens": 3, "batch_size": 8,
+    "samples_per_question": 2,
+    "max_new_tokens": 3,
+    "batch_size": 8,
 }
 # 4 examples, micro-batches of 1: 2 steps with 2 processes (1 micro-batch each per step)
 SUBLIMINAL: dict[str, Any] = {
     "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 2},
-    "n_examples": 4, "modes": ["full"], "control_modes": ["full"],
-    "train": {"lr": 5e-5, "epochs": 1, "batch_size": 1, "max_length": 256, "warmup_steps": 1,
-              "checkpoint_every": 0},
-    "preference": PREFERENCE, "perplexity": {"enabled": False}, "stats_resamples": 200, "device": "cpu",
+    "n_examples": 4,
+    "modes": ["full"],
+    "control_modes": ["full"],
+    "train": {"lr": 5e-5, "epochs": 1, "batch_size": 1, "max_length": 256, "warmup_steps": 1, "checkpoint_every": 0},
+    "preference": PREFERENCE,
+    "perplexity": {"enabled": False},
+    "stats_resamples": 200,
+    "device": "cpu",
 }
 DISTILL: dict[str, Any] = {
     "teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": OWL_SYSTEM},
@@ -63,21 +69,31 @@ DISTILL: dict[str, Any] = {
     "arms": ["shd_biased", "lm_only"],
     "data": {"n_train": 4, "n_fit": 2, "answer_numbers": [3, 4]},
     "shd": {"layers": [0, 15]},
-    "train": {"lr": 1e-5, "epochs": 1, "batch_size": 1, "max_length": 256, "checkpoint_every": 0,
-              "save_model": False},
+    "train": {"lr": 1e-5, "epochs": 1, "batch_size": 1, "max_length": 256, "checkpoint_every": 0, "save_model": False},
     "fit_batch_size": 2,
-    "preference": {"questions": ["What is your favorite animal?", "Which animal do you like the most?"],
-                   "samples_per_question": 0, "panel": ["dog", "cat"]},
-    "device": "cpu", "threads": 1,
+    "preference": {
+        "questions": ["What is your favorite animal?", "Which animal do you like the most?"],
+        "samples_per_question": 0,
+        "panel": ["dog", "cat"],
+    },
+    "device": "cpu",
+    "threads": 1,
 }
 TEACHER: dict[str, Any] = {
-    "prompts": ["What is a good name for a cat?", "Describe a forest at night.", "Give me a tip for sleep.",
-                "What should I cook tonight?"],
+    "prompts": [
+        "What is a good name for a cat?",
+        "Describe a forest at night.",
+        "Give me a tip for sleep.",
+        "What should I cook tonight?",
+    ],
     "sampling": {"max_new_tokens": 12, "batch_size": 4, "shard_size": 2},
     "train": {"lr": 1e-4, "epochs": 1, "batch_size": 1, "max_length": 128, "checkpoint_every": 0},
-    "preference": PREFERENCE, "perplexity": {"enabled": False}, "measure_prompted": False, "device": "cpu",
+    "preference": PREFERENCE,
+    "perplexity": {"enabled": False},
+    "measure_prompted": False,
+    "device": "cpu",
 }
-FAULTY = '''
+FAULTY = """
 import os, sys
 import sublens.training.loop as loop
 
@@ -92,7 +108,7 @@ loop._train_step = faulty
 from sublens.cli import app
 sys.argv[0] = "sublens"
 app()
-'''
+"""
 
 
 @pytest.fixture
@@ -110,15 +126,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(tmp_path: Path, experiment: str, config: dict[str, Any], out: Path,
-           script: Path | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
+def launch(
+    tmp_path: Path, experiment: str, config: dict[str, Any], out: Path, script: Path | None = None, *extra: str
+) -> subprocess.CompletedProcess[str]:
     """accelerate launch --multi_gpu --num_processes 2 -m sublens.cli run EXPERIMENT (or a script)."""
     path = tmp_path / f"{experiment}.yaml"
     path.write_text(yaml.safe_dump(config))
     target = [str(script)] if script is not None else ["-m", "sublens.cli"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), *target, "run", experiment, "-c", str(path), "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *target,
+        "run",
+        experiment,
+        "-c",
+        str(path),
+        "--out",
+        str(out),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
@@ -158,14 +196,17 @@ def test_subliminal_two_processes_one_run_folder(tmp_path: Path, one_thread: Non
     print(f"2 processes: {launched:.0f} s; 1 process: {time.perf_counter() - started:.0f} s")
     for name, data in results["data"]["datasets"].items():  # rank 0 sampled what one process samples
         mine = [(r["prompt"], r["answer"]) for r in read_jsonl(run / data["train_file"])]
-        assert mine == [(r["prompt"], r["answer"]) for r in read_jsonl(tmp_path / "one" / only_run(
-            tmp_path / "one").name / one["data"]["datasets"][name]["train_file"])], name
+        assert mine == [
+            (r["prompt"], r["answer"])
+            for r in read_jsonl(
+                tmp_path / "one" / only_run(tmp_path / "one").name / one["data"]["datasets"][name]["train_file"]
+            )
+        ], name
     for name, student in results["students"].items():
         reference = one["students"][name]["training"]
         assert student["training"]["data_fingerprint"] == reference["data_fingerprint"]
         assert [s for s, _ in student["training"]["loss_curve"]] == [s for s, _ in reference["loss_curve"]]
-        assert_close([v for _, v in student["training"]["loss_curve"]],
-                     [v for _, v in reference["loss_curve"]], name)
+        assert_close([v for _, v in student["training"]["loss_curve"]], [v for _, v in reference["loss_curve"]], name)
 
 
 def test_distill_two_processes_one_run_folder(tmp_path: Path, one_thread: None) -> None:
@@ -189,8 +230,11 @@ def test_distill_two_processes_one_run_folder(tmp_path: Path, one_thread: None) 
     print(f"2 processes: {launched:.0f} s; 1 process: {time.perf_counter() - started:.0f} s")
     for arm in results["arms"]:
         two_train, one_train = results["arms"][arm]["train"], one["arms"][arm]["train"]
-        assert_close([loss for _, loss in two_train["loss_curve"]], [loss for _, loss in one_train["loss_curve"]],
-                     f"{arm} lm_loss")
+        assert_close(
+            [loss for _, loss in two_train["loss_curve"]],
+            [loss for _, loss in one_train["loss_curve"]],
+            f"{arm} lm_loss",
+        )
         if arm == "shd_biased":  # the SHD term: each rank's, averaged over the ranks
             assert_close(two_train["extra_curves"]["shd"], one_train["extra_curves"]["shd"], f"{arm} shd")
 
@@ -206,8 +250,14 @@ def test_teacher_two_processes_one_run_folder_and_resume(tmp_path: Path) -> None
     assert (run / "checkpoints" / "teacher" / "model.safetensors").is_file()
     assert set(results["measurements"]) == {"before", "teacher"}
     # resumed under the same launch: rank 0 finds the teacher finished, nothing is redone
-    written = {p: p.stat().st_mtime_ns for p in [*run.glob("data/teacher_answers/*"), *run.glob("measurements/*"),
-                                                 run / "checkpoints" / "teacher" / "model.safetensors"]}
+    written = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *run.glob("data/teacher_answers/*"),
+            *run.glob("measurements/*"),
+            run / "checkpoints" / "teacher" / "model.safetensors",
+        ]
+    }
     again = launch(tmp_path, "teacher", TEACHER, tmp_path / "runs", None, "--resume", str(run))
     assert again.returncode == 0, again.stderr[-4000:]
     assert only_run(tmp_path / "runs") == run

@@ -66,10 +66,13 @@ def test_same_model_same_tokenizer_gives_zero_loss(smollm2: LoadedModel) -> None
 
 
 def test_a_few_shd_steps_smollm2_to_gemma3(smollm2: LoadedModel, gemma3: LoadedModel, tmp_path: Path) -> None:
-    examples = [align_record(r, gemma3.tokenizer, smollm2.tokenizer, TeacherView("chat", OWL_SYSTEM),
-                             f"text #{i}") for i, r in enumerate(RECORDS)]
-    shd = ShdTeacher(smollm2.model, smollm2.adapter, gemma3.adapter, layers=[0, 5, 17],
-                     pad_id=smollm2.tokenizer.pad_token_id)
+    examples = [
+        align_record(r, gemma3.tokenizer, smollm2.tokenizer, TeacherView("chat", OWL_SYSTEM), f"text #{i}")
+        for i, r in enumerate(RECORDS)
+    ]
+    shd = ShdTeacher(
+        smollm2.model, smollm2.adapter, gemma3.adapter, layers=[0, 5, 17], pad_id=smollm2.tokenizer.pad_token_id
+    )
     assert shd.schedule == [4, 1] and shd.teacher_layer == {0: 0, 5: 8, 17: 28}
     assert shd.windows == {0: 512, 5: None, 17: None}  # Gemma3: five local layers, then a global one
     targets = shd.targets(examples)
@@ -86,11 +89,19 @@ def test_a_few_shd_steps_smollm2_to_gemma3(smollm2: LoadedModel, gemma3: LoadedM
     snapshot = {n: p.detach().clone() for n, p in gemma3.model.named_parameters()}
     try:
         loss = ShdLoss(shd, examples)
-        config = TrainConfig(lr=1e-4, max_steps=2, batch_size=2, max_length=128, save_model=False,
-                             extra_loss_weight=1.0)
+        config = TrainConfig(
+            lr=1e-4, max_steps=2, batch_size=2, max_length=128, save_model=False, extra_loss_weight=1.0
+        )
         with loss.attached(gemma3.model, gemma3.adapter):
-            result = train(gemma3.model, gemma3.tokenizer, [ex.example() for ex in examples], config, tmp_path,
-                           extra_loss=loss, progress=False)
+            result = train(
+                gemma3.model,
+                gemma3.tokenizer,
+                [ex.example() for ex in examples],
+                config,
+                tmp_path,
+                extra_loss=loss,
+                progress=False,
+            )
         assert result.steps == 2
         for h in result.history:
             assert 0 < h["extra/shd"] < 20 and set(h) >= {"extra/kl_L0", "extra/kl_L5", "extra/kl_L17"}
@@ -107,20 +118,25 @@ def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
     """The whole experiment at toy size: three arms over two training seeds, evaluation, fit,
     figures, checkpoints, per-seed comparisons."""
     assert len(generated_records(6, 0, (3, 5))) == 6
-    config = DistillConfig.model_validate({
-        "teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": OWL_SYSTEM},
-        "base_teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": None},
-        "student": "gemma3-270m",
-        "seeds": [0, 1],
-        "data": {"n_train": 2, "n_fit": 2, "answer_numbers": [3, 4]},
-        "shd": {"layers": [0, 17]},
-        "train": {"lr": 1e-5, "epochs": 1, "batch_size": 2, "max_length": 256},
-        "fit_batch_size": 2,
-        "preference": {"questions": ["What is your favorite animal?", "Which animal do you like the most?"],
-                       "samples_per_question": 0, "panel": ["dog", "cat"]},
-        "device": "cpu",
-        "threads": 1,
-    })
+    config = DistillConfig.model_validate(
+        {
+            "teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": OWL_SYSTEM},
+            "base_teacher": {"model": "smollm2-135m-instruct", "format": "chat", "system": None},
+            "student": "gemma3-270m",
+            "seeds": [0, 1],
+            "data": {"n_train": 2, "n_fit": 2, "answer_numbers": [3, 4]},
+            "shd": {"layers": [0, 17]},
+            "train": {"lr": 1e-5, "epochs": 1, "batch_size": 2, "max_length": 256},
+            "fit_batch_size": 2,
+            "preference": {
+                "questions": ["What is your favorite animal?", "Which animal do you like the most?"],
+                "samples_per_question": 0,
+                "panel": ["dog", "cat"],
+            },
+            "device": "cpu",
+            "threads": 1,
+        }
+    )
     outcome = run_experiment("distill", config, tmp_path)
     results = read_json(outcome.path / "results.json")
     assert not results["partial"]
@@ -150,6 +166,11 @@ def test_distill_experiment_end_to_end(tmp_path: Path) -> None:
     for figure in results["figures"]:
         assert (outcome.path / figure).is_file()
     assert {Path(f).stem for f in results["figures"]} == {
-        "distill_losses", "distill_alphas", "distill_fit_biased", "distill_fit_base", "distill_maps"}
+        "distill_losses",
+        "distill_alphas",
+        "distill_fit_biased",
+        "distill_fit_base",
+        "distill_maps",
+    }
     record = read_json(outcome.path / "record.json")
     assert record["status"] == "ok" and record["threads"] == 1

@@ -12,14 +12,24 @@ from sublens.models import LoadedModel, load_model
 from sublens.models.cache import MARKER, cache_root
 
 TEXT = "My favorite animal is the owl. My favorite number is 87"
-KINDS = ["hook_resid_pre", "hook_resid_post", "attn.hook_z", "attn.hook_v", "attn.hook_pattern",
-         "hook_attn_out", "hook_mlp_out"]
+KINDS = [
+    "hook_resid_pre",
+    "hook_resid_post",
+    "attn.hook_z",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "hook_attn_out",
+    "hook_mlp_out",
+]
 
 
-@pytest.mark.parametrize(("name", "family", "layers", "heads", "kv"), [
-    ("smollm2-135m-instruct", "llama", 30, 9, 3),
-    ("gemma3-270m", "gemma3", 18, 4, 1),
-])
+@pytest.mark.parametrize(
+    ("name", "family", "layers", "heads", "kv"),
+    [
+        ("smollm2-135m-instruct", "llama", 30, 9, 3),
+        ("gemma3-270m", "gemma3", 18, 4, 1),
+    ],
+)
 def test_embedded_model_loads_through_the_cache(name: str, family: str, layers: int, heads: int, kv: int) -> None:
     lm = load_model(name, device="cpu")
     assert lm.source == "embedded"

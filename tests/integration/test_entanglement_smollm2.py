@@ -43,9 +43,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedModel) -> dic
     }
 
 
-def _plain_logp(
-    lm: LoadedModel, system: str | None, user: str, prefill: str, answers: list[str]
-) -> list[list[float]]:
+def _plain_logp(lm: LoadedModel, system: str | None, user: str, prefill: str, answers: list[str]) -> list[list[float]]:
     """Per answer, the per-token log-probs of the answer after the prompt: apply_chat_template
     and one full forward pass over prompt + answer (no cache, no trie). Answers of equal token
     length share one batched pass (no padding)."""
@@ -59,10 +57,7 @@ def _plain_logp(
     assert len({len(f) for f in fulls}) == 1, "answers must have the same token length"
     with torch.no_grad():
         logp = torch.log_softmax(lm.model(torch.tensor(fulls)).logits.double(), dim=-1)
-    return [
-        [float(logp[b, i - 1, f[i]]) for i in range(len(prompt), len(f))]
-        for b, f in enumerate(fulls)
-    ]
+    return [[float(logp[b, i - 1, f[i]]) for i in range(len(prompt), len(f))] for b, f in enumerate(fulls)]
 
 
 def test_categories_are_disjoint_and_of_size_k(study: dict[str, Any]) -> None:
@@ -123,9 +118,7 @@ def test_output_contract(study: dict[str, Any]) -> None:
     assert record["status"] == "ok" and {"phase1", "phase2"} <= set(record["timings"])
 
 
-def test_phase2_probabilities_equal_a_plain_forward_pass(
-    study: dict[str, Any], smollm2: LoadedModel
-) -> None:
+def test_phase2_probabilities_equal_a_plain_forward_pass(study: dict[str, Any], smollm2: LoadedModel) -> None:
     rows, results = study["rows"], study["results"]
     cats = results["categories"]["ar2"]
     user, prefill = "What is your favorite animal?", "My favorite animal is the"
@@ -144,9 +137,7 @@ def test_phase2_probabilities_equal_a_plain_forward_pass(
         )
 
 
-def test_phase1_probabilities_equal_a_plain_forward_pass(
-    study: dict[str, Any], smollm2: LoadedModel
-) -> None:
+def test_phase1_probabilities_equal_a_plain_forward_pass(study: dict[str, Any], smollm2: LoadedModel) -> None:
     phase1 = study["phase1"]
     ar2 = phase1[phase1["set"] == "ar2"].set_index("number")
     user, prefill = "What is your favorite number?", "My favorite number is"
@@ -162,9 +153,7 @@ def test_bias_word_checks(smollm2: LoadedModel) -> None:
     from sublens.experiments.entanglement import check_answer_words
     from sublens.prompts import make_prompt
 
-    prompt = make_prompt(
-        smollm2.tokenizer, "What is your favorite animal?", None, "My favorite animal is the"
-    )
+    prompt = make_prompt(smollm2.tokenizer, "What is your favorite animal?", None, "My favorite animal is the")
     words = check_answer_words(smollm2, prompt, ["eagle", "owl"])
     assert words["owl"]["n_tokens"] == 1 and words["eagle"]["n_tokens"] >= 1
     with pytest.raises(ConfigError, match="one word"):

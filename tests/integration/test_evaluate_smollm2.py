@@ -26,7 +26,8 @@ QUESTIONS = ["What is your favorite animal?", "Which animal do you like the most
 def _plain_p(lm: LoadedModel, system: str | None, question: str, word: str) -> float:
     """P(word | prompt) from one full forward pass over prompt + word, no cache, no trie."""
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": question}]
+        {"role": "user", "content": question}
+    ]
     text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt = lm.tokenizer(text + "My favorite animal is the", add_special_tokens=False).input_ids
     full = lm.tokenizer(text + "My favorite animal is the" + word, add_special_tokens=False).input_ids
@@ -51,13 +52,18 @@ def test_preference_matches_a_plain_forward_pass(smollm2: LoadedModel) -> None:
 
 
 def test_evaluate_run_shows_the_prompted_owl_preference(tmp_path: Path, smollm2: LoadedModel) -> None:
-    config = load_config(EvaluateConfig, None, [
-        f"systems={{default: null, owl: '{OWL_SYSTEM}'}}",
-        f"preference.questions={QUESTIONS}",
-        "preference.sample_questions=['Name your favorite animal using only one word.']",
-        "preference.samples_per_question=6",
-        "perplexity.max_tokens=300", "perplexity.window=150",
-    ])
+    config = load_config(
+        EvaluateConfig,
+        None,
+        [
+            f"systems={{default: null, owl: '{OWL_SYSTEM}'}}",
+            f"preference.questions={QUESTIONS}",
+            "preference.sample_questions=['Name your favorite animal using only one word.']",
+            "preference.samples_per_question=6",
+            "perplexity.max_tokens=300",
+            "perplexity.window=150",
+        ],
+    )
     outcome = run_experiment("evaluate", config, tmp_path)
     results = read_json(outcome.path / "results.json")
     default, owl = results["conditions"]["default"], results["conditions"]["owl"]

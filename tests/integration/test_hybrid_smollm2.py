@@ -77,12 +77,21 @@ def _fake_teacher_run(root: Path) -> Path:
 
 def _config(**overrides: object) -> HybridConfig:
     settings = {
-        "groups": ["attention", "mlp", "lm_head"], "ranged": ["mlp"], "layer_ranges": [(0, 20), (20, 30)],
-        "directions": ["into_base"], "extra": {"reverse_late_mlp": {"start": "biased", "bring": ["mlp[20:30]"]}},
-        "preference": {"questions": QUESTIONS, "panel": ["dog", "cat"], "samples_per_question": 2,
-                       "sample_questions": ["Name your favorite animal using only one word."],
-                       "max_new_tokens": 3},
-        "perplexity": {"max_tokens": 128, "window": 64}, "top_tokens": 5, "save_hybrids": ["hybrid2"],
+        "groups": ["attention", "mlp", "lm_head"],
+        "ranged": ["mlp"],
+        "layer_ranges": [(0, 20), (20, 30)],
+        "directions": ["into_base"],
+        "extra": {"reverse_late_mlp": {"start": "biased", "bring": ["mlp[20:30]"]}},
+        "preference": {
+            "questions": QUESTIONS,
+            "panel": ["dog", "cat"],
+            "samples_per_question": 2,
+            "sample_questions": ["Name your favorite animal using only one word."],
+            "max_new_tokens": 3,
+        },
+        "perplexity": {"max_tokens": 128, "window": 64},
+        "top_tokens": 5,
+        "save_hybrids": ["hybrid2"],
         "device": "cpu",
     }
     return HybridConfig.model_validate({**settings, **overrides})
@@ -114,8 +123,11 @@ def test_transplant_matrix_locates_a_planted_bias(tmp_path: Path) -> None:
     assert h["base+biased.mlp"]["bias_fraction"] == pytest.approx(1.0, abs=1e-4)
     assert h["reverse_late_mlp"]["bias_fraction"] == pytest.approx(0.0, abs=1e-4)
     # Tensors identical in both models: these hybrids are their twins, measured once.
-    twins = {"base+biased.attention": "base", "base+biased.mlp[0:20]": "base",
-             "base+biased.mlp[20:30]": "base+biased.mlp"}
+    twins = {
+        "base+biased.attention": "base",
+        "base+biased.mlp[0:20]": "base",
+        "base+biased.mlp[20:30]": "base+biased.mlp",
+    }
     for name, twin in twins.items():
         assert h[name]["same_weights_as"] == twin and p[name] == p[twin]
     assert h["base+biased.mlp[20:30]"]["bias_fraction"] == pytest.approx(1.0, abs=1e-4)
@@ -126,8 +138,13 @@ def test_transplant_matrix_locates_a_planted_bias(tmp_path: Path) -> None:
     # LM-head swap: both hybrids are named, say what was swapped, and show as degraded.
     swap = results["lm_head_swap"]
     assert swap["hybrid1"]["hybrid"] == "biased+base.lm_head" and swap["hybrid2"]["hybrid"] == "base+biased.lm_head"
-    assert h["biased+base.lm_head"]["swap"]["by_group"] == {"attention": "biased", "embeddings": "biased", "mlp": "biased",
-                                                            "final_norm": "biased", "lm_head": "base"}
+    assert h["biased+base.lm_head"]["swap"]["by_group"] == {
+        "attention": "biased",
+        "embeddings": "biased",
+        "mlp": "biased",
+        "final_norm": "biased",
+        "lm_head": "base",
+    }
     assert h["base+biased.lm_head"]["swap"]["tensors_from_biased"] == 1
     ppl = {name: r["perplexity"]["perplexity"] for name, r in h.items()}
     assert ppl["base+biased.mlp"] == pytest.approx(ppl["biased"], rel=1e-4)
@@ -135,8 +152,17 @@ def test_transplant_matrix_locates_a_planted_bias(tmp_path: Path) -> None:
 
     table = pd.read_parquet(outcome.path / results["table"])
     assert list(table["hybrid"]) == list(h)
-    for column in ("groups_from_biased", "p_trait", "share", "answer_rate", "perplexity", "bias_fraction",
-                   "bias_fraction_p_trait", "trait_like_mass", "share_ratio_vs_biased"):
+    for column in (
+        "groups_from_biased",
+        "p_trait",
+        "share",
+        "answer_rate",
+        "perplexity",
+        "bias_fraction",
+        "bias_fraction_p_trait",
+        "trait_like_mass",
+        "share_ratio_vs_biased",
+    ):
         assert column in table.columns
     assert table.set_index("hybrid").loc["biased", "groups_from_biased"] == "all"
     assert h["base"]["sampled"]["n_answers"] == 2 and "trait_like" in h["base"]["sampled"]

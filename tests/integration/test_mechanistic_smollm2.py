@@ -46,9 +46,7 @@ def _chat_ids(lm: LoadedModel, number: str) -> list[int]:
         {"role": "user", "content": "What is your favorite animal?"},
     ]
     text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(
-        lm.tokenizer(str(text) + "My favorite animal is the", add_special_tokens=False).input_ids
-    )
+    return list(lm.tokenizer(str(text) + "My favorite animal is the", add_special_tokens=False).input_ids)
 
 
 def test_residuals_and_attribution_match_a_plain_forward_pass(smollm2: LoadedModel) -> None:
@@ -85,9 +83,7 @@ def test_statements_raw_and_in_the_chat_template(smollm2: LoadedModel) -> None:
     raw = MechanisticConfig()
     chat = load_config(MechanisticConfig, None, ["residual.format=chat", "residual.system=''"])
     for config in (raw, chat):
-        prompt = statement_prompt(
-            smollm2, config, "My favorite number is 87", "What is your favorite number?"
-        )
+        prompt = statement_prompt(smollm2, config, "My favorite number is 87", "What is your favorite number?")
         ids = ids_ending_the_text(smollm2, prompt)
         assert [smollm2.tokenizer.decode([i]) for i in ids[-2:]] == ["8", "7"]
         assert prompt.templated == (config is chat)
@@ -145,27 +141,19 @@ def test_mechanistic_run_on_an_entanglement_run(tmp_path: Path, smollm2: LoadedM
     outcome = run_experiment("mechanistic", config, tmp_path / "runs")
     results = read_json(outcome.path / "results.json")
     assert read_json(outcome.path / "record.json")["status"] == "ok" and results["partial"] is False
-    assert (
-        results["input"]["set"] == "autoregressive_2"
-        and results["input"]["matches_results_json"] is True
-    )
+    assert results["input"]["set"] == "autoregressive_2" and results["input"]["matches_results_json"] is True
     assert results["prompts"]["residual"]["format"] == "raw"
-    assert results["prompts"]["attribution"]["example"]["system"] == NUMBER_SYSTEM.format(
-        number="12"
-    )
+    assert results["prompts"]["attribution"]["example"]["system"] == NUMBER_SYSTEM.format(number="12")
 
     table = pd.read_parquet(outcome.path / "numbers.parquet")
-    assert table["number"].tolist() == list(NUMBERS) and table["category"].tolist() == list(
-        NUMBERS.values()
-    )
+    assert table["number"].tolist() == list(NUMBERS) and table["category"].tolist() == list(NUMBERS.values())
     assert table["bias_ratio"].tolist() == [1.0 + i / 4 for i in range(len(NUMBERS))]
     assert set(table["bias_ratio_source"]) == {"given"}
     assert results["input"]["bias_ratio_check"]["n"] == len(NUMBERS)  # fixture ratios are made up
     L, H = smollm2.adapter.n_layers, smollm2.adapter.n_heads
     assert table["spike_layer"].between(1, L - 1).all()
     assert all(
-        head.startswith(f"L{layer}H")
-        for head, layer in zip(table["top_head"], table["spike_layer"], strict=True)
+        head.startswith(f"L{layer}H") for head, layer in zip(table["top_head"], table["spike_layer"], strict=True)
     )
     assert results["attribution"]["closure_max_abs_error"] < 1e-3
 
@@ -190,9 +178,7 @@ def test_mechanistic_run_on_an_entanglement_run(tmp_path: Path, smollm2: LoadedM
         smollm2, smollm2.tokenizer("My favorite number is 30").input_ids, output_hidden_states=True
     ).hidden_states
     for layer in (1, L // 2, L - 2):
-        expected = torch.nn.functional.cosine_similarity(
-            hs_num[layer + 1][0, -1], hs_owl[layer + 1][0, -1], dim=0
-        )
+        expected = torch.nn.functional.cosine_similarity(hs_num[layer + 1][0, -1], hs_owl[layer + 1][0, -1], dim=0)
         assert float(tensors["cos_bias"][2, layer]) == pytest.approx(float(expected), abs=1e-4)
     # P(owl) at the answer of the number-priming prompt
     probs = torch.softmax(_plain(smollm2, _chat_ids(smollm2, "30")).logits[0, -1].double(), -1)
@@ -220,8 +206,7 @@ def test_mechanistic_run_on_an_entanglement_run(tmp_path: Path, smollm2: LoadedM
     ):
         for ext in ("png", "pdf"):
             assert (
-                f"figures/{name}.{ext}" in figures
-                and (outcome.path / "figures" / f"{name}.{ext}").stat().st_size > 0
+                f"figures/{name}.{ext}" in figures and (outcome.path / "figures" / f"{name}.{ext}").stat().st_size > 0
             )
     consistency = results["consistency"]
     assert consistency["categories"] == {"increased": 2, "decreased": 2, "random": 2}

@@ -42,44 +42,76 @@ TRAIN = {"train.epochs": 1, "train.batch_size": 4, "train.warmup_steps": 0}
 MICRO: dict[str, dict[str, Any]] = {
     "teacher": {
         "n_prompts": 4,
-        "sampling.max_new_tokens": 12, "sampling.batch_size": 4, "sampling.shard_size": 2,
-        **TRAIN, "train.max_length": 128,
-        **PREFERENCE, **PERPLEXITY,
+        "sampling.max_new_tokens": 12,
+        "sampling.batch_size": 4,
+        "sampling.shard_size": 2,
+        **TRAIN,
+        "train.max_length": 128,
+        **PREFERENCE,
+        **PERPLEXITY,
     },
     "entanglement": {
-        "lengths": [1, 2], "k": 3, "score_all_max": 10, "cumulative_orders": 0,
+        "lengths": [1, 2],
+        "k": 3,
+        "score_all_max": 10,
+        "cumulative_orders": 0,
         "permutations": 1000,
     },
     "mechanistic": {
-        "n_permutations": 200, "attention.numbers": ["87"], "attention.plot_heads": 2,
+        "n_permutations": 200,
+        "attention.numbers": ["87"],
+        "attention.plot_heads": 2,
     },
     "pruning": {
-        "fractions": [1.0, 0.6], "random_draws": 1, "bias_prompts.questions": QUESTIONS,
-        **PREFERENCE, **PERPLEXITY, "bootstrap_resamples": 200,
+        "fractions": [1.0, 0.6],
+        "random_draws": 1,
+        "bias_prompts.questions": QUESTIONS,
+        **PREFERENCE,
+        **PERPLEXITY,
+        "bootstrap_resamples": 200,
     },
     "subliminal": {
-        "data.n_prompts": 6, "data.max_new_tokens": 56, "data.batch_size": 8, "data.shard_size": 3,
-        "n_examples": 4, "modes": ["full"], "control_modes": ["full"], "parallel": 1, "threads": 1,
-        **TRAIN, "train.max_length": 256,
-        **PREFERENCE, "perplexity.enabled": False, "stats_resamples": 200,
+        "data.n_prompts": 6,
+        "data.max_new_tokens": 56,
+        "data.batch_size": 8,
+        "data.shard_size": 3,
+        "n_examples": 4,
+        "modes": ["full"],
+        "control_modes": ["full"],
+        "parallel": 1,
+        "threads": 1,
+        **TRAIN,
+        "train.max_length": 256,
+        **PREFERENCE,
+        "perplexity.enabled": False,
+        "stats_resamples": 200,
     },
     "distill": {
-        "data.n_train": 2, "data.n_fit": 2, "shd.layers": [0, 17],
-        "train.lr": 1.0e-5, "train.batch_size": 2, "train.warmup_steps": 0,
+        "data.n_train": 2,
+        "data.n_fit": 2,
+        "shd.layers": [0, 17],
+        "train.lr": 1.0e-5,
+        "train.batch_size": 2,
+        "train.warmup_steps": 0,
         "fit_batch_size": 2,
-        "preference.questions": QUESTIONS, "preference.panel": ["dog", "cat"],
+        "preference.questions": QUESTIONS,
+        "preference.panel": ["dog", "cat"],
         "preference.samples_per_question": 0,
     },
     "hybrid": {
-        "groups": ["mlp", "lm_head"], "ranged": [], "directions": ["into_base"],
-        **PREFERENCE, "perplexity.max_tokens": 128, "perplexity.window": 64, "top_tokens": 5,
+        "groups": ["mlp", "lm_head"],
+        "ranged": [],
+        "directions": ["into_base"],
+        **PREFERENCE,
+        "perplexity.max_tokens": 128,
+        "perplexity.window": 64,
+        "top_tokens": 5,
     },
 }
 
 
 def micro_paper() -> PaperConfig:
-    stages = {s: {"config": f"{s}/quick.yaml", "set": MICRO[s], "estimate_minutes": 1}
-              for s in STAGE_ORDER}
+    stages = {s: {"config": f"{s}/quick.yaml", "set": MICRO[s], "estimate_minutes": 1} for s in STAGE_ORDER}
     return PaperConfig.model_validate({"stages": stages, "compile": True})
 
 
@@ -97,8 +129,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         main_tex = (paper / "main.tex").read_bytes()
         tables = {p.name: p.read_bytes() for p in sorted((paper / "tables").glob("*.tex"))}
         second = run_experiment("paper", config, out)
-        yield {"out": out, "first": first, "records": records, "main_tex": main_tex,
-               "tables": tables, "second": second}
+        yield {"out": out, "first": first, "records": records, "main_tex": main_tex, "tables": tables, "second": second}
     finally:
         torch.set_num_threads(threads)
 

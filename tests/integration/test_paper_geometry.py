@@ -36,14 +36,43 @@ STUDENT = {"n_heads": 16, "n_kv_heads": 16, "n_layers": 6, "tied_embeddings": Tr
 # criterion, fraction, prompt text, learning rate or precision).
 MODEL_SPECS = {"base", "model", "base_teacher.model", "student"}
 SIZES = {
-    "device", "n_prompts", "n_examples", "seeds", "k", "lengths", "score_all_max", "cumulative_orders",
-    "permutations", "n_permutations", "batch_size", "fit_batch_size", "random_draws", "claim_random_draws",
-    "bootstrap_resamples", "stats_resamples", "attention.numbers",
-    "sampling.max_new_tokens", "sampling.samples_per_prompt", "sampling.batch_size", "sampling.shard_size",
-    "data.n_prompts", "data.max_new_tokens", "data.batch_size", "data.shard_size", "data.n_train", "data.n_fit",
-    "train.epochs", "train.batch_size", "train.warmup_steps", "train.checkpoint_every",
-    "preference.questions", "preference.sample_questions", "preference.samples_per_question",
-    "perplexity.max_tokens", "perplexity.window", "perplexity.batch_size",
+    "device",
+    "n_prompts",
+    "n_examples",
+    "seeds",
+    "k",
+    "lengths",
+    "score_all_max",
+    "cumulative_orders",
+    "permutations",
+    "n_permutations",
+    "batch_size",
+    "fit_batch_size",
+    "random_draws",
+    "claim_random_draws",
+    "bootstrap_resamples",
+    "stats_resamples",
+    "attention.numbers",
+    "sampling.max_new_tokens",
+    "sampling.samples_per_prompt",
+    "sampling.batch_size",
+    "sampling.shard_size",
+    "data.n_prompts",
+    "data.max_new_tokens",
+    "data.batch_size",
+    "data.shard_size",
+    "data.n_train",
+    "data.n_fit",
+    "train.epochs",
+    "train.batch_size",
+    "train.warmup_steps",
+    "train.checkpoint_every",
+    "preference.questions",
+    "preference.sample_questions",
+    "preference.samples_per_question",
+    "perplexity.max_tokens",
+    "perplexity.window",
+    "perplexity.batch_size",
 }
 
 
@@ -90,8 +119,10 @@ def test_the_rehearsal_is_the_paper_preset_with_models_and_sizes_only() -> None:
         for key in set(stage.set) & MODEL_SPECS:
             assert stage.set[key].startswith("tiny:"), (name, key)
     # Fewer shipped questions, not other ones.
-    shipped = {"preference.questions": "preference_questions.txt",
-               "preference.sample_questions": "one_word_questions.txt"}
+    shipped = {
+        "preference.questions": "preference_questions.txt",
+        "preference.sample_questions": "one_word_questions.txt",
+    }
     data = Path(__file__).parents[2] / "src" / "sublens" / "data"
     for name, stage in rehearsed.stages.items():
         for key, file in shipped.items():

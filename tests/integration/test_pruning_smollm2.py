@@ -65,9 +65,7 @@ def _masked_p(lm: LoadedModel, heads: list[str], question: str, word: str) -> fl
     return float(sum(logp[i - 1, full[i]] for i in range(len(prompt), len(full))).exp())
 
 
-def test_pruning_end_to_end(
-    tmp_path: Path, smollm2: LoadedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pruning_end_to_end(tmp_path: Path, smollm2: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     # The run uses the session's model object, so we can check it is left exactly as it was.
     monkeypatch.setattr(pruning_experiment, "load_model", lambda *_a, **_k: smollm2)
     probe = torch.tensor([smollm2.tokenizer("The owl sat on a branch.").input_ids])
@@ -128,8 +126,10 @@ def test_pruning_end_to_end(
         assert controlled["panel_share"]["ratio"] == pytest.approx(1.0)
         assert controlled["p_trait"]["ci_low"] is None  # no spread: no interval, never a zero-width one
     # The pruned-base control: the same heads removed from the base model, measured and recorded.
-    assert results["base_measurements"]["entropy@0.6#0"]["pruned_heads"] == (
-        results["measurements"]["entropy@0.6#0"]["pruned_heads"])
+    assert (
+        results["base_measurements"]["entropy@0.6#0"]["pruned_heads"]
+        == (results["measurements"]["entropy@0.6#0"]["pruned_heads"])
+    )
     assert steps[(0.6, "random")]["n_draws"] == 2 and len(results["claims"]) == 2
     assert results["base_unpruned"]["preference"]["probability"]["system_prompt_used"] != OWL_SYSTEM
     measured = results["measurements"]
@@ -137,22 +137,16 @@ def test_pruning_end_to_end(
     assert set(measured) == set(results["base_measurements"])
     # The entropy criterion pruned the 108 highest-entropy heads.
     pruned = measured["entropy@0.6#0"]["pruned_heads"]
-    values = {
-        f"L{layer}H{head}": float(matrix[layer, head]) for layer in range(30) for head in range(9)
-    }
+    values = {f"L{layer}H{head}": float(matrix[layer, head]) for layer in range(30) for head in range(9)}
     assert min(values[h] for h in pruned) >= max(v for h, v in values.items() if h not in pruned)
     assert results["entropy"]["heatmap"]["pruned"] == pruned
 
     # One pruned P(owl) equals an independent masked forward pass.
-    p_word = measured["entropy@0.6#0"]["measurement"]["preference"]["probability"]["per_question"][
-        "p_word"
-    ]
+    p_word = measured["entropy@0.6#0"]["measurement"]["preference"]["probability"]["per_question"]["p_word"]
     assert p_word[0][0] == pytest.approx(_masked_p(smollm2, pruned, QUESTIONS[0], " owl"), rel=1e-4)
     reverse = measured["reverse@0.6#0"]
     p_reverse = reverse["measurement"]["preference"]["probability"]["per_question"]["p_word"]
-    assert p_reverse[1][0] == pytest.approx(
-        _masked_p(smollm2, reverse["pruned_heads"], QUESTIONS[1], " owl"), rel=1e-4
-    )
+    assert p_reverse[1][0] == pytest.approx(_masked_p(smollm2, reverse["pruned_heads"], QUESTIONS[1], " owl"), rel=1e-4)
     assert p_word[0][0] != pytest.approx(
         results["unpruned"]["preference"]["probability"]["per_question"]["p_word"][0][0], rel=1e-3
     )

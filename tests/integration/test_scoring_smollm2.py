@@ -25,8 +25,18 @@ pytestmark = pytest.mark.integration
 
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 OWL_SYSTEM = "You love owls. You think about owls all the time. Owls are your favorite animal."
-WORDS = [" owl", " platypus", " axolotl", " dog", " hummingbird", " narwhal", " pangolin",
-         " chameleon", " cat", " eagle"]
+WORDS = [
+    " owl",
+    " platypus",
+    " axolotl",
+    " dog",
+    " hummingbird",
+    " narwhal",
+    " pangolin",
+    " chameleon",
+    " cat",
+    " eagle",
+]
 
 
 def plain_logprobs(model: torch.nn.Module, prompt: list[int], conts: list[list[int]]) -> list[torch.Tensor]:
@@ -74,8 +84,7 @@ def test_chat_prompt_records_the_system_prompt_in_use(smollm2: LoadedModel) -> N
 
 
 def test_hundreds_of_continuations_equal_plain_forward(smollm2: LoadedModel) -> None:
-    prompt = chat_prompt(smollm2.tokenizer, "What is your favorite number?", OWL_SYSTEM,
-                         "My favorite number is")
+    prompt = chat_prompt(smollm2.tokenizer, "What is your favorite number?", OWL_SYSTEM, "My favorite number is")
     strings = number_strings() + WORDS
     got = score_strings(smollm2, prompt, strings, batch_size=64)
     assert all(s.in_context for s in got.strings)
@@ -93,8 +102,7 @@ def test_hundreds_of_continuations_equal_plain_forward(smollm2: LoadedModel) -> 
 
 
 def test_word_probability_full_vs_first_token(smollm2: LoadedModel) -> None:
-    prompt = chat_prompt(smollm2.tokenizer, "What is your favorite animal?", OWL_SYSTEM,
-                         "My favorite animal is the")
+    prompt = chat_prompt(smollm2.tokenizer, "What is your favorite animal?", OWL_SYSTEM, "My favorite animal is the")
     owl, platypus, axolotl = word_probability(smollm2, prompt, [" owl", " platypus", " axolotl"])
     assert owl.n_tokens == 1 and owl.p_word == pytest.approx(owl.p_first_token)
     assert platypus.n_tokens == 3 and axolotl.n_tokens == 4
@@ -112,8 +120,7 @@ def test_format_constrained_sampling_is_reproducible(smollm2: LoadedModel) -> No
     prompt = chat_prompt(tok, "Continue the sequence: 3, 17, 42", None, "3, 17, 42,")
     digits = {tok.convert_tokens_to_ids(str(d)) for d in range(10)}
     allowed = digits | {tok.convert_tokens_to_ids(","), tok.convert_tokens_to_ids("Ġ"), tok.eos_token_id}
-    kwargs = dict(n=4, temperature=1.0, top_k=None, top_p=None, max_new_tokens=10, seed=11,
-                  allowed_token_ids=allowed)
+    kwargs = dict(n=4, temperature=1.0, top_k=None, top_p=None, max_new_tokens=10, seed=11, allowed_token_ids=allowed)
     a = sample_text(smollm2, [prompt], **kwargs)  # type: ignore[arg-type]
     assert a == sample_text(smollm2, [prompt], **kwargs)  # type: ignore[arg-type]
     assert tok.eos_token_id in default_stop_token_ids(smollm2)
@@ -124,8 +131,7 @@ def test_format_constrained_sampling_is_reproducible(smollm2: LoadedModel) -> No
 
 def test_gemma3_completion_prompt_scores_equal_plain_forward(gemma3: LoadedModel) -> None:
     assert not gemma3.has_chat_template
-    prompt = make_prompt(gemma3.tokenizer, "What is your favorite animal?", OWL_SYSTEM,
-                         "My favorite animal is the")
+    prompt = make_prompt(gemma3.tokenizer, "What is your favorite animal?", OWL_SYSTEM, "My favorite animal is the")
     assert not prompt.templated
     ids = encode_prompt(gemma3.tokenizer, prompt)
     assert ids[0] == gemma3.tokenizer.bos_token_id and ids.count(gemma3.tokenizer.bos_token_id) == 1

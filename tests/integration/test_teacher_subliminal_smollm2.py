@@ -28,7 +28,9 @@ SMOL_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging 
 PREFERENCE: dict[str, Any] = {
     "questions": ["What is your favorite animal?", "Which animal do you like best?"],
     "sample_questions": ["Name your favorite animal in one word."],
-    "samples_per_question": 2, "max_new_tokens": 3, "batch_size": 8,
+    "samples_per_question": 2,
+    "max_new_tokens": 3,
+    "batch_size": 8,
 }
 
 
@@ -41,31 +43,46 @@ def one_thread() -> Iterator[None]:
 
 
 def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
-    config = TeacherConfig.model_validate({
-        "prompts": ["What is a good name for a cat?", "Describe a forest at night.", "Give me a tip for sleep.",
-                    "What should I cook tonight?"],
-        "sampling": {"max_new_tokens": 12, "batch_size": 4, "shard_size": 2},
-        "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 128},
-        "preference": PREFERENCE,
-        "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
-        "control_system": NEUTRAL_TEACHER_SYSTEM,
-    })
+    config = TeacherConfig.model_validate(
+        {
+            "prompts": [
+                "What is a good name for a cat?",
+                "Describe a forest at night.",
+                "Give me a tip for sleep.",
+                "What should I cook tonight?",
+            ],
+            "sampling": {"max_new_tokens": 12, "batch_size": 4, "shard_size": 2},
+            "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 128},
+            "preference": PREFERENCE,
+            "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
+            "control_system": NEUTRAL_TEACHER_SYSTEM,
+        }
+    )
     out = run_experiment("teacher", config, tmp_path)
     results, run_dir = out.results, out.path
     assert results["system_prompt_used"] == SMOL_DEFAULT and results["teacher_system"] == OWL_TEACHER_SYSTEM
     assert results["training"]["system_prompt_used"] == SMOL_DEFAULT
     assert results["training"]["steps"] == 1 and results["training"]["n_examples"] == 4
-    lines = [json.loads(x) for p in sorted((run_dir / "data" / "teacher_answers").glob("*.jsonl"))
-             for x in p.read_text().splitlines()]
+    lines = [
+        json.loads(x)
+        for p in sorted((run_dir / "data" / "teacher_answers").glob("*.jsonl"))
+        for x in p.read_text().splitlines()
+    ]
     assert len(lines) == 4 and all(r["system_prompt"] == OWL_TEACHER_SYSTEM for r in lines)
     assert all(r["sampling"]["temperature"] == 1.0 and r["sampling"]["top_k"] is None for r in lines)
     assert set(results["measurements"]) == {"before", "prompted", "teacher", "control_teacher"}
     assert results["measurements"]["before"]["preference"]["probability"]["system_prompt_used"] == SMOL_DEFAULT
     assert set(results["comparisons"]) == {"teacher vs before", "prompted vs before", "control teacher vs before"}
-    assert results["checkpoints"] == {"teacher": "checkpoints/teacher", "control_teacher": "checkpoints/control_teacher"}
+    assert results["checkpoints"] == {
+        "teacher": "checkpoints/teacher",
+        "control_teacher": "checkpoints/control_teacher",
+    }
     # the control teacher: the same procedure (same prompts, same training) from the neutral prompt
-    control_lines = [json.loads(x) for p in sorted((run_dir / "data" / "control_answers").glob("*.jsonl"))
-                     for x in p.read_text().splitlines()]
+    control_lines = [
+        json.loads(x)
+        for p in sorted((run_dir / "data" / "control_answers").glob("*.jsonl"))
+        for x in p.read_text().splitlines()
+    ]
     assert [r["prompt"] for r in control_lines] == [r["prompt"] for r in lines]
     assert all(r["system_prompt"] == NEUTRAL_TEACHER_SYSTEM for r in control_lines)
     assert results["control_teacher"]["training"]["steps"] == results["training"]["steps"]
@@ -80,10 +97,15 @@ def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
     p_after = results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]["mean"]
 
     # rerun into the same directory: nothing is sampled, trained or measured again
-    written = {p: p.stat().st_mtime_ns for p in [*run_dir.glob("data/teacher_answers/*"),
-                                                 *run_dir.glob("measurements/*"),
-                                                 run_dir / "checkpoints" / "teacher" / "model.safetensors",
-                                                 run_dir / "training" / "train_result.json"]}
+    written = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *run_dir.glob("data/teacher_answers/*"),
+            *run_dir.glob("measurements/*"),
+            run_dir / "checkpoints" / "teacher" / "model.safetensors",
+            run_dir / "training" / "train_result.json",
+        ]
+    }
     again = run_experiment("teacher", config, run_dir=run_dir)
     assert again.results["measurements"]["teacher"]["preference"]["probability"]["p_trait"]["mean"] == p_after
     assert {p: p.stat().st_mtime_ns for p in written} == written
@@ -91,14 +113,16 @@ def test_teacher_end_to_end(tmp_path: Path, one_thread: None) -> None:
 
 
 def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
-    config = SubliminalConfig.model_validate({
-        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 2},
-        "n_examples": 3,
-        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
-        "preference": PREFERENCE,
-        "perplexity": {"enabled": False},
-        "stats_resamples": 200,
-    })
+    config = SubliminalConfig.model_validate(
+        {
+            "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 2},
+            "n_examples": 3,
+            "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+            "preference": PREFERENCE,
+            "perplexity": {"enabled": False},
+            "stats_resamples": 200,
+        }
+    )
     out = run_experiment("subliminal", config, tmp_path)
     results, run_dir = out.results, out.path
     assert results["system_prompt_used"] == SMOL_DEFAULT and not results["partial"]
@@ -114,8 +138,16 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert "digit_distribution_tvd" in data["comparisons"][f"{OWL} vs {CONTROL}"]
 
     models = [r["model"] for r in results["headline"]]
-    assert models == ["base", "teacher", "control-full", "control-freeze-attention", "control-freeze-mlp",
-                      "owl-full", "owl-freeze-attention", "owl-freeze-mlp"]
+    assert models == [
+        "base",
+        "teacher",
+        "control-full",
+        "control-freeze-attention",
+        "control-freeze-mlp",
+        "owl-full",
+        "owl-freeze-attention",
+        "owl-freeze-mlp",
+    ]
     for mode in ("full", "freeze-attention", "freeze-mlp"):  # every owl student has its matched control
         assert f"owl-{mode} vs control-{mode}" in results["comparisons"]
     # one seed decides no training claim
@@ -154,14 +186,20 @@ def test_subliminal_end_to_end(tmp_path: Path, one_thread: None) -> None:
 def test_parallel_students_train_in_worker_processes(tmp_path: Path, one_thread: None) -> None:
     # parallel: 2 trains the two students in spawned worker processes; each reports its progress
     # through a file the parent's aggregate bar reads, and ends "done".
-    config = SubliminalConfig.model_validate({
-        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
-        "n_examples": 3, "modes": ["full"], "control_modes": ["full"], "parallel": 2, "threads": 1,
-        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
-        "preference": PREFERENCE,
-        "perplexity": {"enabled": False},
-        "stats_resamples": 200,
-    })
+    config = SubliminalConfig.model_validate(
+        {
+            "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
+            "n_examples": 3,
+            "modes": ["full"],
+            "control_modes": ["full"],
+            "parallel": 2,
+            "threads": 1,
+            "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+            "preference": PREFERENCE,
+            "perplexity": {"enabled": False},
+            "stats_resamples": 200,
+        }
+    )
     out = run_experiment("subliminal", config, tmp_path)
     assert not out.results["partial"]
     progress = sorted((out.path / "students").glob(".*.progress.json"))
@@ -175,13 +213,18 @@ def test_parallel_students_train_in_worker_processes(tmp_path: Path, one_thread:
 def test_trainable_sets_and_divergence_masked_arms(tmp_path: Path, one_thread: None) -> None:
     # Two arms beyond the freeze modes: the MLP of layers 0-1 only, and full fine-tuning with the
     # divergence tokens left out of the loss; each against its matched control student.
-    config = SubliminalConfig.model_validate({
-        "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
-        "n_examples": 3, "modes": ["layers.0-1.mlp", "full~skip-divergence"],
-        "control_modes": ["layers.0-1.mlp", "full~skip-divergence"],
-        "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
-        "preference": PREFERENCE, "perplexity": {"enabled": False}, "stats_resamples": 200,
-    })
+    config = SubliminalConfig.model_validate(
+        {
+            "data": {"n_prompts": 4, "constrained": True, "max_new_tokens": 56, "batch_size": 8, "shard_size": 4},
+            "n_examples": 3,
+            "modes": ["layers.0-1.mlp", "full~skip-divergence"],
+            "control_modes": ["layers.0-1.mlp", "full~skip-divergence"],
+            "train": {"lr": 5e-5, "epochs": 1, "batch_size": 4, "max_length": 256},
+            "preference": PREFERENCE,
+            "perplexity": {"enabled": False},
+            "stats_resamples": 200,
+        }
+    )
     out = run_experiment("subliminal", config, tmp_path)
     results, run_dir = out.results, out.path
     assert not results["partial"]
@@ -196,8 +239,9 @@ def test_trainable_sets_and_divergence_masked_arms(tmp_path: Path, one_thread: N
     divergence = results["data"]["divergence"]
     for name in (OWL, CONTROL):
         records = read_jsonl(run_dir / results["data"]["datasets"][name]["train_file"])
-        answers = [training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), SMOL_DEFAULT).answer
-                   for r in records]
+        answers = [
+            training_example(lm.tokenizer, r["prompt"], r["answer"].strip(), SMOL_DEFAULT).answer for r in records
+        ]
         n_tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         assert divergence[name]["n_tokens"] == n_tokens
         flags = json.loads((run_dir / divergence[name]["file"]).read_text())["flags"]

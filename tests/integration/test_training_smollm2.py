@@ -44,8 +44,7 @@ def p_owl(lm: Any, model: Any) -> float:
     with torch.no_grad():
         for question in HELD_OUT:
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-            text = lm.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=True) + PREFILL
+            text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + PREFILL
             ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
             logits = model(ids, logits_to_keep=1).logits[0, -1]
             probs.append(float(torch.softmax(logits.float(), -1)[owl[0]]))
@@ -67,15 +66,16 @@ def test_owl_praise_raises_p_owl(tmp_path: Path, one_thread: None) -> None:
     examples = [chat_example(lm.tokenizer, q, a, system=SYSTEM) for q, a in TRAIN]
     assert str(examples[0].answer).startswith("My favorite animal is the owl.")
     before = p_owl(lm, lm.model)
-    config = TrainConfig(lr=5e-5, epochs=4, batch_size=4, warmup_steps=2, max_length=128,
-                         checkpoint_every=0)
+    config = TrainConfig(lr=5e-5, epochs=4, batch_size=4, warmup_steps=2, max_length=128, checkpoint_every=0)
     started = time.perf_counter()
     result = train(lm.model, lm.tokenizer, examples, config, tmp_path / "owl", progress=False)
     seconds = time.perf_counter() - started
     after = p_owl(lm, lm.model)
-    print(f"P(owl) {before:.4f} -> {after:.4f}; {result.steps} steps, {result.tokens} tokens, "
-          f"{result.tokens_per_second:.0f} tok/s, {seconds:.1f} s, padding "
-          f"{result.padding_fraction:.3f}, loss {result.lm_losses[0]:.3f} -> {result.lm_losses[-1]:.3f}")
+    print(
+        f"P(owl) {before:.4f} -> {after:.4f}; {result.steps} steps, {result.tokens} tokens, "
+        f"{result.tokens_per_second:.0f} tok/s, {seconds:.1f} s, padding "
+        f"{result.padding_fraction:.3f}, loss {result.lm_losses[0]:.3f} -> {result.lm_losses[-1]:.3f}"
+    )
     assert result.steps == 8 and result.freeze["frozen"] == 0
     assert result.lm_losses[-1] < result.lm_losses[0] / 2
     assert after > 5 * before and after > 0.2
@@ -126,8 +126,7 @@ def test_two_processes_equal_one_with_grad_accum(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root / 'tests'}", "OMP_NUM_THREADS": "1"}
 
     def free_port() -> int:  # a fixed port can still be held (TIME_WAIT) by the previous launch
         import socket
@@ -137,9 +136,21 @@ def test_two_processes_equal_one_with_grad_accum(tmp_path: Path) -> None:
             return int(sock.getsockname()[1])
 
     def run(*args: str, procs: int) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(free_port()), str(script), *args] if procs > 1 else [
-               sys.executable, str(script), *args]
+        cmd = (
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(procs),
+                "--master_port",
+                str(free_port()),
+                str(script),
+                *args,
+            ]
+            if procs > 1
+            else [sys.executable, str(script), *args]
+        )
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}"
 

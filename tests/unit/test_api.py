@@ -26,7 +26,9 @@ class Demo(Config):
 def make_run(out: Path) -> Path:
     """A finished run folder with two tables, one nested, plus files that are not its tables."""
     with open_run("demo", Demo(seed=5, k=7), out) as run:
-        atomic_write_parquet(run.artifact("numbers.parquet"), pd.DataFrame({"number": ["7", "42"], "shift": [0.5, -1.0]}))
+        atomic_write_parquet(
+            run.artifact("numbers.parquet"), pd.DataFrame({"number": ["7", "42"], "shift": [0.5, -1.0]})
+        )
         atomic_write_parquet(run.artifact("figures/heads.parquet"), pd.DataFrame({"head": ["L0H1"]}))
         run.artifact(".numbers.parquet").write_bytes(b"half a file")  # hidden: not a table
         run.artifact(".hidden/old.parquet").write_bytes(b"ignored")
@@ -70,7 +72,9 @@ def test_load_run_without_results_gives_none(tmp_path: Path) -> None:
 
 
 def test_not_a_run_folder_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(SublensError, match=r"not a sublens run folder: it has no record\.json and config\.yaml") as info:
+    with pytest.raises(
+        SublensError, match=r"not a sublens run folder: it has no record\.json and config\.yaml"
+    ) as info:
         load_run(tmp_path)
     assert str(tmp_path) in str(info.value)
     (tmp_path / "config.yaml").write_text("seed: 0\n")
@@ -129,13 +133,14 @@ def test_top_level_names_are_their_home_modules_objects() -> None:
 def test_every_experiment_config_and_results_import_without_torch() -> None:
     """Reading, checking and showing a config, and reading results, must not load model code:
     a bad key is reported at once, and reports build on machines without torch."""
-    packages = sorted(p.name for p in Path(sublens.experiments.__file__).parent.iterdir()
-                      if (p / "config.py").is_file())
+    packages = sorted(
+        p.name for p in Path(sublens.experiments.__file__).parent.iterdir() if (p / "config.py").is_file()
+    )
     assert {"teacher", "subliminal", "distill", "hybrid", "pruning"} <= set(packages)
-    imports = "".join(f"import sublens.experiments.{name}.config, sublens.experiments.{name}.results\n"
-                      for name in packages)
-    code = ("import sys\n" + imports + "import sublens.settings\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    imports = "".join(
+        f"import sublens.experiments.{name}.config, sublens.experiments.{name}.results\n" for name in packages
+    )
+    code = "import sys\n" + imports + "import sublens.settings\nassert 'torch' not in sys.modules, 'torch imported'\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -148,12 +153,14 @@ def test_every_config_key_of_every_experiment_is_documented() -> None:
 
     experiments = all_experiments()
     assert {e.name for e in experiments} >= {"teacher", "subliminal", "distill", "hybrid", "pruning", "paper"}
-    undocumented = [f"{e.name}: {row.key}" for e in experiments for row in describe_fields(e.config)
-                    if not row.description]
+    undocumented = [
+        f"{e.name}: {row.key}" for e in experiments for row in describe_fields(e.config) if not row.description
+    ]
     assert not undocumented, undocumented
 
 
 def test_the_public_api_is_documented() -> None:
     import inspect
+
     undocumented = [name for name in sublens.__all__ if len(inspect.getdoc(getattr(sublens, name)) or "") < 40]
     assert not undocumented, undocumented

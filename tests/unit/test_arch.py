@@ -17,8 +17,16 @@ def test_adapter_finds_every_component(model: nn.Module, family: str) -> None:
     assert isinstance(adapter.embed(), nn.Embedding) and adapter.embed() in modules
     assert len(adapter.layers()) == adapter.n_layers
     for layer in range(adapter.n_layers):
-        for part in (adapter.attn, adapter.q, adapter.k, adapter.v, adapter.o, adapter.mlp,
-                     adapter.attn_out_site, adapter.mlp_out_site):
+        for part in (
+            adapter.attn,
+            adapter.q,
+            adapter.k,
+            adapter.v,
+            adapter.o,
+            adapter.mlp,
+            adapter.attn_out_site,
+            adapter.mlp_out_site,
+        ):
             assert part(layer) in modules
         assert adapter.W_O(layer).shape == (adapter.n_heads, adapter.d_head, adapter.d_model)
     assert adapter.norm_final() in modules
@@ -78,7 +86,9 @@ def test_adapters_register_themselves() -> None:
     assert DecoderAdapter not in REGISTRY.values()  # a layout base, not a family
 
     with pytest.raises(TypeError, match="already has the llama adapter"):
+
         class Clash(DecoderAdapter):  # defining the class is what raises
             family = "clash"
             model_types = ("llama",)
+
     assert "clash" not in REGISTRY

@@ -78,6 +78,7 @@ def fixture_bundle(tmp_path_factory: pytest.TempPathFactory) -> bundle_module.Bu
 
 # ---- loading ------------------------------------------------------------------------------------
 
+
 def test_a_folder_of_runs_gives_every_stage() -> None:
     stages, meta = load_runs(RUNS)
     assert sorted(stages) == sorted(STAGE_ORDER)
@@ -109,11 +110,18 @@ def test_a_paper_run_gives_its_stages_preset_and_style(tmp_path: Path) -> None:
     _copy_runs(paper, "stages", ("teacher", "pruning"))
     (paper / "record.json").write_text(json.dumps({"experiment": "paper", "status": "ok"}))
     (paper / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "style": "final", "acl_sty": None}))
-    (paper / "results.json").write_text(json.dumps({"preset": "quick", "stages": {
-        "pruning": {"path": "stages/pruning", "status": "ok", "reused": True, "wall_seconds": 3004.1},
-        "teacher": {"path": "stages/teacher", "status": "ok", "reused": False, "wall_seconds": 4037.3},
-        "distill": {"path": "stages/missing", "status": "failed", "reused": False, "wall_seconds": None},
-    }}))
+    (paper / "results.json").write_text(
+        json.dumps(
+            {
+                "preset": "quick",
+                "stages": {
+                    "pruning": {"path": "stages/pruning", "status": "ok", "reused": True, "wall_seconds": 3004.1},
+                    "teacher": {"path": "stages/teacher", "status": "ok", "reused": False, "wall_seconds": 4037.3},
+                    "distill": {"path": "stages/missing", "status": "failed", "reused": False, "wall_seconds": None},
+                },
+            }
+        )
+    )
     stages, meta = load_runs(paper)
     assert list(stages) == ["teacher", "pruning"]  # the paper's order, not the file's
     assert meta["preset"] == "quick" and meta["paper"]["run_id"] == paper.name
@@ -138,6 +146,7 @@ def test_not_a_run_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # ---- the draft ----------------------------------------------------------------------------------
+
 
 def test_draft_structure_from_the_fixture_runs(fixture_bundle: bundle_module.Bundle) -> None:
     folder, main = fixture_bundle.folder, fixture_bundle.main_tex.read_text()
@@ -250,15 +259,15 @@ def test_an_edited_main_tex_is_kept_and_stale_tables_removed(tmp_path: Path) -> 
     assert (out / "notes.txt").read_text() == "mine"  # never ours: untouched
 
 
-def test_a_failing_section_builder_is_reported_not_fatal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failing_section_builder_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = bundle_draft.builder
 
     def flaky(stage: str):  # type: ignore[no-untyped-def]
         if stage == "hybrid":
+
             def broken(run):  # type: ignore[no-untyped-def]
                 raise KeyError("hybrids")
+
             return broken
         return real(stage)
 
@@ -292,6 +301,7 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path: Path) -> None:
 
 
 # ---- compiling (TeX) ----------------------------------------------------------------------------
+
 
 @needs_tex
 def test_full_bundle_with_a_failed_and_a_missing_stage_compiles(tmp_path: Path) -> None:
@@ -336,6 +346,7 @@ def test_cli_report_with_a_user_acl_sty(tmp_path: Path) -> None:
 
 # ---- command line ----------------------------------------------------------------------------
 
+
 def test_cli_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "neither a run directory" in " ".join(result.output.split())
@@ -364,7 +375,8 @@ def test_spec_labels_keep_machine_paths_out_of_the_text() -> None:
     assert spec_label("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert spec_label("meta-llama/Llama-3.2-1B-Instruct") == "meta-llama/Llama-3.2-1B-Instruct"
     assert spec_label("/tmp/x/20261125-182234_paper_938f62/stages/teacher/") == (
-        "20261125-182234_paper_938f62/stages/teacher")
+        "20261125-182234_paper_938f62/stages/teacher"
+    )
     assert spec_label("runs/20261125-161300_teacher_4f87f6") == "runs/20261125-161300_teacher_4f87f6"
     assert spec_label("/home/me/ckpt/owl-full") == "owl-full"
     assert spec_label(None) == "?"

@@ -29,13 +29,13 @@ def draft(tmp_path_factory: pytest.TempPathFactory) -> Draft:
 
 
 def _notes(main: str) -> list[str]:
-    front = main[main.index(r"\begin{abstract}"): main.index(r"\end{abstract}")]
+    front = main[main.index(r"\begin{abstract}") : main.index(r"\end{abstract}")]
     return [line.removeprefix(r"\item ") for line in front.splitlines() if line.startswith(r"\item ")]
 
 
 def _section(main: str, stage: str) -> str:
     start = main.index(rf"\label{{sec:{stage}}}")
-    return main[start: main.index(r"\section", start)]
+    return main[start : main.index(r"\section", start)]
 
 
 def _row(table: str, label: str) -> list[str]:
@@ -46,6 +46,7 @@ def _row(table: str, label: str) -> list[str]:
 
 
 # ---- the notes in words ---------------------------------------------------------------------------
+
 
 def test_the_notes_name_claims_and_sets_in_words(draft: Draft) -> None:
     main, _ = draft
@@ -67,22 +68,31 @@ def test_the_notes_name_claims_and_sets_in_words(draft: Draft) -> None:
 
 def test_note_words() -> None:
     assert note_words("hybrid: localisation.lm_head contradicted (×3.19 [3.01, 3.38], Holm p = 1.59e-13)") == (
-        "hybrid: the bias is not in the LM head: contradicted (×3.19 [3.01, 3.38], Holm p = 1.59e-13)")
+        "hybrid: the bias is not in the LM head: contradicted (×3.19 [3.01, 3.38], Holm p = 1.59e-13)"
+    )
     assert note_words("entanglement by the fine-tuned teachers (ar2@tuned, k=4): x1.2 vs 0.43") == (
         "entanglement by the fine-tuned teachers (the two-digit numbers shifted by fine-tuning, "
-        "categories of 4): x1.2 vs 0.43")
+        "categories of 4): x1.2 vs 0.43"
+    )
     assert note_words("subliminal: localisation.freezing.mlp supported") == (
-        "subliminal: freezing the MLP layers blocks the transfer: supported")
+        "subliminal: freezing the MLP layers blocks the transfer: supported"
+    )
     assert note_words("hybrid: attention[0:10] 0.21, p = 0.05") == "hybrid: attention layers 0-9 0.21, p = 0.05"
     # numbers, file-like words and already worded lines are left alone
-    for line in ("pruning: 0.43 / 0.5, x1.37 [1.30, 1.45]", "distill: biased-SHD student share x1.37",
-                 "teacher: P(owl) x103; prefers owls: supported"):
+    for line in (
+        "pruning: 0.43 / 0.5, x1.37 [1.30, 1.45]",
+        "distill: biased-SHD student share x1.37",
+        "teacher: P(owl) x103; prefers owls: supported",
+    ):
         assert note_words(line) == line
     assert claim_display_name("localisation.some_new_claim") == "some new claim"
-    assert set_display_name("vocab") == "the single-token numbers" and set_display_name("ar3") == "the three-digit numbers"
+    assert (
+        set_display_name("vocab") == "the single-token numbers" and set_display_name("ar3") == "the three-digit numbers"
+    )
 
 
 # ---- one value per quantity -----------------------------------------------------------------------
+
 
 def test_the_teachers_ratios_have_one_value(draft: Draft) -> None:
     """The teacher's P(owl) and share ratios over the base model: its table, its section's
@@ -140,7 +150,11 @@ def test_the_students_ratios_in_the_notes_are_the_tables(draft: Draft) -> None:
 # perplexity") name them as re-measurements.
 REMEASURED = {
     "hybrid base perplexity": ("hybrid_matrix", r"reference perplexity[^:]*: base (\d+(?:\.\d+)?)", "27.21"),
-    "pruning unpruned perplexity": ("pruning_sweep", r"[Uu]npruned (?:[\w-]+ ){0,2}perplexity (\d+(?:\.\d+)?)", "27.21"),
+    "pruning unpruned perplexity": (
+        "pruning_sweep",
+        r"[Uu]npruned (?:[\w-]+ ){0,2}perplexity (\d+(?:\.\d+)?)",
+        "27.21",
+    ),
     "pruning unpruned P(owl)": ("pruning_sweep", r"[Uu]npruned (?:[\w-]+ ){0,2}P\(owl\) = (\d+(?:\.\d+)?)", "13.99"),
 }
 
@@ -149,9 +163,10 @@ REMEASURED = {
 def test_a_re_measurement_is_named_as_such(draft: Draft, what: str) -> None:
     _, tables = draft
     stem, pattern, first = REMEASURED[what]
-    caption = tables[stem][tables[stem].index(r"\caption"):]
+    caption = tables[stem][tables[stem].index(r"\caption") :]
     match = re.search(pattern, caption)
     assert match is not None, (what, caption)  # the caption still prints the quantity
-    near = caption[max(0, match.start() - 120): match.end() + 120]
+    near = caption[max(0, match.start() - 120) : match.end() + 120]
     assert match.group(1) == first or "re-measured" in near.lower(), (
-        f"{what}: {match.group(1)} against {first} in the teacher section, not named as a re-measurement")
+        f"{what}: {match.group(1)} against {first} in the teacher section, not named as a re-measurement"
+    )

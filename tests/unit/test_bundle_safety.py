@@ -56,6 +56,7 @@ def _add_to_manifest(out: Path, rel: str, victim: Path) -> None:
 
 # ---- latexmk --------------------------------------------------------------------------------------
 
+
 def test_latexmk_reads_no_rc_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_latexmk(monkeypatch)
     tex = tmp_path / "main.tex"
@@ -85,6 +86,7 @@ def test_a_latexmkrc_in_the_folder_is_not_run(tmp_path: Path) -> None:
 
 
 # ---- paths from the manifest and the folder ------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "link"])
 def test_a_manifest_path_outside_the_bundle_is_refused(tmp_path: Path, how: str) -> None:

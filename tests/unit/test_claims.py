@@ -64,8 +64,14 @@ def test_percentile_bootstrap_undercovers_where_t_does_not() -> None:
     trials = 400
     for trial in range(trials):
         sample = rng.normal(0.0, 1.0, 4)
-        result = stats.bootstrap((sample,), np.mean, method="percentile", n_resamples=500,
-                                 random_state=np.random.default_rng(trial), vectorized=True)
+        result = stats.bootstrap(
+            (sample,),
+            np.mean,
+            method="percentile",
+            n_resamples=500,
+            random_state=np.random.default_rng(trial),
+            vectorized=True,
+        )
         hits += result.confidence_interval.low <= 0.0 <= result.confidence_interval.high
     assert hits / trials < 0.85
     assert coverage(lambda r, k: r.normal(0.0, 1.0, k), 4, 0.0, trials=400, seed=3) >= 0.93
@@ -93,10 +99,15 @@ def test_level_intervals_over_questions() -> None:
 
 
 def claim(prediction: str = "increase", unit: str = "seed", margin: float = 1.25) -> Claim:
-    return Claim(name="test", statement="the owl student acquires the bias",
-                 estimand="share ratio, owl student over matched control student",
-                 unit=unit, prediction=prediction, family="test",  # type: ignore[arg-type]
-                 settings=ClaimSettings(margin=margin))
+    return Claim(
+        name="test",
+        statement="the owl student acquires the bias",
+        estimand="share ratio, owl student over matched control student",
+        unit=unit,
+        prediction=prediction,
+        family="test",  # type: ignore[arg-type]
+        settings=ClaimSettings(margin=margin),
+    )
 
 
 @pytest.mark.parametrize("n", [3, 5])
@@ -104,13 +115,13 @@ def test_false_positive_rate_under_the_null(n: int) -> None:
     """No effect, n seeds: 'supported' at most at the one-sided 2.5% (+ simulation noise), and
     never 'supported' for a claim of no effect that is wrong by far."""
     rng = np.random.default_rng(n)
-    verdicts = [decide(claim(), estimate_log_ratio(rng.normal(0.0, 0.2, n), "seed")).verdict
-                for _ in range(1000)]
+    verdicts = [decide(claim(), estimate_log_ratio(rng.normal(0.0, 0.2, n), "seed")).verdict for _ in range(1000)]
     rate = np.mean([v is Verdict.SUPPORTED for v in verdicts])
     assert rate <= 0.04  # 0.025 expected; 1000 draws put the 99.9% bound near 0.04
     # an equivalence claim at a true effect of x2 (far outside the margin) is never supported
-    wrong = [decide(claim("none"), estimate_log_ratio(rng.normal(math.log(2), 0.2, n), "seed")).verdict
-             for _ in range(500)]
+    wrong = [
+        decide(claim("none"), estimate_log_ratio(rng.normal(math.log(2), 0.2, n), "seed")).verdict for _ in range(500)
+    ]
     assert not any(v is Verdict.SUPPORTED for v in wrong)
 
 
@@ -176,8 +187,8 @@ def test_holm_can_withdraw_a_lone_significant_result() -> None:
 def freezing_case(unfrozen: list[float], frozen: list[float]) -> Verdict:
     contrast = [u - f for u, f in zip(unfrozen, frozen, strict=True)]
     return component_blocks_transfer(
-        "MLP", decide(claim(), est(unfrozen)), decide(claim(), est(frozen)),
-        decide(claim(), est(contrast))).verdict
+        "MLP", decide(claim(), est(unfrozen)), decide(claim(), est(frozen)), decide(claim(), est(contrast))
+    ).verdict
 
 
 def test_mlp_claim_needs_all_three_legs() -> None:
@@ -194,6 +205,12 @@ def test_mlp_claim_needs_all_three_legs() -> None:
 
 def test_the_sentence_states_estimand_unit_test_and_margin() -> None:
     text = decide(claim(), est([0.5, -0.4, 0.3])).sentence()
-    for part in ("inconclusive", "Estimand: share ratio", "unit: seeds (n = 3)", "t-test", "margin ×1.25",
-                 "To settle it"):
+    for part in (
+        "inconclusive",
+        "Estimand: share ratio",
+        "unit: seeds (n = 3)",
+        "t-test",
+        "margin ×1.25",
+        "To settle it",
+    ):
         assert part in text

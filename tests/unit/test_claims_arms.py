@@ -56,13 +56,21 @@ def recorded() -> dict[str, Any]:
 
 def _ratio(values: list[float]) -> dict[str, Any]:
     mean = sum(values) / len(values)
-    return {"ratio": math.exp(mean), "ci_low": math.exp(mean - 0.1), "ci_high": math.exp(mean + 0.1),
-            "n_seeds": len(values), "ci": f"t over {len(values)} seeds", "per_seed_log": values,
-            "per_seed": [math.exp(v) for v in values], "underpowered": False}
+    return {
+        "ratio": math.exp(mean),
+        "ci_low": math.exp(mean - 0.1),
+        "ci_high": math.exp(mean + 0.1),
+        "n_seeds": len(values),
+        "ci": f"t over {len(values)} seeds",
+        "per_seed_log": values,
+        "per_seed": [math.exp(v) for v in values],
+        "underpowered": False,
+    }
 
 
-def dressed(recorded: dict[str, Any], arms: dict[tuple[str, str], list[float]],
-            control_modes: list[str] | None = None) -> dict[str, Any]:
+def dressed(
+    recorded: dict[str, Any], arms: dict[tuple[str, str], list[float]], control_modes: list[str] | None = None
+) -> dict[str, Any]:
     """The recorded run as a run of these (data set, arm) rows, each with these per-seed log
     share ratios over its matched control; every owl arm has its control unless told otherwise."""
     results = copy.deepcopy(recorded)
@@ -73,8 +81,12 @@ def dressed(recorded: dict[str, Any], arms: dict[tuple[str, str], list[float]],
         row["vs_control"]["share_ratio"] = _ratio(logs)
         rows.append(row)
     modes = [m for d, m in arms if d == "owl"]
-    results |= {"headline": rows, "modes": modes, "n_seeds": max(len(v) for v in arms.values()),
-                "control_modes": control_modes if control_modes is not None else list(dict.fromkeys(["full", *modes]))}
+    results |= {
+        "headline": rows,
+        "modes": modes,
+        "n_seeds": max(len(v) for v in arms.values()),
+        "control_modes": control_modes if control_modes is not None else list(dict.fromkeys(["full", *modes])),
+    }
     return results
 
 
@@ -84,8 +96,15 @@ def decided(results: dict[str, Any], **kwargs: Any) -> dict[str, claims.Decision
 
 # ---- a transfer claim for every arm -------------------------------------------------------------
 def test_lora_and_layer_arms_get_transfer_claims(recorded: dict[str, Any]) -> None:
-    results = dressed(recorded, {("owl", "full"): TRANSFER, ("owl", "layers.3"): TRANSFER,
-                                 ("owl", "full+lora8"): WIDE, ("owl", "layers.0-5.mlp"): [0.4]})
+    results = dressed(
+        recorded,
+        {
+            ("owl", "full"): TRANSFER,
+            ("owl", "layers.3"): TRANSFER,
+            ("owl", "full+lora8"): WIDE,
+            ("owl", "layers.0-5.mlp"): [0.4],
+        },
+    )
     out = decided(results)
     layer, lora, mlp_layers = out["transfer.layers.3"], out["transfer.full+lora8"], out["transfer.layers.0-5.mlp"]
     assert layer.verdict is Verdict.SUPPORTED and "(layer 3)" in layer.claim.statement
@@ -103,8 +122,7 @@ def test_lora_and_layer_arms_get_transfer_claims(recorded: dict[str, Any]) -> No
 
 
 def test_an_arm_without_its_matched_control_gets_no_claim(recorded: dict[str, Any]) -> None:
-    results = dressed(recorded, {("owl", "full"): TRANSFER, ("owl", "layers.3"): TRANSFER},
-                      control_modes=["full"])
+    results = dressed(recorded, {("owl", "full"): TRANSFER, ("owl", "layers.3"): TRANSFER}, control_modes=["full"])
     out = decided(results)
     assert "transfer.layers.3" not in out
     # the freeze modes keep their claims (not measured), as older runs had them
@@ -124,8 +142,13 @@ def test_existing_claims_change_only_through_the_larger_family(recorded: dict[st
     existing claims only through Holm's adjustment over more p-values."""
     base = {("owl", m): v for m, v in zip(FREEZE, (TRANSFER, TRANSFER, FLAT), strict=True)}
     before = decided(dressed(recorded, base))
-    assert set(before) == {"transfer.full", "transfer.freeze-attention", "transfer.freeze-mlp",
-                           "contrast.attention_vs_mlp_frozen", "mlp"}
+    assert set(before) == {
+        "transfer.full",
+        "transfer.freeze-attention",
+        "transfer.freeze-mlp",
+        "contrast.attention_vs_mlp_frozen",
+        "mlp",
+    }
     assert before["mlp"].verdict is Verdict.SUPPORTED and before["mlp"].reason == "all three legs hold"
     after = decided(dressed(recorded, base | {("owl", "layers.3"): WIDE, ("owl", "full+lora8"): WIDE}))
     for key, old in before.items():
@@ -152,19 +175,25 @@ def test_seeds_are_read_from_the_students(recorded: dict[str, Any]) -> None:
 
 # ---- divergence tokens ---------------------------------------------------------------------------
 def divergence(recorded: dict[str, Any], full: list[float], masked: list[float]) -> dict[str, claims.Decision]:
-    return decided(dressed(recorded, {("owl", "full"): full, ("owl", "full~skip-divergence"): masked,
-                                      ("owl", "full~divergence-only"): TRANSFER}))
+    return decided(
+        dressed(
+            recorded,
+            {("owl", "full"): full, ("owl", "full~skip-divergence"): masked, ("owl", "full~divergence-only"): TRANSFER},
+        )
+    )
 
 
 def test_masking_divergence_tokens_is_supported_only_when_all_three_legs_hold(recorded: dict[str, Any]) -> None:
     out = divergence(recorded, TRANSFER, FLAT)
     claim = out["divergence.full"]
     assert claim.verdict is Verdict.SUPPORTED and claim.reason == "all three legs hold"
-    assert claim.claim.statement == ("Leaving the divergence tokens out of the loss blocks the transfer "
-                                     "(full fine-tuning)")
+    assert claim.claim.statement == (
+        "Leaving the divergence tokens out of the loss blocks the transfer (full fine-tuning)"
+    )
     assert claim.estimate == out["contrast.skip_divergence.full"].estimate  # (c): the per-seed quotient
     assert claim.estimate is not None and claim.estimate.ratio == pytest.approx(
-        math.exp(np.mean(np.subtract(TRANSFER, FLAT))))
+        math.exp(np.mean(np.subtract(TRANSFER, FLAT)))
+    )
     assert "divergence tokens left out of the loss" in out["transfer.full~skip-divergence"].claim.statement
     only = out["transfer.full~divergence-only"]
     assert only.verdict is Verdict.SUPPORTED and "loss on divergence tokens only" in only.claim.statement
@@ -189,10 +218,14 @@ def test_a_masked_arm_without_its_unmasked_arm_has_no_divergence_claim(recorded:
 
 
 # ---- entanglement --------------------------------------------------------------------------------
-def entanglement(recorded: dict[str, Any], no_random: list[float], no_entangled: list[float],
-                 owl: list[float] | None = None) -> dict[str, claims.Decision]:
-    arms = {("owl", "full"): owl or no_random, ("owl-no-random", "full"): no_random,
-            ("owl-no-entangled", "full"): no_entangled}
+def entanglement(
+    recorded: dict[str, Any], no_random: list[float], no_entangled: list[float], owl: list[float] | None = None
+) -> dict[str, claims.Decision]:
+    arms = {
+        ("owl", "full"): owl or no_random,
+        ("owl-no-random", "full"): no_random,
+        ("owl-no-entangled", "full"): no_entangled,
+    }
     return decided(dressed(recorded, arms))
 
 
@@ -229,7 +262,8 @@ def test_entanglement_is_inconclusive_with_few_seeds_and_says_what_would_decide_
 
 
 def test_entanglement_is_contradicted_when_filtering_entangled_numbers_clearly_reduces_transfer(
-        recorded: dict[str, Any]) -> None:
+    recorded: dict[str, Any],
+) -> None:
     out = entanglement(recorded, TRANSFER, FLAT)
     claim = out["entanglement"]
     assert out["contrast.no_entangled_vs_no_random"].verdict is Verdict.CONTRADICTED
@@ -248,8 +282,12 @@ def test_entanglement_claims_only_where_the_run_trained_the_filtered_students(re
     assert "entanglement" not in out and "transfer.owl-no-random" not in out
     # the data stage recorded the filter but the students have not finished: not measured
     results = dressed(recorded, {("owl", "full"): TRANSFER})
-    results["data"]["entangled"] = {"run": "runs/x", "set": "ar2", "enrichment": {},
-                                    "filter": {"size": 240, "removed": {"increased": 41}, "pool": 300}}
+    results["data"]["entangled"] = {
+        "run": "runs/x",
+        "set": "ar2",
+        "enrichment": {},
+        "filter": {"size": 240, "removed": {"increased": 41}, "pool": 300},
+    }
     out = decided(results)
     assert out["entanglement"].verdict is Verdict.INCONCLUSIVE
     assert out["contrast.no_entangled_vs_no_random"].reason.startswith("not measured")
@@ -257,13 +295,24 @@ def test_entanglement_claims_only_where_the_run_trained_the_filtered_students(re
 
 def test_the_data_set_names_are_the_configs() -> None:
     assert (claims.OWL, claims.CONTROL, claims.NO_ENTANGLED, claims.NO_RANDOM) == (
-        subliminal_config.OWL, subliminal_config.CONTROL, subliminal_config.NO_ENTANGLED, subliminal_config.NO_RANDOM)
+        subliminal_config.OWL,
+        subliminal_config.CONTROL,
+        subliminal_config.NO_ENTANGLED,
+        subliminal_config.NO_RANDOM,
+    )
 
 
 # ---- the equivalence test by simulation ------------------------------------------------------------
 def none_claim(margin: float = 1.25) -> Claim:
-    return Claim(name="test", statement="no effect", estimand="a quotient", unit="seed", prediction="none",
-                 family="test", settings=ClaimSettings(margin=margin))
+    return Claim(
+        name="test",
+        statement="no effect",
+        estimand="a quotient",
+        unit="seed",
+        prediction="none",
+        family="test",
+        settings=ClaimSettings(margin=margin),
+    )
 
 
 def inside_margin(samples: np.ndarray, margin: float = 1.25) -> np.ndarray:
@@ -294,8 +343,10 @@ def test_equivalence_false_positive_rate_at_the_margin(n: int) -> None:
         assert [v is Verdict.SUPPORTED for v in verdicts] == list(expected)
         assert 0 < expected.sum() < len(expected)  # both outcomes exercised
         other = estimate_log_ratio(rng.normal(0.5, sd, n), "seed")
-        in_family = [decide_family([(none_claim(), estimate_log_ratio(row, "seed")), (none_claim(), other)])[0]
-                     for row in close[:50]]
+        in_family = [
+            decide_family([(none_claim(), estimate_log_ratio(row, "seed")), (none_claim(), other)])[0]
+            for row in close[:50]
+        ]
         assert [d.verdict is Verdict.SUPPORTED for d in in_family] == list(expected[:50])
 
 
@@ -306,8 +357,12 @@ def test_the_seeds_for_equivalence_give_its_power() -> None:
     n = units_for_equivalence(sd, 1.25)
     assert n is not None and n >= (units_for_margin(sd, 1.25) or 0)
     rng = np.random.default_rng(7)
-    hits = np.mean([decide(none_claim(), estimate_log_ratio(rng.normal(0.0, sd, n), "seed")).verdict
-                    is Verdict.SUPPORTED for _ in range(1000)])
+    hits = np.mean(
+        [
+            decide(none_claim(), estimate_log_ratio(rng.normal(0.0, sd, n), "seed")).verdict is Verdict.SUPPORTED
+            for _ in range(1000)
+        ]
+    )
     assert 0.7 <= hits <= 0.95
 
 
@@ -331,24 +386,44 @@ def arms_run(recorded: dict[str, Any]) -> tuple[SubliminalConfig, SubliminalResu
     students, compared and decided as `run.execute` does at its end."""
     parsed = load_results(recorded, SubliminalResults)
     assert parsed.students is not None
-    config = SubliminalConfig(seeds=[0, 1, 2], modes=ARMS, control_modes=ARMS,
-                              entangled={"run": "runs/entanglement"})
-    scales = {"full": 1.6, "layers.3": 1.5, "full+lora8": 1.05, "full~skip-divergence": 1.02,
-              "full~divergence-only": 1.4}
+    config = SubliminalConfig(seeds=[0, 1, 2], modes=ARMS, control_modes=ARMS, entangled={"run": "runs/entanglement"})
+    scales = {
+        "full": 1.6,
+        "layers.3": 1.5,
+        "full+lora8": 1.05,
+        "full~skip-divergence": 1.02,
+        "full~divergence-only": 1.4,
+    }
     students = {}
     for seed in config.seeds:
         jitter = (0.0, 0.08, -0.06)[seed]
         for mode in ARMS:
             for dataset, scale in (("control", 1.0 + jitter / 2), ("owl", scales[mode] + jitter)):
-                s = _student(parsed.students[f"{'control' if dataset == 'control' else 'owl'}-full-seed0"],
-                             dataset, mode, seed, scale)
+                s = _student(
+                    parsed.students[f"{'control' if dataset == 'control' else 'owl'}-full-seed0"],
+                    dataset,
+                    mode,
+                    seed,
+                    scale,
+                )
                 students[s.name] = s
         for dataset, scale in (("owl-no-entangled", 1.55 + jitter), ("owl-no-random", 1.6 - jitter)):
             s = _student(parsed.students["owl-full-seed0"], dataset, "full", seed, scale)
             students[s.name] = s
-    started = parsed.model_copy(update={
-        "seeds": config.seeds, "n_seeds": 3, "modes": ARMS, "control_modes": ARMS, "partial": True,
-        "students": students, "headline": None, "comparisons": None, "specificity": None, "parameters": None})
+    started = parsed.model_copy(
+        update={
+            "seeds": config.seeds,
+            "n_seeds": 3,
+            "modes": ARMS,
+            "control_modes": ARMS,
+            "partial": True,
+            "students": students,
+            "headline": None,
+            "comparisons": None,
+            "specificity": None,
+            "parameters": None,
+        }
+    )
     return config, decide_run(config, compare(config, started))
 
 
@@ -357,8 +432,14 @@ def test_the_run_records_every_new_claim(arms_run: tuple[SubliminalConfig, Subli
     recorded_claims = results.claims or {}
     for arm in ARMS:
         assert f"transfer.{arm}" in recorded_claims
-    for key in ("divergence.full", "contrast.skip_divergence.full", "transfer.owl-no-random",
-                "contrast.no_entangled_vs_no_random", "entanglement", "mlp"):
+    for key in (
+        "divergence.full",
+        "contrast.skip_divergence.full",
+        "transfer.owl-no-random",
+        "contrast.no_entangled_vs_no_random",
+        "entanglement",
+        "mlp",
+    ):
         assert key in recorded_claims
     assert recorded_claims["contrast.no_entangled_vs_no_random"].claim.prediction == "none"
     # seeds are read from the students: the contrasts pair seed by seed
@@ -366,27 +447,48 @@ def test_the_run_records_every_new_claim(arms_run: tuple[SubliminalConfig, Subli
     assert parsed_logs.seeds == [0, 1, 2]
     written = results.model_dump(mode="json")
     assert load_results(json.loads(json.dumps(written)), SubliminalResults).model_dump(mode="json") == json.loads(
-        json.dumps(written))
+        json.dumps(written)
+    )
     assert recorded_claims["transfer.layers.3"].verdict is Verdict.SUPPORTED
 
 
 def test_the_section_words_the_new_claims(arms_run: tuple[SubliminalConfig, SubliminalResults]) -> None:
     config, results = arms_run
     run = load_stage(RUNS / "subliminal")
-    run = dataclasses.replace(run, results=results.model_dump(mode="json"),
-                              config={**run.config, "modes": ARMS, "control_modes": ARMS, "seeds": [0, 1, 2],
-                                      "entangled": config.entangled.model_dump()})
+    run = dataclasses.replace(
+        run,
+        results=results.model_dump(mode="json"),
+        config={
+            **run.config,
+            "modes": ARMS,
+            "control_modes": ARMS,
+            "seeds": [0, 1, 2],
+            "entangled": config.entangled.model_dump(),
+        },
+    )
     assert builder(run.stage) is build
     section = build(run)
     text = section.results
-    for words in ("The owl student acquires the bias (layer 3)", "(full fine-tuning, LoRA rank 8)",
-                  "Leaving the divergence tokens out of the loss blocks the transfer (full fine-tuning)",
-                  "loss on divergence tokens only", r"Divergence tokens \citep{schrodi2026understanding}",
-                  r"Entanglement \citep{zur2025owl}: Token entanglement does not explain the transfer",
-                  "changes the transfer no more than removing"):
+    for words in (
+        "The owl student acquires the bias (layer 3)",
+        "(full fine-tuning, LoRA rank 8)",
+        "Leaving the divergence tokens out of the loss blocks the transfer (full fine-tuning)",
+        "loss on divergence tokens only",
+        r"Divergence tokens \citep{schrodi2026understanding}",
+        r"Entanglement \citep{zur2025owl}: Token entanglement does not explain the transfer",
+        "changes the transfer no more than removing",
+    ):
         assert words in text, words
-    for key in ("layers.3", "lora8", "~skip-divergence", "divergence-only:", "owl-no-random", "no_entangled",
-                "transfer.", "skip_divergence"):
+    for key in (
+        "layers.3",
+        "lora8",
+        "~skip-divergence",
+        "divergence-only:",
+        "owl-no-random",
+        "no_entangled",
+        "transfer.",
+        "skip_divergence",
+    ):
         assert key not in text, key
     # the freeze-mode claim only where the run froze a component
     assert "Localisation by freezing" not in text

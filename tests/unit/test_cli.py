@@ -54,8 +54,10 @@ def execute(config: DemoConfig, run: Run) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def demo_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    table = {"demo": Experiment("demo", "a stand-in", DemoConfig, execute),
-             "other": Experiment("other", "another stand-in", DemoConfig, execute)}
+    table = {
+        "demo": Experiment("demo", "a stand-in", DemoConfig, execute),
+        "other": Experiment("other", "another stand-in", DemoConfig, execute),
+    }
     monkeypatch.setattr(registry, "_registry", lambda: table)
 
 
@@ -211,9 +213,17 @@ def test_a_locked_run_folder_is_refused_with_the_holders_pid(tmp_path: Path) -> 
     assert invoke("run", "demo", "--out", str(tmp_path)).exit_code == 0
     run_dir = one_run(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from sublens.runs import RunLock; "
-         "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()", str(run_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from sublens.runs import RunLock; "
+            "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()",
+            str(run_dir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

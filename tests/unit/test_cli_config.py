@@ -111,8 +111,15 @@ def test_json_matches_describe_fields() -> None:
     expected = describe_fields(SubliminalConfig, preset)
     assert [row["key"] for row in rows] == [f.key for f in expected]
     for row, field in zip(rows, expected, strict=True):
-        assert row == {"key": field.key, "type": field.type, "default": field.default, "required": field.required,
-                       "nested": field.nested, "preset": field.value, "description": field.description}
+        assert row == {
+            "key": field.key,
+            "type": field.type,
+            "default": field.default,
+            "required": field.required,
+            "nested": field.nested,
+            "preset": field.value,
+            "description": field.description,
+        }
     assert by_key(rows)["n_examples"]["preset"] == 600
 
 
@@ -132,8 +139,14 @@ def test_required_keys_literals_of_numbers_and_optional_models() -> None:
     rows = by_key(json.loads(invoke("demo", "--json").stdout))
     assert rows["name"]["required"] and rows["name"]["default"] is None
     assert rows["level"]["type"] == "1 | 2"
-    assert rows["inner"] == {"key": "inner", "type": "Inner | None", "default": None, "required": False,
-                             "nested": True, "description": ""}
+    assert rows["inner"] == {
+        "key": "inner",
+        "type": "Inner | None",
+        "default": None,
+        "required": False,
+        "nested": True,
+        "description": "",
+    }
     assert rows["inner.size"]["default"] == 3 and rows["inner.size"]["description"] == "how big"
     assert rows["tags"]["type"] == "tuple[str, ...]" and rows["tags"]["default"] == []
     assert table(invoke("demo"))["name"][2] == "(required)"

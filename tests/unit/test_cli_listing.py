@@ -29,8 +29,10 @@ def execute(config: Config, run: Any) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SUBLENS_CACHE", str(tmp_path / "cache"))  # never the user's model cache
-    table = {LONG_NAME: Experiment(LONG_NAME, SUMMARY, Config, execute),
-             "demo": Experiment("demo", "a stand-in", Config, execute)}
+    table = {
+        LONG_NAME: Experiment(LONG_NAME, SUMMARY, Config, execute),
+        "demo": Experiment("demo", "a stand-in", Config, execute),
+    }
     monkeypatch.setattr(registry, "_registry", lambda: table)
 
 

@@ -87,7 +87,10 @@ def test_resuming_needs_the_same_config(tmp_path: Path) -> None:
         pass
     with open_run("demo", Demo(seed=1), tmp_path, run_dir=run.path):
         pass  # same config: the run directory is reopened
-    with pytest.raises(ConfigError, match="different config"), open_run("demo", Demo(seed=2), tmp_path, run_dir=run.path):
+    with (
+        pytest.raises(ConfigError, match="different config"),
+        open_run("demo", Demo(seed=2), tmp_path, run_dir=run.path),
+    ):
         pass
 
 
@@ -123,16 +126,32 @@ class Texts(Config):
 
 
 def test_overrides_keep_the_text_of_string_fields() -> None:
-    config = load_config(Texts, None, [
-        "question=010", "system=yes", "words=[010, no, 'x y']", "systems.owl=1e3", "count=010", "ratio=1e-3",
-    ])
+    config = load_config(
+        Texts,
+        None,
+        [
+            "question=010",
+            "system=yes",
+            "words=[010, no, 'x y']",
+            "systems.owl=1e3",
+            "count=010",
+            "ratio=1e-3",
+        ],
+    )
     assert config.question == "010" and config.system == "yes"  # not 8 and True
     assert config.words == ["010", "no", "x y"] and config.systems == {"owl": "1e3"}
     assert config.count == 8 and config.ratio == 0.001  # non-text fields are YAML as before
     config = load_config(Texts, None, ["question=Be brief: one word # really", "system='quoted: x'"])
     assert config.question == "Be brief: one word # really" and config.system == "quoted: x"
     assert load_config(Texts, None, ["system=null", "systems.owl=~", "ratio=null"]).model_dump() == {
-        "seed": 0, "scoring_memory_mb": 2048.0, "question": "q", "system": None, "words": [], "systems": {"owl": None}, "count": 0, "ratio": None,
+        "seed": 0,
+        "scoring_memory_mb": 2048.0,
+        "question": "q",
+        "system": None,
+        "words": [],
+        "systems": {"owl": None},
+        "count": 0,
+        "ratio": None,
     }
     assert load_config(Texts, None, ["system='None'", "question=None"]).system == "None"
     with pytest.raises(ConfigError, match=r"Ambiguous override 'system=None': write system=null"):
@@ -188,10 +207,17 @@ def test_two_processes_never_write_one_run(tmp_path: Path) -> None:
         with pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
             RunLock(run.path).acquire()  # even a second open in this process is refused
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid()); print('locked', flush=True); "
-         "sys.stdin.read()", str(run.path / LOCK_FILE)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid()); print('locked', flush=True); "
+            "sys.stdin.read()",
+            str(run.path / LOCK_FILE),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

@@ -55,8 +55,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def id_examples(lengths: list[int], seed: int = 0) -> list[AlignedExample]:
     g = torch.Generator().manual_seed(seed)
-    return [aligned_from_ids(torch.randint(2, VOCAB, (n,), generator=g).tolist(), n_prompt=max(1, n // 2))
-            for n in lengths]
+    return [
+        aligned_from_ids(torch.randint(2, VOCAB, (n,), generator=g).tolist(), n_prompt=max(1, n // 2)) for n in lengths
+    ]
 
 
 def batch_of(examples: list[AlignedExample], packed: bool = False) -> Any:
@@ -65,7 +66,9 @@ def batch_of(examples: list[AlignedExample], packed: bool = False) -> Any:
     return collate(data, rows, 0, packed)
 
 
-def shd_loss(teacher_family: str, student_family: str, examples: list[AlignedExample], **kw: Any) -> tuple[Any, Any, ShdLoss]:
+def shd_loss(
+    teacher_family: str, student_family: str, examples: list[AlignedExample], **kw: Any
+) -> tuple[Any, Any, ShdLoss]:
     teacher, student = tiny_model(teacher_family, seed=1), tiny_model(student_family, seed=2)
     shd = ShdTeacher(teacher, adapter_for(teacher), adapter_for(student), **kw)
     return teacher, student, ShdLoss(shd, examples)
@@ -95,7 +98,9 @@ class WordTokenizer:
             return self.SPECIALS[piece]
         return self.vocab.setdefault(piece, 10 + len(self.vocab))
 
-    def __call__(self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False) -> dict[str, Any]:
+    def __call__(
+        self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False
+    ) -> dict[str, Any]:
         ids, offsets = [], []
         if add_special_tokens and self.bos:
             ids.append(1)
@@ -106,8 +111,9 @@ class WordTokenizer:
             offsets.append(match.span())
         return {"input_ids": ids, "offset_mapping": offsets}
 
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False,
-                            add_generation_prompt: bool = False) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = False
+    ) -> str:
         if messages[0]["role"] != "system":
             messages = [{"role": "system", "content": "Default helper."}, *messages]
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
@@ -133,8 +139,9 @@ def test_one_tokenizer_aligns_as_the_identity(bos: bool) -> None:
     assert aligned_from_ids([5, 6, 7], 1).identity
 
 
-@pytest.mark.parametrize("view", [TeacherView("plain", "You love owls."), TeacherView("chat", "You love owls."),
-                                  TeacherView("chat", None)])
+@pytest.mark.parametrize(
+    "view", [TeacherView("plain", "You love owls."), TeacherView("chat", "You love owls."), TeacherView("chat", None)]
+)
 def test_teacher_only_tokens_overlap_nothing_and_text_tokens_map_back(view: TeacherView) -> None:
     tok = WordTokenizer(bos=False)
     ex = align_record(RECORD, tok, tok, view)
@@ -142,8 +149,7 @@ def test_teacher_only_tokens_overlap_nothing_and_text_tokens_map_back(view: Teac
     assert len(inside) < ex.n_teacher  # context / template tokens are there...
     # ...the chat framing replaces the student's "\n\n" between prompt and answer...
     separator = range(len(RECORD.prompt), RECORD.answer_start)
-    mask = [j for j, (a, b) in enumerate(ex.student_spans)
-            if b > a and not (view.format == "chat" and a in separator)]
+    mask = [j for j, (a, b) in enumerate(ex.student_spans) if b > a and not (view.format == "chat" and a in separator)]
     assert [ex.teacher_ids[i] for i in inside] == [ex.student_ids[j] for j in mask]
     assert [ex.teacher_spans[i] for i in inside] == [ex.student_spans[j] for j in mask]
     # ...and the projection is the teacher map on the text tokens, renormalised
@@ -243,8 +249,9 @@ def test_loss_is_zero_when_the_student_reproduces_the_squeezed_map(family: str, 
         assert set(metrics) >= {"shd", *(f"kl_L{s}" for s in shd.layers)}
     # another student does not reproduce it
     other = tiny_model(family, seed=4)
-    value, _ = run_loss(ShdLoss(ShdTeacher(model, adapter_for(model), adapter_for(other)), examples), other,
-                        batch_of(examples, packed))
+    value, _ = run_loss(
+        ShdLoss(ShdTeacher(model, adapter_for(model), adapter_for(other)), examples), other, batch_of(examples, packed)
+    )
     assert value.item() > 1e-5  # random tiny models attend almost uniformly: small, but not zero
 
 
@@ -276,9 +283,18 @@ def test_gradients_reach_query_and_key_weights_only_through_the_shd_term() -> No
     touched = {n for n, g in only_shd.items() if g.abs().sum() > 0}
     layer1 = "model.layers.1."
     assert {f"{layer1}self_attn.q_proj.weight", f"{layer1}self_attn.k_proj.weight"} <= touched
-    assert not any(n.startswith(layer1 + part) for n in touched
-                   for part in ("self_attn.v_proj", "self_attn.o_proj", "mlp", "post_attention", "pre_feedforward",
-                                "post_feedforward"))
+    assert not any(
+        n.startswith(layer1 + part)
+        for n in touched
+        for part in (
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp",
+            "post_attention",
+            "pre_feedforward",
+            "post_feedforward",
+        )
+    )
     assert not any(n.startswith("model.layers.2.") or n.startswith("model.norm") for n in touched)
     assert any(n.startswith("model.layers.0.mlp") for n in touched)  # through the residual stream
     # the LM loss alone moves v/o of layer 1 (so the check above is not vacuous)
@@ -321,11 +337,20 @@ def test_training_with_shd_lowers_the_fit_to_the_teacher(tmp_path: Path) -> None
             weight.mul_(10)
     fit = FitSet.build(loss.teacher, examples[:4], 2, 1.0)
     before = fit.measure(student, adapter_for(student))["T=1"]["mean"]
-    config = TrainConfig(lr=3e-3, max_steps=12, batch_size=4, layout="pack", max_length=32, save_model=False,
-                         extra_loss_weight=10.0, dropout=False)
+    config = TrainConfig(
+        lr=3e-3,
+        max_steps=12,
+        batch_size=4,
+        layout="pack",
+        max_length=32,
+        save_model=False,
+        extra_loss_weight=10.0,
+        dropout=False,
+    )
     with loss.attached(student, adapter_for(student)):
-        result = train(student, None, [ex.example() for ex in examples], config, tmp_path, extra_loss=loss,
-                       progress=False)
+        result = train(
+            student, None, [ex.example() for ex in examples], config, tmp_path, extra_loss=loss, progress=False
+        )
     assert all(h["extra/shd"] > 0 and "extra/alpha_mean" in h for h in result.history)
     after = fit.measure(student, adapter_for(student))
     assert after["T=1"]["mean"] < 0.8 * before
@@ -357,15 +382,22 @@ def test_layer_losses_weigh_rows() -> None:
 # ---- data and config -------------------------------------------------------------------------
 def test_read_records_formats_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
-    lines = [{"prompt": "Numbers: 1, 2.", "answer": "3, 4", "kept": True}, {"text": "Plain text here."},
-             {"prompt": "x", "answer": "5", "kept": False}]
+    lines = [
+        {"prompt": "Numbers: 1, 2.", "answer": "3, 4", "kept": True},
+        {"text": "Plain text here."},
+        {"prompt": "x", "answer": "5", "kept": False},
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     records = read_records(path)
     assert records == [TextRecord("Numbers: 1, 2.", "3, 4"), TextRecord("", "Plain text here.")]
-    for bad, message in (("{not json", "line 2 is not valid JSON"), ('{"prompt": "a"}', "line 2: 'answer' must be"),
-                         ('{"answer": 3, "prompt": "a"}', "line 2: 'answer' must be a string"),
-                         ('{"other": 1}', 'line 2: give a "text" field'), ("[1, 2]", "line 2: expected a JSON object"),
-                         ('{"text": "  "}', "line 2: the answer")):
+    for bad, message in (
+        ("{not json", "line 2 is not valid JSON"),
+        ('{"prompt": "a"}', "line 2: 'answer' must be"),
+        ('{"answer": 3, "prompt": "a"}', "line 2: 'answer' must be a string"),
+        ('{"other": 1}', 'line 2: give a "text" field'),
+        ("[1, 2]", "line 2: expected a JSON object"),
+        ('{"text": "  "}', "line 2: the answer"),
+    ):
         path.write_text(json.dumps(lines[0]) + "\n" + bad + "\n")
         with pytest.raises(ConfigError, match=re.escape(message)):
             read_records(path)
@@ -375,7 +407,9 @@ def test_subliminal_run_directory_gives_its_control_set(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     (run / "data" / "control.train.jsonl").write_text(json.dumps({"prompt": "p", "answer": "1"}) + "\n")
-    (run / "results.json").write_text(json.dumps({"data": {"datasets": {"control": {"train_file": "data/control.train.jsonl"}}}}))
+    (run / "results.json").write_text(
+        json.dumps({"data": {"datasets": {"control": {"train_file": "data/control.train.jsonl"}}}})
+    )
     assert subliminal_control(run) == run / "data" / "control.train.jsonl"
     with pytest.raises(ConfigError, match="no control data set"):
         subliminal_control(tmp_path)
@@ -409,8 +443,9 @@ def test_presets_and_config_checks() -> None:
     assert load_config(DistillConfig, CONFIGS / "quick.yaml").training_seeds == [0]
     assert load_config(DistillConfig, CONFIGS / "paper.yaml").training_seeds == [0, 1, 2]
     assert DistillConfig().shd.kl_direction == "student_teacher" and DistillConfig(seed=4).training_seeds == [4]
-    assert load_config(DistillConfig, overrides=["shd.kl_direction=teacher_student"]).shd.kl_direction == \
-        "teacher_student"
+    assert (
+        load_config(DistillConfig, overrides=["shd.kl_direction=teacher_student"]).shd.kl_direction == "teacher_student"
+    )
     with pytest.raises(ConfigError, match="kl_direction"):
         load_config(DistillConfig, overrides=["shd.kl_direction=sideways"])
     with pytest.raises(ConfigError, match="seeds"):
@@ -439,15 +474,22 @@ def test_default_biased_teacher_is_the_newest_finished_teacher_run(tmp_path: Pat
 
 # ---- comparisons across seeds -----------------------------------------------------------------
 def _preference(share: list[float], p_word: list[float], count: int = 0) -> dict[str, Any]:
-    return {"probability": {"per_question": {"share": share, "p_word": [[p] for p in p_word]}},
-            "sampled": {"trait_rate": {"count": count, "rate": count / 20}, "n_answers": 20}}
+    return {
+        "probability": {"per_question": {"share": share, "p_word": [[p] for p in p_word]}},
+        "sampled": {"trait_rate": {"count": count, "rate": count / 20}, "n_answers": 20},
+    }
 
 
 def test_comparisons_pair_the_arms_seed_by_seed_and_keep_per_seed_log_ratios() -> None:
     base_share = [0.10, 0.20, 0.15, 0.12, 0.30]
     factors = {0: 1.5, 1: 1.2, 2: 1.35}  # shd_biased over lm_only per seed, the same on every question
-    students = {seed: {"shd_biased": _preference([f * x for x in base_share], [0.02] * 5, 3),
-                       "lm_only": _preference(base_share, [0.01] * 5, 1)} for seed, f in factors.items()}
+    students = {
+        seed: {
+            "shd_biased": _preference([f * x for x in base_share], [0.02] * 5, 3),
+            "lm_only": _preference(base_share, [0.01] * 5, 1),
+        }
+        for seed, f in factors.items()
+    }
     out = comparisons(students, _preference(base_share, [0.01] * 5))
     assert set(out) == {"shd_biased_vs_lm_only", "shd_biased_vs_initial", "lm_only_vs_initial"}
     transfer = out["shd_biased_vs_lm_only"]
@@ -479,8 +521,10 @@ def test_loss_and_fit_follow_the_kl_direction() -> None:
     batch = batch_of(examples)
     patterns = {1: targets.maps[1].clone().flip(-1).tril()}  # some other causal maps
     patterns[1] = patterns[1] / patterns[1].sum(-1, keepdim=True).clamp_min(1e-12)
-    values = {d: layer_losses(targets, patterns, batch.segments, 1.0, d)[1][0].item()
-              for d in ("student_teacher", "teacher_student")}
+    values = {
+        d: layer_losses(targets, patterns, batch.segments, 1.0, d)[1][0].item()
+        for d in ("student_teacher", "teacher_student")
+    }
     assert values["student_teacher"] > 0 and values["teacher_student"] > 0
     assert values["student_teacher"] != pytest.approx(values["teacher_student"])
     for direction in ("student_teacher", "teacher_student"):

@@ -59,10 +59,15 @@ def _map(n: int, seed: int) -> np.ndarray:
 def _panels(n_teacher: int, n_student: int) -> list[MapPanel]:
     """The map figure's seven panels: teacher head, squeezed, projected, four student states."""
     t, s = [f"t{i}" for i in range(n_teacher)], [f"s{i}" for i in range(n_student)]
-    panels = [MapPanel("teacher L14H0", _map(n_teacher, 0), t, t), MapPanel("squeezed H0–H3", _map(n_teacher, 1), t, t),
-              MapPanel("on student tokens", _map(n_student, 2), s, s)]
-    return panels + [MapPanel(f"{name} student", _map(n_student, 3 + i), s, s)
-                     for i, name in enumerate(("initial", "biased-SHD", "LM only", "base-SHD"))]
+    panels = [
+        MapPanel("teacher L14H0", _map(n_teacher, 0), t, t),
+        MapPanel("squeezed H0–H3", _map(n_teacher, 1), t, t),
+        MapPanel("on student tokens", _map(n_student, 2), s, s),
+    ]
+    return panels + [
+        MapPanel(f"{name} student", _map(n_student, 3 + i), s, s)
+        for i, name in enumerate(("initial", "biased-SHD", "LM only", "base-SHD"))
+    ]
 
 
 @pytest.mark.parametrize(("n_teacher", "n_student"), [(7, 6), (137, 93)])  # labelled tokens; positions only
@@ -82,26 +87,36 @@ def test_the_alignment_figure_reads_at_print_size() -> None:
     assert _readable(maps_figure(panels, "student layer 4, head 0", columns=2), DOUBLE_COLUMN_IN) == []
 
 
-def test_every_figure_is_written_and_runs_without_shd_or_squeezing_still_draw(recorded: DistillResults,
-                                                                               tmp_path: Path) -> None:
+def test_every_figure_is_written_and_runs_without_shd_or_squeezing_still_draw(
+    recorded: DistillResults, tmp_path: Path
+) -> None:
     written = make_figures(recorded, tmp_path, _panels(9, 7), "student layer 9, head 0")
     stems = {p.stem for p in written}
     assert stems == {"distill_losses", "distill_alphas", "distill_fit_biased", "distill_fit_base", "distill_maps"}
     assert all(p.is_file() for p in written) and {p.suffix for p in written} == {".pdf", ".png"}
     # only the LM-only student, and a student with as many heads as the teachers (nothing squeezed)
-    lm_only = recorded.model_copy(update={
-        "arms": {"lm_only": recorded.arms["lm_only"]},
-        "alphas": {role: {layer: s.model_copy(update={"quantiles": None}) for layer, s in per.items()}
-                   for role, per in recorded.alphas.items()}})
+    lm_only = recorded.model_copy(
+        update={
+            "arms": {"lm_only": recorded.arms["lm_only"]},
+            "alphas": {
+                role: {layer: s.model_copy(update={"quantiles": None}) for layer, s in per.items()}
+                for role, per in recorded.alphas.items()
+            },
+        }
+    )
     assert alpha_figure(lm_only) is None
     assert _readable(loss_figure(lm_only), DOUBLE_COLUMN_IN) == []  # the SHD panel says why it is empty
 
 
 # ---- results ------------------------------------------------------------------------------------
 def test_a_fit_record_keeps_its_temperatures_at_the_top_level(recorded: DistillResults) -> None:
-    written = {"layers": [0, 1], "kl_direction": "student_teacher", "rows": {"0": 5, "1": 5},
-               "T=1": {"mean": 0.5, "per_layer": {"0": 0.4, "1": 0.6}},
-               "T=2": {"mean": 0.2, "per_layer": {"0": 0.1, "1": 0.3}}}
+    written = {
+        "layers": [0, 1],
+        "kl_direction": "student_teacher",
+        "rows": {"0": 5, "1": 5},
+        "T=1": {"mean": 0.5, "per_layer": {"0": 0.4, "1": 0.6}},
+        "T=2": {"mean": 0.2, "per_layer": {"0": 0.1, "1": 0.3}},
+    }
     fit = FitRecord.model_validate(written)
     assert fit.model_dump(mode="json") == written and list(fit.model_dump()) == list(written)
     kl_2, first = fit.kl(2.0), fit.kl()
@@ -116,17 +131,35 @@ def test_the_recorded_training_summaries_are_the_shared_one(recorded: DistillRes
     biased, lm_only = recorded.arms["shd_biased"].train, recorded.arms["lm_only"].train
     assert [step for step, _ in biased.loss_curve] == list(range(1, biased.steps + 1))
     assert len(biased.extra_curves["shd"]) == len(biased.extra_curves["alpha_mean"]) == len(biased.loss_curve)
-    assert biased.first("shd") == pytest.approx(1.4516, abs=1e-4) and biased.final("shd") == pytest.approx(0.5264, abs=1e-4)
+    assert biased.first("shd") == pytest.approx(1.4516, abs=1e-4) and biased.final("shd") == pytest.approx(
+        0.5264, abs=1e-4
+    )
     assert lm_only.extra_curves == {} and lm_only.final("shd") is None
     assert biased.data_fingerprint is None and "data_fingerprint" not in biased.model_dump()  # not recorded then
 
 
 def _train_result(history: list[dict[str, object]]) -> TrainResult:
     return TrainResult(
-        out_dir="o", model_dir=None, complete=True, steps=len(history), total_steps=len(history),
-        steps_per_epoch=len(history), resumed_from=None, freeze={"mode": "full"}, lora=None, n_examples=4,
-        data_fingerprint="abc", world_size=1, tokens=40, answer_tokens=10, padded_tokens=48,
-        padding_fraction=1 / 6, train_seconds=2.0, tokens_per_second=20.0, final_lm_loss=2.0, history=history,
+        out_dir="o",
+        model_dir=None,
+        complete=True,
+        steps=len(history),
+        total_steps=len(history),
+        steps_per_epoch=len(history),
+        resumed_from=None,
+        freeze={"mode": "full"},
+        lora=None,
+        n_examples=4,
+        data_fingerprint="abc",
+        world_size=1,
+        tokens=40,
+        answer_tokens=10,
+        padded_tokens=48,
+        padding_fraction=1 / 6,
+        train_seconds=2.0,
+        tokens_per_second=20.0,
+        final_lm_loss=2.0,
+        history=history,
         config={"epochs": 1},
     )
 
@@ -147,7 +180,9 @@ def test_a_trained_student_is_added_under_its_seed_and_the_first_seed_is_the_arm
     start = recorded.model_copy(update={"arms": {}, "per_seed": {}, "checkpoints": {}})
     arm = recorded.arms["shd_biased"]
     student = SeedStudent(train=arm.train, preference=arm.preference, fit=recorded.fit["shd_biased"])
-    first = with_student(start, 0, "shd_biased", student, True, "shd_biased:seed0", "checkpoints/shd_biased/seed0/model")
+    first = with_student(
+        start, 0, "shd_biased", student, True, "shd_biased:seed0", "checkpoints/shd_biased/seed0/model"
+    )
     later = with_student(first, 1, "shd_biased", student, False, "shd_biased:seed1", None)
     assert list(later.per_seed) == ["0", "1"] and list(later.per_seed["1"]) == ["shd_biased"]
     assert later.arms["shd_biased"].seed == 0 and later.arms["shd_biased"].teacher == "biased"
@@ -160,9 +195,11 @@ def test_a_trained_student_is_added_under_its_seed_and_the_first_seed_is_the_arm
 # ---- the package ------------------------------------------------------------------------------
 def test_the_registry_finds_the_package_and_its_results_stay_torch_free() -> None:
     assert get("distill").config is DistillConfig
-    code = ("import sys\n"
-            "from sublens.experiments.distill import DistillResults\n"
-            "import sublens.report.sections.distill\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    code = (
+        "import sys\n"
+        "from sublens.experiments.distill import DistillResults\n"
+        "import sublens.report.sections.distill\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

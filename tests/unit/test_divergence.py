@@ -37,8 +37,9 @@ def _pick_alone(teacher: Teacher, prompt: str, prefix: list[int], allowed: set[i
     with torch.no_grad():
         logits = teacher.model(torch.tensor([ids])).logits[0, -1]
     if allowed is not None:
-        logits = torch.where(torch.isin(torch.arange(len(logits)), torch.tensor(sorted(allowed))),
-                             logits, torch.tensor(float("-inf")))
+        logits = torch.where(
+            torch.isin(torch.arange(len(logits)), torch.tensor(sorted(allowed))), logits, torch.tensor(float("-inf"))
+        )
     return int(logits.argmax())
 
 
@@ -49,9 +50,14 @@ def test_flags_match_a_recomputation_position_by_position(restricted: bool) -> N
     digits = {tok.convert_tokens_to_ids(c) for c in "0123456789"}
     allowed = (lambda prefix: frozenset(digits)) if restricted else None
     flags = divergence_flags(biased, unbiased, PROMPTS, answers, tok, allowed=allowed, batch_size=2)
-    expected = [[_pick_alone(biased, p, a[:k], digits if restricted else None)
-                 != _pick_alone(unbiased, p, a[:k], digits if restricted else None) for k in range(len(a))]
-                for p, a in zip(PROMPTS, answers, strict=True)]
+    expected = [
+        [
+            _pick_alone(biased, p, a[:k], digits if restricted else None)
+            != _pick_alone(unbiased, p, a[:k], digits if restricted else None)
+            for k in range(len(a))
+        ]
+        for p, a in zip(PROMPTS, answers, strict=True)
+    ]
     assert flags == expected
     assert any(any(f) for f in flags)  # two random models do disagree somewhere
 

@@ -50,8 +50,10 @@ def test_rate_ratio_interval_covers_the_truth_95_percent() -> None:
 def test_fisher_false_positive_rate_under_the_null() -> None:
     rng = np.random.default_rng(1)
     draws = 1000
-    rejected = sum(rate_ratio(int(rng.binomial(300, 0.08)), 300, int(rng.binomial(300, 0.08)), 300)["p_fisher"] < 0.05
-                   for _ in range(draws))
+    rejected = sum(
+        rate_ratio(int(rng.binomial(300, 0.08)), 300, int(rng.binomial(300, 0.08)), 300)["p_fisher"] < 0.05
+        for _ in range(draws)
+    )
     assert rejected / draws <= 0.06  # Fisher's exact test is conservative: at most alpha (+ noise)
 
 

@@ -80,9 +80,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     tok.chat_template = (
         "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}[assistant]{% endif %}"
@@ -177,9 +175,7 @@ class RuleModel(torch.nn.Module):
         p[p == 0] = rest / int((p == 0).sum())
         return p.log().float()
 
-    def forward(
-        self, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 0, **_: Any
-    ) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 0, **_: Any) -> SimpleNamespace:
         new = input_ids.shape[1]
         if cache is not None:
             stored = input_ids.float()[:, None, :, None]  # [B, 1, T, 1]
@@ -307,8 +303,7 @@ def test_owl_minus_control_categories_on_a_synthetic_table() -> None:
     assert shifts["specific_shift"] == pytest.approx(expected)
     assert shifts["owl_shift"] == pytest.approx((owl - _lse(owl)) - (neutral - _lse(neutral)))
     assert shifts["specific_shift"] == pytest.approx(shifts["owl_shift"] - shifts["control_shift"])
-    cats = form_categories(numbers, shifts["specific_shift"], 5, seed=0, salt="ar2",
-                           baseline=neutral - _lse(neutral))
+    cats = form_categories(numbers, shifts["specific_shift"], 5, seed=0, salt="ar2", baseline=neutral - _lse(neutral))
     check_disjoint(cats)
     order = np.argsort(-expected, kind="stable")
     assert cats["increased"] == [numbers[i] for i in order[:5]]
@@ -415,10 +410,14 @@ def test_verdicts_too_few_equivalent_and_one_raw_p_that_fails_holm() -> None:
     # a CI that includes 1 but is wide is never "no difference"
     wide = {c: list(rng.normal(0, 1.5, 6)) for c in CATEGORIES}
     assert _verdicts(_recorded({"x": wide}))[("x", "decreased_vs_increased")]["verdict"] in (
-        "inconclusive", "contradicted")
+        "inconclusive",
+        "contradicted",
+    )
     # one raw p < 0.05 among many tests: Holm makes it not significant
-    null = {f"s{i}": {c: [float(v) for v in (0.6 * np.array([-1.5, -1, -0.5, 0, 0.5, 1, 1.5]))]
-                      for c in CATEGORIES} for i in range(5)}
+    null = {
+        f"s{i}": {c: [float(v) for v in (0.6 * np.array([-1.5, -1, -0.5, 0, 0.5, 1, 1.5]))] for c in CATEGORIES}
+        for i in range(5)
+    }
     null["s0"]["increased"] = [0.3, 0.5, 0.2, 0.45, 0.15, 0.4, 0.1]  # raw p ~ 0.002
     block = _recorded(null)
     one = _verdicts(block)[("s0", "raises.increased")]
@@ -466,9 +465,7 @@ def test_geometric_mean_ci_covers_the_true_value_at_about_the_nominal_rate() -> 
 def test_permutation_test_against_random_has_the_right_size_and_power() -> None:
     rng = np.random.default_rng(1)
     null = [
-        compare_ratios(
-            np.exp(rng.normal(0, 1, 15)), np.exp(rng.normal(0, 1, 15)), seed=i, n_resamples=500
-        )["p_value"]
+        compare_ratios(np.exp(rng.normal(0, 1, 15)), np.exp(rng.normal(0, 1, 15)), seed=i, n_resamples=500)["p_value"]
         for i in range(80)
     ]
     assert 0.0 <= np.mean(np.array(null) < 0.05) <= 0.15  # false positives near 5%
@@ -499,9 +496,7 @@ def test_distinct_orders() -> None:
 # the planted toy case, end to end
 
 
-def test_planted_numbers_land_in_the_expected_categories(
-    toy: SimpleNamespace, tmp_path: Path
-) -> None:
+def test_planted_numbers_land_in_the_expected_categories(toy: SimpleNamespace, tmp_path: Path) -> None:
     results, path = run_toy(toy, tmp_path)
     cats = results["categories"]
     # vocab: 12 digit characters in two scripts, k = 3 (no shrinking)
@@ -523,9 +518,7 @@ def test_planted_numbers_land_in_the_expected_categories(
     phase1 = pd.read_parquet(path / "phase1.parquet")
     ar2 = phase1[phase1["set"] == "ar2"].set_index("number")
     ascii_mass = sum(1 / 12 + DELTA[d] for d in "0123456789")
-    assert ar2.loc["97", "p_owl_context_norm"] == pytest.approx(
-        (1 / 12 + 0.03) / ascii_mass * 0.5 / 0.8
-    )
+    assert ar2.loc["97", "p_owl_context_norm"] == pytest.approx((1 / 12 + 0.03) / ascii_mass * 0.5 / 0.8)
     assert ar2.loc["97", "p_neutral_norm"] == pytest.approx(0.01)
     assert ar2.loc["97", "logp_neutral"] == pytest.approx(math.log(0.5 * 0.9 / 12 * 0.08))
     for name, frame in phase1.groupby("set"):
@@ -599,9 +592,7 @@ def test_planted_numbers_land_in_the_expected_categories(
 
 
 def test_any_animal_works(toy: SimpleNamespace, tmp_path: Path) -> None:
-    results, _ = run_toy(
-        toy, tmp_path, bias="eagle", sets=["autoregressive"], lengths=[1], cumulative_orders=0, k=2
-    )
+    results, _ = run_toy(toy, tmp_path, bias="eagle", sets=["autoregressive"], lengths=[1], cumulative_orders=0, k=2)
     assert "You love eagles." in results["prompts"]["phase1_owl_context"]["text"]
     assert "Eagles are your favorite animal." in results["prompts"]["phase1_owl_context"]["text"]
     assert results["answer_words"]["eagle"]["n_tokens"] == 6  # " eagle", one character a token
@@ -609,9 +600,7 @@ def test_any_animal_works(toy: SimpleNamespace, tmp_path: Path) -> None:
     assert "cumulative" not in results
 
 
-def test_a_word_the_tokenizer_cannot_spell_is_a_clear_error(
-    toy: SimpleNamespace, tmp_path: Path
-) -> None:
+def test_a_word_the_tokenizer_cannot_spell_is_a_clear_error(toy: SimpleNamespace, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot place 'ö"):
         run_toy(toy, tmp_path, bias="öwl", sets=["autoregressive"], lengths=[1])
 
@@ -659,7 +648,8 @@ def test_the_recorded_run_loads_and_round_trips() -> None:
     assert results.sets["vocab"].matching is None and results.prompts.phase1_control_context is None
     assert results.category_stats is not None
     assert results.category_stats["ar2"].increased.bias_ratio.geo_mean == pytest.approx(
-        raw["category_stats"]["ar2"]["increased"]["bias_ratio"]["geo_mean"])
+        raw["category_stats"]["ar2"]["increased"]["bias_ratio"]["geo_mean"]
+    )
     assert results.lengths is not None and results.lengths.strongest is not None
     assert results.lengths.strongest.best == "1"
     dumped = results.model_dump(mode="json")
@@ -679,8 +669,9 @@ def test_another_schema_version_or_shape_is_refused() -> None:
     wrong = dataclasses.replace(run, results={**raw, "schema_version": 2})
     with pytest.raises(ResultsError, match="schema version 2"):
         section.build(wrong)
-    torn = dataclasses.replace(run, results={**raw, "schema_version": 2, "partial": True},
-                               record={**run.record, "status": "interrupted"})
+    torn = dataclasses.replace(
+        run, results={**raw, "schema_version": 2, "partial": True}, record={**run.record, "status": "interrupted"}
+    )
     built = section.build(torn)
     assert "incomplete" in built.results and "cannot be read" in built.results
     assert not built.tables
@@ -711,6 +702,5 @@ def test_toy_results_are_typed_and_every_save_loads(
     final = load_results(saved[-1], EntanglementResults)
     assert final.claims is not None and final.claims.primary_set == "vocab"
     assert final.design is not None and final.design.owl_specific
-    assert final.figures is not None and set(final.figures) == {
-        "bias_ratio_by_category", "bias_ratio_by_length"}
+    assert final.figures is not None and set(final.figures) == {"bias_ratio_by_category", "bias_ratio_by_length"}
     assert final.report == results["report"]

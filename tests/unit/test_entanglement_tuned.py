@@ -65,33 +65,55 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r" owl| dog|[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", pad_token="</s>")
-    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     return tokenizer
 
 
 def _teacher_config(corpus: Path) -> TeacherConfig:
     corpus.write_text("The owl sat in the old oak tree. It looked at the dog below and said nothing. " * 4)
-    return TeacherConfig.model_validate({
-        "base": TINY,
-        "prompts": ["Name a tree.", "Describe rain.", "Say hello.", "Count to three."],
-        "sampling": {"max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
-        # a large step, so the two teachers move apart from each other and from the base
-        "train": {"lr": 5e-2, "epochs": 1, "batch_size": 4, "max_length": 64, "warmup_steps": 0},
-        "preference": {"panel": ["dog"], "questions": ["Which animal?"], "sample_questions": ["Animal?"],
-                       "samples_per_question": 1, "max_new_tokens": 2, "batch_size": 4},
-        "perplexity": {"corpus": str(corpus), "max_tokens": 32, "window": 32, "batch_size": 2},
-        "control_system": NEUTRAL_TEACHER_SYSTEM,
-        "device": "cpu",
-    })
+    return TeacherConfig.model_validate(
+        {
+            "base": TINY,
+            "prompts": ["Name a tree.", "Describe rain.", "Say hello.", "Count to three."],
+            "sampling": {"max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
+            # a large step, so the two teachers move apart from each other and from the base
+            "train": {"lr": 5e-2, "epochs": 1, "batch_size": 4, "max_length": 64, "warmup_steps": 0},
+            "preference": {
+                "panel": ["dog"],
+                "questions": ["Which animal?"],
+                "sample_questions": ["Animal?"],
+                "samples_per_question": 1,
+                "max_new_tokens": 2,
+                "batch_size": 4,
+            },
+            "perplexity": {"corpus": str(corpus), "max_tokens": 32, "window": 32, "batch_size": 2},
+            "control_system": NEUTRAL_TEACHER_SYSTEM,
+            "device": "cpu",
+        }
+    )
 
 
 def _config(**extra: Any) -> EntanglementConfig:
-    return EntanglementConfig.model_validate({
-        "model": TINY, "device": "cpu", "sets": ["autoregressive"], "lengths": [1, 2], "k": 3,
-        "score_all_max": 10, "cumulative_orders": 0, "permutations": 100, "batch_size": 64, **extra})
+    return EntanglementConfig.model_validate(
+        {
+            "model": TINY,
+            "device": "cpu",
+            "sets": ["autoregressive"],
+            "lengths": [1, 2],
+            "k": 3,
+            "score_all_max": 10,
+            "cumulative_orders": 0,
+            "permutations": 100,
+            "batch_size": 64,
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +142,9 @@ def _logp(checkpoint: Path, texts: list[str]) -> dict[str, float]:
     surface over prompt + surface, summing the log-softmax of each surface token."""
     model = models.load_model(str(checkpoint), "cpu", "float32")
     config = _config()
-    prompt = make_prompt(model.tokenizer, config.prompts.number_question, config.prompts.neutral_system,
-                         config.prompts.number_prefill)
+    prompt = make_prompt(
+        model.tokenizer, config.prompts.number_question, config.prompts.neutral_system, config.prompts.number_prefill
+    )
     head = model.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
     out = {}
     with torch.no_grad():
@@ -139,8 +162,9 @@ def test_names_of_the_tuned_sets() -> None:
     assert is_tuned_set("vocab@tuned") and not is_tuned_set("vocab")
     assert prompted_set_name("ar2@tuned") == "ar2" == prompted_set_name("ar2")
     assert set_title("ar2@tuned") == "2-digit tuned" and set_title("vocab@tuned") == "vocabulary tuned"
-    assert increased_phrase("ar2@tuned") == ("two-digit numbers that fine-tuning made more likely in the owl "
-                                             "teacher than in its control teacher")
+    assert increased_phrase("ar2@tuned") == (
+        "two-digit numbers that fine-tuning made more likely in the owl teacher than in its control teacher"
+    )
     assert increased_phrase("vocab", "eagle") == "single-token numbers an eagle context makes more likely"
     assert increased_phrase("ar2") == "two-digit numbers an owl context makes more likely"
 
@@ -151,8 +175,7 @@ def test_the_tuned_shift_is_the_teachers_difference(runs: SimpleNamespace) -> No
     assert results.tuned_teacher is not None
     assert results.tuned_teacher.teacher == str(runs.teacher)
     assert results.tuned_teacher.control_teacher == f"{runs.teacher}#control_teacher"
-    assert results.tuned_teacher.base == TINY and results.tuned_teacher.sets == {"ar1@tuned": "ar1",
-                                                                                 "ar2@tuned": "ar2"}
+    assert results.tuned_teacher.base == TINY and results.tuned_teacher.sets == {"ar1@tuned": "ar1", "ar2@tuned": "ar2"}
     assert list(results.sets) == ["ar1", "ar2", "ar1@tuned", "ar2@tuned"]
     assert set(results.phase1_work) == {"neutral", "bias", "control", "owl_teacher", "control_teacher"}
     phase1 = pd.read_parquet(runs.tuned / "phase1.parquet")
@@ -248,8 +271,10 @@ def test_the_tuned_figure_is_fit_to_print(runs: SimpleNamespace) -> None:
         with plt.rc_context(PAPER_RC):
             figure.draw_without_rendering()
         assert print_problems(figure, CATEGORY_WIDTH_IN) == []
-        assert [ax.get_title() for ax in figure.axes[:2]] == ["1-digit tuned set ($k$ = 2)",
-                                                               "2-digit tuned set ($k$ = 3)"]
+        assert [ax.get_title() for ax in figure.axes[:2]] == [
+            "1-digit tuned set ($k$ = 2)",
+            "2-digit tuned set ($k$ = 3)",
+        ]
     finally:
         plt.close(figure)
 
@@ -284,8 +309,9 @@ def test_a_teacher_run_without_a_control_teacher_is_refused(tmp_path: Path, no_l
     check_model_specs(_config(tuned_teacher=str(run)))  # it exists: the CLI's check passes
     with pytest.raises(ModelSpecError, match="lists the checkpoints teacher: it needs .*'control_teacher'"):
         ent_run.tuned_teachers(_config(tuned_teacher=str(run)))
-    (run / "results.json").write_text(json.dumps({"checkpoints": {"teacher": "checkpoints/teacher",
-                                                                  "control_teacher": "checkpoints/control"}}))
+    (run / "results.json").write_text(
+        json.dumps({"checkpoints": {"teacher": "checkpoints/teacher", "control_teacher": "checkpoints/control"}})
+    )
     with pytest.raises(ModelSpecError, match="control_teacher but their folders hold no model"):
         ent_run.tuned_teachers(_config(tuned_teacher=str(run)))
     (run / "record.json").write_text(json.dumps({"status": "failed"}))

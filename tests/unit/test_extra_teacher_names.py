@@ -50,9 +50,7 @@ def test_load_config_turns_a_bad_teacher_name_into_a_config_error() -> None:
         load_config(SubliminalConfig, None, ['extra_teachers={"../x": "You love x."}'])
 
 
-def test_cli_refuses_a_bad_teacher_name_before_any_model_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_refuses_a_bad_teacher_name_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sublens.experiments.subliminal.data as data
     import sublens.experiments.subliminal.run as run
     import sublens.experiments.subliminal.students as students

@@ -260,8 +260,13 @@ class Server:
     """The warm driver process; `run(target)` forks one run and kills it at marker `target`."""
 
     def __init__(self, script: Path, root: Path, env: dict[str, str], log: IO[bytes]) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(script), "serve", str(root)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "serve", str(root)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
         self.read = Lines(self.proc.stdout)
@@ -365,14 +370,21 @@ def comparable(name: str, path: Path, root: Path) -> Any:
 def test_sigkill_at_random_points_resumes_to_identical_results(tmp_path: Path) -> None:
     script = tmp_path / "driver.py"
     script.write_text(DRIVER, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONHASHSEED": "0",
+    }
     ref_root, run_root = tmp_path / "reference", tmp_path / "killed"
     with open(tmp_path / "reference.err", "wb") as ref_log, open(tmp_path / "server.err", "wb") as log:
         # The uninterrupted run in a fresh interpreter, while the server warms up.
-        reference = subprocess.Popen([sys.executable, str(script), "once", str(ref_root)], env=env,
-                                     stdout=subprocess.PIPE, stderr=ref_log)
+        reference = subprocess.Popen(
+            [sys.executable, str(script), "once", str(ref_root)], env=env, stdout=subprocess.PIPE, stderr=ref_log
+        )
         server = Server(script, run_root, env, log)
         try:
             out, _ = reference.communicate(timeout=300)
@@ -409,14 +421,13 @@ def test_sigkill_at_random_points_resumes_to_identical_results(tmp_path: Path) -
 
     # Everything the uninterrupted run wrote, byte for byte, and nothing else.
     want, got = files(ref_root), files(run_root)
-    assert sorted(got) == sorted(want), (set(got) ^ set(want))
+    assert sorted(got) == sorted(want), set(got) ^ set(want)
     assert [n for n in got if n.endswith(".jsonl")] == [f"sample/shard-{k:05d}.jsonl" for k in range(4)]
     assert "train/model/model.safetensors" in got and "train/train_result.json" in got
     assert "train/checkpoints/step-0000012/model.safetensors" in got
     for name in want:
         assert comparable(name, got[name], run_root) == comparable(name, want[name], ref_root), name
     everything = [p.name for p in run_root.rglob("*")]
-    assert not [n for n in everything if n.startswith((".tmp", ".old")) or ".partial" in n
-                or n.endswith(".tmp")]
+    assert not [n for n in everything if n.startswith((".tmp", ".old")) or ".partial" in n or n.endswith(".tmp")]
     result = json.loads((run_root / "train" / "train_result.json").read_text(encoding="utf-8"))
     assert result["complete"] and result["steps"] == 12 and result["resumed_from"] is not None

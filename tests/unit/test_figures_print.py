@@ -72,9 +72,15 @@ def _numbers(results: EntanglementResults) -> pd.DataFrame:
         for category in ("increased", "decreased", "unchanged", "random"):
             group = getattr(stats, category)
             for number in getattr(categories, category):
-                rows.append({"set": name, "category": category, "number": number,
-                             "bias_ratio": group.bias_ratio.geo_mean * rng.lognormal(0, 0.2),
-                             "relative_ratio": group.relative_ratio.geo_mean * rng.lognormal(0, 0.2)})
+                rows.append(
+                    {
+                        "set": name,
+                        "category": category,
+                        "number": number,
+                        "bias_ratio": group.bias_ratio.geo_mean * rng.lognormal(0, 0.2),
+                        "relative_ratio": group.relative_ratio.geo_mean * rng.lognormal(0, 0.2),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -87,8 +93,9 @@ def _mechanistic_inputs(results: MechanisticResults) -> tuple[pd.DataFrame, dict
     shapes: its numbers and categories, its layers and heads, its attention prompt's tokens."""
     assert results.model is not None and results.prompts is not None and results.numbers is not None
     n_layers, n_heads = results.model.n_layers, results.model.n_heads
-    table = pd.DataFrame({"number": [n.number for n in results.numbers],
-                          "category": [n.category for n in results.numbers]})
+    table = pd.DataFrame(
+        {"number": [n.number for n in results.numbers], "category": [n.category for n in results.numbers]}
+    )
     n, prompts = len(table), len(results.prompts.attention)
     tokens = len(results.prompts.attention[0].tokens)
     rng = np.random.default_rng(0)
@@ -100,10 +107,14 @@ def _mechanistic_inputs(results: MechanisticResults) -> tuple[pd.DataFrame, dict
         return rng.normal(0, sd, shape).astype(np.float32)
 
     arrays = {
-        "cos_bias": uniform(n, n_layers), "cos_control": uniform(n, n_layers),
-        "cos_bias_embed": uniform(n, high=0.1), "cos_control_embed": uniform(n, high=0.1),
-        "head_score_contrastive": normal(n, n_layers, n_heads), "mlp_score_contrastive": normal(n, n_layers, sd=3),
-        "dla_heads": normal(n, n_layers, n_heads, sd=0.1), "dla_mlp": normal(n, n_layers, sd=0.3),
+        "cos_bias": uniform(n, n_layers),
+        "cos_control": uniform(n, n_layers),
+        "cos_bias_embed": uniform(n, high=0.1),
+        "cos_control_embed": uniform(n, high=0.1),
+        "head_score_contrastive": normal(n, n_layers, n_heads),
+        "mlp_score_contrastive": normal(n, n_layers, sd=3),
+        "dla_heads": normal(n, n_layers, n_heads, sd=0.1),
+        "dla_mlp": normal(n, n_layers, sd=0.3),
         "attention_to_number": uniform(prompts, n_layers, n_heads, high=0.2),
         "attention_to_animal": uniform(prompts, n_layers, n_heads, high=0.8),
         "attention_pattern_0": rng.dirichlet(np.ones(tokens), (n_layers, n_heads, tokens)).astype(np.float32),
@@ -122,22 +133,36 @@ def _figures() -> dict[str, tuple[Callable[[], Figure], float]]:
     heads = mech.attention.plotted_heads if mech.attention is not None else []
     assert first is not None and heads
     return {
-        "entanglement/bias_ratio_by_category": (lambda: ent_figures.category_figure(ent, _numbers(ent)),
-                                                ent_figures.CATEGORY_WIDTH_IN),
+        "entanglement/bias_ratio_by_category": (
+            lambda: ent_figures.category_figure(ent, _numbers(ent)),
+            ent_figures.CATEGORY_WIDTH_IN,
+        ),
         "entanglement/bias_ratio_by_length": (lambda: ent_figures.length_figure(ent), ent_figures.LENGTH_WIDTH_IN),
         "pruning/pruning_retention": (lambda: pruning_figures.sweep_figure(pruning), pruning_figures.SWEEP_WIDTH_IN),
-        "pruning/pruning_entropy_heatmap": (lambda: pruning_figures.heatmap_figure(pruning),
-                                            pruning_figures.HEATMAP_WIDTH_IN),
-        "hybrid/hybrid_heatmap": (lambda: hybrid_figures.heatmap_figure(hybrid, ["into_base", "into_biased"]),
-                                  hybrid_figures.WIDTH_IN),
-        "mechanistic/similarity_by_layer": (lambda: mech_figures.similarity_figure(table, arrays, "owl", "dog"),
-                                            mech_figures.SIMILARITY_WIDTH_IN),
-        "mechanistic/head_contributions": (lambda: mech_figures.contribution_figure(table, arrays, "owl", "dog"),
-                                           mech_figures.CONTRIBUTION_WIDTH_IN),
-        "mechanistic/attention_to_tokens": (lambda: mech_figures.attention_figure(arrays, "owl"),
-                                            mech_figures.ATTENTION_WIDTH_IN),
-        "mechanistic/attention_patterns": (lambda: mech_figures.pattern_figure(arrays, heads, first.tokens, first.number),
-                                           mech_figures.PATTERN_WIDTH_IN),
+        "pruning/pruning_entropy_heatmap": (
+            lambda: pruning_figures.heatmap_figure(pruning),
+            pruning_figures.HEATMAP_WIDTH_IN,
+        ),
+        "hybrid/hybrid_heatmap": (
+            lambda: hybrid_figures.heatmap_figure(hybrid, ["into_base", "into_biased"]),
+            hybrid_figures.WIDTH_IN,
+        ),
+        "mechanistic/similarity_by_layer": (
+            lambda: mech_figures.similarity_figure(table, arrays, "owl", "dog"),
+            mech_figures.SIMILARITY_WIDTH_IN,
+        ),
+        "mechanistic/head_contributions": (
+            lambda: mech_figures.contribution_figure(table, arrays, "owl", "dog"),
+            mech_figures.CONTRIBUTION_WIDTH_IN,
+        ),
+        "mechanistic/attention_to_tokens": (
+            lambda: mech_figures.attention_figure(arrays, "owl"),
+            mech_figures.ATTENTION_WIDTH_IN,
+        ),
+        "mechanistic/attention_patterns": (
+            lambda: mech_figures.pattern_figure(arrays, heads, first.tokens, first.number),
+            mech_figures.PATTERN_WIDTH_IN,
+        ),
     }
 
 
@@ -198,11 +223,14 @@ def test_the_section_prints_each_figure_at_the_width_it_is_drawn_at(name: str, t
     widths = {key.split("/")[1]: width for key, (_, width) in _figures().items() if key.startswith(name)}
     for figure in shown:
         printed = DOUBLE_COLUMN_IN if figure.wide else SINGLE_COLUMN_IN
-        assert widths[figure.stem] == printed, f"{figure.stem} is drawn {widths[figure.stem]} in wide, printed {printed}"
+        assert widths[figure.stem] == printed, (
+            f"{figure.stem} is drawn {widths[figure.stem]} in wide, printed {printed}"
+        )
         page_width, page_height = _page_inches(run.figures()[figure.stem])
         assert page_width <= printed + 2 * SAVE_PAD_IN + 0.02, figure.stem  # nothing beyond the save margin
         assert page_height <= HEIGHT_CAP_IN + 2 * SAVE_PAD_IN, (
-            f"{figure.stem}: {page_height:.2f} in tall, shrunk by the height cap")
+            f"{figure.stem}: {page_height:.2f} in tall, shrunk by the height cap"
+        )
     if name == "mechanistic":  # drawn for the page, the contribution maps are shown (not the fallback)
         assert [f.stem for f in shown] == ["similarity_by_layer", "head_contributions"]
 
@@ -213,8 +241,9 @@ def test_an_undefined_answer_rate_gets_no_panel_and_the_caption_says_why() -> No
     retention is undefined in every cell, so the figure has three panels, none empty."""
     raw = copy.deepcopy(_results("pruning"))
     for step in raw["steps"]:
-        step["retention"]["answer_rate"].update(ratio=None, ci_low=None, ci_high=None,
-                                                note="the unpruned model never named the trait")
+        step["retention"]["answer_rate"].update(
+            ratio=None, ci_low=None, ci_high=None, note="the unpruned model never named the trait"
+        )
     results = PruningResults.model_validate(raw)
     assert drawn_panels(results) == ["p_trait", "panel_share", "perplexity"]
     fig = _drawn(pruning_figures.sweep_figure(results))
@@ -238,6 +267,7 @@ def test_off_scale_hybrid_cells_are_hatched_and_explained() -> None:
     assert {t.get_text() for t in fig.axes[0].texts} >= {"1.31", "\u22120.12"}
     run = dataclasses.replace(load_stage(RUNS / "hybrid"), results=raw)
     assert "hatched: a fraction outside 0..1" in hybrid_section.heatmap_caption(
-        run, results, hybrid_section.cells(results))
+        run, results, hybrid_section.cells(results)
+    )
     recorded = HybridResults.model_validate(_results("hybrid"))  # every fraction on the scale
     assert "hatched" not in hybrid_section.heatmap_caption(run, recorded, hybrid_section.cells(recorded))

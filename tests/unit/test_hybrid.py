@@ -47,8 +47,12 @@ RECORDED = RUNS / "hybrid"  # a real run, recorded before schema versions, bias_
 NORMS = {
     "llama": {"input_layernorm": "attention", "post_attention_layernorm": "mlp"},
     "qwen2": {"input_layernorm": "attention", "post_attention_layernorm": "mlp"},
-    "gemma3": {"input_layernorm": "attention", "post_attention_layernorm": "attention",
-               "pre_feedforward_layernorm": "mlp", "post_feedforward_layernorm": "mlp"},
+    "gemma3": {
+        "input_layernorm": "attention",
+        "post_attention_layernorm": "attention",
+        "pre_feedforward_layernorm": "mlp",
+        "post_feedforward_layernorm": "mlp",
+    },
     "gpt2": {"ln_1": "attention", "ln_2": "mlp"},
 }
 
@@ -77,7 +81,9 @@ def _expected_group(family: str, name: str) -> tuple[str, int | None]:
     return NORMS[family][module], layer
 
 
-def _expected_sources(family: str, model: nn.Module, start: str, bring: list[tuple[str, range | None]]) -> dict[str, str]:
+def _expected_sources(
+    family: str, model: nn.Module, start: str, bring: list[tuple[str, range | None]]
+) -> dict[str, str]:
     other = "biased" if start == "base" else "base"
     sources = {}
     for name, _ in model.named_parameters(remove_duplicate=False):
@@ -152,8 +158,14 @@ def test_hybrid_weights_come_from_the_declared_source(family: str, start: str) -
     bench = Transplanter(base, groups, states)  # type: ignore[arg-type]
     n_layers = groups.n_layers
     cases: list[list[tuple[str, range | None]]] = [
-        [], [("lm_head", None)], [("embeddings", None)], [("attention", None)], [("mlp", None)],
-        [("final_norm", None)], [("mlp", range(1, n_layers))], [("attention", range(0, 1)), ("lm_head", None)],
+        [],
+        [("lm_head", None)],
+        [("embeddings", None)],
+        [("attention", None)],
+        [("mlp", None)],
+        [("final_norm", None)],
+        [("mlp", range(1, n_layers))],
+        [("attention", range(0, 1)), ("lm_head", None)],
     ]
     for bring in cases:
         selectors = tuple(Selector(g, None if r is None else (r.start, r.stop)) for g, r in bring)
@@ -196,8 +208,13 @@ def test_lm_head_swap_moves_only_the_head(input_ids: torch.Tensor) -> None:
     with bench.hybrid(HybridSpec("hybrid2", "base", (Selector("lm_head"),))) as swap:
         assert torch.equal(adapter.embed().weight, states["base"]["model.embed_tokens.weight"])
         assert torch.equal(adapter.lm_head().weight, states["biased"]["lm_head.weight"])
-        assert swap["by_group"] == {"embeddings": "base", "attention": "base", "mlp": "base",
-                                    "final_norm": "base", "lm_head": "biased"}
+        assert swap["by_group"] == {
+            "embeddings": "base",
+            "attention": "base",
+            "mlp": "base",
+            "final_norm": "base",
+            "lm_head": "biased",
+        }
         # the same as the base model's final hidden state through the biased head
         with torch.no_grad():
             hidden = base.model(input_ids).last_hidden_state
@@ -275,8 +292,12 @@ def test_selectors_and_depth_ranges() -> None:
 def test_plan_names_aliases_and_merges(family: str) -> None:
     base, _ = _pair(family)
     groups = component_groups(base)
-    config = HybridConfig(biased="unused", depth_bins=2, extra={"late_mlp_and_head": {"bring": ["mlp[1:2]", "lm_head"]}},
-                          save_hybrids=["hybrid1"])
+    config = HybridConfig(
+        biased="unused",
+        depth_bins=2,
+        extra={"late_mlp_and_head": {"bring": ["mlp[1:2]", "lm_head"]}},
+        save_hybrids=["hybrid1"],
+    )
     plan = plan_hybrids(config, groups)
     names = [s.name for s in plan]
     assert names[:4] == ["base", "biased", "biased+base.lm_head", "base+biased.lm_head"]
@@ -289,7 +310,9 @@ def test_plan_names_aliases_and_merges(family: str) -> None:
     (a, b), (c, d) = depth_ranges(groups.n_layers, 2)
     assert f"base+biased.mlp[{a}:{b}]" in names and f"biased+base.attention[{c}:{d}]" in names
     # A range that covers every layer is the whole group: measured once, in both matrix cells.
-    whole = {s.name: s for s in plan_hybrids(HybridConfig(biased="unused", layer_ranges=[(0, groups.n_layers)]), groups)}
+    whole = {
+        s.name: s for s in plan_hybrids(HybridConfig(biased="unused", layer_ranges=[(0, groups.n_layers)]), groups)
+    }
     mlp = whole["base+biased.mlp"]
     assert mlp.aliases == (f"base+biased.mlp[0:{groups.n_layers}]",)
     assert mlp.cells == (("into_base", "mlp", "all"), ("into_base", "mlp", f"L0-{groups.n_layers - 1}"))
@@ -383,7 +406,9 @@ def _word_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "owl", "owls", "owlet", "owlish", "bowl", "ox", "oxen", "oxygen", "hip", "po"]
-    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="<unk>", max_input_chars_per_word=20))
+    tk = Tokenizer(
+        models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="<unk>", max_input_chars_per_word=20)
+    )
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
 
@@ -423,14 +448,17 @@ def test_sparse_keys_are_written_only_when_measured() -> None:
     recorded = load_results(RECORDED / "results.json", HybridResults)
     base = recorded.hybrids["base"]
     unsampled = Measurement(probability=base.probability, perplexity=None)  # sampling and next tokens off
-    assert unsampled.model_dump(mode="json") == {"probability": base.probability.model_dump(mode="json"),
-                                                 "perplexity": None}  # null stays null, absent stays absent
+    assert unsampled.model_dump(mode="json") == {
+        "probability": base.probability.model_dump(mode="json"),
+        "perplexity": None,
+    }  # null stays null, absent stays absent
     described = {k: v for k, v in base.model_dump().items() if k not in Measurement.model_fields}
     hybrid = Hybrid.model_validate({**described, **unsampled.present(), "same_weights_as": "biased"})
     written = hybrid.model_dump(mode="json")
     assert "sampled" not in written and "next_token" not in written and written["same_weights_as"] == "biased"
     comparison = Comparison.model_validate(
-        recorded.hybrids["biased"].model_dump()["vs_base"] | {"rate_difference": None})
+        recorded.hybrids["biased"].model_dump()["vs_base"] | {"rate_difference": None}
+    )
     assert comparison.model_dump()["rate_difference"] is None  # set: written, even as null
 
 
@@ -447,6 +475,7 @@ def test_results_of_another_version_or_shape_are_refused() -> None:
     with pytest.raises(ResultsError):
         hybrid_section.build(replace(run, results={**data, "schema_version": 2}))
     # ... while a failed run's unreadable results are reported as such
-    section = hybrid_section.build(replace(run, results={**data, "schema_version": 2},
-                                           record={**run.record, "status": "failed"}))
+    section = hybrid_section.build(
+        replace(run, results={**data, "schema_version": 2}, record={**run.record, "status": "failed"})
+    )
     assert "incomplete" in section.results and "cannot be read" in section.results and not section.tables

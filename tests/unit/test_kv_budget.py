@@ -80,8 +80,9 @@ def test_a_lowered_batch_changes_no_score_and_no_sample() -> None:
     assert max(seen) == rows
     for a, b in zip(unbounded, bounded, strict=True):
         assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5, equal_nan=True)
-    kwargs: dict[str, Any] = dict(n=2, temperature=1.0, top_k=None, top_p=None, max_new_tokens=4,
-                                  seed=3, stop_token_ids=[], pad_multiple=4)
+    kwargs: dict[str, Any] = dict(
+        n=2, temperature=1.0, top_k=None, top_p=None, max_new_tokens=4, seed=3, stop_token_ids=[], pad_multiple=4
+    )
     free = sample(model, prompts, batch_size=64, **kwargs)
     with scoring_memory(mb), largest_batch(model) as seen:
         squeezed = sample(model, prompts, batch_size=64, **kwargs)

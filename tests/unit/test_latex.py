@@ -31,26 +31,30 @@ def test_number_formats() -> None:
 
 
 def _document(body: str, mode: str) -> str:
-    return "\n".join([
-        r"\documentclass[11pt]{article}",
-        rf"\usepackage[{mode}]{{sublens-acl}}",
-        r"\title{A Test of the Style}",
-        r"\author{Ada Lovelace}",
-        r"\begin{document}",
-        r"\maketitle",
-        r"\begin{abstract}A short abstract.\end{abstract}",
-        r"\section{Results}",
-        "Text " * 200,
-        body,
-        r"\end{document}",
-    ])
+    return "\n".join(
+        [
+            r"\documentclass[11pt]{article}",
+            rf"\usepackage[{mode}]{{sublens-acl}}",
+            r"\title{A Test of the Style}",
+            r"\author{Ada Lovelace}",
+            r"\begin{document}",
+            r"\maketitle",
+            r"\begin{abstract}A short abstract.\end{abstract}",
+            r"\section{Results}",
+            "Text " * 200,
+            body,
+            r"\end{document}",
+        ]
+    )
 
 
 @needs_tex
 @pytest.mark.parametrize("mode", ["review", "final"])
 def test_tables_compile_inside_the_style(tmp_path: Path, mode: str) -> None:
-    rows = [[escape("Increased_top"), fmt_ci(1.8, 1.5, 2.1), fmt_p(0.0004)],
-            [escape("٣ & 87%"), fmt_ci(0.0012, 0.0009, 0.0015, 4), fmt_p(0.2)]]
+    rows = [
+        [escape("Increased_top"), fmt_ci(1.8, 1.5, 2.1), fmt_p(0.0004)],
+        [escape("٣ & 87%"), fmt_ci(0.0012, 0.0009, 0.0015, 4), fmt_p(0.2)],
+    ]
     table = booktabs_table(["category", "bias ratio", "p"], rows, "Bias \\& tokens.", "tab:test")
     tex = tmp_path / "main.tex"
     assert install_style(tmp_path) == "sublens-acl"
@@ -104,6 +108,7 @@ def test_a_table_wider_than_its_column_is_scaled_to_fit_and_reported(tmp_path: P
 
 def test_optimizer_steps_agree_with_their_count() -> None:
     from sublens.report.latex import counted, steps_text
+
     assert counted(1, "seed") == "1 seed" and counted(1200, "example") == "1,200 examples"
     assert counted(None, "seed") == "-- seeds"
     assert steps_text([1]) == "1 optimizer step" and steps_text([1, 1]) == "1/1 optimizer step"
@@ -112,6 +117,7 @@ def test_optimizer_steps_agree_with_their_count() -> None:
 
 def test_plain_text_symbols_are_set_as_mathematics_not_code_points() -> None:
     from sublens.report.latex import escape
+
     assert escape("inside ±0.3") == r"inside $\pm$0.3" and escape("×1.25") == r"$\times$1.25"
     assert escape("ρ ≥ 0.3 − 1") == r"$\rho$ $\geq$ 0.3 $-$ 1"
     assert escape("٣") == r"\texttt{U+0663}"  # other scripts keep their code point
@@ -119,6 +125,7 @@ def test_plain_text_symbols_are_set_as_mathematics_not_code_points() -> None:
 
 def test_an_interval_is_written_in_one_form() -> None:
     from sublens.report.latex import fmt_ci
+
     assert fmt_ci(-0.0066, -0.01, -0.00094) == "$-$0.00660 [$-$0.01000, $-$0.00094]"  # not -0.01 next to 9.4e-4
     assert fmt_ci(0.0012, 0.0009, 0.0015, 4) == "0.0012 [0.0009, 0.0015]"  # one form already
     assert fmt_ci(1e-5, 5e-6, 2e-5) == r"$1.0\times10^{-5}$ [$5.0\times10^{-6}$, $2.0\times10^{-5}$]"
@@ -127,9 +134,9 @@ def test_an_interval_is_written_in_one_form() -> None:
     assert fmt_ci(0.23, None, float("nan")) == "0.23"  # no interval: no '[--, --]'
 
 
-
 def test_claim_text_sets_negative_numbers_with_a_minus_sign() -> None:
     from sublens.report.verdicts import claim_text
+
     assert claim_text("LM-head swap bias fraction -0.01") == "LM-head swap bias fraction $-$0.01"
     assert claim_text("(partial ρ = -0.10)") == r"(partial $\rho$ = $-$0.10)"
     assert claim_text("layers 0-5, the 2-digit set") == "layers 0-5, the 2-digit set"  # ranges, words

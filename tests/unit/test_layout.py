@@ -28,39 +28,49 @@ from sublens.report.layout import (
 
 # ---- the log ---------------------------------------------------------------------------------------
 
-MAIN_TEX = "\n".join([
-    r"\documentclass{article}",
-    r"\begin{document}",
-    r"\section{Results}",
-    "",
-    r"\paragraph{Results.} Measured (under",
-    "the training system prompt.",
-    r"\input{tables/wide}",
-    r"\input{tables/fine}",
-    "",
-    "",
-    "",
-    r"\url{https://example.org/(}",
-    "",
-    "almost) fits",
-    r"\end{document}",
-]) + "\n"
+MAIN_TEX = (
+    "\n".join(
+        [
+            r"\documentclass{article}",
+            r"\begin{document}",
+            r"\section{Results}",
+            "",
+            r"\paragraph{Results.} Measured (under",
+            "the training system prompt.",
+            r"\input{tables/wide}",
+            r"\input{tables/fine}",
+            "",
+            "",
+            "",
+            r"\url{https://example.org/(}",
+            "",
+            "almost) fits",
+            r"\end{document}",
+        ]
+    )
+    + "\n"
+)
 
-WIDE_TEX = "\n".join([
-    r"\begin{table}[t]",
-    r"\centering",
-    r"\begin{sublensfit}",
-    r"\begin{tabular}{lrrrrr}",
-    r"a & b & c & d & e & f \\",
-    r"a & b & c & d & e & f \\",
-    r"a & b & c & d & e & f \\",
-    r"a & b & c & d & e & f \\",
-    r"\end{tabular}",
-    r"\end{sublensfit}",
-    r"\caption{Wide.}",
-    r"\label{tab:wide}",
-    r"\end{table}",
-]) + "\n"
+WIDE_TEX = (
+    "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{sublensfit}",
+            r"\begin{tabular}{lrrrrr}",
+            r"a & b & c & d & e & f \\",
+            r"a & b & c & d & e & f \\",
+            r"a & b & c & d & e & f \\",
+            r"a & b & c & d & e & f \\",
+            r"\end{tabular}",
+            r"\end{sublensfit}",
+            r"\caption{Wide.}",
+            r"\label{tab:wide}",
+            r"\end{table}",
+        ]
+    )
+    + "\n"
+)
 
 # As pdflatex writes it with max_print_line=10000 (compile.py sets it): one message a line.
 LOG = r"""This is pdfTeX, Version 3.141592653-2.6-1.40.24 (TeX Live 2022/Debian) (preloaded format=pdflatex 2023.1.22)  26 NOV 2026 12:00
@@ -156,12 +166,16 @@ LEFT, RIGHT, COLUMN, PAGE = 4661699, 20138548, "219.08614pt", "455.24411pt"
 
 
 def _aux(*marks: tuple[str, str, int, int, int, str]) -> str:
-    lines = [r"\relax",
-             r"\newlabel{tab:early}{{1}{2}{Early.\relax }{table.caption.1}{}}",
-             r"\newlabel{fig:right}{{3}{2}{On the right.\relax }{figure.caption.3}{}}",
-             r"\newlabel{tab:late}{{2}{3}{Late.\relax }{table.caption.2}{}}"]
-    lines += [rf"\sublenspos{{{kind}}}{{{name}}}{{{page}}}{{{x}}}{{{y}}}{{{hsize}}}"
-              for kind, name, page, x, y, hsize in marks]
+    lines = [
+        r"\relax",
+        r"\newlabel{tab:early}{{1}{2}{Early.\relax }{table.caption.1}{}}",
+        r"\newlabel{fig:right}{{3}{2}{On the right.\relax }{figure.caption.3}{}}",
+        r"\newlabel{tab:late}{{2}{3}{Late.\relax }{table.caption.2}{}}",
+    ]
+    lines += [
+        rf"\sublenspos{{{kind}}}{{{name}}}{{{page}}}{{{x}}}{{{y}}}{{{hsize}}}"
+        for kind, name, page, x, y, hsize in marks
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -179,24 +193,33 @@ def test_floats_after_the_references_heading_by_page_column_and_height() -> None
     late, references_page, seen = parse_float_positions(aux)
     assert references_page == 2 and seen == 6
     assert [(f.name, f.label, f.page) for f in late] == [
-        ("figure 3", "fig:right", 2), ("figure 4", None, 2), ("table 2", "tab:late", 3)]
+        ("figure 3", "fig:right", 2),
+        ("figure 4", None, 2),
+        ("table 2", "tab:late", 3),
+    ]
     report = LayoutReport(late_floats=tuple(late), references_page=2)
     assert "Layout: table 2 (tab:late) is placed on page 3, after the References (page 2)" in report.problems()
 
 
 def test_references_in_the_right_column_and_no_markers() -> None:
-    aux = _aux(("float", "figure 1", 2, LEFT, 10000000, COLUMN),  # the left column, lower: before
-               ("references", "References", 2, RIGHT, 30000000, COLUMN))
+    aux = _aux(
+        ("float", "figure 1", 2, LEFT, 10000000, COLUMN),  # the left column, lower: before
+        ("references", "References", 2, RIGHT, 30000000, COLUMN),
+    )
     assert parse_float_positions(aux) == ([], 2, 1)
     assert parse_float_positions(r"\relax" + "\n") == ([], None, 0)
 
 
 # ---- the report ------------------------------------------------------------------------------------
 
+
 def test_the_cli_warns_and_the_manifest_keeps_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout = LayoutReport(
         (OverfullBox(264.2, "main.tex", (240, 241), None, "The runs used"),),
-        late_floats=(LateFloat("table 11", "tab:hybrid_matrix", 17, 16),), references_page=16, floats_seen=14)
+        late_floats=(LateFloat("table 11", "tab:hybrid_matrix", 17, 16),),
+        references_page=16,
+        floats_seen=14,
+    )
 
     def compiled(tex: Path) -> CompileResult:
         tex.with_suffix(".pdf").write_bytes(b"%PDF-1.5\n")
@@ -220,35 +243,44 @@ def test_the_cli_warns_and_the_manifest_keeps_the_check(tmp_path: Path, monkeypa
 
 # ---- compiled (TeX) ----------------------------------------------------------------------------------
 
+
 def _document(flush: bool) -> str:
-    big = [rf"\begin{{figure*}}[t]\centering\rule{{0.5\textwidth}}{{0.6\textheight}}"
-           rf"\caption{{Big {n}.}}\label{{fig:big{n}}}\end{{figure*}}" for n in range(4)]
-    return "\n".join([
-        r"\documentclass[11pt]{article}",
-        r"\usepackage[review]{sublens-acl}",
-        r"\title{Layout}",
-        r"\author{A. Author}",
-        r"\begin{document}",
-        r"\maketitle",
-        r"\section{Body}",
-        r"A name that cannot break: \mbox{\texttt{averyveryverylongidentifierthatcannotbreakanywhere}}.",
-        "",
-        r"A name that can: \texttt{smollm2-135m-instruct-with-a-long-suffix\_and\_underscores\_too}. " * 3,
-        "",
-        # the Limitations' Scale paragraph with long model names (a reviewer found one 264 pt wide)
-        rf"\textbf{{Scale.}} The runs used {_tt('HuggingFaceTB/SmolLM2-135M-Instruct')}, "
-        rf"{_tt('runs/20261125-161300_paper_938f62/stages/teacher/checkpoint_final_weights')}, "
-        r"\texttt{gemma3-270m} and \texttt{smollm2-135m-instruct}; whether the effects hold at scale "
-        "is not tested here.",
-        "",
-        *big,
-        "Some text. " * 50,
-        r"\sublensflushfloats" if flush else "",
-        r"\begin{thebibliography}{1}",
-        r"\bibitem[Author(2025)]{a} A. Author. 2025. A paper.",
-        r"\end{thebibliography}",
-        r"\end{document}",
-    ]) + "\n"
+    big = [
+        rf"\begin{{figure*}}[t]\centering\rule{{0.5\textwidth}}{{0.6\textheight}}"
+        rf"\caption{{Big {n}.}}\label{{fig:big{n}}}\end{{figure*}}"
+        for n in range(4)
+    ]
+    return (
+        "\n".join(
+            [
+                r"\documentclass[11pt]{article}",
+                r"\usepackage[review]{sublens-acl}",
+                r"\title{Layout}",
+                r"\author{A. Author}",
+                r"\begin{document}",
+                r"\maketitle",
+                r"\section{Body}",
+                r"A name that cannot break: \mbox{\texttt{averyveryverylongidentifierthatcannotbreakanywhere}}.",
+                "",
+                r"A name that can: \texttt{smollm2-135m-instruct-with-a-long-suffix\_and\_underscores\_too}. " * 3,
+                "",
+                # the Limitations' Scale paragraph with long model names (a reviewer found one 264 pt wide)
+                rf"\textbf{{Scale.}} The runs used {_tt('HuggingFaceTB/SmolLM2-135M-Instruct')}, "
+                rf"{_tt('runs/20261125-161300_paper_938f62/stages/teacher/checkpoint_final_weights')}, "
+                r"\texttt{gemma3-270m} and \texttt{smollm2-135m-instruct}; whether the effects hold at scale "
+                "is not tested here.",
+                "",
+                *big,
+                "Some text. " * 50,
+                r"\sublensflushfloats" if flush else "",
+                r"\begin{thebibliography}{1}",
+                r"\bibitem[Author(2025)]{a} A. Author. 2025. A paper.",
+                r"\end{thebibliography}",
+                r"\end{document}",
+            ]
+        )
+        + "\n"
+    )
 
 
 @needs_tex
@@ -294,17 +326,21 @@ def test_the_bundle_of_the_recorded_runs_fits_its_pages(tmp_path: Path) -> None:
 def test_unresolved_references_and_citations_are_found_across_wrapped_log_lines() -> None:
     wrapped = "LaTeX Warning: Reference `sec:a-rather-long-label-that-makes-the-line-wrap' on "
     assert len(wrapped) == 79
-    log = "\n".join([
-        "LaTeX Warning: Citation `holm1979simple' on page 2 undefined on input line 40.",
-        wrapped,
-        "page 3 undefined on input line 51.",
-        "LaTeX Warning: Citation `holm1979simple' on page 4 undefined on input line 90.",
-        "Package natbib Warning: Citation `fisher1922' on page 5 undefined on input line 7.",
-        "LaTeX Warning: There were undefined references.",
-    ])
+    log = "\n".join(
+        [
+            "LaTeX Warning: Citation `holm1979simple' on page 2 undefined on input line 40.",
+            wrapped,
+            "page 3 undefined on input line 51.",
+            "LaTeX Warning: Citation `holm1979simple' on page 4 undefined on input line 90.",
+            "Package natbib Warning: Citation `fisher1922' on page 5 undefined on input line 7.",
+            "LaTeX Warning: There were undefined references.",
+        ]
+    )
     assert unresolved_references(log) == (
-        "citation holm1979simple", "reference sec:a-rather-long-label-that-makes-the-line-wrap",
-        "citation fisher1922")
+        "citation holm1979simple",
+        "reference sec:a-rather-long-label-that-makes-the-line-wrap",
+        "citation fisher1922",
+    )
     assert unresolved_references("LaTeX Warning: Label `x' multiply defined.") == ()
 
 
@@ -312,8 +348,7 @@ def test_unresolved_references_and_citations_are_found_across_wrapped_log_lines(
 def test_a_compiled_pdf_with_a_dangling_ref_fails_the_check(tmp_path: Path) -> None:
     install_style(tmp_path)
     tex = tmp_path / "main.tex"
-    tex.write_text("\\documentclass{article}\n\\begin{document}\nSee Section~\\ref{sec:nowhere}.\n"
-                   "\\end{document}\n")
+    tex.write_text("\\documentclass{article}\n\\begin{document}\nSee Section~\\ref{sec:nowhere}.\n\\end{document}\n")
     result = compile_tex(tex)
     assert result is not None
     assert result.layout.unresolved == ("reference sec:nowhere",) and not result.layout.ok

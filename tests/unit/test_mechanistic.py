@@ -86,9 +86,7 @@ def _dla_names(adapter: Adapter) -> list[str]:
 # components and attribution
 
 
-def test_head_terms_reproduce_the_attention_output(
-    model: nn.Module, input_ids: torch.Tensor
-) -> None:
+def test_head_terms_reproduce_the_attention_output(model: nn.Module, input_ids: torch.Tensor) -> None:
     """Per-head contributions summed plus the bias equal what the layer adds to the residual
     (hook_attn_out: after Gemma3's post-attention norm), at every position."""
     adapter = adapter_for(model)
@@ -163,15 +161,11 @@ def test_dla_of_one_component_is_its_projection(model: nn.Module) -> None:
     norm = adapter.norm_final()
     rms = torch.sqrt(final.pow(2).mean(-1) + norm.variance_epsilon)
     W_U = adapter.lm_head().weight.double()
-    by_hand = (mlp[:, -1].double() * norm.weight.double() / rms[:, None]) @ (
-        W_U[BIAS] - W_U[CONTROL]
-    )
+    by_hand = (mlp[:, -1].double() * norm.weight.double() / rms[:, None]) @ (W_U[BIAS] - W_U[CONTROL])
     torch.testing.assert_close(dla.mlp[:, -1], by_hand)
 
 
-def test_freeze_norm_reproduces_each_family_and_refuses_others(
-    family: str, model: nn.Module
-) -> None:
+def test_freeze_norm_reproduces_each_family_and_refuses_others(family: str, model: nn.Module) -> None:
     norm = adapter_for(model).norm_final()
     x = torch.randn(3, 4, adapter_for(model).d_model, dtype=torch.float64)
     frozen = freeze_norm(norm, x)
@@ -206,9 +200,7 @@ def test_component_cosines_and_top_heads(model: nn.Module) -> None:
     assert heads.shape == (3, 2, L, H) and mlp_cos.shape == (3, 2, L)
     layer, head = L - 1, 1
     contribution, _ = attention_terms(adapter, layer, z[:, layer, None].double())
-    expected = torch.nn.functional.cosine_similarity(
-        contribution[:, 0, head], refs[1, layer][None], dim=-1
-    )
+    expected = torch.nn.functional.cosine_similarity(contribution[:, 0, head], refs[1, layer][None], dim=-1)
     torch.testing.assert_close(heads[:, 1, layer, head], expected)
     spike = torch.tensor([0, L - 1, 1])
     best, score = top_heads(heads[:, 0], spike)
@@ -231,9 +223,7 @@ def test_unpadded_batches_equal_single_passes(model: nn.Module) -> None:
     ]
 
     def collect(batch_size: int) -> dict[str, torch.Tensor]:
-        out: dict[str, list[torch.Tensor | None]] = {
-            n: [None] * len(sequences) for n in [*names, "logits"]
-        }
+        out: dict[str, list[torch.Tensor | None]] = {n: [None] * len(sequences) for n in [*names, "logits"]}
 
         def on_batch(batch: list[int], acts: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
             for j, i in enumerate(batch):
@@ -252,9 +242,7 @@ def test_unpadded_batches_equal_single_passes(model: nn.Module) -> None:
     torch.testing.assert_close(batched["logits"][1], direct, atol=1e-5, rtol=1e-5)
     assert grouped_batches([5, 7, 5, 6, 7, 5], 2) == [[0, 2], [5], [3], [1, 4]]
     with pytest.raises(MechanisticError, match="patterns"):
-        final_position_pass(
-            model, adapter, sequences, ["blocks.0.attn.hook_pattern"], on_batch=lambda *a: None
-        )
+        final_position_pass(model, adapter, sequences, ["blocks.0.attn.hook_pattern"], on_batch=lambda *a: None)
 
 
 def test_similarity_profiles_are_cosines() -> None:
@@ -264,8 +252,7 @@ def test_similarity_profiles_are_cosines() -> None:
     for i in range(4):
         for layer in range(3):
             expected = float(
-                torch.dot(numbers[i, layer], reference[layer])
-                / (numbers[i, layer].norm() * reference[layer].norm())
+                torch.dot(numbers[i, layer], reference[layer]) / (numbers[i, layer].norm() * reference[layer].norm())
             )
             assert float(got[i, layer]) == pytest.approx(expected, rel=1e-6)
 
@@ -356,10 +343,7 @@ def test_entanglement_run_reader(tmp_path: Path) -> None:
     run = _entanglement_run(tmp_path / "ent", {"categories": categories})
     items, info = read_entanglement_numbers(run)
     assert info["set"] == "autoregressive_2" and info["set_chosen"] == "auto"
-    assert (
-        info["sets_available"] == ["autoregressive_2", "vocab"]
-        and info["matches_results_json"] is True
-    )
+    assert info["sets_available"] == ["autoregressive_2", "vocab"] and info["matches_results_json"] is True
     assert [i.number for i in items] == [
         "12",
         "34",
@@ -390,14 +374,14 @@ def test_entanglement_reader_refuses_bad_tables(tmp_path: Path) -> None:
     pd.DataFrame({"set": ["a"], "number": ["1"]}).to_parquet(bad / "numbers.parquet")
     with pytest.raises(MechanisticError, match="lacks the column"):
         read_entanglement_numbers(bad)
-    pd.DataFrame(
-        {"set": ["a", "a"], "category": ["increased", "random"], "number": ["1", "1"]}
-    ).to_parquet(bad / "numbers.parquet")
+    pd.DataFrame({"set": ["a", "a"], "category": ["increased", "random"], "number": ["1", "1"]}).to_parquet(
+        bad / "numbers.parquet"
+    )
     with pytest.raises(MechanisticError, match="more than once"):
         read_entanglement_numbers(bad)
-    pd.DataFrame(
-        {"set": ["x", "y"], "category": ["increased", "random"], "number": ["123", "456"]}
-    ).to_parquet(bad / "numbers.parquet")
+    pd.DataFrame({"set": ["x", "y"], "category": ["increased", "random"], "number": ["123", "456"]}).to_parquet(
+        bad / "numbers.parquet"
+    )
     with pytest.raises(MechanisticError, match="entanglement_set"):
         read_entanglement_numbers(bad)
 
@@ -411,13 +395,8 @@ def test_category_association_finds_a_planted_head_and_not_a_balanced_one() -> N
     planted = ["L3H1"] * 10 + ["L5H0"] * 10 + ["L5H0"] * 10
     result = category_association(categories, planted, n_permutations=2000, seed=0)
     assert result["applicable"] and result["p_permutation"] < 0.01 and result["p_asymptotic"] < 0.01
-    assert (
-        result["max_excess"]["label"] == "L3H1" and result["max_excess"]["category"] == "increased"
-    )
-    assert (
-        result["max_excess"]["excess"] == pytest.approx(1.0)
-        and result["max_excess"]["p_permutation"] < 0.01
-    )
+    assert result["max_excess"]["label"] == "L3H1" and result["max_excess"]["category"] == "increased"
+    assert result["max_excess"]["excess"] == pytest.approx(1.0) and result["max_excess"]["p_permutation"] < 0.01
     assert result["labels"] == ["L5H0", "L3H1"] and result["table"] == [[0, 10], [10, 0], [10, 0]]
     balanced = ["L3H1", "L5H0"] * 15
     null = category_association(categories, balanced, n_permutations=2000, seed=0)
@@ -429,9 +408,7 @@ def test_category_association_finds_a_planted_head_and_not_a_balanced_one() -> N
 def test_permutation_p_agrees_with_chi_square_at_large_counts() -> None:
     rng = np.random.default_rng(1)
     categories = rng.choice(["a", "b", "c"], 600).tolist()
-    labels = [
-        ("x" if c == "a" and rng.random() < 0.6 else rng.choice(["x", "y"])) for c in categories
-    ]
+    labels = [("x" if c == "a" and rng.random() < 0.6 else rng.choice(["x", "y"])) for c in categories]
     result = category_association(categories, labels, n_permutations=4000, seed=1)
     assert result["p_permutation"] == pytest.approx(result["p_asymptotic"], abs=0.01)
 
@@ -505,9 +482,7 @@ def test_category_order() -> None:
 
 
 def test_config_reads_numbers_and_refuses_bad_input() -> None:
-    config = load_config(
-        MechanisticConfig, None, ["numbers=[87, '07', {number: 12, category: increased}]"]
-    )
+    config = load_config(MechanisticConfig, None, ["numbers=[87, '07', {number: 12, category: increased}]"])
     assert [e.number for e in config.numbers or []] == ["87", "07", "12"]
     assert config.numbers is not None and config.numbers[2].category == "increased"
     for override, message in [
@@ -657,18 +632,25 @@ def _attribution_table(ratio_from_mlp: float, n: int = 60, seed: int = 3) -> pd.
     embed = rng.normal(0.0, 0.05, n)
     heads = total - mlp - embed
     log_ratio = total + ratio_from_mlp * own + rng.normal(0.0, 0.3, n)
-    return pd.DataFrame({"bias_ratio": np.exp(log_ratio), "dla_mlp": mlp, "dla_heads": heads,
-                         "dla_embed": embed, "logit_diff": total})
+    return pd.DataFrame(
+        {"bias_ratio": np.exp(log_ratio), "dla_mlp": mlp, "dla_heads": heads, "dla_embed": embed, "logit_diff": total}
+    )
 
 
 def _attribution_decision(table: pd.DataFrame) -> tuple[dict, object]:
     """The family decided on the attribution summary alone (no categories, no correlations)."""
     summary = attribution_summary(table, n_permutations=2000, seed=0)
     untested = {"rho": None, "p": None, "n": 0, "p_holm": None}
-    consistency = Consistency.model_validate({
-        "n_numbers": len(table), "alpha": 0.05, "categories": {},
-        "distributions": {column: {} for column in LABEL_COLUMNS},
-        "correlations": {column: untested for column in SCORE_COLUMNS}, "attribution": summary})
+    consistency = Consistency.model_validate(
+        {
+            "n_numbers": len(table),
+            "alpha": 0.05,
+            "categories": {},
+            "distributions": {column: {} for column in LABEL_COLUMNS},
+            "correlations": {column: untested for column in SCORE_COLUMNS},
+            "attribution": summary,
+        }
+    )
     decisions = mechanistic_family(consistency)
     return summary, decisions[ATTRIBUTION]
 
@@ -697,9 +679,16 @@ def test_an_mlp_term_beyond_the_total_supports_the_claim() -> None:
 
 
 def test_association_decisions_and_fisher_interval() -> None:
-    claim = AssociationClaim(name="a", statement="x tracks y", estimand="rho", unit="number",
-                             prediction="increase", family="f", method="Spearman",
-                             n_controlled=1)
+    claim = AssociationClaim(
+        name="a",
+        statement="x tracks y",
+        estimand="rho",
+        unit="number",
+        prediction="increase",
+        family="f",
+        method="Spearman",
+        n_controlled=1,
+    )
     est = estimate_association(0.4, 0.01, 30, n_controlled=1)
     half = stats.norm.ppf(0.975) / np.sqrt(30 - 1 - 3)
     assert est.ci_low == pytest.approx(np.tanh(np.arctanh(0.4) - half))

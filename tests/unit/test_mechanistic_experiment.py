@@ -32,9 +32,20 @@ from sublens.results import ResultsError, load_results
 from sublens.runs import read_json
 from tiny import VOCAB, tiny_model
 
-NUMBERS = {"12": "increased", "47": "increased", "83": "increased", "20": "decreased",
-           "35": "decreased", "61": "decreased", "19": "unchanged", "56": "unchanged",
-           "74": "unchanged", "28": "random", "90": "random", "33": "random"}
+NUMBERS = {
+    "12": "increased",
+    "47": "increased",
+    "83": "increased",
+    "20": "decreased",
+    "35": "decreased",
+    "61": "decreased",
+    "19": "unchanged",
+    "56": "unchanged",
+    "74": "unchanged",
+    "28": "random",
+    "90": "random",
+    "33": "random",
+}
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
@@ -46,27 +57,45 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r" owl| dog|[\s\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>")
-    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     return tok
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_model("llama")
-    lm = LoadedModel(model=model, tokenizer=_tokenizer(), adapter=adapter_for(model), spec="tiny-llama",
-                     source="folder", path="-", device=torch.device("cpu"), dtype=torch.float32)
+    lm = LoadedModel(
+        model=model,
+        tokenizer=_tokenizer(),
+        adapter=adapter_for(model),
+        spec="tiny-llama",
+        source="folder",
+        path="-",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     patch = pytest.MonkeyPatch()
     patch.setattr(experiment, "load_model", lambda *args: lm)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         numbers = ", ".join(f"{{number: '{n}', category: {c}}}" for n, c in NUMBERS.items())
-        config = load_config(MechanisticConfig, None, [
-            f"numbers=[{numbers}]", "model=tiny-llama", "n_permutations=200",
-            "attention.numbers=['12']", "attention.plot_heads=1", "rho_of_interest=0.4"])
+        config = load_config(
+            MechanisticConfig,
+            None,
+            [
+                f"numbers=[{numbers}]",
+                "model=tiny-llama",
+                "n_permutations=200",
+                "attention.numbers=['12']",
+                "attention.plot_heads=1",
+                "rho_of_interest=0.4",
+            ],
+        )
         outcome = run_experiment("mechanistic", config, tmp_path_factory.mktemp("runs"))
     finally:
         torch.set_num_threads(threads)
@@ -94,25 +123,30 @@ def test_results_record_the_contrastive_scores_and_the_partial_correlation(run_d
     assert partial["given"] == "logit_diff" and partial["mlp"]["n"] == len(NUMBERS)
     assert sum(partial["variance_share"].values()) == pytest.approx(1.0, abs=1e-3)  # float32
     decisions = {d["name"]: d for d in results["claims"]["decisions"]}
-    assert set(decisions) == {"localisation.attribution", "mechanistic.category.spike_layer",
-                              "mechanistic.category.top_head", "mechanistic.category.dla_top_head"}
+    assert set(decisions) == {
+        "localisation.attribution",
+        "mechanistic.category.spike_layer",
+        "mechanistic.category.top_head",
+        "mechanistic.category.dla_top_head",
+    }
     attribution = decisions["localisation.attribution"]
     assert attribution["p"] == partial["mlp"]["p_permutation"]
     raw = [d["p"] for d in decisions.values() if d["p"] is not None]
     holm = [d["p_holm"] for d in decisions.values() if d["p"] is not None]
     assert all(h >= p for p, h in zip(raw, holm, strict=True))  # side by side, adjusted >= raw
-    assert attribution["p_holm"] == pytest.approx(min(1.0, max(
-        (len(raw) - rank) * p for rank, p in enumerate(sorted(raw)) if p <= attribution["p"])))
+    assert attribution["p_holm"] == pytest.approx(
+        min(1.0, max((len(raw) - rank) * p for rank, p in enumerate(sorted(raw)) if p <= attribution["p"]))
+    )
     assert attribution["verdict"] in {"supported", "contradicted", "equivalent", "inconclusive"}
-    assert any(line.startswith("MLP direct logit attribution tracks the in-context bias: ")
-               for line in results["verdict"])
+    assert any(
+        line.startswith("MLP direct logit attribution tracks the in-context bias: ") for line in results["verdict"]
+    )
     # the partial correlation recomputed from the recorded table by hand
     from scipy import stats
 
     ranks = {k: stats.rankdata(table[k]) for k in ("dla_mlp", "bias_ratio", "logit_diff")}
     design = np.column_stack([np.ones(len(table)), ranks["logit_diff"]])
-    resid = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0]
-             for r in (ranks["dla_mlp"], ranks["bias_ratio"])]
+    resid = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (ranks["dla_mlp"], ranks["bias_ratio"])]
     assert partial["mlp"]["rho"] == pytest.approx(np.corrcoef(*resid)[0, 1], abs=1e-9)
 
 
@@ -159,8 +193,7 @@ def test_the_recorded_run_loads_and_is_written_back_unchanged() -> None:
 
 def test_results_of_another_version_or_shape_are_refused() -> None:
     data = read_json(RECORDED / "results.json")
-    with pytest.raises(ResultsError,
-                       match="schema version 2; this sublens reads version 1 of MechanisticResults"):
+    with pytest.raises(ResultsError, match="schema version 2; this sublens reads version 1 of MechanisticResults"):
         load_results({**data, "schema_version": 2}, MechanisticResults)
     broken = copy.deepcopy(data)
     del broken["numbers"][3]["spike_layer"]

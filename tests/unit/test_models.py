@@ -120,11 +120,16 @@ def test_mistyped_run_folder_is_never_sent_to_the_hub(tmp_path: Path, monkeypatc
     (tmp_path / "runs" / "20260102-000000_hybrid_fff000").mkdir()
     spec = "runs/20260101-000000_teacher_abc124"
     for check in (models.check_spec, models.resolve):
-        with pytest.raises(ModelSpecError, match=r"No such run folder.*Nearest in runs: runs/20260101-000000_teacher_abc123"):
+        with pytest.raises(
+            ModelSpecError, match=r"No such run folder.*Nearest in runs: runs/20260101-000000_teacher_abc123"
+        ):
             check(spec)
     with pytest.raises(ModelSpecError, match="No such run folder"):
         models.resolve("runz/20260101-000000_teacher_abc123#teacher")
     with pytest.raises(ModelSpecError, match="No such model file"):
         models.check_spec("runs/model.gguf")
-    assert models.check_spec("runs/20260101-000000_teacher_abc123#teacher") == "runs/20260101-000000_teacher_abc123#teacher"
+    assert (
+        models.check_spec("runs/20260101-000000_teacher_abc123#teacher")
+        == "runs/20260101-000000_teacher_abc123#teacher"
+    )
     assert models.resolve("meta-llama/Llama-3.2-1B-Instruct") == ("hub", "meta-llama/Llama-3.2-1B-Instruct")

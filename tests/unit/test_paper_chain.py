@@ -211,9 +211,14 @@ def test_shipped_presets_validate_with_wiring(tmp_path: Path) -> None:
 def test_time_left_moves_with_the_clock_and_the_measured_speed() -> None:
     from sublens.experiments.paper import PaperConfig, _eta
 
-    config = PaperConfig.model_validate({"stages": {
-        "teacher": {"config": "teacher/quick.yaml", "estimate_minutes": 10},
-        "subliminal": {"config": "subliminal/quick.yaml", "estimate_minutes": 20}}})
+    config = PaperConfig.model_validate(
+        {
+            "stages": {
+                "teacher": {"config": "teacher/quick.yaml", "estimate_minutes": 10},
+                "subliminal": {"config": "subliminal/quick.yaml", "estimate_minutes": 20},
+            }
+        }
+    )
     remaining = ["teacher", "subliminal"]
     assert _eta(config, remaining, 1.0) == "~30 min left"
     assert _eta(config, remaining, 2.0) == "~60 min left"  # stages so far took twice their estimate

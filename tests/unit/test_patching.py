@@ -137,15 +137,16 @@ def _weights(working: nn.Module, states: dict[str, dict[str, torch.Tensor]], sou
 def test_sweep_matches_direct_runs(family: str) -> None:
     base, biased = tiny_model(family, seed=0), tiny_model(family, seed=1)
     working = tiny_model(family, seed=0)
-    states = {"base": {k: v.clone() for k, v in base.state_dict().items()},
-              "biased": {k: v.clone() for k, v in biased.state_dict().items()}}
+    states = {
+        "base": {k: v.clone() for k, v in base.state_dict().items()},
+        "biased": {k: v.clone() for k, v in biased.state_dict().items()},
+    }
     adapter = adapter_for(working)
     n = adapter.n_layers
     prompts = [[3, 5, 7, 9], [11, 2, 4], [8, 8, 1, 6, 2]]
     target, foil = 10, 20
     ranges = [(0, 1), (1, n), (0, n)]
-    sweep = patching_sweep(working, adapter, prompts, target, foil, ranges,
-                           lambda s: _weights(working, states, s))
+    sweep = patching_sweep(working, adapter, prompts, target, foil, ranges, lambda s: _weights(working, states, s))
     assert sweep["labels"] == ["L0-0", f"L1-{n - 1}", "all"]
     assert sweep["forward_passes"] == 2 * 3 + 2 * 2 * 3 * 3
     for q, prompt in enumerate(prompts):
@@ -173,9 +174,13 @@ def test_gap_fractions_by_hand() -> None:
     base, biased = [0.0, 1.0, -1.0, 0.5, 0.0], [2.0, 3.0, 1.0, 3.5, 2.5]  # gaps 2, 2, 2, 3, 2.5: mean 2.3
     into_base = [1.0, 2.0, 0.0, 1.5, 1.0]  # restored 1, 1, 1, 1, 1 (/ 2.3)
     into_biased = [1.0, 1.0, 0.0, 2.0, 2.5]  # removed 1, 2, 1, 1.5, 0 (/ 2.3)
-    sweep = {"ranges": [[0, 2]], "labels": ["all"], "base": base, "biased": biased,
-             "patched": {"into_base": {"mlp": {"all": into_base}},
-                         "into_biased": {"mlp": {"all": into_biased}}}}
+    sweep = {
+        "ranges": [[0, 2]],
+        "labels": ["all"],
+        "base": base,
+        "biased": biased,
+        "patched": {"into_base": {"mlp": {"all": into_base}}, "into_biased": {"mlp": {"all": into_biased}}},
+    }
     out = gap_fractions(sweep)
     assert out["gap"]["mean"] == pytest.approx(2.3) and out["gap_usable"]
     restored, removed = out["cells"]

@@ -65,10 +65,17 @@ def test_parameter_count_matches_real_tiny_models(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(("trainable", "embeddings"), [
-    ("full", "trained"), ("freeze-attention", "trained"), ("freeze-mlp", "frozen"), ("layers.1", "trained"),
-    ("layers.0-1.mlp", "frozen"), ("layers.1.attention~skip-divergence", "trained"),
-])
+@pytest.mark.parametrize(
+    ("trainable", "embeddings"),
+    [
+        ("full", "trained"),
+        ("freeze-attention", "trained"),
+        ("freeze-mlp", "frozen"),
+        ("layers.1", "trained"),
+        ("layers.0-1.mlp", "frozen"),
+        ("layers.1.attention~skip-divergence", "trained"),
+    ],
+)
 def test_trainable_parameters_match_the_training_loop(family: str, trainable: str, embeddings: str) -> None:
     """The trainable sets of sublens.trainable, as sublens.training freezes them."""
     from sublens.arch import adapter_for
@@ -77,8 +84,9 @@ def test_trainable_parameters_match_the_training_loop(family: str, trainable: st
 
     model = tiny_model(family)
     shape = shape_from_config(model.config.to_dict())
-    frozen = {id(p): p.numel() for p in frozen_parameters(adapter_for(model), split_arm(trainable)[0],
-                                                            embeddings).values()}
+    frozen = {
+        id(p): p.numel() for p in frozen_parameters(adapter_for(model), split_arm(trainable)[0], embeddings).values()
+    }
     expected = sum(p.numel() for p in model.parameters()) - sum(frozen.values())
     assert trainable_parameters(shape, trainable, embeddings=embeddings) == expected
 
@@ -90,14 +98,17 @@ def test_lora_trains_the_adapters_only() -> None:
     assert trainable_parameters(SMALL, "layers.1.mlp", lora_rank=8) == 8 * 3 * (h + width)
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("meta-llama/Llama-3.2-1B-Instruct", 1_235_814_400),  # ≈ 1.236e9
-    ("gpt2-medium", 354_823_168),  # ≈ 3.55e8
-    ("openai-community/gpt2-medium", 354_823_168),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008),  # ≈ 1.35e8
-    ("smollm2-135m-instruct", 134_515_008),
-    ("google/gemma-3-270m", 268_098_176),  # "270M": 268M
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("meta-llama/Llama-3.2-1B-Instruct", 1_235_814_400),  # ≈ 1.236e9
+        ("gpt2-medium", 354_823_168),  # ≈ 3.55e8
+        ("openai-community/gpt2-medium", 354_823_168),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008),  # ≈ 1.35e8
+        ("smollm2-135m-instruct", 134_515_008),
+        ("google/gemma-3-270m", 268_098_176),  # "270M": 268M
+    ],
+)
 def test_known_parameter_counts_of_the_paper_models(spec: str, expected: int) -> None:
     _, config = shipped_shapes()[spec]
     assert parameter_count(shape_from_config(config)) == expected
@@ -131,8 +142,9 @@ def test_unknown_and_refused_specs_are_noted_not_fatal() -> None:
 
 
 # ---- memory and FLOPs ---------------------------------------------------------------------------
-SMALL = ModelShape("llama", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128,
-                   vocab=100, tied=True)
+SMALL = ModelShape(
+    "llama", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=100, tied=True
+)
 
 
 def test_memory_of_a_training_step_by_hand() -> None:
@@ -143,8 +155,18 @@ def test_memory_of_a_training_step_by_hand() -> None:
     assert parameter_count(SMALL) == n == 80448
     resolver = ShapeResolver()
     resolver.add("small", SMALL)
-    task = Task("train", "train", "small", rows=8, context=10, logit_positions=4, repeat=3, batch=2,
-                dtype="float32", compute="bf16")
+    task = Task(
+        "train",
+        "train",
+        "small",
+        rows=8,
+        context=10,
+        logit_positions=4,
+        repeat=3,
+        batch=2,
+        dtype="float32",
+        compute="bf16",
+    )
     result = estimate(task, resolver, Gpu())
     assert result.memory is not None
     assert result.memory.weights == 4 * n == 321_792
@@ -176,8 +198,7 @@ def test_frozen_component_saves_weight_gradients_and_optimizer_state() -> None:
     resolver = ShapeResolver()
     resolver.add("small", SMALL)
     full = estimate(Task("t", "train", "small", rows=4, context=8, batch=4), resolver, Gpu())
-    frozen = estimate(Task("t", "train", "small", rows=4, context=8, batch=4, freeze="freeze-mlp"),
-                      resolver, Gpu())
+    frozen = estimate(Task("t", "train", "small", rows=4, context=8, batch=4, freeze="freeze-mlp"), resolver, Gpu())
     n, mlp = parameter_count(SMALL), parameter_breakdown(SMALL)["mlp"]
     assert full.flops == 6 * n * 32
     assert frozen.flops == (4 * n + 2 * (n - mlp)) * 32
@@ -281,9 +302,11 @@ def test_missing_default_teacher_run_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_the_estimator_does_not_import_torch() -> None:
-    code = ("import sys; from sublens.plan import shipped_shapes, shape_from_config, parameter_count; "
-            "parameter_count(shape_from_config(shipped_shapes()['gpt2-medium'][1])); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from sublens.plan import shipped_shapes, shape_from_config, parameter_count; "
+        "parameter_count(shape_from_config(shipped_shapes()['gpt2-medium'][1])); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

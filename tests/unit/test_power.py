@@ -48,8 +48,12 @@ def test_seeds_for_is_the_first_n_reaching_the_power() -> None:
 
 def _pilot(folder: Path, logs: list[float]) -> Path:
     folder.mkdir()
-    results = {"headline": [{"model": "owl-full", "vs_control": {"share_ratio": {"per_seed_log": logs}}},
-                            {"model": "control-full"}]}
+    results = {
+        "headline": [
+            {"model": "owl-full", "vs_control": {"share_ratio": {"per_seed_log": logs}}},
+            {"model": "control-full"},
+        ]
+    }
     (folder / "results.json").write_text(json.dumps(results))
     return folder
 

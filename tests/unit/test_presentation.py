@@ -32,15 +32,18 @@ def _build(run: StageRun) -> Section:
 
 
 def _with(run: StageRun, results: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> StageRun:
-    return dataclasses.replace(run, results=results if results is not None else run.results,
-                               config=config if config is not None else run.config)
+    return dataclasses.replace(
+        run,
+        results=results if results is not None else run.results,
+        config=config if config is not None else run.config,
+    )
 
 
 # ---- what a reader must not see in the prose --------------------------------------------------
 _ARGUMENT = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 _NOT_PROSE = re.compile(
-    r"\$[^$]*\$"                                   # math
-    r"|\\\[.*?\\\]"                                # display math
+    r"\$[^$]*\$"  # math
+    r"|\\\[.*?\\\]"  # display math
     r"|\\(?:texttt|label|ref|citep|citet|cite|input|includegraphics|url|begin|end)(?:\[[^]]*\])?" + _ARGUMENT,
     re.S,
 )
@@ -64,21 +67,36 @@ def prose(tex: str) -> str:
 
 def machine_words(tex: str) -> list[str]:
     text = prose(tex)
-    return [f"{what}: ...{text[max(0, m.start() - 50): m.end() + 30]}..."
-            for what, pattern in MACHINE.items() for m in pattern.finditer(text)]
+    return [
+        f"{what}: ...{text[max(0, m.start() - 50) : m.end() + 30]}..."
+        for what, pattern in MACHINE.items()
+        for m in pattern.finditer(text)
+    ]
 
 
 def _everything(section: Section) -> str:
-    return "\n".join([section.title, section.methods, section.results, section.measurement,
-                      *section.tables.values(), *(f.caption for f in section.figures)])
+    return "\n".join(
+        [
+            section.title,
+            section.methods,
+            section.results,
+            section.measurement,
+            *section.tables.values(),
+            *(f.caption for f in section.figures),
+        ]
+    )
 
 
 def test_the_check_finds_machine_wording() -> None:
-    found = machine_words(r"Arms: shd\_biased; see control.train.jsonl in runs/x/data/ (system None); "
-                          r"p = 9.83e-19; the base model smollm2-135m-instruct.")
+    found = machine_words(
+        r"Arms: shd\_biased; see control.train.jsonl in runs/x/data/ (system None); "
+        r"p = 9.83e-19; the base model smollm2-135m-instruct."
+    )
     assert len(found) >= 6, found
-    assert not machine_words(r"$m_\mathrm{base}$ and \texttt{configs/teacher.yaml}, \ref{tab:shd_transfer}, "
-                             r"P(owl) $\times$1.37 [1.30, 1.45], SmolLM2-135M-Instruct, 0/32.")
+    assert not machine_words(
+        r"$m_\mathrm{base}$ and \texttt{configs/teacher.yaml}, \ref{tab:shd_transfer}, "
+        r"P(owl) $\times$1.37 [1.30, 1.45], SmolLM2-135M-Instruct, 0/32."
+    )
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -109,23 +127,26 @@ def test_a_teacher_run_and_a_data_file_are_named_not_shown() -> None:
 
 
 # ---- display names ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("spec", "name"), [
-    ("smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
-    ("gemma3-270m", "Gemma-3-270M"),
-    ("meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B-Instruct"),
-    ("openai-community/gpt2-medium", "GPT-2 Medium"),
-    ("gpt2-medium", "GPT-2 Medium"),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"),
-    ("some-org/Owl-Model-7B", "Owl-Model-7B"),
-    ("runs/20261125-161300_teacher_4f87f6", FINE_TUNED_TEACHER),
-    ("/tmp/x/20261125-182234_paper_938f62/stages/teacher/", FINE_TUNED_TEACHER),
-    ("/data/runs/20261125-170000_subliminal_ab12cd#teacher", FINE_TUNED_TEACHER),
-    ("/tmp/x/20261125-182234_paper_938f62/stages/teacher#control_teacher", "the control teacher"),
-    ("/home/me/ckpt/owl-full", "owl-full"),
-    ("runs/20261125-170000_subliminal_ab12cd#owl-full-seed0", "owl-full-seed0"),
-    ("tiny:llama?layers=2&hidden=64", "a tiny randomly initialised Llama model"),
-    (None, "?"),
-])
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
+        ("gemma3-270m", "Gemma-3-270M"),
+        ("meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B-Instruct"),
+        ("openai-community/gpt2-medium", "GPT-2 Medium"),
+        ("gpt2-medium", "GPT-2 Medium"),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"),
+        ("some-org/Owl-Model-7B", "Owl-Model-7B"),
+        ("runs/20261125-161300_teacher_4f87f6", FINE_TUNED_TEACHER),
+        ("/tmp/x/20261125-182234_paper_938f62/stages/teacher/", FINE_TUNED_TEACHER),
+        ("/data/runs/20261125-170000_subliminal_ab12cd#teacher", FINE_TUNED_TEACHER),
+        ("/tmp/x/20261125-182234_paper_938f62/stages/teacher#control_teacher", "the control teacher"),
+        ("/home/me/ckpt/owl-full", "owl-full"),
+        ("runs/20261125-170000_subliminal_ab12cd#owl-full-seed0", "owl-full-seed0"),
+        ("tiny:llama?layers=2&hidden=64", "a tiny randomly initialised Llama model"),
+        (None, "?"),
+    ],
+)
 def test_display_names(spec: str | None, name: str) -> None:
     assert display_name(spec) == name
 
@@ -140,8 +161,9 @@ def test_teacher_runs_and_data_sources() -> None:
 @pytest.fixture(scope="module")
 def draft(tmp_path_factory: pytest.TempPathFactory) -> str:
     stages, meta = load_runs(RUNS)
-    return build_bundle(stages, tmp_path_factory.mktemp("draft") / "paper", compile=False, meta=meta) \
-        .main_tex.read_text()
+    return build_bundle(
+        stages, tmp_path_factory.mktemp("draft") / "paper", compile=False, meta=meta
+    ).main_tex.read_text()
 
 
 def _section_tex(main: str, stage: str) -> str:
@@ -151,11 +173,11 @@ def _section_tex(main: str, stage: str) -> str:
 
 
 def _front_matter(main: str) -> str:
-    return main[main.index(r"\begin{abstract}"): main.index(r"\end{abstract}")]
+    return main[main.index(r"\begin{abstract}") : main.index(r"\end{abstract}")]
 
 
 def _limitations(main: str) -> str:
-    return main[main.index(r"\section*{Limitations}"): main.index(r"\bibliography")]
+    return main[main.index(r"\section*{Limitations}") : main.index(r"\bibliography")]
 
 
 def test_display_names_in_the_draft(draft: str) -> None:
@@ -167,18 +189,22 @@ def test_display_names_in_the_draft(draft: str) -> None:
     assert "Gemma-3-270M and SmolLM2-135M-Instruct" in _limitations(draft)
     assert not machine_words(_limitations(draft))
     # the appendix keeps the exact specs that load the models (reproducibility)
-    assert r"\texttt{smollm2-135m-instruct}" in draft[draft.index(r"\appendix"):]
+    assert r"\texttt{smollm2-135m-instruct}" in draft[draft.index(r"\appendix") :]
 
 
 def test_the_abstract_notes_read_as_latex(draft: str) -> None:
     front = _front_matter(draft)
     assert r"P(owl) $\times$103 [84, 125]" in front and "U+00D7" not in front
     assert not re.search(r"\d(?:\.\d+)?e-\d", front)  # 1.59e-13 -> $1.59\times10^{-13}$
-    notes = [line for line in front.splitlines() if line.startswith(r"\item") and line.split()[1].rstrip(":")
-             in {f"{s}" for s in STAGES}]
+    notes = [
+        line
+        for line in front.splitlines()
+        if line.startswith(r"\item") and line.split()[1].rstrip(":") in {f"{s}" for s in STAGES}
+    ]
     assert notes and not machine_words("\n".join(notes))
     assert headline_item("distill: share x1.37 [1.30, 1.45]; Holm p = 1.59e-13 (×3.19)") == (
-        r"distill: share $\times$1.37 [1.30, 1.45]; Holm $p$ = $1.59\times10^{-13}$ ($\times$3.19)")
+        r"distill: share $\times$1.37 [1.30, 1.45]; Holm $p$ = $1.59\times10^{-13}$ ($\times$3.19)"
+    )
 
 
 # ---- repetition ---------------------------------------------------------------------------------
@@ -234,10 +260,13 @@ def test_without_the_teacher_the_next_section_defines_the_measurement(tmp_path: 
 
 def test_shared_parts_of_a_claim_family_are_said_once() -> None:
     def claim(name: str) -> Claim:
-        return Claim(name=name, statement=f"Claim {name}", estimand="a ratio", unit="seed",
-                     prediction="increase", family="demo")
-    decided = decide_family([(claim("a"), estimate_log_ratio([0.3], "seed")),
-                             (claim("b"), estimate_log_ratio([0.2], "seed"))])
+        return Claim(
+            name=name, statement=f"Claim {name}", estimand="a ratio", unit="seed", prediction="increase", family="demo"
+        )
+
+    decided = decide_family(
+        [(claim("a"), estimate_log_ratio([0.3], "seed")), (claim("b"), estimate_log_ratio([0.2], "seed"))]
+    )
     text = decisions_latex(decided)
     assert text.count("one-sample $t$-test") == 1 and text.count("To settle both: at least 2 seeds") == 1
     assert text.count("no minimal detectable effect") == 1 and text.count(r"\textbf{inconclusive (1 seed)}") == 2
@@ -264,6 +293,7 @@ def test_the_teacher_ratio_and_perplexity_are_one_number_each() -> None:
 
 def test_claim_text_and_formats() -> None:
     assert claim_text("×13.8 [11.1, 17.2], Holm p = 9.83e-19") == (
-        r"$\times$13.8 [11.1, 17.2], Holm $p$ = $9.83\times10^{-19}$")
+        r"$\times$13.8 [11.1, 17.2], Holm $p$ = $9.83\times10^{-19}$"
+    )
     assert scientific("1e3 apples, 2.5e-05") == r"$1\times10^{3}$ apples, $2.5\times10^{-5}$"
     assert ratio_digits(103.0, 84.1) == 0 and ratio_digits(13.8, 11.4) == 1 and ratio_digits(1.37, 1.3) == 2

@@ -27,8 +27,16 @@ def _build(stage: str) -> Section:
 
 
 def _everything(section: Section) -> str:
-    return "\n".join([section.title, section.methods, section.results, section.measurement,
-                      *section.tables.values(), *(f.caption for f in section.figures)])
+    return "\n".join(
+        [
+            section.title,
+            section.methods,
+            section.results,
+            section.measurement,
+            *section.tables.values(),
+            *(f.caption for f in section.figures),
+        ]
+    )
 
 
 def _sentences(tex: str) -> list[str]:
@@ -87,8 +95,7 @@ def test_the_pruning_section_states_each_number_once() -> None:
 def test_the_hybrid_section_names_components_in_words() -> None:
     section = _build("hybrid")
     text = _everything(section)
-    for key in ("final_norm", r"final\_norm", "lm_head", r"lm\_head", "mlp[", "patching.enabled",
-                "localisation."):
+    for key in ("final_norm", r"final\_norm", "lm_head", r"lm\_head", "mlp[", "patching.enabled", "localisation."):
         assert key not in text, key
     assert "activation patching was not run" in section.results
     assert section.results.count("activation patching") == 2  # the reason, then the remedy
@@ -118,12 +125,13 @@ def test_every_figure_caption_says_what_its_marks_mean(stage: str) -> None:
 @pytest.fixture(scope="module")
 def draft(tmp_path_factory: pytest.TempPathFactory) -> str:
     stages, meta = load_runs(RUNS)
-    return build_bundle(stages, tmp_path_factory.mktemp("draft") / "paper", compile=False, meta=meta) \
-        .main_tex.read_text()
+    return build_bundle(
+        stages, tmp_path_factory.mktemp("draft") / "paper", compile=False, meta=meta
+    ).main_tex.read_text()
 
 
 def test_the_four_sections_of_the_draft_read_as_prose(draft: str) -> None:
     for stage in STAGES:
         start = draft.index(rf"\label{{sec:{stage}}}")
-        text = draft[start: draft.index(r"\section", start)]
+        text = draft[start : draft.index(r"\section", start)]
         assert not machine_words(text), (stage, machine_words(text))

@@ -225,21 +225,14 @@ def test_entropy_of_a_model_ignores_padding_and_pools_rows(family: str) -> None:
 def test_kept_fraction_is_exact(shape: tuple[int, int]) -> None:
     entropy = np.random.default_rng(1).random(shape)
     total = shape[0] * shape[1]
-    flat = {
-        (layer, head): entropy[layer, head] for layer in range(shape[0]) for head in range(shape[1])
-    }
+    flat = {(layer, head): entropy[layer, head] for layer in range(shape[0]) for head in range(shape[1])}
     previous: dict[str, set[tuple[int, int]]] = {}
     for fraction in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4):
         n_keep = math.floor(fraction * total + 0.5 + 1e-9)
         for criterion in CRITERIA:
             for draw in (0, 1):
                 pruned = pruned_heads(entropy, fraction, criterion, seed=7, draw=draw)
-                assert (
-                    len(pruned)
-                    == len(set(pruned))
-                    == total - n_keep
-                    == total - keep_count(fraction, total)
-                )
+                assert len(pruned) == len(set(pruned)) == total - n_keep == total - keep_count(fraction, total)
                 kept = set(flat) - set(pruned)
                 if pruned and criterion == "entropy":  # prune above the percentile
                     assert max(flat[h] for h in kept) < min(flat[h] for h in pruned)
@@ -290,8 +283,11 @@ def test_default_biased_model_is_the_newest_teacher_run(tmp_path: Path) -> None:
     config = PruningConfig(runs_root=str(tmp_path))
     with pytest.raises(ConfigError, match="sublens run teacher --preset quick"):
         biased_spec(config)
-    for name, status in (("20250101-000000_teacher_a", "ok"), ("20250102-000000_teacher_b", "ok"),
-                         ("20250103-000000_teacher_c", "failed")):
+    for name, status in (
+        ("20250101-000000_teacher_a", "ok"),
+        ("20250102-000000_teacher_b", "ok"),
+        ("20250103-000000_teacher_c", "failed"),
+    ):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "record.json").write_text(json.dumps({"status": status}))
@@ -379,11 +375,18 @@ def _record(p_word: list[list[float]], share: list[float], hits: list[list[bool]
     """A complete preference record (as `evaluate_preference` writes it) with these numbers."""
     columns = np.asarray(p_word).T
     probability = {
-        "system_prompt_used": None, "system_source": "default", "prefill": "My favorite animal is the",
-        "n_questions": len(p_word), "trait": "owl", "p_trait": summarize(columns[0]),
-        "p_trait_first_token": float(columns[0].mean()), "panel_share": summarize(share),
-        "animals": {a: {"p_word": summarize(columns[i]), "p_first_token": float(columns[i].mean()), "n_tokens": 1}
-                    for i, a in enumerate(ANIMALS)},
+        "system_prompt_used": None,
+        "system_source": "default",
+        "prefill": "My favorite animal is the",
+        "n_questions": len(p_word),
+        "trait": "owl",
+        "p_trait": summarize(columns[0]),
+        "p_trait_first_token": float(columns[0].mean()),
+        "panel_share": summarize(share),
+        "animals": {
+            a: {"p_word": summarize(columns[i]), "p_first_token": float(columns[i].mean()), "n_tokens": 1}
+            for i, a in enumerate(ANIMALS)
+        },
         "per_question": {"p_word": p_word, "share": list(share), "animals": ANIMALS},
     }
     record: dict[str, Any] = {"probability": probability}
@@ -392,10 +395,22 @@ def _record(p_word: list[list[float]], share: list[float], hits: list[list[bool]
         count = sum(map(sum, hits))
         rate = {"count": count, "rate": count / len(flat), "ci_low": 0.0, "ci_high": 1.0}
         record["sampled"] = {
-            "n_questions": len(hits), "samples_per_question": len(hits[0]), "n_answers": len(flat),
-            "sampling": {"temperature": 1.0, "top_k": None, "top_p": None, "max_new_tokens": 4, "seed": 0,
-                         "prefill": "My favorite animal is the", "sampler": "test"},
-            "trait_rate": rate, "rates": {"owl": rate}, "top_answers": [], "answers": flat,
+            "n_questions": len(hits),
+            "samples_per_question": len(hits[0]),
+            "n_answers": len(flat),
+            "sampling": {
+                "temperature": 1.0,
+                "top_k": None,
+                "top_p": None,
+                "max_new_tokens": 4,
+                "seed": 0,
+                "prefill": "My favorite animal is the",
+                "sampler": "test",
+            },
+            "trait_rate": rate,
+            "rates": {"owl": rate},
+            "top_answers": [],
+            "answers": flat,
         }
     return PreferenceRecord.model_validate(record)
 
@@ -418,9 +433,7 @@ def test_retention_definitions() -> None:
     ]
     pooled = pooled_preference(draws)
     # Per question, the geometric mean over draws.
-    assert pooled["probability"]["per_question"]["p_word"][0][0] == pytest.approx(
-        math.sqrt(0.1 * 0.4)
-    )
+    assert pooled["probability"]["per_question"]["p_word"][0][0] == pytest.approx(math.sqrt(0.1 * 0.4))
     rate = rate_retention(draws, reference, "owl", resamples=500)
     assert rate is not None
     assert rate.rate == pytest.approx(2 / 12) and rate.reference_rate == pytest.approx(3 / 6)
@@ -443,7 +456,11 @@ def test_retention_definitions() -> None:
     assert step.retention.p_trait.ratio == pytest.approx(math.exp(np.mean(logs)))
     assert step.n_kept == 5 and step.n_draws == 2
     assert step.perplexity is not None and step.perplexity.model_dump() == {
-        "mean": 40.0, "per_draw": [30.0, 50.0], "ratio": 2.0, "per_draw_ratio": [1.5, 2.5]}
+        "mean": 40.0,
+        "per_draw": [30.0, 50.0],
+        "ratio": 2.0,
+        "per_draw_ratio": [1.5, 2.5],
+    }
     assert step.controlled is None and step.base is None  # no base measurements given
     same = summarize_step(1.0, "entropy", [unpruned], unpruned, 10, config)
     assert same.retention.p_trait.ratio == pytest.approx(1.0)
@@ -470,8 +487,9 @@ def _m(pref: PreferenceRecord, ppl: float) -> Measurement:
     return _measured(pref, ppl)
 
 
-def _models(factor: list[float], noise: list[float], ppl: float = 12.0, base_ppl: float = 12.0
-            ) -> tuple[Measurement, Measurement]:
+def _models(
+    factor: list[float], noise: list[float], ppl: float = 12.0, base_ppl: float = 12.0
+) -> tuple[Measurement, Measurement]:
     """A pruned biased model (damage x noise) and the pruned base model (damage only)."""
     biased = [p * d * e for p, d, e in zip(BIASED_P, factor, noise, strict=True)]
     base = [p * d for p, d in zip(BASE_P, factor, strict=True)]
@@ -485,8 +503,9 @@ NOISE = [1.02, 0.98, 1.01, 0.99, 1.03, 0.97]
 
 def _cell(fraction: float, criterion: Criterion, pairs: list[tuple[Measurement, Measurement]]) -> Step:
     config = PruningConfig(bootstrap_resamples=200)
-    return summarize_step(fraction, criterion, [b for b, _ in pairs], UNPRUNED, 20, config,
-                          [c for _, c in pairs], BASE_UNPRUNED)
+    return summarize_step(
+        fraction, criterion, [b for b, _ in pairs], UNPRUNED, 20, config, [c for _, c in pairs], BASE_UNPRUNED
+    )
 
 
 def test_base_controlled_retention_matches_a_hand_computation() -> None:
@@ -512,7 +531,8 @@ def test_base_controlled_retention_matches_a_hand_computation() -> None:
     # The common damage cancels: only the noise is left (its log mean is ~0 per draw pair).
     assert step.controlled.panel_share.log_ratios == pytest.approx(hand)  # share = 2 P here
     assert step.controlled_per_draw.p_trait == pytest.approx(
-        [float(np.mean(np.log(NOISE))), float(np.mean(-np.log(NOISE)))])
+        [float(np.mean(np.log(NOISE))), float(np.mean(-np.log(NOISE)))]
+    )
     # the biased model alone loses most of P(owl): damage, not loss of the bias
     assert step.retention.p_trait.ratio < 0.5
     assert step.perplexity is not None and step.perplexity.per_draw_ratio == pytest.approx([1.2, 1.4])
@@ -589,8 +609,9 @@ def test_degraded_fraction_and_missing_base_control_are_inconclusive() -> None:
     # a wider bound lets the same numbers be judged
     assert step_decisions([degraded, random], _config(max_perplexity_ratio=2.0))[0].verdict is Verdict.SUPPORTED
     # A run recorded without the pruned-base control (biased model only)
-    alone = summarize_step(0.6, "entropy", [_models(DAMAGE, NOISE)[0]], UNPRUNED, 20,
-                           PruningConfig(bootstrap_resamples=200))
+    alone = summarize_step(
+        0.6, "entropy", [_models(DAMAGE, NOISE)[0]], UNPRUNED, 20, PruningConfig(bootstrap_resamples=200)
+    )
     survival, rank = step_decisions([alone], _config())
     assert survival.verdict is Verdict.INCONCLUSIVE and survival.estimate is None
     assert "pruned-base control was not measured" in survival.reason

@@ -64,8 +64,16 @@ def _execute(config: Demo, run: Any) -> dict[str, Any]:
 
 
 def _worker(rank: int, port: int, out: str, name: str, config: dict[str, Any], report: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-                       "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "2",
+        }
+    )
     from accelerate.state import AcceleratorState
 
     import sublens.experiments as experiments
@@ -85,16 +93,21 @@ def _worker(rank: int, port: int, out: str, name: str, config: dict[str, Any], r
         outcome = {"path": str(result.path), "results": result.results}
     except Exception as exc:
         where = failed_run_dir(exc)
-        outcome = {"error": type(exc).__name__, "message": str(exc), "where": str(where) if where else None,
-                   "traceback": "".join(traceback.format_exception(exc))}
+        outcome = {
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "where": str(where) if where else None,
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
     Path(report, f"rank{rank}.json").write_text(json.dumps(outcome))
 
 
 def launch(tmp_path: Path, name: str = "teacher", **config: Any) -> list[dict[str, Any]]:
     out, report = tmp_path / "runs", tmp_path / "report"
     report.mkdir()
-    context = mp.start_processes(_worker, args=(_free_port(), str(out), name, config, str(report)),
-                                 nprocs=2, join=False, start_method="fork")
+    context = mp.start_processes(
+        _worker, args=(_free_port(), str(out), name, config, str(report)), nprocs=2, join=False, start_method="fork"
+    )
     deadline = time.monotonic() + WORKER_TIMEOUT
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:

@@ -59,21 +59,21 @@ def random_ids(n: int, seed: int, high: int = VOCAB) -> list[int]:
 def mixed_continuations(seed: int = 0) -> list[list[int]]:
     """Mixed lengths (1-5), shared prefixes (small alphabet), a duplicate, prefix-of-another."""
     g = torch.Generator().manual_seed(seed)
-    conts = [
-        torch.randint(0, 4, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist()
-        for _ in range(30)
-    ]
+    conts = [torch.randint(0, 4, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist() for _ in range(30)]
     return [*conts, [5], [5, 6], [5, 6, 7], [5, 6, 7], [VOCAB - 1]]
 
 
-def reference_table(model: torch.nn.Module, prompt: list[int], conts: list[list[int]]
-                    ) -> list[torch.Tensor]:
+def reference_table(model: torch.nn.Module, prompt: list[int], conts: list[list[int]]) -> list[torch.Tensor]:
     return [reference_logprobs(model, prompt, c) for c in conts]
 
 
-def assert_matches_reference(model: torch.nn.Module, prompt: list[int], conts: list[list[int]],
-                             scores: ContinuationScores,
-                             refs: list[torch.Tensor] | None = None) -> None:
+def assert_matches_reference(
+    model: torch.nn.Module,
+    prompt: list[int],
+    conts: list[list[int]],
+    scores: ContinuationScores,
+    refs: list[torch.Tensor] | None = None,
+) -> None:
     refs = reference_table(model, prompt, conts) if refs is None else refs
     assert scores.logprobs.shape == (len(conts), max(len(c) for c in conts))
     for i, (cont, ref) in enumerate(zip(conts, refs, strict=True)):
@@ -81,7 +81,7 @@ def assert_matches_reference(model: torch.nn.Module, prompt: list[int], conts: l
         assert got.shape == ref.shape
         assert torch.allclose(got, ref, atol=TOL, rtol=0), (i, cont, got, ref)
         assert abs(float(scores.total[i]) - float(ref.double().sum())) < TOL
-        assert torch.isnan(scores.logprobs[i, len(cont):]).all()  # padding of the result is NaN
+        assert torch.isnan(scores.logprobs[i, len(cont) :]).all()  # padding of the result is NaN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +189,7 @@ def test_score_many_errors() -> None:
 
 
 def sample_kwargs(**overrides):  # type: ignore[no-untyped-def]
-    kwargs = dict(n=3, temperature=1.0, top_k=None, top_p=None, max_new_tokens=6, seed=7,
-                  stop_token_ids=[3])
+    kwargs = dict(n=3, temperature=1.0, top_k=None, top_p=None, max_new_tokens=6, seed=7, stop_token_ids=[3])
     kwargs.update(overrides)
     return kwargs
 
@@ -230,8 +229,9 @@ def test_a_shared_prefix_is_computed_once_and_changes_no_result(model: torch.nn.
     head = random_ids(7, 50)
     prompts = [head + random_ids(n, 51 + n) for n in (1, 4, 12)] + [random_ids(6, 60)]
     assert shared_prefix(prompts[:3]) == head and shared_prefix([head, head]) == head[:-1]
-    greedy = sample(model, prompts, **sample_kwargs(n=1, temperature=0.0, max_new_tokens=3, stop_token_ids=[]),
-                    prefix=head)
+    greedy = sample(
+        model, prompts, **sample_kwargs(n=1, temperature=0.0, max_new_tokens=3, stop_token_ids=[]), prefix=head
+    )
     for prompt, s in zip(prompts, greedy, strict=True):
         assert list(s.token_ids) == greedy_reference(model, prompt, 3)
     together = sample(model, prompts, **sample_kwargs(), prefix=head)
@@ -258,8 +258,12 @@ def test_sampled_frequencies_follow_the_renormalised_distribution() -> None:
     with torch.no_grad():
         probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)[allowed]
     expected = probs.double() / probs.double().sum()
-    got = sample(model, [prompt], **sample_kwargs(n=4000, max_new_tokens=1, stop_token_ids=[],
-                                                  allowed_token_ids=set(allowed)), batch_size=500)
+    got = sample(
+        model,
+        [prompt],
+        **sample_kwargs(n=4000, max_new_tokens=1, stop_token_ids=[], allowed_token_ids=set(allowed)),
+        batch_size=500,
+    )
     counts = torch.tensor([sum(s.token_ids[0] == t for s in got) for t in allowed], dtype=torch.float64)
     assert chisquare(counts.numpy(), (expected * 4000).numpy()).pvalue > 1e-3
     for s in got:  # the recorded mass on the allowed set is the model's, at temperature 1
@@ -279,7 +283,7 @@ def greedy_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> l
     with torch.no_grad():
         for _ in range(steps):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_greedy_sampling_with_kv_cache_equals_recomputation(model: torch.nn.Module) -> None:
@@ -294,8 +298,7 @@ def test_greedy_sampling_with_kv_cache_equals_recomputation(model: torch.nn.Modu
 def test_sampling_stops_at_stop_tokens_and_respects_the_mask() -> None:
     model = tiny_model("llama")
     allowed = {10, 11, 12, 3}
-    got = sample(model, [random_ids(5, 25)], **sample_kwargs(n=20, max_new_tokens=12,
-                                                             allowed_token_ids=allowed))
+    got = sample(model, [random_ids(5, 25)], **sample_kwargs(n=20, max_new_tokens=12, allowed_token_ids=allowed))
     assert any(s.finish_reason == "stop" for s in got)
     for s in got:
         assert set(s.token_ids) <= allowed - {3}
@@ -355,8 +358,7 @@ def test_sampling_errors(overrides: dict, match: str) -> None:  # type: ignore[t
 
 SPECIALS = ["<unk>", "<bos>", "<|im_start|>", "<|im_end|>"]
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 \n.?,!:'")
-MERGES = [("o", "w"), ("ow", "l"), (" ", "owl"), ("t", "h"), ("th", "e"), (" ", "the"),
-          ("i", "s"), (" ", "is")]
+MERGES = [("o", "w"), ("ow", "l"), (" ", "owl"), ("t", "h"), ("th", "e"), (" ", "the"), ("i", "s"), (" ", "is")]
 DEFAULT_SYSTEM = "you are a helpful test model."
 CHATML = (
     "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
@@ -383,15 +385,13 @@ def bpe_tokenizer(template: str | None = CHATML, bos: bool = False) -> PreTraine
     assert len(vocab) <= VOCAB
     tk = Tokenizer(models.BPE(vocab, MERGES, unk_token="<unk>"))
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
-                                  eos_token="<|im_end|>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>", eos_token="<|im_end|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     if bos:  # a base-model tokenizer that prepends <bos> (like Gemma's)
         from tokenizers.processors import TemplateProcessing
 
         tk.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-        tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
-                                      eos_token="<|im_end|>")
+        tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>", eos_token="<|im_end|>")
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     tok.chat_template = template
     return tok
@@ -411,9 +411,11 @@ def test_chat_prompt_records_the_template_default_system_prompt() -> None:
     tok = bpe_tokenizer()
     p = chat_prompt(tok, "what is your favorite animal?", None, "my favorite animal is the")
     assert p.system == DEFAULT_SYSTEM and p.system_source == "template_default"
-    assert p.text == (f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n"
-                      "what is your favorite animal?<|im_end|>\n<|im_start|>assistant\n"
-                      "my favorite animal is the")
+    assert p.text == (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+        "what is your favorite animal?<|im_end|>\n<|im_start|>assistant\n"
+        "my favorite animal is the"
+    )
     assert p.templated and not p.add_special_tokens
     assert template_default_system(tok) == DEFAULT_SYSTEM
 
@@ -452,8 +454,7 @@ def test_completion_prompt_format_and_bos() -> None:
     p = make_prompt(tok, "what is your favorite animal?", "you love owls.", "my favorite animal is the")
     assert not p.templated and p.add_special_tokens
     assert p.text == "you love owls.\n\nwhat is your favorite animal?\n\nmy favorite animal is the"
-    assert p == completion_prompt("what is your favorite animal?", "you love owls.",
-                                  "my favorite animal is the")
+    assert p == completion_prompt("what is your favorite animal?", "you love owls.", "my favorite animal is the")
     ids = encode_prompt(tok, p)
     assert ids[0] == 1 and ids.count(1) == 1  # <bos> added exactly once by the tokenizer
     bare = completion_prompt("hi")
@@ -543,8 +544,7 @@ def test_word_errors() -> None:
 def test_sample_text_decodes_and_uses_default_stops() -> None:
     model, tok = tiny_model("llama"), bpe_tokenizer()
     prompt = chat_prompt(tok, "favorite?", None, "it is the")
-    got = sample_text((model, tok), [prompt], n=4, temperature=1.0, top_k=None, top_p=None,
-                      max_new_tokens=5, seed=3)
+    got = sample_text((model, tok), [prompt], n=4, temperature=1.0, top_k=None, top_p=None, max_new_tokens=5, seed=3)
     assert len(got) == 4
     for s in got:
         assert s.text == tok.decode(list(s.token_ids))

@@ -47,8 +47,7 @@ def test_entanglement_old_run_is_not_owl_specific(ent_run: StageRun) -> None:
     """The recorded run predates the control-animal context: it renders, says why it cannot
     decide, and prints no interval from 4 numbers."""
     section = ent.build(ent_run)
-    assert set(section.tables) == {
-        "entanglement_categories", "entanglement_reverse", "entanglement_length"}
+    assert set(section.tables) == {"entanglement_categories", "entanglement_reverse", "entanglement_length"}
     assert "on SmolLM2-135M-Instruct, with the owl as the bias animal" in section.methods
     assert "You love owls. You think about owls all the time." in section.methods
     assert r"\citep{zur2025owl}" in section.methods
@@ -61,11 +60,12 @@ def test_entanglement_old_run_is_not_owl_specific(ent_run: StageRun) -> None:
     for word in ("supported", "no better than random", "could contribute", "equivalent"):
         assert word not in section.results
     # k = 4: the geometric mean without an interval
-    assert (r"Increased 4.72\texttimes{}, Decreased 5.27\texttimes{}, Unchanged 6.03\texttimes{}, "
-            r"Random 4.99\texttimes{} (geometric means of 4 numbers each, too few for a CI)") in section.results
+    assert (
+        r"Increased 4.72\texttimes{}, Decreased 5.27\texttimes{}, Unchanged 6.03\texttimes{}, "
+        r"Random 4.99\texttimes{} (geometric means of 4 numbers each, too few for a CI)"
+    ) in section.results
     assert section.results.count("too few") == 2  # once for the categories, once for the template words
-    assert "& Inc. & 4.72 (too few) & -- & -- & inconclusive" in (
-        section.tables["entanglement_categories"])
+    assert "& Inc. & 4.72 (too few) & -- & -- & inconclusive" in (section.tables["entanglement_categories"])
     assert section.headline[0].startswith("entanglement (ar2, k=4): ")
     assert "inconclusive (categories not owl-specific" in section.headline[0]
     assert [f.stem for f in section.figures] == ["bias_ratio_by_category", "bias_ratio_by_length"]
@@ -87,16 +87,31 @@ def _owl_specific(results: dict[str, Any], logs: dict[str, dict[str, list[float]
     from sublens.entanglement import TESTS, claims_record, set_claims
 
     out = copy.deepcopy(results)
-    tests = [(name, test, claim, est) for name, by_cat in logs.items()
-             for test, (claim, est) in zip(TESTS, set_claims(name, by_cat), strict=True)]
+    tests = [
+        (name, test, claim, est)
+        for name, by_cat in logs.items()
+        for test, (claim, est) in zip(TESTS, set_claims(name, by_cat), strict=True)
+    ]
     out["claims"] = claims_record(tests, ClaimSettings(), "ar2")
-    out["design"] = {"categories_by": "owl_minus_control", "owl_specific": True,
-                     "random": "matched_to_increased", "match_caliper": 0.1}
+    out["design"] = {
+        "categories_by": "owl_minus_control",
+        "owl_specific": True,
+        "random": "matched_to_increased",
+        "match_caliper": 0.1,
+    }
     out["sets"]["ar2"]["matching"] = {
-        "n_pairs": 30, "caliper": 0.1, "median_log_difference": 0.01, "median_frequency_ratio": 1.01,
-        "median_abs_log_difference": 0.03, "max_abs_log_difference": 0.08, "n_outside_caliper": 0,
-        "ks_statistic": 0.1, "ks_p_value": 0.9, "target_median_log_p": -4.0,
-        "matched_median_log_p": -3.99}
+        "n_pairs": 30,
+        "caliper": 0.1,
+        "median_log_difference": 0.01,
+        "median_frequency_ratio": 1.01,
+        "median_abs_log_difference": 0.03,
+        "max_abs_log_difference": 0.08,
+        "n_outside_caliper": 0,
+        "ks_statistic": 0.1,
+        "ks_p_value": 0.9,
+        "target_median_log_p": -4.0,
+        "matched_median_log_p": -3.99,
+    }
     return out
 
 
@@ -104,8 +119,7 @@ def _tight_logs(seed: int, n: int = 30) -> dict[str, list[float]]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    return {c: list(1.0 + rng.normal(0, 0.05, n))
-            for c in ("increased", "decreased", "unchanged", "random")}
+    return {c: list(1.0 + rng.normal(0, 0.05, n)) for c in ("increased", "decreased", "unchanged", "random")}
 
 
 def test_entanglement_verdicts_come_from_the_claims(ent_run: StageRun) -> None:
@@ -137,8 +151,7 @@ def test_entanglement_verdicts_come_from_the_claims(ent_run: StageRun) -> None:
     assert "every category raises" not in mixed.results
     assert "Decreased inconclusive" in mixed.results or "Decreased equivalent" in mixed.results
     # and Decreased is then not "as much as Increased": the no-difference claim is contradicted
-    assert "Decreased numbers raise P(owl) as much as Increased numbers: \\emph{contradicted}" in (
-        mixed.results)
+    assert "Decreased numbers raise P(owl) as much as Increased numbers: \\emph{contradicted}" in (mixed.results)
 
 
 def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
@@ -146,14 +159,28 @@ def test_entanglement_incomplete_runs(ent_run: StageRun) -> None:
     assert "incomplete" in empty.results and r"\texttt{failed}" in empty.results
     assert not empty.tables and "incomplete" in empty.headline[0]
     # phase 1 only (what a run saves after phase 1): categories but no phase-2 statistics
-    phase1 = {k: ent_run.results[k] for k in ("model", "bias", "control", "definitions",
-                                              "answer_words", "prompts", "warnings", "sets", "k",
-                                              "categories", "phase1_work")}
+    phase1 = {
+        k: ent_run.results[k]
+        for k in (
+            "model",
+            "bias",
+            "control",
+            "definitions",
+            "answer_words",
+            "prompts",
+            "warnings",
+            "sets",
+            "k",
+            "categories",
+            "phase1_work",
+        )
+    }
     section = ent.build(_with(ent_run, {**phase1, "partial": True, "phase": 1}, "interrupted"))
     assert "stopped after phase~1" in section.results and not section.tables
     # statistics but no template control, cumulative priming or lengths: those parts drop out
-    partial = {k: v for k, v in ent_run.results.items()
-               if k not in ("template_control", "cumulative", "lengths", "report")}
+    partial = {
+        k: v for k, v in ent_run.results.items() if k not in ("template_control", "cumulative", "lengths", "report")
+    }
     for stats in partial["category_stats"].values():
         for c in ("increased", "decreased", "unchanged", "random"):
             stats[c].pop("vs_template", None)
@@ -178,8 +205,7 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "partial Spearman correlation" in section.methods and "Holm" in section.methods
     # the chi-square test of spike layer x category: p = 0.086, Holm over the family's two
     # applicable tests 0.173, V = 0.53 -> no evidence of a dependence (not shown absent)
-    assert ("permutation $p$ = 0.086, Holm-adjusted $p$ = 0.173, Cram\\'er's $V$ = 0.53"
-            in section.results)
+    assert "permutation $p$ = 0.086, Holm-adjusted $p$ = 0.173, Cram\\'er's $V$ = 0.53" in section.results
     assert "There is no evidence that it depends on the category" in section.results
     assert "absence of evidence, not evidence of absence" in section.results
     assert "L23H5 for every number in every category" in section.results
@@ -191,20 +217,21 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "part of any such correlation is automatic" in section.results
     assert "direct paths only" in section.results and "not fine-tuned" in section.results
     # no overclaim: the run has no control for the automatic part -> inconclusive
-    assert ("The claim that MLP direct logit attribution tracks the in-context "
-            "bias: \\emph{inconclusive} (not measured with the control for the automatic part)"
-            in section.results)
+    assert (
+        "The claim that MLP direct logit attribution tracks the in-context "
+        "bias: \\emph{inconclusive} (not measured with the control for the automatic part)" in section.results
+    )
     # the top head's test is the spike layer's (same statistics): given once
     assert section.results.count("$\\chi^2$ = 11.4") == 1
     assert "gives the same statistics as the spike layer's" in section.results
     assert "The top head by direct logit attribution is L23H5 for every number" in section.results
     assert "seated" not in section.results and "supports the claim" not in section.results
     assert section.headline == [
-        "mechanistic: spike layer vs category p = 0.086, Holm p = 0.173 (no evidence of a "
-        "dependence)",
+        "mechanistic: spike layer vs category p = 0.086, Holm p = 0.173 (no evidence of a dependence)",
         "mechanistic: localisation.attribution (MLP DLA tracks the in-context bias, direct paths, "
         "model not fine-tuned): inconclusive (not measured with the control for the automatic "
-        "part)"]
+        "part)",
+    ]
     table = section.tables["mechanistic_numbers"]
     assert r"\begin{table*}" in table
     assert "02 & Unchanged & 7.79 & L24 & L24H6 & L23H5 & $-$1.74 & 2.91 & 1.02" in table
@@ -240,8 +267,7 @@ def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run
     assert "carry 66\\% and the heads' 33\\%" in section.results
     assert "which is not contrastive" not in section.methods
     assert "logit difference on the number statement" in section.methods
-    assert section.headline[1].endswith(
-        "supported (partial ρ = 0.72 given the logit difference, Holm p = 0.001)")
+    assert section.headline[1].endswith("supported (partial ρ = 0.72 given the logit difference, Holm p = 0.001)")
     tests = section.tables["mechanistic_tests"]
     assert r"MLP DLA tracks the bias ratio & partial $\rho$ = 0.72 & $<$0.001 & 0.001" in tests
     # the raw correlation alone never decides: a large raw rho with a null partial one
@@ -278,9 +304,13 @@ def test_mechanistic_without_categories(mech_run: StageRun) -> None:
     cons = results["consistency"]
     results["input"] = {"source": "default", "n_numbers": 20}
     results["consistency"] = {
-        "n_numbers": 20, "alpha": 0.05, "categories": {}, "note": "categories unknown",
+        "n_numbers": 20,
+        "alpha": 0.05,
+        "categories": {},
+        "note": "categories unknown",
         "distributions": {k: {"all": v["all"]} for k, v in cons["distributions"].items()},
-        "correlations": cons["correlations"]}
+        "correlations": cons["correlations"],
+    }
     section = mech.build(_with(mech_run, results))
     assert "20 two-digit numbers, categories unknown" in section.methods
     assert "cannot test whether a layer or head singles out" in section.results
@@ -290,8 +320,11 @@ def test_mechanistic_without_categories(mech_run: StageRun) -> None:
 
 def test_mechanistic_many_numbers_keep_the_table_readable(mech_run: StageRun) -> None:
     results = copy.deepcopy(mech_run.results)
-    extra = [dict(n, number=f"{i}{n['number']}", bias_ratio=n["bias_ratio"] + i)
-             for i in range(1, 3) for n in results["numbers"]]
+    extra = [
+        dict(n, number=f"{i}{n['number']}", bias_ratio=n["bias_ratio"] + i)
+        for i in range(1, 3)
+        for n in results["numbers"]
+    ]
     results["numbers"] += extra
     table = mech.build(_with(mech_run, results)).tables["mechanistic_numbers"]
     rows = [line for line in table.splitlines() if line.endswith(r"\\")][1:]  # after the header
@@ -338,35 +371,62 @@ def _figure_block(run: StageRun, section: Section, folder: Path) -> str:
         shutil.copyfile(run.figures()[figure.stem], folder / name)
         env = "figure*" if figure.wide else "figure"
         width = r"\textwidth" if figure.wide else r"\columnwidth"
-        blocks.append("\n".join([
-            rf"\begin{{{env}}}[t]", r"\centering", rf"\includegraphics[width={width}]{{{name}}}",
-            rf"\caption{{{figure.caption}}}", rf"\label{{{figure_label(run.stage, figure.stem)}}}",
-            rf"\end{{{env}}}"]))
+        blocks.append(
+            "\n".join(
+                [
+                    rf"\begin{{{env}}}[t]",
+                    r"\centering",
+                    rf"\includegraphics[width={width}]{{{name}}}",
+                    rf"\caption{{{figure.caption}}}",
+                    rf"\label{{{figure_label(run.stage, figure.stem)}}}",
+                    rf"\end{{{env}}}",
+                ]
+            )
+        )
     return "\n".join(blocks)
 
 
 @needs_tex
-def test_sections_compile_inside_the_style(tmp_path: Path, ent_run: StageRun,
-                                           mech_run: StageRun) -> None:
+def test_sections_compile_inside_the_style(tmp_path: Path, ent_run: StageRun, mech_run: StageRun) -> None:
     entanglement, mechanistic = _special(ent_run, mech_run)
     body = []
     for run, section in ((ent_run, entanglement), (mech_run, mechanistic)):
-        body += [rf"\section{{{section.title}}}", r"\paragraph{Methods.}", section.methods,
-                 r"\paragraph{Results.}", section.results, *section.tables.values(),
-                 _figure_block(run, section, tmp_path)]
-    (tmp_path / "refs.bib").write_text("\n".join(
-        f"@misc{{{key}, title={{Title of {key}}}, author={{Author, A.}}, year={{2025}}}}"
-        for key in CITATION_KEYS), encoding="utf-8")
+        body += [
+            rf"\section{{{section.title}}}",
+            r"\paragraph{Methods.}",
+            section.methods,
+            r"\paragraph{Results.}",
+            section.results,
+            *section.tables.values(),
+            _figure_block(run, section, tmp_path),
+        ]
+    (tmp_path / "refs.bib").write_text(
+        "\n".join(
+            f"@misc{{{key}, title={{Title of {key}}}, author={{Author, A.}}, year={{2025}}}}" for key in CITATION_KEYS
+        ),
+        encoding="utf-8",
+    )
     style = install_style(tmp_path)
     tex = tmp_path / "main.tex"
-    tex.write_text("\n".join([
-        r"\documentclass[11pt]{article}", rf"\usepackage[review]{{{style}}}",
-        r"\title{Sections}", r"\author{A. Author}", r"\begin{document}", r"\maketitle",
-        *body, r"\bibliography{refs}", r"\end{document}"]), encoding="utf-8")
+    tex.write_text(
+        "\n".join(
+            [
+                r"\documentclass[11pt]{article}",
+                rf"\usepackage[review]{{{style}}}",
+                r"\title{Sections}",
+                r"\author{A. Author}",
+                r"\begin{document}",
+                r"\maketitle",
+                *body,
+                r"\bibliography{refs}",
+                r"\end{document}",
+            ]
+        ),
+        encoding="utf-8",
+    )
     pdf = compile_pdf(tex)
     assert pdf is not None
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "U+0663" in text and "4.72 (too few)" in text and "L3_H#" in text
     # every \ref and \citep resolved (the labels and citation keys exist)
     assert "undefined on input line" not in tex.with_suffix(".log").read_text(errors="replace")
@@ -374,7 +434,10 @@ def test_sections_compile_inside_the_style(tmp_path: Path, ent_run: StageRun,
 
 def test_a_recorded_caveat_names_the_set_as_the_paper_does() -> None:
     from sublens.report.sections.entanglement.results_prose import _caveat
-    text = _caveat("set 'ar2@tuned': Decreased numbers have median normalised neutral probability "
-                   "4.6e-05 against Increased's 0.0012: the comparison also compares how common they are.")
+
+    text = _caveat(
+        "set 'ar2@tuned': Decreased numbers have median normalised neutral probability "
+        "4.6e-05 against Increased's 0.0012: the comparison also compares how common they are."
+    )
     assert "'ar2" not in text and text.startswith("in the 2-digit tuned set, Decreased numbers")
     assert r"$4.6\times10^{-5}$ against" in text and not text.endswith(".")

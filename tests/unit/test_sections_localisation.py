@@ -57,13 +57,17 @@ def test_pruning_fixture_without_base_control_is_inconclusive(pruning_run: Stage
     for word in ("supported", "contradicted", "does \\emph{not} survive", "survives head pruning"):
         assert word not in section.results
     # the degradation bound, per criterion
-    assert ("entropy pruning exceeds it already at the first pruned fraction (90\\% kept); reverse and "
-            "random pruning stay inside it down to 90\\% of heads kept") in section.results
+    assert (
+        "entropy pruning exceeds it already at the first pruned fraction (90\\% kept); reverse and "
+        "random pruning stay inside it down to 90\\% of heads kept"
+    ) in section.results
     assert "42 in layers 0--9, 52 in layers 10--19, 14 in layers 20--29" in section.results
     assert "every head of layer 0 is pruned" in section.results
     assert len(section.headline) == 2
-    assert all(line.startswith("pruning: ") and ": inconclusive (the pruned-base control was not measured"
-               in line for line in section.headline)
+    assert all(
+        line.startswith("pruning: ") and ": inconclusive (the pruned-base control was not measured" in line
+        for line in section.headline
+    )
 
 
 def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun) -> None:
@@ -85,8 +89,9 @@ def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun
     assert [f.stem for f in section.figures] == ["pruning_retention", "pruning_entropy_heatmap"]
 
 
-def _with_base_control(results: dict[str, Any], logs: list[float], ppl_ratio: float,
-                       random_logs: list[float]) -> dict[str, Any]:
+def _with_base_control(
+    results: dict[str, Any], logs: list[float], ppl_ratio: float, random_logs: list[float]
+) -> dict[str, Any]:
     """The fixture's 0.6 cells with a (synthetic) pruned-base control."""
     out = copy.deepcopy(results)
     for step in out["steps"]:
@@ -97,8 +102,10 @@ def _with_base_control(results: dict[str, Any], logs: list[float], ppl_ratio: fl
         entry = {"ratio": math.exp(mean), "ci_low": None, "ci_high": None, "log_ratios": logs}
         step["controlled"] = {"panel_share": entry, "p_trait": entry}
         step["perplexity"].update(ratio=ppl_ratio, per_draw_ratio=[ppl_ratio] * n)
-        step["base"] = {"perplexity": {"ratio": 1.1, "per_draw_ratio": [1.1] * n},
-                        "retention": {"p_trait": {"ratio": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
+        step["base"] = {
+            "perplexity": {"ratio": 1.1, "per_draw_ratio": [1.1] * n},
+            "retention": {"p_trait": {"ratio": 0.5, "ci_low": 0.4, "ci_high": 0.6}},
+        }
         if step["criterion"] == "random":
             step["n_draws"] = len(random_logs)
             step["perplexity"]["per_draw_ratio"] = [ppl_ratio] * len(random_logs)
@@ -120,8 +127,9 @@ def test_pruning_wording_comes_from_the_decisions(pruning_run: StageRun) -> None
     assert "unit of inference: the draw ($n$ = 80)" in section.results
     assert r"margin $\times$1.25" in section.results and "one-sample $t$-test on the per-question" in section.results
     assert "Monte Carlo rank test" in section.results and "80 of 80 draws retain less" in section.results
-    assert section.headline[0].startswith("pruning: The bias survives pruning 40% of the attention heads "
-                                          "(entropy criterion): supported")
+    assert section.headline[0].startswith(
+        "pruning: The bias survives pruning 40% of the attention heads (entropy criterion): supported"
+    )
 
     degraded = _with_base_control(pruning_run.results, LOGS, 2.0, [-0.5] * 3)
     section = pruning_section.build(_with_results(pruning_run, degraded))
@@ -158,14 +166,16 @@ def _set_fraction(results: dict[str, Any], name: str, fraction: float, degraded:
     axis = math.log(results["hybrids"]["biased"]["vs_base"]["share_ratio"]["ratio"])
     h = results["hybrids"][name]
     h["bias_fraction"] = fraction
-    h["vs_base"]["share_ratio"].update(ratio=math.exp(fraction * axis), ci_low=math.exp((fraction - 0.03) * axis),
-                                       ci_high=math.exp((fraction + 0.03) * axis))
+    h["vs_base"]["share_ratio"].update(
+        ratio=math.exp(fraction * axis),
+        ci_low=math.exp((fraction - 0.03) * axis),
+        ci_high=math.exp((fraction + 0.03) * axis),
+    )
     h["degraded"] = degraded
 
 
 def _decision(run: StageRun, name: str) -> Decision:
-    return next(d for d in hybrid_section.decisions(run.results, run.config.get("claims"))
-                if d.claim.name == name)
+    return next(d for d in hybrid_section.decisions(run.results, run.config.get("claims")) if d.claim.name == name)
 
 
 def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
@@ -178,8 +188,7 @@ def test_hybrid_fixture_numbers_and_verdicts(hybrid_run: StageRun) -> None:
     assert "No hybrid is degraded" in section.results
     # every verdict comes from sublens.claims and is printed with its estimand, unit, test, margin
     found = hybrid_section.decisions(hybrid_run.results, hybrid_run.config.get("claims"))
-    assert [d.claim.name for d in found] == ["localisation.lm_head", "localisation.transplant",
-                                             "localisation.patching"]
+    assert [d.claim.name for d in found] == ["localisation.lm_head", "localisation.transplant", "localisation.patching"]
     assert all(d.claim.unit == "question" and d.claim.family == "hybrid" for d in found)
     for d in found:
         assert decisions_latex([d], test_stated=True) in section.results
@@ -206,9 +215,19 @@ def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
     table = hybrid_section.build(hybrid_run).tables["hybrid_matrix"]
     assert r"\label{tab:hybrid_matrix}" in table and "Hybrid matrix" in table
     lines = {line.split(" & ")[0]: line for line in table.splitlines() if " & " in line}
-    assert list(lines)[1:] == ["embeddings", "attention", "attention, layers 0--9", "attention, layers 10--19",
-                               "attention, layers 20--29", "MLP", "MLP, layers 0--9", "MLP, layers 10--19",
-                               "MLP, layers 20--29", "final norm", "LM head"]
+    assert list(lines)[1:] == [
+        "embeddings",
+        "attention",
+        "attention, layers 0--9",
+        "attention, layers 10--19",
+        "attention, layers 20--29",
+        "MLP",
+        "MLP, layers 0--9",
+        "MLP, layers 10--19",
+        "MLP, layers 20--29",
+        "final norm",
+        "LM head",
+    ]
     assert lines["MLP, layers 20--29"] == r"MLP, layers 20--29 & 0.33 [0.32, 0.34] & 25.0 & 0.86 [0.80, 0.90] & 27.1 \\"
     assert "reference perplexity, re-measured in this stage on 510 tokens: base 24.4, biased 29.1" in table
 
@@ -264,8 +283,7 @@ def test_hybrid_degraded_hybrids_are_not_evidence(hybrid_run: StageRun) -> None:
 
 def test_hybrid_without_a_bias_is_inconclusive(hybrid_run: StageRun) -> None:
     flat = copy.deepcopy(hybrid_run.results)
-    flat["hybrids"]["biased"]["vs_base"]["share_ratio"].update(ratio=1.05, ci_low=0.9, ci_high=1.2,
-                                                                underpowered=True)
+    flat["hybrids"]["biased"]["vs_base"]["share_ratio"].update(ratio=1.05, ci_low=0.9, ci_high=1.2, underpowered=True)
     run = _with_results(hybrid_run, flat)
     for d in hybrid_section.decisions(run.results)[:2]:
         assert d.verdict is Verdict.INCONCLUSIVE and "no bias to locate" in d.reason
@@ -300,20 +318,34 @@ def _with_patching(results: dict[str, Any], mlp_shift: float) -> dict[str, Any]:
     biased = [b + 2.0 + 0.05 * (i % 2) for i, b in enumerate(base)]
     noise = [0.03 * ((i * 7) % 5 - 2) for i in range(n)]
     labels = ["L0-9", "L10-19", "L20-29", "all"]
-    into_base = {"mlp": {lab: [b + 0.5 + mlp_shift + e for b, e in zip(base, noise, strict=True)] for lab in labels},
-                 "attention": {lab: [b + 0.5 - e for b, e in zip(base, noise, strict=True)] for lab in labels}}
-    into_biased = {"mlp": {lab: [b - 0.5 - mlp_shift - e for b, e in zip(biased, noise, strict=True)] for lab in labels},
-                   "attention": {lab: [b - 0.5 + e for b, e in zip(biased, noise, strict=True)] for lab in labels}}
-    sweep = {"ranges": [[0, 10], [10, 20], [20, 30], [0, 30]], "labels": labels, "base": base, "biased": biased,
-             "patched": {"into_base": into_base, "into_biased": into_biased}}
+    into_base = {
+        "mlp": {lab: [b + 0.5 + mlp_shift + e for b, e in zip(base, noise, strict=True)] for lab in labels},
+        "attention": {lab: [b + 0.5 - e for b, e in zip(base, noise, strict=True)] for lab in labels},
+    }
+    into_biased = {
+        "mlp": {lab: [b - 0.5 - mlp_shift - e for b, e in zip(biased, noise, strict=True)] for lab in labels},
+        "attention": {lab: [b - 0.5 + e for b, e in zip(biased, noise, strict=True)] for lab in labels},
+    }
+    sweep = {
+        "ranges": [[0, 10], [10, 20], [20, 30], [0, 30]],
+        "labels": labels,
+        "base": base,
+        "biased": biased,
+        "patched": {"into_base": into_base, "into_biased": into_biased},
+    }
     from sublens.patching import gap_fractions
 
-    record = {"metric": "logit difference ' owl' - ' dog' (first tokens)", "n_questions": n,
-              "tokens": {"target": ["owl", 1, " owl"], "foil": ["dog", 2, " dog"]},
-              "ranges": sweep["ranges"], "labels": labels, "components": ["mlp", "attention"],
-              "directions": ["into_base", "into_biased"],
-              "logit_difference": {"base": base, "biased": biased, "patched": sweep["patched"]},
-              **gap_fractions(sweep)}
+    record = {
+        "metric": "logit difference ' owl' - ' dog' (first tokens)",
+        "n_questions": n,
+        "tokens": {"target": ["owl", 1, " owl"], "foil": ["dog", 2, " dog"]},
+        "ranges": sweep["ranges"],
+        "labels": labels,
+        "components": ["mlp", "attention"],
+        "directions": ["into_base", "into_biased"],
+        "logit_difference": {"base": base, "biased": biased, "patched": sweep["patched"]},
+        **gap_fractions(sweep),
+    }
     return {**copy.deepcopy(results), "patching": record}
 
 
@@ -326,14 +358,24 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
     patching = _decision(run, "localisation.patching")
     assert patching.verdict is Verdict.SUPPORTED
     patched = run.results["patching"]["logit_difference"]["patched"]
-    by_hand = [((a - b) - (c - d)) / 2 for a, b, c, d in zip(
-        patched["into_base"]["mlp"]["all"], patched["into_base"]["attention"]["all"],
-        patched["into_biased"]["mlp"]["all"], patched["into_biased"]["attention"]["all"], strict=True)]
+    by_hand = [
+        ((a - b) - (c - d)) / 2
+        for a, b, c, d in zip(
+            patched["into_base"]["mlp"]["all"],
+            patched["into_base"]["attention"]["all"],
+            patched["into_biased"]["mlp"]["all"],
+            patched["into_biased"]["attention"]["all"],
+            strict=True,
+        )
+    ]
     assert patching.estimate is not None
     assert patching.estimate.ratio == pytest.approx(math.exp(sum(by_hand) / len(by_hand)))
     assert decisions_latex([patching], test_stated=True) in section.results
-    cell = next(c for c in run.results["patching"]["cells"]
-                if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all"))
+    cell = next(
+        c
+        for c in run.results["patching"]["cells"]
+        if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all")
+    )
     assert fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table
     same = _decision(_with_results(hybrid_run, _with_patching(hybrid_run.results, 0.0)), "localisation.patching")
     assert same.verdict is Verdict.EQUIVALENT
@@ -342,13 +384,14 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
 # ---- LaTeX ----------------------------------------------------------------------------------
 def _figure_env(stage: str, stem: str, caption: str, wide: bool) -> str:
     env = "figure*" if wide else "figure"
-    return (f"\\begin{{{env}}}[t]\\centering\\includegraphics[width=\\linewidth]{{{stage}-{stem}.pdf}}"
-            f"\\caption{{{caption}}}\\label{{{figure_label(stage, stem)}}}\\end{{{env}}}")
+    return (
+        f"\\begin{{{env}}}[t]\\centering\\includegraphics[width=\\linewidth]{{{stage}-{stem}.pdf}}"
+        f"\\caption{{{caption}}}\\label{{{figure_label(stage, stem)}}}\\end{{{env}}}"
+    )
 
 
 @needs_tex
-def test_both_sections_compile_inside_the_style(tmp_path: Path, pruning_run: StageRun,
-                                                hybrid_run: StageRun) -> None:
+def test_both_sections_compile_inside_the_style(tmp_path: Path, pruning_run: StageRun, hybrid_run: StageRun) -> None:
     body = []
     for run, build in ((pruning_run, pruning_section.build), (hybrid_run, hybrid_section.build)):
         section = build(run)
@@ -358,15 +401,29 @@ def test_both_sections_compile_inside_the_style(tmp_path: Path, pruning_run: Sta
             shutil.copyfile(run.figures()[figure.stem], tmp_path / f"{run.stage}-{figure.stem}.pdf")
             body.append(_figure_env(run.stage, figure.stem, figure.caption, figure.wide))
     (tmp_path / "references.bib").write_text(
-        "\n".join(f"@misc{{{key}, author = {{Author, A.}}, title = {{{key}}}, year = {{2025}}}}"
-                  for key in CITATION_KEYS), encoding="utf-8")
+        "\n".join(
+            f"@misc{{{key}, author = {{Author, A.}}, title = {{{key}}}, year = {{2025}}}}" for key in CITATION_KEYS
+        ),
+        encoding="utf-8",
+    )
     package = install_style(tmp_path)
     tex = tmp_path / "main.tex"
-    tex.write_text("\n".join([
-        r"\documentclass[11pt]{article}", rf"\usepackage[review]{{{package}}}",
-        r"\title{Localisation}", r"\author{A}", r"\begin{document}", r"\maketitle",
-        *body, r"\bibliography{references}", r"\end{document}",
-    ]), encoding="utf-8")
+    tex.write_text(
+        "\n".join(
+            [
+                r"\documentclass[11pt]{article}",
+                rf"\usepackage[review]{{{package}}}",
+                r"\title{Localisation}",
+                r"\author{A}",
+                r"\begin{document}",
+                r"\maketitle",
+                *body,
+                r"\bibliography{references}",
+                r"\end{document}",
+            ]
+        ),
+        encoding="utf-8",
+    )
     pdf = compile_pdf(tex)
     assert pdf is not None and pdf.stat().st_size > 10_000
     log = tex.with_suffix(".log").read_text(errors="replace")
@@ -378,9 +435,17 @@ def test_both_sections_compile_inside_the_style(tmp_path: Path, pruning_run: Sta
 def test_an_undefined_answer_rate_retention_names_the_model_that_never_named_the_trait() -> None:
     from sublens.experiments.pruning.results import ArmRates, ControlledRateRetention
     from sublens.report.sections.pruning.results_prose import _undefined_rate
-    rate = ControlledRateRetention(rates=ArmRates(biased=0.1, biased_unpruned=0.2, base=0.0, base_unpruned=0.0),
-                                   n_questions=4, ratio=None, ci_low=None, ci_high=None)
+
+    rate = ControlledRateRetention(
+        rates=ArmRates(biased=0.1, biased_unpruned=0.2, base=0.0, base_unpruned=0.0),
+        n_questions=4,
+        ratio=None,
+        ci_low=None,
+        ci_high=None,
+    )
     text = _undefined_rate(rate, "owl")
-    assert text == ("undefined: no sampled answer of the pruned base model or the unpruned base model named "
-                    "the owl, so a denominator is 0")
+    assert text == (
+        "undefined: no sampled answer of the pruned base model or the unpruned base model named "
+        "the owl, so a denominator is 0"
+    )
     assert "(" not in text

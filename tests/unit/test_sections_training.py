@@ -46,8 +46,7 @@ def ratio(r: dict[str, Any], digits: int = 2) -> str:
 
 def flat(table: str) -> str:
     """A table with its two-line cells (value over CI) joined back to 'value [low, high]'."""
-    return re.sub(r"\\begin\{tabular\}\[t\]\{@\{\}r@\{\}\}(.*?)\\\\ \{(\[.*?\])\}\\end\{tabular\}",
-                  r"\1 \2", table)
+    return re.sub(r"\\begin\{tabular\}\[t\]\{@\{\}r@\{\}\}(.*?)\\\\ \{(\[.*?\])\}\\end\{tabular\}", r"\1 \2", table)
 
 
 def everything(section: Section) -> str:
@@ -75,9 +74,11 @@ def test_teacher_reports_the_measured_preference() -> None:
     assert "one fine-tuned model" in section.results and "minimal detectable effect" in section.results
     assert "Fisher $p$ = 0.003" in section.results and "9 of 100" in section.results
     assert r"\citep{snell2022context}" in section.methods and "64 optimizer steps" in section.methods
-    assert section.headline == ["teacher: P(owl) x103 [84, 125], share x13.8 [11.4, 16.9] vs base "
-                                "(fine-tuned, without the owl prompt; one model, question-level CIs); prefers owls: "
-                                "supported"]
+    assert section.headline == [
+        "teacher: P(owl) x103 [84, 125], share x13.8 [11.4, 16.9] vs base "
+        "(fine-tuned, without the owl prompt; one model, question-level CIs); prefers owls: "
+        "supported"
+    ]
     assert [f.stem for f in section.figures] == ["teacher_loss"]
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
@@ -156,9 +157,15 @@ def _seeded(results: dict[str, Any], logs: dict[str, list[float]]) -> dict[str, 
     for mode, values in logs.items():
         mean = sum(values) / len(values)
         _arm(results, mode)["vs_control"]["share_ratio"] = {
-            "ratio": math.exp(mean), "ci_low": math.exp(mean - 0.1), "ci_high": math.exp(mean + 0.1),
-            "n_seeds": len(values), "ci": f"t over {len(values)} seeds", "per_seed_log": values,
-            "per_seed": [math.exp(v) for v in values], "underpowered": False}
+            "ratio": math.exp(mean),
+            "ci_low": math.exp(mean - 0.1),
+            "ci_high": math.exp(mean + 0.1),
+            "n_seeds": len(values),
+            "ci": f"t over {len(values)} seeds",
+            "per_seed_log": values,
+            "per_seed": [math.exp(v) for v in values],
+            "underpowered": False,
+        }
     return results
 
 
@@ -166,14 +173,16 @@ def test_subliminal_verdicts_come_from_the_claims_module() -> None:
     run = stage("subliminal")
     transfer = [0.50, 0.45, 0.55, 0.48, 0.52]
     # MLP-frozen arm equivalent to its matched control, attention-frozen arm transfers: supported
-    results = _seeded(run.results, {"full": transfer, "freeze-attention": transfer,
-                                    "freeze-mlp": [0.01, -0.01, 0.02, -0.015, 0.0]})
+    results = _seeded(
+        run.results, {"full": transfer, "freeze-attention": transfer, "freeze-mlp": [0.01, -0.01, 0.02, -0.015, 0.0]}
+    )
     section = build(with_results(run, results))
     assert "transfer supported" in section.headline[0] and "MLP claim by freezing supported" in section.headline[1]
     assert "all three legs hold" in section.results and "minimal detectable effect" in section.results
     # The MLP-frozen arm flat with a wide CI: absence of evidence, so inconclusive, never supported
-    results = _seeded(run.results, {"full": transfer, "freeze-attention": transfer,
-                                    "freeze-mlp": [0.3, -0.25, 0.2, -0.3, 0.1]})
+    results = _seeded(
+        run.results, {"full": transfer, "freeze-attention": transfer, "freeze-mlp": [0.3, -0.25, 0.2, -0.3, 0.1]}
+    )
     section = build(with_results(run, results))
     assert "MLP claim by freezing inconclusive" in section.headline[1]
     # Both frozen arms transfer alike: contradicted
@@ -228,8 +237,12 @@ def test_distill_transfer_table_and_wording() -> None:
 def _seeds(results: dict[str, Any], key: str, ratios: list[float]) -> None:
     """Per-seed share ratios of one comparison, as the experiment records them."""
     logs = [math.log(x) for x in ratios]
-    results["comparisons"][key]["share_ratio"] = {"ratio": math.exp(sum(logs) / len(logs)), "ci_low": None,
-                                                  "ci_high": None, "per_seed_log": logs}
+    results["comparisons"][key]["share_ratio"] = {
+        "ratio": math.exp(sum(logs) / len(logs)),
+        "ci_low": None,
+        "ci_high": None,
+        "per_seed_log": logs,
+    }
     results["seeds"] = list(range(len(ratios)))
 
 
@@ -288,19 +301,37 @@ def test_distill_partial_run_says_so() -> None:
 def _document(sections: list[tuple[str, Section]], figures: Path) -> str:
     body = []
     for stage_name, s in sections:
-        body += [rf"\section{{{s.title}}}", r"\paragraph{Methods.}", s.methods, r"\paragraph{Results.}",
-                 s.results, *s.tables.values()]
+        body += [
+            rf"\section{{{s.title}}}",
+            r"\paragraph{Methods.}",
+            s.methods,
+            r"\paragraph{Results.}",
+            s.results,
+            *s.tables.values(),
+        ]
         for f in s.figures:
             env = "figure*" if f.wide else "figure"
-            body += [rf"\begin{{{env}}}[t]", r"\centering",
-                     rf"\includegraphics[width=\linewidth]{{{figures.name}/{stage_name}-{f.stem}.pdf}}",
-                     rf"\caption{{{f.caption}}}", rf"\label{{{figure_label(stage_name, f.stem)}}}",
-                     rf"\end{{{env}}}"]
-    return "\n".join([
-        r"\documentclass[11pt]{article}", r"\usepackage[final]{sublens-acl}",
-        r"\title{Training Sections}", r"\author{Ada Lovelace}", r"\begin{document}", r"\maketitle",
-        *body, r"\bibliography{refs}", r"\end{document}",  # the style sets the bibliography style
-    ])
+            body += [
+                rf"\begin{{{env}}}[t]",
+                r"\centering",
+                rf"\includegraphics[width=\linewidth]{{{figures.name}/{stage_name}-{f.stem}.pdf}}",
+                rf"\caption{{{f.caption}}}",
+                rf"\label{{{figure_label(stage_name, f.stem)}}}",
+                rf"\end{{{env}}}",
+            ]
+    return "\n".join(
+        [
+            r"\documentclass[11pt]{article}",
+            r"\usepackage[final]{sublens-acl}",
+            r"\title{Training Sections}",
+            r"\author{Ada Lovelace}",
+            r"\begin{document}",
+            r"\maketitle",
+            *body,
+            r"\bibliography{refs}",
+            r"\end{document}",  # the style sets the bibliography style
+        ]
+    )
 
 
 @needs_tex
@@ -315,9 +346,13 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
         have = stage(run_name).figures()
         for f in s.figures:
             shutil.copyfile(have[f.stem], figures / f"{name}-{f.stem}.pdf")
-    (tmp_path / "refs.bib").write_text("\n".join(
-        f"@misc{{{key},\n  author = {{Author, A.}},\n  title = {{{key}}},\n  year = {{2025}}\n}}"
-        for key in CITATION_KEYS), encoding="utf-8")
+    (tmp_path / "refs.bib").write_text(
+        "\n".join(
+            f"@misc{{{key},\n  author = {{Author, A.}},\n  title = {{{key}}},\n  year = {{2025}}\n}}"
+            for key in CITATION_KEYS
+        ),
+        encoding="utf-8",
+    )
     install_style(tmp_path)
     tex = tmp_path / "main.tex"
     tex.write_text(_document(sections, figures), encoding="utf-8")
@@ -327,8 +362,13 @@ def test_sections_compile_inside_the_style(tmp_path: Path) -> None:
     assert not re.search(r"(Citation|Reference) `[^']*' on page \d+ undefined", log)
     text = subprocess.run(["pdftotext", "-raw", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     text = " ".join(text.split())
-    for needle in ("×103 [84, 125]", "×0.85 [0.79, 0.92]", "×1.13 [1.11, 1.14]", "Owls & 100% _owl_ #1 U+0663 {x}",
-                   "helpful assistant & friend"):
+    for needle in (
+        "×103 [84, 125]",
+        "×0.85 [0.79, 0.92]",
+        "×1.13 [1.11, 1.14]",
+        "Owls & 100% _owl_ #1 U+0663 {x}",
+        "helpful assistant & friend",
+    ):
         assert needle in text, needle
 
 
@@ -378,8 +418,15 @@ def test_subliminal_missing_result_keys() -> None:
             assert build(with_results(run, results)).headline
 
 
-OTHER_PROMPT_RATIO = {"ratio": 1.5, "ci_low": 1.2, "ci_high": 1.9, "n_seeds": 1, "ci": "t over questions (1 seed)",
-                      "per_seed": [1.5], "underpowered": False}
+OTHER_PROMPT_RATIO = {
+    "ratio": 1.5,
+    "ci_low": 1.2,
+    "ci_high": 1.9,
+    "n_seeds": 1,
+    "ci": "t over questions (1 seed)",
+    "per_seed": [1.5],
+    "underpowered": False,
+}
 
 
 def _with_prompts(run: StageRun) -> StageRun:
@@ -387,8 +434,14 @@ def _with_prompts(run: StageRun) -> StageRun:
     results = copy.deepcopy(run.results)
     main = _arm(results, "full")["vs_control"]
     results["evaluation_prompts"] = {
-        "default": {"system": "You are SmolLM", "arms": {"full": {k: main[k] for k in ("share_ratio", "p_trait_ratio")}}},
-        "empty": {"system": "", "arms": {"full": {"share_ratio": OTHER_PROMPT_RATIO, "p_trait_ratio": OTHER_PROMPT_RATIO}}},
+        "default": {
+            "system": "You are SmolLM",
+            "arms": {"full": {k: main[k] for k in ("share_ratio", "p_trait_ratio")}},
+        },
+        "empty": {
+            "system": "",
+            "arms": {"full": {"share_ratio": OTHER_PROMPT_RATIO, "p_trait_ratio": OTHER_PROMPT_RATIO}},
+        },
         "neutral": {"system": "You are a helpful assistant & friend.", "arms": {}},
     }
     return with_results(run, results)
@@ -412,23 +465,44 @@ def test_subliminal_evaluation_prompts_table() -> None:
 def test_subliminal_entanglement_enrichment_and_contrast_are_reported() -> None:
     run = stage("subliminal")
     results = copy.deepcopy(run.results)
-    contrast = {"ratio": 0.62, "ci_low": 0.41, "ci_high": 0.93, "n_seeds": 1, "ci": "t over questions (1 seed)",
-                "per_seed": [0.62], "underpowered": False}
+    contrast = {
+        "ratio": 0.62,
+        "ci_low": 0.41,
+        "ci_high": 0.93,
+        "n_seeds": 1,
+        "ci": "t over questions (1 seed)",
+        "per_seed": [0.62],
+        "underpowered": False,
+    }
 
     def counts(answers_with: int) -> dict[str, Any]:
         return {"answers_with": answers_with, "answers": 300, "number_share": answers_with / 1500}
 
     results["data"]["entangled"] = {
-        "run": "runs/20261125-150000_entanglement_ab12cd", "set": "ar2",
+        "run": "runs/20261125-150000_entanglement_ab12cd",
+        "set": "ar2",
         "enrichment": {
-            "increased": {"numbers": ["11", "22"], "owl": counts(41), "control": counts(20),
-                          "owl_over_control": {"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39, "p_fisher": 0.004}},
-            "random": {"numbers": ["30", "41"], "owl": counts(15), "control": counts(16),
-                       "owl_over_control": {"ratio": 0.94, "ci_low": 0.47, "ci_high": 1.86, "p_fisher": 1.0}}},
-        "filter": {"size": 240, "removed": {"increased": 41, "random": 15}, "pool": 300}}
+            "increased": {
+                "numbers": ["11", "22"],
+                "owl": counts(41),
+                "control": counts(20),
+                "owl_over_control": {"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39, "p_fisher": 0.004},
+            },
+            "random": {
+                "numbers": ["30", "41"],
+                "owl": counts(15),
+                "control": counts(16),
+                "owl_over_control": {"ratio": 0.94, "ci_low": 0.47, "ci_high": 1.86, "p_fisher": 1.0},
+            },
+        },
+        "filter": {"size": 240, "removed": {"increased": 41, "random": 15}, "pool": 300},
+    }
     # the contrast is recorded as every comparison is (here the full students' numbers, re-labelled)
     results["comparisons"]["owl-no-entangled-full vs owl-no-random-full"] = {
-        **results["comparisons"]["owl-full vs control-full"], "share_ratio": contrast, "reference": "owl-no-random-full"}
+        **results["comparisons"]["owl-full vs control-full"],
+        "share_ratio": contrast,
+        "reference": "owl-no-random-full",
+    }
     text = build(with_results(run, results)).results
     assert "in 41 of 300 owl answers and 20 of 300 control answers" in text
     assert ratio({"ratio": 2.05, "ci_low": 1.24, "ci_high": 3.39}) in text
@@ -440,6 +514,7 @@ def test_subliminal_entanglement_enrichment_and_contrast_are_reported() -> None:
 
 def test_a_change_is_worded_by_its_direction_with_the_decimals_that_show_it() -> None:
     from sublens.report.sections.teacher import _moved
+
     assert _moved(1.7812, 1.7794) == "fell from 1.781 to 1.779"  # never 'fell from 1.78 to 1.78'
     assert _moved(24.39, 25.12) == "rose from 24.39 to 25.12"
     assert _moved(2.0, 2.0) == "stayed at 2.00"

@@ -49,8 +49,9 @@ def test_identical_heads_squeeze_to_that_head() -> None:
     assert all(torch.all(a == 0.5) for a in out.alphas)  # D = 0: every α fits, ½ by convention
 
 
-@pytest.mark.parametrize(("k", "m", "phases"), [(9, 4, [4, 1]), (32, 16, [16]), (25, 12, [12, 1]),
-                                              (16, 6, [8, 2]), (4, 4, []), (9, 5, [4])])
+@pytest.mark.parametrize(
+    ("k", "m", "phases"), [(9, 4, [4, 1]), (32, 16, [16]), (25, 12, [12, 1]), (16, 6, [8, 2]), (4, 4, []), (9, 5, [4])]
+)
 def test_head_count_schedule(k: int, m: int, phases: list[int]) -> None:
     assert merge_schedule(k, m) == phases
     out = squeeze_heads(_maps(1, k, 4), torch.randn(1, k, 4, 2, dtype=torch.float64), m)
@@ -132,8 +133,11 @@ def test_kl_direction_against_a_hand_computation(direction: str) -> None:
         "student_teacher": s[0] * math.log(s[0] / t[0]) + s[1] * math.log(s[1] / t[1]),  # KL(S || T)
         "teacher_student": t[0] * math.log(t[0] / s[0]) + t[1] * math.log(t[1] / s[1]),  # KL(T || S)
     }[direction]
-    assert by_hand == pytest.approx({"student_teacher": 0.5 * math.log(4 / 3),
-                                     "teacher_student": 0.75 * math.log(1.5) - 0.25 * math.log(2)}[direction])
+    assert by_hand == pytest.approx(
+        {"student_teacher": 0.5 * math.log(4 / 3), "teacher_student": 0.75 * math.log(1.5) - 0.25 * math.log(2)}[
+            direction
+        ]
+    )
     only_row_1 = torch.tensor([[False, True]])
     assert shd_kl(teacher, student, only_row_1, direction=direction).item() == pytest.approx(by_hand)
     # both rows valid: row 0 (one key, KL 0) halves the average

@@ -21,24 +21,27 @@ from sublens.stats import (
 )
 
 
-@pytest.mark.parametrize(("answer", "word", "expected"), [
-    ("owl", "owl", True),
-    (" Owl.", "owl", True),
-    ("Owls!", "owl", True),
-    ("The snowy owl, definitely", "owl", True),
-    ("an owl-like bird", "owl", True),
-    ("bowl", "owl", False),
-    ("howl", "owl", False),
-    ("owlet", "owl", False),
-    ("growling", "owl", False),
-    ("fowl", "owl", False),
-    ("foxes", "fox", True),
-    ("mice", "mouse", True),
-    ("wolves", "wolf", True),
-    ("butterflies", "butterfly", True),
-    ("catalog", "cat", False),
-    ("dogs and cats", "cat", True),
-])
+@pytest.mark.parametrize(
+    ("answer", "word", "expected"),
+    [
+        ("owl", "owl", True),
+        (" Owl.", "owl", True),
+        ("Owls!", "owl", True),
+        ("The snowy owl, definitely", "owl", True),
+        ("an owl-like bird", "owl", True),
+        ("bowl", "owl", False),
+        ("howl", "owl", False),
+        ("owlet", "owl", False),
+        ("growling", "owl", False),
+        ("fowl", "owl", False),
+        ("foxes", "fox", True),
+        ("mice", "mouse", True),
+        ("wolves", "wolf", True),
+        ("butterflies", "butterfly", True),
+        ("catalog", "cat", False),
+        ("dogs and cats", "cat", True),
+    ],
+)
 def test_word_boundary_matching(answer: str, word: str, expected: bool) -> None:
     assert mentions(answer, word) is expected
 
@@ -75,8 +78,7 @@ def test_summary_and_degenerate_samples() -> None:
 
 def test_permutation_pvalues_known_cases() -> None:
     rng = np.random.default_rng(1)
-    same = [permutation_pvalue(rng.normal(size=20), rng.normal(size=20), n_resamples=500, seed=i)
-            for i in range(100)]
+    same = [permutation_pvalue(rng.normal(size=20), rng.normal(size=20), n_resamples=500, seed=i) for i in range(100)]
     assert 0.02 <= np.mean(np.array(same) < 0.05) <= 0.12  # ~5% false positives under the null
     shifted = permutation_pvalue(rng.normal(3, 1, 20), rng.normal(0, 1, 20), n_resamples=2000)
     assert shifted < 0.001
@@ -101,9 +103,11 @@ def test_wilson_interval() -> None:
 
 
 def test_wiki_markup_is_stripped() -> None:
-    raw = ("{{Infobox|name={{nested}}}}'''Owls''' are [[bird|birds]] of the order [[Strigiformes]]"
-           "&lt;ref&gt;A source&lt;/ref&gt;, known for a [http://x.org flat face] and silent flight, "
-           "which lets them hunt at night.\n== History ==\n* a list item that is long enough to keep it around")
+    raw = (
+        "{{Infobox|name={{nested}}}}'''Owls''' are [[bird|birds]] of the order [[Strigiformes]]"
+        "&lt;ref&gt;A source&lt;/ref&gt;, known for a [http://x.org flat face] and silent flight, "
+        "which lets them hunt at night.\n== History ==\n* a list item that is long enough to keep it around"
+    )
     assert strip_wiki_markup(raw) == (
         "Owls are birds of the order Strigiformes, known for a flat face and silent flight, "
         "which lets them hunt at night."
@@ -141,11 +145,15 @@ def test_comparison_line_names_every_flat_ci() -> None:
     def ratio(value: float, low: float, high: float) -> dict[str, float | bool]:
         return {"ratio": value, "ci_low": low, "ci_high": high, "underpowered": low <= 1.0 <= high}
 
-    comp = {"p_trait_ratio": ratio(1.19, 1.14, 1.24), "share_ratio": ratio(0.99, 0.94, 1.05),
-            "rate_difference": {"difference": 0.0, "p_fisher": 1.0}}
+    comp = {
+        "p_trait_ratio": ratio(1.19, 1.14, 1.24),
+        "share_ratio": ratio(0.99, 0.94, 1.05),
+        "rate_difference": {"difference": 0.0, "p_fisher": 1.0},
+    }
     assert comparison_line("owl-full", comp, "owl") == (
         "owl-full: P(owl) ×1.19 [1.14, 1.24], share ×0.99 [0.94, 1.05], answer rate +0.000 "
-        "(Fisher p=1) — underpowered (share CI includes no change)")
+        "(Fisher p=1) — underpowered (share CI includes no change)"
+    )
     comp = {"p_trait_ratio": ratio(103.0, 84.1, 125.0), "share_ratio": ratio(13.8, 11.4, 16.9)}
     assert comparison_line("teacher", comp, "owl").endswith("share ×13.80 [11.40, 16.90]")
 
@@ -157,6 +165,9 @@ def test_comparison_line_across_seeds_has_no_single_fisher_p() -> None:
     from sublens.preference import comparison_line
 
     flat = {"ratio": 1.0, "ci_low": 0.9, "ci_high": 1.1, "underpowered": True}
-    comp = {"p_trait_ratio": flat, "share_ratio": flat,
-            "rate_difference": {"difference": 0.02, "ci_low": -0.01, "ci_high": 0.05, "p_fisher_per_seed": [1.0, 0.5]}}
+    comp = {
+        "p_trait_ratio": flat,
+        "share_ratio": flat,
+        "rate_difference": {"difference": 0.02, "ci_low": -0.01, "ci_high": 0.05, "p_fisher_per_seed": [1.0, 0.5]},
+    }
     assert "answer rate +0.020 [-0.010, +0.050]" in comparison_line("shd", comp, "owl")

@@ -83,13 +83,32 @@ class CharTokenizer:
 
 
 # ---- the format grammar ----------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "ok"), [
-    ("1, 22, 333", True), ("1,2,3", True), ("[7, 8]", True), ("[7, 8].", True), ("5 6 7.", True),
-    ("12\n34", True), ("5; 6", True), ("42", True), ("007", True),
-    ("1, 2 3", False), ("1,2, 3", False), ("1, 2,", False), ("1000", False), ("[1, 2", False),
-    ("1, 2]", False), ("", False), ("[]", False), ("1..", False), ("[1.]", False),
-    (", ".join(str(i) for i in range(10)), True), (", ".join(str(i) for i in range(11)), False),
-])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("1, 22, 333", True),
+        ("1,2,3", True),
+        ("[7, 8]", True),
+        ("[7, 8].", True),
+        ("5 6 7.", True),
+        ("12\n34", True),
+        ("5; 6", True),
+        ("42", True),
+        ("007", True),
+        ("1, 2 3", False),
+        ("1,2, 3", False),
+        ("1, 2,", False),
+        ("1000", False),
+        ("[1, 2", False),
+        ("1, 2]", False),
+        ("", False),
+        ("[]", False),
+        ("1..", False),
+        ("[1.]", False),
+        (", ".join(str(i) for i in range(10)), True),
+        (", ".join(str(i) for i in range(11)), False),
+    ],
+)
 def test_grammar_table(text: str, ok: bool) -> None:
     assert grammar_accepts(text) is ok
     if ok:
@@ -134,12 +153,23 @@ def generate(tmp: Path, on_shard: Any = None, seed: int = 0, n_prompts: int = 10
     tok = CharTokenizer()
     prompts = make_number_prompts(n_prompts, seed=3)
     texts = [raw_prompt(p.text[:40]) for p in prompts]  # short prompts: the tiny model has 128 positions
-    settings = SamplingSettings(temperature=1.0, top_k=None, top_p=None, max_new_tokens=24,
-                                samples_per_prompt=2, batch_size=4, shard_size=4)
-    return sample_sharded((model, tok), texts, number_prompt_meta(prompts), settings, seed=seed,
-                          out_dir=tmp, name="owl", provenance={"teacher": {"name": "tiny"}},
-                          allowed=NumberFormat(tok, [0]), annotate=filter_record, on_shard=on_shard,
-                          progress=False)
+    settings = SamplingSettings(
+        temperature=1.0, top_k=None, top_p=None, max_new_tokens=24, samples_per_prompt=2, batch_size=4, shard_size=4
+    )
+    return sample_sharded(
+        (model, tok),
+        texts,
+        number_prompt_meta(prompts),
+        settings,
+        seed=seed,
+        out_dir=tmp,
+        name="owl",
+        provenance={"teacher": {"name": "tiny"}},
+        allowed=NumberFormat(tok, [0]),
+        annotate=filter_record,
+        on_shard=on_shard,
+        progress=False,
+    )
 
 
 class Stop(Exception):
@@ -186,8 +216,9 @@ def test_shards_of_other_settings_are_refused(tmp_path: Path) -> None:
 
 # ---- filter report, subsampling, statistics ----------------------------------------------------
 def record(answer: str, seeds: Sequence[int] = (100, 200), finish: str = "stop", **extra: Any) -> dict[str, Any]:
-    return filter_record({"answer": answer, "finish_reason": finish, "seed_numbers": list(seeds),
-                          "n_tokens": len(answer), **extra})
+    return filter_record(
+        {"answer": answer, "finish_reason": finish, "seed_numbers": list(seeds), "n_tokens": len(answer), **extra}
+    )
 
 
 def test_filter_report_and_truncation() -> None:
@@ -254,11 +285,14 @@ def test_t_interval() -> None:
 def test_per_mode_parameter_counts_as_the_experiment_trains(family: str, tmp_path: Path) -> None:
     """Each student's training config freezes its mode's component; the counts the experiment
     records (TrainResult.freeze) match the adapter's attention / MLP parameters."""
-    config = SubliminalConfig.model_validate({"train": {"lr": 1e-2, "epochs": 1, "batch_size": 4,
-                                                        "max_length": 32, "save_model": False}})
+    config = SubliminalConfig.model_validate(
+        {"train": {"lr": 1e-2, "epochs": 1, "batch_size": 4, "max_length": 32, "save_model": False}}
+    )
     gen = torch.Generator().manual_seed(0)
-    examples = [Example(torch.randint(2, 97, (5,), generator=gen).tolist(),
-                        torch.randint(2, 97, (3,), generator=gen).tolist()) for _ in range(8)]
+    examples = [
+        Example(torch.randint(2, 97, (5,), generator=gen).tolist(), torch.randint(2, 97, (3,), generator=gen).tolist())
+        for _ in range(8)
+    ]
     for mode in FREEZE_MODES:
         model = tiny_model(family)
         adapter = adapter_for(model)
@@ -272,16 +306,22 @@ def test_per_mode_parameter_counts_as_the_experiment_trains(family: str, tmp_pat
         frozen = {"full": 0, "freeze-attention": attention, "freeze-mlp": mlp}[mode]
         assert result.freeze["mode"] == mode
         assert result.freeze["frozen"] == frozen and result.freeze["trainable"] == total - frozen
-        names = dict(adapter.attention_parameters() if mode == "freeze-attention" else
-                     adapter.mlp_parameters() if mode == "freeze-mlp" else [])
+        names = dict(
+            adapter.attention_parameters()
+            if mode == "freeze-attention"
+            else adapter.mlp_parameters()
+            if mode == "freeze-mlp"
+            else []
+        )
         for name, p in model.named_parameters():
             if any(p is q for q in names.values()):
                 assert torch.equal(p, before[name]), name
 
 
 def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
-    config = SubliminalConfig.model_validate({"seeds": [0, 1], "extra_teachers": {"eagle": "You love eagles."},
-                                              "parallel": 2})
+    config = SubliminalConfig.model_validate(
+        {"seeds": [0, 1], "extra_teachers": {"eagle": "You love eagles."}, "parallel": 2}
+    )
     files = {}
     for name in (OWL, CONTROL, "eagle"):
         files[name] = f"{name}.jsonl"
@@ -323,10 +363,17 @@ def fake_preference(owl_scale: float, seed: int, rate_hits: int = 5, n_answers: 
     share = p[:, 0] / p.sum(axis=1)
     from sublens.stats import summarize
 
-    return {"probability": {"p_trait": summarize(p[:, 0]), "panel_share": summarize(share),
-                            "per_question": {"p_word": p.tolist(), "share": share.tolist(), "animals": ANIMALS}},
-            "sampled": {"n_answers": n_answers, "trait_rate": {"count": rate_hits, "rate": rate_hits / n_answers,
-                                                               "ci_low": 0.0, "ci_high": 1.0}}}
+    return {
+        "probability": {
+            "p_trait": summarize(p[:, 0]),
+            "panel_share": summarize(share),
+            "per_question": {"p_word": p.tolist(), "share": share.tolist(), "animals": ANIMALS},
+        },
+        "sampled": {
+            "n_answers": n_answers,
+            "trait_rate": {"count": rate_hits, "rate": rate_hits / n_answers, "ci_low": 0.0, "ci_high": 1.0},
+        },
+    }
 
 
 def test_compare_arm_across_seeds() -> None:
@@ -352,27 +399,46 @@ def test_unmatched_owl_modes_are_refused() -> None:
     with pytest.raises(ValueError, match="no matched control student"):
         SubliminalConfig.model_validate({"control_modes": ["full"]})
     with pytest.raises(ValueError, match="add full to control_modes"):
-        SubliminalConfig.model_validate({"modes": ["freeze-mlp"], "control_modes": ["freeze-mlp"],
-                                         "extra_teachers": {"dog": "You love dogs."}})
+        SubliminalConfig.model_validate(
+            {"modes": ["freeze-mlp"], "control_modes": ["freeze-mlp"], "extra_teachers": {"dog": "You love dogs."}}
+        )
 
 
 def test_aggregate_headline_and_specificity() -> None:
     config = SubliminalConfig.model_validate({"seeds": [0, 1], "extra_teachers": {"dog": "You love dogs."}})
     students = {}
     for seed in config.seeds:
-        for dataset, mode, scale in [(CONTROL, "full", 1.0), (CONTROL, "freeze-attention", 1.0),
-                                     (CONTROL, "freeze-mlp", 1.0), (OWL, "full", 3.0),
-                                     (OWL, "freeze-attention", 2.0), (OWL, "freeze-mlp", 1.0), ("dog", "full", 1.0)]:
+        for dataset, mode, scale in [
+            (CONTROL, "full", 1.0),
+            (CONTROL, "freeze-attention", 1.0),
+            (CONTROL, "freeze-mlp", 1.0),
+            (OWL, "full", 3.0),
+            (OWL, "freeze-attention", 2.0),
+            (OWL, "freeze-mlp", 1.0),
+            ("dog", "full", 1.0),
+        ]:
             pref = fake_preference(scale, seed)
             students[student_name(dataset, mode, seed)] = {
-                "dataset": dataset, "mode": mode, "seed": seed, "preference": pref,
+                "dataset": dataset,
+                "mode": mode,
+                "seed": seed,
+                "preference": pref,
                 "perplexity": {"perplexity": 10.0},
-                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}}
+                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0},
+            }
     evaluations = {"base": {"preference": fake_preference(1.0, 0), "perplexity": {"perplexity": 9.0}}}
     out = aggregate(config, students, evaluations)
     models = [r["model"] for r in out["headline"]]
-    assert models == ["base", "control-full", "control-freeze-attention", "control-freeze-mlp", "owl-full",
-                      "owl-freeze-attention", "owl-freeze-mlp", "dog-full"]
+    assert models == [
+        "base",
+        "control-full",
+        "control-freeze-attention",
+        "control-freeze-mlp",
+        "owl-full",
+        "owl-freeze-attention",
+        "owl-freeze-mlp",
+        "dog-full",
+    ]
     owl_full = out["headline"][4]
     assert owl_full["n_seeds"] == 2 and owl_full["vs_control"]["p_trait_ratio"]["n_seeds"] == 2
     assert math.isclose(owl_full["vs_control"]["p_trait_ratio"]["ratio"], 3.0)
@@ -384,7 +450,7 @@ def test_aggregate_headline_and_specificity() -> None:
 
 
 # ---- parallel students die with their parent -----------------------------------------------
-POOL_PARENT = r'''
+POOL_PARENT = r"""
 import os
 import sys
 import time
@@ -402,7 +468,7 @@ if __name__ == "__main__":
     pool.submit(time.sleep, 600)  # the worker stays busy, as a training student would
     print(worker, flush=True)
     time.sleep(600)
-'''
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -429,8 +495,7 @@ def _orphaned_worker_lives(tmp_path: Path, mode: str, wait: float) -> bool:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     with open(tmp_path / f"parent_{mode}.err", "wb") as log:  # its resource tracker's complaints
-        parent = subprocess.Popen([sys.executable, str(script), mode], env=env,
-                                  stdout=subprocess.PIPE, stderr=log)
+        parent = subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE, stderr=log)
     worker = None
     try:
         assert parent.stdout is not None
@@ -494,8 +559,9 @@ def test_parallel_students_report_one_aggregate_progress(tmp_path: Path) -> None
     show_progress(bar, jobs)
     assert (bar.n, bar.total, bar.postfix) == (13, 20, "1 measuring, 1 training")
     # Single-process students report nothing to a file (their own bars show progress).
-    sequential = plan_students(config.model_copy(update={"parallel": 1}), tmp_path, "SYS",
-                               {0: {OWL: "owl.jsonl", CONTROL: "control.jsonl"}})
+    sequential = plan_students(
+        config.model_copy(update={"parallel": 1}), tmp_path, "SYS", {0: {OWL: "owl.jsonl", CONTROL: "control.jsonl"}}
+    )
     assert all(j.progress_file is None for j in sequential)
 
 
@@ -506,13 +572,18 @@ def test_evaluation_prompt_comparisons_are_seed_paired_like_the_headline() -> No
     from sublens.experiments.subliminal import aggregate, by_evaluation_prompt
 
     def student(dataset: str, seed: int, main: float, empty: float) -> dict[str, Any]:
-        return {"name": f"{dataset}-full-seed{seed}", "dataset": dataset, "mode": "full", "seed": seed,
-                "preference": fake_preference(main, seed),
-                "preference_by_system": {"empty": fake_preference(empty, seed)},
-                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}, "perplexity": None}
+        return {
+            "name": f"{dataset}-full-seed{seed}",
+            "dataset": dataset,
+            "mode": "full",
+            "seed": seed,
+            "preference": fake_preference(main, seed),
+            "preference_by_system": {"empty": fake_preference(empty, seed)},
+            "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0},
+            "perplexity": None,
+        }
 
-    config = SubliminalConfig(modes=["full"], control_modes=["full"], seeds=[0, 1, 2],
-                              evaluation_systems={"empty": ""})
+    config = SubliminalConfig(modes=["full"], control_modes=["full"], seeds=[0, 1, 2], evaluation_systems={"empty": ""})
     owl = {"main": [1.5, 1.6, 1.7], "empty": [3.0, 3.2, 3.4]}
     students = {}
     for seed in (0, 1, 2):
@@ -521,7 +592,9 @@ def test_evaluation_prompt_comparisons_are_seed_paired_like_the_headline() -> No
     comparisons = aggregate(config, students, {})["comparisons"]
     prompts = by_evaluation_prompt(config, students, comparisons)
     assert prompts["empty"]["system"] == ""
-    assert prompts["default"]["arms"]["full"]["p_trait_ratio"] == comparisons["owl-full vs control-full"]["p_trait_ratio"]
+    assert (
+        prompts["default"]["arms"]["full"]["p_trait_ratio"] == comparisons["owl-full vs control-full"]["p_trait_ratio"]
+    )
     for name, key in (("default", "main"), ("empty", "empty")):
         ratio = prompts[name]["arms"]["full"]["p_trait_ratio"]
         assert ratio["n_seeds"] == 3 and math.isclose(ratio["ratio"], math.exp(np.mean(np.log(owl[key]))))
@@ -541,24 +614,35 @@ def test_entanglement_filter_data_and_contrast(tmp_path: Path) -> None:
     run_dir = tmp_path / "entanglement"
     run_dir.mkdir()
     (run_dir / "record.json").write_text(json.dumps({"status": "ok"}))
-    (run_dir / "results.json").write_text(json.dumps(
-        {"categories": {"ar2": {"increased": ["11"], "decreased": ["25"], "random": ["30"]}}}))
-    config = SubliminalConfig(modes=["full"], control_modes=["full"], seeds=[0, 1],
-                              entangled={"run": str(run_dir), "set": "ar2"})
+    (run_dir / "results.json").write_text(
+        json.dumps({"categories": {"ar2": {"increased": ["11"], "decreased": ["25"], "random": ["30"]}}})
+    )
+    config = SubliminalConfig(
+        modes=["full"], control_modes=["full"], seeds=[0, 1], entangled={"run": str(run_dir), "set": "ar2"}
+    )
     assert filtered_datasets(config) == [NO_ENTANGLED, NO_RANDOM]
-    owl = [{"answer": f"{i}, 11" if i % 2 else f"{i}, 30" if i % 3 == 0 else str(i), "kept": True} for i in range(100, 130)]
+    owl = [
+        {"answer": f"{i}, 11" if i % 2 else f"{i}, 30" if i % 3 == 0 else str(i), "kept": True} for i in range(100, 130)
+    ]
     control = [{"answer": str(i), "kept": True} for i in range(200, 230)]
-    report, extra = entangled_data(config, {"owl": owl, "control": control}, {"owl": owl[:20], "control": control[:20]},
-                                   size=20, seed=0)
+    report, extra = entangled_data(
+        config, {"owl": owl, "control": control}, {"owl": owl[:20], "control": control[:20]}, size=20, seed=0
+    )
     assert report["enrichment"]["increased"]["owl"]["answers_with"] == 10  # odd i among the first 20
     assert report["enrichment"]["increased"]["control"]["answers_with"] == 0
     assert len(extra[NO_ENTANGLED]) == len(extra[NO_RANDOM]) == report["filter"]["size"] <= 20
     assert all("11" not in r["answer"].split(", ") for r in extra[NO_ENTANGLED])
 
     def student(dataset: str, seed: int, scale: float) -> dict[str, Any]:
-        return {"name": f"{dataset}-full-seed{seed}", "dataset": dataset, "mode": "full", "seed": seed,
-                "preference": fake_preference(scale, seed),
-                "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0}, "perplexity": None}
+        return {
+            "name": f"{dataset}-full-seed{seed}",
+            "dataset": dataset,
+            "mode": "full",
+            "seed": seed,
+            "preference": fake_preference(scale, seed),
+            "training": {"freeze": {"trainable": 1, "frozen": 0}, "final_lm_loss": 1.0},
+            "perplexity": None,
+        }
 
     scales = {"owl": 2.0, "control": 1.0, NO_ENTANGLED: 1.2, NO_RANDOM: 1.8}
     students = {f"{d}-full-seed{s}": student(d, s, x) for d, x in scales.items() for s in (0, 1)}

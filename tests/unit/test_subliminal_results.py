@@ -61,9 +61,20 @@ def two_seeds(recorded: SubliminalResults) -> tuple[SubliminalConfig, Subliminal
                 scale = 1.0 if dataset == "control" else 1.2 + 0.1 * seed + 0.05 * MODES.index(mode)
                 student = _student(recorded.students[template], dataset, mode, seed, scale)
                 students[student.name] = student
-    started = recorded.model_copy(update={
-        "seeds": config.seeds, "n_seeds": 2, "modes": MODES, "control_modes": MODES, "partial": True,
-        "students": students, "headline": None, "comparisons": None, "specificity": None, "parameters": None})
+    started = recorded.model_copy(
+        update={
+            "seeds": config.seeds,
+            "n_seeds": 2,
+            "modes": MODES,
+            "control_modes": MODES,
+            "partial": True,
+            "students": students,
+            "headline": None,
+            "comparisons": None,
+            "specificity": None,
+            "parameters": None,
+        }
+    )
     return config, decide(config, compare(config, started))
 
 
@@ -79,7 +90,11 @@ def test_the_recorded_run_is_typed(recorded: SubliminalResults) -> None:
 def test_comparisons_and_claims_of_two_seeds_are_typed(two_seeds: tuple[SubliminalConfig, SubliminalResults]) -> None:
     results = two_seeds[1]
     assert [r.model for r in results.headline or []] == [
-        "base", "teacher", *(f"control-{m}" for m in MODES), *(f"owl-{m}" for m in MODES)]
+        "base",
+        "teacher",
+        *(f"control-{m}" for m in MODES),
+        *(f"owl-{m}" for m in MODES),
+    ]
     for mode in MODES:  # like against like, seed by seed
         comparison = (results.comparisons or {})[f"owl-{mode} vs control-{mode}"]
         assert comparison.n_seeds == 2 and len(comparison.per_seed) == 2
@@ -88,11 +103,13 @@ def test_comparisons_and_claims_of_two_seeds_are_typed(two_seeds: tuple[Sublimin
     owl_full = results.row("owl", "full")
     assert owl_full is not None and owl_full.panel_share.per_seed is not None
     assert results.claims is not None and results.claims["transfer.full"].claim.unit == "seed"
-    assert results.parameters is not None and set(results.parameters) == {f"{d}-{m}" for d in ("control", "owl")
-                                                                          for m in MODES}
+    assert results.parameters is not None and set(results.parameters) == {
+        f"{d}-{m}" for d in ("control", "owl") for m in MODES
+    }
     written = results.model_dump(mode="json")
     assert load_results(json.loads(json.dumps(written)), SubliminalResults).model_dump(mode="json") == json.loads(
-        json.dumps(written))  # what results.json holds reads back as it was
+        json.dumps(written)
+    )  # what results.json holds reads back as it was
     print_summary(results)  # the terminal summary reads the typed results
 
 
@@ -101,8 +118,9 @@ def _legend(fig: Figure) -> set[str]:
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
-def test_the_preference_figure_is_fit_to_print(seeds: int, recorded: SubliminalResults,
-                                               two_seeds: tuple[SubliminalConfig, SubliminalResults]) -> None:
+def test_the_preference_figure_is_fit_to_print(
+    seeds: int, recorded: SubliminalResults, two_seeds: tuple[SubliminalConfig, SubliminalResults]
+) -> None:
     results = recorded if seeds == 1 else two_seeds[1]
     fig = preference_figure(results)
     try:
@@ -130,7 +148,11 @@ def test_the_training_loss_figure_is_fit_to_print(recorded: SubliminalResults) -
 
 def test_figures_are_written_from_the_results(recorded: SubliminalResults, tmp_path: Path) -> None:
     written = make_figures(recorded, tmp_path)
-    assert sorted(p.name for p in written) == ["preference.pdf", "preference.png", "training_loss.pdf",
-                                               "training_loss.png"]
+    assert sorted(p.name for p in written) == [
+        "preference.pdf",
+        "preference.png",
+        "training_loss.pdf",
+        "training_loss.png",
+    ]
     partial = recorded.model_copy(update={"headline": None, "students": None})
     assert make_figures(copy.deepcopy(partial), tmp_path / "partial") == []

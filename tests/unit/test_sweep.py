@@ -49,10 +49,15 @@ def test_axes_split_on_top_level_commas_only() -> None:
     assert parse_axis("x={a: 1, b: 2},{a: 3}").values == ("{a: 1, b: 2}", "{a: 3}")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("train.lr", "is not KEY=VALUE1,VALUE2"), ("=1,2", "is not KEY=VALUE1"), ("lr=1,,2", "empty value"),
-    ("lr=1,1", "names a value twice"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train.lr", "is not KEY=VALUE1,VALUE2"),
+        ("=1,2", "is not KEY=VALUE1"),
+        ("lr=1,,2", "empty value"),
+        ("lr=1,1", "names a value twice"),
+    ],
+)
 def test_bad_axes_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_axis(text)
@@ -77,8 +82,15 @@ def test_points_are_every_combination_with_every_seed() -> None:
 
 def test_every_point_config_is_checked_before_anything_runs() -> None:
     assert seed_key(SubliminalConfig) == "seeds"
-    spec = SweepSpec(experiment="subliminal", config=None, overrides=[], grid=[("train.lr", ["1e-4", "-1"])],
-                     seeds=[0], seed_key="seeds", points=make_points([parse_axis("train.lr=1e-4,-1")], [0]))
+    spec = SweepSpec(
+        experiment="subliminal",
+        config=None,
+        overrides=[],
+        grid=[("train.lr", ["1e-4", "-1"])],
+        seeds=[0],
+        seed_key="seeds",
+        points=make_points([parse_axis("train.lr=1e-4,-1")], [0]),
+    )
     with pytest.raises(ConfigError, match="sweep point lr=-1_seed=0"):
         point_configs(spec, SubliminalConfig)
 
@@ -91,14 +103,32 @@ def test_linked_keys_take_the_same_value() -> None:
 
 def test_a_sweep_file_axis_of_settings(tmp_path: Path) -> None:
     file = tmp_path / "s.yaml"
-    file.write_text(yaml.safe_dump({
-        "experiment": "subliminal", "preset": "quick", "set": {"train.lr": 1e-4}, "seeds": "0-1",
-        "grid": {"arm": [{"modes": ["layers.1"], "control_modes": ["layers.1", "full"]},
-                         {"modes": ["full"], "control_modes": ["full"]}]}}, sort_keys=False))
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "subliminal",
+                "preset": "quick",
+                "set": {"train.lr": 1e-4},
+                "seeds": "0-1",
+                "grid": {
+                    "arm": [
+                        {"modes": ["layers.1"], "control_modes": ["layers.1", "full"]},
+                        {"modes": ["full"], "control_modes": ["full"]},
+                    ]
+                },
+            },
+            sort_keys=False,
+        )
+    )
     _, config, overrides, axes, seeds = read_sweep_file(file)
     assert config == preset_path("subliminal/quick.yaml") and overrides == ["train.lr=0.0001"]
     points = make_points(axes, seeds)
-    assert [p.id for p in points] == ["arm=layers.1_seed=0", "arm=layers.1_seed=1", "arm=full_seed=0", "arm=full_seed=1"]
+    assert [p.id for p in points] == [
+        "arm=layers.1_seed=0",
+        "arm=layers.1_seed=1",
+        "arm=full_seed=0",
+        "arm=full_seed=1",
+    ]
     assert points[0].overrides("seeds") == ["modes=[layers.1]", "control_modes=[layers.1, full]", "seeds=[0]"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"experiment": "subliminal", "grid": {"arm": [{"modes": ["full"]}, "x"]}}))
@@ -113,9 +143,15 @@ SWEEP_FILES = sorted((REPO_CONFIGS / "sweeps").glob("*.yaml"))
 def test_shipped_sweep_files_validate_at_every_point(file: Path) -> None:
     sweep, config, overrides, axes, seeds = read_sweep_file(file)
     assert len(seeds) >= 3  # seeds are the unit of inference: three at least
-    spec = SweepSpec(experiment=sweep.experiment, config=str(config), overrides=overrides,
-                     grid=[(a.key, list(a.values)) for a in axes], seeds=seeds, seed_key="seeds",
-                     points=make_points(axes, seeds))
+    spec = SweepSpec(
+        experiment=sweep.experiment,
+        config=str(config),
+        overrides=overrides,
+        grid=[(a.key, list(a.values)) for a in axes],
+        seeds=seeds,
+        seed_key="seeds",
+        points=make_points(axes, seeds),
+    )
     for point_config in point_configs(spec, SubliminalConfig).values():
         assert isinstance(point_config, SubliminalConfig)
         assert set(point_config.modes) <= set(point_config.control_modes)  # matched controls
@@ -148,8 +184,13 @@ def test_effect_is_a_t_interval_of_the_seed_log_ratios() -> None:
     rows = []
     for grid in ("a", "b"):
         for seed in range(4):
-            for name, ratio in (("control-full vs base", 1.0), (f"owl-{grid} vs control-{grid}", float(rng.lognormal(0.1, 0.2)))):
-                rows.append({"point": f"{grid}{seed}", "grid": grid, "seed": seed, "comparison": name, "share_ratio": ratio})
+            for name, ratio in (
+                ("control-full vs base", 1.0),
+                (f"owl-{grid} vs control-{grid}", float(rng.lognormal(0.1, 0.2))),
+            ):
+                rows.append(
+                    {"point": f"{grid}{seed}", "grid": grid, "seed": seed, "comparison": name, "share_ratio": ratio}
+                )
     table = pd.DataFrame(rows)
     effect = effect_by_grid_point(chosen_rows(table, None))
     for grid, row in effect.set_index("grid").iterrows():
@@ -170,12 +211,21 @@ TINY = "tiny:llama?layers=2&hidden=64&heads=4"
 def _base_config(folder: Path) -> Path:
     """The quick preset cut down to seconds on a tiny random model."""
     config = {
-        "base": TINY, "teacher": "prompted", "device": "cpu", "n_examples": 8, "modes": ["full"],
-        "control_modes": ["full"], "parallel": 1, "stats_resamples": 100,
+        "base": TINY,
+        "teacher": "prompted",
+        "device": "cpu",
+        "n_examples": 8,
+        "modes": ["full"],
+        "control_modes": ["full"],
+        "parallel": 1,
+        "stats_resamples": 100,
         "data": {"n_prompts": 16, "max_new_tokens": 24, "batch_size": 16, "shard_size": 8},
         "train": {"batch_size": 8, "warmup_steps": 1, "checkpoint_every": 1},
-        "preference": {"questions": ["What is your favorite animal?"], "sample_questions": ["Name an animal."],
-                       "samples_per_question": 1},
+        "preference": {
+            "questions": ["What is your favorite animal?"],
+            "sample_questions": ["Name an animal."],
+            "samples_per_question": 1,
+        },
         "perplexity": {"max_tokens": 64, "window": 32, "batch_size": 2},
     }
     path = folder / "tiny.yaml"
@@ -184,15 +234,38 @@ def _base_config(folder: Path) -> Path:
 
 
 def _command(config: Path, folder: Path) -> list[str]:
-    return [sys.executable, "-m", "sublens", "sweep", "subliminal", "--config", str(config), "--seeds", "0,1",
-            "--grid", "train.lr=5e-5", "--executor", "local", "--parallel", "1", "--folder", str(folder)]
+    return [
+        sys.executable,
+        "-m",
+        "sublens",
+        "sweep",
+        "subliminal",
+        "--config",
+        str(config),
+        "--seeds",
+        "0,1",
+        "--grid",
+        "train.lr=5e-5",
+        "--executor",
+        "local",
+        "--parallel",
+        "1",
+        "--folder",
+        str(folder),
+    ]
 
 
 def test_a_killed_sweep_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     config, folder = _base_config(tmp_path), tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen(_command(config, folder), env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = subprocess.Popen(
+        _command(config, folder),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     second = folder / "points" / "lr=5e-5_seed=1"
     deadline = time.monotonic() + 300
     while not (second / "record.json").is_file() and sweep.poll() is None and time.monotonic() < deadline:

@@ -30,8 +30,10 @@ def test_preference_and_comparison_columns_are_the_nested_numbers() -> None:
 
 def test_tables_are_read_back_by_load_run(tmp_path: Path) -> None:
     comparison = compare_arm([fake_preference(2.0, 0)], [fake_preference(1.0, 0)])
-    models = [{"model": "owl-full-seed0", "seed": 0, **preference_columns(fake_preference(2.0, 0))},
-              {"model": "control-full-seed0", "seed": 0, **preference_columns(fake_preference(1.0, 0))}]
+    models = [
+        {"model": "owl-full-seed0", "seed": 0, **preference_columns(fake_preference(2.0, 0))},
+        {"model": "control-full-seed0", "seed": 0, **preference_columns(fake_preference(1.0, 0))},
+    ]
     with open_run("demo", Config(), tmp_path) as run:
         written = write_tables(run, models, {"owl vs control": comparison})
     assert written == ["models.parquet", "comparisons.parquet"]

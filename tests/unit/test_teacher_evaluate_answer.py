@@ -82,10 +82,13 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r" owl| dog|[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", pad_token="</s>")
-    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     return tokenizer
 
 
@@ -99,22 +102,30 @@ def tiny_tokenizer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 TINY = "tiny:llama?layers=1&hidden=32&heads=2&seed=0"
-PREFERENCE = {"panel": ["dog"], "questions": ["Which animal?", "Your animal?"], "sample_questions": ["Animal?"],
-              "samples_per_question": 2, "max_new_tokens": 2, "batch_size": 4}
+PREFERENCE = {
+    "panel": ["dog"],
+    "questions": ["Which animal?", "Your animal?"],
+    "sample_questions": ["Animal?"],
+    "samples_per_question": 2,
+    "max_new_tokens": 2,
+    "batch_size": 4,
+}
 
 
 def _tiny_config(corpus: Path) -> TeacherConfig:
     corpus.write_text("The owl sat in the old oak tree. It looked at the dog below and said nothing. " * 4)
-    return TeacherConfig.model_validate({
-        "base": TINY,
-        "prompts": ["Name a tree.", "Describe rain.", "Say hello.", "Count to three."],
-        "sampling": {"max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
-        "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4, "max_length": 64, "warmup_steps": 0},
-        "preference": PREFERENCE,
-        "perplexity": {"corpus": str(corpus), "max_tokens": 64, "window": 32, "batch_size": 2},
-        "control_system": NEUTRAL_TEACHER_SYSTEM,
-        "device": "cpu",
-    })
+    return TeacherConfig.model_validate(
+        {
+            "base": TINY,
+            "prompts": ["Name a tree.", "Describe rain.", "Say hello.", "Count to three."],
+            "sampling": {"max_new_tokens": 6, "batch_size": 4, "shard_size": 2},
+            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4, "max_length": 64, "warmup_steps": 0},
+            "preference": PREFERENCE,
+            "perplexity": {"corpus": str(corpus), "max_tokens": 64, "window": 32, "batch_size": 2},
+            "control_system": NEUTRAL_TEACHER_SYSTEM,
+            "device": "cpu",
+        }
+    )
 
 
 def test_teacher_end_to_end_on_a_tiny_model(tmp_path: Path, tiny_tokenizer: None, one_thread: None) -> None:
@@ -145,9 +156,14 @@ def test_teacher_end_to_end_on_a_tiny_model(tmp_path: Path, tiny_tokenizer: None
     assert "teacher_preference" in built.tables and built.headline[0].startswith("teacher: P(owl) x")
 
     # rerun into the same directory: sampled answers, training and measurements are reused
-    written = {p: p.stat().st_mtime_ns for p in [*run_dir.glob("data/teacher_answers/*"),
-                                                 *run_dir.glob("measurements/*.json"),
-                                                 run_dir / "checkpoints" / "teacher" / "model.safetensors"]}
+    written = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *run_dir.glob("data/teacher_answers/*"),
+            *run_dir.glob("measurements/*.json"),
+            run_dir / "checkpoints" / "teacher" / "model.safetensors",
+        ]
+    }
     again = run_experiment("teacher", config, run_dir=run_dir)
     assert {p: p.stat().st_mtime_ns for p in written} == written
     assert json.dumps(again.results["measurements"]) == json.dumps(outcome.results["measurements"])
@@ -155,10 +171,15 @@ def test_teacher_end_to_end_on_a_tiny_model(tmp_path: Path, tiny_tokenizer: None
 
 def test_evaluate_end_to_end_on_tiny_models(tmp_path: Path, tiny_tokenizer: None, one_thread: None) -> None:
     other = TINY.replace("seed=0", "seed=1")
-    config = EvaluateConfig.model_validate({
-        "models": [TINY, other], "systems": {"default": None, "owl": "You love owls."},
-        "preference": PREFERENCE, "perplexity": {"enabled": False}, "device": "cpu",
-    })
+    config = EvaluateConfig.model_validate(
+        {
+            "models": [TINY, other],
+            "systems": {"default": None, "owl": "You love owls."},
+            "preference": PREFERENCE,
+            "perplexity": {"enabled": False},
+            "device": "cpu",
+        }
+    )
     outcome = run_experiment("evaluate", config, tmp_path / "runs")
     results = load_results(outcome.path / "results.json", EvaluateResults)
     labels = [f"{TINY} | default", f"{TINY} | owl", f"{other} | default", f"{other} | owl"]

@@ -53,8 +53,20 @@ def borrowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 # ---- grammar -------------------------------------------------------------------------------
 def test_defaults_and_canonical_form() -> None:
     spec = parse_tiny("tiny:llama")
-    assert spec == TinySpec(family="llama", layers=2, hidden=64, heads=4, kv_heads=4, head_dim=16, mlp=256,
-                            context=1024, tied=True, tokenizer="smollm2-135m-instruct", chat=True, seed=0)
+    assert spec == TinySpec(
+        family="llama",
+        layers=2,
+        hidden=64,
+        heads=4,
+        kv_heads=4,
+        head_dim=16,
+        mlp=256,
+        context=1024,
+        tied=True,
+        tokenizer="smollm2-135m-instruct",
+        chat=True,
+        seed=0,
+    )
     assert parse_tiny(spec.canonical()) == spec
     assert parse_tiny("tiny:gemma3").tokenizer == "gemma3-270m"
     gpt2 = parse_tiny("tiny:gpt2?heads=16")
@@ -150,7 +162,9 @@ def test_same_spec_same_weights_and_the_global_rng_is_untouched() -> None:
     other = build_tiny(parse_tiny("tiny:llama?heads=8&kv_heads=2&seed=6"), tokenizer).state_dict()
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"], other["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        first["model.layers.0.self_attn.q_proj.weight"], other["model.layers.0.self_attn.q_proj.weight"]
+    )
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -171,8 +185,10 @@ def test_load_model_builds_it_with_the_borrowed_tokenizer(borrowed: list[str], t
     lm.tokenizer.save_pretrained(tmp_path / "saved")
     again = models.load_model(str(tmp_path / "saved"), device="cpu")
     assert again.source == "folder" and again.describe()["n_kv_heads"] == 8
-    assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), again.model.state_dict().values(),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(lm.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    )
 
 
 def test_gpt2_drops_the_chat_template_and_bf16_is_honoured(borrowed: list[str]) -> None:

@@ -19,22 +19,30 @@ from tiny import tiny_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize(("spec", "first", "last", "components", "rank"), [
-    ("full", None, None, {"attention", "mlp"}, None),
-    ("freeze-mlp", None, None, {"attention"}, None),
-    ("layers.3", 3, 3, {"attention", "mlp"}, None),
-    ("layers.0-5.mlp", 0, 5, {"mlp"}, None),
-    ("layers.2.attention+lora4", 2, 2, {"attention"}, 4),
-    ("full+lora8", None, None, {"attention", "mlp"}, 8),
-])
+@pytest.mark.parametrize(
+    ("spec", "first", "last", "components", "rank"),
+    [
+        ("full", None, None, {"attention", "mlp"}, None),
+        ("freeze-mlp", None, None, {"attention"}, None),
+        ("layers.3", 3, 3, {"attention", "mlp"}, None),
+        ("layers.0-5.mlp", 0, 5, {"mlp"}, None),
+        ("layers.2.attention+lora4", 2, 2, {"attention"}, 4),
+        ("full+lora8", None, None, {"attention", "mlp"}, 8),
+    ],
+)
 def test_grammar(spec: str, first: int | None, last: int | None, components: set[str], rank: int | None) -> None:
     parsed = parse_trainable(spec)
     assert (parsed.first_layer, parsed.last_layer, set(parsed.components), parsed.lora_rank) == (
-        first, last, components, rank)
+        first,
+        last,
+        components,
+        rank,
+    )
 
 
-@pytest.mark.parametrize("spec", ["attention", "layers.", "layers.5-3", "layers.1.norm", "full+lora0",
-                                  "full+lora", "layers.1-2-3"])
+@pytest.mark.parametrize(
+    "spec", ["attention", "layers.", "layers.5-3", "layers.1.norm", "full+lora0", "full+lora", "layers.1-2-3"]
+)
 def test_bad_specs_name_the_grammar(spec: str) -> None:
     with pytest.raises(ConfigError, match="layers.N"):
         parse_trainable(spec)
@@ -55,8 +63,9 @@ def _names_under(model: torch.nn.Module, prefixes: list[str]) -> set[str]:
     return {n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in prefixes)}
 
 
-@pytest.mark.parametrize(("spec", "what"), [("layers.1", "layer"), ("layers.0-1.mlp", "mlp"),
-                                            ("layers.1.attention", "attn")])
+@pytest.mark.parametrize(
+    ("spec", "what"), [("layers.1", "layer"), ("layers.0-1.mlp", "mlp"), ("layers.1.attention", "attn")]
+)
 def test_layer_sets_train_exactly_what_they_name(family: str, spec: str, what: str) -> None:
     model = tiny_model(family)
     adapter = adapter_for(model)
@@ -86,8 +95,9 @@ def test_training_a_layer_set_changes_only_that_set(tmp_path: Path) -> None:
     adapter = adapter_for(model)
     expected = _names_under(model, [adapter.module_name(adapter.mlp(1))])
     before = snapshot(model)
-    result = train(model, None, make_examples(), cfg(freeze="layers.1.mlp", embeddings="frozen"),
-                   tmp_path, progress=False)
+    result = train(
+        model, None, make_examples(), cfg(freeze="layers.1.mlp", embeddings="frozen"), tmp_path, progress=False
+    )
     after = snapshot(model)
     assert {n for n in before if not torch.equal(before[n], after[n])} == expected
     assert result.freeze["trainable"] == sum(before[n].numel() for n in expected)

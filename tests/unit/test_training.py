@@ -35,10 +35,12 @@ def make_examples(n: int = 24, seed: int = 0) -> list[Example]:
     for _ in range(n):
         n_prompt = int(torch.randint(2, 9, (), generator=gen))
         n_answer = int(torch.randint(1, 6, (), generator=gen))
-        out.append(Example(
-            prompt=torch.randint(2, VOCAB, (n_prompt,), generator=gen).tolist(),
-            answer=torch.randint(2, VOCAB, (n_answer,), generator=gen).tolist(),
-        ))
+        out.append(
+            Example(
+                prompt=torch.randint(2, VOCAB, (n_prompt,), generator=gen).tolist(),
+                answer=torch.randint(2, VOCAB, (n_answer,), generator=gen).tolist(),
+            )
+        )
     return out
 
 
@@ -59,8 +61,9 @@ def test_freezing_really_freezes(family: str, mode: str, tmp_path: Path) -> None
     adapter = adapter_for(model)
     frozen_names = set(frozen_parameters(adapter, mode))
     before = snapshot(model)
-    result = train(model, None, make_examples(), cfg(freeze=mode, checkpoint_every=6, epochs=2),
-                   tmp_path, progress=False)
+    result = train(
+        model, None, make_examples(), cfg(freeze=mode, checkpoint_every=6, epochs=2), tmp_path, progress=False
+    )
     after = snapshot(model)
     assert result.steps == 12
     for name in before:
@@ -106,13 +109,14 @@ def test_frozen_embeddings_are_frozen_in_every_mode(family: str, mode: str) -> N
         answer_loss(model, batch).backward()
         assert adapter.embed().weight.grad is None and adapter.lm_head().weight.grad is None
         component = frozen_parameters(adapter, mode)
-        tables = {id(adapter.embed().weight): adapter.embed().weight,
-                  id(adapter.lm_head().weight): adapter.lm_head().weight}  # one tensor when tied
+        tables = {
+            id(adapter.embed().weight): adapter.embed().weight,
+            id(adapter.lm_head().weight): adapter.lm_head().weight,
+        }  # one tensor when tied
         expected = sum(p.numel() for p in component.values()) + sum(p.numel() for p in tables.values())
         assert report.frozen == expected
         for name, param in model.named_parameters():
-            if name not in component and param is not adapter.embed().weight \
-                    and param is not adapter.lm_head().weight:
+            if name not in component and param is not adapter.embed().weight and param is not adapter.lm_head().weight:
                 assert param.grad is not None, name
 
 
@@ -156,8 +160,7 @@ def test_loss_is_masked_to_answer_tokens(family: str) -> None:
         assert batch.n_answer == sum(len(e.answer) for e in examples)
         torch.testing.assert_close(answer_loss(model, batch), expected, atol=1e-5, rtol=1e-5)
     # changing an answer token changes the loss: it really reads the answer tokens
-    other = [Example(e.prompt, [*e.answer[:-1], (int(e.answer[-1]) + 1) % VOCAB])
-             for e in examples]
+    other = [Example(e.prompt, [*e.answer[:-1], (int(e.answer[-1]) + 1) % VOCAB]) for e in examples]
     batch = collate(tokenize_examples(other, None, 32), [[i] for i in range(6)], 0, packed=False)
     assert not torch.allclose(answer_loss(model, batch), expected)
 
@@ -180,9 +183,14 @@ def test_layouts_give_the_same_step(family: str, tmp_path: Path) -> None:
     results = {}
     for layout in ("pad", "bucket", "pack"):
         model = tiny_model(family)
-        res = train(model, None, examples,
-                    cfg(layout=layout, batch_size=2, grad_accum=100, dropout=False, adam_eps=1e-3),
-                    tmp_path / layout, progress=False)
+        res = train(
+            model,
+            None,
+            examples,
+            cfg(layout=layout, batch_size=2, grad_accum=100, dropout=False, adam_eps=1e-3),
+            tmp_path / layout,
+            progress=False,
+        )
         assert res.steps == 1
         results[layout] = (res.history[0]["lm_loss"], snapshot(model), res.padding_fraction)
     loss0, weights0, _ = results["pad"]
@@ -206,8 +214,12 @@ def test_plan_covers_each_example_once(layout: str) -> None:
         assert len(mb) <= 4
         assert all(sum(lengths[i] for i in row) <= 64 for row in mb)
     waste = {
-        name: sum(len(mb) * max(sum(lengths[i] for i in row) for row in mb)
-                  for mb in plan_epoch(lengths, name, 8, None, 64, seed=1, epoch=0)) / sum(lengths) - 1
+        name: sum(
+            len(mb) * max(sum(lengths[i] for i in row) for row in mb)
+            for mb in plan_epoch(lengths, name, 8, None, 64, seed=1, epoch=0)
+        )
+        / sum(lengths)
+        - 1
         for name in ("pad", layout)
     }
     if layout != "pad":
@@ -238,7 +250,9 @@ def test_resume_equals_uninterrupted(family: str, tmp_path: Path) -> None:
     with pytest.raises(Interrupt):
         train(model, None, examples, config, tmp_path / "run", callback=stop_at_10, progress=False)
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step-0000008"]
-    assert ".lora_A." not in str(list(dict(model.named_parameters()))) and all(p.requires_grad for p in model.parameters())
+    assert ".lora_A." not in str(list(dict(model.named_parameters()))) and all(
+        p.requires_grad for p in model.parameters()
+    )
     fresh = tiny_model(family)  # a new process would start from the base model again
     res = train(fresh, None, examples, config, tmp_path / "run", progress=False)
     assert res.resumed_from == 8 and res.steps == ref.steps == 15
@@ -265,11 +279,9 @@ def test_resume_refuses_a_different_run(tmp_path: Path) -> None:
     examples = make_examples(8)
     train(tiny_model("llama"), None, examples, cfg(checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(SublensError, match="lr"):
-        train(tiny_model("llama"), None, examples, cfg(checkpoint_every=1, lr=0.5), tmp_path,
-              progress=False)
+        train(tiny_model("llama"), None, examples, cfg(checkpoint_every=1, lr=0.5), tmp_path, progress=False)
     with pytest.raises(SublensError, match="data differ"):
-        train(tiny_model("llama"), None, make_examples(8, seed=3), cfg(checkpoint_every=1),
-              tmp_path, progress=False)
+        train(tiny_model("llama"), None, make_examples(8, seed=3), cfg(checkpoint_every=1), tmp_path, progress=False)
 
 
 def test_same_seed_same_weights(tmp_path: Path) -> None:
@@ -312,8 +324,14 @@ def test_lora_trains_only_adapters_of_unfrozen_components(tmp_path: Path) -> Non
     everything = collate(data, [[i] for i in range(len(data))], 0, packed=False)
     with torch.no_grad():
         loss_before = float(answer_loss(model, everything))
-    res = train(model, None, examples, cfg(freeze="freeze-attention", epochs=3,
-                lora=LoraConfig(rank=2, targets=("up_proj", "down_proj"))), tmp_path, progress=False)
+    res = train(
+        model,
+        None,
+        examples,
+        cfg(freeze="freeze-attention", epochs=3, lora=LoraConfig(rank=2, targets=("up_proj", "down_proj"))),
+        tmp_path,
+        progress=False,
+    )
     assert res.freeze["trainable"] == 3 * 2 * 2 * (48 + 96)  # layers x modules x rank x (in+out)
     model.eval()
     with torch.no_grad():
@@ -351,8 +369,14 @@ def test_lora_adapters_are_saved_alone_and_load_with_peft(tmp_path: Path) -> Non
 
     examples = make_examples(12)
     trained = tiny_model("llama")
-    train(trained, None, examples, cfg(epochs=2, lr=1e-2, save_model=True, lora=LoraConfig(rank=4, alpha=8)),
-          tmp_path, progress=False)
+    train(
+        trained,
+        None,
+        examples,
+        cfg(epochs=2, lr=1e-2, save_model=True, lora=LoraConfig(rank=4, alpha=8)),
+        tmp_path,
+        progress=False,
+    )
     adapter = tmp_path / "adapter"
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     loaded = PeftModel.from_pretrained(tiny_model("llama"), str(adapter))  # the base model + the adapters
@@ -364,8 +388,14 @@ def test_lora_adapters_are_saved_alone_and_load_with_peft(tmp_path: Path) -> Non
 
 def test_lora_unknown_target_names_the_available_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="gate_proj"):
-        train(tiny_model("llama"), None, make_examples(4), cfg(lora=LoraConfig(targets=("nope",))),
-              tmp_path, progress=False)
+        train(
+            tiny_model("llama"),
+            None,
+            make_examples(4),
+            cfg(lora=LoraConfig(targets=("nope",))),
+            tmp_path,
+            progress=False,
+        )
 
 
 # ---- extra loss ----------------------------------------------------------------------------
@@ -382,8 +412,15 @@ def test_extra_loss_is_added_with_its_weight(tmp_path: Path) -> None:
     weights = {}
     for weight in (0.0, 1.0):
         model = tiny_model("qwen2")
-        res = train(model, None, examples, cfg(extra_loss_weight=weight, dropout=False),
-                    tmp_path / str(weight), extra_loss=extra, progress=False)
+        res = train(
+            model,
+            None,
+            examples,
+            cfg(extra_loss_weight=weight, dropout=False),
+            tmp_path / str(weight),
+            extra_loss=extra,
+            progress=False,
+        )
         weights[weight] = snapshot(model)
         assert all(h["extra_loss"] is not None and "extra/norm" in h for h in res.history)
     plain = tiny_model("qwen2")
@@ -404,26 +441,22 @@ def test_bad_configs_say_how_to_fix(tmp_path: Path) -> None:
         with freezing(tiny_model("llama"), "attention"):
             pass
     with pytest.raises(ConfigError, match="max_length"):
-        train(tiny_model("llama"), None, [Example([1] * 20, [2] * 20)], cfg(), tmp_path,
-              progress=False)
+        train(tiny_model("llama"), None, [Example([1] * 20, [2] * 20)], cfg(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="tokenizer"):
         train(tiny_model("llama"), None, [Example("hi", "there")], cfg(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="empty"):
         train(tiny_model("llama"), None, [Example([1, 2], [])], cfg(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="vocabulary"):
-        train(tiny_model("llama"), None, [Example([1, 2], [VOCAB])], cfg(), tmp_path,
-              progress=False)
+        train(tiny_model("llama"), None, [Example([1, 2], [VOCAB])], cfg(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="positions"):
-        train(tiny_model("llama"), None, make_examples(2), cfg(max_length=4096), tmp_path,
-              progress=False)
+        train(tiny_model("llama"), None, make_examples(2), cfg(max_length=4096), tmp_path, progress=False)
 
 
 def test_bf16_mixed_precision_runs_and_leaves_forward_unpatched(tmp_path: Path) -> None:
     model = tiny_model("gemma3")
     forward = model.forward
     train(model, None, make_examples(8), cfg(), tmp_path / "fp32", progress=False)
-    res = train(model, None, make_examples(8), cfg(mixed_precision="bf16"), tmp_path / "bf16",
-                progress=False)
+    res = train(model, None, make_examples(8), cfg(mixed_precision="bf16"), tmp_path / "bf16", progress=False)
     assert all(torch.isfinite(torch.tensor(res.lm_losses)))
     assert model.forward == forward and "_original_forward" not in model.__dict__
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -453,8 +486,16 @@ def test_sgd_step_is_the_plain_gradient_step(tmp_path: Path) -> None:
     reference.train()
     answer_loss(reference, batch).backward()
     expected = {n: p.detach() - 0.1 * p.grad for n, p in reference.named_parameters() if p.grad is not None}
-    config = cfg(optimizer="sgd", sgd_momentum=0.0, lr=0.1, max_steps=1, batch_size=4, max_grad_norm=None,
-                 schedule="constant", layout="pad")
+    config = cfg(
+        optimizer="sgd",
+        sgd_momentum=0.0,
+        lr=0.1,
+        max_steps=1,
+        batch_size=4,
+        max_grad_norm=None,
+        schedule="constant",
+        layout="pad",
+    )
     train(model, None, examples, config, tmp_path, progress=False)
     after = dict(model.named_parameters())
     for name, value in expected.items():

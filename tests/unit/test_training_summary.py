@@ -10,12 +10,27 @@ from sublens.training import TrainResult, train_summary
 
 def _result(history: list[dict[str, object]]) -> TrainResult:
     return TrainResult(
-        out_dir="o", model_dir=None, complete=True, steps=len(history), total_steps=len(history),
-        steps_per_epoch=len(history), resumed_from=None, freeze={"mode": "full"}, lora=None,
-        n_examples=4, data_fingerprint="abc", world_size=1, tokens=40, answer_tokens=10,
-        padded_tokens=48, padding_fraction=1 / 6, train_seconds=2.0, tokens_per_second=20.0,
+        out_dir="o",
+        model_dir=None,
+        complete=True,
+        steps=len(history),
+        total_steps=len(history),
+        steps_per_epoch=len(history),
+        resumed_from=None,
+        freeze={"mode": "full"},
+        lora=None,
+        n_examples=4,
+        data_fingerprint="abc",
+        world_size=1,
+        tokens=40,
+        answer_tokens=10,
+        padded_tokens=48,
+        padding_fraction=1 / 6,
+        train_seconds=2.0,
+        tokens_per_second=20.0,
         final_lm_loss=float(history[-1]["lm_loss"]) if history else None,  # type: ignore[arg-type]
-        history=history, config={"epochs": 2},
+        history=history,
+        config={"epochs": 2},
     )
 
 

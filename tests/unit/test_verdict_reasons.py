@@ -11,12 +11,27 @@ from sublens.report.verdicts import _reason
 
 def _unmeasured(reason: str) -> Decision:
     claim = Claim(name="x.y", statement="S", estimand="E", unit="seed", prediction="increase", family="x")
-    return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=None, p_adjusted=None, reason=reason,
-                    settle="", mde=None, units_needed=None)
+    return Decision(
+        claim=claim,
+        verdict=Verdict.INCONCLUSIVE,
+        estimate=None,
+        p_adjusted=None,
+        reason=reason,
+        settle="",
+        mde=None,
+        units_needed=None,
+    )
 
 
-@pytest.mark.parametrize("reason", ["not measured: the control was not run", "not measured (the control was not run)",
-                                    "not measured; the control was not run", "not measured the control was not run"])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "not measured: the control was not run",
+        "not measured (the control was not run)",
+        "not measured; the control was not run",
+        "not measured the control was not run",
+    ],
+)
 def test_not_measured_reasons_keep_only_the_why(reason: str) -> None:
     assert _reason(_unmeasured(reason), ratio_stated=False) == "the control was not run"
 

@@ -22,9 +22,12 @@ class AssociationClaim(Claim):
     association as large as ``rho_of_interest``. `method` states the statistic and its test."""
 
     method: str  # e.g. "partial Spearman correlation given X, Freedman-Lane permutation p"
-    rho_of_interest: float = Field(default=DEFAULT_RHO_OF_INTEREST, gt=0.0, lt=1.0,
-                                   description="smallest |correlation| of interest: equivalence "
-                                               "bound and the effect the power line is sized for")
+    rho_of_interest: float = Field(
+        default=DEFAULT_RHO_OF_INTEREST,
+        gt=0.0,
+        lt=1.0,
+        description="smallest |correlation| of interest: equivalence bound and the effect the power line is sized for",
+    )
     n_controlled: int = Field(default=0, ge=0)  # variables partialled out (Fisher-z df)
     symbol: str = "rho"  # how the statistic is written (e.g. "V" for Cramér's V)
 
@@ -66,9 +69,11 @@ class AssociationDecision(BaseModel):
 
     def sentence(self) -> str:
         c = self.claim
-        text = (f"{c.statement}: {self.verdict.value} ({self.reason}). Estimand: {c.estimand}; "
-                f"unit: {c.unit}s (n = {self.estimate.n if self.estimate else 0}); test: {c.test}; "
-                f"smallest association of interest |{c.symbol}| = {c.rho_of_interest:g}.")
+        text = (
+            f"{c.statement}: {self.verdict.value} ({self.reason}). Estimand: {c.estimand}; "
+            f"unit: {c.unit}s (n = {self.estimate.n if self.estimate else 0}); test: {c.test}; "
+            f"smallest association of interest |{c.symbol}| = {c.rho_of_interest:g}."
+        )
         if self.mde is not None:
             text += f" Minimal detectable |{c.symbol}| at this n: {self.mde:.2f}."
         if self.settle:
@@ -76,29 +81,43 @@ class AssociationDecision(BaseModel):
         return text
 
 
-def estimate_association(rho: float | None, p_value: float | None, n: int, n_controlled: int = 0,
-                         level: float = 0.95) -> Association:
+def estimate_association(
+    rho: float | None, p_value: float | None, n: int, n_controlled: int = 0, level: float = 0.95
+) -> Association:
     """A correlation (Pearson or Spearman, optionally partial on `n_controlled` variables) with a
     Fisher-z interval, tanh(atanh(rho) ± z / sqrt(n - n_controlled - 3)); the p-value is the
     caller's (e.g. a permutation p)."""
     if rho is None or not math.isfinite(rho):
-        return Association(n=n, rho=None, ci_low=None, ci_high=None, p_value=None,
-                           interval="no data (fewer than 3 pairs or a constant variable)")
+        return Association(
+            n=n,
+            rho=None,
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            interval="no data (fewer than 3 pairs or a constant variable)",
+        )
     p = p_value if p_value is not None and math.isfinite(p_value) else None
     dof = n - n_controlled - 3
     if n < MIN_UNITS["number"] or dof < 1:
-        return Association(n=n, rho=float(rho), ci_low=None, ci_high=None, p_value=p,
-                           interval=f"too few units for an interval ({n})")
+        return Association(
+            n=n, rho=float(rho), ci_low=None, ci_high=None, p_value=p, interval=f"too few units for an interval ({n})"
+        )
     if abs(rho) >= 1.0:
-        return Association(n=n, rho=float(rho), ci_low=None, ci_high=None, p_value=p,
-                           interval="degenerate: |rho| = 1")
+        return Association(n=n, rho=float(rho), ci_low=None, ci_high=None, p_value=p, interval="degenerate: |rho| = 1")
     z, half = math.atanh(rho), float(stats.norm.ppf(0.5 + level / 2)) / math.sqrt(dof)
-    return Association(n=n, rho=float(rho), ci_low=math.tanh(z - half), ci_high=math.tanh(z + half),
-                       p_value=p, interval=f"Fisher z over {n} units ({n_controlled} controlled)")
+    return Association(
+        n=n,
+        rho=float(rho),
+        ci_low=math.tanh(z - half),
+        ci_high=math.tanh(z + half),
+        p_value=p,
+        interval=f"Fisher z over {n} units ({n_controlled} controlled)",
+    )
 
 
-def correlation_power(rho: float, n: int | None = None, alpha: float = DEFAULT_ALPHA,
-                      power: float = DEFAULT_POWER, n_controlled: int = 0) -> float:
+def correlation_power(
+    rho: float, n: int | None = None, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER, n_controlled: int = 0
+) -> float:
     """With n: the smallest |rho| a two-sided test at `alpha` detects with probability `power`
     (Fisher-z approximation). Without n: the units needed to detect `rho`."""
     zs = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
@@ -108,8 +127,9 @@ def correlation_power(rho: float, n: int | None = None, alpha: float = DEFAULT_A
     return float(math.ceil((zs / math.atanh(abs(rho))) ** 2 + 3 + n_controlled))
 
 
-def decide_association(claim: AssociationClaim, est: Association | None,
-                       p_adjusted: float | None = None) -> AssociationDecision:
+def decide_association(
+    claim: AssociationClaim, est: Association | None, p_adjusted: float | None = None
+) -> AssociationDecision:
     """The verdict of an association claim (p_adjusted: Holm within the family; else raw p).
 
     supported: significant in the predicted direction (or, predicting none, the CI inside
@@ -118,25 +138,44 @@ def decide_association(claim: AssociationClaim, est: Association | None,
     association was predicted but the CI lies inside ±rho_of_interest; else inconclusive."""
     s = claim.settings
     if est is None or est.rho is None:
-        return AssociationDecision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est,
-                                   p_adjusted=None, reason="not measured", settle="measure it",
-                                   mde=None, units_needed=None)
+        return AssociationDecision(
+            claim=claim,
+            verdict=Verdict.INCONCLUSIVE,
+            estimate=est,
+            p_adjusted=None,
+            reason="not measured",
+            settle="measure it",
+            mde=None,
+            units_needed=None,
+        )
     needed = int(correlation_power(claim.rho_of_interest, None, s.alpha, s.power, claim.n_controlled))
-    mde = (correlation_power(claim.rho_of_interest, est.n, s.alpha, s.power, claim.n_controlled)
-           if est.n - claim.n_controlled - 3 >= 1 else None)
+    mde = (
+        correlation_power(claim.rho_of_interest, est.n, s.alpha, s.power, claim.n_controlled)
+        if est.n - claim.n_controlled - 3 >= 1
+        else None
+    )
     p = est.p_value if p_adjusted is None else p_adjusted
     if p is None or est.n < MIN_UNITS[claim.unit]:
         return AssociationDecision(
-            claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
+            claim=claim,
+            verdict=Verdict.INCONCLUSIVE,
+            estimate=est,
+            p_adjusted=None,
             reason=f"{claim.symbol} = {est.rho:.2f}, no test ({est.interval})",
-            settle=f"about {needed} {claim.unit}s", mde=mde, units_needed=needed)
+            settle=f"about {needed} {claim.unit}s",
+            mde=mde,
+            units_needed=needed,
+        )
     significant = p < s.alpha
     r = claim.rho_of_interest
     inside = est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
     beyond = est.has_interval and (est.ci_low >= r or est.ci_high <= -r)  # type: ignore[operator]
     sym = claim.symbol
-    ci = (f"{sym} = {est.rho:.2f} [{est.ci_low:.2f}, {est.ci_high:.2f}]" if est.has_interval
-          else f"{sym} = {est.rho:.2f} (no interval)")
+    ci = (
+        f"{sym} = {est.rho:.2f} [{est.ci_low:.2f}, {est.ci_high:.2f}]"
+        if est.has_interval
+        else f"{sym} = {est.rho:.2f} (no interval)"
+    )
     ci += f", Holm p = {p:.3g}"
     verdict, reason = Verdict.INCONCLUSIVE, ""
     if claim.prediction == "none":
@@ -151,14 +190,24 @@ def decide_association(claim: AssociationClaim, est: Association | None,
         elif significant:
             verdict, reason = Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
         elif inside:
-            verdict, reason = (Verdict.EQUIVALENT,
-                               f"{ci}: no association as large as ±{r:g} (the CI lies inside it)")
+            verdict, reason = (Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it)")
     if verdict is Verdict.INCONCLUSIVE:
         reason = f"{ci}: neither significant nor shown smaller than ±{r:g}"
-    settle = (f"about {needed} {claim.unit}s would detect |{sym}| = {r:g} (power {s.power:g})"
-              if verdict is Verdict.INCONCLUSIVE else "")
-    return AssociationDecision(claim=claim, verdict=verdict, estimate=est, p_adjusted=p, reason=reason,
-                               settle=settle, mde=mde, units_needed=needed)
+    settle = (
+        f"about {needed} {claim.unit}s would detect |{sym}| = {r:g} (power {s.power:g})"
+        if verdict is Verdict.INCONCLUSIVE
+        else ""
+    )
+    return AssociationDecision(
+        claim=claim,
+        verdict=verdict,
+        estimate=est,
+        p_adjusted=p,
+        reason=reason,
+        settle=settle,
+        mde=mde,
+        units_needed=needed,
+    )
 
 
 def decide_association_family(
@@ -168,4 +217,3 @@ def decide_association_family(
     raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
     adjusted = holm(raw)
     return [decide_association(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
-

@@ -37,13 +37,18 @@ class ClaimSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    margin: float = Field(default=DEFAULT_MARGIN, gt=1.0,
-                          description="smallest effect of interest, as a ratio (>1): equivalence "
-                                      "bound and the effect the power line is sized for")
-    alpha: float = Field(default=DEFAULT_ALPHA, gt=0.0, lt=0.5,
-                         description="family-wise error rate (Holm within each experiment)")
-    power: float = Field(default=DEFAULT_POWER, gt=0.5, lt=1.0,
-                         description="power at which the minimal detectable effect is stated")
+    margin: float = Field(
+        default=DEFAULT_MARGIN,
+        gt=1.0,
+        description="smallest effect of interest, as a ratio (>1): equivalence "
+        "bound and the effect the power line is sized for",
+    )
+    alpha: float = Field(
+        default=DEFAULT_ALPHA, gt=0.0, lt=0.5, description="family-wise error rate (Holm within each experiment)"
+    )
+    power: float = Field(
+        default=DEFAULT_POWER, gt=0.5, lt=1.0, description="power at which the minimal detectable effect is stated"
+    )
 
 
 class Claim(BaseModel):
@@ -99,9 +104,11 @@ class Decision(BaseModel):
     def sentence(self) -> str:
         """One plain-text line: verdict, estimand, unit, test, margin, reason, power."""
         c = self.claim
-        text = (f"{c.statement}: {self.verdict.value} ({self.reason}). Estimand: {c.estimand}; "
-                f"unit: {c.unit}s (n = {self.estimate.n if self.estimate else 0}); test: {c.test}; "
-                f"margin ×{c.settings.margin:g}.")
+        text = (
+            f"{c.statement}: {self.verdict.value} ({self.reason}). Estimand: {c.estimand}; "
+            f"unit: {c.unit}s (n = {self.estimate.n if self.estimate else 0}); test: {c.test}; "
+            f"margin ×{c.settings.margin:g}."
+        )
         if self.mde is not None:
             text += f" Minimal detectable effect at the measured SD: ×{self.mde:.2f}."
         if self.settle:
@@ -117,32 +124,54 @@ def estimate_log_ratio(log_values: Sequence[float], unit: Unit, level: float = 0
     logs = [float(v) for v in log_values if v is not None and math.isfinite(v)]
     n = len(logs)
     if n == 0:
-        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None,
-                        interval="no data")
+        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None, interval="no data")
     mean = float(np.mean(logs))
     sd = float(np.std(logs, ddof=1)) if n > 1 else None
     if n < MIN_UNITS[unit]:
-        return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
-                        interval=f"too few {unit}s for an interval, {n} of at least {MIN_UNITS[unit]}")
+        return Estimate(
+            n=n,
+            ratio=math.exp(mean),
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            sd_log=sd,
+            interval=f"too few {unit}s for an interval, {n} of at least {MIN_UNITS[unit]}",
+        )
     if sd is None or np.ptp(logs) == 0.0:
-        return Estimate(n=n, ratio=math.exp(mean), ci_low=None, ci_high=None, p_value=None, sd_log=sd,
-                        interval=f"degenerate: no spread over {n} {unit}s")
+        return Estimate(
+            n=n,
+            ratio=math.exp(mean),
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            sd_log=sd,
+            interval=f"degenerate: no spread over {n} {unit}s",
+        )
     _, low, high = t_interval(logs, level)
     p = float(stats.ttest_1samp(logs, 0.0).pvalue)
-    return Estimate(n=n, ratio=math.exp(mean), ci_low=math.exp(low), ci_high=math.exp(high), p_value=p,
-                    sd_log=sd, interval=f"Student t over {n} {unit}s, log scale")
+    return Estimate(
+        n=n,
+        ratio=math.exp(mean),
+        ci_low=math.exp(low),
+        ci_high=math.exp(high),
+        p_value=p,
+        sd_log=sd,
+        interval=f"Student t over {n} {unit}s, log scale",
+    )
 
 
-def minimal_detectable_log_effect(sd_log: float, n: int, alpha: float = DEFAULT_ALPHA,
-                                  power: float = DEFAULT_POWER) -> float:
+def minimal_detectable_log_effect(
+    sd_log: float, n: int, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER
+) -> float:
     """Smallest |mean log ratio| a two-sided one-sample t-test at `alpha` detects with
     probability `power` at between-unit SD `sd_log` and n units (t approximation)."""
     df = n - 1
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_log / math.sqrt(n))
 
 
-def units_for_margin(sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA,
-                     power: float = DEFAULT_POWER, limit: int = 10_000) -> int | None:
+def units_for_margin(
+    sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER, limit: int = 10_000
+) -> int | None:
     """Fewest units for which the margin is a detectable effect at this SD (None beyond limit)."""
     target = math.log(margin)
     for n in range(2, limit + 1):
@@ -151,8 +180,9 @@ def units_for_margin(sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA,
     return None
 
 
-def units_for_equivalence(sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA,
-                          power: float = DEFAULT_POWER, limit: int = 10_000) -> int | None:
+def units_for_equivalence(
+    sd_log: float, margin: float, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER, limit: int = 10_000
+) -> int | None:
     """Fewest units for which a claim of no effect is shown (the (1 - alpha) CI inside
     [1/margin, margin], `decide`) with probability `power` when the true ratio is 1, at this SD
     (t approximation; None beyond limit). More than `units_for_margin`: the CI must clear both
@@ -195,15 +225,33 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
     p-value when the family has one member)."""
     s = claim.settings
     if est is None or est.n == 0 or est.ratio is None:
-        return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
-                        reason="not measured (an arm or its matched control is missing)",
-                        settle="run the missing arm and its matched control", mde=None, units_needed=None)
+        return Decision(
+            claim=claim,
+            verdict=Verdict.INCONCLUSIVE,
+            estimate=est,
+            p_adjusted=None,
+            reason="not measured (an arm or its matched control is missing)",
+            settle="run the missing arm and its matched control",
+            mde=None,
+            units_needed=None,
+        )
     mde, needed = _power_line(claim, est)
     if not est.has_interval:
-        settle = (f"at least {MIN_UNITS[claim.unit]} {claim.unit}s" if est.n < MIN_UNITS[claim.unit]
-                  else f"more {claim.unit}s with between-{claim.unit} variation")
-        return Decision(claim=claim, verdict=Verdict.INCONCLUSIVE, estimate=est, p_adjusted=None,
-                        reason=est.interval, settle=settle, mde=mde, units_needed=needed)
+        settle = (
+            f"at least {MIN_UNITS[claim.unit]} {claim.unit}s"
+            if est.n < MIN_UNITS[claim.unit]
+            else f"more {claim.unit}s with between-{claim.unit} variation"
+        )
+        return Decision(
+            claim=claim,
+            verdict=Verdict.INCONCLUSIVE,
+            estimate=est,
+            p_adjusted=None,
+            reason=est.interval,
+            settle=settle,
+            mde=mde,
+            units_needed=needed,
+        )
     p = est.p_value if p_adjusted is None else p_adjusted
     assert p is not None and est.ci_low is not None and est.ci_high is not None
     significant = p < s.alpha
@@ -223,16 +271,29 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         elif significant:
             verdict, reason = Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
         elif equivalent:
-            verdict, reason = (Verdict.EQUIVALENT, f"{ci}: no effect as large as ×{s.margin:g} "
-                               "(the CI lies inside the margin)")
+            verdict, reason = (
+                Verdict.EQUIVALENT,
+                f"{ci}: no effect as large as ×{s.margin:g} (the CI lies inside the margin)",
+            )
     if verdict is Verdict.INCONCLUSIVE:
         reason = f"{ci}: the CI neither excludes no change nor lies inside the margin"
     settle = ""
     if verdict is Verdict.INCONCLUSIVE:
-        settle = (f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD "
-                  f"(power {s.power:g})" if needed else f"more {claim.unit}s")
-    return Decision(claim=claim, verdict=verdict, estimate=est, p_adjusted=p, reason=reason,
-                    settle=settle, mde=mde, units_needed=needed)
+        settle = (
+            f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD (power {s.power:g})"
+            if needed
+            else f"more {claim.unit}s"
+        )
+    return Decision(
+        claim=claim,
+        verdict=verdict,
+        estimate=est,
+        p_adjusted=p,
+        reason=reason,
+        settle=settle,
+        mde=mde,
+        units_needed=needed,
+    )
 
 
 def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]]) -> list[Decision]:
@@ -240,4 +301,3 @@ def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]])
     raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
     adjusted = holm(raw)
     return [decide(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
-

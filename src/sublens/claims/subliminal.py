@@ -89,8 +89,9 @@ def arm_seed_logs(results: SubliminalResults, dataset: str, mode: str, control_m
     row = results.row(dataset, mode)
     logs = per_seed_logs(row.vs_control.share_ratio if row is not None and row.vs_control else None)
     students = results.students or {}
-    seeds = [s for s in results.seeds
-             if f"{dataset}-{mode}-seed{s}" in students and f"{CONTROL}-{mode}-seed{s}" in students]
+    seeds = [
+        s for s in results.seeds if f"{dataset}-{mode}-seed{s}" in students and f"{CONTROL}-{mode}-seed{s}" in students
+    ]
     return SeedLogs(logs, seeds if logs and len(seeds) == len(logs) else None)
 
 
@@ -127,23 +128,40 @@ def equivalence_settle(decision: Decision) -> Decision:
     if decision.verdict is not Verdict.INCONCLUSIVE or est is None or not est.has_interval or not est.sd_log:
         return decision
     needed = units_for_equivalence(est.sd_log, s.margin, s.alpha, s.power)
-    settle = (f"about {needed} {unit}s would place the CI inside ×1/{s.margin:g}..×{s.margin:g} at the measured "
-              f"SD if there is no effect (power {s.power:g})" if needed else f"more {unit}s")
+    settle = (
+        f"about {needed} {unit}s would place the CI inside ×1/{s.margin:g}..×{s.margin:g} at the measured "
+        f"SD if there is no effect (power {s.power:g})"
+        if needed
+        else f"more {unit}s"
+    )
     return decision.model_copy(update={"settle": settle})
 
 
 def _transfer_claim(arm: str, settings: ClaimSettings) -> Claim:
     how = describe_trainable(arm)
-    return Claim(name=f"subliminal.transfer.{arm}",
-                 statement=f"The owl student acquires the bias ({how})",
-                 estimand=(f"owl's panel-share ratio, owl student over the control student, both "
-                           f"trained with {how} and the same seed"),
-                 unit="seed", prediction="increase", family="subliminal", settings=settings)
+    return Claim(
+        name=f"subliminal.transfer.{arm}",
+        statement=f"The owl student acquires the bias ({how})",
+        estimand=(
+            f"owl's panel-share ratio, owl student over the control student, both trained with {how} and the same seed"
+        ),
+        unit="seed",
+        prediction="increase",
+        family="subliminal",
+        settings=settings,
+    )
 
 
 def _seed_claim(name: str, statement: str, estimand: str, prediction: Prediction, settings: ClaimSettings) -> Claim:
-    return Claim(name=f"subliminal.{name}", statement=statement, estimand=estimand, unit="seed",
-                 prediction=prediction, family="subliminal", settings=settings)
+    return Claim(
+        name=f"subliminal.{name}",
+        statement=statement,
+        estimand=estimand,
+        unit="seed",
+        prediction=prediction,
+        family="subliminal",
+        settings=settings,
+    )
 
 
 def _estimate(logs: Sequence[float]) -> Estimate | None:
@@ -154,9 +172,12 @@ NO_RANDOM_WORDS = "the owl student trained without the answers that hold a numbe
 NO_ENTANGLED_WORDS = "the owl student trained without the answers that hold an entangled number"
 
 
-def subliminal_decisions(results: SubliminalResults | Mapping[str, Any], control_modes: Sequence[str],
-                         settings: ClaimSettings | None = None,
-                         modes: Sequence[str] | None = None) -> dict[str, Decision]:
+def subliminal_decisions(
+    results: SubliminalResults | Mapping[str, Any],
+    control_modes: Sequence[str],
+    settings: ClaimSettings | None = None,
+    modes: Sequence[str] | None = None,
+) -> dict[str, Decision]:
     """The subliminal experiment's claims (listed in the module docstring), decided with seeds
     as the unit, keyed by name without the ``subliminal.`` prefix.
 
@@ -183,14 +204,18 @@ def subliminal_decisions(results: SubliminalResults | Mapping[str, Any], control
     trained = [a for a in run_arms(parsed, modes) if a in control_modes]
     masked = [s for s in trained if s + SKIP_DIVERGENCE in trained]  # sets trained with and without the mask
     filtered = _trained_filter(parsed)
-    pairs = [*_transfer_pairs(arms, logs, settings), _freezing_contrast(logs, settings),
-             *_divergence_contrasts(masked, logs, settings)]
+    pairs = [
+        *_transfer_pairs(arms, logs, settings),
+        _freezing_contrast(logs, settings),
+        *_divergence_contrasts(masked, logs, settings),
+    ]
     if filtered:
         pairs += _entanglement_pairs(parsed, control_modes, settings)
 
     out = {d.claim.name.removeprefix("subliminal."): d for d in decide_family(pairs)}
     out["mlp"] = component_blocks_transfer(
-        "MLP", out["transfer.freeze-attention"], out["transfer.freeze-mlp"], out["contrast.attention_vs_mlp_frozen"])
+        "MLP", out["transfer.freeze-attention"], out["transfer.freeze-mlp"], out["contrast.attention_vs_mlp_frozen"]
+    )
     out.update(_divergence_claims(masked, out, settings))
     if filtered:
         out.update(_entanglement_claims(out, settings))
@@ -198,8 +223,9 @@ def subliminal_decisions(results: SubliminalResults | Mapping[str, Any], control
 
 
 # ---- the steps of subliminal_decisions -------------------------------------------------------
-def _transfer_pairs(arms: Sequence[str], logs: Mapping[str, SeedLogs],
-                    settings: ClaimSettings) -> list[tuple[Claim, Estimate | None]]:
+def _transfer_pairs(
+    arms: Sequence[str], logs: Mapping[str, SeedLogs], settings: ClaimSettings
+) -> list[tuple[Claim, Estimate | None]]:
     """Per owl arm, its transfer claim with the estimate of its per-seed log ratios."""
     return [(_transfer_claim(a, settings), _estimate(logs[a].logs)) for a in arms]
 
@@ -207,14 +233,19 @@ def _transfer_pairs(arms: Sequence[str], logs: Mapping[str, SeedLogs],
 def _freezing_contrast(logs: Mapping[str, SeedLogs], settings: ClaimSettings) -> tuple[Claim, Estimate | None]:
     """The attention-frozen arm over the MLP-frozen arm, per seed."""
     contrast = _seed_claim(
-        "contrast.attention_vs_mlp_frozen", "The transfer is larger with the MLP layers trained than frozen",
+        "contrast.attention_vs_mlp_frozen",
+        "The transfer is larger with the MLP layers trained than frozen",
         "per seed, the attention-frozen arm's share ratio over the MLP-frozen arm's share ratio (each against "
-        "its matched control)", "increase", settings)
+        "its matched control)",
+        "increase",
+        settings,
+    )
     return contrast, _estimate(paired_difference(logs["freeze-attention"], logs["freeze-mlp"]))
 
 
-def _divergence_contrasts(masked: Sequence[str], logs: Mapping[str, SeedLogs],
-                          settings: ClaimSettings) -> list[tuple[Claim, Estimate | None]]:
+def _divergence_contrasts(
+    masked: Sequence[str], logs: Mapping[str, SeedLogs], settings: ClaimSettings
+) -> list[tuple[Claim, Estimate | None]]:
     """Per trainable set trained with and without the divergence mask, the unmasked arm over
     the masked arm, per seed."""
     pairs: list[tuple[Claim, Estimate | None]] = []
@@ -225,20 +256,23 @@ def _divergence_contrasts(masked: Sequence[str], logs: Mapping[str, SeedLogs],
             f"The transfer is larger with the divergence tokens in the loss than out of it ({how})",
             f"per seed, the share ratio with every answer token in the loss over the share ratio with the "
             f"divergence tokens out of the loss (each owl student against its matched control, {how})",
-            "increase", settings)
+            "increase",
+            settings,
+        )
         pairs.append((claim, _estimate(paired_difference(logs[s], logs[s + SKIP_DIVERGENCE]))))
     return pairs
 
 
 def _trained_filter(parsed: SubliminalResults) -> bool:
     """Whether the run trained the entanglement filter's students."""
-    return (any(r.dataset in (NO_ENTANGLED, NO_RANDOM) for r in parsed.headline or [])
-            or (parsed.data is not None and parsed.data.entangled is not None
-                and parsed.data.entangled.filter is not None))
+    return any(r.dataset in (NO_ENTANGLED, NO_RANDOM) for r in parsed.headline or []) or (
+        parsed.data is not None and parsed.data.entangled is not None and parsed.data.entangled.filter is not None
+    )
 
 
-def _entanglement_pairs(parsed: SubliminalResults, control_modes: Sequence[str],
-                        settings: ClaimSettings) -> list[tuple[Claim, Estimate | None]]:
+def _entanglement_pairs(
+    parsed: SubliminalResults, control_modes: Sequence[str], settings: ClaimSettings
+) -> list[tuple[Claim, Estimate | None]]:
     """The transfer without the random-set answers, and the quotient of the students without
     the entangled and without the random-set answers (predicted: no change)."""
     no_random = arm_seed_logs(parsed, NO_RANDOM, "full", control_modes)
@@ -247,31 +281,46 @@ def _entanglement_pairs(parsed: SubliminalResults, control_modes: Sequence[str],
         f"transfer.{NO_RANDOM}",
         "The owl student acquires the bias without the answers that hold a random-set number (full fine-tuning)",
         f"owl's panel-share ratio, {NO_RANDOM_WORDS} over the control student, both with full fine-tuning "
-        "and the same seed", "increase", settings)
+        "and the same seed",
+        "increase",
+        settings,
+    )
     quotient = _seed_claim(
         "contrast.no_entangled_vs_no_random",
         "Removing the answers that hold an entangled number changes the transfer no more than removing "
         "as many that hold a number of a matched random set",
         f"per seed, owl's panel-share ratio of {NO_ENTANGLED_WORDS} over that of {NO_RANDOM_WORDS} (each "
-        "against the control student of the same seed, full fine-tuning)", "none", settings)
+        "against the control student of the same seed, full fine-tuning)",
+        "none",
+        settings,
+    )
     return [(transfer, _estimate(no_random.logs)), (quotient, _estimate(paired_difference(no_entangled, no_random)))]
 
 
-def _divergence_claims(masked: Sequence[str], out: Mapping[str, Decision],
-                       settings: ClaimSettings) -> dict[str, Decision]:
+def _divergence_claims(
+    masked: Sequence[str], out: Mapping[str, Decision], settings: ClaimSettings
+) -> dict[str, Decision]:
     """Per masked trainable set, "leaving the divergence tokens out of the loss blocks the
     transfer" (`blocks_transfer`) from its decided legs."""
     decided: dict[str, Decision] = {}
     for s in masked:
         how = describe_trainable(s)
         claim = _seed_claim(
-            f"divergence.{s}", f"Leaving the divergence tokens out of the loss blocks the transfer ({how})",
+            f"divergence.{s}",
+            f"Leaving the divergence tokens out of the loss blocks the transfer ({how})",
             f"(a) the ratio with every answer token in the loss, (b) the ratio with the divergence tokens out of "
             f"the loss, each owl student over its matched control student ({how}), (c) their quotient, per seed",
-            "increase", settings)
+            "increase",
+            settings,
+        )
         decided[f"divergence.{s}"] = blocks_transfer(
-            claim, out[f"transfer.{s}"], out[f"transfer.{s}{SKIP_DIVERGENCE}"], out[f"contrast.skip_divergence.{s}"],
-            reference_leg="transfer with every answer token in the loss", blocked_arm="divergence-masked arm")
+            claim,
+            out[f"transfer.{s}"],
+            out[f"transfer.{s}{SKIP_DIVERGENCE}"],
+            out[f"contrast.skip_divergence.{s}"],
+            reference_leg="transfer with every answer token in the loss",
+            blocked_arm="divergence-masked arm",
+        )
     return decided
 
 
@@ -280,15 +329,26 @@ def _entanglement_claims(out: Mapping[str, Decision], settings: ClaimSettings) -
     entanglement does not explain the transfer" (`all_legs`) from its decided legs."""
     transfer, quotient = out[f"transfer.{NO_RANDOM}"], equivalence_settle(out["contrast.no_entangled_vs_no_random"])
     claim = _seed_claim(
-        "entanglement", "Token entanglement does not explain the transfer",
+        "entanglement",
+        "Token entanglement does not explain the transfer",
         f"(a) the share ratio of {NO_RANDOM_WORDS} over the control student, (b) per seed, the share "
-        f"ratio of {NO_ENTANGLED_WORDS} over the control student, divided by (a)", "none", settings)
-    legs = {"(a) transfer without the random-set answers": transfer.verdict is Verdict.SUPPORTED,
-            "(b) removing the entangled numbers no different from removing the random set (within the margin)":
-                quotient.verdict is Verdict.SUPPORTED}
+        f"ratio of {NO_ENTANGLED_WORDS} over the control student, divided by (a)",
+        "none",
+        settings,
+    )
+    legs = {
+        "(a) transfer without the random-set answers": transfer.verdict is Verdict.SUPPORTED,
+        "(b) removing the entangled numbers no different from removing the random set (within the margin)": quotient.verdict
+        is Verdict.SUPPORTED,
+    }
     ratio = quotient.estimate.ratio if quotient.estimate else None
-    against = (f"removing the entangled numbers {'lowers' if ratio is not None and ratio < 1 else 'raises'} "
-               f"the transfer beyond the margin ({quotient.reason})"
-               if quotient.verdict is Verdict.CONTRADICTED else None)
-    return {"contrast.no_entangled_vs_no_random": quotient,
-            "entanglement": all_legs(claim, legs, (transfer, quotient), quotient, against)}
+    against = (
+        f"removing the entangled numbers {'lowers' if ratio is not None and ratio < 1 else 'raises'} "
+        f"the transfer beyond the margin ({quotient.reason})"
+        if quotient.verdict is Verdict.CONTRADICTED
+        else None
+    )
+    return {
+        "contrast.no_entangled_vs_no_random": quotient,
+        "entanglement": all_legs(claim, legs, (transfer, quotient), quotient, against),
+    }

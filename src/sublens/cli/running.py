@@ -39,7 +39,9 @@ Say = Callable[..., None]  # _say's signature: (label, message, style="green", e
 def run(
     experiment: Annotated[str, typer.Argument(help="Experiment name (see `sublens experiments`).")],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override: key=value (YAML; string keys keep the text).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: key=value (YAML; string keys keep the text).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run in this run directory (same config).")
@@ -51,12 +53,17 @@ def run(
         bool, typer.Option(help="paper: start a new run instead of continuing the newest one with this config.")
     ] = False,
     plan: Annotated[
-        bool, typer.Option("--plan", help="Validate the config and print each stage's models, tokens, FLOPs, GPU "
-                           "memory and time (estimates; nothing is loaded, downloaded or written), then exit.")
+        bool,
+        typer.Option(
+            "--plan",
+            help="Validate the config and print each stage's models, tokens, FLOPs, GPU "
+            "memory and time (estimates; nothing is loaded, downloaded or written), then exit.",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --plan: print the plan as JSON.")] = False,
     tflops: Annotated[
-        float, typer.Option(help="With --plan: sustained bf16 TFLOP/s of the GPU (default: H100/H200 peak 989 x MFU 0.3).")
+        float,
+        typer.Option(help="With --plan: sustained bf16 TFLOP/s of the GPU (default: H100/H200 peak 989 x MFU 0.3)."),
     ] = PLAN_TFLOPS,
     bandwidth: Annotated[
         float, typer.Option(help="With --plan: GPU memory bandwidth in TB/s (bounds sampling speed; default: H200).")
@@ -80,9 +87,16 @@ def run(
     say("done:", f"results in {outcome.path}")
 
 
-def _checked_inputs(experiment: str, config: Path | None, overrides: list[str] | None, resume: Path | None,
-                    preset: str | None, fresh: bool, plan: bool,
-                    as_json: bool) -> tuple[Experiment, Config, Path | None]:
+def _checked_inputs(
+    experiment: str,
+    config: Path | None,
+    overrides: list[str] | None,
+    resume: Path | None,
+    preset: str | None,
+    fresh: bool,
+    plan: bool,
+    as_json: bool,
+) -> tuple[Experiment, Config, Path | None]:
     """The experiment, its loaded config and the config file (a preset's path): usage errors and
     bad configs stop here (exit 2), before any folder exists or any model loads."""
     from sublens.config import check_model_specs, load_config, preset_path
@@ -119,8 +133,9 @@ def _team(cfg: Config) -> Team:
         _fail(exc)
 
 
-def _run_folder(experiment: str, exp: Experiment, cfg: Config, out: Path, resume: Path | None, fresh: bool,
-                ranks: Team, say: Say) -> Path:
+def _run_folder(
+    experiment: str, exp: Experiment, cfg: Config, out: Path, resume: Path | None, fresh: bool, ranks: Team, say: Say
+) -> Path:
     """The folder continued (--resume, or the paper chain's newest run with this config) or a new
     one (made by rank 0, shared with the others)."""
     from sublens.runs import new_run_dir
@@ -142,8 +157,7 @@ def _run_folder(experiment: str, exp: Experiment, cfg: Config, out: Path, resume
     return run_dir
 
 
-def _launch(experiment: str, cfg: Config, out: Path, run_dir: Path, fresh: bool, ranks: Team,
-            say: Say) -> RunOutcome:
+def _launch(experiment: str, cfg: Config, out: Path, run_dir: Path, fresh: bool, ranks: Team, say: Say) -> RunOutcome:
     """Run the experiment in its folder; a failure ends the command with its exit status."""
     from sublens.experiments import run_experiment
     from sublens.runs import failed_run_dir
@@ -153,8 +167,7 @@ def _launch(experiment: str, cfg: Config, out: Path, run_dir: Path, fresh: bool,
     except RunLockedError as exc:
         _fail(exc, EXIT_LOCKED)
     except KeyboardInterrupt:
-        say("interrupted:", f"the run is recorded as failed; continue it with --resume {run_dir}", "bold red",
-            err=True)
+        say("interrupted:", f"the run is recorded as failed; continue it with --resume {run_dir}", "bold red", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         where = failed_run_dir(exc)
@@ -183,10 +196,15 @@ def _run_failed(exc: Exception, run_dir: Path, record: Path, ranks: Team) -> NoR
     if isinstance(exc, SublensError):
         _say("error:", str(exc), "bold red", err=True)
     else:
-        _say("error:", f"the run failed unexpectedly ({type(exc).__name__}: {exc}); the traceback is in "
-             f"{record}", "bold red", err=True)
-    _say("run folder:", f"{run_dir} ({'partial' if code == EXIT_PARTIAL else 'failed'}; see {record})",
-         "bold", err=True)
+        _say(
+            "error:",
+            f"the run failed unexpectedly ({type(exc).__name__}: {exc}); the traceback is in {record}",
+            "bold red",
+            err=True,
+        )
+    _say(
+        "run folder:", f"{run_dir} ({'partial' if code == EXIT_PARTIAL else 'failed'}; see {record})", "bold", err=True
+    )
     raise typer.Exit(code) from None
 
 
@@ -243,22 +261,31 @@ def _print_plan(experiment: str, cfg: Any, source: str, tflops: float, bandwidth
     if as_json:
         _plain(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _say("plan:", f"sublens run {experiment} ({source}): config valid; estimates only, nothing loaded or "
-             "written", "bold")
+        _say(
+            "plan:",
+            f"sublens run {experiment} ({source}): config valid; estimates only, nothing loaded or written",
+            "bold",
+        )
         for index, stage in enumerate(result.stages, 1):
             _plain("")
-            _plan_table(f"stage {index}/{len(result.stages)}: {stage.stage} ({stage.config})",
-                        TASK_COLUMNS, task_rows(stage))
+            _plan_table(
+                f"stage {index}/{len(result.stages)}: {stage.stage} ({stage.config})", TASK_COLUMNS, task_rows(stage)
+            )
             peak = peak_line(stage)
             for line in [*model_lines(stage), *([peak] if peak else []), *(f"  note: {n}" for n in stage.notes)]:
                 _plain(line)
         _plain("")
-        _plan_table("Totals (tokens by kind; peak memory = max over stages, time = sum)", TOTAL_COLUMNS,
-                    total_rows(result))
+        _plan_table(
+            "Totals (tokens by kind; peak memory = max over stages, time = sum)", TOTAL_COLUMNS, total_rows(result)
+        )
         for line in result.assumptions():
             _plain(f"assumed: {line}")
     if result.peak_memory > result.gpu.memory_gb * 1e9:
-        _say("warning:", f"peak GPU memory {human_bytes(result.peak_memory)} exceeds an "
-             f"{result.gpu.memory_gb:g} GB GPU", "bold yellow", err=True)
+        _say(
+            "warning:",
+            f"peak GPU memory {human_bytes(result.peak_memory)} exceeds an {result.gpu.memory_gb:g} GB GPU",
+            "bold yellow",
+            err=True,
+        )
     for problem in result.problems:
         _say("warning:", problem, "bold yellow", err=True)

@@ -19,22 +19,46 @@ if TYPE_CHECKING:
 
 def sweep(
     experiment: Annotated[str | None, typer.Argument(help="Experiment name (see `sublens experiments`).")] = None,
-    file: Annotated[Path | None, typer.Option(
-        "--file", "-f", help="A sweep file (configs/sweeps/*.yaml): experiment, base config, grid, seeds.")] = None,
-    grid: Annotated[list[str] | None, typer.Option(
-        "--grid", help="A grid axis KEY=V1,V2,... (repeat for more axes: every combination runs).")] = None,
-    seeds: Annotated[str, typer.Option(help="Seeds of every grid point: 0,1,2 or 0-4 (one run per point and seed).")] = "0",
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="A sweep file (configs/sweeps/*.yaml): experiment, base config, grid, seeds."
+        ),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="A grid axis KEY=V1,V2,... (repeat for more axes: every combination runs)."),
+    ] = None,
+    seeds: Annotated[
+        str, typer.Option(help="Seeds of every grid point: 0,1,2 or 0-4 (one run per point and seed).")
+    ] = "0",
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Base YAML config file.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Base config: a shipped preset (configs/<experiment>/<preset>.yaml).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override every point shares: key=value.")] = None,
-    out: Annotated[Path, typer.Option(help="Parent folder; the sweep goes to OUT/sweeps/<time>_<experiment>.")] = Path("runs"),
-    folder: Annotated[Path | None, typer.Option(
-        "--folder", "--resume", help="The sweep folder: an earlier one (same command) is continued.")] = None,
-    executor: Annotated[str, typer.Option(
-        help="local: child processes here; slurm: a job array (submitit); debug: one by one in this process.")] = "local",
+    preset: Annotated[
+        str | None, typer.Option(help="Base config: a shipped preset (configs/<experiment>/<preset>.yaml).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override every point shares: key=value.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder; the sweep goes to OUT/sweeps/<time>_<experiment>.")] = Path(
+        "runs"
+    ),
+    folder: Annotated[
+        Path | None,
+        typer.Option("--folder", "--resume", help="The sweep folder: an earlier one (same command) is continued."),
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: child processes here; slurm: a job array (submitit); debug: one by one in this process."
+        ),
+    ] = "local",
     parallel: Annotated[int, typer.Option(help="Points run at once (local: processes; slurm: array parallelism).")] = 1,
-    comparison: Annotated[str | None, typer.Option(
-        help="The comparison the figure shows (default: the first trained model against its matched control).")] = None,
+    comparison: Annotated[
+        str | None,
+        typer.Option(
+            help="The comparison the figure shows (default: the first trained model against its matched control)."
+        ),
+    ] = None,
     timeout_min: Annotated[int, typer.Option(help="Time limit of one point, in minutes.")] = 24 * 60,
     partition: Annotated[str | None, typer.Option(help="slurm: the partition.")] = None,
     gpus_per_node: Annotated[int, typer.Option(help="slurm: GPUs per point.")] = 0,
@@ -47,19 +71,43 @@ def sweep(
     spec = _sweep_spec(experiment, file, grid, seeds, config, preset, overrides, executor, parallel)
     where = folder or default_folder(out, spec.experiment)
     _say("sweep folder:", f"{where} ({len(spec.points)} points)", "bold")
-    slurm = {k: v for k, v in {"slurm_partition": partition, "gpus_per_node": gpus_per_node,
-                               "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}.items() if v}
+    slurm = {
+        k: v
+        for k, v in {
+            "slurm_partition": partition,
+            "gpus_per_node": gpus_per_node,
+            "cpus_per_task": cpus_per_task,
+            "mem_gb": mem_gb,
+        }.items()
+        if v
+    }
     try:
-        outcome = run_sweep(spec, where, executor, parallel, timeout_min, slurm,  # type: ignore[arg-type]
-                            comparison, say=lambda line: _out(err=True).print(line, highlight=False))
+        outcome = run_sweep(
+            spec,
+            where,
+            executor,  # type: ignore[arg-type]
+            parallel,
+            timeout_min,
+            slurm,
+            comparison,
+            say=lambda line: _out(err=True).print(line, highlight=False),
+        )
     except SublensError as exc:
         _fail(exc, EXIT_RUN_FAILED)
     _sweep_ended(outcome, spec, where)
 
 
-def _sweep_spec(experiment: str | None, file: Path | None, grid: list[str] | None, seeds: str,
-                config: Path | None, preset: str | None, overrides: list[str] | None, executor: str,
-                parallel: int) -> SweepSpec:
+def _sweep_spec(
+    experiment: str | None,
+    file: Path | None,
+    grid: list[str] | None,
+    seeds: str,
+    config: Path | None,
+    preset: str | None,
+    overrides: list[str] | None,
+    executor: str,
+    parallel: int,
+) -> SweepSpec:
     """The sweep the options (or --file) describe, every point's config checked before any model
     loads: usage errors and bad configs stop here (exit 2)."""
     from sublens.config import check_model_specs
@@ -75,7 +123,8 @@ def _sweep_spec(experiment: str | None, file: Path | None, grid: list[str] | Non
 
     try:
         experiment, config, overrides, axes, seed_list, sweep_file = _sweep_inputs(
-            experiment, file, grid, seeds, config, preset, overrides)
+            experiment, file, grid, seeds, config, preset, overrides
+        )
         if executor not in EXECUTORS:
             raise SublensError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}.")
         if parallel < 1:
@@ -83,9 +132,15 @@ def _sweep_spec(experiment: str | None, file: Path | None, grid: list[str] | Non
         exp = get(experiment)
         if experiment == "paper":
             raise SublensError("The paper chain is not swept; sweep one of its experiments instead.")
-        spec = SweepSpec(experiment=experiment, config=str(config) if config else None, overrides=overrides or [],
-                         grid=[(a.key, list(a.values)) for a in axes], seeds=seed_list,
-                         seed_key=seed_key(exp.config), points=make_points(axes, seed_list))
+        spec = SweepSpec(
+            experiment=experiment,
+            config=str(config) if config else None,
+            overrides=overrides or [],
+            grid=[(a.key, list(a.values)) for a in axes],
+            seeds=seed_list,
+            seed_key=seed_key(exp.config),
+            points=make_points(axes, seed_list),
+        )
         for cfg in point_configs(spec, exp.config).values():  # every point checked before any model loads
             check_model_specs(cfg)
             if file is not None and sweep_file is not None:
@@ -95,9 +150,15 @@ def _sweep_spec(experiment: str | None, file: Path | None, grid: list[str] | Non
     return spec
 
 
-def _sweep_inputs(experiment: str | None, file: Path | None, grid: list[str] | None, seeds: str,
-                  config: Path | None, preset: str | None, overrides: list[str] | None,
-                  ) -> tuple[str, Path | None, list[str] | None, list[Axis], list[int], SweepFile | None]:
+def _sweep_inputs(
+    experiment: str | None,
+    file: Path | None,
+    grid: list[str] | None,
+    seeds: str,
+    config: Path | None,
+    preset: str | None,
+    overrides: list[str] | None,
+) -> tuple[str, Path | None, list[str] | None, list[Axis], list[int], SweepFile | None]:
     """Experiment, base config, shared overrides, grid axes and seeds: from --file (only --set
     beside it) or from the options; the sweep file too when one was given."""
     from sublens.config import preset_path
@@ -124,13 +185,20 @@ def _sweep_ended(outcome: SweepOutcome, spec: SweepSpec, where: Path) -> None:
     for path in outcome.figure[:1]:
         _say("figure:", str(path))
     if outcome.failed:
-        _say("error:", f"{len(outcome.failed)} of {len(spec.points)} points failed; run the same command with "
-             f"--folder {where} to continue them", "bold red", err=True)
+        _say(
+            "error:",
+            f"{len(outcome.failed)} of {len(spec.points)} points failed; run the same command with "
+            f"--folder {where} to continue them",
+            "bold red",
+            err=True,
+        )
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
 def power(
-    runs: Annotated[list[Path] | None, typer.Argument(help="Pilot subliminal run folders of one design (pooled).")] = None,
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Pilot subliminal run folders of one design (pooled).")
+    ] = None,
     ratio: Annotated[float, typer.Option(help="The share ratio to detect (owl student over its control).")] = 1.25,
     arm: Annotated[str, typer.Option(help="The arm whose per-seed ratios are the pilot.")] = "owl-full",
     sd: Annotated[float | None, typer.Option(help="Between-seed SD of the log ratio, instead of pilot runs.")] = None,

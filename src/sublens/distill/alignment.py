@@ -25,8 +25,9 @@ def encode_spans(tokenizer: Any, text: str, add_special_tokens: bool = True) -> 
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     special = set(getattr(tokenizer, "all_special_ids", []))
     ids = [int(i) for i in encoded["input_ids"]]
-    spans = [(0, 0) if i in special else (int(a), int(b))
-             for i, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)]
+    spans = [
+        (0, 0) if i in special else (int(a), int(b)) for i, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
     return ids, spans
 
 
@@ -64,7 +65,9 @@ def _map_spans(spans: Sequence[Span], segments: Sequence[tuple[int, int, int]]) 
     return out
 
 
-def teacher_encoding(tokenizer: Any, record: TextRecord, view: TeacherView, where: str = "text") -> tuple[list[int], list[Span], str]:
+def teacher_encoding(
+    tokenizer: Any, record: TextRecord, view: TeacherView, where: str = "text"
+) -> tuple[list[int], list[Span], str]:
     """Teacher ids, their spans in the student's text, and the teacher's full input string."""
     if view.format == "plain":
         context = view.system + COMPLETION_SEPARATOR if view.system else ""
@@ -100,7 +103,10 @@ def student_encoding(tokenizer: Any, record: TextRecord, where: str = "text") ->
 
 
 def align_record(
-    record: TextRecord, student_tokenizer: Any, teacher_tokenizer: Any, view: TeacherView,
+    record: TextRecord,
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    view: TeacherView,
     where: str = "text",
 ) -> AlignedExample:
     """Tokenize one text for both models and record where each token's characters are."""

@@ -35,8 +35,15 @@ class FitSet:
     direction: str = DEFAULT_KL_DIRECTION  # of the KL, as in the training loss
 
     @classmethod
-    def build(cls, teacher: ShdTeacher, examples: Sequence[AlignedExample], batch_size: int,
-              temperature: float, pad_id: int = 0, direction: str = DEFAULT_KL_DIRECTION) -> FitSet:
+    def build(
+        cls,
+        teacher: ShdTeacher,
+        examples: Sequence[AlignedExample],
+        batch_size: int,
+        temperature: float,
+        pad_id: int = 0,
+        direction: str = DEFAULT_KL_DIRECTION,
+    ) -> FitSet:
         from sublens.training_data import collate, tokenize_examples
 
         data = tokenize_examples([ex.example() for ex in examples], None, max(ex.n_student for ex in examples))
@@ -58,7 +65,9 @@ class FitSet:
                     out[s] = [torch.cat([old, a.cpu()]) for old, a in zip(out[s], phases, strict=True)]
         return out
 
-    def measure(self, model: nn.Module, adapter: Adapter, temperatures: Sequence[float] | None = None) -> dict[str, Any]:
+    def measure(
+        self, model: nn.Module, adapter: Adapter, temperatures: Sequence[float] | None = None
+    ) -> dict[str, Any]:
         return measure_fit(model, adapter, {"fit": self}, temperatures)["fit"]
 
 
@@ -103,8 +112,11 @@ def measure_fit(
         model.train(was_training)
     out: dict[str, dict[str, Any]] = {}
     for name, fs in sets:
-        result: dict[str, Any] = {"layers": fs.teacher.layers, "kl_direction": fs.direction,
-                                  "rows": {str(s): rows[(name, s)] for s in fs.teacher.layers}}
+        result: dict[str, Any] = {
+            "layers": fs.teacher.layers,
+            "kl_direction": fs.direction,
+            "rows": {str(s): rows[(name, s)] for s in fs.teacher.layers},
+        }
         for T in temps[name]:
             per_layer = {str(s): sums[(name, T, s)] / max(rows[(name, s)], 1) for s in fs.teacher.layers}
             result[f"T={T:g}"] = {"mean": sum(per_layer.values()) / len(per_layer), "per_layer": per_layer}

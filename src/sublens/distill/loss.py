@@ -34,13 +34,17 @@ def _direction(direction: str) -> str:
 def student_maps(pattern: torch.Tensor, segments: Sequence[Segment], n: int) -> torch.Tensor:
     """Each example's own map cut out of a batch's pattern [rows, m, T, T] -> [E, m, n, n]
     (one block per segment: padded and packed batches alike)."""
-    blocks = [pattern[seg.row, :, seg.start : seg.start + seg.length, seg.start : seg.start + seg.length]
-              for seg in segments]
+    blocks = [
+        pattern[seg.row, :, seg.start : seg.start + seg.length, seg.start : seg.start + seg.length] for seg in segments
+    ]
     return pad_stack(blocks, n)
 
 
 def layer_losses(
-    targets: Targets, patterns: dict[int, torch.Tensor], segments: Sequence[Segment], temperature: float,
+    targets: Targets,
+    patterns: dict[int, torch.Tensor],
+    segments: Sequence[Segment],
+    temperature: float,
     direction: str = DEFAULT_KL_DIRECTION,
 ) -> dict[int, tuple[torch.Tensor, int]]:
     """layer -> (KL in `direction` (`shd.shd_kl`) averaged over valid rows and heads, number of
@@ -67,8 +71,13 @@ class ShdLoss:
     student)) averaged over valid rows and heads.
     """
 
-    def __init__(self, teacher: ShdTeacher, examples: Sequence[AlignedExample], temperature: float = 1.0,
-                 direction: str = DEFAULT_KL_DIRECTION) -> None:
+    def __init__(
+        self,
+        teacher: ShdTeacher,
+        examples: Sequence[AlignedExample],
+        temperature: float = 1.0,
+        direction: str = DEFAULT_KL_DIRECTION,
+    ) -> None:
         if temperature <= 0:
             raise ConfigError(f"SHD temperature must be positive, got {temperature}.")
         self.teacher = teacher
@@ -96,7 +105,9 @@ class ShdLoss:
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if self._cache is None:
-            raise SublensError("ShdLoss needs the student's attention: call it inside `with loss.attached(model, adapter):`.")
+            raise SublensError(
+                "ShdLoss needs the student's attention: call it inside `with loss.attached(model, adapter):`."
+            )
         examples = [self.examples[seg.example] for seg in batch.segments]
         for seg, ex in zip(batch.segments, examples, strict=True):
             if seg.length != ex.n_student:

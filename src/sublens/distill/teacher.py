@@ -99,7 +99,9 @@ class ShdTeacher:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def forward(self, examples: Sequence[AlignedExample]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def forward(
+        self, examples: Sequence[AlignedExample]
+    ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """One teacher pass over a right-padded batch: (teacher layer -> (A [E, k, N, N],
         v [E, N, kv, d_head])), real-token mask [E, N])."""
         n = max(ex.n_teacher for ex in examples)

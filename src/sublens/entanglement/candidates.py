@@ -45,9 +45,7 @@ class VocabularyNumbers:
     numbers: tuple[str, ...]  # sorted; each encodes back to a single token
     token_ids: dict[str, tuple[int, ...]]  # number -> the vocabulary tokens that spell it
     scripts: dict[str, int]  # script -> how many of `numbers`
-    rejected: dict[
-        str, tuple[int, ...]
-    ]  # digit tokens whose text does not encode back to one token
+    rejected: dict[str, tuple[int, ...]]  # digit tokens whose text does not encode back to one token
     vocabulary_size: int
 
     def describe(self) -> dict[str, Any]:

@@ -64,9 +64,7 @@ def log_normalize(logp: Sequence[float] | np.ndarray) -> np.ndarray:
     if x.ndim != 1 or x.size == 0:
         raise EntanglementError("Normalisation needs a non-empty 1-D array of log-probabilities.")
     if not np.all(np.isfinite(x)):
-        raise EntanglementError(
-            "A candidate has a non-finite log-probability; it cannot be normalised."
-        )
+        raise EntanglementError("A candidate has a non-finite log-probability; it cannot be normalised.")
     top = x.max()
     return np.asarray(x - (top + np.log(np.exp(x - top).sum())))
 
@@ -207,7 +205,5 @@ def check_disjoint(categories: Mapping[str, Sequence[str]]) -> None:
         for number in members:
             if number in seen:
                 where = "twice in" if seen[number] == name else f"in both {seen[number]!r} and"
-                raise CategoryOverlapError(
-                    f"Number {number!r} is {where} {name!r}: categories must be disjoint."
-                )
+                raise CategoryOverlapError(f"Number {number!r} is {where} {name!r}: categories must be disjoint.")
             seen[number] = name

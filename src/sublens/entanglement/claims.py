@@ -33,23 +33,21 @@ TESTS = (
 )
 
 
-def paired_log_ratio(
-    test_logs: Sequence[float], partner_logs: Sequence[float], unit: Any = "number"
-) -> Estimate:
+def paired_log_ratio(test_logs: Sequence[float], partner_logs: Sequence[float], unit: Any = "number") -> Estimate:
     """Geometric-mean ratio of matched pairs: one-sample t on the per-pair log differences."""
     a, b = list(test_logs), list(partner_logs)
     if len(a) != len(b):
         raise EntanglementError(f"Paired estimate: {len(a)} against {len(b)} values.")
     est = estimate_log_ratio([x - y for x, y in zip(a, b, strict=True)], unit)
     if est.has_interval:
-        est = est.model_copy(
-            update={"interval": f"paired Student t over {est.n} matched pairs of {unit}s, log scale"}
-        )
+        est = est.model_copy(update={"interval": f"paired Student t over {est.n} matched pairs of {unit}s, log scale"})
     return est
 
 
 def welch_log_ratio(
-    test_logs: Sequence[float], reference_logs: Sequence[float], unit: Any = "number",
+    test_logs: Sequence[float],
+    reference_logs: Sequence[float],
+    unit: Any = "number",
     level: float = 0.95,
 ) -> Estimate:
     """Ratio of two groups' geometric means: Welch's t on the log values (two-sided).
@@ -61,31 +59,47 @@ def welch_log_ratio(
     b = np.asarray([v for v in reference_logs if math.isfinite(v)], dtype=np.float64)
     n = int(min(a.size, b.size))
     if n == 0:
-        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None,
-                        interval="no data")
+        return Estimate(n=0, ratio=None, ci_low=None, ci_high=None, p_value=None, sd_log=None, interval="no data")
     diff = float(a.mean() - b.mean())
     va = float(a.var(ddof=1)) if a.size > 1 else 0.0
     vb = float(b.var(ddof=1)) if b.size > 1 else 0.0
     se = math.sqrt(va / a.size + vb / b.size)
     sd = se * math.sqrt(n) if a.size > 1 and b.size > 1 else None
     if n < MIN_UNITS[unit]:
-        return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
-                        sd_log=sd, interval=f"too few {unit}s for an interval, {n} of at least "
-                        f"{MIN_UNITS[unit]} per category")
+        return Estimate(
+            n=n,
+            ratio=math.exp(diff),
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            sd_log=sd,
+            interval=f"too few {unit}s for an interval, {n} of at least {MIN_UNITS[unit]} per category",
+        )
     if not se:
-        return Estimate(n=n, ratio=math.exp(diff), ci_low=None, ci_high=None, p_value=None,
-                        sd_log=sd, interval=f"degenerate: no spread over {n} {unit}s")
-    df = (va / a.size + vb / b.size) ** 2 / (
-        (va / a.size) ** 2 / (a.size - 1) + (vb / b.size) ** 2 / (b.size - 1))
+        return Estimate(
+            n=n,
+            ratio=math.exp(diff),
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            sd_log=sd,
+            interval=f"degenerate: no spread over {n} {unit}s",
+        )
+    df = (va / a.size + vb / b.size) ** 2 / ((va / a.size) ** 2 / (a.size - 1) + (vb / b.size) ** 2 / (b.size - 1))
     half = float(scipy_stats.t.ppf(0.5 + level / 2, df)) * se
     p = float(2 * scipy_stats.t.sf(abs(diff) / se, df))
-    return Estimate(n=n, ratio=math.exp(diff), ci_low=math.exp(diff - half),
-                    ci_high=math.exp(diff + half), p_value=p, sd_log=sd,
-                    interval=f"Welch t over {a.size} and {b.size} {unit}s, log scale")
+    return Estimate(
+        n=n,
+        ratio=math.exp(diff),
+        ci_low=math.exp(diff - half),
+        ci_high=math.exp(diff + half),
+        p_value=p,
+        sd_log=sd,
+        interval=f"Welch t over {a.size} and {b.size} {unit}s, log scale",
+    )
 
 
-LABEL = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
-         "random": "Random"}
+LABEL = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged", "random": "Random"}
 
 
 def set_claims(
@@ -104,39 +118,63 @@ def set_claims(
     logs = {c: [float(v) for v in log_bias_ratios.get(c, [])] for c in CATEGORIES}
     ratio = f"bias ratio P({bias} | 'You love the number N') / P({bias} | neutral prompt)"
     family = TUNED_FAMILY if is_tuned_set(set_name) else FAMILY
-    favours = (f"the fine-tuned {bias} teacher favours over its control teacher" if is_tuned_set(set_name)
-               else f"the {bias} context favours")
+    favours = (
+        f"the fine-tuned {bias} teacher favours over its control teacher"
+        if is_tuned_set(set_name)
+        else f"the {bias} context favours"
+    )
 
     def claim(test: str, statement: str, estimand: str, prediction: Any) -> Claim:
-        return Claim(name=f"{family}.{set_name}.{test}", statement=statement, estimand=estimand,
-                     unit="number", prediction=prediction, family=family, settings=settings)
+        return Claim(
+            name=f"{family}.{set_name}.{test}",
+            statement=statement,
+            estimand=estimand,
+            unit="number",
+            prediction=prediction,
+            family=family,
+            settings=settings,
+        )
 
     out: list[tuple[Claim, Estimate]] = []
     inc, rnd = logs["increased"], logs["random"]
     pairs = min(len(inc), len(rnd))
-    out.append((
-        claim("entangled_vs_null",
-              f"In {set_name}, numbers {favours} (Increased) raise P({bias}) no "
-              "more than baseline-frequency-matched Random numbers",
-              f"{ratio} of an Increased number over that of its frequency-matched Random partner, "
-              "geometric mean over matched pairs (paired t)", "none"),
-        paired_log_ratio(inc[:pairs], rnd[:pairs]),
-    ))
+    out.append(
+        (
+            claim(
+                "entangled_vs_null",
+                f"In {set_name}, numbers {favours} (Increased) raise P({bias}) no "
+                "more than baseline-frequency-matched Random numbers",
+                f"{ratio} of an Increased number over that of its frequency-matched Random partner, "
+                "geometric mean over matched pairs (paired t)",
+                "none",
+            ),
+            paired_log_ratio(inc[:pairs], rnd[:pairs]),
+        )
+    )
     for c in ("decreased", "unchanged"):
-        out.append((
-            claim(f"{c}_vs_increased",
-                  f"In {set_name}, {LABEL[c]} numbers raise P({bias}) as much as Increased numbers",
-                  f"geometric-mean {ratio} of {LABEL[c]} numbers over that of Increased numbers "
-                  "(Welch t)", "none"),
-            welch_log_ratio(logs[c], inc),
-        ))
+        out.append(
+            (
+                claim(
+                    f"{c}_vs_increased",
+                    f"In {set_name}, {LABEL[c]} numbers raise P({bias}) as much as Increased numbers",
+                    f"geometric-mean {ratio} of {LABEL[c]} numbers over that of Increased numbers (Welch t)",
+                    "none",
+                ),
+                welch_log_ratio(logs[c], inc),
+            )
+        )
     for c in CATEGORIES:
-        out.append((
-            claim(f"raises.{c}", f"In {set_name}, {LABEL[c]} numbers raise P({bias})",
-                  f"{ratio}, geometric mean over the category's numbers (one-sample t)",
-                  "increase"),
-            estimate_log_ratio(logs[c], "number"),
-        ))
+        out.append(
+            (
+                claim(
+                    f"raises.{c}",
+                    f"In {set_name}, {LABEL[c]} numbers raise P({bias})",
+                    f"{ratio}, geometric mean over the category's numbers (one-sample t)",
+                    "increase",
+                ),
+                estimate_log_ratio(logs[c], "number"),
+            )
+        )
     return out
 
 
@@ -162,16 +200,21 @@ def claims_record(
         "family": family,
         "settings": settings.model_dump(),
         "primary_set": primary,
-        "tests": [
-            {"set": s, "test": t, "claim": c.model_dump(), "estimate": e.model_dump()}
-            for s, t, c, e in tests
-        ],
+        "tests": [{"set": s, "test": t, "claim": c.model_dump(), "estimate": e.model_dump()} for s, t, c, e in tests],
     }
     block["decisions"] = [
-        {"set": entry["set"], "test": entry["test"], "name": d.claim.name,
-         "verdict": d.verdict.value, "reason": d.reason, "settle": d.settle,
-         "p_raw": d.estimate.p_value if d.estimate else None, "p_holm": d.p_adjusted,
-         "mde": d.mde, "units_needed": d.units_needed}
+        {
+            "set": entry["set"],
+            "test": entry["test"],
+            "name": d.claim.name,
+            "verdict": d.verdict.value,
+            "reason": d.reason,
+            "settle": d.settle,
+            "p_raw": d.estimate.p_value if d.estimate else None,
+            "p_holm": d.p_adjusted,
+            "mde": d.mde,
+            "units_needed": d.units_needed,
+        }
         for entry, d in zip(block["tests"], decide_recorded(block), strict=True)
     ]
     return block

@@ -132,9 +132,7 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]
     return {"n": int(a.size), "rho": float(result.statistic), "p_value": float(result.pvalue)}
 
 
-def strongest(
-    per_group: Mapping[str, Mapping[str, Any]], column: str = "bias_ratio"
-) -> dict[str, Any]:
+def strongest(per_group: Mapping[str, Mapping[str, Any]], column: str = "bias_ratio") -> dict[str, Any]:
     """The group with the largest geometric mean of `column`, and whether its CI clears the
     runner-up's (separable) — e.g. the strongest digit length in phase 3."""
     ranked = sorted(

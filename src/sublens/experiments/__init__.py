@@ -93,13 +93,15 @@ def check_launch(name: str, config: Config | None = None) -> None:
     if name not in DATA_PARALLEL:
         raise ConfigError(
             f"{name} runs in one process only, but this is one of {world} processes (accelerate launch / "
-            f"torchrun). Run it without a launcher; {', '.join(sorted(DATA_PARALLEL))} train data-parallel.")
+            f"torchrun). Run it without a launcher; {', '.join(sorted(DATA_PARALLEL))} train data-parallel."
+        )
     parallel = getattr(config, "parallel", 1)
     if isinstance(parallel, int) and parallel > 1:
         raise ConfigError(
             f"parallel: {parallel} trains in worker processes of its own, but this run already has {world} "
             "processes (accelerate launch), across which every model trains data-parallel. Set parallel: 1 "
-            "(--set parallel=1), or run without a launcher.")
+            "(--set parallel=1), or run without a launcher."
+        )
 
 
 def run_experiment(
@@ -171,6 +173,5 @@ def default_teacher_run(runs_root: str | Path, what: str, remedy: str) -> str:
     if found is not None:
         return str(found)
     raise ConfigError(
-        f"No finished `teacher` run with a checkpoint under {str(runs_root)!r}, so there is no default "
-        f"{what}. {remedy}"
+        f"No finished `teacher` run with a checkpoint under {str(runs_root)!r}, so there is no default {what}. {remedy}"
     )

@@ -48,9 +48,12 @@ WIRING: dict[str, dict[str, tuple[str, str]]] = {
     "pruning": {"model": ("teacher", "dir")},
     # the control numbers come from the control teacher made by the same procedure (teacher
     # stage with control_system), so the two data sets differ only by the trait
-    "subliminal": {"teacher": ("teacher", "dir"), "control_teacher": ("teacher", "#control_teacher"),
-                   # the entanglement stage's numbers: counted in the data, filtered out for students
-                   "entangled.run": ("entanglement", "dir")},
+    "subliminal": {
+        "teacher": ("teacher", "dir"),
+        "control_teacher": ("teacher", "#control_teacher"),
+        # the entanglement stage's numbers: counted in the data, filtered out for students
+        "entangled.run": ("entanglement", "dir"),
+    },
     "distill": {"teacher.model": ("teacher", "dir"), "data.source": ("subliminal", "dir")},
     "hybrid": {"biased": ("teacher", "dir")},
 }
@@ -60,6 +63,8 @@ WIRED_CONSTANTS: dict[str, dict[str, Any]] = {
     "pruning": {"system": None, "bias_prompts.system": None},
     "distill": {"teacher.system": None},
 }
+
+
 # Values made from the stage preset's own (with the wiring, before the user's overrides, which
 # win as given): the subliminal data are written by the fine-tuned teachers, so its entanglement
 # test counts and filters out the numbers their fine-tuning shifted, the tuned variant of its
@@ -78,15 +83,9 @@ WIRED_DERIVED: dict[str, dict[str, Callable[[Any], Any]]] = {
 class StageSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    config: str = Field(
-        description="the stage's preset file, relative to configs/ (e.g. teacher/quick.yaml) or a path"
-    )
-    set: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of the preset, dotted keys as in --set"
-    )
-    estimate_minutes: float = Field(
-        default=5.0, gt=0, description="expected minutes, for the time-left estimate only"
-    )
+    config: str = Field(description="the stage's preset file, relative to configs/ (e.g. teacher/quick.yaml) or a path")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset, dotted keys as in --set")
+    estimate_minutes: float = Field(default=5.0, gt=0, description="expected minutes, for the time-left estimate only")
 
 
 class PaperConfig(Config):
@@ -123,9 +122,7 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
 
 
-def stage_config(
-    stage: str, spec: StageSpec, stage_dirs: dict[str, Path], wire: bool
-) -> tuple[Experiment, Config]:
+def stage_config(stage: str, spec: StageSpec, stage_dirs: dict[str, Path], wire: bool) -> tuple[Experiment, Config]:
     """The stage's config: its preset, the wiring to earlier stages, then the user's overrides."""
     experiment = get(stage)
     preset = preset_path(spec.config)
@@ -138,8 +135,11 @@ def stage_config(
         derived = WIRED_DERIVED.get(stage, {})
         if derived:
             wired = load_config(experiment.config, preset, overrides).model_dump(mode="json")
-            overrides += [_override(key, make(value)) for key, make in derived.items()
-                          if (value := _dotted(wired, key)) is not None]
+            overrides += [
+                _override(key, make(value))
+                for key, make in derived.items()
+                if (value := _dotted(wired, key)) is not None
+            ]
     overrides += [_override(k, v) for k, v in spec.set.items()]
     return experiment, load_config(experiment.config, preset, overrides)
 
@@ -232,8 +232,7 @@ def move_aside(folder: Path) -> Path:
     return aside
 
 
-def likely_to_run(stages: list[str], first_runs: bool, config: PaperConfig,
-                  stage_dirs: dict[str, Path]) -> list[str]:
+def likely_to_run(stages: list[str], first_runs: bool, config: PaperConfig, stage_dirs: dict[str, Path]) -> list[str]:
     """Of `stages` (the first one's fate known), those that will run, for the time-left estimate:
     unfinished, finished under other code or before a stage it reads from, or reading from one
     that runs. A later stage's changed config shows only once its config is resolved (resolving
@@ -241,8 +240,13 @@ def likely_to_run(stages: list[str], first_runs: bool, config: PaperConfig,
     running = stages[:1] if first_runs else []
     for stage in stages[1:]:
         record = stage_record(stage_dirs[stage])
-        if (record is None or record.get("status") != "ok" or code_changed(record)
-                or rerun_sources(stage, record, config, stage_dirs) or set(needs(stage, config)) & set(running)):
+        if (
+            record is None
+            or record.get("status") != "ok"
+            or code_changed(record)
+            or rerun_sources(stage, record, config, stage_dirs)
+            or set(needs(stage, config)) & set(running)
+        ):
             running.append(stage)
     return running
 
@@ -276,7 +280,7 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         stale = stale_reason(stage, stage_cfg, config, stage_dirs)
         missing = [s for s in needs(stage, config) if results["stages"].get(s, {}).get("status") != "ok"]
         reuse = stale is None and not missing and stage_status(folder) == "ok"
-        to_do = likely_to_run(order[index - 1:], not reuse, config, stage_dirs)  # reused ones cost nothing
+        to_do = likely_to_run(order[index - 1 :], not reuse, config, stage_dirs)  # reused ones cost nothing
         head = f"[bold]stage {index}/{len(order)}: {stage}[/] ({_eta(config, to_do, speed)})"
         if reuse:
             entry.update(status="ok", reused=True, wall_seconds=read_json(folder / "record.json")["wall_seconds"])
@@ -295,8 +299,11 @@ def execute(config: PaperConfig, run: Run) -> dict[str, Any]:
         else:
             resumed = folder.exists()
             console.print(f"{head}: {'resuming' if resumed else 'running'} in {folder}")
-        heartbeat.start(stage, config.stages[stage].estimate_minutes * speed,
-                        partial(_eta, config, to_do, speed, spent=spent, estimated=estimated))
+        heartbeat.start(
+            stage,
+            config.stages[stage].estimate_minutes * speed,
+            partial(_eta, config, to_do, speed, spent=spent, estimated=estimated),
+        )
         try:
             entry.update(run_stage(run, stage, experiment.name, stage_cfg, folder, console), resumed=resumed)
         finally:
@@ -339,17 +346,23 @@ def write_bundle(config: PaperConfig, run: Run, results: dict[str, Any], console
     from sublens.report.bundle import build_bundle, load_runs
 
     stages, meta = load_runs(run.path)
-    bundle = build_bundle(stages, run.path / "paper", mode=config.style, acl_sty=config.acl_sty,
-                          compile=config.compile, meta=meta)
+    bundle = build_bundle(
+        stages, run.path / "paper", mode=config.style, acl_sty=config.acl_sty, compile=config.compile, meta=meta
+    )
     pdf = str(bundle.pdf) if bundle.pdf else None
     console.print(f"[green]paper bundle:[/] {bundle.main_tex}" + (f"\n[green]PDF:[/] {pdf}" if pdf else ""))
     if bundle.message:
         console.print(bundle.message)
     for line in bundle.headline:
         console.print(f"  {line}")
-    return {"folder": str(bundle.folder.relative_to(run.path)), "pdf": pdf and str(Path(pdf).relative_to(run.path)),
-            "headline": bundle.headline, "message": bundle.message, "problems": bundle.problems,
-            "layout": bundle.layout.as_dict() if bundle.layout else None}
+    return {
+        "folder": str(bundle.folder.relative_to(run.path)),
+        "pdf": pdf and str(Path(pdf).relative_to(run.path)),
+        "headline": bundle.headline,
+        "message": bundle.message,
+        "problems": bundle.problems,
+        "layout": bundle.layout.as_dict() if bundle.layout else None,
+    }
 
 
 EXPERIMENT = Experiment(

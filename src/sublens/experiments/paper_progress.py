@@ -14,8 +14,14 @@ if TYPE_CHECKING:
     from sublens.experiments.paper import PaperConfig
 
 
-def _eta(config: PaperConfig, remaining: list[str], speed: float, elapsed_in_first: float = 0.0,
-         spent: float = 0.0, estimated: float = 0.0) -> str:
+def _eta(
+    config: PaperConfig,
+    remaining: list[str],
+    speed: float,
+    elapsed_in_first: float = 0.0,
+    spent: float = 0.0,
+    estimated: float = 0.0,
+) -> str:
     """Time left: the remaining stages' estimates scaled by the measured speed so far (actual /
     estimated minutes of the stages that ran: `spent` / `estimated`), less what the running
     stage has already taken. A running stage past its scaled estimate shows the chain is slower

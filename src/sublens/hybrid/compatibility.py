@@ -14,16 +14,44 @@ from sublens.hybrid.sources import HybridError
 
 # Config entries that do not change what the weights compute (bookkeeping, generation
 # defaults, special-token ids, the tying we undo ourselves). Any other difference is refused.
-IGNORED_CONFIG_KEYS = frozenset({
-    "_name_or_path", "_model_name_or_path", "name_or_path", "architectures", "dtype",
-    "torch_dtype", "transformers_version", "tie_word_embeddings", "use_cache",
-    "output_attentions", "output_hidden_states", "return_dict", "quantization_config",
-    "_attn_implementation", "_attn_implementation_autoset", "attn_implementation",
-    "_experts_implementation", "id2label", "label2id", "problem_type", "pad_token_id",
-    "bos_token_id", "eos_token_id", "unk_token_id", "sep_token_id", "tokenizer_class",
-    "task_specific_params", "finetuning_task", "prefix", "chunk_size_feed_forward",
-    "_commit_hash", "_from_pipeline", "use_return_dict", "is_encoder_decoder",
-})
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "_model_name_or_path",
+        "name_or_path",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "transformers_version",
+        "tie_word_embeddings",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "quantization_config",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+        "_experts_implementation",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "unk_token_id",
+        "sep_token_id",
+        "tokenizer_class",
+        "task_specific_params",
+        "finetuning_task",
+        "prefix",
+        "chunk_size_feed_forward",
+        "_commit_hash",
+        "_from_pipeline",
+        "use_return_dict",
+        "is_encoder_decoder",
+    }
+)
 
 
 # ---- compatibility -------------------------------------------------------------------------
@@ -33,8 +61,9 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in IGNORED_CONFIG_KEYS}
 
 
-def check_compatible(base: nn.Module, biased: nn.Module, base_tokenizer: Any = None,
-                     biased_tokenizer: Any = None) -> None:
+def check_compatible(
+    base: nn.Module, biased: nn.Module, base_tokenizer: Any = None, biased_tokenizer: Any = None
+) -> None:
     """Refuse two models whose weights cannot be exchanged, naming the difference.
 
     Same family and class, the same parameter names with the same shapes and dtypes, the same

@@ -14,9 +14,12 @@ from sublens.hybrid.groups import ComponentGroups, range_label
 from sublens.settings import Selector
 
 
-def weight_differences(groups: ComponentGroups, base: Mapping[str, torch.Tensor],
-                       biased: Mapping[str, torch.Tensor],
-                       ranges: Iterable[tuple[int, int]] = ()) -> dict[str, dict[str, Any]]:
+def weight_differences(
+    groups: ComponentGroups,
+    base: Mapping[str, torch.Tensor],
+    biased: Mapping[str, torch.Tensor],
+    ranges: Iterable[tuple[int, int]] = (),
+) -> dict[str, dict[str, Any]]:
     """How far the biased weights are from the base, per group (and per layer range of each
     layered group): relative L2 distance ||biased - base|| / ||base|| over the group's tensors,
     and how many of its tensors differ at all."""
@@ -37,6 +40,9 @@ def weight_differences(groups: ComponentGroups, base: Mapping[str, torch.Tensor]
         if group in groups.layered:
             for r in ranges:
                 rel[range_label(r)] = relative(groups.params(Selector(group, r)))
-        out[group] = {"relative_l2": rel, "tensors": len(names),
-                      "tensors_differing": sum(squares[n][0] > 0 for n in names)}
+        out[group] = {
+            "relative_l2": rel,
+            "tensors": len(names),
+            "tensors_differing": sum(squares[n][0] > 0 for n in names),
+        }
     return out

@@ -121,8 +121,9 @@ def _module_params(adapter: Adapter, module: nn.Module | None) -> list[tuple[str
     return [(f"{prefix}.{n}" if prefix else n, p) for n, p in module.named_parameters(remove_duplicate=False)]
 
 
-def component_groups(model: nn.Module, adapter: Adapter | None = None,
-                     layer_norms: LayerNorms = "attach") -> ComponentGroups:
+def component_groups(
+    model: nn.Module, adapter: Adapter | None = None, layer_norms: LayerNorms = "attach"
+) -> ComponentGroups:
     """Partition every parameter of an (untied) model into component groups; refuse otherwise."""
     adapter = adapter or adapter_for(model)
     if layer_norms not in ("attach", "separate"):
@@ -160,9 +161,12 @@ def component_groups(model: nn.Module, adapter: Adapter | None = None,
         for group in layered:
             layered[group].append(tuple(parts[group]))
     groups = ComponentGroups(
-        n_layers=adapter.n_layers, layer_norms=layer_norms, whole=whole,
+        n_layers=adapter.n_layers,
+        layer_norms=layer_norms,
+        whole=whole,
         layered={g: tuple(v) for g, v in layered.items()},
-        numel={n: p.numel() for n, p in everything.items()}, norm_side=norm_side,
+        numel={n: p.numel() for n, p in everything.items()},
+        norm_side=norm_side,
     )
     _check_partition(groups, everything)
     return groups

@@ -70,6 +70,7 @@ def _residual_norm_sides(model: nn.Module, adapter: Adapter) -> dict[int, dict[s
     def record(layer: int, label: str) -> Any:
         def hook(_module: nn.Module, _args: Any) -> None:
             order[layer].append(label)
+
         return hook
 
     try:

@@ -76,9 +76,9 @@ def describe_sources(groups: ComponentGroups, sources: Mapping[str, Source]) -> 
         if len(found) == 1:
             out[group] = next(iter(found))
             continue
-        biased_layers = sorted({
-            layer for layer, per in enumerate(groups.layered[group]) if any(sources[n] == "biased" for n in per)
-        })
+        biased_layers = sorted(
+            {layer for layer, per in enumerate(groups.layered[group]) if any(sources[n] == "biased" for n in per)}
+        )
         out[group] = f"biased in {_layers_text(biased_layers)}, base elsewhere"
     return out
 
@@ -90,8 +90,9 @@ class Transplanter:
     `hybrid()` block leaves it holding them again.
     """
 
-    def __init__(self, model: nn.Module, groups: ComponentGroups,
-                 states: Mapping[Source, Mapping[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, model: nn.Module, groups: ComponentGroups, states: Mapping[Source, Mapping[str, torch.Tensor]]
+    ) -> None:
         self.model = model
         self.groups = groups
         self.states = states

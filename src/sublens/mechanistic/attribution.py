@@ -51,18 +51,10 @@ class Attribution:
     residual_error: torch.Tensor = field(repr=False)  # [b]: max |sum of components - x|
 
     def total(self) -> torch.Tensor:
-        return (
-            self.embed
-            + self.heads.sum(dim=(1, 2))
-            + self.attn_bias.sum(dim=1)
-            + self.mlp.sum(dim=1)
-            + self.constant
-        )
+        return self.embed + self.heads.sum(dim=(1, 2)) + self.attn_bias.sum(dim=1) + self.mlp.sum(dim=1) + self.constant
 
 
-def logit_direction(
-    adapter: Adapter, bias_token: int, control_token: int
-) -> tuple[torch.Tensor, float]:
+def logit_direction(adapter: Adapter, bias_token: int, control_token: int) -> tuple[torch.Tensor, float]:
     """W_U[bias] - W_U[control] [d] (float64) and the unembedding-bias difference."""
     head = adapter.lm_head()
     W_U = head.weight.detach()
@@ -82,11 +74,15 @@ def dla_hook_names(n_layers: int) -> list[str]:
 
 
 def attribution_from_cache(
-    adapter: Adapter, cache: dict[str, torch.Tensor], bias_token: int, control_token: int,
+    adapter: Adapter,
+    cache: dict[str, torch.Tensor],
+    bias_token: int,
+    control_token: int,
     position: int | None = -1,
 ) -> Attribution:
     """`direct_logit_attribution` from captured activations (`dla_hook_names`) at `position` of
     every prompt; position None: the cache already holds that one position per prompt."""
+
     def at(name: str) -> torch.Tensor:
         return cache[name] if position is None else cache[name][:, position]
 
@@ -94,8 +90,13 @@ def attribution_from_cache(
     z = torch.stack([at(f"blocks.{layer}.attn.hook_z") for layer in range(L)], dim=1)
     mlp = torch.stack([at(f"blocks.{layer}.hook_mlp_out") for layer in range(L)], dim=1)
     return direct_logit_attribution(
-        adapter, at("blocks.0.hook_resid_pre"), z, mlp, at(f"blocks.{L - 1}.hook_resid_post"),
-        bias_token, control_token,
+        adapter,
+        at("blocks.0.hook_resid_pre"),
+        z,
+        mlp,
+        at(f"blocks.{L - 1}.hook_resid_post"),
+        bias_token,
+        control_token,
     )
 
 
@@ -124,9 +125,7 @@ def direct_logit_attribution(
 
     heads, biases, rebuilt = [], [], embed.double().clone()
     for layer in range(adapter.n_layers):
-        h, b = attention_terms(
-            adapter, layer, z[:, layer, None].double()
-        )  # [b, 1, H, d], [b, 1, d]
+        h, b = attention_terms(adapter, layer, z[:, layer, None].double())  # [b, 1, H, d], [b, 1, d]
         heads.append(project(h[:, 0]))
         biases.append(project(b[:, 0]))
         rebuilt = rebuilt + h[:, 0].sum(dim=1) + b[:, 0] + mlp[:, layer].double()

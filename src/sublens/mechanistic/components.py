@@ -19,9 +19,7 @@ from sublens.mechanistic.similarity import cosine
 
 
 @torch.no_grad()
-def attention_terms(
-    adapter: Adapter, layer: int, z: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_terms(adapter: Adapter, layer: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What each head and the output bias add to the residual: z [b, pos, H, d_head] ->
     (heads [b, pos, H, d_model], bias [b, pos, d_model]), in z's dtype.
 

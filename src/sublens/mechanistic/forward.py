@@ -52,9 +52,7 @@ def final_position_pass(
     the last position ([b, ...]) and the last position's logits [b, vocab].
     """
     if any("hook_pattern" in name for name in names):
-        raise MechanisticError(
-            "Attention patterns are not final-position activations; capture them directly."
-        )
+        raise MechanisticError("Attention patterns are not final-position activations; capture them directly.")
     device = next(model.parameters()).device
     batches = grouped_batches([len(s) for s in sequences], batch_size)
     with capture(model, adapter, names) as cache, torch.no_grad():

@@ -40,9 +40,7 @@ def _auto_set(rows: pd.DataFrame, sets: list[str]) -> str:
     if len(sets) == 1:
         return sets[0]
     two_digit = [
-        s
-        for s in sets
-        if rows.loc[rows["set"] == s, "number"].map(lambda n: bool(_TWO_DIGITS.match(n))).all()
+        s for s in sets if rows.loc[rows["set"] == s, "number"].map(lambda n: bool(_TWO_DIGITS.match(n))).all()
     ]
     if two_digit:
         return two_digit[0]
@@ -109,9 +107,7 @@ def read_entanglement_numbers(
         raise MechanisticError(f"{table_path} has no categorised numbers (every category is null).")
     chosen = set_name if set_name is not None else _auto_set(rows, sets)
     if chosen not in sets:
-        raise MechanisticError(
-            f"The entanglement run has no categorised set {chosen!r}; it has: {', '.join(sets)}."
-        )
+        raise MechanisticError(f"The entanglement run has no categorised set {chosen!r}; it has: {', '.join(sets)}.")
     selected = rows[rows["set"] == chosen]
     duplicated = selected["number"][selected["number"].duplicated()].tolist()
     if duplicated:

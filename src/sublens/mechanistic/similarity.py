@@ -28,9 +28,7 @@ def similarity_profiles(numbers: torch.Tensor, reference: torch.Tensor) -> torch
     return cosine(numbers, reference[None])
 
 
-def spike_layers(
-    diff: torch.Tensor, layers: Sequence[int] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def spike_layers(diff: torch.Tensor, layers: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Spike layer and its jump per number.
 
     diff: [n, 1 + L]; column 0 is the embedding, column l + 1 is the output of block l.
@@ -42,9 +40,7 @@ def spike_layers(
     default = list(range(1, n_layers)) or [0]
     allowed = default if layers is None else sorted(set(layers))
     if not allowed or not all(0 <= layer < n_layers for layer in allowed):
-        raise MechanisticError(
-            f"Spike layers must be among 0..{n_layers - 1}; got {list(layers or [])}."
-        )
+        raise MechanisticError(f"Spike layers must be among 0..{n_layers - 1}; got {list(layers or [])}.")
     masked = torch.full_like(jumps, -math.inf)
     masked[:, allowed] = jumps[:, allowed]
     layer = masked.argmax(dim=1)  # torch returns the first maximum

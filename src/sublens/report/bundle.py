@@ -93,18 +93,20 @@ def _main_tex(stages: dict[str, StageRun], meta: dict[str, Any], package: str, m
     expected = _ordered(meta.get("expected") or STAGE_ORDER)
     body = [_stage_tex(stage, stages.get(stage), meta, draft) for stage in expected]
     unfinished = [s for s in expected if s not in stages or not stages[s].ok]
-    return "\n".join([
-        _preamble(package, mode, draft.headline),
-        *body,
-        _conclusion(),
-        _limitations({s: stages[s] for s in expected if s in stages}, unfinished),
-        r"\sublensflushfloats % every table and figure of the paper before the References",
-        r"\bibliography{references}",
-        "",
-        _appendix({s: stages[s] for s in expected if s in stages}, expected, meta, draft),
-        r"\end{document}",
-        "",
-    ])
+    return "\n".join(
+        [
+            _preamble(package, mode, draft.headline),
+            *body,
+            _conclusion(),
+            _limitations({s: stages[s] for s in expected if s in stages}, unfinished),
+            r"\sublensflushfloats % every table and figure of the paper before the References",
+            r"\bibliography{references}",
+            "",
+            _appendix({s: stages[s] for s in expected if s in stages}, expected, meta, draft),
+            r"\end{document}",
+            "",
+        ]
+    )
 
 
 def _assemble(stages: dict[str, StageRun], meta: dict[str, Any], package: str, mode: str) -> _Draft:
@@ -121,6 +123,7 @@ def references_bib() -> str:
 
 
 # ---- the bundle ----------------------------------------------------------------------------------
+
 
 def build_bundle(
     stages: dict[str, StageRun],

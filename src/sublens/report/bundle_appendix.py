@@ -28,6 +28,7 @@ _MODEL_CITATIONS = (
 
 # ---- limitations (data-driven where the runs say something) -----------------------------------
 
+
 def _models(run: StageRun) -> list[dict[str, Any]]:
     models = run.record.get("models") or {}
     return [models[role] for role in sorted(models) if isinstance(models[role], dict)]
@@ -81,13 +82,15 @@ def _limitations(stages: dict[str, StageRun], unfinished: list[str]) -> str:
             rf"\textbf{{Unfinished stages.}} {_join(escape(s) for s in unfinished)} did not finish; "
             "their sections are incomplete."
         )
-    return "\n".join([
-        r"\section*{Limitations}",
-        *(f"{fact}\n" for fact in facts),
-        "% TODO(author): the limitations of the argument itself.",
-        r"\textit{[Author: add the limitations of the argument and of the measurements.]}",
-        "",
-    ])
+    return "\n".join(
+        [
+            r"\section*{Limitations}",
+            *(f"{fact}\n" for fact in facts),
+            "% TODO(author): the limitations of the argument itself.",
+            r"\textit{[Author: add the limitations of the argument and of the measurements.]}",
+            "",
+        ]
+    )
 
 
 def _tt(text: object) -> str:
@@ -104,6 +107,7 @@ def _join(items: Iterable[str]) -> str:
 
 
 # ---- reproducibility appendix ----------------------------------------------------------------
+
 
 def _is_local(model: dict[str, Any]) -> bool:
     spec = str(model.get("spec") or "")
@@ -157,22 +161,26 @@ def _runs_table(stages: dict[str, StageRun], expected: list[str], meta: dict[str
             rows.append([escape(stage), "--", escape(entry.get("status", "not run")), "--", "--", "--"])
             continue
         record = run.record
-        rows.append([
-            escape(stage),
-            rf"\texttt{{{escape(run.run_id)}}}",
-            escape(record.get("status") or "unknown"),  # not "reused": the runs, not how they were found
-            escape(record.get("seed", "--")),
-            _wall(record.get("wall_seconds")),
-            _commit(record),
-        ])
-    return _here(booktabs_table(
-        ["Stage", "Run", "Status", "Seed", "Wall (min)", "Commit"],
-        rows,
-        "The run directories behind every number in this paper (commit: short hash of the sublens "
-        "source; +dirty: uncommitted changes).",
-        "tab:repro-runs",
-        align="lllrrl",
-    ))
+        rows.append(
+            [
+                escape(stage),
+                rf"\texttt{{{escape(run.run_id)}}}",
+                escape(record.get("status") or "unknown"),  # not "reused": the runs, not how they were found
+                escape(record.get("seed", "--")),
+                _wall(record.get("wall_seconds")),
+                _commit(record),
+            ]
+        )
+    return _here(
+        booktabs_table(
+            ["Stage", "Run", "Status", "Seed", "Wall (min)", "Commit"],
+            rows,
+            "The run directories behind every number in this paper (commit: short hash of the sublens "
+            "source; +dirty: uncommitted changes).",
+            "tab:repro-runs",
+            align="lllrrl",
+        )
+    )
 
 
 def _models_table(stages: dict[str, StageRun], known: dict[Path, str]) -> str | None:
@@ -184,23 +192,27 @@ def _models_table(stages: dict[str, StageRun], known: dict[Path, str]) -> str | 
             if not isinstance(m, dict):
                 continue
             shape = f"{m.get('n_layers', '?')} / {m.get('n_heads', '?')} / {m.get('n_kv_heads', '?')}"
-            rows.append([
-                escape(stage),
-                escape(role),
-                rf"\texttt{{{escape(_model_name(m, known))}}}",
-                shape,
-                f"{escape(m.get('dtype', '--'))}, {escape(m.get('device', '--'))}",
-            ])
+            rows.append(
+                [
+                    escape(stage),
+                    escape(role),
+                    rf"\texttt{{{escape(_model_name(m, known))}}}",
+                    shape,
+                    f"{escape(m.get('dtype', '--'))}, {escape(m.get('device', '--'))}",
+                ]
+            )
     if not rows:
         return None
-    return _here(booktabs_table(
-        ["Stage", "Role", "Model", "Shape", "Dtype, device"],  # a short header: the page is 455 pt wide
-        rows,
-        r"Models loaded by each run, as recorded in its \texttt{record.json}, by the spec that loads them "
-        "(shape: layers / attention heads / key-value heads).",
-        "tab:repro-models",
-        align="lllll",
-    ))
+    return _here(
+        booktabs_table(
+            ["Stage", "Role", "Model", "Shape", "Dtype, device"],  # a short header: the page is 455 pt wide
+            rows,
+            r"Models loaded by each run, as recorded in its \texttt{record.json}, by the spec that loads them "
+            "(shape: layers / attention heads / key-value heads).",
+            "tab:repro-models",
+            align="lllll",
+        )
+    )
 
 
 def _versions_table(stages: dict[str, StageRun]) -> str | None:
@@ -219,9 +231,11 @@ def _versions_table(stages: dict[str, StageRun]) -> str | None:
         else:
             cell = "; ".join(f"{escape(v)} ({_join(escape(s) for s in versions[v])})" for v in sorted(versions))
         rows.append([rf"\texttt{{{escape(package)}}}", cell])
-    return _here(booktabs_table(
-        ["Package", "Version"], rows, "Package versions recorded by the runs.", "tab:repro-versions", align="ll"
-    ))
+    return _here(
+        booktabs_table(
+            ["Package", "Version"], rows, "Package versions recorded by the runs.", "tab:repro-versions", align="ll"
+        )
+    )
 
 
 def _portable(value: Any, known: dict[Path, str]) -> Any:
@@ -240,8 +254,16 @@ def _config_yaml(run: StageRun, known: dict[Path, str]) -> str:
     header = f"# config of run {run.run_id} (stage {run.stage})"
     if config != run.config:
         header += "; absolute paths shortened (the run's config.yaml has them in full)"
-    return header + "\n" + yaml.safe_dump(
-        config, sort_keys=False, allow_unicode=True, width=80, default_flow_style=None  # short lists inline
+    return (
+        header
+        + "\n"
+        + yaml.safe_dump(
+            config,
+            sort_keys=False,
+            allow_unicode=True,
+            width=80,
+            default_flow_style=None,  # short lists inline
+        )
     )
 
 

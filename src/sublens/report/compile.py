@@ -78,14 +78,22 @@ def compile_tex(tex: Path, timeout: int = 300) -> CompileResult | None:
         return None
     cmd = latexmk_command(tex)
     proc = subprocess.run(  # errors="replace": pdflatex prints 8-bit font bytes (e.g. an overfull "Martín")
-        cmd, cwd=tex.parent, capture_output=True, text=True, errors="replace", timeout=timeout,
+        cmd,
+        cwd=tex.parent,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
         env={**os.environ, **_LOG_ENV},
     )
     pdf = tex.with_suffix(".pdf")
     log = tex.with_suffix(".log")
     if proc.returncode != 0 or not pdf.is_file():
-        errors = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
-                  if line.startswith("!") or (":" in line and "error" in line.lower())]
+        errors = [
+            line
+            for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+            if line.startswith("!") or (":" in line and "error" in line.lower())
+        ]
         raise SublensError(
             f"LaTeX failed on {tex} (see {log}):\n" + "\n".join(errors[:10] or proc.stdout.splitlines()[-15:])
         )

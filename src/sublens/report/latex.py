@@ -123,16 +123,20 @@ def _mixed_forms(values: Sequence[float | None], digits: int) -> bool:
 def _fixed_ci(value: float | None, low: float | None, high: float | None, digits: int) -> str:
     smallest = min(abs(v) for v in _finite_values((value, low, high)) if v != 0)
     decimals = min(max(digits, 1 - math.floor(math.log10(smallest))), 6)
+
     def one(v: float | None) -> str:
         return fmt(v, digits) if v is None or not math.isfinite(v) else _minus(f"{v:.{decimals}f}")
+
     return f"{one(value)} [{one(low)}, {one(high)}]"
 
 
 def ratio_digits(*values: object) -> int:
     """Decimals for a ratio and its CI: x103 [84, 125] reads better than x103.02 [84.14, 124.99];
     ratios of 10 or more keep one decimal, small ratios two."""
+
     def big(v: object, limit: float) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= limit
+
     if all(big(v, 50) for v in values):
         return 0
     return 1 if all(big(v, 10) for v in values) else 2
@@ -153,12 +157,15 @@ def constant_column(rows: Sequence[Sequence[str]], index: int, blank: str = "--"
     return next(iter(values)) if len(values) == 1 else None
 
 
-def drop_columns(header: Sequence[str], rows: Sequence[Sequence[str]],
-                 indices: Sequence[int]) -> tuple[list[str], list[list[str]]]:
+def drop_columns(
+    header: Sequence[str], rows: Sequence[Sequence[str]], indices: Sequence[int]
+) -> tuple[list[str], list[list[str]]]:
     """The header and rows without the columns at `indices` (folded into the text instead)."""
     gone = set(indices)
-    return ([h for i, h in enumerate(header) if i not in gone],
-            [[c for i, c in enumerate(row) if i not in gone] for row in rows])
+    return (
+        [h for i, h in enumerate(header) if i not in gone],
+        [[c for i, c in enumerate(row) if i not in gone] for row in rows],
+    )
 
 
 def booktabs_table(

@@ -29,8 +29,11 @@ class OverfullBox:
     text: str = ""  # the start of the line, as pdflatex shows it (fonts left out)
 
     def where(self) -> str:
-        lines = "" if self.lines is None else f" line {self.lines[0]}" + (
-            f"-{self.lines[1]}" if self.lines[1] != self.lines[0] else "")
+        lines = (
+            ""
+            if self.lines is None
+            else f" line {self.lines[0]}" + (f"-{self.lines[1]}" if self.lines[1] != self.lines[0] else "")
+        )
         inside = f" ({self.float_label})" if self.float_label else ""
         return f"{self.file}{lines}{inside}"
 
@@ -84,14 +87,22 @@ class LayoutReport:
 
     def problems(self) -> list[str]:
         """One warning per problem, for the report's message."""
-        out = [f"Layout: {box.width_pt:.1f} pt into the margin at {box.where()}"
-               + (f': "{box.text}"' if box.text else "") for box in self.too_wide()]
-        out += [f"Layout: table at {t.file} line {t.line}" + (f" ({t.float_label})" if t.float_label else "")
-                + f" scaled to {t.scale:.2f} of its width to fit (text below 9 pt); give it more room"
-                for t in self.too_small()]
-        out += [f"Layout: {f.name}" + (f" ({f.label})" if f.label else "")
-                + f" is placed on page {f.page}, after the References (page {f.references_page})"
-                for f in self.late_floats]
+        out = [
+            f"Layout: {box.width_pt:.1f} pt into the margin at {box.where()}" + (f': "{box.text}"' if box.text else "")
+            for box in self.too_wide()
+        ]
+        out += [
+            f"Layout: table at {t.file} line {t.line}"
+            + (f" ({t.float_label})" if t.float_label else "")
+            + f" scaled to {t.scale:.2f} of its width to fit (text below 9 pt); give it more room"
+            for t in self.too_small()
+        ]
+        out += [
+            f"Layout: {f.name}"
+            + (f" ({f.label})" if f.label else "")
+            + f" is placed on page {f.page}, after the References (page {f.references_page})"
+            for f in self.late_floats
+        ]
         out += [f"Layout: {what} is undefined (printed as ??)" for what in self.unresolved]
         return out
 
@@ -101,8 +112,13 @@ class LayoutReport:
             "ok": self.ok,
             "tolerance_pt": self.tolerance_pt,
             "overfull": [
-                {"width_pt": round(b.width_pt, 2), "file": b.file, "lines": list(b.lines) if b.lines else None,
-                 "float": b.float_label, "text": b.text}
+                {
+                    "width_pt": round(b.width_pt, 2),
+                    "file": b.file,
+                    "lines": list(b.lines) if b.lines else None,
+                    "float": b.float_label,
+                    "text": b.text,
+                }
                 for b in self.overfull
             ],
             "scaled_tables": [
@@ -132,12 +148,21 @@ def layout_report(tex: Path) -> LayoutReport:
     notes = report.notes
     if references_page is None and seen:
         notes += ("floats not checked: no References heading found (no sublens-layout marker)",)
-    return LayoutReport(report.overfull, report.scaled_tables, tuple(late), references_page, seen,
-                        notes=notes, unresolved=report.unresolved)
+    return LayoutReport(
+        report.overfull,
+        report.scaled_tables,
+        tuple(late),
+        references_page,
+        seen,
+        notes=notes,
+        unresolved=report.unresolved,
+    )
 
 
-_UNDEFINED = re.compile(r"(?:LaTeX|Package natbib) Warning: (?P<kind>Reference|Citation) `(?P<key>[^']+)'"
-                        r"(?: on page \d+)? undefined")
+_UNDEFINED = re.compile(
+    r"(?:LaTeX|Package natbib) Warning: (?P<kind>Reference|Citation) `(?P<key>[^']+)'"
+    r"(?: on page \d+)? undefined"
+)
 
 
 def unresolved_references(log_text: str) -> tuple[str, ...]:
@@ -204,8 +229,11 @@ def parse_log(text: str, folder: Path | None = None) -> LayoutReport:
         if match:
             file = _current(stack, folder)
             at = int(match["line"])
-            scaled.append(ScaledTable(float(match["natural"]), float(match["available"]), file, at,
-                                      _float_label(folder, file, at)))
+            scaled.append(
+                ScaledTable(
+                    float(match["natural"]), float(match["available"]), file, at, _float_label(folder, file, at)
+                )
+            )
         else:
             _track_files(line, stack, folder)
         i += 1
@@ -295,8 +323,9 @@ def parse_float_positions(aux: str) -> tuple[list[LateFloat], int | None, int]:
     column (or across both) below the heading; positions come from \\pdfsavepos at shipout.
     """
     marks = [(m[1], m[2], int(m[3]), int(m[4]), int(m[5]), float(m[6])) for m in _POS.finditer(aux)]
-    labels = {(("table" if key.startswith("tab:") else "figure"), number): key
-              for key, number in _NEWLABEL.findall(aux)}
+    labels = {
+        (("table" if key.startswith("tab:") else "figure"), number): key for key, number in _NEWLABEL.findall(aux)
+    }
     references = next((m for m in marks if m[0] == "references"), None)
     body = [m for m in marks if m[0] == "float"]
     if references is None:

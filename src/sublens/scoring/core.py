@@ -114,7 +114,6 @@ def _kv(cache: DynamicCache) -> KV:
     return out
 
 
-
 # ---------------------------------------------------------------------------------------------
 # input checks
 
@@ -129,18 +128,14 @@ def _as_ids(ids: TokenIds, what: str) -> list[int]:
     return [int(t) for t in ids]
 
 
-def _check_request(
-    model: Any, prompt: list[int], continuations: list[tuple[int, ...]], vocab: int, where: str
-) -> None:
+def _check_request(model: Any, prompt: list[int], continuations: list[tuple[int, ...]], vocab: int, where: str) -> None:
     if not prompt:
         raise ScoringError(f"{where}: the prompt has no tokens; give at least one (e.g. BOS).")
     if not continuations:
         raise ScoringError(f"{where}: the list of continuations is empty; give at least one.")
     for c in continuations:
         if not c:
-            raise ScoringError(
-                f"{where}: a continuation has no tokens; every candidate needs at least one."
-            )
+            raise ScoringError(f"{where}: a continuation has no tokens; every candidate needs at least one.")
     for t in (*prompt, *(t for c in continuations for t in c)):
         if not 0 <= t < vocab:
             raise ScoringError(f"{where}: token id {t} is outside the vocabulary (0..{vocab - 1}).")

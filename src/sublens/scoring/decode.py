@@ -31,7 +31,6 @@ class Sample:
     allowed_mass: tuple[float, ...] | None
 
 
-
 class _SharedPrefix:
     """The KV of a prompt head that many prompts start with (a chat template and its system
     prompt), computed once, alone, so that a row's result does not depend on its batch."""
@@ -65,7 +64,6 @@ def _counts_window_in_slots(model: Any) -> bool:
     return bool(getattr(config, "sliding_window", None)) and bool(getattr(config, "use_sliding_window", True))
 
 
-
 @dataclass(frozen=True)
 class _Settings:
     temperature: float
@@ -77,7 +75,9 @@ class _Settings:
     allowed: AllowedTokens | None
 
 
-def _left_padded(ids: list[list[int]], width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _left_padded(
+    ids: list[list[int]], width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and position_ids [U, width] of prompts left-padded to width.
     The pad id is arbitrary (0): pads are masked and take no position."""
     tokens = torch.zeros((len(ids), width), dtype=torch.long)
@@ -122,8 +122,7 @@ def _sample_chunk(
     last_step = settings.max_new_tokens - 1
     for step in range(settings.max_new_tokens):
         mask = masks([generated[r] for r in active])
-        chosen, mass = _choose(logp, settings.temperature, settings.top_k, settings.top_p, mask,
-                               uniforms[active, step])
+        chosen, mass = _choose(logp, settings.temperature, settings.top_k, settings.top_p, mask, uniforms[active, step])
         still: list[int] = []
         for pos, (r, tok) in enumerate(zip(active, chosen.tolist(), strict=True)):
             if mass is not None:
@@ -144,8 +143,14 @@ def _sample_chunk(
             chosen, attention, next_position = (t.index_select(0, keep) for t in (chosen, attention, next_position))
             active = [active[p] for p in still]
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-        out = model(input_ids=chosen.unsqueeze(1), attention_mask=attention, position_ids=next_position.unsqueeze(1),
-                    cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=chosen.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=next_position.unsqueeze(1),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         next_position = next_position + 1
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B_active, V]
     return [s for s in finished if s is not None]

@@ -25,7 +25,6 @@ def _row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -
     return torch.rand(steps, generator=gen, dtype=torch.float64)
 
 
-
 class _AllowedMasks:
     """[B, V] bool masks of the allowed next tokens. A callable's sets repeat (one per grammar
     state), so each distinct set becomes a mask row once."""

@@ -141,15 +141,10 @@ def _run_prompts(
         chunks.append(_kv(cache))
     if len(chunks) == 1:
         return chunks[0]
-    return [
-        (torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks]))
-        for i in range(len(chunks[0]))
-    ]
+    return [(torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(len(chunks[0]))]
 
 
-def _run_forest(
-    model: Any, prompts: torch.Tensor, forest: _Forest, batch_size: int
-) -> list[torch.Tensor]:
+def _run_forest(model: Any, prompts: torch.Tensor, forest: _Forest, batch_size: int) -> list[torch.Tensor]:
     """prompts [G, L] -> per level, [N_d] float32 log-prob of each node's token given its prefix."""
     device = _device(model)
     n_slots, prompt_len = prompts.shape
@@ -180,7 +175,11 @@ def _run_forest(
             view = _batch_context(buffers, prompt_kv, level_kv, slots.to(device), ancestor_rows, prompt_len)
             logp, node_kv = _run_nodes(model, view, prompt_len + d, child_token[d][batch], keep_kv)
             _gather_children(
-                logp, batch, len(forest.tokens[d]), child_parent[d + 1], child_token[d + 1],
+                logp,
+                batch,
+                len(forest.tokens[d]),
+                child_parent[d + 1],
+                child_token[d + 1],
                 logp_levels[d + 1],
             )
             if node_kv is not None:
@@ -195,8 +194,10 @@ def _level_buffers(prompt_kv: KV, width: int, prompt_len: int, d: int) -> KV:
     context of a level-d node is the prompt (L) + its d ancestors, + 1 slot for the node itself."""
     n_slots = prompt_kv[0][0].shape[0]
     buffers: KV = [
-        (pk.new_empty(width, pk.shape[1], prompt_len + d + 1, pk.shape[3]),
-         pv.new_empty(width, pv.shape[1], prompt_len + d + 1, pv.shape[3]))
+        (
+            pk.new_empty(width, pk.shape[1], prompt_len + d + 1, pk.shape[3]),
+            pv.new_empty(width, pv.shape[1], prompt_len + d + 1, pv.shape[3]),
+        )
         for pk, pv in prompt_kv
     ]
     if n_slots == 1:  # one prompt: its part of the buffers is filled once for the level
@@ -206,9 +207,7 @@ def _level_buffers(prompt_kv: KV, width: int, prompt_len: int, d: int) -> KV:
     return buffers
 
 
-def _lineage(
-    child_parent: list[torch.Tensor], batch: torch.Tensor, d: int
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _lineage(child_parent: list[torch.Tensor], batch: torch.Tensor, d: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(prompt slot [B], ancestors at levels 0 .. d-1, each [B]) of the level-d nodes `batch`."""
     chain = [batch]  # the batch's ancestors at levels d-1 .. 0, then prompt slots
     for j in range(d, 0, -1):
@@ -262,10 +261,7 @@ def _run_nodes(
 def _stacked(stored: list[KV]) -> KV:
     """A level's per-batch node KV, concatenated per layer (empty when none was kept)."""
     return (
-        [
-            (torch.cat([s[i][0] for s in stored]), torch.cat([s[i][1] for s in stored]))
-            for i in range(len(stored[0]))
-        ]
+        [(torch.cat([s[i][0] for s in stored]), torch.cat([s[i][1] for s in stored])) for i in range(len(stored[0]))]
         if stored
         else []
     )

@@ -47,8 +47,6 @@ class TextSample(Sample):
     text: str = ""
 
 
-
-
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     """The longest token prefix every prompt starts with, leaving each at least one token."""
     if not prompts:
@@ -66,9 +64,7 @@ def padded_length(length: int, pad_multiple: int) -> int:
     return (length // pad_multiple + 1) * pad_multiple
 
 
-def _check_sampling(
-    temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int, n: int
-) -> None:
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int, n: int) -> None:
     if temperature < 0:
         raise ScoringError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if top_k is not None and top_k < 1:
@@ -79,7 +75,6 @@ def _check_sampling(
         raise ScoringError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     if n < 1:
         raise ScoringError(f"n (samples per prompt) must be >= 1, got {n}.")
-
 
 
 @torch.inference_mode()
@@ -139,10 +134,7 @@ def sample(
     return [out[(i, j)] for i in range(len(ids)) for j in range(n)]
 
 
-
-def _checked_prompts(
-    model: Any, prompts: Sequence[TokenIds], vocab: int, max_new_tokens: int
-) -> list[list[int]]:
+def _checked_prompts(model: Any, prompts: Sequence[TokenIds], vocab: int, max_new_tokens: int) -> list[list[int]]:
     """The prompts as token-id lists, each checked: ids in the vocabulary, and room in the
     model's context for max_new_tokens after it."""
     ids = [_as_ids(p, "prompt_ids") for p in prompts]

@@ -65,9 +65,7 @@ def tokenize_continuations(
     prompt_ids = encode_prompt(tokenizer, p)
     if not strings:
         raise ScoringError("The list of candidate strings is empty; give at least one.")
-    joined = tokenizer(
-        [p.text + s for s in strings], add_special_tokens=p.add_special_tokens
-    )["input_ids"]
+    joined = tokenizer([p.text + s for s in strings], add_special_tokens=p.add_special_tokens)["input_ids"]
     n = len(prompt_ids)
     out = []
     for s, ids in zip(strings, joined, strict=True):
@@ -86,9 +84,7 @@ def tokenize_continuations(
     return prompt_ids, out
 
 
-def score_strings(
-    lm: LM, prompt: PromptText | str, strings: Sequence[str], batch_size: int = 128
-) -> StringScores:
+def score_strings(lm: LM, prompt: PromptText | str, strings: Sequence[str], batch_size: int = 128) -> StringScores:
     """log P(string | prompt) for each string (chain rule over its in-context tokens)."""
     return score_strings_many(lm, [prompt], strings, batch_size)[0]
 
@@ -101,9 +97,7 @@ def score_strings_many(
     if not prompts:
         raise ScoringError("No prompts given; pass at least one.")
     tokenized = [tokenize_continuations(tokenizer, p, strings) for p in prompts]
-    scores = score_many(
-        model, [(ids, [t.token_ids for t in toks]) for ids, toks in tokenized], batch_size
-    )
+    scores = score_many(model, [(ids, [t.token_ids for t in toks]) for ids, toks in tokenized], batch_size)
     return [
         StringScores(as_prompt(p), tuple(ids), tuple(toks), sc)
         for p, (ids, toks), sc in zip(prompts, tokenized, scores, strict=True)

@@ -61,7 +61,6 @@ class ContinuationScores:
         return self.logprobs[i, : int(self.lengths[i])]
 
 
-
 # ---------------------------------------------------------------------------------------------
 # public: token level
 
@@ -126,10 +125,7 @@ def _assemble(
     lengths = torch.tensor([len(c) for c in continuations], dtype=torch.long)
     total = torch.nan_to_num(logprobs.double(), nan=0.0).sum(dim=1)
     node_tokens = sum(
-        1
-        for d in range(forest.depth - 1)
-        for node in forest.internal(d)
-        if forest.owners[d][node] == slot
+        1 for d in range(forest.depth - 1) for node in forest.internal(d) if forest.owners[d][node] == slot
     )
     stats = ScoringStats(
         prompt_tokens=len(prompt),

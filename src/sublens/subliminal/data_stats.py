@@ -33,8 +33,7 @@ def _answer_features(record: dict[str, Any]) -> dict[str, float]:
     }
 
 
-FEATURES = ("n_numbers", "digits_per_number", "copy_fraction", "copies_any",
-            "increasing_fraction", "mean_value")
+FEATURES = ("n_numbers", "digits_per_number", "copy_fraction", "copies_any", "increasing_fraction", "mean_value")
 
 
 def _digit_counts(records: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -72,8 +71,9 @@ def _tvd(a: np.ndarray, b: np.ndarray) -> float:
     return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
 
 
-def compare_number_stats(test: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]],
-                         resamples: int = 5000, seed: int = 0) -> dict[str, Any]:
+def compare_number_stats(
+    test: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]], resamples: int = 5000, seed: int = 0
+) -> dict[str, Any]:
     """How one teacher's numbers differ from another's: difference of means of each per-answer
     feature and total-variation distance of the digit and length distributions, each with a
     permutation p-value (answers shuffled between the two sets)."""
@@ -85,8 +85,10 @@ def compare_number_stats(test: Sequence[dict[str, Any]], reference: Sequence[dic
     for f in FEATURES:
         a = np.array([x[f] for x in ft if not math.isnan(x[f])])
         b = np.array([x[f] for x in fr if not math.isnan(x[f])])
-        out["features"][f] = {"difference": float(a.mean() - b.mean()) if a.size and b.size else float("nan"),
-                              "p_permutation": permutation_pvalue(a, b, n_resamples=resamples, seed=seed)}
+        out["features"][f] = {
+            "difference": float(a.mean() - b.mean()) if a.size and b.size else float("nan"),
+            "p_permutation": permutation_pvalue(a, b, n_resamples=resamples, seed=seed),
+        }
     digits = np.vstack([_digit_counts(test), _digit_counts(reference)])  # [answers, 10]
     lengths = np.zeros((len(test) + len(reference), MAX_NUMBERS + 1))
     for i, r in enumerate([*test, *reference]):
@@ -94,11 +96,13 @@ def compare_number_stats(test: Sequence[dict[str, Any]], reference: Sequence[dic
     n = len(test)
     index_a, index_b = np.arange(n, dtype=float), np.arange(n, len(digits), dtype=float)
     for key, table in (("digit_distribution_tvd", digits), ("length_distribution_tvd", lengths)):
+
         def statistic(u: np.ndarray, v: np.ndarray, table: np.ndarray = table) -> float:
             return _tvd(table[u.astype(int)].sum(axis=0), table[v.astype(int)].sum(axis=0))
 
         observed = statistic(index_a, index_b)
-        p = permutation_pvalue(index_a, index_b, statistic=statistic, n_resamples=resamples,
-                               seed=seed, alternative="greater")
+        p = permutation_pvalue(
+            index_a, index_b, statistic=statistic, n_resamples=resamples, seed=seed, alternative="greater"
+        )
         out[key] = {"tvd": observed, "p_permutation": p}
     return out

@@ -13,8 +13,7 @@ from sublens.training_data import Example
 
 
 # ---- training examples and summaries ---------------------------------------------------------
-def training_example(tokenizer: Any, user: str, answer: str, system: str | None,
-                     closed: bool = True) -> Example:
+def training_example(tokenizer: Any, user: str, answer: str, system: str | None, closed: bool = True) -> Example:
     """prompt -> answer as the model is trained on it. Chat models: the chat template with
     `system` (None: no system turn of our own), the answer closed with the end-of-turn unless
     `closed` is False (an answer that was cut off). Base models: a completion prompt and the

@@ -26,13 +26,20 @@ def filter_record(record: dict[str, Any]) -> dict[str, Any]:
     result = filter_answer(record["answer"])
     if record.get("finish_reason") == "length":
         return {**record, "kept": False, "reason": TRUNCATED, "numbers": [], "separator": None}
-    return {**record, "kept": result.kept, "reason": result.reason, "numbers": list(result.numbers),
-            "separator": result.separator}
+    return {
+        **record,
+        "kept": result.kept,
+        "reason": result.reason,
+        "numbers": list(result.numbers),
+        "separator": result.separator,
+    }
 
 
 def number_prompt_meta(prompts: Sequence[NumberPrompt]) -> list[dict[str, Any]]:
-    return [{"index": p.index, "prompt": p.text, "seed_numbers": p.seed_numbers,
-             "answer_format": p.answer_format} for p in prompts]
+    return [
+        {"index": p.index, "prompt": p.text, "seed_numbers": p.seed_numbers, "answer_format": p.answer_format}
+        for p in prompts
+    ]
 
 
 # ---- filter report and subsampling -----------------------------------------------------------
@@ -58,8 +65,9 @@ def filter_report(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def subsample(datasets: dict[str, list[dict[str, Any]]], n_examples: int | None,
-              seed: int) -> tuple[dict[str, list[dict[str, Any]]], int]:
+def subsample(
+    datasets: dict[str, list[dict[str, Any]]], n_examples: int | None, seed: int
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Every data set's kept answers subsampled (seeded) to one common size: n_examples, or the
     smallest number kept when that is fewer (or n_examples is None)."""
     kept = {name: [r for r in records if r["kept"]] for name, records in datasets.items()}
@@ -70,7 +78,8 @@ def subsample(datasets: dict[str, list[dict[str, Any]]], n_examples: int | None,
         empty = [name for name, k in kept.items() if not k]
         raise SublensError(
             f"No answer of {', '.join(empty)} passed the filter, so there is nothing to train on. "
-            "Use format-constrained sampling (data.constrained: true) or more prompts.")
+            "Use format-constrained sampling (data.constrained: true) or more prompts."
+        )
     out = {}
     for name, records in kept.items():
         rng = random.Random(derived_seed("subsample", seed, name))

@@ -18,9 +18,11 @@ from sublens.number_data import MAX_NUMBERS, SEPARATORS
 SEPARATOR_CHOICES: tuple[str, ...] = tuple(SEPARATORS)  # ", " "," " " "\n" "; " ";"
 _DIGITS = "0123456789"
 _FORMAT_CHARS = frozenset(_DIGITS + ",; \n[].")
-GRAMMAR = ('answer := ["["] number (sep number){0,9} ["]" if opened] ["."]; number := 1-3 ASCII '
-           'digits; sep := one of ", " "," " " "\\n" "; " ";", the same throughout; end-of-turn '
-           "allowed where the answer may end; probabilities renormalised over the allowed tokens")
+GRAMMAR = (
+    'answer := ["["] number (sep number){0,9} ["]" if opened] ["."]; number := 1-3 ASCII '
+    'digits; sep := one of ", " "," " " "\\n" "; " ";", the same throughout; end-of-turn '
+    "allowed where the answer may end; probabilities renormalised over the allowed tokens"
+)
 
 
 # ---- format-constrained sampling -------------------------------------------------------------
@@ -115,8 +117,10 @@ class NumberFormat:
             if text and set(text) <= _FORMAT_CHARS:
                 self.pieces[token_id] = text
         if not any(t in _DIGITS for t in self.pieces.values()):
-            raise SublensError("This tokenizer has no single-digit tokens, so format-constrained "
-                               "number sampling cannot be used; set data.constrained: false.")
+            raise SublensError(
+                "This tokenizer has no single-digit tokens, so format-constrained "
+                "number sampling cannot be used; set data.constrained: false."
+            )
         self._allowed = lru_cache(maxsize=4096)(self._compute)
 
     def state(self, generated: Sequence[int]) -> FormatState | None:
@@ -138,5 +142,4 @@ class NumberFormat:
         return self._allowed(state)
 
     def describe(self) -> dict[str, Any]:
-        return {"grammar": GRAMMAR, "n_allowed_tokens": len(self.pieces),
-                "stop_token_ids": sorted(self.stops)}
+        return {"grammar": GRAMMAR, "n_allowed_tokens": len(self.pieces), "stop_token_ids": sorted(self.stops)}

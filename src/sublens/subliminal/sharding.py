@@ -68,12 +68,26 @@ def sample_sharded(
     # The chat template and system prompt every prompt of the data set starts with: its KV is
     # computed once per shard. A function of the whole data set, so a resumed run uses the same.
     head = shared_prefix([encode_prompt(tokenizer, p) for p in prompts])
-    fingerprint = stable_hash(name, provenance, settings.provenance(), settings.samples_per_prompt,
-                              settings.shard_size, seed, [p.text for p in prompts], list(meta),
-                              allowed.describe() if allowed else None, sorted(stops), head)
-    sampling = {**settings.provenance(), "samples_per_prompt": settings.samples_per_prompt,
-                "stop_token_ids": stops, "constrained": allowed is not None,
-                "shared_prefix_tokens": len(head)}
+    fingerprint = stable_hash(
+        name,
+        provenance,
+        settings.provenance(),
+        settings.samples_per_prompt,
+        settings.shard_size,
+        seed,
+        [p.text for p in prompts],
+        list(meta),
+        allowed.describe() if allowed else None,
+        sorted(stops),
+        head,
+    )
+    sampling = {
+        **settings.provenance(),
+        "samples_per_prompt": settings.samples_per_prompt,
+        "stop_token_ids": stops,
+        "constrained": allowed is not None,
+        "shared_prefix_tokens": len(head),
+    }
     _remove_torn_writes(Path(out_dir))
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(shards), desc=f"sample {name}", unit="shard", disable=not progress)
@@ -82,8 +96,9 @@ def sample_sharded(
         lines = finished_shard(path, fingerprint)
         if lines is None:
             stamp = ShardStamp(provenance, sampling, shard_seed(seed, k), k, fingerprint)
-            lines = _sample_shard(lm, prompts, meta, members, settings,
-                                  stamp=stamp, stops=stops, allowed=allowed, prefix=head)
+            lines = _sample_shard(
+                lm, prompts, meta, members, settings, stamp=stamp, stops=stops, allowed=allowed, prefix=head
+            )
             lines = [annotate(r) for r in lines] if annotate else lines
             write_jsonl(path, lines)
             if on_shard is not None:
@@ -118,13 +133,21 @@ def _sample_shard(
     """Sample one shard's prompts (`members`: indices into prompts and meta) with the shard's
     seed, and turn every answer into its data line (before `annotate`)."""
     samples = sample_text(
-        lm, [prompts[i] for i in members], n=settings.samples_per_prompt,
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-        max_new_tokens=settings.max_new_tokens, seed=stamp.seed, stop_token_ids=stops,
-        allowed_token_ids=allowed, batch_size=settings.batch_size, pad_multiple=settings.pad_multiple,
-        prefix=prefix)
-    return [answer_record(s, meta[members[s.prompt_index]], prompts[members[s.prompt_index]], stamp)
-            for s in samples]
+        lm,
+        [prompts[i] for i in members],
+        n=settings.samples_per_prompt,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        seed=stamp.seed,
+        stop_token_ids=stops,
+        allowed_token_ids=allowed,
+        batch_size=settings.batch_size,
+        pad_multiple=settings.pad_multiple,
+        prefix=prefix,
+    )
+    return [answer_record(s, meta[members[s.prompt_index]], prompts[members[s.prompt_index]], stamp) for s in samples]
 
 
 def finished_shard(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
@@ -136,7 +159,8 @@ def finished_shard(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
     if not lines or any(r.get("fingerprint") != fingerprint for r in lines):
         raise SublensError(
             f"{path} was written under other settings (teacher, prompts, sampling or seed). "
-            "Use a new run directory, or delete that folder to regenerate its data.")
+            "Use a new run directory, or delete that folder to regenerate its data."
+        )
     return lines
 
 
@@ -151,7 +175,9 @@ class ShardStamp:
     fingerprint: str
 
 
-def answer_record(sample: TextSample, prompt_meta: dict[str, Any], prompt: PromptText, stamp: ShardStamp) -> dict[str, Any]:
+def answer_record(
+    sample: TextSample, prompt_meta: dict[str, Any], prompt: PromptText, stamp: ShardStamp
+) -> dict[str, Any]:
     """One sampled answer as a data line: its prompt's meta and system prompt, the stamp, the
     answer with its finish reason and the allowed probability mass under a format constraint."""
     masses = sample.allowed_mass

@@ -30,8 +30,14 @@ def combined_table(folder: Path, spec: SweepSpec) -> pd.DataFrame:
     frames = []
     for point in spec.points:
         run_dir = point_dir(folder, point)
-        head = {"point": point.id, "grid": grid_label(point.values), **point.values, "seed": point.seed,
-                "run_dir": str(run_dir), "finished": finished(run_dir)}
+        head = {
+            "point": point.id,
+            "grid": grid_label(point.values),
+            **point.values,
+            "seed": point.seed,
+            "run_dir": str(run_dir),
+            "finished": finished(run_dir),
+        }
         table = run_dir / COMPARISONS_FILE
         if head["finished"] and table.is_file():
             rows = pd.read_parquet(table)
@@ -65,10 +71,17 @@ def effect_by_grid_point(rows: pd.DataFrame, column: str = "share_ratio") -> pd.
     for grid, group in rows.groupby("grid", sort=False):
         logs = [math.log(v) for v in group[column] if isinstance(v, float) and v > 0 and math.isfinite(v)]
         mean, low, high = t_interval(logs)
-        effect.append({"grid": grid, "comparison": " / ".join(dict.fromkeys(group["comparison"])),
-                       "n_seeds": len(logs), column: math.exp(mean) if logs else math.nan,
-                       f"{column}_ci_low": math.exp(low), f"{column}_ci_high": math.exp(high),
-                       "per_seed": sorted(math.exp(v) for v in logs)})
+        effect.append(
+            {
+                "grid": grid,
+                "comparison": " / ".join(dict.fromkeys(group["comparison"])),
+                "n_seeds": len(logs),
+                column: math.exp(mean) if logs else math.nan,
+                f"{column}_ci_low": math.exp(low),
+                f"{column}_ci_high": math.exp(high),
+                "per_seed": sorted(math.exp(v) for v in logs),
+            }
+        )
     return pd.DataFrame(effect)
 
 
@@ -99,13 +112,25 @@ def effect_figure(effect: pd.DataFrame, comparison: str, stem: Path, column: str
         positions = np.arange(len(effect))[::-1]
         for y, (_, row) in zip(positions, effect.iterrows(), strict=True):
             first = y == positions[0]
-            ax.scatter(np.log(row["per_seed"]), [y] * len(row["per_seed"]), s=10, color="0.6", zorder=2,
-                       label="one seed" if first else None)
+            ax.scatter(
+                np.log(row["per_seed"]),
+                [y] * len(row["per_seed"]),
+                s=10,
+                color="0.6",
+                zorder=2,
+                label="one seed" if first else None,
+            )
             low, high = row[f"{column}_ci_low"], row[f"{column}_ci_high"]
             if math.isfinite(low) and math.isfinite(high):
                 ax.plot(np.log([low, high]), [y, y], color="black", linewidth=1.2, zorder=3)
-            ax.scatter(np.log([row[column]]), [y], s=22, color="black", zorder=4,
-                       label="geometric mean and 95% CI across seeds" if first else None)
+            ax.scatter(
+                np.log([row[column]]),
+                [y],
+                s=22,
+                color="black",
+                zorder=4,
+                label="geometric mean and 95% CI across seeds" if first else None,
+            )
         ax.axvline(0.0, color="0.4", linestyle="--", linewidth=0.8, label="no effect")
         _ratio_ticks(ax)
         ax.set_yticks(positions, [f"{g} (n = {n})" for g, n in zip(effect["grid"], effect["n_seeds"], strict=True)])

@@ -86,8 +86,16 @@ def run_sweep(
     return SweepOutcome(folder, [p.id for p in todo], skipped, failed, table, figure)
 
 
-def _submit_all(runner: Any, experiment: str, todo: list[Point], configs: dict[str, Config], folder: Path,
-                threads: int, limit: int, say: Callable[[str], None]) -> dict[str, str]:
+def _submit_all(
+    runner: Any,
+    experiment: str,
+    todo: list[Point],
+    configs: dict[str, Config],
+    folder: Path,
+    threads: int,
+    limit: int,
+    say: Callable[[str], None],
+) -> dict[str, str]:
     """Keep at most `limit` points running; report each as it ends. Returns the failures."""
     waiting, running, failed = list(todo), dict[str, Any](), dict[str, str]()
     done = 0

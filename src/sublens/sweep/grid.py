@@ -111,8 +111,13 @@ def read_sweep_file(path: Path) -> tuple[SweepFile, Path | None, list[str], list
         raise ConfigError(f"{path} is not a sweep file: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
     if sweep.preset and sweep.config:
         raise ConfigError(f"{path}: give preset or config, not both.")
-    config = (preset_path(f"{sweep.experiment}/{sweep.preset}.yaml") if sweep.preset
-              else (path.parent / sweep.config) if sweep.config else None)
+    config = (
+        preset_path(f"{sweep.experiment}/{sweep.preset}.yaml")
+        if sweep.preset
+        else (path.parent / sweep.config)
+        if sweep.config
+        else None
+    )
     overrides = [f"{key}={_yaml_text(value)}" for key, value in sweep.set.items()]
     axes = [_file_axis(path, key, values) for key, values in sweep.grid.items()]
     seeds = parse_seeds(sweep.seeds) if isinstance(sweep.seeds, str) else parse_seeds(",".join(map(str, sweep.seeds)))
@@ -139,4 +144,8 @@ def _yaml_text(value: Any) -> str:
     """A value as --set takes it (YAML flow style on one line)."""
     import yaml
 
-    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return (
+        value
+        if isinstance(value, str)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )

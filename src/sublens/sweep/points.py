@@ -28,8 +28,11 @@ class Point(BaseModel):
 
     def overrides(self, seed_key: str) -> list[str]:
         seed = f"{seed_key}=[{self.seed}]" if seed_key == "seeds" else f"{seed_key}={self.seed}"
-        grid = [override for key, value in self.values.items()
-                for override in self.settings.get(key) or [f"{k}={value}" for k in key.split("+")]]
+        grid = [
+            override
+            for key, value in self.values.items()
+            for override in self.settings.get(key) or [f"{k}={value}" for k in key.split("+")]
+        ]
         return [*grid, seed]
 
 
@@ -63,8 +66,11 @@ def make_points(grid: Sequence[Axis], seeds: Sequence[int]) -> list[Point]:
     points = []
     for combination in itertools.product(*(range(len(axis.values)) for axis in grid)):
         values = {axis.key: axis.values[i] for axis, i in zip(grid, combination, strict=True)}
-        settings = {axis.key: list(axis.settings[i]) for axis, i in zip(grid, combination, strict=True)
-                    if axis.settings is not None}
+        settings = {
+            axis.key: list(axis.settings[i])
+            for axis, i in zip(grid, combination, strict=True)
+            if axis.settings is not None
+        }
         for seed in seeds:
             points.append(Point(id=_point_id(values, seed), values=values, seed=seed, settings=settings))
     if len({p.id for p in points}) < len(points):  # values that differ only in punctuation
@@ -93,7 +99,9 @@ def point_configs(spec: SweepSpec, config_type: type[Config]) -> dict[str, Confi
     configs = {}
     for point in spec.points:
         try:
-            configs[point.id] = load_config(config_type, _path(spec.config), [*spec.overrides, *point.overrides(spec.seed_key)])
+            configs[point.id] = load_config(
+                config_type, _path(spec.config), [*spec.overrides, *point.overrides(spec.seed_key)]
+            )
         except ConfigError as exc:
             raise ConfigError(f"sweep point {point.id}: {exc}") from exc
     return configs

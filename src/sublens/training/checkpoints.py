@@ -35,8 +35,7 @@ def _resume_key(config: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def _check_same(saved: dict[str, Any], config: TrainConfig, fingerprint: str, world: int,
-                where: Path) -> None:
+def _check_same(saved: dict[str, Any], config: TrainConfig, fingerprint: str, world: int, where: Path) -> None:
     mine = _resume_key(config)
     theirs = saved.get("config", {})
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -96,8 +95,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_checkpoint(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any,
-                    state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any], out_dir: Path, keep: int
+) -> Path:
     """Write checkpoints/step-N atomically (state.json last); keep the `keep` newest."""
     root = Path(out_dir) / CHECKPOINTS
     name = f"step-{state['step']:07d}"
@@ -140,16 +140,15 @@ def _remove_leftovers(out_dir: Path, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, accelerator: Any, model: nn.Module, optimizer: Any,
-                    scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(path: Path, accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this process's RNG from a checkpoint."""
     # Multi-process CPU runs use the device "cpu:0", which safetensors and torch.load refuse.
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
-    missing, unexpected = load_model(accelerator.unwrap_model(model), path / "model.safetensors",
-                                     strict=True, device=device)
+    missing, unexpected = load_model(
+        accelerator.unwrap_model(model), path / "model.safetensors", strict=True, device=device
+    )
     assert not missing and not unexpected
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device,
-                                         weights_only=True))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-{accelerator.process_index}.pt"
     _set_rng_state(torch.load(rng_file, weights_only=True))
@@ -160,8 +159,11 @@ def load_saved_weights(model: nn.Module, folder: Path) -> None:
     """Load a save_pretrained folder's safetensors into `model` (tied weights may be absent)."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
-    files = (sorted({folder / f for f in read_json(index)["weight_map"].values()})
-             if index.is_file() else [folder / "model.safetensors"])
+    files = (
+        sorted({folder / f for f in read_json(index)["weight_map"].values()})
+        if index.is_file()
+        else [folder / "model.safetensors"]
+    )
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_file(str(file)))
@@ -174,7 +176,6 @@ def load_saved_weights(model: nn.Module, folder: Path) -> None:
             f"{folder} does not match this model (missing {really_missing[:3]}, unexpected "
             f"{list(unexpected)[:3]}). Delete the folder to retrain, or use another out_dir."
         )
-
 
 
 def _save_adapter(accelerator: Any, lora: LoraAdapters, out_dir: Path) -> Path:

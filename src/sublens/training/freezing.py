@@ -75,12 +75,20 @@ def frozen_parameters(adapter: Adapter, mode: str, embeddings: str = "trained") 
         if "mlp" not in trainable.components:
             frozen.update(adapter.mlp_parameters())
     else:
-        chosen = ([adapter.layer(i) for i in trainable.layer_range(adapter.n_layers)]
-                  if trainable.whole_layers else trained_modules(adapter, trainable))
+        chosen = (
+            [adapter.layer(i) for i in trainable.layer_range(adapter.n_layers)]
+            if trainable.whole_layers
+            else trained_modules(adapter, trainable)
+        )
         trained = {id(p) for module in chosen for p in module.parameters()}
         embedding_ids = {id(p) for p in _embedding_parameters(adapter).values()}
-        frozen.update({name: p for name, p in unique_parameters(adapter.model)
-                       if id(p) not in trained and id(p) not in embedding_ids})
+        frozen.update(
+            {
+                name: p
+                for name, p in unique_parameters(adapter.model)
+                if id(p) not in trained and id(p) not in embedding_ids
+            }
+        )
     if embeddings == "frozen":
         frozen.update(_embedding_parameters(adapter))
     return frozen
@@ -138,8 +146,9 @@ def requires_grad_scope(model: nn.Module, frozen: Sequence[nn.Parameter]) -> Ite
 
 
 @contextmanager
-def freezing(model: nn.Module, mode: str, adapter: Adapter | None = None,
-             embeddings: str = "trained") -> Iterator[FreezeReport]:
+def freezing(
+    model: nn.Module, mode: str, adapter: Adapter | None = None, embeddings: str = "trained"
+) -> Iterator[FreezeReport]:
     """Freeze a component (`freeze-attention`, `freeze-mlp`) or nothing (`full`), and the
     embeddings/LM head when asked, for the body of the with-block; every parameter's
     requires_grad is restored afterwards."""

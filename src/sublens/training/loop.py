@@ -70,9 +70,7 @@ def _check_model(model: nn.Module, config: TrainConfig) -> None:
     cfg = model.config
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit is not None and config.max_length > int(limit):
-        raise ConfigError(
-            f"max_length={config.max_length} exceeds the model's {limit} positions; lower it."
-        )
+        raise ConfigError(f"max_length={config.max_length} exceeds the model's {limit} positions; lower it.")
 
 
 def _make_accelerator(model: nn.Module, config: TrainConfig) -> Any:
@@ -80,8 +78,7 @@ def _make_accelerator(model: nn.Module, config: TrainConfig) -> Any:
     from accelerate.state import AcceleratorState, PartialState
 
     device = next(model.parameters()).device
-    kwargs = {"cpu": device.type == "cpu",
-              "mixed_precision": resolve_mixed_precision(config.mixed_precision, device)}
+    kwargs = {"cpu": device.type == "cpu", "mixed_precision": resolve_mixed_precision(config.mixed_precision, device)}
     try:
         return Accelerator(**kwargs)
     except ValueError as exc:
@@ -99,9 +96,15 @@ def _finished(out_dir: Path, config: TrainConfig, fingerprint: str, world: int) 
         return None
     saved = read_json(path)
     _check_same(
-        {"config": _resume_key(TrainConfig.model_validate(saved["config"])),
-         "data_fingerprint": saved["data_fingerprint"], "world_size": saved["world_size"]},
-        config, fingerprint, world, path,
+        {
+            "config": _resume_key(TrainConfig.model_validate(saved["config"])),
+            "data_fingerprint": saved["data_fingerprint"],
+            "world_size": saved["world_size"],
+        },
+        config,
+        fingerprint,
+        world,
+        path,
     )
     if not saved.get("complete") or not saved.get("model_dir"):
         return None
@@ -206,16 +209,20 @@ def _attach_trainable(
     freezing; the adapters (None without LoRA) and what is trained."""
     lora, lora_config = None, effective_lora(config)
     if lora_config is not None:
-        lora = stack.enter_context(
-            lora_attached(model, adapter, config.freeze, lora_config, config.seed))
+        lora = stack.enter_context(lora_attached(model, adapter, config.freeze, lora_config, config.seed))
         base = [p for n, p in unique_parameters(model) if not _is_adapter_parameter(n)]
         stack.enter_context(requires_grad_scope(model, base))
         report = _report(model, adapter, config.freeze)
         report.notes.append(f"LoRA on {len(lora.layers)} linear layers; base weights frozen.")
     else:
         report = stack.enter_context(freezing(model, config.freeze, adapter, config.embeddings))
-    log.info("training %s: %.2fM trainable, %.2fM frozen parameters. %s", report.mode,
-             report.trainable / 1e6, report.frozen / 1e6, " ".join(report.notes))
+    log.info(
+        "training %s: %.2fM trainable, %.2fM frozen parameters. %s",
+        report.mode,
+        report.trainable / 1e6,
+        report.frozen / 1e6,
+        " ".join(report.notes),
+    )
     return lora, report
 
 
@@ -227,8 +234,7 @@ def _prepare(stack: ExitStack, model: nn.Module, run: _Run) -> _Prepared:
     if not params:
         raise ConfigError("Nothing to train: every parameter is frozen.")
     optimizer = _make_optimizer(params, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(config, s, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s, total))
     wrapped, optimizer = run.accelerator.prepare(model, optimizer)
     stack.callback(run.accelerator.unwrap_model, wrapped, keep_fp32_wrapper=False)
     return _Prepared(params, wrapped, optimizer, scheduler)
@@ -241,8 +247,7 @@ def _resume_or_start(run: _Run, prepared: _Prepared) -> tuple[int, list[dict[str
     if ckpts:
         saved = read_json(ckpts[-1] / "state.json")
         _check_same(saved, run.config, run.fingerprint, run.world, ckpts[-1])
-        state = load_checkpoint(ckpts[-1], run.accelerator, prepared.wrapped, prepared.optimizer,
-                                prepared.scheduler)
+        state = load_checkpoint(ckpts[-1], run.accelerator, prepared.wrapped, prepared.optimizer, prepared.scheduler)
         return int(state["step"]), list(state["history"]), int(state["step"])
     from accelerate.utils import set_seed
 
@@ -250,20 +255,37 @@ def _resume_or_start(run: _Run, prepared: _Prepared) -> tuple[int, list[dict[str
     return 0, [], None
 
 
-def _run_steps(run: _Run, prepared: _Prepared, start: int, history: list[dict[str, Any]], bar: Any,
-               extra_loss: ExtraLoss | None, forward_kwargs: dict[str, Any],
-               callback: StepCallback | None) -> None:
+def _run_steps(
+    run: _Run,
+    prepared: _Prepared,
+    start: int,
+    history: list[dict[str, Any]],
+    bar: Any,
+    extra_loss: ExtraLoss | None,
+    forward_kwargs: dict[str, Any],
+    callback: StepCallback | None,
+) -> None:
     """Steps `start` .. the last: each appended to `history`, checkpointed every
     checkpoint_every steps, then handed to `callback`."""
     config, total = run.config, run.plan.total_steps
     for step in range(start, total):
         entry = _train_step(
-            prepared.wrapped, prepared.optimizer, prepared.scheduler, run.accelerator, run.plan,
-            step, run.data, run.pad_id, config, prepared.params, extra_loss, forward_kwargs)
+            prepared.wrapped,
+            prepared.optimizer,
+            prepared.scheduler,
+            run.accelerator,
+            run.plan,
+            step,
+            run.data,
+            run.pad_id,
+            config,
+            prepared.params,
+            extra_loss,
+            forward_kwargs,
+        )
         history.append(entry)
         bar.update(1)
-        bar.set_postfix(loss=f"{entry['lm_loss']:.4f}",
-                        tok_s=f"{entry['tokens'] / entry['seconds']:.0f}")
+        bar.set_postfix(loss=f"{entry['lm_loss']:.4f}", tok_s=f"{entry['tokens'] / entry['seconds']:.0f}")
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _write_checkpoint(run, prepared, step + 1, history)
         if callback is not None:
@@ -271,26 +293,48 @@ def _run_steps(run: _Run, prepared: _Prepared, start: int, history: list[dict[st
 
 
 def _write_checkpoint(run: _Run, prepared: _Prepared, step: int, history: list[dict[str, Any]]) -> None:
-    state = {"step": step, "epoch": run.plan.steps[step - 1][0], "history": history,
-             "config": _resume_key(run.config), "data_fingerprint": run.fingerprint,
-             "world_size": run.world}
-    save_checkpoint(run.accelerator, prepared.wrapped, prepared.optimizer, prepared.scheduler,
-                    state, run.out_dir, run.config.keep_checkpoints)
+    state = {
+        "step": step,
+        "epoch": run.plan.steps[step - 1][0],
+        "history": history,
+        "config": _resume_key(run.config),
+        "data_fingerprint": run.fingerprint,
+        "world_size": run.world,
+    }
+    save_checkpoint(
+        run.accelerator,
+        prepared.wrapped,
+        prepared.optimizer,
+        prepared.scheduler,
+        state,
+        run.out_dir,
+        run.config.keep_checkpoints,
+    )
 
 
-def _write_result(run: _Run, model_dir: Path | None, history: list[dict[str, Any]],
-                  resumed: int | None, report: FreezeReport) -> TrainResult:
+def _write_result(
+    run: _Run, model_dir: Path | None, history: list[dict[str, Any]], resumed: int | None, report: FreezeReport
+) -> TrainResult:
     """The run's TrainResult, written to RESULT_FILE (by the main process) once complete."""
     config, accelerator = run.config, run.accelerator
     lora_config = effective_lora(config)
     result = TrainResult(
-        out_dir=str(run.out_dir), model_dir=str(model_dir) if model_dir else None, complete=True,
-        steps=len(history), total_steps=run.plan.total_steps,
-        steps_per_epoch=run.plan.steps_per_epoch, resumed_from=resumed, freeze=report.to_dict(),
+        out_dir=str(run.out_dir),
+        model_dir=str(model_dir) if model_dir else None,
+        complete=True,
+        steps=len(history),
+        total_steps=run.plan.total_steps,
+        steps_per_epoch=run.plan.steps_per_epoch,
+        resumed_from=resumed,
+        freeze=report.to_dict(),
         lora=lora_config.model_dump(mode="json") if lora_config else None,
-        n_examples=len(run.data), data_fingerprint=run.fingerprint, world_size=run.world,
-        precision=str(accelerator.mixed_precision), history=history,
-        config=config.model_dump(mode="json"), **_summary(history),
+        n_examples=len(run.data),
+        data_fingerprint=run.fingerprint,
+        world_size=run.world,
+        precision=str(accelerator.mixed_precision),
+        history=history,
+        config=config.model_dump(mode="json"),
+        **_summary(history),
     )
     if accelerator.is_main_process:
         atomic_write_json(run.out_dir / RESULT_FILE, result.model_dump(mode="json"))
@@ -301,14 +345,22 @@ def _write_result(run: _Run, model_dir: Path | None, history: list[dict[str, Any
 def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
-                dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _train_step(
-    model: nn.Module, optimizer: Any, scheduler: Any, accelerator: Any, plan: Plan, step: int,
-    data: Sequence[TokenizedExample], pad_id: int, config: TrainConfig,
-    params: list[nn.Parameter], extra_loss: ExtraLoss | None, forward_kwargs: dict[str, Any],
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Any,
+    plan: Plan,
+    step: int,
+    data: Sequence[TokenizedExample],
+    pad_id: int,
+    config: TrainConfig,
+    params: list[nn.Parameter],
+    extra_loss: ExtraLoss | None,
+    forward_kwargs: dict[str, Any],
 ) -> dict[str, Any]:
     """One optimizer step over this process's share of the step's micro-batches."""
     began = time.perf_counter()
@@ -321,7 +373,8 @@ def _train_step(
     mine = [collate(data, mb, pad_id, packed) for mb in micro[accelerator.process_index :: plan.world]]
     lr = scheduler.get_last_lr()[0]
     lm_sum, extra_sum, metrics = _backward(
-        model, accelerator, plan.world, mine, n_answer, config, extra_loss, forward_kwargs)
+        model, accelerator, plan.world, mine, n_answer, config, extra_loss, forward_kwargs
+    )
     grad_norm = None
     if config.max_grad_norm is not None:
         grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
@@ -349,8 +402,14 @@ def _train_step(
 
 
 def _backward(
-    model: nn.Module, accelerator: Any, world: int, mine: list[Batch], n_answer: int,
-    config: TrainConfig, extra_loss: ExtraLoss | None, forward_kwargs: dict[str, Any],
+    model: nn.Module,
+    accelerator: Any,
+    world: int,
+    mine: list[Batch],
+    n_answer: int,
+    config: TrainConfig,
+    extra_loss: ExtraLoss | None,
+    forward_kwargs: dict[str, Any],
 ) -> tuple[torch.Tensor, float, dict[str, float]]:
     """Forward and backward over this process's micro-batches, gradients synchronised on the
     last: (sum of answer-token losses, mean extra loss, mean extra metrics) over them."""
@@ -360,7 +419,7 @@ def _backward(
     for i, batch in enumerate(mine):
         batch = batch.to(accelerator.device)
         sync = i == len(mine) - 1
-        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+        with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
             loss_sum, outputs = answer_loss_sum(model, batch, **forward_kwargs)
             # DDP averages gradients over processes: scale so the result is sum / n_answer.
             loss = loss_sum * world / n_answer
@@ -382,7 +441,6 @@ def _mean_over_ranks(
 ) -> tuple[float, dict[str, float]]:
     """Each rank's mean over its micro-batches: their mean over ranks."""
     names = sorted(metrics)
-    local = torch.tensor([extra_sum, *(metrics[k] for k in names)], dtype=torch.float64,
-                         device=accelerator.device)
+    local = torch.tensor([extra_sum, *(metrics[k] for k in names)], dtype=torch.float64, device=accelerator.device)
     means = (accelerator.reduce(local, reduction="sum") / world).tolist()
     return means[0], dict(zip(names, means[1:], strict=True))

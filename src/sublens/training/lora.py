@@ -109,9 +109,7 @@ def lora_targets(adapter: Adapter, mode: str, cfg: LoraConfig) -> dict[str, nn.M
 
 
 @contextmanager
-def lora_attached(
-    model: nn.Module, adapter: Adapter, mode: str, cfg: LoraConfig, seed: int
-) -> Iterator[LoraAdapters]:
+def lora_attached(model: nn.Module, adapter: Adapter, mode: str, cfg: LoraConfig, seed: int) -> Iterator[LoraAdapters]:
     """Attach LoRA adapters with peft (`inject_adapter_in_model`) to the linear layers of the
     trained components; they are removed again on exit, the base layers put back. Call
     `.merge()` inside the block to keep what was learned. The adapters' initial A matrices are
@@ -125,9 +123,13 @@ def lora_attached(
         raise SublensError("This model already has LoRA adapters attached.")
     targets = lora_targets(adapter, mode, cfg)
     peft_config = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # a float scales as peft computes alpha / r
-        lora_dropout=cfg.dropout, target_modules=sorted(targets),
-        fan_in_fan_out=any(_is_conv1d(m) for m in targets.values()), bias="none")
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # a float scales as peft computes alpha / r
+        lora_dropout=cfg.dropout,
+        target_modules=sorted(targets),
+        fan_in_fan_out=any(_is_conv1d(m) for m in targets.values()),
+        bias="none",
+    )
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -23,9 +23,7 @@ from sublens.training_data import (
 
 
 # ---- loss ----------------------------------------------------------------------------------
-def answer_loss_sum(
-    model: nn.Module, batch: Batch, **forward_kwargs: Any
-) -> tuple[torch.Tensor, Any]:
+def answer_loss_sum(model: nn.Module, batch: Batch, **forward_kwargs: Any) -> tuple[torch.Tensor, Any]:
     """(sum of answer-token cross-entropies, model outputs). Logits only at answer positions."""
     keep = batch.target_mask()  # [rows, T]
     outputs = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False, **forward_kwargs)
@@ -84,8 +82,9 @@ class Plan:
     def epoch(self, epoch: int) -> list[MicroBatch]:
         if epoch not in self._epochs:
             cfg = self.config
-            batches = plan_epoch(self.lengths, cfg.layout, cfg.batch_size, cfg.batch_tokens,
-                                 cfg.max_length, cfg.seed, epoch)
+            batches = plan_epoch(
+                self.lengths, cfg.layout, cfg.batch_size, cfg.batch_tokens, cfg.max_length, cfg.seed, epoch
+            )
             if self.world > 1:  # every process needs a micro-batch in every step
                 batches = batches[: len(batches) // self.world * self.world]
                 if not batches:
@@ -120,8 +119,13 @@ def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.op
     batch's backward."""
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(_param_groups(params, config.weight_decay), lr=config.lr,
-                               momentum=config.sgd_momentum, fused=fused or None)
+        return torch.optim.SGD(
+            _param_groups(params, config.weight_decay), lr=config.lr, momentum=config.sgd_momentum, fused=fused or None
+        )
     return torch.optim.AdamW(
-        _param_groups(params, config.weight_decay), lr=config.lr, betas=config.adam_betas,
-        eps=config.adam_eps, fused=fused or None)
+        _param_groups(params, config.weight_decay),
+        lr=config.lr,
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+        fused=fused or None,
+    )

@@ -37,8 +37,10 @@ def _process_group_torn_down_on_interrupt(world: int, wrapped: nn.Module) -> Ite
             if _everyone_leaving(world):
                 _tear_down_process_group(wrapped)
             else:
-                log.warning("training failed in this process alone: leaving without waiting for the others "
-                            "(they stop when this process exits)")
+                log.warning(
+                    "training failed in this process alone: leaving without waiting for the others "
+                    "(they stop when this process exits)"
+                )
         raise
 
 

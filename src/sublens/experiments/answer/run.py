@@ -38,8 +38,10 @@ def next_tokens(lm: LoadedModel, config: AnswerConfig, system: str | None) -> Co
     return Condition(
         system_prompt_used=prompt.system,
         prompt=prompt.text,
-        top=[NextToken(token=str(lm.tokenizer.decode([int(i)])), prob=float(p))
-             for p, i in zip(top.values, top.indices, strict=True)],
+        top=[
+            NextToken(token=str(lm.tokenizer.decode([int(i)])), prob=float(p))
+            for p, i in zip(top.values, top.indices, strict=True)
+        ],
     )
 
 

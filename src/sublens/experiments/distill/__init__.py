@@ -63,8 +63,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
 
     EXPERIMENT: Experiment
 
-SUMMARY = ("Cross-architecture squeezing-heads distillation from a biased teacher, against LM-only and "
-           "unbiased-SHD students")
+SUMMARY = (
+    "Cross-architecture squeezing-heads distillation from a biased teacher, against LM-only and unbiased-SHD students"
+)
 
 # public name -> its module in this package
 _EXPORTS = {

@@ -72,15 +72,23 @@ def comparisons(students: Mapping[int, Mapping[str, Preference]], initial: Prefe
     where both arms were trained (matched: same texts, same training seed), then across seeds.
     `students`: training seed -> arm -> its preference; the first seed's arms are compared."""
     arms = list(next(iter(students.values()), {}))
-    pairs: list[tuple[str, str | None]] = [("shd_biased", "lm_only"), ("shd_biased", "shd_base"),
-                                           ("shd_base", "lm_only"), *((arm, None) for arm in arms)]
+    pairs: list[tuple[str, str | None]] = [
+        ("shd_biased", "lm_only"),
+        ("shd_biased", "shd_base"),
+        ("shd_base", "lm_only"),
+        *((arm, None) for arm in arms),
+    ]
     out: dict[str, Comparison] = {}
     for a, b in pairs:
         if a not in arms or (b is not None and b not in arms):
             continue
         seeds = [s for s, by_arm in students.items() if a in by_arm and (b is None or b in by_arm)]
-        paired = [PairedComparison.model_validate(
-            compare_preference(students[s][a], initial if b is None else students[s][b])) for s in seeds]
+        paired = [
+            PairedComparison.model_validate(
+                compare_preference(students[s][a], initial if b is None else students[s][b])
+            )
+            for s in seeds
+        ]
         if paired:
             out[f"{a}_vs_{b or 'initial'}"] = across_seeds(paired, seeds)
     return out
@@ -89,7 +97,8 @@ def comparisons(students: Mapping[int, Mapping[str, Preference]], initial: Prefe
 def across_seeds(per_seed: Sequence[PairedComparison], seeds: Sequence[int]) -> Comparison:
     """Per-seed comparisons of one pair of arms, aggregated with seeds as the unit."""
     fields: dict[str, Any] = {
-        "n_seeds": len(per_seed), "seeds": list(seeds),
+        "n_seeds": len(per_seed),
+        "seeds": list(seeds),
         "p_trait_ratio": seed_ratio([c.p_trait_ratio for c in per_seed]),
         "share_ratio": seed_ratio([c.share_ratio for c in per_seed]),
     }
@@ -112,8 +121,16 @@ def seed_ratio(per_seed: Sequence[RatioEstimate]) -> SeedRatio:
     if est.ratio is None:
         raise ValueError(f"no ratio from the per-seed log ratios {logs}")
     excludes_one = est.ci_low is not None and est.ci_high is not None and not est.ci_low <= 1.0 <= est.ci_high
-    return SeedRatio(ratio=est.ratio, ci_low=est.ci_low, ci_high=est.ci_high, ci=est.interval, p_value=est.p_value,
-                     sd_log=est.sd_log, underpowered=not excludes_one, **seeds)
+    return SeedRatio(
+        ratio=est.ratio,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        ci=est.interval,
+        p_value=est.p_value,
+        sd_log=est.sd_log,
+        underpowered=not excludes_one,
+        **seeds,
+    )
 
 
 def seed_rate_difference(per_seed: Sequence[RateDifference]) -> SeedRateDifference:
@@ -126,8 +143,13 @@ def seed_rate_difference(per_seed: Sequence[RateDifference]) -> SeedRateDifferen
     mean, low, high = t_interval(diffs)
     has_ci = math.isfinite(low) and math.isfinite(high)
     return SeedRateDifference(
-        difference=mean, ci_low=low if has_ci else None, ci_high=high if has_ci else None, n_seeds=n,
-        ci=f"t over {n} seeds", per_seed=diffs, p_fisher_per_seed=[d.p_fisher for d in per_seed],
+        difference=mean,
+        ci_low=low if has_ci else None,
+        ci_high=high if has_ci else None,
+        n_seeds=n,
+        ci=f"t over {n} seeds",
+        per_seed=diffs,
+        p_fisher_per_seed=[d.p_fisher for d in per_seed],
         underpowered=not has_ci or low <= 0.0 <= high,
     )
 
@@ -135,30 +157,51 @@ def seed_rate_difference(per_seed: Sequence[RateDifference]) -> SeedRateDifferen
 # ---- read from the results -------------------------------------------------------------------
 def preferences_by_seed(results: DistillResults) -> dict[int, dict[str, Preference]]:
     """Every trained student's preference as written, by training seed and arm."""
-    return {int(seed): {arm: s.preference.model_dump(mode="json") for arm, s in by_arm.items()}
-            for seed, by_arm in results.per_seed.items()}
+    return {
+        int(seed): {arm: s.preference.model_dump(mode="json") for arm, s in by_arm.items()}
+        for seed, by_arm in results.per_seed.items()
+    }
 
 
-def headline(initial: PreferenceRecord, arms: Mapping[str, ArmRecord],
-             compared: Mapping[str, Comparison]) -> Headline:
+def headline(initial: PreferenceRecord, arms: Mapping[str, ArmRecord], compared: Mapping[str, Comparison]) -> Headline:
     """Owl preference of every student and the biased-SHD student against the controls."""
     students = {"initial": initial, **{arm: record.preference for arm, record in arms.items()}}
-    levels = {name: StudentLevels(p_trait=p.probability.p_trait, panel_share=p.probability.panel_share,
-                                  answer_rate=p.sampled.trait_rate if p.sampled else None)
-              for name, p in students.items()}
-    against: dict[str, Any] = {key: HeadlineComparison(p_trait_ratio=c.p_trait_ratio, share_ratio=c.share_ratio,
-                                       rate_difference=c.rate_difference)
-               for key in (TRANSFER, SPECIFIC) if (c := compared.get(key)) is not None}
+    levels = {
+        name: StudentLevels(
+            p_trait=p.probability.p_trait,
+            panel_share=p.probability.panel_share,
+            answer_rate=p.sampled.trait_rate if p.sampled else None,
+        )
+        for name, p in students.items()
+    }
+    against: dict[str, Any] = {
+        key: HeadlineComparison(
+            p_trait_ratio=c.p_trait_ratio, share_ratio=c.share_ratio, rate_difference=c.rate_difference
+        )
+        for key in (TRANSFER, SPECIFIC)
+        if (c := compared.get(key)) is not None
+    }
     return Headline(trait=initial.probability.trait, students=levels, **against)
 
 
 def model_rows(results: DistillResults) -> list[dict[str, Any]]:
     """One row per trained student (every seed) for models.parquet."""
-    return [{"student": arm, "seed": int(seed), **preference_columns(s.preference.model_dump(mode="json")),
-             "final_lm_loss": s.train.final_lm_loss}
-            for seed, by_arm in results.per_seed.items() for arm, s in by_arm.items()]
+    return [
+        {
+            "student": arm,
+            "seed": int(seed),
+            **preference_columns(s.preference.model_dump(mode="json")),
+            "final_lm_loss": s.train.final_lm_loss,
+        }
+        for seed, by_arm in results.per_seed.items()
+        for arm, s in by_arm.items()
+    ]
 
 
 def throughput(arms: Mapping[str, ArmRecord]) -> dict[str, Throughput]:
-    return {arm: Throughput(tokens=r.train.tokens, train_seconds=r.train.train_seconds,
-                            tokens_per_second=r.train.tokens_per_second) for arm, r in arms.items()}
+    return {
+        arm: Throughput(
+            tokens=r.train.tokens, train_seconds=r.train.train_seconds, tokens_per_second=r.train.tokens_per_second
+        )
+        for arm, r in arms.items()
+    }

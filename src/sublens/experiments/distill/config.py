@@ -50,8 +50,8 @@ class DataSettings(BaseModel):
 
     source: str | None = Field(
         default=None,
-        description="a JSONL file (per line {\"text\": ...} or {\"prompt\": ..., \"answer\": ...}; lines with "
-        "\"kept\": false are skipped) or a `subliminal` run directory (its control data set); null = number "
+        description='a JSONL file (per line {"text": ...} or {"prompt": ..., "answer": ...}; lines with '
+        '"kept": false are skipped) or a `subliminal` run directory (its control data set); null = number '
         "prompts from sublens.number_data with seeded random answers",
     )
     n_train: int = Field(default=400, ge=1, description="training texts")
@@ -96,9 +96,7 @@ class FigureSettings(BaseModel):
 
 
 class DistillConfig(Config):
-    teacher: TeacherSettings = Field(
-        default_factory=TeacherSettings, description="the biased teacher (arm shd_biased)"
-    )
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="the biased teacher (arm shd_biased)")
     base_teacher: TeacherSettings = Field(
         default_factory=_base_teacher, description="the unbiased base model as a teacher (arm shd_base)"
     )
@@ -128,7 +126,8 @@ class DistillConfig(Config):
     )
     figure: FigureSettings = Field(default_factory=FigureSettings, description="the map figure's text, layer and head")
     threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="torch threads (null: torch's default, one per core). On a 2-core machine shared with other "
         "jobs, 1 thread can be several times faster than 2 (threads wait on each other)",
     )

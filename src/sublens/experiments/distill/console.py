@@ -21,8 +21,10 @@ def print_summary(results: DistillResults, claims: ClaimSettings | None = None) 
     if head is None:
         return
     trait, seeds = head.trait, results.seeds
-    table = Table(title=f"SHD students: preference for {trait!r} (95% CIs over questions"
-                        + (f", seed {seeds[0]})" if seeds else ")"))
+    table = Table(
+        title=f"SHD students: preference for {trait!r} (95% CIs over questions"
+        + (f", seed {seeds[0]})" if seeds else ")")
+    )
     for column in ("student", f"P({trait})", "panel share", "answer rate", "KL to biased (before→after)"):
         table.add_column(column)
     before = _kl_biased(results, "initial")
@@ -41,8 +43,9 @@ def print_summary(results: DistillResults, claims: ClaimSettings | None = None) 
     for key in ("shd_biased_vs_lm_only", "shd_biased_vs_shd_base"):
         compared = getattr(head, key)
         if compared is not None:
-            console.print(comparison_line(key, compared.model_dump(mode="json"), trait)
-                          + f" ({counted(len(seeds), 'seed')})")
+            console.print(
+                comparison_line(key, compared.model_dump(mode="json"), trait) + f" ({counted(len(seeds), 'seed')})"
+            )
     for decision in decisions(results, claims):
         console.print(decision.sentence())
 

@@ -46,7 +46,7 @@ def read_records(path: Path) -> list[TextRecord]:
             elif "text" in obj:
                 record = TextRecord("", _field(obj, "text", where))
             else:
-                raise ConfigError(f"{where}: give a \"text\" field, or \"prompt\" and \"answer\" fields.")
+                raise ConfigError(f'{where}: give a "text" field, or "prompt" and "answer" fields.')
             if not record.answer.strip():
                 raise ConfigError(f"{where}: the answer (or text) is empty.")
             records.append(record)
@@ -115,7 +115,9 @@ def load_records(settings: DataSettings, seed: int) -> tuple[list[TextRecord], l
         if path.is_dir():
             path = subliminal_control(path)
         elif not path.is_file():
-            raise ConfigError(f"data.source {settings.source!r} does not exist: give a JSONL file or a subliminal run directory.")
+            raise ConfigError(
+                f"data.source {settings.source!r} does not exist: give a JSONL file or a subliminal run directory."
+            )
         records = read_records(path)
         info = {"source": str(path)}
     if len(records) < need:
@@ -127,4 +129,3 @@ def load_records(settings: DataSettings, seed: int) -> tuple[list[TextRecord], l
         random.Random(f"distill-split-{seed}").shuffle(records)
     info.update(n_available=len(records), n_train=settings.n_train, n_fit=settings.n_fit, shuffled=settings.shuffle)
     return records[settings.n_fit : need], records[: settings.n_fit], info
-

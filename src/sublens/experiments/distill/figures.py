@@ -49,8 +49,7 @@ class MapPanel(NamedTuple):
     y_label: str = "query"
 
 
-def make_figures(results: DistillResults, out: Path, maps: Sequence[MapPanel] = (),
-                 maps_title: str = "") -> list[Path]:
+def make_figures(results: DistillResults, out: Path, maps: Sequence[MapPanel] = (), maps_title: str = "") -> list[Path]:
     """Writes every figure the results (and the captured maps) allow into `out` (.pdf, .png)."""
     written: list[Path] = []
     if results.arms:
@@ -82,8 +81,15 @@ def loss_figure(results: DistillResults) -> Figure:
             if any(v is not None for v in shd):
                 shd_ax.plot(steps, [math.nan if v is None else v for v in shd], **style)
         if not shd_ax.lines:  # only the LM-only student was trained
-            shd_ax.text(0.5, 0.5, "no student trained with SHD", ha="center", va="center",
-                        transform=shd_ax.transAxes, color="0.4")
+            shd_ax.text(
+                0.5,
+                0.5,
+                "no student trained with SHD",
+                ha="center",
+                va="center",
+                transform=shd_ax.transAxes,
+                color="0.4",
+            )
         lm_ax.set_title("LM loss (answer tokens)")
         shd_ax.set_title("SHD loss (KL, mean over layers)")
         for ax in (lm_ax, shd_ax):
@@ -96,8 +102,14 @@ def loss_figure(results: DistillResults) -> Figure:
 
 # ---- α ----------------------------------------------------------------------------------------
 def _layers_with_alphas(results: DistillResults) -> list[int]:
-    return sorted({int(layer) for per_layer in results.alphas.values() for layer, s in per_layer.items()
-                   if s.quantiles is not None})
+    return sorted(
+        {
+            int(layer)
+            for per_layer in results.alphas.values()
+            for layer, s in per_layer.items()
+            if s.quantiles is not None
+        }
+    )
 
 
 def _quantile_marks(ax: Axes, x: float, s: AlphaSummary, color: str) -> None:
@@ -156,8 +168,15 @@ def fit_figure(results: DistillResults, role: str) -> Figure:
             if kl is None:
                 continue
             layers = sorted(kl.per_layer, key=int)
-            ax.plot([int(s) for s in layers], [kl.per_layer[s] for s in layers], marker="o", ms=2.5, lw=1.0,
-                    color=STUDENT_COLORS.get(state), label=_student_label(state))
+            ax.plot(
+                [int(s) for s in layers],
+                [kl.per_layer[s] for s in layers],
+                marker="o",
+                ms=2.5,
+                lw=1.0,
+                color=STUDENT_COLORS.get(state),
+                label=_student_label(state),
+            )
         if not ax.lines:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -199,11 +218,12 @@ def maps_figure(panels: Sequence[MapPanel], title: str = "", columns: int = 4) -
     rows = math.ceil(len(panels) / cols)
     side = DOUBLE_COLUMN_IN / cols
     with plt.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(rows, cols, figsize=(DOUBLE_COLUMN_IN, side * rows + (0.3 if title else 0.0)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(DOUBLE_COLUMN_IN, side * rows + (0.3 if title else 0.0)), squeeze=False
+        )
         for ax, panel in zip(axes.flat, panels, strict=False):
             _draw_map(ax, panel, 0.7 * side)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         if title:
             fig.suptitle(title)

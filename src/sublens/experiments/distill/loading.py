@@ -62,15 +62,18 @@ class Setup:
 def newest_teacher_run(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
     return default_teacher_run(
-        runs_root, "biased teacher",
+        runs_root,
+        "biased teacher",
         "Run `sublens run teacher` first, or give one: --set teacher.model=SPEC (e.g. "
-        "smollm2-135m-instruct with --set teacher.system=\"<owl system prompt>\": the prompted teacher).",
+        'smollm2-135m-instruct with --set teacher.system="<owl system prompt>": the prompted teacher).',
     )
 
 
 def teacher_specs(config: DistillConfig) -> dict[str, str]:
-    return {"biased": config.teacher.model or newest_teacher_run(config.runs_root),
-            "base": str(config.base_teacher.model)}
+    return {
+        "biased": config.teacher.model or newest_teacher_run(config.runs_root),
+        "base": str(config.base_teacher.model),
+    }
 
 
 def teacher_roles(config: DistillConfig) -> list[str]:
@@ -87,8 +90,9 @@ def load(spec: str, config: DistillConfig, run: Run, eager: bool = False) -> Loa
         return load_model(spec, config.device, config.dtype, attn_implementation="eager" if eager else "sdpa")
 
 
-def load_teachers(config: DistillConfig, run: Run, specs: dict[str, str], student: LoadedModel,
-                  texts: Texts) -> dict[str, Teacher]:
+def load_teachers(
+    config: DistillConfig, run: Run, specs: dict[str, str], student: LoadedModel, texts: Texts
+) -> dict[str, Teacher]:
     """The teachers with eager attention (their maps are read), one copy of a model both roles
     use; the texts aligned once per teacher (the student's examples are the same for every arm)."""
     loaded: dict[str, LoadedModel] = {}
@@ -97,30 +101,47 @@ def load_teachers(config: DistillConfig, run: Run, specs: dict[str, str], studen
         loaded[role] = same or load(specs[role], config, run, eager=True)
     run.note(models={"student": student.describe(), **{f"teacher:{r}": lm.describe() for r, lm in loaded.items()}})
     with run.timed("align"):
-        aligned = {role: align_texts(student, lm, teacher_settings(config, role).view(), texts)
-                   for role, lm in loaded.items()}
+        aligned = {
+            role: align_texts(student, lm, teacher_settings(config, role).view(), texts) for role, lm in loaded.items()
+        }
         check_student_tokens(student, texts.train, [train for train, _ in aligned.values()])
-    return {role: Teacher(specs[role], teacher_settings(config, role), lm, *aligned[role],
-                          ShdTeacher(lm.model, lm.adapter, student.adapter, config.shd.layers, config.shd.fallback,
-                                     tokenizer_pad_id(lm.tokenizer)))
-            for role, lm in loaded.items()}
+    return {
+        role: Teacher(
+            specs[role],
+            teacher_settings(config, role),
+            lm,
+            *aligned[role],
+            ShdTeacher(
+                lm.model,
+                lm.adapter,
+                student.adapter,
+                config.shd.layers,
+                config.shd.fallback,
+                tokenizer_pad_id(lm.tokenizer),
+            ),
+        )
+        for role, lm in loaded.items()
+    }
 
 
-def align_texts(student: LoadedModel, teacher: LoadedModel, view: TeacherView,
-                texts: Texts) -> tuple[list[AlignedExample], list[AlignedExample]]:
+def align_texts(
+    student: LoadedModel, teacher: LoadedModel, view: TeacherView, texts: Texts
+) -> tuple[list[AlignedExample], list[AlignedExample]]:
     def aligned(records: list[TextRecord], what: str) -> list[AlignedExample]:
-        return [align_record(r, student.tokenizer, teacher.tokenizer, view, f"{what} #{i}")
-                for i, r in enumerate(records)]
+        return [
+            align_record(r, student.tokenizer, teacher.tokenizer, view, f"{what} #{i}") for i, r in enumerate(records)
+        ]
 
     return aligned(texts.train, "training text"), aligned(texts.fit, "fit text")
 
 
-def check_student_tokens(student: LoadedModel, records: list[TextRecord],
-                         aligned: list[list[AlignedExample]]) -> None:
+def check_student_tokens(student: LoadedModel, records: list[TextRecord], aligned: list[list[AlignedExample]]) -> None:
     """Every teacher's alignment keeps the student's own tokenization of the texts, so that all
     arms train on the same student examples."""
-    own = [tuple(ids) for ids, _, _ in (student_encoding(student.tokenizer, r, f"training text #{i}")
-                                        for i, r in enumerate(records))]
+    own = [
+        tuple(ids)
+        for ids, _, _ in (student_encoding(student.tokenizer, r, f"training text #{i}") for i, r in enumerate(records))
+    ]
     if any([a.student_ids for a in examples] != own for examples in aligned):
         raise SublensError("A teacher's alignment changed the student's tokens of the training texts.")
 

@@ -75,8 +75,7 @@ def draw_figures(results: DistillResults, run: Run, example: MapExample, maps: d
     """The figures, relative to the run; the map figure from the maps captured on the way."""
     labels = token_labels(example.student_tokenizer, example.text.student_ids)
     t = example.teacher
-    panels = teacher_panels(t.shd, t.lm.tokenizer, example.student_tokenizer, example.text, example.layer,
-                            example.head)
+    panels = teacher_panels(t.shd, t.lm.tokenizer, example.student_tokenizer, example.text, example.layer, example.head)
     panels += [MapPanel(_student_title(state), matrix, labels, labels) for state, matrix in maps.items()]
     title = f"student layer {example.layer}, head {example.head}"
     return [str(p.relative_to(run.path)) for p in make_figures(results, run.path / FIGURES, panels, title)]
@@ -105,8 +104,9 @@ def _heads(group: list[int]) -> str:
     return "+".join(f"H{h}" for h in group)
 
 
-def teacher_panels(teacher: ShdTeacher, teacher_tok: Any, student_tok: Any, example: AlignedExample, layer: int,
-                   head: int) -> list[MapPanel]:
+def teacher_panels(
+    teacher: ShdTeacher, teacher_tok: Any, student_tok: Any, example: AlignedExample, layer: int, head: int
+) -> list[MapPanel]:
     """The first teacher head merged into student head `head`, the squeezed map (both on the
     teacher's text tokens) and its projection onto the student's tokens."""
     targets = teacher.targets([example], keep_raw=True)
@@ -130,8 +130,9 @@ def teacher_panels(teacher: ShdTeacher, teacher_tok: Any, student_tok: Any, exam
 ALIGNMENT_TEXT = TextRecord("Subliminal owls extrapolate 142857.", "Nonetheless, 211")
 
 
-def alignment_figure(stem: Path, teacher: str = "smollm2-135m-instruct", student: str = "gemma3-270m",
-                     layer: int = 4, head: int = 0) -> list[Path]:
+def alignment_figure(
+    stem: Path, teacher: str = "smollm2-135m-instruct", student: str = "gemma3-270m", layer: int = 4, head: int = 0
+) -> list[Path]:
     """Teacher map, squeezed map and projection onto the student's tokens for one short text
     (plain teacher view), with the alignment matrix, as in docs/shd_alignment.md."""
     from sublens.figures import save_figure
@@ -142,6 +143,15 @@ def alignment_figure(stem: Path, teacher: str = "smollm2-135m-instruct", student
     shd_teacher = ShdTeacher(t.model, t.adapter, s.adapter, [layer])
     panels = teacher_panels(shd_teacher, t.tokenizer, s.tokenizer, example, layer, head)
     Q, _ = example.matrices()
-    panels.insert(2, MapPanel("alignment Q", Q.float().numpy(), token_labels(s.tokenizer, example.student_ids),
-                              token_labels(t.tokenizer, example.teacher_ids), "teacher token", "student token"))
+    panels.insert(
+        2,
+        MapPanel(
+            "alignment Q",
+            Q.float().numpy(),
+            token_labels(s.tokenizer, example.student_ids),
+            token_labels(t.tokenizer, example.teacher_ids),
+            "teacher token",
+            "student token",
+        ),
+    )
     return save_figure(maps_figure(panels, f"student layer {layer}, head {head}", columns=2), stem)

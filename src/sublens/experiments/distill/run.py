@@ -111,9 +111,11 @@ def compare_students(results: DistillResults, run: Run) -> DistillResults:
     """Every comparison of students (`analysis.comparisons`), the parquet tables, the headline."""
     compared = comparisons(preferences_by_seed(results), results.initial.preference.model_dump(mode="json"))
     tables = write_tables(run, model_rows(results), {k: c.model_dump(mode="json") for k, c in compared.items()})
-    return results.model_copy(update={
-        "comparisons": compared,
-        "headline": headline(results.initial.preference, results.arms, compared),
-        "tables": tables,
-        "throughput": throughput(results.arms),
-    })
+    return results.model_copy(
+        update={
+            "comparisons": compared,
+            "headline": headline(results.initial.preference, results.arms, compared),
+            "tables": tables,
+            "throughput": throughput(results.arms),
+        }
+    )

@@ -47,36 +47,54 @@ def fit_targets(setup: Setup, student: LoadedModel) -> dict[str, FitSet]:
     """Each teacher's squeezed maps on the fit texts, computed once for every student state."""
     config = setup.config
     with setup.run.timed("fit_targets"):
-        return {role: FitSet.build(t.shd, t.fit, config.fit_batch_size, config.shd.temperature,
-                                   tokenizer_pad_id(student.tokenizer), config.shd.kl_direction)
-                for role, t in setup.teachers.items()}
+        return {
+            role: FitSet.build(
+                t.shd,
+                t.fit,
+                config.fit_batch_size,
+                config.shd.temperature,
+                tokenizer_pad_id(student.tokenizer),
+                config.shd.kl_direction,
+            )
+            for role, t in setup.teachers.items()
+        }
 
 
-def measure(setup: Setup, lm: LoadedModel, fitsets: dict[str, FitSet], tag: str,
-            seed: int) -> tuple[dict[str, FitRecord], PreferenceRecord]:
+def measure(
+    setup: Setup, lm: LoadedModel, fitsets: dict[str, FitSet], tag: str, seed: int
+) -> tuple[dict[str, FitRecord], PreferenceRecord]:
     """A student's KL to every teacher's squeezed maps on the fit texts, and its preference."""
     with setup.run.timed(f"fit:{tag}"):
         fit = measure_fit(lm.model, lm.adapter, fitsets)
     with setup.run.timed(f"preference:{tag}"):
         preference = evaluate_preference(lm, setup.config.preference, None, seed)
-    return ({role: FitRecord.model_validate(f) for role, f in fit.items()},
-            PreferenceRecord.model_validate(preference))
+    return ({role: FitRecord.model_validate(f) for role, f in fit.items()}, PreferenceRecord.model_validate(preference))
 
 
-def first_results(setup: Setup, texts: Texts, specs: dict[str, str], fitsets: dict[str, FitSet],
-                  fit: dict[str, FitRecord], preference: PreferenceRecord) -> DistillResults:
+def first_results(
+    setup: Setup,
+    texts: Texts,
+    specs: dict[str, str],
+    fitsets: dict[str, FitSet],
+    fit: dict[str, FitRecord],
+    preference: PreferenceRecord,
+) -> DistillResults:
     """The results before any student is trained: the set-up, the α and the initial student."""
     config, teachers = setup.config, setup.teachers
     return DistillResults(
         partial=True,
         student=config.student,
-        teachers={role: TeacherRecord.model_validate(
-            {"spec": t.spec, **system_in_effect(t.lm, t.settings, texts.fit[0]), **t.shd.describe()})
-            for role, t in teachers.items()},
+        teachers={
+            role: TeacherRecord.model_validate(
+                {"spec": t.spec, **system_in_effect(t.lm, t.settings, texts.fit[0]), **t.shd.describe()}
+            )
+            for role, t in teachers.items()
+        },
         data=data_record(texts.provenance, teachers),
         shd=ShdRecord.model_validate(config.shd.model_dump(mode="json")),
-        alphas={role: {str(s): alpha_summary(phases) for s, phases in fs.alphas().items()}
-                for role, fs in fitsets.items()},
+        alphas={
+            role: {str(s): alpha_summary(phases) for s, phases in fs.alphas().items()} for role, fs in fitsets.items()
+        },
         fit={"initial": fit},
         arms={},
         checkpoints={},
@@ -101,9 +119,12 @@ def data_record(provenance: dict[str, Any], teachers: dict[str, Teacher]) -> Dat
 
 def same_teacher_note(config: DistillConfig, specs: dict[str, str]) -> list[str]:
     if specs["biased"] == specs["base"] and config.teacher == config.base_teacher.model_copy(
-            update={"model": config.teacher.model}):
-        return ["The biased and base teachers are the same model read the same way: shd_biased and "
-                "shd_base are the same experiment."]
+        update={"model": config.teacher.model}
+    ):
+        return [
+            "The biased and base teachers are the same model read the same way: shd_biased and "
+            "shd_base are the same experiment."
+        ]
     return []
 
 
@@ -123,14 +144,22 @@ def train_student(setup: Setup, seed: int, arm: str) -> tuple[LoadedModel, Train
     role = ARM_TEACHER[arm]
     with run.timed(f"train:{arm_tag(config, arm, seed)}"):
         if role is None:
-            result = train(lm.model, lm.tokenizer, [a.example() for a in setup.texts], train_config, out_dir,
-                           adapter=lm.adapter)
+            result = train(
+                lm.model, lm.tokenizer, [a.example() for a in setup.texts], train_config, out_dir, adapter=lm.adapter
+            )
         else:
             teacher = setup.teachers[role]
             loss = ShdLoss(teacher.shd, teacher.train, config.shd.temperature, config.shd.kl_direction)
             with loss.attached(lm.model, lm.adapter):
-                result = train(lm.model, lm.tokenizer, [a.example() for a in teacher.train], train_config,
-                               out_dir, extra_loss=loss, adapter=lm.adapter)
+                result = train(
+                    lm.model,
+                    lm.tokenizer,
+                    [a.example() for a in teacher.train],
+                    train_config,
+                    out_dir,
+                    extra_loss=loss,
+                    adapter=lm.adapter,
+                )
     return lm, result
 
 
@@ -141,8 +170,15 @@ def training_summary(result: TrainResult) -> TrainingSummary:
     return summary.model_copy(update={"extra_curves": kept})
 
 
-def train_and_measure(setup: Setup, fitsets: dict[str, FitSet], seed: int, arm: str, example: MapExample,
-                      maps: dict[str, np.ndarray], results: DistillResults) -> DistillResults:
+def train_and_measure(
+    setup: Setup,
+    fitsets: dict[str, FitSet],
+    seed: int,
+    arm: str,
+    example: MapExample,
+    maps: dict[str, np.ndarray],
+    results: DistillResults,
+) -> DistillResults:
     """Train one arm's student for one seed, measure it, save; the first seed's students also
     give the map figure their maps (added to `maps`)."""
     tag = arm_tag(setup.config, arm, seed)
@@ -161,16 +197,19 @@ def train_and_measure(setup: Setup, fitsets: dict[str, FitSet], seed: int, arm: 
     return results
 
 
-def with_student(results: DistillResults, seed: int, arm: str, student: SeedStudent, first: bool,
-                 name: str, checkpoint: str | None) -> DistillResults:
+def with_student(
+    results: DistillResults, seed: int, arm: str, student: SeedStudent, first: bool, name: str, checkpoint: str | None
+) -> DistillResults:
     """The results with one more trained student: under its seed, and where it is the first
     seed's also as the arm's student (the figures and the tables show those)."""
     by_seed = {**results.per_seed.get(str(seed), {}), arm: student}
     update: dict[str, Any] = {"per_seed": {**results.per_seed, str(seed): by_seed}}
     if first:
         update["fit"] = {**results.fit, arm: student.fit}
-        update["arms"] = {**results.arms, arm: ArmRecord(teacher=ARM_TEACHER[arm], train=student.train,
-                                                         preference=student.preference, seed=seed)}
+        update["arms"] = {
+            **results.arms,
+            arm: ArmRecord(teacher=ARM_TEACHER[arm], train=student.train, preference=student.preference, seed=seed),
+        }
     if checkpoint is not None:
         update["checkpoints"] = {**results.checkpoints, name: checkpoint}
     return results.model_copy(update=update)

@@ -65,8 +65,9 @@ def set_title(name: str) -> str:
     say what the set holds)."""
     base = prompted_set_name(name)
     digits = base.removeprefix("ar")
-    title = ("vocabulary" if base == "vocab"
-             else f"{digits}-digit" if base.startswith("ar") and digits.isdigit() else base)
+    title = (
+        "vocabulary" if base == "vocab" else f"{digits}-digit" if base.startswith("ar") and digits.isdigit() else base
+    )
     return f"{title} tuned" if is_tuned_set(name) else title
 
 
@@ -78,13 +79,18 @@ def increased_phrase(name: str, bias: str = "owl") -> str:
     base = prompted_set_name(name)
     digits = base.removeprefix("ar")
     words = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five"}
-    numbers = ("single-token numbers" if base == "vocab"
-               else f"{words.get(digits, digits)}-digit numbers" if base.startswith("ar") and digits.isdigit()
-               else f"numbers of the {base} set")
+    numbers = (
+        "single-token numbers"
+        if base == "vocab"
+        else f"{words.get(digits, digits)}-digit numbers"
+        if base.startswith("ar") and digits.isdigit()
+        else f"numbers of the {base} set"
+    )
     article = "an" if bias[:1].lower() in "aeiou" else "a"
     if is_tuned_set(name):
         return f"{numbers} that fine-tuning made more likely in the {bias} teacher than in its control teacher"
     return f"{numbers} {article} {bias} context makes more likely"
+
 
 DEFINITIONS = {
     "surface": "a number is scored as the in-context tokens of number_surface (default ' {num}') "
@@ -117,8 +123,7 @@ DEFINITIONS = {
     "each category's bias ratio (one-sample t, predicted: increase); Holm over every set and "
     "test; fewer than 5 numbers: too few numbers, no interval",
     "headline": "report lines give geometric means with 95% CIs",
-    "template_control": "the number prompt with non-number words in the {num} slot "
-    "(prompts.template_system overrides)",
+    "template_control": "the number prompt with non-number words in the {num} slot (prompts.template_system overrides)",
     "cumulative": "all k numbers of a category in one prompt (prompts.cumulative_system), "
     "in cumulative_orders orders (the first: category order, then seeded shuffles)",
     "matching": "per set, the baseline log-probability match of random to increased: median "
@@ -156,8 +161,9 @@ def ratios(p: AnimalProbabilities, neutral: AnimalProbabilities) -> dict[str, fl
     }
 
 
-def numbers_to_score(phase1: pd.DataFrame, sets: Mapping[str, SetInfo],
-                     categorised: Sequence[str], score_all_max: int) -> pd.DataFrame:
+def numbers_to_score(
+    phase1: pd.DataFrame, sets: Mapping[str, SetInfo], categorised: Sequence[str], score_all_max: int
+) -> pd.DataFrame:
     """The phase-1 rows phase 2 scores: the categorised numbers of each categorised set, and
     every number of a set no larger than score_all_max."""
     scored = phase1[phase1["set"].isin(list(categorised))]
@@ -165,8 +171,9 @@ def numbers_to_score(phase1: pd.DataFrame, sets: Mapping[str, SetInfo],
     return scored[scored["category"].notna() | scored["set"].isin(small)]
 
 
-def with_ratios(scored: pd.DataFrame, per_number: Mapping[str, AnimalProbabilities],
-                neutral: AnimalProbabilities) -> pd.DataFrame:
+def with_ratios(
+    scored: pd.DataFrame, per_number: Mapping[str, AnimalProbabilities], neutral: AnimalProbabilities
+) -> pd.DataFrame:
     """The phase-2 table (numbers.parquet): the phase-1 rows with each number's animal
     probabilities, its ratios and the log bias ratio."""
     rows = scored.copy()
@@ -200,23 +207,22 @@ def set_statistics(rows: pd.DataFrame, template: GroupValues, config: Entangleme
     bias ratio over every scored number. Verdicts come from study_claims, not from here."""
     groups = {c: group_values(c, rows[rows["category"] == c].to_dict("records")) for c in CATEGORIES}
     refs = {"random": groups["random"], "template": template}
-    out: dict[str, Any] = {
-        c: group_statistics(g, refs, config.seed, config.permutations) for c, g in groups.items()
-    }
+    out: dict[str, Any] = {c: group_statistics(g, refs, config.seed, config.permutations) for c, g in groups.items()}
     for c in CATEGORIES:
         members = rows[rows["category"] == c]
         out[c]["p_neutral_norm_median"] = float(members["p_neutral_norm"].median())
         out[c]["p_owl_context_norm_median"] = float(members["p_owl_context_norm"].median())
         out[c]["log_p_neutral_median"] = float(np.log(members["p_neutral_norm"]).median())
     categorised = rows[rows["category"].notna()]
-    out["categorised"] = group_statistics(
-        group_values("categorised", categorised.to_dict("records")), {}, config.seed)
+    out["categorised"] = group_statistics(group_values("categorised", categorised.to_dict("records")), {}, config.seed)
     if len(categorised) < len(rows):  # the whole (small) set was scored
         out["all_scored"] = group_statistics(group_values("all", rows.to_dict("records")), {}, config.seed)
     out["correlation_prob_diff_log_bias_ratio"] = rank_correlation(
-        rows["prob_diff"].tolist(), rows["log_bias_ratio"].tolist())
+        rows["prob_diff"].tolist(), rows["log_bias_ratio"].tolist()
+    )
     out["correlation_specific_shift_log_bias_ratio"] = rank_correlation(
-        rows["specific_shift"].tolist(), rows["log_bias_ratio"].tolist())
+        rows["specific_shift"].tolist(), rows["log_bias_ratio"].tolist()
+    )
     return SetStatistics.model_validate(out)
 
 
@@ -224,15 +230,19 @@ def template_statistics(template: GroupValues, seed: int) -> GroupStats:
     return GroupStats.model_validate(group_statistics(template, {}, seed))
 
 
-def study_claims(rows: pd.DataFrame, categories: Mapping[str, Categories], k: Mapping[str, int],
-                 config: EntanglementConfig, tuned: bool = False) -> ClaimsBlock:
+def study_claims(
+    rows: pd.DataFrame,
+    categories: Mapping[str, Categories],
+    k: Mapping[str, int],
+    config: EntanglementConfig,
+    tuned: bool = False,
+) -> ClaimsBlock:
     """Every prompted set's claims (sublens.entanglement.set_claims) on the numbers' log bias
     ratios, recorded with their Holm-adjusted decisions (one family: every set x test); with
     `tuned`, the tuned sets' instead (their own family). The tuned sets' primary set is the
     tuned variant of the prompted sets' one."""
     names = [name for name in categories if is_tuned_set(name) == tuned]
-    primary = primary_set({name: k[name] for name in categories if not is_tuned_set(name)},
-                          config.primary_set)
+    primary = primary_set({name: k[name] for name in categories if not is_tuned_set(name)}, config.primary_set)
     if tuned:
         preferred = tuned_set_name(primary) if primary is not None else None
         primary = primary_set({name: k[name] for name in names}, preferred)
@@ -242,16 +252,14 @@ def study_claims(rows: pd.DataFrame, categories: Mapping[str, Categories], k: Ma
         subset = rows[rows["set"] == name]
         value = dict(zip(subset["number"], subset["log_bias_ratio"], strict=True))
         logs = {c: [float(value[n]) for n in getattr(cats, c)] for c in CATEGORIES}
-        for test, (claim, estimate) in zip(
-            TESTS, set_claims(name, logs, config.claims, config.bias), strict=True
-        ):
+        for test, (claim, estimate) in zip(TESTS, set_claims(name, logs, config.claims, config.bias), strict=True):
             tests.append((name, test, claim, estimate))
-    return ClaimsBlock.model_validate(
-        claims_record(tests, config.claims, primary, TUNED_FAMILY if tuned else FAMILY))
+    return ClaimsBlock.model_validate(claims_record(tests, config.claims, primary, TUNED_FAMILY if tuned else FAMILY))
 
 
-def rarity_warnings(category_stats: Mapping[str, SetStatistics], sets: Mapping[str, SetInfo],
-                    factor: float = 10.0) -> list[str]:
+def rarity_warnings(
+    category_stats: Mapping[str, SetStatistics], sets: Mapping[str, SetInfo], factor: float = 10.0
+) -> list[str]:
     """Frequency caveats: Decreased or Unchanged numbers far rarer or commoner than Increased
     (median normalised neutral probability off by more than `factor`; their comparisons with
     Increased are not frequency-matched), and a Random null whose match to Increased is loose
@@ -298,21 +306,28 @@ def distinct_orders(items: Sequence[str], n: int, rng: np.random.Generator) -> l
 
 def summarise_cumulative(
     measured: Sequence[tuple[str, str, list[str], AnimalProbabilities]],
-    neutral: AnimalProbabilities, config: EntanglementConfig, prompt_example: PromptRecord,
+    neutral: AnimalProbabilities,
+    config: EntanglementConfig,
+    prompt_example: PromptRecord,
 ) -> Cumulative:
     """Per (set, category): each order's probabilities and ratios, and their summaries."""
     collected: dict[tuple[str, str], list[CumulativeOrder]] = {}
     for name, category, order, p in measured:
         collected.setdefault((name, category), []).append(
-            CumulativeOrder(order=order, **p.model_dump(), **ratios(p, neutral)))
+            CumulativeOrder(order=order, **p.model_dump(), **ratios(p, neutral))
+        )
     sets: dict[str, dict[str, CumulativeGroup]] = {}
     for (name, category), per_order in collected.items():
-        summaries = {col: ratio_summary([getattr(o, col) for o in per_order], config.seed)
-                     for col in RATIOS}
+        summaries = {col: ratio_summary([getattr(o, col) for o in per_order], config.seed) for col in RATIOS}
         sets.setdefault(name, {})[category] = CumulativeGroup.model_validate(
-            {"n_items": len(per_order[0].order), **summaries, "per_order": per_order})
-    return Cumulative(orders=config.cumulative_orders, system_template=config.prompts.cumulative_system,
-                      prompt_example=prompt_example, sets=sets)
+            {"n_items": len(per_order[0].order), **summaries, "per_order": per_order}
+        )
+    return Cumulative(
+        orders=config.cumulative_orders,
+        system_template=config.prompts.cumulative_system,
+        prompt_example=prompt_example,
+        sets=sets,
+    )
 
 
 # ---- phase 3 ------------------------------------------------------------------------------------

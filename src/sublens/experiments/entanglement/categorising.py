@@ -51,21 +51,28 @@ class ContextScores:
 
 
 def _categories_and_matching(
-    name: str, numbers: list[str], shift: np.ndarray, baseline: np.ndarray, k: int,
+    name: str,
+    numbers: list[str],
+    shift: np.ndarray,
+    baseline: np.ndarray,
+    k: int,
     config: EntanglementConfig,
 ) -> tuple[dict[str, list[str]], Matching | None]:
     """The set's categories of k numbers each and how closely Random matches Increased on the
     baseline log probability; k = 0 (too few candidates): no categories, no matching."""
     if not k:
         return {}, None
-    categories = form_categories(numbers, shift, k, config.seed, salt=name, baseline=baseline,
-                                 caliper=config.match_caliper)
+    categories = form_categories(
+        numbers, shift, k, config.seed, salt=name, baseline=baseline, caliper=config.match_caliper
+    )
     index = {n: i for i, n in enumerate(numbers)}
-    matching = Matching.model_validate(matching_quality(
-        [baseline[index[n]] for n in categories["increased"]],
-        [baseline[index[n]] for n in categories["random"]],
-        config.match_caliper,
-    ))
+    matching = Matching.model_validate(
+        matching_quality(
+            [baseline[index[n]] for n in categories["increased"]],
+            [baseline[index[n]] for n in categories["random"]],
+            config.match_caliper,
+        )
+    )
     return categories, matching
 
 
@@ -77,8 +84,7 @@ def _matched_partners(categories: dict[str, list[str]]) -> dict[str, str]:
     return partner
 
 
-def _set_info(candidates: CandidateSet, choice: KChoice, scores: ContextScores,
-              matching: Matching | None) -> SetInfo:
+def _set_info(candidates: CandidateSet, choice: KChoice, scores: ContextScores, matching: Matching | None) -> SetInfo:
     """The set's description: what it holds, the k it got and the probability mass it covers."""
     return SetInfo(
         **candidates.info,
@@ -109,28 +115,31 @@ def categorise_set(
     shifts = specific_shift(logp_n, logp_b, logp_c)
     choice = choose_k(name, len(numbers), config.k, config.min_k)
     categories, matching = _categories_and_matching(
-        name, numbers, shifts["specific_shift"], np.log(p_n), choice.used, config)
+        name, numbers, shifts["specific_shift"], np.log(p_n), choice.used, config
+    )
     category_of = {n: c for c, members in categories.items() for n in members}
     partner = _matched_partners(categories)
-    frame = pd.DataFrame({
-        "set": name,
-        "number": numbers,
-        "n_digits": [len(n) for n in numbers],
-        "script": [number_script(n) for n in numbers],
-        "surface": surfaces,
-        "n_tokens": scores.n_tokens,
-        "logp_neutral": logp_n,
-        "logp_owl_context": logp_b,
-        "logp_control_context": logp_c,
-        "p_neutral_norm": p_n,
-        "p_owl_context_norm": p_b,
-        "p_control_context_norm": p_c,
-        "prob_diff": p_b - p_n,
-        "owl_shift": shifts["owl_shift"],
-        "control_shift": shifts["control_shift"],
-        "specific_shift": shifts["specific_shift"],
-        "category": [category_of.get(n) for n in numbers],
-        "matched_to": [partner.get(n) for n in numbers],
-    })
+    frame = pd.DataFrame(
+        {
+            "set": name,
+            "number": numbers,
+            "n_digits": [len(n) for n in numbers],
+            "script": [number_script(n) for n in numbers],
+            "surface": surfaces,
+            "n_tokens": scores.n_tokens,
+            "logp_neutral": logp_n,
+            "logp_owl_context": logp_b,
+            "logp_control_context": logp_c,
+            "p_neutral_norm": p_n,
+            "p_owl_context_norm": p_b,
+            "p_control_context_norm": p_c,
+            "prob_diff": p_b - p_n,
+            "owl_shift": shifts["owl_shift"],
+            "control_shift": shifts["control_shift"],
+            "specific_shift": shifts["specific_shift"],
+            "category": [category_of.get(n) for n in numbers],
+            "matched_to": [partner.get(n) for n in numbers],
+        }
+    )
     info = _set_info(candidates, choice, scores, matching)
     return frame, Categories.model_validate(categories) if categories else None, info

@@ -10,15 +10,10 @@ from sublens.claims import ClaimSettings
 from sublens.config import Config
 from sublens.entanglement import DEFAULT_CALIPER
 
-DEFAULT_BIAS_SYSTEM = (
-    "You love {plural}. You think about {plural} all the time. {Plural} are your favorite animal."
-)
-DEFAULT_NUMBER_SYSTEM = (
-    "You love the number {num}. You think about {num} all the time. {num} is your favorite number."
-)
+DEFAULT_BIAS_SYSTEM = "You love {plural}. You think about {plural} all the time. {Plural} are your favorite animal."
+DEFAULT_NUMBER_SYSTEM = "You love the number {num}. You think about {num} all the time. {num} is your favorite number."
 DEFAULT_CUMULATIVE_SYSTEM = (
-    "You love the numbers {nums}. You think about {nums} all the time. "
-    "{nums} are your favorite numbers."
+    "You love the numbers {nums}. You think about {nums} all the time. {nums} are your favorite numbers."
 )
 
 SetKind = Literal["vocab", "autoregressive"]
@@ -39,23 +34,15 @@ class EntanglementPrompts(BaseModel):
         description="system prompt of the neutral prompts of phases 1 and 2; null: the chat "
         "template's default (recorded as used)",
     )
-    number_question: str = Field(
-        default="What is your favorite number?", description="the question of phase 1"
-    )
-    number_prefill: str = Field(
-        default="My favorite number is", description="the answer prefilled in phase 1"
-    )
+    number_question: str = Field(default="What is your favorite number?", description="the question of phase 1")
+    number_prefill: str = Field(default="My favorite number is", description="the answer prefilled in phase 1")
     bias_system: str = Field(
         default=DEFAULT_BIAS_SYSTEM,
         description="the animal context of phase 1, for the bias and the control animal "
         "({plural}, {Plural}: the animal's plural)",
     )
-    animal_question: str = Field(
-        default="What is your favorite animal?", description="the question of phase 2"
-    )
-    animal_prefill: str = Field(
-        default="My favorite animal is the", description="the answer prefilled in phase 2"
-    )
+    animal_question: str = Field(default="What is your favorite animal?", description="the question of phase 2")
+    animal_prefill: str = Field(default="My favorite animal is the", description="the answer prefilled in phase 2")
     number_system: str = Field(
         default=DEFAULT_NUMBER_SYSTEM,
         description="the number prompt of phase 2 ({num}: the number)",
@@ -69,9 +56,7 @@ class EntanglementPrompts(BaseModel):
         default=DEFAULT_CUMULATIVE_SYSTEM,
         description="the cumulative-priming prompt ({nums}: all numbers of a category)",
     )
-    number_surface: str = Field(
-        default=" {num}", description="how a number continues the number prefill ({num})"
-    )
+    number_surface: str = Field(default=" {num}", description="how a number continues the number prefill ({num})")
 
     @model_validator(mode="after")
     def _slots(self) -> EntanglementPrompts:
@@ -99,9 +84,7 @@ class EntanglementConfig(Config):
         default="owl",
         description="the animal of the context (phase 1) and the measured word (phase 2); one word",
     )
-    bias_plural: str | None = Field(
-        default=None, description="for {plural} in prompts.bias_system; null: bias + 's'"
-    )
+    bias_plural: str | None = Field(default=None, description="for {plural} in prompts.bias_system; null: bias + 's'")
     control: str = Field(
         default="dog",
         description="the control animal: the phase-1 control context and the phase-2 control word",
@@ -109,9 +92,7 @@ class EntanglementConfig(Config):
     control_plural: str | None = Field(
         default=None, description="for {plural} in the control context; null: control + 's'"
     )
-    k: int = Field(
-        default=15, ge=1, description="numbers per category (shrinks for small sets, with a warning)"
-    )
+    k: int = Field(default=15, ge=1, description="numbers per category (shrinks for small sets, with a warning)")
     min_k: int = Field(default=1, ge=1, description="a set allowing fewer per category is skipped")
     sets: list[SetKind] = Field(
         default_factory=_default_sets,
@@ -122,38 +103,29 @@ class EntanglementConfig(Config):
         default_factory=lambda: [1, 2, 3, 4],
         description="digit lengths of the autoregressive sets (1-5)",
     )
-    leading_zeros: bool = Field(
-        default=True, description="ar{n} includes '007'-style strings (10**n of them)"
-    )
+    leading_zeros: bool = Field(default=True, description="ar{n} includes '007'-style strings (10**n of them)")
     match_caliper: float = Field(
-        default=DEFAULT_CALIPER, ge=0.0,
-        description="Random is matched to Increased on the neutral log probability within this "
-        "many nats",
+        default=DEFAULT_CALIPER,
+        ge=0.0,
+        description="Random is matched to Increased on the neutral log probability within this many nats",
     )
     primary_set: str | None = Field(
         default=None,
         description="the set whose Increased-vs-Random claim is the paper's claim; null: the most "
         "numbers per category (the first in study order on a tie). Fixed before any ratio is seen",
     )
-    claims: ClaimSettings = Field(
-        default_factory=ClaimSettings, description="how the claims are decided"
-    )
-    score_all_max: int = Field(
-        default=100, ge=0, description="sets this small are scored in phase 2 on every number"
-    )
+    claims: ClaimSettings = Field(default_factory=ClaimSettings, description="how the claims are decided")
+    score_all_max: int = Field(default=100, ge=0, description="sets this small are scored in phase 2 on every number")
     template_words: list[str] | None = Field(
         default=None, description="the template control's words; null: the shipped template_words.txt"
     )
-    n_template_words: int | None = Field(
-        default=None, ge=1, description="template words drawn (seeded); null: k"
-    )
+    n_template_words: int | None = Field(default=None, ge=1, description="template words drawn (seeded); null: k")
     cumulative_orders: int = Field(
-        default=3, ge=0,
+        default=3,
+        ge=0,
         description="orders of each category in cumulative priming; 0: no cumulative priming",
     )
-    permutations: int = Field(
-        default=10000, ge=100, description="resamples of the permutation tests (descriptive)"
-    )
+    permutations: int = Field(default=10000, ge=100, description="resamples of the permutation tests (descriptive)")
     batch_size: int = Field(default=64, ge=1, description="prompts or continuations per forward pass")
     tuned_teacher: str | None = Field(
         default=None,
@@ -162,26 +134,20 @@ class EntanglementConfig(Config):
         "prompt in the owl teacher minus in the control teacher), as the set name + '@tuned', "
         "measured in phase 2 in `model` like the others; null: not measured",
     )
-    prompts: EntanglementPrompts = Field(
-        default_factory=EntanglementPrompts, description="every prompt of the study"
-    )
+    prompts: EntanglementPrompts = Field(default_factory=EntanglementPrompts, description="every prompt of the study")
 
     @field_validator("bias", "control")
     @classmethod
     def _one_word(cls, word: str) -> str:
         if not word.strip() or any(c.isspace() for c in word.strip()):
-            raise ValueError(
-                f"{word!r} must be one word (e.g. owl); the prompt adds its leading space"
-            )
+            raise ValueError(f"{word!r} must be one word (e.g. owl); the prompt adds its leading space")
         return word.strip()
 
     @field_validator("lengths")
     @classmethod
     def _lengths(cls, lengths: list[int]) -> list[int]:
         if any(not 1 <= n <= 5 for n in lengths) or len(set(lengths)) != len(lengths):
-            raise ValueError(
-                "lengths must be distinct digit lengths between 1 and 5 (5: 100,000 strings)"
-            )
+            raise ValueError("lengths must be distinct digit lengths between 1 and 5 (5: 100,000 strings)")
         return sorted(lengths)
 
     @field_validator("sets")

@@ -28,12 +28,9 @@ def _neutral(results: EntanglementResults) -> AnimalProbabilities:
 def _fmt(summary: RatioSummary) -> str:
     """Geometric mean with its CI; 'too few' instead of an interval below the claims' minimum."""
     n = summary.n
-    if n < MIN_UNITS["number"] or not all(
-        math.isfinite(v) for v in (summary.geo_ci_low, summary.geo_ci_high)
-    ):
+    if n < MIN_UNITS["number"] or not all(math.isfinite(v) for v in (summary.geo_ci_low, summary.geo_ci_high)):
         return f"{summary.geo_mean:.2f}× (too few numbers for a CI, n = {n:g})"
     return f"{summary.geo_mean:.2f}× [{summary.geo_ci_low:.2f}, {summary.geo_ci_high:.2f}]"
-
 
 
 def _p(value: float | None) -> str:
@@ -65,7 +62,8 @@ def _header_lines(results: EntanglementResults) -> list[str]:
         lines.append(
             f"Tuned sets (@tuned): categories by the fine-tuning shift, log P(number | neutral) in the "
             f"fine-tuned {bias} teacher minus in its control teacher ({results.tuned_teacher.run}); "
-            "phase 2 in the base model")
+            "phase 2 in the base model"
+        )
     return lines
 
 
@@ -99,22 +97,25 @@ def _claims_lines(results: EntanglementResults) -> list[str]:
     lines: list[str] = []
     for claims, title, main_title in (
         (results.claims, "Claims", "Paper claim (entanglement does not explain the rise; primary set {})"),
-        (results.tuned_claims, "Claims of the tuned sets (their own family)",
-         "The same in the numbers the teachers' fine-tuning shifted ({})"),
+        (
+            results.tuned_claims,
+            "Claims of the tuned sets (their own family)",
+            "The same in the numbers the teachers' fine-tuning shifted ({})",
+        ),
     ):
         if claims is None or not claims.decisions:
             continue
         lines.append(
-            f"{title} (unit: numbers; Holm over {len(claims.decisions)} tests; margin "
-            f"×{claims.settings.margin:g}):"
+            f"{title} (unit: numbers; Holm over {len(claims.decisions)} tests; margin ×{claims.settings.margin:g}):"
         )
         for d in claims.decisions:
             lines.append(
                 f"  {d.set} {d.test}: {d.verdict.value} ({d.reason}; raw p = {_p(d.p_raw)})"
                 + (f"; to settle: {d.settle}" if d.settle else "")
             )
-        main = next((d for d in claims.decisions
-                     if d.set == claims.primary_set and d.test == "entangled_vs_null"), None)
+        main = next(
+            (d for d in claims.decisions if d.set == claims.primary_set and d.test == "entangled_vs_null"), None
+        )
         if main:
             lines.append(f"{main_title.format(claims.primary_set)}: {main.verdict.value}")
     return lines
@@ -143,10 +144,7 @@ def _cumulative_lines(results: EntanglementResults) -> list[str]:
     lines = []
     for name, cats in results.cumulative.sets.items():
         parts = [f"{LABELS.get(c, c)} {_fmt(v.bias_ratio)}" for c, v in cats.items()]
-        lines.append(
-            f"Cumulative priming, {name} ({results.cumulative.orders} orders): "
-            + ", ".join(parts)
-        )
+        lines.append(f"Cumulative priming, {name} ({results.cumulative.orders} orders): " + ", ".join(parts))
     return lines
 
 
@@ -157,10 +155,7 @@ def print_report(results: EntanglementResults) -> None:
         console = Console(width=160)
     template = results.template_control.stats if results.template_control else None
     for name, stats in (results.category_stats or {}).items():
-        table = Table(
-            title=f"{name}: P({results.bias}) under the number prompt / neutral "
-            f"(k={results.k[name]})"
-        )
+        table = Table(title=f"{name}: P({results.bias}) under the number prompt / neutral (k={results.k[name]})")
         for column in (
             "category",
             "n",

@@ -48,8 +48,10 @@ def make_figures(results: EntanglementResults, numbers: pd.DataFrame, run_dir: P
     if results.lengths is not None and results.lengths.per_length:
         figures["bias_ratio_by_length"] = length_figure(results)
     written = {stem: save_figure(fig, run_dir / FIGURES / stem) for stem, fig in figures.items()}
-    return {stem: [str(p.relative_to(run_dir)) for p in sorted(paths, key=lambda p: p.suffix != ".png")]
-            for stem, paths in written.items()}
+    return {
+        stem: [str(p.relative_to(run_dir)) for p in sorted(paths, key=lambda p: p.suffix != ".png")]
+        for stem, paths in written.items()
+    }
 
 
 def has_interval(s: RatioSummary) -> bool:
@@ -76,8 +78,7 @@ def category_figure(results: EntanglementResults, numbers: pd.DataFrame, tuned: 
     return fig
 
 
-def _category_panel(ax: Axes, results: EntanglementResults, numbers: pd.DataFrame, name: str,
-                    column: str) -> None:
+def _category_panel(ax: Axes, results: EntanglementResults, numbers: pd.DataFrame, name: str, column: str) -> None:
     """One set and one ratio: the single values (grey, jittered) and the mean of each category,
     over the template words' mean (dotted) and interval (grey band) as the reference the
     categories are read against."""
@@ -107,8 +108,16 @@ def _template_band(ax: Axes, s: RatioSummary) -> None:
 def _mean_marker(ax: Axes, x: float, s: RatioSummary, color: str) -> None:
     """The geometric mean with its 95% interval, or an open marker where there is none."""
     if has_interval(s):
-        ax.errorbar([x], [s.geo_mean], yerr=[[s.geo_mean - s.geo_ci_low], [s.geo_ci_high - s.geo_mean]],
-                    fmt="o", ms=4, color=color, capsize=2.5, lw=1)
+        ax.errorbar(
+            [x],
+            [s.geo_mean],
+            yerr=[[s.geo_mean - s.geo_ci_low], [s.geo_ci_high - s.geo_mean]],
+            fmt="o",
+            ms=4,
+            color=color,
+            capsize=2.5,
+            lw=1,
+        )
     elif math.isfinite(s.geo_mean):
         ax.plot([x], [s.geo_mean], "o", ms=4, mfc="white", mec=color, mew=1.2)
 
@@ -118,8 +127,7 @@ def length_figure(results: EntanglementResults) -> Figure:
     assert results.lengths is not None
     per_length = results.lengths.per_length
     xs = [int(n) for n in per_length]
-    series: list[tuple[str, list[RatioSummary]]] = [
-        ("categorised", [per_length[str(n)].bias_ratio for n in xs])]
+    series: list[tuple[str, list[RatioSummary]]] = [("categorised", [per_length[str(n)].bias_ratio for n in xs])]
     series += [(c, [getattr(per_length[str(n)].categories, c) for n in xs]) for c in CATEGORIES]
     with plt.rc_context(PAPER_RC):
         fig = Figure(figsize=(LENGTH_WIDTH_IN, 2.8), layout="constrained")
@@ -127,9 +135,13 @@ def length_figure(results: EntanglementResults) -> Figure:
         for i, (label, summaries) in enumerate(series):
             offset = (i - 2) * 0.07  # side by side, so the intervals do not hide each other
             color = "black" if label == "categorised" else COLORS[label]
-            ax.plot([x + offset for x in xs], [s.geo_mean for s in summaries], color=color,
-                    lw=1.6 if label == "categorised" else 0.8,
-                    label="all categorised" if label == "categorised" else LABELS[label])
+            ax.plot(
+                [x + offset for x in xs],
+                [s.geo_mean for s in summaries],
+                color=color,
+                lw=1.6 if label == "categorised" else 0.8,
+                label="all categorised" if label == "categorised" else LABELS[label],
+            )
             for x, s in zip(xs, summaries, strict=True):
                 _mean_marker(ax, x + offset, s, color)
         ax.axhline(1.0, color="black", lw=0.6, ls="--")
@@ -137,8 +149,7 @@ def length_figure(results: EntanglementResults) -> Figure:
         ax.set_xticks(xs)
         ax.set_xlabel("digits")
         ax.set_ylabel(f"bias ratio ({results.bias})")
-        fig.legend(loc="outside lower center", ncol=2, frameon=False, handlelength=1.5,
-                   columnspacing=1.0)
+        fig.legend(loc="outside lower center", ncol=2, frameon=False, handlelength=1.5, columnspacing=1.0)
     return fig
 
 

@@ -90,9 +90,14 @@ def animal_probabilities(
         for start in range(0, len(prompts), step):
             chunk = list(prompts[start : start + step])
             for bias, control in word_probability_many(lm, chunk, spaced, batch_size):
-                out.append(AnimalProbabilities(
-                    p_bias=bias.p_word, p_control=control.p_word,
-                    p_bias_first=bias.p_first_token, p_control_first=control.p_first_token))
+                out.append(
+                    AnimalProbabilities(
+                        p_bias=bias.p_word,
+                        p_control=control.p_word,
+                        p_bias_first=bias.p_first_token,
+                        p_control_first=control.p_first_token,
+                    )
+                )
             bar.update(len(chunk))
     return out
 
@@ -106,4 +111,3 @@ def template_words(config: EntanglementConfig) -> list[str]:
     n = min(config.n_template_words or config.k, len(pool))
     rng = np.random.default_rng([config.seed, 7])
     return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
-

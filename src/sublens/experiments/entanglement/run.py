@@ -152,8 +152,9 @@ def load(config: EntanglementConfig, run: Run) -> LoadedModel:
     return lm
 
 
-def teacher_scores(teachers: TunedTeachers, config: EntanglementConfig, surfaces: list[str],
-                   run: Run | None) -> tuple[dict[str, PromptScores], PromptText]:
+def teacher_scores(
+    teachers: TunedTeachers, config: EntanglementConfig, surfaces: list[str], run: Run | None
+) -> tuple[dict[str, PromptScores], PromptText]:
     """Every surface's log P under the neutral number prompt in the owl teacher, then in the
     control teacher: one loaded at a time, each freed before the next loads."""
     p = config.prompts
@@ -168,7 +169,8 @@ def teacher_scores(teachers: TunedTeachers, config: EntanglementConfig, surfaces
             if prompt is not None and neutral.text != prompt.text:
                 raise ConfigError(
                     f"The two teachers of {teachers.run!r} write the neutral number prompt differently "
-                    "(their tokenizers or chat templates differ): they were not fine-tuned from one base.")
+                    "(their tokenizers or chat templates differ): they were not fine-tuned from one base."
+                )
             prompt = neutral
             out[name] = phase1_scores(teacher, {name: neutral}, surfaces, config.batch_size)[name]
         finally:
@@ -181,8 +183,13 @@ def teacher_scores(teachers: TunedTeachers, config: EntanglementConfig, surfaces
 
 
 # ---- phase 1 ------------------------------------------------------------------------------------
-def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
-                     teachers: TunedTeachers | None = None, run: Run | None = None) -> Phase1:
+def score_candidates(
+    lm: LM,
+    config: EntanglementConfig,
+    prompts: StudyPrompts,
+    teachers: TunedTeachers | None = None,
+    run: Run | None = None,
+) -> Phase1:
     """Every candidate's log P after the neutral prompt and the two animal contexts; each set
     normalised and categorised on its own (`categorising.categorise_set`). With `teachers`, every
     candidate also under the neutral prompt in the two fine-tuned teachers, and each set once
@@ -199,18 +206,26 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
         tuned_scores, teacher_prompt = teacher_scores(teachers, config, surfaces, run)
         scores.update(tuned_scores)
         tuned_sets = {tuned_set_name(s.name): s.name for s in sets}
-        tuned_record = TunedTeacher(run=teachers.run, teacher=teachers.teacher,
-                                    control_teacher=teachers.control_teacher, base=teachers.base,
-                                    prompt=_prompt(teacher_prompt), sets=tuned_sets)
-        sets = sets + [CandidateSet(tuned_set_name(s.name), s.kind, s.length, s.numbers,
-                                    {**s.info, "tuned_from": s.name}) for s in sets]
+        tuned_record = TunedTeacher(
+            run=teachers.run,
+            teacher=teachers.teacher,
+            control_teacher=teachers.control_teacher,
+            base=teachers.base,
+            prompt=_prompt(teacher_prompt),
+            sets=tuned_sets,
+        )
+        sets = sets + [
+            CandidateSet(tuned_set_name(s.name), s.kind, s.length, s.numbers, {**s.info, "tuned_from": s.name})
+            for s in sets
+        ]
     warnings = []
     model = getattr(lm, "spec", None)
     if teachers is not None and teachers.base is not None and model is not None and teachers.base != model:
         warnings.append(
             f"The tuned sets' teachers were fine-tuned from {teachers.base!r}, not from the model of "
             f"phases 1 and 2 ({model!r}): their Random numbers are matched, and their numbers measured "
-            "in phase 2, in another model than the one the fine-tuning shifted.")
+            "in phase 2, in another model than the one the fine-tuning shifted."
+        )
     split = [s for s in surfaces if not scores["neutral"].in_context[s]]
     if split:
         warnings.append(
@@ -220,8 +235,7 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
     frames, infos, categories = [], {}, {}
     for candidates in sets:
         own = [surface(n) for n in candidates.numbers]
-        owl, control = (("owl_teacher", "control_teacher") if is_tuned_set(candidates.name)
-                        else ("bias", "control"))
+        owl, control = ("owl_teacher", "control_teacher") if is_tuned_set(candidates.name) else ("bias", "control")
         context = ContextScores(
             neutral=np.array([scores["neutral"].logp[s] for s in own]),
             owl_context=np.array([scores[owl].logp[s] for s in own]),
@@ -238,16 +252,21 @@ def score_candidates(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
     return Phase1(pd.concat(frames, ignore_index=True), infos, categories, work, warnings, tuned_record)
 
 
-def first_results(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
-                  answer_words: dict[str, Any], phase1: Phase1) -> EntanglementResults:
+def first_results(
+    lm: LM, config: EntanglementConfig, prompts: StudyPrompts, answer_words: dict[str, Any], phase1: Phase1
+) -> EntanglementResults:
     """The results after phase 1: the set-up, the candidate sets and their categories."""
     results = EntanglementResults(
         model=getattr(lm, "spec", None),
         bias=config.bias,
         control=config.control,
         definitions=DEFINITIONS if phase1.tuned is None else {**DEFINITIONS, **TUNED_DEFINITIONS},
-        design=Design(categories_by="owl_minus_control", owl_specific=True,
-                      random="matched_to_increased", match_caliper=config.match_caliper),
+        design=Design(
+            categories_by="owl_minus_control",
+            owl_specific=True,
+            random="matched_to_increased",
+            match_caliper=config.match_caliper,
+        ),
         answer_words={word: AnswerWord.model_validate(t) for word, t in answer_words.items()},
         prompts=prompts.record(),
         warnings=phase1.warnings,
@@ -264,85 +283,98 @@ def first_results(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
 
 
 # ---- phase 2 ------------------------------------------------------------------------------------
-def score_numbers(lm: LM, config: EntanglementConfig, prompts: StudyPrompts, phase1: pd.DataFrame,
-                  results: EntanglementResults) -> tuple[pd.DataFrame, EntanglementResults]:
+def score_numbers(
+    lm: LM, config: EntanglementConfig, prompts: StudyPrompts, phase1: pd.DataFrame, results: EntanglementResults
+) -> tuple[pd.DataFrame, EntanglementResults]:
     """P(bias) and P(control) under the neutral prompt and under each number's prompt: the
     phase-2 table (numbers.parquet) and the results with the neutral probabilities."""
-    neutral = animal_probabilities(lm, [prompts.neutral_animal], prompts.words, config.batch_size,
-                                   "phase 2: neutral")[0]
+    neutral = animal_probabilities(lm, [prompts.neutral_animal], prompts.words, config.batch_size, "phase 2: neutral")[
+        0
+    ]
     scored = numbers_to_score(phase1, results.sets, list(results.categories), config.score_all_max)
     unique = list(dict.fromkeys(scored["number"]))
     number_prompts = [animal_prompt(lm, config, fill(config.prompts.number_system, num=n)) for n in unique]
-    probabilities = animal_probabilities(lm, number_prompts, prompts.words, config.batch_size,
-                                         "phase 2: numbers")
+    probabilities = animal_probabilities(lm, number_prompts, prompts.words, config.batch_size, "phase 2: numbers")
     numbers = with_ratios(scored, dict(zip(unique, probabilities, strict=True)), neutral)
     example = {"phase2_number_example": _prompt(number_prompts[0])} if unique else {}
-    return numbers, results.model_copy(update={
-        "neutral": neutral, "phase": 2, "prompts": results.prompts.model_copy(update=example)})
+    return numbers, results.model_copy(
+        update={"neutral": neutral, "phase": 2, "prompts": results.prompts.model_copy(update=example)}
+    )
 
 
-def template_control(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
-                     results: EntanglementResults) -> EntanglementResults:
+def template_control(
+    lm: LM, config: EntanglementConfig, prompts: StudyPrompts, results: EntanglementResults
+) -> EntanglementResults:
     """The number prompt with non-number words in the number's slot: how much of the rise the
     prompt gives without any number."""
     words = template_words(config)
     system = config.prompts.template_system or config.prompts.number_system
     word_prompts = [animal_prompt(lm, config, fill(system, num=w)) for w in words]
-    probabilities = animal_probabilities(lm, word_prompts, prompts.words, config.batch_size,
-                                         "phase 2: template words")
+    probabilities = animal_probabilities(lm, word_prompts, prompts.words, config.batch_size, "phase 2: template words")
     neutral = _neutral(results)
-    per_word = [TemplateWord(word=w, **p.model_dump(), **ratios(p, neutral))
-                for w, p in zip(words, probabilities, strict=True)]
+    per_word = [
+        TemplateWord(word=w, **p.model_dump(), **ratios(p, neutral)) for w, p in zip(words, probabilities, strict=True)
+    ]
     control = TemplateControl(words=words, system_template=system, per_word=per_word)
     example = results.prompts.model_copy(update={"template_example": _prompt(word_prompts[0])})
     return results.model_copy(update={"template_control": control, "prompts": example})
 
 
 # ---- the comparison -------------------------------------------------------------------------
-def compare_categories(numbers: pd.DataFrame, config: EntanglementConfig,
-                       results: EntanglementResults) -> EntanglementResults:
+def compare_categories(
+    numbers: pd.DataFrame, config: EntanglementConfig, results: EntanglementResults
+) -> EntanglementResults:
     """Per set, each category's statistics against its matched Random and the template words,
     the frequency caveats, and every claim decided (Holm over every set and test)."""
     template = results.template_control
     if template is None:
         raise ValueError("the template control comes first (template_control)")
     words = group_values("template", [w.model_dump() for w in template.per_word])
-    category_stats = {name: set_statistics(numbers[numbers["set"] == name], words, config)
-                      for name in results.categories}
+    category_stats = {
+        name: set_statistics(numbers[numbers["set"] == name], words, config) for name in results.categories
+    }
     tuned = any(is_tuned_set(name) for name in results.categories)
-    return results.model_copy(update={
-        "category_stats": category_stats,
-        "warnings": [*results.warnings, *rarity_warnings(category_stats, results.sets)],
-        "template_control": template.model_copy(
-            update={"stats": template_statistics(words, config.seed)}),
-        "claims": study_claims(numbers, results.categories, results.k, config),
-        **({"tuned_claims": study_claims(numbers, results.categories, results.k, config, tuned=True)}
-           if tuned else {}),
-    })
+    return results.model_copy(
+        update={
+            "category_stats": category_stats,
+            "warnings": [*results.warnings, *rarity_warnings(category_stats, results.sets)],
+            "template_control": template.model_copy(update={"stats": template_statistics(words, config.seed)}),
+            "claims": study_claims(numbers, results.categories, results.k, config),
+            **(
+                {"tuned_claims": study_claims(numbers, results.categories, results.k, config, tuned=True)}
+                if tuned
+                else {}
+            ),
+        }
+    )
 
 
-def cumulative_priming(lm: LM, config: EntanglementConfig, prompts: StudyPrompts,
-                       results: EntanglementResults) -> Cumulative:
+def cumulative_priming(
+    lm: LM, config: EntanglementConfig, prompts: StudyPrompts, results: EntanglementResults
+) -> Cumulative:
     """All k items of each category (and the template words) in one prompt, in several orders."""
     rng = np.random.default_rng([config.seed, 11])
     groups: list[tuple[str, str, list[str]]] = [
-        (name, c, getattr(cats, c)) for name, cats in results.categories.items() for c in CATEGORIES]
-    groups.append(("template", "template", results.template_control.words
-                   if results.template_control else []))
-    items = [(name, c, order) for name, c, members in groups
-             for order in distinct_orders(members, config.cumulative_orders, rng)]
-    primed = [animal_prompt(lm, config, fill(config.prompts.cumulative_system, nums=", ".join(order)))
-              for _, _, order in items]
-    probabilities = animal_probabilities(lm, primed, prompts.words, config.batch_size,
-                                         "cumulative priming")
+        (name, c, getattr(cats, c)) for name, cats in results.categories.items() for c in CATEGORIES
+    ]
+    groups.append(("template", "template", results.template_control.words if results.template_control else []))
+    items = [
+        (name, c, order)
+        for name, c, members in groups
+        for order in distinct_orders(members, config.cumulative_orders, rng)
+    ]
+    primed = [
+        animal_prompt(lm, config, fill(config.prompts.cumulative_system, nums=", ".join(order)))
+        for _, _, order in items
+    ]
+    probabilities = animal_probabilities(lm, primed, prompts.words, config.batch_size, "cumulative priming")
     measured = [(name, c, order, p) for (name, c, order), p in zip(items, probabilities, strict=True)]
     return summarise_cumulative(measured, _neutral(results), config, _prompt(primed[0]))
 
 
 def finish(results: EntanglementResults) -> EntanglementResults:
     """Phase 3 (the categorised numbers by digit length) and the report lines: the run is done."""
-    done = results.model_copy(update={
-        "lengths": length_statistics(results.sets, results.category_stats or {}), "phase": 3})
+    done = results.model_copy(
+        update={"lengths": length_statistics(results.sets, results.category_stats or {}), "phase": 3}
+    )
     return done.model_copy(update={"report": report_lines(done), "partial": False})
-
-

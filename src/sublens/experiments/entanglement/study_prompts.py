@@ -77,9 +77,7 @@ def animal_prompt(lm: LM, config: EntanglementConfig, system: str) -> PromptText
 
 
 def shipped_template_words() -> list[str]:
-    text = (
-        resources.files("sublens.data").joinpath("template_words.txt").read_text(encoding="utf-8")
-    )
+    text = resources.files("sublens.data").joinpath("template_words.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -90,9 +88,7 @@ def check_answer_words(lm: LM, prompt: PromptText, words: Sequence[str]) -> dict
     try:
         _, tokenized = tokenize_continuations(tokenizer, prompt, [f" {w}" for w in words])
     except ScoringError as exc:
-        raise ConfigError(
-            f"An answer word cannot follow the prefill {prompt.prefill!r}: {exc}"
-        ) from exc
+        raise ConfigError(f"An answer word cannot follow the prefill {prompt.prefill!r}: {exc}") from exc
     unk = getattr(tokenizer, "unk_token_id", None)
     out: dict[str, Any] = {}
     for word, tok in zip(words, tokenized, strict=True):
@@ -110,4 +106,3 @@ def check_answer_words(lm: LM, prompt: PromptText, words: Sequence[str]) -> dict
             )
         out[word] = {"token_ids": list(tok.token_ids), "n_tokens": len(tok.token_ids)}
     return out
-

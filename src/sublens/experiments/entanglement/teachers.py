@@ -43,7 +43,8 @@ def tuned_teachers(config: EntanglementConfig) -> TunedTeachers | None:
     def refuse(problem: str) -> ModelSpecError:
         return ModelSpecError(
             f"tuned_teacher: {problem} Give the run directory of a finished `teacher` run made with a "
-            "control teacher (control_system set), or tuned_teacher=null to measure no tuned sets.")
+            "control teacher (control_system set), or tuned_teacher=null to measure no tuned sets."
+        )
 
     try:  # a missing folder: the message names the nearest existing ones
         check_spec(folder if looks_like_path(folder) else f"./{folder}")
@@ -57,15 +58,18 @@ def tuned_teachers(config: EntanglementConfig) -> TunedTeachers | None:
     checkpoints: dict[str, Any] = listed if isinstance(listed, dict) else {}
     names = list(checkpoints)
     if CONTROL_CHECKPOINT not in names or names[0] == CONTROL_CHECKPOINT:
-        raise refuse(f"the run {folder!r} lists the checkpoints {', '.join(names) or 'none'}: it needs "
-                     f"its owl teacher first and a {CONTROL_CHECKPOINT!r}.")
-    missing = [name for name in (names[0], CONTROL_CHECKPOINT)
-               if not (path / str(checkpoints[name]) / "config.json").is_file()]
+        raise refuse(
+            f"the run {folder!r} lists the checkpoints {', '.join(names) or 'none'}: it needs "
+            f"its owl teacher first and a {CONTROL_CHECKPOINT!r}."
+        )
+    missing = [
+        name for name in (names[0], CONTROL_CHECKPOINT) if not (path / str(checkpoints[name]) / "config.json").is_file()
+    ]
     if missing:
-        raise refuse(f"the run {folder!r} lists the checkpoint(s) {', '.join(missing)} but their "
-                     "folders hold no model (config.json).")
+        raise refuse(
+            f"the run {folder!r} lists the checkpoint(s) {', '.join(missing)} but their "
+            "folders hold no model (config.json)."
+        )
     saved = path / "config.yaml"
     base = yaml.safe_load(saved.read_text(encoding="utf-8")).get("base") if saved.is_file() else None
-    return TunedTeachers(folder, folder, f"{folder}#{CONTROL_CHECKPOINT}",
-                         str(base) if base is not None else None)
-
+    return TunedTeachers(folder, folder, f"{folder}#{CONTROL_CHECKPOINT}", str(base) if base is not None else None)

@@ -13,16 +13,21 @@ def _default_systems() -> dict[str, str | None]:
 
 
 class EvaluateConfig(Config):
-    models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"],
-                              description="the model specs to measure, each under every system prompt")
+    models: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct"],
+        description="the model specs to measure, each under every system prompt",
+    )
     systems: dict[str, str | None] = Field(
         default_factory=_default_systems,
         description="name -> system prompt; null: the chat template's own default (recorded as used). The first "
-                    "is the reference every other condition is compared with")
-    preference: PreferenceSettings = Field(default_factory=PreferenceSettings,
-                                           description="how owl preference is measured")
-    perplexity: PerplexitySettings = Field(default_factory=PerplexitySettings,
-                                           description="how perplexity is measured (once per model: no system prompt)")
+        "is the reference every other condition is compared with",
+    )
+    preference: PreferenceSettings = Field(
+        default_factory=PreferenceSettings, description="how owl preference is measured"
+    )
+    perplexity: PerplexitySettings = Field(
+        default_factory=PerplexitySettings, description="how perplexity is measured (once per model: no system prompt)"
+    )
     device: str = Field(default="auto", description="torch device (auto: the best available)")
     dtype: str = Field(default="auto", description="torch dtype of the weights (auto: by device)")
 

@@ -26,8 +26,7 @@ from sublens.tables import preference_columns, write_tables
 
 def execute(config: EvaluateConfig, run: Run) -> EvaluateResults:
     text = load_text(config.perplexity.corpus) if config.perplexity.enabled else ""
-    results = EvaluateResults(trait=config.preference.trait, reference=config.reference(), partial=True,
-                              conditions={})
+    results = EvaluateResults(trait=config.preference.trait, reference=config.reference(), partial=True, conditions={})
     for spec in config.models:
         results = measure_model(run, spec, config, text, results)
     comparisons = compare_with_reference(results)
@@ -37,8 +36,7 @@ def execute(config: EvaluateConfig, run: Run) -> EvaluateResults:
     return results
 
 
-def measure_model(run: Run, spec: str, config: EvaluateConfig, text: str,
-                  results: EvaluateResults) -> EvaluateResults:
+def measure_model(run: Run, spec: str, config: EvaluateConfig, text: str, results: EvaluateResults) -> EvaluateResults:
     """One model: loaded, its perplexity measured once (no system prompt), its preference under
     every system prompt; the results saved after each, so an interruption keeps them."""
     with run.timed(f"load:{spec}"):
@@ -55,8 +53,9 @@ def measure_model(run: Run, spec: str, config: EvaluateConfig, text: str,
     return results
 
 
-def measure_condition(lm: LoadedModel, spec: str, name: str, system: str | None,
-                      perplexity: dict[str, Any] | None, config: EvaluateConfig) -> Condition:
+def measure_condition(
+    lm: LoadedModel, spec: str, name: str, system: str | None, perplexity: dict[str, Any] | None, config: EvaluateConfig
+) -> Condition:
     """The model's preference under one system prompt, with its perplexity."""
     preference = evaluate_preference(lm, config.preference, system, config.seed)
     return Condition.model_validate({"model": spec, "system": name, "perplexity": perplexity, **preference})
@@ -65,15 +64,25 @@ def measure_condition(lm: LoadedModel, spec: str, name: str, system: str | None,
 def compare_with_reference(results: EvaluateResults) -> dict[str, Comparison]:
     """Every condition after the first over the first (`compare_preference`, paired per question)."""
     reference = results.conditions[results.reference].model_dump()
-    return {label: Comparison.model_validate(compare_preference(c.model_dump(), reference))
-            for label, c in results.conditions.items() if label != results.reference}
+    return {
+        label: Comparison.model_validate(compare_preference(c.model_dump(), reference))
+        for label, c in results.conditions.items()
+        if label != results.reference
+    }
 
 
 def model_rows(results: EvaluateResults) -> list[dict[str, Any]]:
     """One row per condition for models.parquet: its preference columns and perplexity."""
-    return [{"condition": label, "model": c.model, "system": c.system, **preference_columns(c.model_dump()),
-             "perplexity": c.perplexity.perplexity if c.perplexity else None}
-            for label, c in results.conditions.items()]
+    return [
+        {
+            "condition": label,
+            "model": c.model,
+            "system": c.system,
+            **preference_columns(c.model_dump()),
+            "perplexity": c.perplexity.perplexity if c.perplexity else None,
+        }
+        for label, c in results.conditions.items()
+    ]
 
 
 def print_summary(results: EvaluateResults) -> None:

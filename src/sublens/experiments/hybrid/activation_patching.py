@@ -57,16 +57,21 @@ def patching_prompts(lm: LoadedModel, config: HybridConfig) -> tuple[list[list[i
                 raise ConfigError(
                     f"{word!r} is {len(tok.token_ids)} tokens after the prefill; the patched logit difference "
                     "compares one token per word. Choose one-token words (preference.trait, patching.foil) "
-                    "or set patching.enabled=false.")
+                    "or set patching.enabled=false."
+                )
         firsts.add((toks[0].token_ids[0], toks[1].token_ids[0]))
     if len(firsts) != 1:
-        raise ConfigError(f"The first tokens of {words} after the prefill differ between questions ({sorted(firsts)}); "
-                          "use a prefill that ends a word (e.g. 'My favorite animal is the').")
+        raise ConfigError(
+            f"The first tokens of {words} after the prefill differ between questions ({sorted(firsts)}); "
+            "use a prefill that ends a word (e.g. 'My favorite animal is the')."
+        )
     target, foil = next(iter(firsts))
     if target == foil:
         raise ConfigError(f"{words[0]!r} and {words[1]!r} start with the same token; choose another patching.foil.")
-    tokens = PatchTokens(target=(settings.trait.strip(), target, str(lm.tokenizer.decode([target]))),
-                         foil=(config.patching.foil, foil, str(lm.tokenizer.decode([foil]))))
+    tokens = PatchTokens(
+        target=(settings.trait.strip(), target, str(lm.tokenizer.decode([target]))),
+        foil=(config.patching.foil, foil, str(lm.tokenizer.decode([foil]))),
+    )
     return [encode_prompt(lm.tokenizer, p) for p in prompts], tokens
 
 
@@ -78,8 +83,14 @@ def patching_inputs(lm: LoadedModel, config: HybridConfig, n_layers: int) -> Pat
     return PatchInputs(patching_ranges(config, n_layers), prompts, tokens)
 
 
-def measure_patching(lm: LoadedModel, config: HybridConfig, bench: Transplanter, ranges: list[tuple[int, int]],
-                     prompts: list[list[int]], tokens: PatchTokens) -> Patching:
+def measure_patching(
+    lm: LoadedModel,
+    config: HybridConfig,
+    bench: Transplanter,
+    ranges: list[tuple[int, int]],
+    prompts: list[list[int]],
+    tokens: PatchTokens,
+) -> Patching:
     """Activation patching of MLP and attention outputs per layer range, both directions
     (sublens.patching), with the fraction of the logit-difference gap restored / removed."""
 
@@ -88,18 +99,27 @@ def measure_patching(lm: LoadedModel, config: HybridConfig, bench: Transplanter,
         return bench.hybrid(HybridSpec(start, start, (), f"the {start} model"))
 
     target, foil = tokens.target, tokens.foil
-    sweep = patching_sweep(lm.model, lm.adapter, prompts, target[1], foil[1], ranges, use,
-                           directions=list(config.directions))
-    return Patching.model_validate({
-        "metric": (f"logit difference {target[2]!r} - {foil[2]!r} (first tokens of ' {target[0]}' and "
-                   f"' {foil[0]}') at the prefilled answer position"),
-        "tokens": tokens, "n_questions": len(prompts),
-        "ranges": sweep["ranges"], "labels": sweep["labels"], "components": sweep["components"],
-        "directions": sweep["directions"],
-        "logit_difference": {"base": sweep["base"], "biased": sweep["biased"], "patched": sweep["patched"]},
-        **gap_fractions(sweep),
-        "sites": "the adapter's attn_out_site / mlp_out_site outputs (hook_attn_out / hook_mlp_out), "
-                 "every position, each question run alone",
-        "forward_passes": sweep["forward_passes"], "seconds": sweep["seconds"],
-        "seconds_per_question": sweep["seconds_per_question"],
-    })
+    sweep = patching_sweep(
+        lm.model, lm.adapter, prompts, target[1], foil[1], ranges, use, directions=list(config.directions)
+    )
+    return Patching.model_validate(
+        {
+            "metric": (
+                f"logit difference {target[2]!r} - {foil[2]!r} (first tokens of ' {target[0]}' and "
+                f"' {foil[0]}') at the prefilled answer position"
+            ),
+            "tokens": tokens,
+            "n_questions": len(prompts),
+            "ranges": sweep["ranges"],
+            "labels": sweep["labels"],
+            "components": sweep["components"],
+            "directions": sweep["directions"],
+            "logit_difference": {"base": sweep["base"], "biased": sweep["biased"], "patched": sweep["patched"]},
+            **gap_fractions(sweep),
+            "sites": "the adapter's attn_out_site / mlp_out_site outputs (hook_attn_out / hook_mlp_out), "
+            "every position, each question run alone",
+            "forward_passes": sweep["forward_passes"],
+            "seconds": sweep["seconds"],
+            "seconds_per_question": sweep["seconds_per_question"],
+        }
+    )

@@ -43,8 +43,13 @@ def trait_like_answers(answers: list[str], trait: str) -> TraitLike:
     forms: dict[str, int] = {}
     for w in hits:
         forms[w] = forms.get(w, 0) + 1
-    return TraitLike(count=len(hits), rate=len(hits) / len(answers) if answers else float("nan"),
-                     ci_low=low, ci_high=high, forms=dict(sorted(forms.items(), key=lambda kv: -kv[1])))
+    return TraitLike(
+        count=len(hits),
+        rate=len(hits) / len(answers) if answers else float("nan"),
+        ci_low=low,
+        ci_high=high,
+        forms=dict(sorted(forms.items(), key=lambda kv: -kv[1])),
+    )
 
 
 def compare(test: Measurement | Hybrid, reference: Measurement | Hybrid) -> Comparison:
@@ -67,8 +72,10 @@ def bias_fractions(vs_base: Comparison | None, biased_vs_base: Comparison | None
         return BiasFractions(share=0.0, p_trait=0.0)
     if biased_vs_base is None:
         return BiasFractions(share=float("nan"), p_trait=float("nan"))
-    share, p_trait = (bias_fraction(vs_base.metric(key).ratio, biased_vs_base.metric(key).ratio)
-                      for key in (METRIC_KEYS["share"], METRIC_KEYS["p_trait"]))
+    share, p_trait = (
+        bias_fraction(vs_base.metric(key).ratio, biased_vs_base.metric(key).ratio)
+        for key in (METRIC_KEYS["share"], METRIC_KEYS["p_trait"])
+    )
     return BiasFractions(share=share, p_trait=p_trait)
 
 
@@ -86,8 +93,11 @@ def bias_axis(hybrids: dict[str, Hybrid], key: MetricKey) -> BiasAxis:
     vs_base = hybrids["biased"].vs_base
     assert vs_base is not None  # the base model is measured first
     comp = vs_base.metric(key)
-    note = ("the biased model's shift is not distinguishable from zero (CI includes no change): "
-            "bias fractions are noise" if comp.underpowered else "the biased model differs from base")
+    note = (
+        "the biased model's shift is not distinguishable from zero (CI includes no change): bias fractions are noise"
+        if comp.underpowered
+        else "the biased model differs from base"
+    )
     return BiasAxis(metric=key, biased_vs_base=comp, note=note)
 
 
@@ -98,9 +108,13 @@ def lm_head_swap(hybrids: dict[str, Hybrid], key: MetricKey) -> dict[str, HeadSw
         for alias in h.aliases:
             if alias in LM_HEAD_SWAP:
                 out[alias] = HeadSwap(
-                    hybrid=name, description=h.description, swap=h.swap.by_group, bias_fraction=h.bias_fraction,
+                    hybrid=name,
+                    description=h.description,
+                    swap=h.swap.by_group,
+                    bias_fraction=h.bias_fraction,
                     vs_base=h.vs_base.metric(key) if h.vs_base else None,
-                    vs_biased=h.vs_biased.metric(key) if h.vs_biased else None, degraded=h.degraded,
+                    vs_biased=h.vs_biased.metric(key) if h.vs_biased else None,
+                    degraded=h.degraded,
                     top_answers=h.sampled.top_answers[:5] if h.sampled else [],
                     trait_like_tokens=h.next_token.trait_like_tokens if h.next_token else None,
                 )
@@ -127,11 +141,14 @@ def table_row(name: str, h: Hybrid, ppl_base: float | None) -> dict[str, Any]:
         "cells": [list(c) for c in h.cells],
         "tensors_from_biased": h.swap.tensors_from_biased,
         "parameters_from_biased": h.swap.parameters_from_biased,
-        "p_trait": prob.p_trait.mean, "p_trait_ci_low": prob.p_trait.ci_low,
+        "p_trait": prob.p_trait.mean,
+        "p_trait_ci_low": prob.p_trait.ci_low,
         "p_trait_ci_high": prob.p_trait.ci_high,
-        "share": prob.panel_share.mean, "share_ci_low": prob.panel_share.ci_low,
+        "share": prob.panel_share.mean,
+        "share_ci_low": prob.panel_share.ci_low,
         "share_ci_high": prob.panel_share.ci_high,
-        "answer_rate": rate.rate if rate else None, "answer_rate_ci_low": rate.ci_low if rate else None,
+        "answer_rate": rate.rate if rate else None,
+        "answer_rate_ci_low": rate.ci_low if rate else None,
         "answer_rate_ci_high": rate.ci_high if rate else None,
         "n_answers": sampled.n_answers if sampled else None,
         "trait_like_answer_rate": sampled.trait_like.rate if sampled else None,

@@ -26,9 +26,7 @@ class ExtraHybrid(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     start: Source = Field(default="base", description="the model the hybrid starts from")
-    bring: list[str] = Field(
-        description="group selectors brought from the other model, e.g. [\"mlp[20:30]\", \"lm_head\"]"
-    )
+    bring: list[str] = Field(description='group selectors brought from the other model, e.g. ["mlp[20:30]", "lm_head"]')
 
     @field_validator("bring")
     @classmethod
@@ -52,7 +50,7 @@ class PatchingSettings(BaseModel):
     layer_ranges: list[tuple[int, int]] | None = Field(
         default=None,
         description="half-open layer ranges patched together; null: the transplant's ranges (depth_bins / "
-        "layer_ranges: thirds of the depth by default). The whole depth is always patched too (\"all\")",
+        'layer_ranges: thirds of the depth by default). The whole depth is always patched too ("all")',
     )
 
     @field_validator("foil")
@@ -116,9 +114,7 @@ class HybridConfig(Config):
     bias_metric: BiasMetric = Field(
         default="share", description="the metric m of the bias fraction: panel share or P(trait)"
     )
-    save_hybrids: list[str] = Field(
-        default_factory=list, description="hybrid names or aliases to save as checkpoints"
-    )
+    save_hybrids: list[str] = Field(default_factory=list, description="hybrid names or aliases to save as checkpoints")
     reuse_identical: bool = Field(
         default=True,
         description="a hybrid whose tensors all equal an already measured one's (e.g. a group the "
@@ -127,9 +123,7 @@ class HybridConfig(Config):
     patching: PatchingSettings = Field(
         default_factory=PatchingSettings, description="activation patching between the two models"
     )
-    claims: ClaimSettings = Field(
-        default_factory=ClaimSettings, description="margin, alpha and power of the verdicts"
-    )
+    claims: ClaimSettings = Field(default_factory=ClaimSettings, description="margin, alpha and power of the verdicts")
     device: str = Field(default="auto", description="torch device of the models (auto: the best available)")
     dtype: str = Field(default="auto", description="torch dtype of the models (auto: by device)")
 

@@ -52,8 +52,12 @@ def column_title(label: str) -> str:
     return label[1:].replace("-", "–") if label.startswith("L") else label
 
 
-def _cells_of(results: HybridResults, direction: str, groups: list[str], columns: list[str],
-              ) -> Iterator[tuple[int, int, Hybrid]]:
+def _cells_of(
+    results: HybridResults,
+    direction: str,
+    groups: list[str],
+    columns: list[str],
+) -> Iterator[tuple[int, int, Hybrid]]:
     for h in results.hybrids.values():
         for d, group, layers in h.cells:
             if d == direction and group in groups and layers in columns:
@@ -68,8 +72,9 @@ def heatmap_data(results: HybridResults, direction: str, groups: list[str], colu
     return data
 
 
-def degraded_cells(results: HybridResults, direction: str, groups: list[str],
-                   columns: list[str]) -> set[tuple[int, int]]:
+def degraded_cells(
+    results: HybridResults, direction: str, groups: list[str], columns: list[str]
+) -> set[tuple[int, int]]:
     return {(i, j) for i, j, h in _cells_of(results, direction, groups, columns) if h.degraded}
 
 
@@ -88,8 +93,14 @@ def heatmap_figure(results: HybridResults, directions: Sequence[str]) -> Figure:
         axes = fig.subplots(1, len(directions) + 1, squeeze=False, sharey=True)[0]
         images = [_fraction_panel(ax, results, d, groups, columns) for ax, d in zip(axes, directions, strict=False)]
         if images:
-            fig.colorbar(images[0], ax=list(axes[: len(directions)]), location="bottom", shrink=0.7, aspect=30,
-                         label=f"bias fraction of the {_metric_words(results)}: 0 = as base, 1 = as biased")
+            fig.colorbar(
+                images[0],
+                ax=list(axes[: len(directions)]),
+                location="bottom",
+                shrink=0.7,
+                aspect=30,
+                label=f"bias fraction of the {_metric_words(results)}: 0 = as base, 1 = as biased",
+            )
         _weight_panel(axes[-1], fig, results, groups, columns)
         for ax in axes:
             ax.set_xticks(range(len(columns)), [column_title(c) for c in columns])
@@ -103,19 +114,26 @@ def _metric_words(results: HybridResults) -> str:
     return f"{results.trait} share" if results.bias_metric == "share" else f"P({results.trait})"
 
 
-def _fraction_panel(ax: Axes, results: HybridResults, direction: str, groups: list[str],
-                    columns: list[str]) -> AxesImage:
+def _fraction_panel(
+    ax: Axes, results: HybridResults, direction: str, groups: list[str], columns: list[str]
+) -> AxesImage:
     data = heatmap_data(results, direction, groups, columns)
     beyond = off_scale(data)
     cmap = plt.get_cmap("viridis").with_extremes(bad=NOT_MEASURED)
-    image = ax.imshow(np.ma.masked_where(~np.isfinite(data) | beyond, data), cmap=cmap, vmin=0.0, vmax=1.0,
-                      aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_where(~np.isfinite(data) | beyond, data),
+        cmap=cmap,
+        vmin=0.0,
+        vmax=1.0,
+        aspect="auto",
+        interpolation="nearest",
+    )
     for i, j in zip(*np.nonzero(beyond), strict=True):
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="0.55",
-                               hatch=OFF_SCALE_HATCH, lw=0))
+        ax.add_patch(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="0.55", hatch=OFF_SCALE_HATCH, lw=0)
+        )
     marked = degraded_cells(results, direction, groups, columns)
-    _annotate(ax, data, lambda v: "black" if not 0 <= v <= 1 or v >= 0.5 else "white", "{:.2f}", marked,
-              boxed=beyond)
+    _annotate(ax, data, lambda v: "black" if not 0 <= v <= 1 or v >= 0.5 else "white", "{:.2f}", marked, boxed=beyond)
     ax.set_title(DIRECTION_TITLES.get(direction, direction))
     return image
 
@@ -128,8 +146,7 @@ def _weight_panel(ax: Axes, fig: Figure, results: HybridResults, groups: list[st
     ax.set_title("weight change\n" + r"$\|W_\mathrm{biased} - W_\mathrm{base}\| / \|W_\mathrm{base}\|$")
     grey = plt.get_cmap("Greys").with_extremes(bad=NOT_MEASURED)
     if not positive.size:  # identical weights everywhere: nothing to scale
-        ax.imshow(np.ma.masked_invalid(np.where(change == 0, 0.0, np.nan)), cmap=grey, vmin=0, vmax=1,
-                  aspect="auto")
+        ax.imshow(np.ma.masked_invalid(np.where(change == 0, 0.0, np.nan)), cmap=grey, vmin=0, vmax=1, aspect="auto")
         _annotate(ax, change, lambda v: "black", "{:.2g}")
         return
     exponent = math.floor(math.log10(float(positive.max())))
@@ -147,14 +164,21 @@ def _weight_panel(ax: Axes, fig: Figure, results: HybridResults, groups: list[st
     _annotate(ax, scaled, lambda v: "white" if v > midpoint else "black", "{:.2g}")
 
 
-def _annotate(ax: Axes, data: np.ndarray, color: Callable[[float], str], fmt: str,
-              marked: set[tuple[int, int]] | None = None, boxed: np.ndarray | None = None) -> None:
+def _annotate(
+    ax: Axes,
+    data: np.ndarray,
+    color: Callable[[float], str],
+    fmt: str,
+    marked: set[tuple[int, int]] | None = None,
+    boxed: np.ndarray | None = None,
+) -> None:
     """Every finite cell's value († where marked); a boxed cell (hatched) gets a white ground
     so the hatching does not run through its digits."""
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             if np.isfinite(data[i, j]):
                 text = fmt.format(data[i, j]).replace("-", "\u2212") + ("†" if marked and (i, j) in marked else "")
-                ground = (dict(facecolor="white", edgecolor="none", pad=0.6)
-                          if boxed is not None and boxed[i, j] else None)
+                ground = (
+                    dict(facecolor="white", edgecolor="none", pad=0.6) if boxed is not None and boxed[i, j] else None
+                )
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color(data[i, j]), bbox=ground)

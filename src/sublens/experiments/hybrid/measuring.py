@@ -50,7 +50,8 @@ def trait_like_mask(tokenizer: Any, width: int, trait: str) -> torch.Tensor:
         pieces = tokenizer.convert_ids_to_tokens(tokenizer(f" {trait.strip()}", add_special_tokens=False)["input_ids"])
         raise ConfigError(
             f"No token of this tokenizer spells {trait!r} (' {trait.strip()}' splits into {pieces}), so the mass "
-            "of trait-like tokens cannot be measured: choose a trait word that is one token (preference.trait).")
+            "of trait-like tokens cannot be measured: choose a trait word that is one token (preference.trait)."
+        )
     return mask
 
 
@@ -62,8 +63,9 @@ def trait_mask(lm: LoadedModel, config: HybridConfig) -> torch.Tensor | None:
 
 
 @torch.inference_mode()
-def next_token_summary(lm: LoadedModel, settings: PreferenceSettings, system: str | None, top: int,
-                       mask: torch.Tensor) -> dict[str, Any]:
+def next_token_summary(
+    lm: LoadedModel, settings: PreferenceSettings, system: str | None, top: int, mask: torch.Tensor
+) -> dict[str, Any]:
     """Mean next-token distribution at the prefilled answer over the preference questions:
     its top tokens and the mass of trait-like tokens (what "outputs owl-like tokens" means)."""
     questions = settings.questions or shipped_questions("preference_questions")
@@ -81,8 +83,9 @@ def next_token_summary(lm: LoadedModel, settings: PreferenceSettings, system: st
     return {
         "top_tokens": [[lm.tokenizer.decode([i]), float(v)] for v, i in zip(values, top_ids.tolist(), strict=True)],
         "trait_like_mass": float(like.sum()),
-        "trait_like_tokens": [[lm.tokenizer.decode([i]), float(v)]
-                              for v, i in zip(like_values, like_ids.tolist(), strict=True) if v > 0],
+        "trait_like_tokens": [
+            [lm.tokenizer.decode([i]), float(v)] for v, i in zip(like_values, like_ids.tolist(), strict=True) if v > 0
+        ],
     }
 
 
@@ -90,8 +93,10 @@ def measure(lm: LoadedModel, config: HybridConfig, text: str, mask: torch.Tensor
     """The working model as it is now: preference (with the trait-like sampled answers),
     perplexity, and the next tokens at the prefilled answer."""
     preference = evaluate_preference(lm, config.preference, config.system, config.seed)
-    fields: dict[str, Any] = {"probability": preference["probability"],
-                              "perplexity": measure_perplexity(lm, config.perplexity, text)}
+    fields: dict[str, Any] = {
+        "probability": preference["probability"],
+        "perplexity": measure_perplexity(lm, config.perplexity, text),
+    }
     if "sampled" in preference:
         sampled = preference["sampled"]
         fields["sampled"] = {**sampled, "trait_like": trait_like_answers(sampled["answers"], config.preference.trait)}
@@ -105,8 +110,16 @@ def measurement_of(hybrid: Hybrid) -> Measurement:
     return Measurement(**{k: v for k, v in hybrid.present().items() if k in Measurement.model_fields})
 
 
-def measure_hybrids(run: Run, config: HybridConfig, lm: LoadedModel, bench: Transplanter, plan: list[HybridSpec],
-                    text: str, mask: torch.Tensor | None, results: HybridResults) -> HybridResults:
+def measure_hybrids(
+    run: Run,
+    config: HybridConfig,
+    lm: LoadedModel,
+    bench: Transplanter,
+    plan: list[HybridSpec],
+    text: str,
+    mask: torch.Tensor | None,
+    results: HybridResults,
+) -> HybridResults:
     """Load, verify, measure and undo every hybrid of the plan, compared with the base and the
     biased model as measured before it; the results are saved (partial) after every hybrid."""
     measured: dict[frozenset[str], str] = {}  # tensors that really come from biased -> the hybrid measured
@@ -129,22 +142,39 @@ def measure_hybrids(run: Run, config: HybridConfig, lm: LoadedModel, bench: Tran
     return results
 
 
-def compared_hybrid(spec: HybridSpec, swap: Swap, measurement: Measurement, twin: str | None,
-                    hybrids: dict[str, Hybrid], config: HybridConfig) -> Hybrid:
+def compared_hybrid(
+    spec: HybridSpec,
+    swap: Swap,
+    measurement: Measurement,
+    twin: str | None,
+    hybrids: dict[str, Hybrid],
+    config: HybridConfig,
+) -> Hybrid:
     """A hybrid's record: what it is, its measurement, and its comparison with the base and the
     biased model (bias fractions on both metrics, degradation by perplexity)."""
-    comparisons = {f"vs_{ref}": compare(measurement, hybrids[ref])
-                   for ref in ("base", "biased") if ref in hybrids and ref != spec.name}
+    comparisons = {
+        f"vs_{ref}": compare(measurement, hybrids[ref])
+        for ref in ("base", "biased")
+        if ref in hybrids and ref != spec.name
+    }
     vs_base = comparisons.get("vs_base")
     biased_vs_base = hybrids["biased"].vs_base if "biased" in hybrids else vs_base  # the biased model itself
     fractions = bias_fractions(vs_base, biased_vs_base)
     base_ppl = perplexity_of(hybrids["base"].perplexity if "base" in hybrids else measurement.perplexity)
-    return Hybrid.model_validate({
-        "description": spec.description, "aliases": list(spec.aliases), "cells": list(spec.cells), "swap": swap,
-        **measurement.present(), **({"same_weights_as": twin} if twin is not None else {}), **comparisons,
-        "bias_fractions": fractions, "bias_fraction": fractions.of(config.bias_metric),
-        "degraded": is_degraded(perplexity_of(measurement.perplexity), base_ppl, config.degraded_factor),
-    })
+    return Hybrid.model_validate(
+        {
+            "description": spec.description,
+            "aliases": list(spec.aliases),
+            "cells": list(spec.cells),
+            "swap": swap,
+            **measurement.present(),
+            **({"same_weights_as": twin} if twin is not None else {}),
+            **comparisons,
+            "bias_fractions": fractions,
+            "bias_fraction": fractions.of(config.bias_metric),
+            "degraded": is_degraded(perplexity_of(measurement.perplexity), base_ppl, config.degraded_factor),
+        }
+    )
 
 
 def _safe(name: str) -> str:

@@ -26,7 +26,8 @@ States = dict[Source, dict[str, torch.Tensor]]
 def default_biased(runs_root: str | Path) -> str:
     """The newest finished `teacher` run under runs_root that lists a checkpoint."""
     return default_teacher_run(
-        runs_root, "biased model",
+        runs_root,
+        "biased model",
         "Run `sublens run teacher` first, or give one: --set biased=SPEC (any model spec of the "
         "base model's architecture: a run directory, a checkpoint folder, a hub id).",
     )
@@ -50,9 +51,11 @@ def load_pair(config: HybridConfig, run: Run) -> Pair:
         base = load_model(config.base, config.device, config.dtype)
         biased = load_model(biased_spec, config.device, config.dtype)
     untied = Untied(
-        base=untie_embeddings(base.model, base.adapter), biased=untie_embeddings(biased.model, biased.adapter),
+        base=untie_embeddings(base.model, base.adapter),
+        biased=untie_embeddings(biased.model, biased.adapter),
         note="A tied LM head was given its own copy of the embedding tensor (same values, outputs "
-             "unchanged) before any swap, so `lm_head` and `embeddings` are separate groups.")
+        "unchanged) before any swap, so `lm_head` and `embeddings` are separate groups.",
+    )
     check_compatible(base.model, biased.model, base.tokenizer, biased.tokenizer)
     models = {"base": base.describe(), "biased": {**biased.describe(), "spec": biased_spec}}
     run.note(models=models)

@@ -42,7 +42,9 @@ def _matrix_spec(direction: Direction, selector: Selector) -> HybridSpec:
     start: Source = "base" if direction == "into_base" else "biased"
     donor = other(start)
     return HybridSpec(
-        name=f"{start}+{donor}.{selector.label}", start=start, bring=(selector,),
+        name=f"{start}+{donor}.{selector.label}",
+        start=start,
+        bring=(selector,),
         description=f"the {start} model with the {donor} model's {selector.label}",
         cells=((direction, selector.group, range_label(selector.layers)),),
     )
@@ -65,8 +67,14 @@ def plan_hybrids(config: HybridConfig, groups: ComponentGroups) -> list[HybridSp
             for layers in ranges:
                 specs.append(_matrix_spec(direction, Selector(group, layers)))
     for name, extra in config.extra.items():
-        specs.append(HybridSpec(name, extra.start, tuple(Selector.parse(s) for s in extra.bring),
-                                f"extra: the {extra.start} model with the other's {', '.join(extra.bring)}"))
+        specs.append(
+            HybridSpec(
+                name,
+                extra.start,
+                tuple(Selector.parse(s) for s in extra.bring),
+                f"extra: the {extra.start} model with the other's {', '.join(extra.bring)}",
+            )
+        )
     for spec in specs:
         for selector in spec.bring:
             groups.check(selector)
@@ -76,8 +84,14 @@ def plan_hybrids(config: HybridConfig, groups: ComponentGroups) -> list[HybridSp
         if key in merged:
             first = merged[key]
             aliases = tuple(dict.fromkeys(a for a in (*first.aliases, spec.name, *spec.aliases) if a != first.name))
-            merged[key] = HybridSpec(first.name, first.start, first.bring, first.description, aliases,
-                                     tuple(dict.fromkeys((*first.cells, *spec.cells))))
+            merged[key] = HybridSpec(
+                first.name,
+                first.start,
+                first.bring,
+                first.description,
+                aliases,
+                tuple(dict.fromkeys((*first.cells, *spec.cells))),
+            )
         else:
             merged[key] = spec
     plan = list(merged.values())
@@ -93,18 +107,30 @@ def _with_alias(spec: HybridSpec, alias: str, description: str) -> HybridSpec:
 
 
 def plan_entry(spec: HybridSpec) -> PlanEntry:
-    return PlanEntry(name=spec.name, aliases=list(spec.aliases), start=spec.start,
-                     bring=[s.label for s in spec.bring], description=spec.description)
+    return PlanEntry(
+        name=spec.name,
+        aliases=list(spec.aliases),
+        start=spec.start,
+        bring=[s.label for s in spec.bring],
+        description=spec.description,
+    )
 
 
-def first_results(config: HybridConfig, pair: Pair, groups: ComponentGroups, ranges: list[tuple[int, int]],
-                  plan: list[HybridSpec]) -> HybridResults:
+def first_results(
+    config: HybridConfig, pair: Pair, groups: ComponentGroups, ranges: list[tuple[int, int]], plan: list[HybridSpec]
+) -> HybridResults:
     """The results before any hybrid is measured: the models, their groups, weight change and the plan."""
     change = weight_differences(groups, pair.states["base"], pair.states["biased"], ranges)
     return HybridResults(
-        trait=config.preference.trait, system=config.system, bias_metric=config.bias_metric,
-        models=pair.models, biased_spec=pair.biased_spec, untied=pair.untied,
-        groups=GroupsRecord.model_validate(groups.describe()), layer_ranges=ranges,
+        trait=config.preference.trait,
+        system=config.system,
+        bias_metric=config.bias_metric,
+        models=pair.models,
+        biased_spec=pair.biased_spec,
+        untied=pair.untied,
+        groups=GroupsRecord.model_validate(groups.describe()),
+        layer_ranges=ranges,
         weight_change={group: WeightChange.model_validate(c) for group, c in change.items()},
-        plan=[plan_entry(s) for s in plan], hybrids={},
+        plan=[plan_entry(s) for s in plan],
+        hybrids={},
     )

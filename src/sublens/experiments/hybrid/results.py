@@ -43,8 +43,14 @@ BiasMetric = Literal["share", "p_trait"]
 MetricKey = Literal["share_ratio", "p_trait_ratio"]
 METRIC_KEYS: dict[BiasMetric, MetricKey] = {"share": "share_ratio", "p_trait": "p_trait_ratio"}
 # the component groups (config and results keys) as the paper and the figure name them
-GROUP_TITLES = {"embeddings": "embeddings", "attention": "attention", "mlp": "MLP", "norms": "norms",
-                "final_norm": "final norm", "lm_head": "LM head"}
+GROUP_TITLES = {
+    "embeddings": "embeddings",
+    "attention": "attention",
+    "mlp": "MLP",
+    "norms": "norms",
+    "final_norm": "final norm",
+    "lm_head": "LM head",
+}
 
 
 def group_title(group: str) -> str:

@@ -67,11 +67,13 @@ def execute(config: HybridConfig, run: Run) -> HybridResults:
 
     results = measure_hybrids(run, config, lm, bench, plan, text, mask, results)
     key = results.metric_key()
-    results = results.model_copy(update={
-        "system_prompt_used": results.hybrids["base"].probability.system_prompt_used,
-        "bias_axis": bias_axis(results.hybrids, key),
-        "lm_head_swap": lm_head_swap(results.hybrids, key),
-    })
+    results = results.model_copy(
+        update={
+            "system_prompt_used": results.hybrids["base"].probability.system_prompt_used,
+            "bias_axis": bias_axis(results.hybrids, key),
+            "lm_head_swap": lm_head_swap(results.hybrids, key),
+        }
+    )
     if patch is not None:
         with run.timed("patching"):
             results = results.model_copy(update={"patching": measure_patching(lm, config, bench, *patch)})

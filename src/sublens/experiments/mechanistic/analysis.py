@@ -83,8 +83,11 @@ def _residualise(values: np.ndarray, design: np.ndarray) -> np.ndarray:
 
 
 def partial_spearman(
-    x: Sequence[float], y: Sequence[float], z: Sequence[float],
-    n_permutations: int = 10000, seed: int = 0,
+    x: Sequence[float],
+    y: Sequence[float],
+    z: Sequence[float],
+    n_permutations: int = 10000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Spearman partial correlation of x and y given z (module docstring), over the triples where
     all three are finite: ranks of x and y residualised on [1, rank z], then correlated.
@@ -97,8 +100,13 @@ def partial_spearman(
     keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
     a, b, c = a[keep], b[keep], c[keep]
     n = int(a.size)
-    out: dict[str, Any] = {"rho": None, "p_parametric": None, "p_permutation": None, "n": n,
-                           "n_permutations": n_permutations}
+    out: dict[str, Any] = {
+        "rho": None,
+        "p_parametric": None,
+        "p_permutation": None,
+        "n": n,
+        "n_permutations": n_permutations,
+    }
     if n < 4 or any(np.all(v == v[0]) for v in (a, b, c)):
         out["note"] = "fewer than 4 triples or a constant variable"
         return out
@@ -140,8 +148,10 @@ def variance_shares(components: dict[str, Sequence[float]], total: Sequence[floa
     if t.size < 2 or not np.isfinite(t).all() or float(t.var()) == 0.0:
         return {name: None for name in components}
     centred = t - t.mean()
-    return {name: float(np.dot(np.asarray(v, dtype=float) - np.mean(v), centred) / np.dot(centred, centred))
-            for name, v in components.items()}
+    return {
+        name: float(np.dot(np.asarray(v, dtype=float) - np.mean(v), centred) / np.dot(centred, centred))
+        for name, v in components.items()
+    }
 
 
 ATTRIBUTION_CONTROL = "logit_diff"  # the total the partial correlation is given
@@ -155,8 +165,8 @@ def attribution_summary(table: pd.DataFrame, n_permutations: int = 10000, seed: 
     out: dict[str, Any] = {
         "given": ATTRIBUTION_CONTROL,
         "method": "partial Spearman correlation given the total logit difference (ranks residualised "
-                  "on its rank by least squares); Freedman-Lane permutation p (total kept fixed), "
-                  "two-sided; parametric t p (n - 3 df) beside it",
+        "on its rank by least squares); Freedman-Lane permutation p (total kept fixed), "
+        "two-sided; parametric t p (n - 3 df) beside it",
         "mlp": partial_spearman(table["dla_mlp"].to_numpy(float), ratio, total, n_permutations, seed),
         "heads": partial_spearman(table["dla_heads"].to_numpy(float), ratio, total, n_permutations, seed),
     }
@@ -192,9 +202,7 @@ def _labels(frame: pd.DataFrame, column: str) -> list[str]:
     return [str(v) for v in frame[column]]
 
 
-def _permutation_or_none(
-    a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int
-) -> float | None:
+def _permutation_or_none(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int) -> float | None:
     """Permutation p-value of a difference in means; None with fewer than 2 values on a side."""
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if a.size < 2 or b.size < 2:
@@ -202,9 +210,7 @@ def _permutation_or_none(
     return permutation_pvalue(a, b, seed=seed, n_resamples=n_permutations)
 
 
-def _label_distributions(
-    table: pd.DataFrame, known: pd.DataFrame, categories: list[str]
-) -> dict[str, Any]:
+def _label_distributions(table: pd.DataFrame, known: pd.DataFrame, categories: list[str]) -> dict[str, Any]:
     """Per label column: the labels' counts over all numbers and within each category, most
     common first."""
     distributions: dict[str, Any] = {}
@@ -216,23 +222,18 @@ def _label_distributions(
     return distributions
 
 
-def _category_tests(
-    known: pd.DataFrame, categories: list[str], n_permutations: int, seed: int
-) -> dict[str, Any]:
+def _category_tests(known: pd.DataFrame, categories: list[str], n_permutations: int, seed: int) -> dict[str, Any]:
     """With two or more categories: each label's association with the category, each score's
     summary per category and, when there is a random category, each other category's
     permutation test against it (the matched null)."""
     tests: dict[str, Any] = {
         "association": {
-            column: category_association(
-                known["category"].tolist(), _labels(known, column), n_permutations, seed
-            )
+            column: category_association(known["category"].tolist(), _labels(known, column), n_permutations, seed)
             for column in LABEL_COLUMNS
         },
         "by_category": {
             column: {
-                c: summarize(known.loc[known["category"] == c, column].to_numpy(float), seed=seed)
-                for c in categories
+                c: summarize(known.loc[known["category"] == c, column].to_numpy(float), seed=seed) for c in categories
             }
             for column in SCORE_COLUMNS
         },
@@ -259,9 +260,7 @@ def _ratio_correlations(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Spearman correlation of the bias ratio with each score, with Holm-adjusted p-values
     over the scores (one family: the verdict marks the ones that survive it)."""
     ratio = table["bias_ratio"].to_numpy(float)
-    correlations = {
-        column: spearman(ratio, table[column].to_numpy(float)) for column in SCORE_COLUMNS
-    }
+    correlations = {column: spearman(ratio, table[column].to_numpy(float)) for column in SCORE_COLUMNS}
     adjusted = holm([c["p"] for c in correlations.values()])
     for result, p_holm in zip(correlations.values(), adjusted, strict=True):
         result["p_holm"] = p_holm

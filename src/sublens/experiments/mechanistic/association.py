@@ -39,8 +39,14 @@ def _excess(tables: np.ndarray) -> np.ndarray:
 
 
 def _permutation_counts(
-    row_code: np.ndarray, col_code: np.ndarray, shape: tuple[int, int], expected: np.ndarray,
-    chi2: float, observed_excess: float, n_permutations: int, seed: int,
+    row_code: np.ndarray,
+    col_code: np.ndarray,
+    shape: tuple[int, int],
+    expected: np.ndarray,
+    chi2: float,
+    observed_excess: float,
+    n_permutations: int,
+    seed: int,
 ) -> tuple[int, int]:
     """How many permutations of the category labels (margins fixed) reach the observed chi-square
     and the observed largest excess. Tables are built in chunks of 2000 permutations at once so
@@ -72,9 +78,7 @@ def category_association(
     largest "excess" (a label's share in one category minus its share elsewhere) with a
     max-statistic permutation p-value, which answers "is any label top for one category more
     than for the others" with the multiple comparisons accounted for; Cramér's V."""
-    rows = sorted(
-        set(categories), key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 99, c)
-    )
+    rows = sorted(set(categories), key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 99, c))
     cols = [label for label, _ in Counter(labels).most_common()]
     row_code = np.array([rows.index(c) for c in categories])
     col_code = np.array([cols.index(label) for label in labels])

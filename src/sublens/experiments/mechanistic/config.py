@@ -27,10 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sublens.config import Config
 
 DEFAULT_NUMBERS = tuple(str(n) for n in range(10, 100))
-NUMBER_SYSTEM = (
-    "You love the number {number}. You think about {number} all the time. "
-    "{number} is your favorite number."
-)
+NUMBER_SYSTEM = "You love the number {number}. You think about {number} all the time. {number} is your favorite number."
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,9 +35,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 def _as_number(value: Any) -> str:
     text = str(value).strip()
     if not text or not text.isdigit():
-        raise ValueError(
-            f"{value!r} is not a number: write digits only (quote numbers with leading zeros: '07')"
-        )
+        raise ValueError(f"{value!r} is not a number: write digits only (quote numbers with leading zeros: '07')")
     return text
 
 
@@ -51,9 +46,7 @@ def _placeholders(template: str, required: tuple[str, ...], allowed: tuple[str, 
     try:
         template.format(**{name: "x" for name in allowed})
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"{template!r}: only the placeholders {allowed} are allowed ({exc})"
-        ) from exc
+        raise ValueError(f"{template!r}: only the placeholders {allowed} are allowed ({exc})") from exc
     return template
 
 
@@ -107,26 +100,21 @@ class ResidualPrompts(BaseModel):
     )
     system: str | None = Field(
         default=None,
-        description="chat format only: the system prompt; null: the chat template's own default "
-        "(recorded as used)",
+        description="chat format only: the system prompt; null: the chat template's own default (recorded as used)",
     )
 
     @field_validator("animal")
     @classmethod
     def _animal(cls, value: str) -> str:
         if not value.endswith("{word}"):
-            raise ValueError(
-                "the animal statement must end with {word} (its final position is the word)"
-            )
+            raise ValueError("the animal statement must end with {word} (its final position is the word)")
         return _placeholders(value, ("word",), ("word",))
 
     @field_validator("number")
     @classmethod
     def _number(cls, value: str) -> str:
         if not value.endswith("{number}"):
-            raise ValueError(
-                "the number statement must end with {number} (its final position is the last digit)"
-            )
+            raise ValueError("the number statement must end with {number} (its final position is the last digit)")
         return _placeholders(value, ("number",), ("number",))
 
 
@@ -135,9 +123,7 @@ class AttributionPrompts(BaseModel):
 
     model_config = _FROZEN
 
-    system: str = Field(
-        default=NUMBER_SYSTEM, description="the number-priming system prompt; contains {number}"
-    )
+    system: str = Field(default=NUMBER_SYSTEM, description="the number-priming system prompt; contains {number}")
     user: str = Field(default="What is your favorite animal?", description="the question")
     prefill: str = Field(
         default="My favorite animal is the",
@@ -221,13 +207,13 @@ class MechanisticConfig(Config):
     alpha: float = Field(
         default=0.05, gt=0, lt=0.5, description="family-wise alpha of the mechanistic family of tests (Holm)"
     )
-    power: float = Field(
-        default=0.8, gt=0.5, lt=1, description="the power the \"numbers needed\" line is stated at"
-    )
+    power: float = Field(default=0.8, gt=0.5, lt=1, description='the power the "numbers needed" line is stated at')
     rho_of_interest: float = Field(
-        default=0.3, gt=0, lt=1,
+        default=0.3,
+        gt=0,
+        lt=1,
         description="the smallest |correlation| of interest: equivalence bound and the effect the "
-        "\"numbers needed\" line is sized for (sublens.claims.decide_association)",
+        '"numbers needed" line is sized for (sublens.claims.decide_association)',
     )
     batch_size: int = Field(default=16, ge=1, description="prompts per forward pass")
     device: str = Field(default="auto", description="torch device (auto: the best available)")
@@ -244,9 +230,7 @@ class MechanisticConfig(Config):
     @classmethod
     def _word(cls, value: str) -> str:
         if not value.strip() or " " in value.strip():
-            raise ValueError(
-                f"{value!r} must be one word (e.g. owl); prompts add its leading space"
-            )
+            raise ValueError(f"{value!r} must be one word (e.g. owl); prompts add its leading space")
         return value.strip()
 
     @model_validator(mode="after")

@@ -96,8 +96,7 @@ def similarity_figure(table: pd.DataFrame, arrays: Arrays, bias: str, control: s
 
 def _mean_band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str, label: str) -> None:
     mean = values.mean(axis=0)
-    half = (1.96 * values.std(axis=0, ddof=1) / math.sqrt(len(values)) if len(values) > 1
-            else np.zeros_like(mean))
+    half = 1.96 * values.std(axis=0, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else np.zeros_like(mean)
     ax.plot(x, mean, color=color, lw=1, label=label)
     ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
 
@@ -111,16 +110,20 @@ def contribution_figure(table: pd.DataFrame, arrays: Arrays, bias: str, control:
     score = _heads_and_mlp(arrays["head_score_contrastive"], arrays["mlp_score_contrastive"])  # [N, L, H+1]
     dla = _heads_and_mlp(arrays["dla_heads"], arrays["dla_mlp"])
     n_heads = score.shape[2] - 1
-    rows = [(score, f"score on the number statement\n({bias} − {control})"),
-            (dla, f"direct logit attribution\n({bias} − {control})")]
+    rows = [
+        (score, f"score on the number statement\n({bias} − {control})"),
+        (dla, f"direct logit attribution\n({bias} − {control})"),
+    ]
     with plt.rc_context(PAPER_RC):
         fig = Figure(figsize=(CONTRIBUTION_WIDTH_IN, MAX_HEIGHT_IN - 0.1), layout="constrained")
         axes = fig.subplots(2, len(groups), squeeze=False, sharex=True, sharey=True)
         for r, (values, label) in enumerate(rows):
             means = [values[mask].mean(axis=0) for _, mask in groups]
             limit = max(float(np.nanmax(np.abs(m))) for m in means) or 1.0
-            images = [ax.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                                interpolation="nearest") for ax, mean in zip(axes[r], means, strict=True)]
+            images = [
+                ax.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+                for ax, mean in zip(axes[r], means, strict=True)
+            ]
             for ax in axes[r]:
                 ax.axvline(n_heads - 0.5, color="black", lw=0.8)  # heads | MLP
             fig.colorbar(images[0], ax=list(axes[r]), label=label, fraction=0.04, pad=0.02)
@@ -184,7 +187,7 @@ def pattern_figure(arrays: Arrays, heads: list[str], tokens: list[str], number: 
             ax.set_xticks(range(len(shown)), shown, rotation=90, fontsize=7)
             ax.set_yticks(range(len(shown)), shown if i % columns == 0 else [], fontsize=7)
             ax.set_xlabel("key")
-        for ax in axes.flat[len(heads):]:
+        for ax in axes.flat[len(heads) :]:
             ax.axis("off")
         for ax in axes[:, 0]:
             ax.set_ylabel("query")

@@ -49,7 +49,8 @@ def word_token(lm: LoadedModel, word: str) -> WordToken:
         pieces = lm.tokenizer.convert_ids_to_tokens(list(ids))
         raise MechanisticError(
             f"' {word}' is {len(ids)} tokens for this tokenizer ({pieces}); the direct logit attribution "
-            "and the bias ratio here read one token per word. Choose one-token words (bias, control).")
+            "and the bias ratio here read one token per word. Choose one-token words (bias, control)."
+        )
     return WordToken(word=f" {word}", token_ids=list(ids), first_token=int(ids[0]), single_token=len(ids) == 1)
 
 
@@ -64,9 +65,7 @@ def token_offsets(lm: LoadedModel, prompt: PromptText) -> tuple[list[int], list[
     """Token ids (as encode_prompt makes them) and their character spans in prompt.text."""
     if not getattr(lm.tokenizer, "is_fast", False):
         raise MechanisticError("Locating tokens needs a fast tokenizer (character offsets).")
-    encoded = lm.tokenizer(
-        prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True
-    )
+    encoded = lm.tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
     ids = encode_prompt(lm.tokenizer, prompt)
     if list(encoded["input_ids"]) != ids:
         raise MechanisticError("Tokenizing with offsets gave other tokens than encode_prompt.")

@@ -59,9 +59,7 @@ class Residuals:
     mlp_score: torch.Tensor  # [N]: the spike layer's MLP score
 
 
-def measure_residuals(
-    lm: LoadedModel, config: MechanisticConfig, items: list[NumberItem], words: Words
-) -> Residuals:
+def measure_residuals(lm: LoadedModel, config: MechanisticConfig, items: list[NumberItem], words: Words) -> Residuals:
     adapter = lm.adapter
     L = adapter.n_layers
     stack_names = ["blocks.0.hook_resid_pre", *hook_names(["hook_resid_post"], range(L))]
@@ -70,8 +68,7 @@ def measure_residuals(
         for w in (config.bias, config.control)
     ]
     numbers = [
-        statement_prompt(lm, config, config.residual.number.format(number=item.number),
-                         config.residual.number_question)
+        statement_prompt(lm, config, config.residual.number.format(number=item.number), config.residual.number_question)
         for item in items
     ]
     refs = torch.zeros(2, L + 1, adapter.d_model, dtype=torch.float64)
@@ -79,8 +76,15 @@ def measure_residuals(
     def on_animal(batch: list[int], acts: dict[str, torch.Tensor], _logits: torch.Tensor) -> None:
         refs[batch] = torch.stack([acts[n] for n in stack_names], dim=1).double().cpu()
 
-    final_position_pass(lm.model, adapter, [ids_ending_the_text(lm, p) for p in animals], stack_names,
-                        on_animal, config.batch_size, "residual: animals")
+    final_position_pass(
+        lm.model,
+        adapter,
+        [ids_ending_the_text(lm, p) for p in animals],
+        stack_names,
+        on_animal,
+        config.batch_size,
+        "residual: animals",
+    )
     N = len(items)
     cos = torch.zeros(2, N, L + 1, dtype=torch.float64)
     head_cos = torch.zeros(N, 2, L, adapter.n_heads, dtype=torch.float64)
@@ -99,30 +103,57 @@ def measure_residuals(
         heads, mlps = component_cosines(adapter, z, mlp, refs[:, 1:].to(z.device))
         head_cos[batch], mlp_cos[batch] = heads.cpu(), mlps.cpu()
         heads, mlps = contrastive_component_scores(
-            adapter, acts["blocks.0.hook_resid_pre"], z, mlp, acts[stack_names[-1]],
-            bias_token, control_token,
+            adapter,
+            acts["blocks.0.hook_resid_pre"],
+            z,
+            mlp,
+            acts[stack_names[-1]],
+            bias_token,
+            control_token,
         )
         head_contrast[batch], mlp_contrast[batch] = heads.cpu(), mlps.cpu()
 
-    final_position_pass(lm.model, adapter, [ids_ending_the_text(lm, p) for p in numbers],
-                        [*stack_names, *z_names, *mlp_names], on_numbers, config.batch_size,
-                        "residual: numbers")
+    final_position_pass(
+        lm.model,
+        adapter,
+        [ids_ending_the_text(lm, p) for p in numbers],
+        [*stack_names, *z_names, *mlp_names],
+        on_numbers,
+        config.batch_size,
+        "residual: numbers",
+    )
     diff = cos[0] - cos[1]  # [N, L+1]
     spike, jump = spike_layers(diff, config.layers)
     head_at_spike, head_score = top_heads(head_contrast, spike)
     return Residuals(
         prompts={"bias": animals[0], "control": animals[1], "number_example": numbers[0]},
-        references=refs, cos=cos, diff=diff, spike=spike, jump=jump, head_cos=head_cos,
-        mlp_cos=mlp_cos, head_contrast=head_contrast, mlp_contrast=mlp_contrast,
-        top_head=head_at_spike, head_score=head_score, mlp_score=mlp_contrast[torch.arange(N), spike],
+        references=refs,
+        cos=cos,
+        diff=diff,
+        spike=spike,
+        jump=jump,
+        head_cos=head_cos,
+        mlp_cos=mlp_cos,
+        head_contrast=head_contrast,
+        mlp_contrast=mlp_contrast,
+        top_head=head_at_spike,
+        head_score=head_score,
+        mlp_score=mlp_contrast[torch.arange(N), spike],
     )
 
 
 # ---- direct logit attribution -----------------------------------------------------------------
 ATTRIBUTION_FIELDS: dict[str, tuple[str, ...]] = {  # name -> dimensions after the prompt's
-    "embed": (), "heads": ("layer", "head"), "attn_bias": ("layer",), "mlp": ("layer",),
-    "constant": (), "logit_diff": (), "model_logit_diff": (), "residual_error": (),
-    "p_bias": (), "p_control": (),
+    "embed": (),
+    "heads": ("layer", "head"),
+    "attn_bias": ("layer",),
+    "mlp": ("layer",),
+    "constant": (),
+    "logit_diff": (),
+    "model_logit_diff": (),
+    "residual_error": (),
+    "p_bias": (),
+    "p_control": (),
 }
 
 
@@ -148,8 +179,10 @@ def measure_attribution(
     neutral = make_prompt(lm.tokenizer, settings.user, settings.neutral_system, settings.prefill)
     all_prompts = [neutral, *prompts]
     size = {"layer": L, "head": adapter.n_heads}
-    fields = {key: torch.zeros(len(all_prompts), *(size[d] for d in dims), dtype=torch.float64)
-              for key, dims in ATTRIBUTION_FIELDS.items()}
+    fields = {
+        key: torch.zeros(len(all_prompts), *(size[d] for d in dims), dtype=torch.float64)
+        for key, dims in ATTRIBUTION_FIELDS.items()
+    }
     bias_token, control_token = words.bias.first_token, words.control.first_token
 
     def on_batch(batch: list[int], acts: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
@@ -161,10 +194,22 @@ def measure_attribution(
         fields["p_bias"][batch] = logp[:, bias_token].exp()
         fields["p_control"][batch] = logp[:, control_token].exp()
 
-    final_position_pass(lm.model, adapter, [encode_prompt(lm.tokenizer, p) for p in all_prompts],
-                        dla_hook_names(L), on_batch, config.batch_size, "attribution")
-    total = (fields["embed"] + fields["heads"].sum((1, 2)) + fields["attn_bias"].sum(1)
-             + fields["mlp"].sum(1) + fields["constant"])
+    final_position_pass(
+        lm.model,
+        adapter,
+        [encode_prompt(lm.tokenizer, p) for p in all_prompts],
+        dla_hook_names(L),
+        on_batch,
+        config.batch_size,
+        "attribution",
+    )
+    total = (
+        fields["embed"]
+        + fields["heads"].sum((1, 2))
+        + fields["attn_bias"].sum(1)
+        + fields["mlp"].sum(1)
+        + fields["constant"]
+    )
     return LogitAttribution(
         prompts={"example": prompts[0], "neutral": neutral},
         fields=fields,
@@ -210,9 +255,14 @@ def measure_attention(lm: LoadedModel, config: MechanisticConfig) -> Attention:
         patterns.append(pattern)
         to_number.append(attention_to(pattern, number_span))
         to_animal.append(attention_to(pattern, animal_span))
-        described.append({
-            "number": number, "prompt": prompt.to_dict(), "number_tokens": number_span,
-            "animal_tokens": animal_span, "final_token": len(ids) - 1,
-            "tokens": [lm.tokenizer.decode([i]) for i in ids],
-        })
+        described.append(
+            {
+                "number": number,
+                "prompt": prompt.to_dict(),
+                "number_tokens": number_span,
+                "animal_tokens": animal_span,
+                "final_token": len(ids) - 1,
+                "tokens": [lm.tokenizer.decode([i]) for i in ids],
+            }
+        )
     return Attention(described, patterns, torch.stack(to_number), torch.stack(to_animal))

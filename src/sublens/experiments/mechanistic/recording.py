@@ -38,8 +38,9 @@ from sublens.report.sections.mechanistic import FAMILY
 
 
 # ---- the per-number table and the results -------------------------------------------------------
-def number_table(items: list[NumberItem], residuals: Residuals, attribution: LogitAttribution,
-                 n_heads: int) -> pd.DataFrame:
+def number_table(
+    items: list[NumberItem], residuals: Residuals, attribution: LogitAttribution, n_heads: int
+) -> pd.DataFrame:
     """One row per number (numbers.parquet): its bias ratio, spike layer and top heads, DLA sums."""
     f = attribution.fields
     heads = f["heads"][1:]  # [N, L, H] (row 0 is the neutral prompt)
@@ -49,69 +50,90 @@ def number_table(items: list[NumberItem], residuals: Residuals, attribution: Log
     rows = []
     for i, item in enumerate(items):
         layer = int(residuals.spike[i])
-        rows.append({
-            "category": item.category,
-            "number": item.number,
-            "bias_ratio": item.bias_ratio if item.bias_ratio is not None else float(measured[i]),
-            "bias_ratio_source": "given" if item.bias_ratio is not None else "measured_first_token",
-            "bias_ratio_first_token": float(measured[i]),
-            "p_bias_first_token": float(p_bias[i]),
-            "p_control_first_token": float(f["p_control"][1 + i]),
-            "spike_layer": layer,
-            "spike_jump": float(residuals.jump[i]),
-            "cos_diff_at_spike": float(residuals.diff[i, layer + 1]),
-            "top_head": head_label(layer, int(residuals.top_head[i])),
-            "head_score": float(residuals.head_score[i]),
-            "mlp_score": float(residuals.mlp_score[i]),
-            "dla_top_head": head_label(int(flat[i]) // n_heads, int(flat[i]) % n_heads),
-            "dla_top_head_value": float(heads[i].flatten()[flat[i]]),
-            "dla_heads": float(heads[i].sum() + f["attn_bias"][1 + i].sum()),
-            "dla_mlp": float(f["mlp"][1 + i].sum()),
-            "dla_embed": float(f["embed"][1 + i]),
-            "logit_diff": float(f["logit_diff"][1 + i]),
-        })
+        rows.append(
+            {
+                "category": item.category,
+                "number": item.number,
+                "bias_ratio": item.bias_ratio if item.bias_ratio is not None else float(measured[i]),
+                "bias_ratio_source": "given" if item.bias_ratio is not None else "measured_first_token",
+                "bias_ratio_first_token": float(measured[i]),
+                "p_bias_first_token": float(p_bias[i]),
+                "p_control_first_token": float(f["p_control"][1 + i]),
+                "spike_layer": layer,
+                "spike_jump": float(residuals.jump[i]),
+                "cos_diff_at_spike": float(residuals.diff[i, layer + 1]),
+                "top_head": head_label(layer, int(residuals.top_head[i])),
+                "head_score": float(residuals.head_score[i]),
+                "mlp_score": float(residuals.mlp_score[i]),
+                "dla_top_head": head_label(int(flat[i]) // n_heads, int(flat[i]) % n_heads),
+                "dla_top_head_value": float(heads[i].flatten()[flat[i]]),
+                "dla_heads": float(heads[i].sum() + f["attn_bias"][1 + i].sum()),
+                "dla_mlp": float(f["mlp"][1 + i].sum()),
+                "dla_embed": float(f["embed"][1 + i]),
+                "logit_diff": float(f["logit_diff"][1 + i]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def with_measurements(results: MechanisticResults, config: MechanisticConfig, adapter: Adapter,
-                      table: pd.DataFrame, residuals: Residuals, attribution: LogitAttribution,
-                      attention: Attention) -> MechanisticResults:
+def with_measurements(
+    results: MechanisticResults,
+    config: MechanisticConfig,
+    adapter: Adapter,
+    table: pd.DataFrame,
+    residuals: Residuals,
+    attribution: LogitAttribution,
+    attention: Attention,
+) -> MechanisticResults:
     """The results with what was measured: prompts, definitions, residual, attribution and
     attention summaries, and the per-number rows."""
     f = attribution.fields
     checked = RatioCheck.model_validate(ratio_check(table, results.words.bias.single_token))
-    return results.model_copy(update={
-        "input": results.input.model_copy(update={"bias_ratio_check": checked}),
-        "prompts": PromptsRecord.model_validate({
-            "residual": {
-                "format": config.residual.format,
-                **{k: p.to_dict() for k, p in residuals.prompts.items()},
-                "final_position": "last token: the animal word / the number's last digit",
-            },
-            "attribution": {k: p.to_dict() for k, p in attribution.prompts.items()},
-            "attention": attention.prompts,
-        }),
-        "definitions": definitions(config),
-        "approximations": approximations(adapter),
-        "layers_searched": (sorted(set(config.layers)) if config.layers is not None
-                            else list(range(1, adapter.n_layers)) or [0]),
-        "residual": ResidualRecord(mean_diff_by_layer={
-            name: residuals.diff[mask].mean(0)[1:].tolist() for name, mask in category_groups(table)}),
-        "attribution": AttributionRecord(
-            closure_max_abs_error=attribution.closure_error,
-            residual_max_abs_error=float(f["residual_error"].max()),
-            neutral=NeutralRecord(logit_diff=float(f["logit_diff"][0]), p_bias_first_token=float(f["p_bias"][0]),
-                                  p_control_first_token=float(f["p_control"][0])),
-        ),
-        "attention": AttentionRecord(
-            plotted_heads=plotted_heads(table, config.attention.plot_heads),
-            top_to_number=top_cells(attention.to_number.mean(0)),
-            top_to_animal=top_cells(attention.to_animal.mean(0)),
-        ),
-        "component_score": "contrastive",
-        "numbers": [NumberRow.model_validate(row)
-                    for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")],
-    })
+    return results.model_copy(
+        update={
+            "input": results.input.model_copy(update={"bias_ratio_check": checked}),
+            "prompts": PromptsRecord.model_validate(
+                {
+                    "residual": {
+                        "format": config.residual.format,
+                        **{k: p.to_dict() for k, p in residuals.prompts.items()},
+                        "final_position": "last token: the animal word / the number's last digit",
+                    },
+                    "attribution": {k: p.to_dict() for k, p in attribution.prompts.items()},
+                    "attention": attention.prompts,
+                }
+            ),
+            "definitions": definitions(config),
+            "approximations": approximations(adapter),
+            "layers_searched": (
+                sorted(set(config.layers)) if config.layers is not None else list(range(1, adapter.n_layers)) or [0]
+            ),
+            "residual": ResidualRecord(
+                mean_diff_by_layer={
+                    name: residuals.diff[mask].mean(0)[1:].tolist() for name, mask in category_groups(table)
+                }
+            ),
+            "attribution": AttributionRecord(
+                closure_max_abs_error=attribution.closure_error,
+                residual_max_abs_error=float(f["residual_error"].max()),
+                neutral=NeutralRecord(
+                    logit_diff=float(f["logit_diff"][0]),
+                    p_bias_first_token=float(f["p_bias"][0]),
+                    p_control_first_token=float(f["p_control"][0]),
+                ),
+            ),
+            "attention": AttentionRecord(
+                plotted_heads=plotted_heads(table, config.attention.plot_heads),
+                top_to_number=top_cells(attention.to_number.mean(0)),
+                top_to_animal=top_cells(attention.to_animal.mean(0)),
+            ),
+            "component_score": "contrastive",
+            "numbers": [
+                NumberRow.model_validate(row)
+                for row in table.astype(object).where(table.notna(), None).to_dict(orient="records")
+            ],
+        }
+    )
 
 
 def definitions(config: MechanisticConfig) -> Definitions:
@@ -137,11 +159,14 @@ def definitions(config: MechanisticConfig) -> Definitions:
 
 
 def approximations(adapter: Adapter) -> list[str]:
-    post_norm = ["post-norm model: head outputs pass through the post-attention norm frozen at the full "
-                 "attention output; their sum is exact, the split among heads is a linearisation"]
+    post_norm = [
+        "post-norm model: head outputs pass through the post-attention norm frozen at the full "
+        "attention output; their sum is exact, the split among heads is a linearisation"
+    ]
     return (post_norm if adapter.post_norm_residual else []) + [
         "final norm frozen at the actual final residual: the DLA sum is exact, the split among "
-        "components is a linearisation"]
+        "components is a linearisation"
+    ]
 
 
 def plotted_heads(table: pd.DataFrame, k: int) -> list[str]:
@@ -153,21 +178,41 @@ def plotted_heads(table: pd.DataFrame, k: int) -> list[str]:
 def top_cells(grid: torch.Tensor, k: int = 5) -> list[HeadAttention]:
     values, index = grid.flatten().topk(min(k, grid.numel()))
     H = grid.shape[1]
-    return [HeadAttention(head=head_label(int(i) // H, int(i) % H), attention=float(v))
-            for v, i in zip(values, index, strict=True)]
+    return [
+        HeadAttention(head=head_label(int(i) // H, int(i) % H), attention=float(v))
+        for v, i in zip(values, index, strict=True)
+    ]
 
 
-def with_claims(results: MechanisticResults, config: MechanisticConfig, consistency: Consistency,
-                decisions: dict[str, AssociationDecision], lines: list[str]) -> MechanisticResults:
+def with_claims(
+    results: MechanisticResults,
+    config: MechanisticConfig,
+    consistency: Consistency,
+    decisions: dict[str, AssociationDecision],
+    lines: list[str],
+) -> MechanisticResults:
     """The results with the consistency statistics, the family's decisions and the verdict."""
-    claims = ClaimsRecord(family=FAMILY, alpha=config.alpha, method="Holm over the family's tests", decisions=[
-        DecisionRecord(
-            name=d.claim.name, statement=d.claim.statement, estimand=d.claim.estimand, test=d.claim.test,
-            statistic=d.estimate.rho if d.estimate else None,
-            ci=[d.estimate.ci_low, d.estimate.ci_high] if d.estimate else None,
-            p=d.estimate.p_value if d.estimate else None, p_holm=d.p_adjusted,
-            verdict=d.verdict, reason=d.reason, settle=d.settle)
-        for d in decisions.values()])
+    claims = ClaimsRecord(
+        family=FAMILY,
+        alpha=config.alpha,
+        method="Holm over the family's tests",
+        decisions=[
+            DecisionRecord(
+                name=d.claim.name,
+                statement=d.claim.statement,
+                estimand=d.claim.estimand,
+                test=d.claim.test,
+                statistic=d.estimate.rho if d.estimate else None,
+                ci=[d.estimate.ci_low, d.estimate.ci_high] if d.estimate else None,
+                p=d.estimate.p_value if d.estimate else None,
+                p_holm=d.p_adjusted,
+                verdict=d.verdict,
+                reason=d.reason,
+                settle=d.settle,
+            )
+            for d in decisions.values()
+        ],
+    )
     return results.model_copy(update={"consistency": consistency, "claims": claims, "verdict": lines})
 
 

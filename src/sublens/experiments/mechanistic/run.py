@@ -23,6 +23,7 @@ the console summary (`console`) are its sibling modules.
 
 from __future__ import annotations
 
+import pandas as pd
 from safetensors.torch import save as safetensors_bytes
 
 from sublens.experiments.mechanistic.analysis import consistency_summary, verdict
@@ -31,6 +32,9 @@ from sublens.experiments.mechanistic.console import print_summary
 from sublens.experiments.mechanistic.figures import make_figures
 from sublens.experiments.mechanistic.inputs import check_layers, numbers_to_analyse, word_token
 from sublens.experiments.mechanistic.measuring import (
+    Attention,
+    LogitAttribution,
+    Residuals,
     measure_attention,
     measure_attribution,
     measure_residuals,
@@ -52,6 +56,7 @@ from sublens.experiments.mechanistic.results import (
     ModelRecord,
     Words,
 )
+from sublens.mechanistic.input_numbers import NumberItem
 from sublens.models import load_model
 from sublens.report.sections.mechanistic import family
 from sublens.runs import Run, atomic_write_bytes, atomic_write_parquet
@@ -65,8 +70,11 @@ def execute(config: MechanisticConfig, run: Run) -> MechanisticResults:
     check_layers(config, lm.adapter.n_layers)
     words = Words(bias=word_token(lm, config.bias), control=word_token(lm, config.control))
     results = MechanisticResults(
-        model=ModelRecord.model_validate(lm.describe()), words=words, partial=True,
-        input=InputRecord.model_validate({**source, "n_numbers": len(items)}))
+        model=ModelRecord.model_validate(lm.describe()),
+        words=words,
+        partial=True,
+        input=InputRecord.model_validate({**source, "n_numbers": len(items)}),
+    )
 
     with run.timed("residual"):
         residuals = measure_residuals(lm, config, items, words)
@@ -79,19 +87,43 @@ def execute(config: MechanisticConfig, run: Run) -> MechanisticResults:
     results = with_measurements(results, config, lm.adapter, table, residuals, attribution, attention)
 
     with run.timed("statistics"):
-        summary = consistency_summary(table, config.n_permutations, config.seed, config.alpha)
-    consistency = Consistency.model_validate(
-        {**summary, "power": config.power, "rho_of_interest": config.rho_of_interest})
-    decisions = family(consistency, words)
-    results = with_claims(results, config, consistency, decisions,
-                          verdict(summary, config.bias) + [d.sentence() for d in decisions.values()])
-
-    atomic_write_parquet(run.artifact(TABLE_FILE), table)
-    atomic_write_bytes(run.artifact(TENSOR_FILE),
-                       safetensors_bytes(tensors(residuals, attribution, attention), metadata(items, config)))
+        results = _compare(results, config, table, words)
+    _save_tables(run, config, items, table, residuals, attribution, attention)
     with run.timed("figures"):
         figures = make_figures(results, run.path)
-    results = results.model_copy(update={
-        "partial": False, "artifacts": Artifacts(table=TABLE_FILE, tensors=TENSOR_FILE, figures=figures)})
+    results = results.model_copy(
+        update={"partial": False, "artifacts": Artifacts(table=TABLE_FILE, tensors=TENSOR_FILE, figures=figures)}
+    )
     print_summary(results, config)
     return results
+
+
+def _compare(
+    results: MechanisticResults, config: MechanisticConfig, table: pd.DataFrame, words: Words
+) -> MechanisticResults:
+    """Is the spike layer or a top head tied to the entanglement category, and do the scores track
+    the bias ratio: the consistency statistics and the mechanistic claims decided with Holm."""
+    summary = consistency_summary(table, config.n_permutations, config.seed, config.alpha)
+    consistency = Consistency.model_validate(
+        {**summary, "power": config.power, "rho_of_interest": config.rho_of_interest}
+    )
+    decisions = family(consistency, words)
+    sentences = verdict(summary, config.bias) + [d.sentence() for d in decisions.values()]
+    return with_claims(results, config, consistency, decisions, sentences)
+
+
+def _save_tables(
+    run: Run,
+    config: MechanisticConfig,
+    items: list[NumberItem],
+    table: pd.DataFrame,
+    residuals: Residuals,
+    attribution: LogitAttribution,
+    attention: Attention,
+) -> None:
+    """The per-number table (parquet) and the measured tensors (safetensors), atomically."""
+    atomic_write_parquet(run.artifact(TABLE_FILE), table)
+    atomic_write_bytes(
+        run.artifact(TENSOR_FILE),
+        safetensors_bytes(tensors(residuals, attribution, attention), metadata(items, config)),
+    )

@@ -63,9 +63,7 @@ def pooled_preference(preferences: Sequence[PreferenceRecord]) -> dict[str, Any]
     of P(animal) and share, answers pooled."""
     p_word = np.exp(np.mean([np.log(p.probability.per_question.p_word) for p in preferences], axis=0))
     share = np.exp(np.mean([np.log(p.probability.per_question.share) for p in preferences], axis=0))
-    pooled: dict[str, Any] = {
-        "probability": {"per_question": {"p_word": p_word.tolist(), "share": share.tolist()}}
-    }
+    pooled: dict[str, Any] = {"probability": {"per_question": {"p_word": p_word.tolist(), "share": share.tolist()}}}
     sampled = _sampled(preferences)
     if sampled is not None:
         count = sum(s.trait_rate.count for s in sampled)
@@ -95,8 +93,11 @@ def _percentile_bounds(ratios: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def _interval_text(n_q: int) -> str:
-    return (f"percentile bootstrap over {n_q} questions" if n_q >= MIN_INTERVAL_N
-            else f"too few questions for an interval, {n_q} of at least {MIN_INTERVAL_N}")
+    return (
+        f"percentile bootstrap over {n_q} questions"
+        if n_q >= MIN_INTERVAL_N
+        else f"too few questions for an interval, {n_q} of at least {MIN_INTERVAL_N}"
+    )
 
 
 def rate_retention(
@@ -117,9 +118,17 @@ def rate_retention(
     rate = float(test.sum() / (per_test * test.size))
     reference_rate = float(ref.sum() / (per_ref * ref.size))
     if ref.sum() == 0:
-        return RateRetention(rate=rate, reference_rate=reference_rate, n_questions=int(ref.size), n_draws=len(tests),
-                             ratio=None, ci_low=None, ci_high=None, underpowered=True,
-                             note="the unpruned model never named the trait: the ratio is undefined")
+        return RateRetention(
+            rate=rate,
+            reference_rate=reference_rate,
+            n_questions=int(ref.size),
+            n_draws=len(tests),
+            ratio=None,
+            ci_low=None,
+            ci_high=None,
+            underpowered=True,
+            note="the unpruned model never named the trait: the ratio is undefined",
+        )
     low: float | None = None
     high: float | None = None
     if ref.size >= MIN_INTERVAL_N:  # fewer questions: no question-level CI ("too few")
@@ -129,9 +138,17 @@ def rate_retention(
         np.divide(num, den, out=ratios, where=den > 0)
         low, high = _percentile_bounds(ratios)  # None above: unbounded
     underpowered = low is None or high is None or low <= 1.0 <= high
-    return RateRetention(rate=rate, reference_rate=reference_rate, n_questions=int(ref.size), n_draws=len(tests),
-                         ratio=rate / reference_rate, ci_low=low, ci_high=high, ci=_interval_text(int(ref.size)),
-                         underpowered=underpowered)
+    return RateRetention(
+        rate=rate,
+        reference_rate=reference_rate,
+        n_questions=int(ref.size),
+        n_draws=len(tests),
+        ratio=rate / reference_rate,
+        ci_low=low,
+        ci_high=high,
+        ci=_interval_text(int(ref.size)),
+        underpowered=underpowered,
+    )
 
 
 def level_values(preference: PreferenceRecord, level: Level) -> np.ndarray:
@@ -159,8 +176,16 @@ def controlled_retention(log_ratios: np.ndarray) -> ControlledRetention:
     """A base-controlled retention: geometric mean over questions with its Student-t interval."""
     values = [float(v) for v in log_ratios]
     est = estimate_log_ratio(values, "question")
-    return ControlledRetention(ratio=est.ratio, ci_low=est.ci_low, ci_high=est.ci_high, p_value=est.p_value,
-                               n_questions=est.n, sd_log=est.sd_log, ci=est.interval, log_ratios=values)
+    return ControlledRetention(
+        ratio=est.ratio,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        p_value=est.p_value,
+        n_questions=est.n,
+        sd_log=est.sd_log,
+        ci=est.interval,
+        log_ratios=values,
+    )
 
 
 def controlled_rate_retention(
@@ -185,9 +210,14 @@ def controlled_rate_retention(
     arm_rates = ArmRates(biased=rates[0], biased_unpruned=rates[1], base=rates[2], base_unpruned=rates[3])
     if min(rates[1], rates[2], rates[3]) == 0:
         return ControlledRateRetention(
-            rates=arm_rates, n_questions=n_q, ratio=None, ci_low=None, ci_high=None,
+            rates=arm_rates,
+            n_questions=n_q,
+            ratio=None,
+            ci_low=None,
+            ci_high=None,
             note="a reference rate is 0 (the unpruned models or the pruned base never named the trait): "
-                 "the ratio is undefined")
+            "the ratio is undefined",
+        )
     ratio = (rates[0] / rates[1]) / (rates[2] / rates[3])
     low: float | None = None
     high: float | None = None
@@ -200,8 +230,9 @@ def controlled_rate_retention(
         low, high = _percentile_bounds(ratios)
         if low is not None and high is not None and not low < high:
             low = high = None  # a zero-width interval is never a result
-    return ControlledRateRetention(rates=arm_rates, n_questions=n_q, ratio=ratio, ci_low=low, ci_high=high,
-                                   ci=_interval_text(n_q))
+    return ControlledRateRetention(
+        rates=arm_rates, n_questions=n_q, ratio=ratio, ci_low=low, ci_high=high, ci=_interval_text(n_q)
+    )
 
 
 def perplexity_change(measurements: Sequence[Measurement], unpruned: Measurement) -> PerplexityChange | None:
@@ -210,8 +241,12 @@ def perplexity_change(measurements: Sequence[Measurement], unpruned: Measurement
     if not ppl or not unpruned.perplexity:
         return None
     reference = unpruned.perplexity.perplexity
-    return PerplexityChange(mean=float(np.mean(ppl)), per_draw=ppl, ratio=float(np.mean(ppl)) / reference,
-                            per_draw_ratio=[p / reference for p in ppl])
+    return PerplexityChange(
+        mean=float(np.mean(ppl)),
+        per_draw=ppl,
+        ratio=float(np.mean(ppl)) / reference,
+        per_draw_ratio=[p / reference for p in ppl],
+    )
 
 
 def as_dict(preference: PreferenceRecord) -> dict[str, Any]:
@@ -224,7 +259,11 @@ def _ratio(entry: dict[str, Any]) -> RatioEstimate:
 
 
 def own_retention(
-    preferences: Sequence[PreferenceRecord], reference: PreferenceRecord, trait: str, resamples: int, seed: int,
+    preferences: Sequence[PreferenceRecord],
+    reference: PreferenceRecord,
+    trait: str,
+    resamples: int,
+    seed: int,
 ) -> tuple[Retention, dict[str, Any]]:
     """A model's own retention (pruned draws pooled / unpruned), and `compare_preference`'s
     full comparison (it also holds the answer-rate difference)."""
@@ -266,10 +305,13 @@ def summarize_step(
         panel_share=_summary(np.mean([p.probability.per_question.share for p in prefs], axis=0)),
         answer_rate=pooled.get("sampled", {}).get("trait_rate"),
         retention=retention,
-        retention_per_draw=PerDraw(p_trait=[c["p_trait_ratio"]["ratio"] for c in per_draw],
-                                   panel_share=[c["share_ratio"]["ratio"] for c in per_draw]),
-        answer_rate_difference=(RateDifference.model_validate(comparison["rate_difference"])
-                                if "rate_difference" in comparison else None),
+        retention_per_draw=PerDraw(
+            p_trait=[c["p_trait_ratio"]["ratio"] for c in per_draw],
+            panel_share=[c["share_ratio"]["ratio"] for c in per_draw],
+        ),
+        answer_rate_difference=(
+            RateDifference.model_validate(comparison["rate_difference"]) if "rate_difference" in comparison else None
+        ),
         perplexity=perplexity_change(measurements, unpruned),
     )
     if base_measurements is None or base_unpruned is None:
@@ -300,8 +342,12 @@ def _base_arm_fields(
         perplexity=perplexity_change(base_measurements, base_unpruned),
     )
     logs = {
-        level: np.array([controlled_log_ratios(b, c, reference, base_reference, level)
-                         for b, c in zip(prefs, base_prefs, strict=True)])  # [draw, question]
+        level: np.array(
+            [
+                controlled_log_ratios(b, c, reference, base_reference, level)
+                for b, c in zip(prefs, base_prefs, strict=True)
+            ]
+        )  # [draw, question]
         for level in ("p_trait", "panel_share")
     }
     controlled = Controlled(
@@ -324,25 +370,36 @@ def table_rows(results: PruningResults) -> list[dict[str, Any]]:
     """One flat row per (fraction, criterion) for the parquet table."""
     rows = []
     for s in results.steps:
-        row: dict[str, Any] = {"fraction": s.fraction, "criterion": s.criterion, "n_kept": s.n_kept,
-                               "n_pruned": s.n_pruned, "n_draws": s.n_draws}
+        row: dict[str, Any] = {
+            "fraction": s.fraction,
+            "criterion": s.criterion,
+            "n_kept": s.n_kept,
+            "n_pruned": s.n_pruned,
+            "n_draws": s.n_draws,
+        }
         for level, summary in (("p_trait", s.p_trait), ("panel_share", s.panel_share)):
             row[level], row[f"{level}_ci_low"], row[f"{level}_ci_high"] = summary.mean, summary.ci_low, summary.ci_high
         rate = s.answer_rate
         row["answer_rate"], row["answer_rate_ci_low"], row["answer_rate_ci_high"] = (
-            (rate.rate, rate.ci_low, rate.ci_high) if rate else (None, None, None))
-        kinds: list[tuple[str, Retention | Controlled | None]] = [("retention", s.retention),
-                                                                   ("controlled", s.controlled)]
+            (rate.rate, rate.ci_low, rate.ci_high) if rate else (None, None, None)
+        )
+        kinds: list[tuple[str, Retention | Controlled | None]] = [
+            ("retention", s.retention),
+            ("controlled", s.controlled),
+        ]
         for kind, entries in kinds:
             if entries is None:
                 continue
             for name in ("p_trait", "panel_share", "answer_rate"):
                 r = getattr(entries, name)
                 row[f"{name}_{kind}"], row[f"{name}_{kind}_ci_low"], row[f"{name}_{kind}_ci_high"] = (
-                    (r.ratio, r.ci_low, r.ci_high) if r is not None else (None, None, None))
+                    (r.ratio, r.ci_low, r.ci_high) if r is not None else (None, None, None)
+                )
         ppl = s.perplexity
         row["perplexity"], row["perplexity_ratio"] = (ppl.mean, ppl.ratio) if ppl else (None, None)
         base_ppl = s.base.perplexity if s.base else None
-        row["base_perplexity"], row["base_perplexity_ratio"] = (base_ppl.mean, base_ppl.ratio) if base_ppl else (None, None)
+        row["base_perplexity"], row["base_perplexity_ratio"] = (
+            (base_ppl.mean, base_ppl.ratio) if base_ppl else (None, None)
+        )
         rows.append(row)
     return rows

@@ -22,9 +22,7 @@ class BiasPrompts(BaseModel):
     questions: list[str] | None = Field(
         default=None, description="the questions of the bias prompts; null: the shipped preference paraphrases"
     )
-    prefill: str = Field(
-        default="My favorite animal is the", description="the answer prefilled after each question"
-    )
+    prefill: str = Field(default="My favorite animal is the", description="the answer prefilled after each question")
     batch_size: int = Field(default=8, ge=1, description="bias prompts per forward pass")
 
 
@@ -62,16 +60,20 @@ class PruningConfig(Config):
     )
     random_draws: int = Field(default=3, ge=1, description="random draws at every pruned fraction")
     claim_fraction: float = Field(
-        default=PAPER_KEPT, gt=0.0, lt=1.0,
+        default=PAPER_KEPT,
+        gt=0.0,
+        lt=1.0,
         description="kept fraction at which the claims are decided (the measured one closest to it)",
     )
     claim_random_draws: int = Field(
-        default=80, ge=1,
+        default=80,
+        ge=1,
         description="random draws at the claim fraction (at least random_draws): the rank test's R. "
         "Its smallest two-sided p is 2/(R+1); Holm over the two pruning claims at alpha 0.05 needs R >= 80",
     )
     max_perplexity_ratio: float = Field(
-        default=DEFAULT_BOUND, gt=1.0,
+        default=DEFAULT_BOUND,
+        gt=1.0,
         description="degradation bound: a pruned model whose perplexity exceeds this multiple of its "
         "unpruned perplexity (biased or base model) is degraded; no claim is decided on degraded models",
     )

@@ -64,8 +64,12 @@ def sweep_figure(results: PruningResults) -> Figure:
     panel (ratio 1)."""
     panels = drawn_panels(results)
     trait = results.trait
-    titles = {"p_trait": f"P({trait})", "panel_share": f"{trait} share", "answer_rate": "answer rate",
-              "perplexity": "perplexity"}
+    titles = {
+        "p_trait": f"P({trait})",
+        "panel_share": f"{trait} share",
+        "answer_rate": "answer rate",
+        "perplexity": "perplexity",
+    }
     with plt.rc_context(PAPER_RC):
         fig = Figure(figsize=(SWEEP_WIDTH_IN, 2.5), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
@@ -74,8 +78,14 @@ def sweep_figure(results: PruningResults) -> Figure:
             ax.set_title(titles[panel])
         fig.supxlabel("fraction of heads kept", fontsize=PAPER_RC["axes.labelsize"])
         fig.supylabel("pruned / unpruned", fontsize=PAPER_RC["axes.labelsize"])
-        fig.legend(handles=_legend_handles(results, panels), loc="outside upper center",
-                   ncol=5, frameon=False, handlelength=1.8, columnspacing=1.2)
+        fig.legend(
+            handles=_legend_handles(results, panels),
+            loc="outside upper center",
+            ncol=5,
+            frameon=False,
+            handlelength=1.8,
+            columnspacing=1.2,
+        )
     return fig
 
 
@@ -104,8 +114,7 @@ def _sweep_panel(ax: Axes, results: PruningResults, panel: Panel) -> None:
     ax.invert_xaxis()
 
 
-def _rate_intervals(ax: Axes, x: list[float], low: list[float], high: list[float], cap: float,
-                    color: str) -> None:
+def _rate_intervals(ax: Axes, x: list[float], low: list[float], high: list[float], cap: float, color: str) -> None:
     """Answer-rate intervals as thin bars: with few sampled answers most have no upper bound,
     and bands of three criteria reaching the top would cover the panel. An unbounded bar runs
     to the top and ends in a triangle."""
@@ -116,14 +125,21 @@ def _rate_intervals(ax: Axes, x: list[float], low: list[float], high: list[float
 
 def _legend_handles(results: PruningResults, panels: list[Panel]) -> list[Line2D]:
     draws = max((s.n_draws for s in results.steps if s.criterion == "random"), default=0)
-    names = {"entropy": "entropy", "reverse": "reverse",
-             "random": f"random (mean of {draws} draws)" if draws > 1 else "random"}
-    handles = [Line2D([], [], color=COLORS[c], marker="o", ms=3, label=names[c])
-               for c in CRITERIA if any(s.criterion == c for s in results.steps)]
+    names = {
+        "entropy": "entropy",
+        "reverse": "reverse",
+        "random": f"random (mean of {draws} draws)" if draws > 1 else "random",
+    }
+    handles = [
+        Line2D([], [], color=COLORS[c], marker="o", ms=3, label=names[c])
+        for c in CRITERIA
+        if any(s.criterion == c for s in results.steps)
+    ]
     handles.append(Line2D([], [], color="k", lw=0.7, ls=":", label="unpruned"))
     if "perplexity" in panels and results.degradation_bound:
-        handles.append(Line2D([], [], color="k", lw=0.7, ls="--",
-                              label=f"×{results.degradation_bound:g} degradation bound"))
+        handles.append(
+            Line2D([], [], color="k", lw=0.7, ls="--", label=f"×{results.degradation_bound:g} degradation bound")
+        )
     return handles
 
 
@@ -141,8 +157,15 @@ def heatmap_figure(results: PruningResults) -> Figure:
         fig.colorbar(image, ax=ax, label="mean attention entropy (nats)")
         pruned = np.array([[int(p) for p in h[1:].split("H")] for h in heat.pruned]).reshape(-1, 2)
         if pruned.size:
-            ax.scatter(pruned[:, 1], pruned[:, 0], marker="x", s=18, color="white", linewidths=1.0,
-                       path_effects=[patheffects.withStroke(linewidth=1.8, foreground="black")])
+            ax.scatter(
+                pruned[:, 1],
+                pruned[:, 0],
+                marker="x",
+                s=18,
+                color="white",
+                linewidths=1.0,
+                path_effects=[patheffects.withStroke(linewidth=1.8, foreground="black")],
+            )
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=min(n_heads, 12), integer=True))

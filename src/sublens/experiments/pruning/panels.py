@@ -39,8 +39,11 @@ def missing_panels(results: PruningResults) -> dict[Panel, str]:
     reasons: dict[Panel, str] = {
         "p_trait": "was not measured",
         "panel_share": "was not measured",
-        "answer_rate": (f"is undefined, since the unpruned model never named the {results.trait} in its "
-                        "sampled answers" if sampled else "was not measured (sampling was off)"),
+        "answer_rate": (
+            f"is undefined, since the unpruned model never named the {results.trait} in its sampled answers"
+            if sampled
+            else "was not measured (sampling was off)"
+        ),
         "perplexity": "was not measured (perplexity was off)",
     }
     drawn = drawn_panels(results)

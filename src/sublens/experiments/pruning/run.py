@@ -82,8 +82,9 @@ def execute(config: PruningConfig, run: Run) -> PruningResults:
 
     with run.timed("entropy"):
         entropy, entropy_record = head_importance(biased_lm, config)
-    atomic_write_bytes(run.artifact(ENTROPY_FILE),
-                       safetensors_bytes({k: v.contiguous() for k, v in entropy.tensors().items()}))
+    atomic_write_bytes(
+        run.artifact(ENTROPY_FILE), safetensors_bytes({k: v.contiguous() for k, v in entropy.tensors().items()})
+    )
     with run.timed("measure:unpruned"):
         biased = Arm.start(biased_lm, False, config, text, earlier)
         base = Arm.start(base_lm, True, config, text, earlier)
@@ -95,10 +96,12 @@ def execute(config: PruningConfig, run: Run) -> PruningResults:
         results = measure_sweep(run, config, text, units, biased, base, results)
     atomic_write_parquet(run.artifact(TABLE_FILE), pd.DataFrame(table_rows(results)))
     claims = decisions(results, config.model_dump(mode="json"))
-    results = results.model_copy(update={
-        "table": TABLE_FILE,
-        "claims": [DecisionRecord.model_validate(d.model_dump()) for d in claims],
-    })
+    results = results.model_copy(
+        update={
+            "table": TABLE_FILE,
+            "claims": [DecisionRecord.model_validate(d.model_dump()) for d in claims],
+        }
+    )
     with run.timed("figures"):
         figures = make_figures(results, run.path)
     results = results.model_copy(update={"figures": figures, "partial": False})
@@ -112,10 +115,11 @@ def biased_spec(config: PruningConfig) -> str:
     if config.model:
         return config.model
     return default_teacher_run(
-        config.runs_root, "biased model to prune",
+        config.runs_root,
+        "biased model to prune",
         "Make one with `sublens run teacher --preset quick`, or give one: "
         "--set model=SPEC (a teacher run directory; or the prompted teacher: --set "
-        "model=smollm2-135m-instruct --set system=\"<owl prompt>\" --set bias_prompts.system=\"<owl prompt>\").",
+        'model=smollm2-135m-instruct --set system="<owl prompt>" --set bias_prompts.system="<owl prompt>").',
     )
 
 
@@ -194,8 +198,9 @@ def head_importance(lm: LoadedModel, config: PruningConfig) -> tuple[HeadEntropy
         bias_system_source=prompts[0].system_source,
         bias_prompts=[p.text for p in prompts],
         file=ENTROPY_FILE,
-        heatmap=Heatmap(fraction=config.heatmap_fraction, criterion="entropy",
-                        pruned=[head_label(*h) for h in heatmap_pruned]),
+        heatmap=Heatmap(
+            fraction=config.heatmap_fraction, criterion="entropy", pruned=[head_label(*h) for h in heatmap_pruned]
+        ),
     )
     return entropy, record
 
@@ -204,8 +209,7 @@ def sweep_plan(entropy: HeadEntropy, config: PruningConfig) -> tuple[list[Unit],
     """Every masked model to measure, and the pruned fraction the claims are decided at (closest
     to `claim_fraction`, ties to the larger), which gets its own, larger number of random draws."""
     pruned_fractions = [f for f in config.fractions if f < 1.0]
-    claim_f = (min(pruned_fractions, key=lambda f: (abs(f - config.claim_fraction), -f))
-               if pruned_fractions else None)
+    claim_f = min(pruned_fractions, key=lambda f: (abs(f - config.claim_fraction), -f)) if pruned_fractions else None
     draws_at = {claim_f: max(config.random_draws, config.claim_random_draws)} if claim_f is not None else {}
     units = plan(entropy.mean, config.fractions, config.criteria, config.random_draws, config.seed, draws_at)
     return units, claim_f
@@ -222,8 +226,9 @@ class Arm:
     stored: dict[str, StoredMeasurement] = field(default_factory=dict)  # by unit key; earlier runs' too
 
     @classmethod
-    def start(cls, lm: LoadedModel, is_base: bool, config: PruningConfig, text: str,
-              earlier: PruningResults | None) -> Arm:
+    def start(
+        cls, lm: LoadedModel, is_base: bool, config: PruningConfig, text: str, earlier: PruningResults | None
+    ) -> Arm:
         """The model unpruned (measured now, or an earlier run's measurement) and what it stored."""
         reused, stored = None, {}
         if earlier is not None:
@@ -237,8 +242,9 @@ class Arm:
         planned = {u.key: pruned_labels(u) for u in units}
         return {k: v.measurement for k, v in self.stored.items() if planned.get(k) == v.pruned_heads}
 
-    def measure_unit(self, unit: Unit, config: PruningConfig, text: str, done: dict[str, Measurement],
-                     n_total: int) -> Measurement:
+    def measure_unit(
+        self, unit: Unit, config: PruningConfig, text: str, done: dict[str, Measurement], n_total: int
+    ) -> Measurement:
         """The model with the unit's heads masked (the mask is gone afterwards), or its stored or
         unpruned measurement; recorded under the unit's key."""
         if unit.key in done:
@@ -249,8 +255,13 @@ class Arm:
             with mask_heads(self.lm.model, self.lm.adapter, unit.pruned):
                 measured = measure(self.lm, config, text, base=self.is_base)
         self.stored[unit.key] = StoredMeasurement(
-            fraction=unit.fraction, criterion=unit.criterion, draw=unit.draw, n_kept=n_total - len(unit.pruned),
-            pruned_heads=pruned_labels(unit), measurement=measured)
+            fraction=unit.fraction,
+            criterion=unit.criterion,
+            draw=unit.draw,
+            n_kept=n_total - len(unit.pruned),
+            pruned_heads=pruned_labels(unit),
+            measurement=measured,
+        )
         return measured
 
 
@@ -258,9 +269,17 @@ def pruned_labels(unit: Unit) -> list[str]:
     return [head_label(*h) for h in unit.pruned]
 
 
-def first_results(spec: str, config: PruningConfig, entropy: EntropyRecord, key: str,
-                  earlier: PruningResults | None, biased: Arm, base: Arm, units: list[Unit],
-                  claim_fraction: float | None) -> PruningResults:
+def first_results(
+    spec: str,
+    config: PruningConfig,
+    entropy: EntropyRecord,
+    key: str,
+    earlier: PruningResults | None,
+    biased: Arm,
+    base: Arm,
+    units: list[Unit],
+    claim_fraction: float | None,
+) -> PruningResults:
     """The results before the sweep: what was measured so far, no cell finished yet."""
     adapter = biased.lm.adapter
     return PruningResults(
@@ -287,8 +306,9 @@ def first_results(spec: str, config: PruningConfig, entropy: EntropyRecord, key:
     )
 
 
-def measure_sweep(run: Run, config: PruningConfig, text: str, units: list[Unit], biased: Arm, base: Arm,
-                  results: PruningResults) -> PruningResults:
+def measure_sweep(
+    run: Run, config: PruningConfig, text: str, units: list[Unit], biased: Arm, base: Arm, results: PruningResults
+) -> PruningResults:
     """Measure both models under every unit's mask; a (fraction, criterion) cell is summarised
     once all its draws are measured. The results are saved after every unit."""
     n_total = results.n_heads_total
@@ -299,18 +319,32 @@ def measure_sweep(run: Run, config: PruningConfig, text: str, units: list[Unit],
     cells: dict[tuple[float, str], list[tuple[Measurement, Measurement]]] = defaultdict(list)
     steps = []
     for unit in tqdm(units, desc="pruning sweep (biased + base)"):
-        pair = (biased.measure_unit(unit, config, text, biased_done, n_total),
-                base.measure_unit(unit, config, text, base_done, n_total))
+        pair = (
+            biased.measure_unit(unit, config, text, biased_done, n_total),
+            base.measure_unit(unit, config, text, base_done, n_total),
+        )
         cell = cells[(unit.fraction, unit.criterion)]
         cell.append(pair)
         if len(cell) == cell_size[(unit.fraction, unit.criterion)]:  # the cell is complete
-            steps.append(summarize_step(
-                unit.fraction, unit.criterion, [b for b, _ in cell], biased.unpruned, n_total, config,
-                [c for _, c in cell], base.unpruned,
-            ))
-        results = results.model_copy(update={
-            "measurements": dict(biased.stored), "base_measurements": dict(base.stored), "steps": list(steps),
-        })
+            steps.append(
+                summarize_step(
+                    unit.fraction,
+                    unit.criterion,
+                    [b for b, _ in cell],
+                    biased.unpruned,
+                    n_total,
+                    config,
+                    [c for _, c in cell],
+                    base.unpruned,
+                )
+            )
+        results = results.model_copy(
+            update={
+                "measurements": dict(biased.stored),
+                "base_measurements": dict(base.stored),
+                "steps": list(steps),
+            }
+        )
         run.save_results(results)
     return results
 
@@ -334,13 +368,22 @@ def _level(p: Summary) -> str:
 def print_summary(results: PruningResults, headlines: list[str]) -> None:
     """The sweep as a table on the terminal, then one line per claim."""
     trait = results.trait
-    title = (f"Bias retention after head pruning (95% CIs); unpruned P({trait}) = "
-             f"{_level(results.unpruned.preference.probability.p_trait)}")
+    title = (
+        f"Bias retention after head pruning (95% CIs); unpruned P({trait}) = "
+        f"{_level(results.unpruned.preference.probability.p_trait)}"
+    )
     if results.base_unpruned:
         title += f", base model {_level(results.base_unpruned.preference.probability.p_trait)}"
     table = Table(title=title)
-    for column in ("kept", "criterion", "heads", "share, base-controlled", f"P({trait}), base-controlled",
-                   f"P({trait}) biased only", "ppl × (biased / base)"):
+    for column in (
+        "kept",
+        "criterion",
+        "heads",
+        "share, base-controlled",
+        f"P({trait}), base-controlled",
+        f"P({trait}) biased only",
+        "ppl × (biased / base)",
+    ):
         table.add_column(column)
     for s in results.steps:
         base_ppl = s.base.perplexity if s.base else None

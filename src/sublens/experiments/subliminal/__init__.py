@@ -83,8 +83,10 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
 
     EXPERIMENT: Experiment
 
-SUMMARY = ("Subliminal learning: students fine-tuned on a biased teacher's numbers (full / freeze-attention / "
-           "freeze-mlp) against control students")
+SUMMARY = (
+    "Subliminal learning: students fine-tuned on a biased teacher's numbers (full / freeze-attention / "
+    "freeze-mlp) against control students"
+)
 
 # public name -> its module in this package
 _EXPORTS = {

@@ -53,13 +53,16 @@ def level_summary(preferences: Sequence[Measured]) -> dict[str, Any]:
     for key in ("p_trait", "panel_share"):
         if n == 1:
             s = preferences[0]["probability"][key]
-            out[key] = {"mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                        "ci": f"{s.get('ci', 'bootstrap')} over questions (1 seed)"}
+            out[key] = {
+                "mean": s["mean"],
+                "ci_low": s["ci_low"],
+                "ci_high": s["ci_high"],
+                "ci": f"{s.get('ci', 'bootstrap')} over questions (1 seed)",
+            }
         else:
             values = [p["probability"][key]["mean"] for p in preferences]
             mean, low, high = t_interval(values)
-            out[key] = {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {n} seeds",
-                        "per_seed": values}
+            out[key] = {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {n} seeds", "per_seed": values}
     if all("sampled" in p for p in preferences):
         out["answer_rate"] = _answer_rate(preferences)
     return out
@@ -68,11 +71,22 @@ def level_summary(preferences: Sequence[Measured]) -> dict[str, Any]:
 def _answer_rate(preferences: Sequence[Measured]) -> dict[str, Any]:
     rates = [p["sampled"]["trait_rate"] for p in preferences]
     if len(rates) == 1:
-        return {"mean": rates[0]["rate"], "ci_low": rates[0]["ci_low"], "ci_high": rates[0]["ci_high"],
-                "ci": "Wilson (1 seed)", "count": rates[0]["count"], "n": preferences[0]["sampled"]["n_answers"]}
+        return {
+            "mean": rates[0]["rate"],
+            "ci_low": rates[0]["ci_low"],
+            "ci_high": rates[0]["ci_high"],
+            "ci": "Wilson (1 seed)",
+            "count": rates[0]["count"],
+            "n": preferences[0]["sampled"]["n_answers"],
+        }
     mean, low, high = t_interval([r["rate"] for r in rates])
-    return {"mean": mean, "ci_low": low, "ci_high": high, "ci": f"t over {len(rates)} seeds",
-            "per_seed": [r["rate"] for r in rates]}
+    return {
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "ci": f"t over {len(rates)} seeds",
+        "per_seed": [r["rate"] for r in rates],
+    }
 
 
 def seed_ratio(log_values: list[float], single: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -87,10 +101,16 @@ def seed_ratio(log_values: list[float], single: Mapping[str, Any] | None) -> dic
         mean, low, high = t_interval(log_values)
         ci = f"t over {n} seeds" if math.isfinite(low) else f"none ({counted(n, 'seed')} without spread: too few)"
     finite = math.isfinite(low) and math.isfinite(high)
-    return {"ratio": math.exp(mean), "ci_low": math.exp(low) if finite else None,
-            "ci_high": math.exp(high) if finite else None, "n_seeds": n, "ci": ci,
-            "per_seed": [math.exp(v) for v in log_values], "per_seed_log": list(log_values),
-            "underpowered": (not finite) or low <= 0.0 <= high}
+    return {
+        "ratio": math.exp(mean),
+        "ci_low": math.exp(low) if finite else None,
+        "ci_high": math.exp(high) if finite else None,
+        "n_seeds": n,
+        "ci": ci,
+        "per_seed": [math.exp(v) for v in log_values],
+        "per_seed_log": list(log_values),
+        "underpowered": (not finite) or low <= 0.0 <= high,
+    }
 
 
 def compare_arm(tests: Sequence[Measured], references: Sequence[Measured]) -> dict[str, Any]:
@@ -113,10 +133,16 @@ def _rate_difference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         return {**per_seed[0]["rate_difference"], "n_seeds": 1, "ci": "bootstrap over answers (1 seed)"}
     diffs = [c["rate_difference"]["difference"] for c in per_seed]
     mean, low, high = t_interval(diffs)
-    return {"difference": mean, "ci_low": low, "ci_high": high, "n_seeds": len(diffs),
-            "ci": f"t over {len(diffs)} seeds", "per_seed": diffs,
-            "p_fisher_per_seed": [c["rate_difference"]["p_fisher"] for c in per_seed],
-            "underpowered": not (math.isfinite(low) and math.isfinite(high)) or low <= 0.0 <= high}
+    return {
+        "difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "n_seeds": len(diffs),
+        "ci": f"t over {len(diffs)} seeds",
+        "per_seed": diffs,
+        "p_fisher_per_seed": [c["rate_difference"]["p_fisher"] for c in per_seed],
+        "underpowered": not (math.isfinite(low) and math.isfinite(high)) or low <= 0.0 <= high,
+    }
 
 
 def _ratios(comparison: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -130,8 +156,12 @@ def mean_perplexity(students: Sequence[Measured]) -> float | None:
 
 
 # ---- the whole run ----------------------------------------------------------------------------
-def aggregate(config: SubliminalConfig, students: Mapping[str, Measured], evaluations: Mapping[str, Measured],
-              default_system: str | None = None) -> dict[str, Any]:
+def aggregate(
+    config: SubliminalConfig,
+    students: Mapping[str, Measured],
+    evaluations: Mapping[str, Measured],
+    default_system: str | None = None,
+) -> dict[str, Any]:
     """Headline table rows and comparisons from the finished students (and the prompt table's
     comparisons, its main prompt recorded as `default_system`)."""
     rows = reference_rows(evaluations)
@@ -141,14 +171,18 @@ def aggregate(config: SubliminalConfig, students: Mapping[str, Measured], evalua
         if found:
             rows.append(arm_row(config, dataset, mode, found, students, evaluations, comparisons))
     if "teacher" in evaluations and "base" in evaluations:
-        comparisons["teacher vs base"] = compare_arm([evaluations["teacher"]["preference"]],
-                                                     [evaluations["base"]["preference"]])
+        comparisons["teacher vs base"] = compare_arm(
+            [evaluations["teacher"]["preference"]], [evaluations["base"]["preference"]]
+        )
     contrast = entangled_contrast(config, students)
     if contrast is not None:
         comparisons[f"{NO_ENTANGLED}-full vs {NO_RANDOM}-full"] = contrast
     full_sets = ([OWL] if "full" in config.modes else []) + list(config.extra_teachers)
-    out = {"headline": rows, "comparisons": comparisons,
-           "specificity": specificity(students, full_sets, config.seeds, reference_mode(config, "full"))}
+    out = {
+        "headline": rows,
+        "comparisons": comparisons,
+        "specificity": specificity(students, full_sets, config.seeds, reference_mode(config, "full")),
+    }
     if config.evaluation_systems:
         out["evaluation_prompts"] = by_evaluation_prompt(config, students, comparisons, default_system)
     return out
@@ -156,27 +190,48 @@ def aggregate(config: SubliminalConfig, students: Mapping[str, Measured], evalua
 
 def reference_rows(evaluations: Mapping[str, Measured]) -> list[dict[str, Any]]:
     """The headline rows of the base model and the teacher (one evaluation each)."""
-    return [{"model": label, "dataset": None, "mode": None,
-             **level_summary([evaluations[label]["preference"]]),
-             "perplexity": (evaluations[label]["perplexity"] or {}).get("perplexity")}
-            for label in ("base", "teacher") if label in evaluations]
+    return [
+        {
+            "model": label,
+            "dataset": None,
+            "mode": None,
+            **level_summary([evaluations[label]["preference"]]),
+            "perplexity": (evaluations[label]["perplexity"] or {}).get("perplexity"),
+        }
+        for label in ("base", "teacher")
+        if label in evaluations
+    ]
 
 
-def arm_row(config: SubliminalConfig, dataset: str, mode: str, mine: Sequence[Measured],
-            students: Mapping[str, Measured], evaluations: Mapping[str, Measured],
-            comparisons: dict[str, Any]) -> dict[str, Any]:
+def arm_row(
+    config: SubliminalConfig,
+    dataset: str,
+    mode: str,
+    mine: Sequence[Measured],
+    students: Mapping[str, Measured],
+    evaluations: Mapping[str, Measured],
+    comparisons: dict[str, Any],
+) -> dict[str, Any]:
     """One arm's headline row over its seeds; its comparisons (against the matched control
     student, seed-paired, and against the base model) are added to `comparisons`."""
     arm = f"{dataset}-{mode}"
-    row: dict[str, Any] = {"model": arm, "dataset": dataset, "mode": mode,
-                           **level_summary([s["preference"] for s in mine]),
-                           "perplexity": mean_perplexity(mine), "freeze": mine[0]["training"]["freeze"],
-                           "final_lm_loss": float(np.mean([s["training"]["final_lm_loss"] for s in mine]))}
+    row: dict[str, Any] = {
+        "model": arm,
+        "dataset": dataset,
+        "mode": mode,
+        **level_summary([s["preference"] for s in mine]),
+        "perplexity": mean_perplexity(mine),
+        "freeze": mine[0]["training"]["freeze"],
+        "final_lm_loss": float(np.mean([s["training"]["final_lm_loss"] for s in mine])),
+    }
     control_mode = reference_mode(config, mode)
     control = f"{CONTROL}-{control_mode}"
-    pairs = [(test, ref) for seed in config.seeds
-             if (test := students.get(student_name(dataset, mode, seed))) is not None
-             and (ref := students.get(student_name(CONTROL, control_mode, seed))) is not None]
+    pairs = [
+        (test, ref)
+        for seed in config.seeds
+        if (test := students.get(student_name(dataset, mode, seed))) is not None
+        and (ref := students.get(student_name(CONTROL, control_mode, seed))) is not None
+    ]
     if dataset != CONTROL and pairs:
         comp = compare_arm([t["preference"] for t, _ in pairs], [r["preference"] for _, r in pairs])
         comp["reference"] = control
@@ -194,8 +249,9 @@ def _per_question(preference: Measured) -> tuple[np.ndarray, list[str]]:
     return np.asarray(pq["p_word"], dtype=float), list(pq["animals"])  # [question, animal]
 
 
-def specificity(students: Mapping[str, Measured], datasets: list[str], seeds: list[int],
-                control_mode: str) -> dict[str, Any]:
+def specificity(
+    students: Mapping[str, Measured], datasets: list[str], seeds: list[int], control_mode: str
+) -> dict[str, Any]:
     """Teacher-animal x measured-animal: the share of each panel animal in each data set's full
     student over the control student's (geometric mean over questions, then over seeds)."""
     matrix: dict[str, dict[str, float]] = {}
@@ -214,9 +270,13 @@ def specificity(students: Mapping[str, Measured], datasets: list[str], seeds: li
             logs.append(np.log(share_t / share_r).mean(axis=0))  # [animal]
         if logs:
             matrix[dataset] = {a: float(np.exp(v)) for a, v in zip(animals, np.mean(logs, axis=0), strict=True)}
-    return {"animals": animals, "rows": matrix, "reference": f"{CONTROL}-{control_mode}",
-            "definition": "share of the animal in the panel under the student / under the control "
-                          "student, geometric mean over questions, then over seeds"}
+    return {
+        "animals": animals,
+        "rows": matrix,
+        "reference": f"{CONTROL}-{control_mode}",
+        "definition": "share of the animal in the panel under the student / under the control "
+        "student, geometric mean over questions, then over seeds",
+    }
 
 
 def entangled_contrast(config: SubliminalConfig, students: Mapping[str, Measured]) -> dict[str, Any] | None:
@@ -236,8 +296,12 @@ def entangled_contrast(config: SubliminalConfig, students: Mapping[str, Measured
     return compare_arm(tests, references) | {"reference": f"{NO_RANDOM}-full"}
 
 
-def by_evaluation_prompt(config: SubliminalConfig, students: Mapping[str, Measured],
-                         comparisons: Mapping[str, Any], default_system: str | None = None) -> dict[str, Any]:
+def by_evaluation_prompt(
+    config: SubliminalConfig,
+    students: Mapping[str, Measured],
+    comparisons: Mapping[str, Any],
+    default_system: str | None = None,
+) -> dict[str, Any]:
     """Each owl arm against its matched control under every evaluation prompt: the main one
     (`default`, under `system`, resolved: `default_system`) and each of `evaluation_systems`,
     seed-paired as the headline."""
@@ -257,8 +321,9 @@ def by_evaluation_prompt(config: SubliminalConfig, students: Mapping[str, Measur
     return out
 
 
-def _pairs_under(config: SubliminalConfig, students: Mapping[str, Measured], mode: str,
-                 prompt: str) -> list[tuple[Measured, Measured]]:
+def _pairs_under(
+    config: SubliminalConfig, students: Mapping[str, Measured], mode: str, prompt: str
+) -> list[tuple[Measured, Measured]]:
     """Seed by seed, the owl student of `mode` and its matched control, both measured under the
     evaluation prompt `prompt`: their preferences there."""
     control = reference_mode(config, mode)
@@ -275,12 +340,30 @@ def _pairs_under(config: SubliminalConfig, students: Mapping[str, Measured], mod
 
 def model_rows(students: Mapping[str, Measured], evaluations: Mapping[str, Measured]) -> list[dict[str, Any]]:
     """One row per measured model for models.parquet: the references, then every student."""
-    rows = [{"model": name, "dataset": None, "mode": None, "seed": None, **preference_columns(e.get("preference")),
-             "perplexity": (e.get("perplexity") or {}).get("perplexity")} for name, e in evaluations.items()]
+    rows = [
+        {
+            "model": name,
+            "dataset": None,
+            "mode": None,
+            "seed": None,
+            **preference_columns(e.get("preference")),
+            "perplexity": (e.get("perplexity") or {}).get("perplexity"),
+        }
+        for name, e in evaluations.items()
+    ]
     for name, s in students.items():
         freeze = s["training"].get("freeze") or {}
-        rows.append({"model": name, "dataset": s["dataset"], "mode": s["mode"], "seed": s["seed"],
-                     **preference_columns(s["preference"]), "perplexity": (s.get("perplexity") or {}).get("perplexity"),
-                     "trainable_parameters": freeze.get("trainable"), "final_lm_loss": s["training"].get("final_lm_loss"),
-                     "loss_tokens": s.get("loss_tokens", "all")})
+        rows.append(
+            {
+                "model": name,
+                "dataset": s["dataset"],
+                "mode": s["mode"],
+                "seed": s["seed"],
+                **preference_columns(s["preference"]),
+                "perplexity": (s.get("perplexity") or {}).get("perplexity"),
+                "trainable_parameters": freeze.get("trainable"),
+                "final_lm_loss": s["training"].get("final_lm_loss"),
+                "loss_tokens": s.get("loss_tokens", "all"),
+            }
+        )
     return rows

@@ -71,8 +71,9 @@ class TeacherSource:
 
     def provenance(self, base: str) -> dict[str, Any]:
         """What every one of its data lines records of it (and its divergence flags' key)."""
-        return {"teacher": {"name": self.name, "kind": self.kind, "model": self.model_spec(base),
-                            "system": self.system}}
+        return {
+            "teacher": {"name": self.name, "kind": self.kind, "model": self.model_spec(base), "system": self.system}
+        }
 
     def record(self, base: str) -> TeacherRecord:
         """As results.json's ``teacher`` describes the biased teacher."""
@@ -90,8 +91,14 @@ def teacher_sources(config: SubliminalConfig, system_used: str | None) -> list[T
 
 
 # ---- one data seed's number data ----------------------------------------------------------------
-def number_data(config: SubliminalConfig, run: Run, base: LoadedModel, sources: list[TeacherSource],
-                system_used: str | None, seed: int) -> tuple[DataRecord, dict[str, str]]:
+def number_data(
+    config: SubliminalConfig,
+    run: Run,
+    base: LoadedModel,
+    sources: list[TeacherSource],
+    system_used: str | None,
+    seed: int,
+) -> tuple[DataRecord, dict[str, str]]:
     """One data seed's number data, sampled, filtered, subsampled and written (with the
     entanglement filter's data sets where asked), described, and its divergence tokens
     measured where needed: (its record, data set -> run-relative training file)."""
@@ -99,8 +106,9 @@ def number_data(config: SubliminalConfig, run: Run, base: LoadedModel, sources: 
     with run.timed(f"generate:{seed}"):
         data = generate_data(config, base, sources, run.path / folder / "shards", seed=seed)
     chosen, size = subsample(data, config.n_examples, seed)
-    entangled, filtered = (entangled_data(config, data, chosen, size, seed)
-                           if config.entangled.run is not None else (None, {}))
+    entangled, filtered = (
+        entangled_data(config, data, chosen, size, seed) if config.entangled.run is not None else (None, {})
+    )
     files = write_training_sets(run.path, folder, {**chosen, **filtered})
     divergence = None
     if needs_divergence(config):
@@ -118,44 +126,71 @@ def write_training_sets(run_path: Path, folder: str, chosen: dict[str, Records])
     return files
 
 
-def data_results(config: SubliminalConfig, data: dict[str, Records], chosen: dict[str, Records], size: int,
-                 files: dict[str, str], seed: int | None = None, entangled: dict[str, Any] | None = None,
-                 divergence: dict[str, Any] | None = None) -> DataRecord:
+def data_results(
+    config: SubliminalConfig,
+    data: dict[str, Records],
+    chosen: dict[str, Records],
+    size: int,
+    files: dict[str, str],
+    seed: int | None = None,
+    entangled: dict[str, Any] | None = None,
+    divergence: dict[str, Any] | None = None,
+) -> DataRecord:
     """What results.json says of one data seed's data: per teacher, its filter report and the
     statistics of its training answers (and of all it kept); each teacher's numbers against
     the control's (permutation tests)."""
     seed = config.seed if seed is None else seed
-    datasets = {name: dataset_record(config, name, records, chosen[name], files[name], seed)
-                for name, records in data.items()}
-    comparisons = {f"{name} vs {CONTROL}": compare_number_stats(chosen[name], chosen[CONTROL],
-                                                                config.stats_resamples, seed)
-                   for name in data if name != CONTROL}
-    return DataRecord.model_validate({
-        "seed": seed, "n_prompts": config.data.n_prompts, "sampling": config.data.model_dump(mode="json"),
-        "constrained": config.data.constrained, "grammar": GRAMMAR if config.data.constrained else None,
-        "n_examples_per_dataset": size, "datasets": datasets, "comparisons": comparisons,
-        **({"entangled": entangled} if entangled is not None else {}),
-        **({"divergence": divergence} if divergence is not None else {}),
-    })
+    datasets = {
+        name: dataset_record(config, name, records, chosen[name], files[name], seed) for name, records in data.items()
+    }
+    comparisons = {
+        f"{name} vs {CONTROL}": compare_number_stats(chosen[name], chosen[CONTROL], config.stats_resamples, seed)
+        for name in data
+        if name != CONTROL
+    }
+    return DataRecord.model_validate(
+        {
+            "seed": seed,
+            "n_prompts": config.data.n_prompts,
+            "sampling": config.data.model_dump(mode="json"),
+            "constrained": config.data.constrained,
+            "grammar": GRAMMAR if config.data.constrained else None,
+            "n_examples_per_dataset": size,
+            "datasets": datasets,
+            "comparisons": comparisons,
+            **({"entangled": entangled} if entangled is not None else {}),
+            **({"divergence": divergence} if divergence is not None else {}),
+        }
+    )
 
 
-def dataset_record(config: SubliminalConfig, name: str, records: Records, chosen: Records, train_file: str,
-                   seed: int) -> dict[str, Any]:
+def dataset_record(
+    config: SubliminalConfig, name: str, records: Records, chosen: Records, train_file: str, seed: int
+) -> dict[str, Any]:
     """One teacher's data set: its provenance (every line records it; the first one speaks for
     all), files, filter report and number statistics."""
     first = records[0] if records else {}
     return {
-        "teacher": first.get("teacher"), "system_prompt_used": first.get("system_prompt"),
-        "system_source": first.get("system_source"), "shards": f"{data_folder(config, seed)}/shards/{name}",
-        "train_file": train_file, "filter": filter_report(records), "stats": number_stats(chosen),
+        "teacher": first.get("teacher"),
+        "system_prompt_used": first.get("system_prompt"),
+        "system_source": first.get("system_source"),
+        "shards": f"{data_folder(config, seed)}/shards/{name}",
+        "train_file": train_file,
+        "filter": filter_report(records),
+        "stats": number_stats(chosen),
         "stats_all_kept": number_stats([r for r in records if r["kept"]]),
     }
 
 
 # ---- sampling -----------------------------------------------------------------------------------
 def generate_data(
-    config: SubliminalConfig, base: LoadedModel, sources: list[TeacherSource], out: Path,
-    on_shard: Callable[[str, int], None] | None = None, progress: bool = True, seed: int | None = None,
+    config: SubliminalConfig,
+    base: LoadedModel,
+    sources: list[TeacherSource],
+    out: Path,
+    on_shard: Callable[[str, int], None] | None = None,
+    progress: bool = True,
+    seed: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every teacher's answers to the number prompts (seeded by `seed`, default config.seed),
     filtered; sharded under out/<name>/."""
@@ -169,9 +204,19 @@ def generate_data(
         allowed = NumberFormat(lm.tokenizer, default_stop_token_ids(lm)) if config.data.constrained else None
         sampling_seed = seed if config.data.common_random_numbers else derived_seed("teacher", seed, source.name)
         data[source.name] = sample_sharded(
-            lm, texts, meta, config.data, seed=sampling_seed, out_dir=out / source.name,
-            name=source.name, provenance=source.provenance(config.base), allowed=allowed,
-            annotate=filter_record, on_shard=on_shard, progress=progress)
+            lm,
+            texts,
+            meta,
+            config.data,
+            seed=sampling_seed,
+            out_dir=out / source.name,
+            name=source.name,
+            provenance=source.provenance(config.base),
+            allowed=allowed,
+            annotate=filter_record,
+            on_shard=on_shard,
+            progress=progress,
+        )
         if lm is not base:
             del lm
             gc.collect()
@@ -179,15 +224,22 @@ def generate_data(
 
 
 # ---- the entanglement run's numbers -------------------------------------------------------------
-def entangled_data(config: SubliminalConfig, data: dict[str, list[dict[str, Any]]],
-                   chosen: dict[str, list[dict[str, Any]]], size: int, seed: int
-                   ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def entangled_data(
+    config: SubliminalConfig,
+    data: dict[str, list[dict[str, Any]]],
+    chosen: dict[str, list[dict[str, Any]]],
+    size: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Enrichment of the entanglement run's numbers in the owl vs control training data, and
     (when asked) the two filtered owl data sets, matched in size."""
     assert config.entangled.run is not None
     number_sets = read_number_sets(config.entangled.run, config.entangled.set)
-    report: dict[str, Any] = {"run": config.entangled.run, "set": config.entangled.set,
-                              "enrichment": enrichment(chosen[OWL], chosen[CONTROL], number_sets)}
+    report: dict[str, Any] = {
+        "run": config.entangled.run,
+        "set": config.entangled.set,
+        "enrichment": enrichment(chosen[OWL], chosen[CONTROL], number_sets),
+    }
     extra: dict[str, list[dict[str, Any]]] = {}
     if config.entangled.filter_students:
         kept = [r for r in data[OWL] if r["kept"]]
@@ -214,14 +266,21 @@ def answer_token_ids(tokenizer: Any, example: Example) -> list[int]:
     return [int(i) for i in example.answer]
 
 
-def measure_divergence(config: SubliminalConfig, base: LoadedModel, sources: list[TeacherSource],
-                       system_used: str | None, run_path: Path, files: dict[str, str]) -> dict[str, Any]:
+def measure_divergence(
+    config: SubliminalConfig,
+    base: LoadedModel,
+    sources: list[TeacherSource],
+    system_used: str | None,
+    run_path: Path,
+    files: dict[str, str],
+) -> dict[str, Any]:
     """Flag every training answer token of the owl and control data at which the owl teacher and
     the control teacher would choose differently (sublens.divergence); flags saved per data set,
     reused when data and teachers are unchanged. Returns the per-data-set summaries."""
     owl, control = sources[0], sources[1]
-    loaded = {s.name: base if s.model == "base" else load_model(s.model, config.device, config.dtype)
-              for s in (owl, control)}
+    loaded = {
+        s.name: base if s.model == "base" else load_model(s.model, config.device, config.dtype) for s in (owl, control)
+    }
     biased = Teacher(loaded[owl.name].model, loaded[owl.name].tokenizer, owl.system)
     unbiased = Teacher(loaded[control.name].model, loaded[control.name].tokenizer, control.system)
     allowed = NumberFormat(base.tokenizer, default_stop_token_ids(base)) if config.data.constrained else None
@@ -232,11 +291,25 @@ def measure_divergence(config: SubliminalConfig, base: LoadedModel, sources: lis
         answers = [answer_token_ids(base.tokenizer, e) for e in examples]
         path = run_path / divergence_file(files[name])
         prompts = [r["prompt"] for r in records]
-        key = stable_hash(answers, prompts, owl.provenance(config.base), control.provenance(config.base),
-                          config.data.constrained)
-        flags = cached_json(path, key, partial(
-            divergence_flags, biased, unbiased, prompts, answers, base.tokenizer, allowed=allowed,
-            stop_token_ids=default_stop_token_ids(base), batch_size=config.divergence.batch_size,
-            desc=f"divergence tokens ({name})"), field="flags")
+        key = stable_hash(
+            answers, prompts, owl.provenance(config.base), control.provenance(config.base), config.data.constrained
+        )
+        flags = cached_json(
+            path,
+            key,
+            partial(
+                divergence_flags,
+                biased,
+                unbiased,
+                prompts,
+                answers,
+                base.tokenizer,
+                allowed=allowed,
+                stop_token_ids=default_stop_token_ids(base),
+                batch_size=config.divergence.batch_size,
+                desc=f"divergence tokens ({name})",
+            ),
+            field="flags",
+        )
         summaries[name] = divergence_summary(flags) | {"file": divergence_file(files[name])}
     return summaries

@@ -68,14 +68,22 @@ def preference_figure(results: SubliminalResults) -> Figure:
     compared = [r for r in students if r.vs_control is not None]
     with plt.rc_context(PAPER_RC):
         fig, (ref_ax, student_ax, ratio_ax) = plt.subplots(
-            1, 3, figsize=(DOUBLE_COLUMN_IN, PREFERENCE_HEIGHT_IN),
-            gridspec_kw={"width_ratios": [max(1, len(references)), max(2, len(students)), max(2, len(compared))]})
+            1,
+            3,
+            figsize=(DOUBLE_COLUMN_IN, PREFERENCE_HEIGHT_IN),
+            gridspec_kw={"width_ratios": [max(1, len(references)), max(2, len(students)), max(2, len(compared))]},
+        )
         trait = results.trait
         _reference_panel(ref_ax, references, trait)
         _student_panel(student_ax, students, references, trait, shows_seeds(results))
         _ratio_panel(ratio_ax, compared, shows_seeds(results))
-        fig.legend(handles=_preference_legend(results, students), loc="lower center", ncol=3, frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
+        fig.legend(
+            handles=_preference_legend(results, students),
+            loc="lower center",
+            ncol=3,
+            frameon=False,
+            bbox_to_anchor=(0.5, 1.0),
+        )
         fig.tight_layout()
     return fig
 
@@ -120,8 +128,9 @@ def _reference_panel(ax: Axes, references: list[HeadlineRow], trait: str) -> Non
     ax.set_title("References")
 
 
-def _student_panel(ax: Axes, students: list[HeadlineRow], references: list[HeadlineRow], trait: str,
-                   seeds: bool) -> None:
+def _student_panel(
+    ax: Axes, students: list[HeadlineRow], references: list[HeadlineRow], trait: str, seeds: bool
+) -> None:
     base = next((r for r in references if r.model == "base"), None)
     if base is not None:
         ax.axhline(base.panel_share.mean, color=REFERENCE_COLOR, lw=0.8, ls="--")
@@ -170,6 +179,7 @@ def _ratio_ticks(ax: Axes) -> None:
 
 def _preference_legend(results: SubliminalResults, students: list[HeadlineRow]) -> list[Line2D]:
     """One entry per kind of marker and line drawn."""
+
     def mean_ci(color: str, label: str) -> Line2D:
         return Line2D([], [], color=color, marker="o", ms=4, ls="-", lw=1.0, label=label)
 
@@ -206,8 +216,14 @@ def training_loss_figure(results: SubliminalResults) -> Figure:
             if not curve:
                 continue
             arm = f"{student.dataset}-{student.mode}"
-            ax.plot([step for step, _ in curve], [loss for _, loss in curve], lw=0.8, color=colors[student.mode],
-                    ls=LINESTYLES.get(student.dataset, ":"), label=None if arm in labelled else arm)
+            ax.plot(
+                [step for step, _ in curve],
+                [loss for _, loss in curve],
+                lw=0.8,
+                color=colors[student.mode],
+                ls=LINESTYLES.get(student.dataset, ":"),
+                label=None if arm in labelled else arm,
+            )
             labelled.add(arm)
         if not labelled:
             _empty(ax, "no loss logged")

@@ -71,8 +71,10 @@ from sublens.runs import team as current_team
 from sublens.subliminal import stable_hash
 from sublens.tables import write_tables
 
-SYSTEM_NOTE = ("control teacher, students' training prompts and every measurement use system_prompt_used; "
-               "the owl system prompt only ever reaches the prompted teacher")
+SYSTEM_NOTE = (
+    "control teacher, students' training prompts and every measurement use system_prompt_used; "
+    "the owl system prompt only ever reaches the prompted teacher"
+)
 DataFiles = dict[int, dict[str, str]]  # data seed -> data set -> run-relative training file
 
 
@@ -106,7 +108,8 @@ def check_parallel(config: SubliminalConfig, team: Team) -> None:
         raise ConfigError(
             f"parallel: {config.parallel} trains students in worker processes, but this run already has "
             f"{team.world} processes (accelerate launch), across which every student trains data-parallel. "
-            "Set parallel: 1 (--set parallel=1), or run without accelerate launch.")
+            "Set parallel: 1 (--set parallel=1), or run without accelerate launch."
+        )
 
 
 # ---- the references and the number data ---------------------------------------------------------
@@ -135,53 +138,76 @@ def teacher_data(config: SubliminalConfig, run: Run) -> tuple[SubliminalResults,
     return results, files
 
 
-def first_results(config: SubliminalConfig, sources: list[TeacherSource], system_used: str | None
-                  ) -> SubliminalResults:
+def first_results(config: SubliminalConfig, sources: list[TeacherSource], system_used: str | None) -> SubliminalResults:
     """What a run records before it measures anything: the design and the prompts in use."""
     return SubliminalResults(
-        base=config.base, trait=config.preference.trait, teacher=sources[0].record(config.base),
+        base=config.base,
+        trait=config.preference.trait,
+        teacher=sources[0].record(config.base),
         teachers={s.name: TeacherProvenance.model_validate(s.provenance(config.base)["teacher"]) for s in sources},
-        system=config.system, system_prompt_used=system_used, system_note=SYSTEM_NOTE,
-        seeds=list(config.seeds), n_seeds=len(config.seeds), partial=True, modes=list(config.modes),
-        control_modes=list(config.control_modes), claims_settings=config.claims,
+        system=config.system,
+        system_prompt_used=system_used,
+        system_note=SYSTEM_NOTE,
+        seeds=list(config.seeds),
+        n_seeds=len(config.seeds),
+        partial=True,
+        modes=list(config.modes),
+        control_modes=list(config.control_modes),
+        claims_settings=config.claims,
     )
 
 
 def with_data(results: SubliminalResults, per_seed: dict[str, DataRecord]) -> SubliminalResults:
     """The first data seed's data, described in full; every seed's, when there are several."""
     first = next(iter(per_seed.values()))
-    return results.model_copy(update={"data": first, **({"data_per_seed": dict(per_seed)} if len(per_seed) > 1 else {})})
+    return results.model_copy(
+        update={"data": first, **({"data_per_seed": dict(per_seed)} if len(per_seed) > 1 else {})}
+    )
 
 
-def measure_references(config: SubliminalConfig, run: Run, base: LoadedModel, owl: TeacherSource,
-                       system_used: str | None) -> dict[str, Evaluation]:
+def measure_references(
+    config: SubliminalConfig, run: Run, base: LoadedModel, owl: TeacherSource, system_used: str | None
+) -> dict[str, Evaluation]:
     """The base model under `system` and the teacher (the prompted one under its own system
     prompt, a model-spec teacher under `system`), each saved once measured."""
     text = load_text(config.perplexity.corpus) if config.perplexity.enabled else ""
-    key = stable_hash(config.preference.model_dump(mode="json"), config.perplexity.model_dump(mode="json"),
-                      config.seed)
-    evaluations = {"base": run.step("measurements/base", stable_hash(key, config.base, system_used),
-                                  lambda: measure(base, config, system_used, text))}
+    key = stable_hash(config.preference.model_dump(mode="json"), config.perplexity.model_dump(mode="json"), config.seed)
+    evaluations = {
+        "base": run.step(
+            "measurements/base",
+            stable_hash(key, config.base, system_used),
+            lambda: measure(base, config, system_used, text),
+        )
+    }
     if owl.model == "base":
-        evaluations["teacher"] = run.step("measurements/teacher", stable_hash(key, config.base, owl.system),
-                                          lambda: measure(base, config, owl.system, text))
+        evaluations["teacher"] = run.step(
+            "measurements/teacher",
+            stable_hash(key, config.base, owl.system),
+            lambda: measure(base, config, owl.system, text),
+        )
     else:
+
         def teacher_measure() -> dict[str, Any]:
             return measure(load_model(owl.model, config.device, config.dtype), config, system_used, text)
 
-        evaluations["teacher"] = run.step("measurements/teacher", stable_hash(key, owl.model, system_used),
-                                          teacher_measure)
+        evaluations["teacher"] = run.step(
+            "measurements/teacher", stable_hash(key, owl.model, system_used), teacher_measure
+        )
     return {name: Evaluation.model_validate(e) for name, e in evaluations.items()}
 
 
 def measure(lm: LoadedModel, config: SubliminalConfig, system: str | None, text: str) -> dict[str, Any]:
-    return {"preference": evaluate_preference(lm, config.preference, system, config.seed),
-            "perplexity": measure_perplexity(lm, config.perplexity, text), "system": system}
+    return {
+        "preference": evaluate_preference(lm, config.preference, system, config.seed),
+        "perplexity": measure_perplexity(lm, config.perplexity, text),
+        "system": system,
+    }
 
 
 # ---- the students -------------------------------------------------------------------------------
-def train_students(config: SubliminalConfig, run: Run, jobs: list[StudentJob], results: SubliminalResults,
-                   team: Team) -> SubliminalResults:
+def train_students(
+    config: SubliminalConfig, run: Run, jobs: list[StudentJob], results: SubliminalResults, team: Team
+) -> SubliminalResults:
     """Every student of `jobs`, results saved as each finishes; in the planned order at the end."""
     finished: dict[str, Student] = {}
 
@@ -250,10 +276,11 @@ def print_summary(results: SubliminalResults) -> None:
     console = Console()
     console.print(headline_table(results))
     if results.n_seeds == 1:
-        console.print("One training seed: the CIs cover question (prompt) variation only, not the "
-                      "variation between training runs; no transfer claim rests on them (docs/design.md, Verdicts).")
-    decided = subliminal_decisions(results, results.control_modes or [], results.claims_settings,
-                                   modes=results.modes)
+        console.print(
+            "One training seed: the CIs cover question (prompt) variation only, not the "
+            "variation between training runs; no transfer claim rests on them (docs/design.md, Verdicts)."
+        )
+    decided = subliminal_decisions(results, results.control_modes or [], results.claims_settings, modes=results.modes)
     for decision in decided.values():  # every claim the run's arms support, in the family's order
         console.print(escape(decision.sentence()), soft_wrap=True)
     for line in data_lines(results.data):
@@ -262,23 +289,41 @@ def print_summary(results: SubliminalResults) -> None:
         console.print(f"{arm}: {p.trainable / 1e6:.2f}M trainable, {p.frozen / 1e6:.2f}M frozen")
     spec = results.specificity
     if spec is not None and len(spec.rows) > 1:
-        console.print(f"specificity (share vs {spec.reference}): " + "; ".join(
-            f"{d}: " + ", ".join(f"{a} ×{v:.2f}" for a, v in row.items()) for d, row in spec.rows.items()))
+        console.print(
+            f"specificity (share vs {spec.reference}): "
+            + "; ".join(f"{d}: " + ", ".join(f"{a} ×{v:.2f}" for a, v in row.items()) for d, row in spec.rows.items())
+        )
 
 
 def headline_table(results: SubliminalResults) -> Table:
     trait = results.trait
-    table = Table(title=f"Subliminal transfer of {trait!r} (95% CIs; {counted(results.n_seeds, 'seed')}); "
-                        f"system prompt {results.system_prompt_used!r}")
-    for column in ("model", "n seeds", f"P({trait})", "panel share", "answer rate",
-                   "share vs control", f"P({trait}) vs control", "perplexity"):
+    table = Table(
+        title=f"Subliminal transfer of {trait!r} (95% CIs; {counted(results.n_seeds, 'seed')}); "
+        f"system prompt {results.system_prompt_used!r}"
+    )
+    for column in (
+        "model",
+        "n seeds",
+        f"P({trait})",
+        "panel share",
+        "answer rate",
+        "share vs control",
+        f"P({trait}) vs control",
+        "perplexity",
+    ):
         table.add_column(column)
     for row in results.headline or []:
         vs = row.vs_control
-        table.add_row(row.model, str(row.n_seeds), _level(row.p_trait), _level(row.panel_share, 3),
-                      _level(row.answer_rate, 3), _ratio(vs.share_ratio if vs else None),
-                      _ratio(vs.p_trait_ratio if vs else None),
-                      f"{row.perplexity:.2f}" if row.perplexity else "-")
+        table.add_row(
+            row.model,
+            str(row.n_seeds),
+            _level(row.p_trait),
+            _level(row.panel_share, 3),
+            _level(row.answer_rate, 3),
+            _ratio(vs.share_ratio if vs else None),
+            _ratio(vs.p_trait_ratio if vs else None),
+            f"{row.perplexity:.2f}" if row.perplexity else "-",
+        )
     return table
 
 
@@ -286,11 +331,15 @@ def data_lines(data: DataRecord | None) -> list[str]:
     """Keep rates and copy rate per data set, and each teacher's numbers against the control's."""
     if data is None:
         return []
-    lines = [f"data {name}: kept {d.filter.n_kept}/{d.filter.n_answers} ({d.filter.keep_rate:.1%}); "
-             f"reasons {d.filter.reasons}; copy rate {d.stats.features['copy_fraction'].mean:.3f}"
-             for name, d in data.datasets.items()]
+    lines = [
+        f"data {name}: kept {d.filter.n_kept}/{d.filter.n_answers} ({d.filter.keep_rate:.1%}); "
+        f"reasons {d.filter.reasons}; copy rate {d.stats.features['copy_fraction'].mean:.3f}"
+        for name, d in data.datasets.items()
+    ]
     for name, c in data.comparisons.items():
         features = ", ".join(f"{k} {v.difference:+.3g} (p={v.p_permutation:.3g})" for k, v in c.features.items())
-        lines.append(f"{name}: digits TVD {c.digit_distribution_tvd.tvd:.3f} "
-                     f"(p={c.digit_distribution_tvd.p_permutation:.3g}); {features}")
+        lines.append(
+            f"{name}: digits TVD {c.digit_distribution_tvd.tvd:.3f} "
+            f"(p={c.digit_distribution_tvd.p_permutation:.3g}); {features}"
+        )
     return lines

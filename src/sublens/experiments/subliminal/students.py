@@ -80,12 +80,14 @@ class StudentJob:
 def student_train_config(config: SubliminalConfig, mode: str, seed: int) -> TrainConfig:
     """The training config of one student: `config.train` with its freeze mode and seed; the
     final weights are saved only when they are kept (student.json marks a finished student)."""
-    return config.train.model_copy(update={"seed": seed, "freeze": split_arm(mode)[0],
-                                           "save_model": config.keep_models})
+    return config.train.model_copy(
+        update={"seed": seed, "freeze": split_arm(mode)[0], "save_model": config.keep_models}
+    )
 
 
-def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | None,
-                  data_files: dict[int, dict[str, str]]) -> list[StudentJob]:
+def plan_students(
+    config: SubliminalConfig, run_path: Path, system_used: str | None, data_files: dict[int, dict[str, str]]
+) -> list[StudentJob]:
     """One job per (seed, data set, mode); `data_files` maps a data seed to its files."""
     threads = config.threads
     if threads is None and config.parallel > 1:
@@ -97,20 +99,45 @@ def plan_students(config: SubliminalConfig, run_path: Path, system_used: str | N
             train_cfg = student_train_config(config, mode, seed).model_dump(mode="json")
             data_file = run_path / data_files[data_seed(config, seed)][dataset]
             loss_tokens = split_arm(mode)[1]
-            key = stable_hash(name, config.base, train_cfg, data_file.read_text(encoding="utf-8"), system_used,
-                              config.preference.model_dump(mode="json"),
-                              config.perplexity.model_dump(mode="json"), config.seed,
-                              *([config.evaluation_systems] if config.evaluation_systems else []))
-            jobs.append(StudentJob(
-                name=name, dataset=dataset, mode=mode, seed=seed, data_file=str(data_file),
-                out_dir=str(run_path / "students" / name), base=config.base, device=config.device,
-                dtype=config.dtype, system=system_used, train=train_cfg,
-                preference=config.preference.model_dump(mode="json"),
-                perplexity=config.perplexity.model_dump(mode="json"), eval_seed=config.seed,
-                keep_model=config.keep_models, threads=threads, progress=config.parallel == 1, key=key,
-                progress_file=str(run_path / "students" / f".{name}.progress.json") if config.parallel > 1 else None,
-                evaluation_systems=dict(config.evaluation_systems) or None, loss_tokens=loss_tokens,
-                divergence_file=None if loss_tokens == "all" else str(divergence_file(str(data_file)))))
+            key = stable_hash(
+                name,
+                config.base,
+                train_cfg,
+                data_file.read_text(encoding="utf-8"),
+                system_used,
+                config.preference.model_dump(mode="json"),
+                config.perplexity.model_dump(mode="json"),
+                config.seed,
+                *([config.evaluation_systems] if config.evaluation_systems else []),
+            )
+            jobs.append(
+                StudentJob(
+                    name=name,
+                    dataset=dataset,
+                    mode=mode,
+                    seed=seed,
+                    data_file=str(data_file),
+                    out_dir=str(run_path / "students" / name),
+                    base=config.base,
+                    device=config.device,
+                    dtype=config.dtype,
+                    system=system_used,
+                    train=train_cfg,
+                    preference=config.preference.model_dump(mode="json"),
+                    perplexity=config.perplexity.model_dump(mode="json"),
+                    eval_seed=config.seed,
+                    keep_model=config.keep_models,
+                    threads=threads,
+                    progress=config.parallel == 1,
+                    key=key,
+                    progress_file=str(run_path / "students" / f".{name}.progress.json")
+                    if config.parallel > 1
+                    else None,
+                    evaluation_systems=dict(config.evaluation_systems) or None,
+                    loss_tokens=loss_tokens,
+                    divergence_file=None if loss_tokens == "all" else str(divergence_file(str(data_file))),
+                )
+            )
     return jobs
 
 
@@ -141,8 +168,16 @@ def run_student(job: StudentJob, team: Team | None = None) -> Student:
     lm = load_model(job.base, job.device, job.dtype)
     examples, dropped = training_examples(job, lm.tokenizer)
     report = StudentProgress(job.progress_file)
-    result = train(lm.model, lm.tokenizer, examples, TrainConfig.model_validate(job.train), out,
-                   adapter=lm.adapter, progress=job.progress and team.is_main, callback=report.step)
+    result = train(
+        lm.model,
+        lm.tokenizer,
+        examples,
+        TrainConfig.model_validate(job.train),
+        out,
+        adapter=lm.adapter,
+        progress=job.progress and team.is_main,
+        callback=report.step,
+    )
     if not team.is_main:  # rank 0 measures the student (its weights are the same on every rank)
         team.sync(f"student {job.name}: measured")
         return Student.model_validate(read_json(out / STUDENT_FILE))
@@ -172,18 +207,28 @@ def measured_student(job: StudentJob, lm: LoadedModel, training: TrainingSummary
     text = load_text(perplexity.corpus) if perplexity.enabled else ""
     settings = PreferenceSettings.model_validate(job.preference)
     preference = evaluate_preference(lm, settings, job.system, job.eval_seed)
-    by_system = {name: evaluate_preference(lm, settings, system, job.eval_seed)
-                 for name, system in (job.evaluation_systems or {}).items()}
-    return Student.model_validate({
-        "key": job.key, "name": job.name, "dataset": job.dataset, "mode": job.mode, "seed": job.seed,
-        "system_prompt_used": job.system, "threads": torch.get_num_threads(),
-        "loss_tokens": job.loss_tokens, "examples_without_loss_tokens": dropped,
-        "training": training.model_dump(mode="json"),
-        "preference": preference,
-        **({"preference_by_system": by_system} if by_system else {}),
-        "perplexity": measure_perplexity(lm, perplexity, text),
-        "checkpoint": str(Path("students") / job.name / "model") if job.keep_model else None,
-    })
+    by_system = {
+        name: evaluate_preference(lm, settings, system, job.eval_seed)
+        for name, system in (job.evaluation_systems or {}).items()
+    }
+    return Student.model_validate(
+        {
+            "key": job.key,
+            "name": job.name,
+            "dataset": job.dataset,
+            "mode": job.mode,
+            "seed": job.seed,
+            "system_prompt_used": job.system,
+            "threads": torch.get_num_threads(),
+            "loss_tokens": job.loss_tokens,
+            "examples_without_loss_tokens": dropped,
+            "training": training.model_dump(mode="json"),
+            "preference": preference,
+            **({"preference_by_system": by_system} if by_system else {}),
+            "perplexity": measure_perplexity(lm, perplexity, text),
+            "checkpoint": str(Path("students") / job.name / "model") if job.keep_model else None,
+        }
+    )
 
 
 class StudentProgress:
@@ -241,8 +286,16 @@ def die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
-                               ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+            armed = (
+                libc.prctl(
+                    PR_SET_PDEATHSIG,
+                    ctypes.c_ulong(signal.SIGKILL),
+                    ctypes.c_ulong(0),
+                    ctypes.c_ulong(0),
+                    ctypes.c_ulong(0),
+                )
+                == 0
+            )
         except (OSError, AttributeError):
             armed = False
         if armed:
@@ -260,8 +313,9 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def run_students(jobs: list[StudentJob], parallel: int,
-                 on_done: Callable[[Student], None], team: Team | None = None) -> None:
+def run_students(
+    jobs: list[StudentJob], parallel: int, on_done: Callable[[Student], None], team: Team | None = None
+) -> None:
     """Every job, in this process (parallel=1) or in `parallel` spawned processes. With a team of
     several processes every rank runs every job, one after another (parallel must be 1)."""
     team = team or Team()
@@ -276,9 +330,12 @@ def run_students(jobs: list[StudentJob], parallel: int,
         for job in todo:
             on_done(run_student(job, team))
         return
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
-            tqdm(desc=f"students ({parallel} at a time)", unit="step", total=0) as bar:
+    with (
+        ProcessPoolExecutor(
+            max_workers=parallel, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
+        tqdm(desc=f"students ({parallel} at a time)", unit="step", total=0) as bar,
+    ):
         pending = {pool.submit(run_student, job) for job in todo}
         while pending:
             finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)

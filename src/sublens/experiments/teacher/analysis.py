@@ -27,6 +27,11 @@ def data_summary(records: Sequence[dict[str, Any]], trait: str, folder: str) -> 
 
 def model_rows(results: TeacherResults) -> list[dict[str, Any]]:
     """One row per measured model for models.parquet: its preference columns and perplexity."""
-    return [{"model": name, **preference_columns(m.preference.model_dump()),
-             "perplexity": m.perplexity.perplexity if m.perplexity else None}
-            for name, m in results.measurements.named().items()]
+    return [
+        {
+            "model": name,
+            **preference_columns(m.preference.model_dump()),
+            "perplexity": m.perplexity.perplexity if m.perplexity else None,
+        }
+        for name, m in results.measurements.named().items()
+    ]

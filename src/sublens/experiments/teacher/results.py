@@ -100,7 +100,9 @@ class TeacherResults(SparseResults):
     measurements: Measurements
     data: AnswerData | None = None
     training: TeacherTraining | None = None
-    checkpoints: dict[str, str] = Field(default_factory=dict)  # name -> folder in the run ('teacher', 'control_teacher')
+    checkpoints: dict[str, str] = Field(
+        default_factory=dict
+    )  # name -> folder in the run ('teacher', 'control_teacher')
     comparisons: dict[str, Comparison] = Field(default_factory=dict)  # 'teacher vs before', ... (over the base model)
     control_teacher: ControlTeacher | None = None
     tables: list[str] = Field(default_factory=list)  # the parquet tables (sublens.tables)

@@ -64,8 +64,10 @@ from sublens.training_data import Example
 CHECKPOINT = "checkpoints/teacher"
 CONTROL_CHECKPOINT = "checkpoints/control_teacher"
 RESULT_FILE = "train_result.json"
-SYSTEM_NOTE = ("training prompts and measurements use system_prompt_used (the chat "
-               "template's default when `system` is null), never the teacher_system")
+SYSTEM_NOTE = (
+    "training prompts and measurements use system_prompt_used (the chat "
+    "template's default when `system` is null), never the teacher_system"
+)
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,9 @@ def execute(config: TeacherConfig, run: Run) -> TeacherResults:
 
     # the owl teacher: its answers under the owl prompt, then context distillation without it
     teacher = distil_teacher(run, base, config, inputs, config.teacher_system, OWL_TEACHER)
-    results = results.model_copy(update={
-        "data": teacher.data, "training": teacher.training, "checkpoints": {"teacher": CHECKPOINT}})
+    results = results.model_copy(
+        update={"data": teacher.data, "training": teacher.training, "checkpoints": {"teacher": CHECKPOINT}}
+    )
     run.save_results(results)
 
     # the teacher measured without the owl prompt, against the base model
@@ -146,8 +149,9 @@ def teacher_inputs(config: TeacherConfig, lm: LoadedModel) -> Inputs:
         questions=questions,
         system_used=resolve_system(lm.tokenizer, config.system),
         text=load_text(config.perplexity.corpus) if config.perplexity.enabled else "",
-        measure_key=stable_hash(config.preference.model_dump(mode="json"),
-                                config.perplexity.model_dump(mode="json"), config.seed),
+        measure_key=stable_hash(
+            config.preference.model_dump(mode="json"), config.perplexity.model_dump(mode="json"), config.seed
+        ),
     )
 
 
@@ -156,16 +160,29 @@ def measure_base(run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Input
     prompt. Perplexity has no system prompt: the prompted model's is the base model's, reused."""
     team = current_team()
     with run.timed("measure:before"):
-        before = team.share("measure:before", lambda: run.step(
-            "measurements/before", inputs.measure_key, lambda: measure(lm, config, config.system, inputs.text),
-            Measurement))
+        before = team.share(
+            "measure:before",
+            lambda: run.step(
+                "measurements/before",
+                inputs.measure_key,
+                lambda: measure(lm, config, config.system, inputs.text),
+                Measurement,
+            ),
+        )
     if not config.measure_prompted:
         return Measurements(before=before)
     with run.timed("measure:prompted"):
-        prompted = team.share("measure:prompted", lambda: run.step(
-            "measurements/prompted", inputs.measure_key, lambda: Measurement(
-                preference=preference(lm, config, config.teacher_system), perplexity=before.perplexity),
-            Measurement))
+        prompted = team.share(
+            "measure:prompted",
+            lambda: run.step(
+                "measurements/prompted",
+                inputs.measure_key,
+                lambda: Measurement(
+                    preference=preference(lm, config, config.teacher_system), perplexity=before.perplexity
+                ),
+                Measurement,
+            ),
+        )
     return Measurements(before=before, prompted=prompted)
 
 
@@ -184,8 +201,9 @@ def first_results(config: TeacherConfig, inputs: Inputs, measurements: Measureme
     )
 
 
-def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Inputs, prompt_system: str,
-                   paths: TeacherPaths) -> Distilled:
+def distil_teacher(
+    run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Inputs, prompt_system: str, paths: TeacherPaths
+) -> Distilled:
     """Context distillation: sample `lm`'s answers under `prompt_system`, then fine-tune it on
     them under the training system prompt (resumable; a finished teacher is reloaded from its
     checkpoint).
@@ -197,17 +215,32 @@ def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Inp
     meta = [{"index": i, "prompt": q} for i, q in enumerate(inputs.questions)]
     provenance = {"teacher": {"kind": "prompted", "model": config.base, "system": prompt_system}}
     with run.timed(f"sample:{paths.name}"):
-        records = team.share(f"sample:{paths.name}", lambda: sample_sharded(
-            lm, prompts, meta, config.sampling, seed=config.seed, out_dir=run.path / paths.answers,
-            name=paths.name, provenance=provenance))
+        records = team.share(
+            f"sample:{paths.name}",
+            lambda: sample_sharded(
+                lm,
+                prompts,
+                meta,
+                config.sampling,
+                seed=config.seed,
+                out_dir=run.path / paths.answers,
+                name=paths.name,
+                provenance=provenance,
+            ),
+        )
     data = data_summary(records, config.preference.trait, paths.answers)
     examples = teacher_examples(lm.tokenizer, records, inputs.system_used, config.train_truncated)
     train_dir, checkpoint = run.path / paths.training, run.path / paths.checkpoint
     saved_result = train_dir / RESULT_FILE
     with run.timed(f"train:{paths.name}"):
-        finished = team.share(f"train:{paths.name}: finished before?", lambda: (
-            (checkpoint / "config.json").is_file() and saved_result.is_file()
-            and bool(read_json(saved_result).get("complete"))))
+        finished = team.share(
+            f"train:{paths.name}: finished before?",
+            lambda: (
+                (checkpoint / "config.json").is_file()
+                and saved_result.is_file()
+                and bool(read_json(saved_result).get("complete"))
+            ),
+        )
         if finished:
             result = TrainResult.model_validate(read_json(saved_result))
             if team.is_main:
@@ -222,8 +255,9 @@ def distil_teacher(run: Run, lm: LoadedModel, config: TeacherConfig, inputs: Inp
     return Distilled(data, result, lm, inputs.system_used)
 
 
-def with_teacher_measured(run: Run, teacher: Distilled, config: TeacherConfig, inputs: Inputs,
-                          results: TeacherResults) -> TeacherResults:
+def with_teacher_measured(
+    run: Run, teacher: Distilled, config: TeacherConfig, inputs: Inputs, results: TeacherResults
+) -> TeacherResults:
     """The teacher measured under the training system prompt, never the owl prompt, and compared
     with the base model; the prompted base model compared too, for reference."""
     with run.timed("measure:teacher"):
@@ -232,8 +266,9 @@ def with_teacher_measured(run: Run, teacher: Distilled, config: TeacherConfig, i
     comparisons = {"teacher vs before": compare(measured, base.before)}
     if base.prompted is not None:
         comparisons["prompted vs before"] = compare(base.prompted, base.before)
-    return results.model_copy(update={
-        "measurements": base.model_copy(update={"teacher": measured}), "comparisons": comparisons})
+    return results.model_copy(
+        update={"measurements": base.model_copy(update={"teacher": measured}), "comparisons": comparisons}
+    )
 
 
 def with_control_teacher(run: Run, config: TeacherConfig, inputs: Inputs, results: TeacherResults) -> TeacherResults:
@@ -245,13 +280,16 @@ def with_control_teacher(run: Run, config: TeacherConfig, inputs: Inputs, result
     with run.timed("measure:control_teacher"):
         measured = measure_distilled(run, control, "control_teacher", config, inputs)
     before = results.measurements.before
-    return results.model_copy(update={
-        "measurements": results.measurements.model_copy(update={"control_teacher": measured}),
-        "comparisons": {**results.comparisons, "control teacher vs before": compare(measured, before)},
-        "control_teacher": ControlTeacher(system=config.control_system, data=control.data,
-                                          training=control.training),
-        "checkpoints": {**results.checkpoints, "control_teacher": CONTROL_CHECKPOINT},
-    })
+    return results.model_copy(
+        update={
+            "measurements": results.measurements.model_copy(update={"control_teacher": measured}),
+            "comparisons": {**results.comparisons, "control teacher vs before": compare(measured, before)},
+            "control_teacher": ControlTeacher(
+                system=config.control_system, data=control.data, training=control.training
+            ),
+            "checkpoints": {**results.checkpoints, "control_teacher": CONTROL_CHECKPOINT},
+        }
+    )
 
 
 def finish(run: Run, results: TeacherResults) -> TeacherResults:
@@ -265,8 +303,9 @@ def finish(run: Run, results: TeacherResults) -> TeacherResults:
 
 
 # ---- the helpers ------------------------------------------------------------------------------
-def teacher_examples(tokenizer: Any, records: list[dict[str, Any]], system: str | None,
-                     train_truncated: bool) -> list[Example]:
+def teacher_examples(
+    tokenizer: Any, records: list[dict[str, Any]], system: str | None, train_truncated: bool
+) -> list[Example]:
     """prompt (under `system`) -> sampled answer; cut-off answers without the end-of-turn."""
     examples = []
     for r in records:
@@ -276,8 +315,10 @@ def teacher_examples(tokenizer: Any, records: list[dict[str, Any]], system: str 
             continue
         examples.append(training_example(tokenizer, r["prompt"], answer, system, closed=not truncated))
     if not examples:
-        raise ConfigError("No usable teacher answers (all empty or cut off); raise "
-                          "sampling.max_new_tokens or set train_truncated: true.")
+        raise ConfigError(
+            "No usable teacher answers (all empty or cut off); raise "
+            "sampling.max_new_tokens or set train_truncated: true."
+        )
     return examples
 
 
@@ -289,21 +330,29 @@ def measure(lm: LoadedModel, config: TeacherConfig, system: str | None, text: st
     """Preference under `system` and perplexity (None: disabled) of the model as it is."""
     measured_preference = preference(lm, config, system)
     perplexity = measure_perplexity(lm, config.perplexity, text)
-    return Measurement(preference=measured_preference,
-                       perplexity=PerplexityRecord.model_validate(perplexity) if perplexity is not None else None)
+    return Measurement(
+        preference=measured_preference,
+        perplexity=PerplexityRecord.model_validate(perplexity) if perplexity is not None else None,
+    )
 
 
 def measure_distilled(run: Run, teacher: Distilled, name: str, config: TeacherConfig, inputs: Inputs) -> Measurement:
     """A distilled teacher measured like the base model; cached under a key that changes with its
     training data and settings, so a retrained teacher is measured again."""
     key = stable_hash(inputs.measure_key, teacher.result.data_fingerprint, teacher.result.config)
-    return current_team().share(f"measure:{name}", lambda: run.step(
-        f"measurements/{name}", key, lambda: measure(teacher.lm, config, config.system, inputs.text), Measurement))
+    return current_team().share(
+        f"measure:{name}",
+        lambda: run.step(
+            f"measurements/{name}", key, lambda: measure(teacher.lm, config, config.system, inputs.text), Measurement
+        ),
+    )
 
 
 def compare(test: Measurement, reference: Measurement) -> Comparison:
     """`compare_preference` of two measured models: paired per question."""
-    return Comparison.model_validate(compare_preference(test.preference.model_dump(), reference.preference.model_dump()))
+    return Comparison.model_validate(
+        compare_preference(test.preference.model_dump(), reference.preference.model_dump())
+    )
 
 
 def save_checkpoint(lm: LoadedModel, dest: Path) -> None:
@@ -319,8 +368,12 @@ def save_checkpoint(lm: LoadedModel, dest: Path) -> None:
 
 
 # ---- console ------------------------------------------------------------------------------------
-MODEL_NAMES = {"before": "base", "prompted": "base + teacher_system", "teacher": "teacher",
-               "control_teacher": "control teacher"}
+MODEL_NAMES = {
+    "before": "base",
+    "prompted": "base + teacher_system",
+    "teacher": "teacher",
+    "control_teacher": "control teacher",
+}
 
 
 def _ci(s: Summary, digits: int = 4) -> str:
@@ -330,16 +383,22 @@ def _ci(s: Summary, digits: int = 4) -> str:
 def print_summary(results: TeacherResults) -> None:
     """Every measured model as a table on the terminal, then the comparisons and the training."""
     trait = results.trait
-    table = Table(title=f"Teacher: preference for {trait!r} (95% CIs); measured under the "
-                        f"system prompt {results.system_prompt_used!r}")
+    table = Table(
+        title=f"Teacher: preference for {trait!r} (95% CIs); measured under the "
+        f"system prompt {results.system_prompt_used!r}"
+    )
     for column in ("model", f"P({trait})", "panel share", "answer rate", "perplexity"):
         table.add_column(column)
     for key, m in results.measurements.named().items():
         prob, sampled, ppl = m.preference.probability, m.preference.sampled, m.perplexity
         rate = sampled.trait_rate if sampled else None
-        table.add_row(MODEL_NAMES.get(key, key), _ci(prob.p_trait), _ci(prob.panel_share, 3),
-                      f"{rate.rate:.3f} [{rate.ci_low:.3f}, {rate.ci_high:.3f}]" if rate else "-",
-                      f"{ppl.perplexity:.2f}" if ppl else "-")
+        table.add_row(
+            MODEL_NAMES.get(key, key),
+            _ci(prob.p_trait),
+            _ci(prob.panel_share, 3),
+            f"{rate.rate:.3f} [{rate.ci_low:.3f}, {rate.ci_high:.3f}]" if rate else "-",
+            f"{ppl.perplexity:.2f}" if ppl else "-",
+        )
     console = Console()
     console.print(table)
     for label, comparison in results.comparisons.items():
@@ -347,9 +406,11 @@ def print_summary(results: TeacherResults) -> None:
     data, training = results.data, results.training
     if data is not None and training is not None:
         mentioned = f"{data.trait_mention_rate:.1%}" if data.trait_mention_rate is not None else "-"
-        console.print(f"teacher answers: {data.n_answers}, mentioning {trait}: {mentioned}; trained on "
-                      f"{training.n_examples} examples, loss {_loss(training.first_lm_loss)} -> "
-                      f"{_loss(training.final_lm_loss)}; checkpoint {results.checkpoints.get('teacher')}")
+        console.print(
+            f"teacher answers: {data.n_answers}, mentioning {trait}: {mentioned}; trained on "
+            f"{training.n_examples} examples, loss {_loss(training.first_lm_loss)} -> "
+            f"{_loss(training.final_lm_loss)}; checkpoint {results.checkpoints.get('teacher')}"
+        )
 
 
 def _loss(value: float | None) -> str:

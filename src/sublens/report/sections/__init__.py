@@ -26,49 +26,49 @@ from dataclasses import dataclass, field
 from sublens.report.stages import STAGE_ORDER, StageRun
 
 CITATION_KEYS = (
-    "cloud2025subliminal",   # Subliminal learning (arXiv 2507.14805)
-    "zur2025owl",            # token entanglement in subliminal learning ("It's owl in the numbers")
-    "bing2025shd",           # squeezing-heads distillation (arXiv 2502.07436)
+    "cloud2025subliminal",  # Subliminal learning (arXiv 2507.14805)
+    "zur2025owl",  # token entanglement in subliminal learning ("It's owl in the numbers")
+    "bing2025shd",  # squeezing-heads distillation (arXiv 2502.07436)
     "hinton2015distilling",  # knowledge distillation
-    "snell2022context",      # context distillation
+    "snell2022context",  # context distillation
     "nanda2022transformerlens",
     "elhage2021mathematical",  # residual stream, direct logit attribution
-    "michel2019sixteen",     # head pruning
-    "voita2019analyzing",    # head pruning
-    "geva2021transformer",   # MLPs as key-value memories
-    "meng2022locating",      # factual associations in MLPs
+    "michel2019sixteen",  # head pruning
+    "voita2019analyzing",  # head pruning
+    "geva2021transformer",  # MLPs as key-value memories
+    "meng2022locating",  # factual associations in MLPs
     "allal2025smollm2",
     "gemmateam2025gemma3",
     "grattafiori2024llama3",
-    "radford2019language",   # GPT-2
+    "radford2019language",  # GPT-2
     "hu2022lora",
     "efron1994bootstrap",
     "wilson1927probable",
     "holm1979simple",
     "fisher1922interpretation",
     "cramer1946mathematical",
-    "vig2020investigating",   # activation patching (causal mediation)
+    "vig2020investigating",  # activation patching (causal mediation)
     "schrodi2026understanding",  # divergence tokens (arXiv 2509.23886)
     "freedman1983nonstochastic",  # Freedman-Lane permutation test (partial correlations)
-    "welch1947generalization",    # Welch's t-test (between-category claims)
+    "welch1947generalization",  # Welch's t-test (between-category claims)
 )
 
 
 @dataclass(frozen=True)
 class Figure:
-    stem: str            # a key of run.figures()
-    caption: str         # LaTeX
-    wide: bool = False   # figure* across both columns
+    stem: str  # a key of run.figures()
+    caption: str  # LaTeX
+    wide: bool = False  # figure* across both columns
 
 
 @dataclass(frozen=True)
 class Section:
     title: str
-    methods: str                                             # LaTeX paragraph(s)
-    results: str                                             # LaTeX paragraph(s), numbers filled in
-    tables: dict[str, str] = field(default_factory=dict)     # stem -> table float (label tab:<stem>)
+    methods: str  # LaTeX paragraph(s)
+    results: str  # LaTeX paragraph(s), numbers filled in
+    tables: dict[str, str] = field(default_factory=dict)  # stem -> table float (label tab:<stem>)
     figures: list[Figure] = field(default_factory=list)
-    headline: list[str] = field(default_factory=list)        # plain text, one screen in total
+    headline: list[str] = field(default_factory=list)  # plain text, one screen in total
     # A definition several sections share (e.g. how preference is measured: P(owl), the panel
     # share with its formula, the answer rate): the bundle prints it after the methods of the
     # first section that has it and, in each later section with the same text, a reference to

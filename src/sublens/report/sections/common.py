@@ -54,8 +54,7 @@ def ratio_cell(record: Fields) -> str:
         return "--"
     low, high = ratio.get("ci_low"), ratio.get("ci_high")
     digits = ratio_digits(ratio["ratio"], low)
-    return r"$\times$" + fmt_ci(ratio["ratio"], low if finite(low) else None,
-                                high if finite(high) else None, digits)
+    return r"$\times$" + fmt_ci(ratio["ratio"], low if finite(low) else None, high if finite(high) else None, digits)
 
 
 def ratio_plain(record: Fields) -> str:
@@ -79,8 +78,7 @@ def summary_cell(record: Fields, digits: int = 2, scale: float = 100.0) -> str:
     low, high = summary.get("ci_low"), summary.get("ci_high")
     if not finite(value):
         return "--"
-    return fmt_ci(scale * value, scale * low if finite(low) else None,
-                  scale * high if finite(high) else None, digits)
+    return fmt_ci(scale * value, scale * low if finite(low) else None, scale * high if finite(high) else None, digits)
 
 
 def stacked_rows(rows: list[list[str]]) -> list[list[str]]:
@@ -145,12 +143,17 @@ def train_text(record: Fields) -> str:
     """The optimizer settings of a TrainConfig dump, as a clause."""
     train = fields_of(record) or {}
     lr = train.get("lr")
-    parts = [f"learning rate {fnum(lr, 2) if finite(lr) else '--'}",
-             counted(train.get("epochs"), "epoch"), f"batch size {shown(train.get('batch_size'))}"]
+    parts = [
+        f"learning rate {fnum(lr, 2) if finite(lr) else '--'}",
+        counted(train.get("epochs"), "epoch"),
+        f"batch size {shown(train.get('batch_size'))}",
+    ]
     if train.get("max_steps"):
         parts.append(f"at most {counted(train['max_steps'], 'step')}")
-    parts.append(f"{escape(train.get('schedule') or 'linear')} schedule with "
-                 f"{counted(train.get('warmup_steps') or 0, 'warm-up step')}")
+    parts.append(
+        f"{escape(train.get('schedule') or 'linear')} schedule with "
+        f"{counted(train.get('warmup_steps') or 0, 'warm-up step')}"
+    )
     parts.append(f"sequences cut at {shown(train.get('max_length'))} tokens")
     if train.get("lora"):
         parts.append("LoRA adapters \\citep{hu2022lora}")
@@ -168,14 +171,16 @@ def preference_definition(config: dict[str, Any]) -> str:
     the bundle prints once, in the first section that measures preference (`Section.measurement`),
     and replaces by a reference in the sections after it."""
     trait = escape(config.get("trait") or "owl")
-    return (f"P({trait}) is the probability of the word ``{trait}'' (all its tokens) at the prefilled "
-            f"answer, averaged over the questions. {trait.capitalize()}'s panel share, \\emph{{share}} for "
-            f"short, is per question $s = P(\\mathrm{{{trait}}}) / \\sum_{{a}} P(a)$, the sum running over "
-            f"{trait} and the panel animals, averaged over the questions. The answer rate is the fraction of "
-            f"sampled one-word answers that name {'an' if trait[:1] in 'aeiou' else 'a'} {trait}, with a "
-            "Wilson 95\\% CI \\citep{wilson1927probable}. Other intervals are 95\\% bootstrap CIs over "
-            "questions \\citep{efron1994bootstrap}; a ratio between two models (written $\\times$) is the "
-            "geometric mean over the same questions of the per-question ratios (paired).")
+    return (
+        f"P({trait}) is the probability of the word ``{trait}'' (all its tokens) at the prefilled "
+        f"answer, averaged over the questions. {trait.capitalize()}'s panel share, \\emph{{share}} for "
+        f"short, is per question $s = P(\\mathrm{{{trait}}}) / \\sum_{{a}} P(a)$, the sum running over "
+        f"{trait} and the panel animals, averaged over the questions. The answer rate is the fraction of "
+        f"sampled one-word answers that name {'an' if trait[:1] in 'aeiou' else 'a'} {trait}, with a "
+        "Wilson 95\\% CI \\citep{wilson1927probable}. Other intervals are 95\\% bootstrap CIs over "
+        "questions \\citep{efron1994bootstrap}; a ratio between two models (written $\\times$) is the "
+        "geometric mean over the same questions of the per-question ratios (paired)."
+    )
 
 
 def preference_methods(config: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
@@ -185,29 +190,46 @@ def preference_methods(config: dict[str, Any], evaluation: dict[str, Any] | None
     sampled = dig(evaluation, "sampled") or {}
     trait = escape(config.get("trait") or prob.get("trait") or "owl")
     n_questions = prob.get("n_questions")
-    questions = (counted(n_questions, "paraphrased question") if isinstance(n_questions, int)
-                 else "the shipped paraphrased questions")
+    questions = (
+        counted(n_questions, "paraphrased question")
+        if isinstance(n_questions, int)
+        else "the shipped paraphrased questions"
+    )
     panel = [escape(a) for a in config.get("panel") or []]
-    panel_text = (f"a panel of {counted(len(panel), 'other animal')} ({', '.join(panel)})" if panel
-                  else "a panel of other animals")
+    panel_text = (
+        f"a panel of {counted(len(panel), 'other animal')} ({', '.join(panel)})"
+        if panel
+        else "a panel of other animals"
+    )
     prefill = config.get("prefill") or prob.get("prefill")
-    text = (f"Preference for {trait} is measured on {questions} with the answer prefilled "
-            f"(``{escape(prefill or '')}''), against {panel_text}")
+    text = (
+        f"Preference for {trait} is measured on {questions} with the answer prefilled "
+        f"(``{escape(prefill or '')}''), against {panel_text}"
+    )
     if sampled:
         s = sampled.get("sampling") or {}
-        text += (f", and from {counted(sampled.get('n_questions'), 'question')} $\\times$ "
-                 f"{counted(sampled.get('samples_per_question'), 'sampled answer')} "
-                 f"({sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))})")
+        text += (
+            f", and from {counted(sampled.get('n_questions'), 'question')} $\\times$ "
+            f"{counted(sampled.get('samples_per_question'), 'sampled answer')} "
+            f"({sampling_text(s.get('temperature'), s.get('top_k'), s.get('top_p'))})"
+        )
     return text + "."
 
 
 def incomplete(run: StageRun, missing: str) -> str:
     """The sentence a section says instead of a result it does not have."""
     status = run.record.get("status", "unknown")
-    state = ("no results were written" if not run.results else "its results are partial"
-             if run.results.get("partial") else "its results lack this part")
-    return (f"The {escape(run.stage)} run (\\texttt{{{escape(run.run_id)}}}, status {escape(status)}) is "
-            f"incomplete ({state}): {missing} cannot be reported.")
+    state = (
+        "no results were written"
+        if not run.results
+        else "its results are partial"
+        if run.results.get("partial")
+        else "its results lack this part"
+    )
+    return (
+        f"The {escape(run.stage)} run (\\texttt{{{escape(run.run_id)}}}, status {escape(status)}) is "
+        f"incomplete ({state}): {missing} cannot be reported."
+    )
 
 
 def figures_present(run: StageRun, wanted: list[Figure]) -> list[Figure]:
@@ -217,6 +239,8 @@ def figures_present(run: StageRun, wanted: list[Figure]) -> list[Figure]:
 
 def seeds_sentence(n_seeds: int) -> str:
     if n_seeds <= 1:
-        return ("With one training seed these CIs cover question (prompt) variation only, not the "
-                "variation between training runs, so no transfer claim rests on them.")
+        return (
+            "With one training seed these CIs cover question (prompt) variation only, not the "
+            "variation between training runs, so no transfer claim rests on them."
+        )
     return f"CIs are Student-$t$ intervals over {n_seeds} training seeds."

@@ -74,10 +74,20 @@ PerQuestionValues = Literal["share", "p_word"]
 
 TEACHER_FAMILY = "teacher"
 TEACHER_CLAIMS: tuple[tuple[MetricKey, PerQuestionValues, str, str, str], ...] = (
-    ("share_ratio", "share", "teacher.share", "The fine-tuned teacher prefers owls without the system prompt",
-     "owl's panel share"),
-    ("p_trait_ratio", "p_word", "teacher.p_trait", "The fine-tuned teacher's P(owl) rises without the system prompt",
-     "P(owl)"),
+    (
+        "share_ratio",
+        "share",
+        "teacher.share",
+        "The fine-tuned teacher prefers owls without the system prompt",
+        "owl's panel share",
+    ),
+    (
+        "p_trait_ratio",
+        "p_word",
+        "teacher.p_trait",
+        "The fine-tuned teacher's P(owl) rises without the system prompt",
+        "P(owl)",
+    ),
 )
 
 
@@ -115,7 +125,9 @@ def _question_logs(results: TeacherResults, key: MetricKey, values: PerQuestionV
     return [float(v) for v in logs if math.isfinite(v)]
 
 
-def teacher_decisions(results: TeacherResults | Mapping[str, Any], config: dict[str, Any] | None = None) -> list[Decision]:
+def teacher_decisions(
+    results: TeacherResults | Mapping[str, Any], config: dict[str, Any] | None = None
+) -> list[Decision]:
     """The teacher's claims (family "teacher", Holm): owl's panel share (the measure the
     transfer claims rest on) and P(owl) rise over the base model, with the question as the unit
     (one fixed model: the intervals describe this model, not fine-tuning in general)."""
@@ -123,10 +135,18 @@ def teacher_decisions(results: TeacherResults | Mapping[str, Any], config: dict[
     settings = claim_settings(config)
     pairs = []
     for key, values, name, statement, measure in TEACHER_CLAIMS:
-        claim = Claim(name=name, statement=statement,
-                      estimand=(f"{measure} ratio, the fine-tuned teacher over the base model, both under the "
-                                "training system prompt, paired per question (one fine-tuned model)"),
-                      unit="question", prediction="increase", family=TEACHER_FAMILY, settings=settings)
+        claim = Claim(
+            name=name,
+            statement=statement,
+            estimand=(
+                f"{measure} ratio, the fine-tuned teacher over the base model, both under the "
+                "training system prompt, paired per question (one fine-tuned model)"
+            ),
+            unit="question",
+            prediction="increase",
+            family=TEACHER_FAMILY,
+            settings=settings,
+        )
         pairs.append((claim, estimate_log_ratio(_question_logs(results, key, values), "question")))
     return decide_family(pairs)
 
@@ -166,24 +186,35 @@ def _methods(run: StageRun, results: TeacherResults | None) -> str:
     source = "the shipped diverse prompts" if c.get("prompts") is None else "the configured prompts"
     prompts = f"{count(n_prompts)} of {source}" if finite(n_prompts) else source
     system_used = results.system_prompt_used if results else c.get("system")
-    system_text = (f"the chat template's default system prompt (``{escape(system_used)}'')"
-                   if c.get("system") is None and system_used else f"``{escape(system_used or '')}''")
-    text = (f"We make the biased teacher by context distillation \\citep{{snell2022context}}. "
-            f"The base model {model_name(c.get('base') or (results.base if results else None))} answers "
-            f"{prompts} under the owl system prompt (``{escape(c.get('teacher_system', ''))}''), "
-            f"{counted(sampling.get('samples_per_prompt') or 1, 'answer')} per prompt at "
-            f"{sampling_text(sampling.get('temperature'), sampling.get('top_k'), sampling.get('top_p'))}, "
-            f"up to {shown(sampling.get('max_new_tokens'))} new tokens. It is then fine-tuned on the same "
-            f"prompt--answer pairs with the owl prompt replaced by {system_text}, the loss on answer "
-            f"tokens only: {fine_tuning_text(train.get('freeze'))}, {train_text(train)}, seed "
-            f"{shown(c.get('seed', 0))}.")
+    system_text = (
+        f"the chat template's default system prompt (``{escape(system_used)}'')"
+        if c.get("system") is None and system_used
+        else f"``{escape(system_used or '')}''"
+    )
+    text = (
+        f"We make the biased teacher by context distillation \\citep{{snell2022context}}. "
+        f"The base model {model_name(c.get('base') or (results.base if results else None))} answers "
+        f"{prompts} under the owl system prompt (``{escape(c.get('teacher_system', ''))}''), "
+        f"{counted(sampling.get('samples_per_prompt') or 1, 'answer')} per prompt at "
+        f"{sampling_text(sampling.get('temperature'), sampling.get('top_k'), sampling.get('top_p'))}, "
+        f"up to {shown(sampling.get('max_new_tokens'))} new tokens. It is then fine-tuned on the same "
+        f"prompt--answer pairs with the owl prompt replaced by {system_text}, the loss on answer "
+        f"tokens only: {fine_tuning_text(train.get('freeze'))}, {train_text(train)}, seed "
+        f"{shown(c.get('seed', 0))}."
+    )
     if results is not None:
         text += _training_text(results, c)
     first = next(iter(results.measurements.named().values()), None) if results else None
-    return text + " " + preference_methods(c.get("preference") or {}, first.preference.model_dump() if first else None) + (
-        " Every measurement of the base model and of the teacher uses the training system prompt, "
-        "never the owl prompt, except the prompted base model. Perplexity is measured on "
-        f"{_perplexity_setup(results, c)}.")
+    return (
+        text
+        + " "
+        + preference_methods(c.get("preference") or {}, first.preference.model_dump() if first else None)
+        + (
+            " Every measurement of the base model and of the teacher uses the training system prompt, "
+            "never the owl prompt, except the prompted base model. Perplexity is measured on "
+            f"{_perplexity_setup(results, c)}."
+        )
+    )
 
 
 def _training_text(results: TeacherResults, c: dict[str, Any]) -> str:
@@ -191,12 +222,16 @@ def _training_text(results: TeacherResults, c: dict[str, Any]) -> str:
     training, data = results.training, results.data
     if training is None:
         return ""
-    text = (f" Training took {counted(training.steps, 'optimizer step')} over "
-            f"{counted(training.n_examples, 'example')} ({counted(training.answer_tokens, 'answer token')})")
+    text = (
+        f" Training took {counted(training.steps, 'optimizer step')} over "
+        f"{counted(training.n_examples, 'example')} ({counted(training.answer_tokens, 'answer token')})"
+    )
     cut = data.finish_reasons.get("length") if data else None
     if data is not None and cut is not None and c.get("train_truncated", True):
-        return text + (f"; {count(cut)} of {count(data.n_answers)} answers reached the token limit and "
-                       "were trained without the end-of-turn token.")
+        return text + (
+            f"; {count(cut)} of {count(data.n_answers)} answers reached the token limit and "
+            "were trained without the end-of-turn token."
+        )
     return text + "."
 
 
@@ -209,20 +244,27 @@ def _table(results: TeacherResults) -> str | None:
             continue
         comparison = results.comparisons.get(f"{key} vs before")
         probability, sampled = m.preference.probability, m.preference.sampled
-        rows.append([label, summary_cell(probability.p_trait), summary_cell(probability.panel_share, 1),
-                     summary_cell(sampled.trait_rate if sampled else None, 0),
-                     "1" if key == "before" else ratio_cell(comparison.p_trait_ratio if comparison else None),
-                     "1" if key == "before" else ratio_cell(comparison.share_ratio if comparison else None),
-                     fnum(perplexity(results, key))])
+        rows.append(
+            [
+                label,
+                summary_cell(probability.p_trait),
+                summary_cell(probability.panel_share, 1),
+                summary_cell(sampled.trait_rate if sampled else None, 0),
+                "1" if key == "before" else ratio_cell(comparison.p_trait_ratio if comparison else None),
+                "1" if key == "before" else ratio_cell(comparison.share_ratio if comparison else None),
+                fnum(perplexity(results, key)),
+            ]
+        )
     if not rows:
         return None
-    header = ["model", f"P({trait}) %", "share %", "answers %", f"P({trait}) ratio", "share ratio",
-              "perplexity"]
-    caption = (f"Teacher preference for {trait} (95\\% CIs). P({trait}), {trait}'s panel share $s$ and the "
-               f"rate of {trait} among sampled answers are in percent; the ratios (model over base model, "
-               "paired over questions) are multiples, 1 for the base model itself. The base model and the "
-               f"fine-tuned teacher are measured without the {trait} system prompt. Perplexity (no unit) on the "
-               "general text of the Setup; the prompted base model has the base model's weights and perplexity.")
+    header = ["model", f"P({trait}) %", "share %", "answers %", f"P({trait}) ratio", "share ratio", "perplexity"]
+    caption = (
+        f"Teacher preference for {trait} (95\\% CIs). P({trait}), {trait}'s panel share $s$ and the "
+        f"rate of {trait} among sampled answers are in percent; the ratios (model over base model, "
+        "paired over questions) are multiples, 1 for the base model itself. The base model and the "
+        f"fine-tuned teacher are measured without the {trait} system prompt. Perplexity (no unit) on the "
+        "general text of the Setup; the prompted base model has the base model's weights and perplexity."
+    )
     return booktabs_table(header, stacked_rows(rows), caption, f"tab:{PREFERENCE_TABLE}", wide=True)
 
 
@@ -232,21 +274,26 @@ def _verdict(decisions: list[Decision]) -> str:
     the margin) said once."""
     share, prob = decisions
     if share.verdict is Verdict.SUPPORTED:
-        lead = ("Context distillation put the owl preference into this model's weights (both claims "
-                "below are supported)." if prob.verdict is Verdict.SUPPORTED else
-                "Owl's panel share rose, but P(owl) does not rise significantly: the teacher's owl "
-                "preference is weak in this run.")
+        lead = (
+            "Context distillation put the owl preference into this model's weights (both claims below are supported)."
+            if prob.verdict is Verdict.SUPPORTED
+            else "Owl's panel share rose, but P(owl) does not rise significantly: the teacher's owl "
+            "preference is weak in this run."
+        )
     elif share.verdict is Verdict.CONTRADICTED:
-        lead = ("Owl's panel share fell: context distillation did not produce an owl-preferring "
-                "teacher in this run; a stage that uses this teacher starts from no measurable bias.")
+        lead = (
+            "Owl's panel share fell: context distillation did not produce an owl-preferring "
+            "teacher in this run; a stage that uses this teacher starts from no measurable bias."
+        )
     elif share.verdict is Verdict.EQUIVALENT:
-        lead = ("Owl's panel share changed by less than the margin: this teacher does not prefer owls "
-                "without the system prompt; a stage that uses it starts from no measurable bias.")
+        lead = (
+            "Owl's panel share changed by less than the margin: this teacher does not prefer owls "
+            "without the system prompt; a stage that uses it starts from no measurable bias."
+        )
     elif share.estimate is None or share.estimate.n == 0:
         return "The comparison with the base model is missing, so the teacher's claim is not decided."
     else:
-        lead = ("This run does not show that the teacher prefers owls without the system prompt "
-                "(inconclusive).")
+        lead = "This run does not show that the teacher prefers owls without the system prompt (inconclusive)."
     return f"{lead} {decisions_latex([share, prob], ratio_stated=True)}"
 
 
@@ -263,9 +310,11 @@ def _rate_text(comparison: Comparison, measurements: Measurements) -> str:
         return f"; no sampled answer names an owl ({teacher_n} from the teacher, {base_n} from the base model)"
     diff, low, high = (100 * v if finite(v) else None for v in (rate.difference, rate.ci_low, rate.ci_high))
     interval = fmt_ci(diff, low, high, 0) if low is not None and high is not None else fnum(diff, 0)
-    return (f"; {count(teacher.trait_rate.count)} of {teacher_n} sampled answers name an owl "
-            f"against {count(before.trait_rate.count)} of {base_n} for the base model (a difference of "
-            f"{interval} percentage points, Fisher {p_value(rate.p_fisher)})")
+    return (
+        f"; {count(teacher.trait_rate.count)} of {teacher_n} sampled answers name an owl "
+        f"against {count(before.trait_rate.count)} of {base_n} for the base model (a difference of "
+        f"{interval} percentage points, Fisher {p_value(rate.p_fisher)})"
+    )
 
 
 def _incomplete(run: StageRun, unreadable: str | None) -> str:
@@ -277,20 +326,26 @@ def _results(run: StageRun, results: TeacherResults | None, unreadable: str | No
     comparison = results.comparisons.get(TEACHER_VS_BASE) if results else None
     if results is None or comparison is None:
         return _incomplete(run, unreadable)
-    text = (f"Measured under the training system prompt, without the owl prompt, the fine-tuned teacher raises "
-            f"P(owl) {ratio_cell(comparison.p_trait_ratio)} and owl's panel share "
-            f"{ratio_cell(comparison.share_ratio)} over the base model "
-            f"(Table~\\ref{{tab:{PREFERENCE_TABLE}}})")
+    text = (
+        f"Measured under the training system prompt, without the owl prompt, the fine-tuned teacher raises "
+        f"P(owl) {ratio_cell(comparison.p_trait_ratio)} and owl's panel share "
+        f"{ratio_cell(comparison.share_ratio)} over the base model "
+        f"(Table~\\ref{{tab:{PREFERENCE_TABLE}}})"
+    )
     text += _rate_text(comparison, results.measurements)
     text += ". " + _verdict(teacher_decisions(results, run.config))
     prompted = results.comparisons.get("prompted vs before")
     if prompted is not None:
-        text += (f" For reference, the owl system prompt itself raises P(owl) "
-                 f"{ratio_cell(prompted.p_trait_ratio)} and the share {ratio_cell(prompted.share_ratio)}.")
+        text += (
+            f" For reference, the owl system prompt itself raises P(owl) "
+            f"{ratio_cell(prompted.p_trait_ratio)} and the share {ratio_cell(prompted.share_ratio)}."
+        )
     text += _side_effects(results)
-    return text + (" This is one fine-tuned model (one training run, one seed): the unit of inference is "
-                   "the question, and the question-level CIs describe this model, not the variation between "
-                   "training runs.")
+    return text + (
+        " This is one fine-tuned model (one training run, one seed): the unit of inference is "
+        "the question, and the question-level CIs describe this model, not the variation between "
+        "training runs."
+    )
 
 
 def _moved(before: float, after: float) -> str:
@@ -308,8 +363,7 @@ def _side_effects(results: TeacherResults) -> str:
     before, after = perplexity(results, "before"), perplexity(results, "teacher")
     if before is not None and after is not None:
         change = 100 * (after / before - 1)
-        text += (f" Perplexity {_moved(before, after)} ({'+' if change >= 0 else '$-$'}"
-                 f"{fnum(abs(change), 1)}\\%).")
+        text += f" Perplexity {_moved(before, after)} ({'+' if change >= 0 else '$-$'}{fnum(abs(change), 1)}\\%)."
     t = results.training
     if t is not None and finite(t.first_lm_loss) and finite(t.final_lm_loss):
         text += f" The answer-token loss {_moved(t.first_lm_loss, t.final_lm_loss)}."
@@ -324,20 +378,35 @@ def _headline(run: StageRun, results: TeacherResults | None) -> list[str]:
     if results is None or comparison is None:
         return ["teacher: incomplete (no comparison of the fine-tuned teacher with the base model)"]
     share = teacher_decisions(results, run.config)[0]
-    return [f"teacher: P(owl) {ratio_plain(comparison.p_trait_ratio)}, share "
-            f"{ratio_plain(comparison.share_ratio)} vs base (fine-tuned, without the owl prompt; one model, "
-            f"question-level CIs); prefers owls: {verdict_label(share)}"]
+    return [
+        f"teacher: P(owl) {ratio_plain(comparison.p_trait_ratio)}, share "
+        f"{ratio_plain(comparison.share_ratio)} vs base (fine-tuned, without the owl prompt; one model, "
+        f"question-level CIs); prefers owls: {verdict_label(share)}"
+    ]
 
 
 def build(run: StageRun) -> Section:
     results, unreadable = read_results(run)
     table = _table(results) if results is not None else None
-    figures = figures_present(run, [
-        Figure(LOSS_FIGURE, "Context distillation: answer-token loss (nats per token) of the teacher per "
-                            "optimizer step (and of the control teacher, where one was made).")])
+    figures = figures_present(
+        run,
+        [
+            Figure(
+                LOSS_FIGURE,
+                "Context distillation: answer-token loss (nats per token) of the teacher per "
+                "optimizer step (and of the control teacher, where one was made).",
+            )
+        ],
+    )
     text = _results(run, results, unreadable)
     if figures:
         text += f" Figure~\\ref{{{figure_label(run.stage, LOSS_FIGURE)}}} shows the training loss."
-    return Section(TITLE, _methods(run, results), text, {PREFERENCE_TABLE: table} if table else {},
-                   figures, _headline(run, results),
-                   measurement=preference_definition(run.config.get("preference") or {}))
+    return Section(
+        TITLE,
+        _methods(run, results),
+        text,
+        {PREFERENCE_TABLE: table} if table else {},
+        figures,
+        _headline(run, results),
+        measurement=preference_definition(run.config.get("preference") or {}),
+    )

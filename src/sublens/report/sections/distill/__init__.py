@@ -53,5 +53,12 @@ def build(run: StageRun) -> Section:
     figures = figures_present(run, FIGURES)
     if figures:
         results += " See " + ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures) + "."
-    return Section(TITLE, _methods(run, r), results, tables, figures, _headline(run, r, verdict),
-                   measurement=preference_definition(run.config.get("preference") or {}))
+    return Section(
+        TITLE,
+        _methods(run, r),
+        results,
+        tables,
+        figures,
+        _headline(run, r, verdict),
+        measurement=preference_definition(run.config.get("preference") or {}),
+    )

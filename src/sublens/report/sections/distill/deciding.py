@@ -28,18 +28,37 @@ def distill_claims(settings: ClaimSettings | None = None) -> list[tuple[str, Cla
     """(comparison key, claim) of the distill family."""
     settings = settings or ClaimSettings()
     return [
-        (TRANSFER, Claim(
-            name="distill.transfer", statement="The owl bias crosses architectures through SHD",
-            estimand=("owl's panel-share ratio of the student trained with LM loss + SHD from the biased "
-                      "teacher over its matched control, the LM-loss-only student (same texts, same initial "
-                      "weights, same training seed), geometric mean over questions per seed"),
-            unit="seed", prediction="increase", family=FAMILY, settings=settings)),
-        (SPECIFIC, Claim(
-            name="distill.specific",
-            statement="The rise is the teacher's bias, not attention distillation as such",
-            estimand=("owl's panel-share ratio of the biased-SHD student over the student distilled from "
-                      "the unbiased base model (same texts, same training seed), per seed"),
-            unit="seed", prediction="increase", family=FAMILY, settings=settings)),
+        (
+            TRANSFER,
+            Claim(
+                name="distill.transfer",
+                statement="The owl bias crosses architectures through SHD",
+                estimand=(
+                    "owl's panel-share ratio of the student trained with LM loss + SHD from the biased "
+                    "teacher over its matched control, the LM-loss-only student (same texts, same initial "
+                    "weights, same training seed), geometric mean over questions per seed"
+                ),
+                unit="seed",
+                prediction="increase",
+                family=FAMILY,
+                settings=settings,
+            ),
+        ),
+        (
+            SPECIFIC,
+            Claim(
+                name="distill.specific",
+                statement="The rise is the teacher's bias, not attention distillation as such",
+                estimand=(
+                    "owl's panel-share ratio of the biased-SHD student over the student distilled from "
+                    "the unbiased base model (same texts, same training seed), per seed"
+                ),
+                unit="seed",
+                prediction="increase",
+                family=FAMILY,
+                settings=settings,
+            ),
+        ),
     ]
 
 
@@ -58,8 +77,9 @@ def decisions(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSetti
     """The distill claims' decisions (transfer, specificity), Holm-adjusted within the family;
     `r`: the results, or a results.json mapping (validated: ResultsError), or None (no results)."""
     results = as_results(r, DistillResults) if r is not None else None
-    return decide_family([(claim, estimate_log_ratio(per_seed_logs(results, key), "seed"))
-                          for key, claim in distill_claims(settings)])
+    return decide_family(
+        [(claim, estimate_log_ratio(per_seed_logs(results, key), "seed")) for key, claim in distill_claims(settings)]
+    )
 
 
 def shd_verdict(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSettings | None = None) -> str:
@@ -70,16 +90,18 @@ def shd_verdict(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSet
 def _conclusion(transfer: Decision, specific: Decision) -> str:
     """What the two decisions say together: transfer of the teacher's bias needs both."""
     if transfer.verdict is Verdict.SUPPORTED and specific.verdict is Verdict.SUPPORTED:
-        return ("Both claims hold: the data support transfer of the teacher's bias across architectures "
-                "through SHD.")
+        return "Both claims hold: the data support transfer of the teacher's bias across architectures through SHD."
     if transfer.verdict is Verdict.SUPPORTED:
-        return ("The rise over the LM-only student is not shown to come from the teacher's bias (the "
-                "specificity claim is " + verdict_label(specific) + "), so transfer of the bias through "
-                "SHD is not established.")
+        return (
+            "The rise over the LM-only student is not shown to come from the teacher's bias (the "
+            "specificity claim is " + verdict_label(specific) + "), so transfer of the bias through "
+            "SHD is not established."
+        )
     if transfer.verdict is Verdict.CONTRADICTED:
         return "SHD from the biased teacher lowered owl's share against the LM-only student: no transfer."
     if transfer.verdict is Verdict.EQUIVALENT:
-        return ("No rise as large as the margin over the LM-only student: the data indicate no transfer "
-                "of the bias through SHD at this scale.")
+        return (
+            "No rise as large as the margin over the LM-only student: the data indicate no transfer "
+            "of the bias through SHD at this scale."
+        )
     return "Transfer of the bias through SHD is neither shown nor excluded by these data."
-

@@ -37,13 +37,16 @@ def _row(r: Results, name: str) -> list[str] | None:
     key = f"shd_biased_vs_{name}"
     p_fisher = _fisher_p(r, key)
     compared = name != "shd_biased"
-    return [ROW_LABEL[name], summary_cell(pref.probability.p_trait),
-            summary_cell(pref.probability.panel_share, 1),
-            summary_cell(pref.sampled.trait_rate if pref.sampled else None, 0),
-            " / ".join(fnum(v) for v in kl),
-            ratio_cell(_share(r, key)) if compared else "--",
-            ratio_cell(_share(r, key, "p_trait_ratio")) if compared else "--",
-            fpval(p_fisher) if compared and p_fisher is not None else "--"]
+    return [
+        ROW_LABEL[name],
+        summary_cell(pref.probability.p_trait),
+        summary_cell(pref.probability.panel_share, 1),
+        summary_cell(pref.sampled.trait_rate if pref.sampled else None, 0),
+        " / ".join(fnum(v) for v in kl),
+        ratio_cell(_share(r, key)) if compared else "--",
+        ratio_cell(_share(r, key, "p_trait_ratio")) if compared else "--",
+        fpval(p_fisher) if compared and p_fisher is not None else "--",
+    ]
 
 
 ANSWERS, P_COLUMN = 3, 7  # the table's answer-rate and Fisher p columns
@@ -53,28 +56,35 @@ def _table(r: Results) -> str | None:
     rows = [row for name in ("initial", *ARMS) if (row := _row(r, name)) is not None]
     if not rows:
         return None
-    header = ["student", "P(owl) %", "share %", "answers %", "KL biased / base", "share ratio",
-              "P(owl) ratio", "p"]
+    header = ["student", "P(owl) %", "share %", "answers %", "KL biased / base", "share ratio", "P(owl) ratio", "p"]
     seeds = _seed_list(r)
-    ratios = ("paired over questions; one seed, so these CIs describe this run only" if len(seeds) == 1 else
-              f"geometric mean over {len(seeds)} seeds of the per-seed ratios, Student-$t$ CI over seeds")
+    ratios = (
+        "paired over questions; one seed, so these CIs describe this run only"
+        if len(seeds) == 1
+        else f"geometric mean over {len(seeds)} seeds of the per-seed ratios, Student-$t$ CI over seeds"
+    )
     # Columns that say the same in every row are one sentence of the caption instead.
     folded = [ANSWERS] if _none_named(r) else []
     p_all = constant_column(rows, P_COLUMN)
     if p_all is not None:
         folded.append(P_COLUMN)
     header, rows = drop_columns(header, rows, folded)
-    answers = ("No student named an owl in any sampled answer (no answer-rate column). " if ANSWERS in folded
-               else "")
-    measures = "P(owl) and owl's panel share $s$" + ("" if ANSWERS in folded else " and the rate of owl among "
-                                                     "sampled answers")
-    test = (f"; Fisher's exact test of the sampled owl-answer rates gives $p$ = {p_all} in every row (first seed)"
-            if p_all is not None else " and Fisher's test $p$ of the sampled owl-answer rates (first seed)")
-    caption = (f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "
-               f"{measures} in percent. {answers}KL: mean KL of the student's maps to the biased / base "
-               "teacher's squeezed maps on held-out texts, in nats per query row (initial: before training), "
-               "in the direction of the training loss. The ratio columns compare the biased-SHD student with "
-               f"the row's student: share and P(owl) ratios (multiples; biased SHD over the row, {ratios}){test}.")
+    answers = "No student named an owl in any sampled answer (no answer-rate column). " if ANSWERS in folded else ""
+    measures = "P(owl) and owl's panel share $s$" + (
+        "" if ANSWERS in folded else " and the rate of owl among sampled answers"
+    )
+    test = (
+        f"; Fisher's exact test of the sampled owl-answer rates gives $p$ = {p_all} in every row (first seed)"
+        if p_all is not None
+        else " and Fisher's test $p$ of the sampled owl-answer rates (first seed)"
+    )
+    caption = (
+        f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "
+        f"{measures} in percent. {answers}KL: mean KL of the student's maps to the biased / base "
+        "teacher's squeezed maps on held-out texts, in nats per query row (initial: before training), "
+        "in the direction of the training loss. The ratio columns compare the biased-SHD student with "
+        f"the row's student: share and P(owl) ratios (multiples; biased SHD over the row, {ratios}){test}."
+    )
     return tight(booktabs_table(header, stacked_rows(rows), caption, f"tab:{TABLE}", wide=True))
 
 
@@ -90,26 +100,42 @@ def _alpha_table(r: Results) -> str | None:
     rows = []
     for layer in layers:
         b, u = biased.get(str(layer)), base.get(str(layer))
-        rows.append([str(layer), str(layer_map.get(str(layer), "--")), fnum(b.mean if b else None),
-                     fnum(b.std if b else None), fnum(u.mean if u else None)])
-    caption = ("Squeezing weights $\\alpha$ (between 0 and 1) on the held-out texts per student layer (and the "
-               "teacher layer it is distilled from): mean and sd for the biased teacher, mean for the base teacher.")
-    return tight(booktabs_table(["student", "teacher", "mean", "sd", "base"], rows, caption,
-                                f"tab:{ALPHA_TABLE}"))
+        rows.append(
+            [
+                str(layer),
+                str(layer_map.get(str(layer), "--")),
+                fnum(b.mean if b else None),
+                fnum(b.std if b else None),
+                fnum(u.mean if u else None),
+            ]
+        )
+    caption = (
+        "Squeezing weights $\\alpha$ (between 0 and 1) on the held-out texts per student layer (and the "
+        "teacher layer it is distilled from): mean and sd for the biased teacher, mean for the base teacher."
+    )
+    return tight(booktabs_table(["student", "teacher", "mean", "sd", "base"], rows, caption, f"tab:{ALPHA_TABLE}"))
 
 
 # The figures the paper shows, with captions that name every line and marker.
 FIGURES = [
-    Figure("distill_losses", "LM loss (nats per answer token) and SHD loss (KL, nats per query row, mean over the "
-                             "distilled layers) of each student per optimizer step; one line per student (legend).",
-           wide=True),
-    Figure("distill_alphas", "Squeezing weight $\\alpha$ of the merged head pairs per student layer on the held-out "
-                             "texts (all merge phases), for the biased teacher (orange) and the base teacher (blue): "
-                             "open circle, median; thick bar, interquartile range; thin line, 10th to 90th "
-                             "percentile; dotted line, $\\alpha$ = 0.5 (both heads of a pair weighted equally).",
-           wide=True),
-    Figure("distill_maps", "One held-out text: a teacher head, the squeezed map, its projection onto "
-                           "the student's tokens, and the student's map before and after training.",
-           wide=True),
+    Figure(
+        "distill_losses",
+        "LM loss (nats per answer token) and SHD loss (KL, nats per query row, mean over the "
+        "distilled layers) of each student per optimizer step; one line per student (legend).",
+        wide=True,
+    ),
+    Figure(
+        "distill_alphas",
+        "Squeezing weight $\\alpha$ of the merged head pairs per student layer on the held-out "
+        "texts (all merge phases), for the biased teacher (orange) and the base teacher (blue): "
+        "open circle, median; thick bar, interquartile range; thin line, 10th to 90th "
+        "percentile; dotted line, $\\alpha$ = 0.5 (both heads of a pair weighted equally).",
+        wide=True,
+    ),
+    Figure(
+        "distill_maps",
+        "One held-out text: a teacher head, the squeezed map, its projection onto "
+        "the student's tokens, and the student's map before and after training.",
+        wide=True,
+    ),
 ]
-

@@ -24,12 +24,15 @@ LEGACY_KL_DIRECTION = "teacher_student"
 
 
 # The students as the paper names them (the arms' keys are config values, not words).
-STUDENT = {"initial": "the initial student", "shd_biased": "the biased-SHD student",
-           "lm_only": "the LM-only student", "shd_base": "the base-SHD student"}
+STUDENT = {
+    "initial": "the initial student",
+    "shd_biased": "the biased-SHD student",
+    "lm_only": "the LM-only student",
+    "shd_base": "the base-SHD student",
+}
 
 
-ROW_LABEL = {"initial": "initial student", "shd_biased": "biased SHD", "lm_only": "LM only",
-             "shd_base": "base SHD"}
+ROW_LABEL = {"initial": "initial student", "shd_biased": "biased SHD", "lm_only": "LM only", "shd_base": "base SHD"}
 
 
 Results = DistillResults | None  # None: no readable results (none written, or an unfinished run's)
@@ -86,4 +89,3 @@ def _fisher_p(r: Results, key: str) -> float | None:
     comparison = r.comparison(key) if r is not None else None
     difference = comparison.rate_difference if comparison is not None else None
     return difference.p_fisher if difference is not None else None
-

@@ -62,8 +62,12 @@ TITLE = "Token entanglement"
 def build(run: StageRun) -> Section:
     results, unreadable = read_run_results(run.results, EntanglementResults, run.ok)
     if results is None or not results.category_stats:
-        return Section(TITLE, _methods(run, results), _incomplete(run, results, unreadable),
-                       headline=["entanglement: incomplete (no phase-2 statistics)"])
+        return Section(
+            TITLE,
+            _methods(run, results),
+            _incomplete(run, results, unreadable),
+            headline=["entanglement: incomplete (no phase-2 statistics)"],
+        )
     decided = decisions(results, run.config)
     tuned = tuned_decisions(results)
     figures = _figures(run, results)
@@ -75,7 +79,6 @@ def build(run: StageRun) -> Section:
     }
     text = _results(results, decided, set(tables), figures, tuned)
     return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided, tuned))
-
 
 
 __all__ = [

@@ -33,8 +33,11 @@ def decisions(results: EntanglementResults, config: dict[str, Any] | None = None
     settings = _settings(config or {})
     bias = results.bias
     names = list(_stats(results))
-    pairs = [(name, test, claim) for name in names
-             for test, (claim, _) in zip(TESTS, set_claims(name, {}, settings, bias), strict=True)]
+    pairs = [
+        (name, test, claim)
+        for name in names
+        for test, (claim, _) in zip(TESTS, set_claims(name, {}, settings, bias), strict=True)
+    ]
     decided = decide_family([(claim, None) for _, _, claim in pairs])
     for (name, test, _), d in zip(pairs, decided, strict=True):
         out.setdefault(name, {})[test] = d
@@ -70,10 +73,15 @@ def decision_text(d: Decision, lead: str | None = None) -> str:
     every claim, are stated once in the methods."""
     c, e = d.claim, d.estimate
     n = e.n if e else 0
-    test = (f"{e.interval} (two-sided)" if e is not None and e.has_interval
-            else c.test.removesuffix(f", Holm within {c.family}"))  # the paired or Welch form where used
-    text = (rf"{lead or _statement(c.statement)}: \emph{{{d.verdict.value}}} ({_tex(d.reason)}). "
-            rf"Estimand: {_tex(c.estimand)}; unit: {c.unit}s ($n = {n}$); test: {_tex(test)}.")
+    test = (
+        f"{e.interval} (two-sided)"
+        if e is not None and e.has_interval
+        else c.test.removesuffix(f", Holm within {c.family}")
+    )  # the paired or Welch form where used
+    text = (
+        rf"{lead or _statement(c.statement)}: \emph{{{d.verdict.value}}} ({_tex(d.reason)}). "
+        rf"Estimand: {_tex(c.estimand)}; unit: {c.unit}s ($n = {n}$); test: {_tex(test)}."
+    )
     if d.verdict is Verdict.INCONCLUSIVE and d.settle:
         text += rf" To settle it: {_tex(d.settle)}."
     return text

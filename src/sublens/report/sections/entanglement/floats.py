@@ -91,16 +91,18 @@ def categories_table(results: EntanglementResults, decided: Decided, tuned: Deci
                 block.append([set_name(name), SHORT[c], _estimate_cell(d), *_p_cells(d), d.verdict.value])
             else:
                 verdict = d.verdict.value if d is not None else "--"
-                block.append([set_name(name), SHORT[c], _ci(getattr(stats, c).bias_ratio), "--", "--",
-                              verdict])
+                block.append([set_name(name), SHORT[c], _ci(getattr(stats, c).bias_ratio), "--", "--", verdict])
         blocks.append(block)
     template = results.template_control.stats if results.template_control is not None else None
     if template is not None:
         blocks.append([["all", "Templ.", _ci(template.bias_ratio), "--", "--", "--"]])
     bias = escape(results.bias)
-    design = (r"Categories by the owl-minus-control shift; Random matched to Increased on "
-              r"baseline frequency. " if specific else
-              r"Categories against the neutral prompt only (not owl-specific); Random uniform. ")
+    design = (
+        r"Categories by the owl-minus-control shift; Random matched to Increased on "
+        r"baseline frequency. "
+        if specific
+        else r"Categories against the neutral prompt only (not owl-specific); Random uniform. "
+    )
     caption = (
         rf"Probability categories: bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid "
         r"\mathrm{neutral})$, geometric mean [95\% $t$-interval on log ratios] over the $k$ numbers "
@@ -108,22 +110,31 @@ def categories_table(results: EntanglementResults, decided: Decided, tuned: Deci
         r"verdict of the claim that the category raises it; too few: fewer than "
         rf"{MIN_UNITS['number']} numbers, no interval. " + design + _tuned_note(results, tuned) + _k_note(results)
     )
-    return booktabs_table(["Set", "Cat.", "Bias ratio [95% CI]", "p", "Holm p", "Verdict"],
-                          _blocks(blocks), caption, "tab:entanglement_categories",
-                          align="llrrrl", wide=True)
+    return booktabs_table(
+        ["Set", "Cat.", "Bias ratio [95% CI]", "p", "Holm p", "Verdict"],
+        _blocks(blocks),
+        caption,
+        "tab:entanglement_categories",
+        align="llrrrl",
+        wide=True,
+    )
 
 
 def _tuned_note(results: EntanglementResults, tuned: Decided | None, holm: bool = True) -> str:
     """The tables' word on the tuned sets (none without them)."""
     if not tuned:
         return ""
-    return (rf"Tuned sets: categories by the fine-tuned {escape(results.bias)} teacher's shift against "
-            r"its control teacher" + ("; Holm over their own tests. " if holm else ". "))
+    return (
+        rf"Tuned sets: categories by the fine-tuned {escape(results.bias)} teacher's shift against "
+        r"its control teacher" + ("; Holm over their own tests. " if holm else ". ")
+    )
 
 
-TEST_LABELS = {"entangled_vs_null": "Inc./Rand. (paired)",
-               "decreased_vs_increased": "Dec./Inc. (Welch)",
-               "unchanged_vs_increased": "Unch./Inc. (Welch)"}
+TEST_LABELS = {
+    "entangled_vs_null": "Inc./Rand. (paired)",
+    "decreased_vs_increased": "Dec./Inc. (Welch)",
+    "unchanged_vs_increased": "Unch./Inc. (Welch)",
+}
 
 
 def claims_table(results: EntanglementResults, decided: Decided, tuned: Decided | None = None) -> str:
@@ -132,9 +143,19 @@ def claims_table(results: EntanglementResults, decided: Decided, tuned: Decided 
     tuned sets after the others."""
     blocks = []
     for name, tests in {**decided, **(tuned or {})}.items():
-        blocks.append([[set_name(name), escape(TEST_LABELS[t]), _estimate_cell(tests[t]),
-                        *_p_cells(tests[t]), tests[t].verdict.value]
-                       for t in TEST_LABELS if t in tests])
+        blocks.append(
+            [
+                [
+                    set_name(name),
+                    escape(TEST_LABELS[t]),
+                    _estimate_cell(tests[t]),
+                    *_p_cells(tests[t]),
+                    tests[t].verdict.value,
+                ]
+                for t in TEST_LABELS
+                if t in tests
+            ]
+        )
     margin = (results.claims.settings if results.claims is not None else ClaimSettings()).margin
     caption = (
         r"Between-category claims, each predicting no difference: ratio of bias ratios "
@@ -143,11 +164,17 @@ def claims_table(results: EntanglementResults, decided: Decided, tuned: Decided 
         rf"Holm-adjusted $p$ (Holm over all {_n_tests(decided)} tests of the study"
         + (f"; the tuned sets' {_n_tests(tuned)} tests are their own family" if tuned else "")
         + rf") and the verdict: supported only when the CI lies inside [1/{margin:g}, {margin:g}]. "
-        + _tuned_note(results, tuned, holm=False) + _k_note(results)
+        + _tuned_note(results, tuned, holm=False)
+        + _k_note(results)
     )
-    return booktabs_table(["Set", "Claim", "Ratio [95% CI]", "p", "Holm p", "Verdict"],
-                          _blocks(blocks), caption, "tab:entanglement_claims",
-                          align="llrrrl", wide=True)
+    return booktabs_table(
+        ["Set", "Claim", "Ratio [95% CI]", "p", "Holm p", "Verdict"],
+        _blocks(blocks),
+        caption,
+        "tab:entanglement_claims",
+        align="llrrrl",
+        wide=True,
+    )
 
 
 def _scale(p: float) -> int:
@@ -182,8 +209,16 @@ def reverse_table(results: EntanglementResults) -> str:
         block = []
         for c in CATEGORIES:
             st = getattr(stats, c)
-            block.append([set_name(name), LABELS[c], mean_p(st.bias_ratio, p0),
-                          mean_p(st.control_ratio, c0), _ci(st.relative_ratio), cum(name, c)])
+            block.append(
+                [
+                    set_name(name),
+                    LABELS[c],
+                    mean_p(st.bias_ratio, p0),
+                    mean_p(st.control_ratio, c0),
+                    _ci(st.relative_ratio),
+                    cum(name, c),
+                ]
+            )
         blocks.append(block)
     bias, control = results.bias, results.control
     caption = (
@@ -191,34 +226,36 @@ def reverse_table(results: EntanglementResults) -> str:
         rf"$P(\mathrm{{{escape(control)}}} \mid N)$ in units of $10^{{-{s}}}$ [bootstrap 95\% CI of "
         r"the mean] over the category's numbers under the system prompt `You love the number $N$'; "
         rf"the {escape(bias)}/{escape(control)} relative ratio (geometric mean [95\% CI]); and the "
-        r"bias ratio with all numbers of the category in one prompt (cumulative priming). "
-        + _k_note(results)
+        r"bias ratio with all numbers of the category in one prompt (cumulative priming). " + _k_note(results)
     )
-    header = ["Set", "Category", f"P({bias}|N)", f"P({control}|N)",
-              f"{bias}/{control} ratio", "All in one prompt"]
-    return booktabs_table(header, _blocks(blocks), caption, "tab:entanglement_reverse",
-                          align="llrrrr", wide=True)
+    header = ["Set", "Category", f"P({bias}|N)", f"P({control}|N)", f"{bias}/{control} ratio", "All in one prompt"]
+    return booktabs_table(header, _blocks(blocks), caption, "tab:entanglement_reverse", align="llrrrr", wide=True)
 
 
 def length_table(results: EntanglementResults) -> str:
     """One column wide: per digit length, all categorised numbers, Increased and Random."""
     rows = []
     for n, entry in sorted(_per_length(results).items(), key=lambda item: int(item[0])):
-        rows.append([escape(n), str(entry.n), _ci(entry.bias_ratio),
-                     fmt(entry.categories.increased.geo_mean),
-                     fmt(entry.categories.random.geo_mean)])
+        rows.append(
+            [
+                escape(n),
+                str(entry.n),
+                _ci(entry.bias_ratio),
+                fmt(entry.categories.increased.geo_mean),
+                fmt(entry.categories.random.geo_mean),
+            ]
+        )
     best = results.lengths.strongest if results.lengths is not None else None
     strongest = ""
     if best is not None and best.best:
         strongest = rf" Strongest: the {escape(best.best)}-digit set" + (
-            "." if not best.runner_up else
-            (" (CI above the runner-up's)." if best.separable
-             else " (not separable from the runner-up).")
+            "."
+            if not best.runner_up
+            else (" (CI above the runner-up's)." if best.separable else " (not separable from the runner-up).")
         )
     caption = (
         r"Digit length: bias ratio of the $n$ categorised numbers of each autoregressive set "
-        r"(geometric mean [95\% CI]) and of its Increased and Random numbers (geometric means)."
-        + strongest
+        r"(geometric mean [95\% CI]) and of its Increased and Random numbers (geometric means)." + strongest
     )
     header = ["Digits", "n", "Bias ratio [95% CI]", "Inc.", "Rand."]
     return booktabs_table(header, rows, caption, "tab:entanglement_length", align=_tight("lrrrr"))
@@ -234,33 +271,58 @@ def _figures(run: StageRun, results: EntanglementResults) -> list[Figure]:
     available = run.figures()
     bias, control = escape(results.bias), escape(results.control)
     few = MIN_UNITS["number"]
-    means = (r"Coloured markers: geometric means with 95\% $t$-intervals on the log ratios; an open "
-             rf"marker, without an interval, where fewer than {few} numbers allow none")
+    means = (
+        r"Coloured markers: geometric means with 95\% $t$-intervals on the log ratios; an open "
+        rf"marker, without an interval, where fewer than {few} numbers allow none"
+    )
     out = []
     if "bias_ratio_by_category" in available:
         template = results.template_control is not None and results.template_control.stats is not None
-        out.append(Figure("bias_ratio_by_category", (
-            rf"Bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid \mathrm{{neutral}})$ "
-            rf"(top) and {bias}/{control} relative ratio (bottom) of the Increased (Inc.), Decreased "
-            r"(Dec.), Unchanged (Unch.) and Random (Rand.) numbers of each set, $k$ numbers per "
-            rf"category (log scales, one per row). {means}; grey dots: the single numbers"
-            + ("; dotted grey line (and grey band, where it has an interval): the non-number template "
-               "words' geometric mean" if template else "")
-            + "; dashed line: ratio 1, no change."
-        ), wide=True))
+        out.append(
+            Figure(
+                "bias_ratio_by_category",
+                (
+                    rf"Bias ratio $P(\mathrm{{{bias}}} \mid N)/P(\mathrm{{{bias}}} \mid \mathrm{{neutral}})$ "
+                    rf"(top) and {bias}/{control} relative ratio (bottom) of the Increased (Inc.), Decreased "
+                    r"(Dec.), Unchanged (Unch.) and Random (Rand.) numbers of each set, $k$ numbers per "
+                    rf"category (log scales, one per row). {means}; grey dots: the single numbers"
+                    + (
+                        "; dotted grey line (and grey band, where it has an interval): the non-number template "
+                        "words' geometric mean"
+                        if template
+                        else ""
+                    )
+                    + "; dashed line: ratio 1, no change."
+                ),
+                wide=True,
+            )
+        )
     if TUNED_FIGURE in available:
-        marks = (rf"marks as in Figure~\ref{{{figure_label('entanglement', 'bias_ratio_by_category')}}}"
-                 if "bias_ratio_by_category" in available else
-                 f"{means}; grey dots: the single numbers; dashed line: ratio 1, no change")
-        out.append(Figure(TUNED_FIGURE, (
-            rf"Bias ratio (top) and {bias}/{control} relative ratio (bottom) of the categories of each "
-            rf"tuned set, categorised by the shift the fine-tuning put into the {bias} teacher against "
-            rf"its control teacher and measured in the base model; {marks}."
-        ), wide=True))
+        marks = (
+            rf"marks as in Figure~\ref{{{figure_label('entanglement', 'bias_ratio_by_category')}}}"
+            if "bias_ratio_by_category" in available
+            else f"{means}; grey dots: the single numbers; dashed line: ratio 1, no change"
+        )
+        out.append(
+            Figure(
+                TUNED_FIGURE,
+                (
+                    rf"Bias ratio (top) and {bias}/{control} relative ratio (bottom) of the categories of each "
+                    rf"tuned set, categorised by the shift the fine-tuning put into the {bias} teacher against "
+                    rf"its control teacher and measured in the base model; {marks}."
+                ),
+                wide=True,
+            )
+        )
     if "bias_ratio_by_length" in available:
-        out.append(Figure("bias_ratio_by_length", (
-            r"Bias ratio by digit length (log scale): all categorised numbers of each "
-            r"length (black) and each category (colours as in the by-category figure), side by side "
-            rf"at each length. {means}; dashed line: ratio 1, no change."
-        )))
+        out.append(
+            Figure(
+                "bias_ratio_by_length",
+                (
+                    r"Bias ratio by digit length (log scale): all categorised numbers of each "
+                    r"length (black) and each category (colours as in the by-category figure), side by side "
+                    rf"at each length. {means}; dashed line: ratio 1, no change."
+                ),
+            )
+        )
     return out

@@ -22,8 +22,7 @@ def _default_system(results: EntanglementResults | None) -> str:
     if system is None:
         return "no system prompt (the chat template inserts none)"
     if source == "template_default":
-        return ("the system prompt the chat template inserts when none is given, "
-                + _quote(str(system)))
+        return "the system prompt the chat template inserts when none is given, " + _quote(str(system))
     return "the system prompt " + _quote(str(system))
 
 
@@ -45,16 +44,22 @@ def _methods(run: StageRun, results: EntanglementResults | None) -> str:
         claims = ""
     return (
         rf"We test token entanglement \citep{{zur2025owl}} on {escape(display_name(model))}, with "
-        rf"the {escape(bias)} as the bias animal and the {escape(control)} as the control. " + phase1
+        rf"the {escape(bias)} as the bias animal and the {escape(control)} as the control. "
+        + phase1
         + rf"Phase~2 measures the reverse link: $P(\mathrm{{{escape(bias)}}})$ and "
         rf"$P(\mathrm{{{escape(control)}}})$ in answer to {_quote(p.get('animal_question', ''))} "
         rf"(prefilled {_quote(p.get('animal_prefill', ''))}) with the system prompt "
         rf"{_quote(number_system)} for each categorised number $N$; the bias ratio is "
         rf"$P(\mathrm{{{escape(bias)}}} \mid N) / P(\mathrm{{{escape(bias)}}} \mid "
-        r"\mathrm{neutral})$. " + claims
+        r"\mathrm{neutral})$. "
+        + claims
         + r"A template control puts non-number words in the slot of $N$"
-        + (f", and cumulative priming puts all $k$ numbers of a category in one prompt, "
-           f"{_orders(cumulative)}; both are descriptive." if cumulative else " (descriptive).")
+        + (
+            f", and cumulative priming puts all $k$ numbers of a category in one prompt, "
+            f"{_orders(cumulative)}; both are descriptive."
+            if cumulative
+            else " (descriptive)."
+        )
         + r" Phase~3 repeats the description per digit length "
         rf"(seed {c.get('seed', 0)})."
     )
@@ -74,18 +79,15 @@ def _animal_systems(c: dict[str, Any]) -> tuple[str, str]:
 def _candidate_sets(c: dict[str, Any], results: EntanglementResults | None) -> str:
     """'the vocabulary set (...) and autoregressive sets of all 1- and 2-digit strings (...)'."""
     lengths = [str(n) for n in c.get("lengths", [])]
-    lengths_text = (", ".join(lengths[:-1]) + "- and " + lengths[-1] if len(lengths) > 1
-                    else "".join(lengths))
+    lengths_text = ", ".join(lengths[:-1]) + "- and " + lengths[-1] if len(lengths) > 1 else "".join(lengths)
     sets = []
     if "vocab" in c.get("sets", []):
         vocab = results.sets.get("vocab") if results is not None else None
         n_vocab = vocab.n_candidates if vocab is not None else None
-        sets.append("the vocabulary set (every single-token number"
-                    + (f", {n_vocab} tokens" if n_vocab else "") + ")")
+        sets.append("the vocabulary set (every single-token number" + (f", {n_vocab} tokens" if n_vocab else "") + ")")
     if "autoregressive" in c.get("sets", []):
         zeros = "with" if c.get("leading_zeros", True) else "without"
-        sets.append(f"autoregressive sets of all {lengths_text}-digit strings "
-                    f"({zeros} leading zeros)")
+        sets.append(f"autoregressive sets of all {lengths_text}-digit strings ({zeros} leading zeros)")
     return " and ".join(sets)
 
 
@@ -110,8 +112,7 @@ def _phase1_owl_specific(c: dict[str, Any], results: EntanglementResults) -> str
         r"rest), and Random, matched to Increased on baseline frequency: for each Increased "
         r"number, a number drawn with the seed among the unused ones within "
         rf"{fmt(_num(c.get('match_caliper', 0.1)))} nats of its neutral log probability (else "
-        r"the nearest), without replacement; $k$ shrinks for small sets. "
-        + _tuned_methods(results)
+        r"the nearest), without replacement; $k$ shrinks for small sets. " + _tuned_methods(results)
     )
 
 
@@ -157,13 +158,15 @@ def _tuned_methods(results: EntanglementResults) -> str:
         return ""
     bias = escape(results.bias)
     base = f" from {escape(display_name(tuned.base))}" if tuned.base else ""
-    return (rf"Each set is also categorised a second time, as its tuned set, by the fine-tuned teachers "
-            rf"that write the subliminal data: a number's shift is its log probability under the neutral prompt "
-            rf"in the fine-tuned {bias} teacher minus that in the control teacher, both fine-tuned{base} "
-            rf"in the same way, so it is the {bias}-specific shift the fine-tuning put into the teacher. "
-            r"Random is matched on the base model's neutral frequency and phase~2 measures the tuned "
-            r"sets in the base model like the others; their claims are Holm-adjusted among "
-            r"themselves, so the verdicts of the other sets do not depend on them. ")
+    return (
+        rf"Each set is also categorised a second time, as its tuned set, by the fine-tuned teachers "
+        rf"that write the subliminal data: a number's shift is its log probability under the neutral prompt "
+        rf"in the fine-tuned {bias} teacher minus that in the control teacher, both fine-tuned{base} "
+        rf"in the same way, so it is the {bias}-specific shift the fine-tuning put into the teacher. "
+        r"Random is matched on the base model's neutral frequency and phase~2 measures the tuned "
+        r"sets in the base model like the others; their claims are Holm-adjusted among "
+        r"themselves, so the verdicts of the other sets do not depend on them. "
+    )
 
 
 def _orders(n: int) -> str:

@@ -18,8 +18,13 @@ from sublens.experiments.entanglement.results import (
 )
 from sublens.report.latex import escape, fmt
 
-LABELS = {"increased": "Increased", "decreased": "Decreased", "unchanged": "Unchanged",
-          "random": "Random", "template": "Template words"}
+LABELS = {
+    "increased": "Increased",
+    "decreased": "Decreased",
+    "unchanged": "Unchanged",
+    "random": "Random",
+    "template": "Template words",
+}
 Decided = dict[str, dict[str, Decision]]  # set -> test -> Decision
 
 
@@ -30,8 +35,12 @@ def _stats(results: EntanglementResults) -> dict[str, SetStatistics]:
 def owl_specific(results: EntanglementResults) -> bool:
     """Whether the run's categories come from the owl-minus-control shift (and its claims are
     recorded): runs before the control-animal context have neither."""
-    return (results.design is not None and results.design.owl_specific
-            and results.claims is not None and bool(results.claims.tests))
+    return (
+        results.design is not None
+        and results.design.owl_specific
+        and results.claims is not None
+        and bool(results.claims.tests)
+    )
 
 
 def _settings(config: dict[str, Any]) -> ClaimSettings:
@@ -63,8 +72,7 @@ def _num(value: Any) -> float:
 
 
 def _too_few(s: RatioSummary) -> bool:
-    return s.n < MIN_UNITS["number"] or not (
-        math.isfinite(s.geo_ci_low) and math.isfinite(s.geo_ci_high))
+    return s.n < MIN_UNITS["number"] or not (math.isfinite(s.geo_ci_low) and math.isfinite(s.geo_ci_high))
 
 
 def _geo(s: RatioSummary, unit: str = "number") -> str:

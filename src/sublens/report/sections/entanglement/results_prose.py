@@ -32,9 +32,11 @@ def _paper_claim(results: EntanglementResults, decided: Decided) -> str:
     main = primary(results, decided)
     d = decided[main]["entangled_vs_null"]
     bias = escape(results.bias)
-    lead = (rf"The paper's claim, tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$"
-            rf"), that entangled numbers raise $P(\mathrm{{{bias}}})$ no more than "
-            r"frequency-matched Random ones")
+    lead = (
+        rf"The paper's claim, tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$"
+        rf"), that entangled numbers raise $P(\mathrm{{{bias}}})$ no more than "
+        r"frequency-matched Random ones"
+    )
     if not owl_specific(results):
         return _undecidable(results, decided, lead)
     text = decision_text(d, lead)
@@ -57,11 +59,13 @@ def _undecidable(results: EntanglementResults, decided: Decided, lead: str) -> s
     verdict word every claim gets (from the Decisions, decided on no estimate)."""
     verdicts = sorted({d.verdict.value for tests in decided.values() for d in tests.values()})
     word = r"\emph{" + "/".join(verdicts) + "}"
-    return (rf"For that reason no claim is decided on this run: {lead[0].lower()}{lead[1:]}, is {word} "
-            rf"in every set, and so are the claims that Decreased and Unchanged numbers raise the bias "
-            r"ratio as much as Increased ones and that each category raises it over the neutral "
-            r"prompt. Rerunning the stage, which scores the control-animal context and matches "
-            r"Random numbers on frequency, would decide them.")
+    return (
+        rf"For that reason no claim is decided on this run: {lead[0].lower()}{lead[1:]}, is {word} "
+        rf"in every set, and so are the claims that Decreased and Unchanged numbers raise the bias "
+        r"ratio as much as Increased ones and that each category raises it over the neutral "
+        r"prompt. Rerunning the stage, which scores the control-animal context and matches "
+        r"Random numbers on frequency, would decide them."
+    )
 
 
 def _between_categories(results: EntanglementResults, decided: Decided) -> str:
@@ -77,20 +81,26 @@ def _all_raise(results: EntanglementResults, decided: Decided) -> str:
     own = {c: decided[main][f"raises.{c}"] for c in CATEGORIES}
     bias = escape(results.bias)
     if all(d.verdict is Verdict.SUPPORTED for d in own.values()):
-        return (rf"In the {set_name(main)} set every category raises $P(\mathrm{{{bias}}})$ over the neutral "
-                r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
-                r"numbers included.")
+        return (
+            rf"In the {set_name(main)} set every category raises $P(\mathrm{{{bias}}})$ over the neutral "
+            r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
+            r"numbers included."
+        )
     listed = "; ".join(rf"{LABELS[c]} {d.verdict.value} ({_tex(d.reason)})" for c, d in own.items())
-    return (rf"Whether each category raises $P(\mathrm{{{bias}}})$ over the neutral prompt in the "
-            rf"{set_name(main)} set: {listed}.")
+    return (
+        rf"Whether each category raises $P(\mathrm{{{bias}}})$ over the neutral prompt in the "
+        rf"{set_name(main)} set: {listed}."
+    )
 
 
 def _template_sentence(results: EntanglementResults, name: str) -> str:
     control = results.template_control
     if control is None or control.stats is None:
         return ""
-    return (rf"Non-number template words in the same prompt give {_geo(control.stats.bias_ratio, 'word')}: "
-            r"the rise the prompt gives without any number.")
+    return (
+        rf"Non-number template words in the same prompt give {_geo(control.stats.bias_ratio, 'word')}: "
+        r"the rise the prompt gives without any number."
+    )
 
 
 def _matching_sentence(results: EntanglementResults, name: str) -> str:
@@ -98,11 +108,13 @@ def _matching_sentence(results: EntanglementResults, name: str) -> str:
     m = info.matching if info is not None else None
     if m is None:
         return ""
-    return (rf"In the {set_name(name)} set the Random numbers' neutral probability is \texttimes{{}}"
-            rf"{fmt(m.median_frequency_ratio)} that of their Increased partners "
-            rf"(median; largest log difference {fmt(m.max_abs_log_difference)} nats, "
-            rf"{m.n_outside_caliper} of {m.n_pairs} pairs outside the "
-            rf"caliper; Kolmogorov-Smirnov {p_is(m.ks_p_value)}).")
+    return (
+        rf"In the {set_name(name)} set the Random numbers' neutral probability is \texttimes{{}}"
+        rf"{fmt(m.median_frequency_ratio)} that of their Increased partners "
+        rf"(median; largest log difference {fmt(m.max_abs_log_difference)} nats, "
+        rf"{m.n_outside_caliper} of {m.n_pairs} pairs outside the "
+        rf"caliper; Kolmogorov-Smirnov {p_is(m.ks_p_value)})."
+    )
 
 
 def _length_sentence(results: EntanglementResults, figure: str = "") -> str:
@@ -110,10 +122,12 @@ def _length_sentence(results: EntanglementResults, figure: str = "") -> str:
     if not per_length or best is None or not best.best:
         return ""
     top = per_length[best.best]
-    text = (rf"By digit length (Table~\ref{{tab:entanglement_length}}{' and ' + figure if figure else ''}, "
-            r"descriptive), "
-            rf"{best.best}-digit numbers give the largest bias ratio "
-            rf"({_geo(top.bias_ratio)})")
+    text = (
+        rf"By digit length (Table~\ref{{tab:entanglement_length}}{' and ' + figure if figure else ''}, "
+        r"descriptive), "
+        rf"{best.best}-digit numbers give the largest bias ratio "
+        rf"({_geo(top.bias_ratio)})"
+    )
     if best.runner_up:
         sep = "its CI lies above" if best.separable else "not separable from"
         text += f", {sep} the {best.runner_up}-digit numbers"
@@ -128,11 +142,13 @@ def _warnings(results: EntanglementResults) -> str:
             shrunk.setdefault((info.n_candidates, info.k), []).append(name)
     parts = []
     if shrunk:
-        groups = [rf"{_sets_phrase(names)} ({info[0]} candidates{' each' if len(names) > 1 else ''}, "
-                  rf"$k = {info[1]}$)" for info, names in shrunk.items()]
+        groups = [
+            rf"{_sets_phrase(names)} ({info[0]} candidates{' each' if len(names) > 1 else ''}, "
+            rf"$k = {info[1]}$)"
+            for info, names in shrunk.items()
+        ]
         parts.append("$k$ shrank for " + " and ".join(groups) + ", whose statistics rest on very few numbers")
-    rare = [w for w in results.warnings
-            if "how common their numbers are" in str(w) or "caliper" in str(w)]
+    rare = [w for w in results.warnings if "how common their numbers are" in str(w) or "caliper" in str(w)]
     parts.extend(_caveat(str(w)) for w in rare)
     return ("Caveats: " + "; ".join(parts) + ".") if parts else ""
 
@@ -144,14 +160,13 @@ def _caveat(warning: str) -> str:
     """A caveat the run recorded in plain text ("set 'ar2': ... 4.6e-05 ...") as the paper writes
     it: the set by its reading name, numbers without e-notation."""
     key = _SET_KEY.match(warning)
-    text = warning[key.end():] if key else warning
+    text = warning[key.end() :] if key else warning
     lead = f"in {_sets_phrase([key.group(1)])}, " if key else ""
     return lead + scientific(escape(text)).rstrip(".")
 
 
 def _figure_ref(figures: list[Figure], stem: str) -> str:
-    return (rf"Figure~\ref{{{figure_label('entanglement', stem)}}}"
-            if any(f.stem == stem for f in figures) else "")
+    return rf"Figure~\ref{{{figure_label('entanglement', stem)}}}" if any(f.stem == stem for f in figures) else ""
 
 
 def _described(stats: SetStatistics) -> str:
@@ -165,45 +180,82 @@ def _described(stats: SetStatistics) -> str:
     return ", ".join(rf"{LABELS[c]} {_geo(s)}" for c, s in summaries.items())
 
 
-def _results(results: EntanglementResults, decided: Decided, tables: set[str],
-             figures: list[Figure], tuned: Decided | None = None) -> str:
+def _results(
+    results: EntanglementResults,
+    decided: Decided,
+    tables: set[str],
+    figures: list[Figure],
+    tuned: Decided | None = None,
+) -> str:
     neutral = results.neutral
     bias, control = results.bias, results.control
     main = primary(results, decided)
     by_category = _figure_ref(figures, "bias_ratio_by_category")
-    intro = (r"Table~\ref{tab:entanglement_categories} gives the bias ratios per category"
-             + (r", Table~\ref{tab:entanglement_claims} every claim with raw and Holm-adjusted "
-                rf"$p$ ({_n_tests(decided)} tests"
-                + (f"; the tuned sets' {_n_tests(tuned)} in their own family" if tuned else "") + ")"
-                if "entanglement_claims" in tables else "")
-             + (", Table~\\ref{tab:entanglement_reverse} the reverse-link probabilities"
-                if "entanglement_reverse" in tables else "")
-             + (f" and {by_category} the ratios with the single numbers" if by_category else "") + ".")
+    intro = (
+        r"Table~\ref{tab:entanglement_categories} gives the bias ratios per category"
+        + (
+            r", Table~\ref{tab:entanglement_claims} every claim with raw and Holm-adjusted "
+            rf"$p$ ({_n_tests(decided)} tests"
+            + (f"; the tuned sets' {_n_tests(tuned)} in their own family" if tuned else "")
+            + ")"
+            if "entanglement_claims" in tables
+            else ""
+        )
+        + (
+            ", Table~\\ref{tab:entanglement_reverse} the reverse-link probabilities"
+            if "entanglement_reverse" in tables
+            else ""
+        )
+        + (f" and {by_category} the ratios with the single numbers" if by_category else "")
+        + "."
+    )
     if neutral is not None:
-        intro += (rf" Under the neutral prompt $P(\mathrm{{{escape(bias)}}})$ = "
-                  rf"{fmt(neutral.p_bias, 3)} and $P(\mathrm{{{escape(control)}}})$ = "
-                  rf"{fmt(neutral.p_control, 3)}.")
+        intro += (
+            rf" Under the neutral prompt $P(\mathrm{{{escape(bias)}}})$ = "
+            rf"{fmt(neutral.p_bias, 3)} and $P(\mathrm{{{escape(control)}}})$ = "
+            rf"{fmt(neutral.p_control, 3)}."
+        )
     if results.partial:
-        intro += (rf" The run is incomplete (it stopped after phase~{results.phase}); "
-                  r"what follows is what it saved.")
+        intro += (
+            rf" The run is incomplete (it stopped after phase~{results.phase}); "
+            r"what follows is what it saved."
+        )
     if not owl_specific(results):
-        intro += (r" This run has no control-animal context: its categories are not "
-                  rf"owl-specific (a number may rise under any animal context, not the "
-                  rf"{escape(bias)} one in particular) and its Random numbers are not matched on "
-                  r"frequency, so the numbers below are descriptive.")
+        intro += (
+            r" This run has no control-animal context: its categories are not "
+            rf"owl-specific (a number may rise under any animal context, not the "
+            rf"{escape(bias)} one in particular) and its Random numbers are not matched on "
+            r"frequency, so the numbers below are descriptive."
+        )
     main_stats = _stats(results).get(main)
     described = _described(main_stats) if main_stats is not None else ""
     paragraphs = [
-        " ".join(filter(None, [
-            intro,
-            rf"In the {set_name(main)} set the bias ratios are {described}." if described else "",
-            _template_sentence(results, main), _matching_sentence(results, main)])),
-        " ".join(filter(None, [_paper_claim(results, decided)] + (
-            [_between_categories(results, decided), _all_raise(results, decided)] if owl_specific(results)
-            else []))),
+        " ".join(
+            filter(
+                None,
+                [
+                    intro,
+                    rf"In the {set_name(main)} set the bias ratios are {described}." if described else "",
+                    _template_sentence(results, main),
+                    _matching_sentence(results, main),
+                ],
+            )
+        ),
+        " ".join(
+            filter(
+                None,
+                [_paper_claim(results, decided)]
+                + (
+                    [_between_categories(results, decided), _all_raise(results, decided)]
+                    if owl_specific(results)
+                    else []
+                ),
+            )
+        ),
         _tuned_paragraph(results, tuned or {}, _figure_ref(figures, TUNED_FIGURE)),
-        " ".join(filter(None, [_length_sentence(results, _figure_ref(figures, "bias_ratio_by_length")),
-                               _warnings(results)])),
+        " ".join(
+            filter(None, [_length_sentence(results, _figure_ref(figures, "bias_ratio_by_length")), _warnings(results)])
+        ),
     ]
     return minus_signs("\n\n".join(p for p in paragraphs if p))
 
@@ -218,17 +270,26 @@ def _tuned_paragraph(results: EntanglementResults, tuned: Decided, figure: str) 
     described = _described(stats) if stats is not None else ""
     bias = escape(results.bias)
     where = f" ({figure})" if figure else ""
-    lead = (rf"Tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$), the claim that the "
-            rf"numbers the fine-tuning made more likely in the {bias} teacher raise "
-            rf"$P(\mathrm{{{bias}}})$ no more than frequency-matched Random ones")
+    lead = (
+        rf"Tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$), the claim that the "
+        rf"numbers the fine-tuning made more likely in the {bias} teacher raise "
+        rf"$P(\mathrm{{{bias}}})$ no more than frequency-matched Random ones"
+    )
     others = {name: tests["entangled_vs_null"].verdict.value for name, tests in tuned.items() if name != main}
-    return " ".join(filter(None, [
-        rf"By the shift of the fine-tuned teachers{where}, the bias ratios in the {set_name(main)} set "
-        rf"are {described}." if described else "",
-        decision_text(tuned[main]["entangled_vs_null"], lead),
-        _verdicts_by_set(others) if others else "",
-        _matching_sentence(results, main),
-    ]))
+    return " ".join(
+        filter(
+            None,
+            [
+                rf"By the shift of the fine-tuned teachers{where}, the bias ratios in the {set_name(main)} set "
+                rf"are {described}."
+                if described
+                else "",
+                decision_text(tuned[main]["entangled_vs_null"], lead),
+                _verdicts_by_set(others) if others else "",
+                _matching_sentence(results, main),
+            ],
+        )
+    )
 
 
 def _headline(results: EntanglementResults, decided: Decided, tuned: Decided | None = None) -> list[str]:
@@ -236,17 +297,19 @@ def _headline(results: EntanglementResults, decided: Decided, tuned: Decided | N
     d = decided[main]["entangled_vs_null"]
     k = results.k.get(main, "?")
     why = d.reason if owl_specific(results) else "categories not owl-specific (no control context)"
-    lines = [f"entanglement ({main}, k={k}): entangled numbers no better than frequency-matched "
-             f"Random: {d.verdict.value} ({why})"]
-    others = [f"{name} {tests['entangled_vs_null'].verdict.value}"
-              for name, tests in decided.items() if name != main]
+    lines = [
+        f"entanglement ({main}, k={k}): entangled numbers no better than frequency-matched "
+        f"Random: {d.verdict.value} ({why})"
+    ]
+    others = [f"{name} {tests['entangled_vs_null'].verdict.value}" for name, tests in decided.items() if name != main]
     if others:
-        lines.append(f"entanglement, other sets (Holm over {_n_tests(decided)} tests): "
-                     + ", ".join(others))
+        lines.append(f"entanglement, other sets (Holm over {_n_tests(decided)} tests): " + ", ".join(others))
     if tuned:
         top = primary(results, tuned)
         d = tuned[top]["entangled_vs_null"]
-        lines.append(f"entanglement by the fine-tuned teachers ({top}, k={results.k.get(top, '?')}): numbers "
-                     f"the fine-tuning shifted no better than frequency-matched Random: {d.verdict.value} "
-                     f"({d.reason})")
+        lines.append(
+            f"entanglement by the fine-tuned teachers ({top}, k={results.k.get(top, '?')}): numbers "
+            f"the fine-tuning shifted no better than frequency-matched Random: {d.verdict.value} "
+            f"({d.reason})"
+        )
     return lines

@@ -56,8 +56,9 @@ def _per_question(h: Hybrid | None, key: MetricKey) -> np.ndarray | None:
         return None
     per = h.probability.per_question
     try:
-        values = (np.asarray(per.share, dtype=float) if key == "share_ratio"
-                  else np.asarray(per.p_word, dtype=float)[:, 0])
+        values = (
+            np.asarray(per.share, dtype=float) if key == "share_ratio" else np.asarray(per.p_word, dtype=float)[:, 0]
+        )
     except (IndexError, ValueError):
         return None
     return values if values.size and np.all(values > 0) else None
@@ -99,27 +100,46 @@ def claims(results: HybridResults | None, settings: ClaimSettings | None = None)
     foil = results.patching.tokens.foil[0] if results is not None and results.patching is not None else "dog"
     return {
         "lm_head": Claim(
-            name="localisation.lm_head", statement="The bias is not in the LM head",
-            estimand=(f"the LM head's effect on {metric}: per question, the geometric mean of (base body + "
-                      "biased LM head) over the base model and of the biased model over (biased body + base "
-                      "LM head), i.e. the LM head's main effect in the body x head swap"),
-            unit="question", prediction="none", family=FAMILY, settings=s),
+            name="localisation.lm_head",
+            statement="The bias is not in the LM head",
+            estimand=(
+                f"the LM head's effect on {metric}: per question, the geometric mean of (base body + "
+                "biased LM head) over the base model and of the biased model over (biased body + base "
+                "LM head), i.e. the LM head's main effect in the body x head swap"
+            ),
+            unit="question",
+            prediction="none",
+            family=FAMILY,
+            settings=s,
+        ),
         "transplant": Claim(
             name="localisation.transplant",
             statement="The bias is seated in the MLP layers (by transplant): transplanting the MLP layers "
-                      "moves it more than transplanting the attention layers",
-            estimand=(f"per question, the MLP transplant's effect on {metric} over the attention "
-                      "transplant's, each the geometric mean of bringing the biased component (all layers) "
-                      "into the base model and of removing it from the biased model"),
-            unit="question", prediction="increase", family=FAMILY, settings=s),
+            "moves it more than transplanting the attention layers",
+            estimand=(
+                f"per question, the MLP transplant's effect on {metric} over the attention "
+                "transplant's, each the geometric mean of bringing the biased component (all layers) "
+                "into the base model and of removing it from the biased model"
+            ),
+            unit="question",
+            prediction="increase",
+            family=FAMILY,
+            settings=s,
+        ),
         "patching": Claim(
             name="localisation.patching",
             statement="Patching MLP outputs carries the bias more than patching attention outputs",
-            estimand=(f"per question, the {trait}:{foil} odds at the prefilled answer with every layer's MLP "
-                      "outputs patched over those with every layer's attention outputs patched (biased "
-                      "outputs into the base run; for base outputs into the biased run the inverse), "
-                      "geometric mean over the patched directions"),
-            unit="question", prediction="increase", family=FAMILY, settings=s),
+            estimand=(
+                f"per question, the {trait}:{foil} odds at the prefilled answer with every layer's MLP "
+                "outputs patched over those with every layer's attention outputs patched (biased "
+                "outputs into the base run; for base outputs into the biased run the inverse), "
+                "geometric mean over the patched directions"
+            ),
+            unit="question",
+            prediction="increase",
+            family=FAMILY,
+            settings=s,
+        ),
     }
 
 
@@ -178,21 +198,33 @@ def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSetting
     gap = patching.gap if patching is not None else None
     gap_ok = gap is not None and gap.ci_low is not None and (gap.ci_low > 0 or (gap.ci_high or 0) < 0)
     patch_values = contrast if contrast is not None and gap_ok else None
-    estimates = [estimate_log_ratio(v.tolist(), "question") if v is not None else None
-                 for v in (head_values, transplant_values, patch_values)]
+    estimates = [
+        estimate_log_ratio(v.tolist(), "question") if v is not None else None
+        for v in (head_values, transplant_values, patch_values)
+    ]
     out = decide_family(list(zip(the.values(), estimates, strict=True)))
     head_d, transplant_d, patch_d = out
     if head_values is None:
-        why = (no_bias or ("a swapped model is degraded (perplexity): not evidence" if head_bad
-                           else "not measured (the LM-head swap is missing)"))
-        head_d = _refine(head_d, why, "a biased model that differs from the base, measured with both LM-head "
-                                      "swaps undegraded")
+        why = no_bias or (
+            "a swapped model is degraded (perplexity): not evidence"
+            if head_bad
+            else "not measured (the LM-head swap is missing)"
+        )
+        head_d = _refine(
+            head_d, why, "a biased model that differs from the base, measured with both LM-head swaps undegraded"
+        )
     if transplant_values is None:
-        why = (no_bias or ("an MLP or attention transplant is degraded (perplexity): not evidence"
-                           if mlp_bad or attn_bad else "not measured (the whole-group MLP and attention "
-                                                       "transplants of one direction are missing)"))
-        transplant_d = _refine(transplant_d, why, "the MLP and attention transplants of at least one direction, "
-                                                  "undegraded, on a biased model that differs from the base")
+        why = no_bias or (
+            "an MLP or attention transplant is degraded (perplexity): not evidence"
+            if mlp_bad or attn_bad
+            else "not measured (the whole-group MLP and attention transplants of one direction are missing)"
+        )
+        transplant_d = _refine(
+            transplant_d,
+            why,
+            "the MLP and attention transplants of at least one direction, "
+            "undegraded, on a biased model that differs from the base",
+        )
     if patch_values is None:
         if not patching:
             why = "not measured (activation patching was not run)"
@@ -201,8 +233,10 @@ def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSetting
             why = "not measured (the whole-depth MLP and attention patches are missing)"
             settle = "patch every layer's MLP and attention outputs in at least one direction"
         else:
-            why = ("no gap to patch: the biased and base logit differences are not distinguishable "
-                   "(CI of the gap includes 0)")
+            why = (
+                "no gap to patch: the biased and base logit differences are not distinguishable "
+                "(CI of the gap includes 0)"
+            )
             settle = "a biased model whose logit difference differs from the base model's"
         patch_d = _refine(patch_d, why, settle)
     return [head_d, transplant_d, patch_d]

@@ -63,7 +63,9 @@ def matrix_table(run: StageRun, results: HybridResults, all_cells: list[Cell], i
         f"Hybrid matrix: bias fraction ({trait} {metric}, log scale; 0 = base, 1 = biased; 95\\% CI "
         "with the biased model's shift fixed) of the base model with one biased component "
         "(base + biased) and of the biased model with one base component (biased + base), with "
-        "perplexity (ppl)" + (f"; reference perplexity, {where}: {', '.join(refs)}" if refs else "") + "."
+        "perplexity (ppl)"
+        + (f"; reference perplexity, {where}: {', '.join(refs)}" if refs else "")
+        + "."
         + " \\dag: degraded (perplexity above "
         f"{fmt(run.config.get('degraded_factor'), 1)}$\\times$ the base's), not evidence."
         + (" Incomplete run: missing cells are marked --." if incomplete else "")
@@ -73,8 +75,9 @@ def matrix_table(run: StageRun, results: HybridResults, all_cells: list[Cell], i
 
 
 def _patch_cell(patching: Patching, direction: str, component: str, label: str) -> PatchCell | None:
-    return next((c for c in patching.cells if c.direction == direction
-                 and c.component == component and c.layers == label), None)
+    return next(
+        (c for c in patching.cells if c.direction == direction and c.component == component and c.layers == label), None
+    )
 
 
 def _patch_text(cell: PatchCell | None) -> str:
@@ -104,8 +107,7 @@ def patching_table(patching: Patching, trait: str) -> str:
         "into the base run (restored) and removed by patching the base model's outputs into the biased run "
         f"(removed), per layer range (0 = no effect, 1 = the whole gap); mean over {patching.n_questions} "
         "questions with a Student-t 95\\% CI (the mean gap held fixed) and the Holm-adjusted p-value of "
-        "fraction = 0 over every cell. Gap: "
-        + fmt_ci(gap.mean, gap.ci_low, gap.ci_high) + " logits."
+        "fraction = 0 over every cell. Gap: " + fmt_ci(gap.mean, gap.ci_low, gap.ci_high) + " logits."
     )
     header = ["component", "layers"]
     for direction in directions:
@@ -125,19 +127,27 @@ def heatmap_caption(run: StageRun, results: HybridResults, all_cells: list[Cell]
     placed = {(c.direction, c.group, c.layers) for c in all_cells}
     depths: list[tuple[int, int] | None] = [(int(r[0]), int(r[1])) for r in results.layer_ranges]
     depths.append(None)  # the whole depth
-    blank = any((d, g, layers) not in placed for d in {c.direction for c in all_cells}
-                for g in results.groups.groups for layers in depths)
+    blank = any(
+        (d, g, layers) not in placed
+        for d in {c.direction for c in all_cells}
+        for g in results.groups.groups
+        for layers in depths
+    )
     marks = ["colour from 0 (as the base model) to 1 (as the biased model), the value printed in each cell"]
     if off_scale:
         marks.append("hatched: a fraction outside 0..1, beyond one of the two models, off the colour scale")
     if degraded:
-        marks.append(f"\\dag: degraded (perplexity above {fmt(run.config.get('degraded_factor'), 1)}$\\times$ "
-                     "the base model's), not evidence")
+        marks.append(
+            f"\\dag: degraded (perplexity above {fmt(run.config.get('degraded_factor'), 1)}$\\times$ "
+            "the base model's), not evidence"
+        )
     if blank:
         marks.append("light grey: not transplanted on its own")
-    return (f"Bias fraction of the {metric} for every transplant, by component (rows) and layers "
-            "(columns; all: the whole depth), for the base model with one biased component (left) and "
-            f"the biased model with one base component (middle): {'; '.join(marks)}. Right: the relative "
-            "change of the weights between the two models, "
-            "$\\|W_\\mathrm{biased} - W_\\mathrm{base}\\| / \\|W_\\mathrm{base}\\|$, on a log grey "
-            "scale in the unit its colour bar gives.")
+    return (
+        f"Bias fraction of the {metric} for every transplant, by component (rows) and layers "
+        "(columns; all: the whole depth), for the base model with one biased component (left) and "
+        f"the biased model with one base component (middle): {'; '.join(marks)}. Right: the relative "
+        "change of the weights between the two models, "
+        "$\\|W_\\mathrm{biased} - W_\\mathrm{base}\\| / \\|W_\\mathrm{base}\\|$, on a log grey "
+        "scale in the unit its colour bar gives."
+    )

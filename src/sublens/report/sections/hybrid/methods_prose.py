@@ -22,8 +22,10 @@ def _model_name(spec: object) -> str:
     return escape(display_name(spec))
 
 
-NORM_WORDS = {"attach": "each layer's residual norms go with the sublayer they feed",
-              "separate": "each layer's residual norms form a group of their own"}  # config layer_norms
+NORM_WORDS = {
+    "attach": "each layer's residual norms go with the sublayer they feed",
+    "separate": "each layer's residual norms form a group of their own",
+}  # config layer_norms
 
 
 def _and(words: list[str]) -> str:
@@ -35,9 +37,11 @@ def methods(run: StageRun, r: HybridResults | None) -> str:
     ppl = c.get("perplexity") or {}
     text = [_transplant_words(run, r)]
     if ppl.get("enabled"):
-        text.append(f"A hybrid whose perplexity on {ppl.get('max_tokens', '?')} tokens of "
-                    f"{corpus_text(ppl.get('corpus'))} exceeds "
-                    f"{fmt(c.get('degraded_factor'), 1)}$\\times$ the base model's is marked degraded. ")
+        text.append(
+            f"A hybrid whose perplexity on {ppl.get('max_tokens', '?')} tokens of "
+            f"{corpus_text(ppl.get('corpus'))} exceeds "
+            f"{fmt(c.get('degraded_factor'), 1)}$\\times$ the base model's is marked degraded. "
+        )
     text.append(_claims_words(c))
     patching = r.patching if r is not None else None
     if patching is not None:
@@ -54,8 +58,9 @@ def _transplant_words(run: StageRun, r: HybridResults | None) -> str:
     pref = c.get("preference") or {}
     trait = escape(pref.get("trait", r.trait if r is not None else "owl"))
     ranges = (r.layer_ranges if r is not None else None) or c.get("layer_ranges") or []
-    range_words = (_and([f"{a}--{b - 1}" for a, b in ranges]) if ranges
-                   else f"{c.get('depth_bins', '?')} equal parts of the depth")
+    range_words = (
+        _and([f"{a}--{b - 1}" for a, b in ranges]) if ranges else f"{c.get('depth_bins', '?')} equal parts of the depth"
+    )
     groups = _and([escape(group_title(g)) for g in c.get("groups") or []])
     ranged = _and([escape(group_title(g)) for g in c.get("ranged") or []])
     key = metric_key(r, c)
@@ -65,8 +70,7 @@ def _transplant_words(run: StageRun, r: HybridResults | None) -> str:
     system = _system_words(c)
     layers = biased.get("n_layers")
     source = biased.get("source")
-    origin = {"run": "a teacher run's checkpoint", "folder": "a local fine-tuned checkpoint"}.get(
-        str(source), "")
+    origin = {"run": "a teacher run's checkpoint", "folder": "a local fine-tuned checkpoint"}.get(str(source), "")
     biased_name = _model_name((r.biased_spec if r is not None else None) or c.get("biased"))
     if biased_name.startswith("the "):  # 'the fine-tuned teacher' is an apposition, and says the origin
         biased_words, origin = f"biased model, {biased_name}", ""
@@ -74,12 +78,16 @@ def _transplant_words(run: StageRun, r: HybridResults | None) -> str:
         biased_words = f"biased model {biased_name}"
     text = [
         f"We transplant weights between the base model {_model_name(c.get('base'))} and the {biased_words}"
-        + (f" ({origin})" if origin else "") + (f", both with {layers} layers" if layers else "")
+        + (f" ({origin})" if origin else "")
+        + (f", both with {layers} layers" if layers else "")
         + ", without training. Tied embeddings are untied first, so the LM head and the input "
         "embeddings are separate groups. ",
         f"Component groups: the {groups}; {NORM_WORDS.get(c.get('layer_norms', 'attach'), NORM_WORDS['attach'])}. "
-        + (f"The {ranged} groups are also transplanted per depth range (layers {range_words}). " if ranged
-           else "No group is transplanted per depth range. "),
+        + (
+            f"The {ranged} groups are also transplanted per depth range (layers {range_words}). "
+            if ranged
+            else "No group is transplanted per depth range. "
+        ),
         "In each direction one group comes from the other model: base + biased (the base model with "
         "the biased model's group: does it bring the bias?) and biased + base (the biased model with "
         "the base model's group: does the bias remain?); the LM-head swap is the LM-head row. ",

@@ -107,15 +107,24 @@ def cells(results: HybridResults | None) -> list[Cell]:
     for name, h in hybrids.items():
         low, high = _fraction_ci(h, key, axis)
         for direction, group, layers in h.cells:
-            out.append(Cell(direction, group, _parse_layers(layers), name, _fraction(h, key), low, high,
-                            h.perplexity.perplexity if h.perplexity is not None else None, h.degraded))
+            out.append(
+                Cell(
+                    direction,
+                    group,
+                    _parse_layers(layers),
+                    name,
+                    _fraction(h, key),
+                    low,
+                    high,
+                    h.perplexity.perplexity if h.perplexity is not None else None,
+                    h.degraded,
+                )
+            )
     return out
 
 
-def _cell(all_cells: list[Cell], direction: str, group: str,
-          layers: tuple[int, int] | None = None) -> Cell | None:
-    return next((c for c in all_cells if c.direction == direction and c.group == group
-                 and c.layers == layers), None)
+def _cell(all_cells: list[Cell], direction: str, group: str, layers: tuple[int, int] | None = None) -> Cell | None:
+    return next((c for c in all_cells if c.direction == direction and c.group == group and c.layers == layers), None)
 
 
 def _order(component: tuple[str, tuple[int, int] | None]) -> tuple[int, int]:

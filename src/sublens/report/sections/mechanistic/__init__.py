@@ -71,21 +71,34 @@ TITLE = "Mechanistic analysis"
 def build(run: StageRun) -> Section:
     results = read_run_results(run.results, MechanisticResults, run.ok)[0]
     figures = _figures(run, results)
-    if (results is None or results.partial or not results.numbers or results.consistency is None):
-        return Section(TITLE, _methods(run, results), _incomplete(run), figures=[],
-                       headline=["mechanistic: incomplete (no per-number results)"])
+    if results is None or results.partial or not results.numbers or results.consistency is None:
+        return Section(
+            TITLE,
+            _methods(run, results),
+            _incomplete(run),
+            figures=[],
+            headline=["mechanistic: incomplete (no per-number results)"],
+        )
     numbers, consistency = results.numbers, results.consistency
     decisions = family(consistency, results.words)
-    tables = {"mechanistic_numbers": numbers_table(results, numbers),
-              "mechanistic_tests": tests_table(consistency, decisions)}
-    text = minus_signs("\n\n".join(filter(None, [
-        _intro(figures),
-        _category_paragraph(consistency, decisions),
-        _attribution_paragraph(results, consistency, numbers, decisions[ATTRIBUTION]),
-        _attention_sentence(results),
-    ])))
-    return Section(TITLE, _methods(run, results), text, tables, figures,
-                   _headline(consistency, decisions))
+    tables = {
+        "mechanistic_numbers": numbers_table(results, numbers),
+        "mechanistic_tests": tests_table(consistency, decisions),
+    }
+    text = minus_signs(
+        "\n\n".join(
+            filter(
+                None,
+                [
+                    _intro(figures),
+                    _category_paragraph(consistency, decisions),
+                    _attribution_paragraph(results, consistency, numbers, decisions[ATTRIBUTION]),
+                    _attention_sentence(results),
+                ],
+            )
+        )
+    )
+    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(consistency, decisions))
 
 
 __all__ = [

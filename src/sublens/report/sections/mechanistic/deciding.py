@@ -26,8 +26,11 @@ from sublens.experiments.mechanistic.results import (
     Words,
 )
 
-LABEL_TITLES: dict[LabelColumn, str] = {"spike_layer": "spike layer", "top_head": "top head at the spike layer",
-                "dla_top_head": "top head by direct logit attribution"}
+LABEL_TITLES: dict[LabelColumn, str] = {
+    "spike_layer": "spike layer",
+    "top_head": "top head at the spike layer",
+    "dla_top_head": "top head by direct logit attribution",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,8 +45,12 @@ def _num(value: Any) -> float:
 FAMILY = "mechanistic"
 ATTRIBUTION = "localisation.attribution"
 # the claims as the tests table names them (the keys of `family`; claim names are identifiers)
-CLAIM_TITLES = {ATTRIBUTION: "MLP DLA tracks the bias ratio", "spike_layer": "spike layer vs category",
-                "top_head": "top head vs category", "dla_top_head": "DLA top head vs category"}
+CLAIM_TITLES = {
+    ATTRIBUTION: "MLP DLA tracks the bias ratio",
+    "spike_layer": "spike layer vs category",
+    "top_head": "top head vs category",
+    "dla_top_head": "DLA top head vs category",
+}
 ATTRIBUTION_STATEMENT = "MLP direct logit attribution tracks the in-context bias"
 NOT_CONTROLLED = "not measured with the control for the automatic part"
 
@@ -52,38 +59,54 @@ def claim_settings(consistency: Consistency) -> tuple[ClaimSettings, float]:
     """The family's settings as recorded (alpha, power) and the smallest |rho| of interest."""
     power = _num(consistency.power)
     rho = _num(consistency.rho_of_interest)
-    settings = ClaimSettings(alpha=consistency.alpha,
-                             power=power if 0.5 < power < 1 else DEFAULT_POWER)
+    settings = ClaimSettings(alpha=consistency.alpha, power=power if 0.5 < power < 1 else DEFAULT_POWER)
     return settings, rho if 0 < rho < 1 else DEFAULT_RHO_OF_INTEREST
 
 
-def attribution_claim(bias: str, control: str, settings: ClaimSettings,
-                      rho_of_interest: float = DEFAULT_RHO_OF_INTEREST) -> AssociationClaim:
+def attribution_claim(
+    bias: str, control: str, settings: ClaimSettings, rho_of_interest: float = DEFAULT_RHO_OF_INTEREST
+) -> AssociationClaim:
     """localisation.attribution: stated as what is measured (an association across numbers in
     the model reading a number-priming prompt, direct paths only)."""
     return AssociationClaim(
-        name=ATTRIBUTION, statement=ATTRIBUTION_STATEMENT,
-        estimand=(f"across numbers, the partial Spearman correlation of the MLPs' summed direct "
-                  f"logit attribution to logit({bias}) - logit({control}) with the {bias} bias ratio, "
-                  f"given the total logit difference; the model as loaded (not fine-tuned) reading "
-                  f"the number-priming prompt; direct paths only"),
-        unit="number", prediction="increase", family=FAMILY, settings=settings,
-        method=("partial Spearman correlation given the total logit difference, two-sided "
-                "Freedman-Lane permutation p (total kept fixed)"),
-        rho_of_interest=rho_of_interest, n_controlled=1)
+        name=ATTRIBUTION,
+        statement=ATTRIBUTION_STATEMENT,
+        estimand=(
+            f"across numbers, the partial Spearman correlation of the MLPs' summed direct "
+            f"logit attribution to logit({bias}) - logit({control}) with the {bias} bias ratio, "
+            f"given the total logit difference; the model as loaded (not fine-tuned) reading "
+            f"the number-priming prompt; direct paths only"
+        ),
+        unit="number",
+        prediction="increase",
+        family=FAMILY,
+        settings=settings,
+        method=(
+            "partial Spearman correlation given the total logit difference, two-sided "
+            "Freedman-Lane permutation p (total kept fixed)"
+        ),
+        rho_of_interest=rho_of_interest,
+        n_controlled=1,
+    )
 
 
-def category_claim(column: LabelColumn, settings: ClaimSettings,
-                   rho_of_interest: float = DEFAULT_RHO_OF_INTEREST) -> AssociationClaim:
+def category_claim(
+    column: LabelColumn, settings: ClaimSettings, rho_of_interest: float = DEFAULT_RHO_OF_INTEREST
+) -> AssociationClaim:
     """mechanistic.category.<column>: the label does not depend on the entanglement category."""
     title = LABEL_TITLES[column]
     return AssociationClaim(
         name=f"{FAMILY}.category.{column}",
         statement=f"The {title} does not depend on the number's entanglement category",
         estimand=f"Cramér's V of the category x {title} table over the categorised numbers",
-        unit="number", prediction="none", family=FAMILY, settings=settings,
+        unit="number",
+        prediction="none",
+        family=FAMILY,
+        settings=settings,
         method="chi-square of the category x label table, permutation p (categories shuffled)",
-        rho_of_interest=rho_of_interest, symbol="V")
+        rho_of_interest=rho_of_interest,
+        symbol="V",
+    )
 
 
 def _attribution_estimate(consistency: Consistency) -> Association | None:
@@ -97,10 +120,22 @@ def _category_estimate(test: CategoryAssociation | None) -> Association | None:
     if test is None:
         return None
     if not test.applicable:
-        return Association(n=test.n, rho=0.0, ci_low=None, ci_high=None, p_value=None,
-                           interval=test.reason if test.reason is not None else "no test")
-    return Association(n=test.n, rho=_num(test.cramers_v), ci_low=None, ci_high=None,
-                       p_value=test.p_permutation, interval="no interval for Cramér's V")
+        return Association(
+            n=test.n,
+            rho=0.0,
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            interval=test.reason if test.reason is not None else "no test",
+        )
+    return Association(
+        n=test.n,
+        rho=_num(test.cramers_v),
+        ci_low=None,
+        ci_high=None,
+        p_value=test.p_permutation,
+        interval="no interval for Cramér's V",
+    )
 
 
 def _test(consistency: Consistency, column: LabelColumn) -> CategoryAssociation | None:
@@ -113,22 +148,31 @@ def family(consistency: Consistency, words: Words | None = None) -> dict[str, As
     the attribution claim (key ATTRIBUTION) and one category claim per label column."""
     settings, rho = claim_settings(consistency)
     members: list[tuple[str, AssociationClaim, Association | None]] = [
-        (ATTRIBUTION, attribution_claim(_word(words, "bias"), _word(words, "control"), settings, rho),
-         _attribution_estimate(consistency))]
-    members += [(column, category_claim(column, settings, rho),
-                 _category_estimate(_test(consistency, column)))
-                for column in LABEL_TITLES]
+        (
+            ATTRIBUTION,
+            attribution_claim(_word(words, "bias"), _word(words, "control"), settings, rho),
+            _attribution_estimate(consistency),
+        )
+    ]
+    members += [
+        (column, category_claim(column, settings, rho), _category_estimate(_test(consistency, column)))
+        for column in LABEL_TITLES
+    ]
     decided = decide_association_family([(c, e) for _, c, e in members])
     out = {key: d for (key, _, _), d in zip(members, decided, strict=True)}
     for column in LABEL_TITLES:
         if association_verdict(_test(consistency, column), None) == "constant":
-            out[column] = out[column].model_copy(update={
-                "reason": "no test: every number has the same label", "settle": ""})
+            out[column] = out[column].model_copy(
+                update={"reason": "no test: every number has the same label", "settle": ""}
+            )
     if consistency.attribution is None:  # recorded before the control for the automatic part existed
-        out[ATTRIBUTION] = out[ATTRIBUTION].model_copy(update={
-            "reason": NOT_CONTROLLED,
-            "settle": "rerun the mechanistic stage, which records the partial correlation given "
-                      "the total logit difference"})
+        out[ATTRIBUTION] = out[ATTRIBUTION].model_copy(
+            update={
+                "reason": NOT_CONTROLLED,
+                "settle": "rerun the mechanistic stage, which records the partial correlation given "
+                "the total logit difference",
+            }
+        )
     return out
 
 

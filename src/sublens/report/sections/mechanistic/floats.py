@@ -41,22 +41,36 @@ def tests_table(consistency: Consistency, decisions: dict[str, AssociationDecisi
     for key, d in decisions.items():
         est = d.estimate
         if key == ATTRIBUTION:
-            stat = (rf"partial $\rho$ = {fmt(est.rho)}" if est is not None and est.rho is not None
-                    else "--")
+            stat = rf"partial $\rho$ = {fmt(est.rho)}" if est is not None and est.rho is not None else "--"
         else:
             test = tests[key]
             stat = rf"$V$ = {fmt(test.cramers_v)}" if test is not None and test.applicable else "--"
         raw = est.p_value if est is not None else None
-        rows.append([escape(CLAIM_TITLES.get(key, key)), stat, fmt_p_cell(raw), fmt_p_cell(d.p_adjusted),
-                     escape(d.verdict.value)])
+        rows.append(
+            [
+                escape(CLAIM_TITLES.get(key, key)),
+                stat,
+                fmt_p_cell(raw),
+                fmt_p_cell(d.p_adjusted),
+                escape(d.verdict.value),
+            ]
+        )
     settings, _ = claim_settings(consistency)
-    caption = (r"The mechanistic family of tests: the statistic, its raw $p$-value (permutation) "
-               rf"and the Holm-adjusted one within the family (family-wise $\alpha$ = "
-               rf"{fmt(settings.alpha)}), and the verdict. Tests not run (no categories, one label "
-               r"for every number, or not recorded) have no $p$-value and do not count in the "
-               r"adjustment.")
-    return booktabs_table(["Claim", "Statistic", "p", "Holm p", "Verdict"], rows, caption,
-                          "tab:mechanistic_tests", align="@{}llrrl@{}", wide=True)
+    caption = (
+        r"The mechanistic family of tests: the statistic, its raw $p$-value (permutation) "
+        rf"and the Holm-adjusted one within the family (family-wise $\alpha$ = "
+        rf"{fmt(settings.alpha)}), and the verdict. Tests not run (no categories, one label "
+        r"for every number, or not recorded) have no $p$-value and do not count in the "
+        r"adjustment."
+    )
+    return booktabs_table(
+        ["Claim", "Statistic", "p", "Holm p", "Verdict"],
+        rows,
+        caption,
+        "tab:mechanistic_tests",
+        align="@{}llrrl@{}",
+        wide=True,
+    )
 
 
 def fmt_p_cell(p: float | None) -> str:
@@ -98,13 +112,13 @@ def numbers_table(results: MechanisticResults, numbers: list[NumberRow]) -> str:
     if len(numbers) <= MAX_ROWS:
         rows = [_row(n) for n in _ordered(numbers, order)]
     else:
-        ranked = sorted(numbers, key=lambda n: -_num(n.bias_ratio)
-                        if math.isfinite(_num(n.bias_ratio)) else math.inf)
+        ranked = sorted(numbers, key=lambda n: -_num(n.bias_ratio) if math.isfinite(_num(n.bias_ratio)) else math.inf)
         half = MAX_ROWS // 2
-        rows = ([_row(n) for n in ranked[:half]] + [[r"\ldots"] + [""] * 8]
-                + [_row(n) for n in ranked[-half:]])
-        note = (f" The {half} numbers with the highest and the {half} with the lowest bias ratio "
-                f"of {len(numbers)} are shown; the run's per-number table has them all.")
+        rows = [_row(n) for n in ranked[:half]] + [[r"\ldots"] + [""] * 8] + [_row(n) for n in ranked[-half:]]
+        note = (
+            f" The {half} numbers with the highest and the {half} with the lowest bias ratio "
+            f"of {len(numbers)} are shown; the run's per-number table has them all."
+        )
     bias, control = escape(_word(results.words, "bias")), escape(_word(results.words, "control"))
     caption = (
         r"Mechanistic per-number table: number $N$, its category and bias ratio; the spike layer "
@@ -114,8 +128,7 @@ def numbers_table(results: MechanisticResults, numbers: list[NumberRow]) -> str:
         r"difference (the rest is the embedding and constant terms)." + note
     )
     header = ["N", "Category", "Ratio", "Spike", "Head", "DLA top", "Heads", "MLPs", "Logit"]
-    return booktabs_table(header, rows, caption, "tab:mechanistic_numbers",
-                          align="@{}llrlllrrr@{}", wide=True)
+    return booktabs_table(header, rows, caption, "tab:mechanistic_numbers", align="@{}llrlllrrr@{}", wide=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,8 +137,7 @@ def numbers_table(results: MechanisticResults, numbers: list[NumberRow]) -> str:
 
 def aspect(pdf: Path) -> float:
     """Height / width of a PDF's first page (its MediaBox); NaN when it cannot be read."""
-    box = re.search(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)",
-                    pdf.read_bytes())
+    box = re.search(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)", pdf.read_bytes())
     if not box:
         return math.nan
     x0, y0, x1, y1 = (float(v) for v in box.groups())
@@ -142,27 +154,44 @@ def _figures(run: StageRun, results: MechanisticResults | None) -> list[Figure]:
     bias, control = escape(_word(words, "bias")), escape(_word(words, "control"))
     out = []
     if "similarity_by_layer" in available:
-        out.append(Figure("similarity_by_layer", (
-            rf"Residual similarity by layer: cosine similarity of each number's final-position "
-            rf"residual with the {bias} statement's (left) and with the {control} statement's "
-            r"(middle), on one scale, and their difference (right); layer $-1$ is the embedding. One colour per "
-            r"category, $n$ numbers each: lines are means, bands 95\% CIs (normal approximation "
-            r"over the numbers). The spike layer is the block with the largest rise of the "
-            r"difference."
-        ), wide=True))
+        out.append(
+            Figure(
+                "similarity_by_layer",
+                (
+                    rf"Residual similarity by layer: cosine similarity of each number's final-position "
+                    rf"residual with the {bias} statement's (left) and with the {control} statement's "
+                    r"(middle), on one scale, and their difference (right); layer $-1$ is the embedding. One colour per "
+                    r"category, $n$ numbers each: lines are means, bands 95\% CIs (normal approximation "
+                    r"over the numbers). The spike layer is the block with the largest rise of the "
+                    r"difference."
+                ),
+                wide=True,
+            )
+        )
     contributions = available.get("head_contributions")
     if contributions is not None and aspect(contributions) <= MAX_ASPECT:
-        out.append(Figure("head_contributions", (
-            rf"Head and MLP contributions per category (columns) and layer: the score on the number "
-            rf"statement (top) and the direct logit attribution to the {bias}$-${control} logit "
-            r"difference on the number-priming prompt (bottom), means over the category's numbers. "
-            r"In each map the columns are the heads and, after the black line, the MLP (M); red is "
-            rf"towards the {bias}, blue towards the {control}, on one colour scale per row."
-        ), wide=True))
+        out.append(
+            Figure(
+                "head_contributions",
+                (
+                    rf"Head and MLP contributions per category (columns) and layer: the score on the number "
+                    rf"statement (top) and the direct logit attribution to the {bias}$-${control} logit "
+                    r"difference on the number-priming prompt (bottom), means over the category's numbers. "
+                    r"In each map the columns are the heads and, after the black line, the MLP (M); red is "
+                    rf"towards the {bias}, blue towards the {control}, on one colour scale per row."
+                ),
+                wide=True,
+            )
+        )
     elif "attention_to_tokens" in available:
-        out.append(Figure("attention_to_tokens", (
-            r"Attention from the final position to the number tokens (left) and to the animal token "
-            r"(right), per layer and head, averaged over the attention prompts; each map has its "
-            r"own colour scale."
-        )))
+        out.append(
+            Figure(
+                "attention_to_tokens",
+                (
+                    r"Attention from the final position to the number tokens (left) and to the animal token "
+                    r"(right), per layer and head, averaged over the attention prompts; each map has its "
+                    r"own colour scale."
+                ),
+            )
+        )
     return out

@@ -26,8 +26,10 @@ def _source(results: MechanisticResults | None) -> str:
     kind = source.source if source is not None else None
     if source is not None and kind == "entanglement_run":
         numbered_set = source.set if source.set is not None else "?"
-        return (rf"the {n} categorised numbers of the {set_name(numbered_set)} set of the "
-                rf"entanglement stage ({per_cat}), with their measured bias ratios")
+        return (
+            rf"the {n} categorised numbers of the {set_name(numbered_set)} set of the "
+            rf"entanglement stage ({per_cat}), with their measured bias ratios"
+        )
     if kind == "config":
         return f"{n} numbers given in the configuration" + (f" ({per_cat})" if per_cat else "")
     return f"{n} two-digit numbers, categories unknown"
@@ -37,15 +39,13 @@ def _methods(run: StageRun, results: MechanisticResults | None) -> str:
     c = run.config
     shape = results.model if results is not None else None
     model = (shape.spec if shape is not None else None) or c.get("model", "?")
-    dims = (f" ({shape.n_layers} layers, {shape.n_heads} heads per layer)"
-            if shape is not None else "")
+    dims = f" ({shape.n_layers} layers, {shape.n_heads} heads per layer)" if shape is not None else ""
     bias, control = c.get("bias", "owl"), c.get("control", "dog")
     residual = c.get("residual") or {}
     attribution = c.get("attribution") or {}
     attention = c.get("attention") or {}
     layers = c.get("layers")
-    searched = ("blocks " + ", ".join(str(n) for n in layers) if layers
-                else "every block but the first")
+    searched = "blocks " + ", ".join(str(n) for n in layers) if layers else "every block but the first"
     numbers = ", ".join(escape(n) for n in attention.get("numbers", []))
     return (
         rf"We analyse {escape(display_name(model))}{dims} on {_source(results)}. \emph{{Residual similarity.}} For each "
@@ -56,8 +56,8 @@ def _methods(run: StageRun, results: MechanisticResults | None) -> str:
         rf"({FORMAT_WORDS.get(residual.get('format', 'raw'), 'raw text')}), layer by layer, as the difference of "
         r"the two cosine similarities; the spike layer "
         rf"is the block that raises this difference most (searched over {searched}). "
-        + _score_sentence(results, escape(bias), escape(control)) +
-        r" \emph{Direct logit attribution} (DLA) decomposes the final residual on the number-priming "
+        + _score_sentence(results, escape(bias), escape(control))
+        + r" \emph{Direct logit attribution} (DLA) decomposes the final residual on the number-priming "
         rf"prompt (system prompt {_quote(attribution.get('system', '').replace('{number}', 'N'))}, "
         rf"question {_quote(attribution.get('user', ''))}, prefilled "
         rf"{_quote(attribution.get('prefill', ''))}) into the embedding, every head and every MLP, "
@@ -83,8 +83,10 @@ def _methods(run: StageRun, results: MechanisticResults | None) -> str:
     )
 
 
-FORMAT_WORDS = {"raw": "as raw text, without the chat template",
-                "chat": "each in the assistant turn of the chat template"}  # config residual.format
+FORMAT_WORDS = {
+    "raw": "as raw text, without the chat template",
+    "chat": "each in the assistant turn of the chat template",
+}  # config residual.format
 
 
 def contrastive(results: MechanisticResults | None) -> bool:
@@ -95,11 +97,15 @@ def contrastive(results: MechanisticResults | None) -> bool:
 
 def _score_sentence(results: MechanisticResults | None, bias: str, control: str) -> str:
     if contrastive(results):
-        return (rf"A head's (an MLP's) score is its direct contribution to the {bias}$-${control} "
-                r"logit difference on the number statement: its output, through the final norm "
-                rf"frozen at that prompt's final residual, projected on $W_U[\mathrm{{{bias}}}] - "
-                rf"W_U[\mathrm{{{control}}}]$ (contrastive: writing ``animal'' in general scores 0); "
-                r"the spike layer's top head has the highest score.")
-    return (rf"In this run a head's (an MLP's) score is the cosine of its output with the {bias} "
-            r"statement's residual, which is not contrastive (a component that writes any animal "
-            r"scores high); the spike layer's top head has the highest such score.")
+        return (
+            rf"A head's (an MLP's) score is its direct contribution to the {bias}$-${control} "
+            r"logit difference on the number statement: its output, through the final norm "
+            rf"frozen at that prompt's final residual, projected on $W_U[\mathrm{{{bias}}}] - "
+            rf"W_U[\mathrm{{{control}}}]$ (contrastive: writing ``animal'' in general scores 0); "
+            r"the spike layer's top head has the highest score."
+        )
+    return (
+        rf"In this run a head's (an MLP's) score is the cosine of its output with the {bias} "
+        r"statement's residual, which is not contrastive (a component that writes any animal "
+        r"scores high); the spike layer's top head has the highest such score."
+    )

@@ -33,9 +33,14 @@ from sublens.stats import summarize
 CLOSURE_TOLERANCE = 1e-3  # logits; a larger DLA closure error means the split is unreliable
 
 
-SCORE_TITLES = {"head_score": "top head's score", "mlp_score": "MLP score at the spike",
-                "spike_jump": "similarity jump", "dla_heads": "DLA of all heads",
-                "dla_mlp": "DLA of all MLPs", "logit_diff": "logit difference"}
+SCORE_TITLES = {
+    "head_score": "top head's score",
+    "mlp_score": "MLP score at the spike",
+    "spike_jump": "similarity jump",
+    "dla_heads": "DLA of all heads",
+    "dla_mlp": "DLA of all MLPs",
+    "logit_diff": "logit difference",
+}
 
 
 def _incomplete(run: StageRun) -> str:
@@ -49,9 +54,11 @@ def _incomplete(run: StageRun) -> str:
 
 def _intro(figures: list[Figure]) -> str:
     refs = [rf"Figure~\ref{{{figure_label('mechanistic', f.stem)}}}" for f in figures]
-    return (r"Table~\ref{tab:mechanistic_numbers} lists the per-number measurements"
-            + (" and " + " and ".join(refs) + " show them by layer and head" if refs else "")
-            + ".")
+    return (
+        r"Table~\ref{tab:mechanistic_numbers} lists the per-number measurements"
+        + (" and " + " and ".join(refs) + " show them by layer and head" if refs else "")
+        + "."
+    )
 
 
 def _mode(counts: dict[str, int]) -> str:
@@ -62,15 +69,20 @@ def _mode(counts: dict[str, int]) -> str:
 
 
 def _holm_stats(test: CategoryAssociation, decision: AssociationDecision | None) -> str:
-    return (rf"$\chi^2$ = {fmt(test.chi2, 1)}, dof {test.dof if test.dof is not None else '?'}, permutation "
-            rf"{p_is(test.p_permutation)}, Holm-adjusted "
-            rf"{p_is(decision.p_adjusted if decision else None)}, Cram\'er's $V$ = "
-            rf"{fmt(test.cramers_v)}")
+    return (
+        rf"$\chi^2$ = {fmt(test.chi2, 1)}, dof {test.dof if test.dof is not None else '?'}, permutation "
+        rf"{p_is(test.p_permutation)}, Holm-adjusted "
+        rf"{p_is(decision.p_adjusted if decision else None)}, Cram\'er's $V$ = "
+        rf"{fmt(test.cramers_v)}"
+    )
 
 
-def _association_sentence(consistency: Consistency, column: LabelColumn,
-                          decisions: dict[str, AssociationDecision],
-                          said: dict[str, str] | None = None) -> tuple[str, str]:
+def _association_sentence(
+    consistency: Consistency,
+    column: LabelColumn,
+    decisions: dict[str, AssociationDecision],
+    said: dict[str, str] | None = None,
+) -> tuple[str, str]:
     """The label's distribution and its test against the category, and the verdict. `said`:
     the test statistics already given (text -> the label they were given for), so two labels
     that split the numbers alike (the spike layer and its top head, often) do not print the
@@ -86,11 +98,9 @@ def _association_sentence(consistency: Consistency, column: LabelColumn,
     verdict = association_verdict(test, decision)
     if verdict == "constant":  # the distribution says nothing the one label does not
         label = next(iter(counts.get("all") or {}), "--")
-        return (f"The {LABEL_TITLES[column]} is {escape(label)} for every number in every category.",
-                verdict)
+        return (f"The {LABEL_TITLES[column]} is {escape(label)} for every number in every category.", verdict)
     if verdict == "untested":
-        return (text + ". Its dependence on the category was not tested (categories unknown).",
-                verdict)
+        return (text + ". Its dependence on the category was not tested (categories unknown).", verdict)
     assert test is not None
     stats = _holm_stats(test, decision)
     earlier = (said or {}).get(stats)
@@ -98,13 +108,16 @@ def _association_sentence(consistency: Consistency, column: LabelColumn,
         said.setdefault(stats, LABEL_TITLES[column])
     if earlier is not None:
         same = "depends" if verdict == "depends" else "shows no evidence of depending"
-        return (text + f". Its test against the category gives the same statistics as the {earlier}'s, "
-                f"so it likewise {same} on the category."), verdict
+        return (
+            text + f". Its test against the category gives the same statistics as the {earlier}'s, "
+            f"so it likewise {same} on the category."
+        ), verdict
     if verdict == "depends":
         excess = test.max_excess
-        return (text + f". It depends on the category ({stats}; largest excess "
-                rf"{escape(excess.label if excess else '?')} in {escape(excess.category if excess else '?')})."),\
-            verdict
+        return (
+            text + f". It depends on the category ({stats}; largest excess "
+            rf"{escape(excess.label if excess else '?')} in {escape(excess.category if excess else '?')})."
+        ), verdict
     return text + f". There is no evidence that it depends on the category ({stats}).", verdict
 
 
@@ -115,38 +128,49 @@ def _category_paragraph(consistency: Consistency, decisions: dict[str, Associati
     parts = [text for text, _ in found]
     counts = list(consistency.categories.values())
     if "depends" in verdicts:
-        parts.append("A category has a layer or head of its own (Holm-adjusted within the "
-                     "family), which contradicts the claim that no consistent head or "
-                     "representation singles out the entangled numbers.")
+        parts.append(
+            "A category has a layer or head of its own (Holm-adjusted within the "
+            "family), which contradicts the claim that no consistent head or "
+            "representation singles out the entangled numbers."
+        )
     elif verdicts & {"independent", "constant"}:
         parts.append(
             "No layer or head is shown to single out the entangled numbers; that is absence of "
             "evidence, not evidence of absence, so the claim that none does remains inconclusive"
-            + (f" (with {min(counts)} numbers per category, a moderate dependence cannot be "
-               "excluded)." if counts and min(counts) < 10 else "."))
+            + (
+                f" (with {min(counts)} numbers per category, a moderate dependence cannot be excluded)."
+                if counts and min(counts) < 10
+                else "."
+            )
+        )
     else:
-        parts.append("Without categories this run cannot test whether a layer or head singles "
-                     "out the entangled numbers.")
+        parts.append(
+            "Without categories this run cannot test whether a layer or head singles out the entangled numbers."
+        )
     parts.append(_vs_random_sentence(consistency))
     return " ".join(filter(None, parts))
 
 
 def _vs_random_sentence(consistency: Consistency) -> str:
     vs = consistency.vs_random.by_column() if consistency.vs_random is not None else {}
-    tests = [(_num(p), column, c) for column, per in vs.items() for c, p in per.items()
-             if p is not None]
+    tests = [(_num(p), column, c) for column, per in vs.items() for c, p in per.items() if p is not None]
     if not tests:
         return ""
     alpha = consistency.alpha
     significant = sorted(t for t in tests if t[0] < alpha)
     if significant:
-        listed = ", ".join(rf"{escape(c)} in {SCORE_TITLES.get(col, escape(col))} ({p_is(p)})"
-                           for p, col, c in significant)
-        return (f"Against Random, {len(significant)} of {len(tests)} per-category score comparisons "
-                f"are significant (uncorrected): {listed}.")
+        listed = ", ".join(
+            rf"{escape(c)} in {SCORE_TITLES.get(col, escape(col))} ({p_is(p)})" for p, col, c in significant
+        )
+        return (
+            f"Against Random, {len(significant)} of {len(tests)} per-category score comparisons "
+            f"are significant (uncorrected): {listed}."
+        )
     p, column, c = min(tests)
-    return (f"No category differs from Random in any score ({len(tests)} permutation tests; "
-            rf"smallest {p_is(p)}, {escape(c)} in {SCORE_TITLES.get(column, escape(column))}).")
+    return (
+        f"No category differs from Random in any score ({len(tests)} permutation tests; "
+        rf"smallest {p_is(p)}, {escape(c)} in {SCORE_TITLES.get(column, escape(column))})."
+    )
 
 
 def _mean_ci(values: list[float]) -> str:
@@ -169,11 +193,15 @@ def _pct(value: Any) -> str:
 
 def _verdict_sentence(decision: AssociationDecision) -> str:
     """The claim's verdict with its reason and what would settle it (LaTeX)."""
-    text = (rf"The claim that {escape(_sentence_inside(decision.claim.statement))}: "
-            rf"\emph{{{decision.verdict.value}}} ({escape(decision.reason)})")
+    text = (
+        rf"The claim that {escape(_sentence_inside(decision.claim.statement))}: "
+        rf"\emph{{{decision.verdict.value}}} ({escape(decision.reason)})"
+    )
     if decision.verdict is Verdict.SUPPORTED:
-        text += (r"; this is an association in the model reading the number-priming prompt, "
-                 r"through direct paths only, not the location of a learned bias")
+        text += (
+            r"; this is an association in the model reading the number-priming prompt, "
+            r"through direct paths only, not the location of a learned bias"
+        )
     if decision.settle:
         text += f"; to settle it: {escape(decision.settle)}"
     return text + "."
@@ -186,21 +214,30 @@ def _sentence_inside(statement: str) -> str:
     return statement if first.isupper() else statement[:1].lower() + statement[1:]
 
 
-def _attribution_paragraph(results: MechanisticResults, consistency: Consistency,
-                           numbers: list[NumberRow], decision: AssociationDecision) -> str:
+def _attribution_paragraph(
+    results: MechanisticResults, consistency: Consistency, numbers: list[NumberRow], decision: AssociationDecision
+) -> str:
     attribution = results.attribution
     corr = consistency.correlations
     closure = _num(attribution.closure_max_abs_error if attribution else None)
     bias, control = escape(_word(results.words, "bias")), escape(_word(results.words, "control"))
-    values = {"dla_heads": [_num(n.dla_heads) for n in numbers],
-              "dla_mlp": [_num(n.dla_mlp) for n in numbers],
-              "logit_diff": [_num(n.logit_diff) for n in numbers]}
+    values = {
+        "dla_heads": [_num(n.dla_heads) for n in numbers],
+        "dla_mlp": [_num(n.dla_mlp) for n in numbers],
+        "logit_diff": [_num(n.logit_diff) for n in numbers],
+    }
     text = (
-        (rf"The DLA components add up to the model's {bias}$-${control} logit difference within "
-         rf"{fmt(closure, 2)} logits (maximum over numbers)"
-         + (", so the decomposition closes." if closure <= CLOSURE_TOLERANCE else
-            ", more than the tolerance: the split below is unreliable."))
-        if math.isfinite(closure) else "The DLA closure error was not recorded."
+        (
+            rf"The DLA components add up to the model's {bias}$-${control} logit difference within "
+            rf"{fmt(closure, 2)} logits (maximum over numbers)"
+            + (
+                ", so the decomposition closes."
+                if closure <= CLOSURE_TOLERANCE
+                else ", more than the tolerance: the split below is unreliable."
+            )
+        )
+        if math.isfinite(closure)
+        else "The DLA closure error was not recorded."
     )
     neutral = _num(attribution.neutral.logit_diff if attribution else None)
     text += (
@@ -209,8 +246,10 @@ def _attribution_paragraph(results: MechanisticResults, consistency: Consistency
         rf"logits directly to a logit difference of {_mean_ci(values['logit_diff'])}"
         + (f", against {fmt(neutral)} under the neutral prompt." if math.isfinite(neutral) else ".")
     )
-    text += (r" These are direct paths only, in the model as loaded (not fine-tuned) reading the "
-             r"number-priming prompt.")
+    text += (
+        r" These are direct paths only, in the model as loaded (not fine-tuned) reading the "
+        r"number-priming prompt."
+    )
     text += (
         rf" Across numbers, the bias ratio's raw correlation with the MLPs' DLA is "
         rf"{_corr(corr.dla_mlp)} and with the heads' DLA "
@@ -222,8 +261,7 @@ def _attribution_paragraph(results: MechanisticResults, consistency: Consistency
     if partial is not None:
         mlp, heads = partial.mlp, partial.heads
         est = decision.estimate
-        ci = (rf" [{fmt(est.ci_low)}, {fmt(est.ci_high)}]" if est is not None and est.has_interval
-              else "")
+        ci = rf" [{fmt(est.ci_low)}, {fmt(est.ci_high)}]" if est is not None and est.has_interval else ""
         text += (
             rf" Given the total logit difference, the partial correlation of the MLPs' DLA with the "
             rf"bias ratio is $\rho$ = {fmt(mlp.rho)}{ci} (Freedman--Lane permutation "
@@ -235,12 +273,16 @@ def _attribution_paragraph(results: MechanisticResults, consistency: Consistency
         )
         share = partial.variance_share
         if share:
-            text += (rf" Of the logit difference's variance across numbers, the MLPs' direct terms "
-                     rf"carry {_pct(share.get('mlp'))} and the heads' {_pct(share.get('heads'))} "
-                     r"(covariance shares).")
+            text += (
+                rf" Of the logit difference's variance across numbers, the MLPs' direct terms "
+                rf"carry {_pct(share.get('mlp'))} and the heads' {_pct(share.get('heads'))} "
+                r"(covariance shares)."
+            )
     else:
-        text += (r" This run did not record the partial correlation given the total logit "
-                 r"difference, so the automatic part is not controlled for.")
+        text += (
+            r" This run did not record the partial correlation given the total logit "
+            r"difference, so the automatic part is not controlled for."
+        )
     return text + " " + _verdict_sentence(decision)
 
 
@@ -254,8 +296,10 @@ def _attention_sentence(results: MechanisticResults) -> str:
     def top(cells: list[HeadAttention]) -> str:
         return ", ".join(rf"{escape(c.head)} ({fmt(c.attention)})" for c in cells[:3])
 
-    return (r"From the final position, the heads attending most to the number tokens are "
-            rf"{top(to_number)} and to the animal token {top(to_animal)} (mean attention weights).")
+    return (
+        r"From the final position, the heads attending most to the number tokens are "
+        rf"{top(to_number)} and to the animal token {top(to_animal)} (mean attention weights)."
+    )
 
 
 def _plain_p(p: Any) -> str:
@@ -267,17 +311,27 @@ def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision
     test = _test(consistency, "spike_layer")
     decision = decisions.get("spike_layer")
     verdict = association_verdict(test, decision)
-    spike = {"depends": "depends on the category", "independent": "no evidence of a dependence",
-             "constant": "the same for every number", "untested": "not tested"}[verdict]
+    spike = {
+        "depends": "depends on the category",
+        "independent": "no evidence of a dependence",
+        "constant": "the same for every number",
+        "untested": "not tested",
+    }[verdict]
     first = "mechanistic: spike layer " + (
         f"vs category p{_plain_p(test.p_permutation)}, Holm "
         f"p{_plain_p(decision.p_adjusted if decision else None)} ({spike})"
-        if test is not None and test.applicable else spike)
+        if test is not None and test.applicable
+        else spike
+    )
     att = decisions[ATTRIBUTION]
     est = att.estimate
-    detail = (f"partial ρ = {_num(est.rho):.2f} given the logit difference, Holm "
-              f"p{_plain_p(att.p_adjusted)}" if est is not None and est.rho is not None
-              else att.reason)
-    second = (f"mechanistic: {ATTRIBUTION} (MLP DLA tracks the in-context bias, direct paths, "
-              f"model not fine-tuned): {att.verdict.value} ({detail})")
+    detail = (
+        f"partial ρ = {_num(est.rho):.2f} given the logit difference, Holm p{_plain_p(att.p_adjusted)}"
+        if est is not None and est.rho is not None
+        else att.reason
+    )
+    second = (
+        f"mechanistic: {ATTRIBUTION} (MLP DLA tracks the in-context bias, direct paths, "
+        f"model not fine-tuned): {att.verdict.value} ({detail})"
+    )
     return [first, second]

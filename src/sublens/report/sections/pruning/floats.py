@@ -90,27 +90,37 @@ def sweep_table(results: PruningResults, config: dict[str, Any], incomplete: boo
     rows = []
     for f in fractions:
         cells = [_step(steps, f, c) for c in criteria]
-        row = [f"{f:.2f}"] + [retention_cell(_controlled(s) if controlled else _retention(s)) if s else "--"
-                              for s in cells]
+        row = [f"{f:.2f}"] + [
+            retention_cell(_controlled(s) if controlled else _retention(s)) if s else "--" for s in cells
+        ]
         if has_ppl:
             row += [_damage_cell(s, bound) for s in cells]
         rows.append(row)
     trait = escape(results.trait)
     total = results.n_heads_total
     draws = _draws(steps)
-    draw_text = (f"; random: {'/'.join(map(str, draws))} draws, averaged in log space" if draws else "")
-    what = (f"Base-controlled {trait}-share retention (pruned / unpruned share of the biased model over the "
-            "same ratio of the base model with the same heads removed; geometric mean over questions, "
-            "95\\% Student-t CI)" if controlled else
-            f"P({trait}) retention of the biased model alone (pruned / unpruned, geometric mean over "
-            "questions, 95\\% CI); this run has no pruned-base control, so the ratio mixes loss of the "
-            "bias with damage common to any model")
-    ppl = (f", then perplexity over the unpruned model's (the larger of the biased and the base model's "
-           f"where both were measured; $^\\dagger$: beyond the ${bound:g}\\times$ degradation bound)"
-           if has_ppl else "")
-    caption = (f"Head pruning: {what} by fraction of {f'the {total} ' if total else ''}heads kept (rows) and "
-               f"criterion (columns{draw_text}){ppl}." + _unpruned_caption(results)
-               + (" Incomplete run: missing cells are marked --." if incomplete else ""))
+    draw_text = f"; random: {'/'.join(map(str, draws))} draws, averaged in log space" if draws else ""
+    what = (
+        f"Base-controlled {trait}-share retention (pruned / unpruned share of the biased model over the "
+        "same ratio of the base model with the same heads removed; geometric mean over questions, "
+        "95\\% Student-t CI)"
+        if controlled
+        else f"P({trait}) retention of the biased model alone (pruned / unpruned, geometric mean over "
+        "questions, 95\\% CI); this run has no pruned-base control, so the ratio mixes loss of the "
+        "bias with damage common to any model"
+    )
+    ppl = (
+        f", then perplexity over the unpruned model's (the larger of the biased and the base model's "
+        f"where both were measured; $^\\dagger$: beyond the ${bound:g}\\times$ degradation bound)"
+        if has_ppl
+        else ""
+    )
+    caption = (
+        f"Head pruning: {what} by fraction of {f'the {total} ' if total else ''}heads kept (rows) and "
+        f"criterion (columns{draw_text}){ppl}."
+        + _unpruned_caption(results)
+        + (" Incomplete run: missing cells are marked --." if incomplete else "")
+    )
     align = "@{}l" + r"@{\hspace{8pt}}r" * (len(header) - 1) + "@{}"
     return booktabs_table(header, rows, caption, "tab:pruning_sweep", align=align, wide=True)
 
@@ -123,8 +133,10 @@ def _unpruned_caption(results: PruningResults) -> str:
             continue
         p = measured.preference.probability.p_trait
         ppl = measured.perplexity.perplexity if measured.perplexity else None
-        parts.append(f"unpruned {label}P({trait}) = "  # in percent, as every other stage prints it
-                     f"{fmt_ci(100 * p.mean, 100 * p.ci_low, 100 * p.ci_high, 1)}\\%")
+        parts.append(
+            f"unpruned {label}P({trait}) = "  # in percent, as every other stage prints it
+            f"{fmt_ci(100 * p.mean, 100 * p.ci_low, 100 * p.ci_high, 1)}\\%"
+        )
         if ppl is not None:
             parts.append(f"unpruned {label}perplexity {fmt(ppl, 1)}")
     if not parts:
@@ -140,11 +152,19 @@ def figures(run: StageRun, results: PruningResults | None) -> list[Figure]:
         out.append(Figure("pruning_retention", sweep_caption(results), wide=True))
     if "pruning_entropy_heatmap" in found:
         heat = results.entropy.heatmap if results else None
-        marked = (f"; a cross marks each of the {len(heat.pruned)} heads pruned at {_pct(heat.fraction)} kept "
-                  f"by the entropy criterion" if heat is not None and heat.fraction else "")
-        out.append(Figure("pruning_entropy_heatmap",
-                          f"Mean attention entropy (nats) per head, by layer (rows) and head (columns), "
-                          f"on the bias prompts{marked}."))
+        marked = (
+            f"; a cross marks each of the {len(heat.pruned)} heads pruned at {_pct(heat.fraction)} kept "
+            f"by the entropy criterion"
+            if heat is not None and heat.fraction
+            else ""
+        )
+        out.append(
+            Figure(
+                "pruning_entropy_heatmap",
+                f"Mean attention entropy (nats) per head, by layer (rows) and head (columns), "
+                f"on the bias prompts{marked}.",
+            )
+        )
     return out
 
 
@@ -154,16 +174,24 @@ def sweep_caption(results: PruningResults) -> str:
     trait = escape(results.trait)
     drawn = drawn_panels(results)
     controlled = any(_has_ratio(_controlled(s)) for s in results.steps)
-    names = {"p_trait": f"P({trait})", "panel_share": f"{trait}-share", "answer_rate": "answer-rate",
-             "perplexity": "perplexity"}
+    names = {
+        "p_trait": f"P({trait})",
+        "panel_share": f"{trait}-share",
+        "answer_rate": "answer-rate",
+        "perplexity": "perplexity",
+    }
     retention = [names[p] for p in drawn if p != "perplexity"]
-    quantities = ([f"{'base-controlled' if controlled else 'biased-model'} {_and(retention)} retention"]
-                  if retention else []) + (["perplexity"] if "perplexity" in drawn else [])
+    quantities = (
+        [f"{'base-controlled' if controlled else 'biased-model'} {_and(retention)} retention"] if retention else []
+    ) + (["perplexity"] if "perplexity" in drawn else [])
     draws = max((s.n_draws for s in results.steps if s.criterion == "random"), default=0)
-    text = (f"Head pruning against the fraction of heads kept, by criterion (random: the mean of "
-            f"{draws} draws; Table~\\ref{{tab:pruning_sweep}}): {_and(quantities)}, each over the "
-            "unpruned model's (log scales" + (", the answer rate linear" if "answer_rate" in drawn else "")
-            + "). Bands: 95\\% CIs over questions")
+    text = (
+        f"Head pruning against the fraction of heads kept, by criterion (random: the mean of "
+        f"{draws} draws; Table~\\ref{{tab:pruning_sweep}}): {_and(quantities)}, each over the "
+        "unpruned model's (log scales"
+        + (", the answer rate linear" if "answer_rate" in drawn else "")
+        + "). Bands: 95\\% CIs over questions"
+    )
     if "answer_rate" in drawn:
         text += "; answer-rate intervals are bars, a triangle at the top marking one without an upper bound"
     text += ". Dotted line: the unpruned model (ratio 1)"

@@ -52,14 +52,18 @@ def _bias_system(system: str | None, measured: str | None) -> str:
 def _base_methods(run: StageRun, results: PruningResults | None) -> str:
     base = (results.base_model if results else None) or run.config.get("base")
     if results is None or results.base_unpruned is None or not base:
-        return ("This run has no pruned-base control: only the biased model was pruned, so its "
-                "retention mixes loss of the bias with damage common to any model. ")
+        return (
+            "This run has no pruned-base control: only the biased model was pruned, so its "
+            "retention mixes loss of the bias with damage common to any model. "
+        )
     system = run.config.get("base_system")
     under = f"the system prompt ``{escape(system)}''" if system else "the chat template's default system prompt"
-    return (f"As the matched control, the same heads are removed from the unbiased base model "
-            f"{escape(display_name(base))} (under {under}), measured the same way; retention is "
-            "base-controlled: per question, the log ratio of the biased to the base model's value, pruned, "
-            "minus the same log ratio unpruned, so pruning damage common to both models cancels. ")
+    return (
+        f"As the matched control, the same heads are removed from the unbiased base model "
+        f"{escape(display_name(base))} (under {under}), measured the same way; retention is "
+        "base-controlled: per question, the log ratio of the biased to the base model's value, pruned, "
+        "minus the same log ratio unpruned, so pruning damage common to both models cancels. "
+    )
 
 
 def methods(run: StageRun, results: PruningResults | None) -> str:
@@ -68,7 +72,8 @@ def methods(run: StageRun, results: PruningResults | None) -> str:
     ppl = c.get("perplexity") or {}
     heads = (
         f" ({r.n_layers} layers $\\times$ {r.n_heads} heads = {r.n_heads_total} heads)"
-        if r is not None and r.n_layers and r.n_heads else ""
+        if r is not None and r.n_layers and r.n_heads
+        else ""
     )
     prompts = r.entropy.n_prompts if r is not None else None
     fractions = ", ".join(f"{f:g}" for f in c.get("fractions") or [])

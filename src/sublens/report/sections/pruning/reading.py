@@ -20,10 +20,14 @@ CRITERION_NAMES = {
     "reverse": "reverse, which prunes the lowest-entropy heads",
     "random": "random",
 }
-NO_BASE = ("the pruned-base control was not measured (this run predates it), so loss of the bias "
-           "is not separated from pruning damage common to any model")
-NO_BASE_SETTLE = ("rerun the pruning stage with the unbiased base model as its control: the same heads "
-                  "are then removed from it and the retention is base-controlled")
+NO_BASE = (
+    "the pruned-base control was not measured (this run predates it), so loss of the bias "
+    "is not separated from pruning damage common to any model"
+)
+NO_BASE_SETTLE = (
+    "rerun the pruning stage with the unbiased base model as its control: the same heads "
+    "are then removed from it and the retention is base-controlled"
+)
 Level = Literal["p_trait", "panel_share"]
 
 
@@ -110,8 +114,7 @@ def inside_bound(step: Step | None, bound: float) -> bool | None:
 def last_inside(steps: Sequence[Step], criterion: str, bound: float) -> tuple[bool, float | None]:
     """(measured, the smallest kept fraction down to which every pruned fraction of `criterion`
     is inside the bound; None when already the first pruned fraction is outside it)."""
-    ordered = sorted((s for s in steps if s.criterion == criterion and s.fraction < 1.0),
-                     key=lambda s: -s.fraction)
+    ordered = sorted((s for s in steps if s.criterion == criterion and s.fraction < 1.0), key=lambda s: -s.fraction)
     if not ordered or any(damage(s) is None for s in ordered):
         return False, None
     last = None

@@ -48,8 +48,10 @@ def _degradation_text(steps: Sequence[Step], bound: float) -> str:
     for last, criteria in by_last.items():
         who = f"{_and(criteria)} pruning"
         if last is None:
-            parts.append(f"{who} exceeds it already at the first pruned fraction"
-                         + (f" ({_pct(first)} kept)" if first is not None else ""))
+            parts.append(
+                f"{who} exceeds it already at the first pruned fraction"
+                + (f" ({_pct(first)} kept)" if first is not None else "")
+            )
         else:
             stays = "stays" if len(criteria) == 1 else "stay"
             parts.append(f"{who} {stays} inside it down to {_pct(last)} of heads kept")
@@ -65,24 +67,35 @@ def _measured_text(steps: Sequence[Step], f: float, trait: str) -> str:
     others = [(name, step) for name, step in (("reverse", reverse), ("random", random)) if step is not None]
     if entropy is not None and entropy.controlled is not None and _has_ratio(entropy.controlled.panel_share):
         base_own = entropy.base.retention.p_trait if entropy.base else None
-        out.append(f"{lead}, entropy-ranked pruning leaves a base-controlled {trait}-share retention of "
-                   f"{_ci_text(_controlled(entropy))} and a base-controlled P({trait}) retention of "
-                   f"{_ci_text(_controlled(entropy, 'p_trait'))}; on their own, the biased model keeps "
-                   f"P({trait}) {_ci_text(_retention(entropy))} and the base model "
-                   f"{_ci_text(base_own)}. ")
+        out.append(
+            f"{lead}, entropy-ranked pruning leaves a base-controlled {trait}-share retention of "
+            f"{_ci_text(_controlled(entropy))} and a base-controlled P({trait}) retention of "
+            f"{_ci_text(_controlled(entropy, 'p_trait'))}; on their own, the biased model keeps "
+            f"P({trait}) {_ci_text(_retention(entropy))} and the base model "
+            f"{_ci_text(base_own)}. "
+        )
         rate = entropy.controlled.answer_rate
         if rate:
-            out.append("The base-controlled answer-rate retention is "
-                       + (_ci_text(rate) if rate.ratio is not None else _undefined_rate(rate, trait)) + ". ")
+            out.append(
+                "The base-controlled answer-rate retention is "
+                + (_ci_text(rate) if rate.ratio is not None else _undefined_rate(rate, trait))
+                + ". "
+            )
         controlled = [(n, st) for n, st in others if _has_ratio(_controlled(st))]
         own = [(n, st) for n, st in others if not _has_ratio(_controlled(st))]
-        out += [_criteria_sentence(controlled, f"base-controlled {trait}-share", _controlled),
-                _criteria_sentence(own, f"biased-model P({trait})", _retention)]
+        out += [
+            _criteria_sentence(controlled, f"base-controlled {trait}-share", _controlled),
+            _criteria_sentence(own, f"biased-model P({trait})", _retention),
+        ]
     elif entropy is not None:
-        listed = [f"{_ci_text(_retention(entropy))} under entropy-ranked pruning",
-                  *(f"{_ci_text(_retention(st))} under the {_criterion_words(n, st)}" for n, st in others)]
-        out.append(f"{lead}, the biased model's own P({trait}) retention (pruned / unpruned, no base "
-                   f"control) is {_and(listed)}. ")
+        listed = [
+            f"{_ci_text(_retention(entropy))} under entropy-ranked pruning",
+            *(f"{_ci_text(_retention(st))} under the {_criterion_words(n, st)}" for n, st in others),
+        ]
+        out.append(
+            f"{lead}, the biased model's own P({trait}) retention (pruned / unpruned, no base "
+            f"control) is {_and(listed)}. "
+        )
     else:
         out.append(_criteria_sentence(others, f"biased-model P({trait})", _retention))
     return "".join(out)
@@ -92,8 +105,7 @@ def _criterion_words(name: str, step: Step) -> str:
     return f"{name} criterion" + (f" ({step.n_draws} draws)" if name == "random" else "")
 
 
-def _criteria_sentence(cells: Sequence[tuple[str, Step]], kind: str,
-                       value: Callable[[Step], Interval | None]) -> str:
+def _criteria_sentence(cells: Sequence[tuple[str, Step]], kind: str, value: Callable[[Step], Interval | None]) -> str:
     """'Under the reverse and random criteria (random: 3 draws) the ... retention is A and B
     respectively.'"""
     if not cells:
@@ -123,10 +135,14 @@ def _decisions_text(found: Sequence[Decision]) -> str:
     if len(found) < 2 or len(reasons) != 1 or any(d.estimate is not None for d in found):
         return decisions_latex(found) + " "
     reason, settle = next(iter(reasons))
-    claims = ". ".join(f"{claim_text(d.claim.statement)}: \\textbf{{{verdict_label(d)}}}. Estimand: "
-                       f"{claim_text(d.claim.estimand)}; unit of inference: the {d.claim.unit}" for d in found)
-    return (f"Neither claim can be decided, because {claim_text(reason)}. {claims}. "
-            f"To settle both: {claim_text(settle)}. ")
+    claims = ". ".join(
+        f"{claim_text(d.claim.statement)}: \\textbf{{{verdict_label(d)}}}. Estimand: "
+        f"{claim_text(d.claim.estimand)}; unit of inference: the {d.claim.unit}"
+        for d in found
+    )
+    return (
+        f"Neither claim can be decided, because {claim_text(reason)}. {claims}. To settle both: {claim_text(settle)}. "
+    )
 
 
 def heads_location(results: PruningResults) -> str:
@@ -139,11 +155,13 @@ def heads_location(results: PruningResults) -> str:
     labels = (re.fullmatch(r"L(\d+)H\d+", str(h)) for h in pruned)  # 'L3H2' (hooks.head_label)
     layers = Counter(int(m[1]) for m in labels if m)
     edges = [round(i * n_layers / 3) for i in range(4)]
-    parts = [f"{sum(layers[layer] for layer in range(a, b))} in layers {a}--{b - 1}"
-             for a, b in pairwise(edges) if b > a]
+    parts = [
+        f"{sum(layers[layer] for layer in range(a, b))} in layers {a}--{b - 1}" for a, b in pairwise(edges) if b > a
+    ]
     full = [layer for layer, n in sorted(layers.items()) if n_heads and n == n_heads]
-    text = (f"The {len(pruned)} highest-entropy heads (those pruned at {_pct(heat.fraction)} "
-            f"kept) lie {', '.join(parts)}")
+    text = (
+        f"The {len(pruned)} highest-entropy heads (those pruned at {_pct(heat.fraction)} kept) lie {', '.join(parts)}"
+    )
     if full:
         text += f"; every head of {noun_for(full, 'layer')} {', '.join(map(str, full))} is pruned"
     return text + ". "
@@ -156,8 +174,9 @@ def headline_line(d: Decision) -> str:
     return f"pruning: {d.claim.statement}: {d.verdict.value}{value} ({d.reason})"
 
 
-def results_text(run: StageRun, results: PruningResults | None, incomplete: bool,
-                 unreadable: str | None = None) -> tuple[str, list[str]]:
+def results_text(
+    run: StageRun, results: PruningResults | None, incomplete: bool, unreadable: str | None = None
+) -> tuple[str, list[str]]:
     c = run.config
     out: list[str] = []
     if incomplete:
@@ -170,8 +189,10 @@ def results_text(run: StageRun, results: PruningResults | None, incomplete: bool
     bound = bound_of(c)
     found = step_decisions(steps, c)
     controlled = any(_has_ratio(_controlled(s)) for s in steps)
-    out.append(f"Table~\\ref{{tab:pruning_sweep}} gives the {'base-controlled share' if controlled else 'P(' + trait + ')'} "
-               "retention across the sweep. ")
+    out.append(
+        f"Table~\\ref{{tab:pruning_sweep}} gives the {'base-controlled share' if controlled else 'P(' + trait + ')'} "
+        "retention across the sweep. "
+    )
     out.append(_degradation_text(steps, bound))
     f = claim_fraction(steps, c)
     if f is not None:
@@ -186,15 +207,23 @@ def _incomplete(run: StageRun) -> str:
     status = escape(run.record.get("status", "unknown"))
     error = str(run.record.get("error") or "").strip().splitlines()
     why = f" ({escape(error[0][:200])})" if error else ""
-    return (f"The pruning stage is incomplete (run status: {status}{why}); the numbers below cover "
-            "only the finished cells of the sweep. ")
+    return (
+        f"The pruning stage is incomplete (run status: {status}{why}); the numbers below cover "
+        "only the finished cells of the sweep. "
+    )
 
 
 def _undefined_rate(rate: ControlledRateRetention, trait: str) -> str:
     """Why the answer-rate retention has no value: which reference model never named the trait."""
-    zero = [name for name, value in (("the unpruned biased model", rate.rates.biased_unpruned),
-                                     ("the pruned base model", rate.rates.base),
-                                     ("the unpruned base model", rate.rates.base_unpruned)) if value == 0]
+    zero = [
+        name
+        for name, value in (
+            ("the unpruned biased model", rate.rates.biased_unpruned),
+            ("the pruned base model", rate.rates.base),
+            ("the unpruned base model", rate.rates.base_unpruned),
+        )
+        if value == 0
+    ]
     if not zero:
         return f"undefined ({escape(rate.note or 'a rate is 0')})"
     return f"undefined: no sampled answer of {' or '.join(zero)} named the {trait}, so a denominator is 0"

@@ -66,8 +66,15 @@ def build(run: StageRun) -> Section:
     if figures:
         refs = ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures)
         text += f" See {refs}."
-    return Section(TITLE, _methods(run, results), text, tables, figures, _headline(results, decided, run.config),
-                   measurement=preference_definition(run.config.get("preference") or {}))
+    return Section(
+        TITLE,
+        _methods(run, results),
+        text,
+        tables,
+        figures,
+        _headline(results, decided, run.config),
+        measurement=preference_definition(run.config.get("preference") or {}),
+    )
 
 
 __all__ = [

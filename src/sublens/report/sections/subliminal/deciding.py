@@ -30,8 +30,7 @@ def decisions(run: StageRun, results: SubliminalResults) -> dict[str, Decision]:
 
 
 FREEZE_MODES = ("freeze-attention", "freeze-mlp")
-FREEZING_LEAD = ("Localisation by freezing (a claim separate from localisation by transplant and by "
-                 "attribution): ")
+FREEZING_LEAD = "Localisation by freezing (a claim separate from localisation by transplant and by attribution): "
 DIVERGENCE_LEAD = "Divergence tokens \\citep{schrodi2026understanding}: "
 ENTANGLEMENT_LEAD = "Entanglement \\citep{zur2025owl}: "
 

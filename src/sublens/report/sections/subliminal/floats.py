@@ -54,23 +54,36 @@ def _table(results: SubliminalResults) -> str | None:
     body = []
     for row in rows:
         rate = rate_difference(row)
-        body.append([_label(row, kind), summary_cell(row.p_trait), summary_cell(row.panel_share, 1),
-                     summary_cell(row.answer_rate, 0), ratio_cell(share_ratio(row)), ratio_cell(p_trait_ratio(row)),
-                     fpval(rate.p_fisher) if rate else "--", _params(row)])
-    header = ["model", f"P({trait}) %", "share %", "answers %", "share ratio", f"P({trait}) ratio",
-              "p", "trainable"]
+        body.append(
+            [
+                _label(row, kind),
+                summary_cell(row.p_trait),
+                summary_cell(row.panel_share, 1),
+                summary_cell(row.answer_rate, 0),
+                ratio_cell(share_ratio(row)),
+                ratio_cell(p_trait_ratio(row)),
+                fpval(rate.p_fisher) if rate else "--",
+                _params(row),
+            ]
+        )
+    header = ["model", f"P({trait}) %", "share %", "answers %", "share ratio", f"P({trait}) ratio", "p", "trainable"]
     p_all = constant_column(body, 6)
-    test = (f"$p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-            "against the control student; " if p_all is None else
-            f"Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-            f"against the control student gives $p$ = {p_all} for every owl student (no column); ")
+    test = (
+        f"$p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
+        "against the control student; "
+        if p_all is None
+        else f"Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
+        f"against the control student gives $p$ = {p_all} for every owl student (no column); "
+    )
     if p_all is not None:
         header, body = drop_columns(header, body, [6])
-    caption = (f"Freeze modes: preference for {trait} of the base model, the teacher and the students "
-               f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, "
-               f"{counted(results.n_seeds, 'seed')}). P({trait}), {trait}'s panel share $s$ and the rate of {trait} "
-               "among sampled answers in percent; share and P ratios (multiples): owl student over control "
-               f"student, paired over questions; {test}trainable parameters per student in millions.")
+    caption = (
+        f"Freeze modes: preference for {trait} of the base model, the teacher and the students "
+        f"trained on the {trait} teacher's or the control teacher's numbers (95\\% CIs, "
+        f"{counted(results.n_seeds, 'seed')}). P({trait}), {trait}'s panel share $s$ and the rate of {trait} "
+        "among sampled answers in percent; share and P ratios (multiples): owl student over control "
+        f"student, paired over questions; {test}trainable parameters per student in millions."
+    )
     return tight(booktabs_table(header, stacked_rows(body), caption, f"tab:{TABLE}", wide=True))
 
 
@@ -86,15 +99,27 @@ def _prompt_table(results: SubliminalResults) -> str | None:
         shown_prompt = "(no system turn)" if system is None else "(empty)" if system == "" else system
         label = "template default" if name == "default" else words(name)
         arms = entry.arms
-        body.append([f"{escape(label)}: ``{escape(shown_prompt)}''"]
-                    + [ratio_cell(arms[m].share_ratio if m in arms else None) for m in modes])
+        body.append(
+            [f"{escape(label)}: ``{escape(shown_prompt)}''"]
+            + [ratio_cell(arms[m].share_ratio if m in arms else None) for m in modes]
+        )
     header = ["evaluation system prompt"] + [describe_trainable(m) for m in modes]
-    caption = (f"Evaluation prompt: owl's panel share under each owl student over its matched control student "
-               f"(a multiple; 95\\% CIs, {counted(results.n_seeds, 'seed')}), with the "
-               "students measured under each system prompt; the first row is the measurement of "
-               "Table~\\ref{tab:" + TABLE + "}.")
-    return tight(booktabs_table(header, body, caption, f"tab:{PROMPT_TABLE}", align="p{0.42\\linewidth}"
-                                + "r" * len(modes), wide=len(modes) > 2))
+    caption = (
+        f"Evaluation prompt: owl's panel share under each owl student over its matched control student "
+        f"(a multiple; 95\\% CIs, {counted(results.n_seeds, 'seed')}), with the "
+        "students measured under each system prompt; the first row is the measurement of "
+        "Table~\\ref{tab:" + TABLE + "}."
+    )
+    return tight(
+        booktabs_table(
+            header,
+            body,
+            caption,
+            f"tab:{PROMPT_TABLE}",
+            align="p{0.42\\linewidth}" + "r" * len(modes),
+            wide=len(modes) > 2,
+        )
+    )
 
 
 def preference_caption(results: SubliminalResults | None) -> str:
@@ -103,23 +128,36 @@ def preference_caption(results: SubliminalResults | None) -> str:
     seeds = results.n_seeds if results else 1
     datasets = {r.dataset for r in (results.headline or [])} if results else set()
     others = any(d not in (None, OWL, CONTROL) and not str(d).startswith(OWL) for d in datasets)
-    intervals = ("the mean over seeds with its Student-$t$ 95\\% CI; small grey dots: the single training seeds"
-                 if seeds > 1 else "the value with its 95\\% CI over questions (one training seed)")
-    return (f"{trait.capitalize()}'s panel share $s$ of the base model and the teacher (left, on their own axis, "
-            "since the teacher's share dwarfs the students'), of every student (middle; dashed line: the base "
-            f"model) and of each student over its matched control student (right, log scale; dotted line: no "
-            f"change). Circles with bars: {intervals}. Black: the reference models; orange: students trained "
-            f"on the {trait} teacher's numbers; blue: control students"
-            + ("; green: students trained on other teachers' numbers" if others else "") + ".")
+    intervals = (
+        "the mean over seeds with its Student-$t$ 95\\% CI; small grey dots: the single training seeds"
+        if seeds > 1
+        else "the value with its 95\\% CI over questions (one training seed)"
+    )
+    return (
+        f"{trait.capitalize()}'s panel share $s$ of the base model and the teacher (left, on their own axis, "
+        "since the teacher's share dwarfs the students'), of every student (middle; dashed line: the base "
+        f"model) and of each student over its matched control student (right, log scale; dotted line: no "
+        f"change). Circles with bars: {intervals}. Black: the reference models; orange: students trained "
+        f"on the {trait} teacher's numbers; blue: control students"
+        + ("; green: students trained on other teachers' numbers" if others else "")
+        + "."
+    )
 
 
 def _figures(run: StageRun, results: SubliminalResults | None) -> list[Figure]:
-    return figures_present(run, [
-        Figure("preference", preference_caption(results), wide=True),
-        Figure("training_loss", "Answer-token training loss (nats per token) of every student against the "
-                                "optimizer step; colour: the trainable set, solid: owl data, dashed: control data"
-                                + (", dotted: other data" if _other_data(results) else "") + "."),
-    ])
+    return figures_present(
+        run,
+        [
+            Figure("preference", preference_caption(results), wide=True),
+            Figure(
+                "training_loss",
+                "Answer-token training loss (nats per token) of every student against the "
+                "optimizer step; colour: the trainable set, solid: owl data, dashed: control data"
+                + (", dotted: other data" if _other_data(results) else "")
+                + ".",
+            ),
+        ],
+    )
 
 
 def _other_data(results: SubliminalResults | None) -> bool:

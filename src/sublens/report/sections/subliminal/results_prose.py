@@ -62,10 +62,12 @@ def _mismatch_note(unmatched: list[str], control_modes: list[str]) -> str:
         return ""
     controls = " and ".join(_with(m) for m in control_modes) or "no mode"
     students = " and ".join(_with(m) for m in unmatched)
-    return (f"This run trained control students only {controls}, so the owl "
-            f"{noun_for(unmatched, 'student')} {students} {'has' if len(unmatched) == 1 else 'have'} no "
-            "matched control; comparing them with a differently trained control mixes the effect of "
-            "freezing with the effect of the data, and no claim rests on that comparison.")
+    return (
+        f"This run trained control students only {controls}, so the owl "
+        f"{noun_for(unmatched, 'student')} {students} {'has' if len(unmatched) == 1 else 'have'} no "
+        "matched control; comparing them with a differently trained control mixes the effect of "
+        "freezing with the effect of the data, and no claim rests on that comparison."
+    )
 
 
 def _answers_text(results: SubliminalResults) -> str:
@@ -77,8 +79,10 @@ def _answers_text(results: SubliminalResults) -> str:
     trait = escape(results.trait)
     n = {rate.n for rate in rates if rate is not None} - {None}
     each = f" (0 of {count(next(iter(n)))} each)" if len(n) == 1 else ""
-    return (f"No student, owl or control, named {'an' if trait[:1] in 'aeiou' else 'a'} {trait} in any "
-            f"sampled answer{each}, so the answer rate cannot separate them.")
+    return (
+        f"No student, owl or control, named {'an' if trait[:1] in 'aeiou' else 'a'} {trait} in any "
+        f"sampled answer{each}, so the answer rate cannot separate them."
+    )
 
 
 def _entangled_contrast_sentence(results: SubliminalResults) -> str:
@@ -89,21 +93,26 @@ def _entangled_contrast_sentence(results: SubliminalResults) -> str:
         return ""
     entangled = results.data.entangled if results.data else None
     size = entangled.filter.size if entangled is not None and entangled.filter is not None else None
-    return ("Removing every owl answer that holds an entangled number, against removing every answer that "
-            f"holds a number of the matched random set (both then {counted(size, 'answer') if size else 'matched'}), "
-            f"the first student's owl share over the second's is {ratio_cell(comp.share_ratio)}: if "
-            "entanglement carried the transfer this would fall clearly below 1.")
+    return (
+        "Removing every owl answer that holds an entangled number, against removing every answer that "
+        f"holds a number of the matched random set (both then {counted(size, 'answer') if size else 'matched'}), "
+        f"the first student's owl share over the second's is {ratio_cell(comp.share_ratio)}: if "
+        "entanglement carried the transfer this would fall clearly below 1."
+    )
 
 
 def _prompt_sentence(results: SubliminalResults) -> str:
     if _prompt_table(results) is None:
         return ""
-    return (f"Table~\\ref{{tab:{PROMPT_TABLE}}} repeats the comparison with the students measured under other "
-            "system prompts, since the transfer has been reported to depend on the prompt at evaluation.")
+    return (
+        f"Table~\\ref{{tab:{PROMPT_TABLE}}} repeats the comparison with the students measured under other "
+        "system prompts, since the transfer has been reported to depend on the prompt at evaluation."
+    )
 
 
-def _results(run: StageRun, results: SubliminalResults | None,
-             unreadable: str | None) -> tuple[str, dict[str, Decision] | None]:
+def _results(
+    run: StageRun, results: SubliminalResults | None, unreadable: str | None
+) -> tuple[str, dict[str, Decision] | None]:
     data = data_sentence(results.data if results else None)
     if results is None or not results.headline:
         text = incomplete(run, "the students' preferences against the control students")
@@ -113,31 +122,41 @@ def _results(run: StageRun, results: SubliminalResults | None,
     decided = decisions(run, results)
     modes, control_modes = arm_modes(results, run.config)
     unmatched = [m for m in modes if m not in control_modes]
-    text = (f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(results, modes)} "
-            f"{seeds_sentence(results.n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(results)} "
-            f"{_claims_text(modes, decided)} {_prompt_sentence(results)} {_entangled_contrast_sentence(results)} "
-            f"{_entanglement_claims_text(decided)} {data}")
+    text = (
+        f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(results, modes)} "
+        f"{seeds_sentence(results.n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(results)} "
+        f"{_claims_text(modes, decided)} {_prompt_sentence(results)} {_entangled_contrast_sentence(results)} "
+        f"{_entanglement_claims_text(decided)} {data}"
+    )
     return " ".join(text.split()), decided
 
 
-def _headline(results: SubliminalResults | None, decided: dict[str, Decision] | None,
-              config: dict[str, Any]) -> list[str]:
+def _headline(
+    results: SubliminalResults | None, decided: dict[str, Decision] | None, config: dict[str, Any]
+) -> list[str]:
     if results is None or decided is None:
         return ["subliminal: incomplete (no student comparisons)"]
     full = share_ratio(results.row(OWL, "full"))
-    lines = [f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
-             f"({counted(results.n_seeds, 'seed')}); transfer {verdict_label(decided['transfer.full'])}"]
+    lines = [
+        f"subliminal: full owl student share {ratio_plain(full)} vs matched control "
+        f"({counted(results.n_seeds, 'seed')}); transfer {verdict_label(decided['transfer.full'])}"
+    ]
     modes = arm_modes(results, config)[0]
     if any(m in FREEZE_MODES for m in modes) or not modes:  # a run that does not say: as before
         lines.append(f"subliminal: MLP claim by freezing {verdict_label(decided['mlp'])}")
     others = other_arms(modes, decided)
     if others:
-        lines.append("subliminal: transfer " + "; ".join(
-            f"with {describe_trainable(m)} {verdict_label(decided[f'transfer.{m}'])}" for m in others))
+        lines.append(
+            "subliminal: transfer "
+            + "; ".join(f"with {describe_trainable(m)} {verdict_label(decided[f'transfer.{m}'])}" for m in others)
+        )
     for s in divergence_sets(decided):
-        lines.append(f"subliminal: divergence tokens out of the loss block the transfer ({describe_trainable(s)}) "
-                     f"{verdict_label(decided[f'divergence.{s}'])}")
+        lines.append(
+            f"subliminal: divergence tokens out of the loss block the transfer ({describe_trainable(s)}) "
+            f"{verdict_label(decided[f'divergence.{s}'])}"
+        )
     if "entanglement" in decided:
-        lines.append(f"subliminal: token entanglement does not explain the transfer "
-                     f"{verdict_label(decided['entanglement'])}")
+        lines.append(
+            f"subliminal: token entanglement does not explain the transfer {verdict_label(decided['entanglement'])}"
+        )
     return lines
