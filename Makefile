@@ -45,6 +45,7 @@ tex:
 
 test: models tex
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest tests
 
