@@ -166,35 +166,9 @@ def decide_association(
             mde=mde,
             units_needed=needed,
         )
-    significant = p < s.alpha
-    r = claim.rho_of_interest
-    inside = est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
-    beyond = est.has_interval and (est.ci_low >= r or est.ci_high <= -r)  # type: ignore[operator]
-    sym = claim.symbol
-    ci = (
-        f"{sym} = {est.rho:.2f} [{est.ci_low:.2f}, {est.ci_high:.2f}]"
-        if est.has_interval
-        else f"{sym} = {est.rho:.2f} (no interval)"
-    )
-    ci += f", Holm p = {p:.3g}"
-    verdict, reason = Verdict.INCONCLUSIVE, ""
-    if claim.prediction == "none":
-        if inside:
-            verdict, reason = Verdict.SUPPORTED, f"{ci}: the CI lies inside ±{r:g}"
-        elif significant and (beyond or not est.has_interval):
-            verdict, reason = Verdict.CONTRADICTED, f"{ci}: a significant association"
-    else:
-        predicted = est.rho > 0 if claim.prediction == "increase" else est.rho < 0
-        if significant and predicted:
-            verdict, reason = Verdict.SUPPORTED, f"{ci}: an association in the predicted direction"
-        elif significant:
-            verdict, reason = Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
-        elif inside:
-            verdict, reason = (Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it)")
-    if verdict is Verdict.INCONCLUSIVE:
-        reason = f"{ci}: neither significant nor shown smaller than ±{r:g}"
+    verdict, reason = _verdict(claim, est, p)
     settle = (
-        f"about {needed} {claim.unit}s would detect |{sym}| = {r:g} (power {s.power:g})"
+        f"about {needed} {claim.unit}s would detect |{claim.symbol}| = {claim.rho_of_interest:g} (power {s.power:g})"
         if verdict is Verdict.INCONCLUSIVE
         else ""
     )
@@ -208,6 +182,30 @@ def decide_association(
         mde=mde,
         units_needed=needed,
     )
+
+
+def _verdict(claim: AssociationClaim, est: Association, p: float) -> tuple[Verdict, str]:
+    """The verdict word and its reason, from the (Holm-adjusted) p and the interval against
+    ±rho_of_interest (the rules are in decide_association's docstring)."""
+    significant, r, sym = p < claim.settings.alpha, claim.rho_of_interest, claim.symbol
+    inside = est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
+    beyond = est.has_interval and (est.ci_low >= r or est.ci_high <= -r)  # type: ignore[operator]
+    interval = f" [{est.ci_low:.2f}, {est.ci_high:.2f}]" if est.has_interval else " (no interval)"
+    ci = f"{sym} = {est.rho:.2f}{interval}, Holm p = {p:.3g}"
+    if claim.prediction == "none":
+        if inside:
+            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ±{r:g}"
+        if significant and (beyond or not est.has_interval):
+            return Verdict.CONTRADICTED, f"{ci}: a significant association"
+    else:
+        predicted = est.rho > 0 if claim.prediction == "increase" else est.rho < 0  # type: ignore[operator]
+        if significant and predicted:
+            return Verdict.SUPPORTED, f"{ci}: an association in the predicted direction"
+        if significant:
+            return Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
+        if inside:
+            return Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it)"
+    return Verdict.INCONCLUSIVE, f"{ci}: neither significant nor shown smaller than ±{r:g}"
 
 
 def decide_association_family(

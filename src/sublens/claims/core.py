@@ -254,29 +254,7 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         )
     p = est.p_value if p_adjusted is None else p_adjusted
     assert p is not None and est.ci_low is not None and est.ci_high is not None
-    significant = p < s.alpha
-    up, down = est.ratio > 1, est.ratio < 1
-    equivalent = _inside_margin(est, s.margin)
-    ci = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
-    verdict, reason = Verdict.INCONCLUSIVE, ""
-    if claim.prediction == "none":
-        if equivalent:
-            verdict, reason = Verdict.SUPPORTED, f"{ci}: the CI lies inside ×1/{s.margin:g}..×{s.margin:g}"
-        elif significant and (est.ci_low >= s.margin or est.ci_high <= 1 / s.margin):
-            verdict, reason = Verdict.CONTRADICTED, f"{ci}: an effect beyond the margin"
-    else:
-        predicted = up if claim.prediction == "increase" else down
-        if significant and predicted:
-            verdict, reason = Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
-        elif significant:
-            verdict, reason = Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
-        elif equivalent:
-            verdict, reason = (
-                Verdict.EQUIVALENT,
-                f"{ci}: no effect as large as ×{s.margin:g} (the CI lies inside the margin)",
-            )
-    if verdict is Verdict.INCONCLUSIVE:
-        reason = f"{ci}: the CI neither excludes no change nor lies inside the margin"
+    verdict, reason = _verdict(claim, est, p)
     settle = ""
     if verdict is Verdict.INCONCLUSIVE:
         settle = (
@@ -294,6 +272,29 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         mde=mde,
         units_needed=needed,
     )
+
+
+def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
+    """The verdict word and its reason, from the (Holm-adjusted) p and the ratio's interval
+    against the equivalence margin ×1/margin..×margin."""
+    margin = claim.settings.margin
+    assert est.ratio is not None and est.ci_low is not None and est.ci_high is not None
+    significant, equivalent = p < claim.settings.alpha, _inside_margin(est, margin)
+    ci = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    if claim.prediction == "none":
+        if equivalent:
+            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ×1/{margin:g}..×{margin:g}"
+        if significant and (est.ci_low >= margin or est.ci_high <= 1 / margin):
+            return Verdict.CONTRADICTED, f"{ci}: an effect beyond the margin"
+    else:
+        predicted = est.ratio > 1 if claim.prediction == "increase" else est.ratio < 1
+        if significant and predicted:
+            return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
+        if significant:
+            return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
+        if equivalent:
+            return Verdict.EQUIVALENT, f"{ci}: no effect as large as ×{margin:g} (the CI lies inside the margin)"
+    return Verdict.INCONCLUSIVE, f"{ci}: the CI neither excludes no change nor lies inside the margin"
 
 
 def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]]) -> list[Decision]:

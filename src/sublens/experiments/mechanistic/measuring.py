@@ -60,86 +60,88 @@ class Residuals:
 
 
 def measure_residuals(lm: LoadedModel, config: MechanisticConfig, items: list[NumberItem], words: Words) -> Residuals:
-    adapter = lm.adapter
-    L = adapter.n_layers
+    """Each number statement's final-position residual against the bias and control statements'
+    (per layer), the spike layer of each number and the component scores there."""
+    L = lm.adapter.n_layers
     stack_names = ["blocks.0.hook_resid_pre", *hook_names(["hook_resid_post"], range(L))]
-    animals = [
-        statement_prompt(lm, config, config.residual.animal.format(word=w), config.residual.animal_question)
-        for w in (config.bias, config.control)
-    ]
+    animals, refs = _reference_residuals(lm, config, stack_names)
     numbers = [
         statement_prompt(lm, config, config.residual.number.format(number=item.number), config.residual.number_question)
         for item in items
     ]
-    refs = torch.zeros(2, L + 1, adapter.d_model, dtype=torch.float64)
+    measured = _number_residuals(lm, config, numbers, words, stack_names, refs)
+    diff = measured["cos"][0] - measured["cos"][1]  # [N, L+1]
+    spike, jump = spike_layers(diff, config.layers)
+    head_at_spike, head_score = top_heads(measured["head_contrast"], spike)
+    return Residuals(
+        prompts={"bias": animals[0], "control": animals[1], "number_example": numbers[0]},
+        references=refs,
+        diff=diff,
+        spike=spike,
+        jump=jump,
+        top_head=head_at_spike,
+        head_score=head_score,
+        mlp_score=measured["mlp_contrast"][torch.arange(len(items)), spike],
+        **measured,
+    )
+
+
+def _reference_residuals(
+    lm: LoadedModel, config: MechanisticConfig, stack_names: list[str]
+) -> tuple[list[PromptText], torch.Tensor]:
+    """The bias and control statements and their final-position residuals [2, 1 + L, d]."""
+    animals = [
+        statement_prompt(lm, config, config.residual.animal.format(word=w), config.residual.animal_question)
+        for w in (config.bias, config.control)
+    ]
+    refs = torch.zeros(2, lm.adapter.n_layers + 1, lm.adapter.d_model, dtype=torch.float64)
 
     def on_animal(batch: list[int], acts: dict[str, torch.Tensor], _logits: torch.Tensor) -> None:
         refs[batch] = torch.stack([acts[n] for n in stack_names], dim=1).double().cpu()
 
-    final_position_pass(
-        lm.model,
-        adapter,
-        [ids_ending_the_text(lm, p) for p in animals],
-        stack_names,
-        on_animal,
-        config.batch_size,
-        "residual: animals",
-    )
-    N = len(items)
-    cos = torch.zeros(2, N, L + 1, dtype=torch.float64)
-    head_cos = torch.zeros(N, 2, L, adapter.n_heads, dtype=torch.float64)
-    mlp_cos = torch.zeros(N, 2, L, dtype=torch.float64)
-    head_contrast = torch.zeros(N, L, adapter.n_heads, dtype=torch.float64)
-    mlp_contrast = torch.zeros(N, L, dtype=torch.float64)
-    bias_token, control_token = words.bias.first_token, words.control.first_token
+    ids = [ids_ending_the_text(lm, p) for p in animals]
+    final_position_pass(lm.model, lm.adapter, ids, stack_names, on_animal, config.batch_size, "residual: animals")
+    return animals, refs
+
+
+def _number_residuals(
+    lm: LoadedModel,
+    config: MechanisticConfig,
+    numbers: list[PromptText],
+    words: Words,
+    stack_names: list[str],
+    refs: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per number statement: cosine profiles against the references (cos), the heads' and MLPs'
+    cosines (head_cos, mlp_cos) and their contrastive scores (head_contrast, mlp_contrast)."""
+    adapter, L, N = lm.adapter, lm.adapter.n_layers, len(numbers)
+    out = {
+        "cos": torch.zeros(2, N, L + 1, dtype=torch.float64),
+        "head_cos": torch.zeros(N, 2, L, adapter.n_heads, dtype=torch.float64),
+        "mlp_cos": torch.zeros(N, 2, L, dtype=torch.float64),
+        "head_contrast": torch.zeros(N, L, adapter.n_heads, dtype=torch.float64),
+        "mlp_contrast": torch.zeros(N, L, dtype=torch.float64),
+    }
     z_names, mlp_names = hook_names(["attn.hook_z"], range(L)), hook_names(["hook_mlp_out"], range(L))
 
     def on_numbers(batch: list[int], acts: dict[str, torch.Tensor], _logits: torch.Tensor) -> None:
         stack = torch.stack([acts[n] for n in stack_names], dim=1).double().cpu()  # [b, L+1, d]
         for r in range(2):
-            cos[r, batch] = similarity_profiles(stack, refs[r])
+            out["cos"][r, batch] = similarity_profiles(stack, refs[r])
         z = torch.stack([acts[n] for n in z_names], dim=1)  # [b, L, H, d_head]
         mlp = torch.stack([acts[n] for n in mlp_names], dim=1)  # [b, L, d]
         heads, mlps = component_cosines(adapter, z, mlp, refs[:, 1:].to(z.device))
-        head_cos[batch], mlp_cos[batch] = heads.cpu(), mlps.cpu()
+        out["head_cos"][batch], out["mlp_cos"][batch] = heads.cpu(), mlps.cpu()
+        resid_pre, resid_final = acts["blocks.0.hook_resid_pre"], acts[stack_names[-1]]
         heads, mlps = contrastive_component_scores(
-            adapter,
-            acts["blocks.0.hook_resid_pre"],
-            z,
-            mlp,
-            acts[stack_names[-1]],
-            bias_token,
-            control_token,
+            adapter, resid_pre, z, mlp, resid_final, words.bias.first_token, words.control.first_token
         )
-        head_contrast[batch], mlp_contrast[batch] = heads.cpu(), mlps.cpu()
+        out["head_contrast"][batch], out["mlp_contrast"][batch] = heads.cpu(), mlps.cpu()
 
-    final_position_pass(
-        lm.model,
-        adapter,
-        [ids_ending_the_text(lm, p) for p in numbers],
-        [*stack_names, *z_names, *mlp_names],
-        on_numbers,
-        config.batch_size,
-        "residual: numbers",
-    )
-    diff = cos[0] - cos[1]  # [N, L+1]
-    spike, jump = spike_layers(diff, config.layers)
-    head_at_spike, head_score = top_heads(head_contrast, spike)
-    return Residuals(
-        prompts={"bias": animals[0], "control": animals[1], "number_example": numbers[0]},
-        references=refs,
-        cos=cos,
-        diff=diff,
-        spike=spike,
-        jump=jump,
-        head_cos=head_cos,
-        mlp_cos=mlp_cos,
-        head_contrast=head_contrast,
-        mlp_contrast=mlp_contrast,
-        top_head=head_at_spike,
-        head_score=head_score,
-        mlp_score=mlp_contrast[torch.arange(N), spike],
-    )
+    ids = [ids_ending_the_text(lm, p) for p in numbers]
+    names = [*stack_names, *z_names, *mlp_names]
+    final_position_pass(lm.model, adapter, ids, names, on_numbers, config.batch_size, "residual: numbers")
+    return out
 
 
 # ---- direct logit attribution -----------------------------------------------------------------
