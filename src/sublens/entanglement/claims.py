@@ -124,58 +124,54 @@ def set_claims(
         else f"the {bias} context favours"
     )
 
-    def claim(test: str, statement: str, estimand: str, prediction: Any) -> Claim:
-        return Claim(
-            name=f"{family}.{set_name}.{test}",
-            statement=statement,
-            estimand=estimand,
-            unit="number",
-            prediction=prediction,
-            family=family,
-            settings=settings,
-        )
-
-    out: list[tuple[Claim, Estimate]] = []
     inc, rnd = logs["increased"], logs["random"]
     pairs = min(len(inc), len(rnd))
-    out.append(
+    tests: list[tuple[str, str, str, Any, Estimate]] = [
         (
-            claim(
-                "entangled_vs_null",
-                f"In {set_name}, numbers {favours} (Increased) raise P({bias}) no "
-                "more than baseline-frequency-matched Random numbers",
-                f"{ratio} of an Increased number over that of its frequency-matched Random partner, "
-                "geometric mean over matched pairs (paired t)",
-                "none",
-            ),
+            "entangled_vs_null",
+            f"In {set_name}, numbers {favours} (Increased) raise P({bias}) no more than "
+            "baseline-frequency-matched Random numbers",
+            f"{ratio} of an Increased number over that of its frequency-matched Random partner, geometric mean "
+            "over matched pairs (paired t)",
+            "none",
             paired_log_ratio(inc[:pairs], rnd[:pairs]),
         )
-    )
-    for c in ("decreased", "unchanged"):
-        out.append(
-            (
-                claim(
-                    f"{c}_vs_increased",
-                    f"In {set_name}, {LABEL[c]} numbers raise P({bias}) as much as Increased numbers",
-                    f"geometric-mean {ratio} of {LABEL[c]} numbers over that of Increased numbers (Welch t)",
-                    "none",
-                ),
-                welch_log_ratio(logs[c], inc),
-            )
+    ]
+    tests += [
+        (
+            f"{c}_vs_increased",
+            f"In {set_name}, {LABEL[c]} numbers raise P({bias}) as much as Increased numbers",
+            f"geometric-mean {ratio} of {LABEL[c]} numbers over that of Increased numbers (Welch t)",
+            "none",
+            welch_log_ratio(logs[c], inc),
         )
-    for c in CATEGORIES:
-        out.append(
-            (
-                claim(
-                    f"raises.{c}",
-                    f"In {set_name}, {LABEL[c]} numbers raise P({bias})",
-                    f"{ratio}, geometric mean over the category's numbers (one-sample t)",
-                    "increase",
-                ),
-                estimate_log_ratio(logs[c], "number"),
-            )
+        for c in ("decreased", "unchanged")
+    ]
+    tests += [
+        (
+            f"raises.{c}",
+            f"In {set_name}, {LABEL[c]} numbers raise P({bias})",
+            f"{ratio}, geometric mean over the category's numbers (one-sample t)",
+            "increase",
+            estimate_log_ratio(logs[c], "number"),
         )
-    return out
+        for c in CATEGORIES
+    ]
+    return [
+        (
+            Claim(
+                name=f"{family}.{set_name}.{test}",
+                statement=statement,
+                estimand=estimand,
+                unit="number",
+                prediction=prediction,
+                family=family,
+                settings=settings,
+            ),
+            estimate,
+        )
+        for test, statement, estimand, prediction, estimate in tests
+    ]
 
 
 def primary_set(k: Mapping[str, int], preferred: str | None = None) -> str | None:
