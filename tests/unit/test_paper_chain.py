@@ -227,7 +227,7 @@ def test_time_left_moves_with_the_clock_and_the_measured_speed() -> None:
     assert _eta(config, remaining, 1.0, 15.0) == "~30 min left after teacher"
     # with finished stages that ran on time (10 min for 10 estimated), the overrun weighs less
     assert _eta(config, remaining, 1.0, 15.0, spent=10.0, estimated=10.0) == "~25 min left after teacher"
-    assert _eta(config, ["subliminal"], 1.0, 25.0) == "<1 min left after subliminal"
+    assert _eta(config, ["subliminal"], 1.0, 25.0) == "subliminal is the last stage (then the bundle, under a minute)"
 
 
 def test_heartbeat_reports_a_stage_that_runs_past_its_estimate() -> None:

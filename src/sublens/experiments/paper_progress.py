@@ -33,6 +33,8 @@ def _eta(
     first = config.stages[remaining[0]].estimate_minutes
     if elapsed_in_first <= first * speed:
         return _minutes_left(minutes - elapsed_in_first)
+    if len(remaining) == 1:  # nothing after it to estimate
+        return f"{remaining[0]} is the last stage (then the bundle, under a minute)"
     slower = (spent + elapsed_in_first) / (estimated + first)
     rest = sum(config.stages[s].estimate_minutes for s in remaining[1:]) * slower
     return _minutes_left(rest) + f" after {remaining[0]}"
