@@ -80,7 +80,43 @@ def print_problems(fig: Figure, width: float | None = None) -> list[str]:
     problems += [
         f"panel {i} ({ax.get_title() or 'untitled'}) is empty" for i, ax in enumerate(fig.axes) if _is_empty(ax)
     ]
-    return problems
+    return problems + _overlapping_labels(fig)
+
+
+def _overlapping_labels(fig: Figure) -> list[str]:
+    """Panel titles that run into each other (titles too long for their panels) and x tick labels
+    of one panel that run into each other (labels too wide for their spacing): each pair
+    overlapping by more than a point. Needs a drawn figure (`fig.draw_without_rendering()`),
+    since tick labels exist only once drawn."""
+    titles = [ax.title for ax in fig.axes if ax.title.get_visible() and ax.title.get_text()]
+    groups = [titles] + [_shown_xticklabels(ax) for ax in fig.axes]
+    overlap_px = fig.dpi / 72  # one point
+    found: list[str] = []
+    for labels in groups:
+        boxes = [(t, t.get_window_extent()) for t in labels]
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1 :]:
+                width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+                height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+                if width > overlap_px and height > overlap_px:
+                    found.append(f"{a.get_text()!r} runs into {b.get_text()!r}")
+    return found
+
+
+def _shown_xticklabels(ax: Axes) -> list[Text]:
+    """The x tick labels drawn: visible, non-empty, at a tick inside the view limits, and upright
+    or vertical (a slanted label's box is far larger than its text, so boxes would overlap
+    where the text does not)."""
+    low, high = sorted(ax.get_xlim())
+    return [
+        label
+        for tick, label in zip(ax.get_xticks(), ax.get_xticklabels(), strict=False)
+        if ax.get_visible()
+        and label.get_visible()
+        and label.get_text()
+        and low <= tick <= high
+        and label.get_rotation() % 90 == 0
+    ]
 
 
 def _visible_texts(fig: Figure) -> list[Text]:

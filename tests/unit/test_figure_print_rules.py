@@ -41,3 +41,23 @@ def test_a_panel_switched_off_on_purpose_is_not_empty() -> None:
     axes[1].axis("off")
     assert print_problems(fig) == []
     plt.close(fig)
+
+
+def test_titles_and_tick_labels_that_run_into_each_other_are_named() -> None:
+    """The defect the demo's entanglement figure had: five panels across 6.3 in with long titles
+    and four horizontal category labels each. Short two-line titles and upright labels fix it."""
+    fig, axes = plt.subplots(1, 5, figsize=(DOUBLE_COLUMN_IN, 2), layout="constrained")
+    for ax in axes:
+        ax.plot([0, 3], [1, 2])
+        ax.set_title("a long title for a narrow panel (k = 15)")
+        ax.set_xticks(range(4), ["Inc.", "Dec.", "Unch.", "Rand."])
+    fig.draw_without_rendering()
+    problems = print_problems(fig)
+    assert any("runs into 'a long title" in p for p in problems)
+    assert any("'Dec.' runs into 'Unch.'" in p for p in problems)
+    for ax in axes:
+        ax.set_title("2-digit\nk = 15")
+        ax.set_xticks(range(4), ["Inc.", "Dec.", "Unch.", "Rand."], rotation=90)
+    fig.draw_without_rendering()
+    assert print_problems(fig) == []
+    plt.close(fig)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sublens.claims import MIN_UNITS
-from sublens.entanglement import CATEGORIES, is_tuned_set
+from sublens.entanglement import CATEGORIES, is_tuned_set, prompted_set_name
 from sublens.experiments.entanglement.analysis import LABELS, set_title
 from sublens.experiments.entanglement.results import EntanglementResults, RatioSummary
 from sublens.figures import DOUBLE_COLUMN_IN, PAPER_RC, SINGLE_COLUMN_IN, save_figure
@@ -74,7 +74,8 @@ def category_figure(results: EntanglementResults, numbers: pd.DataFrame, tuned: 
                 _category_panel(axes[i][j], results, numbers, name, column)
                 if j == 0:
                     axes[i][j].set_ylabel(label)
-            axes[0][j].set_title(f"{set_title(name)} set ($k$ = {results.k[name]})")
+            # Two short lines: five panels share 6.3 in (the figure says whether the sets are tuned).
+            axes[0][j].set_title(f"{set_title(prompted_set_name(name))}\n$k$ = {results.k[name]}")
     return fig
 
 
@@ -94,7 +95,7 @@ def _category_panel(ax: Axes, results: EntanglementResults, numbers: pd.DataFram
         _mean_marker(ax, x, getattr(getattr(stats, label), column), COLORS[label])
     ax.axhline(1.0, color="black", lw=0.6, ls="--")
     _log_axis(ax)
-    ax.set_xticks(range(len(CATEGORIES)), [TICKS[c] for c in CATEGORIES])
+    ax.set_xticks(range(len(CATEGORIES)), [TICKS[c] for c in CATEGORIES], rotation=90)  # four fit no other way
     ax.set_xlim(-0.6, len(CATEGORIES) - 0.4)
 
 
