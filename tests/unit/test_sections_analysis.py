@@ -441,3 +441,24 @@ def test_a_recorded_caveat_names_the_set_as_the_paper_does() -> None:
     )
     assert "'ar2" not in text and text.startswith("in the 2-digit tuned set, Decreased numbers")
     assert r"$4.6\times10^{-5}$ against" in text and not text.endswith(".")
+
+
+def test_sets_holding_the_same_numbers_are_said_to_repeat_one_measurement() -> None:
+    """With one digit per token the single-token numbers are the one-digit numbers: the demo's
+    tables showed two identical rows per category with nothing saying why."""
+    from sublens.experiments.entanglement.results import EntanglementResults
+    from sublens.report.sections.entanglement.results_prose import _same_numbers_sentence
+    from sublens.runs import read_json
+
+    results = EntanglementResults.model_validate(read_json(RUNS / "entanglement" / "results.json"))
+    assert len(results.categories) >= 1
+    assert _same_numbers_sentence(results) == ""  # the recorded run's sets differ
+    name, categories = next(iter(results.categories.items()))
+    shuffled = categories.model_copy(update={"increased": list(reversed(categories.increased))})
+    twin = "ar9" if name != "ar9" else "ar8"
+    doubled = results.model_copy(update={"categories": {**results.categories, twin: shuffled}})
+    sentence = _same_numbers_sentence(doubled)
+    assert sentence.endswith(
+        "hold the same numbers in every category here, so their rows repeat one measurement, not two independent ones."
+    )
+    assert "9-digit" in sentence or "8-digit" in sentence

@@ -238,6 +238,7 @@ def _results(
                     rf"In the {set_name(main)} set the bias ratios are {described}." if described else "",
                     _template_sentence(results, main),
                     _matching_sentence(results, main),
+                    _same_numbers_sentence(results),
                 ],
             )
         ),
@@ -258,6 +259,25 @@ def _results(
         ),
     ]
     return minus_signs("\n\n".join(p for p in paragraphs if p))
+
+
+def _same_numbers_sentence(results: EntanglementResults) -> str:
+    """Sets whose categories hold exactly the same numbers (with a tokenizer that writes one digit
+    per token, the single-token numbers are the one-digit numbers): said once, so a reader does
+    not take their equal rows for a copying error or for two confirmations."""
+    seen: dict[tuple[tuple[str, ...], ...], list[str]] = {}
+    for name, categories in results.categories.items():
+        key = tuple(tuple(sorted(getattr(categories, c))) for c in CATEGORIES)
+        seen.setdefault(key, []).append(name)
+    groups = [names for names in seen.values() if len(names) > 1]
+    if not groups:
+        return ""
+    first, *others = [_sets_phrase(names) for names in groups]
+    also = "".join(f", as do {p}" for p in others)
+    return (
+        rf"{first[0].upper()}{first[1:]} hold the same numbers in every category here{also}, so their rows "
+        r"repeat one measurement, not two independent ones."
+    )
 
 
 def _tuned_paragraph(results: EntanglementResults, tuned: Decided, figure: str) -> str:
