@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sublens.kv_budget import kv_bytes_per_position, rows_within_budget, scoring_memory
+from sublens.kv_budget import kv_bytes_per_position, scoring_memory
 from sublens.models import load_model
 from sublens.prompts import chat_prompt
 from sublens.scoring import word_probability_many
@@ -59,7 +59,6 @@ def child(numbers: int, budget: float, batch_size: int) -> dict[str, float | int
     wall, cpu = time.perf_counter(), time.process_time()
     with scoring_memory(budget):
         scores = word_probability_many(lm, prompts, [f" {w}" for w in WORDS], batch_size)
-        planned_rows = rows_within_budget(lm.model, batch_size, context)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     handle.remove()
     logps = [w.logp_word for row in scores for w in row]
@@ -70,7 +69,6 @@ def child(numbers: int, budget: float, batch_size: int) -> dict[str, float | int
         "warm_mib": warm,
         "peak_mib": maxrss_mib(),
         "largest_batch": max(seen),
-        "planned_rows": planned_rows,
         "kv_mib_of_largest_batch": kv_bytes_per_position(lm.model) * context * max(seen) / 2**20,
         "logps": logps,
     }

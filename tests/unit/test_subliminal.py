@@ -320,7 +320,7 @@ def test_per_mode_parameter_counts_as_the_experiment_trains(family: str, tmp_pat
 
 def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
     config = SubliminalConfig.model_validate(
-        {"seeds": [0, 1], "extra_teachers": {"eagle": "You love eagles."}, "parallel": 2}
+        {"seeds": [0, 1], "extra_teachers": {"eagle": "You love eagles."}, "parallel": 2, "scoring_memory_mb": 64}
     )
     files = {}
     for name in (OWL, CONTROL, "eagle"):
@@ -345,6 +345,8 @@ def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
     assert all(j.system == "SYS" and j.train["seed"] == j.seed and j.train["freeze"] == j.mode for j in jobs)
     assert all(j.threads is not None and j.threads >= 1 for j in jobs)
     assert len({j.key for j in jobs}) == len(jobs)
+    # a worker process does not inherit the parent's budget: each job carries the run's
+    assert {j.scoring_memory_mb for j in jobs} == {64}
     sources = teacher_sources(config, "SYS")
     assert [s.name for s in sources] == [OWL, CONTROL, "eagle"]
     assert sources[0].system == config.teacher_system and sources[1].system == "SYS"

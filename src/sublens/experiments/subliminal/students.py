@@ -33,6 +33,7 @@ from sublens.experiments.subliminal.config import (
 )
 from sublens.experiments.subliminal.data import divergence_file, student_examples
 from sublens.experiments.subliminal.results import Student
+from sublens.kv_budget import DEFAULT_SCORING_MEMORY_MB, scoring_memory
 from sublens.models import LoadedModel, load_model
 from sublens.perplexity import measure_perplexity
 from sublens.preference import evaluate_preference
@@ -75,6 +76,8 @@ class StudentJob:
     evaluation_systems: dict[str, str] | None = None
     loss_tokens: str = "all"  # answer tokens in the loss: all, skip-divergence, divergence-only
     divergence_file: str | None = None  # the data set's divergence flags (masked arms only)
+    # The run's scoring memory budget: a worker process does not inherit the parent's.
+    scoring_memory_mb: float = DEFAULT_SCORING_MEMORY_MB
 
 
 def student_train_config(config: SubliminalConfig, mode: str, seed: int) -> TrainConfig:
@@ -136,6 +139,7 @@ def plan_students(
                     evaluation_systems=dict(config.evaluation_systems) or None,
                     loss_tokens=loss_tokens,
                     divergence_file=None if loss_tokens == "all" else str(divergence_file(str(data_file))),
+                    scoring_memory_mb=config.scoring_memory_mb,
                 )
             )
     return jobs
@@ -182,7 +186,8 @@ def run_student(job: StudentJob, team: Team | None = None) -> Student:
         team.sync(f"student {job.name}: measured")
         return Student.model_validate(read_json(out / STUDENT_FILE))
     report.phase("measuring")
-    student = measured_student(job, lm, train_summary(result), dropped)
+    with scoring_memory(job.scoring_memory_mb):
+        student = measured_student(job, lm, train_summary(result), dropped)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resume points of a finished student
     atomic_write_json(out / STUDENT_FILE, student.model_dump(mode="json"))
     report.phase("done")
