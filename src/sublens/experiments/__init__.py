@@ -18,6 +18,7 @@ from typing import Any
 from sublens.config import Config
 from sublens.errors import ConfigError
 from sublens.kv_budget import scoring_memory
+from sublens.malloc import release_freed_memory
 from sublens.results import Results
 from sublens.runs import (
     FollowerRun,
@@ -118,6 +119,7 @@ def run_experiment(
     if not isinstance(config, experiment.config):
         raise ConfigError(f"{name} needs a {experiment.config.__name__}, got {type(config).__name__}.")
     check_launch(name, config)
+    release_freed_memory()  # a stage of the paper chain starts without the last one's heap (sublens.malloc)
     with scoring_memory(config.scoring_memory_mb):
         return _run_or_resume(experiment, name, config, out, run_dir, fresh)
 

@@ -29,7 +29,6 @@ figures (`maps`) and the summary on the terminal (`console`) are its sibling mod
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +55,7 @@ from sublens.experiments.distill.students import (
     measure,
     train_and_measure,
 )
+from sublens.malloc import release_freed_memory
 from sublens.runs import Run
 from sublens.runs import team as current_team
 from sublens.tables import write_tables
@@ -80,7 +80,7 @@ def execute(config: DistillConfig, run: Run) -> DistillResults | dict[str, Any]:
         results = first_results(setup, texts, specs, fitsets, *initial)
         run.save_results(results)
         del student  # every arm trains its own copy from the initial weights
-        gc.collect()
+        release_freed_memory()
         team.sync("initial student measured")
         for seed in config.training_seeds:
             for arm in config.arms:

@@ -30,6 +30,7 @@ from sublens.experiments.distill.results import (
     ShdRecord,
     TeacherRecord,
 )
+from sublens.malloc import release_freed_memory
 from sublens.models import LoadedModel
 from sublens.preference import evaluate_preference
 from sublens.result_records import TrainingSummary
@@ -193,7 +194,7 @@ def train_and_measure(
     setup.run.save_results(results)
     setup.team.sync(f"{tag} measured")
     del lm
-    gc.collect()
+    release_freed_memory()  # the next student's training starts from the live tensors only
     return results
 
 

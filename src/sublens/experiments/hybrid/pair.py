@@ -5,7 +5,6 @@ as weight states (`load_pair`, `Pair`).
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from sublens.experiments import default_teacher_run
 from sublens.experiments.hybrid.config import HybridConfig
 from sublens.experiments.hybrid.results import Source, Untied
 from sublens.hybrid import check_compatible, untie_embeddings, weights_snapshot
+from sublens.malloc import release_freed_memory
 from sublens.models import LoadedModel, load_model
 from sublens.runs import Run
 
@@ -61,5 +61,5 @@ def load_pair(config: HybridConfig, run: Run) -> Pair:
     run.note(models=models)
     states: States = {"base": weights_snapshot(base.model), "biased": weights_snapshot(biased.model)}
     del biased
-    gc.collect()
+    release_freed_memory()
     return Pair(base, states, biased_spec, models, untied)

@@ -34,7 +34,6 @@ shards, students and measurements and resumes an interrupted student from its ch
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -60,6 +59,7 @@ from sublens.experiments.subliminal.results import (
     TeacherProvenance,
 )
 from sublens.experiments.subliminal.students import StudentJob, plan_students, run_students
+from sublens.malloc import release_freed_memory
 from sublens.models import LoadedModel, load_model
 from sublens.perplexity import measure_perplexity
 from sublens.preference import evaluate_preference
@@ -134,7 +134,7 @@ def teacher_data(config: SubliminalConfig, run: Run) -> tuple[SubliminalResults,
         results = with_data(results, per_seed)
         run.save_results(results)
     del base
-    gc.collect()
+    release_freed_memory()
     return results, files
 
 

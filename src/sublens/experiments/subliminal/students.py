@@ -34,6 +34,7 @@ from sublens.experiments.subliminal.config import (
 from sublens.experiments.subliminal.data import divergence_file, student_examples
 from sublens.experiments.subliminal.results import Student
 from sublens.kv_budget import DEFAULT_SCORING_MEMORY_MB, scoring_memory
+from sublens.malloc import release_freed_memory
 from sublens.models import LoadedModel, load_model
 from sublens.perplexity import measure_perplexity
 from sublens.preference import evaluate_preference
@@ -334,6 +335,7 @@ def run_students(
     if team.distributed or parallel <= 1 or len(todo) <= 1:
         for job in todo:
             on_done(run_student(job, team))
+            release_freed_memory()  # the next student starts from its own weights, not this one's heap
         return
     with (
         ProcessPoolExecutor(
