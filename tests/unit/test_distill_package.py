@@ -18,6 +18,7 @@ from sublens.experiments.distill import DistillConfig
 from sublens.experiments.distill.figures import (
     MapPanel,
     alpha_figure,
+    colour_ceiling,
     fit_figure,
     loss_figure,
     make_figures,
@@ -77,6 +78,28 @@ def test_the_map_figure_reads_at_print_size(n_teacher: int, n_student: int) -> N
     assert (labelled[:2] == ["t0", "t1"]) == (n_teacher < 9)  # token labels only where they fit at 7 pt
     assert len(fig.axes) == 8 and not fig.axes[-1].axison  # the eighth cell is switched off
     assert _readable(fig, DOUBLE_COLUMN_IN) == []
+
+
+def test_axis_names_once_per_row_and_column() -> None:
+    fig = maps_figure(_panels(137, 93), "student layer 9, head 0")  # 7 maps, 4 to a row
+    y_names = [ax.get_ylabel() for ax in fig.axes[:7]]
+    x_names = [ax.get_xlabel() for ax in fig.axes[:7]]
+    assert y_names == ["query", "", "", "", "query", "", ""]
+    assert x_names == ["", "", "", "key", "key", "key", "key"]  # the fourth has no map below it
+
+
+def test_the_colour_scale_tops_out_beside_the_sink() -> None:
+    """A sink column of weight 0.9 would take the whole scale; the ceiling is the 99th
+    percentile of the other weights, computed here by sorting them."""
+    rng = np.random.default_rng(0)
+    matrix = np.tril(rng.uniform(0.0, 0.1, (50, 50)))
+    matrix[:, 0] = 0.9
+    rest = np.sort(matrix[:, 1:][matrix[:, 1:] > 0])
+    position = 0.99 * (rest.size - 1)  # linear interpolation between order statistics
+    low = int(position)
+    expected = rest[low] + (position - low) * (rest[low + 1] - rest[low])
+    assert colour_ceiling(matrix) == pytest.approx(expected)
+    assert colour_ceiling(np.zeros((3, 3))) > 0  # an empty map still gets a scale
 
 
 def test_the_alignment_figure_reads_at_print_size() -> None:

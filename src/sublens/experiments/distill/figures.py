@@ -194,11 +194,25 @@ def _labels_fit(n: int, axis_inches: float) -> bool:
     return n * MIN_FONT_PT * 1.3 <= axis_inches * 72
 
 
+SATURATION_QUANTILE = 0.99  # of the weights beside the sink: the top colour of a map's scale
+
+
+def colour_ceiling(matrix: np.ndarray) -> float:
+    """The weight shown in the top colour: the SATURATION_QUANTILE of the map's weights outside
+    the first key (the attention sink, which would otherwise take the whole scale and leave the
+    rest dark); larger weights, the sink's included, print in that same colour."""
+    rest = matrix[:, 1:] if matrix.shape[1] > 1 else matrix
+    weights = rest[rest > 0]
+    ceiling = float(np.quantile(weights, SATURATION_QUANTILE)) if weights.size else 0.0
+    return max(ceiling, 1e-9)
+
+
 def _draw_map(ax: Axes, panel: MapPanel, axis_inches: float) -> None:
-    """A map on a square-root colour scale, so that structure beside the attention sink stays
-    visible; token labels where they fit at print size, else token positions."""
+    """A map on a square-root colour scale up to `colour_ceiling`, so that structure beside the
+    attention sink stays visible; token labels where they fit at print size, else token
+    positions."""
     matrix = panel.matrix
-    ax.imshow(matrix, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(matrix.max()), 1e-9)))
+    ax.imshow(matrix, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=colour_ceiling(matrix)))
     ax.set_title(panel.title, fontsize=TITLE_PT)
     rows, cols = matrix.shape
     if _labels_fit(max(rows, cols), axis_inches):
@@ -212,6 +226,20 @@ def _draw_map(ax: Axes, panel: MapPanel, axis_inches: float) -> None:
     ax.set_ylabel(panel.y_label)
 
 
+def _inner_axis_names_dropped(axes: np.ndarray, panels: Sequence[MapPanel]) -> None:
+    """Axis names once per row and column of the grid: the query name on the left column only,
+    the key name under the lowest map of each column only (the maps fill the room saved)."""
+    cols = axes.shape[1]
+    for index in range(len(panels)):
+        row, col = divmod(index, cols)
+        ax = axes[row, col]
+        if col > 0 and panels[index].y_label == panels[index - 1].y_label:
+            ax.set_ylabel("")
+        below = index + cols
+        if below < len(panels) and panels[below].x_label == panels[index].x_label:
+            ax.set_xlabel("")
+
+
 def maps_figure(panels: Sequence[MapPanel], title: str = "", columns: int = 4) -> Figure:
     """Attention maps side by side at the text width, `columns` to a row."""
     cols = max(1, min(columns, len(panels)))
@@ -223,6 +251,7 @@ def maps_figure(panels: Sequence[MapPanel], title: str = "", columns: int = 4) -
         )
         for ax, panel in zip(axes.flat, panels, strict=False):
             _draw_map(ax, panel, 0.7 * side)
+        _inner_axis_names_dropped(axes, panels)
         for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         if title:

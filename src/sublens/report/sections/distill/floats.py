@@ -135,7 +135,11 @@ FIGURES = [
     Figure(
         "distill_maps",
         "One held-out text: a teacher head, the squeezed map, its projection onto "
-        "the student's tokens, and the student's map before and after training.",
+        "the student's tokens, and the student's map before and after training. Rows are "
+        "queries, columns keys (token positions). Colour: attention weight on a square-root "
+        "scale from 0 (dark) to each map's 99th percentile of the weights outside the first "
+        "key (yellow); larger weights, among them the first key's (the attention sink), are "
+        "drawn in yellow too.",
         wide=True,
     ),
 ]
