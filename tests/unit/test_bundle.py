@@ -27,6 +27,7 @@ from sublens.report.bundle import (
     references_bib,
     style_settings,
 )
+from sublens.report.bundle_appendix import _model_name
 from sublens.report.sections import CITATION_KEYS
 from sublens.report.stages import STAGE_ORDER
 
@@ -215,6 +216,19 @@ def test_paths_inside_a_run_become_run_ids() -> None:
         "<run 20260101_teacher_ab>/checkpoints/x"
     )
     assert _short_path("/home/alice/models/owl-full", known) == ".../owl-full"
+
+
+def test_relative_run_folders_recorded_as_specs_become_run_ids() -> None:
+    """A stage loads `runs/<paper run>/stages/teacher#control_teacher` relative to where it ran:
+    matched by the run folder's trailing names; hub ids and embedded names stay as they are."""
+    known = {Path("/work/demo/runs/20261202_paper_7686b5/stages/teacher"): "teacher"}
+    spec = "runs/20261202_paper_7686b5/stages/teacher#control_teacher"
+    assert _model_name({"spec": spec}, known) == "<run teacher>#control_teacher"
+    deeper = "20261202_paper_7686b5/stages/teacher/checkpoints/teacher"
+    assert _model_name({"spec": deeper}, known) == "<run teacher>/checkpoints/teacher"
+    assert _model_name({"spec": "HuggingFaceTB/SmolLM2-135M-Instruct"}, known) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert _model_name({"spec": "smollm2-135m-instruct"}, known) == "smollm2-135m-instruct"
+    assert _model_name({"spec": "other/teacher"}, known) == "other/teacher"  # one shared name is not a match
 
 
 def test_every_citation_is_in_the_bibliography(fixture_bundle: bundle_module.Bundle) -> None:

@@ -12,7 +12,7 @@ import pytest
 from fixture_runs import needs_tex
 from sublens.figures import new_figure, save_figure
 from sublens.report.compile import compile_pdf, compile_tex, install_style
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_fixed_ci, fmt_p
 
 
 def test_escaping_of_specials_and_non_ascii_digits() -> None:
@@ -141,3 +141,12 @@ def test_claim_text_sets_negative_numbers_with_a_minus_sign() -> None:
     assert claim_text("(partial ρ = -0.10)") == r"(partial $\rho$ = $-$0.10)"
     assert claim_text("layers 0-5, the 2-digit set") == "layers 0-5, the 2-digit set"  # ranges, words
     assert claim_text("p = 9.83e-19") == r"$p$ = $9.83\times10^{-19}$"  # mathematics already
+
+
+def test_fixed_decimals_for_a_fraction_and_its_interval() -> None:
+    """A bound near zero neither lengthens the other numbers nor turns into a power of ten."""
+    assert fmt_ci(0.11, -0.0089, 0.229) == "0.1100 [$-$0.0089, 0.2290]"  # why fractions need their own
+    assert fmt_fixed_ci(0.11, -0.0089, 0.229) == "0.11 [$-$0.01, 0.23]"
+    assert fmt_fixed_ci(0.5, None, None) == "0.50"
+    assert fmt_fixed_ci(None, 0.1, 0.2) == "-- [0.10, 0.20]"
+    assert fmt_fixed_ci(0.123, 0.1, 0.15, decimals=1) == "0.1 [0.1, 0.1]"

@@ -15,7 +15,7 @@ import pytest
 from fixture_runs import RUNS, needs_tex
 from sublens.claims import Decision, Verdict
 from sublens.report.compile import compile_pdf, install_style
-from sublens.report.latex import fmt, fmt_ci
+from sublens.report.latex import fmt, fmt_ci, fmt_fixed_ci
 from sublens.report.sections import CITATION_KEYS, Section, figure_label
 from sublens.report.sections import hybrid as hybrid_section
 from sublens.report.sections import pruning as pruning_section
@@ -229,6 +229,9 @@ def test_hybrid_matrix_table(hybrid_run: StageRun) -> None:
         "LM head",
     ]
     assert lines["MLP, layers 20--29"] == r"MLP, layers 20--29 & 0.33 [0.32, 0.34] & 25.0 & 0.86 [0.80, 0.90] & 27.1 \\"
+    # every fraction with two decimals, a near-zero one too (never a power of ten beside 0.33)
+    fractions = [cell for line in list(lines.values())[1:] for cell in line.split(" & ")[1::2]]
+    assert all(re.fullmatch(r"(\$-\$)?\d\.\d\d \[.*\]", f.split(r"\textsuperscript")[0]) for f in fractions), fractions
     assert "reference perplexity, re-measured in this stage on 510 tokens: base 24.4, biased 29.1" in table
 
 
@@ -376,7 +379,8 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
         for c in run.results["patching"]["cells"]
         if (c["direction"], c["component"], c["layers"]) == ("into_base", "mlp", "all")
     )
-    assert fmt_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table
+    assert fmt_fixed_ci(cell["fraction"], cell["ci_low"], cell["ci_high"]) in table
+    assert table.startswith(r"\begin{table*}")  # both directions: six columns need the page width
     same = _decision(_with_results(hybrid_run, _with_patching(hybrid_run.results, 0.0)), "localisation.patching")
     assert same.verdict is Verdict.EQUIVALENT
 

@@ -115,20 +115,47 @@ def _is_local(model: dict[str, Any]) -> bool:
 
 
 def _short_path(value: str, known: dict[Path, str]) -> str:
-    """An absolute path as `<run ID>/rest` when it lies in a known run, else `.../name`."""
+    """A path as `<run ID>/rest` when it lies in a known run, else `.../name`."""
+    found = _in_known_run(value, known)
+    if found is not None:
+        return found
+    path, _, suffix = value.partition("#")
+    return f".../{Path(path).expanduser().name}" + (f"#{suffix}" if suffix else "")
+
+
+def _in_known_run(value: str, known: dict[Path, str]) -> str | None:
+    """`<run ID>/rest#suffix` for a path inside a known run: an absolute path below the run's
+    folder, or a relative one as the run recorded it (relative to where it ran, so it is matched
+    by the run folder's trailing names, at least two of them: `runs/<id>/stages/teacher`)."""
     path, _, suffix = value.partition("#")
     suffix = f"#{suffix}" if suffix else ""
-    resolved = Path(path).expanduser()
+    given = Path(path).expanduser()
     for root, run_id in sorted(known.items(), key=lambda item: -len(str(item[0]))):
-        if resolved == root or root in resolved.parents:
-            rest = resolved.relative_to(root).as_posix()
-            return f"<run {run_id}>" + ("" if rest == "." else f"/{rest}") + suffix
-    return f".../{resolved.name}{suffix}"
+        rest: tuple[str, ...] | None = None
+        if given.is_absolute():
+            if given == root or root in given.parents:
+                rest = given.relative_to(root).parts
+        else:
+            rest = _after_trailing_match(root.parts, given.parts)
+        if rest is not None:
+            return f"<run {run_id}>" + "".join(f"/{part}" for part in rest) + suffix
+    return None
+
+
+def _after_trailing_match(root: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What follows in `given` once it starts with the last k >= 2 names of `root` (longest k)."""
+    for start in range(len(root) - 1):
+        tail = root[start:]
+        if given[: len(tail)] == tail:
+            return given[len(tail) :]
+    return None
 
 
 def _model_name(model: dict[str, Any], known: dict[Path, str]) -> str:
     spec = str(model.get("spec") or "?")
-    return _short_path(spec, known) if spec.startswith(("/", "~")) else spec
+    if spec.startswith(("/", "~")):
+        return _short_path(spec, known)
+    return _in_known_run(spec, known) or spec  # a relative run folder, or a hub id / embedded name
 
 
 def _known_runs(stages: dict[str, StageRun]) -> dict[Path, str]:

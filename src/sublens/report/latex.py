@@ -111,6 +111,19 @@ def fmt_ci(value: float | None, low: float | None, high: float | None, digits: i
     return f"{fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
+def fmt_fixed_ci(value: float | None, low: float | None, high: float | None, decimals: int = 2) -> str:
+    """'0.11 [$-$0.01, 0.23]': a quantity on a known scale (a fraction of a gap, 0 to 1), where the
+    same decimals everywhere are what a reader compares; never a power of ten, and a bound near
+    zero does not lengthen the others (as fmt_ci would: 0.1100 [-0.0089, 0.2290])."""
+
+    def one(v: float | None) -> str:
+        return fmt(v) if v is None or not math.isfinite(v) else _minus(f"{v:.{decimals}f}")
+
+    if not _finite_values((low, high)):
+        return one(value)
+    return f"{one(value)} [{one(low)}, {one(high)}]"
+
+
 def _finite_values(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 

@@ -10,7 +10,7 @@ from sublens.experiments.hybrid.results import (
     Patching,
     group_title,
 )
-from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_p
+from sublens.report.latex import booktabs_table, escape, fmt, fmt_ci, fmt_fixed_ci, fmt_p
 from sublens.report.sections.hybrid.reading import (
     METRIC_NAMES,
     Cell,
@@ -26,7 +26,7 @@ from sublens.report.stages import StageRun
 def _frac_text(c: Cell | None) -> str:
     if c is None or c.fraction is None:
         return "--"
-    text = fmt(c.fraction) if c.low is None else fmt_ci(c.fraction, c.low, c.high)
+    text = fmt_fixed_ci(c.fraction, c.low, c.high)  # one column, one form: 0.00 [0.00, 0.00] near zero
     return text + (r"\textsuperscript{\dag}" if c.degraded else "")
 
 
@@ -84,8 +84,8 @@ def _patch_text(cell: PatchCell | None) -> str:
     if cell is None or cell.fraction is None:
         return "--"
     if cell.ci_low is None or cell.ci_high is None:
-        return f"{fmt(cell.fraction)} (no CI)"
-    return fmt_ci(cell.fraction, cell.ci_low, cell.ci_high)
+        return f"{fmt_fixed_ci(cell.fraction, None, None)} (no CI)"
+    return fmt_fixed_ci(cell.fraction, cell.ci_low, cell.ci_high)
 
 
 def patching_table(patching: Patching, trait: str) -> str:
@@ -112,7 +112,8 @@ def patching_table(patching: Patching, trait: str) -> str:
     header = ["component", "layers"]
     for direction in directions:
         header += ["restored" if direction == "into_base" else "removed", "Holm p"]
-    return booktabs_table(header, rows, caption, "tab:hybrid_patching")
+    # two directions: six columns of intervals, wider than a column at a readable size
+    return booktabs_table(header, rows, caption, "tab:hybrid_patching", wide=len(directions) > 1)
 
 
 # ---- the figure -----------------------------------------------------------------------------
