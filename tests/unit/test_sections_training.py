@@ -228,9 +228,15 @@ def test_distill_transfer_table_and_wording() -> None:
     assert r"KL(teacher $\|$ student)" in section.methods  # recorded before shd.kl_direction: forward KL
     assert "training seeds as the unit of inference" in section.methods
     assert "17$\\to$28" in section.methods
-    assert "0 & 0 & 0.51 & 0.24 & 0.54" in section.tables["shd_alphas"]  # layer, teacher layer, alphas
     stems = {f.stem: f.wide for f in section.figures}
     assert stems == {"distill_losses": True, "distill_alphas": True, "distill_maps": True}  # all wide figures
+    # the α figure is drawn, so the α means are not printed a second time as a table ...
+    assert "shd_alphas" not in section.tables and "tab:shd_alphas" not in text
+    # ... which a run without the figure gets instead
+    without = dataclasses.replace(run, path=run.path.parent / "no-figures")
+    alone = build(without)
+    assert "0 & 0 & 0.51 & 0.24 & 0.54" in alone.tables["shd_alphas"]  # layer, teacher layer, alphas
+    assert r"Table~\ref{tab:shd_alphas}" in alone.results
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
 

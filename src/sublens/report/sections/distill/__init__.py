@@ -47,10 +47,15 @@ __all__ = ["FAMILY", "FIGURES", "TITLE", "build", "decisions", "distill_claims",
 def build(run: StageRun) -> Section:
     r, unreadable = read_run_results(run.results, DistillResults, run.ok)
     results, verdict = _results(run, r, unreadable)
-    tables = {stem: t for stem, t in ((TABLE, _table(r)), (ALPHA_TABLE, _alpha_table(r))) if t}
+    figures = figures_present(run, FIGURES)
+    # The α figure gives every layer's quantiles; the α table (means) is for a run without it:
+    # the same numbers twice would be one more float for the pages before the References.
+    alphas_drawn = any(f.stem == "distill_alphas" for f in figures)
+    tables = {
+        stem: t for stem, t in ((TABLE, _table(r)), (ALPHA_TABLE, None if alphas_drawn else _alpha_table(r))) if t
+    }
     if ALPHA_TABLE in tables:
         results += f" Table~\\ref{{tab:{ALPHA_TABLE}}} summarises the squeezing weights per layer."
-    figures = figures_present(run, FIGURES)
     if figures:
         results += " See " + ", ".join(f"Figure~\\ref{{{figure_label(run.stage, f.stem)}}}" for f in figures) + "."
     return Section(
