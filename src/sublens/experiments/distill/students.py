@@ -224,5 +224,5 @@ def follow(setup: Setup) -> dict[str, Any]:
         for arm in setup.config.arms:
             train_student(setup, seed, arm)
             setup.team.sync(f"{arm_tag(setup.config, arm, seed)} measured")
-            gc.collect()
+            release_freed_memory()  # as rank 0 does after each student
     return FOLLOWER_RESULTS
