@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from disk import remove_weights
 from sublens.experiments import RunOutcome, run_experiment
 from sublens.experiments.paper import PaperConfig
 from sublens.report.compile import tex_available
@@ -132,6 +133,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"out": out, "first": first, "records": records, "main_tex": main_tex, "tables": tables, "second": second}
     finally:
         torch.set_num_threads(threads)
+        remove_weights(out)
 
 
 def _config(outcome: RunOutcome, stage: str) -> dict[str, Any]:

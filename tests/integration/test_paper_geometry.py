@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from disk import remove_weights
 from sublens.config import load_config, preset_path
 from sublens.errors import SublensError
 from sublens.experiments import run_experiment
@@ -105,6 +106,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         yield Chain(path, dict(read_json(path / "results.json")), seconds, error)
     finally:
         torch.set_num_threads(threads)
+        remove_weights(out)
 
 
 def test_the_rehearsal_is_the_paper_preset_with_models_and_sizes_only() -> None:

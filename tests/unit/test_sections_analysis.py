@@ -17,6 +17,7 @@ from sublens.report.compile import compile_pdf, install_style
 from sublens.report.sections import CITATION_KEYS, Section, figure_label
 from sublens.report.sections import entanglement as ent
 from sublens.report.sections import mechanistic as mech
+from sublens.report.sections.mechanistic.results_prose import SPIKE_LAYER_DEFINED
 from sublens.report.stages import StageRun, load_stage
 
 
@@ -227,7 +228,7 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     assert "The top head by direct logit attribution is L23H5 for every number" in section.results
     assert "seated" not in section.results and "supports the claim" not in section.results
     assert section.headline == [
-        "mechanistic: spike layer vs category p = 0.086, Holm p = 0.173 (no evidence of a dependence)",
+        f"mechanistic: {SPIKE_LAYER_DEFINED} vs category p = 0.086, Holm p = 0.173 (no evidence of a dependence)",
         "mechanistic: localisation.attribution (MLP DLA tracks the in-context bias, direct paths, "
         "model not fine-tuned): inconclusive (not measured with the control for the automatic "
         "part)",
@@ -294,7 +295,7 @@ def test_mechanistic_wording_follows_the_data(mech_run: StageRun) -> None:
     results["consistency"]["association"]["spike_layer"]["p_permutation"] = 0.03
     section = mech.build(_with(mech_run, results))
     assert "It depends on the category" not in section.results
-    assert section.headline[0].startswith("mechanistic: spike layer vs category p = 0.030, Holm p")
+    assert section.headline[0].startswith(f"mechanistic: {SPIKE_LAYER_DEFINED} vs category p = 0.030, Holm p")
 
 
 def test_mechanistic_without_categories(mech_run: StageRun) -> None:
@@ -315,7 +316,7 @@ def test_mechanistic_without_categories(mech_run: StageRun) -> None:
     assert "20 two-digit numbers, categories unknown" in section.methods
     assert "cannot test whether a layer or head singles out" in section.results
     assert "02 & -- & 7.79" in section.tables["mechanistic_numbers"]
-    assert section.headline[0] == "mechanistic: spike layer not tested"
+    assert section.headline[0] == f"mechanistic: {SPIKE_LAYER_DEFINED} not tested"
 
 
 def test_mechanistic_many_numbers_keep_the_table_readable(mech_run: StageRun) -> None:

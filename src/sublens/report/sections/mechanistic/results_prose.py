@@ -307,6 +307,9 @@ def _plain_p(p: Any) -> str:
     return " n/a" if math.isnan(value) else ("<0.001" if value < 0.001 else f" = {value:.3f}")
 
 
+SPIKE_LAYER_DEFINED = "spike layer (the block that most raises a number's residual similarity to the animal)"
+
+
 def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> list[str]:
     test = _test(consistency, "spike_layer")
     decision = decisions.get("spike_layer")
@@ -317,7 +320,8 @@ def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision
         "constant": "the same for every number",
         "untested": "not tested",
     }[verdict]
-    first = "mechanistic: spike layer " + (
+    # The abstract's notes come before the methods, so the term is defined where it first appears.
+    first = f"mechanistic: {SPIKE_LAYER_DEFINED} " + (
         f"vs category p{_plain_p(test.p_permutation)}, Holm "
         f"p{_plain_p(decision.p_adjusted if decision else None)} ({spike})"
         if test is not None and test.applicable
