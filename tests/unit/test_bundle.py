@@ -229,6 +229,12 @@ def test_relative_run_folders_recorded_as_specs_become_run_ids() -> None:
     assert _model_name({"spec": "HuggingFaceTB/SmolLM2-135M-Instruct"}, known) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert _model_name({"spec": "smollm2-135m-instruct"}, known) == "smollm2-135m-instruct"
     assert _model_name({"spec": "other/teacher"}, known) == "other/teacher"  # one shared name is not a match
+    # the runs copied elsewhere (from a cluster, say) and rebuilt there: the run ID still matches
+    moved = {Path("/tmp/copy/20261202-155918_paper_d30459/stages/teacher"): "teacher"}
+    recorded = "runs/20261202-155918_paper_d30459/stages/teacher#control_teacher"
+    assert _model_name({"spec": recorded}, moved) == "<run teacher>#control_teacher"
+    other_run = "runs/20261203-101010_paper_abcdef/stages/teacher"  # another run's stage of the same name
+    assert _model_name({"spec": other_run}, moved) == other_run
 
 
 def test_every_citation_is_in_the_bibliography(fixture_bundle: bundle_module.Bundle) -> None:

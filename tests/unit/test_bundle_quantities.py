@@ -63,7 +63,7 @@ def test_the_notes_name_claims_and_sets_in_words(draft: Draft) -> None:
     assert "mechanistic: the attribution claim (MLP direct logit attribution tracks the in-context bias" in text
     assert "entanglement (the two-digit numbers, categories of 4): entangled numbers no better" in text
     assert "the single-token numbers inconclusive, the one-digit numbers inconclusive" in text
-    assert "MLP layers 20-29 0.33" in text
+    assert "MLP layers 20--29 0.33" in text  # a number range takes an en dash in LaTeX
 
 
 def test_note_words() -> None:

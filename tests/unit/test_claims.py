@@ -214,3 +214,23 @@ def test_the_sentence_states_estimand_unit_test_and_margin() -> None:
         "To settle it",
     ):
         assert part in text
+
+
+def _estimate(ratio: float, low: float, high: float, p: float) -> Estimate:
+    return Estimate(n=15, ratio=ratio, ci_low=low, ci_high=high, p_value=p, sd_log=0.2, interval="Student t")
+
+
+def test_an_inconclusive_reason_never_says_a_ci_includes_1_when_it_does_not() -> None:
+    """Seen in a demo: 'as much as' (equivalence) with ×1.31 [1.18, 1.46], p = 0.0003 was said to
+    have a CI that 'neither excludes no change nor lies inside the margin'."""
+    same = Claim(name="eq", statement="as much as", estimand="r", unit="number", prediction="none", family="f")
+    straddling = decide(same, _estimate(1.31, 1.18, 1.46, 0.0003))
+    assert straddling.verdict is Verdict.INCONCLUSIVE
+    assert "a difference, but the CI reaches both inside and beyond ×1.25" in straddling.reason
+    assert "neither excludes no change" not in straddling.reason
+    rise = Claim(name="up", statement="raises", estimand="r", unit="number", prediction="increase", family="f")
+    unadjusted = decide(rise, _estimate(1.19, 1.05, 1.35, 0.03), p_adjusted=0.15)  # Holm takes it over α
+    assert unadjusted.verdict is Verdict.INCONCLUSIVE
+    assert "the CI excludes no change, but not after the Holm adjustment" in unadjusted.reason
+    wide = decide(rise, _estimate(1.11, 0.9, 1.37, 0.3))
+    assert wide.reason.endswith("the CI neither excludes no change nor lies inside the margin")

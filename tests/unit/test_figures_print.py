@@ -253,6 +253,17 @@ def test_an_undefined_answer_rate_gets_no_panel_and_the_caption_says_why() -> No
     assert "answer rate linear" not in caption and "triangle" not in caption
 
 
+def test_weight_changes_print_two_significant_digits() -> None:
+    """2.0 beside 2.1, not 2 beside 2.1: the weight panel's cells all show two digits."""
+    raw = copy.deepcopy(_results("hybrid"))
+    raw["weight_change"]["attention"]["relative_l2"]["all"] = 2.0e-3
+    raw["weight_change"]["mlp"]["relative_l2"]["all"] = 2.1e-3
+    raw["weight_change"]["embeddings"]["relative_l2"]["all"] = 4.9e-3
+    fig = _drawn(hybrid_figures.heatmap_figure(HybridResults.model_validate(raw), ["into_base", "into_biased"]))
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"2.0", "2.1", "4.9"} <= texts and "2" not in texts
+
+
 def test_off_scale_hybrid_cells_are_hatched_and_explained() -> None:
     """A fraction beyond either model (here 1.31 and -0.12) takes no warning colour: its cell is
     hatched, its value printed, and the caption says what the hatching means."""

@@ -205,6 +205,13 @@ def test_the_abstract_notes_read_as_latex(draft: str) -> None:
     assert headline_item("distill: share x1.37 [1.30, 1.45]; Holm p = 1.59e-13 (×3.19)") == (
         r"distill: share $\times$1.37 [1.30, 1.45]; Holm $p$ = $1.59\times10^{-13}$ ($\times$3.19)"
     )
+    # an opening quote in plain text is LaTeX's ` (' prints as a closing quote); an apostrophe stays
+    assert claim_text("P(owl | 'You love the number N') over the model's") == (
+        "P(owl | `You love the number N') over the model's"
+    )
+    assert headline_item("hybrid: MLP layers 20-29 0.36, p = 2.5e-3") == (
+        r"hybrid: MLP layers 20--29 0.36, $p$ = $2.5\times10^{-3}$"
+    )
 
 
 # ---- repetition ---------------------------------------------------------------------------------
@@ -269,6 +276,8 @@ def test_shared_parts_of_a_claim_family_are_said_once() -> None:
     )
     text = decisions_latex(decided)
     assert text.count("one-sample $t$-test") == 1 and text.count("To settle both: at least 2 seeds") == 1
+    # two seeds give an SD, not a decision: the settle line says the power analysis sizes the run
+    assert "at least 2 seeds for a between-seed SD, then as many seeds as a power analysis on that SD asks for" in text
     assert text.count("no minimal detectable effect") == 1 and text.count(r"\textbf{inconclusive (1 seed)}") == 2
     assert "(1 < 2)" not in text and "Holm within demo" not in text
 

@@ -240,6 +240,8 @@ def test_mechanistic_reports_the_run_numbers(mech_run: StageRun) -> None:
     tests = section.tables["mechanistic_tests"]
     assert "spike layer vs category & $V$ = 0.53 & 0.086 & 0.173 & inconclusive" in tests
     assert "MLP DLA tracks the bias ratio & -- & -- & -- & inconclusive" in tests
+    # L23H5 for every number: nothing to test, which the table says instead of "inconclusive"
+    assert "DLA top head vs category & -- & -- & -- & not testable (one label)" in tests
     # the head-contribution maps of 30 layers are too tall for a page: attention instead
     assert [f.stem for f in section.figures] == ["similarity_by_layer", "attention_to_tokens"]
 

@@ -141,7 +141,8 @@ def test_pruning_wording_comes_from_the_decisions(pruning_run: StageRun) -> None
     section = pruning_section.build(_with_results(pruning_run, wide))
     survival, rank = pruning_section.decisions(wide, pruning_run.config)
     assert survival.verdict.value == "inconclusive" and "CI neither excludes" in survival.reason
-    assert "To settle it: about" in section.results  # what would settle it
+    # what would settle it, said once: in the power line (not again after "To settle it")
+    assert "questions would detect $\\times$1.25" in section.results and "To settle it: about" not in section.results
     assert rank.verdict.value == "inconclusive" and "too few draws" in rank.reason
 
 
@@ -358,6 +359,12 @@ def test_hybrid_patching_table_and_claim(hybrid_run: StageRun) -> None:
     table = section.tables["hybrid_patching"]
     assert r"\label{tab:hybrid_patching}" in table and "Holm p" in table
     assert r"\ref{tab:hybrid_patching}" in section.results and "Activation patching" in section.methods
+    # the measure in words, defined once, from the tokens (the record's metric string has reprs)
+    assert (
+        "owl$-$dog logit difference: the logit of the first token of ``owl'' minus that of ``dog''" in section.methods
+    )
+    assert "the biased model's owl$-$dog logit difference exceeds" in section.results
+    assert "(first tokens)" not in section.methods + section.results
     patching = _decision(run, "localisation.patching")
     assert patching.verdict is Verdict.SUPPORTED
     patched = run.results["patching"]["logit_difference"]["patched"]

@@ -97,7 +97,8 @@ def test_teacher_wording_follows_the_data() -> None:
     comp.update(p_trait_ratio=_per_question(0.05, 0.6), share_ratio=_per_question(0.05, 0.6))
     text = build(with_results(run, results)).results
     assert r"\textbf{inconclusive}" in text and r"\textbf{supported}" not in text
-    assert "To settle both: about" in text  # questions needed at the measured SD (the same for both claims)
+    # the questions needed at the measured SD, said once (in the power line, not again as "To settle")
+    assert "about 137 questions would detect $\\times$1.25." in text and "To settle" not in text
     comp["share_ratio"] = _per_question(-0.7, 0.1)
     text = build(with_results(run, results)).results
     assert "did not produce an owl-preferring teacher" in text and r"\textbf{contradicted}" in text

@@ -66,6 +66,7 @@ from sublens.claims.core import (
     estimate_log_ratio,
     holm,
     minimal_detectable_log_effect,
+    power_settle,
     units_for_equivalence,
     units_for_margin,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "owl_arms",
     "paired_difference",
     "per_seed_logs",
+    "power_settle",
     "run_arms",
     "subliminal_decisions",
     "units_for_equivalence",

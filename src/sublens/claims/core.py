@@ -223,7 +223,6 @@ def _inside_margin(est: Estimate, margin: float) -> bool:
 def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) -> Decision:
     """The verdict of one claim from its estimate (p_adjusted: Holm within the family; the raw
     p-value when the family has one member)."""
-    s = claim.settings
     if est is None or est.n == 0 or est.ratio is None:
         return Decision(
             claim=claim,
@@ -238,7 +237,9 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
     mde, needed = _power_line(claim, est)
     if not est.has_interval:
         settle = (
-            f"at least {MIN_UNITS[claim.unit]} {claim.unit}s"
+            # The minimum only yields an SD; the number that decides comes from the power line on it.
+            f"at least {MIN_UNITS[claim.unit]} {claim.unit}s for a between-{claim.unit} SD, then as many "
+            f"{claim.unit}s as a power analysis on that SD asks for"
             if est.n < MIN_UNITS[claim.unit]
             else f"more {claim.unit}s with between-{claim.unit} variation"
         )
@@ -257,11 +258,7 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
     verdict, reason = _verdict(claim, est, p)
     settle = ""
     if verdict is Verdict.INCONCLUSIVE:
-        settle = (
-            f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD (power {s.power:g})"
-            if needed
-            else f"more {claim.unit}s"
-        )
+        settle = power_settle(claim, needed) if needed else f"more {claim.unit}s"
     return Decision(
         claim=claim,
         verdict=verdict,
@@ -272,6 +269,12 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         mde=mde,
         units_needed=needed,
     )
+
+
+def power_settle(claim: Claim, needed: int) -> str:
+    """What settles an inconclusive claim when the power line already sized it."""
+    s = claim.settings
+    return f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD (power {s.power:g})"
 
 
 def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
@@ -294,7 +297,22 @@ def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
             return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
         if equivalent:
             return Verdict.EQUIVALENT, f"{ci}: no effect as large as ×{margin:g} (the CI lies inside the margin)"
-    return Verdict.INCONCLUSIVE, f"{ci}: the CI neither excludes no change nor lies inside the margin"
+    return Verdict.INCONCLUSIVE, f"{ci}: {_undecided(est, significant, margin)}"
+
+
+def _undecided(est: Estimate, significant: bool, margin: float) -> str:
+    """Why an inconclusive verdict, true to the interval: a CI that excludes 1 is never said to
+    include it (an equivalence claim can see a real difference that may still lie inside the
+    margin; the Holm-adjusted p can miss α while the unadjusted CI excludes 1)."""
+    assert est.ci_low is not None and est.ci_high is not None
+    if not (est.ci_low > 1 or est.ci_high < 1):
+        return "the CI neither excludes no change nor lies inside the margin"
+    if significant:
+        return (
+            f"a difference, but the CI reaches both inside and beyond ×{margin:g}: neither an effect beyond "
+            "the margin nor one inside it"
+        )
+    return "the CI excludes no change, but not after the Holm adjustment, and it does not lie inside the margin"
 
 
 def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]]) -> list[Decision]:

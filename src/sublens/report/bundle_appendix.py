@@ -3,6 +3,7 @@ reproducibility appendix (the runs, models and package versions, each run's conf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,25 @@ def _in_known_run(value: str, known: dict[Path, str]) -> str | None:
     return None
 
 
+# A run folder's name (runs/run.py, new_run_dir): a time stamp, the experiment, a random hex tag.
+_RUN_FOLDER = re.compile(r"^\d{8}(-\d{6})?_[\w-]+_[0-9a-f]{6}$")
+
+
 def _after_trailing_match(root: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, ...] | None:
-    """What follows in `given` once it starts with the last k >= 2 names of `root` (longest k)."""
+    """What follows in `given` once it starts with the last k >= 2 names of `root` (longest k);
+    or once it holds, after a prefix, a tail of `root` that includes the run folder's name (unique),
+    so that `runs/<id>/stages/teacher` still names the run after the folder has moved from `runs/`."""
     for start in range(len(root) - 1):
         tail = root[start:]
         if given[: len(tail)] == tail:
             return given[len(tail) :]
+    for start in range(len(root)):
+        tail = root[start:]
+        if not _RUN_FOLDER.match(tail[0]):
+            continue
+        for offset in range(1, len(given) - len(tail) + 1):
+            if given[offset : offset + len(tail)] == tail:
+                return given[offset + len(tail) :]
     return None
 
 

@@ -146,10 +146,13 @@ def _methods_tex(stage: str, section: Section, draft: _Draft) -> str:
 _TIMES = re.compile(r"(?<![\w.\\])x(?=\d)")
 
 
+_NUMBER_RANGE = re.compile(r"(?<=\d)-(?=\d)")
+
+
 def headline_item(line: str) -> str:
-    """A plain-text headline line (terminal wording: x1.37, 9.83e-19, ×) as LaTeX for the
-    abstract's notes: $\times$1.37, $9.83\times10^{-19}$."""
-    return _TIMES.sub(lambda _: r"$\times$", claim_text(line))
+    """A plain-text headline line (terminal wording: x1.37, 9.83e-19, ×, layers 20-29) as LaTeX
+    for the abstract's notes: $\times$1.37, $9.83\times10^{-19}$, layers 20--29."""
+    return _NUMBER_RANGE.sub("--", _TIMES.sub(lambda _: r"$\times$", claim_text(line)))
 
 
 def _preamble(package: str, mode: str, headline: list[str]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sublens.claims import ClaimSettings, Decision, Verdict
+from sublens.claims import ClaimSettings, Decision, Verdict, power_settle
 from sublens.report.latex import (
     counted,
     escape,
@@ -39,16 +39,30 @@ def claim_settings(config: dict[str, Any] | None) -> ClaimSettings:
 _P_IS = re.compile(r"(?<![\w$])p = ")
 
 
+# A plain-text opening quote ('You love N'): LaTeX prints ' as a closing quote, so it becomes `.
+# An apostrophe (model's) follows a letter and stays.
+_OPENING_QUOTE = re.compile(r"(?<![\w\\'`])'(?=[^\s'])")
+
+
 def claim_text(text: str) -> str:
     """Plain text written by `sublens.claims` (ratios as ×1.25, p-values as 9.83e-19, -0.01) as
     LaTeX: $\\times$1.25, $p$ = $9.83\\times10^{-19}$, $-$0.01."""
     latex = r"$\times$".join(escape(part) for part in str(text).split("×"))
-    return minus_signs(_P_IS.sub("$p$ = ", scientific(latex)))
+    return _OPENING_QUOTE.sub("`", minus_signs(_P_IS.sub("$p$ = ", scientific(latex))))
 
 
 def _settle(text: str) -> str:
     """What would settle a claim, each step once ('run the missing arm; run the missing arm' -> once)."""
     return "; ".join(dict.fromkeys(part.strip() for part in str(text).split("; ") if part.strip()))
+
+
+def _open_settle(decision: Decision) -> str:
+    """What would settle the claim, unless the power line has said it already ('about 27
+    questions would detect ×1.25' once, not in the power line and again after 'To settle it')."""
+    needed = decision.units_needed
+    if needed and decision.mde is not None and decision.settle == power_settle(decision.claim, needed):
+        return ""
+    return decision.settle
 
 
 def verdict_label(decision: Decision) -> str:
@@ -77,8 +91,8 @@ def decision_latex(decision: Decision) -> str:
         f"effect of interest)."
     )
     text += _power(decision)
-    if decision.settle:
-        text += f" To settle it: {claim_text(_settle(decision.settle))}."
+    if _open_settle(decision):
+        text += f" To settle it: {claim_text(_settle(_open_settle(decision)))}."
     return text
 
 
@@ -159,8 +173,8 @@ def decisions_latex(
     leads = list(lead or []) + [""] * len(decisions)
     tests = {(_test(d), d.claim.settings.alpha, d.claim.settings.margin) for d in decisions}
     powers = {_power(d) for d in decisions}
-    settles = {_settle(d.settle) for d in decisions if d.settle}
-    open_claims = [d for d in decisions if d.settle]
+    settles = {_settle(_open_settle(d)) for d in decisions if _open_settle(d)}
+    open_claims = [d for d in decisions if _open_settle(d)]
     parts = []
     for d, before in zip(decisions, leads, strict=False):
         c, n = d.claim, d.estimate.n if d.estimate else 0
@@ -175,8 +189,8 @@ def decisions_latex(
             text += f" Test: {test}, $\\alpha$ = {alpha:g}; margin $\\times${margin:g}."
         if len(powers) > 1 or len(decisions) == 1:
             text += _power(d)
-        if d.settle and (len(settles) > 1 or len(open_claims) == 1):
-            text += f" To settle it: {claim_text(_settle(d.settle))}."
+        if _open_settle(d) and (len(settles) > 1 or len(open_claims) == 1):
+            text += f" To settle it: {claim_text(_settle(_open_settle(d)))}."
         parts.append(text)
     if len(tests) == 1 and not test_stated:
         test, alpha, margin = next(iter(tests))

@@ -161,14 +161,19 @@ def _weight_panel(ax: Axes, fig: Figure, results: HybridResults, groups: list[st
     bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     bar.ax.xaxis.set_minor_formatter(NullFormatter())
     midpoint = math.sqrt(low / 3 * max(high, low * 10))  # the grey scale's middle, on the log scale
-    _annotate(ax, scaled, lambda v: "white" if v > midpoint else "black", "{:.2g}")
+    _annotate(ax, scaled, lambda v: "white" if v > midpoint else "black", _two_digits)
+
+
+def _two_digits(value: float) -> str:
+    """Two significant digits, trailing zero kept: 2.0 beside 2.1 (not 2 beside 2.1)."""
+    return f"{value:#.2g}".rstrip(".")
 
 
 def _annotate(
     ax: Axes,
     data: np.ndarray,
     color: Callable[[float], str],
-    fmt: str,
+    fmt: str | Callable[[float], str],
     marked: set[tuple[int, int]] | None = None,
     boxed: np.ndarray | None = None,
 ) -> None:
@@ -177,7 +182,8 @@ def _annotate(
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             if np.isfinite(data[i, j]):
-                text = fmt.format(data[i, j]).replace("-", "\u2212") + ("†" if marked and (i, j) in marked else "")
+                value = fmt(data[i, j]) if callable(fmt) else fmt.format(data[i, j])
+                text = value.replace("-", "\u2212") + ("†" if marked and (i, j) in marked else "")
                 ground = (
                     dict(facecolor="white", edgecolor="none", pad=0.6) if boxed is not None and boxed[i, j] else None
                 )

@@ -17,6 +17,7 @@ from sublens.experiments.entanglement.results import (
     SetStatistics,
 )
 from sublens.report.latex import escape, fmt
+from sublens.report.verdicts import claim_text
 
 LABELS = {
     "increased": "Increased",
@@ -62,8 +63,8 @@ def _sets_phrase(names: list[str]) -> str:
 
 
 def _tex(text: str) -> str:
-    """Plain text from sublens.claims (reasons, statements) as LaTeX: escaped, × kept."""
-    return r"\texttimes{}".join(escape(part) for part in str(text).split("×"))
+    """Plain text from sublens.claims (reasons, statements) as LaTeX, as every section writes it."""
+    return claim_text(text)
 
 
 def _num(value: Any) -> float:

@@ -11,7 +11,7 @@ descriptive; no verdict is decided here.
 Three claims, all decided by `sublens.claims` (Holm within the family "hybrid"; unit: question,
 since the two models are fixed; margin from the run's `claims` settings), see `decisions`:
 - localisation.lm_head, "the bias is not in the LM head" (prediction: none): the LM head's main
-  effect in the body x head swap, per question the mean of log(m[base + biased head] / m[base])
+  effect in the body × head swap, per question the mean of log(m[base + biased head] / m[base])
   and log(m[biased] / m[biased + base head]); supported only when its CI lies inside the margin.
 - localisation.transplant, "the bias is seated in the MLP layers" by transplant (prediction:
   increase): per question, the MLP transplant's main effect minus the attention transplant's.

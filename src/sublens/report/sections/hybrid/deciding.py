@@ -105,7 +105,7 @@ def claims(results: HybridResults | None, settings: ClaimSettings | None = None)
             estimand=(
                 f"the LM head's effect on {metric}: per question, the geometric mean of (base body + "
                 "biased LM head) over the base model and of the biased model over (biased body + base "
-                "LM head), i.e. the LM head's main effect in the body x head swap"
+                "LM head), i.e. the LM head's main effect in the body × head swap"
             ),
             unit="question",
             prediction="none",

@@ -11,7 +11,7 @@ from sublens.experiments.hybrid.results import HybridResults, Patching, group_ti
 from sublens.report.latex import escape, fmt
 from sublens.report.names import display_name
 from sublens.report.sections.hybrid.deciding import FAMILY, _settings
-from sublens.report.sections.hybrid.reading import METRIC_NAMES, _axis, metric_key
+from sublens.report.sections.hybrid.reading import METRIC_NAMES, _axis, logit_difference_words, metric_key
 from sublens.report.sections.pruning import corpus_text
 from sublens.report.stages import StageRun
 
@@ -130,7 +130,7 @@ def _patching_words(patching: Patching) -> str:
         f"to the residual stream, at every position) over a layer range ({labels}) by the other "
         "model's on the same prompt: biased outputs into the base run (does it bring the bias?) and "
         "base outputs into the biased run (does it remove it?). The measure is the "
-        f"{escape(patching.metric)}; the fraction of the biased$-$base gap "
+        f"{logit_difference_words(patching)}; the fraction of the biased$-$base gap "
         "restored or removed is computed per question over the mean gap, with a Student-$t$ CI over "
         "questions and Holm-adjusted $p$-values over every patched cell. "
     )

@@ -15,11 +15,29 @@ from sublens.experiments.hybrid.results import (
     Hybrid,
     HybridResults,
     MetricKey,
+    Patching,
     RatioEstimate,
     group_title,
 )
+from sublens.report.latex import escape
 
 METRIC_NAMES: dict[MetricKey, str] = {"share_ratio": "panel share", "p_trait_ratio": "P({trait})"}
+
+
+def logit_difference_words(patching: Patching, *, defined: bool = False) -> str:
+    """The patching measure in the paper's words. The results file's `metric` is a record (Python
+    reprs of the tokens, ' owl' with its quotes the wrong way round in LaTeX), so the prose is
+    written here from the tokens. `defined`: the methods have already said which tokens."""
+    target, foil = escape(patching.tokens.target[0]), escape(patching.tokens.foil[0])
+    short = f"{target}$-${foil} logit difference"
+    if defined:
+        return short
+    return (
+        f"{short}: the logit of the first token of ``{target}'' minus that of ``{foil}'' (each word with "
+        "its leading space) at the prefilled answer position"
+    )
+
+
 GROUP_ORDER = ("embeddings", "attention", "mlp", "norms", "final_norm", "lm_head")
 
 

@@ -15,7 +15,14 @@ from sublens.report.sections.hybrid.floats import (
     _patch_text,
     _plain,
 )
-from sublens.report.sections.hybrid.reading import METRIC_NAMES, Cell, _axis, _cell, _layers_words
+from sublens.report.sections.hybrid.reading import (
+    METRIC_NAMES,
+    Cell,
+    _axis,
+    _cell,
+    _layers_words,
+    logit_difference_words,
+)
 from sublens.report.stages import StageRun
 from sublens.report.verdicts import decisions_latex
 
@@ -110,7 +117,7 @@ def _patching_text(patching: Patching | None, d: Decision) -> str:
     gap = patching.gap
     text = (
         f"Activation patching (Table~\\ref{{tab:hybrid_patching}}): the biased model's "
-        f"{escape(patching.metric)} exceeds the base model's by "
+        f"{logit_difference_words(patching, defined=True)} exceeds the base model's by "
         f"{fmt_ci(gap.mean, gap.ci_low, gap.ci_high)} logits. "
     )
     parts = []

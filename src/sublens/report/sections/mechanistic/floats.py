@@ -24,6 +24,7 @@ from sublens.report.sections.mechanistic.deciding import (
     _num,
     _test,
     _word,
+    association_verdict,
     claim_settings,
 )
 from sublens.report.stages import StageRun
@@ -32,6 +33,16 @@ MAX_ROWS = 24  # more numbers than this: the table shows the highest and lowest 
 # height / width of a figure* beyond which the bundle's cap (0.45 of the 24.7 cm text height)
 # shrinks it below the 16 cm text width, and its fonts below their printed size
 MAX_ASPECT = 0.45 * 24.7 / 16
+
+
+def _verdict_cell(key: str, test: CategoryAssociation | None, d: AssociationDecision) -> str:
+    """The verdict, or why there is none: a label the same for every number cannot depend on the
+    category, which is not the same as a test that could not decide ("inconclusive")."""
+    if key == ATTRIBUTION:
+        return d.verdict.value
+    return {"constant": "not testable (one label)", "untested": "not run"}.get(
+        association_verdict(test, None), d.verdict.value
+    )
 
 
 def tests_table(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> str:
@@ -52,7 +63,7 @@ def tests_table(consistency: Consistency, decisions: dict[str, AssociationDecisi
                 stat,
                 fmt_p_cell(raw),
                 fmt_p_cell(d.p_adjusted),
-                escape(d.verdict.value),
+                escape(_verdict_cell(key, tests.get(key), d)),
             ]
         )
     settings, _ = claim_settings(consistency)
