@@ -23,6 +23,7 @@ from sublens.claims import (
     minimal_detectable_log_effect,
     units_for_margin,
 )
+from sublens.claims.core import units_to_decide
 from sublens.stats import log_ratio_interval, summarize
 
 # Sizes the presets use: numbers per entanglement category (paper chain k=4, quick k=15),
@@ -234,3 +235,25 @@ def test_an_inconclusive_reason_never_says_a_ci_includes_1_when_it_does_not() ->
     assert "the CI excludes no change, but not after the Holm adjustment" in unadjusted.reason
     wide = decide(rise, _estimate(1.11, 0.9, 1.37, 0.3))
     assert wide.reason.endswith("the CI neither excludes no change nor lies inside the margin")
+
+
+def test_what_settles_a_claim_never_asks_for_fewer_units_than_it_has() -> None:
+    """×1.31 [1.18, 1.46] over 15 numbers against a ×1.25 margin: the power line's 'about 9 numbers
+    detect ×1.25' cannot settle it; the numbers that would put the CI on one side of ×1.25 can."""
+    same = Claim(name="eq", statement="as much as", estimand="r", unit="number", prediction="none", family="f")
+    est = _estimate(1.31, 1.18, 1.46, 0.0003)
+    decision = decide(same, est)
+    assert decision.units_needed is not None and decision.units_needed <= est.n
+    n = units_to_decide(est, 1.25)
+    assert n is not None and n > est.n
+    assert f"about {n} numbers would decide it if the estimate held" in decision.settle
+
+    def half(k: int) -> float:  # the t-interval's half-width in logs at k units, the same SD
+        return float(stats.t.ppf(0.975, k - 1)) * 0.2 / math.sqrt(k)
+
+    distance = math.log(1.31) - math.log(1.25)
+    assert half(n) < distance <= half(n - 1)
+    # a claim short of the power line's units still gets the power line's count
+    short = decide(same, Estimate(n=4, ratio=1.1, ci_low=0.7, ci_high=1.7, p_value=0.5, sd_log=0.3, interval="t"))
+    assert short.units_needed is not None and short.units_needed > 4
+    assert short.settle.startswith(f"about {short.units_needed} numbers would detect ×1.25")

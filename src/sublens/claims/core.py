@@ -258,7 +258,7 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
     verdict, reason = _verdict(claim, est, p)
     settle = ""
     if verdict is Verdict.INCONCLUSIVE:
-        settle = power_settle(claim, needed) if needed else f"more {claim.unit}s"
+        settle = _what_decides(claim, est, needed)
     return Decision(
         claim=claim,
         verdict=verdict,
@@ -269,6 +269,40 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         mde=mde,
         units_needed=needed,
     )
+
+
+def _what_decides(claim: Claim, est: Estimate, needed: int | None) -> str:
+    """What would settle an inconclusive claim. The power line's count, where the run has fewer
+    units than it; where it already has as many (the estimate sits near a boundary, e.g. ×1.31
+    [1.18, 1.46] against a ×1.25 margin), the units that would narrow the CI to one side of every
+    boundary it crosses if the estimate held: asking for fewer units than were measured says nothing."""
+    if needed and needed > est.n:
+        return power_settle(claim, needed)
+    deciding = units_to_decide(est, claim.settings.margin, claim.settings.alpha)
+    if deciding:
+        return (
+            f"about {deciding} {claim.unit}s would decide it if the estimate held (its CI clear of ×1 "
+            f"and ×{claim.settings.margin:g})"
+        )
+    return f"more {claim.unit}s"
+
+
+def units_to_decide(est: Estimate, margin: float, alpha: float = DEFAULT_ALPHA, limit: int = 100_000) -> int | None:
+    """Fewest units at which the t-interval around the present estimate, at the present SD, no
+    longer crosses 1 or either margin bound (None: no SD, no crossing, or beyond `limit`)."""
+    if est.ratio is None or not est.sd_log or est.ci_low is None or est.ci_high is None:
+        return None
+    centre, low, high = math.log(est.ratio), math.log(est.ci_low), math.log(est.ci_high)
+    crossed = [b for b in (0.0, math.log(margin), -math.log(margin)) if low < b < high]
+    if not crossed:
+        return None
+    distance = min(abs(centre - b) for b in crossed)
+    if distance == 0:
+        return None
+    for n in range(max(est.n, 2), limit + 1):
+        if float(stats.t.ppf(1 - alpha / 2, n - 1)) * est.sd_log / math.sqrt(n) < distance:
+            return n
+    return None
 
 
 def power_settle(claim: Claim, needed: int) -> str:
