@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fixture_runs import RUNS
 from sublens.experiments import get
@@ -44,7 +45,13 @@ def _readable(fig: plt.Figure, width: float) -> list[str]:
 
 # ---- figures ----------------------------------------------------------------------------------
 def test_the_figures_from_the_recorded_results_read_at_print_size(recorded: DistillResults) -> None:
-    assert _readable(loss_figure(recorded), DOUBLE_COLUMN_IN) == []
+    losses = loss_figure(recorded)
+    assert _readable(losses, DOUBLE_COLUMN_IN) == []
+    # the legend sits above the panels and their titles, where it covers no curve
+    (legend,) = losses.legends
+    renderer = FigureCanvasAgg(losses).get_renderer()
+    above = legend.get_window_extent(renderer).y0
+    assert all(above >= ax.get_tightbbox(renderer).y1 - 0.5 for ax in losses.axes)
     alphas = alpha_figure(recorded)
     assert alphas is not None and _readable(alphas, DOUBLE_COLUMN_IN) == []
     for role in recorded.teachers:

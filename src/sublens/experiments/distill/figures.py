@@ -72,7 +72,7 @@ def _student_label(state: str) -> str:
 def loss_figure(results: DistillResults) -> Figure:
     """LM loss (answer tokens) and SHD loss (KL, mean over the distilled layers) per step."""
     with plt.rc_context(PAPER_RC):
-        fig, (lm_ax, shd_ax) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.3))
+        fig, (lm_ax, shd_ax) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.6))
         for arm, record in results.arms.items():
             steps = [step for step, _ in record.train.loss_curve]
             style = {"label": arm_label(arm), "color": STUDENT_COLORS.get(arm), "lw": 1.0}
@@ -95,8 +95,11 @@ def loss_figure(results: DistillResults) -> Figure:
         for ax in (lm_ax, shd_ax):
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("nats")
-        lm_ax.legend(frameon=False)
-        fig.tight_layout()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        # above the panels: inside, the legend covered the curves of the first optimizer steps
+        handles, labels = lm_ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=max(len(labels), 1), frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.88))
     return fig
 
 
