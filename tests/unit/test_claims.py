@@ -257,3 +257,17 @@ def test_what_settles_a_claim_never_asks_for_fewer_units_than_it_has() -> None:
     short = decide(same, Estimate(n=4, ratio=1.1, ci_low=0.7, ci_high=1.7, p_value=0.5, sd_log=0.3, interval="t"))
     assert short.units_needed is not None and short.units_needed > 4
     assert short.settle.startswith(f"about {short.units_needed} numbers would detect ×1.25")
+
+
+def test_a_supported_change_smaller_than_the_margin_says_so() -> None:
+    """The LoRA r = 8 arm measured ×1.051 [1.034, 1.069] over 3 seeds (p = 0.006): a real rise, but
+    the whole CI lies below the smallest effect of interest, and the reason must say that."""
+    rise = Claim(name="up", statement="transfer", estimand="r", unit="seed", prediction="increase", family="f")
+    seeds = [math.log(1.054), math.log(1.043), math.log(1.057)]
+    small = decide(rise, estimate_log_ratio(seeds, "seed"))
+    assert small.verdict is Verdict.SUPPORTED
+    assert small.reason.endswith(
+        "a change in the predicted direction, smaller than ×1.25 (the CI lies inside the margin)"
+    )
+    large = decide(rise, estimate_log_ratio([math.log(1.6), math.log(1.5), math.log(1.7)], "seed"))
+    assert large.verdict is Verdict.SUPPORTED and large.reason.endswith("a change in the predicted direction")

@@ -297,12 +297,18 @@ def units_to_decide(est: Estimate, margin: float, alpha: float = DEFAULT_ALPHA, 
     if not crossed:
         return None
     distance = min(abs(centre - b) for b in crossed)
-    if distance == 0:
+    sd = est.sd_log
+
+    def narrow_enough(n: int) -> bool:
+        return float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n) < distance
+
+    low_n, high_n = max(est.n, 2), limit  # the half-width falls with n: bisect, not count
+    if distance == 0 or not narrow_enough(high_n):
         return None
-    for n in range(max(est.n, 2), limit + 1):
-        if float(stats.t.ppf(1 - alpha / 2, n - 1)) * est.sd_log / math.sqrt(n) < distance:
-            return n
-    return None
+    while low_n < high_n:
+        middle = (low_n + high_n) // 2
+        low_n, high_n = (low_n, middle) if narrow_enough(middle) else (middle + 1, high_n)
+    return low_n
 
 
 def power_settle(claim: Claim, needed: int) -> str:
@@ -326,7 +332,10 @@ def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
     else:
         predicted = est.ratio > 1 if claim.prediction == "increase" else est.ratio < 1
         if significant and predicted:
-            return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
+            # a real change can still be smaller than the smallest effect of interest: said, so that
+            # "supported" is never read as an effect of the margin's size
+            small = f", smaller than ×{margin:g} (the CI lies inside the margin)" if equivalent else ""
+            return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction{small}"
         if significant:
             return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
         if equivalent:

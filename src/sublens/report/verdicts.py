@@ -91,8 +91,8 @@ def decision_latex(decision: Decision) -> str:
         f"effect of interest)."
     )
     text += _power(decision)
-    if _open_settle(decision):
-        text += f" To settle it: {claim_text(_settle(_open_settle(decision)))}."
+    if open_settle := _open_settle(decision):
+        text += f" To settle it: {claim_text(_settle(open_settle))}."
     return text
 
 
@@ -173,10 +173,11 @@ def decisions_latex(
     leads = list(lead or []) + [""] * len(decisions)
     tests = {(_test(d), d.claim.settings.alpha, d.claim.settings.margin) for d in decisions}
     powers = {_power(d) for d in decisions}
-    settles = {_settle(_open_settle(d)) for d in decisions if _open_settle(d)}
-    open_claims = [d for d in decisions if _open_settle(d)]
+    still_open = [_open_settle(d) for d in decisions]
+    settles = {_settle(text) for text in still_open if text}
+    open_claims = [d for d, text in zip(decisions, still_open, strict=True) if text]
     parts = []
-    for d, before in zip(decisions, leads, strict=False):
+    for d, before, open_settle in zip(decisions, leads, still_open, strict=False):
         c, n = d.claim, d.estimate.n if d.estimate else 0
         label, reason = verdict_label(d), _reason(d, ratio_stated)
         verdict = rf"\textbf{{{label}}}; {reason}" if label.endswith(")") else rf"\textbf{{{label}}} ({reason})"
@@ -189,8 +190,8 @@ def decisions_latex(
             text += f" Test: {test}, $\\alpha$ = {alpha:g}; margin $\\times${margin:g}."
         if len(powers) > 1 or len(decisions) == 1:
             text += _power(d)
-        if _open_settle(d) and (len(settles) > 1 or len(open_claims) == 1):
-            text += f" To settle it: {claim_text(_settle(_open_settle(d)))}."
+        if open_settle and (len(settles) > 1 or len(open_claims) == 1):
+            text += f" To settle it: {claim_text(_settle(open_settle))}."
         parts.append(text)
     if len(tests) == 1 and not test_stated:
         test, alpha, margin = next(iter(tests))
