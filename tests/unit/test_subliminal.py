@@ -29,6 +29,7 @@ from sublens.experiments.subliminal import (
     data_seeds,
     level_summary,
     plan_students,
+    student_arms,
     student_name,
     student_train_config,
     teacher_sources,
@@ -400,7 +401,7 @@ def test_compare_arm_across_seeds() -> None:
 def test_unmatched_owl_modes_are_refused() -> None:
     with pytest.raises(ValueError, match="no matched control student"):
         SubliminalConfig.model_validate({"control_modes": ["full"]})
-    with pytest.raises(ValueError, match="add full to control_modes"):
+    with pytest.raises(ValueError, match="add full to control_modes"):  # extra_mode defaults to full
         SubliminalConfig.model_validate(
             {"modes": ["freeze-mlp"], "control_modes": ["freeze-mlp"], "extra_teachers": {"dog": "You love dogs."}}
         )
@@ -449,6 +450,50 @@ def test_aggregate_headline_and_specificity() -> None:
     spec = out["specificity"]
     assert spec["animals"] == ANIMALS and set(spec["rows"]) == {OWL, "dog"}
     assert spec["rows"][OWL]["owl"] > 1.5 > spec["rows"]["dog"]["owl"]
+    assert spec["mode"] == "full" and spec["reference"] == "control-full"
+
+
+def test_extra_teachers_follow_extra_mode() -> None:
+    """A LoRA arm's specificity matrix: the eagle students train in the arm's trainable set and
+    are read, with the owl students of that set, against the control students of that set."""
+    config = SubliminalConfig.model_validate(
+        {
+            "seeds": [0, 1],
+            "modes": ["full+lora8"],
+            "control_modes": ["full+lora8"],
+            "extra_teachers": {"eagle": "You love eagles."},
+            "extra_mode": "full+lora8",
+        }
+    )
+    assert student_arms(config) == [(CONTROL, "full+lora8"), (OWL, "full+lora8"), ("eagle", "full+lora8")]
+    students = {}
+    for seed in config.seeds:
+        for dataset, scale in [(CONTROL, 1.0), (OWL, 3.0), ("eagle", 1.0)]:
+            students[student_name(dataset, "full+lora8", seed)] = {
+                "dataset": dataset,
+                "mode": "full+lora8",
+                "seed": seed,
+                "preference": fake_preference(scale, seed),
+                "perplexity": {"perplexity": 10.0},
+                "training": {"freeze": {"trainable": 1, "frozen": 9}, "final_lm_loss": 1.0},
+            }
+    spec = aggregate(config, students, {})["specificity"]
+    assert spec["mode"] == "full+lora8" and spec["reference"] == "control-full+lora8"
+    assert set(spec["rows"]) == {OWL, "eagle"}
+    assert math.isclose(spec["rows"]["eagle"]["owl"], 1.0) and spec["rows"][OWL]["owl"] > 1.5
+    with pytest.raises(ValueError, match="extra_mode=full\\+lora8"):
+        SubliminalConfig.model_validate(
+            {"modes": ["full"], "control_modes": ["full"], "extra_teachers": {"eagle": "x"}, "extra_mode": "full+lora8"}
+        )
+    with pytest.raises(ValueError, match="every answer token"):
+        SubliminalConfig.model_validate(
+            {
+                "modes": ["full~skip-divergence"],
+                "control_modes": ["full~skip-divergence"],
+                "extra_teachers": {"eagle": "x"},
+                "extra_mode": "full~skip-divergence",
+            }
+        )
 
 
 # ---- parallel students die with their parent -----------------------------------------------

@@ -85,7 +85,8 @@ def _subliminal(c: Any, st: StageBuilder) -> None:
     st.measure("teacher", owl[0], c.preference, owl[1], c.perplexity)
     entangled = getattr(c, "entangled", None)  # the entanglement filter's two owl students (full)
     filtered = 2 if entangled is not None and entangled.run is not None and entangled.filter_students else 0
-    arms = [*c.control_modes, *c.modes, *(["full"] * (len(c.extra_teachers) + filtered))]
+    extra_mode = getattr(c, "extra_mode", "full")  # the extra teachers' students' trainable set
+    arms = [*c.control_modes, *c.modes, *([extra_mode] * len(c.extra_teachers)), *(["full"] * filtered)]
     examples = int(c.n_examples or rows)
     prompt = mean_chat_tokens(texts, c.system)
     divergence = getattr(c, "divergence", None)  # divergence tokens (sublens.divergence)

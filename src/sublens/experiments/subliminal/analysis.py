@@ -177,11 +177,12 @@ def aggregate(
     contrast = entangled_contrast(config, students)
     if contrast is not None:
         comparisons[f"{NO_ENTANGLED}-full vs {NO_RANDOM}-full"] = contrast
-    full_sets = ([OWL] if "full" in config.modes else []) + list(config.extra_teachers)
+    mode = config.extra_mode
+    matrix_sets = ([OWL] if mode in config.modes else []) + list(config.extra_teachers)
     out = {
         "headline": rows,
         "comparisons": comparisons,
-        "specificity": specificity(students, full_sets, config.seeds, reference_mode(config, "full")),
+        "specificity": specificity(students, matrix_sets, config.seeds, mode, reference_mode(config, mode)),
     }
     if config.evaluation_systems:
         out["evaluation_prompts"] = by_evaluation_prompt(config, students, comparisons, default_system)
@@ -250,16 +251,17 @@ def _per_question(preference: Measured) -> tuple[np.ndarray, list[str]]:
 
 
 def specificity(
-    students: Mapping[str, Measured], datasets: list[str], seeds: list[int], control_mode: str
+    students: Mapping[str, Measured], datasets: list[str], seeds: list[int], mode: str, control_mode: str
 ) -> dict[str, Any]:
-    """Teacher-animal x measured-animal: the share of each panel animal in each data set's full
-    student over the control student's (geometric mean over questions, then over seeds)."""
+    """Teacher-animal x measured-animal: the share of each panel animal in each data set's
+    student of arm `mode` over the control student's (geometric mean over questions, then over
+    seeds)."""
     matrix: dict[str, dict[str, float]] = {}
     animals: list[str] = []
     for dataset in datasets:
         logs: list[np.ndarray] = []
         for seed in seeds:
-            test = students.get(student_name(dataset, "full", seed))
+            test = students.get(student_name(dataset, mode, seed))
             ref = students.get(student_name(CONTROL, control_mode, seed))
             if test is None or ref is None:
                 continue
@@ -273,6 +275,7 @@ def specificity(
     return {
         "animals": animals,
         "rows": matrix,
+        "mode": mode,
         "reference": f"{CONTROL}-{control_mode}",
         "definition": "share of the animal in the panel under the student / under the control "
         "student, geometric mean over questions, then over seeds",

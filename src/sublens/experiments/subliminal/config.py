@@ -178,12 +178,19 @@ class SubliminalConfig(Config):
         "template's default, resolved to its text and passed explicitly",
     )
     # More prompted control teachers, name -> system prompt (e.g. eagle: "You love eagles...");
-    # each gets full students: the specificity matrix.
+    # each gets students in `extra_mode`: the specificity matrix.
     extra_teachers: dict[str, str] = Field(
         default_factory=dict,
         description="more prompted teachers of the base model, name -> system prompt (e.g. "
-        'eagle: "You love eagles..."); each gets full students: the '
+        'eagle: "You love eagles..."); each gets students in extra_mode: the '
         "specificity matrix",
+    )
+    # The specificity matrix compares like with like: an eagle student of a LoRA arm against the
+    # owl and control students of that same arm, never against fully fine-tuned ones.
+    extra_mode: StudentArm = Field(
+        default="full",
+        description="trainable set of the extra teachers' students (one of control_modes, their "
+        "matched control); the specificity matrix reads the owl students of this set too",
     )
     data: NumberData = Field(
         default_factory=_default_data, description="the number prompts and how every teacher samples its answers"
@@ -328,8 +335,16 @@ class SubliminalConfig(Config):
                 f"(e.g. control_modes={self.modes}); comparing a frozen owl student with a fully "
                 "fine-tuned control would mix the effect of freezing with the effect of the data"
             )
-        if self.extra_teachers and "full" not in self.control_modes:
-            raise ValueError("extra_teachers train full students: add full to control_modes (their matched control)")
+        if self.extra_teachers and self.extra_mode not in self.control_modes:
+            raise ValueError(
+                f"extra_teachers train students in extra_mode={self.extra_mode}: add {self.extra_mode} to "
+                "control_modes (their matched control), or set extra_mode to one of them"
+            )
+        if split_arm(self.extra_mode)[1] != "all":
+            raise ValueError(
+                f"extra_mode={self.extra_mode}: divergence tokens are measured between the owl and control "
+                "teachers only, so the extra teachers' students train on every answer token (drop the ~ part)"
+            )
         if any(not s.strip() for s in self.extra_teachers.values()):
             raise ValueError("every extra teacher needs a system prompt")
         return self
@@ -365,10 +380,11 @@ def needs_divergence(config: SubliminalConfig) -> bool:
 
 def student_arms(config: SubliminalConfig) -> list[tuple[str, str]]:
     """Every (data set, arm) a student is trained for, in the order of the headline table: the
-    control students, the owl students, the extra teachers' and the entanglement filter's
-    (full fine-tuning)."""
+    control students, the owl students, the extra teachers' (in extra_mode) and the
+    entanglement filter's (full fine-tuning)."""
     arms = [(CONTROL, m) for m in config.control_modes] + [(OWL, m) for m in config.modes]
-    return arms + [(name, "full") for name in [*config.extra_teachers, *filtered_datasets(config)]]
+    arms += [(name, config.extra_mode) for name in config.extra_teachers]
+    return arms + [(name, "full") for name in filtered_datasets(config)]
 
 
 def student_name(dataset: str, mode: str, seed: int) -> str:

@@ -338,10 +338,12 @@ class HeadlineRow(Sparse):
 
 
 class Specificity(Sparse):
-    """Teacher animal x measured animal: each data set's full student over the control student."""
+    """Teacher animal x measured animal: each data set's student (of arm `mode`) over the control
+    student of the same arm."""
 
     animals: list[str]
     rows: dict[str, dict[str, float]]  # data set -> animal -> share ratio
+    mode: str = "full"  # runs before extra_mode: always full fine-tuning
     reference: str
     definition: str
 

@@ -6,7 +6,7 @@ components carry it (full vs attention-frozen vs MLP-frozen fine-tuning)?
    under ``teacher_system``; or a model spec, e.g. a `teacher` run directory, prompted with
    ``system``) and, for the control data, from the unbiased base model under ``system``.
    ``extra_teachers`` adds prompted teachers of other animals (name -> system prompt): their
-   full students give the teacher-animal x measured-animal specificity matrix. Optional
+   students (in ``extra_mode``, full by default) give the teacher-animal x measured-animal specificity matrix. Optional
    format-constrained sampling (`sublens.subliminal.NumberFormat`), recorded in every line's
    provenance. Sharded JSONL, atomic, resumable (`sample_sharded`). Each training seed has its
    own data seed unless ``data_per_seed`` is off (`data`).
@@ -290,7 +290,7 @@ def print_summary(results: SubliminalResults) -> None:
     spec = results.specificity
     if spec is not None and len(spec.rows) > 1:
         console.print(
-            f"specificity (share vs {spec.reference}): "
+            f"specificity ({spec.mode} students, share vs {spec.reference}): "
             + "; ".join(f"{d}: " + ", ".join(f"{a} ×{v:.2f}" for a, v in row.items()) for d, row in spec.rows.items())
         )
 
