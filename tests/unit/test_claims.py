@@ -177,7 +177,7 @@ def test_clear_effect_supported_opposite_contradicted_tight_null_equivalent() ->
 
 
 def test_holm_can_withdraw_a_lone_significant_result() -> None:
-    borderline = est([0.10, 0.16, 0.06, 0.13, 0.03])  # raw p ~ 0.02
+    borderline = est([0.30, 0.45, 0.05, 0.35, 0.10])  # raw p ~ 0.02, the CI reaching beyond ×1.25
     assert decide(claim(), borderline).verdict is Verdict.SUPPORTED
     others = [est([0.1, -0.1, 0.05, -0.05, 0.0]) for _ in range(4)]
     family = decide_family([(claim(), borderline)] + [(claim(), e) for e in others])
@@ -259,15 +259,26 @@ def test_what_settles_a_claim_never_asks_for_fewer_units_than_it_has() -> None:
     assert short.settle.startswith(f"about {short.units_needed} numbers would detect ×1.25")
 
 
-def test_a_supported_change_smaller_than_the_margin_says_so() -> None:
+def test_a_change_smaller_than_the_margin_is_no_effect_of_interest() -> None:
     """The LoRA r = 8 arm measured ×1.051 [1.034, 1.069] over 3 seeds (p = 0.006): a real rise, but
-    the whole CI lies below the smallest effect of interest, and the reason must say that."""
+    the whole CI lies below the smallest effect of interest. The same data must not support both
+    "it transfers" and "it does not": the directional claim is `equivalent`, the no-effect claim
+    `supported`, and both reasons say the CI excludes no change."""
     rise = Claim(name="up", statement="transfer", estimand="r", unit="seed", prediction="increase", family="f")
+    same = Claim(name="none", statement="no change", estimand="r", unit="seed", prediction="none", family="f")
     seeds = [math.log(1.054), math.log(1.043), math.log(1.057)]
     small = decide(rise, estimate_log_ratio(seeds, "seed"))
-    assert small.verdict is Verdict.SUPPORTED
+    assert small.estimate is not None and small.estimate.p_value is not None and small.estimate.p_value < 0.05
+    assert small.verdict is Verdict.EQUIVALENT
     assert small.reason.endswith(
-        "a change in the predicted direction, smaller than ×1.25 (the CI lies inside the margin)"
+        "no effect as large as ×1.25 (the CI lies inside the margin), though the CI excludes no change: "
+        "a difference smaller than the margin"
     )
+    none = decide(same, estimate_log_ratio(seeds, "seed"))
+    assert none.verdict is Verdict.SUPPORTED and none.reason.endswith("a difference smaller than the margin")
+    # a significant rise whose CI reaches beyond the margin is support, said without the caveat
     large = decide(rise, estimate_log_ratio([math.log(1.6), math.log(1.5), math.log(1.7)], "seed"))
     assert large.verdict is Verdict.SUPPORTED and large.reason.endswith("a change in the predicted direction")
+    # a non-significant CI inside the margin: equivalent, without the caveat
+    flat = decide(rise, estimate_log_ratio([math.log(1.01), math.log(0.99), math.log(1.02), math.log(0.98)], "seed"))
+    assert flat.verdict is Verdict.EQUIVALENT and flat.reason.endswith("(the CI lies inside the margin)")

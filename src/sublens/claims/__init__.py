@@ -14,12 +14,13 @@ an entanglement category, questions only for one fixed model. Every claim declar
 
 `decide` returns one of four words, always with the reason and what would settle it:
 
-- ``supported``: the CI excludes no change in the predicted direction (Holm-adjusted p < α),
-  or, for a claim that predicts *no* effect, the CI lies inside the margin;
+- ``supported``: the CI excludes no change in the predicted direction (Holm-adjusted p < α)
+  and does not lie wholly inside the margin, or, for a claim that predicts *no* effect, the CI
+  lies inside the margin;
 - ``contradicted``: the effect goes significantly the other way, or a predicted "no effect"
   is significantly exceeded beyond the margin;
 - ``equivalent``: no effect as large as the margin (the CI inside it) where an effect was
-  predicted: the claim is not borne out, and the data say so positively;
+  predicted, significant or not: the claim is not borne out, and the data say so positively;
 - ``inconclusive``: anything else, e.g. one training seed, a CI that straddles both 1 and
   the margin, or a missing arm.
 

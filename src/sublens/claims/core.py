@@ -324,22 +324,25 @@ def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
     assert est.ratio is not None and est.ci_low is not None and est.ci_high is not None
     significant, equivalent = p < claim.settings.alpha, _inside_margin(est, margin)
     ci = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    # A CI wholly inside the margin is read the same way whatever was predicted: no effect of
+    # interest. A significant but smaller change is said as such, never as support for an effect
+    # (the same ×1.05 [1.03, 1.07] cannot support both "it transfers" and "it does not").
+    real_but_small = ", though the CI excludes no change: a difference smaller than the margin" if significant else ""
     if claim.prediction == "none":
         if equivalent:
-            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ×1/{margin:g}..×{margin:g}"
+            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ×1/{margin:g}..×{margin:g}{real_but_small}"
         if significant and (est.ci_low >= margin or est.ci_high <= 1 / margin):
             return Verdict.CONTRADICTED, f"{ci}: an effect beyond the margin"
     else:
+        if equivalent:
+            return Verdict.EQUIVALENT, (
+                f"{ci}: no effect as large as ×{margin:g} (the CI lies inside the margin){real_but_small}"
+            )
         predicted = est.ratio > 1 if claim.prediction == "increase" else est.ratio < 1
         if significant and predicted:
-            # a real change can still be smaller than the smallest effect of interest: said, so that
-            # "supported" is never read as an effect of the margin's size
-            small = f", smaller than ×{margin:g} (the CI lies inside the margin)" if equivalent else ""
-            return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction{small}"
+            return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
         if significant:
             return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
-        if equivalent:
-            return Verdict.EQUIVALENT, f"{ci}: no effect as large as ×{margin:g} (the CI lies inside the margin)"
     return Verdict.INCONCLUSIVE, f"{ci}: {_undecided(est, significant, margin)}"
 
 
