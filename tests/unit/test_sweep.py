@@ -19,6 +19,7 @@ import yaml
 from scipy import stats
 from typer.testing import CliRunner
 
+from sublens.claims import ClaimSettings
 from sublens.cli import app
 from sublens.config import preset_path
 from sublens.errors import ConfigError
@@ -202,6 +203,45 @@ def test_effect_is_a_t_interval_of_the_seed_log_ratios() -> None:
         assert math.isclose(row.share_ratio_ci_high, math.exp(high), rel_tol=1e-9)
     named = effect_by_grid_point(chosen_rows(table, "control-full vs base"))
     assert list(named.n_seeds) == [4, 4] and math.isnan(named.share_ratio_ci_low[0])  # equal values: no interval
+
+
+def test_each_grid_point_comparison_gets_a_holm_adjusted_verdict() -> None:
+    """The owl students' rows are decided as transfer (predicted rise), an extra teacher's as
+    specificity (predicted: no change of the trait's share), all Holm-adjusted together; the
+    LoRA r = 8 arm's three seeds are 'equivalent', a non-owl teacher raising the share as much
+    as owl is 'contradicted', and the figure draws the margin."""
+    rows = []
+    per_seed = {
+        "owl-full+lora8 vs control-full+lora8": [1.054, 1.043, 1.057],
+        "eagle-full+lora8 vs control-full+lora8": [1.8, 1.7, 1.9],
+        "owl-full vs control-full": [1.6, 1.5, 1.7],
+    }
+    for comparison, ratios in per_seed.items():
+        grid = "arm=lora8" if "lora8" in comparison else "arm=full"
+        for seed, ratio in enumerate(ratios):
+            rows.append(
+                {"point": f"{grid}{seed}", "grid": grid, "seed": seed, "comparison": comparison, "share_ratio": ratio}
+            )
+    rows.append(
+        {"point": "arm=full0", "grid": "arm=full", "seed": 0, "comparison": "owl-full vs base", "share_ratio": 2.0}
+    )
+    effect = effect_by_grid_point(chosen_rows(pd.DataFrame(rows), None)).set_index("comparison")
+    assert list(effect.index) == list(per_seed)  # every matched comparison, no "vs base" row
+    assert effect.prediction.to_dict() == {c: "none" if c.startswith("eagle") else "increase" for c in per_seed}
+    assert effect.verdict.to_dict() == {
+        "owl-full+lora8 vs control-full+lora8": "equivalent",
+        "eagle-full+lora8 vs control-full+lora8": "contradicted",
+        "owl-full vs control-full": "supported",
+    }
+    raw = [float(stats.ttest_1samp(np.log(r), 0.0).pvalue) for r in per_seed.values()]
+    order = np.argsort(raw)
+    expected = np.maximum.accumulate([(len(raw) - k) * raw[i] for k, i in enumerate(order)])
+    holm = np.empty(len(raw))
+    holm[order] = np.minimum(expected, 1.0)
+    assert np.allclose(effect.p_holm.to_numpy(), holm, rtol=1e-12)
+    assert (effect.margin == 1.25).all() and (effect.minimal_detectable > 1).all()
+    narrow = effect_by_grid_point(chosen_rows(pd.DataFrame(rows), None), settings=ClaimSettings(margin=1.02))
+    assert narrow.set_index("comparison").verdict["owl-full+lora8 vs control-full+lora8"] == "supported"
 
 
 # ---- a real sweep, killed and resumed -------------------------------------------------------------

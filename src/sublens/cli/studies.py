@@ -184,6 +184,7 @@ def _sweep_ended(outcome: SweepOutcome, spec: SweepSpec, where: Path) -> None:
         _say("table:", str(outcome.table))
     for path in outcome.figure[:1]:
         _say("figure:", str(path))
+    _print_effects(outcome.folder)
     if outcome.failed:
         _say(
             "error:",
@@ -193,6 +194,19 @@ def _sweep_ended(outcome: SweepOutcome, spec: SweepSpec, where: Path) -> None:
             err=True,
         )
         raise typer.Exit(EXIT_RUN_FAILED)
+
+
+def _print_effects(folder: Path) -> None:
+    """Each grid point's comparisons across seeds with their verdicts (sweep-effect.parquet)."""
+    from sublens.sweep import FIGURE_STEM
+
+    path = folder / f"{FIGURE_STEM}.parquet"
+    if not path.is_file():
+        return
+    import pandas as pd
+
+    for _, row in pd.read_parquet(path).iterrows():
+        _say(f"{row['grid']}:", f"{row['comparison']}: {row['verdict']} ({row['reason']}; {row['n_seeds']} seeds)")
 
 
 def power(

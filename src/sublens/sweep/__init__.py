@@ -5,9 +5,10 @@
 A sweep folder holds ``sweep.json`` (the experiment, its base config and overrides, the grid,
 the seeds and every point), one ordinary run folder per point under ``points/``, the job logs of
 the executor under ``jobs/``, and, once every point has finished, ``sweep.parquet`` (one row per
-point and comparison of the points' `comparisons` tables) and the effect figure (per grid point:
-the chosen comparison's ratio, its geometric mean over seeds with a Student-t 95% CI of the mean
-log ratio across seeds, and each seed's ratio as a dot).
+point and comparison of the points' `comparisons` tables) and the effect table and figure (per
+grid point and matched comparison: the ratio's geometric mean over seeds with a Student-t 95% CI
+of the mean log ratio across seeds, each seed's ratio as a dot, and the verdict of
+`sublens.claims`, Holm-adjusted across the sweep).
 
 Points are run by submitit (https://github.com/facebookincubator/submitit): the ``local``
 executor runs them as child processes on this machine, at most ``parallel`` at a time; the

@@ -1,7 +1,9 @@
 """The combined table and the effect figure of a sweep: one row per finished point and
-comparison (sweep.parquet), the rows the effect is read from (a named comparison, or each
-point's first matched one), per grid point the geometric mean of the seeds' ratios with a
-Student-t 95% CI across seeds, and the figure that draws it with each seed's ratio as a dot."""
+comparison (sweep.parquet), the rows the effect is read from (a named comparison, or every
+matched comparison of each point: the owl student's and any extra teacher's, each over its
+matched control), per grid point and comparison the geometric mean of the seeds' ratios with a
+Student-t 95% CI across seeds and its verdict (`sublens.claims`, Holm across the sweep's rows),
+and the figure that draws it with each seed's ratio as a dot and the margin shaded."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sublens.claims import Claim, ClaimSettings, Decision, Prediction, decide_family, estimate_log_ratio
 from sublens.runs import atomic_write_parquet
-from sublens.stats import t_interval
 from sublens.sweep.folder import SweepError, finished, point_dir
 from sublens.sweep.points import SweepSpec, grid_label
 
@@ -54,43 +56,96 @@ def is_matched(name: str) -> bool:
 
 
 def chosen_rows(table: pd.DataFrame, comparison: str | None) -> pd.DataFrame:
-    """The rows the effect is read from: the named comparison of every point, or (None) each
-    point's first matched comparison (the arm a grid point changes names its comparison)."""
+    """The rows the effect is read from: the named comparison of every point, or (None) every
+    matched comparison of each point (the owl student's over its control, and an extra
+    teacher's, e.g. eagle's, over the same control: the specificity check)."""
     if "comparison" not in table:
         return table.iloc[0:0]
     if comparison is not None:
         return table[table["comparison"] == comparison]
-    matched = table[table["comparison"].map(lambda n: isinstance(n, str) and is_matched(n))]
-    return matched.groupby("point", sort=False).head(1)
+    return table[table["comparison"].map(lambda n: isinstance(n, str) and is_matched(n))]
 
 
-def effect_by_grid_point(rows: pd.DataFrame, column: str = "share_ratio") -> pd.DataFrame:
-    """Per grid point: seeds, the geometric mean of the seeds' ratios and its Student-t 95% CI
-    (the mean log ratio across seeds; the seed is the unit). Fewer than two seeds: no interval."""
-    effect = []
-    for grid, group in rows.groupby("grid", sort=False):
+def predicted(comparison: str) -> Prediction:
+    """What a comparison is expected to show: the owl data's students (also filtered ones) a
+    rise in the trait's share over their control; any other teacher's students (eagle, dog...)
+    no change of the trait's share, so that a rise there says the transfer is not owl-specific."""
+    return "increase" if comparison.startswith("owl-") else "none"
+
+
+def _claim(comparison: str, grid: str, settings: ClaimSettings) -> Claim:
+    trained, _, control = comparison.partition(" vs ")
+    prediction = predicted(comparison)
+    statement = (
+        f"{trained} raises the trait's panel share over {control}"
+        if prediction == "increase"
+        else f"{trained} leaves the trait's panel share within ×{settings.margin:g} of {control}"
+    )
+    return Claim(
+        name=f"{grid}: {comparison}",
+        statement=statement,
+        estimand=f"the trait's panel-share ratio, {trained} over {control}, same seed",
+        unit="seed",
+        prediction=prediction,
+        family="sweep",
+        settings=settings,
+    )
+
+
+def effect_by_grid_point(
+    rows: pd.DataFrame, column: str = "share_ratio", settings: ClaimSettings | None = None
+) -> pd.DataFrame:
+    """Per grid point and comparison: seeds, the geometric mean of the seeds' ratios and its
+    Student-t 95% CI (the mean log ratio across seeds; the seed is the unit; fewer than two
+    seeds: no interval), and the verdict of its claim (`predicted`), Holm-adjusted across every
+    row of the sweep, with the minimal detectable ratio and the seeds the margin would need."""
+    settings = settings or ClaimSettings()
+    groups = []
+    for (grid, comparison), group in rows.groupby(["grid", "comparison"], sort=False):
         logs = [math.log(v) for v in group[column] if isinstance(v, float) and v > 0 and math.isfinite(v)]
-        mean, low, high = t_interval(logs)
-        effect.append(
-            {
-                "grid": grid,
-                "comparison": " / ".join(dict.fromkeys(group["comparison"])),
-                "n_seeds": len(logs),
-                column: math.exp(mean) if logs else math.nan,
-                f"{column}_ci_low": math.exp(low),
-                f"{column}_ci_high": math.exp(high),
-                "per_seed": sorted(math.exp(v) for v in logs),
-            }
-        )
-    return pd.DataFrame(effect)
+        groups.append((str(grid), str(comparison), logs))
+    claims = [
+        (_claim(comparison, grid, settings), estimate_log_ratio(logs, "seed")) for grid, comparison, logs in groups
+    ]
+    decisions = decide_family(claims)
+    return pd.DataFrame(
+        [
+            _effect_row(grid, comparison, logs, decision, column)
+            for (grid, comparison, logs), decision in zip(groups, decisions, strict=True)
+        ]
+    )
 
 
-def collect(folder: Path, spec: SweepSpec, comparison: str | None = None) -> tuple[Path | None, list[Path]]:
-    """Write sweep.parquet and the effect figure from the points finished so far."""
+def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decision, column: str) -> dict[str, Any]:
+    est = decision.estimate
+    assert est is not None
+    return {
+        "grid": grid,
+        "comparison": comparison,
+        "n_seeds": len(logs),
+        column: est.ratio if est.ratio is not None else math.nan,
+        f"{column}_ci_low": est.ci_low if est.ci_low is not None else math.nan,
+        f"{column}_ci_high": est.ci_high if est.ci_high is not None else math.nan,
+        "per_seed": sorted(math.exp(v) for v in logs),
+        "prediction": decision.claim.prediction,
+        "verdict": decision.verdict.value,
+        "p_holm": decision.p_adjusted if decision.p_adjusted is not None else math.nan,
+        "reason": decision.reason,
+        "minimal_detectable": decision.mde if decision.mde is not None else math.nan,
+        "seeds_for_margin": decision.units_needed if decision.units_needed is not None else math.nan,
+        "margin": decision.claim.settings.margin,
+    }
+
+
+def collect(
+    folder: Path, spec: SweepSpec, comparison: str | None = None, settings: ClaimSettings | None = None
+) -> tuple[Path | None, list[Path]]:
+    """Write sweep.parquet, the effect table (sweep-effect.parquet, with verdicts) and the
+    effect figure from the points finished so far."""
     table = combined_table(folder, spec)
     table_path = folder / TABLE_FILE
     atomic_write_parquet(table_path, table)
-    effect = effect_by_grid_point(chosen_rows(table, comparison))
+    effect = effect_by_grid_point(chosen_rows(table, comparison), settings=settings)
     if effect.empty:
         if comparison is not None:
             raise SweepError(f"no finished point has a comparison named {comparison!r}; see {table_path}.")
@@ -132,12 +187,23 @@ def effect_figure(effect: pd.DataFrame, comparison: str, stem: Path, column: str
                 label="geometric mean and 95% CI across seeds" if first else None,
             )
         ax.axvline(0.0, color="0.4", linestyle="--", linewidth=0.8, label="no effect")
+        if "margin" in effect:
+            margin = math.log(float(effect["margin"].iloc[0]))
+            ax.axvspan(-margin, margin, color="0.92", zorder=0, label="inside the margin")
         _ratio_ticks(ax)
-        ax.set_yticks(positions, [f"{g} (n = {n})" for g, n in zip(effect["grid"], effect["n_seeds"], strict=True)])
+        ax.set_yticks(positions, [_row_label(row) for _, row in effect.iterrows()])
         ax.set_ylim(-0.6, len(effect) - 0.4)
         ax.set_xlabel(f"{column.replace('_', ' ')}, {comparison} (log scale)")
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, frameon=False)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     return save_figure(fig, stem)
+
+
+def _row_label(row: pd.Series) -> str:
+    """'arm=full+lora8: owl-full+lora8 (n = 3), equivalent': the grid point, the trained model
+    when a point has more than one comparison, the seeds and the verdict."""
+    trained = str(row["comparison"]).partition(" vs ")[0]
+    verdict = f", {row['verdict']}" if "verdict" in row else ""
+    return f"{row['grid']}: {trained} (n = {row['n_seeds']}){verdict}"
 
 
 def _ratio_ticks(ax: Any) -> None:

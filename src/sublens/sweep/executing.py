@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sublens.claims import ClaimSettings
 from sublens.config import Config
 from sublens.runs import read_json
 from sublens.sweep.combined import collect
@@ -35,6 +36,14 @@ def run_point(experiment: str, config: Config, run_dir: str, threads: int) -> st
     torch.set_num_threads(max(1, threads))
     outcome = run_experiment(experiment, config, Path(run_dir).parent, run_dir=Path(run_dir))
     return str(outcome.path)
+
+
+def _claim_settings(configs: dict[str, Config]) -> ClaimSettings | None:
+    """The margin, alpha and power of the sweep's verdicts: the points' own (`claims`), which
+    every point shares unless the grid varies them (then the defaults, and the table says which)."""
+    settings = {getattr(c, "claims", None) for c in configs.values()}
+    only = settings.pop() if len(settings) == 1 else None
+    return only if isinstance(only, ClaimSettings) else None
 
 
 def _executor(kind: Executor, jobs_dir: Path, parallel: int, timeout_min: int, slurm: dict[str, Any]) -> Any:
@@ -82,7 +91,7 @@ def run_sweep(
         runner = _executor(executor, folder / "jobs", parallel, timeout_min, slurm or {})
         limit = parallel if executor == "local" else len(todo)
         failed = _submit_all(runner, spec.experiment, todo, configs, folder, threads, limit, say)
-    table, figure = collect(folder, spec, comparison)
+    table, figure = collect(folder, spec, comparison, _claim_settings(configs))
     return SweepOutcome(folder, [p.id for p in todo], skipped, failed, table, figure)
 
 
