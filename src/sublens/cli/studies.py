@@ -249,15 +249,26 @@ def report(
         Path | None, typer.Option("--acl-sty", help="Your copy of the official acl.sty (default: sublens-acl.sty).")
     ] = None,
     no_compile: Annotated[bool, typer.Option("--no-compile", help="Write the bundle without running LaTeX.")] = False,
+    sweep: Annotated[
+        list[Path] | None,
+        typer.Option(help="A finished `sublens sweep` folder (repeat for more): a section on the powered designs."),
+    ] = None,
 ) -> None:
     """Rebuild the paper bundle (main.tex, tables, figures, PDF) from finished runs, in seconds."""
-    from sublens.report.bundle import build_bundle, load_runs, style_settings
+    from sublens.report.bundle import build_bundle, load_runs, load_sweep, style_settings
 
     try:
+        sweeps = [load_sweep(folder) for folder in sweep or []]  # checked before anything is written
         stages, meta = load_runs(run_dir)
         style, sty = style_settings(meta, mode, str(acl_sty) if acl_sty else None)
         bundle = build_bundle(
-            stages, out or run_dir / "paper", mode=style, acl_sty=sty, compile=not no_compile, meta=meta
+            stages,
+            out or run_dir / "paper",
+            mode=style,
+            acl_sty=sty,
+            compile=not no_compile,
+            meta=meta,
+            sweeps=sweeps,
         )
     except SublensError as exc:
         _fail(exc)

@@ -22,6 +22,7 @@ importable from here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +56,7 @@ from sublens.report.compile import (
 )
 from sublens.report.layout import LayoutReport
 from sublens.report.stages import STAGE_ORDER, StageRun
+from sublens.report.sweeps import LoadedSweep, load_sweep, sweeps_appendix, sweeps_section
 
 __all__ = [
     "MANIFEST",
@@ -67,6 +69,7 @@ __all__ = [
     "build_bundle",
     "headline_item",
     "load_runs",
+    "load_sweep",
     "references_bib",
     "style_settings",
 ]
@@ -89,9 +92,18 @@ class Bundle:
         return not self.problems
 
 
-def _main_tex(stages: dict[str, StageRun], meta: dict[str, Any], package: str, mode: str, draft: _Draft) -> str:
+def _main_tex(
+    stages: dict[str, StageRun],
+    meta: dict[str, Any],
+    package: str,
+    mode: str,
+    draft: _Draft,
+    sweeps: Sequence[LoadedSweep] = (),
+) -> str:
     expected = _ordered(meta.get("expected") or STAGE_ORDER)
     body = [_stage_tex(stage, stages.get(stage), meta, draft) for stage in expected]
+    if sweeps:
+        body.append(_sweeps_tex(sweeps, draft))
     unfinished = [s for s in expected if s not in stages or not stages[s].ok]
     return "\n".join(
         [
@@ -103,15 +115,35 @@ def _main_tex(stages: dict[str, StageRun], meta: dict[str, Any], package: str, m
             r"\bibliography{references}",
             "",
             _appendix({s: stages[s] for s in expected if s in stages}, expected, meta, draft),
+            *([_sweeps_appendix_tex(sweeps, draft)] if sweeps else []),
             r"\end{document}",
             "",
         ]
     )
 
 
-def _assemble(stages: dict[str, StageRun], meta: dict[str, Any], package: str, mode: str) -> _Draft:
+def _sweeps_tex(sweeps: Sequence[LoadedSweep], draft: _Draft) -> str:
+    """The powered designs' section: its tables and figures go into the draft's files."""
+    tex, tables, figures, headline = sweeps_section(sweeps)
+    for stem, table in tables.items():
+        draft.add_text(f"tables/{stem}.tex", table, "sweeps")
+    draft.copies.update(figures)
+    draft.headline += headline
+    return tex
+
+
+def _sweeps_appendix_tex(sweeps: Sequence[LoadedSweep], draft: _Draft) -> str:
+    tex, files = sweeps_appendix(sweeps)
+    for rel, text in files.items():
+        draft.add_text(rel, text, "sweeps")
+    return tex
+
+
+def _assemble(
+    stages: dict[str, StageRun], meta: dict[str, Any], package: str, mode: str, sweeps: Sequence[LoadedSweep] = ()
+) -> _Draft:
     draft = _Draft()
-    main = _main_tex(stages, meta, package, mode, draft)
+    main = _main_tex(stages, meta, package, mode, draft, sweeps)
     draft.texts["main.tex"] = main
     draft.texts["references.bib"] = references_bib()
     draft.texts["summary.txt"] = "".join(f"{line}\n" for line in draft.headline)
@@ -133,6 +165,7 @@ def build_bundle(
     acl_sty: str | None = None,
     compile: bool = True,
     meta: dict[str, Any] | None = None,
+    sweeps: Sequence[LoadedSweep] = (),
 ) -> Bundle:
     """Write the bundle into `out` and compile it when TeX is present.
 
@@ -145,7 +178,7 @@ def build_bundle(
         raise SublensError(f"mode={mode!r}: choose one of {', '.join(MODES)}.")
     meta = meta or {"expected": _ordered(stages), "notes": []}
     package = style_source(acl_sty).stem  # validates acl_sty before anything is written
-    draft = _assemble(stages, meta, package, mode)
+    draft = _assemble(stages, meta, package, mode, sweeps)
     # Before anything is written: no path of the manifest or of the draft may lead out of `out`.
     for rel in _targets(draft, acl_sty):
         _inside(out, rel, "The bundle")

@@ -16,6 +16,8 @@ from sublens.config import Config, load_config
 from sublens.errors import ConfigError
 from sublens.sweep.grid import Axis
 
+NO_GRID = "(no grid)"  # the label of a sweep over seeds alone
+
 
 # ---- the points ----------------------------------------------------------------------------------
 class Point(BaseModel):
@@ -91,7 +93,7 @@ def _safe(value: str) -> str:
 
 def grid_label(values: dict[str, str]) -> str:
     """A grid point without its seed, as the table and the figure name it."""
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "(no grid)"
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or NO_GRID
 
 
 def point_configs(spec: SweepSpec, config_type: type[Config]) -> dict[str, Config]:
