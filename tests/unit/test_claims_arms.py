@@ -510,3 +510,33 @@ def test_the_recorded_run_section_is_unchanged_in_its_claims() -> None:
     section = build(load_stage(RUNS / "subliminal"))
     assert len(section.headline) == 2
     assert "Divergence tokens \\citep" not in section.results and "Token entanglement" not in section.results
+
+
+# ---- specificity: the owl students against each extra teacher's ------------------------------------
+def test_specificity_against_each_extra_teacher(recorded: dict[str, Any]) -> None:
+    """The owl data must raise owl's share more than another animal's data do: the per-seed
+    quotient of the owl student's and the extra teacher's student's ratios (same arm)."""
+    dog_like_owl = [v - 0.01 * (-1) ** i for i, v in enumerate(TRANSFER)]  # rises as much as owl
+    arms = {("owl", "full"): TRANSFER, ("eagle", "full"): FLAT, ("dog", "full"): dog_like_owl}
+    out = decided(dressed(recorded, arms))
+    eagle, dog = out["specificity.eagle"], out["specificity.dog"]
+    assert eagle.claim.prediction == "increase" and eagle.claim.family == "subliminal"
+    assert "than the eagle teacher's numbers do (full fine-tuning)" in eagle.claim.statement
+    quotient = [o - e for o, e in zip(TRANSFER, FLAT, strict=True)]
+    assert eagle.estimate is not None and eagle.estimate.ratio == pytest.approx(math.exp(np.mean(quotient)))
+    assert eagle.estimate.p_value == pytest.approx(stats.ttest_1samp(quotient, 0.0).pvalue)
+    assert eagle.verdict is Verdict.SUPPORTED
+    assert dog.verdict is Verdict.EQUIVALENT  # a dog teacher raises owl as much: not owl-specific
+    tested = [k for k, d in out.items() if k != "mlp" and d.estimate is not None and d.estimate.p_value]
+    assert [out[k].p_adjusted for k in tested] == pytest.approx(holm([out[k].estimate.p_value for k in tested]))
+    # an extra teacher trained in an arm the owl students do not have: no claim
+    other_arm = decided(dressed(recorded, {("owl", "full"): TRANSFER, ("eagle", "layers.3"): FLAT}))
+    assert not any(k.startswith("specificity.") for k in other_arm)
+
+
+def test_the_section_states_specificity_with_its_interval(recorded: dict[str, Any]) -> None:
+    results = dressed(recorded, {("owl", "full"): TRANSFER, ("eagle", "full"): FLAT})
+    run = dataclasses.replace(load_stage(RUNS / "subliminal"), results=results)
+    text = build(run).results
+    lead = text.index("Specificity, against the other teachers' students: ")
+    assert "eagle teacher" in text[lead:] and "Student-$t$ 95\\% CI over 5 seeds" in text[lead:]

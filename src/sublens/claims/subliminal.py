@@ -16,6 +16,9 @@ decided with seeds as the unit and keyed by name without the ``subliminal.`` pre
   divergence tokens out of the loss blocks the transfer" (`blocks_transfer`: transfer in X,
   the masked arm equivalent to its control, and that contrast); an ``X~divergence-only``
   arm has its transfer claim;
+- ``specificity.<teacher>`` for every extra teacher (e.g. eagle) whose students share an arm
+  with owl students: the per-seed quotient of the owl student's and that teacher's student's
+  ratios, each over the control student, predicted to favour owl (the transfer is owl-specific);
 - where the run trained the entanglement filter's students: ``transfer.owl-no-random``
   (the student without the random-set answers over the full control student, predicted to
   rise), ``contrast.no_entangled_vs_no_random`` (the per-seed quotient of the students
@@ -211,6 +214,7 @@ def subliminal_decisions(
     ]
     if filtered:
         pairs += _entanglement_pairs(parsed, control_modes, settings)
+    pairs += _specificity_pairs(parsed, control_modes, settings)
 
     out = {d.claim.name.removeprefix("subliminal."): d for d in decide_family(pairs)}
     out["mlp"] = component_blocks_transfer(
@@ -295,6 +299,41 @@ def _entanglement_pairs(
         settings,
     )
     return [(transfer, _estimate(no_random.logs)), (quotient, _estimate(paired_difference(no_entangled, no_random)))]
+
+
+def extra_students(results: SubliminalResults) -> list[tuple[str, str]]:
+    """The extra teachers' students as (data set, arm), from the headline rows: every data set
+    that is not the owl, control or entanglement-filter data (e.g. eagle, in its extra_mode)."""
+    known = (OWL, CONTROL, NO_ENTANGLED, NO_RANDOM)
+    rows = results.headline or []
+    return list(dict.fromkeys((r.dataset, r.mode) for r in rows if r.dataset and r.mode and r.dataset not in known))
+
+
+def _specificity_pairs(
+    parsed: SubliminalResults, control_modes: Sequence[str], settings: ClaimSettings
+) -> list[tuple[Claim, Estimate | None]]:
+    """Per extra teacher (e.g. eagle) whose students share a trainable set with owl students:
+    the owl data raise owl's share more than that teacher's data do, the per-seed quotient of
+    the two students' ratios, each over the control student of that set and seed. A rise that
+    any animal-loving teacher's numbers cause is not owl transfer (the specificity matrix's owl
+    column, decided)."""
+    pairs = []
+    for teacher, arm in extra_students(parsed):
+        owl = arm_seed_logs(parsed, OWL, arm, control_modes)
+        other = arm_seed_logs(parsed, teacher, arm, control_modes)
+        if not owl.logs or not other.logs:
+            continue
+        how = describe_trainable(arm)
+        claim = _seed_claim(
+            f"specificity.{teacher}",
+            f"The owl teacher's numbers raise owl's share more than the {teacher} teacher's numbers do ({how})",
+            f"per seed, owl's panel-share ratio of the owl student over that of the {teacher} student, each "
+            f"over the control student of the same seed, all trained with {how}",
+            "increase",
+            settings,
+        )
+        pairs.append((claim, _estimate(paired_difference(owl, other))))
+    return pairs
 
 
 def _divergence_claims(

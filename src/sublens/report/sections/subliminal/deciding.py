@@ -33,6 +33,8 @@ FREEZE_MODES = ("freeze-attention", "freeze-mlp")
 FREEZING_LEAD = "Localisation by freezing (a claim separate from localisation by transplant and by attribution): "
 DIVERGENCE_LEAD = "Divergence tokens \\citep{schrodi2026understanding}: "
 ENTANGLEMENT_LEAD = "Entanglement \\citep{zur2025owl}: "
+# A rise that any animal-loving teacher's numbers cause is not owl transfer.
+SPECIFICITY_LEAD = "Specificity, against the other teachers' students: "
 
 
 def divergence_sets(decided: dict[str, Decision]) -> list[str]:
@@ -63,6 +65,15 @@ def _claims_text(modes: list[str], decided: dict[str, Decision]) -> str:
         chosen.append(decided[key])
         lead.append(DIVERGENCE_LEAD if divergence and key == divergence[0] else "")
     return decisions_latex(chosen, ratio_stated=True, lead=lead)
+
+
+def _specificity_claims_text(decided: dict[str, Decision]) -> str:
+    """The owl students against each extra teacher's students (each over the control student),
+    with the quotient's own interval, which no table gives (the test and margin were said with
+    the other claims of the family)."""
+    keys = [key for key in decided if key.startswith("specificity.")]
+    lead = [SPECIFICITY_LEAD if i == 0 else "" for i in range(len(keys))]
+    return decisions_latex([decided[k] for k in keys], test_stated=True, lead=lead) if keys else ""
 
 
 def _entanglement_claims_text(decided: dict[str, Decision]) -> str:

@@ -22,6 +22,7 @@ from sublens.report.sections.subliminal.deciding import (
     FREEZE_MODES,
     _claims_text,
     _entanglement_claims_text,
+    _specificity_claims_text,
     decisions,
     divergence_sets,
     other_arms,
@@ -125,7 +126,8 @@ def _results(
     text = (
         f"Table~\\ref{{tab:{TABLE}}} gives every student's preference. {_arms_text(results, modes)} "
         f"{seeds_sentence(results.n_seeds)} {_mismatch_note(unmatched, control_modes)} {_answers_text(results)} "
-        f"{_claims_text(modes, decided)} {_prompt_sentence(results)} {_entangled_contrast_sentence(results)} "
+        f"{_claims_text(modes, decided)} {_specificity_claims_text(decided)} {_prompt_sentence(results)} "
+        f"{_entangled_contrast_sentence(results)} "
         f"{_entanglement_claims_text(decided)} {data}"
     )
     return " ".join(text.split()), decided
