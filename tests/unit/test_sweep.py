@@ -156,6 +156,10 @@ def test_shipped_sweep_files_validate_at_every_point(file: Path) -> None:
     for point_config in point_configs(spec, SubliminalConfig).values():
         assert isinstance(point_config, SubliminalConfig)
         assert set(point_config.modes) <= set(point_config.control_modes)  # matched controls
+        if point_config.extra_teachers:  # the specificity students' arm: the owl arm where it can be
+            assert point_config.extra_mode in point_config.control_modes
+            masked = any("~" in m for m in point_config.modes)
+            assert point_config.extra_mode in point_config.modes or (masked and point_config.extra_mode == "full")
         if sweep.required:
             with pytest.raises(ConfigError, match="--set entangled.run="):
                 check_required(point_config, sweep.required, file)
