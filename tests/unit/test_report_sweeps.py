@@ -3,6 +3,7 @@ there, refused up front when the folder is not a finished sweep."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_the_section_states_each_rows_verdict_and_power(tmp_path: Path) -> None:
         ("owl", "full+lora1", "supported"),
         ("eagle", "full+lora1", "contradicted"),
     ]
+    named = dataclasses.replace(sweep.rows[2], comparison="dog-2-layers.0-5.mlp vs control-layers.0-5.mlp")
+    assert (named.teacher, named.arm) == ("dog-2", "layers.0-5.mlp")  # hyphens in both names
     tex, tables, figures, headline = sweeps_section([sweep])
     assert tex.startswith(r"\section{Powered designs}")
     assert "SmolLM2-135M-Instruct, 330 number prompts, 300 training examples per data set, 3 seeds" in tex

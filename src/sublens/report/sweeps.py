@@ -53,14 +53,15 @@ class EffectRow:
         return self.comparison.partition(" vs ")[0]
 
     @property
-    def teacher(self) -> str:
-        """The data set of the trained student: 'owl', 'eagle', 'owl-no-random'."""
-        arm = self.trained
-        return arm.partition("-")[0] if not arm.startswith("owl-no-") else "-".join(arm.split("-")[:3])
+    def arm(self) -> str:
+        """The trainable set, read from the matched control ('control-full+lora8'): a teacher's
+        name may itself hold a hyphen (dog-2, owl-no-random)."""
+        return self.comparison.partition(" vs ")[2].removeprefix("control-")
 
     @property
-    def arm(self) -> str:
-        return self.trained[len(self.teacher) + 1 :]
+    def teacher(self) -> str:
+        """The data set of the trained student: 'owl', 'eagle', 'dog-2', 'owl-no-random'."""
+        return self.trained.removesuffix(f"-{self.arm}")
 
 
 @dataclass(frozen=True)
