@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sublens.claims import Claim, Decision, Verdict
-from sublens.report.verdicts import _reason
+from sublens.report.verdicts import _reason, verdict_label
 
 
 def _unmeasured(reason: str) -> Decision:
@@ -38,3 +38,16 @@ def test_not_measured_reasons_keep_only_the_why(reason: str) -> None:
 
 def test_a_bare_not_measured_says_no_estimate() -> None:
     assert _reason(_unmeasured("not measured"), ratio_stated=False) == "no estimate"
+
+
+def test_a_measured_but_blocked_claim_is_not_labelled_unmeasured() -> None:
+    """The pruning claims at a fraction where every pruned model is degraded were measured: the
+    label must not say "not measured" (the reason says why nothing was estimated)."""
+    degraded = _unmeasured("every pruned model at this fraction is degraded beyond ×1.5 perplexity")
+    assert verdict_label(degraded) == "inconclusive"
+    assert verdict_label(_unmeasured("not measured (an arm or its matched control is missing)")) == (
+        "inconclusive (not measured)"
+    )
+    assert verdict_label(_unmeasured("the entropy criterion was not measured at this fraction")) == (
+        "inconclusive (not measured)"
+    )

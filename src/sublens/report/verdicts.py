@@ -66,11 +66,14 @@ def _open_settle(decision: Decision) -> str:
 
 
 def verdict_label(decision: Decision) -> str:
-    """The verdict word for a headline: 'inconclusive (1 seed)' where one seed cannot decide."""
+    """The verdict word for a headline: 'inconclusive (1 seed)' where one seed cannot decide,
+    'inconclusive (not measured)' where an arm or control is missing. A claim blocked with
+    nothing to estimate for another reason (every pruned model degraded beyond the bound) was
+    measured: it is plainly inconclusive, and its reason says why."""
     n = decision.estimate.n if decision.estimate else 0
     if decision.verdict is Verdict.INCONCLUSIVE:
         if n == 0:
-            return "inconclusive (not measured)"
+            return "inconclusive (not measured)" if "not measured" in decision.reason else "inconclusive"
         if n == 1 and decision.claim.unit == "seed":
             return "inconclusive (1 seed)"
     return decision.verdict.value
