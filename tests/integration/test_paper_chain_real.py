@@ -66,6 +66,9 @@ MICRO: dict[str, dict[str, Any]] = {
     "pruning": {
         "fractions": [1.0, 0.6],
         "random_draws": 1,
+        # quick.yaml's 80 draws at the claim fraction (what the rank test needs to decide) were
+        # 85 of the chain's masks and half its time; wiring needs only that the draws run
+        "claim_random_draws": 2,
         "bias_prompts.questions": QUESTIONS,
         **PREFERENCE,
         **PERPLEXITY,
