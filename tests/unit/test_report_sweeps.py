@@ -36,7 +36,16 @@ def _sweep_folder(tmp_path: Path) -> Path:
     for (grid, comparison), ratios in PER_SEED.items():
         for seed, ratio in enumerate(ratios):
             point = f"{grid}_seed={seed}"
-            rows.append({"point": point, "grid": grid, "seed": seed, "comparison": comparison, "share_ratio": ratio})
+            rows.append(
+                {
+                    "point": point,
+                    "grid": grid,
+                    "seed": seed,
+                    "comparison": comparison,
+                    "share_ratio": ratio,
+                    "learned": True,
+                }
+            )
             points.append({"id": point, "values": {"arm": grid.partition("=")[2]}, "seed": seed, "settings": {}})
             config = {"base": "smollm2-135m-instruct", "n_examples": 300, "data": {"n_prompts": 330}}
             (folder / "points" / point).mkdir(parents=True, exist_ok=True)
@@ -70,7 +79,8 @@ def test_the_section_states_each_rows_verdict_and_power(tmp_path: Path) -> None:
     eagle = next(line for line in table.splitlines() if line.startswith("full fine-tuning, LoRA rank 1 & eagle"))
     cells = [c.strip() for c in eagle.removesuffix(r"\\").split("&")]
     logs = [math.log(v) for v in PER_SEED[("arm=[full+lora1]", "eagle-full+lora1 vs control-full+lora1")]]
-    assert cells[2] == "3" and cells[3].startswith(f"{math.exp(sum(logs) / 3):.2f} [") and cells[5] == "contradicted"
+    assert cells[2:4] == ["3", "3/3"]  # seeds, and the seeds whose students learned their data
+    assert cells[4].startswith(f"{math.exp(sum(logs) / 3):.2f} [") and cells[6] == "contradicted"
     assert list(figures.values()) == [sweep.figure] and figures.keys() == {f"figures/{sweep.label}.pdf"}
     # the abstract's notes carry the owl rows only (an eagle row is a control, not a finding)
     assert len(headline) == 2 and all("owl-" in line for line in headline)

@@ -248,6 +248,43 @@ def test_each_grid_point_comparison_gets_a_holm_adjusted_verdict() -> None:
     assert narrow.set_index("comparison").verdict["owl-full+lora8 vs control-full+lora8"] == "supported"
 
 
+def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
+    """'equivalent' (and a specificity row's 'supported' no-change) stands only where both
+    students of every seed learned their data; a rise is reported as measured either way."""
+
+    def rows(learned: list[bool | None]) -> pd.DataFrame:
+        per_seed = {
+            "owl-layers.1 vs control-layers.1": [1.002, 0.997, 1.001],
+            "eagle-layers.1 vs control-layers.1": [0.998, 0.996, 0.999],
+            "owl-full vs control-full": [1.6, 1.5, 1.7],
+        }
+        return pd.DataFrame(
+            [
+                {"grid": c.split(" ")[0], "seed": k, "comparison": c, "share_ratio": r, "learned": learned[k]}
+                for c, ratios in per_seed.items()
+                for k, r in enumerate(ratios)
+            ]
+        )
+
+    learned = effect_by_grid_point(chosen_rows(rows([True, True, True]), None)).set_index("comparison")
+    assert learned.verdict.to_dict() == {
+        "owl-layers.1 vs control-layers.1": "equivalent",
+        "eagle-layers.1 vs control-layers.1": "supported",
+        "owl-full vs control-full": "supported",
+    }
+    assert set(learned.students_learned) == {"3/3"}
+    untrained = effect_by_grid_point(chosen_rows(rows([True, False, None]), None)).set_index("comparison")
+    assert untrained.verdict.to_dict() == {
+        "owl-layers.1 vs control-layers.1": "inconclusive",
+        "eagle-layers.1 vs control-layers.1": "inconclusive",
+        "owl-full vs control-full": "supported",
+    }
+    reason = untrained.reason["owl-layers.1 vs control-layers.1"]
+    assert reason.startswith("the students' training loss fell significantly in 1 of 3 seeds (1 too short to tell)")
+    assert reason.endswith(learned.reason["owl-layers.1 vs control-layers.1"])  # the estimate is still given
+    assert untrained.p_holm.equals(learned.p_holm)  # the gate words the verdict; Holm is unchanged
+
+
 # ---- a real sweep, killed and resumed -------------------------------------------------------------
 TINY = "tiny:llama?layers=2&hidden=64&heads=4"
 

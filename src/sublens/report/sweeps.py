@@ -47,6 +47,7 @@ class EffectRow:
     minimal_detectable: float
     seeds_for_margin: float
     margin: float
+    students_learned: str = "not recorded"  # 'k/n': seeds whose two students' loss fell (sublens.learning)
 
     @property
     def trained(self) -> str:
@@ -128,6 +129,7 @@ def _row(record: dict[str, Any]) -> EffectRow:
         minimal_detectable=float(record["minimal_detectable"]),
         seeds_for_margin=float(record["seeds_for_margin"]),
         margin=float(record["margin"]),
+        students_learned=str(record.get("students_learned") or "not recorded"),
     )
 
 
@@ -220,12 +222,13 @@ def _verdict(row: EffectRow) -> str:
 
 
 def _table(sweep: LoadedSweep) -> str:
-    header = ["Trainable set", "Teacher", "Seeds", "Ratio [95% CI]", "Holm p", "Verdict", "Detectable"]
+    header = ["Trainable set", "Teacher", "Seeds", "Learned", "Ratio [95% CI]", "Holm p", "Verdict", "Detectable"]
     rows = [
         [
             escape(describe_trainable(row.arm) + ("" if _only_arm(row.grid) else f" ({row.grid})")),
             escape(row.teacher),
             str(row.n_seeds),
+            "--" if row.students_learned == "not recorded" else escape(row.students_learned),
             fmt_ci(row.ratio, _finite(row.ci_low), _finite(row.ci_high)),
             fmt_p(row.p_holm),
             escape(row.verdict),
@@ -237,9 +240,11 @@ def _table(sweep: LoadedSweep) -> str:
         "Owl's panel-share ratio, each trained student over the control student of the same "
         "trainable set and seed: geometric mean over seeds with its Student-$t$ 95\\% CI, Holm-adjusted $p$, "
         "the verdict, and the smallest ratio the seeds would detect at the measured between-seed SD "
-        "(power 0.8). Owl data predict a rise; another animal's data no change."
+        "(power 0.8). Owl data predict a rise; another animal's data no change. Learned: the seeds in "
+        "which both students' training loss fell significantly (last quarter of the steps against the "
+        "first); a null of students that did not learn is inconclusive."
     )
-    return booktabs_table(header, rows, caption, f"tab:{sweep.label}", align="llrrrlr", wide=True)
+    return booktabs_table(header, rows, caption, f"tab:{sweep.label}", align="llrrrrlr", wide=True)
 
 
 def _finite(value: float) -> float | None:

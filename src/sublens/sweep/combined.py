@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sublens.claims import Claim, ClaimSettings, Decision, Prediction, decide_family, estimate_log_ratio
-from sublens.runs import atomic_write_parquet
+from sublens.claims import Claim, ClaimSettings, Decision, Prediction, Verdict, decide_family, estimate_log_ratio
+from sublens.learning import learning_check
+from sublens.runs import atomic_write_parquet, read_json
 from sublens.sweep.folder import SweepError, finished, point_dir
 from sublens.sweep.points import SweepSpec, grid_label
 
@@ -42,11 +43,36 @@ def combined_table(folder: Path, spec: SweepSpec) -> pd.DataFrame:
         }
         table = run_dir / COMPARISONS_FILE
         if head["finished"] and table.is_file():
-            rows = pd.read_parquet(table)
-            frames.append(pd.concat([pd.DataFrame([head] * len(rows)), rows.reset_index(drop=True)], axis=1))
+            rows = pd.read_parquet(table).reset_index(drop=True)
+            learned = models_learned(run_dir)
+            rows["learned"] = [_both_learned(name, learned) for name in rows["comparison"]]
+            frames.append(pd.concat([pd.DataFrame([head] * len(rows)), rows], axis=1))
         else:
             frames.append(pd.DataFrame([head]))
     return pd.concat(frames, ignore_index=True)
+
+
+def models_learned(run_dir: Path) -> dict[str, bool | None]:
+    """Per trained model of a run ('owl-full'), whether every one of its students learned its
+    data (`sublens.learning`; None where a student's curve is too short to tell); empty for a
+    run that trains no students."""
+    results = run_dir / "results.json"
+    students = read_json(results).get("students") if results.is_file() else None
+    verdicts: dict[str, list[bool | None]] = {}
+    for name, student in (students or {}).items():
+        model = name.rsplit("-seed", 1)[0]
+        check = learning_check((student.get("training") or {}).get("loss_curve") or [])
+        verdicts.setdefault(model, []).append(None if check is None else check.learned)
+    return {m: (None if None in v else all(v)) for m, v in verdicts.items()}
+
+
+def _both_learned(comparison: str, learned: dict[str, bool | None]) -> bool | None:
+    """Whether both sides of 'owl-full vs control-full' learned their data; None when either is
+    unknown (the base model and the teacher are not students: they need no check)."""
+    sides = [side for side in comparison.split(" vs ") if side in learned]
+    if not sides or any(learned[side] is None for side in sides):
+        return None
+    return all(learned[side] for side in sides)
 
 
 def is_matched(name: str) -> bool:
@@ -103,17 +129,40 @@ def effect_by_grid_point(
     groups = []
     for (grid, comparison), group in rows.groupby(["grid", "comparison"], sort=False):
         logs = [math.log(v) for v in group[column] if isinstance(v, float) and v > 0 and math.isfinite(v)]
-        groups.append((str(grid), str(comparison), logs))
+        learned = list(group["learned"]) if "learned" in group else []
+        groups.append((str(grid), str(comparison), logs, learned))
     claims = [
-        (_claim(comparison, grid, settings), estimate_log_ratio(logs, "seed")) for grid, comparison, logs in groups
+        (_claim(comparison, grid, settings), estimate_log_ratio(logs, "seed")) for grid, comparison, logs, _ in groups
     ]
     decisions = decide_family(claims)
     return pd.DataFrame(
         [
-            _effect_row(grid, comparison, logs, decision, column)
-            for (grid, comparison, logs), decision in zip(groups, decisions, strict=True)
+            _gated_by_learning(_effect_row(grid, comparison, logs, decision, column), learned)
+            for (grid, comparison, logs, learned), decision in zip(groups, decisions, strict=True)
         ]
     )
+
+
+def _gated_by_learning(row: dict[str, Any], learned: list[Any]) -> dict[str, Any]:
+    """A null verdict ('equivalent', or 'supported' for a predicted no-change) stands only when
+    the students learned their data in every seed: untrained students cannot carry a trait, so
+    their null says nothing about where it sits. Such a row becomes 'inconclusive', with why."""
+    known = [bool(v) for v in learned if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    row["students_learned"] = f"{sum(known)}/{len(learned)}" if learned else "not recorded"
+    is_null = row["verdict"] == Verdict.EQUIVALENT.value or (
+        row["verdict"] == Verdict.SUPPORTED.value and row["prediction"] == "none"
+    )
+    if is_null and learned and (len(known) < len(learned) or not all(known)):
+        row["verdict"] = Verdict.INCONCLUSIVE.value
+        unchecked = len(learned) - len(known)
+        why = f"the students' training loss fell significantly in {sum(known)} of {len(learned)} seeds" + (
+            f" ({unchecked} too short to tell)" if unchecked else ""
+        )
+        row["reason"] = (
+            f"{why} (sublens.learning): a null of students not shown to learn their data says nothing "
+            "about where the trait can sit; train longer or at a higher rate. The estimate: " + row["reason"]
+        )
+    return row
 
 
 def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decision, column: str) -> dict[str, Any]:
