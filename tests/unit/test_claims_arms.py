@@ -81,6 +81,7 @@ def dressed(
         row["vs_control"]["share_ratio"] = _ratio(logs)
         rows.append(row)
     modes = [m for d, m in arms if d == "owl"]
+    results["students"] = _students(results, arms)
     results |= {
         "headline": rows,
         "modes": modes,
@@ -88,6 +89,20 @@ def dressed(
         "control_modes": control_modes if control_modes is not None else list(dict.fromkeys(["full", *modes])),
     }
     return results
+
+
+def _students(results: dict[str, Any], arms: dict[tuple[str, str], list[float]]) -> dict[str, Any]:
+    """A student per seed for every row and its control, each with the recorded owl student's
+    training record (its loss fell: sublens.learning), so that a null is not read as one of
+    untrained students."""
+    template = results["students"]["owl-full-seed0"]
+    students = {}
+    for (dataset, mode), logs in arms.items():
+        for data in (dataset, "control"):
+            for seed in range(len(logs)):
+                name = f"{data}-{mode}-seed{seed}"
+                students[name] = copy.deepcopy(template) | {"name": name, "dataset": data, "mode": mode, "seed": seed}
+    return students
 
 
 def decided(results: dict[str, Any], **kwargs: Any) -> dict[str, claims.Decision]:

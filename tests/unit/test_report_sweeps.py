@@ -28,6 +28,10 @@ PER_SEED = {
 }
 
 
+# Students whose loss fell (sublens.learning), as combined_table records both sides' quarters.
+LEARNED = {"loss_first": [[1.4, 1.5, 1.3, 1.45]] * 2, "loss_last": [[1.0, 1.1, 0.9, 1.05]] * 2, "loss_unchecked": 0}
+
+
 def _sweep_folder(tmp_path: Path) -> Path:
     """A finished sweep as `sublens sweep` leaves it: sweep.json, each point's config, the effect
     table and figure."""
@@ -43,7 +47,7 @@ def _sweep_folder(tmp_path: Path) -> Path:
                     "seed": seed,
                     "comparison": comparison,
                     "share_ratio": ratio,
-                    "learned": True,
+                    **LEARNED,
                 }
             )
             points.append({"id": point, "values": {"arm": grid.partition("=")[2]}, "seed": seed, "settings": {}})
@@ -79,7 +83,7 @@ def test_the_section_states_each_rows_verdict_and_power(tmp_path: Path) -> None:
     eagle = next(line for line in table.splitlines() if line.startswith("full fine-tuning, LoRA rank 1 & eagle"))
     cells = [c.strip() for c in eagle.removesuffix(r"\\").split("&")]
     logs = [math.log(v) for v in PER_SEED[("arm=[full+lora1]", "eagle-full+lora1 vs control-full+lora1")]]
-    assert cells[2:4] == ["3", "3/3"]  # seeds, and the seeds whose students learned their data
+    assert cells[2:4] == ["3", "yes"]  # seeds, and whether the students learned their data
     assert cells[4].startswith(f"{math.exp(sum(logs) / 3):.2f} [") and cells[6] == "contradicted"
     assert list(figures.values()) == [sweep.figure] and figures.keys() == {f"figures/{sweep.label}.pdf"}
     # the abstract's notes carry the owl rows only (an eagle row is a control, not a finding)

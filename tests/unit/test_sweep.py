@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -249,40 +250,54 @@ def test_each_grid_point_comparison_gets_a_holm_adjusted_verdict() -> None:
 
 
 def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
-    """'equivalent' (and a specificity row's 'supported' no-change) stands only where both
-    students of every seed learned their data; a rise is reported as measured either way."""
+    """'equivalent' (and a specificity row's 'supported' no-change) stands only where the
+    students, both sides of every seed pooled, are shown to have learned their data; a rise is
+    reported as measured either way."""
+    rng = np.random.default_rng(3)
 
-    def rows(learned: list[bool | None]) -> pd.DataFrame:
+    def rows(falling: bool, short: int = 0) -> pd.DataFrame:
         per_seed = {
             "owl-layers.1 vs control-layers.1": [1.002, 0.997, 1.001],
             "eagle-layers.1 vs control-layers.1": [0.998, 0.996, 0.999],
             "owl-full vs control-full": [1.6, 1.5, 1.7],
         }
+
+        def learning() -> dict[str, Any]:  # both sides' 9-step quarters, as combined_table writes them
+            first = [list(1.4 + rng.normal(0, 0.2, 9)) for _ in range(2)]
+            last = (
+                [list(np.array(f) - 0.4 + rng.normal(0, 0.05, 9)) for f in first] if falling else first
+            )  # flat: p = 0.5
+            return {"loss_first": first, "loss_last": last, "loss_unchecked": short}
+
         return pd.DataFrame(
             [
-                {"grid": c.split(" ")[0], "seed": k, "comparison": c, "share_ratio": r, "learned": learned[k]}
+                {"grid": c.split(" ")[0], "seed": k, "comparison": c, "share_ratio": r, **learning()}
                 for c, ratios in per_seed.items()
                 for k, r in enumerate(ratios)
             ]
         )
 
-    learned = effect_by_grid_point(chosen_rows(rows([True, True, True]), None)).set_index("comparison")
+    learned = effect_by_grid_point(chosen_rows(rows(falling=True), None)).set_index("comparison")
     assert learned.verdict.to_dict() == {
         "owl-layers.1 vs control-layers.1": "equivalent",
         "eagle-layers.1 vs control-layers.1": "supported",
         "owl-full vs control-full": "supported",
     }
-    assert set(learned.students_learned) == {"3/3"}
-    untrained = effect_by_grid_point(chosen_rows(rows([True, False, None]), None)).set_index("comparison")
+    assert set(learned.students_learned) == {"yes"}
+    untrained = effect_by_grid_point(chosen_rows(rows(falling=False), None)).set_index("comparison")
     assert untrained.verdict.to_dict() == {
         "owl-layers.1 vs control-layers.1": "inconclusive",
         "eagle-layers.1 vs control-layers.1": "inconclusive",
         "owl-full vs control-full": "supported",
     }
     reason = untrained.reason["owl-layers.1 vs control-layers.1"]
-    assert reason.startswith("the students' training loss fell significantly in 1 of 3 seeds (1 too short to tell)")
+    assert reason.startswith("the students were not shown to learn their data (loss 1.")
+    assert "over 6 students" in reason  # three seeds, both sides pooled
     assert reason.endswith(learned.reason["owl-layers.1 vs control-layers.1"])  # the estimate is still given
     assert untrained.p_holm.equals(learned.p_holm)  # the gate words the verdict; Holm is unchanged
+    short = effect_by_grid_point(chosen_rows(rows(falling=True, short=1), None)).set_index("comparison")
+    assert short.verdict["owl-layers.1 vs control-layers.1"] == "inconclusive"  # every curve must be read
+    assert "3 too short to tell" in short.reason["owl-layers.1 vs control-layers.1"]
 
 
 # ---- a real sweep, killed and resumed -------------------------------------------------------------

@@ -51,6 +51,7 @@ from sublens.claims.core import (
     estimate_log_ratio,
     units_for_equivalence,
 )
+from sublens.learning import learning_check
 from sublens.results import as_results
 from sublens.trainable import describe_trainable
 
@@ -217,6 +218,7 @@ def subliminal_decisions(
     pairs += _specificity_pairs(parsed, control_modes, settings)
 
     out = {d.claim.name.removeprefix("subliminal."): d for d in decide_family(pairs)}
+    out.update({f"transfer.{a}": learned_or_inconclusive(out[f"transfer.{a}"], parsed, a) for a in arms})
     out["mlp"] = component_blocks_transfer(
         "MLP", out["transfer.freeze-attention"], out["transfer.freeze-mlp"], out["contrast.attention_vs_mlp_frozen"]
     )
@@ -224,6 +226,27 @@ def subliminal_decisions(
     if filtered:
         out.update(_entanglement_claims(out, settings))
     return out
+
+
+def learned_or_inconclusive(decision: Decision, results: SubliminalResults, arm: str) -> Decision:
+    """An arm's 'equivalent' (no transfer) stands only where its owl and control students,
+    every seed pooled, are shown to have learned their data (`sublens.learning`): students that
+    did not move cannot carry a trait, and their null says nothing about where it sits.
+    Otherwise the claim is inconclusive, with the check; every other verdict is left as decided."""
+    if decision.verdict is not Verdict.EQUIVALENT:
+        return decision
+    students = [s for s in (results.students or {}).values() if s.mode == arm and s.dataset in (OWL, CONTROL)]
+    check = learning_check([s.training.loss_curve for s in students])
+    if check is not None and check.learned:
+        return decision
+    what = "no training curve was recorded" if check is None else check.words()
+    return decision.model_copy(
+        update={
+            "verdict": Verdict.INCONCLUSIVE,
+            "reason": f"the students were not shown to learn their data ({what}); the estimate: {decision.reason}",
+            "settle": "train until the loss falls (more steps or a higher rate), then measure again",
+        }
+    )
 
 
 # ---- the steps of subliminal_decisions -------------------------------------------------------

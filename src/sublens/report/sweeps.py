@@ -47,7 +47,7 @@ class EffectRow:
     minimal_detectable: float
     seeds_for_margin: float
     margin: float
-    students_learned: str = "not recorded"  # 'k/n': seeds whose two students' loss fell (sublens.learning)
+    students_learned: str = "not recorded"  # yes / no: the students' loss fell (sublens.learning)
 
     @property
     def trained(self) -> str:
@@ -240,9 +240,9 @@ def _table(sweep: LoadedSweep) -> str:
         "Owl's panel-share ratio, each trained student over the control student of the same "
         "trainable set and seed: geometric mean over seeds with its Student-$t$ 95\\% CI, Holm-adjusted $p$, "
         "the verdict, and the smallest ratio the seeds would detect at the measured between-seed SD "
-        "(power 0.8). Owl data predict a rise; another animal's data no change. Learned: the seeds in "
-        "which both students' training loss fell significantly (last quarter of the steps against the "
-        "first); a null of students that did not learn is inconclusive."
+        "(power 0.8). Owl data predict a rise; another animal's data no change. Learned: whether the "
+        "students' training loss fell significantly (the last quarter of the steps against the first, "
+        "every seed pooled); a null of students not shown to learn is inconclusive."
     )
     return booktabs_table(header, rows, caption, f"tab:{sweep.label}", align="llrrrrlr", wide=True)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from sublens.claims import Claim, ClaimSettings, Decision, Prediction, Verdict, decide_family, estimate_log_ratio
-from sublens.learning import learning_check
+from sublens.learning import LearningCheck, Quarters, pooled_check, quarters
 from sublens.runs import atomic_write_parquet, read_json
 from sublens.sweep.folder import SweepError, finished, point_dir
 from sublens.sweep.points import SweepSpec, grid_label
@@ -44,35 +44,41 @@ def combined_table(folder: Path, spec: SweepSpec) -> pd.DataFrame:
         table = run_dir / COMPARISONS_FILE
         if head["finished"] and table.is_file():
             rows = pd.read_parquet(table).reset_index(drop=True)
-            learned = models_learned(run_dir)
-            rows["learned"] = [_both_learned(name, learned) for name in rows["comparison"]]
+            by_model = student_quarters(run_dir)
+            learning = pd.DataFrame([_learning_columns(name, by_model) for name in rows["comparison"]])
+            rows = pd.concat([rows, learning], axis=1)
             frames.append(pd.concat([pd.DataFrame([head] * len(rows)), rows], axis=1))
         else:
             frames.append(pd.DataFrame([head]))
     return pd.concat(frames, ignore_index=True)
 
 
-def models_learned(run_dir: Path) -> dict[str, bool | None]:
-    """Per trained model of a run ('owl-full'), whether every one of its students learned its
-    data (`sublens.learning`; None where a student's curve is too short to tell); empty for a
-    run that trains no students."""
+def student_quarters(run_dir: Path) -> dict[str, list[Quarters | None]]:
+    """Per trained model of a run ('owl-full'), each of its students' first and last quarter of
+    training losses (`sublens.learning`; None for a curve too short to tell); empty for a run
+    that trains no students."""
     results = run_dir / "results.json"
     students = read_json(results).get("students") if results.is_file() else None
-    verdicts: dict[str, list[bool | None]] = {}
+    out: dict[str, list[Quarters | None]] = {}
     for name, student in (students or {}).items():
-        model = name.rsplit("-seed", 1)[0]
-        check = learning_check((student.get("training") or {}).get("loss_curve") or [])
-        verdicts.setdefault(model, []).append(None if check is None else check.learned)
-    return {m: (None if None in v else all(v)) for m, v in verdicts.items()}
+        curve = (student.get("training") or {}).get("loss_curve") or []
+        out.setdefault(name.rsplit("-seed", 1)[0], []).append(quarters(curve))
+    return out
 
 
-def _both_learned(comparison: str, learned: dict[str, bool | None]) -> bool | None:
-    """Whether both sides of 'owl-full vs control-full' learned their data; None when either is
-    unknown (the base model and the teacher are not students: they need no check)."""
-    sides = [side for side in comparison.split(" vs ") if side in learned]
-    if not sides or any(learned[side] is None for side in sides):
-        return None
-    return all(learned[side] for side in sides)
+def _learning_columns(comparison: str, by_model: dict[str, list[Quarters | None]]) -> dict[str, Any]:
+    """Both sides' students of 'owl-full vs control-full': each curve's first- and last-quarter
+    losses and how many curves were too short; None where neither side is a student (the base
+    model and the teacher need no check)."""
+    parts = [q for side in comparison.split(" vs ") for q in by_model.get(side, [])]
+    if not parts:
+        return {"loss_first": None, "loss_last": None, "loss_unchecked": None}
+    known = [q for q in parts if q is not None]
+    return {
+        "loss_first": [q.first for q in known],  # per student curve
+        "loss_last": [q.last for q in known],
+        "loss_unchecked": len(parts) - len(known),
+    }
 
 
 def is_matched(name: str) -> bool:
@@ -129,38 +135,48 @@ def effect_by_grid_point(
     groups = []
     for (grid, comparison), group in rows.groupby(["grid", "comparison"], sort=False):
         logs = [math.log(v) for v in group[column] if isinstance(v, float) and v > 0 and math.isfinite(v)]
-        learned = list(group["learned"]) if "learned" in group else []
-        groups.append((str(grid), str(comparison), logs, learned))
+        groups.append((str(grid), str(comparison), logs, _group_learning(group)))
     claims = [
         (_claim(comparison, grid, settings), estimate_log_ratio(logs, "seed")) for grid, comparison, logs, _ in groups
     ]
     decisions = decide_family(claims)
     return pd.DataFrame(
         [
-            _gated_by_learning(_effect_row(grid, comparison, logs, decision, column), learned)
-            for (grid, comparison, logs, learned), decision in zip(groups, decisions, strict=True)
+            _gated_by_learning(_effect_row(grid, comparison, logs, decision, column), learning)
+            for (grid, comparison, logs, learning), decision in zip(groups, decisions, strict=True)
         ]
     )
 
 
-def _gated_by_learning(row: dict[str, Any], learned: list[Any]) -> dict[str, Any]:
-    """A null verdict ('equivalent', or 'supported' for a predicted no-change) stands only when
-    the students learned their data in every seed: untrained students cannot carry a trait, so
-    their null says nothing about where it sits. Such a row becomes 'inconclusive', with why."""
-    known = [bool(v) for v in learned if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    row["students_learned"] = f"{sum(known)}/{len(learned)}" if learned else "not recorded"
+def _group_learning(group: pd.DataFrame) -> LearningCheck | None:
+    """The learning check of a grid point's comparison: every seed's two sides pooled."""
+    if "loss_first" not in group:
+        return None
+    parts: list[Quarters | None] = []
+    for first, last, unchecked in zip(group["loss_first"], group["loss_last"], group["loss_unchecked"], strict=True):
+        if first is None or (isinstance(unchecked, float) and math.isnan(unchecked)):
+            continue
+        parts += [Quarters(list(f), list(la)) for f, la in zip(first, last, strict=True)]
+        parts += [None] * int(unchecked)
+    return pooled_check(parts) if parts else None
+
+
+def _gated_by_learning(row: dict[str, Any], learning: LearningCheck | None) -> dict[str, Any]:
+    """A null verdict ('equivalent', or 'supported' for a predicted no-change) stands only where
+    the students are shown to have learned their data: untrained students cannot carry a trait,
+    so their null says nothing about where it sits. Such a row becomes 'inconclusive', with why.
+    Rows without students' curves (another experiment's comparisons) are left as decided."""
+    row["students_learned"] = "not recorded" if learning is None else ("yes" if learning.learned else "no")
+    row["learning"] = "" if learning is None else learning.words()
     is_null = row["verdict"] == Verdict.EQUIVALENT.value or (
         row["verdict"] == Verdict.SUPPORTED.value and row["prediction"] == "none"
     )
-    if is_null and learned and (len(known) < len(learned) or not all(known)):
+    if is_null and learning is not None and not learning.learned:
         row["verdict"] = Verdict.INCONCLUSIVE.value
-        unchecked = len(learned) - len(known)
-        why = f"the students' training loss fell significantly in {sum(known)} of {len(learned)} seeds" + (
-            f" ({unchecked} too short to tell)" if unchecked else ""
-        )
         row["reason"] = (
-            f"{why} (sublens.learning): a null of students not shown to learn their data says nothing "
-            "about where the trait can sit; train longer or at a higher rate. The estimate: " + row["reason"]
+            f"the students were not shown to learn their data ({learning.words()}; sublens.learning): "
+            "a null of untrained students says nothing about where the trait can sit; train longer or at "
+            "a higher rate. The estimate: " + row["reason"]
         )
     return row
 
