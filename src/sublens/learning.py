@@ -13,7 +13,9 @@ gives its own first and last quarter, and the pooled steps are compared by a one
 student's 38 steps alone are too few to show a fall of 20% against the batch-to-batch noise;
 an arm's pooled steps are not.
 
-Torch-free: the report and the sweep call it on recorded results.
+`sublens.claims.unless_learned` is the one place the check meets a verdict: a null
+("equivalent", or "supported" for a predicted no-change) of students not shown to learn
+becomes "inconclusive". Torch-free: the claims and the sweep call it on recorded results.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import stats
 
 from fixture_runs import RUNS
+from sublens.claims import Claim, ClaimSettings, Verdict, decide, estimate_log_ratio, unless_learned
 from sublens.learning import MIN_STEPS, learning_check
 
 
@@ -54,3 +55,31 @@ def test_flat_noisy_curves_pass_the_check_at_most_at_alpha() -> None:
     calls = [learning_check([list(1.35 + rng.normal(0, 0.25, 38)) for _ in range(6)]) for _ in range(4000)]
     rate = sum(c is not None and c.learned for c in calls) / len(calls)
     assert 0.035 < rate < 0.065, rate
+
+
+def test_only_a_null_of_students_not_shown_to_learn_is_made_inconclusive() -> None:
+    """`unless_learned`: equivalence and a predicted no-change need a passing check; a rise, a
+    passing check, or a verdict that is not a null are left as decided."""
+    settings = ClaimSettings()
+    rise = Claim(
+        name="t", statement="s", estimand="e", unit="seed", prediction="increase", family="f", settings=settings
+    )
+    none = rise.model_copy(update={"prediction": "none"})
+    flat, tight, up = [0.01, -0.01, 0.005], [0.002, -0.001, 0.0], [0.4, 0.5, 0.45]
+    equivalent = decide(rise, estimate_log_ratio(flat, "seed"))
+    no_change = decide(none, estimate_log_ratio(tight, "seed"))
+    supported = decide(rise, estimate_log_ratio(up, "seed"))
+    assert (equivalent.verdict, no_change.verdict, supported.verdict) == (
+        Verdict.EQUIVALENT,
+        Verdict.SUPPORTED,
+        Verdict.SUPPORTED,
+    )
+    flat_check = learning_check([[1.3] * 20, [1.4] * 20])
+    falling = learning_check([list(np.linspace(2.0, 1.0, 20))] * 2)
+    for null in (equivalent, no_change):
+        assert unless_learned(null, falling) is null
+        gated = unless_learned(null, flat_check)
+        assert gated.verdict is Verdict.INCONCLUSIVE and gated.settle.startswith("train until the loss falls")
+        assert gated.reason.endswith(null.reason) and "over 2 students" in gated.reason
+        assert f"no loss curve of at least {MIN_STEPS} steps" in unless_learned(null, None).reason
+    assert unless_learned(supported, flat_check) is supported  # a rise is reported as measured

@@ -294,6 +294,7 @@ def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
     assert reason.startswith("the students were not shown to learn their data (loss 1.")
     assert "over 6 students" in reason  # three seeds, both sides pooled
     assert reason.endswith(learned.reason["owl-layers.1 vs control-layers.1"])  # the estimate is still given
+    assert untrained.settle["owl-layers.1 vs control-layers.1"].startswith("train until the loss falls")
     assert untrained.p_holm.equals(learned.p_holm)  # the gate words the verdict; Holm is unchanged
     short = effect_by_grid_point(chosen_rows(rows(falling=True, short=1), None)).set_index("comparison")
     assert short.verdict["owl-layers.1 vs control-layers.1"] == "inconclusive"  # every curve must be read
@@ -386,3 +387,30 @@ def test_a_killed_sweep_resumes_and_matches_an_uninterrupted_one(tmp_path: Path)
     clean_table = pd.read_parquet(tmp_path / "clean" / "sweep.parquet")
     columns = ["point", "comparison", "share_ratio", "share_ratio_ci_low", "p_trait_ratio"]
     pd.testing.assert_frame_equal(table[columns], clean_table[columns])
+
+
+def test_the_printed_effects_say_what_would_settle_an_open_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import sublens.cli as package
+    from sublens.cli.studies import _print_effects
+    from sublens.sweep import FIGURE_STEM
+
+    row = {"grid": "arm=a", "comparison": "owl/control", "verdict": "inconclusive", "reason": "flat", "n_seeds": 3}
+    settled = {**row, "comparison": "eagle/control", "verdict": "supported", "settle": None}
+    pd.DataFrame([{**row, "settle": "train longer"}, settled]).to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")
+    out = io.StringIO()
+    monkeypatch.setattr(package, "console", Console(file=out, width=200))
+    _print_effects(tmp_path)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "arm=a: owl/control: inconclusive (flat; 3 seeds) To settle it: train longer.",
+        "arm=a: eagle/control: supported (flat; 3 seeds)",
+    ]
+
+    pd.DataFrame([row]).to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")  # a table from before 'settle'
+    out.truncate(0), out.seek(0)
+    _print_effects(tmp_path)
+    assert out.getvalue().splitlines() == ["arm=a: owl/control: inconclusive (flat; 3 seeds)"]

@@ -25,7 +25,10 @@ an entanglement category, questions only for one fixed model. Every claim declar
   the margin, or a missing arm.
 
 A CI that includes 1 is never read as "no effect" (absence of evidence is not evidence of
-absence), and one seed never supports a training claim. This module is torch-free: the report
+absence), and one seed never supports a training claim. A null of trained students
+(`equivalent`, or `supported` for a predicted no-change) also needs the students to have
+learned their data (`unless_learned`, the check in `sublens.learning`); otherwise it is
+``inconclusive``. This module is torch-free: the report
 and the terminal summaries call it on recorded results.
 
 The package: `core` (verdicts, claims, estimates, power lines, Holm, `decide`), `composite`
@@ -66,10 +69,12 @@ from sublens.claims.core import (
     decide_family,
     estimate_log_ratio,
     holm,
+    is_null,
     minimal_detectable_log_effect,
     power_settle,
     units_for_equivalence,
     units_for_margin,
+    unless_learned,
 )
 from sublens.claims.subliminal import (
     CONTROL,
@@ -130,6 +135,7 @@ __all__ = [
     "estimate_log_ratio",
     "extra_students",
     "holm",
+    "is_null",
     "minimal_detectable_log_effect",
     "owl_arms",
     "paired_difference",
@@ -139,4 +145,5 @@ __all__ = [
     "subliminal_decisions",
     "units_for_equivalence",
     "units_for_margin",
+    "unless_learned",
 ]

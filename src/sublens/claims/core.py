@@ -14,6 +14,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from sublens.learning import MIN_STEPS as MIN_LEARNING_STEPS
+from sublens.learning import LearningCheck
 from sublens.stats import t_interval
 
 Unit = Literal["seed", "question", "number"]
@@ -366,3 +368,32 @@ def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]])
     raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
     adjusted = holm(raw)
     return [decide(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
+
+
+# ---- the manipulation check a null needs (sublens.learning) ----------------------------------
+
+
+def is_null(decision: Decision) -> bool:
+    """A verdict that reads as "no effect": equivalence where an effect was predicted, or a
+    predicted no-change borne out."""
+    return decision.verdict is Verdict.EQUIVALENT or (
+        decision.verdict is Verdict.SUPPORTED and decision.claim.prediction == "none"
+    )
+
+
+def unless_learned(decision: Decision, check: LearningCheck | None) -> Decision:
+    """A null stands only where the students behind it are shown to have learned their data:
+    students that did not move cannot carry a trait, so their null says nothing about where it
+    sits. Otherwise the decision is inconclusive, saying why and what would settle it. `check`
+    None: the students' curves were all too short to read (or none was recorded)."""
+    if not is_null(decision) or (check is not None and check.learned):
+        return decision
+    what = f"no loss curve of at least {MIN_LEARNING_STEPS} steps" if check is None else check.words()
+    return decision.model_copy(
+        update={
+            "verdict": Verdict.INCONCLUSIVE,
+            "reason": f"the students were not shown to learn their data ({what}; sublens.learning); "
+            f"the estimate: {decision.reason}",
+            "settle": "train until the loss falls (more steps or a higher rate), then measure again",
+        }
+    )

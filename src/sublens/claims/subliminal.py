@@ -50,6 +50,7 @@ from sublens.claims.core import (
     decide_family,
     estimate_log_ratio,
     units_for_equivalence,
+    unless_learned,
 )
 from sublens.learning import learning_check
 from sublens.results import as_results
@@ -230,23 +231,9 @@ def subliminal_decisions(
 
 def learned_or_inconclusive(decision: Decision, results: SubliminalResults, arm: str) -> Decision:
     """An arm's 'equivalent' (no transfer) stands only where its owl and control students,
-    every seed pooled, are shown to have learned their data (`sublens.learning`): students that
-    did not move cannot carry a trait, and their null says nothing about where it sits.
-    Otherwise the claim is inconclusive, with the check; every other verdict is left as decided."""
-    if decision.verdict is not Verdict.EQUIVALENT:
-        return decision
+    every seed pooled, are shown to have learned their data (`sublens.learning`)."""
     students = [s for s in (results.students or {}).values() if s.mode == arm and s.dataset in (OWL, CONTROL)]
-    check = learning_check([s.training.loss_curve for s in students])
-    if check is not None and check.learned:
-        return decision
-    what = "no training curve was recorded" if check is None else check.words()
-    return decision.model_copy(
-        update={
-            "verdict": Verdict.INCONCLUSIVE,
-            "reason": f"the students were not shown to learn their data ({what}); the estimate: {decision.reason}",
-            "settle": "train until the loss falls (more steps or a higher rate), then measure again",
-        }
-    )
+    return unless_learned(decision, learning_check([s.training.loss_curve for s in students]))
 
 
 # ---- the steps of subliminal_decisions -------------------------------------------------------

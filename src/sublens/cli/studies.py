@@ -206,7 +206,13 @@ def _print_effects(folder: Path) -> None:
     import pandas as pd
 
     for _, row in pd.read_parquet(path).iterrows():
-        _say(f"{row['grid']}:", f"{row['comparison']}: {row['verdict']} ({row['reason']}; {row['n_seeds']} seeds)")
+        # a settled row has none (read back as NaN), and tables from before the column lack it
+        settle = row.get("settle")
+        settle = f" To settle it: {settle}." if isinstance(settle, str) and settle else ""
+        _say(
+            f"{row['grid']}:",
+            f"{row['comparison']}: {row['verdict']} ({row['reason']}; {row['n_seeds']} seeds){settle}",
+        )
 
 
 def power(

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sublens.claims import Claim, ClaimSettings, Decision, Prediction, Verdict, decide_family, estimate_log_ratio
+from sublens.claims import (
+    Claim,
+    ClaimSettings,
+    Decision,
+    Prediction,
+    decide_family,
+    estimate_log_ratio,
+    unless_learned,
+)
 from sublens.learning import LearningCheck, Quarters, pooled_check, quarters
 from sublens.runs import atomic_write_parquet, read_json
 from sublens.sweep.folder import SweepError, finished, point_dir
@@ -135,50 +143,40 @@ def effect_by_grid_point(
     groups = []
     for (grid, comparison), group in rows.groupby(["grid", "comparison"], sort=False):
         logs = [math.log(v) for v in group[column] if isinstance(v, float) and v > 0 and math.isfinite(v)]
-        groups.append((str(grid), str(comparison), logs, _group_learning(group)))
+        groups.append((str(grid), str(comparison), logs, group))
     claims = [
         (_claim(comparison, grid, settings), estimate_log_ratio(logs, "seed")) for grid, comparison, logs, _ in groups
     ]
     decisions = decide_family(claims)
-    return pd.DataFrame(
-        [
-            _gated_by_learning(_effect_row(grid, comparison, logs, decision, column), learning)
-            for (grid, comparison, logs, learning), decision in zip(groups, decisions, strict=True)
-        ]
-    )
+    rows_out = []
+    for (grid, comparison, logs, group), decision in zip(groups, decisions, strict=True):
+        recorded, learning = _group_learning(group)
+        if recorded:  # a null of students not shown to learn is inconclusive (Holm is unchanged)
+            decision = unless_learned(decision, learning)
+        rows_out.append(_effect_row(grid, comparison, logs, decision, column) | _learning_row(recorded, learning))
+    return pd.DataFrame(rows_out)
 
 
-def _group_learning(group: pd.DataFrame) -> LearningCheck | None:
-    """The learning check of a grid point's comparison: every seed's two sides pooled."""
+def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
+    """Whether a grid point's comparison has students' curves at all (another experiment's
+    comparisons have none), and their learning check: every seed's two sides pooled."""
     if "loss_first" not in group:
-        return None
+        return False, None
     parts: list[Quarters | None] = []
     for first, last, unchecked in zip(group["loss_first"], group["loss_last"], group["loss_unchecked"], strict=True):
         if first is None or (isinstance(unchecked, float) and math.isnan(unchecked)):
             continue
         parts += [Quarters(list(f), list(la)) for f, la in zip(first, last, strict=True)]
         parts += [None] * int(unchecked)
-    return pooled_check(parts) if parts else None
+    return bool(parts), pooled_check(parts)
 
 
-def _gated_by_learning(row: dict[str, Any], learning: LearningCheck | None) -> dict[str, Any]:
-    """A null verdict ('equivalent', or 'supported' for a predicted no-change) stands only where
-    the students are shown to have learned their data: untrained students cannot carry a trait,
-    so their null says nothing about where it sits. Such a row becomes 'inconclusive', with why.
-    Rows without students' curves (another experiment's comparisons) are left as decided."""
-    row["students_learned"] = "not recorded" if learning is None else ("yes" if learning.learned else "no")
-    row["learning"] = "" if learning is None else learning.words()
-    is_null = row["verdict"] == Verdict.EQUIVALENT.value or (
-        row["verdict"] == Verdict.SUPPORTED.value and row["prediction"] == "none"
-    )
-    if is_null and learning is not None and not learning.learned:
-        row["verdict"] = Verdict.INCONCLUSIVE.value
-        row["reason"] = (
-            f"the students were not shown to learn their data ({learning.words()}; sublens.learning): "
-            "a null of untrained students says nothing about where the trait can sit; train longer or at "
-            "a higher rate. The estimate: " + row["reason"]
-        )
-    return row
+def _learning_row(recorded: bool, learning: LearningCheck | None) -> dict[str, str]:
+    if not recorded:
+        return {"students_learned": "not recorded", "learning": ""}
+    if learning is None:
+        return {"students_learned": "no", "learning": "every loss curve too short to read"}
+    return {"students_learned": "yes" if learning.learned else "no", "learning": learning.words()}
 
 
 def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decision, column: str) -> dict[str, Any]:
@@ -196,6 +194,7 @@ def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decisio
         "verdict": decision.verdict.value,
         "p_holm": decision.p_adjusted if decision.p_adjusted is not None else math.nan,
         "reason": decision.reason,
+        "settle": decision.settle,  # what would decide an open verdict
         "minimal_detectable": decision.mde if decision.mde is not None else math.nan,
         "seeds_for_margin": decision.units_needed if decision.units_needed is not None else math.nan,
         "margin": decision.claim.settings.margin,
