@@ -25,6 +25,7 @@ PER_SEED = {
     ("arm=[full+lora8]", "owl-full+lora8 vs control-full+lora8"): [1.054, 1.043, 1.057],
     ("arm=[full+lora1]", "owl-full+lora1 vs control-full+lora1"): [1.6, 1.5, 1.7],
     ("arm=[full+lora1]", "eagle-full+lora1 vs control-full+lora1"): [1.8, 1.7, 1.9],
+    ("arm=[full+lora1]", "owl-full+lora1 vs eagle-full+lora1"): [1.6 / 1.8, 1.5 / 1.7, 1.7 / 1.9],
 }
 
 
@@ -70,7 +71,10 @@ def test_the_section_states_each_rows_verdict_and_power(tmp_path: Path) -> None:
         ("owl", "full+lora8", "equivalent"),
         ("owl", "full+lora1", "supported"),
         ("eagle", "full+lora1", "contradicted"),
+        ("owl", "full+lora1", "equivalent"),
     ]
+    assert sweep.rows[3].is_specificity and sweep.rows[3].other == "eagle"
+    assert [r.owl_specific for r in sweep.rows] == ["no"] * 4  # the lora8 arm has no owl rise, lora1 no owl-only one
     named = dataclasses.replace(sweep.rows[2], comparison="dog-2-layers.0-5.mlp vs control-layers.0-5.mlp")
     assert (named.teacher, named.arm) == ("dog-2", "layers.0-5.mlp")  # hyphens in both names
     tex, tables, figures, headline = sweeps_section([sweep])
@@ -86,8 +90,18 @@ def test_the_section_states_each_rows_verdict_and_power(tmp_path: Path) -> None:
     assert cells[2:4] == ["3", "yes"]  # seeds, and whether the students learned their data
     assert cells[4].startswith(f"{math.exp(sum(logs) / 3):.2f} [") and cells[6] == "contradicted"
     assert list(figures.values()) == [sweep.figure] and figures.keys() == {f"figures/{sweep.label}.pdf"}
-    # the abstract's notes carry the owl rows only (an eagle row is a control, not a finding)
+    assert "With full fine-tuning, LoRA rank 1, the owl student over the eagle student" in tex
+    owl_over_eagle = next(line for line in table.splitlines() if "& owl over eagle &" in line)
+    assert "equivalent" in owl_over_eagle
+    # said plainly per grid point: the owl rise is supported, its rise over the eagle student is not
+    assert (
+        r"Owl-specific transfer with full fine-tuning, LoRA rank 1: \textbf{no} (over the eagle student: equivalent)."
+        in tex
+    )
+    assert "LoRA rank 8: \\textbf{no} (the owl student over its control: equivalent)." in tex
+    # the abstract's notes carry the owl transfer rows only (an eagle row is a control, not a finding)
     assert len(headline) == 2 and all("owl-" in line for line in headline)
+    assert headline[1].endswith("supported; owl-specific: no")
 
 
 def test_the_bundle_holds_the_section_its_files_and_the_design(tmp_path: Path) -> None:

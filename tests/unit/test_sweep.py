@@ -25,6 +25,7 @@ from sublens.cli import app
 from sublens.config import preset_path
 from sublens.errors import ConfigError
 from sublens.experiments.subliminal import SubliminalConfig
+from sublens.learning import Quarters
 from sublens.runs import read_json
 from sublens.sweep import (
     SweepSpec,
@@ -39,6 +40,7 @@ from sublens.sweep import (
     run_sweep,
     seed_key,
 )
+from sublens.sweep.combined import owl_specific, specificity_quotients
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -301,6 +303,78 @@ def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
     assert "3 too short to tell" in short.reason["owl-layers.1 vs control-layers.1"]
 
 
+def test_a_runs_specificity_rows_are_the_owl_ratio_over_each_other_teachers() -> None:
+    """Per trainable set, the owl student's ratio over the control divided by each other
+    teacher's (eagle, dog-2; never the owl data filtered); its learning columns are the two
+    trained students' curves, not the control's."""
+    rows = pd.DataFrame(
+        [
+            {"comparison": "owl-full vs control-full", "share_ratio": 1.5, "p_trait_ratio": 1.2, "n_seeds": 1},
+            {"comparison": "eagle-full vs control-full", "share_ratio": 1.2, "p_trait_ratio": 0.0, "n_seeds": 1},
+            {"comparison": "dog-2-full vs control-full", "share_ratio": 0.75, "p_trait_ratio": 1.0, "n_seeds": 1},
+            {"comparison": "owl-no-random-full vs control-full", "share_ratio": 1.1, "p_trait_ratio": 1, "n_seeds": 1},
+            {"comparison": "eagle-layers.1 vs control-layers.1", "share_ratio": 1.0, "p_trait_ratio": 1, "n_seeds": 1},
+            {"comparison": "owl-full vs base", "share_ratio": 2.0, "p_trait_ratio": 2.0, "n_seeds": 1},
+        ]
+    )
+    owl, eagle, control = Quarters([2.0], [1.0]), Quarters([3.0], [2.0]), Quarters([9.0], [9.0])
+    by_model = {"owl-full": [owl], "eagle-full": [eagle], "control-full": [control]}
+    derived = specificity_quotients(rows, by_model).set_index("comparison")
+    assert list(derived.index) == ["owl-full vs eagle-full", "owl-full vs dog-2-full"]  # layers.1 has no owl student
+    assert derived.share_ratio.tolist() == [1.5 / 1.2, 1.5 / 0.75]
+    assert math.isnan(derived.p_trait_ratio["owl-full vs eagle-full"])  # a zero ratio divides to nothing
+    assert derived.reference.tolist() == ["eagle-full", "dog-2-full"]
+    assert derived.loss_first["owl-full vs eagle-full"] == [[2.0], [3.0]]  # owl's and eagle's, no control
+    assert derived.loss_first["owl-full vs dog-2-full"] == [[2.0]]  # a student without a record adds none
+    assert specificity_quotients(rows[rows.comparison.str.startswith("eagle")], by_model).empty
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "word", "why"),
+    [
+        ({"owl-A vs control-A": "supported", "owl-A vs eagle-A": "supported"}, "yes", "and over the eagle student"),
+        ({"owl-A vs control-A": "supported", "owl-A vs eagle-A": "equivalent"}, "no", "eagle student: equivalent"),
+        ({"owl-A vs control-A": "inconclusive", "owl-A vs eagle-A": "supported"}, "no", "its control: inconclusive"),
+        ({"owl-A vs control-A": "supported", "eagle-A vs control-A": "supported"}, "not tested", "no other animal"),
+        ({"eagle-A vs control-A": "supported"}, "", ""),
+    ],
+)
+def test_owl_specific_transfer_needs_both_rises(verdicts: dict[str, str], word: str, why: str) -> None:
+    point = pd.DataFrame({"comparison": list(verdicts), "verdict": list(verdicts.values())})
+    got = owl_specific(point)
+    assert got[0] == word and why in got[1]
+
+
+def test_a_sweep_decides_owl_specific_transfer_per_grid_point() -> None:
+    """An arm whose eagle student rises as much as the owl student is not owl-specific though
+    the owl rise is supported; the owl-over-eagle row joins the Holm family."""
+    per_seed = {
+        "owl-full vs control-full": [1.6, 1.5, 1.7, 1.55],
+        "eagle-full vs control-full": [1.01, 0.99, 1.0, 1.02],
+        "owl-full vs eagle-full": [1.6 / 1.01, 1.5 / 0.99, 1.7 / 1.0, 1.55 / 1.02],
+        "owl-A vs control-A": [1.6, 1.5, 1.7, 1.55],
+        "eagle-A vs control-A": [1.62, 1.49, 1.69, 1.56],
+        "owl-A vs eagle-A": [1.6 / 1.62, 1.5 / 1.49, 1.7 / 1.69, 1.55 / 1.56],
+    }
+    rows = [
+        {"grid": c.split(" ")[0].removeprefix("owl-").removeprefix("eagle-"), "seed": k, "comparison": c}
+        | {"share_ratio": r}
+        for c, ratios in per_seed.items()
+        for k, r in enumerate(ratios)
+    ]
+    effect = effect_by_grid_point(chosen_rows(pd.DataFrame(rows), None)).set_index("comparison")
+    assert (
+        effect.verdict["owl-full vs eagle-full"] == "supported" and effect.prediction["owl-A vs eagle-A"] == "increase"
+    )
+    assert effect.owl_specific.to_dict() == dict.fromkeys(per_seed, "yes") | {
+        c: "no" for c in per_seed if c.endswith("A")
+    }
+    assert effect.owl_specific_why["owl-A vs control-A"] == "over the eagle student: equivalent"
+    assert len(effect) == 6  # every row is in one Holm family
+    raw = sorted(float(stats.ttest_1samp(np.log(r), 0.0).pvalue) for r in per_seed.values())
+    assert math.isclose(effect.p_holm.min(), min(1.0, 6 * raw[0]), rel_tol=1e-9)
+
+
 # ---- a real sweep, killed and resumed -------------------------------------------------------------
 TINY = "tiny:llama?layers=2&hidden=64&heads=4"
 
@@ -400,7 +474,9 @@ def test_the_printed_effects_say_what_would_settle_an_open_row(tmp_path: Path, m
 
     row = {"grid": "arm=a", "comparison": "owl/control", "verdict": "inconclusive", "reason": "flat", "n_seeds": 3}
     settled = {**row, "comparison": "eagle/control", "verdict": "supported", "settle": None}
-    pd.DataFrame([{**row, "settle": "train longer"}, settled]).to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")
+    word = {"owl_specific": "no", "owl_specific_why": "the owl student over its control: inconclusive"}
+    frame = pd.DataFrame([{**row, "settle": "train longer", **word}, {**settled, **word}])
+    frame.to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")
     out = io.StringIO()
     monkeypatch.setattr(package, "console", Console(file=out, width=200))
     _print_effects(tmp_path)
@@ -408,6 +484,7 @@ def test_the_printed_effects_say_what_would_settle_an_open_row(tmp_path: Path, m
     assert lines == [
         "arm=a: owl/control: inconclusive (flat; 3 seeds) To settle it: train longer.",
         "arm=a: eagle/control: supported (flat; 3 seeds)",
+        "arm=a: owl-specific transfer: no (the owl student over its control: inconclusive)",  # once per point
     ]
 
     pd.DataFrame([row]).to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")  # a table from before 'settle'

@@ -205,7 +205,8 @@ def _print_effects(folder: Path) -> None:
         return
     import pandas as pd
 
-    for _, row in pd.read_parquet(path).iterrows():
+    effect = pd.read_parquet(path)
+    for _, row in effect.iterrows():
         # a settled row has none (read back as NaN), and tables from before the column lack it
         settle = row.get("settle")
         settle = f" To settle it: {settle}." if isinstance(settle, str) and settle else ""
@@ -213,6 +214,12 @@ def _print_effects(folder: Path) -> None:
             f"{row['grid']}:",
             f"{row['comparison']}: {row['verdict']} ({row['reason']}; {row['n_seeds']} seeds){settle}",
         )
+    if "owl_specific" not in effect:
+        return
+    for grid, group in effect.groupby("grid", sort=False):
+        word, why = group["owl_specific"].iloc[0], group["owl_specific_why"].iloc[0]
+        if word:
+            _say(f"{grid}:", f"owl-specific transfer: {word} ({why})", "bold")
 
 
 def power(

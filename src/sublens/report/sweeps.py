@@ -48,21 +48,41 @@ class EffectRow:
     seeds_for_margin: float
     margin: float
     students_learned: str = "not recorded"  # yes / no: the students' loss fell (sublens.learning)
+    owl_specific: str = ""  # the grid point's yes / no / not tested (sweep.combined.owl_specific)
+    owl_specific_why: str = ""
 
     @property
     def trained(self) -> str:
         return self.comparison.partition(" vs ")[0]
 
     @property
+    def reference(self) -> str:
+        return self.comparison.partition(" vs ")[2]
+
+    @property
+    def is_specificity(self) -> bool:
+        """The owl student over another teacher's student of the same trainable set
+        ('owl-full vs eagle-full'), not over its matched control."""
+        return not self.reference.startswith("control-")
+
+    @property
     def arm(self) -> str:
         """The trainable set, read from the matched control ('control-full+lora8'): a teacher's
-        name may itself hold a hyphen (dog-2, owl-no-random)."""
-        return self.comparison.partition(" vs ")[2].removeprefix("control-")
+        name may itself hold a hyphen (dog-2, owl-no-random). A specificity row's trained
+        student is the owl student ('owl-full+lora8')."""
+        if self.is_specificity:
+            return self.trained.removeprefix("owl-")
+        return self.reference.removeprefix("control-")
 
     @property
     def teacher(self) -> str:
         """The data set of the trained student: 'owl', 'eagle', 'dog-2', 'owl-no-random'."""
         return self.trained.removesuffix(f"-{self.arm}")
+
+    @property
+    def other(self) -> str:
+        """A specificity row's other teacher ('eagle'); '' for a row over the control."""
+        return self.reference.removesuffix(f"-{self.arm}") if self.is_specificity else ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +150,8 @@ def _row(record: dict[str, Any]) -> EffectRow:
         seeds_for_margin=float(record["seeds_for_margin"]),
         margin=float(record["margin"]),
         students_learned=str(record.get("students_learned") or "not recorded"),
+        owl_specific=str(record.get("owl_specific") or ""),
+        owl_specific_why=str(record.get("owl_specific_why") or ""),
     )
 
 
@@ -152,7 +174,7 @@ def sweeps_section(sweeps: Sequence[LoadedSweep]) -> tuple[str, dict[str, str], 
         lines += [rf"\input{{tables/{sweep.label}}}", ""]
         figures[f"figures/{sweep.label}.pdf"] = sweep.figure
         lines += _figure(sweep)
-        headline += [_headline(sweep, row) for row in sweep.rows if row.prediction == "increase"]
+        headline += [_headline(row) for row in sweep.rows if row.teacher == "owl" and not row.is_specificity]
     return "\n".join(lines), tables, figures, headline
 
 
@@ -171,7 +193,10 @@ def _methods(sweeps: Sequence[LoadedSweep]) -> str:
         "of the owl data is predicted to rise (supported: significant and not wholly inside the "
         "margin; equivalent: the CI inside the margin, even where it excludes 1); a student of "
         "another animal's teacher (e.g. eagle) is predicted to leave owl's share unchanged, so that a "
-        "rise there says the transfer is not owl-specific. Each design's grid and settings are in "
+        "rise there says the transfer is not owl-specific, and the owl student is predicted to rise over "
+        "that student too (per seed, the owl student's ratio over the other's: the control cancels). "
+        "Owl-specific transfer needs both rises, over the control and over every other animal's student, "
+        "supported. Each design's grid and settings are in "
         "Appendix~\\ref{sec:reproducibility}."
     )
 
@@ -196,13 +221,31 @@ def _results(sweep: LoadedSweep) -> str:
     ]
     for row in sweep.rows:
         sentences.append(f"{escape(_student(row))}: {claim_text(row.reason)} ({_verdict(row)}).")
+    for row in _one_per_grid_point(sweep.rows):
+        sentences.append(_specific_sentence(row))
     return " ".join(sentences)
+
+
+def _one_per_grid_point(rows: Sequence[EffectRow]) -> list[EffectRow]:
+    """The first row of each grid point that has an owl-specific verdict (it is the point's)."""
+    return list({row.grid: row for row in reversed(rows) if row.owl_specific}.values())[::-1]
+
+
+def _specific_sentence(row: EffectRow) -> str:
+    """'Owl-specific transfer with full fine-tuning: \\textbf{no} (the owl student over its
+    control: inconclusive).' The word needs the owl rise and its rise over every other
+    animal's student both supported."""
+    settings = "" if _only_arm(row.grid) else f" ({row.grid})"
+    where = escape(describe_trainable(row.arm) + settings)
+    return (
+        f"Owl-specific transfer with {where}: \\textbf{{{escape(row.owl_specific)}}} ({escape(row.owl_specific_why)})."
+    )
 
 
 def _student(row: EffectRow) -> str:
     who = "the owl student" if row.teacher == "owl" else f"the {row.teacher} student"
-    if row.teacher.startswith("owl-no-"):
-        who = f"the {row.teacher} student"
+    if row.is_specificity:
+        who = f"the owl student over the {row.other} student"
     words = describe_trainable(row.arm)
     settings = "" if _only_arm(row.grid) else f" ({row.grid})"
     return f"With {words}{settings}, {who}"
@@ -226,7 +269,7 @@ def _table(sweep: LoadedSweep) -> str:
     rows = [
         [
             escape(describe_trainable(row.arm) + ("" if _only_arm(row.grid) else f" ({row.grid})")),
-            escape(row.teacher),
+            escape(f"owl over {row.other}" if row.is_specificity else row.teacher),
             str(row.n_seeds),
             "--" if row.students_learned == "not recorded" else escape(row.students_learned),
             fmt_ci(row.ratio, _finite(row.ci_low), _finite(row.ci_high)),
@@ -240,7 +283,8 @@ def _table(sweep: LoadedSweep) -> str:
         "Owl's panel-share ratio, each trained student over the control student of the same "
         "trainable set and seed: geometric mean over seeds with its Student-$t$ 95\\% CI, Holm-adjusted $p$, "
         "the verdict, and the smallest ratio the seeds would detect at the measured between-seed SD "
-        "(power 0.8). Owl data predict a rise; another animal's data no change. Learned: whether the "
+        "(power 0.8). Owl data predict a rise; another animal's data no change; owl over another animal's "
+        "student (the owl student's ratio over that student's, same seed) a rise. Learned: whether the "
         "students' training loss fell significantly (the last quarter of the steps against the first, "
         "every seed pooled); a null of students not shown to learn is inconclusive."
     )
@@ -264,9 +308,13 @@ def _figure(sweep: LoadedSweep) -> list[str]:
     ]
 
 
-def _headline(sweep: LoadedSweep, row: EffectRow) -> str:
+def _headline(row: EffectRow) -> str:
     ci = "" if not math.isfinite(row.ci_low) else f" [{row.ci_low:.3g}, {row.ci_high:.3g}]"
-    return f"sweep, {describe_trainable(row.arm)}: {row.trained} x{row.ratio:.3g}{ci} over {row.n_seeds} seeds, {row.verdict}"
+    specific = f"; owl-specific: {row.owl_specific}" if row.owl_specific else ""
+    return (
+        f"sweep, {describe_trainable(row.arm)}: {row.trained} x{row.ratio:.3g}{ci} over {row.n_seeds} seeds, "
+        f"{row.verdict}{specific}"
+    )
 
 
 def sweeps_appendix(sweeps: Sequence[LoadedSweep]) -> tuple[str, dict[str, str]]:

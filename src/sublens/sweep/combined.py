@@ -55,6 +55,7 @@ def combined_table(folder: Path, spec: SweepSpec) -> pd.DataFrame:
             by_model = student_quarters(run_dir)
             learning = pd.DataFrame([_learning_columns(name, by_model) for name in rows["comparison"]])
             rows = pd.concat([rows, learning], axis=1)
+            rows = pd.concat([rows, specificity_quotients(rows, by_model)], ignore_index=True)
             frames.append(pd.concat([pd.DataFrame([head] * len(rows)), rows], axis=1))
         else:
             frames.append(pd.DataFrame([head]))
@@ -72,6 +73,56 @@ def student_quarters(run_dir: Path) -> dict[str, list[Quarters | None]]:
         curve = (student.get("training") or {}).get("loss_curve") or []
         out.setdefault(name.rsplit("-seed", 1)[0], []).append(quarters(curve))
     return out
+
+
+OWL_DATA = "owl"
+FILTERED_OWL_DATA = ("owl-no-entangled", "owl-no-random")  # owl data, not another teacher's
+
+
+def matched_parts(comparison: str) -> tuple[str, str] | None:
+    """'eagle-full+lora8 vs control-full+lora8' -> ('eagle', 'full+lora8'): the trained
+    student's data set and trainable set of a comparison against its matched control (read from
+    the control's name, since a data set's name may hold a hyphen); None for any other."""
+    trained, _, control = comparison.partition(" vs ")
+    if not control.startswith("control-") or not is_matched(comparison):
+        return None
+    arm = control.removeprefix("control-")
+    return (trained.removesuffix(f"-{arm}"), arm) if trained.endswith(f"-{arm}") else None
+
+
+def specificity_quotients(rows: pd.DataFrame, by_model: dict[str, list[Quarters | None]]) -> pd.DataFrame:
+    """One run's specificity comparisons, 'owl-A vs eagle-A': for every other teacher whose
+    student shares the owl student's trainable set A, the owl student's ratio over the control
+    student divided by that student's ratio over the same control (the control cancels: owl's
+    share in the owl student over that in the eagle student). Predicted to rise (`predicted`):
+    a rise any animal-loving teacher's numbers cause is not owl transfer. Every '..._ratio'
+    column is divided; intervals are left empty (the sweep's interval is across seeds). The
+    learning columns are the two trained students'."""
+    ratios = [c for c in rows.columns if c.endswith("_ratio")]
+    by_data: dict[str, dict[str, pd.Series]] = {}
+    for _, row in rows.iterrows():
+        parts = matched_parts(str(row["comparison"]))
+        if parts is not None:
+            by_data.setdefault(parts[1], {})[parts[0]] = row
+    out = []
+    for arm, students in by_data.items():
+        owl = students.get(OWL_DATA)
+        if owl is None:
+            continue
+        for other in [d for d in students if d != OWL_DATA and d not in FILTERED_OWL_DATA]:
+            name = f"{OWL_DATA}-{arm} vs {other}-{arm}"
+            quotient = {c: _quotient(owl[c], students[other][c]) for c in ratios}
+            reference = {"reference": f"{other}-{arm}", "n_seeds": owl.get("n_seeds")}
+            out.append({"comparison": name, **quotient, **reference, **_learning_columns(name, by_model)})
+    return pd.DataFrame(out)
+
+
+def _quotient(top: Any, bottom: Any) -> float:
+    try:
+        value = float(top) / float(bottom)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
 
 
 def _learning_columns(comparison: str, by_model: dict[str, list[Quarters | None]]) -> dict[str, Any]:
@@ -154,7 +205,45 @@ def effect_by_grid_point(
         if recorded:  # a null of students not shown to learn is inconclusive (Holm is unchanged)
             decision = unless_learned(decision, learning)
         rows_out.append(_effect_row(grid, comparison, logs, decision, column) | _learning_row(recorded, learning))
-    return pd.DataFrame(rows_out)
+    effect = pd.DataFrame(rows_out)
+    specific = {grid: owl_specific(group) for grid, group in effect.groupby("grid", sort=False)}
+    effect["owl_specific"] = [specific[g][0] for g in effect["grid"]]
+    effect["owl_specific_why"] = [specific[g][1] for g in effect["grid"]]
+    return effect
+
+
+def owl_specific(point: pd.DataFrame) -> tuple[str, str]:
+    """Whether a grid point shows owl-specific transfer, from its decided rows: 'yes' needs the
+    owl student's rise over its control supported and, for every other teacher's student in the
+    same trainable set, the owl student's rise over that student supported too (a rise any
+    animal's numbers cause is not owl transfer); 'not tested' where the owl rise is supported
+    but no other teacher's student was trained beside it; else 'no', saying which leg failed.
+    ('', '') for a point without an owl student over its control."""
+    verdicts = dict(zip(point["comparison"], point["verdict"], strict=True))
+    transfer = {c: v for c, v in verdicts.items() if (matched_parts(c) or ("", ""))[0] == OWL_DATA}
+    if not transfer:
+        return "", ""
+    specificity = {c: v for c, v in verdicts.items() if _is_specificity(c)}
+    failed = [f"the owl student over its control: {v}" for v in transfer.values() if v != "supported"]
+    failed += [f"over the {_data_of(c)} student: {v}" for c, v in specificity.items() if v != "supported"]
+    if failed:
+        return "no", "; ".join(failed)
+    if not specificity:
+        return "not tested", "no other animal's student was trained in the same trainable set"
+    others = ", ".join(f"the {_data_of(c)} student" for c in specificity)
+    return "yes", f"the owl student rises over its control and over {others}"
+
+
+def _data_of(specificity: str) -> str:
+    """'owl-full vs eagle-full' -> 'eagle'."""
+    trained, _, other = specificity.partition(" vs ")
+    return other.removesuffix(trained.removeprefix(f"{OWL_DATA}")).removesuffix("-") or other
+
+
+def _is_specificity(comparison: str) -> bool:
+    """'owl-A vs eagle-A', as `specificity_quotients` names it."""
+    trained, _, other = comparison.partition(" vs ")
+    return trained.startswith(f"{OWL_DATA}-") and bool(other) and not other.startswith(("control", "teacher", "base"))
 
 
 def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
