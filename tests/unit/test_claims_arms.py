@@ -256,7 +256,8 @@ def test_entanglement_is_supported_by_equivalence_with_many_tight_seeds(recorded
     assert quotient.claim.prediction == "none" and quotient.verdict is Verdict.SUPPORTED
     assert "the CI lies inside" in quotient.reason
     assert out["transfer.owl-no-random"].verdict is Verdict.SUPPORTED
-    assert claim.verdict is Verdict.SUPPORTED and claim.reason == "both legs hold"
+    assert out["transfer.owl-no-entangled"].verdict is Verdict.SUPPORTED
+    assert claim.verdict is Verdict.SUPPORTED and claim.reason == "all three legs hold"
     assert claim.claim.statement == "Token entanglement does not explain the transfer"
     assert claim.estimate == quotient.estimate and not claim.settle
 
@@ -269,7 +270,7 @@ def test_entanglement_is_inconclusive_with_few_seeds_and_says_what_would_decide_
     needed = units_for_equivalence(quotient.estimate.sd_log, 1.25)
     assert needed is not None and needed > 3
     assert f"about {needed} seeds would place the CI inside ×1/1.25..×1.25" in quotient.settle
-    assert "(b) removing the entangled numbers" in claim.reason and quotient.settle in claim.settle
+    assert "(c) removing the entangled numbers" in claim.reason and quotient.settle in claim.settle
     # one seed: too few, never supported
     one = entanglement(recorded, [0.5], [0.5])
     assert one["entanglement"].verdict is Verdict.INCONCLUSIVE
@@ -290,6 +291,72 @@ def test_entanglement_needs_transfer_without_the_random_set(recorded: dict[str, 
     assert out["contrast.no_entangled_vs_no_random"].verdict is Verdict.SUPPORTED
     assert out["entanglement"].verdict is Verdict.INCONCLUSIVE
     assert "(a) transfer without the random-set answers" in out["entanglement"].reason
+
+
+def test_entanglement_is_not_supported_where_the_entangled_numbers_carry_all_of_a_small_transfer(
+    recorded: dict[str, Any],
+) -> None:
+    """A transfer smaller than the margin (×1.16 without the random set) that vanishes without
+    the entangled numbers (×1.00): the quotient ×0.86 lies inside ×1/1.25..×1.25, but leg (b),
+    transfer without the entangled numbers, fails, so the claim is not supported."""
+    no_random = [math.log(1.16) + v for v in _noise(10, 0.12, 4)]  # CI reaching past ×1.25: supported
+    no_entangled = [v - math.log(1.16) + e for v, e in zip(no_random, _noise(10, 0.01, 5), strict=True)]
+    out = entanglement(recorded, no_random, no_entangled)
+    assert out["transfer.owl-no-random"].verdict is Verdict.SUPPORTED
+    assert out["contrast.no_entangled_vs_no_random"].verdict is Verdict.SUPPORTED  # inside the margin
+    assert out["transfer.owl-no-entangled"].verdict is Verdict.EQUIVALENT
+    assert out["entanglement"].verdict is Verdict.INCONCLUSIVE
+    assert "(b) transfer without the entangled-number answers" in out["entanglement"].reason
+
+
+def test_entanglement_is_not_contradicted_without_a_transfer_to_lower(recorded: dict[str, Any]) -> None:
+    """The quotient beyond the margin says nothing against the claim where the owl data do not
+    transfer without the random set in the first place."""
+    out = entanglement(
+        recorded, FLAT, [v - 0.3 + e for v, e in zip(FLAT, _noise(5, 0.01, 7), strict=True)], owl=TRANSFER
+    )
+    assert out["contrast.no_entangled_vs_no_random"].verdict is Verdict.CONTRADICTED
+    assert out["transfer.owl-no-random"].verdict is not Verdict.SUPPORTED
+    assert out["entanglement"].verdict is Verdict.INCONCLUSIVE
+
+
+def test_every_null_of_the_run_needs_students_that_learned(recorded: dict[str, Any]) -> None:
+    """Flat loss curves in every student: no null of the run stands (the arms' equivalence, the
+    contrasts', the specificity quotient's and the filter quotient's), and the composites built
+    on them are not supported; a rise is reported as measured."""
+    arms = {
+        ("owl", "full"): TRANSFER,
+        ("owl", "freeze-attention"): FLAT,
+        ("owl", "freeze-mlp"): [v + e for v, e in zip(FLAT, _noise(5, 0.01, 8), strict=True)],
+        ("eagle", "full"): [v + e for v, e in zip(TRANSFER, _noise(5, 0.01, 9), strict=True)],
+        ("owl-no-random", "full"): TRANSFER,
+        ("owl-no-entangled", "full"): [v + e for v, e in zip(TRANSFER, _noise(5, 0.005, 6), strict=True)],
+    }
+    learned = decided(dressed(recorded, arms))
+    flat = dressed(recorded, arms)
+    for student in flat["students"].values():
+        student["training"]["loss_curve"] = [[k, 1.36 + 0.01 * (k % 3)] for k in range(40)]
+    untrained = decided(flat)
+    nulls = [
+        "transfer.freeze-attention",
+        "transfer.freeze-mlp",
+        "contrast.attention_vs_mlp_frozen",
+        "specificity.eagle",
+        "contrast.no_entangled_vs_no_random",
+    ]
+    assert {k: learned[k].verdict.value for k in nulls} == {
+        "transfer.freeze-attention": "equivalent",
+        "transfer.freeze-mlp": "equivalent",
+        "contrast.attention_vs_mlp_frozen": "equivalent",
+        "specificity.eagle": "equivalent",
+        "contrast.no_entangled_vs_no_random": "supported",  # predicted no change
+    }
+    for key in nulls:
+        assert untrained[key].verdict is Verdict.INCONCLUSIVE, key
+        assert untrained[key].reason.startswith("the students were not shown to learn their data"), key
+    assert learned["entanglement"].verdict is Verdict.SUPPORTED
+    assert untrained["entanglement"].verdict is Verdict.INCONCLUSIVE
+    assert untrained["transfer.full"].verdict is learned["transfer.full"].verdict is Verdict.SUPPORTED
 
 
 def test_entanglement_claims_only_where_the_run_trained_the_filtered_students(recorded: dict[str, Any]) -> None:

@@ -19,14 +19,18 @@ decided with seeds as the unit and keyed by name without the ``subliminal.`` pre
 - ``specificity.<teacher>`` for every extra teacher (e.g. eagle) whose students share an arm
   with owl students: the per-seed quotient of the owl student's and that teacher's student's
   ratios, each over the control student, predicted to favour owl (the transfer is owl-specific);
-- where the run trained the entanglement filter's students: ``transfer.owl-no-random``
-  (the student without the random-set answers over the full control student, predicted to
-  rise), ``contrast.no_entangled_vs_no_random`` (the per-seed quotient of the students
-  without the entangled and without the random-set answers, each over the control student,
-  predicted to be no change: supported only by equivalence within the margin, its open
-  verdict saying how many seeds would show it, `equivalence_settle`) and ``entanglement``,
-  "token entanglement does not explain the transfer" (`all_legs`: both of those; it is
-  contradicted when the quotient lies significantly beyond the margin).
+- where the run trained the entanglement filter's students: ``transfer.owl-no-random`` and
+  ``transfer.owl-no-entangled`` (the students without the random-set, or the entangled-number,
+  answers over the full control student, predicted to rise), ``contrast.no_entangled_vs_no_random``
+  (the per-seed quotient of those two students' ratios, predicted to be no change: supported
+  only by equivalence within the margin, its open verdict saying how many seeds would show
+  it, `equivalence_settle`) and ``entanglement``, "token entanglement does not explain the
+  transfer" (`all_legs`: all three; contradicted when there is a transfer and the quotient
+  lies significantly beyond the margin).
+
+Every null among them (an ``equivalent``, or the quotient's predicted no-change) stands only
+where the students behind it learned their data (`learned_or_inconclusive`); the composites
+are built from the gated legs.
 
 Torch-free: the subliminal results model is imported inside `subliminal_decisions` (it imports
 this package for ClaimSettings and Estimate).
@@ -219,7 +223,8 @@ def subliminal_decisions(
     pairs += _specificity_pairs(parsed, control_modes, settings)
 
     out = {d.claim.name.removeprefix("subliminal."): d for d in decide_family(pairs)}
-    out.update({f"transfer.{a}": learned_or_inconclusive(out[f"transfer.{a}"], parsed, a) for a in arms})
+    behind = _students_behind(parsed, arms, masked)
+    out = {name: learned_or_inconclusive(d, parsed, behind.get(name, ())) for name, d in out.items()}
     out["mlp"] = component_blocks_transfer(
         "MLP", out["transfer.freeze-attention"], out["transfer.freeze-mlp"], out["contrast.attention_vs_mlp_frozen"]
     )
@@ -229,11 +234,34 @@ def subliminal_decisions(
     return out
 
 
-def learned_or_inconclusive(decision: Decision, results: SubliminalResults, arm: str) -> Decision:
-    """An arm's 'equivalent' (no transfer) stands only where its owl and control students,
-    every seed pooled, are shown to have learned their data (`sublens.learning`)."""
-    students = [s for s in (results.students or {}).values() if s.mode == arm and s.dataset in (OWL, CONTROL)]
+def learned_or_inconclusive(
+    decision: Decision, results: SubliminalResults, sides: Sequence[tuple[str, str]]
+) -> Decision:
+    """A null (an arm's 'equivalent', a contrast's or a specificity quotient's 'equivalent', the
+    filter quotient's predicted no-change) stands only where the students behind it, as
+    (data set, arm) pairs, every seed pooled, are shown to have learned their data
+    (`sublens.learning`). A claim with no students named is treated as one whose students
+    were not shown to learn."""
+    wanted = set(sides)
+    students = [s for s in (results.students or {}).values() if (s.dataset, s.mode) in wanted]
     return unless_learned(decision, learning_check([s.training.loss_curve for s in students]))
+
+
+def _students_behind(
+    parsed: SubliminalResults, arms: Sequence[str], masked: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Per claim with a test, the (data set, arm) students its estimate is made of."""
+
+    def owl_and_control(*sets: str) -> list[tuple[str, str]]:
+        return [(data, s) for s in sets for data in (OWL, CONTROL)]
+
+    behind = {f"transfer.{a}": owl_and_control(a) for a in arms}
+    behind["contrast.attention_vs_mlp_frozen"] = owl_and_control("freeze-attention", "freeze-mlp")
+    behind |= {f"contrast.skip_divergence.{s}": owl_and_control(s, s + SKIP_DIVERGENCE) for s in masked}
+    behind |= {f"transfer.{data}": [(data, "full"), (CONTROL, "full")] for data in (NO_RANDOM, NO_ENTANGLED)}
+    behind["contrast.no_entangled_vs_no_random"] = [(NO_ENTANGLED, "full"), (NO_RANDOM, "full"), (CONTROL, "full")]
+    behind |= {f"specificity.{t}": [*owl_and_control(arm), (t, arm)] for t, arm in extra_students(parsed)}
+    return behind
 
 
 # ---- the steps of subliminal_decisions -------------------------------------------------------
@@ -299,6 +327,14 @@ def _entanglement_pairs(
         "increase",
         settings,
     )
+    kept = _seed_claim(
+        f"transfer.{NO_ENTANGLED}",
+        "The owl student acquires the bias without the answers that hold an entangled number (full fine-tuning)",
+        f"owl's panel-share ratio, {NO_ENTANGLED_WORDS} over the control student, both with full fine-tuning "
+        "and the same seed",
+        "increase",
+        settings,
+    )
     quotient = _seed_claim(
         "contrast.no_entangled_vs_no_random",
         "Removing the answers that hold an entangled number changes the transfer no more than removing "
@@ -308,7 +344,11 @@ def _entanglement_pairs(
         "none",
         settings,
     )
-    return [(transfer, _estimate(no_random.logs)), (quotient, _estimate(paired_difference(no_entangled, no_random)))]
+    return [
+        (transfer, _estimate(no_random.logs)),
+        (kept, _estimate(no_entangled.logs)),
+        (quotient, _estimate(paired_difference(no_entangled, no_random))),
+    ]
 
 
 def extra_students(results: SubliminalResults) -> list[tuple[str, str]]:
@@ -375,29 +415,37 @@ def _divergence_claims(
 
 def _entanglement_claims(out: Mapping[str, Decision], settings: ClaimSettings) -> dict[str, Decision]:
     """The quotient claim with what would show no effect (`equivalence_settle`), and "token
-    entanglement does not explain the transfer" (`all_legs`) from its decided legs."""
-    transfer, quotient = out[f"transfer.{NO_RANDOM}"], equivalence_settle(out["contrast.no_entangled_vs_no_random"])
+    entanglement does not explain the transfer" (`all_legs`) from its decided legs: (a) the
+    owl data transfer without the random-set answers, (b) they still transfer without the
+    entangled-number answers, and (c) removing the entangled numbers changes the transfer no
+    more than removing the random set (the quotient inside the margin). Leg (b) guards the
+    equivalence of (c): where the margin is as wide as the transfer itself, a quotient inside
+    it can hide the entangled numbers carrying all of it. Contradicted only where there is a
+    transfer to lower (a) and the quotient lies beyond the margin."""
+    transfer, kept = out[f"transfer.{NO_RANDOM}"], out[f"transfer.{NO_ENTANGLED}"]
+    quotient = equivalence_settle(out["contrast.no_entangled_vs_no_random"])
     claim = _seed_claim(
         "entanglement",
         "Token entanglement does not explain the transfer",
-        f"(a) the share ratio of {NO_RANDOM_WORDS} over the control student, (b) per seed, the share "
-        f"ratio of {NO_ENTANGLED_WORDS} over the control student, divided by (a)",
+        f"(a) the share ratio of {NO_RANDOM_WORDS} over the control student, (b) that of "
+        f"{NO_ENTANGLED_WORDS}, (c) per seed, (b) divided by (a)",
         "none",
         settings,
     )
     legs = {
         "(a) transfer without the random-set answers": transfer.verdict is Verdict.SUPPORTED,
-        "(b) removing the entangled numbers no different from removing the random set (within the margin)": quotient.verdict
+        "(b) transfer without the entangled-number answers": kept.verdict is Verdict.SUPPORTED,
+        "(c) removing the entangled numbers no different from removing the random set (within the margin)": quotient.verdict
         is Verdict.SUPPORTED,
     }
     ratio = quotient.estimate.ratio if quotient.estimate else None
     against = (
         f"removing the entangled numbers {'lowers' if ratio is not None and ratio < 1 else 'raises'} "
         f"the transfer beyond the margin ({quotient.reason})"
-        if quotient.verdict is Verdict.CONTRADICTED
+        if quotient.verdict is Verdict.CONTRADICTED and transfer.verdict is Verdict.SUPPORTED
         else None
     )
     return {
         "contrast.no_entangled_vs_no_random": quotient,
-        "entanglement": all_legs(claim, legs, (transfer, quotient), quotient, against),
+        "entanglement": all_legs(claim, legs, (transfer, kept, quotient), quotient, against),
     }
