@@ -196,3 +196,29 @@ def underpowered(ci: tuple[float, float]) -> bool:
     if not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
         return True
     return bool(ci[0] <= 0.0 <= ci[1])
+
+
+def cramers_v_interval(chi2: float, dof: int, n: int, smaller_side: int, level: float = 0.95) -> tuple[float, float]:
+    """A confidence interval for the population Cramér's V of a contingency table, by inverting
+    the noncentral chi-square distribution of the statistic (Smithson 2003): the noncentrality
+    λ = n·φ² whose upper (lower) tail puts the observed χ² at (1 - level)/2, mapped to
+    V = sqrt(λ / (n·(smaller_side - 1))). A bound is 0 where even λ = 0 cannot reach that tail
+    (the lower bound of a table with no significant dependence). Asymptotic: its coverage at
+    the sizes used is checked by simulation in tests/unit/test_mechanistic.py (0.90-0.98 from 20
+    to 200 numbers; below 0.95 for large dependences)."""
+    from scipy.optimize import brentq
+
+    tail = (1 - level) / 2
+    scale = n * (smaller_side - 1)
+
+    def lam(target_sf: float) -> float:
+        # ncx2.sf(chi2, dof, λ) rises with λ; 0 when the central distribution already exceeds it
+        if stats.chi2.sf(chi2, dof) >= target_sf:
+            return 0.0
+        high = max(10.0, 2 * chi2)
+        while stats.ncx2.sf(chi2, dof, high) < target_sf:
+            high *= 2
+        return float(brentq(lambda x: stats.ncx2.sf(chi2, dof, x) - target_sf, 0.0, high, xtol=1e-10))
+
+    low, high = lam(tail), lam(1 - tail)
+    return math.sqrt(low / scale), min(1.0, math.sqrt(high / scale))

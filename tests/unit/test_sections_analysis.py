@@ -285,16 +285,24 @@ def test_mechanistic_attribution_claim_rests_on_the_partial_correlation(mech_run
 
 def test_mechanistic_wording_follows_the_data(mech_run: StageRun) -> None:
     results = copy.deepcopy(mech_run.results)
-    results["consistency"]["association"]["spike_layer"]["p_permutation"] = 0.004
+    spike = results["consistency"]["association"]["spike_layer"]
+    # a strong dependence on 20 numbers: chi2 30 on 6 dof, V 0.87 with its CI [0.46, 1] beyond 0.3
+    spike |= {"p_permutation": 0.004, "chi2": 30.0, "cramers_v": (30.0 / 40) ** 0.5}
     _with_partial(results, rho=-0.7, p=0.001)
     section = mech.build(_with(mech_run, results))
-    assert "It depends on the category" in section.results
+    assert "It depends on the category" in section.results and "CI [0.46, 1.00]" in section.results
     assert "contradicts the claim that no consistent head" in section.results
     assert "\\emph{contradicted}" in section.results
     assert section.headline[0].endswith("(depends on the category)")
     assert "contradicted" in section.headline[1]
+    # significant, but V's CI [0, 0.74] reaches both sides of 0.3: a dependence of unshown size
+    spike |= {"chi2": 11.39, "cramers_v": (11.39 / 40) ** 0.5}
+    section = mech.build(_with(mech_run, results))
+    assert "by an amount the interval does not place against the dependence of interest" in section.results
+    assert "remains inconclusive" in section.results and "contradicts the claim" not in section.results
+    assert section.headline[0].endswith("(a dependence of unshown size)")
     # Holm: a raw p just under alpha is not enough in a family of three
-    results["consistency"]["association"]["spike_layer"]["p_permutation"] = 0.03
+    spike["p_permutation"] = 0.03
     section = mech.build(_with(mech_run, results))
     assert "It depends on the category" not in section.results
     assert section.headline[0].startswith(f"mechanistic: {SPIKE_LAYER_DEFINED} vs category p = 0.030, Holm p")

@@ -132,10 +132,12 @@ def decide_association(
 ) -> AssociationDecision:
     """The verdict of an association claim (p_adjusted: Holm within the family; else raw p).
 
-    supported: significant in the predicted direction (or, predicting none, the CI inside
-    ±rho_of_interest); contradicted: significant the other way (predicting none: significant and
-    the CI beyond ±rho_of_interest, or significant with no interval to check); equivalent: an
-    association was predicted but the CI lies inside ±rho_of_interest; else inconclusive."""
+    A CI wholly inside ±rho_of_interest decides first: equivalent where an association was
+    predicted, supported where none was (even when the association is significant: it is
+    smaller than the one of interest). Otherwise supported: significant in the predicted
+    direction; contradicted: significant the other way (predicting none: significant and the
+    CI beyond ±rho_of_interest); else inconclusive (a significant association without an
+    interval is of unshown size)."""
     s = claim.settings
     if est is None or est.rho is None:
         return AssociationDecision(
@@ -186,25 +188,39 @@ def decide_association(
 
 def _verdict(claim: AssociationClaim, est: Association, p: float) -> tuple[Verdict, str]:
     """The verdict word and its reason, from the (Holm-adjusted) p and the interval against
-    ±rho_of_interest (the rules are in decide_association's docstring)."""
+    ±rho_of_interest (the rules are in decide_association's docstring). As for ratios
+    (`sublens.claims.core`), an interval wholly inside ±rho_of_interest is read the same way
+    whatever was predicted, so one result never supports both a claim and its opposite; and a
+    significant association without an interval is of unshown size, never a contradiction."""
     significant, r, sym = p < claim.settings.alpha, claim.rho_of_interest, claim.symbol
     inside = est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
     beyond = est.has_interval and (est.ci_low >= r or est.ci_high <= -r)  # type: ignore[operator]
     interval = f" [{est.ci_low:.2f}, {est.ci_high:.2f}]" if est.has_interval else " (no interval)"
     ci = f"{sym} = {est.rho:.2f}{interval}, Holm p = {p:.3g}"
+    small = ", though significant: an association smaller than that" if significant else ""
     if claim.prediction == "none":
         if inside:
-            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ±{r:g}"
-        if significant and (beyond or not est.has_interval):
-            return Verdict.CONTRADICTED, f"{ci}: a significant association"
+            return Verdict.SUPPORTED, f"{ci}: the CI lies inside ±{r:g}{small}"
+        if significant and beyond:
+            return Verdict.CONTRADICTED, f"{ci}: a significant association beyond ±{r:g}"
     else:
+        if inside:
+            return Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it){small}"
         predicted = est.rho > 0 if claim.prediction == "increase" else est.rho < 0  # type: ignore[operator]
         if significant and predicted:
             return Verdict.SUPPORTED, f"{ci}: an association in the predicted direction"
         if significant:
             return Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
-        if inside:
-            return Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it)"
+    if significant and not est.has_interval:
+        return (
+            Verdict.INCONCLUSIVE,
+            f"{ci}: a significant association of unshown size (no interval to set against ±{r:g})",
+        )
+    if significant:
+        return (
+            Verdict.INCONCLUSIVE,
+            f"{ci}: a significant association, but the CI reaches both inside and beyond ±{r:g}",
+        )
     return Verdict.INCONCLUSIVE, f"{ci}: neither significant nor shown smaller than ±{r:g}"
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sublens.claims import (
     DEFAULT_POWER,
     DEFAULT_RHO_OF_INTEREST,
+    MIN_UNITS,
     Association,
     AssociationClaim,
     AssociationDecision,
@@ -25,6 +26,7 @@ from sublens.experiments.mechanistic.results import (
     LabelColumn,
     Words,
 )
+from sublens.stats import cramers_v_interval
 
 LABEL_TITLES: dict[LabelColumn, str] = {
     "spike_layer": "spike layer",
@@ -128,14 +130,14 @@ def _category_estimate(test: CategoryAssociation | None) -> Association | None:
             p_value=None,
             interval=test.reason if test.reason is not None else "no test",
         )
-    return Association(
-        n=test.n,
-        rho=_num(test.cramers_v),
-        ci_low=None,
-        ci_high=None,
-        p_value=test.p_permutation,
-        interval="no interval for Cramér's V",
-    )
+    v, chi2 = _num(test.cramers_v), _num(test.chi2)
+    if test.dof is None or not math.isfinite(chi2) or not math.isfinite(v) or test.n < MIN_UNITS["number"]:
+        low = high = None
+        interval = "no interval for Cramér's V"
+    else:
+        low, high = cramers_v_interval(chi2, test.dof, test.n, min(len(test.categories), len(test.labels)))
+        interval = f"noncentral chi-square inversion over {test.n} numbers"
+    return Association(n=test.n, rho=v, ci_low=low, ci_high=high, p_value=test.p_permutation, interval=interval)
 
 
 def _test(consistency: Consistency, column: LabelColumn) -> CategoryAssociation | None:
@@ -177,13 +179,23 @@ def family(consistency: Consistency, words: Words | None = None) -> dict[str, As
 
 
 def association_verdict(test: CategoryAssociation | None, decision: AssociationDecision | None) -> str:
-    """depends (the category claim contradicted) | independent (tested, no significant
-    dependence: inconclusive) | constant (one label for every number) | untested."""
+    """depends (the category claim contradicted: a dependence beyond V of interest) | smaller
+    (a significant dependence whose CI lies below V of interest: the claim supported) |
+    unsized (a significant dependence not placed against V of interest: inconclusive) |
+    independent (tested, no significant dependence) | constant (one label for every number) |
+    untested."""
     if test is None:
         return "untested"
     if not test.applicable:
         return "constant" if test.reason == "every number has the same label" else "untested"
-    return "depends" if decision is not None and decision.verdict is Verdict.CONTRADICTED else "independent"
+    if decision is None:
+        return "independent"
+    if decision.verdict is Verdict.CONTRADICTED:
+        return "depends"
+    significant = decision.p_adjusted is not None and decision.p_adjusted < decision.claim.settings.alpha
+    if not significant:
+        return "independent"
+    return "smaller" if decision.verdict is Verdict.SUPPORTED else "unsized"
 
 
 def _word(words: Words | None, which: str) -> str:

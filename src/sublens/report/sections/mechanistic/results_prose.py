@@ -107,18 +107,51 @@ def _association_sentence(
     if said is not None:
         said.setdefault(stats, LABEL_TITLES[column])
     if earlier is not None:
-        same = "depends" if verdict == "depends" else "shows no evidence of depending"
+        same = {
+            "depends": "depends",
+            "smaller": "depends, by less than the dependence of interest,",
+            "unsized": "depends, by an amount not shown,",
+        }.get(verdict, "shows no evidence of depending")
         return (
             text + f". Its test against the category gives the same statistics as the {earlier}'s, "
             f"so it likewise {same} on the category."
         ), verdict
+    interval = _v_interval(decision)
     if verdict == "depends":
         excess = test.max_excess
         return (
-            text + f". It depends on the category ({stats}; largest excess "
+            text + f". It depends on the category ({stats}{interval}; largest excess "
             rf"{escape(excess.label if excess else '?')} in {escape(excess.category if excess else '?')})."
         ), verdict
-    return text + f". There is no evidence that it depends on the category ({stats}).", verdict
+    if verdict == "smaller":
+        return (
+            text + f". It depends on the category, but by less than the dependence of interest "
+            f"({stats}{interval}; {_v_of_interest(decision)})."
+        ), verdict
+    if verdict == "unsized":
+        return (
+            text + f". It depends on the category, by an amount the interval does not place against the "
+            f"dependence of interest ({stats}{interval}; {_v_of_interest(decision)})."
+        ), verdict
+    return text + f". There is no evidence that it depends on the category ({stats}{interval}).", verdict
+
+
+def _all_shown_small(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> bool:
+    """Whether every label column that could be tested has its category claim supported (the
+    CI of V inside the dependence of interest)."""
+    tested = [c for c in LABEL_TITLES if association_verdict(_test(consistency, c), None) == "independent"]
+    return bool(tested) and all(c in decisions and decisions[c].verdict is Verdict.SUPPORTED for c in tested)
+
+
+def _v_interval(decision: AssociationDecision | None) -> str:
+    est = decision.estimate if decision is not None else None
+    if est is None or not est.has_interval:
+        return ""
+    return f", 95\\% CI [{fmt(est.ci_low)}, {fmt(est.ci_high)}]"
+
+
+def _v_of_interest(decision: AssociationDecision | None) -> str:
+    return f"$V$ = {decision.claim.rho_of_interest:g} of interest" if decision is not None else "no margin"
 
 
 def _category_paragraph(consistency: Consistency, decisions: dict[str, AssociationDecision]) -> str:
@@ -127,13 +160,26 @@ def _category_paragraph(consistency: Consistency, decisions: dict[str, Associati
     verdicts = {verdict for _, verdict in found}
     parts = [text for text, _ in found]
     counts = list(consistency.categories.values())
-    if "depends" in verdicts:
+    if "unsized" in verdicts and "depends" not in verdicts:
+        parts.append(
+            "A label depends on the category by an amount the data do not size against the dependence of "
+            "interest, so the claim that no consistent head or representation singles out the entangled "
+            "numbers remains inconclusive."
+        )
+    elif "depends" in verdicts:
         parts.append(
             "A category has a layer or head of its own (Holm-adjusted within the "
             "family), which contradicts the claim that no consistent head or "
             "representation singles out the entangled numbers."
         )
-    elif verdicts & {"independent", "constant"}:
+    elif _all_shown_small(consistency, decisions):
+        r = next(iter(decisions.values())).claim.rho_of_interest
+        parts.append(
+            f"Every tested label's dependence on the category is shown smaller than $V$ = {r:g} (each CI "
+            "inside it), which supports the claim that no consistent head or representation singles out the "
+            "entangled numbers by that much."
+        )
+    elif verdicts & {"independent", "constant", "smaller"}:
         parts.append(
             "No layer or head is shown to single out the entangled numbers; that is absence of "
             "evidence, not evidence of absence, so the claim that none does remains inconclusive"
@@ -316,6 +362,8 @@ def _headline(consistency: Consistency, decisions: dict[str, AssociationDecision
     verdict = association_verdict(test, decision)
     spike = {
         "depends": "depends on the category",
+        "smaller": "a dependence smaller than the one of interest",
+        "unsized": "a dependence of unshown size",
         "independent": "no evidence of a dependence",
         "constant": "the same for every number",
         "untested": "not tested",
