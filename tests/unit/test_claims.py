@@ -156,6 +156,15 @@ def test_one_seed_never_supports() -> None:
     assert "2 seeds" in d.settle
 
 
+def test_alpha_is_the_level_of_the_intervals_the_verdicts_read() -> None:
+    """At alpha 0.10 a t-test on ×1.17 [0.956, 1.42] (95%) gives p = 0.099: 'supported' with a CI
+    that includes 1. The intervals are 95%, so only alpha 0.05 is accepted."""
+    assert ClaimSettings().alpha == 0.05
+    for alpha in (0.01, 0.1):
+        with pytest.raises(ValueError, match="only 0.05 is supported"):
+            ClaimSettings(alpha=alpha)
+
+
 def test_zero_spread_is_no_interval() -> None:
     d = decide(claim(), est([0.2, 0.2, 0.2]))
     assert d.verdict is Verdict.INCONCLUSIVE and d.estimate is not None and not d.estimate.has_interval

@@ -184,6 +184,10 @@ def test_command_line_mistakes_stop_before_anything_runs(tmp_path: Path) -> None
     assert not (tmp_path / "never").exists()
 
 
+# Both sides' students of a comparison, their loss fallen (sublens.learning), as combined_table
+# records them: per curve, the first and the last quarter of the per-step losses.
+LEARNED = {"loss_first": [[1.4, 1.5, 1.3, 1.45]] * 2, "loss_last": [[1.0, 1.1, 0.9, 1.05]] * 2, "loss_unchecked": 0}
+
 # ---- the effect across seeds ---------------------------------------------------------------------
 
 
@@ -228,6 +232,7 @@ def test_each_grid_point_comparison_gets_a_holm_adjusted_verdict() -> None:
         for seed, ratio in enumerate(ratios):
             rows.append(
                 {"point": f"{grid}{seed}", "grid": grid, "seed": seed, "comparison": comparison, "share_ratio": ratio}
+                | LEARNED
             )
     rows.append(
         {"point": "arm=full0", "grid": "arm=full", "seed": 0, "comparison": "owl-full vs base", "share_ratio": 2.0}
@@ -249,6 +254,12 @@ def test_each_grid_point_comparison_gets_a_holm_adjusted_verdict() -> None:
     assert (effect.margin == 1.25).all() and (effect.minimal_detectable > 1).all()
     narrow = effect_by_grid_point(chosen_rows(pd.DataFrame(rows), None), settings=ClaimSettings(margin=1.02))
     assert narrow.set_index("comparison").verdict["owl-full+lora8 vs control-full+lora8"] == "supported"
+    # students without a recorded loss curve are not shown to have learned: their null is open
+    unrecorded = pd.DataFrame(rows).drop(columns=list(LEARNED))
+    blind = effect_by_grid_point(chosen_rows(unrecorded, None)).set_index("comparison")
+    assert blind.verdict["owl-full+lora8 vs control-full+lora8"] == "inconclusive"
+    assert "no loss curve" in blind.reason["owl-full+lora8 vs control-full+lora8"]
+    assert blind.verdict["owl-full vs control-full"] == "supported"  # a rise is reported as measured
 
 
 def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
@@ -359,6 +370,7 @@ def test_a_sweep_decides_owl_specific_transfer_per_grid_point() -> None:
     rows = [
         {"grid": c.split(" ")[0].removeprefix("owl-").removeprefix("eagle-"), "seed": k, "comparison": c}
         | {"share_ratio": r}
+        | LEARNED
         for c, ratios in per_seed.items()
         for k, r in enumerate(ratios)
     ]

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import stats
 
 from sublens.learning import MIN_STEPS as MIN_LEARNING_STEPS
@@ -46,11 +46,28 @@ class ClaimSettings(BaseModel):
         "bound and the effect the power line is sized for",
     )
     alpha: float = Field(
-        default=DEFAULT_ALPHA, gt=0.0, lt=0.5, description="family-wise error rate (Holm within each experiment)"
+        default=DEFAULT_ALPHA,
+        gt=0.0,
+        lt=0.5,
+        description="family-wise error rate (Holm within each experiment); 0.05 only, the level of the 95% "
+        "intervals the verdicts read",
     )
     power: float = Field(
         default=DEFAULT_POWER, gt=0.5, lt=1.0, description="power at which the minimal detectable effect is stated"
     )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_matches_the_intervals(cls, alpha: float) -> float:
+        # The verdicts read 95% intervals (t, BCa, Fisher z, noncentral chi-square) beside the
+        # test at alpha: at another alpha the two would disagree (a 'supported' whose CI
+        # includes no change), so only the level every interval is built at is accepted.
+        if not math.isclose(alpha, DEFAULT_ALPHA):
+            raise ValueError(
+                f"claims.alpha {alpha:g}: only {DEFAULT_ALPHA:g} is supported, because every interval a verdict "
+                "reads is a 95% CI and a test at another level would disagree with it"
+            )
+        return alpha
 
 
 class Claim(BaseModel):

@@ -202,8 +202,8 @@ def effect_by_grid_point(
     rows_out = []
     for (grid, comparison, logs, group), decision in zip(groups, decisions, strict=True):
         recorded, learning = _group_learning(group)
-        if recorded:  # a null of students not shown to learn is inconclusive (Holm is unchanged)
-            decision = unless_learned(decision, learning)
+        if recorded or _of_students(comparison):  # a null of students not shown to learn is inconclusive
+            decision = unless_learned(decision, learning)  # (Holm is unchanged; no record: not shown)
         rows_out.append(_effect_row(grid, comparison, logs, decision, column) | _learning_row(recorded, learning))
     effect = pd.DataFrame(rows_out)
     specific = {grid: owl_specific(group) for grid, group in effect.groupby("grid", sort=False)}
@@ -258,6 +258,13 @@ def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
         parts += [Quarters(list(f), list(la)) for f, la in zip(first, last, strict=True)]
         parts += [None] * int(unchecked)
     return bool(parts), pooled_check(parts)
+
+
+def _of_students(comparison: str) -> bool:
+    """Whether a comparison's sides are trained students (against the matched control, or the
+    owl student against another teacher's), whose null needs the learning check even where no
+    loss curve was recorded; the base model and the teacher need none."""
+    return matched_parts(comparison) is not None or _is_specificity(comparison)
 
 
 def _learning_row(recorded: bool, learning: LearningCheck | None) -> dict[str, str]:

@@ -205,7 +205,11 @@ class MechanisticConfig(Config):
     )
     n_permutations: int = Field(default=10000, ge=100, description="permutations of every permutation test")
     alpha: float = Field(
-        default=0.05, gt=0, lt=0.5, description="family-wise alpha of the mechanistic family of tests (Holm)"
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="family-wise alpha of the mechanistic family of tests (Holm); 0.05 only, the level of "
+        "the 95% intervals its verdicts read",
     )
     power: float = Field(default=0.8, gt=0.5, lt=1, description='the power the "numbers needed" line is stated at')
     rho_of_interest: float = Field(
@@ -218,6 +222,13 @@ class MechanisticConfig(Config):
     batch_size: int = Field(default=16, ge=1, description="prompts per forward pass")
     device: str = Field(default="auto", description="torch device (auto: the best available)")
     dtype: str = Field(default="auto", description="torch dtype (auto: by device)")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_of_the_claims(cls, alpha: float) -> float:
+        from sublens.claims import ClaimSettings  # its verdicts read 95% intervals: 0.05 only
+
+        return ClaimSettings(alpha=alpha).alpha
 
     @field_validator("numbers", mode="before")
     @classmethod
