@@ -179,6 +179,8 @@ def test_contrasts_pair_by_seed_where_the_record_says_which() -> None:
     assert paired_difference(a, b) == pytest.approx([0.4, 0.4])
     # without seeds: by position, as older records were
     assert paired_difference(SeedLogs([0.5, 0.6], None), SeedLogs([0.1, 0.3], None)) == pytest.approx([0.4, 0.3])
+    # ... but not where an arm lost a seed the record does not name: seed 2 would meet seed 1
+    assert paired_difference(SeedLogs([0.5, 0.6, 0.7], None), SeedLogs([0.1, 0.3], None)) == []
 
 
 def test_seeds_are_read_from_the_students(recorded: dict[str, Any]) -> None:

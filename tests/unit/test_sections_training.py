@@ -267,6 +267,14 @@ def test_distill_wording_follows_the_claims() -> None:
     _seeds(results, "shd_biased_vs_shd_base", [1.01, 0.98, 1.00, 0.99])  # no more than attention distillation
     text = build(with_results(run, results)).results
     assert "is not shown to come from the teacher's bias" in text and r"\textbf{equivalent}" in text
+    # ... which needs the SHD students to have taken up the teacher's attention (their SHD loss fell)
+    flat = copy.deepcopy(results)
+    for arm in flat["arms"].values():
+        curves = arm["train"].get("extra_curves") or {}
+        if "shd" in curves:
+            curves["shd"] = [1.2 + 0.01 * (k % 3) for k in range(len(curves["shd"]))]
+    text = build(with_results(run, flat)).results
+    assert r"\textbf{equivalent}" not in text and "the students were not shown to learn their data" in text
     _seeds(results, "shd_biased_vs_shd_base", [1.40, 0.80, 1.10, 0.95])
     text = build(with_results(run, results)).results
     assert "the specificity claim is inconclusive" in text and "seeds would detect" in text

@@ -107,11 +107,14 @@ def arm_seed_logs(results: SubliminalResults, dataset: str, mode: str, control_m
 def paired_difference(test: SeedLogs, reference: SeedLogs) -> list[float]:
     """Per seed, the test arm's log ratio minus the reference arm's: the log of the quotient of
     the two arms' ratios, each over its matched control. Paired by seed where both records say
-    which seed each value is, else by position (as older runs were)."""
+    which seed each value is, else by position (as older runs were) when both arms have every
+    seed; else none (not measured)."""
     if test.seeds is not None and reference.seeds is not None:
         other = dict(zip(reference.seeds, reference.logs, strict=True))
         return [v - other[s] for s, v in zip(test.seeds, test.logs, strict=True) if s in other]
-    return [a - b for a, b in zip(test.logs, reference.logs, strict=False)]
+    if len(test.logs) != len(reference.logs):
+        return []  # an arm lost a seed and the record does not say which: no pairing is like against like
+    return [a - b for a, b in zip(test.logs, reference.logs, strict=True)]
 
 
 def run_arms(results: SubliminalResults, modes: Sequence[str] | None = None) -> list[str]:

@@ -14,8 +14,10 @@ from sublens.claims import (
     Verdict,
     decide_family,
     estimate_log_ratio,
+    unless_learned,
 )
 from sublens.experiments.distill.results import SPECIFIC, TRANSFER, DistillResults
+from sublens.learning import LearningCheck, learning_check
 from sublens.report.sections.common import finite
 from sublens.report.sections.distill.reading import Results, _share
 from sublens.report.verdicts import verdict_label
@@ -73,13 +75,35 @@ def per_seed_logs(r: Results, key: str) -> list[float]:
     return [math.log(entry.ratio)] if finite(entry.ratio) and entry.ratio > 0 else []
 
 
+# The arms whose SHD loss must fall for a claim's null to mean anything: SHD is the manipulation
+# (the student's attention pulled towards the teacher's), so "no transfer through SHD" needs the
+# SHD students to have taken up the teacher's attention; the LM loss of a pretrained student on
+# generic text barely moves and would say nothing about that.
+SHD_ARMS_BEHIND = {TRANSFER: ("shd_biased",), SPECIFIC: ("shd_biased", "shd_base")}
+
+
 def decisions(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSettings | None = None) -> list[Decision]:
     """The distill claims' decisions (transfer, specificity), Holm-adjusted within the family;
-    `r`: the results, or a results.json mapping (validated: ResultsError), or None (no results)."""
+    `r`: the results, or a results.json mapping (validated: ResultsError), or None (no results).
+    A null (equivalent) stands only where the SHD students behind it learned the SHD term
+    (`shd_learning`, every seed pooled; sublens.claims.unless_learned)."""
     results = as_results(r, DistillResults) if r is not None else None
-    return decide_family(
-        [(claim, estimate_log_ratio(per_seed_logs(results, key), "seed")) for key, claim in distill_claims(settings)]
-    )
+    keyed = distill_claims(settings)
+    decided = decide_family([(claim, estimate_log_ratio(per_seed_logs(results, key), "seed")) for key, claim in keyed])
+    return [
+        unless_learned(d, shd_learning(results, SHD_ARMS_BEHIND[key])) if results is not None else d
+        for (key, _), d in zip(keyed, decided, strict=True)
+    ]
+
+
+def shd_learning(results: DistillResults, arms: tuple[str, ...]) -> LearningCheck | None:
+    """The learning check (`sublens.learning`) on the SHD loss curves of these arms' students,
+    every training seed (older runs: the first seed's, in ``arms``)."""
+    students = [seed[a].train for seed in results.per_seed.values() for a in arms if a in seed]
+    if not students:
+        students = [results.arms[a].train for a in arms if a in results.arms]
+    curves = [[v for v in (t.extra_curves or {}).get("shd") or [] if v is not None] for t in students]
+    return learning_check(curves)
 
 
 def shd_verdict(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSettings | None = None) -> str:
