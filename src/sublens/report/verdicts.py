@@ -153,7 +153,8 @@ def _test(decision: Decision) -> str:
     if c.test == f"one-sample t-test on per-{c.unit} log ratios (two-sided), Holm within {c.family}":
         return (
             f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
-            "the claims of this section"
+            "the claims of this section, for an effect; no effect (equivalence, and a claim of no change) "
+            "is read from the 95\\% CI lying inside the margin, never from a non-significant test"
         )
     return claim_text(c.test)
 
