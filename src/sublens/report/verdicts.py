@@ -154,7 +154,8 @@ def _test(decision: Decision) -> str:
         return (
             f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
             "the claims of this section, for an effect; no effect (equivalence, and a claim of no change) "
-            "is read from the 95\\% CI lying inside the margin, never from a non-significant test"
+            "is read from each claim's own 95\\% CI lying inside the margin (not adjusted for the family), "
+            "never from a non-significant test"
         )
     return claim_text(c.test)
 
