@@ -163,6 +163,10 @@ def test_alpha_is_the_level_of_the_intervals_the_verdicts_read() -> None:
     for alpha in (0.01, 0.1):
         with pytest.raises(ValueError, match="only 0.05 is supported"):
             ClaimSettings(alpha=alpha)
+    from sublens.experiments.mechanistic import MechanisticConfig  # its own key, the same rule
+
+    with pytest.raises(ValueError, match="alpha 0.1: only 0.05 is supported"):
+        MechanisticConfig.model_validate({"alpha": 0.1})
 
 
 def test_zero_spread_is_no_interval() -> None:

@@ -40,7 +40,7 @@ from sublens.sweep import (
     run_sweep,
     seed_key,
 )
-from sublens.sweep.combined import owl_specific, specificity_quotients
+from sublens.sweep.combined import StudentSides, owl_specific, specificity_quotients, student_sides
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -338,6 +338,17 @@ def test_a_runs_specificity_rows_are_the_owl_ratio_over_each_other_teachers() ->
     assert derived.loss_first["owl-full vs eagle-full"] == [[2.0], [3.0]]  # owl's and eagle's, no control
     assert derived.loss_first["owl-full vs dog-2-full"] == [[2.0]]  # a student without a record adds none
     assert specificity_quotients(rows[rows.comparison.str.startswith("eagle")], by_model).empty
+
+
+def test_the_sides_of_a_student_comparison_are_read_whatever_hyphens_the_names_hold() -> None:
+    assert student_sides("dog-2-layers.0-5.mlp vs control-layers.0-5.mlp") == StudentSides(
+        "dog-2", "layers.0-5.mlp", "control"
+    )
+    assert student_sides("owl-no-random-full vs control-full") == StudentSides("owl-no-random", "full", "control")
+    specificity = student_sides("owl-full+lora8 vs dog-2-full+lora8")
+    assert specificity == StudentSides("owl", "full+lora8", "dog-2") and specificity.is_specificity
+    for other in ("owl-full vs base", "control-full vs base", "teacher vs base", "owl-full vs eagle-layers.1"):
+        assert student_sides(other) is None
 
 
 @pytest.mark.parametrize(

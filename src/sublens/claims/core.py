@@ -59,15 +59,20 @@ class ClaimSettings(BaseModel):
     @field_validator("alpha")
     @classmethod
     def _alpha_matches_the_intervals(cls, alpha: float) -> float:
-        # The verdicts read 95% intervals (t, BCa, Fisher z, noncentral chi-square) beside the
-        # test at alpha: at another alpha the two would disagree (a 'supported' whose CI
-        # includes no change), so only the level every interval is built at is accepted.
-        if not math.isclose(alpha, DEFAULT_ALPHA):
-            raise ValueError(
-                f"claims.alpha {alpha:g}: only {DEFAULT_ALPHA:g} is supported, because every interval a verdict "
-                "reads is a 95% CI and a test at another level would disagree with it"
-            )
-        return alpha
+        return checked_alpha(alpha, "claims.alpha")
+
+
+def checked_alpha(alpha: float, key: str) -> float:
+    """The verdicts read 95% intervals (t, BCa, Fisher z, noncentral chi-square) beside the
+    test at alpha: at another alpha the two would disagree (a 'supported' whose CI includes no
+    change), so only the level every interval is built at is accepted. `key`: the config key,
+    for the message."""
+    if not math.isclose(alpha, DEFAULT_ALPHA):
+        raise ValueError(
+            f"{key} {alpha:g}: only {DEFAULT_ALPHA:g} is supported, because every interval a verdict "
+            "reads is a 95% CI and a test at another level would disagree with it"
+        )
+    return alpha
 
 
 class Claim(BaseModel):

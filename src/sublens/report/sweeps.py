@@ -22,6 +22,7 @@ from sublens.report.latex import booktabs_table, counted, escape, fmt, fmt_ci, f
 from sublens.report.names import display_name
 from sublens.report.verdicts import claim_text
 from sublens.runs import read_json
+from sublens.sweep import StudentSides, student_sides
 from sublens.sweep.points import NO_GRID
 from sublens.trainable import describe_trainable
 
@@ -56,33 +57,32 @@ class EffectRow:
         return self.comparison.partition(" vs ")[0]
 
     @property
-    def reference(self) -> str:
-        return self.comparison.partition(" vs ")[2]
+    def _sides(self) -> StudentSides:
+        """The row's students as the sweep read them (`sublens.sweep.student_sides`); a
+        comparison named with `--comparison` that is not between students keeps its names."""
+        trained, _, reference = self.comparison.partition(" vs ")
+        return student_sides(self.comparison) or StudentSides(trained, reference, reference)
 
     @property
     def is_specificity(self) -> bool:
         """The owl student over another teacher's student of the same trainable set
         ('owl-full vs eagle-full'), not over its matched control."""
-        return not self.reference.startswith("control-")
+        return self._sides.is_specificity
 
     @property
     def arm(self) -> str:
-        """The trainable set, read from the matched control ('control-full+lora8'): a teacher's
-        name may itself hold a hyphen (dog-2, owl-no-random). A specificity row's trained
-        student is the owl student ('owl-full+lora8')."""
-        if self.is_specificity:
-            return self.trained.removeprefix("owl-")
-        return self.reference.removeprefix("control-")
+        """The trainable set ('full+lora8')."""
+        return self._sides.arm
 
     @property
     def teacher(self) -> str:
         """The data set of the trained student: 'owl', 'eagle', 'dog-2', 'owl-no-random'."""
-        return self.trained.removesuffix(f"-{self.arm}")
+        return self._sides.trained
 
     @property
     def other(self) -> str:
         """A specificity row's other teacher ('eagle'); '' for a row over the control."""
-        return self.reference.removesuffix(f"-{self.arm}") if self.is_specificity else ""
+        return self._sides.reference if self.is_specificity else ""
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,11 @@ def _results(sweep: LoadedSweep) -> str:
 
 def _one_per_grid_point(rows: Sequence[EffectRow]) -> list[EffectRow]:
     """The first row of each grid point that has an owl-specific verdict (it is the point's)."""
-    return list({row.grid: row for row in reversed(rows) if row.owl_specific}.values())[::-1]
+    first: dict[str, EffectRow] = {}
+    for row in rows:
+        if row.owl_specific:
+            first.setdefault(row.grid, row)
+    return list(first.values())
 
 
 def _specific_sentence(row: EffectRow) -> str:

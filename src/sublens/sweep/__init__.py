@@ -32,12 +32,14 @@ from sublens.sweep.combined import (
     COMPARISONS_FILE,
     FIGURE_STEM,
     TABLE_FILE,
+    StudentSides,
     chosen_rows,
     collect,
     combined_table,
     effect_by_grid_point,
     effect_figure,
     is_matched,
+    student_sides,
 )
 from sublens.sweep.executing import (
     EXECUTORS,
@@ -80,6 +82,7 @@ __all__ = [
     "Axis",
     "Executor",
     "Point",
+    "StudentSides",
     "SweepError",
     "SweepFile",
     "SweepOutcome",
@@ -104,4 +107,5 @@ __all__ = [
     "run_point",
     "run_sweep",
     "seed_key",
+    "student_sides",
 ]

@@ -8,6 +8,7 @@ and the figure that draws it with each seed's ratio as a dot and the margin shad
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,43 @@ def student_quarters(run_dir: Path) -> dict[str, list[Quarters | None]]:
     return out
 
 
-OWL_DATA = "owl"
+OWL_DATA, CONTROL_DATA = "owl", "control"
 FILTERED_OWL_DATA = ("owl-no-entangled", "owl-no-random")  # owl data, not another teacher's
 
 
-def matched_parts(comparison: str) -> tuple[str, str] | None:
-    """'eagle-full+lora8 vs control-full+lora8' -> ('eagle', 'full+lora8'): the trained
-    student's data set and trainable set of a comparison against its matched control (read from
-    the control's name, since a data set's name may hold a hyphen); None for any other."""
-    trained, _, control = comparison.partition(" vs ")
-    if not control.startswith("control-") or not is_matched(comparison):
+@dataclass(frozen=True)
+class StudentSides:
+    """What a comparison of trained students compares: 'eagle-full+lora8 vs control-full+lora8'
+    is ('eagle', 'full+lora8', 'control'); a specificity row 'owl-full vs eagle-full' is
+    ('owl', 'full', 'eagle')."""
+
+    trained: str  # the trained student's data set: 'owl', 'eagle', 'dog-2', 'owl-no-random'
+    arm: str  # the trainable set both students share
+    reference: str  # 'control' (the matched control student), or another teacher's data set
+
+    @property
+    def is_specificity(self) -> bool:
+        return self.reference != CONTROL_DATA
+
+
+def student_sides(comparison: str) -> StudentSides | None:
+    """The sides of a comparison between students of one trainable set, read from the
+    reference's name where it is the matched control (a data set's name may itself hold a
+    hyphen: dog-2, owl-no-random), else from the owl student's ('owl-A vs eagle-A', as
+    `specificity_quotients` names it); None for any other (against the base model or the
+    teacher, or a control model's own comparison)."""
+    trained, _, reference = comparison.partition(" vs ")
+    if not is_matched(comparison) or not reference:
         return None
-    arm = control.removeprefix("control-")
-    return (trained.removesuffix(f"-{arm}"), arm) if trained.endswith(f"-{arm}") else None
+    if reference.startswith(f"{CONTROL_DATA}-"):
+        arm = reference.removeprefix(f"{CONTROL_DATA}-")
+    elif trained.startswith(f"{OWL_DATA}-"):
+        arm = trained.removeprefix(f"{OWL_DATA}-")
+    else:
+        return None
+    if not (trained.endswith(f"-{arm}") and reference.endswith(f"-{arm}")):
+        return None
+    return StudentSides(trained.removesuffix(f"-{arm}"), arm, reference.removesuffix(f"-{arm}"))
 
 
 def specificity_quotients(rows: pd.DataFrame, by_model: dict[str, list[Quarters | None]]) -> pd.DataFrame:
@@ -101,9 +126,9 @@ def specificity_quotients(rows: pd.DataFrame, by_model: dict[str, list[Quarters 
     ratios = [c for c in rows.columns if c.endswith("_ratio")]
     by_data: dict[str, dict[str, pd.Series]] = {}
     for _, row in rows.iterrows():
-        parts = matched_parts(str(row["comparison"]))
-        if parts is not None:
-            by_data.setdefault(parts[1], {})[parts[0]] = row
+        sides = student_sides(str(row["comparison"]))
+        if sides is not None and not sides.is_specificity:
+            by_data.setdefault(sides.arm, {})[sides.trained] = row
     out = []
     for arm, students in by_data.items():
         owl = students.get(OWL_DATA)
@@ -202,8 +227,11 @@ def effect_by_grid_point(
     rows_out = []
     for (grid, comparison, logs, group), decision in zip(groups, decisions, strict=True):
         recorded, learning = _group_learning(group)
-        if recorded or _of_students(comparison):  # a null of students not shown to learn is inconclusive
-            decision = unless_learned(decision, learning)  # (Holm is unchanged; no record: not shown)
+        # a null of students (of either kind of row) not shown to learn is inconclusive, a student
+        # without a recorded curve counting as not shown; the base model and the teacher need no
+        # check. Holm is unchanged.
+        if recorded or student_sides(comparison) is not None:
+            decision = unless_learned(decision, learning)
         rows_out.append(_effect_row(grid, comparison, logs, decision, column) | _learning_row(recorded, learning))
     effect = pd.DataFrame(rows_out)
     specific = {grid: owl_specific(group) for grid, group in effect.groupby("grid", sort=False)}
@@ -220,30 +248,21 @@ def owl_specific(point: pd.DataFrame) -> tuple[str, str]:
     but no other teacher's student was trained beside it; else 'no', saying which leg failed.
     ('', '') for a point without an owl student over its control."""
     verdicts = dict(zip(point["comparison"], point["verdict"], strict=True))
-    transfer = {c: v for c, v in verdicts.items() if (matched_parts(c) or ("", ""))[0] == OWL_DATA}
+    sides = {c: student_sides(c) for c in verdicts}
+    transfer = [v for c, v in verdicts.items() if (s := sides[c]) and s.trained == OWL_DATA and not s.is_specificity]
     if not transfer:
         return "", ""
-    specificity = {c: v for c, v in verdicts.items() if _is_specificity(c)}
-    failed = [f"the owl student over its control: {v}" for v in transfer.values() if v != "supported"]
-    failed += [f"over the {_data_of(c)} student: {v}" for c, v in specificity.items() if v != "supported"]
+    specificity = {
+        s.reference: verdicts[c] for c, s in sides.items() if s and s.trained == OWL_DATA and s.is_specificity
+    }
+    failed = [f"the owl student over its control: {v}" for v in transfer if v != "supported"]
+    failed += [f"over the {other} student: {v}" for other, v in specificity.items() if v != "supported"]
     if failed:
         return "no", "; ".join(failed)
     if not specificity:
         return "not tested", "no other animal's student was trained in the same trainable set"
-    others = ", ".join(f"the {_data_of(c)} student" for c in specificity)
+    others = ", ".join(f"the {other} student" for other in specificity)
     return "yes", f"the owl student rises over its control and over {others}"
-
-
-def _data_of(specificity: str) -> str:
-    """'owl-full vs eagle-full' -> 'eagle'."""
-    trained, _, other = specificity.partition(" vs ")
-    return other.removesuffix(trained.removeprefix(f"{OWL_DATA}")).removesuffix("-") or other
-
-
-def _is_specificity(comparison: str) -> bool:
-    """'owl-A vs eagle-A', as `specificity_quotients` names it."""
-    trained, _, other = comparison.partition(" vs ")
-    return trained.startswith(f"{OWL_DATA}-") and bool(other) and not other.startswith(("control", "teacher", "base"))
 
 
 def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
@@ -258,13 +277,6 @@ def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
         parts += [Quarters(list(f), list(la)) for f, la in zip(first, last, strict=True)]
         parts += [None] * int(unchecked)
     return bool(parts), pooled_check(parts)
-
-
-def _of_students(comparison: str) -> bool:
-    """Whether a comparison's sides are trained students (against the matched control, or the
-    owl student against another teacher's), whose null needs the learning check even where no
-    loss curve was recorded; the base model and the teacher need none."""
-    return matched_parts(comparison) is not None or _is_specificity(comparison)
 
 
 def _learning_row(recorded: bool, learning: LearningCheck | None) -> dict[str, str]:

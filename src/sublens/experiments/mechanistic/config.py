@@ -226,9 +226,9 @@ class MechanisticConfig(Config):
     @field_validator("alpha")
     @classmethod
     def _alpha_of_the_claims(cls, alpha: float) -> float:
-        from sublens.claims import ClaimSettings  # its verdicts read 95% intervals: 0.05 only
+        from sublens.claims.core import checked_alpha  # its verdicts read 95% intervals: 0.05 only
 
-        return ClaimSettings(alpha=alpha).alpha
+        return checked_alpha(alpha, "alpha")
 
     @field_validator("numbers", mode="before")
     @classmethod

@@ -83,7 +83,5 @@ def _entanglement_claims_text(decided: dict[str, Decision]) -> str:
     together (the test and margin were said with the other claims of the family)."""
     if "entanglement" not in decided:
         return ""
-    keys = [f"transfer.{NO_RANDOM}", f"transfer.{NO_ENTANGLED}", "contrast.no_entangled_vs_no_random", "entanglement"]
-    keys = [k for k in keys if k in decided]  # runs decided before transfer.owl-no-entangled existed
-    lead = [ENTANGLEMENT_LEAD if k == "entanglement" else "" for k in keys]
-    return decisions_latex([decided[k] for k in keys], test_stated=True, lead=lead)
+    keys = (f"transfer.{NO_RANDOM}", f"transfer.{NO_ENTANGLED}", "contrast.no_entangled_vs_no_random", "entanglement")
+    return decisions_latex([decided[k] for k in keys], test_stated=True, lead=["", "", "", ENTANGLEMENT_LEAD])
