@@ -209,3 +209,4 @@ class DecisionRecord(Sparse):
     settle: str
     mde: float | None
     units_needed: int | None
+    equivalence_p_adjusted: float | None = None  # where the CI lies inside the margin; older runs: absent

@@ -18,6 +18,7 @@ from sublens.claims import (
     component_blocks_transfer,
     decide,
     decide_family,
+    equivalence_p,
     estimate_log_ratio,
     holm,
     minimal_detectable_log_effect,
@@ -295,3 +296,63 @@ def test_a_change_smaller_than_the_margin_is_no_effect_of_interest() -> None:
     # a non-significant CI inside the margin: equivalent, without the caveat
     flat = decide(rise, estimate_log_ratio([math.log(1.01), math.log(0.99), math.log(1.02), math.log(0.98)], "seed"))
     assert flat.verdict is Verdict.EQUIVALENT and flat.reason.endswith("(the CI lies inside the margin)")
+
+
+# ---- equivalence: two one-sided tests, Holm-adjusted over the family's nulls -----------------
+
+
+def test_equivalence_p_is_two_one_sided_t_tests() -> None:
+    """The equivalence p against scipy's one-sided t-tests on the shifted log ratios, and below
+    0.025 exactly when the 95% CI lies inside the margin."""
+    rng = np.random.default_rng(3)
+    bound = math.log(1.25)
+    for _ in range(200):
+        logs = rng.normal(rng.uniform(-0.3, 0.3), rng.uniform(0.02, 0.2), int(rng.integers(3, 8)))
+        e = est(list(logs))
+        above = stats.ttest_1samp(logs, -bound, alternative="greater").pvalue
+        below = stats.ttest_1samp(logs, bound, alternative="less").pvalue
+        p = equivalence_p(e, 1.25)
+        assert p == pytest.approx(max(above, below), rel=1e-9, abs=1e-12)
+        assert e.ci_low is not None and e.ci_high is not None
+        assert (p < 0.025) == (e.ci_low > 1 / 1.25 and e.ci_high < 1.25)
+
+
+def test_equivalence_p_of_an_old_record_is_recovered_from_its_ci() -> None:
+    e = est([0.05, -0.02, 0.08, 0.01])
+    old = e.model_copy(update={"se_log": None, "df": None})
+    assert equivalence_p(old, 1.25) == pytest.approx(equivalence_p(e, 1.25), rel=1e-9)
+    assert equivalence_p(est([0.1]), 1.25) is None  # no interval, no test
+
+
+def test_a_family_of_nulls_is_adjusted_for_its_size() -> None:
+    """A null just inside the margin (95% CI inside, raw equivalence p ~0.02) stands alone and
+    beside one other claim, but not among five whose other members are far from equivalence:
+    Holm then asks for p < 0.01 at the first step."""
+    near = est([0.19, 0.04, 0.15, 0.02, 0.17])  # ×1.12 [1.02, 1.24]: equivalence p 0.018
+    p = equivalence_p(near, 1.25)
+    assert p is not None and 0.01 < p < 0.025
+    assert decide(claim(), near).verdict is Verdict.EQUIVALENT
+    wide = est([0.6, -0.5, 0.4])
+    assert decide_family([(claim(), near), (claim(), wide)])[0].verdict is Verdict.EQUIVALENT
+    family = decide_family([(claim(), near)] + [(claim(), wide)] * 4)
+    d = family[0]
+    assert d.verdict is Verdict.INCONCLUSIVE
+    assert "does not survive the Holm adjustment" in d.reason and "equivalence Holm p" in d.reason
+    assert "narrower CI" in d.settle
+    # the same for a claim that predicts no effect: no longer supported
+    assert decide_family([(claim("none"), near)] + [(claim(), wide)] * 4)[0].verdict is Verdict.INCONCLUSIVE
+
+
+def test_false_equivalence_across_a_family_is_held_to_alpha() -> None:
+    """Five claims whose true ratio sits on the margin (×1.25), four seeds each: the chance that
+    any is called 'no effect' is held near α by the family's adjustment, and exceeds it when each
+    CI is read alone (simulation, 1,000 families)."""
+    rng = np.random.default_rng(8)
+    adjusted = alone = 0
+    families = 1000
+    for _ in range(families):
+        members = [(claim(), est(list(rng.normal(math.log(1.25), 0.03, 4)))) for _ in range(5)]
+        adjusted += any(d.verdict is Verdict.EQUIVALENT for d in decide_family(members))
+        alone += any(decide(c, e).verdict is Verdict.EQUIVALENT for c, e in members)
+    assert adjusted / families <= 0.05 + 0.02  # α plus simulation noise (3 SD at 1,000 families)
+    assert alone / families > 0.08  # five unadjusted reads, each at 2.5%: 11.4% measured

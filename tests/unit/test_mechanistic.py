@@ -19,8 +19,10 @@ from sublens.claims import (
     AssociationClaim,
     Prediction,
     Verdict,
+    association_equivalence_p,
     correlation_power,
     decide_association,
+    decide_association_family,
     estimate_association,
     holm,
 )
@@ -766,3 +768,65 @@ def test_cramers_v_interval_covers_at_the_sizes_used(
         above += low > true_v
         tried += 1
     assert hits / tried >= lowest and above / tried <= 0.05
+
+
+def _none_claim(name: str = "a") -> AssociationClaim:
+    return AssociationClaim(
+        name=name, statement="x", estimand="rho", unit="number", prediction="none", family="f", method="m"
+    )
+
+
+def test_association_equivalence_p_agrees_with_its_interval_and_the_family_adjusts_it() -> None:
+    """Fisher z: the equivalence p against two one-sided normal tests computed here, below 0.025
+    exactly when the 95% CI lies inside ±0.3. A correlation just inside ±0.3 is shown smaller
+    alone, but not beside three others that are far from it (Holm over the family's nulls)."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        rho, n = float(rng.uniform(-0.6, 0.6)), int(rng.integers(10, 400))
+        est = estimate_association(rho, 0.5, n)
+        se = 1 / np.sqrt(n - 3)
+        expected = max(
+            stats.norm.sf((np.arctanh(rho) + np.arctanh(0.3)) / se),
+            stats.norm.cdf((np.arctanh(rho) - np.arctanh(0.3)) / se),
+        )
+        p = association_equivalence_p(est, 0.3)
+        assert p == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert (p < 0.025) == (-0.3 < est.ci_low < est.ci_high < 0.3)  # type: ignore[operator]
+    near = estimate_association(0.12, 0.2, 130)  # CI [-0.05, 0.29]: inside, equivalence p 0.017
+    p = association_equivalence_p(near, 0.3)
+    assert p is not None and 0.05 / 4 < p < 0.025
+    alone = decide_association(_none_claim(), near)
+    assert alone.verdict is Verdict.SUPPORTED and "equivalence Holm p" in alone.reason
+    far = estimate_association(0.25, 0.3, 12)
+    family = decide_association_family([(_none_claim(), near)] + [(_none_claim(str(i)), far) for i in range(3)])
+    assert family[0].verdict is Verdict.INCONCLUSIVE and "does not survive the Holm adjustment" in family[0].reason
+
+
+def test_cramers_v_equivalence_p_agrees_with_its_interval() -> None:
+    """V: the noncentral chi-square's lower tail at V = 0.3, below 0.025 exactly when the
+    interval's upper bound lies below 0.3 (tables drawn at several dependences)."""
+    rng = np.random.default_rng(2)
+    for planted in (0.0, 0.1, 0.2, 0.4):
+        for _ in range(25):
+            weights = np.ones((3, 4))
+            weights[np.arange(3), np.arange(3)] += planted * 8
+            table = rng.multinomial(120, (weights / weights.sum()).ravel()).reshape(3, 4)
+            table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+            chi2, _, dof, _ = stats.chi2_contingency(table, correction=False)
+            low, high = cramers_v_interval(float(chi2), int(dof), 120, min(table.shape))
+            scale = 120 * (min(table.shape) - 1)
+            v = float(np.sqrt(chi2 / scale))
+            est = Association(
+                n=120,
+                rho=v,
+                ci_low=low,
+                ci_high=high,
+                p_value=0.5,
+                interval="given",
+                chi2=float(chi2),
+                chi2_dof=int(dof),
+                v_scale=scale,
+            )
+            p = association_equivalence_p(est, 0.3)
+            assert p == pytest.approx(float(stats.ncx2.cdf(chi2, dof, 0.09 * scale)))
+            assert (p < 0.025) == (high < 0.3)

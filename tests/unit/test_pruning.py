@@ -16,7 +16,7 @@ from scipy import stats
 from torch import nn
 
 from sublens.arch import Adapter, adapter_for
-from sublens.claims import Verdict, holm
+from sublens.claims import Verdict, estimate_log_ratio, holm
 from sublens.config import load_config
 from sublens.errors import ConfigError
 from sublens.experiments.pruning import (
@@ -499,6 +499,8 @@ def _models(
 UNPRUNED = _m(_pref(BIASED_P, [2 * v for v in BIASED_P]), 10.0)
 BASE_UNPRUNED = _m(_pref(BASE_P, [2 * v for v in BASE_P]), 10.0)
 NOISE = [1.02, 0.98, 1.01, 0.99, 1.03, 0.97]
+# the unpruned bias the survival claim is set against: owl's share, biased over base, ~x20
+BIAS = estimate_log_ratio([math.log(b / c) for b, c in zip(BIASED_P, BASE_P, strict=True)], "question")
 
 
 def _cell(fraction: float, criterion: Criterion, pairs: list[tuple[Measurement, Measurement]]) -> Step:
@@ -575,7 +577,7 @@ def test_equivalence_supports_survival_and_the_rank_test_decides_entropy_vs_rand
     # 80 random draws of as many heads, all retaining less than the entropy criterion
     lower = [_models(DAMAGE, [e * 0.7 * (1 - 0.001 * i) for e in NOISE], 12.0, 12.0) for i in range(80)]
     random = _cell(0.6, "random", lower)
-    survival, rank = step_decisions([entropy, random], _config())
+    survival, rank = step_decisions([entropy, random], _config(), BIAS)
     assert survival.verdict is Verdict.SUPPORTED  # base-controlled CI inside [0.8, 1.25]
     assert survival.claim.unit == "question" and survival.claim.prediction == "none"
     assert survival.estimate is not None and survival.estimate.n == 6
@@ -587,36 +589,55 @@ def test_equivalence_supports_survival_and_the_rank_test_decides_entropy_vs_rand
     assert rank.verdict is Verdict.SUPPORTED and "80 of 80 draws retain less" in rank.reason
     # Too few draws: with 20 the smallest rank p (2/21) can never pass alpha, and one draw is no distribution.
     few = _cell(0.6, "random", lower[:20])
-    rank = step_decisions([entropy, few], _config())[1]
+    rank = step_decisions([entropy, few], _config(), BIAS)[1]
     assert rank.verdict is Verdict.INCONCLUSIVE and "smallest attainable rank p is 0.0952" in rank.reason
     assert "at least 80 random draws" in rank.settle
     one = _cell(0.6, "random", lower[:1])
-    rank = step_decisions([entropy, one], _config())[1]
+    rank = step_decisions([entropy, one], _config(), BIAS)[1]
     assert rank.verdict is Verdict.INCONCLUSIVE and "too few draws" in rank.reason and rank.p_adjusted is None
 
 
 def test_degraded_fraction_and_missing_base_control_are_inconclusive() -> None:
     degraded = _cell(0.6, "entropy", [_models(DAMAGE, NOISE, 16.0, 12.0)])  # biased ppl x1.6 > x1.5
     random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 20.0, 20.0) for _ in range(3)])
-    survival, rank = step_decisions([degraded, random], _config())
+    survival, rank = step_decisions([degraded, random], _config(), BIAS)
     assert survival.verdict is Verdict.INCONCLUSIVE and rank.verdict is Verdict.INCONCLUSIVE
     assert survival.reason == "every pruned model at this fraction is degraded beyond ×1.5 perplexity"
     assert "inside the ×1.5 bound" in survival.settle and survival.p_adjusted is None
     # only the entropy model degraded
     random = _cell(0.6, "random", [_models(DAMAGE, NOISE, 12.0, 12.0) for _ in range(3)])
-    survival = step_decisions([degraded, random], _config())[0]
+    survival = step_decisions([degraded, random], _config(), BIAS)[0]
     assert "entropy-pruned model at this fraction is degraded beyond ×1.5 perplexity (×1.6" in survival.reason
     # a wider bound lets the same numbers be judged
-    assert step_decisions([degraded, random], _config(max_perplexity_ratio=2.0))[0].verdict is Verdict.SUPPORTED
+    assert step_decisions([degraded, random], _config(max_perplexity_ratio=2.0), BIAS)[0].verdict is Verdict.SUPPORTED
     # A run recorded without the pruned-base control (biased model only)
     alone = summarize_step(
         0.6, "entropy", [_models(DAMAGE, NOISE)[0]], UNPRUNED, 20, PruningConfig(bootstrap_resamples=200)
     )
-    survival, rank = step_decisions([alone], _config())
+    survival, rank = step_decisions([alone], _config(), BIAS)
     assert survival.verdict is Verdict.INCONCLUSIVE and survival.estimate is None
     assert "pruned-base control was not measured" in survival.reason
     assert rank.verdict is Verdict.INCONCLUSIVE
-    assert step_decisions([], _config())[0].reason == "no pruned fraction was measured"
+    assert step_decisions([], _config(), BIAS)[0].reason == "no pruned fraction was measured"
+
+
+def test_survival_needs_a_bias_large_against_the_margin() -> None:
+    """Retention inside the margin is no survival when the bias itself is small: the entropy cell
+    that is 'supported' against a x20 bias is inconclusive against a x1.15 bias (a retention of
+    x0.88 would be all of it), and against none recorded; the estimate and Holm p are kept."""
+    entropy = _cell(0.6, "entropy", [_models(DAMAGE, NOISE, 12.0, 12.5)])
+    lower = [_models(DAMAGE, [e * 0.7 * (1 - 0.001 * i) for e in NOISE], 12.0, 12.0) for i in range(80)]
+    random = _cell(0.6, "random", lower)
+    assert step_decisions([entropy, random], _config(), BIAS)[0].verdict is Verdict.SUPPORTED
+    small = estimate_log_ratio([math.log(1.15) + d for d in (0.02, -0.03, 0.01, 0.04, -0.02, -0.01)], "question")
+    assert small.ci_low is not None and 1.0 < small.ci_low < 1.25**2
+    survival, rank = step_decisions([entropy, random], _config(), small)
+    assert survival.verdict is Verdict.INCONCLUSIVE and survival.estimate is not None
+    assert "is not shown beyond ×1.56 (the margin squared)" in survival.reason
+    assert "the margin squared" in survival.settle and survival.p_adjusted is not None
+    assert rank.verdict is Verdict.SUPPORTED  # the rank claim is not a null about the bias's size
+    missing = step_decisions([entropy, random], _config(), None)[0]
+    assert missing.verdict is Verdict.INCONCLUSIVE and "no interval for the bias itself" in missing.reason
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,8 +92,12 @@ def test_pruning_methods_and_table_state_the_configuration(pruning_run: StageRun
 def _with_base_control(
     results: dict[str, Any], logs: list[float], ppl_ratio: float, random_logs: list[float]
 ) -> dict[str, Any]:
-    """The fixture's 0.6 cells with a (synthetic) pruned-base control."""
+    """The fixture's 0.6 cells with a (synthetic) pruned-base control, and the unpruned base
+    model's measurement: owl's share a fifth of the biased model's per question (a x5 bias)."""
     out = copy.deepcopy(results)
+    out["base_unpruned"] = copy.deepcopy(out["unpruned"])
+    per_question = out["base_unpruned"]["preference"]["probability"]["per_question"]
+    per_question["share"] = [v / 5 * (1 + 0.01 * (i % 3)) for i, v in enumerate(per_question["share"])]
     for step in out["steps"]:
         if step["fraction"] != 0.6:
             continue
@@ -283,6 +287,25 @@ def test_hybrid_degraded_hybrids_are_not_evidence(hybrid_run: StageRun) -> None:
     assert "Degraded hybrids" in section.results and "base + biased LM head" in section.results
     assert r"0.10 [0.07, 0.13]\textsuperscript{\dag}" in section.tables["hybrid_matrix"]
     assert "localisation.lm_head inconclusive" in section.headline[0]
+
+
+def test_not_in_the_lm_head_needs_a_bias_large_against_the_margin(hybrid_run: StageRun) -> None:
+    """The same flat LM-head effect that supports "not in the LM head" against the fixture's
+    bias is inconclusive against a bias of x1.15 [1.05, 1.26]: an LM-head effect inside x1.25
+    could then be all of it. The transplant claim (not a null) is untouched."""
+    clean = copy.deepcopy(hybrid_run.results)
+    _set_shares(clean, "base+biased.lm_head", "base", SMALL)
+    _set_shares(clean, "biased+base.lm_head", "biased", SMALL[::-1])
+    axis = clean["hybrids"]["biased"]["vs_base"]["share_ratio"]
+    assert axis["ci_low"] > 1.25**2  # the fixture's bias: large against the margin
+    assert _decision(_with_results(hybrid_run, clean), "localisation.lm_head").verdict is Verdict.SUPPORTED
+    axis.update(ratio=1.15, ci_low=1.05, ci_high=1.26, underpowered=False)
+    run = _with_results(hybrid_run, clean)
+    head = _decision(run, "localisation.lm_head")
+    assert head.verdict is Verdict.INCONCLUSIVE and head.estimate is not None
+    assert "×1.15 [1.05, 1.26], is not shown beyond ×1.56 (the margin squared)" in head.reason
+    assert "the margin squared" in head.settle
+    assert "localisation.lm_head inconclusive" in hybrid_section.build(run).headline[0]
 
 
 def test_hybrid_without_a_bias_is_inconclusive(hybrid_run: StageRun) -> None:

@@ -8,19 +8,22 @@ an entanglement category, questions only for one fixed model. Every claim declar
 - its **unit** of inference and the least number of units it needs,
 - its **test** (a one-sample t-test on the per-unit log ratios, two-sided),
 - its **margin**, the smallest effect of interest as a ratio (default ×1.25), used both to
-  call "no effect" (equivalence: the whole CI inside [1/margin, margin]) and to size the
-  study (the minimal detectable effect at the measured spread),
-- its **family**, within which p-values are Holm-adjusted.
+  call "no effect" (equivalence: the whole 95% CI inside [1/margin, margin], and the
+  equivalence test, two one-sided t-tests, significant after Holm's adjustment over the
+  family's tests of no effect) and to size the study (the minimal detectable effect at the
+  measured spread),
+- its **family**, within which p-values are Holm-adjusted (the tests of a difference among
+  themselves, the tests of equivalence among themselves).
 
 `decide` returns one of four words, always with the reason and what would settle it:
 
 - ``supported``: the CI excludes no change in the predicted direction (Holm-adjusted p < α)
-  and does not lie wholly inside the margin, or, for a claim that predicts *no* effect, the CI
-  lies inside the margin;
+  and does not lie wholly inside the margin, or, for a claim that predicts *no* effect, it is
+  shown equivalent (as below);
 - ``contradicted``: the effect goes significantly the other way, or a predicted "no effect"
   is significantly exceeded beyond the margin;
-- ``equivalent``: no effect as large as the margin (the CI inside it) where an effect was
-  predicted, significant or not: the claim is not borne out, and the data say so positively;
+- ``equivalent``: no effect as large as the margin (the CI inside it, and the equivalence
+  test's Holm-adjusted p < α) where an effect was predicted, significant or not: the claim is not borne out, and the data say so positively;
 - ``inconclusive``: anything else, e.g. one training seed, a CI that straddles both 1 and
   the margin, or a missing arm.
 
@@ -43,6 +46,7 @@ from sublens.claims.association import (
     Association,
     AssociationClaim,
     AssociationDecision,
+    association_equivalence_p,
     correlation_power,
     decide_association,
     decide_association_family,
@@ -65,8 +69,11 @@ from sublens.claims.core import (
     Prediction,
     Unit,
     Verdict,
+    bias_settle,
+    bias_too_small,
     decide,
     decide_family,
+    equivalence_p,
     estimate_log_ratio,
     holm,
     is_null,
@@ -74,6 +81,7 @@ from sublens.claims.core import (
     power_settle,
     units_for_equivalence,
     units_for_margin,
+    unless_bias_to_lose,
     unless_learned,
 )
 from sublens.claims.subliminal import (
@@ -123,6 +131,9 @@ __all__ = [
     "Verdict",
     "all_legs",
     "arm_seed_logs",
+    "association_equivalence_p",
+    "bias_settle",
+    "bias_too_small",
     "blocks_transfer",
     "component_blocks_transfer",
     "correlation_power",
@@ -130,6 +141,7 @@ __all__ = [
     "decide_association",
     "decide_association_family",
     "decide_family",
+    "equivalence_p",
     "equivalence_settle",
     "estimate_association",
     "estimate_log_ratio",
@@ -145,5 +157,6 @@ __all__ = [
     "subliminal_decisions",
     "units_for_equivalence",
     "units_for_margin",
+    "unless_bias_to_lose",
     "unless_learned",
 ]

@@ -47,10 +47,33 @@ class Association(BaseModel):
     ci_high: float | None
     p_value: float | None
     interval: str  # how the interval was made, or why there is none
+    # What the equivalence test needs: the Fisher-z standard error of a correlation, or the
+    # chi-square statistic of Cramér's V with its degrees of freedom and n·(smaller side - 1).
+    z_se: float | None = None
+    chi2: float | None = None
+    chi2_dof: int | None = None
+    v_scale: float | None = None
 
     @property
     def has_interval(self) -> bool:
         return self.ci_low is not None and self.ci_high is not None
+
+
+def association_equivalence_p(est: Association | None, rho_of_interest: float) -> float | None:
+    """The p-value of the test of "|association| >= rho_of_interest" (smaller: shown smaller).
+    A correlation: two one-sided Fisher-z tests, the larger p. Cramér's V (never negative): the
+    noncentral chi-square's lower tail at the noncentrality of V = rho_of_interest. Each is below
+    0.025 exactly when its 95% CI lies inside ±rho_of_interest; Holm-adjusted over the family in
+    `decide_association_family`. None: no interval, or nothing to test with."""
+    if est is None or est.rho is None or not est.has_interval:
+        return None
+    if est.chi2 is not None and est.chi2_dof is not None and est.v_scale is not None:
+        noncentrality = rho_of_interest**2 * est.v_scale
+        return float(stats.ncx2.cdf(est.chi2, est.chi2_dof, noncentrality))
+    if est.z_se is None or not est.z_se > 0:
+        return None
+    z, bound = math.atanh(est.rho), math.atanh(rho_of_interest)
+    return max(float(stats.norm.sf((z + bound) / est.z_se)), float(stats.norm.cdf((z - bound) / est.z_se)))
 
 
 class AssociationDecision(BaseModel):
@@ -66,6 +89,8 @@ class AssociationDecision(BaseModel):
     settle: str
     mde: float | None  # smallest |rho| detectable at this n (power line)
     units_needed: int | None  # units for rho_of_interest to be detectable
+    # the equivalence test's p (Holm over the family's), where the CI lies inside ±rho_of_interest
+    equivalence_p_adjusted: float | None = None
 
     def sentence(self) -> str:
         c = self.claim
@@ -112,6 +137,7 @@ def estimate_association(
         ci_high=math.tanh(z + half),
         p_value=p,
         interval=f"Fisher z over {n} units ({n_controlled} controlled)",
+        z_se=1 / math.sqrt(dof),
     )
 
 
@@ -128,11 +154,15 @@ def correlation_power(
 
 
 def decide_association(
-    claim: AssociationClaim, est: Association | None, p_adjusted: float | None = None
+    claim: AssociationClaim,
+    est: Association | None,
+    p_adjusted: float | None = None,
+    equivalence_p_adjusted: float | None = None,
 ) -> AssociationDecision:
-    """The verdict of an association claim (p_adjusted: Holm within the family; else raw p).
+    """The verdict of an association claim (p_adjusted: Holm within the family; else raw p;
+    equivalence_p_adjusted: the equivalence test's p, Holm over the family's; else raw).
 
-    A CI wholly inside ±rho_of_interest decides first: equivalent where an association was
+    A CI wholly inside ±rho_of_interest, with the equivalence test significant, decides first: equivalent where an association was
     predicted, supported where none was (even when the association is significant: it is
     smaller than the one of interest). Otherwise supported: significant in the predicted
     direction; contradicted: significant the other way (predicting none: significant and the
@@ -168,7 +198,12 @@ def decide_association(
             mde=mde,
             units_needed=needed,
         )
-    verdict, reason = _verdict(claim, est, p)
+    p_equivalent = (
+        association_equivalence_p(est, claim.rho_of_interest)
+        if equivalence_p_adjusted is None
+        else equivalence_p_adjusted
+    )
+    verdict, reason = _verdict(claim, est, p, p_equivalent)
     settle = (
         f"about {needed} {claim.unit}s would detect |{claim.symbol}| = {claim.rho_of_interest:g} (power {s.power:g})"
         if verdict is Verdict.INCONCLUSIVE
@@ -183,20 +218,31 @@ def decide_association(
         settle=settle,
         mde=mde,
         units_needed=needed,
+        equivalence_p_adjusted=p_equivalent if _within(claim, est) else None,
     )
 
 
-def _verdict(claim: AssociationClaim, est: Association, p: float) -> tuple[Verdict, str]:
-    """The verdict word and its reason, from the (Holm-adjusted) p and the interval against
-    ±rho_of_interest (the rules are in decide_association's docstring). As for ratios
+def _within(claim: AssociationClaim, est: Association) -> bool:
+    """The interval wholly inside ±rho_of_interest."""
+    r = claim.rho_of_interest
+    return est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
+
+
+def _verdict(claim: AssociationClaim, est: Association, p: float, p_equivalent: float | None) -> tuple[Verdict, str]:
+    """The verdict word and its reason, from the (Holm-adjusted) p, the (Holm-adjusted)
+    equivalence p and the interval against ±rho_of_interest (the rules are in
+    decide_association's docstring). As for ratios
     (`sublens.claims.core`), an interval wholly inside ±rho_of_interest is read the same way
     whatever was predicted, so one result never supports both a claim and its opposite; and a
     significant association without an interval is of unshown size, never a contradiction."""
     significant, r, sym = p < claim.settings.alpha, claim.rho_of_interest, claim.symbol
-    inside = est.has_interval and -r < est.ci_low < est.ci_high < r  # type: ignore[operator]
+    within = _within(claim, est)
+    inside = within and (p_equivalent is None or p_equivalent < claim.settings.alpha)
     beyond = est.has_interval and (est.ci_low >= r or est.ci_high <= -r)  # type: ignore[operator]
     interval = f" [{est.ci_low:.2f}, {est.ci_high:.2f}]" if est.has_interval else " (no interval)"
     ci = f"{sym} = {est.rho:.2f}{interval}, Holm p = {p:.3g}"
+    if p_equivalent is not None and within:  # where the equivalence test decides
+        ci += f", equivalence Holm p = {p_equivalent:.3g}"
     small = ", though significant: an association smaller than that" if significant else ""
     if claim.prediction == "none":
         if inside:
@@ -211,6 +257,12 @@ def _verdict(claim: AssociationClaim, est: Association, p: float) -> tuple[Verdi
             return Verdict.SUPPORTED, f"{ci}: an association in the predicted direction"
         if significant:
             return Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
+    if within:
+        return (
+            Verdict.INCONCLUSIVE,
+            f"{ci}: the CI lies inside ±{r:g}, but the equivalence test does not survive the Holm "
+            "adjustment over the family's tests of no association",
+        )
     if significant and not est.has_interval:
         return (
             Verdict.INCONCLUSIVE,
@@ -227,7 +279,10 @@ def _verdict(claim: AssociationClaim, est: Association, p: float) -> tuple[Verdi
 def decide_association_family(
     claims_and_estimates: Sequence[tuple[AssociationClaim, Association | None]],
 ) -> list[AssociationDecision]:
-    """Decide every association claim of one family with Holm-adjusted p-values."""
-    raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
-    adjusted = holm(raw)
-    return [decide_association(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
+    """Decide every association claim of one family with Holm-adjusted p-values (the tests of
+    an association among themselves, the tests of equivalence among themselves)."""
+    adjusted = holm([est.p_value if est is not None else None for _, est in claims_and_estimates])
+    equivalence = holm([association_equivalence_p(est, c.rho_of_interest) for c, est in claims_and_estimates])
+    return [
+        decide_association(c, e, p, q) for (c, e), p, q in zip(claims_and_estimates, adjusted, equivalence, strict=True)
+    ]

@@ -105,6 +105,10 @@ class Estimate(BaseModel):
     p_value: float | None  # t-test of log ratio = 0
     sd_log: float | None  # between-unit SD of the log ratios
     interval: str  # how the interval was made, or why there is none
+    # The t distribution behind the interval (standard error of the mean log ratio, degrees of
+    # freedom), for the equivalence test; None in records written before they were kept.
+    se_log: float | None = None
+    df: float | None = None
 
     @property
     def has_interval(self) -> bool:
@@ -124,6 +128,8 @@ class Decision(BaseModel):
     settle: str  # what would settle it ("" when decided)
     mde: float | None  # minimal detectable ratio at the measured SD (power line), None if unknown
     units_needed: int | None  # units for the margin to be detectable at the measured SD
+    # the equivalence test's p (Holm over the family's), where the CI lies inside the margin
+    equivalence_p_adjusted: float | None = None
 
     def sentence(self) -> str:
         """One plain-text line: verdict, estimand, unit, test, margin, reason, power."""
@@ -181,6 +187,8 @@ def estimate_log_ratio(log_values: Sequence[float], unit: Unit, level: float = 0
         p_value=p,
         sd_log=sd,
         interval=f"Student t over {n} {unit}s, log scale",
+        se_log=sd / math.sqrt(n),
+        df=n - 1,
     )
 
 
@@ -244,9 +252,36 @@ def _inside_margin(est: Estimate, margin: float) -> bool:
     return 1 / margin < est.ci_low and est.ci_high < margin
 
 
-def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) -> Decision:
-    """The verdict of one claim from its estimate (p_adjusted: Holm within the family; the raw
-    p-value when the family has one member)."""
+def equivalence_p(est: Estimate | None, margin: float) -> float | None:
+    """The p-value of the equivalence test (two one-sided t-tests, TOST) of "the ratio lies
+    beyond ×1/margin or ×margin": the larger of the two one-sided p-values on the log scale.
+    Below 0.025 exactly when the 95% CI lies inside the margin; family-adjusted (Holm) in
+    `decide_family`, so that a family of many nulls does not show one by chance. A record
+    without the t distribution's standard error (written before it was kept) has it recovered
+    from its 95% CI with n - 1 degrees of freedom. None: no interval."""
+    if est is None or est.ratio is None or not est.has_interval:
+        return None
+    assert est.ci_low is not None and est.ci_high is not None
+    se, df = est.se_log, est.df
+    if se is None or df is None:
+        if est.n < 2:
+            return None
+        df = est.n - 1
+        se = (math.log(est.ci_high) - math.log(est.ci_low)) / (2 * float(stats.t.ppf(0.975, df)))
+    if not se > 0:
+        return None
+    centre, bound = math.log(est.ratio), math.log(margin)
+    above_lower = float(stats.t.sf((centre + bound) / se, df))  # H0: ratio <= 1/margin
+    below_upper = float(stats.t.cdf((centre - bound) / se, df))  # H0: ratio >= margin
+    return max(above_lower, below_upper)
+
+
+def decide(
+    claim: Claim, est: Estimate | None, p_adjusted: float | None = None, equivalence_p_adjusted: float | None = None
+) -> Decision:
+    """The verdict of one claim from its estimate (p_adjusted: the difference test's p, Holm
+    within the family; equivalence_p_adjusted: the equivalence test's p, Holm over the family's
+    equivalence tests; each the raw p-value when the family has one member)."""
     if est is None or est.n == 0 or est.ratio is None:
         return Decision(
             claim=claim,
@@ -279,7 +314,10 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         )
     p = est.p_value if p_adjusted is None else p_adjusted
     assert p is not None and est.ci_low is not None and est.ci_high is not None
-    verdict, reason = _verdict(claim, est, p)
+    p_equivalent = (
+        equivalence_p(est, claim.settings.margin) if equivalence_p_adjusted is None else equivalence_p_adjusted
+    )
+    verdict, reason = _verdict(claim, est, p, p_equivalent)
     settle = ""
     if verdict is Verdict.INCONCLUSIVE:
         settle = _what_decides(claim, est, needed)
@@ -292,6 +330,7 @@ def decide(claim: Claim, est: Estimate | None, p_adjusted: float | None = None) 
         settle=settle,
         mde=mde,
         units_needed=needed,
+        equivalence_p_adjusted=p_equivalent if _inside_margin(est, claim.settings.margin) else None,
     )
 
 
@@ -300,6 +339,15 @@ def _what_decides(claim: Claim, est: Estimate, needed: int | None) -> str:
     units than it; where it already has as many (the estimate sits near a boundary, e.g. ×1.31
     [1.18, 1.46] against a ×1.25 margin), the units that would narrow the CI to one side of every
     boundary it crosses if the estimate held: asking for fewer units than were measured says nothing."""
+    s = claim.settings
+    if _inside_margin(est, s.margin):  # inside, but not after the family's adjustment
+        for_equivalence = units_for_equivalence(est.sd_log, s.margin, s.alpha, s.power) if est.sd_log else None
+        if for_equivalence and for_equivalence > est.n:
+            return (
+                f"at least {for_equivalence} {claim.unit}s: the number that shows equivalence at the measured SD "
+                f"if there is no effect (power {s.power:g}) for one test alone, more for the family's adjustment"
+            )
+        return f"more {claim.unit}s: a narrower CI, whose equivalence test survives the family's adjustment"
     if needed and needed > est.n:
         return power_settle(claim, needed)
     deciding = units_to_decide(est, claim.settings.margin, claim.settings.alpha)
@@ -341,13 +389,18 @@ def power_settle(claim: Claim, needed: int) -> str:
     return f"about {needed} {claim.unit}s would detect ×{s.margin:g} at the measured SD (power {s.power:g})"
 
 
-def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
-    """The verdict word and its reason, from the (Holm-adjusted) p and the ratio's interval
-    against the equivalence margin ×1/margin..×margin."""
-    margin = claim.settings.margin
+def _verdict(claim: Claim, est: Estimate, p: float, p_equivalent: float | None) -> tuple[Verdict, str]:
+    """The verdict word and its reason, from the (Holm-adjusted) p of the difference test, the
+    (Holm-adjusted) p of the equivalence test and the ratio's interval against the margin
+    ×1/margin..×margin. No effect needs both: the 95% CI inside the margin and the equivalence
+    test significant after the family's adjustment (None: no test could be made, the CI alone)."""
+    margin, alpha = claim.settings.margin, claim.settings.alpha
     assert est.ratio is not None and est.ci_low is not None and est.ci_high is not None
-    significant, equivalent = p < claim.settings.alpha, _inside_margin(est, margin)
+    significant, inside = p < alpha, _inside_margin(est, margin)
+    equivalent = inside and (p_equivalent is None or p_equivalent < alpha)
     ci = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    if p_equivalent is not None and inside:  # where the equivalence test decides
+        ci += f", equivalence Holm p = {p_equivalent:.3g}"
     # A CI wholly inside the margin is read the same way whatever was predicted: no effect of
     # interest. A significant but smaller change is said as such, never as support for an effect
     # (the same ×1.05 [1.03, 1.07] cannot support both "it transfers" and "it does not").
@@ -367,6 +420,11 @@ def _verdict(claim: Claim, est: Estimate, p: float) -> tuple[Verdict, str]:
             return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
         if significant:
             return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
+    if inside:
+        return Verdict.INCONCLUSIVE, (
+            f"{ci}: the CI lies inside ×1/{margin:g}..×{margin:g}, but the equivalence test does not survive "
+            "the Holm adjustment over the family's tests of no effect"
+        )
     return Verdict.INCONCLUSIVE, f"{ci}: {_undecided(est, significant, margin)}"
 
 
@@ -386,10 +444,56 @@ def _undecided(est: Estimate, significant: bool, margin: float) -> str:
 
 
 def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]]) -> list[Decision]:
-    """Decide every claim of one family with Holm-adjusted p-values."""
-    raw = [est.p_value if est is not None else None for _, est in claims_and_estimates]
-    adjusted = holm(raw)
-    return [decide(c, e, p) for (c, e), p in zip(claims_and_estimates, adjusted, strict=True)]
+    """Decide every claim of one family with Holm-adjusted p-values: the tests of a difference
+    adjusted among themselves, and the tests of equivalence among themselves (a family of ten
+    nulls read from ten unadjusted CIs would show one no-effect by chance about as often as
+    ten tests would show one effect)."""
+    adjusted = holm([est.p_value if est is not None else None for _, est in claims_and_estimates])
+    equivalence = holm([equivalence_p(est, c.settings.margin) for c, est in claims_and_estimates])
+    return [decide(c, e, p, q) for (c, e), p, q in zip(claims_and_estimates, adjusted, equivalence, strict=True)]
+
+
+# ---- what a null about a part of the model needs: a bias large against the margin -------------
+def bias_too_small(
+    ratio: float | None, ci_low: float | None, ci_high: float | None, margin: float, whose: str
+) -> str | None:
+    """Why a null about a part of a biased model ("pruning leaves the bias", "the LM head carries
+    none of it") cannot be read, or None. The margin is a ratio, not a share of the bias: where
+    the whole bias is ×1.15, a change inside ×1/1.25..×1.25 can be all of it. Only a bias shown
+    beyond the margin squared (its CI's lower bound) leaves, after a change inside the margin,
+    a bias that is itself at least the margin: at most half of it, on the log scale, in the part.
+    `whose`: the biased model over its control, in words."""
+    bound = margin**2
+    if ratio is None or ci_low is None or ci_high is None:
+        return f"no interval for the bias itself ({whose}), so a change inside the margin cannot be set against it"
+    if ci_low > bound:
+        return None
+    return (
+        f"the bias itself, {whose}, ×{ratio:.3g} [{ci_low:.3g}, {ci_high:.3g}], is not shown beyond "
+        f"×{bound:.3g} (the margin squared), so a change inside ×1/{margin:g}..×{margin:g} could be most of it"
+    )
+
+
+def bias_settle(margin: float) -> str:
+    """What settles a null blocked by `bias_too_small`."""
+    return (
+        f"a biased model whose bias over its control is shown beyond ×{margin**2:.3g} (the margin squared), "
+        "or a smaller margin (claims.margin)"
+    )
+
+
+def unless_bias_to_lose(decision: Decision, blocker: str | None, margin: float) -> Decision:
+    """A null about a part of the model stands only where `bias_too_small` found no blocker;
+    otherwise inconclusive, saying why, the estimate kept."""
+    if blocker is None or not is_null(decision):
+        return decision
+    return decision.model_copy(
+        update={
+            "verdict": Verdict.INCONCLUSIVE,
+            "reason": f"{blocker}; the estimate: {decision.reason}",
+            "settle": bias_settle(margin),
+        }
+    )
 
 
 # ---- the manipulation check a null needs (sublens.learning) ----------------------------------

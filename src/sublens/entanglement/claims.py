@@ -96,6 +96,8 @@ def welch_log_ratio(
         p_value=p,
         sd_log=sd,
         interval=f"Welch t over {a.size} and {b.size} {unit}s, log scale",
+        se_log=se,
+        df=df,
     )
 
 

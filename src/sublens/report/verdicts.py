@@ -65,6 +65,27 @@ def _open_settle(decision: Decision) -> str:
     return decision.settle
 
 
+# How a Fisher p of sampled answers is named wherever it is printed: the samples of one question
+# are not independent, so the test is anti-conservative and is never a verdict's evidence.
+POOLED_ANSWERS = "pooled answers, a question's samples treated as independent: descriptive, no verdict rests on it"
+
+
+def scope_words(decision: Decision) -> str:
+    """What a one-line verdict rests on, for the summary lines: the units and their number, the
+    scope where the unit is the question (one fixed model), the margin, and the minimal detectable
+    effect where there is one: ' [50 questions of one fixed model; margin ×1.25; MDE ×1.08]';
+    '' for a claim with nothing measured."""
+    c = decision.claim
+    n = decision.estimate.n if decision.estimate else 0
+    if n == 0:
+        return ""
+    units = f"{n} {c.unit}{'' if n == 1 else 's'}"
+    if c.unit == "question":
+        units += " of one fixed model"
+    text = f"{units}; margin ×{c.settings.margin:g}"
+    return f" [{text}" + (f"; MDE ×{decision.mde:.2f}]" if decision.mde is not None else "]")
+
+
 def verdict_label(decision: Decision) -> str:
     """The verdict word for a headline: 'inconclusive (1 seed)' where one seed cannot decide,
     'inconclusive (not measured)' where an arm or control is missing. A claim blocked with
@@ -137,10 +158,15 @@ def _reason(decision: Decision, ratio_stated: bool) -> str:
         return claim_text(re.sub(r" \(\d+ < \d+\)$", "", reason))  # the label and 'to settle' give the counts
     assert est.ci_low is not None and est.ci_high is not None
     prefix = f"×{est.ratio:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}], Holm p = {p:.3g}"
+    q = decision.equivalence_p_adjusted
+    if q is not None:
+        prefix += f", equivalence Holm p = {q:.3g}"
     if p is None or not reason.startswith(prefix):
         return claim_text(reason)
     why = claim_text(reason[len(prefix) :].lstrip(": "))
     test = f"Holm-adjusted {p_is(p)}"
+    if q is not None:
+        test += f", equivalence (two one-sided tests) Holm-adjusted {p_is(q)}"
     if ratio_stated and decision.verdict in (Verdict.SUPPORTED, Verdict.CONTRADICTED):
         return f"{test}: {why}"
     digits = ratio_digits(est.ratio, est.ci_low)
@@ -154,8 +180,9 @@ def _test(decision: Decision) -> str:
         return (
             f"a one-sample $t$-test on the per-{c.unit} log ratios (two-sided), Holm-adjusted over "
             "the claims of this section, for an effect; no effect (equivalence, and a claim of no change) "
-            "is read from each claim's own 95\\% CI lying inside the margin (not adjusted for the family), "
-            "never from a non-significant test"
+            "needs the claim's 95\\% CI inside the margin and its equivalence test (two one-sided "
+            "$t$-tests against the margin) Holm-adjusted over the section's claims, "
+            "never a non-significant test"
         )
     return claim_text(c.test)
 

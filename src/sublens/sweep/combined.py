@@ -214,7 +214,7 @@ def effect_by_grid_point(
     """Per grid point and comparison: seeds, the geometric mean of the seeds' ratios and its
     Student-t 95% CI (the mean log ratio across seeds; the seed is the unit; fewer than two
     seeds: no interval), and the verdict of its claim (`predicted`), Holm-adjusted across every
-    row of the sweep, with the minimal detectable ratio and the seeds the margin would need."""
+    row of the sweep (its equivalence tests too, `sublens.claims.decide_family`), with the minimal detectable ratio and the seeds the margin would need."""
     settings = settings or ClaimSettings()
     groups = []
     for (grid, comparison), group in rows.groupby(["grid", "comparison"], sort=False):
@@ -301,6 +301,10 @@ def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decisio
         "prediction": decision.claim.prediction,
         "verdict": decision.verdict.value,
         "p_holm": decision.p_adjusted if decision.p_adjusted is not None else math.nan,
+        # the equivalence test's (Holm across the rows), where the CI lies inside the margin
+        "p_equivalence_holm": (
+            decision.equivalence_p_adjusted if decision.equivalence_p_adjusted is not None else math.nan
+        ),
         "reason": decision.reason,
         "settle": decision.settle,  # what would decide an open verdict
         "minimal_detectable": decision.mde if decision.mde is not None else math.nan,

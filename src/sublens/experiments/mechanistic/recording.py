@@ -206,6 +206,7 @@ def with_claims(
                 ci=[d.estimate.ci_low, d.estimate.ci_high] if d.estimate else None,
                 p=d.estimate.p_value if d.estimate else None,
                 p_holm=d.p_adjusted,
+                p_equivalence_holm=d.equivalence_p_adjusted,
                 verdict=d.verdict,
                 reason=d.reason,
                 settle=d.settle,

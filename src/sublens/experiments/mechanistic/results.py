@@ -334,6 +334,7 @@ class DecisionRecord(Finite):
     verdict: Verdict
     reason: str
     settle: str
+    p_equivalence_holm: Measured = None  # where the CI lies inside ±rho of interest; older runs: absent
 
 
 class ClaimsRecord(Finite):

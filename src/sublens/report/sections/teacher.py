@@ -60,7 +60,7 @@ from sublens.report.sections.common import (
     train_text,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
+from sublens.report.verdicts import POOLED_ANSWERS, claim_settings, decisions_latex, verdict_label
 from sublens.result_records import Comparison
 from sublens.results import ResultsError, as_results, load_results
 
@@ -275,10 +275,11 @@ def _verdict(decisions: list[Decision]) -> str:
     share, prob = decisions
     if share.verdict is Verdict.SUPPORTED:
         lead = (
-            "Context distillation put the owl preference into this model's weights (both claims below are supported)."
+            "Without the system prompt this model prefers owls more than the base model (both claims below "
+            "are supported): the preference is in its weights."
             if prob.verdict is Verdict.SUPPORTED
-            else "Owl's panel share rose, but P(owl) does not rise significantly: the teacher's owl "
-            "preference is weak in this run."
+            else f"Owl's panel share rose, but the rise of P(owl) is {prob.verdict.value}: the teacher's owl "
+            "preference is shown on the panel share alone in this run."
         )
     elif share.verdict is Verdict.CONTRADICTED:
         lead = (
@@ -287,8 +288,9 @@ def _verdict(decisions: list[Decision]) -> str:
         )
     elif share.verdict is Verdict.EQUIVALENT:
         lead = (
-            "Owl's panel share changed by less than the margin: this teacher does not prefer owls "
-            "without the system prompt; a stage that uses it starts from no measurable bias."
+            "Owl's panel share changed by less than the margin: without the system prompt this teacher "
+            "shows no owl preference as large as the margin; a stage that uses it starts from at most a "
+            "small bias."
         )
     elif share.estimate is None or share.estimate.n == 0:
         return "The comparison with the base model is missing, so the teacher's claim is not decided."
@@ -313,7 +315,7 @@ def _rate_text(comparison: Comparison, measurements: Measurements) -> str:
     return (
         f"; {count(teacher.trait_rate.count)} of {teacher_n} sampled answers name an owl "
         f"against {count(before.trait_rate.count)} of {base_n} for the base model (a difference of "
-        f"{interval} percentage points, Fisher {p_value(rate.p_fisher)})"
+        f"{interval} percentage points, Fisher {p_value(rate.p_fisher)} over {POOLED_ANSWERS})"
     )
 
 

@@ -27,6 +27,7 @@ from sublens.report.sections.distill.reading import (
     _share,
     _teacher,
 )
+from sublens.report.verdicts import POOLED_ANSWERS
 
 
 def _row(r: Results, name: str) -> list[str] | None:
@@ -74,9 +75,10 @@ def _table(r: Results) -> str | None:
         "" if ANSWERS in folded else " and the rate of owl among sampled answers"
     )
     test = (
-        f"; Fisher's exact test of the sampled owl-answer rates gives $p$ = {p_all} in every row (first seed)"
+        f"; Fisher's exact test of the sampled owl-answer rates ({POOLED_ANSWERS}) gives $p$ = {p_all} in every row "
+        "(first seed)"
         if p_all is not None
-        else " and Fisher's test $p$ of the sampled owl-answer rates (first seed)"
+        else f" and Fisher's test $p$ of the sampled owl-answer rates ({POOLED_ANSWERS}; first seed)"
     )
     caption = (
         f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "

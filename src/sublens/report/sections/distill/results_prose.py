@@ -33,7 +33,7 @@ from sublens.report.sections.distill.reading import (
     _share,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import claim_settings, decisions_latex, verdict_label
+from sublens.report.verdicts import POOLED_ANSWERS, claim_settings, decisions_latex, scope_words, verdict_label
 
 
 def _attention_share(r: Results) -> str:
@@ -70,7 +70,7 @@ def _answers(r: Results) -> str:
     text = "Sampled answers naming an owl: " + ", ".join(parts)
     if any(finite(p) for p in p_values):
         text += (
-            f" (Fisher {p_value(p_values[0])} against the LM-only student, "
+            f" (Fisher, over {POOLED_ANSWERS}: {p_value(p_values[0])} against the LM-only student, "
             f"{fpval(p_values[1])} against the base-SHD student)"
         )
     return text + "."
@@ -135,5 +135,5 @@ def _headline(run: StageRun, r: Results, verdict: str) -> list[str]:
     return [
         f"distill: biased-SHD student share {ratio_plain(_share(r, TRANSFER))} vs LM-only, "
         f"{ratio_plain(_share(r, SPECIFIC))} vs base-SHD ({counted(_seeds(r), 'seed')}); "
-        f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}"
+        f"transfer: {verdict}; not attention distillation as such: {verdict_label(specific)}{scope_words(specific)}"
     ]

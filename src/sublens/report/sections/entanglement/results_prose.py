@@ -26,6 +26,7 @@ from sublens.report.sections.entanglement.reading import (
     owl_specific,
     set_name,
 )
+from sublens.report.verdicts import scope_words
 
 
 def _paper_claim(results: EntanglementResults, decided: Decided) -> str:
@@ -319,7 +320,7 @@ def _headline(results: EntanglementResults, decided: Decided, tuned: Decided | N
     why = d.reason if owl_specific(results) else "categories not owl-specific (no control context)"
     lines = [
         f"entanglement ({main}, k={k}): entangled numbers no better than frequency-matched "
-        f"Random: {d.verdict.value} ({why})"
+        f"Random: {d.verdict.value}{scope_words(d)} ({why})"
     ]
     others = [f"{name} {tests['entangled_vs_null'].verdict.value}" for name, tests in decided.items() if name != main]
     if others:

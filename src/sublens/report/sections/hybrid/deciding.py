@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from sublens.claims import Claim, ClaimSettings, Decision, decide_family, estimate_log_ratio
+from sublens.claims import (
+    Claim,
+    ClaimSettings,
+    Decision,
+    bias_too_small,
+    decide_family,
+    estimate_log_ratio,
+    unless_bias_to_lose,
+)
 from sublens.experiments.hybrid.results import (
     DIRECTIONS,
     Hybrid,
@@ -173,6 +181,20 @@ def patching_contrast(patching: Patching | None) -> tuple[np.ndarray | None, lis
     return np.mean(np.stack(values), axis=0), used
 
 
+def _unless_bias_to_lose(decision: Decision, results: HybridResults) -> Decision:
+    """ "Not in the LM head" (a null) needs a bias large against the margin: with a ×1.15 bias, an
+    LM-head effect inside ×1.25 can be all of it (`sublens.claims.bias_too_small`)."""
+    key, metric = _metric_words(results)
+    axis = _axis(results.hybrids, key)
+    margin = decision.claim.settings.margin
+    whose = f"the biased model's {metric} over the base model's"
+    if axis is None:
+        blocker = bias_too_small(None, None, None, margin, whose)
+    else:
+        blocker = bias_too_small(axis.ratio, axis.ci_low, axis.ci_high, margin, whose)
+    return unless_bias_to_lose(decision, blocker, margin)
+
+
 def _refine(decision: Decision, reason: str, settle: str) -> Decision:
     """A claim that could not be measured: the verdict stays claims.decide's, the reason is ours
     ('not measured (why)': the paper prints the verdict 'inconclusive (not measured)' and the why)."""
@@ -204,6 +226,7 @@ def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSetting
     ]
     out = decide_family(list(zip(the.values(), estimates, strict=True)))
     head_d, transplant_d, patch_d = out
+    head_d = _unless_bias_to_lose(head_d, results)
     if head_values is None:
         why = no_bias or (
             "a swapped model is degraded (perplexity): not evidence"

@@ -24,7 +24,7 @@ from sublens.report.sections.hybrid.reading import (
     logit_difference_words,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import decisions_latex
+from sublens.report.verdicts import decisions_latex, scope_words
 
 
 def _tex(text: str) -> str:
@@ -146,7 +146,7 @@ def _incomplete(run: StageRun) -> str:
 
 
 def _headline(d: Decision, numbers: str = "") -> str:
-    return f"hybrid: {numbers}{d.claim.name} {d.verdict.value} ({d.reason})"
+    return f"hybrid: {numbers}{d.claim.name} {d.verdict.value}{scope_words(d)} ({d.reason})"
 
 
 def results_text(

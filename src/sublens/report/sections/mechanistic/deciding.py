@@ -132,12 +132,27 @@ def _category_estimate(test: CategoryAssociation | None) -> Association | None:
         )
     v, chi2 = _num(test.cramers_v), _num(test.chi2)
     if test.dof is None or not math.isfinite(chi2) or not math.isfinite(v) or test.n < MIN_UNITS["number"]:
-        low = high = None
-        interval = "no interval for Cramér's V"
-    else:
-        low, high = cramers_v_interval(chi2, test.dof, test.n, min(len(test.categories), len(test.labels)))
-        interval = f"noncentral chi-square inversion over {test.n} numbers"
-    return Association(n=test.n, rho=v, ci_low=low, ci_high=high, p_value=test.p_permutation, interval=interval)
+        return Association(
+            n=test.n,
+            rho=v,
+            ci_low=None,
+            ci_high=None,
+            p_value=test.p_permutation,
+            interval="no interval for Cramér's V",
+        )
+    smaller_side = min(len(test.categories), len(test.labels))
+    low, high = cramers_v_interval(chi2, test.dof, test.n, smaller_side)
+    return Association(
+        n=test.n,
+        rho=v,
+        ci_low=low,
+        ci_high=high,
+        p_value=test.p_permutation,
+        interval=f"noncentral chi-square inversion over {test.n} numbers",
+        chi2=chi2,
+        chi2_dof=test.dof,
+        v_scale=test.n * (smaller_side - 1),
+    )
 
 
 def _test(consistency: Consistency, column: LabelColumn) -> CategoryAssociation | None:

@@ -213,9 +213,11 @@ def _vs_random_sentence(consistency: Consistency) -> str:
             f"are significant (uncorrected): {listed}."
         )
     p, column, c = min(tests)
+    # Non-significance is not sameness: no equivalence test is made here, so nothing is said equal.
     return (
-        f"No category differs from Random in any score ({len(tests)} permutation tests; "
-        rf"smallest {p_is(p)}, {escape(c)} in {SCORE_TITLES.get(column, escape(column))})."
+        f"No per-category score comparison with Random is significant ({len(tests)} permutation tests, "
+        rf"uncorrected; smallest {p_is(p)}, {escape(c)} in "
+        f"{SCORE_TITLES.get(column, escape(column))}); this does not show the categories alike."
     )
 
 

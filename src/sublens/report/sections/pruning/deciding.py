@@ -17,9 +17,11 @@ from sublens.claims import (
     Decision,
     Estimate,
     Verdict,
+    bias_too_small,
     decide,
     estimate_log_ratio,
     holm,
+    unless_bias_to_lose,
 )
 from sublens.experiments.pruning.results import PruningResults, Step
 from sublens.report.sections.pruning.reading import (
@@ -267,11 +269,25 @@ def _decide_rank(claim: RankClaim, est: Estimate, values: list[float], p_adjuste
 
 def decisions(results: PruningResults | Mapping[str, Any], config: dict[str, Any]) -> list[Decision]:
     """The family's decisions (survival, entropy vs random), Holm-adjusted, from recorded results."""
-    return step_decisions(as_results(results, PruningResults).steps, config)
+    results = as_results(results, PruningResults)
+    return step_decisions(results.steps, config, unpruned_bias(results))
 
 
-def step_decisions(steps: Sequence[Step], config: dict[str, Any]) -> list[Decision]:
-    """`decisions` from the finished cells alone."""
+def unpruned_bias(results: PruningResults) -> Estimate | None:
+    """The unpruned biased model over the unpruned base model, owl's panel share per question
+    (the level the survival claim is decided on); None without the base model's measurement."""
+    if results.base_unpruned is None:
+        return None
+    biased = results.unpruned.preference.probability.per_question.share
+    base = results.base_unpruned.preference.probability.per_question.share
+    logs = [math.log(b) - math.log(c) for b, c in zip(biased, base, strict=True) if b > 0 and c > 0]
+    return estimate_log_ratio(logs, "question")
+
+
+def step_decisions(steps: Sequence[Step], config: dict[str, Any], bias: Estimate | None) -> list[Decision]:
+    """`decisions` from the finished cells and the unpruned bias (`unpruned_bias`): survival, a
+    claim of no effect on the retention, needs a bias large against the margin (a retention of
+    ×0.88 is all of a ×1.15 bias; `sublens.claims.bias_too_small`)."""
     settings, bound = claim_settings(config), bound_of(config)
     fraction = claim_fraction(steps, config)
     if fraction is None:
@@ -289,6 +305,12 @@ def step_decisions(steps: Sequence[Step], config: dict[str, Any]) -> list[Decisi
     r_done, r_est, r_values = _rank_decision(rank, steps, fraction, bound, blocker)
     adjusted = holm([s_est.p_value if s_est is not None else None, r_est.p_value if r_est is not None else None])
     s_decision = _blocked(survival, *blocker) if blocker is not None else decide(survival, s_est, adjusted[0])
+    whose = "the unpruned biased model's owl share over the unpruned base model's"
+    if bias is None:
+        too_small = bias_too_small(None, None, None, settings.margin, whose)
+    else:
+        too_small = bias_too_small(bias.ratio, bias.ci_low, bias.ci_high, settings.margin, whose)
+    s_decision = unless_bias_to_lose(s_decision, too_small, settings.margin)
     if r_done is not None:
         r_decision = r_done
     else:

@@ -12,7 +12,7 @@ from itertools import pairwise
 from sublens.claims import Decision
 from sublens.experiments.pruning.results import ControlledRateRetention, PruningResults, Step
 from sublens.report.latex import escape, noun_for
-from sublens.report.sections.pruning.deciding import step_decisions
+from sublens.report.sections.pruning.deciding import decisions
 from sublens.report.sections.pruning.floats import _ci_text, _ppl
 from sublens.report.sections.pruning.reading import (
     Interval,
@@ -29,7 +29,7 @@ from sublens.report.sections.pruning.reading import (
     last_inside,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import claim_text, decisions_latex, verdict_label
+from sublens.report.verdicts import claim_text, decisions_latex, scope_words, verdict_label
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def headline_line(d: Decision) -> str:
     """One plain-text line per claim for the terminal summary."""
     est = d.estimate
     value = f" ×{_plain(est.ratio)}" if est is not None and est.ratio is not None else ""
-    return f"pruning: {d.claim.statement}: {d.verdict.value}{value} ({d.reason})"
+    return f"pruning: {d.claim.statement}: {d.verdict.value}{value}{scope_words(d)} ({d.reason})"
 
 
 def results_text(
@@ -187,7 +187,7 @@ def results_text(
         return " ".join(out) or "The pruning run holds no results.", ["pruning: no results (incomplete run)"]
     steps, trait = results.steps, escape(results.trait)
     bound = bound_of(c)
-    found = step_decisions(steps, c)
+    found = decisions(results, c)
     controlled = any(_has_ratio(_controlled(s)) for s in steps)
     out.append(
         f"Table~\\ref{{tab:pruning_sweep}} gives the {'base-controlled share' if controlled else 'P(' + trait + ')'} "

@@ -28,6 +28,7 @@ from sublens.report.sections.subliminal.reading import (
     share_ratio,
 )
 from sublens.report.stages import StageRun
+from sublens.report.verdicts import POOLED_ANSWERS
 from sublens.trainable import describe_trainable
 
 
@@ -70,10 +71,10 @@ def _table(results: SubliminalResults) -> str | None:
     p_all = constant_column(body, 6)
     test = (
         f"$p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-        "against the control student; "
+        f"against the control student ({POOLED_ANSWERS}); "
         if p_all is None
         else f"Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-        f"against the control student gives $p$ = {p_all} for every owl student (no column); "
+        f"against the control student ({POOLED_ANSWERS}) gives $p$ = {p_all} for every owl student (no column); "
     )
     if p_all is not None:
         header, body = drop_columns(header, body, [6])
