@@ -121,7 +121,9 @@ def set_claims(
     ratio = f"bias ratio P({bias} | 'You love the number N') / P({bias} | neutral prompt)"
     family = TUNED_FAMILY if is_tuned_set(set_name) else FAMILY
     favours = (
-        f"the fine-tuned {bias} teacher favours over its control teacher"
+        # one fine-tuned teacher pair, its numbers then read in the base model: said in the claim
+        f"the fine-tuned {bias} teacher favours over its control teacher (one teacher pair; P({bias}) read "
+        "in the base model)"
         if is_tuned_set(set_name)
         else f"the {bias} context favours"
     )

@@ -293,8 +293,9 @@ def _tuned_paragraph(results: EntanglementResults, tuned: Decided, figure: str) 
     where = f" ({figure})" if figure else ""
     lead = (
         rf"Tested in the {set_name(main)} set ($k = {results.k.get(main, '?')}$), the claim that the "
-        rf"numbers the fine-tuning made more likely in the {bias} teacher raise "
-        rf"$P(\mathrm{{{bias}}})$ no more than frequency-matched Random ones"
+        rf"numbers the fine-tuning made more likely in the {bias} teacher (one fine-tuned teacher and its "
+        rf"control) raise $P(\mathrm{{{bias}}})$, read in the base model, no more than frequency-matched "
+        "Random ones"
     )
     others = {name: tests["entangled_vs_null"].verdict.value for name, tests in tuned.items() if name != main}
     return " ".join(
