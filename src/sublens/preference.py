@@ -11,6 +11,7 @@ Two measurements (definitions in docs/design.md, "Measurements"):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -22,10 +23,10 @@ from sublens.prompts import make_prompt
 from sublens.scoring import LM, sample_text, word_probability_many
 from sublens.settings import SAMPLER, PreferenceSettings
 from sublens.stats import (
-    bootstrap_diff_ci,
     log_ratio_interval,
+    paired_sign_flip_pvalue,
     summarize,
-    two_proportion_pvalue,
+    t_interval,
     wilson_ci,
 )
 
@@ -123,10 +124,43 @@ def evaluate_preference(lm: LM, settings: PreferenceSettings, system: str | None
     return result
 
 
+def question_rates(sampled: Mapping[str, Any], trait: str) -> np.ndarray:
+    """The share of each question's sampled answers that name `trait` [question]; the answers
+    are ordered by question, then sample."""
+    answers = sampled["answers"]
+    n_questions, per_question = sampled["n_questions"], sampled["samples_per_question"]
+    if len(answers) != n_questions * per_question:
+        raise ValueError(f"{len(answers)} answers are not {n_questions} questions × {per_question} samples")
+    hits = np.array([mentions(a, trait) for a in answers], dtype=float)
+    return hits.reshape(n_questions, per_question).mean(axis=1)
+
+
+def rate_difference(test: Mapping[str, Any], reference: Mapping[str, Any], trait: str) -> dict[str, Any]:
+    """Rate of sampled answers naming `trait`, test minus reference, paired over questions.
+
+    The question is the unit, as for the ratios: a question's samples share its prompt, so they
+    are not independent answers, and pooling them (Fisher's exact test, older records) lets one
+    question that always says "owl" look like many. Student-t CI of the mean per-question
+    difference and a sign-flip permutation p over questions."""
+    a, b = question_rates(test, trait), question_rates(reference, trait)
+    if a.size != b.size:
+        raise ValueError(f"the two models answered {a.size} and {b.size} questions: not paired")
+    _, low, high = t_interval(a - b)
+    return {
+        "difference": float(a.mean() - b.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "p_questions": paired_sign_flip_pvalue(a, b),
+        "n_questions": int(a.size),
+        "underpowered": bool(not (math.isfinite(low) and math.isfinite(high)) or low <= 0.0 <= high),
+    }
+
+
 def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """test vs reference on the same questions: paired ratio of P(trait) and of panel share
     (geometric mean over questions, Student-t CI of the mean log ratio: this one model's
-    question-level variation, not a seed-level interval), and the difference in answer rate."""
+    question-level variation, not a seed-level interval), and the difference in answer rate
+    (`rate_difference`, paired over the same questions)."""
     out: dict[str, Any] = {}
     for key, values in (("p_trait_ratio", "p_word"), ("share_ratio", "share")):
         a = np.asarray(test["probability"]["per_question"][values], dtype=float)
@@ -146,18 +180,8 @@ def compare_preference(test: dict[str, Any], reference: dict[str, Any]) -> dict[
             "underpowered": bool(not has_ci or low <= 0.0 <= high),
         }
     if "sampled" in test and "sampled" in reference:
-        t, r = test["sampled"]["trait_rate"], reference["sampled"]["trait_rate"]
-        n_t, n_r = test["sampled"]["n_answers"], reference["sampled"]["n_answers"]
-        hits_t = np.r_[np.ones(t["count"]), np.zeros(n_t - t["count"])]
-        hits_r = np.r_[np.ones(r["count"]), np.zeros(n_r - r["count"])]
-        low, high = bootstrap_diff_ci(hits_t, hits_r)
-        out["rate_difference"] = {
-            "difference": t["rate"] - r["rate"],
-            "ci_low": low,
-            "ci_high": high,
-            "p_fisher": two_proportion_pvalue(t["count"], n_t, r["count"], n_r),
-            "underpowered": bool(low <= 0.0 <= high),
-        }
+        trait = test["probability"]["trait"]
+        out["rate_difference"] = rate_difference(test["sampled"], reference["sampled"], trait)
     return out
 
 
@@ -175,8 +199,10 @@ def comparison_line(label: str, comparison: dict[str, Any], trait: str) -> str:
     d = comparison.get("rate_difference")
     if d:
         line += f", answer rate {d['difference']:+.3f}"
-        if d.get("p_fisher") is not None:  # one evaluation; across seeds: a CI, and p per seed
-            line += f" (Fisher p={d['p_fisher']:.3g})"
+        if d.get("p_questions") is not None:  # one evaluation; across seeds: a CI, and p per seed
+            line += f" (sign-flip p over questions={d['p_questions']:.3g})"
+        elif d.get("p_fisher") is not None:  # older records: pooled answers
+            line += f" (Fisher p over pooled answers={d['p_fisher']:.3g})"
         elif d.get("ci_low") is not None and d.get("ci_high") is not None:
             line += f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
     flat = [name for name, c in (("P", r), ("share", s)) if c["underpowered"]]

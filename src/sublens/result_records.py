@@ -114,12 +114,16 @@ class RatioEstimate(Sparse):
 
 
 class RateDifference(Sparse):
-    """Pooled answer rate test minus reference (bootstrap interval, Fisher's exact p)."""
+    """Sampled answer rate, test minus reference (`sublens.preference.rate_difference`): paired
+    over questions, Student-t CI and sign-flip p over questions. Older records pooled the
+    answers (bootstrap over answers, Fisher's exact p): they have p_fisher instead."""
 
     difference: float
     ci_low: float
     ci_high: float
-    p_fisher: float
+    p_questions: float | None = None  # sign-flip test over questions
+    n_questions: int | None = None
+    p_fisher: float | None = None  # older records: pooled answers, descriptive
     underpowered: bool
 
 

@@ -474,9 +474,16 @@ def test_default_biased_teacher_is_the_newest_finished_teacher_run(tmp_path: Pat
 
 # ---- comparisons across seeds -----------------------------------------------------------------
 def _preference(share: list[float], p_word: list[float], count: int = 0) -> dict[str, Any]:
+    answers = ["owl"] * count + ["cat"] * (20 - count)  # 5 questions x 4 samples, the owls first
     return {
-        "probability": {"per_question": {"share": share, "p_word": [[p] for p in p_word]}},
-        "sampled": {"trait_rate": {"count": count, "rate": count / 20}, "n_answers": 20},
+        "probability": {"trait": "owl", "per_question": {"share": share, "p_word": [[p] for p in p_word]}},
+        "sampled": {
+            "trait_rate": {"count": count, "rate": count / 20},
+            "n_answers": 20,
+            "n_questions": 5,
+            "samples_per_question": 4,
+            "answers": answers,
+        },
     }
 
 
@@ -507,6 +514,9 @@ def test_comparisons_pair_the_arms_seed_by_seed_and_keep_per_seed_log_ratios() -
     assert one.share_ratio.per_seed_log == pytest.approx([math.log(1.5)])
     assert one.share_ratio.ci is not None and "1 seed: question variation only" in one.share_ratio.ci
     assert one.rate_difference is not None and one.rate_difference.n_seeds == 1
+    # its p pairs the questions: one question differs (3 of 4 owls against 1 of 4), so every sign
+    # pattern reaches the observed mean and p = 1 (pooled, Fisher's test would read 3/20 vs 1/20)
+    assert one.rate_difference.p_questions == pytest.approx(1.0) and one.rate_difference.n_questions == 5
     # a seed on which an arm was not trained is left out of that pair only
     students[3] = {"lm_only": _preference(base_share, [0.01] * 5, 1)}
     again = comparisons(students, _preference(base_share, [0.01] * 5))

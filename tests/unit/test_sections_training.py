@@ -150,6 +150,32 @@ def test_subliminal_freeze_modes_table_and_wording() -> None:
     assert cited_keys(everything(section)) <= set(CITATION_KEYS)
 
 
+def _paired_over_questions(node: Any, p: float) -> Any:
+    """A recorded run's answer-rate differences as today's runs write them: the p of the
+    sign-flip test over 25 questions instead of Fisher's p over pooled answers."""
+    if isinstance(node, dict):
+        node = {k: _paired_over_questions(v, p) for k, v in node.items()}
+        if "p_fisher" in node and "difference" in node:
+            del node["p_fisher"]
+            node |= {"p_questions": p, "n_questions": 25}
+        return node
+    return [_paired_over_questions(v, p) for v in node] if isinstance(node, list) else node
+
+
+def test_answer_rates_tested_over_questions_are_named_so() -> None:
+    # Records since the sign-flip test: the teacher's sentence and the freeze-mode table say the
+    # answer rates were compared question by question, and name no pooled Fisher test.
+    teacher = stage("teacher")
+    text = build(with_results(teacher, _paired_over_questions(teacher.results, 0.012))).results
+    assert "$p$ = 0.012 by a sign-flip permutation test paired over 25 questions" in text
+    assert "Fisher" not in text and "pooled" not in text
+    subliminal = stage("subliminal")
+    table = build(with_results(subliminal, _paired_over_questions(subliminal.results, 1.0))).tables["freeze_modes"]
+    assert "a sign-flip permutation test of the sampled owl-answer rates against the control student" in table
+    assert "(paired over 25 questions) gives $p$ = 1.000 for every owl student" in table
+    assert "Fisher" not in table and "pooled" not in table
+
+
 def _seeded(results: dict[str, Any], logs: dict[str, list[float]]) -> dict[str, Any]:
     """The recorded run re-dressed as a matched-control run with per-seed log share ratios."""
     results = copy.deepcopy(results)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from sublens.answers import mentions, normalize_answer, top_answers
 from sublens.corpus import strip_wiki_markup
@@ -148,12 +149,14 @@ def test_comparison_line_names_every_flat_ci() -> None:
     comp = {
         "p_trait_ratio": ratio(1.19, 1.14, 1.24),
         "share_ratio": ratio(0.99, 0.94, 1.05),
-        "rate_difference": {"difference": 0.0, "p_fisher": 1.0},
+        "rate_difference": {"difference": 0.0, "p_questions": 1.0},
     }
     assert comparison_line("owl-full", comp, "owl") == (
         "owl-full: P(owl) ×1.19 [1.14, 1.24], share ×0.99 [0.94, 1.05], answer rate +0.000 "
-        "(Fisher p=1) — underpowered (share CI includes no change)"
+        "(sign-flip p over questions=1) — underpowered (share CI includes no change)"
     )
+    comp["rate_difference"] = {"difference": 0.0, "p_fisher": 1.0}  # an older record names its pooled test
+    assert "(Fisher p over pooled answers=1)" in comparison_line("owl-full", comp, "owl")
     comp = {"p_trait_ratio": ratio(103.0, 84.1, 125.0), "share_ratio": ratio(13.8, 11.4, 16.9)}
     assert comparison_line("teacher", comp, "owl").endswith("share ×13.80 [11.40, 16.90]")
 
@@ -171,3 +174,81 @@ def test_comparison_line_across_seeds_has_no_single_fisher_p() -> None:
         "rate_difference": {"difference": 0.02, "ci_low": -0.01, "ci_high": 0.05, "p_fisher_per_seed": [1.0, 0.5]},
     }
     assert "answer rate +0.020 [-0.010, +0.050]" in comparison_line("shd", comp, "owl")
+
+
+def test_sign_flip_p_is_the_enumerated_share_of_sign_patterns() -> None:
+    # Seven paired differences: all 2^7 sign patterns enumerated here; the p is the share whose
+    # |mean| reaches the observed one.
+    import itertools
+
+    from sublens.stats import paired_sign_flip_pvalue
+
+    a = np.array([0.4, 0.1, 0.3, 0.0, 0.2, 0.5, 0.1])
+    b = np.array([0.1, 0.2, 0.0, 0.0, 0.1, 0.1, 0.1])
+    d = a - b
+    observed = abs(d.mean())
+    flips = [
+        abs((np.array(signs) * d).mean()) >= observed - 1e-12 for signs in itertools.product([1, -1], repeat=d.size)
+    ]
+    assert paired_sign_flip_pvalue(a, b) == pytest.approx(np.mean(flips), abs=1e-12)
+    assert paired_sign_flip_pvalue(a, a) == 1.0 and np.isnan(paired_sign_flip_pvalue(a[:1], b[:1]))
+
+
+def _clustered_answers(rng: np.random.Generator, rates: np.ndarray, per_question: int) -> dict[str, object]:
+    """A model's sampled answers: each question answers 'owl' at its own rate."""
+    hits = rng.random((rates.size, per_question)) < rates[:, None]
+    return {
+        "answers": ["Owl" if h else "Cat" for h in hits.ravel()],
+        "n_questions": int(rates.size),
+        "samples_per_question": per_question,
+    }
+
+
+def test_rate_difference_is_paired_over_questions() -> None:
+    from sublens.preference import question_rates, rate_difference
+
+    test = {
+        "answers": ["Owl", "cat", "owl.", "Owl", "dog", "cat", "owl", "owl", "owl", "cat"],
+        "n_questions": 5,
+        "samples_per_question": 2,
+    }
+    reference = {
+        "answers": ["cat", "cat", "owl", "dog", "dog", "cat", "cat", "owl", "cat", "cat"],
+        "n_questions": 5,
+        "samples_per_question": 2,
+    }
+    rates_test = question_rates(test, "owl")
+    assert rates_test.tolist() == [0.5, 1.0, 0.0, 1.0, 0.5]
+    d = rates_test - question_rates(reference, "owl")  # [0.5, 0.5, 0, 0.5, 0.5]
+    out = rate_difference(test, reference, "owl")
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert out["difference"] == pytest.approx(d.mean()) and out["n_questions"] == 5
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert out["p_questions"] == pytest.approx(2 / 16)  # four equal differences: 2 of 16 patterns
+    with pytest.raises(ValueError, match="not 5 questions"):
+        question_rates({**test, "answers": test["answers"][:-1]}, "owl")
+
+
+def test_rate_difference_holds_its_false_positive_rate_when_pooling_does_not() -> None:
+    # Two models that differ question by question but not on average over questions (each
+    # question's logit moved by +e in one model and -e in the other, e symmetric about 0): no
+    # difference in the estimand, the mean over questions. Pooling a question's samples as
+    # independent answers, Fisher's test rejects far more often than 5%; the sign-flip test over
+    # questions stays near 5%. 400 simulated pairs of models, 30 questions x 10 samples.
+    from scipy.special import expit, logit
+
+    from sublens.preference import rate_difference
+    from sublens.stats import two_proportion_pvalue
+
+    rng = np.random.default_rng(3)
+    fisher, questions = [], []
+    for _ in range(400):
+        rates = rng.beta(0.5, 2.0, 30).clip(1e-3, 1 - 1e-3)
+        shift = rng.normal(0.0, 1.0, 30)
+        test = _clustered_answers(rng, expit(logit(rates) + shift), 10)
+        reference = _clustered_answers(rng, expit(logit(rates) - shift), 10)
+        questions.append(rate_difference(test, reference, "owl")["p_questions"] < 0.05)
+        k1, k2 = (sum(a == "Owl" for a in m["answers"]) for m in (test, reference))  # type: ignore[attr-defined]
+        fisher.append(two_proportion_pvalue(k1, 300, k2, 300) < 0.05)
+    assert np.mean(questions) < 0.08  # 400 pairs: a true 5% lies below 0.08 with probability > 0.99
+    assert np.mean(fisher) > 0.15  # 0.235 with this seed

@@ -359,21 +359,27 @@ def test_plan_students_arms_seeds_and_system(tmp_path: Path) -> None:
 ANIMALS = ["owl", "dog", "cat"]
 
 
-def fake_preference(owl_scale: float, seed: int, rate_hits: int = 5, n_answers: int = 50) -> dict[str, Any]:
+def fake_preference(owl_scale: float, seed: int, rate_hits: int = 5, per_question: int = 8) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     p = rng.uniform(0.01, 0.05, (6, 3))  # [question, animal]
     p[:, 0] *= owl_scale
     share = p[:, 0] / p.sum(axis=1)
     from sublens.stats import summarize
 
+    n_answers = 6 * per_question
+    answers = ["owl"] * rate_hits + ["dog"] * (n_answers - rate_hits)  # ordered by question: the owls first
     return {
         "probability": {
+            "trait": "owl",
             "p_trait": summarize(p[:, 0]),
             "panel_share": summarize(share),
             "per_question": {"p_word": p.tolist(), "share": share.tolist(), "animals": ANIMALS},
         },
         "sampled": {
+            "n_questions": 6,
+            "samples_per_question": per_question,
             "n_answers": n_answers,
+            "answers": answers,
             "trait_rate": {"count": rate_hits, "rate": rate_hits / n_answers, "ci_low": 0.0, "ci_high": 1.0},
         },
     }

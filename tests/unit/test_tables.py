@@ -21,7 +21,7 @@ def test_preference_and_comparison_columns_are_the_nested_numbers() -> None:
     probability = preference["probability"]
     assert columns["p_trait"] == probability["p_trait"]["mean"]
     assert columns["panel_share_ci_high"] == probability["panel_share"]["ci_high"]
-    assert columns["answer_rate"] == preference["sampled"]["trait_rate"]["rate"] and columns["answers"] == 50
+    assert columns["answer_rate"] == preference["sampled"]["trait_rate"]["rate"] and columns["answers"] == 48
     comparison = compare_arm([fake_preference(2.0, s) for s in range(3)], [fake_preference(1.0, s) for s in range(3)])
     flat = comparison_columns(comparison)
     assert flat["p_trait_ratio"] == comparison["p_trait_ratio"]["ratio"] and flat["n_seeds"] == 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -454,15 +454,25 @@ def decide_family(claims_and_estimates: Sequence[tuple[Claim, Estimate | None]])
 
 
 # ---- what a null about a part of the model needs: a bias large against the margin -------------
-def bias_too_small(
-    ratio: float | None, ci_low: float | None, ci_high: float | None, margin: float, whose: str
-) -> str | None:
+class RatioInterval(Protocol):
+    """A ratio with its interval, as every results model records one (bounds None: none)."""
+
+    @property
+    def ratio(self) -> float | None: ...
+    @property
+    def ci_low(self) -> float | None: ...
+    @property
+    def ci_high(self) -> float | None: ...
+
+
+def bias_too_small(bias: RatioInterval | None, margin: float, whose: str) -> str | None:
     """Why a null about a part of a biased model ("pruning leaves the bias", "the LM head carries
     none of it") cannot be read, or None. The margin is a ratio, not a share of the bias: where
     the whole bias is ×1.15, a change inside ×1/1.25..×1.25 can be all of it. Only a bias shown
     beyond the margin squared (its CI's lower bound) leaves, after a change inside the margin,
     a bias that is itself at least the margin: at most half of it, on the log scale, in the part.
-    `whose`: the biased model over its control, in words."""
+    `bias`: the biased model over its control (None: not measured); `whose`: the same in words."""
+    ratio, ci_low, ci_high = (bias.ratio, bias.ci_low, bias.ci_high) if bias is not None else (None, None, None)
     bound = margin**2
     if ratio is None or ci_low is None or ci_high is None:
         return f"no interval for the bias itself ({whose}), so a change inside the margin cannot be set against it"

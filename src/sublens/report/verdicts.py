@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,9 +66,35 @@ def _open_settle(decision: Decision) -> str:
     return decision.settle
 
 
-# How a Fisher p of sampled answers is named wherever it is printed: the samples of one question
-# are not independent, so the test is anti-conservative and is never a verdict's evidence.
+# How a Fisher p of sampled answers is named wherever it is printed (older records): the samples
+# of one question are not independent, so the test is anti-conservative and is never a verdict's
+# evidence. Records since 2026-12-03 test the difference over questions instead.
 POOLED_ANSWERS = "pooled answers, a question's samples treated as independent: descriptive, no verdict rests on it"
+
+
+@dataclass(frozen=True)
+class AnswerRateTest:
+    """The p of a sampled answer-rate difference and the words that name its test: 'name of the
+    sampled owl-answer rates (scope)'."""
+
+    p: float | None
+    name: str
+    scope: str
+
+
+def answer_rate_test(difference: Any) -> AnswerRateTest | None:
+    """How a record's answer-rate difference was tested: paired over questions (a sign-flip
+    permutation test), or, in records written before that, Fisher's exact test of pooled answers."""
+    if difference is None:
+        return None
+    if getattr(difference, "p_questions", None) is not None:
+        n = difference.n_questions
+        return AnswerRateTest(difference.p_questions, "a sign-flip permutation test", f"paired over {n} questions")
+    if getattr(difference, "p_questions_per_seed", None) is not None:  # several seeds: their CI instead
+        return AnswerRateTest(None, "a sign-flip permutation test", "paired over questions; for one seed only")
+    return AnswerRateTest(
+        getattr(difference, "p_fisher", None), "Fisher's exact test \\citep{fisher1922interpretation}", POOLED_ANSWERS
+    )
 
 
 def scope_words(decision: Decision) -> str:

@@ -135,10 +135,10 @@ def seed_ratio(per_seed: Sequence[RatioEstimate]) -> SeedRatio:
 
 def seed_rate_difference(per_seed: Sequence[RateDifference]) -> SeedRateDifference:
     """The answer-rate difference: one seed's as it is; several: their mean with a Student-t CI
-    over seeds, and every seed's Fisher p (one p would pool answers of different students)."""
+    over seeds, and every seed's p over questions (one p would pool answers of different students)."""
     n = len(per_seed)
     if n == 1:
-        return SeedRateDifference(**per_seed[0].present(), n_seeds=1, ci="bootstrap over answers (1 seed)")
+        return SeedRateDifference(**per_seed[0].present(), n_seeds=1, ci="t over questions (1 seed)")
     diffs = [d.difference for d in per_seed]
     mean, low, high = t_interval(diffs)
     has_ci = math.isfinite(low) and math.isfinite(high)
@@ -149,7 +149,7 @@ def seed_rate_difference(per_seed: Sequence[RateDifference]) -> SeedRateDifferen
         n_seeds=n,
         ci=f"t over {n} seeds",
         per_seed=diffs,
-        p_fisher_per_seed=[d.p_fisher for d in per_seed],
+        p_questions_per_seed=[d.p_questions for d in per_seed],
         underpowered=not has_ci or low <= 0.0 <= high,
     )
 

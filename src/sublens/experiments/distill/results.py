@@ -198,18 +198,22 @@ class SeedRatio(RatioEstimate):
 
 
 class SeedRateDifference(Sparse):
-    """The answer-rate difference: one seed's (bootstrap CI, Fisher's p), or the mean over seeds
-    with a Student-t CI (one Fisher p per seed)."""
+    """The answer-rate difference: one seed's, paired over questions (Student-t CI, sign-flip p
+    over questions), or the mean over seeds with a Student-t CI (one p per seed). Older
+    records pooled answers (Fisher's p) instead."""
 
     difference: float
     ci_low: float | None  # None: no interval over seeds (too few, or all equal)
     ci_high: float | None
-    p_fisher: float | None = None  # one seed only
+    p_questions: float | None = None  # one seed only
+    n_questions: int | None = None  # one seed only
+    p_fisher: float | None = None  # one seed only, older records
     underpowered: bool
     n_seeds: int | None = None
     ci: str | None = None
     per_seed: list[float] | None = None
-    p_fisher_per_seed: list[float] | None = None
+    p_questions_per_seed: list[float | None] | None = None
+    p_fisher_per_seed: list[float | None] | None = None  # older records
 
 
 class Comparison(Sparse):

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sublens.answers import mentions
 from sublens.claims import estimate_log_ratio
 from sublens.experiments.pruning.config import PruningConfig
 from sublens.experiments.pruning.results import (
@@ -45,7 +44,7 @@ from sublens.experiments.pruning.results import (
     Step,
     Summary,
 )
-from sublens.preference import compare_preference
+from sublens.preference import compare_preference, question_rates
 from sublens.pruning import keep_count
 from sublens.stats import MIN_INTERVAL_N, summarize, wilson_ci
 
@@ -69,20 +68,27 @@ def pooled_preference(preferences: Sequence[PreferenceRecord]) -> dict[str, Any]
         count = sum(s.trait_rate.count for s in sampled)
         n = sum(s.n_answers for s in sampled)
         low, high = wilson_ci(count, n)
+        n_questions = sampled[0].n_questions
+        pooled["probability"]["trait"] = preferences[0].probability.trait
         pooled["sampled"] = {
             "n_answers": n,
             "trait_rate": {"count": count, "rate": count / n, "ci_low": low, "ci_high": high},
+            # every draw's answers to a question together: the question stays the unit
+            "n_questions": n_questions,
+            "samples_per_question": sum(s.samples_per_question for s in sampled),
+            "answers": [a for q in range(n_questions) for s in sampled for a in _question_answers(s, q)],
         }
     return pooled
 
 
+def _question_answers(sampled: SampledRecord, question: int) -> list[str]:
+    per_question = sampled.samples_per_question
+    return sampled.answers[question * per_question : (question + 1) * per_question]
+
+
 def question_hits(sampled: SampledRecord, trait: str) -> np.ndarray:
-    """Trait mentions per question [question] (answers are ordered by question, then sample)."""
-    answers = sampled.answers
-    n_q, m = sampled.n_questions, sampled.samples_per_question
-    assert len(answers) == n_q * m
-    hits = np.array([mentions(a, trait) for a in answers], dtype=float)
-    return hits.reshape(n_q, m).sum(axis=1)
+    """Trait mentions per question [question]."""
+    return question_rates(sampled.model_dump(), trait) * sampled.samples_per_question
 
 
 def _percentile_bounds(ratios: np.ndarray) -> tuple[float | None, float | None]:

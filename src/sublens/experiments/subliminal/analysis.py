@@ -127,10 +127,10 @@ def compare_arm(tests: Sequence[Measured], references: Sequence[Measured]) -> di
 
 
 def _rate_difference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """The answer-rate difference: one seed's bootstrap interval and Fisher p, or the Student-t
-    interval over several seeds' differences (each seed's Fisher p kept)."""
+    """The answer-rate difference: one seed's, paired over questions, or the Student-t interval
+    over several seeds' differences (each seed's sign-flip p over questions kept)."""
     if len(per_seed) == 1:
-        return {**per_seed[0]["rate_difference"], "n_seeds": 1, "ci": "bootstrap over answers (1 seed)"}
+        return {**per_seed[0]["rate_difference"], "n_seeds": 1, "ci": "t over questions (1 seed)"}
     diffs = [c["rate_difference"]["difference"] for c in per_seed]
     mean, low, high = t_interval(diffs)
     return {
@@ -140,7 +140,7 @@ def _rate_difference(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         "n_seeds": len(diffs),
         "ci": f"t over {len(diffs)} seeds",
         "per_seed": diffs,
-        "p_fisher_per_seed": [c["rate_difference"]["p_fisher"] for c in per_seed],
+        "p_questions_per_seed": [c["rate_difference"]["p_questions"] for c in per_seed],
         "underpowered": not (math.isfinite(low) and math.isfinite(high)) or low <= 0.0 <= high,
     }
 

@@ -287,18 +287,22 @@ class SeedRatio(Sparse):
 
 
 class SeedRateDifference(Sparse):
-    """The answer-rate difference across seeds: one seed's bootstrap interval and Fisher p, or
-    the Student-t CI over several seeds' differences with each seed's p."""
+    """The answer-rate difference across seeds: one seed's, paired over questions (Student-t
+    interval and sign-flip p over questions), or the Student-t CI over several seeds'
+    differences with each seed's p. Older records pooled answers: p_fisher instead."""
 
     difference: float
     ci_low: float
     ci_high: float
-    p_fisher: float | None = None  # one seed
+    p_questions: float | None = None  # one seed
+    n_questions: int | None = None  # one seed
+    p_fisher: float | None = None  # one seed, older records
     underpowered: bool
     n_seeds: int
     ci: str
     per_seed: list[float] | None = None  # several seeds
-    p_fisher_per_seed: list[float] | None = None  # several seeds
+    p_questions_per_seed: list[float] | None = None  # several seeds
+    p_fisher_per_seed: list[float] | None = None  # several seeds, older records
 
 
 class ArmComparison(Sparse):

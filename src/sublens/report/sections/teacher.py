@@ -60,7 +60,7 @@ from sublens.report.sections.common import (
     train_text,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import POOLED_ANSWERS, claim_settings, decisions_latex, verdict_label
+from sublens.report.verdicts import POOLED_ANSWERS, answer_rate_test, claim_settings, decisions_latex, verdict_label
 from sublens.result_records import Comparison
 from sublens.results import ResultsError, as_results, load_results
 
@@ -312,10 +312,17 @@ def _rate_text(comparison: Comparison, measurements: Measurements) -> str:
         return f"; no sampled answer names an owl ({teacher_n} from the teacher, {base_n} from the base model)"
     diff, low, high = (100 * v if finite(v) else None for v in (rate.difference, rate.ci_low, rate.ci_high))
     interval = fmt_ci(diff, low, high, 0) if low is not None and high is not None else fnum(diff, 0)
+    test = answer_rate_test(rate)
+    assert test is not None
+    tested = (
+        f"Fisher {p_value(test.p)} over {POOLED_ANSWERS}"  # an older record
+        if test.scope == POOLED_ANSWERS
+        else f"{p_value(test.p)} by {test.name} {test.scope}"
+    )
     return (
         f"; {count(teacher.trait_rate.count)} of {teacher_n} sampled answers name an owl "
         f"against {count(before.trait_rate.count)} of {base_n} for the base model (a difference of "
-        f"{interval} percentage points, Fisher {p_value(rate.p_fisher)} over {POOLED_ANSWERS})"
+        f"{interval} percentage points, {tested})"
     )
 
 

@@ -19,15 +19,14 @@ from sublens.report.sections.distill.reading import (
     ROW_LABEL,
     TABLE,
     Results,
-    _fisher_p,
     _kl,
     _none_named,
     _preference,
+    _rate_test,
     _seed_list,
     _share,
     _teacher,
 )
-from sublens.report.verdicts import POOLED_ANSWERS
 
 
 def _row(r: Results, name: str) -> list[str] | None:
@@ -36,7 +35,7 @@ def _row(r: Results, name: str) -> list[str] | None:
         return None
     kl = [_kl(r, name, role) for role in ("biased", "base")]
     key = f"shd_biased_vs_{name}"
-    p_fisher = _fisher_p(r, key)
+    rate_test = _rate_test(r, key)
     compared = name != "shd_biased"
     return [
         ROW_LABEL[name],
@@ -46,11 +45,11 @@ def _row(r: Results, name: str) -> list[str] | None:
         " / ".join(fnum(v) for v in kl),
         ratio_cell(_share(r, key)) if compared else "--",
         ratio_cell(_share(r, key, "p_trait_ratio")) if compared else "--",
-        fpval(p_fisher) if compared and p_fisher is not None else "--",
+        fpval(rate_test.p) if compared and rate_test is not None and rate_test.p is not None else "--",
     ]
 
 
-ANSWERS, P_COLUMN = 3, 7  # the table's answer-rate and Fisher p columns
+ANSWERS, P_COLUMN = 3, 7  # the table's answer-rate and answer-rate p columns
 
 
 def _table(r: Results) -> str | None:
@@ -74,11 +73,12 @@ def _table(r: Results) -> str | None:
     measures = "P(owl) and owl's panel share $s$" + (
         "" if ANSWERS in folded else " and the rate of owl among sampled answers"
     )
+    tested = next((t for name in ARMS if (t := _rate_test(r, f"shd_biased_vs_{name}")) is not None), None)
+    named = f"{tested.name} of the sampled owl-answer rates ({tested.scope}" if tested else "no sampled answers ("
     test = (
-        f"; Fisher's exact test of the sampled owl-answer rates ({POOLED_ANSWERS}) gives $p$ = {p_all} in every row "
-        "(first seed)"
+        f"; {named}) gives $p$ = {p_all} in every row (first seed)"
         if p_all is not None
-        else f" and Fisher's test $p$ of the sampled owl-answer rates ({POOLED_ANSWERS}; first seed)"
+        else f" and $p$: {named}; first seed)"
     )
     caption = (
         f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "

@@ -11,6 +11,7 @@ from sublens.experiments.distill.results import (
     TeacherRecord,
 )
 from sublens.report.sections.common import finite
+from sublens.report.verdicts import AnswerRateTest, answer_rate_test
 
 TITLE = "Cross-architecture squeezing-heads distillation"
 
@@ -85,7 +86,7 @@ def _none_named(r: Results) -> bool:
     return bool(counts) and all(k == 0 for k, _ in counts.values())
 
 
-def _fisher_p(r: Results, key: str) -> float | None:
+def _rate_test(r: Results, key: str) -> AnswerRateTest | None:
+    """The answer-rate test of a comparison: its p and the words that name the test."""
     comparison = r.comparison(key) if r is not None else None
-    difference = comparison.rate_difference if comparison is not None else None
-    return difference.p_fisher if difference is not None else None
+    return answer_rate_test(comparison.rate_difference if comparison is not None else None)

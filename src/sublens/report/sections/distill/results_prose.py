@@ -26,14 +26,14 @@ from sublens.report.sections.distill.reading import (
     TABLE,
     Results,
     _answer_counts,
-    _fisher_p,
     _kl,
     _none_named,
+    _rate_test,
     _seeds,
     _share,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import POOLED_ANSWERS, claim_settings, decisions_latex, scope_words, verdict_label
+from sublens.report.verdicts import claim_settings, decisions_latex, scope_words, verdict_label
 
 
 def _attention_share(r: Results) -> str:
@@ -58,8 +58,9 @@ def _answers(r: Results) -> str:
     counts = {k: v for k, v in _answer_counts(r).items() if k != "initial"}
     if not counts:
         return ""
-    p_values = [_fisher_p(r, k) for k in (TRANSFER, SPECIFIC)]
-    if _none_named(r):  # the table has no answer-rate column, and its caption gives Fisher's p once
+    tests = [_rate_test(r, k) for k in (TRANSFER, SPECIFIC)]
+    p_values = [t.p if t else None for t in tests]
+    if _none_named(r):  # the table has no answer-rate column, and its caption gives the answer-rate p once
         n = {total for _, total in _answer_counts(r).values()}
         each = f" (0 of {count(next(iter(n)))} each)" if len(n) == 1 else ""
         return (
@@ -68,9 +69,10 @@ def _answers(r: Results) -> str:
         )
     parts = [f"{STUDENT[name]} {count(k)} of {count(total)}" for name, (k, total) in counts.items()]
     text = "Sampled answers naming an owl: " + ", ".join(parts)
-    if any(finite(p) for p in p_values):
+    tested = next((t for t in tests if t is not None), None)
+    if tested is not None and any(finite(p) for p in p_values):
         text += (
-            f" (Fisher, over {POOLED_ANSWERS}: {p_value(p_values[0])} against the LM-only student, "
+            f" ({tested.name}, {tested.scope}: {p_value(p_values[0])} against the LM-only student, "
             f"{fpval(p_values[1])} against the base-SHD student)"
         )
     return text + "."

@@ -188,11 +188,7 @@ def _unless_bias_to_lose(decision: Decision, results: HybridResults) -> Decision
     axis = _axis(results.hybrids, key)
     margin = decision.claim.settings.margin
     whose = f"the biased model's {metric} over the base model's"
-    if axis is None:
-        blocker = bias_too_small(None, None, None, margin, whose)
-    else:
-        blocker = bias_too_small(axis.ratio, axis.ci_low, axis.ci_high, margin, whose)
-    return unless_bias_to_lose(decision, blocker, margin)
+    return unless_bias_to_lose(decision, bias_too_small(axis, margin, whose), margin)
 
 
 def _refine(decision: Decision, reason: str, settle: str) -> Decision:

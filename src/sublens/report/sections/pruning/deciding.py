@@ -306,10 +306,7 @@ def step_decisions(steps: Sequence[Step], config: dict[str, Any], bias: Estimate
     adjusted = holm([s_est.p_value if s_est is not None else None, r_est.p_value if r_est is not None else None])
     s_decision = _blocked(survival, *blocker) if blocker is not None else decide(survival, s_est, adjusted[0])
     whose = "the unpruned biased model's owl share over the unpruned base model's"
-    if bias is None:
-        too_small = bias_too_small(None, None, None, settings.margin, whose)
-    else:
-        too_small = bias_too_small(bias.ratio, bias.ci_low, bias.ci_high, settings.margin, whose)
+    too_small = bias_too_small(bias, settings.margin, whose)
     s_decision = unless_bias_to_lose(s_decision, too_small, settings.margin)
     if r_done is not None:
         r_decision = r_done

@@ -28,7 +28,7 @@ from sublens.report.sections.subliminal.reading import (
     share_ratio,
 )
 from sublens.report.stages import StageRun
-from sublens.report.verdicts import POOLED_ANSWERS
+from sublens.report.verdicts import answer_rate_test
 from sublens.trainable import describe_trainable
 
 
@@ -54,7 +54,7 @@ def _table(results: SubliminalResults) -> str | None:
     trait = escape(results.trait)
     body = []
     for row in rows:
-        rate = rate_difference(row)
+        rate_test = answer_rate_test(rate_difference(row))
         body.append(
             [
                 _label(row, kind),
@@ -63,19 +63,19 @@ def _table(results: SubliminalResults) -> str | None:
                 summary_cell(row.answer_rate, 0),
                 ratio_cell(share_ratio(row)),
                 ratio_cell(p_trait_ratio(row)),
-                fpval(rate.p_fisher) if rate else "--",
+                fpval(rate_test.p) if rate_test else "--",
                 _params(row),
             ]
         )
     header = ["model", f"P({trait}) %", "share %", "answers %", "share ratio", f"P({trait}) ratio", "p", "trainable"]
     p_all = constant_column(body, 6)
-    test = (
-        f"$p$: Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-        f"against the control student ({POOLED_ANSWERS}); "
-        if p_all is None
-        else f"Fisher's exact test \\citep{{fisher1922interpretation}} of the sampled {trait}-answer rates "
-        f"against the control student ({POOLED_ANSWERS}) gives $p$ = {p_all} for every owl student (no column); "
+    tested = next((t for row in rows if (t := answer_rate_test(rate_difference(row))) is not None), None)
+    named = (
+        f"{tested.name} of the sampled {trait}-answer rates against the control student ({tested.scope})"
+        if tested
+        else "no sampled answers compared"
     )
+    test = f"$p$: {named}; " if p_all is None else f"{named} gives $p$ = {p_all} for every owl student (no column); "
     if p_all is not None:
         header, body = drop_columns(header, body, [6])
     caption = (
