@@ -7,7 +7,9 @@ its "equivalent" is a null of untrained students. The check reads the training l
 that every student records: with one epoch each step's loss is measured on examples the
 student has not yet been updated on, so a mean loss over the last quarter of the steps below
 that over the first quarter says the students fit data of that kind better than when they
-began. An arm is checked as a whole (its owl and control students, every seed): each curve
+began. Over several epochs the last quarter's examples have been seen before, so the fall
+also counts fitting those very examples: it still shows that the students moved on their
+teacher's data, which is all a null needs, but not that they generalise from it. An arm is checked as a whole (its owl and control students, every seed): each curve
 gives its own first and last quarter, and the pooled steps are compared by a one-sided Welch t
 (steps are the unit; consecutive batches are independent draws of the shuffled data). One
 student's 38 steps alone are too few to show a fall of 20% against the batch-to-batch noise;
