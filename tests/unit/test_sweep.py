@@ -356,7 +356,15 @@ def test_the_sides_of_a_student_comparison_are_read_whatever_hyphens_the_names_h
     [
         ({"owl-A vs control-A": "supported", "owl-A vs eagle-A": "supported"}, "yes", "and over the eagle student"),
         ({"owl-A vs control-A": "supported", "owl-A vs eagle-A": "equivalent"}, "no", "eagle student: equivalent"),
-        ({"owl-A vs control-A": "inconclusive", "owl-A vs eagle-A": "supported"}, "no", "its control: inconclusive"),
+        ({"owl-A vs control-A": "equivalent", "owl-A vs eagle-A": "inconclusive"}, "no", "its control: equivalent"),
+        ({"owl-A vs control-A": "contradicted"}, "no", "its control: contradicted"),
+        # a leg not shown is not a leg shown absent: undecided, not "no"
+        (
+            {"owl-A vs control-A": "inconclusive", "owl-A vs eagle-A": "supported"},
+            "inconclusive",
+            "its control: inconclusive",
+        ),
+        ({"owl-A vs control-A": "inconclusive"}, "inconclusive", "its control: inconclusive"),
         ({"owl-A vs control-A": "supported", "eagle-A vs control-A": "supported"}, "not tested", "no other animal"),
         ({"eagle-A vs control-A": "supported"}, "", ""),
     ],
@@ -497,7 +505,7 @@ def test_the_printed_effects_say_what_would_settle_an_open_row(tmp_path: Path, m
 
     row = {"grid": "arm=a", "comparison": "owl/control", "verdict": "inconclusive", "reason": "flat", "n_seeds": 3}
     settled = {**row, "comparison": "eagle/control", "verdict": "supported", "settle": None}
-    word = {"owl_specific": "no", "owl_specific_why": "the owl student over its control: inconclusive"}
+    word = {"owl_specific": "inconclusive", "owl_specific_why": "the owl student over its control: inconclusive"}
     frame = pd.DataFrame([{**row, "settle": "train longer", **word}, {**settled, **word}])
     frame.to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")
     out = io.StringIO()
@@ -507,7 +515,7 @@ def test_the_printed_effects_say_what_would_settle_an_open_row(tmp_path: Path, m
     assert lines == [
         "arm=a: owl/control: inconclusive (flat; 3 seeds) To settle it: train longer.",
         "arm=a: eagle/control: supported (flat; 3 seeds)",
-        "arm=a: owl-specific transfer: no (the owl student over its control: inconclusive)",  # once per point
+        "arm=a: owl-specific transfer: inconclusive (the owl student over its control: inconclusive)",  # once
     ]
 
     pd.DataFrame([row]).to_parquet(tmp_path / f"{FIGURE_STEM}.parquet")  # a table from before 'settle'

@@ -198,7 +198,8 @@ def _methods(sweeps: Sequence[LoadedSweep]) -> str:
         "rise there says the transfer is not owl-specific, and the owl student is predicted to rise over "
         "that student too (per seed, the owl student's ratio over the other's: the control cancels). "
         "Owl-specific transfer needs both rises, over the control and over every other animal's student, "
-        "supported. Each design's grid and settings are in "
+        "supported; its absence needs one of them shown absent (equivalent or contradicted), and a rise "
+        "left undecided makes the point inconclusive. Each design's grid and settings are in "
         "Appendix~\\ref{sec:reproducibility}."
     )
 

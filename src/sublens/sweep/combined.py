@@ -240,12 +240,19 @@ def effect_by_grid_point(
     return effect
 
 
+SHOWN_ABSENT = ("equivalent", "contradicted")  # a leg shown not to rise (no effect of interest, or a fall)
+
+
 def owl_specific(point: pd.DataFrame) -> tuple[str, str]:
-    """Whether a grid point shows owl-specific transfer, from its decided rows: 'yes' needs the
-    owl student's rise over its control supported and, for every other teacher's student in the
-    same trainable set, the owl student's rise over that student supported too (a rise any
-    animal's numbers cause is not owl transfer); 'not tested' where the owl rise is supported
-    but no other teacher's student was trained beside it; else 'no', saying which leg failed.
+    """Whether a grid point shows owl-specific transfer, from its decided rows. Two legs: the
+    owl student's rise over its control, and for every other teacher's student in the same
+    trainable set the owl student's rise over that student (a rise any animal's numbers cause
+    is not owl transfer).
+    - 'yes': every leg supported;
+    - 'no': some leg shown absent (equivalent: no rise as large as the margin; or contradicted);
+    - 'not tested': the owl rise supported, but no other teacher's student trained beside it;
+    - 'inconclusive': otherwise, a leg undecided and none shown absent. Like every verdict, a
+      leg that was not shown to rise is not a leg shown not to rise.
     ('', '') for a point without an owl student over its control."""
     verdicts = dict(zip(point["comparison"], point["verdict"], strict=True))
     sides = {c: student_sides(c) for c in verdicts}
@@ -255,10 +262,14 @@ def owl_specific(point: pd.DataFrame) -> tuple[str, str]:
     specificity = {
         s.reference: verdicts[c] for c, s in sides.items() if s and s.trained == OWL_DATA and s.is_specificity
     }
-    failed = [f"the owl student over its control: {v}" for v in transfer if v != "supported"]
-    failed += [f"over the {other} student: {v}" for other, v in specificity.items() if v != "supported"]
-    if failed:
-        return "no", "; ".join(failed)
+    legs = [("the owl student over its control", v) for v in transfer]
+    legs += [(f"over the {other} student", v) for other, v in specificity.items()]
+    absent = [f"{leg}: {v}" for leg, v in legs if v in SHOWN_ABSENT]
+    if absent:
+        return "no", "; ".join(absent)
+    undecided = [f"{leg}: {v}" for leg, v in legs if v != "supported"]
+    if undecided:
+        return "inconclusive", "; ".join(undecided)
     if not specificity:
         return "not tested", "no other animal's student was trained in the same trainable set"
     others = ", ".join(f"the {other} student" for other in specificity)
