@@ -343,6 +343,21 @@ def test_a_family_of_nulls_is_adjusted_for_its_size() -> None:
     assert decide_family([(claim("none"), near)] + [(claim(), wide)] * 4)[0].verdict is Verdict.INCONCLUSIVE
 
 
+def test_a_significant_change_inside_the_margin_is_never_support() -> None:
+    """×1.16 [1.08, 1.25): significant (p 0.004) and inside the margin, equivalence p 0.02 alone.
+    Among four wide claims its equivalence does not survive Holm (0.02 x 5) while its difference
+    test does (0.004 x 5): the CI inside the margin must not then read as support for a rise,
+    nor, predicted the other way, as a refutation."""
+    inside = est([0.08, 0.12, 0.15, 0.18, 0.22])
+    assert inside.ci_low is not None and inside.ci_high is not None and 1 < inside.ci_low < inside.ci_high < 1.25
+    wide = est([0.6, -0.5, 0.4])
+    for prediction in ("increase", "decrease"):
+        d = decide_family([(claim(prediction), inside)] + [(claim(), wide)] * 4)[0]
+        assert d.p_adjusted is not None and d.p_adjusted < 0.05
+        assert d.verdict is Verdict.INCONCLUSIVE and "does not survive the Holm adjustment" in d.reason
+    assert decide(claim(), inside).verdict is Verdict.EQUIVALENT  # alone, the equivalence stands
+
+
 def test_false_equivalence_across_a_family_is_held_to_alpha() -> None:
     """Five claims whose true ratio sits on the margin (×1.25), four seeds each: the chance that
     any is called 'no effect' is held near α by the family's adjustment, and exceeds it when each

@@ -800,6 +800,13 @@ def test_association_equivalence_p_agrees_with_its_interval_and_the_family_adjus
     far = estimate_association(0.25, 0.3, 12)
     family = decide_association_family([(_none_claim(), near)] + [(_none_claim(str(i)), far) for i in range(3)])
     assert family[0].verdict is Verdict.INCONCLUSIVE and "does not survive the Holm adjustment" in family[0].reason
+    # predicted an association: significant (p 0.001) with its interval inside ±0.3 is not
+    # support once the equivalence test fails the adjustment; inconclusive like the null above
+    significant = near.model_copy(update={"p_value": 0.001})
+    rising = _none_claim().model_copy(update={"prediction": "increase"})
+    family = decide_association_family([(rising, significant)] + [(_none_claim(str(i)), far) for i in range(3)])
+    assert family[0].p_adjusted is not None and family[0].p_adjusted < 0.05
+    assert family[0].verdict is Verdict.INCONCLUSIVE and "does not survive the Holm adjustment" in family[0].reason
 
 
 def test_cramers_v_equivalence_p_agrees_with_its_interval() -> None:

@@ -164,8 +164,9 @@ def decide_association(
 
     A CI wholly inside ±rho_of_interest, with the equivalence test significant, decides first: equivalent where an association was
     predicted, supported where none was (even when the association is significant: it is
-    smaller than the one of interest). Otherwise supported: significant in the predicted
-    direction; contradicted: significant the other way (predicting none: significant and the
+    smaller than the one of interest); an interval inside ±rho_of_interest whose equivalence
+    does not survive is inconclusive whatever its significance. Otherwise supported:
+    significant in the predicted direction; contradicted: significant the other way (predicting none: significant and the
     CI beyond ±rho_of_interest); else inconclusive (a significant association without an
     interval is of unshown size)."""
     s = claim.settings
@@ -253,9 +254,10 @@ def _verdict(claim: AssociationClaim, est: Association, p: float, p_equivalent: 
         if inside:
             return Verdict.EQUIVALENT, f"{ci}: no association as large as ±{r:g} (the CI lies inside it){small}"
         predicted = est.rho > 0 if claim.prediction == "increase" else est.rho < 0  # type: ignore[operator]
-        if significant and predicted:
+        # an interval inside ±r whose equivalence did not survive the adjustment: inconclusive below
+        if significant and predicted and not within:
             return Verdict.SUPPORTED, f"{ci}: an association in the predicted direction"
-        if significant:
+        if significant and not within:
             return Verdict.CONTRADICTED, f"{ci}: an association opposite to the prediction"
     if within:
         return (

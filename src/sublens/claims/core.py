@@ -416,9 +416,11 @@ def _verdict(claim: Claim, est: Estimate, p: float, p_equivalent: float | None) 
                 f"{ci}: no effect as large as ×{margin:g} (the CI lies inside the margin){real_but_small}"
             )
         predicted = est.ratio > 1 if claim.prediction == "increase" else est.ratio < 1
-        if significant and predicted:
+        # a CI inside the margin whose equivalence did not survive the adjustment is no more
+        # support (or refutation) than it was before: it falls through to inconclusive
+        if significant and predicted and not inside:
             return Verdict.SUPPORTED, f"{ci}: a change in the predicted direction"
-        if significant:
+        if significant and not inside:
             return Verdict.CONTRADICTED, f"{ci}: a change opposite to the prediction"
     if inside:
         return Verdict.INCONCLUSIVE, (
