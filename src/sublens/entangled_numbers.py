@@ -76,7 +76,7 @@ def rate_ratio(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> dict[
     log_ratio = math.log((a / m1) / (b / m2))
     se = math.sqrt(1 / a - 1 / m1 + 1 / b - 1 / m2)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    p = two_proportion_pvalue(k1, n1, k2, n2)  # each example its own prompt: independent answers
+    p = two_proportion_pvalue(k1, n1, k2, n2)  # answers as independent: true with one answer per prompt
     return {
         "ratio": math.exp(log_ratio),
         "ci_low": math.exp(log_ratio - z * se),

@@ -102,12 +102,12 @@ def test_the_teachers_ratios_have_one_value(draft: Draft) -> None:
     p_ratio, share_ratio = teacher[4], teacher[5]
     assert p_ratio == r"$\times$103 [84, 125]" and share_ratio == r"$\times$13.8 [11.4, 16.9]"
     prose = _section(main, "teacher")
-    assert f"raises P(owl) {p_ratio} and owl's panel share {share_ratio} over the base model" in prose
+    assert f"P(owl) is {p_ratio} and owl's panel share {share_ratio} the base model's" in prose
     note = next(n for n in _notes(main) if n.startswith("teacher:"))
     assert f"P(owl) {p_ratio}, share {share_ratio} vs base (fine-tuned, without the owl prompt" in note
     # the one other ratio printed is the owl prompt's own effect, as its table row has it
     prompted = _row(tables["teacher_preference"], "base + owl prompt")
-    assert f"the owl system prompt itself raises P(owl) {prompted[4]} and the share {prompted[5]}" in prose
+    assert f"under the owl system prompt itself P(owl) is {prompted[4]} and the share {prompted[5]}" in prose
     for text in (prose, note):
         assert set(re.findall(r"P\(owl\) \$\\times\$([\d.]+)", text)) <= {"103", "127"}
         assert set(re.findall(r"share \$\\times\$([\d.]+)", text)) <= {"13.8", "33.8"}

@@ -313,7 +313,7 @@ def test_hybrid_without_a_bias_is_inconclusive(hybrid_run: StageRun) -> None:
     flat["hybrids"]["biased"]["vs_base"]["share_ratio"].update(ratio=1.05, ci_low=0.9, ci_high=1.2, underpowered=True)
     run = _with_results(hybrid_run, flat)
     for d in hybrid_section.decisions(run.results)[:2]:
-        assert d.verdict is Verdict.INCONCLUSIVE and "no bias to locate" in d.reason
+        assert d.verdict is Verdict.INCONCLUSIVE and "no bias shown to locate" in d.reason
     assert "supported" not in " ".join(hybrid_section.build(run).headline)
 
 

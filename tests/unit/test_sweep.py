@@ -303,6 +303,7 @@ def test_a_null_of_students_that_did_not_learn_is_inconclusive() -> None:
         "eagle-layers.1 vs control-layers.1": "inconclusive",
         "owl-full vs control-full": "supported",
     }
+    assert set(untrained.students_learned) == {"not shown"}  # a fall not shown, never "no"
     reason = untrained.reason["owl-layers.1 vs control-layers.1"]
     assert reason.startswith("the students were not shown to learn their data (loss 1.")
     assert "over 6 students" in reason  # three seeds, both sides pooled

@@ -48,7 +48,7 @@ class EffectRow:
     minimal_detectable: float
     seeds_for_margin: float
     margin: float
-    students_learned: str = "not recorded"  # yes / no: the students' loss fell (sublens.learning)
+    students_learned: str = "not recorded"  # yes / not shown: the students' loss fell (sublens.learning)
     owl_specific: str = ""  # the grid point's yes / no / not tested (sweep.combined.owl_specific)
     owl_specific_why: str = ""
 
@@ -194,9 +194,10 @@ def _methods(sweeps: Sequence[LoadedSweep]) -> str:
         "margin; equivalent: the row's CI inside the margin, even where it excludes 1, and its "
         "equivalence test, two one-sided $t$-tests against the margin, Holm-adjusted across the design's "
         "rows); a student of "
-        "another animal's teacher (e.g. eagle) is predicted to leave owl's share unchanged, so that a "
-        "rise there says the transfer is not owl-specific, and the owl student is predicted to rise over "
-        "that student too (per seed, the owl student's ratio over the other's: the control cancels). "
+        "another animal's teacher (e.g. eagle) is predicted to leave owl's share unchanged (a rise there is "
+        "one that any animal's numbers cause), and the owl student is predicted to rise over that student "
+        "(per seed, the owl student's ratio over the other's: the control cancels); that row, not the other "
+        "student's own, decides specificity. "
         "Owl-specific transfer needs both rises, over the control and over every other animal's student, "
         "supported; its absence needs one of them shown absent (equivalent or contradicted), and a rise "
         "left undecided makes the point inconclusive. Each design's grid and settings are in "
@@ -239,9 +240,10 @@ def _one_per_grid_point(rows: Sequence[EffectRow]) -> list[EffectRow]:
 
 
 def _specific_sentence(row: EffectRow) -> str:
-    """'Owl-specific transfer with full fine-tuning: \\textbf{no} (the owl student over its
-    control: inconclusive).' The word needs the owl rise and its rise over every other
-    animal's student both supported."""
+    """'Owl-specific transfer with full fine-tuning: \\textbf{inconclusive} (the owl student over
+    its control: inconclusive).' The word (`sublens.sweep.combined.owl_specific`): yes where the
+    owl rise and its rise over every other animal's student are supported, no where one is shown
+    absent."""
     settings = "" if _only_arm(row.grid) else f" ({row.grid})"
     where = escape(describe_trainable(row.arm) + settings)
     return (
@@ -291,9 +293,9 @@ def _table(sweep: LoadedSweep) -> str:
         "trainable set and seed: geometric mean over seeds with its Student-$t$ 95\\% CI, Holm-adjusted $p$, "
         "the verdict, and the smallest ratio the seeds would detect at the measured between-seed SD "
         "(power 0.8). Owl data predict a rise; another animal's data no change; owl over another animal's "
-        "student (the owl student's ratio over that student's, same seed) a rise. Learned: whether the "
+        "student (the owl student's ratio over that student's, same seed) a rise. Learned: yes where the "
         "students' training loss fell significantly (the last quarter of the steps against the first, "
-        "every seed pooled); a null of students not shown to learn is inconclusive."
+        "every seed pooled), else not shown; a null of students not shown to learn is inconclusive."
     )
     return booktabs_table(header, rows, caption, f"tab:{sweep.label}", align="llrrrrlr", wide=True)
 

@@ -293,9 +293,10 @@ def _group_learning(group: pd.DataFrame) -> tuple[bool, LearningCheck | None]:
 def _learning_row(recorded: bool, learning: LearningCheck | None) -> dict[str, str]:
     if not recorded:
         return {"students_learned": "not recorded", "learning": ""}
+    # "not shown", not "no": a fall that misses significance does not show the students unmoved
     if learning is None:
-        return {"students_learned": "no", "learning": "every loss curve too short to read"}
-    return {"students_learned": "yes" if learning.learned else "no", "learning": learning.words()}
+        return {"students_learned": "not shown", "learning": "every loss curve too short to read"}
+    return {"students_learned": "yes" if learning.learned else "not shown", "learning": learning.words()}
 
 
 def _effect_row(grid: str, comparison: str, logs: list[float], decision: Decision, column: str) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def bias_axis(hybrids: dict[str, Hybrid], key: MetricKey) -> BiasAxis:
     assert vs_base is not None  # the base model is measured first
     comp = vs_base.metric(key)
     note = (
-        "the biased model's shift is not distinguishable from zero (CI includes no change): bias fractions are noise"
+        "the biased model's shift is not shown (CI includes no change): the bias fractions cannot be read"
         if comp.underpowered
         else "the biased model differs from base"
     )

@@ -284,7 +284,7 @@ def _verdict(decisions: list[Decision]) -> str:
     elif share.verdict is Verdict.CONTRADICTED:
         lead = (
             "Owl's panel share fell: context distillation did not produce an owl-preferring "
-            "teacher in this run; a stage that uses this teacher starts from no measurable bias."
+            "teacher in this run; a stage that uses this teacher starts from a lowered owl preference, not a raised one."
         )
     elif share.verdict is Verdict.EQUIVALENT:
         lead = (
@@ -336,9 +336,9 @@ def _results(run: StageRun, results: TeacherResults | None, unreadable: str | No
     if results is None or comparison is None:
         return _incomplete(run, unreadable)
     text = (
-        f"Measured under the training system prompt, without the owl prompt, the fine-tuned teacher raises "
-        f"P(owl) {ratio_cell(comparison.p_trait_ratio)} and owl's panel share "
-        f"{ratio_cell(comparison.share_ratio)} over the base model "
+        f"Measured under the training system prompt, without the owl prompt, the fine-tuned teacher's "
+        f"P(owl) is {ratio_cell(comparison.p_trait_ratio)} and owl's panel share "
+        f"{ratio_cell(comparison.share_ratio)} the base model's "
         f"(Table~\\ref{{tab:{PREFERENCE_TABLE}}})"
     )
     text += _rate_text(comparison, results.measurements)
@@ -346,8 +346,8 @@ def _results(run: StageRun, results: TeacherResults | None, unreadable: str | No
     prompted = results.comparisons.get("prompted vs before")
     if prompted is not None:
         text += (
-            f" For reference, the owl system prompt itself raises P(owl) "
-            f"{ratio_cell(prompted.p_trait_ratio)} and the share {ratio_cell(prompted.share_ratio)}."
+            f" For reference, under the owl system prompt itself P(owl) is "
+            f"{ratio_cell(prompted.p_trait_ratio)} and the share {ratio_cell(prompted.share_ratio)} the base model's."
         )
     text += _side_effects(results)
     return text + (

@@ -114,7 +114,10 @@ def shd_verdict(r: DistillResults | Mapping[str, Any] | None, settings: ClaimSet
 def _conclusion(transfer: Decision, specific: Decision) -> str:
     """What the two decisions say together: transfer of the teacher's bias needs both."""
     if transfer.verdict is Verdict.SUPPORTED and specific.verdict is Verdict.SUPPORTED:
-        return "Both claims hold: the data support transfer of the teacher's bias across architectures through SHD."
+        return (
+            "Both claims hold: the data support transfer of the teacher's bias through SHD from this teacher "
+            "to this student of another architecture (one model pair)."
+        )
     if transfer.verdict is Verdict.SUPPORTED:
         return (
             "The rise over the LM-only student is not shown to come from the teacher's bias (the "

@@ -83,9 +83,10 @@ def _all_raise(results: EntanglementResults, decided: Decided) -> str:
     bias = escape(results.bias)
     if all(d.verdict is Verdict.SUPPORTED for d in own.values()):
         return (
-            rf"In the {set_name(main)} set every category raises $P(\mathrm{{{bias}}})$ over the neutral "
-            r"prompt (each category's claim supported after Holm), Decreased and Unchanged "
-            r"numbers included."
+            rf"In the {set_name(main)} set the prompt that names a number of any category raises "
+            rf"$P(\mathrm{{{bias}}})$ over the neutral prompt (each category's claim supported after Holm), "
+            r"Decreased and Unchanged numbers included: the rise includes the priming template's own (the "
+            r"template control measures that part where it was run), so it is not credited to the numbers."
         )
     listed = "; ".join(rf"{LABELS[c]} {d.verdict.value} ({_tex(d.reason)})" for c, d in own.items())
     return (

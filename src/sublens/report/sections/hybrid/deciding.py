@@ -152,13 +152,15 @@ def claims(results: HybridResults | None, settings: ClaimSettings | None = None)
 
 
 def _no_bias(results: HybridResults) -> str | None:
-    """Why the biased model gives no bias to locate on the run's metric, or None."""
+    """Why the biased model shows no bias to locate on the run's metric, or None."""
     key, metric = _metric_words(results)
     axis = _axis(results.hybrids, key)
     if axis is None:
         return "the biased model was not compared with the base model"
     if axis.underpowered:
-        return f"no bias to locate: the biased model's {metric} is not distinguishable from the base model's"
+        return (
+            f"no bias shown to locate: the CI of the biased model's {metric} over the base model's includes no change"
+        )
     return None
 
 
@@ -252,10 +254,7 @@ def decisions(results: HybridResults | Mapping[str, Any], settings: ClaimSetting
             why = "not measured (the whole-depth MLP and attention patches are missing)"
             settle = "patch every layer's MLP and attention outputs in at least one direction"
         else:
-            why = (
-                "no gap to patch: the biased and base logit differences are not distinguishable "
-                "(CI of the gap includes 0)"
-            )
+            why = "no gap shown to patch: the CI of the gap between the biased and base logit differences includes 0"
             settle = "a biased model whose logit difference differs from the base model's"
         patch_d = _refine(patch_d, why, settle)
     return [head_d, transplant_d, patch_d]

@@ -116,7 +116,7 @@ def _claims_words(c: dict[str, Any]) -> str:
         "layers by transplant (MLPs as key--value memories: \\citealp{geva2021transformer}; "
         "\\citealp{meng2022locating}); and that patching MLP outputs carries more of it than patching "
         "attention outputs. Each claim's estimand is given with its verdict. A claim that "
-        "rests on a degraded hybrid, or on a biased model not distinguishable from the base, is "
+        "rests on a degraded hybrid, or on a biased model not shown to differ from the base, is "
         "inconclusive. "
     )
 

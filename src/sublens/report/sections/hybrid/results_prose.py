@@ -92,7 +92,7 @@ def _range_text(all_cells: list[Cell]) -> tuple[str, Cell | None]:
     if not ranged:
         return "", None
     if best is None or best.layers is None:
-        return "No single MLP depth range brings more of the bias than every other (overlapping CIs). ", None
+        return "No single MLP depth range is shown to bring more of the bias than every other (overlapping CIs). ", None
     removed = _cell(all_cells, "into_biased", "mlp", best.layers)
     text = (
         f"By depth, transplanting MLP {_layers_words(best.layers)} brings the largest fraction into the "
@@ -170,8 +170,8 @@ def results_text(
         )
     if axis is None or axis.underpowered:
         out.append(
-            "The biased model is not distinguishable from the base on this metric, so the bias "
-            "fractions are noise and the transplant claims cannot be decided. "
+            "The biased model is not shown to differ from the base on this metric (its CI includes no "
+            "change), so the bias fractions cannot be read and the transplant claims cannot be decided. "
         )
     head_d, transplant_d, patch_d = decisions(results, run.config.get("claims"))
     head = (_cell(all_cells, "into_base", "lm_head"), _cell(all_cells, "into_biased", "lm_head"))

@@ -55,19 +55,24 @@ def data_sentence(data: DataRecord | None) -> str:
             f"lengths {fnum(lengths.tvd, 3)} ({p_value(lengths.p_permutation)}); "
         )
         text += (
-            "per-answer statistics differing at $p<0.05$: " + ", ".join(differ) + "."
+            "per-answer statistics differing at $p<0.05$ (uncorrected): " + ", ".join(differ) + "."
             if differ
-            else "no per-answer number statistic differs at $p<0.05$."
+            else "no per-answer number statistic differs at $p<0.05$ (uncorrected), which does not show the "
+            "data sets alike."
         )
-    return text + divergence_sentence(data.divergence) + enrichment_sentence(data.entangled)
+    pooled = data.sampling.samples_per_prompt > 1
+    return text + divergence_sentence(data.divergence) + enrichment_sentence(data.entangled, pooled)
 
 
-def enrichment_sentence(entangled: EntangledRecord | None) -> str:
+def enrichment_sentence(entangled: EntangledRecord | None, pooled: bool = False) -> str:
     """How often the entanglement study's increased numbers (and its matched random set) occur
-    in the owl data against the control data, by answer."""
+    in the owl data against the control data, by answer. Fisher's test takes the answers as
+    independent, as they are with one answer per prompt; `pooled`: several answers per prompt,
+    so the p is named descriptive."""
     if entangled is None:
         return ""
     parts = []
+    over = ", over answers pooled across each prompt's samples: descriptive" if pooled else ""
     for category, label in (
         ("increased", f"entangled numbers ({escape(increased_phrase(entangled.set))})"),
         ("random", "the size-matched random set"),
@@ -79,7 +84,7 @@ def enrichment_sentence(entangled: EntangledRecord | None) -> str:
         parts.append(
             f"{label}: in {count(e.owl.answers_with)} of {count(e.owl.answers)} owl answers "
             f"and {count(e.control.answers_with)} of {count(e.control.answers)} control answers "
-            f"(ratio {ratio_cell(ratio)}, Fisher {p_value(ratio.p_fisher)})"
+            f"(ratio {ratio_cell(ratio)}, Fisher {p_value(ratio.p_fisher)}{over})"
         )
     if not parts:
         return ""

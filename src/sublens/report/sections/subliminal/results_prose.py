@@ -97,8 +97,8 @@ def _entangled_contrast_sentence(results: SubliminalResults) -> str:
     return (
         "Removing every owl answer that holds an entangled number, against removing every answer that "
         f"holds a number of the matched random set (both then {counted(size, 'answer') if size else 'matched'}), "
-        f"the first student's owl share over the second's is {ratio_cell(comp.share_ratio)}: if "
-        "entanglement carried the transfer this would fall clearly below 1."
+        f"the first student's owl share over the second's is {ratio_cell(comp.share_ratio)}; the "
+        "entanglement claim decides what this quotient shows, against the transfer it could lower."
     )
 
 
