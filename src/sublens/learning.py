@@ -11,7 +11,10 @@ began. Over several epochs the last quarter's examples have been seen before, so
 also counts fitting those very examples: it still shows that the students moved on their
 teacher's data, which is all a null needs, but not that they generalise from it. An arm is checked as a whole (its owl and control students, every seed): each curve
 gives its own first and last quarter, and the pooled steps are compared by a one-sided Welch t
-(steps are the unit; consecutive batches are independent draws of the shuffled data). One
+(steps are the unit; consecutive batches are independent draws of the shuffled data). Why the
+step and not the student: under the null that the students did not move, a step's loss is a
+fresh batch scored by an unchanged model, so the steps are exchangeable; their dependence
+comes only from the model changing, which is the alternative. One
 student's 38 steps alone are too few to show a fall of 20% against the batch-to-batch noise;
 an arm's pooled steps are not.
 
