@@ -88,7 +88,9 @@ def _question_answers(sampled: SampledRecord, question: int) -> list[str]:
 
 def question_hits(sampled: SampledRecord, trait: str) -> np.ndarray:
     """Trait mentions per question [question]."""
-    return question_rates(sampled.model_dump(), trait) * sampled.samples_per_question
+    per_question = sampled.samples_per_question
+    ordered = {"answers": sampled.answers, "n_questions": sampled.n_questions, "samples_per_question": per_question}
+    return question_rates(ordered, trait) * per_question
 
 
 def _percentile_bounds(ratios: np.ndarray) -> tuple[float | None, float | None]:

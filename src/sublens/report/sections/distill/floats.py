@@ -74,12 +74,12 @@ def _table(r: Results) -> str | None:
         "" if ANSWERS in folded else " and the rate of owl among sampled answers"
     )
     tested = next((t for name in ARMS if (t := _rate_test(r, f"shd_biased_vs_{name}")) is not None), None)
-    named = f"{tested.name} of the sampled owl-answer rates ({tested.scope}" if tested else "no sampled answers ("
-    test = (
-        f"; {named}) gives $p$ = {p_all} in every row (first seed)"
-        if p_all is not None
-        else f" and $p$: {named}; first seed)"
+    named = (
+        f"{tested.name} of the sampled owl-answer rates ({tested.scope}; first seed)"
+        if tested
+        else "no test of the sampled answer rates"
     )
+    test = f"; {named} gives $p$ = {p_all} in every row" if p_all is not None else f" and $p$: {named}"
     caption = (
         f"SHD students' preference for owl (95\\% CIs over questions, training seed {escape(seeds[0])}): "
         f"{measures} in percent. {answers}KL: mean KL of the student's maps to the biased / base "

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from sublens.claims import ClaimSettings
+from sublens.claims import ClaimSettings, RatioInterval
 from sublens.experiments.pruning.results import ControlledRetention, RatioEstimate, Step
 
 PAPER_KEPT = 0.6  # "survives pruning ~40% of the heads" (config: claim_fraction)
@@ -31,15 +31,9 @@ NO_BASE_SETTLE = (
 Level = Literal["p_trait", "panel_share"]
 
 
-class Interval(Protocol):
-    """A retention with its interval (own, base-controlled, answer rate)."""
+class Interval(RatioInterval, Protocol):
+    """A retention with its interval (own, base-controlled, answer rate) and how it was made."""
 
-    @property
-    def ratio(self) -> float | None: ...
-    @property
-    def ci_low(self) -> float | None: ...
-    @property
-    def ci_high(self) -> float | None: ...
     @property
     def ci(self) -> str | None: ...
 
