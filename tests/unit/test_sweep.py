@@ -32,6 +32,7 @@ from sublens.sweep import (
     check_required,
     chosen_rows,
     effect_by_grid_point,
+    grid_label,
     make_points,
     parse_axis,
     parse_seeds,
@@ -41,6 +42,7 @@ from sublens.sweep import (
     seed_key,
 )
 from sublens.sweep.combined import StudentSides, owl_specific, specificity_quotients, student_sides
+from sublens.sweep.grid import Axis
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -138,6 +140,34 @@ def test_a_sweep_file_axis_of_settings(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"experiment": "subliminal", "grid": {"arm": [{"modes": ["full"]}, "x"]}}))
     with pytest.raises(ConfigError, match="mixes mappings of settings with plain values"):
         read_sweep_file(bad)
+
+
+def test_a_grid_label_names_what_tells_two_arms_apart() -> None:
+    """An arm's rate or epochs show beside its trainable set (two arms with the same set must not
+    read alike); the matched control's repeat of the trainable set adds nothing; the folder
+    names stay short."""
+    axis = Axis(
+        "arm",
+        ("[layers.1+lora8]", "[layers.29+lora8]"),
+        (
+            ("modes=[layers.1+lora8]", "control_modes=[layers.1+lora8]", "extra_mode=layers.1+lora8", "train.lr=0.001"),
+            ("modes=[layers.29+lora8]", "control_modes=[layers.29+lora8, full]", "train.epochs=3"),
+        ),
+    )
+    first, second = make_points([axis], [0])
+    assert grid_label(first.values, first.settings) == "arm=[layers.1+lora8], train.lr=0.001"
+    assert grid_label(second.values, second.settings) == (
+        "arm=[layers.29+lora8], control_modes=[layers.29+lora8, full], train.epochs=3"
+    )
+    assert first.id == "arm=layers.1+lora8_seed=0"  # the run folder's name is the first setting's
+    assert grid_label({"lr": "0.001"}) == "lr=0.001" and grid_label({}) == "(no grid)"
+    clashed = Axis("arm", ("modes=[full], train.lr=0.1",), (("modes=[full]", "train.lr=0.1"),))
+    assert grid_label(*_values_and_settings(clashed)) == "arm=modes=[full], train.lr=0.1"  # said once
+
+
+def _values_and_settings(axis: Axis) -> tuple[dict[str, str], dict[str, list[str]]]:
+    point = make_points([axis], [0])[0]
+    return point.values, point.settings
 
 
 SWEEP_FILES = sorted((REPO_CONFIGS / "sweeps").glob("*.yaml"))

@@ -44,7 +44,7 @@ def combined_table(folder: Path, spec: SweepSpec) -> pd.DataFrame:
         run_dir = point_dir(folder, point)
         head = {
             "point": point.id,
-            "grid": grid_label(point.values),
+            "grid": grid_label(point.values, point.settings),
             **point.values,
             "seed": point.seed,
             "run_dir": str(run_dir),

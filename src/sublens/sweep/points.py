@@ -91,9 +91,28 @@ def _safe(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", value.strip("[]{}'\" ")) or "empty"
 
 
-def grid_label(values: dict[str, str]) -> str:
-    """A grid point without its seed, as the table and the figure name it."""
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or NO_GRID
+def grid_label(values: dict[str, str], settings: dict[str, list[str]] | None = None) -> str:
+    """A grid point without its seed, as the table and the figure name it. A value of an axis
+    of settings is named by its first setting, so the other settings that say something more
+    follow it ('arm=[layers.1+lora8], train.lr=0.001, train.epochs=3'): two arms that differ in
+    rate or epochs must not read alike. Settings that repeat the first one's value (the matched
+    control's trainable set) add nothing and are left out."""
+    parts = []
+    for key, value in values.items():
+        parts.append(f"{key}={value}")
+        parts.extend(_saying_more(value, (settings or {}).get(key, [])))
+    return ", ".join(parts) or NO_GRID
+
+
+def _saying_more(value: str, settings: list[str]) -> list[str]:
+    """The settings after the first whose value is not the label's own."""
+    if value == ", ".join(settings):  # the label is already every setting (first values clashed)
+        return []
+    return [s for s in settings[1:] if _bare(s.partition("=")[2]) != _bare(value)]
+
+
+def _bare(text: str) -> str:
+    return text.strip().strip("[]").strip()
 
 
 def point_configs(spec: SweepSpec, config_type: type[Config]) -> dict[str, Config]:
