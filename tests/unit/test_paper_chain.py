@@ -189,11 +189,30 @@ def test_bad_paper_configs_name_the_fix(tmp_path: Path) -> None:
         preset_path("teacher/no-such-preset.yaml")
 
 
+def test_the_bf16_chain_is_the_quick_chain_with_its_training_in_bf16_where_the_cpu_has_it(
+    tmp_path: Path,
+) -> None:
+    """quick-bf16.yaml repeats quick.yaml (a paper preset names no parent): every stage config it
+    builds must be quick's but for `train.mixed_precision: auto` in the three training stages, so
+    the two chains' numbers differ by precision alone."""
+    quick, bf16 = (load_config(paper_mod.PaperConfig, preset_path(f"paper/{p}.yaml")) for p in ("quick", "quick-bf16"))
+    assert list(quick.stages) == list(bf16.stages)
+    assert quick.model_dump(exclude={"stages", "preset"}) == bf16.model_dump(exclude={"stages", "preset"})
+    dirs = {s: tmp_path / s for s in STAGE_ORDER}
+    for stage in STAGE_ORDER:
+        _, plain = paper_mod.stage_config(stage, quick.stages[stage], dirs, quick.wire)
+        _, mixed = paper_mod.stage_config(stage, bf16.stages[stage], dirs, bf16.wire)
+        if stage in ("teacher", "subliminal", "distill"):
+            assert plain.train.mixed_precision == "no" and mixed.train.mixed_precision == "auto"
+            mixed = mixed.model_copy(update={"train": plain.train})
+        assert mixed == plain, stage
+
+
 def test_shipped_presets_validate_with_wiring(tmp_path: Path) -> None:
     """Every stage of the shipped paper presets builds a valid config for its real experiment; the
     entanglement stage measures the teacher stage's teachers, and the subliminal stage counts
     the numbers they shifted."""
-    for preset in ("quick", "paper", "rehearsal"):
+    for preset in ("quick", "quick-bf16", "paper", "rehearsal"):
         config = load_config(paper_mod.PaperConfig, preset_path(f"paper/{preset}.yaml"))
         dirs = {s: tmp_path / "stages" / s for s in STAGE_ORDER}
         built = {}
