@@ -170,6 +170,18 @@ def _values_and_settings(axis: Axis) -> tuple[dict[str, str], dict[str, list[str
     return point.values, point.settings
 
 
+def test_a_figure_row_says_what_it_divides_by_and_a_no_change_verdict_in_words() -> None:
+    from sublens.sweep.combined import _row_label
+
+    def label(comparison: str, verdict: str) -> str:
+        return _row_label(pd.Series({"grid": "arm=[full]", "comparison": comparison, "n_seeds": 3, "verdict": verdict}))
+
+    assert label("owl-full vs control-full", "inconclusive") == "arm=[full]: owl-full (n = 3), inconclusive"
+    assert label("owl-full vs eagle-full", "equivalent") == "arm=[full]: owl-full over eagle-full (n = 3), equivalent"
+    assert label("eagle-full vs control-full", "supported") == "arm=[full]: eagle-full (n = 3), no change (supported)"
+    assert label("owl-full vs control-full", "supported") == "arm=[full]: owl-full (n = 3), supported"
+
+
 SWEEP_FILES = sorted((REPO_CONFIGS / "sweeps").glob("*.yaml"))
 
 

@@ -339,7 +339,7 @@ def collect(
             raise SweepError(f"no finished point has a comparison named {comparison!r}; see {table_path}.")
         return table_path, []
     atomic_write_parquet(folder / f"{FIGURE_STEM}.parquet", effect)
-    label = comparison or "trained model over its matched control"
+    label = comparison or "trained model over its matched control or the model the row names"
     return table_path, effect_figure(effect, label, folder / FIGURE_STEM)
 
 
@@ -388,10 +388,17 @@ def effect_figure(effect: pd.DataFrame, comparison: str, stem: Path, column: str
 
 def _row_label(row: pd.Series) -> str:
     """'arm=full+lora8: owl-full+lora8 (n = 3), equivalent': the grid point, the trained model
-    when a point has more than one comparison, the seeds and the verdict."""
-    trained = str(row["comparison"]).partition(" vs ")[0]
-    verdict = f", {row['verdict']}" if "verdict" in row else ""
-    return f"{row['grid']}: {trained} (n = {row['n_seeds']}){verdict}"
+    (and what it is divided by, when that is not its matched control: the owl student over the
+    eagle student), the seeds and the verdict. A row predicted to show no change says so beside
+    'supported', which alone would read as a transfer."""
+    comparison = str(row["comparison"])
+    trained, _, other = comparison.partition(" vs ")
+    who = trained if other.startswith("control") else f"{trained} over {other}"
+    verdict = ""
+    if "verdict" in row:
+        no_change = row["verdict"] == "supported" and predicted(comparison) == "none"
+        verdict = ", no change (supported)" if no_change else f", {row['verdict']}"
+    return f"{row['grid']}: {who} (n = {row['n_seeds']}){verdict}"
 
 
 def _ratio_ticks(ax: Any) -> None:
