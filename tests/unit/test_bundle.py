@@ -190,6 +190,33 @@ def test_limitations_and_appendix_come_from_the_records(fixture_bundle: bundle_m
         assert f"configs/{stage}.yaml" in appendix and (fixture_bundle.folder / "configs" / f"{stage}.yaml").is_file()
 
 
+def test_the_compute_line_names_training_that_ran_under_autocast(tmp_path: Path) -> None:
+    """The models' dtype is float32 under bf16 autocast too: the training precision each stage's
+    training summaries record must reach the Limitations, and float32 training adds nothing."""
+    from sublens.report.bundle_appendix import _limitations
+    from sublens.report.stages import StageRun
+
+    model = {"spec": "smollm2-135m-instruct", "device": "cpu", "dtype": "float32"}
+
+    def run(stage: str, precision: str) -> StageRun:
+        summary = {"precision": precision, "world_size": 1}
+        results = {"students": {"owl-full": {"seed0": {"train": summary}}}, "history": [{"train": summary}]}
+        return StageRun(stage, tmp_path / stage, {}, {"models": {"m": model}, "host": {"cpus": 2}}, results)
+
+    def compute(*runs: StageRun) -> str:
+        text = _limitations({r.stage: r for r in runs}, [])
+        return text[text.index("Compute.") : text.index("budget")]
+
+    assert compute(run("teacher", "no"), run("distill", "no")) == (
+        "Compute.} All runs executed on CPU (2 cores) in float32; sample sizes were chosen to fit that "
+    )
+    assert compute(run("teacher", "bf16"), run("subliminal", "no"), run("distill", "bf16")) == (
+        "Compute.} All runs executed on CPU (2 cores) in float32, except that the training of teacher "
+        "and distill ran under bf16 autocast (float32 master weights and optimizer state); sample sizes "
+        "were chosen to fit that "
+    )
+
+
 def test_no_absolute_paths_and_short_verbatim_lines(fixture_bundle: bundle_module.Bundle) -> None:
     folder = fixture_bundle.folder
     texts = _text_files(folder)

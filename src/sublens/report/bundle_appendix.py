@@ -35,6 +35,31 @@ def _models(run: StageRun) -> list[dict[str, Any]]:
     return [models[role] for role in sorted(models) if isinstance(models[role], dict)]
 
 
+def _autocast_precisions(results: Any) -> set[str]:
+    """The autocast precisions a stage's training ran under, read from its results (every
+    training summary writes `precision`; "no" is float32 throughout and is left out)."""
+    if isinstance(results, dict):
+        own = results.get("precision")
+        found = {own} if isinstance(own, str) and own != "no" else set()
+        return found.union(*(_autocast_precisions(v) for v in results.values()))
+    if isinstance(results, list):
+        return set().union(*(_autocast_precisions(v) for v in results))
+    return set()
+
+
+def _autocast_words(runs: list[StageRun]) -> str:
+    """', except that the training of teacher and distill ran under bf16 autocast (...)', or ''
+    when every stage trained in the models' own precision: the weights' dtype alone would hide it."""
+    mixed = {run.stage: found for run in runs if (found := _autocast_precisions(run.results))}
+    if not mixed:
+        return ""
+    precisions = _join(escape(p) for p in sorted(set().union(*mixed.values())))
+    return (
+        f", except that the training of {_join(escape(stage) for stage in mixed)} ran under {precisions} "
+        "autocast (float32 master weights and optimizer state)"
+    )
+
+
 def _training_seeds(config: dict[str, Any]) -> list[Any]:
     seeds = config.get("seeds")
     return list(seeds) if isinstance(seeds, list) and seeds else [config.get("seed")]
@@ -75,8 +100,8 @@ def _limitations(stages: dict[str, StageRun], unfinished: list[str]) -> str:
         where = "CPU" if devices == ["cpu"] else _join(escape(d) for d in devices)
         cores = f" ({_join(str(c) for c in cpus)} cores)" if devices == ["cpu"] and cpus else ""
         facts.append(
-            rf"\textbf{{Compute.}} All runs executed on {where}{cores} in {_join(escape(d) for d in dtypes)}; "
-            "sample sizes were chosen to fit that budget."
+            rf"\textbf{{Compute.}} All runs executed on {where}{cores} in {_join(escape(d) for d in dtypes)}"
+            f"{_autocast_words(runs)}; sample sizes were chosen to fit that budget."
         )
     if unfinished:
         facts.append(
