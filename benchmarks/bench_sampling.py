@@ -13,6 +13,7 @@ head once. Prints wall time, new tokens/s, decode occupancy (mean rows per decod
 bound and wall / bound.
 
 Run:  PYTHONPATH=src python benchmarks/bench_sampling.py [--prompts 120] [--batch-size 64] [--pad-multiple 32]
+      [--answers FILE]   (the samples' token ids, to compare two versions of the sampler)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--pad-multiple", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-prefix", action="store_true", help="do not share the prompts' common head")
+    parser.add_argument("--answers", help="also write every sample's token ids to this JSON file (to compare samplers)")
     args = parser.parse_args()
 
     import torch
@@ -83,6 +85,9 @@ def main() -> None:
     )
     wall = time.perf_counter() - started
     lm.model.forward = inner  # type: ignore[method-assign]
+    if args.answers:
+        with open(args.answers, "w") as f:
+            json.dump([list(s.token_ids) for s in samples], f)
     prefill_tokens = sum(r * t for r, t in calls if t > 1)
     decode = [r for r, t in calls if t == 1]
     new_tokens = sum(len(s.token_ids) + (s.finish_reason == "stop") for s in samples)

@@ -10,6 +10,7 @@ geometry (batch 32, max_length 256) with `mixed_precision: auto` and `no`.
 Prepare (here):  mkdir -p .devcheck/smollm2 && cp ~/.cache/sublens/models/smollm2-135m-instruct/\
 {config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .devcheck/smollm2/
 Run (there):     PYTHONPATH=src python3 benchmarks/gpu_check.py --model-dir .devcheck/smollm2 --prompts 2000
+(`--sample-only` stops after sampling, e.g. to time an older sampler from another source tree.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main() -> None:
     parser.add_argument("--model-dir", default=".devcheck/smollm2")
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sample-only", action="store_true", help="stop after the sampling checks")
+    parser.add_argument("--train-order", default="auto,no", help="precisions to train with, in this order")
+    parser.add_argument("--out-name", default="gpu_check.json", help="file name under $OUT (or /tmp)")
     args = parser.parse_args()
 
     import torch
@@ -100,9 +104,13 @@ def main() -> None:
     out["batch_composition_fp32"] = identical(wide, sample_text((fp32, tokenizer), texts[:60], batch_size=7, **kw))
     out["bf16_against_fp32"] = identical(big, wide)
     print(json.dumps(out), flush=True)
+    target = Path(os.environ.get("OUT", "/tmp")) / args.out_name
+    if args.sample_only:
+        target.write_text(json.dumps(out, indent=1))
+        return
 
     examples = [chat_example(tokenizer, prompts[order[i]].text, s.text, system=None) for i, s in enumerate(big[:1024])]
-    for precision in ("auto", "no"):
+    for run, precision in enumerate(args.train_order.split(",")):
         torch.manual_seed(1)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
         train_config = TrainConfig(
@@ -122,7 +130,7 @@ def main() -> None:
             student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"), progress=False
         )
         reset()
-        out[f"train_{precision}"] = {
+        out[f"train_{run}_{precision}"] = {
             "precision": result.precision,
             "steps": result.steps,
             "tokens_per_second": round(result.tokens_per_second),
@@ -131,7 +139,6 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
         }
         print(json.dumps(out), flush=True)
-    target = Path(os.environ.get("OUT", "/tmp")) / "gpu_check.json"
     target.write_text(json.dumps(out, indent=1))
 
 

@@ -6,6 +6,8 @@ The reference for every log-probability is one plain forward pass over prompt + 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models
@@ -293,6 +295,82 @@ def test_greedy_sampling_with_kv_cache_equals_recomputation(model: torch.nn.Modu
         for s in got:
             assert list(s.token_ids) == greedy_reference(model, prompts[s.prompt_index], 8)
             assert s.finish_reason == "length" and s.stop_token is None
+
+
+STOP = 3
+
+
+def fresh_then_stop(generated: Sequence[int]) -> set[int]:
+    """An allowed-token rule for greedy rows that end at different steps: a token not yet
+    generated, until the answer's token sum hits a multiple of 3, then only STOP. (Greedy rows
+    of a tiny random model otherwise repeat one token and all end together.)"""
+    if len(generated) >= 2 and sum(generated) % 3 == 0:
+        return {STOP}
+    return set(range(VOCAB)) - set(generated) - {STOP}
+
+
+def greedy_reference_with_rule(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
+    """Plain greedy decoding by recomputation under `fresh_then_stop`."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            allowed = torch.zeros(VOCAB, dtype=torch.bool)
+            allowed[sorted(fresh_then_stop(ids[len(prompt) :]))] = True
+            token = int(logits.masked_fill(~allowed, float("-inf")).argmax())
+            if token == STOP:
+                break
+            ids.append(token)
+    return ids[len(prompt) :]
+
+
+def test_finished_rows_hand_their_slots_to_waiting_prompts(model: torch.nn.Module) -> None:
+    # 14 prompts in five padded-length bands, 4 slots, rows stopping at different steps: waiting
+    # prompts join the decoding batch as rows finish (their caches left-padded to the batch's),
+    # so every decoding step runs a full batch until no prompt waits, and each greedy answer
+    # still equals plain recomputation of that prompt alone.
+    prompts = [random_ids(n, 300 + n) for n in (2, 3, 5, 6, 7, 9, 11, 12, 13, 15, 17, 18, 19, 21)]
+    decode_rows: list[int] = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] == 1:
+            decode_rows.append(ids.shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting  # type: ignore[method-assign]
+    try:
+        got = sample(
+            model,
+            prompts,
+            **sample_kwargs(
+                n=1, temperature=0.0, max_new_tokens=10, stop_token_ids=[STOP], allowed_token_ids=fresh_then_stop
+            ),
+            batch_size=4,
+            pad_multiple=4,
+        )
+    finally:
+        del model.forward
+    for prompt, s in zip(prompts, got, strict=True):
+        assert list(s.token_ids) == greedy_reference_with_rule(model, prompt, 10)
+    lengths = [len(s.token_ids) for s in got]
+    assert len(set(lengths)) > 3, lengths  # the rows did finish at different steps
+    # Full batches while prompts wait, then a tail that only shrinks.
+    tail = next((k for k, rows in enumerate(decode_rows) if rows < 4), len(decode_rows))
+    assert decode_rows[:tail] == [4] * tail and tail > 0
+    assert decode_rows[tail:] == sorted(decode_rows[tail:], reverse=True)
+
+
+def test_joined_rows_draw_the_same_samples_as_rows_decoded_alone(model: torch.nn.Module) -> None:
+    # Temperature 1 over prompts of many lengths: each (prompt, sample) draws from its own
+    # stream, so joining a running batch changes no draw (on these models, where float rounding
+    # across batch compositions flips no token).
+    prompts = [random_ids(n, 400 + n) for n in (3, 4, 8, 10, 14, 16, 20)]
+    kwargs = sample_kwargs(n=2, max_new_tokens=8, stop_token_ids=[3, 5, 7])
+    alone = sample(model, prompts, **kwargs, batch_size=1, pad_multiple=4)
+    assert sample(model, prompts, **kwargs, batch_size=3, pad_multiple=4) == alone
+    assert sample(model, prompts, **kwargs, batch_size=64, pad_multiple=4) == alone
 
 
 def test_sampling_stops_at_stop_tokens_and_respects_the_mask() -> None:

@@ -1,6 +1,6 @@
-"""Decoding one batch of samples: prompts left-padded to a common width with position ids that
-skip the pads, an optional shared prefix whose KV is computed once, then one token per step
-until a stop token or max_new_tokens."""
+"""Decoding samples: prompts left-padded to a common width with position ids that skip the pads,
+an optional shared prefix whose KV is computed once, then one token per step until a stop token
+or max_new_tokens, in a batch that rows leave when they finish and new prompts join."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from sublens.scoring.core import (
+    KV,
     AllowedTokens,
     _device,
     _forward,
@@ -89,15 +91,22 @@ def _left_padded(
     return tokens.to(device), attention.to(device), positions.to(device)
 
 
-def _sample_chunk(
-    model: Any,
-    ids: list[list[int]],
-    rows: list[tuple[int, int]],
-    width: int,
-    settings: _Settings,
-    masks: _AllowedMasks,
-    head: _SharedPrefix | None,
-) -> list[Sample]:
+@dataclass
+class _Prefilled:
+    """Rows whose prompts have run: each row's first next-token log-probs and its cache."""
+
+    rows: list[tuple[int, int]]  # (prompt, sample), in cache order
+    logp: torch.Tensor  # [B, V]
+    cache: DynamicCache
+    attention: torch.Tensor  # [B, cached positions]
+    next_position: torch.Tensor  # [B]
+
+
+def _prefill(
+    model: Any, ids: list[list[int]], rows: list[tuple[int, int]], width: int, head: _SharedPrefix | None
+) -> _Prefilled:
+    """Run the prompts of `rows` (all of one band: same padded width, with or without the head),
+    each distinct prompt once, and repeat its KV for its samples."""
     device = _device(model)
     unique = sorted({i for i, _ in rows})
     skip = len(head) if head is not None else 0
@@ -108,52 +117,161 @@ def _sample_chunk(
         attention = torch.cat([attention.new_ones((len(unique), skip)), attention], dim=-1)
         positions = positions + skip
     logp, cache = _forward(model, tokens, attention, positions, cache)  # logp [U, V]
-    # Each distinct prompt ran once; its KV is repeated for its samples.
     pick = torch.tensor([unique.index(i) for i, _ in rows], dtype=torch.long, device=device)  # [B]
-    logp = logp.index_select(0, pick)
     cache.batch_select_indices(pick)
-    attention = attention.index_select(0, pick)
-    next_position = positions[:, -1].index_select(0, pick) + 1  # [B]
-    uniforms = torch.stack([_row_uniforms(settings.seed, i, j, settings.max_new_tokens) for i, j in rows])
-    generated: list[list[int]] = [[] for _ in rows]
-    masses: list[list[float]] = [[] for _ in rows]
-    finished: list[Sample | None] = [None] * len(rows)
-    active = list(range(len(rows)))  # row numbers still generating, in cache order
-    last_step = settings.max_new_tokens - 1
-    for step in range(settings.max_new_tokens):
-        mask = masks([generated[r] for r in active])
-        chosen, mass = _choose(logp, settings.temperature, settings.top_k, settings.top_p, mask, uniforms[active, step])
+    return _Prefilled(
+        rows=list(rows),
+        logp=logp.index_select(0, pick),
+        cache=cache,
+        attention=attention.index_select(0, pick),
+        next_position=positions[:, -1].index_select(0, pick) + 1,
+    )
+
+
+def _left_pad(t: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
+    if columns == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = columns
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _cache_of(kv: KV) -> DynamicCache:
+    """A cache holding these per-layer keys and values as they are (`DynamicCache.update` into
+    an empty cache would copy them once more)."""
+    cache = DynamicCache()
+    cache.layers = []
+    for keys, values in kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
+
+
+class _DecodingBatch:
+    """Rows decoding together, one token per step. Rows that finish leave; rows whose prompts
+    have just run join (`join`) before the next step, so the batch stays full while rows wait.
+
+    Rows joined at different times have caches of different lengths: the shorter are
+    left-padded to the longest with masked slots (positions are explicit, so a pad changes no
+    position, and sliding windows count back from the newest slot, so a pad on the left moves
+    no real token out of a window). A row's numbers then depend on its neighbours only through
+    float rounding, as they already do through the batch size (measured on SmolLM2: log-probs
+    agree to ~1e-5 across batch sizes and paddings); its draws come from its own uniform
+    stream, so the same config and seed give the same samples.
+    """
+
+    def __init__(self, settings: _Settings, masks: _AllowedMasks, start: _Prefilled | None = None) -> None:
+        self.settings, self.masks = settings, masks
+        rows = start.rows if start is not None else []
+        self.rows: list[tuple[int, int]] = list(rows)  # in cache order
+        self.generated: list[list[int]] = [[] for _ in rows]
+        self.masses: list[list[float]] = [[] for _ in rows]
+        steps = settings.max_new_tokens
+        self.uniforms = torch.stack([_row_uniforms(settings.seed, i, j, steps) for i, j in rows]) if rows else None
+        self.logp = start.logp if start is not None else None  # [B, V] until the rows draw
+        self.chosen: torch.Tensor | None = None  # [B] drawn, not yet run
+        self.cache = start.cache if start is not None else None
+        self.attention = start.attention if start is not None else None  # [B, cached positions]
+        self.next_position = start.next_position if start is not None else None  # [B]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def draw(self) -> list[Sample]:
+        """Draw every row's next token from its log-probs; return the rows that finished (a stop
+        token, or max_new_tokens reached) and keep the rest, their tokens waiting to run."""
+        assert self.logp is not None and self.uniforms is not None
+        settings = self.settings
+        steps_done = torch.tensor([len(g) for g in self.generated])
+        draws = self.uniforms[torch.arange(len(self.rows)), steps_done]
+        mask = self.masks(self.generated)
+        chosen, mass = _choose(self.logp, settings.temperature, settings.top_k, settings.top_p, mask, draws)
+        finished: list[Sample] = []
         still: list[int] = []
-        for pos, (r, tok) in enumerate(zip(active, chosen.tolist(), strict=True)):
+        for pos, tok in enumerate(chosen.tolist()):
             if mass is not None:
-                masses[r].append(float(mass[pos]))
+                self.masses[pos].append(float(mass[pos]))
             if tok in settings.stops:
-                finished[r] = _make_sample(rows[r], generated[r], "stop", tok, masses[r], settings.allowed)
+                finished.append(self._sample(pos, "stop", tok))
                 continue
-            generated[r].append(tok)
-            if step == last_step:
-                finished[r] = _make_sample(rows[r], generated[r], "length", None, masses[r], settings.allowed)
+            self.generated[pos].append(tok)
+            if len(self.generated[pos]) == settings.max_new_tokens:
+                finished.append(self._sample(pos, "length", None))
             else:
                 still.append(pos)
-        if not still:
-            break
-        if len(still) < len(active):  # drop finished rows from the batch and the cache
-            keep = torch.tensor(still, dtype=torch.long, device=device)
-            cache.batch_select_indices(keep)
-            chosen, attention, next_position = (t.index_select(0, keep) for t in (chosen, attention, next_position))
-            active = [active[p] for p in still]
-        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+        self.logp, self.chosen = None, chosen
+        if len(still) < len(self.rows):
+            self._keep(still)
+        return finished
+
+    def join(self, other: _DecodingBatch) -> None:
+        """Take in the rows of `other` (drawn, not yet run), left-padding the shorter caches."""
+        if not len(other):
+            return
+        if not len(self):
+            self.__dict__.update(other.__dict__)
+            return
+        assert self.cache is not None and other.cache is not None
+        assert self.attention is not None and other.attention is not None
+        mine, theirs = self.attention.shape[1], other.attention.shape[1]
+        width = max(mine, theirs)
+        self.cache = _cache_of(
+            [
+                (
+                    torch.cat([_left_pad(k_mine, width - mine, 2), _left_pad(k_other, width - theirs, 2)]),
+                    torch.cat([_left_pad(v_mine, width - mine, 2), _left_pad(v_other, width - theirs, 2)]),
+                )
+                for (k_mine, v_mine), (k_other, v_other) in zip(_kv(self.cache), _kv(other.cache), strict=True)
+            ]
+        )
+        self.attention = torch.cat(
+            [_left_pad(self.attention, width - mine, 1), _left_pad(other.attention, width - theirs, 1)]
+        )
+        self.rows += other.rows
+        self.generated += other.generated
+        self.masses += other.masses
+        for name in ("uniforms", "chosen", "next_position"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+    def advance(self, model: Any) -> None:
+        """Run every row's drawn token through the model: the next log-probs to draw from."""
+        assert self.attention is not None and self.next_position is not None and self.chosen is not None
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(self.rows), 1))], dim=-1)
         out = model(
-            input_ids=chosen.unsqueeze(1),
-            attention_mask=attention,
-            position_ids=next_position.unsqueeze(1),
-            cache=cache,
+            input_ids=self.chosen.unsqueeze(1),
+            attention_mask=self.attention,
+            position_ids=self.next_position.unsqueeze(1),
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        next_position = next_position + 1
-        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B_active, V]
-    return [s for s in finished if s is not None]
+        self.next_position = self.next_position + 1
+        self.logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
+        self.chosen = None
+
+    def _sample(self, pos: int, reason: Literal["stop", "length"], stop: int | None) -> Sample:
+        return _make_sample(self.rows[pos], self.generated[pos], reason, stop, self.masses[pos], self.settings.allowed)
+
+    def _keep(self, still: list[int]) -> None:
+        """Keep only the rows at `still` in the batch and the cache, and drop the slots every
+        remaining row has masked at the front (left by rows that joined earlier and finished)."""
+        assert self.cache is not None and self.attention is not None and self.chosen is not None
+        assert self.next_position is not None and self.uniforms is not None
+        self.rows = [self.rows[p] for p in still]
+        self.generated = [self.generated[p] for p in still]
+        self.masses = [self.masses[p] for p in still]
+        keep = torch.tensor(still, dtype=torch.long, device=self.attention.device)
+        self.attention = self.attention.index_select(0, keep)
+        front = int(self.attention.argmax(dim=-1).min()) if still else 0  # the earliest real slot
+        self.attention = self.attention[:, front:]
+        self.cache.batch_select_indices(keep)
+        if front > 0:
+            self.cache = _cache_of([(keys[:, :, front:], values[:, :, front:]) for keys, values in _kv(self.cache)])
+        self.next_position = self.next_position.index_select(0, keep)
+        self.chosen = self.chosen.index_select(0, keep)
+        self.uniforms = self.uniforms.index_select(0, keep.cpu())
 
 
 def _make_sample(

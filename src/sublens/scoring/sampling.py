@@ -1,15 +1,17 @@
 """Sampling: explicit temperature / top_k / top_p / max_new_tokens / seed (no library defaults),
 stop tokens, an optional allowed-token mask per step (format-constrained sampling), one
 random stream per (prompt, sample) so results do not depend on batching. Prompts of different
-lengths decode together: each prompt is left-padded to its own length rounded up past the next
+lengths decode together: each prompt runs left-padded to its own length rounded up past the next
 multiple of ``pad_multiple`` (at least one pad, so every row always carries an attention mask),
-with position ids that skip the pads. A row's padding depends on its own length only, so a
-sample never depends on which other prompts share its batch.
+with position ids that skip the pads. Rows that finish leave the decoding batch and waiting
+prompts take their slots (see `sublens.scoring.decode._DecodingBatch`), so the batch stays full.
+A row's numbers depend on the other rows only through float rounding (~1e-5 in log-probability
+on SmolLM2, the same as a change of batch size), and its draws only on its own stream.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,9 @@ from sublens.scoring.core import (
 from sublens.scoring.decode import (
     Sample,
     _counts_window_in_slots,
-    _sample_chunk,
+    _DecodingBatch,
+    _prefill,
+    _Prefilled,
     _Settings,
     _SharedPrefix,
 )
@@ -100,10 +104,11 @@ def sample(
     stops at any of stop_token_ids or after max_new_tokens. allowed_token_ids restricts every
     step to a set of tokens (or to the set a callable returns for the tokens generated so far),
     renormalising the model's probabilities over it. The same arguments and seed give the same
-    samples; sample j of prompt i does not depend on batch_size or on the other prompts.
-    Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree decode together,
-    batch_size rows at a time (fewer where their key/value cache would pass the scoring memory
-    budget, see `sublens.kv_budget`).
+    samples; sample j of prompt i draws from its own stream, so batch_size and the other prompts
+    touch it only through float rounding of the model's probabilities.
+    Prompts whose padded lengths (`padded_length`, set by pad_multiple) agree run together; up to
+    batch_size rows decode at a time (fewer where their key/value cache would pass the scoring
+    memory budget, see `sublens.kv_budget`), and a finished row's slot goes to a waiting one.
     `prefix`: token ids that many prompts start with (e.g. `shared_prefix` of the whole data
     set); its KV is computed once and each such prompt runs only the rest (padded to a
     multiple of pad_multiple). Pass the same prefix whenever the same samples are wanted.
@@ -124,14 +129,43 @@ def sample(
     out: dict[tuple[int, int], Sample] = {}
     with _eval_mode(model):
         head = _SharedPrefix(model, list(prefix)) if prefix and not _counts_window_in_slots(model) else None
-        for (shared, width), rows in sorted(_bands(ids, head, n, pad_multiple).items()):
-            context = (len(head) if shared and head is not None else 0) + width + max_new_tokens
-            per_batch = rows_within_budget(model, batch_size, context)
-            for start in range(0, len(rows), per_batch):
-                chunk = rows[start : start + per_batch]
-                for s in _sample_chunk(model, ids, chunk, width, settings, masks, head if shared else None):
-                    out[(s.prompt_index, s.sample_index)] = s
+        bands = sorted(_bands(ids, head, n, pad_multiple).items())
+        longest = max((len(head) if shared and head is not None else 0) + width for (shared, width), _ in bands)
+        rows_at_once = rows_within_budget(model, batch_size, longest + max_new_tokens)
+        batch = _DecodingBatch(settings, masks)
+        waiting = deque((band, row) for band, rows in bands for row in rows)
+        while waiting or len(batch):
+            while waiting and rows_at_once - len(batch) >= _admit_at_least(rows_at_once):
+                room = rows_at_once - len(batch)
+                joining = _DecodingBatch(settings, masks, _prefill_next(model, ids, waiting, room, head))
+                finished = joining.draw()  # each row's first token, from its prompt's own pass
+                batch.join(joining)
+                out.update(((s.prompt_index, s.sample_index), s) for s in finished)
+            if len(batch):
+                batch.advance(model)
+                out.update(((s.prompt_index, s.sample_index), s) for s in batch.draw())
     return [out[(i, j)] for i in range(len(ids)) for j in range(n)]
+
+
+def _admit_at_least(rows_at_once: int) -> int:
+    """Waiting rows join once this many slots are free: each joining costs a prefill pass and a
+    copy of the batch's cache, so the slots are filled a few at a time rather than one by one."""
+    return max(1, rows_at_once // 8)
+
+
+def _prefill_next(
+    model: Any,
+    ids: list[list[int]],
+    waiting: deque[tuple[tuple[bool, int], tuple[int, int]]],
+    room: int,
+    head: _SharedPrefix | None,
+) -> _Prefilled:
+    """Take up to `room` waiting rows of the first waiting band and run their prompts."""
+    (shared, width), _ = waiting[0]
+    rows: list[tuple[int, int]] = []
+    while waiting and len(rows) < room and waiting[0][0] == (shared, width):
+        rows.append(waiting.popleft()[1])
+    return _prefill(model, ids, rows, width, head if shared else None)
 
 
 def _checked_prompts(model: Any, prompts: Sequence[TokenIds], vocab: int, max_new_tokens: int) -> list[list[int]]:
