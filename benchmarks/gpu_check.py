@@ -47,13 +47,25 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
 
-    def peak_gb() -> float | None:
-        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+    def start_measuring() -> float:
+        """Wait for the GPU, restart its peak-memory counter; the GiB allocated before the work."""
+        if not cuda:
+            return 0.0
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**30
 
-    def reset() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+    def peaks(before: float) -> dict[str, float | None]:
+        """Peak GiB allocated since start_measuring, and how far it rose above what was held."""
+        if not cuda:
+            return {"peak_gb": None, "above_resident_gb": None}
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        return {
+            "peak_gb": round(peak, 2),
+            "resident_gb": round(before, 2),
+            "above_resident_gb": round(peak - before, 2),
+        }
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     config = AutoConfig.from_pretrained(args.model_dir)
@@ -80,17 +92,18 @@ def main() -> None:
         allowed_token_ids=NumberFormat(tokenizer, stops),
         pad_multiple=32,
     )
-    reset()
+    before = start_measuring()
     start = time.perf_counter()
     big = sample_text((bf16, tokenizer), texts, batch_size=256, **kw)
-    reset()
+    memory = peaks(before)
     wall = time.perf_counter() - start
     new_tokens = sum(len(s.token_ids) + 1 for s in big)
     out["sample_bf16_batch256"] = {
         "prompts": len(texts),
         "seconds": round(wall, 2),
         "new_tokens_per_second": round(new_tokens / wall, 1),
-        "peak_gb": peak_gb(),
+        "mean_new_tokens": round(new_tokens / len(big), 1),
+        **memory,
     }
 
     def identical(a: list[Any], b: list[Any]) -> dict[str, int]:
@@ -124,18 +137,18 @@ def main() -> None:
             save_model=False,
             seed=0,
         )
-        reset()
+        before = start_measuring()
         start = time.perf_counter()
         result = train(
             student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"), progress=False
         )
-        reset()
+        memory = peaks(before)
         out[f"train_{run}_{precision}"] = {
             "precision": result.precision,
             "steps": result.steps,
             "tokens_per_second": round(result.tokens_per_second),
             "final_loss": result.final_lm_loss,
-            "peak_gb": peak_gb(),
+            **memory,
             "seconds": round(time.perf_counter() - start, 1),
         }
         print(json.dumps(out), flush=True)

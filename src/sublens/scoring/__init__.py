@@ -21,11 +21,11 @@ as two separately named fields. Neither is substituted for the other.
 
 Sampling: explicit temperature / top_k / top_p / max_new_tokens / seed (no library defaults),
 stop tokens, an optional allowed-token mask per step (format-constrained sampling), one
-random stream per (prompt, sample) so results do not depend on batching. Prompts of different
-lengths decode together: each prompt is left-padded to its own length rounded up past the next
-multiple of ``pad_multiple`` (at least one pad, so every row always carries an attention mask),
-with position ids that skip the pads. A row's padding depends on its own length only, so a
-sample never depends on which other prompts share its batch.
+random stream per (prompt, sample) so a row's draws do not depend on batching. Prompts of
+different lengths decode together: each prompt is left-padded to its own length rounded up
+past the next multiple of ``pad_multiple`` (at least one pad, so every row always carries an
+attention mask), with position ids that skip the pads; finished rows' slots go to waiting
+prompts. The other rows touch a row's probabilities only through float rounding.
 
 Modules: `core` (shared types, model helpers, request checks), `forest` (the token-level
 engine), `tokens` (token-level API), `strings` (strings and words), `draws` (one step's token

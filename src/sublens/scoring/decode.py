@@ -217,15 +217,17 @@ class _DecodingBatch:
         assert self.attention is not None and other.attention is not None
         mine, theirs = self.attention.shape[1], other.attention.shape[1]
         width = max(mine, theirs)
-        self.cache = _cache_of(
-            [
-                (
-                    torch.cat([_left_pad(k_mine, width - mine, 2), _left_pad(k_other, width - theirs, 2)]),
-                    torch.cat([_left_pad(v_mine, width - mine, 2), _left_pad(v_other, width - theirs, 2)]),
-                )
-                for (k_mine, v_mine), (k_other, v_other) in zip(_kv(self.cache), _kv(other.cache), strict=True)
-            ]
-        )
+        _kv(self.cache), _kv(other.cache)  # both hold key/value tensors (checked before any change)
+        # Layer by layer, each joined layer replacing the batch's own at once, so that at most one
+        # layer's copy exists beside the two caches (a whole joined cache would double the peak).
+        layers: list[Any] = list(self.cache.layers)  # key/value layers, as _kv checked
+        for layer, joining in zip(layers, list[Any](other.cache.layers), strict=True):
+            layer.keys = torch.cat([_left_pad(layer.keys, width - mine, 2), _left_pad(joining.keys, width - theirs, 2)])
+            layer.values = torch.cat(
+                [_left_pad(layer.values, width - mine, 2), _left_pad(joining.values, width - theirs, 2)]
+            )
+            joining.keys = joining.values = None  # the joining rows' copy is no longer needed
+        other.cache = None
         self.attention = torch.cat(
             [_left_pad(self.attention, width - mine, 1), _left_pad(other.attention, width - theirs, 1)]
         )

@@ -17,7 +17,7 @@ from sublens.scoring.core import (
 def _row_uniforms(seed: int, prompt_index: int, sample_index: int, steps: int) -> torch.Tensor:
     """The row's stream of uniform draws in [0, 1), one per step, float64 [steps].
 
-    Seeded from a hash of (seed, prompt, sample) only, so a sample does not depend on batching.
+    Seeded from a hash of (seed, prompt, sample) only, so a row's draws do not depend on batching.
     """
     digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
     gen = torch.Generator()
