@@ -280,6 +280,31 @@ def test_inverse_cdf_never_draws_a_token_without_mass() -> None:
         assert got.tolist() == want
 
 
+def test_a_masked_draw_equals_the_full_vocabulary_computation_in_float64() -> None:
+    # _choose works on the columns some row may take; the reference renormalises the
+    # temperature-scaled distribution over each row's own mask across the whole vocabulary,
+    # in float64, and takes the first token whose cumulative mass passes u.
+    from sublens.scoring.draws import _choose
+
+    gen = torch.Generator().manual_seed(5)
+    rows, vocab, temperature = 32, 500, 0.7
+    logp = torch.log_softmax(3 * torch.randn(rows, vocab, generator=gen), dim=-1)
+    mask = torch.rand(rows, vocab, generator=gen) < 0.05
+    mask[:, 7] = True  # every row allows at least one token
+    uniforms = torch.rand(rows, generator=gen, dtype=torch.float64)
+    chosen, mass = _choose(logp, temperature, None, None, mask, uniforms)
+    scaled = (logp.double() / temperature).softmax(dim=-1)
+    allowed = scaled * mask
+    assert mass is not None
+    assert torch.allclose(mass.double(), allowed.sum(dim=-1), rtol=1e-5)
+    cdf = (allowed / allowed.sum(dim=-1, keepdim=True)).cumsum(dim=-1)
+    want = (cdf > uniforms.unsqueeze(-1)).int().argmax(dim=-1)
+    assert chosen.tolist() == want.tolist()
+    assert all(mask[r, t] for r, t in enumerate(chosen.tolist()))
+    greedy, _ = _choose(logp, 0.0, None, None, mask, uniforms)
+    assert greedy.tolist() == logp.masked_fill(~mask, float("-inf")).argmax(dim=-1).tolist()
+
+
 def greedy_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
     ids = list(prompt)
     with torch.no_grad():

@@ -69,11 +69,22 @@ def _choose(
     """
     scaled = logp if temperature == 0 else torch.log_softmax(logp / temperature, dim=-1)
     mass = None
+    columns = None  # with a mask: the tokens any row may take; the rest of the vocabulary is skipped
     if mask is not None:
+        columns = mask.any(dim=0).nonzero().squeeze(-1)  # [C]
+        scaled, mask = scaled.index_select(-1, columns), mask.index_select(-1, columns)  # [B, C]
         mass = scaled.exp().masked_fill(~mask, 0.0).sum(dim=-1)  # [B]
         scaled = scaled.masked_fill(~mask, float("-inf"))
+    chosen = _draw(scaled, temperature, top_k, top_p, uniforms)
+    return (chosen if columns is None else columns[chosen]), mass
+
+
+def _draw(
+    scaled: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """The column each row draws from its log-probs at temperature (-inf: not allowed)."""
     if temperature == 0:
-        return scaled.argmax(dim=-1), mass
+        return scaled.argmax(dim=-1)
     if top_k is not None and top_k < scaled.shape[-1]:
         kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -84,7 +95,7 @@ def _choose(
         drop_sorted = before >= top_p  # smallest prefix reaching top_p is kept
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
-    return _inverse_cdf(probs, uniforms.to(probs.device)), mass
+    return _inverse_cdf(probs, uniforms.to(probs.device))
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
