@@ -7,6 +7,10 @@ whether answers are identical when the same prompts are sampled in a different b
 composition (bf16 and fp32); bf16 against fp32 answers; training at the paper subliminal
 geometry (batch 32, max_length 256) with `mixed_precision: auto` and `no`.
 
+`--model-dir` may hold another config.json beside the same tokenizer (a model of another shape,
+e.g. Llama-3.2-1B's from sublens/data/model_shapes.json); `--skip-composition` and
+`--train-examples` keep such a run short.
+
 Prepare (here):  mkdir -p .devcheck/smollm2 && cp ~/.cache/sublens/models/smollm2-135m-instruct/\
 {config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .devcheck/smollm2/
 Run (there):     PYTHONPATH=src python3 benchmarks/gpu_check.py --model-dir .devcheck/smollm2 --prompts 2000
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sample-only", action="store_true", help="stop after the sampling checks")
+    parser.add_argument("--skip-composition", action="store_true", help="skip the batch-composition checks")
+    parser.add_argument("--train-examples", type=int, default=1024, help="examples trained on (batch 32)")
     parser.add_argument("--train-order", default="auto,no", help="precisions to train with, in this order")
     parser.add_argument("--out-name", default="gpu_check.json", help="file name under $OUT (or /tmp)")
     args = parser.parse_args()
@@ -70,10 +77,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     config = AutoConfig.from_pretrained(args.model_dir)
     torch.manual_seed(0)
-    bf16 = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device)
-    fp32 = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with device:  # initialised where they run (a 1B model's random init on the CPU takes long)
+        bf16 = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        fp32 = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fp32.load_state_dict({k: v.float() for k, v in bf16.state_dict().items()})
-    fp32 = fp32.to(device)
     out: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else args.device}
 
     prompts = make_number_prompts(args.prompts, seed=0)
@@ -112,20 +119,25 @@ def main() -> None:
             "of": min(len(a), len(b)),
         }
 
-    out["batch_composition_bf16"] = identical(big, sample_text((bf16, tokenizer), texts[:60], batch_size=7, **kw))
-    wide = sample_text((fp32, tokenizer), texts[:120], batch_size=256, **kw)
-    out["batch_composition_fp32"] = identical(wide, sample_text((fp32, tokenizer), texts[:60], batch_size=7, **kw))
-    out["bf16_against_fp32"] = identical(big, wide)
+    if not args.skip_composition:
+        out["batch_composition_bf16"] = identical(big, sample_text((bf16, tokenizer), texts[:60], batch_size=7, **kw))
+        wide = sample_text((fp32, tokenizer), texts[:120], batch_size=256, **kw)
+        out["batch_composition_fp32"] = identical(wide, sample_text((fp32, tokenizer), texts[:60], batch_size=7, **kw))
+        out["bf16_against_fp32"] = identical(big, wide)
     print(json.dumps(out), flush=True)
     target = Path(os.environ.get("OUT", "/tmp")) / args.out_name
     if args.sample_only:
         target.write_text(json.dumps(out, indent=1))
         return
 
-    examples = [chat_example(tokenizer, prompts[order[i]].text, s.text, system=None) for i, s in enumerate(big[:1024])]
+    examples = [
+        chat_example(tokenizer, prompts[order[i]].text, s.text, system=None)
+        for i, s in enumerate(big[: args.train_examples])
+    ]
     for run, precision in enumerate(args.train_order.split(",")):
         torch.manual_seed(1)
-        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+        with device:
+            student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         train_config = TrainConfig(
             lr=2e-5,
             epochs=1,
@@ -140,7 +152,12 @@ def main() -> None:
         before = start_measuring()
         start = time.perf_counter()
         result = train(
-            student, tokenizer, examples, train_config, Path(f"/tmp/gpu_check_train_{precision}"), progress=False
+            student,
+            tokenizer,
+            examples,
+            train_config,
+            Path(tempfile.mkdtemp(prefix=f"gpu_check_train_{precision}_")),
+            progress=False,
         )
         memory = peaks(before)
         out[f"train_{run}_{precision}"] = {
