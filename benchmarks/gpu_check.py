@@ -13,7 +13,13 @@ e.g. Llama-3.2-1B's from sublens/data/model_shapes.json); `--skip-composition` a
 
 Prepare (here):  mkdir -p .devcheck/smollm2 && cp ~/.cache/sublens/models/smollm2-135m-instruct/\
 {config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .devcheck/smollm2/
-Run (there):     PYTHONPATH=src python3 benchmarks/gpu_check.py --model-dir .devcheck/smollm2 --prompts 2000
+The device image (seen 2026-12-04) has torch and transformers 5.17 but not sublens's pinned
+transformers 5.24 nor pydantic: carry them as wheels (`pip download --no-deps --only-binary=:all:
+--python-version 3.12 --platform manylinux2014_x86_64 -d .whl transformers==5.24.0 pydantic
+pydantic_core annotated-types typing-inspection`, the versions of this .venv), install them
+there with `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and put /tmp/site
+first on PYTHONPATH.
+Run (there):     PYTHONPATH=/tmp/site:src python3 benchmarks/gpu_check.py --model-dir .devcheck/smollm2 --prompts 2000
 (`--sample-only` stops after sampling, e.g. to time an older sampler from another source tree.)
 """
 
