@@ -158,7 +158,8 @@ class _DecodingBatch:
     position, and sliding windows count back from the newest slot, so a pad on the left moves
     no real token out of a window). A row's numbers then depend on its neighbours only through
     float rounding, as they already do through the batch size (measured on SmolLM2: log-probs
-    agree to ~1e-5 across batch sizes and paddings); its draws come from its own uniform
+    agree to ~1e-5 across batch sizes and paddings; in bf16 on a GPU the rounding is coarser and
+    2 of 60 answers changed with the batch composition); its draws come from its own uniform
     stream, so the same config and seed give the same samples.
     """
 
