@@ -350,7 +350,7 @@ def greedy_reference_with_rule(model: torch.nn.Module, prompt: list[int], steps:
 
 
 def test_finished_rows_hand_their_slots_to_waiting_prompts(model: torch.nn.Module) -> None:
-    # 14 prompts in five padded-length bands, 4 slots, rows stopping at different steps: waiting
+    # 14 prompts in six padded-length bands, 4 slots, rows stopping at different steps: waiting
     # prompts join the decoding batch as rows finish (their caches left-padded to the batch's),
     # so every decoding step runs a full batch until no prompt waits, and each greedy answer
     # still equals plain recomputation of that prompt alone.

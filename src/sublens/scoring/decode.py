@@ -9,10 +9,8 @@ from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from sublens.scoring.core import (
-    KV,
     AllowedTokens,
     _device,
     _forward,
@@ -134,19 +132,6 @@ def _left_pad(t: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = columns
     return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-def _cache_of(kv: KV) -> DynamicCache:
-    """A cache holding these per-layer keys and values as they are (`DynamicCache.update` into
-    an empty cache would copy them once more)."""
-    cache = DynamicCache()
-    cache.layers = []
-    for keys, values in kv:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
-    return cache
 
 
 class _DecodingBatch:
@@ -271,7 +256,8 @@ class _DecodingBatch:
         self.attention = self.attention[:, front:]
         self.cache.batch_select_indices(keep)
         if front > 0:
-            self.cache = _cache_of([(keys[:, :, front:], values[:, :, front:]) for keys, values in _kv(self.cache)])
+            for layer in list[Any](self.cache.layers):  # key/value layers (join checked them)
+                layer.keys, layer.values = layer.keys[:, :, front:], layer.values[:, :, front:]
         self.next_position = self.next_position.index_select(0, keep)
         self.chosen = self.chosen.index_select(0, keep)
         self.uniforms = self.uniforms.index_select(0, keep.cpu())

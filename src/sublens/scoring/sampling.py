@@ -1,7 +1,7 @@
 """Sampling: explicit temperature / top_k / top_p / max_new_tokens / seed (no library defaults),
 stop tokens, an optional allowed-token mask per step (format-constrained sampling), one
-random stream per (prompt, sample) so results do not depend on batching. Prompts of different
-lengths decode together: each prompt runs left-padded to its own length rounded up past the next
+random stream per (prompt, sample) so a row's draws do not depend on batching. Prompts of
+different lengths decode together: each prompt runs left-padded to its own length rounded up past the next
 multiple of ``pad_multiple`` (at least one pad, so every row always carries an attention mask),
 with position ids that skip the pads. Rows that finish leave the decoding batch and waiting
 prompts take their slots (see `sublens.scoring.decode._DecodingBatch`), so the batch stays full.
